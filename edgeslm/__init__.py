@@ -1,0 +1,3 @@
+"""edgeslm: small language models on edge devices: store, quantize, evaluate, choose and serve."""
+
+__version__ = "0.1.0"

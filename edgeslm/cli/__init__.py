@@ -1,0 +1,58 @@
+"""The ``edgeslm`` command line: parse, call a library function, print. Nothing else.
+
+Errors are mapped to messages and exit codes here and only here (``errors.exit_code_for``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+
+from .. import __version__
+from ..config import resolve_settings
+from ..errors import EdgeslmError, exit_code_for
+from . import store_cmds
+
+log = logging.getLogger("edgeslm")
+
+
+def make_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="edgeslm",
+        description="Small language models on edge devices: store, quantize, evaluate, choose and serve.",
+    )
+    parser.add_argument("--version", action="version", version=f"edgeslm {__version__}")
+    parser.add_argument("--home", help="the edgeslm home folder (default: $EDGESLM_HOME, else the user data dir)")
+    parser.add_argument(
+        "--offline",
+        action="store_true",
+        default=None,
+        help="never touch the network (also: EDGESLM_OFFLINE=1 or HF_HUB_OFFLINE=1)",
+    )
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging on stderr")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    store_cmds.configure(sub)
+    return parser
+
+
+def _setup_logging(verbosity: int) -> None:
+    level = logging.WARNING if verbosity == 0 else logging.INFO if verbosity == 1 else logging.DEBUG
+    logging.basicConfig(level=level, format="edgeslm: %(message)s", stream=sys.stderr)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = make_parser()
+    args = parser.parse_args(argv)
+    _setup_logging(args.verbose)
+    try:
+        settings = resolve_settings(home=args.home, offline=args.offline)
+        result: int = args.run(args, settings)
+        return result
+    except EdgeslmError as exc:
+        print(f"Error: {exc}", file=sys.stderr)
+        return exit_code_for(exc)
+    except KeyboardInterrupt:
+        print("Interrupted; the store is unchanged by the interrupted step.", file=sys.stderr)
+        return 130

@@ -1,0 +1,69 @@
+"""Configuration, resolved once: flag > environment variable > default.
+
+Every setting edgeslm reads from the environment is listed here and nowhere else
+(``huggingface_hub/constants.py`` is the model). Code takes a ``Settings`` object; it never
+reads ``os.environ`` itself.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import platformdirs
+
+APP_NAME = "edgeslm"
+DEFAULT_MODEL = "smollm2-135m-instruct"
+DEFAULT_HF_ENDPOINT = "https://huggingface.co"
+DEFAULT_CONTEXT = 4096
+
+ENV_HOME = "EDGESLM_HOME"
+ENV_OFFLINE = "EDGESLM_OFFLINE"
+ENV_HF_ENDPOINT = "HF_ENDPOINT"
+ENV_HF_TOKEN = "HF_TOKEN"
+ENV_HF_OFFLINE = "HF_HUB_OFFLINE"
+
+_TRUE = {"1", "true", "yes", "on"}
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything edgeslm reads from outside its arguments."""
+
+    home: Path
+    offline: bool = False
+    hf_endpoint: str = DEFAULT_HF_ENDPOINT
+    hf_token: str | None = None
+
+    @property
+    def models_dir(self) -> Path:
+        return self.home / "models"
+
+
+def _is_true(value: str | None) -> bool:
+    return value is not None and value.strip().lower() in _TRUE
+
+
+def resolve_settings(
+    *,
+    home: str | Path | None = None,
+    offline: bool | None = None,
+    hf_endpoint: str | None = None,
+    env: Mapping[str, str] | None = None,
+) -> Settings:
+    """Resolve settings once: explicit arguments (CLI flags) win over ``env``, which wins over defaults."""
+    env = os.environ if env is None else env
+    if home is None:
+        home = env.get(ENV_HOME) or platformdirs.user_data_dir(APP_NAME, appauthor=False)
+    if offline is None:
+        offline = _is_true(env.get(ENV_OFFLINE)) or _is_true(env.get(ENV_HF_OFFLINE))
+    if hf_endpoint is None:
+        hf_endpoint = env.get(ENV_HF_ENDPOINT) or DEFAULT_HF_ENDPOINT
+    return Settings(
+        home=Path(home).expanduser().absolute(),
+        offline=offline,
+        hf_endpoint=hf_endpoint.rstrip("/"),
+        hf_token=env.get(ENV_HF_TOKEN) or None,
+    )

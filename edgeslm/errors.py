@@ -1,0 +1,76 @@
+"""One exception hierarchy for edgeslm, mapped once to CLI exit codes.
+
+Inner code raises the most specific class with a message that names the bad value and the
+next step; it does not catch and rewrap. The CLI (and later the HTTP server) translate these
+in exactly one place each, using the tables at the bottom of this module.
+"""
+
+from __future__ import annotations
+
+
+class EdgeslmError(Exception):
+    """Base of every error edgeslm raises on purpose."""
+
+
+class UsageError(EdgeslmError):
+    """A command was called with arguments that cannot work together."""
+
+
+class InvalidNameError(EdgeslmError):
+    """A model name or reference breaks the naming rules."""
+
+
+class InvalidModelFileError(EdgeslmError):
+    """A model file failed validation; nothing was stored."""
+
+
+class InputFileError(EdgeslmError):
+    """A path given by the user cannot be read (missing, a directory, no permission)."""
+
+
+class ModelNotFoundError(EdgeslmError):
+    """No model of that name in the store, the builtins or the catalogue."""
+
+
+class StoreError(EdgeslmError):
+    """The local store could not complete an operation; its previous state is kept."""
+
+
+class IntegrityError(StoreError):
+    """Content does not match the digest it was promised to have."""
+
+
+class SourceError(EdgeslmError):
+    """A remote or packaged model source could not deliver a model."""
+
+
+class OfflineError(SourceError):
+    """A network source was needed but no network (or hub) is reachable."""
+
+
+class AbortedError(EdgeslmError):
+    """The user declined a confirmation prompt."""
+
+
+# Exit codes follow sysexits.h where one fits, so scripts can tell failures apart.
+EXIT_CODES: dict[type[EdgeslmError], int] = {
+    UsageError: 2,
+    InvalidNameError: 65,  # EX_DATAERR
+    InvalidModelFileError: 65,
+    InputFileError: 66,  # EX_NOINPUT
+    ModelNotFoundError: 67,  # "no such model", like EX_NOUSER
+    OfflineError: 69,  # EX_UNAVAILABLE
+    SourceError: 69,
+    IntegrityError: 74,  # EX_IOERR
+    StoreError: 74,
+    AbortedError: 1,
+    EdgeslmError: 1,
+}
+
+
+def exit_code_for(error: EdgeslmError) -> int:
+    """The CLI exit code of ``error``: the entry of its nearest class in ``EXIT_CODES``."""
+    for cls in type(error).__mro__:
+        if cls in EXIT_CODES:
+            return EXIT_CODES[cls]
+    return 1

@@ -1,0 +1,1 @@
+"""Where models come from: builtin packages, the curated catalogue, the Hugging Face Hub."""

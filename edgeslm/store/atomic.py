@@ -1,0 +1,124 @@
+"""Crash-safe file writes: temp file in the store -> fsync -> os.replace -> fsync the directory.
+
+A temp file is held under an exclusive ``flock`` for as long as its writer lives, so a sweep
+can tell a live writer's file (lock busy) from one left by a killed process (lock free): the
+kernel drops the lock when the process dies, however it dies.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import logging
+import os
+import secrets
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import BinaryIO
+
+log = logging.getLogger(__name__)
+
+TEMP_SUFFIX = ".partial"
+COPY_CHUNK = 8 * 2**20
+
+
+def fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class TempFile:
+    """A locked, uniquely named temp file in ``directory``; ``commit`` moves it into place."""
+
+    def __init__(self, directory: Path, label: str = "tmp") -> None:
+        self.path = directory / f"{label}-{os.getpid()}-{secrets.token_hex(8)}{TEMP_SUFFIX}"
+        fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        self.file: BinaryIO = os.fdopen(fd, "wb")
+        self.committed = False
+
+    def flush_to_disk(self) -> None:
+        self.file.flush()
+        os.fsync(self.file.fileno())
+
+    def commit(self, dest: Path) -> None:
+        """fsync, rename over ``dest`` and fsync its directory: after this, ``dest`` is durable."""
+        self.flush_to_disk()
+        os.replace(self.path, dest)
+        self.committed = True
+        fsync_dir(dest.parent)
+        self.file.close()
+
+    def discard(self) -> None:
+        if not self.file.closed:
+            self.file.close()
+        if not self.committed:
+            with contextlib.suppress(FileNotFoundError):
+                self.path.unlink()
+
+    def __enter__(self) -> TempFile:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.discard()
+
+
+def write_atomic(dest: Path, data: bytes, temp_dir: Path) -> None:
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    with TempFile(temp_dir, "manifest") as tmp:
+        tmp.file.write(data)
+        tmp.commit(dest)
+
+
+def copy_hashing(
+    sources: Sequence[Path], dst: BinaryIO, progress: Callable[[int], None] | None = None
+) -> tuple[str, int]:
+    """Concatenate the files ``sources`` into ``dst`` in chunks; return (sha256 hex, bytes)."""
+    digest = hashlib.sha256()
+    total = 0
+    for source in sources:
+        with open(source, "rb") as src:
+            while chunk := src.read(COPY_CHUNK):
+                digest.update(chunk)
+                dst.write(chunk)
+                total += len(chunk)
+                if progress:
+                    progress(len(chunk))
+    return digest.hexdigest(), total
+
+
+def sha256_file(path: Path, progress: Callable[[int], None] | None = None) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fp:
+        while chunk := fp.read(COPY_CHUNK):
+            digest.update(chunk)
+            if progress:
+                progress(len(chunk))
+    return digest.hexdigest()
+
+
+def is_stale(path: Path) -> bool:
+    """True when no live process holds ``path``'s lock, i.e. its writer is gone."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    finally:
+        os.close(fd)
+    return True
+
+
+def iter_stale_temps(directory: Path) -> Iterator[Path]:
+    if not directory.is_dir():
+        return
+    for path in sorted(directory.iterdir()):
+        if path.name.endswith(TEMP_SUFFIX) and is_stale(path):
+            yield path

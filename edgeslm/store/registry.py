@@ -1,0 +1,334 @@
+"""The local content-addressed model store.
+
+Layout under ``<home>/models``::
+
+    blobs/sha256-<hex>                          model files, named by their content
+    manifests/<host|_>/<namespace|_>/<model>/<tag>.json
+    tmp/*.partial                               writes in flight (locked by their writer)
+    store.lock                                  taken for every change of names or blobs
+
+Readers take no lock: every manifest and blob appears under its final name by ``os.replace``
+only once complete, so a reader sees the old state or the new one. Writers copy and hash
+outside the lock (long) and take it only to publish (short). A blob is placed only together
+with the manifest that names it, and removed only when no manifest names it, both under the
+lock, so a ``kill -9`` at any moment leaves at worst a stale temp file or an unnamed blob,
+which the sweep at open removes.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, BinaryIO
+
+from filelock import FileLock
+
+from ..errors import IntegrityError, InvalidModelFileError, ModelNotFoundError, StoreError
+from ..formats.gguf_header import read_gguf_header
+from ..formats.model_info import ModelInfo, model_info
+from .atomic import TempFile, copy_hashing, iter_stale_temps, write_atomic
+from .names import ModelName, parse_name
+
+log = logging.getLogger(__name__)
+
+MANIFEST_SCHEMA = 1
+_DIGEST = re.compile(r"sha256-[0-9a-f]{64}\Z")
+Progress = Callable[[int], None]
+Writer = Callable[[BinaryIO], tuple[str, int]]
+
+
+@dataclass(frozen=True)
+class Manifest:
+    name: ModelName
+    digest: str  # "sha256-<hex>", also the blob's file name
+    size: int
+    created: str
+    info: ModelInfo
+    source: Mapping[str, str] = field(default_factory=dict)
+
+    def to_json(self) -> bytes:
+        data = {
+            "schema": MANIFEST_SCHEMA,
+            "name": str(self.name),
+            "digest": self.digest,
+            "size": self.size,
+            "created": self.created,
+            "source": dict(self.source),
+            "info": self.info.to_dict(),
+        }
+        return json.dumps(data, indent=2, sort_keys=True).encode()
+
+    @classmethod
+    def from_json(cls, raw: bytes) -> Manifest:
+        data = json.loads(raw)
+        if data.get("schema") != MANIFEST_SCHEMA:
+            raise ValueError(f"unknown manifest schema {data.get('schema')!r}")
+        digest = data["digest"]
+        if not isinstance(digest, str) or not _DIGEST.match(digest):
+            raise ValueError(f"bad digest {digest!r}")
+        return cls(
+            name=parse_name(data["name"]),
+            digest=digest,
+            size=int(data["size"]),
+            created=str(data["created"]),
+            info=ModelInfo.from_dict(data["info"]),
+            source={str(k): str(v) for k, v in data.get("source", {}).items()},
+        )
+
+
+@dataclass(frozen=True)
+class SweepReport:
+    stale_temps: tuple[Path, ...] = ()
+    orphan_blobs: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class RemovePlan:
+    """What ``rm`` would do; only ``Store.execute_remove`` touches disk."""
+
+    manifests: tuple[Manifest, ...]
+    blobs: tuple[str, ...]  # digests no other manifest names
+    freed_bytes: int
+
+
+@dataclass(frozen=True)
+class Problem:
+    subject: str  # a model name, a blob digest or a path
+    detail: str
+
+
+@dataclass(frozen=True)
+class VerifyReport:
+    checked_blobs: int
+    checked_manifests: int
+    problems: tuple[Problem, ...]
+    swept: SweepReport
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+def now_iso() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+class Store:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.blobs_dir = root / "blobs"
+        self.manifests_dir = root / "manifests"
+        self.tmp_dir = root / "tmp"
+        for d in (self.blobs_dir, self.manifests_dir, self.tmp_dir):
+            try:
+                d.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise StoreError(
+                    f"cannot create the store at {root}: {exc.strerror}; set EDGESLM_HOME or --home"
+                ) from None
+        self._lock = FileLock(str(root / "store.lock"))
+
+    @classmethod
+    def open(cls, root: Path) -> Store:
+        """Open (creating if needed) the store at ``root`` and sweep what crashed writers left."""
+        store = cls(root)
+        store.sweep()
+        return store
+
+    @contextmanager
+    def locked(self) -> Iterator[None]:
+        with self._lock:
+            yield
+
+    # -- paths -------------------------------------------------------------------------------
+
+    def blob_path(self, digest: str) -> Path:
+        if not _DIGEST.match(digest):
+            raise StoreError(f"malformed blob digest {digest!r}")
+        return self.blobs_dir / digest
+
+    def manifest_path(self, name: ModelName) -> Path:
+        host, namespace, model, tag = name.path_parts()
+        return self.manifests_dir / host / namespace / model / f"{tag}.json"
+
+    # -- reading -----------------------------------------------------------------------------
+
+    def _manifest_files(self) -> list[Path]:
+        return sorted(self.manifests_dir.glob("*/*/*/*.json"))
+
+    def _load(self, path: Path) -> Manifest:
+        return Manifest.from_json(path.read_bytes())
+
+    def manifests(self) -> list[Manifest]:
+        """Every readable manifest, sorted by name; unreadable ones are logged (``verify`` reports them)."""
+        found = []
+        for path in self._manifest_files():
+            try:
+                found.append(self._load(path))
+            except (OSError, ValueError, KeyError, TypeError) as exc:
+                log.warning("skipping unreadable manifest %s: %s", path, exc)
+        return sorted(found, key=lambda m: str(m.name))
+
+    def find(self, name: ModelName) -> Manifest | None:
+        path = self.manifest_path(name)
+        try:
+            return self._load(path)
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise StoreError(f"the manifest of {name} is unreadable ({exc}); run 'edgeslm verify'") from None
+
+    def get(self, name: ModelName) -> Manifest:
+        manifest = self.find(name)
+        if manifest is None:
+            raise ModelNotFoundError(self._not_found_message(name))
+        return manifest
+
+    def _not_found_message(self, name: ModelName) -> str:
+        same_base = [str(m.name) for m in self.manifests() if m.name.base == name.base]
+        if same_base:
+            return f"model {name} is not in the store; tags present: {', '.join(same_base)}"
+        return f"model {name} is not in the store; see 'edgeslm list', or 'edgeslm pull {name.base}'"
+
+    # -- adding ------------------------------------------------------------------------------
+
+    def add(
+        self,
+        name: ModelName,
+        write: Writer,
+        *,
+        label: str,
+        source: Mapping[str, str],
+        expected_sha256: str | None = None,
+    ) -> Manifest:
+        """Write a model through ``write`` into a temp file, check it, then publish it as ``name``.
+
+        ``write`` fills the temp file and returns (sha256 hex, size). Nothing under a final
+        name changes unless the bytes hash as expected and pass the GGUF validation.
+        """
+        with self.locked():  # create and lock the temp file where the sweep cannot race us
+            tmp = TempFile(self.tmp_dir, "blob")
+        with tmp:
+            sha, size = write(tmp.file)
+            tmp.flush_to_disk()
+            if expected_sha256 is not None and sha != expected_sha256.lower():
+                raise IntegrityError(
+                    f"{label}: content sha256 is {sha} but {expected_sha256.lower()} was expected "
+                    "(corrupt or tampered download); nothing was stored"
+                )
+            info = model_info(read_gguf_header(tmp.path, label=label))
+            _require_model(info, label)
+            manifest = Manifest(name, f"sha256-{sha}", size, now_iso(), info, dict(source))
+            self._publish(tmp, manifest)
+        log.info("stored %s as %s (%d bytes)", label, name, size)
+        return manifest
+
+    def add_file(self, path: Path, name: ModelName, *, source: Mapping[str, str], **kwargs: Any) -> Manifest:
+        """Import the GGUF file at ``path``: validated first, then copied, hashed and re-validated."""
+        progress: Progress | None = kwargs.pop("progress", None)
+        read_gguf_header(path)  # refuse a hostile file before copying a byte of it
+
+        return self.add(name, lambda dst: copy_hashing([path], dst, progress), label=path.name, source=source, **kwargs)
+
+    def _publish(self, tmp: TempFile, manifest: Manifest) -> None:
+        blob = self.blob_path(manifest.digest)
+        with self.locked():
+            if blob.exists() and blob.stat().st_size == manifest.size:
+                log.info("blob %s already stored; deduplicated", manifest.digest)
+            else:
+                tmp.commit(blob)
+            previous = self.find(manifest.name)
+            write_atomic(self.manifest_path(manifest.name), manifest.to_json(), self.tmp_dir)
+            if previous and previous.digest != manifest.digest:
+                self._drop_unreferenced([previous.digest])
+
+    def copy(self, src: ModelName, dst: ModelName) -> Manifest:
+        with self.locked():
+            manifest = self.get(src)
+            copied = Manifest(dst, manifest.digest, manifest.size, now_iso(), manifest.info, manifest.source)
+            previous = self.find(dst)
+            write_atomic(self.manifest_path(dst), copied.to_json(), self.tmp_dir)
+            if previous and previous.digest != copied.digest:
+                self._drop_unreferenced([previous.digest])
+        return copied
+
+    # -- removing ----------------------------------------------------------------------------
+
+    def plan_remove(self, names: Iterable[ModelName]) -> RemovePlan:
+        targets = {str(n): self.get(n) for n in names}
+        kept_digests = {m.digest for m in self.manifests() if str(m.name) not in targets}
+        blobs: dict[str, int] = {}
+        for m in targets.values():
+            if m.digest not in kept_digests:
+                blobs[m.digest] = m.size
+        return RemovePlan(tuple(targets.values()), tuple(blobs), sum(blobs.values()))
+
+    def execute_remove(self, plan: RemovePlan) -> int:
+        """Remove the plan's manifests, then every blob of theirs that no manifest names now.
+        Returns the bytes freed (recomputed under the lock, so a concurrent ``cp`` is respected)."""
+        with self.locked():
+            for m in plan.manifests:
+                path = self.manifest_path(m.name)
+                with suppress(FileNotFoundError):
+                    path.unlink()
+                self._prune_dirs(path.parent)
+            return self._drop_unreferenced([m.digest for m in plan.manifests])
+
+    def _drop_unreferenced(self, digests: Iterable[str]) -> int:
+        """Delete those of ``digests`` that no manifest names. Caller holds the lock."""
+        referenced = {m.digest for m in self.manifests()}
+        freed = 0
+        for digest in set(digests) - referenced:
+            blob = self.blob_path(digest)
+            with suppress(FileNotFoundError):
+                size = blob.stat().st_size
+                blob.unlink()
+                freed += size
+                log.info("removed blob %s (%d bytes)", digest, size)
+        return freed
+
+    def _prune_dirs(self, directory: Path) -> None:
+        while directory != self.manifests_dir and directory.is_relative_to(self.manifests_dir):
+            try:
+                directory.rmdir()
+            except OSError:
+                return
+            directory = directory.parent
+
+    # -- upkeep ------------------------------------------------------------------------------
+
+    def sweep(self) -> SweepReport:
+        """Remove temp files whose writer is gone and blobs that no manifest names."""
+        with self.locked():
+            stale = tuple(iter_stale_temps(self.tmp_dir))
+            for path in stale:
+                with suppress(FileNotFoundError):
+                    path.unlink()
+                log.info("removed stale temp file %s", path.name)
+            named = {p.name for p in self.blobs_dir.iterdir() if _DIGEST.match(p.name)}
+            referenced = {m.digest for m in self.manifests()}
+            orphans = tuple(sorted(named - referenced))
+            self._drop_unreferenced(orphans)
+        return SweepReport(stale, orphans)
+
+    def verify(self, progress: Progress | None = None) -> VerifyReport:
+        """Sweep, then re-hash every blob and re-check every manifest against its blob."""
+        from .verify import verify_store  # verification is a separate concern; keep this file small
+
+        return verify_store(self, progress)
+
+
+def _require_model(info: ModelInfo, label: str) -> None:
+    if info.architecture == "unknown":
+        raise InvalidModelFileError(
+            f"{label} is a GGUF file but not a model: it has no 'general.architecture' key; "
+            "only model files can be stored"
+        )
+    if not info.n_tensors:
+        raise InvalidModelFileError(f"{label} is a GGUF file with no tensors; only model files can be stored")
