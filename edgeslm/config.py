@@ -24,6 +24,7 @@ ENV_OFFLINE = "EDGESLM_OFFLINE"
 ENV_HF_ENDPOINT = "HF_ENDPOINT"
 ENV_HF_TOKEN = "HF_TOKEN"
 ENV_HF_OFFLINE = "HF_HUB_OFFLINE"
+ENV_PROXIES = ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy")
 
 _TRUE = {"1", "true", "yes", "on"}
 
@@ -36,6 +37,7 @@ class Settings:
     offline: bool = False
     hf_endpoint: str = DEFAULT_HF_ENDPOINT
     hf_token: str | None = None
+    uses_proxy: bool = False  # network access goes through a proxy (set in the environment)
 
     @property
     def models_dir(self) -> Path:
@@ -66,4 +68,5 @@ def resolve_settings(
         offline=offline,
         hf_endpoint=hf_endpoint.rstrip("/"),
         hf_token=env.get(ENV_HF_TOKEN) or None,
+        uses_proxy=any(env.get(name) for name in ENV_PROXIES),
     )

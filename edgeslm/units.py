@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 _BYTE_UNITS = {
     "": 1,
     "B": 1,
@@ -40,9 +42,7 @@ def parse_count(text: str) -> int:
         value = float(number) * scale
     except ValueError:
         raise ValueError(f"'{text}' is not a parameter count; write e.g. 135M, 1.5B or 8000000000") from None
-    if value < 0:
-        raise ValueError(f"'{text}' is negative")
-    return int(round(value))
+    return _whole(value, text)
 
 
 def format_bytes(n: int) -> str:
@@ -70,6 +70,10 @@ def parse_bytes(text: str) -> int:
         value = float(number) * _BYTE_UNITS[unit]
     except ValueError:
         raise ValueError(f"'{text}' is not a size; write e.g. 80MB, 1.5GB or 4GiB") from None
-    if value < 0:
-        raise ValueError(f"'{text}' is negative")
+    return _whole(value, text)
+
+
+def _whole(value: float, text: str) -> int:
+    if not math.isfinite(value) or value < 0:
+        raise ValueError(f"'{text}' must be a finite, non-negative number")
     return int(round(value))

@@ -43,7 +43,7 @@ MAX_KV_COUNT = 65_536
 MAX_TENSOR_COUNT = 65_536
 MAX_KEY_BYTES = 4_096
 MAX_METADATA_BYTES = 64 * 2**20
-MAX_ARRAY_STRINGS = 4 * 2**20  # string elements over all arrays; each one is walked
+MAX_ARRAY_STRINGS = 2 * 2**20  # string elements over all arrays; each one is walked
 KEEP_STRING_BYTES = 1 * 2**20  # longer strings are checked but not kept
 KEEP_ARRAY_ITEMS = 1_024  # longer arrays keep only their type and length
 
@@ -174,18 +174,26 @@ class _Reader:
         return n
 
     def skip_strings(self, count: int, what: str) -> None:
-        """Walk ``count`` strings without keeping them: the hot loop for vocabularies."""
-        # Each iteration reads one u64 length from the window; refill when a length or its
-        # payload crosses the window's end.
+        """Walk ``count`` strings without keeping them: the hot loop for vocabularies.
+
+        Locals only inside the loop; the window is refilled when a length crosses its end.
+        """
         unpack = _U64.unpack_from
+        pos, size = self.pos, self.size
+        buf, base = self._buf, self._buf_start
+        end = base + len(buf) if pos >= base else -1
         for index in range(count):
-            if self.remaining < 8:
-                raise self.fail(f"{what}[{index:,}] is cut off by the end of the file")
-            buf, i = self._window(8)
-            n = unpack(buf, i)[0]
-            if n > self.remaining - 8:
-                raise self.fail(f"{what}[{index:,}] declares {n:,} bytes but only {self.remaining - 8:,} remain")
-            self.pos += 8 + n
+            if pos + 8 > end:
+                if pos + 8 > size:
+                    raise self.fail(f"{what}[{index:,}] is cut off by the end of the file", pos)
+                self.pos = pos
+                buf, _ = self._window(8)
+                base, end = self._buf_start, self._buf_start + len(buf)
+            n = unpack(buf, pos - base)[0]
+            if n > size - pos - 8:
+                raise self.fail(f"{what}[{index:,}] declares {n:,} bytes but only {size - pos - 8:,} remain", pos)
+            pos += 8 + n
+        self.pos = pos
 
 
 def read_gguf_header(path: str | Path, *, label: str | None = None) -> GGUFHeader:
@@ -229,7 +237,7 @@ def _read_preamble(r: _Reader) -> tuple[int, int, int]:
     if magic != GGUF_MAGIC:
         raise r.fail(f"magic is {magic!r}, expected {GGUF_MAGIC!r} (not a GGUF file)", 0)
     version = r.u32("version")
-    if version & 0xFFFF == 0 and version >> 16 in SUPPORTED_VERSIONS:
+    if int.from_bytes(version.to_bytes(4, "little"), "big") in SUPPORTED_VERSIONS:
         raise r.fail("the file is big-endian GGUF; convert it on a big-endian machine or re-export it", 4)
     if version not in SUPPORTED_VERSIONS:
         raise r.fail(f"GGUF version {version} is not supported (supported: 2 and 3)", 4)

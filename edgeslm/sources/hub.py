@@ -11,10 +11,12 @@ from __future__ import annotations
 import logging
 import re
 import shutil
+import socket
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from ..config import Settings
 from ..errors import ModelNotFoundError, OfflineError, SourceError
@@ -109,6 +111,22 @@ def _translate(exc: Exception, ref: HubRef, settings: Settings) -> Exception:
     )
 
 
+def check_reachable(settings: Settings, ref: HubRef, timeout: float = 5.0) -> None:
+    """Fail fast when the hub cannot be reached at all: huggingface_hub would retry for ~25 s.
+
+    A plain TCP connect to the endpoint; skipped when a proxy is configured (the proxy is
+    what must be reached then, and huggingface_hub knows how).
+    """
+    if settings.uses_proxy:
+        return
+    url = urlsplit(settings.hf_endpoint)
+    port = url.port or (443 if url.scheme == "https" else 80)
+    try:
+        socket.create_connection((url.hostname or "", port), timeout=timeout).close()
+    except OSError as exc:
+        raise _translate(exc, ref, settings) from exc
+
+
 def pull_from_hub(
     store: Store, ref: HubRef, settings: Settings, *, name: ModelName | None = None, progress: bool = True
 ) -> Manifest:
@@ -121,6 +139,7 @@ def pull_from_hub(
     if not progress:
         disable_progress_bars()
 
+    check_reachable(settings, ref)
     api = HfApi(endpoint=settings.hf_endpoint, token=settings.hf_token or False)
     try:
         entries = [

@@ -1,0 +1,107 @@
+"""Byte-level GGUF builders for tests: valid tiny models and precisely broken ones."""
+
+from __future__ import annotations
+
+import struct
+from pathlib import Path
+
+import numpy as np
+from gguf import GGUFWriter
+from gguf.constants import GGMLQuantizationType, GGUFValueType
+
+
+def u32(v: int) -> bytes:
+    return struct.pack("<I", v)
+
+
+def u64(v: int) -> bytes:
+    return struct.pack("<Q", v)
+
+
+def gstr(s: str | bytes, length: int | None = None) -> bytes:
+    raw = s.encode() if isinstance(s, str) else s
+    return u64(len(raw) if length is None else length) + raw
+
+
+def kv_u32(key: str, value: int) -> bytes:
+    return gstr(key) + u32(GGUFValueType.UINT32) + u32(value)
+
+
+def kv_str(key: str, value: str) -> bytes:
+    return gstr(key) + u32(GGUFValueType.STRING) + gstr(value)
+
+
+def kv_array(key: str, elem_type: int, count: int, payload: bytes = b"") -> bytes:
+    return gstr(key) + u32(GGUFValueType.ARRAY) + u32(elem_type) + u64(count) + payload
+
+
+def tensor_info(name: str, dims: list[int], ggml_type: int = GGMLQuantizationType.F32, offset: int = 0) -> bytes:
+    return gstr(name) + u32(len(dims)) + b"".join(u64(d) for d in dims) + u32(ggml_type) + u64(offset)
+
+
+ARCH = kv_str("general.architecture", "llama")
+
+
+def gguf_bytes(
+    kvs: list[bytes],
+    tensors: list[bytes],
+    data: bytes = b"",
+    *,
+    version: int = 3,
+    magic: bytes = b"GGUF",
+    n_kv: int | None = None,
+    n_tensors: int | None = None,
+    alignment: int = 32,
+) -> bytes:
+    head = magic + u32(version) + u64(len(tensors) if n_tensors is None else n_tensors)
+    head += u64(len(kvs) if n_kv is None else n_kv) + b"".join(kvs) + b"".join(tensors)
+    if data:
+        head += b"\0" * (-len(head) % alignment)
+    return head + data
+
+
+def one_tensor_model(n: int = 64) -> bytes:
+    """The smallest valid model: an architecture and one F32 tensor of ``n`` elements."""
+    return gguf_bytes([ARCH], [tensor_info("token_embd.weight", [n])], b"\1" * (4 * n))
+
+
+def write(path: Path, data: bytes) -> Path:
+    path.write_bytes(data)
+    return path
+
+
+def write_tiny_model(
+    path: Path,
+    *,
+    arch: str = "llama",
+    n_embd: int = 64,
+    n_layer: int = 2,
+    n_vocab: int = 128,
+    seed: int = 0,
+    chat_template: str | None = "{{ messages }}",
+) -> Path:
+    """A llama-shaped model with random F32/F16 weights, written by gguf-py's own writer."""
+    rng = np.random.default_rng(seed)
+    w = GGUFWriter(str(path), arch)
+    w.add_name(f"tiny-{arch}")
+    w.add_context_length(256)
+    w.add_embedding_length(n_embd)
+    w.add_block_count(n_layer)
+    w.add_feed_forward_length(2 * n_embd)
+    w.add_head_count(4)
+    w.add_head_count_kv(2)
+    w.add_file_type(1)
+    w.add_tokenizer_model("gpt2")
+    w.add_token_list([f"t{i}" for i in range(n_vocab)])
+    if chat_template:
+        w.add_chat_template(chat_template)
+    w.add_tensor("token_embd.weight", rng.standard_normal((n_vocab, n_embd), dtype=np.float32).astype(np.float16))
+    for layer in range(n_layer):
+        w.add_tensor(f"blk.{layer}.attn_norm.weight", np.ones(n_embd, dtype=np.float32))
+        w.add_tensor(f"blk.{layer}.attn_q.weight", rng.standard_normal((n_embd, n_embd)).astype(np.float16))
+    w.add_tensor("output_norm.weight", np.ones(n_embd, dtype=np.float32))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return path
