@@ -196,9 +196,8 @@ def test_the_49_byte_array_bomb_is_refused_with_little_memory(tmp_path: Path) ->
         read_gguf_header(path)
     _, peak = tracemalloc.get_traced_memory()
     tracemalloc.stop()
-    assert peak < 8 * 2**20, (
-        peak
-    )  # one 4 MiB read window; gguf-py 0.19.0 takes 3.9 GiB here (timing: benchmarks/header_walk.py)
+    # One 4 MiB read window; gguf-py 0.19.0 takes 3.9 GiB here (timings: benchmarks/header_walk.py).
+    assert peak < 8 * 2**20, peak
 
 
 def test_big_vocabulary_in_a_big_file_is_walked_in_bounded_memory(tmp_path: Path) -> None:
