@@ -55,7 +55,7 @@ def pull(
                 f"{entry.name} has no published GGUF repository in the catalogue; its checkpoint is "
                 f"{entry.hf_repo}: convert it to GGUF, then 'edgeslm import FILE --name {entry.name}'"
             )
-        ref = HubRef(entry.gguf_repo)
+        ref = HubRef(entry.gguf_repo, quant=None if name.tag == "latest" else name.tag)
         return _pull_hub(store, ref, settings, show_hub_progress, name=name)
     raise ModelNotFoundError(
         f"no model named {name.base}: not builtin ({', '.join(BUILTINS)}), not in the catalogue "

@@ -226,7 +226,7 @@ def cmd_rm(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_verify(args: argparse.Namespace, settings: Settings) -> int:
-    store = _open(settings)
+    store = Store(settings.models_dir)  # not Store.open: verify sweeps itself and reports it
     with progress_bar(None, "verifying", enabled=not args.json) as bar:
         report = store.verify(progress=bar)
     if args.json:

@@ -170,7 +170,11 @@ def pull_from_hub(
         "revision": ref.revision,
         "endpoint": settings.hf_endpoint,
     }
-    manifest = store.add_file(Path(str(local)), name or ref.store_name, source=source, expected_sha256=sha)
-    # The store holds the bytes now; drop this repo's download cache (other pulls keep theirs).
-    shutil.rmtree(cache / f"models--{ref.repo_id.replace('/', '--')}", ignore_errors=True)
-    return manifest
+    try:
+        return store.add_file(Path(str(local)), name or ref.store_name, source=source, expected_sha256=sha)
+    finally:
+        # Stored or refused, this repo's download cache is done with (a failed transfer above
+        # keeps it, so the next pull resumes); other pulls keep theirs.
+        folder = f"models--{ref.repo_id.replace('/', '--')}"
+        for leftover in (cache / folder, cache / ".locks" / folder):
+            shutil.rmtree(leftover, ignore_errors=True)

@@ -1,0 +1,125 @@
+"""A loopback HTTP server that answers like the Hugging Face Hub for the calls a pull makes:
+
+    GET  /api/models/ORG/REPO/tree/REV     file listing with LFS sha256 and sizes
+    HEAD /ORG/REPO/resolve/REV/FILE         metadata headers (commit, linked etag and size)
+    GET  /ORG/REPO/resolve/REV/FILE         the bytes, honouring 'Range: bytes=N-'
+
+Faults for tests: ``cut_after`` ends the first body early (the client must resume with a
+Range request); ``lie_sha256`` announces a digest the bytes do not have.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+COMMIT = "a" * 40
+
+
+@dataclass
+class FakeHub:
+    repos: dict[str, dict[str, bytes]] = field(default_factory=dict)  # repo id -> {path: bytes}
+    cut_after: int | None = None
+    lie_sha256: bool = False
+    requests: list[tuple[str, str, str | None]] = field(default_factory=list)  # (method, path, Range)
+    url: str = ""
+
+    def sha(self, data: bytes) -> str:
+        return "0" * 64 if self.lie_sha256 else hashlib.sha256(data).hexdigest()
+
+
+def _handler(hub: FakeHub) -> type[BaseHTTPRequestHandler]:
+    tree = re.compile(r"/api/models/([^/]+/[^/]+)/tree/([^/?]+)")
+    resolve = re.compile(r"/([^/]+/[^/]+)/resolve/([^/]+)/(.+)")
+
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, *args: object) -> None:  # keep test output quiet
+            pass
+
+        def _reply(self, code: int, body: bytes = b"", headers: dict[str, str] | None = None) -> None:
+            self.send_response(code)
+            for k, v in (headers or {}).items():
+                self.send_header(k, v)
+            if "Content-Length" not in (headers or {}):
+                self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            if self.command != "HEAD":
+                self.wfile.write(body)
+
+        def _not_found(self) -> None:
+            self._reply(404, b'{"error":"Repository not found"}', {"X-Error-Code": "RepoNotFound"})
+
+        def do_HEAD(self) -> None:  # noqa: N802
+            self.do_GET()
+
+        def do_GET(self) -> None:  # noqa: N802
+            path = self.path.split("?")[0]
+            hub.requests.append((self.command, path, self.headers.get("Range")))
+            if m := tree.fullmatch(path):
+                return self._tree(m.group(1))
+            if m := resolve.fullmatch(path):
+                return self._file(m.group(1), m.group(3))
+            return self._not_found()
+
+        def _tree(self, repo: str) -> None:
+            if repo not in hub.repos:
+                return self._not_found()
+            listing = [
+                {
+                    "type": "file",
+                    "path": p,
+                    "size": len(d),
+                    "oid": "b" * 40,
+                    "lfs": {"oid": hub.sha(d), "size": len(d), "pointerSize": 134},
+                }
+                for p, d in hub.repos[repo].items()
+            ]
+            self._reply(200, json.dumps(listing).encode(), {"Content-Type": "application/json"})
+
+        def _file(self, repo: str, name: str) -> None:
+            data = hub.repos.get(repo, {}).get(name)
+            if data is None:
+                return self._not_found()
+            start = 0
+            if rng := self.headers.get("Range"):
+                start = int(re.fullmatch(r"bytes=(\d+)-", rng).group(1))  # type: ignore[union-attr]
+            headers = {
+                "X-Repo-Commit": COMMIT,
+                "ETag": f'"{hub.sha(data)}"',
+                "X-Linked-Etag": f'"{hub.sha(data)}"',
+                "X-Linked-Size": str(len(data)),
+                "Accept-Ranges": "bytes",
+                "Content-Length": str(len(data) - start),
+            }
+            code = 206 if start else 200
+            if start:
+                headers["Content-Range"] = f"bytes {start}-{len(data) - 1}/{len(data)}"
+            body = data[start:]
+            if self.command == "GET" and hub.cut_after is not None:
+                body, hub.cut_after = body[: hub.cut_after], None
+                headers["Connection"] = "close"
+                self.close_connection = True
+            self._reply(code, body, headers)
+
+    return Handler
+
+
+@contextmanager
+def serve(hub: FakeHub) -> Iterator[FakeHub]:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(hub))
+    hub.url = f"http://127.0.0.1:{server.server_address[1]}"
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield hub
+    finally:
+        server.shutdown()
+        server.server_close()

