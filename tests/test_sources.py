@@ -6,6 +6,7 @@ import importlib
 
 import pytest
 
+from edgeslm.formats.size_class import SizeClass
 from edgeslm.sources.builtin import BUILTINS
 from edgeslm.sources.catalog import CATALOG, CATALOG_BY_NAME, filter_catalog
 from edgeslm.store import parse_name
@@ -34,9 +35,7 @@ def test_catalogue_is_consistent() -> None:
         if entry.builtin:
             assert entry.builtin in BUILTINS
     assert CATALOG_BY_NAME["bitnet-b1.58-2b-4t"].recommended_quant == "TQ2_0"
-    assert (
-        CATALOG_BY_NAME["qwen3-8b"].size_class is not None and CATALOG_BY_NAME["qwen3-8b"].size_class.value == "small"
-    )
+    assert CATALOG_BY_NAME["qwen3-8b"].size_class == SizeClass.SMALL
 
 
 def test_fits_uses_the_recommended_quantization() -> None:
