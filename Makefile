@@ -22,14 +22,14 @@ demo: setup
 	$(VENV)/bin/edgeslm verify
 
 lint: setup
-	$(PY) -m ruff check edgeslm tests
+	$(PY) -m ruff check edgeslm tests benchmarks
 	$(PY) -m mypy
 
 test: lint
 	$(PY) -m pytest
 
 bench: setup
-	@echo "no benchmarks yet: they arrive with the engine (issue 3)"
+	$(PY) benchmarks/header_walk.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info

@@ -40,7 +40,7 @@ MAX_TENSOR_NAME = 63  # GGML_MAX_NAME (64) including the terminating NUL
 # Caps that no real model comes near (Gemma 3's 262,144-token vocabulary is ~6 MiB of
 # metadata) but that keep a hostile file's walk short and small.
 MAX_KV_COUNT = 65_536
-MAX_TENSOR_COUNT = 65_536
+MAX_TENSOR_COUNT = 16_384  # the largest published models have ~1,200
 MAX_KEY_BYTES = 4_096
 MAX_METADATA_BYTES = 64 * 2**20
 MAX_ARRAY_STRINGS = 2 * 2**20  # string elements over all arrays; each one is walked
