@@ -104,3 +104,18 @@ def test_kill_during_rm(cli: Cli, home: Path, tmp_path: Path, delay: float) -> N
     survivors = {name: digest for name, digest in stored(cli).items()}
     assert set(survivors) <= set(before) and "keep:latest" in survivors
     assert_clean_and_intact(cli, home, survivors)  # each survivor whole, nothing half-removed
+
+
+def test_concurrent_cli_calls_keep_the_index_whole(cli: Cli, home: Path, tmp_path: Path) -> None:
+    """Eight processes import, copy and remove at once; every finished call is reflected."""
+    for i in range(3):
+        cli("import", str(write_tiny_model(tmp_path / f"old{i}.gguf", seed=100 + i)), "--name", f"old{i}")
+    procs = [
+        start(home, "import", str(write_tiny_model(tmp_path / f"n{i}.gguf", seed=i)), "--name", f"new{i}")
+        for i in range(5)
+    ]
+    procs += [start(home, "cp", "old0", "copy0"), start(home, "rm", "-y", "old1"), start(home, "rm", "-y", "old2")]
+    assert [p.wait(timeout=120) for p in procs] == [0] * len(procs)
+    names = set(stored(cli))
+    assert names == {f"new{i}:latest" for i in range(5)} | {"old0:latest", "copy0:latest"}
+    assert_clean_and_intact(cli, home, stored(cli))

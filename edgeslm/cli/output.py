@@ -55,6 +55,7 @@ def confirm(question: str, assume_yes: bool) -> None:
         return
     if not sys.stdin.isatty():
         raise AbortedError(f"{question} Not confirmed: no terminal to ask on; pass -y to confirm")
-    answer = input(f"{question} [y/N] ").strip().lower()
+    print(f"{question} [y/N] ", end="", file=sys.stderr, flush=True)
+    answer = sys.stdin.readline().strip().lower()
     if answer not in ("y", "yes"):
         raise AbortedError("nothing was changed")

@@ -118,7 +118,8 @@ def cmd_import(args: argparse.Namespace, settings: Settings) -> int:
     name = parse_name(args.name)
     store = _open(settings)
     source = {"kind": "file", "path": str(args.path.absolute())}
-    with progress_bar(None, args.path.name, enabled=not args.json) as bar:
+    size = args.path.stat().st_size if args.path.is_file() else None
+    with progress_bar(size, args.path.name, enabled=not args.json) as bar:
         manifest = store.add_file(args.path, name, source=source, progress=bar)
     if args.json:
         print_json(_summary(manifest))

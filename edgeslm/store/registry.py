@@ -143,8 +143,14 @@ class Store:
 
     @contextmanager
     def locked(self) -> Iterator[None]:
-        with self._lock:
+        try:
+            self._lock.acquire()
+        except OSError as exc:
+            raise StoreError(f"cannot lock the store at {self.root}: {exc.strerror or exc}; is it writable?") from None
+        try:
             yield
+        finally:
+            self._lock.release()
 
     # -- paths -------------------------------------------------------------------------------
 
