@@ -33,8 +33,8 @@ def test_pull_list_show_the_builtin_models(home: Path, cli: Cli) -> None:
     result = cli("pull", "smollm2-135m-instruct", "gemma3-270m")
     assert result.code == 0, result.err
     assert "pulled: smollm2-135m-instruct:latest" in result.err and result.out == ""
-    again = cli("pull", "smollm2-135m-instruct")
-    assert again.code == 0 and "up to date" in again.err
+    again = cli("pull")  # the default model
+    assert again.code == 0 and "up to date: smollm2-135m-instruct:latest" in again.err
     listing = json.loads(cli("list", "--json").out)
     by_name = {m["name"]: m for m in listing}
     smol, gemma = by_name["smollm2-135m-instruct:latest"], by_name["gemma3-270m:latest"]
@@ -45,7 +45,8 @@ def test_pull_list_show_the_builtin_models(home: Path, cli: Cli) -> None:
 
 @pytest.mark.real_model
 def test_show_reports_the_true_type_mix(builtin_cli: Cli) -> None:
-    smol = json.loads(builtin_cli("show", "smollm2-135m-instruct", "--json").out)
+    smol = json.loads(builtin_cli("show", "--json").out)  # the default model
+    assert smol["name"] == "smollm2-135m-instruct:latest"
     mix = {s["ggml_type"]: s["n_params"] for s in smol["type_mix"]}
     assert mix == {"Q4_1": 106_168_320, "Q8_0": 28_311_552, "F32": 35_136}
     assert smol["file_type"] == "Q4_1" and smol["has_chat_template"] and smol["vocab_size"] == 49_152

@@ -115,3 +115,12 @@ def test_manifest_with_hostile_digest_is_rejected(store: Store, tiny_model: Path
     path.write_text(json.dumps(data))
     assert store.manifests() == []
     assert any("bad digest" in p.detail for p in store.verify().problems)
+
+
+def test_reimport_repairs_a_corrupted_blob(store: Store, tiny_model: Path) -> None:
+    manifest = store.add_file(tiny_model, parse_name("a"), source=SRC)
+    blob = store.blob_path(manifest.digest)
+    blob.write_bytes(b"\0" * manifest.size)
+    assert not store.verify().ok
+    store.add_file(tiny_model, parse_name("a"), source=SRC)
+    assert store.verify().ok and blob.read_bytes() == tiny_model.read_bytes()

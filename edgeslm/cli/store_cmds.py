@@ -7,7 +7,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from ..config import Settings
+from ..config import DEFAULT_MODEL, Settings
 from ..formats.size_class import SIZE_CLASSES, SizeClass
 from ..listing import list_models
 from ..pull import pull
@@ -48,7 +48,7 @@ def _command(sub: Any, name: str, handler: Handler, help_text: str) -> argparse.
 def configure(sub: Any) -> None:
     classes = [c.value for c in SizeClass]
     p = _command(sub, "pull", cmd_pull, "add a builtin, catalogue or hf.co/ORG/REPO[:QUANT] model to the store")
-    p.add_argument("names", nargs="+", metavar="NAME")
+    p.add_argument("names", nargs="*", metavar="NAME", default=[DEFAULT_MODEL], help=f"default: {DEFAULT_MODEL}")
     p.add_argument("--json", action="store_true")
     p = _command(sub, "import", cmd_import, "add a local GGUF file to the store under a name")
     p.add_argument("path", type=Path)
@@ -61,7 +61,7 @@ def configure(sub: Any) -> None:
     p.add_argument("--family", help="architecture or family, e.g. llama, gemma3, smollm2")
     p.add_argument("--json", action="store_true")
     p = _command(sub, "show", cmd_show, "everything about a stored model (or a .gguf file path)")
-    p.add_argument("name")
+    p.add_argument("name", nargs="?", default=DEFAULT_MODEL, help=f"default: {DEFAULT_MODEL}")
     p.add_argument("--ctx", type=_arg_type(_positive_int), help="context length for the memory estimate")
     p.add_argument("--metadata", action="store_true", help="also print every metadata key")
     p.add_argument("--json", action="store_true")

@@ -245,10 +245,9 @@ class Store:
     def _publish(self, tmp: TempFile, manifest: Manifest) -> None:
         blob = self.blob_path(manifest.digest)
         with self.locked():
-            if blob.exists() and blob.stat().st_size == manifest.size:
-                log.info("blob %s already stored; deduplicated", manifest.digest)
-            else:
-                tmp.commit(blob)
+            if blob.exists():
+                log.info("blob %s already stored; the name is added, the bytes refreshed", manifest.digest)
+            tmp.commit(blob)  # same digest, so same bytes; replacing also repairs a corrupted copy
             previous = self.find(manifest.name)
             write_atomic(self.manifest_path(manifest.name), manifest.to_json(), self.tmp_dir)
             if previous and previous.digest != manifest.digest:

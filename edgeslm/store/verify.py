@@ -57,7 +57,8 @@ def _check_blob(store: Store, digest: str, owners: list[Manifest], progress: Pro
         return [
             Problem(
                 digest,
-                f"content hashes to {actual} (used by {names}); the file is corrupt: rm and pull/import it again",
+                f"content hashes to {actual} (used by {names}); the file is corrupt: "
+                "pull or import the model again to repair it",
             )
         ]
     problems = []
