@@ -25,7 +25,7 @@ from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import BinaryIO
 
 from filelock import FileLock
 
@@ -190,6 +190,13 @@ class Store:
         except (OSError, ValueError, KeyError, TypeError) as exc:
             raise StoreError(f"the manifest of {name} is unreadable ({exc}); run 'edgeslm verify'") from None
 
+    def _find_replaceable(self, name: ModelName) -> Manifest | None:
+        """The manifest about to be overwritten; an unreadable one is simply replaced."""
+        try:
+            return self.find(name)
+        except StoreError:
+            return None
+
     def get(self, name: ModelName) -> Manifest:
         manifest = self.find(name)
         if manifest is None:
@@ -235,12 +242,24 @@ class Store:
         log.info("stored %s as %s (%d bytes)", label, name, size)
         return manifest
 
-    def add_file(self, path: Path, name: ModelName, *, source: Mapping[str, str], **kwargs: Any) -> Manifest:
+    def add_file(
+        self,
+        path: Path,
+        name: ModelName,
+        *,
+        source: Mapping[str, str],
+        expected_sha256: str | None = None,
+        progress: Progress | None = None,
+    ) -> Manifest:
         """Import the GGUF file at ``path``: validated first, then copied, hashed and re-validated."""
-        progress: Progress | None = kwargs.pop("progress", None)
         read_gguf_header(path)  # refuse a hostile file before copying a byte of it
-
-        return self.add(name, lambda dst: copy_hashing([path], dst, progress), label=path.name, source=source, **kwargs)
+        return self.add(
+            name,
+            lambda dst: copy_hashing([path], dst, progress),
+            label=path.name,
+            source=source,
+            expected_sha256=expected_sha256,
+        )
 
     def _publish(self, tmp: TempFile, manifest: Manifest) -> None:
         blob = self.blob_path(manifest.digest)
@@ -248,7 +267,7 @@ class Store:
             if blob.exists():
                 log.info("blob %s already stored; the name is added, the bytes refreshed", manifest.digest)
             tmp.commit(blob)  # same digest, so same bytes; replacing also repairs a corrupted copy
-            previous = self.find(manifest.name)
+            previous = self._find_replaceable(manifest.name)
             write_atomic(self.manifest_path(manifest.name), manifest.to_json(), self.tmp_dir)
             if previous and previous.digest != manifest.digest:
                 self._drop_unreferenced([previous.digest])
@@ -257,7 +276,7 @@ class Store:
         with self.locked():
             manifest = self.get(src)
             copied = Manifest(dst, manifest.digest, manifest.size, now_iso(), manifest.info, manifest.source)
-            previous = self.find(dst)
+            previous = self._find_replaceable(dst)
             write_atomic(self.manifest_path(dst), copied.to_json(), self.tmp_dir)
             if previous and previous.digest != copied.digest:
                 self._drop_unreferenced([previous.digest])
