@@ -21,6 +21,8 @@ DEFAULT_CONTEXT = 4096
 
 ENV_HOME = "EDGESLM_HOME"
 ENV_OFFLINE = "EDGESLM_OFFLINE"
+ENV_ENGINE = "EDGESLM_ENGINE"
+DEFAULT_ENGINE = "llama.cpp"
 ENV_HF_ENDPOINT = "HF_ENDPOINT"
 ENV_HF_TOKEN = "HF_TOKEN"
 ENV_HF_OFFLINE = "HF_HUB_OFFLINE"
@@ -38,6 +40,7 @@ class Settings:
     hf_endpoint: str = DEFAULT_HF_ENDPOINT
     hf_token: str | None = None
     uses_proxy: bool = False  # network access goes through a proxy (set in the environment)
+    engine: str = DEFAULT_ENGINE  # the registered engine that runs models
 
     @property
     def models_dir(self) -> Path:
@@ -69,4 +72,5 @@ def resolve_settings(
         hf_endpoint=hf_endpoint.rstrip("/"),
         hf_token=env.get(ENV_HF_TOKEN) or None,
         uses_proxy=any(env.get(name) for name in ENV_PROXIES),
+        engine=env.get(ENV_ENGINE) or DEFAULT_ENGINE,
     )

@@ -48,6 +48,22 @@ class OfflineError(SourceError):
     """A network source was needed but no network (or hub) is reachable."""
 
 
+class InvalidParameterError(EdgeslmError):
+    """A generation or sampling parameter is outside its valid range."""
+
+
+class ContextOverflowError(EdgeslmError):
+    """The prompt does not fit the model's context window."""
+
+
+class ChatTemplateError(EdgeslmError):
+    """A model's chat template was refused: unsafe, too slow, too large or broken."""
+
+
+class EngineError(EdgeslmError):
+    """The inference engine could not load or run a model; the calling process is unharmed."""
+
+
 class AbortedError(EdgeslmError):
     """The user declined a confirmation prompt."""
 
@@ -55,6 +71,10 @@ class AbortedError(EdgeslmError):
 # Exit codes follow sysexits.h where one fits, so scripts can tell failures apart.
 EXIT_CODES: dict[type[EdgeslmError], int] = {
     UsageError: 2,
+    InvalidParameterError: 2,
+    ContextOverflowError: 65,
+    ChatTemplateError: 65,
+    EngineError: 70,  # EX_SOFTWARE
     InvalidNameError: 65,  # EX_DATAERR
     InvalidModelFileError: 65,
     InputFileError: 66,  # EX_NOINPUT

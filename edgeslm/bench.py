@@ -1,0 +1,163 @@
+"""``edgeslm bench``: prompt processing and generation speed, the way llama-bench measures them.
+
+Each model runs in its own subprocess (``python -m edgeslm.bench MODEL ...``) so that one
+model's memory cannot inflate another's peak RSS. Inside, as in llama-bench: one warm-up
+run, then per repetition a ``pp N`` test (N prompt tokens decoded in batches, starting with
+BOS) and a ``tg N`` test (N tokens generated one by one through the real generation loop,
+greedy sampling in llama.cpp), each from an empty KV cache.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from .engines.base import DEFAULT_ENGINE, Engine, LoadParams, SamplingParams, open_engine
+from .errors import EngineError, InvalidParameterError
+from .formats.model_info import ModelInfo
+
+
+@dataclass(frozen=True)
+class BenchParams:
+    n_prompt: int = 512
+    n_gen: int = 128
+    repetitions: int = 5
+    threads: int | None = None
+
+    def __post_init__(self) -> None:
+        for name, value, low in (("-p", self.n_prompt, 0), ("-n", self.n_gen, 0), ("-r", self.repetitions, 1)):
+            if not isinstance(value, int) or not low <= value <= 65_536:
+                raise InvalidParameterError(f"{name} {value} is out of range; valid: {low} to 65,536")
+        if self.n_prompt == 0 and self.n_gen == 0:
+            raise InvalidParameterError("nothing to measure: -p and -n are both 0")
+
+
+@dataclass(frozen=True)
+class TestResult:
+    test: str  # "pp512" or "tg128"
+    n_tokens: int
+    samples_tps: tuple[float, ...]
+
+    @property
+    def mean(self) -> float:
+        return statistics.fmean(self.samples_tps)
+
+    @property
+    def stdev(self) -> float:
+        return statistics.stdev(self.samples_tps) if len(self.samples_tps) > 1 else 0.0
+
+
+@dataclass(frozen=True)
+class BenchResult:
+    model: str
+    file_size: int
+    n_params: int
+    bits_per_weight: float
+    threads: int
+    load_seconds: float
+    peak_rss: int  # bytes, of the subprocess that measured this model
+    tests: tuple[TestResult, ...]
+
+    def to_dict(self) -> dict[str, object]:
+        data = asdict(self)
+        data["tests"] = [{**asdict(t), "mean_tps": t.mean, "stdev_tps": t.stdev} for t in self.tests]
+        return data
+
+
+def _time_prompt(engine: Engine, tokens: list[int]) -> float:
+    start = time.perf_counter()
+    engine.prefill(tokens)
+    return time.perf_counter() - start
+
+
+def _time_generation(engine: Engine, bos: int, n_gen: int) -> float:
+    stream = engine.generate_tokens([bos], SamplingParams(temperature=0))
+    next(stream)  # prefill of the single BOS token and the first sample: not generation
+    start = time.perf_counter()
+    for _ in range(n_gen):
+        next(stream)
+    elapsed = time.perf_counter() - start
+    stream.close()
+    return elapsed
+
+
+def measure(path: str, params: BenchParams) -> dict[str, object]:
+    """Run in the worker subprocess: load ``path`` and time pp/tg; return a JSON-able dict."""
+    n_ctx = max(params.n_prompt + params.n_gen + 8, 64)
+    start = time.perf_counter()
+    engine = open_engine(DEFAULT_ENGINE, Path(path), LoadParams(n_ctx=n_ctx, n_threads=params.threads))
+    load_seconds = time.perf_counter() - start
+    rng = random.Random(0)
+    bos = engine.tokenize("", add_special=True)[:1] or [0]
+    prompt = bos + [rng.randrange(engine.n_vocab) for _ in range(params.n_prompt - 1)] if params.n_prompt else []
+    tests = []
+    if params.n_prompt:
+        _time_prompt(engine, prompt)  # warm-up, as llama-bench does
+        samples = [params.n_prompt / _time_prompt(engine, prompt) for _ in range(params.repetitions)]
+        tests.append({"test": f"pp{params.n_prompt}", "n_tokens": params.n_prompt, "samples_tps": samples})
+    if params.n_gen:
+        _time_generation(engine, bos[0], min(params.n_gen, 16))
+        samples = [params.n_gen / _time_generation(engine, bos[0], params.n_gen) for _ in range(params.repetitions)]
+        tests.append({"test": f"tg{params.n_gen}", "n_tokens": params.n_gen, "samples_tps": samples})
+    engine.close()
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    return {
+        "load_seconds": load_seconds,
+        "peak_rss": peak,
+        "tests": tests,
+        "threads": LoadParams(n_ctx=n_ctx, n_threads=params.threads).threads,
+    }
+
+
+def run_worker(path: str, params: BenchParams, timeout: float | None = None) -> dict[str, Any]:
+    """Measure ``path`` in a fresh subprocess and return its report."""
+    cmd = [sys.executable, "-m", "edgeslm.bench", path, json.dumps(asdict(params))]
+    try:
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        raise EngineError(f"bench of {path} ran past {timeout} s") from None
+    if done.returncode != 0:
+        last = done.stderr.strip().splitlines()[-1:] or [f"exit code {done.returncode}"]
+        raise EngineError(f"bench worker failed on {path}: {last[0]}")
+    report: dict[str, Any] = json.loads(done.stdout)
+    return report
+
+
+def bench_models(models: Sequence[tuple[str, Path, ModelInfo]], params: BenchParams) -> list[BenchResult]:
+    """``models``: (name, file, info). Each is measured in its own subprocess, in order."""
+    results = []
+    for name, path, info in models:
+        report = run_worker(str(path), params)
+        tests = tuple(TestResult(t["test"], t["n_tokens"], tuple(t["samples_tps"])) for t in report["tests"])
+        results.append(
+            BenchResult(
+                name,
+                info.file_size,
+                info.n_params,
+                info.bits_per_weight,
+                int(report["threads"]),
+                float(report["load_seconds"]),
+                int(report["peak_rss"]),
+                tests,
+            )
+        )
+    return results
+
+
+if __name__ == "__main__":
+    from .errors import EdgeslmError
+
+    try:
+        print(json.dumps(measure(sys.argv[1], BenchParams(**json.loads(sys.argv[2])))))  # noqa: T201
+    except EdgeslmError as exc:
+        print(f"Error: {exc}", file=sys.stderr)  # noqa: T201
+        sys.exit(1)

@@ -1,0 +1,260 @@
+"""CLI commands that run models: run (and interactive chat), embed, bench."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import sys
+from collections.abc import Callable
+from typing import Any
+
+from ..bench import BenchParams, BenchResult, bench_models
+from ..config import DEFAULT_MODEL, Settings
+from ..engines.base import SamplingParams
+from ..errors import InvalidNameError
+from ..generation import GenerationChunk, Model, embed, load, resolve_model_path, stream_generate
+from ..sources.builtin import BUILTINS
+from ..store import Store, parse_name
+from ..units import format_mib, format_params
+from .chat_loop import chat_loop
+from .output import print_json, print_table, status
+
+Handler = Callable[[argparse.Namespace, Settings], int]
+
+
+def _command(sub: Any, name: str, handler: Handler, help_text: str) -> argparse.ArgumentParser:
+    parser: argparse.ArgumentParser = sub.add_parser(name, help=help_text, description=help_text)
+    parser.set_defaults(run=handler)
+    return parser
+
+
+def _add_load_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--ctx", type=int, help="context length (default: the model's, at most 4096)")
+    p.add_argument("--threads", type=int, help="CPU threads (default: physical cores)")
+
+
+def configure(sub: Any) -> None:
+    p = _command(sub, "run", cmd_run, "generate from a model: one prompt, or an interactive chat without one")
+    p.add_argument(
+        "words",
+        nargs="*",
+        metavar="[MODEL] [PROMPT]",
+        help=f"a stored or builtin model (default {DEFAULT_MODEL}), then the prompt",
+    )
+    p.add_argument("--model", help="the model, when the first word could be read as either")
+    p.add_argument("--system", help="system message (chat models)")
+    p.add_argument("-i", "--interactive", action="store_true", help="chat even when stdin is not a terminal")
+    p.add_argument("--verbose", dest="timings", action="store_true", help="print Ollama-style timings")
+    _add_load_flags(p)
+    s = SamplingParams()
+    p.add_argument("--temperature", type=float, default=s.temperature, help="0 is greedy")
+    p.add_argument("--top-k", type=int, default=s.top_k)
+    p.add_argument("--top-p", type=float, default=s.top_p)
+    p.add_argument("--min-p", type=float, default=s.min_p)
+    p.add_argument("--repeat-penalty", type=float, default=s.repeat_penalty)
+    p.add_argument("--repeat-last-n", type=int, default=s.repeat_last_n)
+    p.add_argument("--seed", type=int)
+    p.add_argument("--stop", action="append", default=[], help="stop string (repeatable)")
+    p.add_argument("--max-tokens", type=int, default=-1, help="-1: until the model stops or the context is full")
+
+    p = _command(sub, "embed", cmd_embed, "embedding vectors (mean-pooled, L2-normalized) as JSON")
+    p.add_argument("model")
+    p.add_argument("texts", nargs="+", metavar="TEXT")
+    _add_load_flags(p)
+
+    p = _command(sub, "bench", cmd_bench, "prompt processing and generation speed, like llama-bench")
+    p.add_argument("models", nargs="*", metavar="MODEL", default=[DEFAULT_MODEL])
+    p.add_argument("-p", "--n-prompt", type=int, default=512)
+    p.add_argument("-n", "--n-gen", type=int, default=128)
+    p.add_argument("-r", "--repetitions", type=int, default=5)
+    p.add_argument("-t", "--threads", type=int)
+    fmt = p.add_mutually_exclusive_group()
+    for name in ("json", "csv", "markdown"):
+        fmt.add_argument(f"--{name}", dest="format", action="store_const", const=name)
+
+
+def _sampling(args: argparse.Namespace) -> SamplingParams:
+    return SamplingParams(
+        temperature=args.temperature,
+        top_k=args.top_k,
+        top_p=args.top_p,
+        min_p=args.min_p,
+        repeat_penalty=args.repeat_penalty,
+        repeat_last_n=args.repeat_last_n,
+        seed=args.seed,
+    )
+
+
+def _is_model(word: str, settings: Settings) -> bool:
+    if word.endswith(".gguf"):
+        return True
+    try:
+        name = parse_name(word)
+    except InvalidNameError:
+        return False
+    return name.base in BUILTINS or Store(settings.models_dir).find(name) is not None
+
+
+def split_model_and_prompt(args: argparse.Namespace, settings: Settings) -> tuple[str, str | None]:
+    """``run [MODEL] [PROMPT]``: the first word is the model only if it names one."""
+    words = list(args.words)
+    if args.model:
+        return args.model, " ".join(words) or None
+    if words and _is_model(words[0], settings):
+        return words[0], " ".join(words[1:]) or None
+    return DEFAULT_MODEL, " ".join(words) or None
+
+
+def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
+    name, prompt = split_model_and_prompt(args, settings)
+    sampling = _sampling(args)  # validate before loading anything
+    model = load(name, ctx=args.ctx, threads=args.threads, settings=settings)
+    try:
+        if not model.has_chat_template:
+            status(f"{model.name} has no chat template: running as plain completion")
+        if prompt is None and not args.interactive and not sys.stdin.isatty():
+            prompt = sys.stdin.read()
+        if prompt is None:
+            return chat_loop(model, lambda p: _stream(model, p, args, sampling), system=args.system)
+        messages = [{"role": "system", "content": args.system}] if args.system else []
+        request: Any = messages + [{"role": "user", "content": prompt}] if model.has_chat_template else prompt
+        _stream(model, request, args, sampling)
+        return 0
+    finally:
+        model.close()
+
+
+def _stream(model: Model, prompt: Any, args: argparse.Namespace, sampling: SamplingParams) -> str:
+    """Print tokens as they come; Ctrl-C stops generation (the caller's loop goes on)."""
+    parts: list[str] = []
+    last: GenerationChunk | None = None
+    try:
+        for last in stream_generate(model, prompt, max_tokens=args.max_tokens, sampling=sampling, stop=args.stop):
+            sys.stdout.write(last.text)
+            sys.stdout.flush()
+            parts.append(last.text)
+    except KeyboardInterrupt:
+        status("\n[generation stopped]")
+    sys.stdout.write("\n")
+    sys.stdout.flush()
+    if args.timings and last is not None:
+        _print_timings(model, last)
+    return "".join(parts)
+
+
+def _print_timings(model: Model, last: GenerationChunk) -> None:
+    total = model.load_seconds + last.prompt_seconds + last.generation_seconds
+    rows = [
+        ("total duration", f"{total:.3f}s"),
+        ("load duration", f"{model.load_seconds * 1000:.2f}ms"),
+        ("prompt eval count", f"{last.prompt_tokens} token(s)"),
+        ("prompt eval duration", f"{last.prompt_seconds * 1000:.2f}ms"),
+        ("prompt eval rate", f"{last.prompt_tps:.2f} tokens/s"),
+        ("eval count", f"{last.generation_tokens} token(s)"),
+        ("eval duration", f"{last.generation_seconds * 1000:.2f}ms"),
+        ("eval rate", f"{last.generation_tps:.2f} tokens/s"),
+        ("peak memory", format_mib(last.peak_memory)),
+    ]
+    for key, value in rows:
+        status(f"{key + ':':22}{value}")
+
+
+def cmd_embed(args: argparse.Namespace, settings: Settings) -> int:
+    model = load(args.model, ctx=args.ctx, threads=args.threads, settings=settings)
+    try:
+        vectors = embed(model, args.texts)
+    finally:
+        model.close()
+    print(json.dumps(vectors[0] if len(vectors) == 1 else vectors))
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace, settings: Settings) -> int:
+    params = BenchParams(args.n_prompt, args.n_gen, args.repetitions, args.threads)
+    from ..formats.gguf_header import read_gguf_header
+    from ..formats.model_info import model_info
+
+    targets = []
+    for name in args.models:
+        resolved, path = resolve_model_path(name, settings)
+        targets.append((resolved, path, model_info(read_gguf_header(path, label=resolved))))
+    results = bench_models(targets, params)
+    if args.format == "json":
+        print_json([r.to_dict() for r in results])
+    elif args.format == "csv":
+        print(_bench_csv(results), end="")
+    else:
+        _bench_table(results, markdown=args.format == "markdown")
+    return 0
+
+
+def _bench_rows(results: list[BenchResult]) -> list[tuple[Any, ...]]:
+    return [
+        (
+            r.model,
+            format_mib(r.file_size),
+            format_params(r.n_params),
+            f"{r.bits_per_weight:.2f}",
+            r.threads,
+            t.test,
+            f"{t.mean:.2f} ± {t.stdev:.2f}",
+            f"{r.load_seconds * 1000:.0f}",
+            format_mib(r.peak_rss),
+        )
+        for r in results
+        for t in r.tests
+    ]
+
+
+_BENCH_HEADERS = ("model", "size", "params", "bpw", "threads", "test", "t/s", "load ms", "peak RSS")
+
+
+def _bench_table(results: list[BenchResult], *, markdown: bool) -> None:
+    rows = _bench_rows(results)
+    if not markdown:
+        print_table(_BENCH_HEADERS, rows, right=(1, 2, 3, 4, 6, 7, 8))
+        return
+    print("| " + " | ".join(_BENCH_HEADERS) + " |")
+    print("|" + "|".join("---:" if i in (1, 2, 3, 4, 6, 7, 8) else "---" for i in range(len(_BENCH_HEADERS))) + "|")
+    for row in rows:
+        print("| " + " | ".join(str(c) for c in row) + " |")
+
+
+def _bench_csv(results: list[BenchResult]) -> str:
+    out = io.StringIO()
+    writer = csv.writer(out)
+    writer.writerow(
+        [
+            "model",
+            "file_size",
+            "n_params",
+            "bits_per_weight",
+            "threads",
+            "test",
+            "mean_tps",
+            "stdev_tps",
+            "load_seconds",
+            "peak_rss",
+            "samples_tps",
+        ]
+    )
+    for r in results:
+        for t in r.tests:
+            writer.writerow(
+                [
+                    r.model,
+                    r.file_size,
+                    r.n_params,
+                    r.bits_per_weight,
+                    r.threads,
+                    t.test,
+                    f"{t.mean:.3f}",
+                    f"{t.stdev:.3f}",
+                    f"{r.load_seconds:.4f}",
+                    r.peak_rss,
+                    json.dumps(list(t.samples_tps)),
+                ]
+            )
+    return out.getvalue()

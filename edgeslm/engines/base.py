@@ -1,0 +1,193 @@
+"""The one ``Engine`` protocol, its parameter records, and the registry engines join.
+
+An engine turns token ids into token ids (and logits, and embeddings); everything above it
+(chat templates, stop strings, timings, the CLI and the server) is engine-independent.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Callable, Generator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol, TypeVar, runtime_checkable
+
+import numpy as np
+import numpy.typing as npt
+
+from ..config import DEFAULT_ENGINE
+from ..errors import EngineError, InvalidParameterError
+
+__all__ = ["DEFAULT_ENGINE", "ENGINES", "Engine", "LoadParams", "SamplingParams", "open_engine", "register_engine"]
+
+MAX_CONTEXT = 1 << 20
+MAX_SEED = 2**32 - 1
+
+
+def _check(ok: bool, name: str, value: object, valid: str) -> None:
+    if not ok:
+        raise InvalidParameterError(f"{name}={value!r} is out of range; valid: {valid}")
+
+
+def _finite(value: float) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """llama.cpp's samplers and their defaults (``common/common.h``); temperature 0 is greedy."""
+
+    temperature: float = 0.8
+    top_k: int = 40
+    top_p: float = 0.95
+    min_p: float = 0.05
+    repeat_penalty: float = 1.0
+    repeat_last_n: int = 64
+    seed: int | None = None  # None: a fresh random seed per generation
+
+    def __post_init__(self) -> None:
+        _check(
+            _finite(self.temperature) and 0 <= self.temperature <= 100,
+            "temperature",
+            self.temperature,
+            "0 (greedy) to 100",
+        )
+        _check(_int(self.top_k) and 0 <= self.top_k <= 1_000_000, "top_k", self.top_k, "0 (off) to 1,000,000")
+        _check(_finite(self.top_p) and 0 < self.top_p <= 1, "top_p", self.top_p, "greater than 0, at most 1")
+        _check(_finite(self.min_p) and 0 <= self.min_p <= 1, "min_p", self.min_p, "0 to 1")
+        _check(
+            _finite(self.repeat_penalty) and 0 < self.repeat_penalty <= 10,
+            "repeat_penalty",
+            self.repeat_penalty,
+            "greater than 0, at most 10 (1 is off)",
+        )
+        _check(
+            _int(self.repeat_last_n) and 0 <= self.repeat_last_n <= MAX_CONTEXT,
+            "repeat_last_n",
+            self.repeat_last_n,
+            "0 to 1,048,576",
+        )
+        _check(
+            self.seed is None or (_int(self.seed) and 0 <= self.seed <= MAX_SEED), "seed", self.seed, f"0 to {MAX_SEED}"
+        )
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0
+
+
+@dataclass(frozen=True)
+class LoadParams:
+    n_ctx: int = 4096
+    n_threads: int | None = None  # None: physical cores
+    n_batch: int = 2048
+    n_ubatch: int = 512
+    embeddings: bool = False
+
+    def __post_init__(self) -> None:
+        _check(_int(self.n_ctx) and 16 <= self.n_ctx <= MAX_CONTEXT, "ctx", self.n_ctx, "16 to 1,048,576")
+        _check(
+            self.n_threads is None or (_int(self.n_threads) and 1 <= self.n_threads <= 1024),
+            "threads",
+            self.n_threads,
+            "1 to 1024",
+        )
+        _check(_int(self.n_ubatch) and 1 <= self.n_ubatch <= self.n_batch, "ubatch", self.n_ubatch, "1 to n_batch")
+
+    @property
+    def threads(self) -> int:
+        return self.n_threads or physical_cores()
+
+
+def physical_cores() -> int:
+    """Physical cores (what llama.cpp's ``cpu_get_num_math`` prefers), else logical ones."""
+    try:
+        with open("/proc/cpuinfo") as fp:
+            cores = set()
+            physical = core = None
+            for line in fp:
+                key, _, value = line.partition(":")
+                key = key.strip()
+                if key == "physical id":
+                    physical = value.strip()
+                elif key == "core id":
+                    core = value.strip()
+                elif not key and core is not None:
+                    cores.add((physical, core))
+                    physical = core = None
+            if core is not None:
+                cores.add((physical, core))
+        if cores:
+            return len(cores)
+    except OSError:
+        pass
+    return os.cpu_count() or 1
+
+
+@runtime_checkable
+class Engine(Protocol):
+    """What every engine provides. Token ids are the model's own vocabulary ids."""
+
+    name: str
+    n_ctx: int
+    n_vocab: int
+
+    def tokenize(self, text: str, *, add_special: bool = True, parse_special: bool = True) -> list[int]: ...
+
+    def detokenize(self, tokens: Sequence[int]) -> bytes: ...
+
+    def token_bytes(self, token: int) -> bytes: ...
+
+    def is_end_of_generation(self, token: int) -> bool: ...
+
+    def chat_template(self) -> str | None: ...
+
+    def bos_text(self) -> str: ...
+
+    def eos_text(self) -> str: ...
+
+    def prefill(self, tokens: Sequence[int]) -> None:
+        """Evaluate ``tokens`` from an empty cache, keeping only the last position's logits."""
+        ...
+
+    def eval_logits(self, tokens: Sequence[int]) -> npt.NDArray[np.float32]:
+        """Logits (n_tokens x n_vocab, float32) for every position of ``tokens`` from an empty cache."""
+        ...
+
+    def generate_tokens(self, prompt: Sequence[int], sampling: SamplingParams) -> Generator[int, None, None]:
+        """Prefill ``prompt`` (from an empty cache), then yield sampled tokens until the caller stops."""
+        ...
+
+    def embed(self, text: str) -> list[float]: ...
+
+    def close(self) -> None: ...
+
+
+EngineFactory = Callable[[Path, LoadParams], Engine]
+ENGINES: dict[str, EngineFactory] = {}
+F = TypeVar("F", bound=EngineFactory)
+
+
+def register_engine(name: str) -> Callable[[F], F]:
+    """Decorator: make a factory ``(path, LoadParams) -> Engine`` loadable by ``name``."""
+
+    def wrap(factory: F) -> F:
+        ENGINES[name] = factory
+        return factory
+
+    return wrap
+
+
+def open_engine(name: str, path: Path, params: LoadParams) -> Engine:
+    if name == DEFAULT_ENGINE and name not in ENGINES:
+        from . import llamacpp  # noqa: F401 - registers itself; imported lazily (native code)
+    try:
+        factory = ENGINES[name]
+    except KeyError:
+        raise EngineError(f"no engine named '{name}'; available: {', '.join(sorted(ENGINES)) or 'none'}") from None
+    return factory(path, params)

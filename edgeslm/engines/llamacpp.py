@@ -1,0 +1,246 @@
+"""The llama.cpp engine, on llama-cpp-python's low-level C API.
+
+The high-level ``llama_cpp.Llama`` copies every token's full-vocabulary logits into numpy and
+samples in Python; here the decode loop touches only a token id per step: ``llama_decode``
+then ``llama_sampler_sample`` on llama.cpp's own sampler chain (``common/sampling.cpp``'s
+order: penalties, top-k, top-p, min-p, temperature, dist), so Python's cost per token is a
+few C calls.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+from collections import deque
+from collections.abc import Generator, Sequence
+from pathlib import Path
+
+import llama_cpp as lc
+import numpy as np
+import numpy.typing as npt
+
+from ..errors import ContextOverflowError, EngineError
+from .base import DEFAULT_ENGINE, LoadParams, SamplingParams, register_engine
+
+log = logging.getLogger(__name__)
+
+_RECENT_LOG: deque[tuple[int, str]] = deque(maxlen=20)
+# ggml_log_level: 1 debug, 2 info, 3 warn, 4 error, 5 continue. llama.cpp's warnings are
+# mostly advice (context shorter than trained): shown with -v; its errors always.
+_WARN, _ERROR, _CONT = 3, 4, 5
+_LEVELS = {_WARN: logging.INFO, _ERROR: logging.WARNING}
+_state = {"ready": False, "last_level": 1}
+
+
+@lc.llama_log_callback  # type: ignore[untyped-decorator]
+def _log_callback(level: int, text: bytes, _user: ctypes.c_void_p) -> None:
+    # llama.cpp logs a lot at load; keep it out of the terminal, but remember the last lines
+    # so that a failure can say why. Level 5 continues the previous line.
+    level = _state["last_level"] if level == _CONT else level
+    _state["last_level"] = level
+    message = text.decode("utf-8", errors="replace").rstrip()
+    if message:
+        _RECENT_LOG.append((level, message))
+        log.log(_LEVELS.get(level, logging.DEBUG), "llama.cpp: %s", message)
+
+
+def _init_backend() -> None:
+    if not _state["ready"]:
+        lc.llama_log_set(_log_callback, ctypes.c_void_p(0))
+        lc.llama_backend_init()
+        _state["ready"] = True
+
+
+def _why() -> str:
+    """The last warnings and errors llama.cpp logged: the reason behind a NULL it returned."""
+    problems = [message for level, message in _RECENT_LOG if level >= _WARN]
+    return "; ".join(problems[-3:]) or (_RECENT_LOG[-1][1] if _RECENT_LOG else "no details")
+
+
+class LlamaCppEngine:
+    name = DEFAULT_ENGINE
+
+    def __init__(self, path: Path, params: LoadParams) -> None:
+        _init_backend()
+        _RECENT_LOG.clear()
+        self.params = params
+        self._model = lc.llama_model_load_from_file(str(path).encode(), lc.llama_model_default_params())
+        if not self._model:
+            raise EngineError(f"llama.cpp could not load {path.name}: {_why()}")
+        self._ctx = self._new_context(embeddings=False)
+        self._embed_ctx: lc.llama_context_p | None = None
+        self._vocab = lc.llama_model_get_vocab(self._model)
+        self.n_vocab = lc.llama_vocab_n_tokens(self._vocab)
+        self.n_ctx = lc.llama_n_ctx(self._ctx)
+        self.n_embd = lc.llama_model_n_embd(self._model)
+        self._piece = ctypes.create_string_buffer(256)
+        self._one = (lc.llama_token * 1)()
+
+    def _new_context(self, *, embeddings: bool) -> lc.llama_context_p:
+        p = lc.llama_context_default_params()
+        p.n_ctx = self.params.n_ctx
+        p.n_batch = self.params.n_batch if not embeddings else self.params.n_ctx
+        p.n_ubatch = self.params.n_ubatch if not embeddings else self.params.n_ctx
+        p.n_threads = p.n_threads_batch = self.params.threads
+        p.no_perf = True
+        if embeddings:
+            p.embeddings = True
+            p.pooling_type = lc.LLAMA_POOLING_TYPE_MEAN
+        ctx = lc.llama_init_from_model(self._model, p)
+        if not ctx:
+            self.close()
+            raise EngineError(f"llama.cpp could not create a context of {self.params.n_ctx} tokens: {_why()}")
+        return ctx
+
+    # -- vocabulary ---------------------------------------------------------------------------
+
+    def tokenize(self, text: str, *, add_special: bool = True, parse_special: bool = True) -> list[int]:
+        data = text.encode("utf-8")
+        size = len(data) + 8
+        buf = (lc.llama_token * size)()
+        n = lc.llama_tokenize(self._vocab, data, len(data), buf, size, add_special, parse_special)
+        if n < 0:  # buffer too small: -n is the size needed
+            size = -n
+            buf = (lc.llama_token * size)()
+            n = lc.llama_tokenize(self._vocab, data, len(data), buf, size, add_special, parse_special)
+        if n < 0:
+            raise EngineError(f"llama.cpp could not tokenize a text of {len(data):,} bytes")
+        return list(buf[:n])
+
+    def token_bytes(self, token: int, *, special: bool = False) -> bytes:
+        n = lc.llama_token_to_piece(self._vocab, token, self._piece, len(self._piece), 0, special)
+        if n < 0:
+            big = ctypes.create_string_buffer(-n)
+            n = lc.llama_token_to_piece(self._vocab, token, big, -n, 0, special)
+            return big.raw[:n]
+        return self._piece.raw[:n]
+
+    def detokenize(self, tokens: Sequence[int]) -> bytes:
+        return b"".join(self.token_bytes(t) for t in tokens)
+
+    def is_end_of_generation(self, token: int) -> bool:
+        return bool(lc.llama_vocab_is_eog(self._vocab, token))
+
+    def chat_template(self) -> str | None:
+        raw = lc.llama_model_chat_template(self._model, None)
+        return raw.decode("utf-8", errors="replace") if raw else None
+
+    def bos_text(self) -> str:
+        return self._special_text(lc.llama_vocab_bos(self._vocab))
+
+    def eos_text(self) -> str:
+        return self._special_text(lc.llama_vocab_eos(self._vocab))
+
+    def _special_text(self, token: int) -> str:
+        return "" if token < 0 else self.token_bytes(token, special=True).decode("utf-8", errors="replace")
+
+    # -- evaluation ---------------------------------------------------------------------------
+
+    def _clear(self, ctx: lc.llama_context_p) -> None:
+        lc.llama_memory_clear(lc.llama_get_memory(ctx), True)
+
+    def _decode(self, ctx: lc.llama_context_p, batch: lc.llama_batch) -> None:
+        rc = lc.llama_decode(ctx, batch)
+        if rc != 0:
+            raise EngineError(f"llama.cpp decode failed (code {rc}): {_why()}")
+
+    def prefill(self, tokens: Sequence[int]) -> None:
+        if len(tokens) >= self.n_ctx:
+            raise ContextOverflowError(
+                f"the prompt has {len(tokens):,} tokens but the context holds {self.n_ctx:,}; "
+                "shorten it or load with a larger context (--ctx)"
+            )
+        self._clear(self._ctx)
+        step = self.params.n_batch
+        for start in range(0, len(tokens), step):
+            chunk = tokens[start : start + step]
+            arr = (lc.llama_token * len(chunk))(*chunk)
+            self._decode(self._ctx, lc.llama_batch_get_one(arr, len(chunk)))
+
+    def eval_logits(self, tokens: Sequence[int]) -> npt.NDArray[np.float32]:
+        if not tokens or len(tokens) > self.n_ctx:
+            raise ContextOverflowError(f"cannot evaluate {len(tokens):,} tokens in a context of {self.n_ctx:,}")
+        self._clear(self._ctx)
+        out = np.empty((len(tokens), self.n_vocab), dtype=np.float32)
+        step = self.params.n_batch
+        batch = lc.llama_batch_init(step, 0, 1)
+        try:
+            for start in range(0, len(tokens), step):
+                chunk = tokens[start : start + step]
+                batch.n_tokens = len(chunk)
+                for i, tok in enumerate(chunk):
+                    batch.token[i], batch.pos[i], batch.n_seq_id[i] = tok, start + i, 1
+                    batch.seq_id[i][0], batch.logits[i] = 0, True
+                self._decode(self._ctx, batch)
+                rows = np.ctypeslib.as_array(lc.llama_get_logits(self._ctx), shape=(len(chunk), self.n_vocab))
+                out[start : start + len(chunk)] = rows
+        finally:
+            lc.llama_batch_free(batch)
+        return out
+
+    # -- generation ---------------------------------------------------------------------------
+
+    def _sampler(self, s: SamplingParams) -> lc.llama_sampler_p:
+        chain = lc.llama_sampler_chain_init(lc.llama_sampler_chain_default_params())
+        add = lambda sampler: lc.llama_sampler_chain_add(chain, sampler)  # noqa: E731
+        if s.repeat_penalty != 1.0 and s.repeat_last_n:
+            add(lc.llama_sampler_init_penalties(self.n_vocab, s.repeat_last_n, s.repeat_penalty, 0.0, 0.0))
+        if s.greedy:
+            add(lc.llama_sampler_init_greedy())
+            return chain
+        add(lc.llama_sampler_init_top_k(s.top_k))
+        add(lc.llama_sampler_init_top_p(s.top_p, 1))
+        add(lc.llama_sampler_init_min_p(s.min_p, 1))
+        add(lc.llama_sampler_init_temp(s.temperature))
+        add(lc.llama_sampler_init_dist(lc.LLAMA_DEFAULT_SEED if s.seed is None else s.seed))
+        return chain
+
+    def generate_tokens(self, prompt: Sequence[int], sampling: SamplingParams) -> Generator[int, None, None]:
+        sampler = self._sampler(sampling)
+        try:
+            self.prefill(prompt)
+            n_past, one = len(prompt), self._one
+            ctx, sample, decode = self._ctx, lc.llama_sampler_sample, lc.llama_decode
+            while True:
+                token = sample(sampler, ctx, -1)  # also feeds the token to the penalties' history
+                yield token
+                if n_past >= self.n_ctx:
+                    return
+                one[0] = token
+                rc = decode(ctx, lc.llama_batch_get_one(one, 1))
+                if rc != 0:
+                    raise EngineError(f"llama.cpp decode failed (code {rc}): {_why()}")
+                n_past += 1
+        finally:
+            lc.llama_sampler_free(sampler)
+
+    def embed(self, text: str) -> list[float]:
+        tokens = self.tokenize(text)
+        if len(tokens) > self.n_ctx:
+            raise ContextOverflowError(f"the text has {len(tokens):,} tokens; the context holds {self.n_ctx:,}")
+        if self._embed_ctx is None:
+            self._embed_ctx = self._new_context(embeddings=True)
+        self._clear(self._embed_ctx)
+        arr = (lc.llama_token * len(tokens))(*tokens)
+        self._decode(self._embed_ctx, lc.llama_batch_get_one(arr, len(tokens)))
+        ptr = lc.llama_get_embeddings_seq(self._embed_ctx, 0)
+        if not ptr:
+            raise EngineError("llama.cpp returned no pooled embedding for this model")
+        vec = np.ctypeslib.as_array(ptr, shape=(self.n_embd,)).astype(np.float64)
+        norm = float(np.linalg.norm(vec))
+        return [float(x) for x in (vec / norm if norm > 0 else vec)]
+
+    def close(self) -> None:
+        for attr, free in (("_embed_ctx", lc.llama_free), ("_ctx", lc.llama_free), ("_model", lc.llama_model_free)):
+            handle = getattr(self, attr, None)
+            if handle:
+                free(handle)
+                setattr(self, attr, None)
+
+    def __del__(self) -> None:
+        self.close()
+
+
+@register_engine(DEFAULT_ENGINE)
+def open_llamacpp(path: Path, params: LoadParams) -> LlamaCppEngine:
+    return LlamaCppEngine(path, params)

@@ -1,0 +1,254 @@
+"""Load a model and generate from it: ``load`` -> ``stream_generate`` -> ``generate``.
+
+One generation core (``stream_generate``) turns the engine's token ids into text chunks: it
+decodes UTF-8 incrementally, applies stop strings and the token limit, and stamps every
+chunk with running timings, as ``mlx_lm.generate`` does.
+"""
+
+from __future__ import annotations
+
+import codecs
+import logging
+import resource
+import sys
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .chat import render_chat
+from .config import DEFAULT_MODEL, Settings, resolve_settings
+from .engines.base import MAX_CONTEXT, Engine, LoadParams, SamplingParams, open_engine
+from .errors import ChatTemplateError, ContextOverflowError, InvalidParameterError, ModelNotFoundError
+from .formats.gguf_header import read_gguf_header
+from .formats.model_info import ModelInfo, model_info
+from .store import Store, parse_name
+
+log = logging.getLogger(__name__)
+Message = Mapping[str, Any]
+
+
+@dataclass(frozen=True)
+class GenerationChunk:
+    text: str
+    token: int | None  # None on the closing chunk
+    finish_reason: str | None  # None while generating; "stop" (end token or stop string) or "length"
+    prompt_tokens: int
+    generation_tokens: int
+    prompt_seconds: float
+    generation_seconds: float
+    peak_memory: int  # bytes: this process's peak resident set
+
+    @property
+    def prompt_tps(self) -> float:
+        return self.prompt_tokens / self.prompt_seconds if self.prompt_seconds > 0 else 0.0
+
+    @property
+    def generation_tps(self) -> float:
+        return self.generation_tokens / self.generation_seconds if self.generation_seconds > 0 else 0.0
+
+
+@dataclass
+class Model:
+    """A loaded model: its engine, what the store knows of it, and its load time."""
+
+    name: str
+    path: Path
+    info: ModelInfo
+    engine: Engine
+    load_seconds: float
+    _template: str | None = field(default=None, repr=False)
+
+    @property
+    def has_chat_template(self) -> bool:
+        return self._template is not None
+
+    def render(self, messages: Sequence[Message], *, add_generation_prompt: bool = True) -> str:
+        if self._template is None:
+            raise ChatTemplateError(f"{self.name} has no chat template; give it a plain prompt instead")
+        return render_chat(
+            self._template,
+            messages,
+            add_generation_prompt=add_generation_prompt,
+            bos_token=self.engine.bos_text(),
+            eos_token=self.engine.eos_text(),
+        )
+
+    def prompt_tokens(self, prompt: str | Sequence[Message] | Sequence[int]) -> list[int]:
+        """Token ids for a plain prompt, a chat (rendered through the template) or ready ids."""
+        if isinstance(prompt, str):
+            return self.engine.tokenize(prompt, add_special=True, parse_special=False)
+        items: list[Any] = list(prompt)
+        if all(isinstance(t, int) for t in items):
+            return items
+        text = self.render(items)
+        bos = self.engine.bos_text()
+        # The template may write BOS itself; then the tokenizer must not add a second one.
+        return self.engine.tokenize(text, add_special=not (bos and text.startswith(bos)), parse_special=True)
+
+    def close(self) -> None:
+        self.engine.close()
+
+
+def resolve_model_path(name_or_path: str, settings: Settings) -> tuple[str, Path]:
+    """A store name (pulling a missing builtin first, offline) or a .gguf path -> (name, file)."""
+    path = Path(name_or_path)
+    if name_or_path.endswith(".gguf") and path.is_file():
+        return path.name, path
+    store = Store.open(settings.models_dir)
+    name = parse_name(name_or_path)
+    manifest = store.find(name)
+    if manifest is None:
+        from .pull import pull
+        from .sources.builtin import BUILTINS
+
+        if name.base not in BUILTINS:
+            raise ModelNotFoundError(_not_found(store, str(name)))
+        manifest = pull(store, str(name), settings).manifest
+    return str(manifest.name), store.blob_path(manifest.digest)
+
+
+def _not_found(store: Store, wanted: str) -> str:
+    import difflib
+
+    from .sources.builtin import BUILTINS
+
+    known = [str(m.name) for m in store.manifests()] + [f"{b}:latest" for b in BUILTINS]
+    close = difflib.get_close_matches(wanted, known, n=3, cutoff=0.5)
+    hint = f"; did you mean {', '.join(close)}?" if close else f"; known: {', '.join(sorted(set(known)))}"
+    return f"model {wanted} not found{hint}"
+
+
+def load(
+    name_or_path: str = DEFAULT_MODEL,
+    *,
+    ctx: int | None = None,
+    threads: int | None = None,
+    engine: str | None = None,
+    settings: Settings | None = None,
+) -> Model:
+    """Load a stored model (or a .gguf file) into an engine (default: the configured one)."""
+    settings = settings or resolve_settings()
+    engine = engine or settings.engine
+    name, path = resolve_model_path(name_or_path, settings)
+    info = model_info(read_gguf_header(path, label=name))
+    n_ctx = ctx or min(info.context_length or 4096, 4096)
+    start = time.perf_counter()
+    loaded = open_engine(engine, path, LoadParams(n_ctx=n_ctx, n_threads=threads))
+    seconds = time.perf_counter() - start
+    log.info("loaded %s in %.2f s", name, seconds)
+    return Model(name, path, info, loaded, seconds, loaded.chat_template())
+
+
+def _peak_rss() -> int:
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return int(peak if sys.platform == "darwin" else peak * 1024)
+
+
+def check_max_tokens(max_tokens: int) -> None:
+    if (
+        isinstance(max_tokens, bool)
+        or not isinstance(max_tokens, int)
+        or not (max_tokens == -1 or 1 <= max_tokens <= MAX_CONTEXT)
+    ):
+        raise InvalidParameterError(
+            f"max_tokens={max_tokens!r} is out of range; valid: -1 (until the context is full) or 1 to {MAX_CONTEXT:,}"
+        )
+
+
+class _StopFilter:
+    """Holds back text that could be the start of a stop string; cuts at the first one found."""
+
+    def __init__(self, stops: Sequence[str]) -> None:
+        self.stops = [s for s in stops if s]
+        self.hold = max((len(s) for s in self.stops), default=1) - 1
+        self.pending = ""
+
+    def feed(self, text: str) -> tuple[str, bool]:
+        self.pending += text
+        hits = [i for s in self.stops if (i := self.pending.find(s)) >= 0]
+        if hits:
+            out, self.pending = self.pending[: min(hits)], ""
+            return out, True
+        if len(self.pending) <= self.hold:
+            return "", False
+        cut = len(self.pending) - self.hold
+        out, self.pending = self.pending[:cut], self.pending[cut:]
+        return out, False
+
+    def flush(self) -> str:
+        out, self.pending = self.pending, ""
+        return out
+
+
+def stream_generate(
+    model: Model,
+    prompt: str | Sequence[Message] | Sequence[int],
+    *,
+    max_tokens: int = -1,
+    sampling: SamplingParams | None = None,
+    stop: Sequence[str] = (),
+) -> Iterator[GenerationChunk]:
+    """Yield a chunk per generated token, then a closing chunk whose ``finish_reason`` is set."""
+    check_max_tokens(max_tokens)
+    sampling = sampling or SamplingParams()
+    tokens = model.prompt_tokens(prompt)
+    n_ctx = model.engine.n_ctx
+    if len(tokens) >= n_ctx:
+        raise ContextOverflowError(
+            f"the prompt has {len(tokens):,} tokens but the context holds {n_ctx:,}; "
+            "shorten it or raise the context (--ctx)"
+        )
+    limit = n_ctx - len(tokens) if max_tokens == -1 else min(max_tokens, n_ctx - len(tokens))
+    decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+    stops = _StopFilter(stop)
+    start = time.perf_counter()
+    first = None
+    count, reason = 0, "length"
+
+    def chunk(text: str, token: int | None, finish: str | None) -> GenerationChunk:
+        now = time.perf_counter()
+        prompt_s = (first or now) - start
+        return GenerationChunk(text, token, finish, len(tokens), count, prompt_s, now - (first or now), _peak_rss())
+
+    for token in model.engine.generate_tokens(tokens, sampling):
+        if first is None:
+            first = time.perf_counter()
+        if model.engine.is_end_of_generation(token):
+            reason = "stop"
+            break
+        count += 1
+        text, stopped = stops.feed(decoder.decode(model.engine.token_bytes(token)))
+        if stopped:
+            reason = "stop"
+            yield chunk(text, token, None)
+            break
+        yield chunk(text, token, None)
+        if count >= limit:
+            break
+    yield chunk(stops.flush() + decoder.decode(b"", final=True), None, reason)
+
+
+@dataclass(frozen=True)
+class GenerationResult:
+    text: str
+    tokens: tuple[int, ...]
+    finish_reason: str
+    last: GenerationChunk
+
+
+def generate(model: Model, prompt: str | Sequence[Message] | Sequence[int], **kwargs: Any) -> GenerationResult:
+    """Run ``stream_generate`` to the end and return the whole text."""
+    parts, ids = [], []
+    last = None
+    for last in stream_generate(model, prompt, **kwargs):
+        parts.append(last.text)
+        if last.token is not None:
+            ids.append(last.token)
+    assert last is not None and last.finish_reason is not None
+    return GenerationResult("".join(parts), tuple(ids), last.finish_reason, last)
+
+
+def embed(model: Model, texts: Sequence[str]) -> list[list[float]]:
+    return [model.engine.embed(t) for t in texts]
