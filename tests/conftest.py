@@ -12,6 +12,7 @@ import pytest
 from edgeslm.cli import main
 from edgeslm.store import Store
 
+from . import fake_engine  # noqa: F401 - registers the "fake" engine
 from .ggufbuild import write_tiny_model
 
 
@@ -29,6 +30,7 @@ def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setenv("EDGESLM_HOME", str(path))
     monkeypatch.delenv("EDGESLM_OFFLINE", raising=False)
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("EDGESLM_ENGINE", raising=False)
     monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # discard port: refused at once
     return path
 

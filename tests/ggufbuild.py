@@ -79,6 +79,7 @@ def write_tiny_model(
     n_vocab: int = 128,
     seed: int = 0,
     chat_template: str | None = "{{ messages }}",
+    extra: dict[str, str | int] | None = None,
 ) -> Path:
     """A llama-shaped model with random F32/F16 weights, written by gguf-py's own writer."""
     rng = np.random.default_rng(seed)
@@ -95,6 +96,11 @@ def write_tiny_model(
     w.add_token_list([f"t{i}" for i in range(n_vocab)])
     if chat_template:
         w.add_chat_template(chat_template)
+    for key, value in (extra or {}).items():
+        if isinstance(value, int):
+            w.add_uint32(key, value)
+        else:
+            w.add_string(key, value)
     w.add_tensor("token_embd.weight", rng.standard_normal((n_vocab, n_embd), dtype=np.float32).astype(np.float16))
     for layer in range(n_layer):
         w.add_tensor(f"blk.{layer}.attn_norm.weight", np.ones(n_embd, dtype=np.float32))
