@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.edgeslm-installed
 
-.PHONY: setup demo test lint bench clean
+.PHONY: setup demo test lint bench parity clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -20,6 +20,9 @@ demo: setup
 	$(VENV)/bin/edgeslm list
 	$(VENV)/bin/edgeslm show smollm2-135m-instruct
 	$(VENV)/bin/edgeslm verify
+	$(VENV)/bin/edgeslm run "Write a haiku about the sea" --temperature 0 --max-tokens 48 --verbose
+	$(VENV)/bin/edgeslm run gemma3-270m "The capital of France is" --temperature 0 --max-tokens 24
+	$(VENV)/bin/edgeslm bench smollm2-135m-instruct gemma3-270m -p 256 -n 64 -r 3
 
 lint: setup
 	$(PY) -m ruff check edgeslm tests benchmarks
@@ -30,6 +33,11 @@ test: lint
 
 bench: setup
 	$(PY) benchmarks/header_walk.py
+	$(VENV)/bin/edgeslm bench smollm2-135m-instruct gemma3-270m
+
+# Against native llama.cpp, built once by ../shared/tools/build-native-llama.sh (about 20 minutes).
+parity: setup
+	PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(PY) benchmarks/parity.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info

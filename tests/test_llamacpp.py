@@ -13,7 +13,7 @@ import pytest
 
 from edgeslm.config import resolve_settings
 from edgeslm.engines.base import SamplingParams
-from edgeslm.errors import ContextOverflowError, EngineError
+from edgeslm.errors import ChatTemplateError, ContextOverflowError, EngineError
 from edgeslm.generation import Model, generate, load
 
 from .conftest import CliResult
@@ -87,12 +87,13 @@ def test_prompt_longer_than_the_context(model: Model) -> None:
         generate(model, "word " * 600)
 
 
-def test_chat_on_the_instruct_model(model: Model) -> None:
-    if not model.has_chat_template:
-        pytest.skip("base model")
-    reply = generate(
-        model, [{"role": "user", "content": "Say hello."}], max_tokens=48, sampling=SamplingParams(temperature=0)
-    )
+def test_chat_on_the_instruct_model_and_refusal_on_the_base_model(model: Model) -> None:
+    messages = [{"role": "user", "content": "Say hello."}]
+    if not model.has_chat_template:  # gemma3-270m is a base model
+        with pytest.raises(ChatTemplateError, match="has no chat template"):
+            generate(model, messages)
+        return
+    reply = generate(model, messages, max_tokens=48, sampling=SamplingParams(temperature=0))
     assert reply.text.strip() and reply.finish_reason in ("stop", "length")
     assert model.prompt_tokens([{"role": "user", "content": "x"}])[:1] == model.engine.tokenize("<|im_start|>")
 
@@ -138,3 +139,42 @@ def test_a_file_llama_cpp_refuses_is_a_clear_error(tmp_path: Path, home: Path) -
     with pytest.raises(EngineError, match="could not load alien.gguf"):
         load(str(unknown), settings=resolve_settings(home=home))
     assert os.getpid() > 0  # still here
+
+
+def test_ctrl_c_stops_the_reply_not_the_chat(builtin_home: Path, tmp_path: Path) -> None:
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    home = tmp_path / "h"
+    shutil.copytree(builtin_home, home)
+    cmd = [
+        sys.executable,
+        "-m",
+        "edgeslm",
+        "--home",
+        str(home),
+        "run",
+        "smollm2-135m-instruct",
+        "-i",
+        "--max-tokens",
+        "4000",
+        "--temperature",
+        "0.8",
+        "--seed",
+        "1",
+    ]
+    proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert proc.stdin is not None and proc.stdout is not None
+    proc.stdin.write("Tell me a very long story about the sea.\n")
+    proc.stdin.flush()
+    assert proc.stdout.read(20)  # the reply is streaming
+    time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    time.sleep(0.5)
+    proc.stdin.write("/bye\n")
+    proc.stdin.flush()
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    assert "[generation stopped]" in err

@@ -196,23 +196,32 @@ class LlamaCppEngine:
         return chain
 
     def generate_tokens(self, prompt: Sequence[int], sampling: SamplingParams) -> Generator[int, None, None]:
-        sampler = self._sampler(sampling)
+        # Plain greedy reads the argmax straight off llama.cpp's logits buffer (a numpy view, no
+        # copy): llama_sampler_sample would first build an n_vocab candidate array per token,
+        # ~3 MB for Gemma's 262k vocabulary, which costs more than a small model's decode.
+        fast_greedy = sampling.greedy and (sampling.repeat_penalty == 1.0 or not sampling.repeat_last_n)
+        sampler = None if fast_greedy else self._sampler(sampling)
         try:
             self.prefill(prompt)
-            n_past, one = len(prompt), self._one
-            ctx, sample, decode = self._ctx, lc.llama_sampler_sample, lc.llama_decode
+            n_past, one, n_vocab = len(prompt), self._one, self.n_vocab
+            ctx, decode, get_one = self._ctx, lc.llama_decode, lc.llama_batch_get_one
+            logits_of, as_array, sample = lc.llama_get_logits_ith, np.ctypeslib.as_array, lc.llama_sampler_sample
             while True:
-                token = sample(sampler, ctx, -1)  # also feeds the token to the penalties' history
+                if sampler is None:
+                    token = int(as_array(logits_of(ctx, -1), shape=(n_vocab,)).argmax())
+                else:
+                    token = sample(sampler, ctx, -1)  # also feeds the token to the penalties' history
                 yield token
                 if n_past >= self.n_ctx:
                     return
                 one[0] = token
-                rc = decode(ctx, lc.llama_batch_get_one(one, 1))
+                rc = decode(ctx, get_one(one, 1))
                 if rc != 0:
                     raise EngineError(f"llama.cpp decode failed (code {rc}): {_why()}")
                 n_past += 1
         finally:
-            lc.llama_sampler_free(sampler)
+            if sampler is not None:
+                lc.llama_sampler_free(sampler)
 
     def embed(self, text: str) -> list[float]:
         tokens = self.tokenize(text)
