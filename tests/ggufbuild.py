@@ -91,6 +91,7 @@ def write_tiny_model(
     w.add_feed_forward_length(2 * n_embd)
     w.add_head_count(4)
     w.add_head_count_kv(2)
+    w.add_layer_norm_rms_eps(1e-5)
     w.add_file_type(1)
     w.add_tokenizer_model("gpt2")
     w.add_token_list([f"t{i}" for i in range(n_vocab)])

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from .. import __version__
 from ..config import resolve_settings
 from ..errors import EdgeslmError, exit_code_for
-from . import infer_cmds, store_cmds
+from . import infer_cmds, quantize_cmds, store_cmds
 
 log = logging.getLogger("edgeslm")
 
@@ -36,6 +36,7 @@ def make_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     store_cmds.configure(sub)
     infer_cmds.configure(sub)
+    quantize_cmds.configure(sub)
     return parser
 
 

@@ -14,6 +14,7 @@ import logging
 from collections import deque
 from collections.abc import Generator, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import llama_cpp as lc
 import numpy as np
@@ -21,6 +22,9 @@ import numpy.typing as npt
 
 from ..errors import ContextOverflowError, EngineError
 from .base import DEFAULT_ENGINE, LoadParams, SamplingParams, register_engine
+
+if TYPE_CHECKING:
+    from ..formats.quant_types import QuantizeOptions, QuantType
 
 log = logging.getLogger(__name__)
 
@@ -248,6 +252,37 @@ class LlamaCppEngine:
 
     def __del__(self) -> None:
         self.close()
+
+
+def llama_cpp_version() -> str:
+    return f"llama-cpp-python {lc.__version__}"
+
+
+def quantize_file(src: Path, dst: Path, qtype: QuantType, options: QuantizeOptions, label: str | None = None) -> None:
+    """``llama_model_quantize`` with llama-quantize's options (tools/quantize/quantize.cpp)."""
+    _init_backend()
+    _RECENT_LOG.clear()
+    p = lc.llama_model_quantize_default_params()
+    p.ftype = int(qtype.ftype)
+    p.nthread = options.threads or 0  # 0: all hardware threads, as llama-quantize
+    p.allow_requantize = options.allow_requantize
+    p.quantize_output_tensor = not options.leave_output_tensor
+    p.pure = options.pure
+    if options.output_tensor_type is not None:
+        p.output_tensor_type = int(options.output_tensor_type)
+    if options.token_embedding_type is not None:
+        p.token_embedding_type = int(options.token_embedding_type)
+    keep = None
+    if options.tensor_types:
+        # A NULL-pattern entry ends the list, as llama-quantize builds it.
+        keep = (lc.llama_model_tensor_override * (len(options.tensor_types) + 1))()
+        for i, (pattern, ggml_type) in enumerate(options.tensor_types):
+            keep[i].pattern, keep[i].type = pattern.encode(), int(ggml_type)
+        p.tt_overrides = ctypes.cast(keep, ctypes.POINTER(lc.llama_model_tensor_override))
+    rc = lc.llama_model_quantize(str(src).encode(), str(dst).encode(), ctypes.byref(p))
+    del keep
+    if rc != 0:
+        raise EngineError(f"llama.cpp could not quantize {label or src.name} to {qtype.name}: {_why()}")
 
 
 @register_engine(DEFAULT_ENGINE)

@@ -32,7 +32,7 @@ from filelock import FileLock
 from ..errors import IntegrityError, InvalidModelFileError, ModelNotFoundError, StoreError
 from ..formats.gguf_header import read_gguf_header
 from ..formats.model_info import ModelInfo, model_info
-from .atomic import TempFile, copy_hashing, iter_stale_temps, write_atomic
+from .atomic import TempFile, copy_hashing, iter_stale_temps, sha256_file, write_atomic
 from .names import ModelName, parse_name
 
 log = logging.getLogger(__name__)
@@ -229,16 +229,45 @@ class Store:
             tmp = TempFile(self.tmp_dir, "blob")
         with tmp:
             sha, size = write(tmp.file)
-            tmp.flush_to_disk()
-            if expected_sha256 is not None and sha != expected_sha256.lower():
-                raise IntegrityError(
-                    f"{label}: content sha256 is {sha} but {expected_sha256.lower()} was expected "
-                    "(corrupt or tampered download); nothing was stored"
-                )
-            info = model_info(read_gguf_header(tmp.path, label=label))
-            _require_model(info, label)
-            manifest = Manifest(name, f"sha256-{sha}", size, now_iso(), info, dict(source))
-            self._publish(tmp, manifest)
+            return self._finish(tmp, sha, size, name, label, source, expected_sha256)
+
+    def add_produced(
+        self,
+        name: ModelName,
+        produce: Callable[[Path], None],
+        *,
+        label: str,
+        source: Mapping[str, str],
+    ) -> Manifest:
+        """Store what ``produce`` writes at the temp path it is given (a tool that writes a file
+        itself, like llama.cpp's quantizer), then hash, check and publish it like ``add``."""
+        with self.locked():
+            tmp = TempFile(self.tmp_dir, "blob")
+        with tmp:
+            produce(tmp.path)
+            sha, size = sha256_file(tmp.path), tmp.path.stat().st_size
+            return self._finish(tmp, sha, size, name, label, source, None)
+
+    def _finish(
+        self,
+        tmp: TempFile,
+        sha: str,
+        size: int,
+        name: ModelName,
+        label: str,
+        source: Mapping[str, str],
+        expected_sha256: str | None,
+    ) -> Manifest:
+        tmp.flush_to_disk()
+        if expected_sha256 is not None and sha != expected_sha256.lower():
+            raise IntegrityError(
+                f"{label}: content sha256 is {sha} but {expected_sha256.lower()} was expected "
+                "(corrupt or tampered download); nothing was stored"
+            )
+        info = model_info(read_gguf_header(tmp.path, label=label))
+        _require_model(info, label)
+        manifest = Manifest(name, f"sha256-{sha}", size, now_iso(), info, dict(source))
+        self._publish(tmp, manifest)
         log.info("stored %s as %s (%d bytes)", label, name, size)
         return manifest
 

@@ -1,0 +1,92 @@
+"""CLI: edgeslm quantize."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from ..config import Settings
+from ..formats.quant_types import QUANT_TYPES, QuantizeOptions, parse_ggml_type, parse_quant_types
+from ..quantize import parse_tensor_type, quantize
+from ..store import Store, parse_name
+from ..units import format_bytes
+from .output import print_json, print_table, status
+
+
+def configure(sub: Any) -> None:
+    types_help = "; ".join(q.describe() for q in QUANT_TYPES.values())
+    p: argparse.ArgumentParser = sub.add_parser(
+        "quantize",
+        help="make quantized variants of a stored model with llama.cpp's quantizer",
+        description=f"Types: {types_help}.",
+    )
+    p.set_defaults(run=cmd_quantize)
+    p.add_argument("name")
+    p.add_argument("--type", dest="types", required=True, help="one or more, comma-separated: q8_0,q5_1,q4_0")
+    p.add_argument("--allow-requantize", action="store_true", help="quantize an already quantized model")
+    p.add_argument("--force", action="store_true", help="rebuild variants that exist")
+    p.add_argument("--pure", action="store_true", help="every tensor gets the type (no mixed recipe)")
+    p.add_argument("--leave-output-tensor", action="store_true", help="do not quantize output.weight")
+    p.add_argument("--output-tensor-type", help="type of output.weight")
+    p.add_argument("--token-embedding-type", help="type of token_embd.weight")
+    p.add_argument(
+        "--tensor-type",
+        action="append",
+        default=[],
+        metavar="PATTERN=TYPE",
+        help="type for tensors whose name matches the regex (repeatable)",
+    )
+    p.add_argument("--threads", type=int)
+    p.add_argument("--calibrate", metavar="TEXT_FILE", help="importance matrix from this text (not yet)")
+    p.add_argument("--json", action="store_true")
+
+
+def cmd_quantize(args: argparse.Namespace, settings: Settings) -> int:
+    from ..errors import InvalidParameterError
+
+    if args.calibrate:
+        raise InvalidParameterError(
+            "--calibrate is not supported yet: edgeslm cannot collect an importance "
+            "matrix; quantize without it (IQ1/IQ2 types and Q2_K_S stay refused)"
+        )
+    types = parse_quant_types(args.types)
+    options = QuantizeOptions(
+        allow_requantize=args.allow_requantize, force=args.force, pure=args.pure,
+        leave_output_tensor=args.leave_output_tensor,
+        output_tensor_type=parse_ggml_type(args.output_tensor_type) if args.output_tensor_type else None,
+        token_embedding_type=parse_ggml_type(args.token_embedding_type) if args.token_embedding_type else None,
+        tensor_types=tuple(parse_tensor_type(t) for t in args.tensor_type), threads=args.threads,
+    )  # fmt: skip
+    results = quantize(Store.open(settings.models_dir), parse_name(args.name), types, options)
+    for r in results:
+        for warning in r.warnings:
+            status(f"warning: {r.manifest.name}: {warning}")
+    if args.json:
+        print_json(
+            [
+                {
+                    "name": str(r.manifest.name),
+                    "requested": r.quant_type.name,
+                    "built": r.built,
+                    "size": r.manifest.size,
+                    "digest": r.manifest.digest,
+                    "warnings": list(r.warnings),
+                    "type_mix": [s.__dict__ for s in r.manifest.info.type_mix],
+                }
+                for r in results
+            ]
+        )
+        return 0
+    rows = [
+        (
+            str(r.manifest.name),
+            r.quant_type.name,
+            "built" if r.built else "kept",
+            format_bytes(r.manifest.size),
+            f"{r.manifest.info.bits_per_weight:.2f}",
+            r.manifest.info.type_mix_summary(4),
+        )
+        for r in results
+    ]
+    print_table(("NAME", "ASKED", "", "SIZE", "BPW", "GOT (share of parameters)"), rows, right=(3, 4))
+    return 0

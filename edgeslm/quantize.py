@@ -1,0 +1,144 @@
+"""``edgeslm quantize``: stored model -> stored variants, through llama.cpp's own quantizer.
+
+Each variant is produced by ``llama_model_quantize`` (the function behind ``llama-quantize``)
+straight into a locked temp file in the store, validated, and published as ``NAME:TYPE`` with
+its lineage: parent digest and type, the type asked for, the options, llama.cpp's version. The
+manifest's type mix records what llama.cpp actually produced, which differs from the request
+when rows are not a multiple of the type's block size (K-quants need 256).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from gguf.constants import GGMLQuantizationType
+
+from .errors import InvalidParameterError
+from .formats.gguf_header import read_gguf_header
+from .formats.quant_types import QuantizeOptions, QuantType, parse_ggml_type
+from .store import ModelName, Store
+from .store.registry import Manifest
+
+log = logging.getLogger(__name__)
+MATERIAL_SHARE = 0.5  # warn when under half the parameters got the requested main type
+
+
+def parse_tensor_type(text: str) -> tuple[str, GGMLQuantizationType]:
+    """'attn_v=q6_k' -> ('attn_v', Q6_K); the pattern must be a valid regex."""
+    pattern, sep, type_name = text.rpartition("=")
+    if not sep or not pattern:
+        raise InvalidParameterError(f"--tensor-type {text!r}: write PATTERN=TYPE, e.g. 'attn_v=q6_k'")
+    try:
+        re.compile(pattern)
+    except re.error as exc:
+        raise InvalidParameterError(f"--tensor-type {text!r}: {pattern!r} is not a valid regex ({exc})") from None
+    return pattern, parse_ggml_type(type_name)
+
+
+@dataclass(frozen=True)
+class VariantResult:
+    quant_type: QuantType
+    manifest: Manifest
+    built: bool  # False: an existing variant was kept (use force to rebuild)
+    warnings: tuple[str, ...] = field(default=())
+
+
+def _is_quantized(parent: Manifest) -> bool:
+    return any(
+        s.ggml_type not in ("F32", "F16", "BF16") and s.n_params > 0.01 * parent.info.n_params
+        for s in parent.info.type_mix
+    )
+
+
+def check_request(store: Store, parent: Manifest, qtype: QuantType, options: QuantizeOptions) -> list[str]:
+    """Refuse what cannot work; return warnings for what works with caveats."""
+    warnings = []
+    if qtype.needs_imatrix:
+        raise InvalidParameterError(
+            f"{qtype.name} needs an importance matrix (calibration), which edgeslm cannot collect yet; "
+            "choose a type without that need, e.g. Q2_K, IQ3_S or Q3_K_S"
+        )
+    if _is_quantized(parent):
+        source = parent.info.file_type or parent.info.main_type
+        if not options.allow_requantize and not qtype.unquantized:
+            raise InvalidParameterError(
+                f"{parent.name} is already quantized ({source}); quantizing it again compounds the error. "
+                "Pass --allow-requantize to do it anyway, or start from an F16/F32 model"
+            )
+        warnings.append(
+            f"source is already {source}: {qtype.name} is made from dequantized weights, "
+            "so its error adds to the source's"
+        )
+    if not qtype.unquantized and not _any_row_fits(store, parent, qtype):
+        raise InvalidParameterError(
+            f"no weight matrix of {parent.name} has rows divisible by {qtype.name}'s block size "
+            f"{qtype.block_size}: every tensor would fall back to another type; choose a type with "
+            "32-element blocks (Q4_0, Q5_1, Q8_0...)"
+        )
+    return warnings
+
+
+def _any_row_fits(store: Store, parent: Manifest, qtype: QuantType) -> bool:
+    header = read_gguf_header(store.blob_path(parent.digest), label=str(parent.name))
+    return any(len(t.shape) >= 2 and t.shape[0] % qtype.block_size == 0 for t in header.tensors)
+
+
+def _mix_warning(manifest: Manifest, qtype: QuantType) -> str | None:
+    wanted = qtype.main_type.name
+    got = {s.ggml_type: s.n_params for s in manifest.info.type_mix}
+    share = got.get(wanted, 0) / max(manifest.info.n_params, 1)
+    if qtype.unquantized or share >= MATERIAL_SHARE:
+        return None
+    return (
+        f"asked for {qtype.name} but only {100 * share:.0f}% of parameters are {wanted}: got "
+        f"{manifest.info.type_mix_summary(4)} (llama.cpp falls back per tensor when rows are not "
+        f"a multiple of {qtype.block_size})"
+    )
+
+
+def quantize(
+    store: Store,
+    parent_name: ModelName,
+    types: Sequence[QuantType],
+    options: QuantizeOptions,
+    *,
+    target: Callable[[QuantType], ModelName] | None = None,
+) -> list[VariantResult]:
+    """Produce a variant per type (skipping existing ones unless ``options.force``)."""
+    parent = store.get(parent_name)
+    plans = [(q, check_request(store, parent, q, options)) for q in types]  # refuse before doing anything
+    results = []
+    for qtype, warnings in plans:
+        name = target(qtype) if target else parent_name.with_tag(qtype.name.lower())
+        existing = store.find(name)
+        if existing and existing.source.get("parent") == parent.digest and not options.force:
+            results.append(VariantResult(qtype, existing, built=False))
+            continue
+        manifest = _build(store, parent, qtype, options, name)
+        mix = _mix_warning(manifest, qtype)
+        results.append(VariantResult(qtype, manifest, True, tuple(warnings + ([mix] if mix else []))))
+    return results
+
+
+def _build(store: Store, parent: Manifest, qtype: QuantType, options: QuantizeOptions, name: ModelName) -> Manifest:
+    from .engines.llamacpp import llama_cpp_version, quantize_file
+
+    source = {
+        "kind": "quantize",
+        "parent": parent.digest,
+        "parent_name": str(parent.name),
+        "parent_type": parent.info.file_type or str(parent.info.main_type),
+        "requested": qtype.name,
+        "options": options.to_json(),
+        "llama_cpp": llama_cpp_version(),
+    }
+    src = store.blob_path(parent.digest)
+
+    def produce(out: Path) -> None:
+        quantize_file(src, out, qtype, options, label=str(parent.name))
+
+    return store.add_produced(name, produce, label=f"{parent.name} as {qtype.name}", source=source)
