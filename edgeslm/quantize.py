@@ -107,6 +107,7 @@ def quantize(
     options: QuantizeOptions,
     *,
     target: Callable[[QuantType], ModelName] | None = None,
+    progress: Callable[[QuantType, int, int, str], None] | None = None,
 ) -> list[VariantResult]:
     """Produce a variant per type (skipping existing ones unless ``options.force``)."""
     parent = store.get(parent_name)
@@ -118,13 +119,20 @@ def quantize(
         if existing and existing.source.get("parent") == parent.digest and not options.force:
             results.append(VariantResult(qtype, existing, built=False))
             continue
-        manifest = _build(store, parent, qtype, options, name)
+        manifest = _build(store, parent, qtype, options, name, progress)
         mix = _mix_warning(manifest, qtype)
         results.append(VariantResult(qtype, manifest, True, tuple(warnings + ([mix] if mix else []))))
     return results
 
 
-def _build(store: Store, parent: Manifest, qtype: QuantType, options: QuantizeOptions, name: ModelName) -> Manifest:
+def _build(
+    store: Store,
+    parent: Manifest,
+    qtype: QuantType,
+    options: QuantizeOptions,
+    name: ModelName,
+    progress: Callable[[QuantType, int, int, str], None] | None,
+) -> Manifest:
     from .engines.llamacpp import llama_cpp_version, quantize_file
 
     source = {
@@ -139,6 +147,7 @@ def _build(store: Store, parent: Manifest, qtype: QuantType, options: QuantizeOp
     src = store.blob_path(parent.digest)
 
     def produce(out: Path) -> None:
-        quantize_file(src, out, qtype, options, label=str(parent.name))
+        report = (lambda done, total, tensor: progress(qtype, done, total, tensor)) if progress else None
+        quantize_file(src, out, qtype, options, label=str(parent.name), progress=report)
 
     return store.add_produced(name, produce, label=f"{parent.name} as {qtype.name}", source=source)

@@ -177,3 +177,21 @@ def test_kill_during_quantize_leaves_no_variant(builtin_home: Path, tmp_path: Pa
     assert "smollm2-135m-instruct:q8_0" not in {m["name"] for m in json.loads(cli("list", "--json").out)}
     blob = Path(parent["path"])
     assert "sha256-" + hashlib.sha256(blob.read_bytes()).hexdigest() == parent["digest"]
+
+
+def test_progress_per_tensor(tiny: Cli, home: Path) -> None:
+    from edgeslm.formats.quant_types import QuantizeOptions
+    from edgeslm.quantize import quantize
+    from edgeslm.store import Store, parse_name
+
+    seen: list[tuple[str, int, int, str]] = []
+    quantize(
+        Store.open(home / "models"),
+        parse_name("tiny"),
+        parse_quant_types("q8_0"),
+        QuantizeOptions(),
+        progress=lambda q, done, total, name: seen.append((q.name, done, total, name)),
+    )
+    n_tensors = len(read_gguf_header(next((home / "models" / "blobs").iterdir())).tensors)
+    assert [s[1] for s in seen] == list(range(1, n_tensors + 1)) and {s[2] for s in seen} == {n_tensors}
+    assert {s[3] for s in seen} >= {"token_embd.weight", "blk.0.attn_q.weight"} and {s[0] for s in seen} == {"Q8_0"}

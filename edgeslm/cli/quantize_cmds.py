@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from ..config import Settings
-from ..formats.quant_types import QUANT_TYPES, QuantizeOptions, parse_ggml_type, parse_quant_types
+from ..formats.quant_types import QUANT_TYPES, QuantizeOptions, QuantType, parse_ggml_type, parse_quant_types
 from ..quantize import parse_tensor_type, quantize
 from ..store import Store, parse_name
 from ..units import format_bytes
@@ -41,6 +44,30 @@ def configure(sub: Any) -> None:
     p.add_argument("--json", action="store_true")
 
 
+@contextmanager
+def tensor_progress(enabled: bool) -> Iterator[Callable[[QuantType, int, int, str], None] | None]:
+    """One tqdm bar per variant, advanced per tensor, on a terminal only."""
+    if not enabled or not sys.stderr.isatty():
+        yield None
+        return
+    from tqdm import tqdm
+
+    bars: dict[str, Any] = {}
+
+    def update(qtype: QuantType, done: int, total: int, tensor: str) -> None:
+        bar = bars.get(qtype.name)
+        if bar is None:
+            bar = bars[qtype.name] = tqdm(total=total, desc=qtype.name, unit="tensor", leave=False)
+        bar.set_postfix_str(tensor[:32], refresh=False)
+        bar.update(done - bar.n)
+
+    try:
+        yield update
+    finally:
+        for bar in bars.values():
+            bar.close()
+
+
 def cmd_quantize(args: argparse.Namespace, settings: Settings) -> int:
     from ..errors import InvalidParameterError
 
@@ -57,7 +84,8 @@ def cmd_quantize(args: argparse.Namespace, settings: Settings) -> int:
         token_embedding_type=parse_ggml_type(args.token_embedding_type) if args.token_embedding_type else None,
         tensor_types=tuple(parse_tensor_type(t) for t in args.tensor_type), threads=args.threads,
     )  # fmt: skip
-    results = quantize(Store.open(settings.models_dir), parse_name(args.name), types, options)
+    with tensor_progress(enabled=not args.json) as progress:
+        results = quantize(Store.open(settings.models_dir), parse_name(args.name), types, options, progress=progress)
     for r in results:
         for warning in r.warnings:
             status(f"warning: {r.manifest.name}: {warning}")

@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import ctypes
 import logging
+import re
 from collections import deque
-from collections.abc import Generator, Sequence
+from collections.abc import Callable, Generator, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import llama_cpp as lc
 import numpy as np
@@ -33,7 +34,9 @@ _RECENT_LOG: deque[tuple[int, str]] = deque(maxlen=20)
 # mostly advice (context shorter than trained): shown with -v; its errors always.
 _WARN, _ERROR, _CONT = 3, 4, 5
 _LEVELS = {_WARN: logging.INFO, _ERROR: logging.WARNING}
-_state = {"ready": False, "last_level": 1}
+_state: dict[str, Any] = {"ready": False, "last_level": 1, "tensor_progress": None}
+# llama_model_quantize logs "[  12/ 272]  blk.0.attn_q.weight - ..." per tensor.
+_TENSOR_LINE = re.compile(r"\[\s*(\d+)/\s*(\d+)\]\s+(\S+)")
 
 
 @lc.llama_log_callback  # type: ignore[untyped-decorator]
@@ -46,6 +49,9 @@ def _log_callback(level: int, text: bytes, _user: ctypes.c_void_p) -> None:
     if message:
         _RECENT_LOG.append((level, message))
         log.log(_LEVELS.get(level, logging.DEBUG), "llama.cpp: %s", message)
+        progress = _state["tensor_progress"]
+        if progress is not None and (m := _TENSOR_LINE.match(message)):
+            progress(int(m.group(1)), int(m.group(2)), m.group(3))
 
 
 def _init_backend() -> None:
@@ -258,8 +264,16 @@ def llama_cpp_version() -> str:
     return f"llama-cpp-python {lc.__version__}"
 
 
-def quantize_file(src: Path, dst: Path, qtype: QuantType, options: QuantizeOptions, label: str | None = None) -> None:
-    """``llama_model_quantize`` with llama-quantize's options (tools/quantize/quantize.cpp)."""
+def quantize_file(
+    src: Path,
+    dst: Path,
+    qtype: QuantType,
+    options: QuantizeOptions,
+    label: str | None = None,
+    progress: Callable[[int, int, str], None] | None = None,
+) -> None:
+    """``llama_model_quantize`` with llama-quantize's options (tools/quantize/quantize.cpp);
+    ``progress(done, total, tensor_name)`` is called per tensor."""
     _init_backend()
     _RECENT_LOG.clear()
     p = lc.llama_model_quantize_default_params()
@@ -279,7 +293,11 @@ def quantize_file(src: Path, dst: Path, qtype: QuantType, options: QuantizeOptio
         for i, (pattern, ggml_type) in enumerate(options.tensor_types):
             keep[i].pattern, keep[i].type = pattern.encode(), int(ggml_type)
         p.tt_overrides = ctypes.cast(keep, ctypes.POINTER(lc.llama_model_tensor_override))
-    rc = lc.llama_model_quantize(str(src).encode(), str(dst).encode(), ctypes.byref(p))
+    _state["tensor_progress"] = progress
+    try:
+        rc = lc.llama_model_quantize(str(src).encode(), str(dst).encode(), ctypes.byref(p))
+    finally:
+        _state["tensor_progress"] = None
     del keep
     if rc != 0:
         raise EngineError(f"llama.cpp could not quantize {label or src.name} to {qtype.name}: {_why()}")
