@@ -20,6 +20,7 @@ from gguf.constants import GGMLQuantizationType
 from .errors import InvalidParameterError
 from .formats.gguf_header import read_gguf_header
 from .formats.quant_types import QuantizeOptions, QuantType, parse_ggml_type
+from .formats.ternary import check_ternary
 from .store import ModelName, Store
 from .store.registry import Manifest
 
@@ -73,6 +74,8 @@ def check_request(store: Store, parent: Manifest, qtype: QuantType, options: Qua
             f"source is already {source}: {qtype.name} is made from dequantized weights, "
             "so its error adds to the source's"
         )
+    if qtype.ternary:
+        warnings.extend(_ternary_check(store, parent, qtype, options))
     if not qtype.unquantized and not _any_row_fits(store, parent, qtype):
         raise InvalidParameterError(
             f"no weight matrix of {parent.name} has rows divisible by {qtype.name}'s block size "
@@ -80,6 +83,21 @@ def check_request(store: Store, parent: Manifest, qtype: QuantType, options: Qua
             "32-element blocks (Q4_0, Q5_1, Q8_0...)"
         )
     return warnings
+
+
+def _ternary_check(store: Store, parent: Manifest, qtype: QuantType, options: QuantizeOptions) -> list[str]:
+    path = store.blob_path(parent.digest)
+    report = check_ternary(path, read_gguf_header(path, label=str(parent.name)))
+    if report.ternary:
+        return []
+    loss = (
+        f"{parent.name}'s weights are not ternary: a ternary code loses {100 * report.relative_error:.0f}% of "
+        f"their signal (relative RMS error on {report.tensors_checked} sampled matrices), so expect "
+        f"{qtype.name} output to be broken; it is meant for ternary-trained models (BitNet b1.58, TriLM)"
+    )
+    if not options.force:
+        raise InvalidParameterError(f"{loss}. Pass --force to build it anyway")
+    return [loss]
 
 
 def _any_row_fits(store: Store, parent: Manifest, qtype: QuantType) -> bool:
@@ -151,3 +169,26 @@ def _build(
         quantize_file(src, out, qtype, options, label=str(parent.name), progress=report)
 
     return store.add_produced(name, produce, label=f"{parent.name} as {qtype.name}", source=source)
+
+
+def quantize_to_file(
+    store: Store, parent_name: ModelName, qtype: QuantType, options: QuantizeOptions, output: Path
+) -> list[str]:
+    """Write one variant to ``output`` outside the store (temp file beside it, then rename);
+    an existing file is kept unless ``options.force``. Returns the warnings."""
+    from .engines.llamacpp import quantize_file
+    from .store.atomic import TempFile
+
+    parent = store.get(parent_name)
+    warnings = check_request(store, parent, qtype, options)
+    if output.is_dir():
+        raise InvalidParameterError(f"--output {output} is a directory; give a file path ending in .gguf")
+    if output.exists() and not options.force:
+        raise InvalidParameterError(f"--output {output} exists; choose another path or pass --force to replace it")
+    if not output.parent.is_dir():
+        raise InvalidParameterError(f"--output {output}: the folder {output.parent} does not exist")
+    with TempFile(output.parent, f".{output.name}") as tmp:
+        quantize_file(store.blob_path(parent.digest), tmp.path, qtype, options, label=str(parent.name))
+        read_gguf_header(tmp.path, label=output.name)  # what llama.cpp wrote must pass our own check
+        tmp.commit(output)
+    return warnings

@@ -80,6 +80,7 @@ def write_tiny_model(
     seed: int = 0,
     chat_template: str | None = "{{ messages }}",
     extra: dict[str, str | int] | None = None,
+    ternary: bool = False,
 ) -> Path:
     """A llama-shaped model with random F32/F16 weights, written by gguf-py's own writer."""
     rng = np.random.default_rng(seed)
@@ -105,7 +106,11 @@ def write_tiny_model(
     w.add_tensor("token_embd.weight", rng.standard_normal((n_vocab, n_embd), dtype=np.float32).astype(np.float16))
     for layer in range(n_layer):
         w.add_tensor(f"blk.{layer}.attn_norm.weight", np.ones(n_embd, dtype=np.float32))
-        w.add_tensor(f"blk.{layer}.attn_q.weight", rng.standard_normal((n_embd, n_embd)).astype(np.float16))
+        if ternary:  # BitNet-style: {-a, 0, +a} with one scale per matrix
+            weights = (0.25 * rng.integers(-1, 2, size=(n_embd, n_embd))).astype(np.float16)
+        else:
+            weights = rng.standard_normal((n_embd, n_embd)).astype(np.float16)
+        w.add_tensor(f"blk.{layer}.attn_q.weight", weights)
     w.add_tensor("output_norm.weight", np.ones(n_embd, dtype=np.float32))
     w.write_header_to_file()
     w.write_kv_data_to_file()

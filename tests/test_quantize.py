@@ -53,7 +53,8 @@ def test_variants_are_stored_with_lineage(tiny: Cli) -> None:
 
 def test_every_type_with_pure_gets_its_main_type(tiny: Cli) -> None:
     """The table's main type per recipe is what llama.cpp's quantizer gives every weight under --pure."""
-    result = tiny("quantize", "tiny", "--type", ",".join(BUILDABLE), "--pure", "--json")
+    # --force: TQ1_0/TQ2_0 on these random (not ternary) weights, knowingly.
+    result = tiny("quantize", "tiny", "--type", ",".join(BUILDABLE), "--pure", "--force", "--json")
     assert result.code == 0, result.err
     for r in json.loads(result.out):
         qtype = QUANT_TYPES[r["requested"]]
@@ -195,3 +196,65 @@ def test_progress_per_tensor(tiny: Cli, home: Path) -> None:
     n_tensors = len(read_gguf_header(next((home / "models" / "blobs").iterdir())).tensors)
     assert [s[1] for s in seen] == list(range(1, n_tensors + 1)) and {s[2] for s in seen} == {n_tensors}
     assert {s[3] for s in seen} >= {"token_embd.weight", "blk.0.attn_q.weight"} and {s[0] for s in seen} == {"Q8_0"}
+
+
+def test_ternary_types_only_for_ternary_models(tiny: Cli, cli: Cli, tmp_path: Path) -> None:
+    refused = tiny("quantize", "tiny", "--type", "tq2_0")
+    assert refused.code == 2 and "weights are not ternary" in refused.err and "--force" in refused.err
+    assert "% of their signal" in refused.err
+    forced = tiny("quantize", "tiny", "--type", "tq1_0", "--force")
+    assert forced.code == 0 and "expect TQ1_0 output to be broken" in forced.err
+    bitnet = write_tiny_model(tmp_path / "bitnet.gguf", n_embd=256, n_vocab=512, ternary=True)
+    cli("import", str(bitnet), "--name", "bitnet")
+    ok = cli("quantize", "bitnet", "--type", "tq2_0,tq1_0", "--json")
+    assert ok.code == 0 and "not ternary" not in ok.err
+    assert {r["name"] for r in json.loads(ok.out)} == {"bitnet:tq2_0", "bitnet:tq1_0"}
+
+
+def test_ternary_detection(tmp_path: Path) -> None:
+    from edgeslm.formats.ternary import check_ternary
+
+    for ternary in (True, False):
+        path = write_tiny_model(tmp_path / f"t{ternary}.gguf", n_embd=256, ternary=ternary)
+        report = check_ternary(path, read_gguf_header(path))
+        assert report.ternary is ternary and report.tensors_checked == 2
+        assert (report.relative_error < 1e-3) if ternary else (report.relative_error > 0.3)
+
+
+@pytest.mark.parametrize("verb", ["quantize", "import"])
+def test_full_disk_is_a_clear_error_and_nothing_half_written(tiny: Cli, home: Path, tmp_path: Path, verb: str) -> None:
+    """A file-size limit stands in for a full disk: writes past it fail with EFBIG."""
+    import resource
+    import subprocess
+    import sys
+
+    big = write_tiny_model(tmp_path / "big.gguf", n_embd=512, n_vocab=2048, seed=4)  # ~2.6 MB
+    before = snapshot(home)
+    args = ["quantize", "tiny", "--type", "f32"] if verb == "quantize" else ["import", str(big), "--name", "big"]
+
+    def limit() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (600_000, 600_000))
+
+    done = subprocess.run(
+        [sys.executable, "-m", "edgeslm", "--home", str(home), *args],
+        preexec_fn=limit,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode in (70, 74), done.stderr
+    assert "nothing was stored" in done.stderr and "Traceback" not in done.stderr
+    assert ("File too large" in done.stderr) or ("is the disk full" in done.stderr)
+    assert snapshot(home) == before
+
+
+def test_output_to_a_file(tiny: Cli, home: Path, tmp_path: Path) -> None:
+    out = tmp_path / "tiny-q8.gguf"
+    before = snapshot(home)
+    assert tiny("quantize", "tiny", "--type", "q8_0", "--output", str(out)).code == 0
+    assert read_gguf_header(out).tensors and snapshot(home) == before  # nothing added to the store
+    exists = tiny("quantize", "tiny", "--type", "q4_0", "--output", str(out))
+    assert exists.code == 2 and "exists" in exists.err and "--force" in exists.err
+    assert read_gguf_header(out).tensors[1].ggml_type.name in ("Q8_0", "F32")  # untouched
+    assert tiny("quantize", "tiny", "--type", "q4_0,q8_0", "--output", str(tmp_path / "x.gguf")).code == 2
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".partial")]

@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
 import sys
 from collections.abc import Sequence
 
@@ -46,6 +47,9 @@ def _setup_logging(verbosity: int) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    if hasattr(signal, "SIGXFSZ"):
+        # Past a file-size limit, writes should fail with EFBIG (reported cleanly), not kill us.
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
     parser = make_parser()
     args = parser.parse_args(argv)
     _setup_logging(args.verbose)

@@ -6,11 +6,12 @@ import argparse
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 from ..config import Settings
 from ..formats.quant_types import QUANT_TYPES, QuantizeOptions, QuantType, parse_ggml_type, parse_quant_types
-from ..quantize import parse_tensor_type, quantize
+from ..quantize import parse_tensor_type, quantize, quantize_to_file
 from ..store import Store, parse_name
 from ..units import format_bytes
 from .output import print_json, print_table, status
@@ -40,6 +41,7 @@ def configure(sub: Any) -> None:
         help="type for tensors whose name matches the regex (repeatable)",
     )
     p.add_argument("--threads", type=int)
+    p.add_argument("--output", type=Path, help="write the one variant to this file instead of the store")
     p.add_argument("--calibrate", metavar="TEXT_FILE", help="importance matrix from this text (not yet)")
     p.add_argument("--json", action="store_true")
 
@@ -84,6 +86,16 @@ def cmd_quantize(args: argparse.Namespace, settings: Settings) -> int:
         token_embedding_type=parse_ggml_type(args.token_embedding_type) if args.token_embedding_type else None,
         tensor_types=tuple(parse_tensor_type(t) for t in args.tensor_type), threads=args.threads,
     )  # fmt: skip
+    if args.output is not None:
+        if len(types) != 1:
+            raise InvalidParameterError("--output takes exactly one --type")
+        warnings = quantize_to_file(
+            Store.open(settings.models_dir), parse_name(args.name), types[0], options, args.output
+        )
+        for warning in warnings:
+            status(f"warning: {warning}")
+        status(f"wrote {args.output} ({format_bytes(args.output.stat().st_size)})")
+        return 0
     with tensor_progress(enabled=not args.json) as progress:
         results = quantize(Store.open(settings.models_dir), parse_name(args.name), types, options, progress=progress)
     for r in results:

@@ -300,7 +300,11 @@ def quantize_file(
         _state["tensor_progress"] = None
     del keep
     if rc != 0:
-        raise EngineError(f"llama.cpp could not quantize {label or src.name} to {qtype.name}: {_why()}")
+        why = _why()
+        hint = " (a write failed: is the disk full, or a file-size limit set?)" if "iostream" in why else ""
+        raise EngineError(
+            f"llama.cpp could not quantize {label or src.name} to {qtype.name}: {why}{hint}; nothing was stored"
+        )
 
 
 @register_engine(DEFAULT_ENGINE)

@@ -17,6 +17,7 @@ which the sweep at open removes.
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import re
@@ -227,7 +228,7 @@ class Store:
         """
         with self.locked():  # create and lock the temp file where the sweep cannot race us
             tmp = TempFile(self.tmp_dir, "blob")
-        with tmp:
+        with tmp, _disk_errors(label):
             sha, size = write(tmp.file)
             return self._finish(tmp, sha, size, name, label, source, expected_sha256)
 
@@ -243,7 +244,7 @@ class Store:
         itself, like llama.cpp's quantizer), then hash, check and publish it like ``add``."""
         with self.locked():
             tmp = TempFile(self.tmp_dir, "blob")
-        with tmp:
+        with tmp, _disk_errors(label):
             produce(tmp.path)
             sha, size = sha256_file(tmp.path), tmp.path.stat().st_size
             return self._finish(tmp, sha, size, name, label, source, None)
@@ -375,6 +376,22 @@ class Store:
         from .verify import verify_store  # verification is a separate concern; keep this file small
 
         return verify_store(self, progress)
+
+
+_DISK_FULL = {errno.ENOSPC, errno.EFBIG, errno.EDQUOT}
+
+
+@contextmanager
+def _disk_errors(label: str) -> Iterator[None]:
+    """A full disk (or a file-size limit) while writing a blob is a store error, not a crash."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.errno not in _DISK_FULL:
+            raise
+        raise StoreError(
+            f"cannot store {label}: {exc.strerror}; free some space (or raise the limit) and retry; nothing was stored"
+        ) from None
 
 
 def _require_model(info: ModelInfo, label: str) -> None:
