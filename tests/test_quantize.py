@@ -44,6 +44,8 @@ def test_variants_are_stored_with_lineage(tiny: Cli) -> None:
         assert src["kind"] == "quantize" and src["parent"] == parent["digest"] and src["requested"] == ggml.upper()
         assert src["parent_type"] == "F16" and src["llama_cpp"].startswith("llama-cpp-python")
         assert v["type_mix"][0]["ggml_type"] == ggml and v["size"] < parent["size"]
+    shown = tiny("show", "tiny:q8_0").out
+    assert "quantized from tiny:latest" in shown and "type asked    Q8_0" in shown and "parent type   F16" in shown
     again = json.loads(tiny("quantize", "tiny", "--type", "q8_0", "--json").out)
     assert again[0]["built"] is False  # an existing variant is kept...
     forced = json.loads(tiny("quantize", "tiny", "--type", "q8_0", "--force", "--json").out)

@@ -181,9 +181,11 @@ def _print_report(r: ModelReport, *, with_metadata: bool) -> None:
             ("license", i.general.get("license", "not stated")),
             ("name in file", i.general.get("name", "not stated")),
             ("digest", r.digest or "(not in the store)"),
-            ("source", ", ".join(f"{k}={v}" for k, v in r.source.items())),
+            ("source", _source_text(r.source)),
         ]
     )
+    if r.source.get("kind") == "quantize":
+        _print_lineage(r)
     m = r.memory
     print(
         f"\n  memory at {m.context_length:,} tokens of context: {format_mib(m.total_bytes)} "
@@ -206,6 +208,26 @@ def _print_report(r: ModelReport, *, with_metadata: bool) -> None:
     if with_metadata:
         print("\n  metadata")
         print_fields(sorted(r.metadata.items()), indent=4)
+
+
+def _source_text(source: dict[str, str]) -> str:
+    if source.get("kind") == "quantize":
+        return f"quantized from {source.get('parent_name')} (lineage below)"
+    return ", ".join(f"{k}={v}" for k, v in source.items())
+
+
+def _print_lineage(r: ModelReport) -> None:
+    src = r.source
+    print("\n  lineage")
+    rows = [
+        ("parent", f"{src.get('parent_name')} ({src.get('parent', '')[:19]})"),
+        ("parent type", src.get("parent_type", "")),
+        ("type asked", src.get("requested", "")),
+        ("type got", r.info.type_mix_summary(4)),
+        ("options", src.get("options", "")),
+        ("made with", src.get("llama_cpp", "")),
+    ]
+    print_fields(rows, indent=4)
 
 
 def cmd_cp(args: argparse.Namespace, settings: Settings) -> int:
