@@ -23,6 +23,8 @@ demo: setup
 	$(VENV)/bin/edgeslm run "Write a haiku about the sea" --temperature 0 --max-tokens 48 --verbose
 	$(VENV)/bin/edgeslm run gemma3-270m "The capital of France is" --temperature 0 --max-tokens 24
 	$(VENV)/bin/edgeslm bench smollm2-135m-instruct gemma3-270m -p 256 -n 64 -r 3
+	$(VENV)/bin/edgeslm quantize smollm2-135m-instruct --type q8_0,q5_1,q4_0,q4_k_m --allow-requantize
+	$(VENV)/bin/edgeslm show smollm2-135m-instruct:q4_k_m
 
 lint: setup
 	$(PY) -m ruff check edgeslm tests benchmarks
@@ -38,6 +40,7 @@ bench: setup
 # Against native llama.cpp, built once by ../shared/tools/build-native-llama.sh (about 20 minutes).
 parity: setup
 	PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(PY) benchmarks/parity.py
+	PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(PY) benchmarks/quantize_exact.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info
