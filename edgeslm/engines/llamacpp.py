@@ -21,7 +21,7 @@ import llama_cpp as lc
 import numpy as np
 import numpy.typing as npt
 
-from ..errors import ContextOverflowError, EngineError
+from ..errors import ContextOverflowError, EngineError, InvalidParameterError
 from .base import DEFAULT_ENGINE, LoadParams, SamplingParams, register_engine
 
 if TYPE_CHECKING:
@@ -301,6 +301,11 @@ def quantize_file(
     del keep
     if rc != 0:
         why = _why()
+        if "imatrix" in why:
+            raise InvalidParameterError(
+                f"{qtype.name} needs an importance matrix (calibration) for {label or src.name}'s tensors, which "
+                "edgeslm cannot collect yet; choose another type; nothing was stored"
+            )
         hint = " (a write failed: is the disk full, or a file-size limit set?)" if "iostream" in why else ""
         raise EngineError(
             f"llama.cpp could not quantize {label or src.name} to {qtype.name}: {why}{hint}; nothing was stored"

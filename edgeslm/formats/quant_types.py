@@ -32,9 +32,10 @@ _MAIN_TYPE: dict[str, GGMLQuantizationType] = {
     "TQ1_0": T.TQ1_0, "TQ2_0": T.TQ2_0,
 }  # fmt: skip
 
-# llama-quantize refuses these without an importance matrix (tools/quantize/quantize.cpp), and
-# llama_model_quantize refuses IQ2_S (IQ2_M's main type) and IQ3_XXS tensors without one.
-_NEEDS_IMATRIX = frozenset({"IQ1_S", "IQ1_M", "IQ2_XXS", "IQ2_XS", "IQ2_S", "IQ2_M", "IQ3_XXS", "Q2_K_S"})
+# llama-quantize refuses these without an importance matrix (tools/quantize/quantize.cpp).
+# llama_model_quantize also refuses, per tensor, IQ2_S and IQ3_XXS tensors without one (so IQ2_M
+# and IQ3_XXS fail on models whose rows take 256-blocks, and fall back on those whose rows don't).
+_NEEDS_IMATRIX = frozenset({"IQ1_S", "IQ1_M", "IQ2_XXS", "IQ2_XS", "IQ2_S", "Q2_K_S"})
 _TERNARY = frozenset({"TQ1_0", "TQ2_0"})
 _UNQUANTIZED = frozenset({"F32", "F16", "BF16"})
 
