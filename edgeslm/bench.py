@@ -90,8 +90,31 @@ def _time_generation(engine: Engine, bos: int, n_gen: int) -> float:
     return elapsed
 
 
+def reset_peak_rss() -> None:
+    """Linux keeps a process's peak RSS across fork and exec, so a worker started by a big parent
+    would report the parent's peak; resetting VmHWM (clear_refs 5) makes the peak the worker's own."""
+    try:
+        with open("/proc/self/clear_refs", "w") as fp:
+            fp.write("5")
+    except OSError:
+        pass
+
+
+def peak_rss() -> int:
+    """Peak RSS in bytes since the last reset (VmHWM), else the rusage high-water mark."""
+    try:
+        with open("/proc/self/status") as fp:
+            for line in fp:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
 def measure(path: str, params: BenchParams) -> dict[str, object]:
     """Run in the worker subprocess: load ``path`` and time pp/tg; return a JSON-able dict."""
+    reset_peak_rss()
     n_ctx = max(params.n_prompt + params.n_gen + 8, 64)
     start = time.perf_counter()
     engine = open_engine(DEFAULT_ENGINE, Path(path), LoadParams(n_ctx=n_ctx, n_threads=params.threads))
@@ -109,7 +132,7 @@ def measure(path: str, params: BenchParams) -> dict[str, object]:
         samples = [params.n_gen / _time_generation(engine, bos[0], params.n_gen) for _ in range(params.repetitions)]
         tests.append({"test": f"tg{params.n_gen}", "n_tokens": params.n_gen, "samples_tps": samples})
     engine.close()
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    peak = peak_rss()
     return {
         "load_seconds": load_seconds,
         "peak_rss": peak,

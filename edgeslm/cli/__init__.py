@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from .. import __version__
 from ..config import resolve_settings
 from ..errors import EdgeslmError, exit_code_for
-from . import infer_cmds, quantize_cmds, store_cmds
+from . import eval_cmds, infer_cmds, quantize_cmds, store_cmds
 
 log = logging.getLogger("edgeslm")
 
@@ -38,6 +38,7 @@ def make_parser() -> argparse.ArgumentParser:
     store_cmds.configure(sub)
     infer_cmds.configure(sub)
     quantize_cmds.configure(sub)
+    eval_cmds.configure(sub)
     return parser
 
 

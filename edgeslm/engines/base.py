@@ -155,8 +155,8 @@ class Engine(Protocol):
         """Evaluate ``tokens`` from an empty cache, keeping only the last position's logits."""
         ...
 
-    def eval_logits(self, tokens: Sequence[int]) -> npt.NDArray[np.float32]:
-        """Logits (n_tokens x n_vocab, float32) for every position of ``tokens`` from an empty cache."""
+    def eval_logits(self, tokens: Sequence[int], first: int = 0) -> npt.NDArray[np.float32]:
+        """Logits (rows x n_vocab, float32) of positions ``first..`` of ``tokens``, from an empty cache."""
         ...
 
     def generate_tokens(self, prompt: Sequence[int], sampling: SamplingParams) -> Generator[int, None, None]:

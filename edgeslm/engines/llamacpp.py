@@ -167,23 +167,30 @@ class LlamaCppEngine:
             arr = (lc.llama_token * len(chunk))(*chunk)
             self._decode(self._ctx, lc.llama_batch_get_one(arr, len(chunk)))
 
-    def eval_logits(self, tokens: Sequence[int]) -> npt.NDArray[np.float32]:
-        if not tokens or len(tokens) > self.n_ctx:
+    def eval_logits(self, tokens: Sequence[int], first: int = 0) -> npt.NDArray[np.float32]:
+        """Logits of positions ``first..len(tokens)-1`` (rows x n_vocab), from an empty cache; only
+        those rows are computed and copied, as llama-perplexity asks for the second half of a chunk."""
+        if not tokens or len(tokens) > self.n_ctx or not 0 <= first < len(tokens):
             raise ContextOverflowError(f"cannot evaluate {len(tokens):,} tokens in a context of {self.n_ctx:,}")
         self._clear(self._ctx)
-        out = np.empty((len(tokens), self.n_vocab), dtype=np.float32)
+        out = np.empty((len(tokens) - first, self.n_vocab), dtype=np.float32)
         step = self.params.n_batch
         batch = lc.llama_batch_init(step, 0, 1)
         try:
             for start in range(0, len(tokens), step):
                 chunk = tokens[start : start + step]
                 batch.n_tokens = len(chunk)
+                wanted = 0
                 for i, tok in enumerate(chunk):
                     batch.token[i], batch.pos[i], batch.n_seq_id[i] = tok, start + i, 1
-                    batch.seq_id[i][0], batch.logits[i] = 0, True
+                    batch.seq_id[i][0] = 0
+                    batch.logits[i] = start + i >= first
+                    wanted += start + i >= first
                 self._decode(self._ctx, batch)
-                rows = np.ctypeslib.as_array(lc.llama_get_logits(self._ctx), shape=(len(chunk), self.n_vocab))
-                out[start : start + len(chunk)] = rows
+                if wanted:
+                    rows = np.ctypeslib.as_array(lc.llama_get_logits(self._ctx), shape=(wanted, self.n_vocab))
+                    row0 = max(start, first) - first
+                    out[row0 : row0 + wanted] = rows
         finally:
             lc.llama_batch_free(batch)
         return out

@@ -1,0 +1,119 @@
+"""CLI: eval and compare."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from ..config import Settings
+from ..errors import InvalidParameterError, ModelNotFoundError
+from ..evaluate import EvalSettings, all_results, evaluate, load_text
+from ..report import HEADERS, markdown_table, plot, result_row
+from ..store import ModelName, Store, parse_name
+from .output import print_json, print_table, progress_bar, status
+
+REFERENCE_TAGS = ("f32", "bf16", "f16")  # preferred reference variants, best first
+
+
+def configure(sub: Any) -> None:
+    p: argparse.ArgumentParser = sub.add_parser(
+        "eval",
+        help="perplexity, and KL-divergence against a reference, of stored models",
+        description="Scores like llama-perplexity: chunks of --ctx tokens, second half of each scored.",
+    )
+    p.set_defaults(run=cmd_eval)
+    p.add_argument("names", nargs="+", metavar="NAME")
+    p.add_argument("--reference", help="the model to compare against (default: its f32/bf16/f16 variant)")
+    p.add_argument("--all-variants", action="store_true", help="evaluate every tag of NAME against the reference")
+    p.add_argument("--text", type=Path, help="UTF-8 text file (default: bundled WikiText-2 sample)")
+    p.add_argument("--ctx", type=int, default=512)
+    p.add_argument("--chunks", type=int, help="at most this many chunks (default: all)")
+    p.add_argument("--threads", type=int)
+    p.add_argument("--no-speed", action="store_true", help="skip the tok/s and memory measurement")
+    p.add_argument("--force", action="store_true", help="re-run even when a result is kept")
+    fmt = p.add_mutually_exclusive_group()
+    fmt.add_argument("--json", dest="format", action="store_const", const="json")
+    fmt.add_argument("--markdown", dest="format", action="store_const", const="markdown")
+
+    p = sub.add_parser("compare", help="table (and plot) of kept evaluation results")
+    p.set_defaults(run=cmd_compare)
+    p.add_argument("names", nargs="+", metavar="NAME", help="models, or ':tag' for another tag of the first")
+    p.add_argument("--plot", type=Path, metavar="PNG", help="write size vs KLD (tok/s shown) to this PNG")
+    fmt = p.add_mutually_exclusive_group()
+    fmt.add_argument("--json", dest="format", action="store_const", const="json")
+    fmt.add_argument("--markdown", dest="format", action="store_const", const="markdown")
+
+
+def _expand(names: list[str]) -> list[ModelName]:
+    """'m:q8_0 :q5_1 :q4_0' -> m:q8_0, m:q5_1, m:q4_0."""
+    out: list[ModelName] = []
+    for text in names:
+        if text.startswith(":"):
+            if not out:
+                raise InvalidParameterError(f"{text}: a ':tag' needs a full name before it")
+            out.append(out[0].with_tag(text[1:]))
+        else:
+            out.append(parse_name(text))
+    return out
+
+
+def _default_reference(store: Store, name: ModelName) -> ModelName:
+    for tag in REFERENCE_TAGS:
+        candidate = name.with_tag(tag)
+        if store.find(candidate) is not None:
+            return candidate
+    raise ModelNotFoundError(
+        f"no reference for {name.base}: give --reference, or make one with "
+        f"'edgeslm quantize {name.base} --type f16 --allow-requantize'"
+    )
+
+
+def cmd_eval(args: argparse.Namespace, settings: Settings) -> int:
+    store = Store.open(settings.models_dir)
+    eval_settings = EvalSettings(ctx=args.ctx, chunks=args.chunks, threads=args.threads, speed=not args.no_speed)
+    text = load_text(args.text)
+    names = _expand(args.names)
+    if args.all_variants:
+        names = [m.name for base in names for m in store.manifests() if m.name.base == base.base]
+    reference = parse_name(args.reference) if args.reference else _default_reference(store, names[0])
+    results = []
+    for name in names:
+        ref = None if name == reference else reference
+        with progress_bar(None, f"{name}", enabled=args.format is None) as bar:
+            tick = (lambda done, total: bar(1)) if bar else None  # noqa: E731
+            results.append(evaluate(store, name, ref, text, eval_settings, force=args.force, progress=tick))
+    _print(results, args.format)
+    return 0
+
+
+def _print(results: list[dict[str, Any]], fmt: str | None) -> None:
+    if fmt == "json":
+        print_json(results)
+    elif fmt == "markdown":
+        print(markdown_table(results), end="")
+    else:
+        print_table(HEADERS, [result_row(r) for r in results], right=tuple(range(1, len(HEADERS))))
+
+
+def cmd_compare(args: argparse.Namespace, settings: Settings) -> int:
+    store = Store.open(settings.models_dir)
+    wanted = _expand(args.names)
+    if len(wanted) == 1:  # one model: all its tags
+        wanted = [m.name for m in store.manifests() if m.name.base == wanted[0].base]
+    names = {str(n) for n in wanted}
+    kept: dict[str, dict[str, Any]] = {}
+    for r in all_results(store):  # the newest result per model
+        if r["model"] in names and (r["model"] not in kept or r["created"] >= kept[r["model"]]["created"]):
+            kept[r["model"]] = r
+    missing = [str(n) for n in wanted if str(n) not in kept]
+    if missing:
+        status(f"no kept results for {', '.join(missing)}; run 'edgeslm eval' on them first")
+    results = sorted(kept.values(), key=lambda r: r["file_size"])
+    if not results:
+        raise ModelNotFoundError("nothing to compare: no evaluation results are kept for these models")
+    _print(results, args.format)
+    if args.plot:
+        plot(results, args.plot, f"{wanted[0].base}: size vs KL-divergence")
+        status(f"wrote {args.plot}")
+    return 0

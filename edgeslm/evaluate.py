@@ -1,0 +1,221 @@
+"""``edgeslm eval``: perplexity, and KL-divergence against a reference computed in lockstep.
+
+Chunks follow llama-perplexity: the text is tokenized once (BOS where the vocabulary adds
+one), cut into non-overlapping chunks of ``ctx`` tokens, each chunk's first token replaced by
+BOS, and only the second half of each chunk scored (position i predicts token i+1). With a
+reference, both models evaluate the same chunk and are compared at once, so no multi-gigabyte
+logits file is written. Results are kept in the store under a key of (model digest, reference
+digest, text digest, settings) for ``compare`` and ``optimize``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from importlib.resources import files
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .bench import BenchParams, run_worker
+from .engines.base import Engine, LoadParams, open_engine
+from .errors import InputFileError, InvalidParameterError
+from .eval_stats import Accumulator, summarize
+from .store import ModelName, Store
+from .store.atomic import write_atomic
+from .store.registry import Manifest, now_iso
+
+log = logging.getLogger(__name__)
+DEFAULT_TEXT = "wikitext-2-sample.txt"
+RESULTS_SCHEMA = 1
+SPEED = BenchParams(n_prompt=512, n_gen=128, repetitions=1)
+
+
+@dataclass(frozen=True)
+class EvalSettings:
+    ctx: int = 512
+    chunks: int | None = None  # None: every whole chunk of the text
+    threads: int | None = None
+    speed: bool = True  # also measure pp/tg tok/s and peak RSS (bench machinery)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.ctx, int) or not 16 <= self.ctx <= 1 << 20:
+            raise InvalidParameterError(f"ctx={self.ctx} is out of range; valid: 16 to 1,048,576")
+        if self.chunks is not None and (not isinstance(self.chunks, int) or self.chunks < 1):
+            raise InvalidParameterError(f"chunks={self.chunks} is out of range; valid: 1 or more")
+
+
+@dataclass(frozen=True)
+class EvalText:
+    label: str
+    text: str
+    digest: str
+
+
+def load_text(path: Path | None) -> EvalText:
+    """The user's UTF-8 text file, or the bundled WikiText-2 sample."""
+    if path is None:
+        raw = files("edgeslm").joinpath("data").joinpath(DEFAULT_TEXT).read_bytes()
+        label = f"bundled {DEFAULT_TEXT}"
+    else:
+        if path.is_dir() or not path.exists():
+            raise InputFileError(f"{path} is not a text file; give the path of a UTF-8 text file")
+        raw = path.read_bytes()
+        label = path.name
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise InputFileError(
+            f"{label} is not UTF-8 text (bad byte at offset {exc.start:,}); convert it first"
+        ) from None
+    if not text.strip():
+        raise InputFileError(f"{label} is empty; evaluation needs text")
+    return EvalText(label, text, "sha256-" + hashlib.sha256(raw).hexdigest())
+
+
+def _check_pair(model: Engine, reference: Engine, model_name: str, ref_name: str) -> None:
+    probe = "The quick brown fox, 2024: naïve café — 東京 🙂"
+    if model.n_vocab != reference.n_vocab or model.tokenize(probe) != reference.tokenize(probe):
+        raise InvalidParameterError(
+            f"{model_name} and {ref_name} do not share a vocabulary ({model.n_vocab:,} vs {reference.n_vocab:,} "
+            "tokens, or different tokenization): KL-divergence between them is meaningless; compare variants "
+            "of one model"
+        )
+
+
+def chunk_tokens(engine: Engine, text: EvalText, settings: EvalSettings) -> list[list[int]]:
+    tokens = engine.tokenize(text.text, add_special=True, parse_special=False)
+    available = len(tokens) // settings.ctx
+    if available == 0:
+        raise InvalidParameterError(
+            f"{text.label} has {len(tokens):,} tokens; one chunk at --ctx {settings.ctx} needs {settings.ctx:,}: "
+            "give a longer text or a smaller --ctx"
+        )
+    n = available if settings.chunks is None else min(settings.chunks, available)
+    if settings.chunks is not None and settings.chunks > available:
+        log.warning("%s holds %d chunks of %d tokens; evaluating %d", text.label, available, settings.ctx, n)
+    return [tokens[i * settings.ctx : (i + 1) * settings.ctx] for i in range(n)]
+
+
+def _bos(engine: Engine) -> int | None:
+    with_bos = engine.tokenize("", add_special=True)
+    return with_bos[0] if with_bos else None
+
+
+def measure_quality(
+    model: Engine, reference: Engine | None, chunks: list[list[int]], progress: Callable[[int, int], None] | None = None
+) -> tuple[dict[str, Any], float]:
+    """Score every chunk; return (statistics, seconds)."""
+    acc = Accumulator()
+    bos = _bos(model)
+    start = time.perf_counter()
+    for i, chunk in enumerate(chunks):
+        first = len(chunk) // 2
+        batch = ([bos] + chunk[1:]) if bos is not None else chunk
+        targets = np.asarray(chunk[first + 1 :], dtype=np.int64)
+        logits = model.eval_logits(batch, first)[:-1]
+        ref = reference.eval_logits(batch, first)[:-1] if reference is not None else None
+        acc.add(logits, targets, ref)
+        if progress:
+            progress(i + 1, len(chunks))
+    return summarize(acc), time.perf_counter() - start
+
+
+def result_key(model: Manifest, reference: Manifest | None, text: EvalText, settings: EvalSettings) -> str:
+    basis = {
+        "model": model.digest,
+        "reference": reference.digest if reference else None,
+        "text": text.digest,
+        "ctx": settings.ctx,
+        "chunks": settings.chunks,
+        "schema": RESULTS_SCHEMA,
+    }
+    return hashlib.sha256(json.dumps(basis, sort_keys=True).encode()).hexdigest()[:32]
+
+
+def results_dir(store: Store) -> Path:
+    return store.root / "results"
+
+
+def load_result(store: Store, key: str) -> dict[str, Any] | None:
+    path = results_dir(store) / f"{key}.json"
+    try:
+        data: dict[str, Any] = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return data
+
+
+def all_results(store: Store) -> list[dict[str, Any]]:
+    found = []
+    for path in sorted(results_dir(store).glob("*.json")) if results_dir(store).is_dir() else []:
+        try:
+            found.append(json.loads(path.read_text()))
+        except (OSError, ValueError):
+            log.warning("skipping unreadable result %s", path)
+    return found
+
+
+def evaluate(
+    store: Store,
+    name: ModelName,
+    reference: ModelName | None,
+    text: EvalText,
+    settings: EvalSettings,
+    *,
+    force: bool = False,
+    progress: Callable[[int, int], None] | None = None,
+) -> dict[str, Any]:
+    """Evaluate ``name`` (against ``reference``), reusing a stored result unless ``force``."""
+    model = store.get(name)
+    ref = store.get(reference) if reference is not None else None
+    key = result_key(model, ref, text, settings)
+    if not force and (cached := load_result(store, key)) is not None:
+        return cached
+    params = LoadParams(
+        n_ctx=settings.ctx, n_threads=settings.threads, n_batch=max(settings.ctx, 512), n_ubatch=min(settings.ctx, 512)
+    )
+    engine = open_engine("llama.cpp", store.blob_path(model.digest), params)
+    ref_engine = open_engine("llama.cpp", store.blob_path(ref.digest), params) if ref else None
+    try:
+        if ref_engine is not None:
+            _check_pair(engine, ref_engine, str(name), str(reference))
+        chunks = chunk_tokens(engine, text, settings)
+        stats, seconds = measure_quality(engine, ref_engine, chunks, progress)
+    finally:
+        engine.close()
+        if ref_engine is not None:
+            ref_engine.close()
+    result = {
+        "key": key, "schema": RESULTS_SCHEMA, "created": now_iso(), "model": str(model.name),
+        "model_digest": model.digest, "reference": str(ref.name) if ref else None,
+        "reference_digest": ref.digest if ref else None, "text": text.label, "text_digest": text.digest,
+        "settings": asdict(settings), "chunks": len(chunks), "eval_seconds": seconds,
+        "eval_tokens_per_second": len(chunks) * settings.ctx * (2 if ref else 1) / seconds,
+        "file_size": model.size, "n_params": model.info.n_params, "bits_per_weight": model.info.bits_per_weight,
+        "type_mix": [asdict(s) for s in model.info.type_mix], "file_type": model.info.file_type,
+        **stats,
+    }  # fmt: skip
+    if settings.speed:
+        result["speed"] = _speed(store, model, settings)
+    write_atomic(results_dir(store) / f"{key}.json", json.dumps(result, indent=2).encode(), store.tmp_dir)
+    return result
+
+
+def _speed(store: Store, model: Manifest, settings: EvalSettings) -> dict[str, Any]:
+    params = BenchParams(SPEED.n_prompt, SPEED.n_gen, SPEED.repetitions, settings.threads)
+    report = run_worker(str(store.blob_path(model.digest)), params)
+    tps = {t["test"][:2]: t["samples_tps"][0] for t in report["tests"]}
+    return {
+        "pp_tps": tps.get("pp"),
+        "tg_tps": tps.get("tg"),
+        "peak_rss": report["peak_rss"],
+        "threads": report["threads"],
+        "pp": SPEED.n_prompt,
+        "tg": SPEED.n_gen,
+    }

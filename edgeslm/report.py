@@ -1,0 +1,84 @@
+"""Reports over kept evaluation results: rows for tables and the size-vs-quality plot."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from .units import format_bytes
+
+HEADERS = (
+    "model",
+    "size",
+    "bpw",
+    "PPL",
+    "vs ref",
+    "mean KLD",
+    "KLD 99%",
+    "same top-1",
+    "RMS Δp",
+    "pp t/s",
+    "tg t/s",
+    "peak RSS",
+)
+
+
+def _fmt(value: Any, pattern: str) -> str:
+    return "" if value is None or (isinstance(value, float) and math.isnan(value)) else pattern.format(value)
+
+
+def result_row(r: dict[str, Any]) -> tuple[str, ...]:
+    speed = r.get("speed") or {}
+    kld = r.get("kld") or {}
+    return (
+        r["model"],
+        format_bytes(r["file_size"]),
+        _fmt(r.get("bits_per_weight"), "{:.2f}"),
+        f"{r['ppl']:.3f} ± {r['ppl_err']:.3f}",
+        _fmt(r.get("ppl_base"), "{:.3f}"),
+        _fmt(r.get("kld_mean"), "{:.5f}") + (_fmt(r.get("kld_err"), " ± {:.5f}") if "kld_mean" in r else ""),
+        _fmt(kld.get("p99"), "{:.4f}"),
+        _fmt(r.get("same_top") and 100 * r["same_top"], "{:.2f}%"),
+        _fmt(r.get("dp_rms") and 100 * r["dp_rms"], "{:.3f}%"),
+        _fmt(speed.get("pp_tps"), "{:.1f}"),
+        _fmt(speed.get("tg_tps"), "{:.1f}"),
+        _fmt(speed.get("peak_rss") and speed["peak_rss"] / 2**20, "{:.1f} MiB"),
+    )
+
+
+def markdown_table(results: Sequence[dict[str, Any]]) -> str:
+    lines = ["| " + " | ".join(HEADERS) + " |", "|" + "---|" * len(HEADERS)]
+    lines += ["| " + " | ".join(result_row(r)) + " |" for r in results]
+    return "\n".join(lines) + "\n"
+
+
+def plot(results: Sequence[dict[str, Any]], path: Path, title: str) -> Path:
+    """Size (x) against mean KLD (y, log scale), each point labelled with its tg tok/s."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    points = [r for r in results if r.get("kld_mean") is not None]
+    fig, ax = plt.subplots(figsize=(8, 5), dpi=120)
+    sizes = [r["file_size"] / 1e6 for r in points]
+    klds = [max(r["kld_mean"], 1e-6) for r in points]
+    tps = [(r.get("speed") or {}).get("tg_tps") or 0.0 for r in points]
+    scatter = ax.scatter(sizes, klds, c=tps, cmap="viridis", s=60, zorder=3)
+    for r, x, y, t in zip(points, sizes, klds, tps, strict=True):
+        label = r["model"].rsplit(":", 1)[-1] + (f"\n{t:.0f} tok/s" if t else "")
+        ax.annotate(label, (x, y), textcoords="offset points", xytext=(6, 4), fontsize=8)
+    ax.set_yscale("log")
+    ax.set_xlabel("file size (MB)")
+    ax.set_ylabel("mean KL-divergence vs reference (lower is better)")
+    ax.set_title(title)
+    ax.grid(True, which="both", alpha=0.3)
+    if any(tps):
+        fig.colorbar(scatter, ax=ax, label="generation tok/s")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+    return path
