@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from .bench import BenchParams, run_worker
-from .engines.base import Engine, LoadParams, open_engine
+from .engines.base import DEFAULT_ENGINE, Engine, LoadParams, open_engine
 from .errors import InputFileError, InvalidParameterError
 from .eval_stats import Accumulator, summarize
 from .store import ModelName, Store
@@ -170,18 +170,26 @@ def evaluate(
     *,
     force: bool = False,
     progress: Callable[[int, int], None] | None = None,
+    engine_name: str = DEFAULT_ENGINE,
 ) -> dict[str, Any]:
     """Evaluate ``name`` (against ``reference``), reusing a stored result unless ``force``."""
     model = store.get(name)
     ref = store.get(reference) if reference is not None else None
+    for m in (model, ref):
+        trained = m.info.context_length if m is not None else None
+        if trained and settings.ctx > trained:
+            raise InvalidParameterError(
+                f"--ctx {settings.ctx} is longer than {m.name}'s context of {trained:,} "  # type: ignore[union-attr]
+                "tokens; use a smaller --ctx"
+            )
     key = result_key(model, ref, text, settings)
     if not force and (cached := load_result(store, key)) is not None:
         return cached
     params = LoadParams(
         n_ctx=settings.ctx, n_threads=settings.threads, n_batch=max(settings.ctx, 512), n_ubatch=min(settings.ctx, 512)
     )
-    engine = open_engine("llama.cpp", store.blob_path(model.digest), params)
-    ref_engine = open_engine("llama.cpp", store.blob_path(ref.digest), params) if ref else None
+    engine = open_engine(engine_name, store.blob_path(model.digest), params)
+    ref_engine = open_engine(engine_name, store.blob_path(ref.digest), params) if ref else None
     try:
         if ref_engine is not None:
             _check_pair(engine, ref_engine, str(name), str(reference))

@@ -29,6 +29,8 @@ class FakeEngine:
     def __init__(self, path: Path, params: LoadParams) -> None:
         meta = read_gguf_header(path).metadata
         self.n_ctx = params.n_ctx
+        vocab = meta.get("fake.n_vocab")
+        self.n_vocab = vocab if isinstance(vocab, int) else 257
         self.reply = str(meta.get("fake.reply", DEFAULT_REPLY)).encode()
         eog = meta.get("fake.eog_after")
         self.eog_after = eog if isinstance(eog, int) else None

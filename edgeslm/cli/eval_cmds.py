@@ -82,7 +82,11 @@ def cmd_eval(args: argparse.Namespace, settings: Settings) -> int:
         ref = None if name == reference else reference
         with progress_bar(None, f"{name}", enabled=args.format is None) as bar:
             tick = (lambda done, total: bar(1)) if bar else None  # noqa: E731
-            results.append(evaluate(store, name, ref, text, eval_settings, force=args.force, progress=tick))
+            results.append(
+                evaluate(
+                    store, name, ref, text, eval_settings, force=args.force, progress=tick, engine_name=settings.engine
+                )
+            )
     _print(results, args.format)
     return 0
 
