@@ -23,8 +23,10 @@ demo: setup
 	$(VENV)/bin/edgeslm run "Write a haiku about the sea" --temperature 0 --max-tokens 48 --verbose
 	$(VENV)/bin/edgeslm run gemma3-270m "The capital of France is" --temperature 0 --max-tokens 24
 	$(VENV)/bin/edgeslm bench smollm2-135m-instruct gemma3-270m -p 256 -n 64 -r 3
-	$(VENV)/bin/edgeslm quantize smollm2-135m-instruct --type q8_0,q5_1,q4_0,q4_k_m --allow-requantize
+	$(VENV)/bin/edgeslm quantize smollm2-135m-instruct --type f16,q8_0,q5_1,q4_0,q4_k_m --allow-requantize
 	$(VENV)/bin/edgeslm show smollm2-135m-instruct:q4_k_m
+	$(VENV)/bin/edgeslm eval smollm2-135m-instruct --all-variants --chunks 4
+	$(VENV)/bin/edgeslm compare smollm2-135m-instruct --plot edgeslm-report/smollm2-135m-instruct.png
 
 lint: setup
 	$(PY) -m ruff check edgeslm tests benchmarks
@@ -41,6 +43,7 @@ bench: setup
 parity: setup
 	PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(PY) benchmarks/parity.py
 	PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(PY) benchmarks/quantize_exact.py
+	PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(PY) benchmarks/eval_fidelity.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info
