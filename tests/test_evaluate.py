@@ -51,7 +51,8 @@ def test_statistics_match_their_definitions() -> None:
     acc.add(logits[100:], targets[100:], ref[100:])
     ours, expected = summarize(acc), reference_stats(logits, ref, targets)
     for key, value in expected.items():
-        assert ours[key] == pytest.approx(value, rel=1e-9, abs=1e-12), key
+        # float32 element work (as llama.cpp), float64 sums: agreement to float32 precision
+        assert ours[key] == pytest.approx(value, rel=2e-6, abs=1e-7), key
     assert ours["tokens"] == 300 and ours["kld"]["min"] >= -1e-12  # type: ignore[index]
 
 
@@ -90,8 +91,8 @@ def test_eval_fake_model_ppl_and_self_reference(fake: Cli, tmp_path: Path) -> No
     assert result.code == 0, result.err
     (r,) = json.loads(result.out)
     assert r["chunks"] == 2000 // 64 and r["tokens"] == (2000 // 64) * 31
-    assert r["ppl"] == pytest.approx(expected_fake_ppl(text, 64, 2000 // 64), rel=1e-9)
-    assert r["kld_mean"] == pytest.approx(0, abs=1e-12) and r["same_top"] == 1.0  # same predictions
+    assert r["ppl"] == pytest.approx(expected_fake_ppl(text, 64, 2000 // 64), rel=1e-6)
+    assert r["kld_mean"] == pytest.approx(0, abs=1e-7) and r["same_top"] == 1.0  # same predictions
     again = json.loads(
         fake(
             "eval", "m", "--reference", "m2", "--text", str(tmp_path / "t.txt"), "--ctx", "64", "--no-speed", "--json"
