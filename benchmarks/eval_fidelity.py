@@ -81,6 +81,7 @@ def main() -> None:
     parser.add_argument("--native-bin", type=Path)
     parser.add_argument("--chunks", type=int, default=20)
     parser.add_argument("-t", "--threads", type=int, default=physical_cores())
+    parser.add_argument("--models", nargs="*", default=None, help="builtin names (default: both)")
     args = parser.parse_args()
     bin_dir = args.native_bin or Path(
         subprocess.check_output(
@@ -94,6 +95,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         store = Store.open(Path(tmp) / "models")
         for name, src in model_files().items():
+            if args.models and name not in args.models:
+                continue
             files = {}
             for qname in ("F16", *VARIANTS):
                 out = Path(tmp) / f"{name}-{qname}.gguf"
