@@ -66,7 +66,7 @@ class FakeEngine:
             raise ContextOverflowError(f"{len(tokens)} tokens do not fit {self.n_ctx}")
         self.prompts.append(list(tokens))
 
-    def eval_logits(self, tokens: Sequence[int], first: int = 0) -> npt.NDArray[np.float32]:
+    def eval_logits(self, tokens: Sequence[int], first: int = 0, *, copy: bool = True) -> npt.NDArray[np.float32]:
         # Predicts the byte after each position as the same byte, with a margin: a simple, known model.
         rows = list(tokens)[first:]
         out = np.zeros((len(rows), self.n_vocab), dtype=np.float32)

@@ -155,8 +155,9 @@ class Engine(Protocol):
         """Evaluate ``tokens`` from an empty cache, keeping only the last position's logits."""
         ...
 
-    def eval_logits(self, tokens: Sequence[int], first: int = 0) -> npt.NDArray[np.float32]:
-        """Logits (rows x n_vocab, float32) of positions ``first..`` of ``tokens``, from an empty cache."""
+    def eval_logits(self, tokens: Sequence[int], first: int = 0, *, copy: bool = True) -> npt.NDArray[np.float32]:
+        """Logits (rows x n_vocab, float32) of positions ``first..`` of ``tokens``, from an empty cache;
+        with ``copy=False`` the engine may return a view valid only until its next call."""
         ...
 
     def generate_tokens(self, prompt: Sequence[int], sampling: SamplingParams) -> Generator[int, None, None]:

@@ -167,33 +167,46 @@ class LlamaCppEngine:
             arr = (lc.llama_token * len(chunk))(*chunk)
             self._decode(self._ctx, lc.llama_batch_get_one(arr, len(chunk)))
 
-    def eval_logits(self, tokens: Sequence[int], first: int = 0) -> npt.NDArray[np.float32]:
+    def eval_logits(self, tokens: Sequence[int], first: int = 0, *, copy: bool = True) -> npt.NDArray[np.float32]:
         """Logits of positions ``first..len(tokens)-1`` (rows x n_vocab), from an empty cache; only
-        those rows are computed and copied, as llama-perplexity asks for the second half of a chunk."""
+        those rows are computed, as llama-perplexity asks for the second half of a chunk.
+
+        With ``copy=False`` and all tokens in one batch, the result is a view of llama.cpp's own
+        output buffer (no copy of rows x n_vocab floats), valid until this engine's next call."""
         if not tokens or len(tokens) > self.n_ctx or not 0 <= first < len(tokens):
             raise ContextOverflowError(f"cannot evaluate {len(tokens):,} tokens in a context of {self.n_ctx:,}")
         self._clear(self._ctx)
-        out = np.empty((len(tokens) - first, self.n_vocab), dtype=np.float32)
         step = self.params.n_batch
-        batch = lc.llama_batch_init(step, 0, 1)
+        single = len(tokens) <= step
+        out = None if single and not copy else np.empty((len(tokens) - first, self.n_vocab), dtype=np.float32)
+        batch = lc.llama_batch_init(min(step, len(tokens)), 0, 1)
         try:
             for start in range(0, len(tokens), step):
-                chunk = tokens[start : start + step]
-                batch.n_tokens = len(chunk)
-                wanted = 0
-                for i, tok in enumerate(chunk):
-                    batch.token[i], batch.pos[i], batch.n_seq_id[i] = tok, start + i, 1
-                    batch.seq_id[i][0] = 0
-                    batch.logits[i] = start + i >= first
-                    wanted += start + i >= first
+                wanted = self._fill_batch(batch, tokens[start : start + step], start, first)
                 self._decode(self._ctx, batch)
-                if wanted:
-                    rows = np.ctypeslib.as_array(lc.llama_get_logits(self._ctx), shape=(wanted, self.n_vocab))
-                    row0 = max(start, first) - first
-                    out[row0 : row0 + wanted] = rows
+                if not wanted:
+                    continue
+                rows = np.ctypeslib.as_array(lc.llama_get_logits(self._ctx), shape=(wanted, self.n_vocab))
+                if out is None:
+                    return rows
+                row0 = max(start, first) - first
+                out[row0 : row0 + wanted] = rows
         finally:
             lc.llama_batch_free(batch)
+        assert out is not None
         return out
+
+    @staticmethod
+    def _fill_batch(batch: Any, chunk: Sequence[int], start: int, first: int) -> int:
+        """One sequence's tokens at positions start.., asking logits from ``first`` on; returns how many."""
+        batch.n_tokens = len(chunk)
+        wanted = 0
+        for i, tok in enumerate(chunk):
+            batch.token[i], batch.pos[i], batch.n_seq_id[i] = tok, start + i, 1
+            batch.seq_id[i][0] = 0
+            batch.logits[i] = start + i >= first
+            wanted += start + i >= first
+        return wanted
 
     # -- generation ---------------------------------------------------------------------------
 
