@@ -190,7 +190,9 @@ def evaluate(
             )
     key = result_key(model, ref, text, settings)
     if not force and (cached := load_result(store, key)) is not None:
-        return cached
+        # Keyed by content: another name for the same bytes (cp, or a requantization that
+        # reproduces its source) shares the result, reported under the name asked for.
+        return {**cached, "model": str(model.name)}
     params = LoadParams(
         n_ctx=settings.ctx, n_threads=settings.threads, n_batch=max(settings.ctx, 512), n_ubatch=min(settings.ctx, 512)
     )

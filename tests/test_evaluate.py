@@ -115,8 +115,24 @@ def test_eval_fake_model_ppl_and_self_reference(fake: Cli, tmp_path: Path) -> No
         ).out
     )[0]
     assert forced["key"] == r["key"] and forced["ppl"] == r["ppl"]
-    table = fake("compare", "m", "m2")
-    assert table.code == 0 and "m:latest" in table.out
+    assert fake("cp", "m", "m-copy").code == 0  # same bytes, another name: the kept result is shared
+    copy = json.loads(
+        fake(
+            "eval",
+            "m-copy",
+            "--reference",
+            "m2",
+            "--text",
+            str(tmp_path / "t.txt"),
+            "--ctx",
+            "64",
+            "--no-speed",
+            "--json",
+        ).out
+    )[0]
+    assert copy["model"] == "m-copy:latest" and copy["key"] == r["key"]
+    table = fake("compare", "m", "m-copy", "m2")
+    assert table.code == 0 and "m:latest" in table.out and "m-copy:latest" in table.out
     png = tmp_path / "plot.png"
     assert fake("compare", "m", "--plot", str(png)).code == 0 and png.read_bytes()[:4] == b"\x89PNG"
 

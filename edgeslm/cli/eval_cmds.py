@@ -105,11 +105,12 @@ def cmd_compare(args: argparse.Namespace, settings: Settings) -> int:
     wanted = _expand(args.names)
     if len(wanted) == 1:  # one model: all its tags
         wanted = [m.name for m in store.manifests() if m.name.base == wanted[0].base]
-    names = {str(n) for n in wanted}
+    digests = {str(n): m.digest for n in wanted if (m := store.find(n)) is not None}
     kept: dict[str, dict[str, Any]] = {}
-    for r in all_results(store):  # the newest result per model
-        if r["model"] in names and (r["model"] not in kept or r["created"] >= kept[r["model"]]["created"]):
-            kept[r["model"]] = r
+    for r in all_results(store):  # the newest result per model, matched by content digest
+        for name, digest in digests.items():
+            if r["model_digest"] == digest and (name not in kept or r["created"] >= kept[name]["created"]):
+                kept[name] = {**r, "model": name}
     missing = [str(n) for n in wanted if str(n) not in kept]
     if missing:
         status(f"no kept results for {', '.join(missing)}; run 'edgeslm eval' on them first")
