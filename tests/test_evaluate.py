@@ -85,51 +85,22 @@ def expected_fake_ppl(text: bytes, ctx: int, chunks: int) -> float:
 def test_eval_fake_model_ppl_and_self_reference(fake: Cli, tmp_path: Path) -> None:
     text = (b"aab" * 400 + b"abcc" * 300)[:2000]
     (tmp_path / "t.txt").write_bytes(text)
-    result = fake(
-        "eval", "m", "--reference", "m2", "--text", str(tmp_path / "t.txt"), "--ctx", "64", "--no-speed", "--json"
-    )
-    assert result.code == 0, result.err
-    (r,) = json.loads(result.out)
+
+    def run(name: str, *extra: str) -> dict[str, object]:
+        args = ("--reference", "m2", "--text", str(tmp_path / "t.txt"), "--ctx", "64", "--no-speed", "--json")
+        result = fake("eval", name, *args, *extra)
+        assert result.code == 0, result.err
+        return json.loads(result.out)[0]  # type: ignore[no-any-return]
+
+    r = run("m")
     assert r["chunks"] == 2000 // 64 and r["tokens"] == (2000 // 64) * 31
     assert r["ppl"] == pytest.approx(expected_fake_ppl(text, 64, 2000 // 64), rel=1e-6)
     assert r["kld_mean"] == pytest.approx(0, abs=1e-7) and r["same_top"] == 1.0  # same predictions
-    again = json.loads(
-        fake(
-            "eval", "m", "--reference", "m2", "--text", str(tmp_path / "t.txt"), "--ctx", "64", "--no-speed", "--json"
-        ).out
-    )[0]
-    assert again["created"] == r["created"]  # kept, not re-run
-    forced = json.loads(
-        fake(
-            "eval",
-            "m",
-            "--reference",
-            "m2",
-            "--text",
-            str(tmp_path / "t.txt"),
-            "--ctx",
-            "64",
-            "--no-speed",
-            "--force",
-            "--json",
-        ).out
-    )[0]
+    assert run("m")["created"] == r["created"]  # kept, not re-run
+    forced = run("m", "--force")
     assert forced["key"] == r["key"] and forced["ppl"] == r["ppl"]
     assert fake("cp", "m", "m-copy").code == 0  # same bytes, another name: the kept result is shared
-    copy = json.loads(
-        fake(
-            "eval",
-            "m-copy",
-            "--reference",
-            "m2",
-            "--text",
-            str(tmp_path / "t.txt"),
-            "--ctx",
-            "64",
-            "--no-speed",
-            "--json",
-        ).out
-    )[0]
+    copy = run("m-copy")
     assert copy["model"] == "m-copy:latest" and copy["key"] == r["key"]
     table = fake("compare", "m", "m-copy", "m2")
     assert table.code == 0 and "m:latest" in table.out and "m-copy:latest" in table.out
