@@ -2,6 +2,9 @@ from __future__ import annotations
 
 import io
 import shutil
+import subprocess
+import sys
+import time
 from collections.abc import Callable, Iterator
 from contextlib import redirect_stderr, redirect_stdout
 from dataclasses import dataclass
@@ -72,6 +75,23 @@ def builtin_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
         pull(store, name, settings)
     yield path
     shutil.rmtree(path, ignore_errors=True)
+
+
+def edgeslm_command(home: Path, *args: str) -> list[str]:
+    """The CLI as a separate process (for kill -9, signals and concurrency tests)."""
+    return [sys.executable, "-m", "edgeslm", "--home", str(home), *args]
+
+
+def wait_for_partial(tmp_dir: Path, proc: subprocess.Popen[bytes], min_size: int = 1) -> Path:
+    """The writer's temp file once it holds ``min_size`` bytes; fails if the writer ends first."""
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        found = [p for p in tmp_dir.glob("blob-*.partial") if p.stat().st_size >= min_size]
+        if found:
+            return found[0]
+        assert proc.poll() is None, "the command finished before it could be killed"
+        time.sleep(0.005)
+    raise AssertionError("no temp file appeared")
 
 
 def snapshot(root: Path) -> dict[str, bytes | None]:

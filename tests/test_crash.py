@@ -7,14 +7,13 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from .conftest import CliResult
+from .conftest import CliResult, edgeslm_command, wait_for_partial
 from .ggufbuild import ARCH, gguf_bytes, tensor_info, write_tiny_model
 
 pytestmark = pytest.mark.slow
@@ -22,8 +21,7 @@ Cli = Callable[..., CliResult]
 
 
 def start(home: Path, *args: str) -> subprocess.Popen[bytes]:
-    cmd = [sys.executable, "-m", "edgeslm", "--home", str(home), *args]
-    return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return subprocess.Popen(edgeslm_command(home, *args), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
 def big_model(path: Path, n_bytes: int = 600_000_000) -> Path:
@@ -57,7 +55,7 @@ def test_kill_during_import_mid_copy(cli: Cli, home: Path, tmp_path: Path) -> No
     big = big_model(tmp_path / "big.gguf")
     for _ in range(2):
         proc = start(home, "import", str(big), "--name", "big")
-        partial = _wait_for_partial(home / "models" / "tmp", proc)
+        partial = wait_for_partial(home / "models" / "tmp", proc)
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait()
         assert partial.exists()  # the half-written temp file is left behind...
@@ -65,17 +63,6 @@ def test_kill_during_import_mid_copy(cli: Cli, home: Path, tmp_path: Path) -> No
         assert f"removed stale temp file {partial.name}" in result.err  # ...and swept
         assert_clean_and_intact(cli, home, kept)
         assert "big:latest" not in stored(cli)
-
-
-def _wait_for_partial(tmp_dir: Path, proc: subprocess.Popen[bytes]) -> Path:
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        found = [p for p in tmp_dir.glob("blob-*.partial") if p.stat().st_size > 0]
-        if found:
-            return found[0]
-        assert proc.poll() is None, "import finished before it could be killed"
-        time.sleep(0.005)
-    raise AssertionError("no temp file appeared")
 
 
 @pytest.mark.parametrize("delay", [0.3, 0.45, 0.6, 0.8, 1.2])

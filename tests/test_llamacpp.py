@@ -16,7 +16,7 @@ from edgeslm.engines.base import SamplingParams
 from edgeslm.errors import ChatTemplateError, ContextOverflowError, EngineError
 from edgeslm.generation import Model, generate, load
 
-from .conftest import CliResult
+from .conftest import CliResult, edgeslm_command
 from .ggufbuild import ARCH, gguf_bytes, tensor_info, write, write_tiny_model
 
 pytestmark = pytest.mark.real_model
@@ -144,27 +144,13 @@ def test_a_file_llama_cpp_refuses_is_a_clear_error(tmp_path: Path, home: Path) -
 def test_ctrl_c_stops_the_reply_not_the_chat(builtin_home: Path, tmp_path: Path) -> None:
     import signal
     import subprocess
-    import sys
     import time
 
     home = tmp_path / "h"
     shutil.copytree(builtin_home, home)
-    cmd = [
-        sys.executable,
-        "-m",
-        "edgeslm",
-        "--home",
-        str(home),
-        "run",
-        "smollm2-135m-instruct",
-        "-i",
-        "--max-tokens",
-        "4000",
-        "--temperature",
-        "0.8",
-        "--seed",
-        "1",
-    ]
+    cmd = edgeslm_command(
+        home, "run", "smollm2-135m-instruct", "-i", "--max-tokens", "4000", "--temperature", "0.8", "--seed", "1"
+    )
     proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     assert proc.stdin is not None and proc.stdout is not None
     proc.stdin.write("Tell me a very long story about the sea.\n")

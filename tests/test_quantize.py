@@ -12,7 +12,7 @@ from edgeslm.errors import InvalidParameterError
 from edgeslm.formats.gguf_header import read_gguf_header
 from edgeslm.formats.quant_types import QUANT_TYPES, parse_quant_types
 
-from .conftest import CliResult, snapshot
+from .conftest import CliResult, edgeslm_command, snapshot, wait_for_partial
 from .ggufbuild import write_tiny_model
 
 Cli = Callable[..., CliResult]
@@ -155,29 +155,12 @@ def test_kill_during_quantize_leaves_no_variant(builtin_home: Path, tmp_path: Pa
     import shutil
     import signal
     import subprocess
-    import sys
-    import time
 
     shutil.copytree(builtin_home, home)
     parent = json.loads(cli("show", "smollm2-135m-instruct", "--json").out)
-    cmd = [
-        sys.executable,
-        "-m",
-        "edgeslm",
-        "--home",
-        str(home),
-        "quantize",
-        "smollm2-135m-instruct",
-        "--type",
-        "q8_0",
-        "--allow-requantize",
-    ]
+    cmd = edgeslm_command(home, "quantize", "smollm2-135m-instruct", "--type", "q8_0", "--allow-requantize")
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    tmp_dir = home / "models" / "tmp"
-    deadline = time.monotonic() + 60
-    while not any(p.stat().st_size > 1_000_000 for p in tmp_dir.glob("blob-*.partial")):
-        assert proc.poll() is None and time.monotonic() < deadline, "quantize ended before it could be killed"
-        time.sleep(0.005)
+    wait_for_partial(home / "models" / "tmp", proc, min_size=1_000_000)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     result = cli("verify")
