@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.edgeslm-installed
 
-.PHONY: setup demo test lint bench parity clean
+.PHONY: setup demo test lint bench parity mixed clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -27,6 +27,10 @@ demo: setup
 	$(VENV)/bin/edgeslm show smollm2-135m-instruct:q4_k_m
 	$(VENV)/bin/edgeslm eval smollm2-135m-instruct --all-variants --chunks 4
 	$(VENV)/bin/edgeslm compare smollm2-135m-instruct --plot edgeslm-report/smollm2-135m-instruct.png
+	$(VENV)/bin/edgeslm optimize smollm2-135m-instruct --types q8_0,q5_1,q4_k_m,q4_0 --chunks 4 \
+		--max-size 95MB --max-kld 0.15 --report edgeslm-report/optimize
+	$(VENV)/bin/edgeslm recommend
+	$(VENV)/bin/edgeslm recommend --ram 4GB --cores 4 --use-case chat
 
 lint: setup
 	$(PY) -m ruff check edgeslm tests benchmarks
@@ -44,6 +48,10 @@ parity: setup
 	PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(PY) benchmarks/parity.py
 	PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(PY) benchmarks/quantize_exact.py
 	PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(PY) benchmarks/eval_fidelity.py
+
+# Mixed precision against llama.cpp's uniform types at equal size (about 30 minutes).
+mixed: setup
+	$(PY) benchmarks/mixed_precision.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info

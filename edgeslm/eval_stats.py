@@ -61,6 +61,22 @@ def _block_stats(logits: F32, targets: npt.NDArray[np.int64], ref_logits: F32 | 
     return nll, nll_base, kld, p_diff, same
 
 
+def log_softmax_rows(logits: F32) -> F32:
+    """Row-wise log-probabilities of a (rows x vocabulary) block, block by block on all cores."""
+    starts = range(0, len(logits), ROW_BLOCK)
+    return np.concatenate(list(_pool().map(lambda lo: _log_softmax(logits[lo : lo + ROW_BLOCK]), starts)))
+
+
+def kld_sum(ref_logp: F32, logits: F32) -> float:
+    """Sum over rows of KL(reference || model), the reference given as log-probabilities."""
+
+    def block(lo: int) -> float:
+        ref, logp = ref_logp[lo : lo + ROW_BLOCK], _log_softmax(logits[lo : lo + ROW_BLOCK])
+        return float(np.sum(np.exp(ref) * (ref - logp), dtype=np.float64))
+
+    return sum(_pool().map(block, range(0, len(logits), ROW_BLOCK)))
+
+
 @dataclass
 class Accumulator:
     """Running per-token values over all chunks."""

@@ -102,7 +102,7 @@ def chunk_tokens(engine: Engine, text: EvalText, settings: EvalSettings) -> list
     return [tokens[i * settings.ctx : (i + 1) * settings.ctx] for i in range(n)]
 
 
-def _bos(engine: Engine) -> int | None:
+def bos_token(engine: Engine) -> int | None:
     with_bos = engine.tokenize("", add_special=True)
     return with_bos[0] if with_bos else None
 
@@ -112,7 +112,7 @@ def measure_quality(
 ) -> tuple[dict[str, Any], float]:
     """Score every chunk; return (statistics, seconds)."""
     acc = Accumulator()
-    bos = _bos(model)
+    bos = bos_token(model)
     start = time.perf_counter()
     for i, chunk in enumerate(chunks):
         first = len(chunk) // 2
@@ -120,15 +120,16 @@ def measure_quality(
         targets = np.asarray(chunk[first + 1 :], dtype=np.int64)
         # Views of each engine's output buffer where possible: Gemma's 262k vocabulary makes a
         # copy of 256 rows 268 MB. Each stays valid until its own engine's next call.
-        logits = _rows(model, batch, first)
-        ref = _rows(reference, batch, first) if reference is not None else None
+        logits = scored_rows(model, batch, first)
+        ref = scored_rows(reference, batch, first) if reference is not None else None
         acc.add(logits, targets, ref)
         if progress:
             progress(i + 1, len(chunks))
     return summarize(acc), time.perf_counter() - start
 
 
-def _rows(engine: Engine, batch: list[int], first: int) -> F32:
+def scored_rows(engine: Engine, batch: list[int], first: int) -> F32:
+    """Logits predicting tokens first+1.. of ``batch``: a view, valid until the engine's next call."""
     return engine.eval_logits(batch, first, copy=False)[:-1]
 
 
@@ -192,6 +193,9 @@ def evaluate(
     if not force and (cached := load_result(store, key)) is not None:
         # Keyed by content: another name for the same bytes (cp, or a requantization that
         # reproduces its source) shares the result, reported under the name asked for.
+        if settings.speed and not cached.get("speed"):  # kept from a run without speed
+            cached["speed"] = _speed(store, model, settings)
+            write_atomic(results_dir(store) / f"{key}.json", json.dumps(cached, indent=2).encode(), store.tmp_dir)
         return {**cached, "model": str(model.name)}
     params = LoadParams(
         n_ctx=settings.ctx, n_threads=settings.threads, n_batch=max(settings.ctx, 512), n_ubatch=min(settings.ctx, 512)

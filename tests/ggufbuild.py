@@ -117,3 +117,67 @@ def write_tiny_model(
     w.write_tensors_to_file()
     w.close()
     return path
+
+
+def _byte_tokens() -> list[str]:
+    """GPT-2's byte-to-unicode table: one token per byte, so any ASCII text tokenizes."""
+    printable = list(range(33, 127)) + list(range(161, 173)) + list(range(174, 256))
+    table, extra = {}, 0
+    for b in range(256):
+        if b in printable:
+            table[b] = chr(b)
+        else:
+            table[b] = chr(256 + extra)
+            extra += 1
+    return [table[b] for b in range(256)]
+
+
+def write_runnable_model(
+    path: Path, *, n_embd: int = 64, n_layer: int = 2, n_ff: int = 256, seed: int = 0, scale: float = 0.15
+) -> Path:
+    """A complete llama model (byte vocabulary, random F16 weights) that llama.cpp loads and runs.
+    ffn_down's rows are ``n_ff`` long, so with n_ff=256 it takes K-quants; the rest takes 32-blocks."""
+    rng = np.random.default_rng(seed)
+    n_head, n_head_kv = 4, 2
+    n_kv = n_embd // n_head * n_head_kv
+    tokens = [*_byte_tokens(), "<s>", "</s>", "th"]  # one merge: llama.cpp needs a merges list
+    w = GGUFWriter(str(path), "llama")
+    w.add_name("tiny-runnable")
+    w.add_context_length(512)
+    w.add_embedding_length(n_embd)
+    w.add_block_count(n_layer)
+    w.add_feed_forward_length(n_ff)
+    w.add_head_count(n_head)
+    w.add_head_count_kv(n_head_kv)
+    w.add_rope_dimension_count(n_embd // n_head)
+    w.add_layer_norm_rms_eps(1e-5)
+    w.add_file_type(1)
+    w.add_tokenizer_model("gpt2")
+    w.add_tokenizer_pre("default")
+    w.add_token_list(tokens)
+    w.add_token_types([1] * 256 + [3, 3, 1])
+    w.add_token_merges(["t h"])
+    w.add_bos_token_id(256)
+    w.add_eos_token_id(257)
+    w.add_add_bos_token(True)
+
+    def mat(rows: int, cols: int) -> np.ndarray:
+        return (scale * rng.standard_normal((rows, cols))).astype(np.float16)
+
+    w.add_tensor("token_embd.weight", (0.3 * rng.standard_normal((len(tokens), n_embd))).astype(np.float16))
+    w.add_tensor("output_norm.weight", np.ones(n_embd, dtype=np.float32))
+    for i in range(n_layer):
+        w.add_tensor(f"blk.{i}.attn_norm.weight", np.ones(n_embd, dtype=np.float32))
+        w.add_tensor(f"blk.{i}.attn_q.weight", mat(n_embd, n_embd))
+        w.add_tensor(f"blk.{i}.attn_k.weight", mat(n_kv, n_embd))
+        w.add_tensor(f"blk.{i}.attn_v.weight", mat(n_kv, n_embd))
+        w.add_tensor(f"blk.{i}.attn_output.weight", mat(n_embd, n_embd))
+        w.add_tensor(f"blk.{i}.ffn_norm.weight", np.ones(n_embd, dtype=np.float32))
+        w.add_tensor(f"blk.{i}.ffn_gate.weight", mat(n_ff, n_embd))
+        w.add_tensor(f"blk.{i}.ffn_up.weight", mat(n_ff, n_embd))
+        w.add_tensor(f"blk.{i}.ffn_down.weight", mat(n_embd, n_ff))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return path

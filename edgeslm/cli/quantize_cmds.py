@@ -41,6 +41,7 @@ def configure(sub: Any) -> None:
         help="type for tensors whose name matches the regex (repeatable)",
     )
     p.add_argument("--threads", type=int)
+    p.add_argument("--tag", help="store the one variant under NAME:TAG (default: the type, e.g. q4_k_m)")
     p.add_argument("--output", type=Path, help="write the one variant to this file instead of the store")
     p.add_argument("--calibrate", metavar="TEXT_FILE", help="importance matrix from this text (not yet)")
     p.add_argument("--json", action="store_true")
@@ -96,8 +97,12 @@ def cmd_quantize(args: argparse.Namespace, settings: Settings) -> int:
             status(f"warning: {warning}")
         status(f"wrote {args.output} ({format_bytes(args.output.stat().st_size)})")
         return 0
+    if args.tag is not None and len(types) != 1:
+        raise InvalidParameterError("--tag takes exactly one --type")
+    name = parse_name(args.name)
+    target = (lambda _q: name.with_tag(args.tag)) if args.tag is not None else None
     with tensor_progress(enabled=not args.json) as progress:
-        results = quantize(Store.open(settings.models_dir), parse_name(args.name), types, options, progress=progress)
+        results = quantize(Store.open(settings.models_dir), name, types, options, target=target, progress=progress)
     for r in results:
         for warning in r.warnings:
             status(f"warning: {r.manifest.name}: {warning}")

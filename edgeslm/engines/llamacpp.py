@@ -12,8 +12,11 @@ from __future__ import annotations
 import ctypes
 import logging
 import re
+import signal
+import threading
 from collections import deque
-from collections.abc import Callable, Generator, Sequence
+from collections.abc import Callable, Generator, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -34,7 +37,7 @@ _RECENT_LOG: deque[tuple[int, str]] = deque(maxlen=20)
 # mostly advice (context shorter than trained): shown with -v; its errors always.
 _WARN, _ERROR, _CONT = 3, 4, 5
 _LEVELS = {_WARN: logging.INFO, _ERROR: logging.WARNING}
-_state: dict[str, Any] = {"ready": False, "last_level": 1, "tensor_progress": None}
+_state: dict[str, Any] = {"ready": False, "last_level": 1, "tensor_progress": None, "in_c": False, "interrupted": False}
 # llama_model_quantize logs "[  12/ 272]  blk.0.attn_q.weight - ..." per tensor.
 _TENSOR_LINE = re.compile(r"\[\s*(\d+)/\s*(\d+)\]\s+(\S+)")
 
@@ -56,9 +59,34 @@ def _log_callback(level: int, text: bytes, _user: ctypes.c_void_p) -> None:
 
 def _init_backend() -> None:
     if not _state["ready"]:
+        main = threading.current_thread() is threading.main_thread()
+        if main and signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+            signal.signal(signal.SIGINT, _on_sigint)
         lc.llama_log_set(_log_callback, ctypes.c_void_p(0))
         lc.llama_backend_init()
         _state["ready"] = True
+
+
+def _on_sigint(signum: int, frame: object) -> None:
+    """Ctrl-C. Inside a llama.cpp call it may land in the log callback, where ctypes would print
+    and drop a KeyboardInterrupt; there it is only noted, and raised when the call returns."""
+    if _state["in_c"]:
+        _state["interrupted"] = True
+        return
+    raise KeyboardInterrupt
+
+
+@contextmanager
+def _c_call() -> Iterator[None]:
+    """Around llama.cpp calls that log (load, context, quantize): Ctrl-C waits for the return."""
+    _state["in_c"] = True
+    try:
+        yield
+    finally:
+        _state["in_c"] = False
+    if _state["interrupted"]:
+        _state["interrupted"] = False
+        raise KeyboardInterrupt
 
 
 def _why() -> str:
@@ -74,7 +102,12 @@ class LlamaCppEngine:
         _init_backend()
         _RECENT_LOG.clear()
         self.params = params
-        self._model = lc.llama_model_load_from_file(str(path).encode(), lc.llama_model_default_params())
+        try:
+            with _c_call():
+                self._model = lc.llama_model_load_from_file(str(path).encode(), lc.llama_model_default_params())
+        except KeyboardInterrupt:
+            self.close()
+            raise
         if not self._model:
             raise EngineError(f"llama.cpp could not load {path.name}: {_why()}")
         self._ctx = self._new_context(embeddings=False)
@@ -96,7 +129,15 @@ class LlamaCppEngine:
         if embeddings:
             p.embeddings = True
             p.pooling_type = lc.LLAMA_POOLING_TYPE_MEAN
-        ctx = lc.llama_init_from_model(self._model, p)
+        ctx = None
+        try:
+            with _c_call():
+                ctx = lc.llama_init_from_model(self._model, p)
+        except KeyboardInterrupt:
+            if ctx:
+                lc.llama_free(ctx)
+            self.close()
+            raise
         if not ctx:
             self.close()
             raise EngineError(f"llama.cpp could not create a context of {self.params.n_ctx} tokens: {_why()}")
@@ -315,7 +356,8 @@ def quantize_file(
         p.tt_overrides = ctypes.cast(keep, ctypes.POINTER(lc.llama_model_tensor_override))
     _state["tensor_progress"] = progress
     try:
-        rc = lc.llama_model_quantize(str(src).encode(), str(dst).encode(), ctypes.byref(p))
+        with _c_call():
+            rc = lc.llama_model_quantize(str(src).encode(), str(dst).encode(), ctypes.byref(p))
     finally:
         _state["tensor_progress"] = None
     del keep

@@ -20,7 +20,7 @@ from ..formats.size_class import SizeClass, classify
 
 # Bits per weight of the seed's recommended types, from ggml's block sizes
 # (gguf.constants.GGML_QUANT_SIZES): Q5_1 = 24 bytes / 32 weights, TQ2_0 = 66 / 256.
-_SEED_ADVICE = {
+SEED_ADVICE = {
     "max-compression": "Q4_0",
     "balanced": "Q5_1",
     "near-original": "Q8_0",
@@ -64,7 +64,7 @@ def _e(
     params: int | None,
     licence: str | None,
     ctx: int | None,
-    quant: str = _SEED_ADVICE["balanced"],
+    quant: str = SEED_ADVICE["balanced"],
     **kw: str,
 ) -> CatalogEntry:
     return CatalogEntry(name, family, repo, gguf, params, licence, ctx, quant, **kw)
@@ -171,7 +171,7 @@ CATALOG: tuple[CatalogEntry, ...] = (
         2_000_000_000,
         "mit",
         4_096,
-        quant=_SEED_ADVICE["ternary"],
+        quant=SEED_ADVICE["ternary"],
         note="ternary-trained; the published GGUF uses bitnet.cpp's I2_S type, which llama.cpp does not load",
     ),
 )

@@ -1,0 +1,133 @@
+"""CLI: optimize."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from ..config import Settings
+from ..constraints import Constraints, parse_fraction, parse_kld, parse_size, parse_tps
+from ..evaluate import EvalSettings, load_text
+from ..formats.quant_types import parse_quant_types
+from ..optimize import DEFAULT_TYPES, OptimizeParams, Progress, optimize
+from ..optimize_report import HEADERS, cleanup, reasons, summary, table_rows, to_json, write_report
+from ..sensitivity import CalibrationParams
+from ..store import Store, parse_name
+from .output import print_json, print_table, status
+
+
+def configure(sub: Any) -> None:
+    p: argparse.ArgumentParser = sub.add_parser(
+        "optimize",
+        help="build and measure variants, pick the best that meets your constraints, tag it NAME:best",
+        description="Candidates: the reference, the model as stored, each --types variant and (with --mixed, or when "
+        "--max-size falls between the candidates) a per-tensor mix planned for the budget.",
+    )
+    p.set_defaults(run=cmd_optimize)
+    p.add_argument("name")
+    g = p.add_argument_group("constraints")
+    g.add_argument("--max-size", help="largest file, e.g. 80MB")
+    g.add_argument("--max-memory", help="largest weights + KV cache at --ctx-memory tokens, e.g. 1GB")
+    g.add_argument("--ctx-memory", type=int, default=4096, help="context length for --max-memory (default 4096)")
+    g.add_argument("--min-tps", dest="min_tg_tps", help="least generation tok/s (as bench's tg128)")
+    g.add_argument("--min-pp-tps", help="least prompt-processing tok/s (as bench's pp512)")
+    kld_help = "largest KL-divergence: mean by default, or median, p90, p95, p99, p99.9, max (repeatable)"
+    g.add_argument("--max-kld", action="append", default=[], metavar="[STAT=]X", help=kld_help)
+    g.add_argument("--min-same-top", help="least share of tokens whose top-1 matches the reference: 0.9 or 90%%")
+    g.add_argument("--max-ppl-increase", help="largest perplexity increase over the reference: 0.05 or 5%%")
+    p.add_argument("--types", default=DEFAULT_TYPES, help=f"uniform types to try (default {DEFAULT_TYPES})")
+    mixed = p.add_mutually_exclusive_group()
+    mixed.add_argument("--mixed", action="store_true", default=None, help="also plan a per-tensor mix for the budget")
+    mixed.add_argument("--no-mixed", dest="mixed", action="store_false", help="never plan a mix")
+    p.add_argument("--reference", help="the model to compare against (default: an f32/bf16/f16 variant, else built)")
+    p.add_argument("--text", type=Path, help="evaluation text (default: bundled WikiText-2 sample); its first chunks")
+    p.add_argument("--calibration", type=Path, help="calibration text for the mix (default: the last chunks of --text)")
+    p.add_argument("--ctx", type=int, default=512, help="tokens per evaluation chunk (default 512)")
+    p.add_argument("--chunks", type=int, default=8, help="evaluation chunks (default 8)")
+    p.add_argument("--calibration-chunks", type=int, default=1, help="calibration chunks (default 1)")
+    p.add_argument("--threads", type=int)
+    p.add_argument("--report", type=Path, default=Path("optimize-report"), help="folder for the report")
+    p.add_argument("--tag", default="best", help="tag for the winner (default best)")
+    p.add_argument("--no-tag", dest="tag", action="store_const", const=None, help="do not tag the winner")
+    p.add_argument("--json", action="store_true")
+
+
+def _constraints(args: argparse.Namespace) -> Constraints:
+    return Constraints(
+        max_size=parse_size("--max-size", args.max_size) if args.max_size else None,
+        max_memory=parse_size("--max-memory", args.max_memory) if args.max_memory else None,
+        memory_ctx=args.ctx_memory,
+        min_pp_tps=parse_tps("--min-pp-tps", args.min_pp_tps),
+        min_tg_tps=parse_tps("--min-tps", args.min_tg_tps),
+        max_kld=tuple(parse_kld(k) for k in args.max_kld),
+        min_same_top=parse_fraction("--min-same-top", args.min_same_top) if args.min_same_top else None,
+        max_ppl_increase=parse_fraction("--max-ppl-increase", args.max_ppl_increase) if args.max_ppl_increase else None,
+    )
+
+
+@contextmanager
+def step_display(enabled: bool) -> Iterator[Progress]:
+    """One status line on stderr: which candidate, which step, how far, time so far. On a terminal
+    it is rewritten in place; otherwise a line is printed each time the candidate or step changes."""
+    start, last = time.monotonic(), [("", "")]
+    tty = sys.stderr.isatty()
+
+    def show(candidate: str, step: str, done: int | None, total: int | None) -> None:
+        if not enabled:
+            return
+        count = f" {done}/{total}" if done is not None and total else ""
+        line = f"[{time.monotonic() - start:5.0f}s] {candidate}: {step}{count}"
+        if tty:
+            print(f"\r\033[K{line[:150]}", end="", file=sys.stderr, flush=True)
+        elif (candidate, step) != last[0]:
+            print(line, file=sys.stderr, flush=True)
+        last[0] = (candidate, step)
+
+    try:
+        yield show
+    finally:
+        if enabled and tty:
+            print("\r\033[K", end="", file=sys.stderr, flush=True)
+
+
+def cmd_optimize(args: argparse.Namespace, settings: Settings) -> int:
+    params = OptimizeParams(
+        constraints=_constraints(args),
+        types=tuple(parse_quant_types(args.types)),
+        mixed=args.mixed,
+        eval=EvalSettings(ctx=args.ctx, chunks=args.chunks, threads=args.threads),
+        calibration=CalibrationParams(ctx=args.ctx, chunks=args.calibration_chunks, threads=args.threads),
+        reference=parse_name(args.reference) if args.reference else None,
+        tag=args.tag,
+        threads=args.threads,
+    )
+    text = load_text(args.text)
+    calibration = load_text(args.calibration) if args.calibration else None
+    store = Store.open(settings.models_dir)
+    with step_display(enabled=not args.json) as progress:
+        result = optimize(
+            store, parse_name(args.name), text, params, calibration_text=calibration, progress=progress,
+            engine_name=settings.engine,
+        )  # fmt: skip
+    written = write_report(result, args.report)
+    if args.json:
+        print_json(to_json(result))
+    else:
+        print_table(HEADERS, table_rows(result), right=(0, 3, 4, 5, 6, 7, 8, 9, 10, 11))
+        print()
+        for line in reasons(result):
+            print(f"  {line}")
+        print()
+        for line in summary(result):
+            print(line)
+        if rm := cleanup(result):
+            print(f"To remove the candidates that lost: {rm}")
+    for note in result.notes:
+        status(f"note: {note}")
+    status(f"report: {', '.join(str(p) for p in written)} ({result.seconds:.0f} s)")
+    return 0 if result.ranking.winner is not None else 1

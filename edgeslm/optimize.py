@@ -1,0 +1,363 @@
+"""``edgeslm optimize``: build candidates, measure them, keep those that meet the constraints, rank.
+
+Candidates are the reference (F16/BF16/F32, built from the model when the store has none),
+the model as stored, one variant per uniform type (``quantize``), and — with ``mixed`` or when
+a size budget falls between the candidates — a per-tensor mix planned for that budget
+(``sensitivity`` + ``mixed``). Each is measured by ``evaluate`` (quality against the reference
+on the first chunks of the text, tok/s and peak RSS by the bench worker); everything built or
+measured is kept in the store, so a run that is interrupted resumes where it stopped. The
+winner is tagged ``NAME:best``; nothing is deleted.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from .constraints import Constraints, Metrics, Ranking, rank
+from .engines.base import DEFAULT_ENGINE, LoadParams, open_engine
+from .errors import InvalidParameterError
+from .evaluate import EvalSettings, EvalText, evaluate
+from .formats.gguf_header import read_gguf_header
+from .formats.model_info import estimate_memory
+from .formats.quant_types import QUANT_TYPES, QuantizeOptions, QuantType, parse_quant_types
+from .mixed import (
+    MixPlan,
+    find_slots,
+    fixed_bytes,
+    mismatches,
+    plan_mix,
+    plan_options,
+    predicted_costs,
+    smallest_size,
+)
+from .quantize import check_request, quantize
+from .sensitivity import CalibrationParams, check_reference, measure_sensitivity
+from .store import ModelName, Store, parse_name
+from .store.registry import Manifest
+from .units import format_bytes
+
+log = logging.getLogger(__name__)
+DEFAULT_TYPES = "Q8_0,Q6_K,Q5_K_M,Q5_1,Q4_K_M,Q4_0"
+REFERENCE_TAGS = ("f32", "bf16", "f16")  # preferred reference variants, best first
+SNUG = 0.98  # a fitting candidate this close to the size budget leaves no room for a mix
+# (candidate, step, done, total): 'smollm2:q4_0', 'evaluating', 3, 8
+Progress = Callable[[str, str, int | None, int | None], None]
+
+
+@dataclass(frozen=True)
+class OptimizeParams:
+    constraints: Constraints = field(default_factory=Constraints)
+    types: tuple[QuantType, ...] = tuple(parse_quant_types(DEFAULT_TYPES))
+    mixed: bool | None = None  # None: plan a mix when a size budget falls between the candidates
+    eval: EvalSettings = field(default_factory=lambda: EvalSettings(ctx=512, chunks=8))
+    calibration: CalibrationParams = field(default_factory=CalibrationParams)
+    reference: ModelName | None = None
+    tag: str | None = "best"
+    threads: int | None = None
+
+
+@dataclass(frozen=True)
+class Candidate:
+    name: str
+    kind: str  # 'reference', 'source', 'uniform', 'mixed'
+    recipe: str
+    command: str  # how to make it again
+    result: dict[str, Any]
+    metrics: Metrics
+
+
+@dataclass(frozen=True)
+class MixedReport:
+    name: str
+    budget: int
+    plan: MixPlan
+    types: dict[str, int]  # parameters per type
+    calibration_tokens: int
+    sensitivity: dict[str, float]  # probe -> KLD at the injected error
+    mismatches: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class OptimizeResult:
+    model: str
+    reference: str
+    text: str
+    calibration_text: str
+    params: OptimizeParams
+    candidates: tuple[Candidate, ...]
+    ranking: Ranking
+    mixed: MixedReport | None
+    tagged: str | None
+    notes: tuple[str, ...]
+    seconds: float
+
+    def candidate(self, name: str) -> Candidate:
+        return next(c for c in self.candidates if c.name == name)
+
+
+class _Run:
+    """One optimize run's state: what was found, built and measured so far."""
+
+    def __init__(
+        self,
+        store: Store,
+        source: Manifest,
+        text: EvalText,
+        params: OptimizeParams,
+        progress: Progress | None,
+        engine: str,
+    ) -> None:
+        self.store, self.source, self.text, self.params, self.engine = store, source, text, params, engine
+        self.progress = progress or (lambda *_: None)
+        self.notes: list[str] = []
+        self.candidates: list[Candidate] = []
+        self.requantize = _is_quantized(source)
+
+    def note(self, text: str) -> None:
+        log.info("%s", text)
+        self.notes.append(text)
+
+    # -- reference ----------------------------------------------------------------------------
+
+    def reference(self) -> Manifest:
+        if self.params.reference is not None:
+            return self.store.get(self.params.reference)
+        for tag in REFERENCE_TAGS:
+            if (found := self.store.find(self.source.name.with_tag(tag))) is not None:
+                return found
+        if not self.requantize:
+            return self.source
+        self.note(
+            f"no F32/BF16/F16 variant of {self.source.name.base} was stored: built {self.source.name.base}:f16 from "
+            f"{self.source.name}; as {self.source.name} is already {self.source.info.file_type or 'quantized'}, the "
+            "reference is its dequantized weights, so quality is measured against it, not the original checkpoint"
+        )
+        return self._quantize(QUANT_TYPES["F16"], QuantizeOptions(allow_requantize=True), None)
+
+    def _quantize(self, qtype: QuantType, options: QuantizeOptions, name: ModelName | None) -> Manifest:
+        label = str(name or self.source.name.with_tag(qtype.name.lower()))
+
+        def report(_q: QuantType, done: int, total: int, _tensor: str) -> None:
+            self.progress(label, "quantizing", done, total)
+
+        self.progress(label, "quantizing", None, None)
+        target = (lambda _q: name) if name is not None else None
+        results = quantize(self.store, self.source.name, [qtype], options, target=target, progress=report)
+        return results[0].manifest
+
+    # -- measuring ----------------------------------------------------------------------------
+
+    def measure(self, manifest: Manifest, reference: Manifest, kind: str, recipe: str, command: str) -> Candidate:
+        label = str(manifest.name)
+        same = next((c for c in self.candidates if c.result["model_digest"] == manifest.digest), None)
+        if same is not None:
+            self.note(f"{label} is the same file as {same.name}; measured once")
+        settings = replace(self.params.eval, threads=self.params.threads)
+
+        def report(done: int, total: int) -> None:
+            step = "measuring tok/s and memory" if done == total and settings.speed else "evaluating"
+            self.progress(label, step, done, total)
+
+        self.progress(label, "evaluating", 0, settings.chunks)
+        ref = None if manifest.digest == reference.digest else reference.name
+        result = evaluate(self.store, manifest.name, ref, self.text, settings, progress=report, engine_name=self.engine)
+        memory = estimate_memory(manifest.info, self.params.constraints.memory_ctx).total_bytes
+        candidate = Candidate(label, kind, recipe, command, result, Metrics.from_result(result, memory))
+        if same is None:
+            self.candidates.append(candidate)
+        return candidate
+
+
+def _is_quantized(m: Manifest) -> bool:
+    return any(
+        s.ggml_type not in ("F32", "F16", "BF16") and s.n_params > 0.01 * m.info.n_params for s in m.info.type_mix
+    )
+
+
+def optimize(
+    store: Store,
+    name: ModelName,
+    text: EvalText,
+    params: OptimizeParams,
+    *,
+    calibration_text: EvalText | None = None,
+    progress: Progress | None = None,
+    engine_name: str = DEFAULT_ENGINE,
+) -> OptimizeResult:
+    """Measure the candidates for ``name`` and rank them under ``params.constraints``."""
+    start = time.perf_counter()
+    run = _Run(store, store.get(name), text, params, progress, engine_name)
+    calibration = calibration_text or text
+    budget = _check_budget(run)  # refuse what cannot work before building anything
+    if params.mixed and budget is None:
+        raise InvalidParameterError("--mixed plans for a size budget: give --max-size or --max-memory")
+    if params.mixed or budget is not None:
+        _check_split(run, text, calibration)
+    reference = run.reference()
+    _measure_uniform(run, reference)
+    mixed = None
+    if _wants_mix(run, budget):
+        assert budget is not None
+        mixed = _measure_mixed(run, reference, calibration, budget)
+    ranking = rank(params.constraints, [c.metrics for c in run.candidates])
+    tagged = _tag(run, ranking) if params.tag else None
+    return OptimizeResult(
+        str(run.source.name), str(reference.name), text.label, calibration.label, params, tuple(run.candidates),
+        ranking, mixed, tagged, tuple(run.notes), time.perf_counter() - start,
+    )  # fmt: skip
+
+
+def _check_budget(run: _Run) -> int | None:
+    """The size budget the constraints imply, refused at once when no file can meet it."""
+    c = run.params.constraints
+    header = read_gguf_header(run.store.blob_path(run.source.digest), label=str(run.source.name))
+    kv = estimate_memory(run.source.info, c.memory_ctx).kv_cache_bytes
+    budget = c.size_budget(kv)
+    smallest = smallest_size(header, find_slots(header))
+    if budget is not None and budget < smallest:
+        if c.max_memory is not None and c.max_memory - kv == budget:
+            raise InvalidParameterError(
+                f"--max-memory {format_bytes(c.max_memory)} at {c.memory_ctx:,} tokens of context is below what "
+                f"{run.source.name.base} can take: the KV cache alone is {format_bytes(kv)} and the smallest file is "
+                f"{format_bytes(smallest)}, so at least {format_bytes(kv + smallest)}; raise it or lower --ctx-memory"
+            )
+        raise InvalidParameterError(
+            f"--max-size {format_bytes(budget)} is below the smallest file {run.source.name.base} can be made into: "
+            f"{format_bytes(smallest)} (every tensor at its smallest type); raise --max-size"
+        )
+    return budget
+
+
+def _check_split(run: _Run, text: EvalText, calibration: EvalText) -> None:
+    """Refuse at once a text too short for evaluation and calibration chunks kept apart."""
+    if calibration.digest != text.digest:
+        return
+    p, e = run.params.calibration, run.params.eval
+    engine = open_engine(run.engine, run.store.blob_path(run.source.digest), LoadParams(n_ctx=64))
+    try:
+        n_tokens = len(engine.tokenize(text.text, add_special=True, parse_special=False))
+    finally:
+        engine.close()
+    evaluation = (e.chunks or 0) * e.ctx
+    if n_tokens - evaluation < p.chunks * p.ctx or e.chunks is None:
+        raise InvalidParameterError(
+            f"{text.label} has {n_tokens:,} tokens: too few for {e.chunks or 'all'} evaluation chunk(s) of {e.ctx} "
+            f"plus {p.chunks} calibration chunk(s) of {p.ctx} kept apart; give a longer --text, fewer --chunks, "
+            "or a separate --calibration text"
+        )
+
+
+def _measure_uniform(run: _Run, reference: Manifest) -> None:
+    ref_cmd = "(stored)" if reference.source.get("kind") != "quantize" else _command(run, "F16")
+    run.measure(reference, reference, "reference", f"reference ({reference.info.file_type or 'F16'})", ref_cmd)
+    if run.source.digest != reference.digest:
+        run.measure(run.source, reference, "source", f"as stored ({run.source.info.file_type or '?'})", "(stored)")
+    options = QuantizeOptions(allow_requantize=run.requantize, threads=run.params.threads)
+    if run.requantize:
+        run.note(
+            f"{run.source.name} is already {run.source.info.file_type or 'quantized'}: every variant is made from its "
+            "dequantized weights, so its error adds to the source's"
+        )
+    for qtype in run.params.types:
+        if qtype.name == reference.info.file_type:
+            continue
+        try:
+            warnings = check_request(run.store, run.source, qtype, options)
+        except InvalidParameterError as exc:
+            run.note(f"{qtype.name} skipped: {exc}")
+            continue
+        for warning in warnings:
+            if "dequantized weights" not in warning:  # said once, below
+                run.note(f"{qtype.name}: {warning}")
+        manifest = run._quantize(qtype, options, None)
+        run.measure(manifest, reference, "uniform", qtype.name, _command(run, qtype.name))
+
+
+def _command(run: _Run, type_name: str) -> str:
+    flag = " --allow-requantize" if run.requantize else ""
+    return f"edgeslm quantize {run.source.name} --type {type_name.lower()}{flag}"
+
+
+def _wants_mix(run: _Run, budget: int | None) -> bool:
+    if run.params.mixed is False:
+        return False
+    if budget is None:
+        return False
+    if run.params.mixed:
+        return True
+    sizes = [c.metrics.file_size for c in run.candidates]
+    snug = any(budget * SNUG <= s <= budget for s in sizes)
+    if any(s > budget for s in sizes) and not snug:
+        run.note(
+            f"the size budget {format_bytes(budget)} falls between the candidates: planning a mixed variant for it"
+        )
+        return True
+    return False
+
+
+def _measure_mixed(run: _Run, reference: Manifest, calibration: EvalText, budget: int) -> MixedReport | None:
+    header = read_gguf_header(run.store.blob_path(reference.digest), label=str(reference.name))
+    slots = find_slots(header)
+    try:
+        check_reference(reference, header, slots)
+    except InvalidParameterError as exc:
+        if run.params.mixed:
+            raise
+        run.note(f"no mixed variant: {exc}")
+        return None
+    label = f"mixed plan for {format_bytes(budget)}"
+
+    def report(done: int, total: int, probe: str) -> None:
+        run.progress(label, f"sensitivity: {probe}", done, total)
+
+    params = replace(run.params.calibration, threads=run.params.threads)
+    e = run.params.eval
+    reserved = (e.chunks or 0) * e.ctx if calibration.digest == run.text.digest else 0
+    sens = measure_sensitivity(
+        run.store, reference, calibration, params, reserved_tokens=reserved, progress=report, engine_name=run.engine
+    )
+    plan = plan_mix(
+        slots, predicted_costs(slots, sens.per_unit, sens.errors), budget, fixed_bytes(header, slots), header.alignment
+    )
+    ftype, options = plan_options(plan, slots, run.params.threads)
+    size = f"{budget / 1e6:.0f}mb" if budget >= 10**7 else f"{budget / 1e3:.0f}kb"
+    name = run.source.name.with_tag(f"mix-{size}-{plan.digest()}")
+    manifest = run._quantize(ftype, options, name)
+    wrong = tuple(mismatches(plan, read_gguf_header(run.store.blob_path(manifest.digest), label=str(name))))
+    if wrong:
+        run.note(f"{name}: llama.cpp did not follow the plan for {len(wrong)} tensor(s), e.g. {wrong[0]}")
+    types = plan.type_summary(slots)
+    recipe = "mixed: " + ", ".join(f"{t} {100 * n / sum(types.values()):.0f}%" for t, n in types.items())
+    run.measure(manifest, reference, "mixed", recipe, _mix_command(run, ftype, options, name))
+    return MixedReport(str(name), budget, plan, types, sens.tokens, sens.measured, wrong)
+
+
+def _mix_command(run: _Run, ftype: QuantType, options: QuantizeOptions, name: ModelName) -> str:
+    overrides = " ".join(f"--tensor-type '{p}={t.name.lower()}'" for p, t in options.tensor_types)
+    head = f"edgeslm quantize {run.source.name} --type {ftype.name.lower()} --allow-requantize --pure"
+    return f"{head} {overrides} --tag {name.tag}"
+
+
+def _tag(run: _Run, ranking: Ranking) -> str | None:
+    winner = ranking.winner
+    if winner is None or run.params.tag is None:
+        return None
+    target = run.source.name.with_tag(run.params.tag)
+    chosen = run.store.get(parse_name(winner.metrics.name))
+    previous = run.store.find(target)
+    if previous is not None and previous.digest == chosen.digest:
+        return str(target)  # already tagged
+    if previous is not None:
+        others = [m for m in run.store.manifests() if m.digest == previous.digest and m.name != target]
+        if not others:
+            run.note(
+                f"{target} names a model no other tag names; it was not replaced (that would delete it). "
+                f"Run 'edgeslm cp {chosen.name} {target}' to replace it"
+            )
+            return None
+    run.store.copy(chosen.name, target)
+    return str(target)

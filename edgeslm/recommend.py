@@ -1,0 +1,288 @@
+"""``edgeslm recommend``: what to run on a device, each choice explained.
+
+The seed's guidance, applied to the device: the size class (micro for phones and small
+boards, small for laptops and desktops), the quantization ladder (Q4_0 -> Q5_1 -> Q8_0 by how
+much quality matters), the runtime (llama.cpp on CPUs, MLX on Apple Silicon, ONNX Runtime for
+NPUs and Windows), threads and context. Then concrete picks: catalogue models that fit the
+device's memory budget, and — where the store holds measured results — the local variants that
+fit, ranked by their measured quality.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from gguf.constants import GGML_QUANT_SIZES, GGMLQuantizationType
+
+from .device import Device
+from .errors import InvalidParameterError
+from .evaluate import all_results
+from .formats.model_info import estimate_memory
+from .formats.size_class import SIZE_CLASSES, SizeClass
+from .sources.catalog import CATALOG, RUNTIME_OVERHEAD, SEED_ADVICE, CatalogEntry
+from .store import Store
+from .store.registry import Manifest
+from .units import format_bytes, format_params
+
+# use case -> (the seed's quality level, whether it needs a chat (instruct) model)
+USE_CASES: dict[str, tuple[str, bool]] = {
+    "chat": ("balanced", True),
+    "code": ("near-original", True),  # a wrong token breaks code: quality matters most
+    "summarize": ("balanced", True),
+    "extract": ("max-compression", True),  # short, constrained outputs tolerate the most compression
+    "completion": ("balanced", False),
+    "embed": ("near-original", False),
+}
+QUALITY_LEVELS = ("max-compression", "balanced", "near-original")
+# The ladder as measured tolerances (mean KLD against the reference). On SmolLM2-135M, Q8_0
+# measures about 0.004, Q6_K 0.01, Q4_K_M 0.05 and Q4_0 0.3 (README, optimize).
+KLD_TOLERANCE = {"near-original": 0.01, "balanced": 0.05, "max-compression": 0.15}
+# Share of RAM a model may take: phones keep the OS and apps resident; servers run little else.
+RAM_SHARE = {"phone": 0.4, "board": 0.6, "laptop": 0.5, "desktop": 0.6, "server": 0.8}
+CLASSES = {
+    "phone": (SizeClass.MICRO,),
+    "board": (SizeClass.MICRO,),
+    "laptop": (SizeClass.SMALL, SizeClass.MICRO),
+    "desktop": (SizeClass.SMALL, SizeClass.MICRO),
+    "server": (SizeClass.MEDIUM, SizeClass.SMALL, SizeClass.MICRO),
+}
+MAX_PICKS = 4
+
+
+@dataclass(frozen=True)
+class Advice:
+    topic: str
+    choice: str
+    why: str
+
+
+@dataclass(frozen=True)
+class Pick:
+    name: str
+    memory: int  # bytes at the recommendation's context (catalogue: weights x runtime overhead)
+    why: str
+    measured: dict[str, Any] | None = None  # kld_mean, same_top, tg_tps where kept
+
+
+@dataclass(frozen=True)
+class Recommendation:
+    device: Device
+    use_case: str
+    quality: str
+    ctx: int
+    budget: int
+    advice: tuple[Advice, ...]
+    catalogue: tuple[Pick, ...]
+    local: tuple[Pick, ...]
+
+
+def recommend(
+    device: Device, *, use_case: str = "chat", quality: str | None = None, ctx: int = 4096, store: Store | None = None
+) -> Recommendation:
+    if use_case not in USE_CASES:
+        raise InvalidParameterError(f"--use-case {use_case!r} is not known; valid: {', '.join(USE_CASES)}")
+    if quality is not None and quality not in QUALITY_LEVELS:
+        raise InvalidParameterError(f"--quality {quality!r} is not known; valid: {', '.join(QUALITY_LEVELS)}")
+    if not 16 <= ctx <= 1 << 20:
+        raise InvalidParameterError(f"--ctx {ctx} is out of range; valid: 16 to 1,048,576")
+    level = quality or USE_CASES[use_case][0]
+    budget, budget_why = _budget(device)
+    advice = (
+        _class_advice(device, budget, budget_why),
+        _quant_advice(use_case, level, quality is not None),
+        _runtime_advice(device),
+        _threads_advice(device),
+    )
+    catalogue = _catalogue_picks(device, use_case, level, budget)
+    local = _local_picks(store, device, use_case, level, ctx, budget) if store is not None else ()
+    return Recommendation(device, use_case, level, ctx, budget, advice, catalogue, local)
+
+
+def _budget(device: Device) -> tuple[int, str]:
+    share = RAM_SHARE[device.kind]
+    budget = int(device.ram * share)
+    why = f"{share:.0%} of {format_bytes(device.ram)} RAM, the share a {device.kind} can give a model"
+    if device.available_ram is not None and device.available_ram * 0.8 < budget:
+        budget = int(device.available_ram * 0.8)
+        why = f"80% of the {format_bytes(device.available_ram)} free now (less than {share:.0%} of all RAM)"
+    return budget, why
+
+
+def _class_label(c: SizeClass) -> str:
+    return next(s.label for s in SIZE_CLASSES if s.size_class == c)
+
+
+def _class_advice(device: Device, budget: int, why: str) -> Advice:
+    classes = CLASSES[device.kind]
+    text = " or ".join(_class_label(c) for c in classes)
+    reason = {
+        "phone": "phones and small boards run micro models: a few GB of shared RAM and a battery",
+        "board": "phones and small boards run micro models: a few GB of RAM and modest cores",
+        "laptop": "laptops and desktops run small models, micro ones when speed matters more than quality",
+        "desktop": "laptops and desktops run small models, micro ones when speed matters more than quality",
+        "server": "with this much memory a medium model fits; smaller ones serve more users faster",
+    }[device.kind]
+    return Advice("size class", text, f"{reason}. Memory budget {format_bytes(budget)}: {why}.")
+
+
+def _quant_advice(use_case: str, level: str, chosen: bool) -> Advice:
+    qtype = SEED_ADVICE[level]
+    because = "as asked" if chosen else f"the seed's {level} level for {use_case}"
+    return Advice(
+        "quantization",
+        qtype,
+        f"{because}; the ladder is Q4_0 (size matters most) -> Q5_1 (balanced) -> Q8_0 (near the original). "
+        "Where the store has measured variants, the local ranking below replaces this rule with measurements "
+        "('edgeslm optimize' makes them).",
+    )
+
+
+def _runtime_advice(device: Device) -> Advice:
+    simd = ", ".join(device.simd) or "no SIMD extensions detected"
+    if device.apple_silicon:
+        return Advice(
+            "runtime",
+            "MLX (llama.cpp with Metal meanwhile)",
+            "Apple Silicon's unified memory and GPU are what MLX is built for; edgeslm runs llama.cpp today, "
+            "which also uses Metal there.",
+        )
+    if device.npu or device.os == "windows":
+        return Advice(
+            "runtime",
+            "ONNX Runtime (llama.cpp on the CPU meanwhile)",
+            "NPUs and Windows' DirectML are reached through ONNX Runtime execution providers; edgeslm's ONNX "
+            "export is planned, and llama.cpp runs on the CPU meanwhile.",
+        )
+    gpu = next((g for g in device.gpus if g.startswith("NVIDIA")), None)
+    if gpu:
+        return Advice("runtime", "llama.cpp with CUDA offload", f"{gpu}: llama.cpp offloads layers to it.")
+    why = f"llama.cpp has hand-written CPU kernels for AVX2, AVX-512 and NEON; this CPU has {simd}"
+    if device.arch == "x86_64" and "AVX2" not in device.simd:
+        why += " — without AVX2 expect several times slower generation"
+    built = [f for f in device.engine_features if f in ("AVX", "AVX2", "AVX512", "FMA", "F16C", "NEON", "DOTPROD")]
+    if built:
+        why += f"; the installed llama.cpp build uses {', '.join(built)}"
+    return Advice("runtime", "llama.cpp on the CPU", why + ".")
+
+
+def _threads_advice(device: Device) -> Advice:
+    if device.kind == "phone":
+        n = min(device.cores, 4)
+        return Advice("threads", str(n), "phone SoCs mix big and little cores; more threads than big cores slow it")
+    return Advice("threads", str(device.cores), "one per physical core: llama.cpp's default, and its fastest")
+
+
+def _weights(entry: CatalogEntry, qtype: str) -> int:
+    block, size = GGML_QUANT_SIZES[GGMLQuantizationType[qtype]]
+    return int((entry.n_params or 0) * size / block)
+
+
+def _catalogue_picks(device: Device, use_case: str, level: str, budget: int) -> tuple[Pick, ...]:
+    needs_chat = USE_CASES[use_case][1]
+    qtype = SEED_ADVICE[level]
+    picks = []
+    for c in CLASSES[device.kind]:
+        fitting = [
+            e
+            for e in CATALOG
+            if e.size_class == c
+            and e.n_params
+            and not (needs_chat and "base model" in e.note)
+            and _weights(e, qtype) * RUNTIME_OVERHEAD <= budget
+        ]
+        for e in sorted(fitting, key=lambda e: -(e.n_params or 0)):
+            need = int(_weights(e, qtype) * RUNTIME_OVERHEAD)
+            why = (
+                f"{format_params(e.n_params or 0)} parameters ({c.value}) at {qtype}: about {format_bytes(need)} with "
+                f"runtime overhead, within {format_bytes(budget)}"
+                + ("; built in, works offline" if e.builtin else f"; 'edgeslm pull {e.name}' (needs a network)")
+            )
+            picks.append(Pick(f"{e.name} ({qtype})", need, why))
+    return tuple(picks[:MAX_PICKS])
+
+
+def _local_picks(store: Store, device: Device, use_case: str, level: str, ctx: int, budget: int) -> tuple[Pick, ...]:
+    needs_chat = USE_CASES[use_case][1]
+    measured = _measured(store)
+    by_base: dict[str, list[tuple[Manifest, int]]] = {}
+    for m in store.manifests():
+        memory = estimate_memory(m.info, ctx).total_bytes
+        if memory <= budget and (m.info.has_chat_template or not needs_chat):
+            by_base.setdefault(m.name.base, []).append((m, memory))
+    picks = []
+    for base, variants in sorted(by_base.items(), key=lambda kv: -kv[1][0][0].info.n_params):
+        picks.append(_best_local(base, variants, measured, ctx, budget, device, level))
+    return tuple(picks)
+
+
+def _measured(store: Store) -> dict[str, dict[str, Any]]:
+    """The newest kept result per model digest; a reference of other results counts as KLD 0."""
+    results = all_results(store)
+    references = {r.get("reference_digest") for r in results}
+    out: dict[str, dict[str, Any]] = {}
+    for r in results:
+        digest = str(r.get("model_digest") or "")
+        if not digest:
+            continue
+        if r.get("kld_mean") is None:
+            if digest not in references:
+                continue
+            r = {**r, "kld_mean": 0.0, "same_top": 1.0, "reference": "itself"}
+        if digest not in out or r["created"] > out[digest]["created"]:
+            out[digest] = r
+    return out
+
+
+def _best_local(
+    base: str,
+    variants: Sequence[tuple[Manifest, int]],
+    measured: dict[str, dict[str, Any]],
+    ctx: int,
+    budget: int,
+    device: Device,
+    level: str,
+) -> Pick:
+    scored = [(m, mem, measured[m.digest]) for m, mem in variants if m.digest in measured]
+    fits = f"fits: {{}} at {ctx:,} tokens of context ≤ {format_bytes(budget)}"
+    if not scored:
+        m, mem = min(variants, key=lambda v: v[0].size)
+        return Pick(
+            str(m.name),
+            mem,
+            f"{fits.format(format_bytes(mem))}; none of {base}'s variants that fit is measured yet — "
+            f"'edgeslm optimize {base} --max-memory {format_bytes(budget).replace(' ', '')}' measures and picks one",
+        )
+    m, mem, r, rule = _choose(scored, level)
+    tg = (r.get("speed") or {}).get("tg_tps")
+    where = "here" if device.detected else "on this machine (expect different speed on the device)"
+    speed = f", {tg:.0f} tok/s generation {where}" if tg else ""
+    why = (
+        f"{fits.format(format_bytes(mem))}; {rule} among {base}'s variants "
+        f"(mean KLD {r['kld_mean']:.4f} vs {r.get('reference')}, {100 * r['same_top']:.1f}% same top-1{speed}; "
+        f"{len(scored)} of {len(variants)} fitting variants measured)"
+    )
+    return Pick(str(m.name), mem, why, {"kld_mean": r["kld_mean"], "same_top": r["same_top"], "tg_tps": tg})
+
+
+Scored = tuple[Manifest, int, dict[str, Any]]
+
+
+def _choose(scored: Sequence[Scored], level: str) -> tuple[Manifest, int, dict[str, Any], str]:
+    """Within the level's KLD tolerance: the smallest for max-compression, else the fastest; if
+    none is within it, the most faithful."""
+    limit = KLD_TOLERANCE[level]
+
+    def tg(s: Scored) -> float:
+        return float((s[2].get("speed") or {}).get("tg_tps") or 0.0)
+
+    within = [s for s in scored if s[2]["kld_mean"] <= limit]
+    if not within:
+        m, mem, r = min(scored, key=lambda s: (s[2]["kld_mean"], -tg(s)))
+        return m, mem, r, f"none is within {level}'s tolerance (mean KLD ≤ {limit:g}): the most faithful that fits"
+    if level == "max-compression":
+        m, mem, r = min(within, key=lambda s: (s[0].size, -tg(s)))
+        return m, mem, r, f"the smallest within {level}'s tolerance (mean KLD ≤ {limit:g})"
+    m, mem, r = max(within, key=lambda s: (tg(s), -s[2]["kld_mean"]))
+    return m, mem, r, f"the fastest within {level}'s tolerance (mean KLD ≤ {limit:g})"

@@ -1,0 +1,151 @@
+"""optimize end to end on a tiny llama.cpp model, its bad input, and resuming after a kill."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from edgeslm import quantize as quantize_module
+from edgeslm import sensitivity
+from edgeslm.store import Store, parse_name
+
+from .conftest import CliResult, edgeslm_command, snapshot
+from .ggufbuild import write_runnable_model
+from .test_sensitivity import make_text
+
+Cli = Callable[..., CliResult]
+
+
+@pytest.fixture
+def tiny(cli: Cli, tmp_path: Path) -> Path:
+    """A runnable model stored as r:f16 (its own reference), and an evaluation text."""
+    path = write_runnable_model(tmp_path / "r.gguf", n_layer=2)
+    assert cli("import", str(path), "--name", "r:f16").code == 0
+    text = tmp_path / "words.txt"
+    text.write_text(make_text(3000).text)
+    return text
+
+
+def args(text: Path, report: Path, *extra: str) -> tuple[str, ...]:
+    small = ("--types", "q8_0,q4_0", "--text", str(text), "--ctx", "64", "--chunks", "4", "--report", str(report))
+    return (*small, *extra)
+
+
+def sizes(store: Store) -> dict[str, int]:
+    return {str(m.name): m.size for m in store.manifests()}
+
+
+def test_optimize_builds_measures_ranks_and_tags(tiny: Path, cli: Cli, store: Store, tmp_path: Path) -> None:
+    assert cli("quantize", "r:f16", "--type", "q8_0,q4_0").code == 0
+    built = sizes(store)
+    budget = (built["r:q8_0"] + built["r:q4_0"]) // 2
+    result = cli("optimize", "r:f16", *args(tiny, tmp_path / "rep", "--max-size", f"{budget}B", "--json"))
+    assert result.code == 0, result.err
+    report = json.loads(result.out)
+    assert report["mixed"] is not None and report["mixed"]["name"].startswith("r:mix-")
+    mixed = store.get(parse_name(report["mixed"]["name"]))
+    assert mixed.size <= budget and report["mixed"]["predicted_size"] <= budget
+    assert mixed.source["parent"] == store.get(parse_name("r:f16")).digest
+    ranked = {r["name"]: r for r in report["ranking"]}
+    assert set(ranked) == {"r:f16", "r:q8_0", "r:q4_0", mixed.name.__str__()}
+    winner = ranked[report["winner"]]
+    assert winner["fits"] and winner["rank"] == 1 and winner["metrics"]["file_size"] <= budget
+    assert not ranked["r:q8_0"]["fits"] and "size" in ranked["r:q8_0"]["reason"]
+    assert store.get(parse_name("r:best")).digest == store.get(parse_name(report["winner"])).digest
+    html = (tmp_path / "rep" / "report.html").read_text()
+    assert "data:image/png;base64," in html and report["winner"] in html
+    md = (tmp_path / "rep" / "report.md").read_text()
+    assert "## Candidates" in md and "## Reproduce the winner" in md and "## Mixed precision" in md
+    assert (tmp_path / "rep" / "pareto.png").read_bytes()[:4] == b"\x89PNG"
+    assert json.loads((tmp_path / "rep" / "results.json").read_text())["winner"] == report["winner"]
+
+
+def test_a_second_run_reuses_everything(
+    tiny: Path, cli: Cli, store: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    first = cli("optimize", "r:f16", *args(tiny, tmp_path / "a", "--max-size", "200KB", "--mixed", "--json"))
+    assert first.code == 0, first.err
+    state = snapshot(store.root / "manifests")
+    monkeypatch.setattr(quantize_module, "_build", lambda *a, **k: pytest.fail("rebuilt a variant"))
+    monkeypatch.setattr(sensitivity, "_run_probes", lambda *a, **k: pytest.fail("re-measured sensitivity"))
+    monkeypatch.setattr("edgeslm.evaluate.measure_quality", lambda *a, **k: pytest.fail("re-evaluated"))
+    second = cli("optimize", "r:f16", *args(tiny, tmp_path / "b", "--max-size", "200KB", "--mixed", "--json"))
+    assert second.code == 0, second.err
+    assert json.loads(second.out)["winner"] == json.loads(first.out)["winner"]
+    assert snapshot(store.root / "manifests") == state
+
+
+def test_nothing_fits_says_what_binds(tiny: Path, cli: Cli, tmp_path: Path) -> None:
+    extra = ("--max-size", "200KB", "--max-kld", "0.0000001", "--no-mixed")
+    result = cli("optimize", "r:f16", *args(tiny, tmp_path / "rep", *extra))
+    assert result.code == 1
+    assert "No candidate meets every constraint" in result.out
+    assert "Binding constraint: --max-kld: without it 2 candidate(s) would fit (r:q8_0, r:q4_0)" in result.out
+    assert "Closest: r:f16 (size" in result.out and "(no winner)" in (tmp_path / "rep" / "report.html").read_text()
+
+
+@pytest.mark.parametrize(
+    ("extra", "code", "words"),
+    [
+        (("--max-size", "1KB"), 2, "below the smallest file r can be made into"),
+        (("--max-memory", "10KB"), 2, "the KV cache alone is"),
+        (("--max-size", "80XB"), 2, "unknown unit 'XB'"),
+        (("--mixed",), 2, "--mixed plans for a size budget"),
+        (("--max-kld", "p42=1"), 2, "unknown statistic"),
+        (("--max-size", "200KB", "--chunks", "400"), 2, "too few for 400 evaluation chunk(s)"),
+        (("--types", "q9_9"), 2, "unknown quantization type Q9_9"),
+    ],
+)
+def test_bad_input_changes_nothing(
+    tiny: Path, cli: Cli, store: Store, tmp_path: Path, extra: tuple[str, ...], code: int, words: str
+) -> None:
+    before = snapshot(store.root)
+    result = cli("optimize", "r:f16", *args(tiny, tmp_path / "rep", *extra))
+    assert result.code == code and words in result.err, result.err
+    assert snapshot(store.root) == before
+
+
+def test_a_model_without_reference_gets_one(tiny: Path, cli: Cli, store: Store, tmp_path: Path) -> None:
+    assert cli("quantize", "r:f16", "--type", "q8_0", "--output", str(tmp_path / "q.gguf")).code == 0
+    assert cli("import", str(tmp_path / "q.gguf"), "--name", "q").code == 0
+    result = cli("optimize", "q", *args(tiny, tmp_path / "rep", "--types", "q4_0"))
+    assert result.code == 0, result.err
+    assert "built q:f16 from q:latest" in result.err and store.find(parse_name("q:f16")) is not None
+    assert "every variant is made from its dequantized weights" in result.err
+
+
+def _wait_for(path: Path, pattern: str, proc: subprocess.Popen[bytes]) -> None:
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if list(path.glob(pattern)):
+            return
+        assert proc.poll() is None, "optimize finished before it could be interrupted"
+        time.sleep(0.002)
+    raise AssertionError(f"no {pattern} appeared")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT])
+def test_interrupted_optimize_resumes(tiny: Path, cli: Cli, store: Store, home: Path, tmp_path: Path, sig: int) -> None:
+    cmd = edgeslm_command(home, "optimize", "r:f16", *args(tiny, tmp_path / "a", "--max-size", "200KB", "--mixed"))
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    _wait_for(store.tmp_dir, "sensitivity-*.partial", proc)  # mid-way: the variants are built, the mix is not
+    os.kill(proc.pid, sig)
+    _, err = proc.communicate(timeout=60)
+    if sig == signal.SIGINT:
+        assert proc.returncode == 130 and b"Interrupted" in err, err.decode()[-3000:]
+    built = {n: m for n, m in sizes(store).items()}
+    assert "r:q8_0" in built and "r:q4_0" in built and not any(n.startswith("r:mix-") for n in built)
+    kept = {str(m.name): m.created for m in store.manifests()}
+    result = cli("optimize", "r:f16", *args(tiny, tmp_path / "b", "--max-size", "200KB", "--mixed", "--json"))
+    assert result.code == 0, result.err
+    assert {str(m.name): m.created for m in store.manifests() if str(m.name) in kept} == kept  # reused, not rebuilt
+    assert any(str(m.name).startswith("r:mix-") for m in store.manifests())
+    assert cli("verify").code == 0 and not list(store.tmp_dir.glob("*.partial"))
