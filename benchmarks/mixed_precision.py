@@ -8,6 +8,11 @@ quantizer and scored the same way. Goal: mean KLD of the mix <= 0.8 x that of th
 type, whose file is no smaller. Results are kept in the store given by --home, so a rerun
 only measures what is new.
 
+The builtins ship quantized, so the reference is the shipped file dequantized and any tensor
+put back on its shipped grid costs almost nothing. ``--off-grid`` forbids the mix the types
+the shipped file uses (the uniform types keep them), to measure what the allocation gains
+without that advantage.
+
     .venv/bin/python benchmarks/mixed_precision.py [--home DIR] [--chunks 10] [--models smollm2-135m-instruct]
 """
 
@@ -17,7 +22,10 @@ import argparse
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
+
+from gguf.constants import GGMLQuantizationType as T
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -61,12 +69,16 @@ def run_model(store: Store, model: str, args: argparse.Namespace) -> list[tuple[
           f"({sens.tokens} calibration tokens)", flush=True)  # fmt: skip
     header = read_gguf_header(store.blob_path(ref.digest))
     slots = find_slots(header)
+    if args.off_grid:
+        shipped = {t.ggml_type for t in read_gguf_header(store.blob_path(source.digest)).tensors}
+        slots = [replace(s, options=tuple(q for q in s.options if q not in shipped or q == T.F16)) for s in slots]
+        print(f"{model}: the mix may not use {', '.join(sorted(q.name for q in shipped - {T.F16, T.F32}))}")
     costs = predicted_costs(slots, sens.per_unit, sens.errors)
     rows = []
     for label, u in sorted(uniform.items(), key=lambda kv: kv[1].size):
         plan = plan_mix(slots, costs, u.size, fixed_bytes(header, slots), header.alignment)
         ftype, opts = plan_options(plan, slots)
-        name = source.name.with_tag(f"mixbench-{plan.digest()}")
+        name = source.name.with_tag(f"mixbench{'-offgrid' if args.off_grid else ''}-{plan.digest()}")
         mixed = quantize(store, source.name, [ftype], opts, target=lambda _q, n=name: n)[0].manifest  # type: ignore[misc]
         k_mix, k_uni = kld(store, mixed, ref, settings), kld(store, u, ref, settings)
         ratio = k_mix / k_uni if k_uni else float("inf")
@@ -85,6 +97,7 @@ def main() -> None:
     parser.add_argument("--types", default=TYPES)
     parser.add_argument("--chunks", type=int, default=10, help="evaluation chunks of 512 tokens (default 10)")
     parser.add_argument("--calibration-chunks", type=int, default=1)
+    parser.add_argument("--off-grid", action="store_true", help="the mix may not use the shipped file's types")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         home = args.home or Path(tmp)

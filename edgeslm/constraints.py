@@ -236,10 +236,10 @@ def rank(constraints: Constraints, candidates: Sequence[Metrics]) -> Ranking:
     checked = [(m, tuple(constraints.check(m))) for m in candidates]
     ordered = _order([m for m, v in checked if not v])
     if ordered:
-        return Ranking(tuple(_fitting_verdicts(ordered)) + tuple(_failing(checked, ordered[0])))
+        return Ranking(tuple(_fitting_verdicts(ordered)) + tuple(_failing(checked)))
     failing = sorted(checked, key=lambda mv: sum(v.excess for v in mv[1]))
     closest = failing[0][0] if failing else None
-    return Ranking(tuple(_failing(checked, None)), _binding(checked), closest.name if closest else None)
+    return Ranking(tuple(_failing(checked)), _binding(checked), closest.name if closest else None)
 
 
 def _fitting_verdicts(ordered: list[Metrics]) -> list[Verdict]:
@@ -258,7 +258,7 @@ def _fitting_verdicts(ordered: list[Metrics]) -> list[Verdict]:
     return out
 
 
-def _failing(checked: list[tuple[Metrics, tuple[Violation, ...]]], winner: Metrics | None) -> list[Verdict]:
+def _failing(checked: list[tuple[Metrics, tuple[Violation, ...]]]) -> list[Verdict]:
     out = [Verdict(m, v, None, "; ".join(x.text for x in v)) for m, v in checked if v]
     return sorted(out, key=lambda x: sum(v.excess for v in x.violations))
 

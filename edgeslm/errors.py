@@ -28,6 +28,10 @@ class InputFileError(EdgeslmError):
     """A path given by the user cannot be read (missing, a directory, no permission)."""
 
 
+class OutputFileError(EdgeslmError):
+    """A file or folder edgeslm was asked to write (a report, --output) cannot be written."""
+
+
 class ModelNotFoundError(EdgeslmError):
     """No model of that name in the store, the builtins or the catalogue."""
 
@@ -78,6 +82,7 @@ EXIT_CODES: dict[type[EdgeslmError], int] = {
     InvalidNameError: 65,  # EX_DATAERR
     InvalidModelFileError: 65,
     InputFileError: 66,  # EX_NOINPUT
+    OutputFileError: 73,  # EX_CANTCREAT
     ModelNotFoundError: 67,  # "no such model", like EX_NOUSER
     OfflineError: 69,  # EX_UNAVAILABLE
     SourceError: 69,

@@ -34,6 +34,7 @@ log = logging.getLogger(__name__)
 DEFAULT_TEXT = "wikitext-2-sample.txt"
 RESULTS_SCHEMA = 1
 SPEED = BenchParams(n_prompt=512, n_gen=128, repetitions=1)
+REFERENCE_TAGS = ("f32", "bf16", "f16")  # a model's reference variants, preferred first
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,7 @@ from typing import Any
 from .constraints import Constraints, Metrics, Ranking, rank
 from .engines.base import DEFAULT_ENGINE, LoadParams, open_engine
 from .errors import InvalidParameterError
-from .evaluate import EvalSettings, EvalText, evaluate
+from .evaluate import REFERENCE_TAGS, EvalSettings, EvalText, evaluate
 from .formats.gguf_header import read_gguf_header
 from .formats.model_info import estimate_memory
 from .formats.quant_types import QUANT_TYPES, QuantizeOptions, QuantType, parse_quant_types
@@ -34,7 +34,7 @@ from .mixed import (
     predicted_costs,
     smallest_size,
 )
-from .quantize import check_request, quantize
+from .quantize import check_request, is_quantized, quantize
 from .sensitivity import CalibrationParams, check_reference, measure_sensitivity
 from .store import ModelName, Store, parse_name
 from .store.registry import Manifest
@@ -42,7 +42,6 @@ from .units import format_bytes
 
 log = logging.getLogger(__name__)
 DEFAULT_TYPES = "Q8_0,Q6_K,Q5_K_M,Q5_1,Q4_K_M,Q4_0"
-REFERENCE_TAGS = ("f32", "bf16", "f16")  # preferred reference variants, best first
 SNUG = 0.98  # a fitting candidate this close to the size budget leaves no room for a mix
 # (candidate, step, done, total): 'smollm2:q4_0', 'evaluating', 3, 8
 Progress = Callable[[str, str, int | None, int | None], None]
@@ -115,7 +114,7 @@ class _Run:
         self.progress = progress or (lambda *_: None)
         self.notes: list[str] = []
         self.candidates: list[Candidate] = []
-        self.requantize = _is_quantized(source)
+        self.requantize = is_quantized(source)
 
     def note(self, text: str) -> None:
         log.info("%s", text)
@@ -136,9 +135,9 @@ class _Run:
             f"{self.source.name}; as {self.source.name} is already {self.source.info.file_type or 'quantized'}, the "
             "reference is its dequantized weights, so quality is measured against it, not the original checkpoint"
         )
-        return self._quantize(QUANT_TYPES["F16"], QuantizeOptions(allow_requantize=True), None)
+        return self.build(QUANT_TYPES["F16"], QuantizeOptions(allow_requantize=True), None)
 
-    def _quantize(self, qtype: QuantType, options: QuantizeOptions, name: ModelName | None) -> Manifest:
+    def build(self, qtype: QuantType, options: QuantizeOptions, name: ModelName | None) -> Manifest:
         label = str(name or self.source.name.with_tag(qtype.name.lower()))
 
         def report(_q: QuantType, done: int, total: int, _tensor: str) -> None:
@@ -170,12 +169,6 @@ class _Run:
         if same is None:
             self.candidates.append(candidate)
         return candidate
-
-
-def _is_quantized(m: Manifest) -> bool:
-    return any(
-        s.ggml_type not in ("F32", "F16", "BF16") and s.n_params > 0.01 * m.info.n_params for s in m.info.type_mix
-    )
 
 
 def optimize(
@@ -273,7 +266,7 @@ def _measure_uniform(run: _Run, reference: Manifest) -> None:
         for warning in warnings:
             if "dequantized weights" not in warning:  # said once, below
                 run.note(f"{qtype.name}: {warning}")
-        manifest = run._quantize(qtype, options, None)
+        manifest = run.build(qtype, options, None)
         run.measure(manifest, reference, "uniform", qtype.name, _command(run, qtype.name))
 
 
@@ -326,7 +319,7 @@ def _measure_mixed(run: _Run, reference: Manifest, calibration: EvalText, budget
     ftype, options = plan_options(plan, slots, run.params.threads)
     size = f"{budget / 1e6:.0f}mb" if budget >= 10**7 else f"{budget / 1e3:.0f}kb"
     name = run.source.name.with_tag(f"mix-{size}-{plan.digest()}")
-    manifest = run._quantize(ftype, options, name)
+    manifest = run.build(ftype, options, name)
     wrong = tuple(mismatches(plan, read_gguf_header(run.store.blob_path(manifest.digest), label=str(name))))
     if wrong:
         run.note(f"{name}: llama.cpp did not follow the plan for {len(wrong)} tensor(s), e.g. {wrong[0]}")

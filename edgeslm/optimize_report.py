@@ -12,7 +12,9 @@ from pathlib import Path
 from typing import Any
 
 from .constraints import Verdict
+from .errors import OutputFileError
 from .optimize import Candidate, OptimizeResult
+from .report import new_figure, save_size_kld_plot
 from .units import format_bytes, format_mib
 
 HEADERS = (
@@ -201,18 +203,13 @@ pre{{background:#f4f4f4;padding:1em;overflow-x:auto}}img{{max-width:100%}}</styl
 
 def pareto_plot(result: OptimizeResult, path: Path) -> Path:
     """Size against mean KLD (log), generation tok/s as colour, constraints as lines, winner starred."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     cands = list(result.candidates)
     positive = [c.metrics.kld["mean"] for c in cands if c.metrics.kld["mean"] > 0]
     floor = min(positive) / 4 if positive else 1e-4
     xs = [c.metrics.file_size / 1e6 for c in cands]
     ys = [max(c.metrics.kld["mean"], floor) for c in cands]
     tps = [c.metrics.tg_tps or 0.0 for c in cands]
-    fig, ax = plt.subplots(figsize=(9, 5.5), dpi=120)
+    fig, ax = new_figure((9, 5.5))
     front = _front(cands)
     ax.step([c.metrics.file_size / 1e6 for c in front], [max(c.metrics.kld["mean"], floor) for c in front],
             where="post", color="0.6", lw=1, zorder=1, label="Pareto front")  # fmt: skip
@@ -231,11 +228,13 @@ def pareto_plot(result: OptimizeResult, path: Path) -> Path:
     )
     for c, x, y in zip(cands, xs, ys, strict=True):
         label = c.name.rsplit(":", 1)[-1] + (f"\n{c.metrics.tg_tps:.0f} tok/s" if c.metrics.tg_tps else "")
+        ref = c.kind == "reference"  # drawn at the bottom; labelled leftwards, as it is often the largest
         ax.annotate(
-            label + (" · reference, KLD 0" if c.kind == "reference" else ""),
+            label + ("\n(reference, KLD 0)" if ref else ""),
             (x, y),
             textcoords="offset points",
-            xytext=(6, 4),
+            xytext=(-6, 4) if ref else (6, 4),
+            ha="right" if ref else "left",
             fontsize=8,
         )
     _constraint_lines(ax, result)
@@ -244,19 +243,9 @@ def pareto_plot(result: OptimizeResult, path: Path) -> Path:
         point = ([c.metrics.file_size / 1e6], [max(c.metrics.kld["mean"], floor)])
         style: dict[str, Any] = {"marker": "*", "s": 420, "facecolors": "none", "edgecolors": "red", "zorder": 4}
         ax.scatter(*point, label=f"winner: {c.name}", linewidths=1.8, **style)
-    ax.set_yscale("log")
-    ax.set_xlabel("file size (MB)")
-    ax.set_ylabel("mean KL-divergence vs reference (lower is better)")
-    ax.set_title(f"{result.model}: size against quality (red edge: misses a constraint)")
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend(loc="upper right", fontsize=8)
-    if any(tps):
-        fig.colorbar(scatter, ax=ax, label="generation tok/s")
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    ax.legend(loc="best", fontsize=8)
+    title = f"{result.model}: size against quality (red edge: misses a constraint)"
+    return save_size_kld_plot(fig, ax, scatter, tps, title, path)
 
 
 def _front(cands: list[Candidate]) -> list[Candidate]:
@@ -282,6 +271,16 @@ def _constraint_lines(ax: Any, result: OptimizeResult) -> None:
 
 def write_report(result: OptimizeResult, directory: Path) -> list[Path]:
     """Write the four files into ``directory`` (created); each via a temp file and a rename."""
+    try:
+        return _write(result, directory)
+    except OSError as exc:
+        raise OutputFileError(
+            f"cannot write the report to {directory}: {exc.strerror or exc}; every result is kept in the store, "
+            "so running optimize again with another --report writes it at once"
+        ) from None
+
+
+def _write(result: OptimizeResult, directory: Path) -> list[Path]:
     directory.mkdir(parents=True, exist_ok=True)
     png_path = pareto_plot(result, directory / "pareto.png")
     png = png_path.read_bytes()

@@ -48,7 +48,8 @@ class VariantResult:
     warnings: tuple[str, ...] = field(default=())
 
 
-def _is_quantized(parent: Manifest) -> bool:
+def is_quantized(parent: Manifest) -> bool:
+    """Whether more than 1 % of the parameters are in a quantized (not F32/F16/BF16) type."""
     return any(
         s.ggml_type not in ("F32", "F16", "BF16") and s.n_params > 0.01 * parent.info.n_params
         for s in parent.info.type_mix
@@ -63,7 +64,7 @@ def check_request(store: Store, parent: Manifest, qtype: QuantType, options: Qua
             f"{qtype.name} needs an importance matrix (calibration), which edgeslm cannot collect yet; "
             "choose a type without that need, e.g. Q2_K, IQ3_S or Q3_K_S"
         )
-    if _is_quantized(parent):
+    if is_quantized(parent):
         source = parent.info.file_type or parent.info.main_type
         if not options.allow_requantize and not qtype.unquantized:
             raise InvalidParameterError(

@@ -207,13 +207,21 @@ def _local_picks(store: Store, device: Device, use_case: str, level: str, ctx: i
     needs_chat = USE_CASES[use_case][1]
     measured = _measured(store)
     by_base: dict[str, list[tuple[Manifest, int]]] = {}
+    no_chat: dict[str, int] = {}
     for m in store.manifests():
         memory = estimate_memory(m.info, ctx).total_bytes
-        if memory <= budget and (m.info.has_chat_template or not needs_chat):
+        if memory > budget:
+            continue
+        if needs_chat and not m.info.has_chat_template:
+            no_chat[m.name.base] = min(memory, no_chat.get(m.name.base, memory))
+        else:
             by_base.setdefault(m.name.base, []).append((m, memory))
     picks = []
     for base, variants in sorted(by_base.items(), key=lambda kv: -kv[1][0][0].info.n_params):
-        picks.append(_best_local(base, variants, measured, ctx, budget, device, level))
+        picks += _ranked_local(base, variants, measured, ctx, budget, device, level)
+    for base, memory in sorted(no_chat.items()):
+        why = f"fits, but has no chat template: a base model continues text rather than answering; for {use_case} "
+        picks.append(Pick(f"({base})", memory, why + "pick an instruct model, or use --use-case completion"))
     return tuple(picks)
 
 
@@ -235,7 +243,10 @@ def _measured(store: Store) -> dict[str, dict[str, Any]]:
     return out
 
 
-def _best_local(
+RANKED_PER_MODEL = 3  # measured variants listed per model, best first
+
+
+def _ranked_local(
     base: str,
     variants: Sequence[tuple[Manifest, int]],
     measured: dict[str, dict[str, Any]],
@@ -243,46 +254,57 @@ def _best_local(
     budget: int,
     device: Device,
     level: str,
-) -> Pick:
+) -> list[Pick]:
     scored = [(m, mem, measured[m.digest]) for m, mem in variants if m.digest in measured]
     fits = f"fits: {{}} at {ctx:,} tokens of context ≤ {format_bytes(budget)}"
     if not scored:
         m, mem = min(variants, key=lambda v: v[0].size)
-        return Pick(
-            str(m.name),
-            mem,
+        why = (
             f"{fits.format(format_bytes(mem))}; none of {base}'s variants that fit is measured yet — "
-            f"'edgeslm optimize {base} --max-memory {format_bytes(budget).replace(' ', '')}' measures and picks one",
+            f"'edgeslm optimize {base} --max-memory {format_bytes(budget).replace(' ', '')}' measures and picks one"
         )
-    m, mem, r, rule = _choose(scored, level)
-    tg = (r.get("speed") or {}).get("tg_tps")
+        return [Pick(str(m.name), mem, why)]
     where = "here" if device.detected else "on this machine (expect different speed on the device)"
-    speed = f", {tg:.0f} tok/s generation {where}" if tg else ""
-    why = (
-        f"{fits.format(format_bytes(mem))}; {rule} among {base}'s variants "
-        f"(mean KLD {r['kld_mean']:.4f} vs {r.get('reference')}, {100 * r['same_top']:.1f}% same top-1{speed}; "
-        f"{len(scored)} of {len(variants)} fitting variants measured)"
-    )
-    return Pick(str(m.name), mem, why, {"kld_mean": r["kld_mean"], "same_top": r["same_top"], "tg_tps": tg})
+    picks = []
+    for i, (m, mem, r, rule) in enumerate(_rank(scored, level)[:RANKED_PER_MODEL]):
+        tg = (r.get("speed") or {}).get("tg_tps")
+        speed = f", {tg:.0f} tok/s generation {where}" if tg else ""
+        facts = f"mean KLD {r['kld_mean']:.4f} vs {r.get('reference')}, {100 * r['same_top']:.1f}% same top-1{speed}"
+        if i == 0:
+            why = (
+                f"{fits.format(format_bytes(mem))}; {rule} among {base}'s variants ({facts}; "
+                f"{len(scored)} of {len(variants)} fitting variants measured)"
+            )
+        else:
+            why = f"#{i + 1} for {base}: {rule} ({facts})"
+        picks.append(Pick(str(m.name), mem, why, {"kld_mean": r["kld_mean"], "same_top": r["same_top"], "tg_tps": tg}))
+    return picks
 
 
 Scored = tuple[Manifest, int, dict[str, Any]]
 
 
-def _choose(scored: Sequence[Scored], level: str) -> tuple[Manifest, int, dict[str, Any], str]:
-    """Within the level's KLD tolerance: the smallest for max-compression, else the fastest; if
-    none is within it, the most faithful."""
+def _rank(scored: Sequence[Scored], level: str) -> list[tuple[Manifest, int, dict[str, Any], str]]:
+    """Those within the level's KLD tolerance first — the smallest first for max-compression, else
+    the fastest — then the rest, the most faithful first."""
     limit = KLD_TOLERANCE[level]
 
     def tg(s: Scored) -> float:
         return float((s[2].get("speed") or {}).get("tg_tps") or 0.0)
 
     within = [s for s in scored if s[2]["kld_mean"] <= limit]
-    if not within:
-        m, mem, r = min(scored, key=lambda s: (s[2]["kld_mean"], -tg(s)))
-        return m, mem, r, f"none is within {level}'s tolerance (mean KLD ≤ {limit:g}): the most faithful that fits"
+    beyond = sorted((s for s in scored if s[2]["kld_mean"] > limit), key=lambda s: (s[2]["kld_mean"], -tg(s)))
     if level == "max-compression":
-        m, mem, r = min(within, key=lambda s: (s[0].size, -tg(s)))
-        return m, mem, r, f"the smallest within {level}'s tolerance (mean KLD ≤ {limit:g})"
-    m, mem, r = max(within, key=lambda s: (tg(s), -s[2]["kld_mean"]))
-    return m, mem, r, f"the fastest within {level}'s tolerance (mean KLD ≤ {limit:g})"
+        within.sort(key=lambda s: (s[0].size, -tg(s)))
+        rule = f"the smallest within {level}'s tolerance (mean KLD ≤ {limit:g})"
+    else:
+        within.sort(key=lambda s: (-tg(s), s[2]["kld_mean"]))
+        rule = f"the fastest within {level}'s tolerance (mean KLD ≤ {limit:g})"
+    outside = (
+        f"none is within {level}'s tolerance (mean KLD ≤ {limit:g}): the most faithful that fits"
+        if not within
+        else f"beyond {level}'s tolerance (mean KLD ≤ {limit:g})"
+    )
+    return [(*s, rule if i == 0 else "next within the tolerance") for i, s in enumerate(within)] + [
+        (*s, outside) for s in beyond
+    ]

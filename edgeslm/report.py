@@ -54,22 +54,20 @@ def markdown_table(results: Sequence[dict[str, Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def plot(results: Sequence[dict[str, Any]], path: Path, title: str) -> Path:
-    """Size (x) against mean KLD (y, log scale), each point labelled with its tg tok/s."""
+def new_figure(size: tuple[float, float]) -> tuple[Any, Any]:
+    """A matplotlib figure and axes, drawn off-screen (no display needed)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    points = [r for r in results if r.get("kld_mean") is not None]
-    fig, ax = plt.subplots(figsize=(8, 5), dpi=120)
-    sizes = [r["file_size"] / 1e6 for r in points]
-    klds = [max(r["kld_mean"], 1e-6) for r in points]
-    tps = [(r.get("speed") or {}).get("tg_tps") or 0.0 for r in points]
-    scatter = ax.scatter(sizes, klds, c=tps, cmap="viridis", s=60, zorder=3)
-    for r, x, y, t in zip(points, sizes, klds, tps, strict=True):
-        label = r["model"].rsplit(":", 1)[-1] + (f"\n{t:.0f} tok/s" if t else "")
-        ax.annotate(label, (x, y), textcoords="offset points", xytext=(6, 4), fontsize=8)
+    return plt.subplots(figsize=size, dpi=120)
+
+
+def save_size_kld_plot(fig: Any, ax: Any, scatter: Any, tps: Sequence[float], title: str, path: Path) -> Path:
+    """Axes of a size-against-KLD plot (log y), the tok/s colour bar, and the PNG."""
+    import matplotlib.pyplot as plt
+
     ax.set_yscale("log")
     ax.set_xlabel("file size (MB)")
     ax.set_ylabel("mean KL-divergence vs reference (lower is better)")
@@ -82,3 +80,17 @@ def plot(results: Sequence[dict[str, Any]], path: Path, title: str) -> Path:
     fig.savefig(path)
     plt.close(fig)
     return path
+
+
+def plot(results: Sequence[dict[str, Any]], path: Path, title: str) -> Path:
+    """Size (x) against mean KLD (y, log scale), each point labelled with its tg tok/s."""
+    points = [r for r in results if r.get("kld_mean") is not None]
+    fig, ax = new_figure((8, 5))
+    sizes = [r["file_size"] / 1e6 for r in points]
+    klds = [max(r["kld_mean"], 1e-6) for r in points]
+    tps = [(r.get("speed") or {}).get("tg_tps") or 0.0 for r in points]
+    scatter = ax.scatter(sizes, klds, c=tps, cmap="viridis", s=60, zorder=3)
+    for r, x, y, t in zip(points, sizes, klds, tps, strict=True):
+        label = r["model"].rsplit(":", 1)[-1] + (f"\n{t:.0f} tok/s" if t else "")
+        ax.annotate(label, (x, y), textcoords="offset points", xytext=(6, 4), fontsize=8)
+    return save_size_kld_plot(fig, ax, scatter, tps, title, path)

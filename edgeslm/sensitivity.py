@@ -132,11 +132,22 @@ def _cache_path(store: Store, reference: Manifest, text: EvalText, params: Calib
 
 
 def _load_cache(path: Path) -> dict[str, Any]:
+    """What an earlier run kept; anything unreadable or malformed is measured again."""
+    fresh: dict[str, Any] = {"measured": {}, "errors": None, "tokens": 0}
     try:
-        data: dict[str, Any] = json.loads(path.read_text())
+        data = json.loads(path.read_text())
     except (OSError, ValueError):
-        return {"measured": {}, "errors": None, "tokens": 0}
-    return data
+        return fresh
+    ok = (
+        isinstance(data, dict)
+        and isinstance(data.get("measured"), dict)
+        and all(isinstance(v, float) for v in data["measured"].values())
+        and (data.get("errors") is None or isinstance(data["errors"], dict))
+        and isinstance(data.get("tokens"), int)
+    )
+    if not ok:
+        log.warning("ignoring malformed sensitivity cache %s", path)
+    return data if ok else fresh
 
 
 def check_reference(reference: Manifest, header: GGUFHeader, slots: Sequence[Slot]) -> None:

@@ -149,3 +149,31 @@ def test_interrupted_optimize_resumes(tiny: Path, cli: Cli, store: Store, home: 
     assert {str(m.name): m.created for m in store.manifests() if str(m.name) in kept} == kept  # reused, not rebuilt
     assert any(str(m.name).startswith("r:mix-") for m in store.manifests())
     assert cli("verify").code == 0 and not list(store.tmp_dir.glob("*.partial"))
+
+
+@pytest.mark.real_model
+@pytest.mark.slow
+def test_optimize_smollm2_plans_a_mix_that_beats_q4_0(builtin_home: Path, home: Path, cli: Cli) -> None:
+    import shutil
+
+    shutil.copytree(builtin_home, home, dirs_exist_ok=True)
+    extra = ("--types", "q8_0,q4_0", "--ctx", "256", "--chunks", "2", "--max-size", "95MB", "--report", str(home / "r"))
+    result = cli("optimize", "smollm2-135m-instruct", *extra, "--json")
+    assert result.code == 0, result.err
+    report = json.loads(result.out)
+    ranked = {r["name"]: r for r in report["ranking"]}
+    mixed = ranked[report["mixed"]["name"]]["metrics"]
+    q4_0 = ranked["smollm2-135m-instruct:q4_0"]["metrics"]
+    assert mixed["file_size"] <= 95_000_000 and q4_0["file_size"] < mixed["file_size"]
+    assert mixed["kld"]["mean"] < 0.5 * q4_0["kld"]["mean"]  # more bits where they matter most
+    predicted = report["mixed"]["predicted_kld"]
+    assert 1 / 3 < predicted / mixed["kld"]["mean"] < 3, (predicted, mixed["kld"]["mean"])  # a useful prediction
+    winner = ranked[report["winner"]]
+    assert winner["fits"] and winner["metrics"]["file_size"] <= 95_000_000
+    assert "smollm2-135m-instruct:f16" in ranked and ranked["smollm2-135m-instruct:f16"]["kind"] == "reference"
+
+
+def test_a_report_path_that_is_a_file(tiny: Path, cli: Cli, tmp_path: Path) -> None:
+    (tmp_path / "taken").write_text("mine")
+    result = cli("optimize", "r:f16", *args(tiny, tmp_path / "taken"))
+    assert result.code == 73 and "--report" in result.err and (tmp_path / "taken").read_text() == "mine"

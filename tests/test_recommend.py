@@ -87,13 +87,15 @@ def test_local_picks_follow_measurements(cli: Cli, store: Store, tmp_path: Path)
     result = cli("eval", "r", "--all-variants", "--text", str(tmp_path / "t.txt"), "--ctx", "64", "--chunks", "3")
     assert result.code == 0, result.err
     phone = describe(kind="phone", ram=4 * GB, cores=4, simd=None)
-    near = recommend(phone, use_case="completion", quality="near-original", store=store).local[0]
+    ranked = recommend(phone, use_case="completion", quality="near-original", store=store).local
+    assert len(ranked) == 3 and ranked[1].why.startswith("#2 for r: ")  # f16, q8_0, q4_0 all measured and fit
+    near = ranked[0]
     small = recommend(phone, use_case="completion", quality="max-compression", store=store).local[0]
     assert near.measured is not None and small.measured is not None
     assert near.measured["kld_mean"] <= small.measured["kld_mean"]
     assert "on this machine (expect different speed on the device)" in near.why
     chat = recommend(phone, use_case="chat", store=store)
-    assert chat.local == ()  # r has no chat template
+    assert [p.name for p in chat.local] == ["(r)"] and "no chat template" in chat.local[0].why
 
 
 def test_cli(cli: Cli) -> None:

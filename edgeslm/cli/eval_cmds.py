@@ -8,12 +8,10 @@ from typing import Any
 
 from ..config import Settings
 from ..errors import InvalidParameterError, ModelNotFoundError
-from ..evaluate import EvalSettings, all_results, evaluate, load_text
+from ..evaluate import REFERENCE_TAGS, EvalSettings, all_results, evaluate, load_text
 from ..report import HEADERS, markdown_table, plot, result_row
 from ..store import ModelName, Store, parse_name
 from .output import print_json, print_table, progress_bar, status
-
-REFERENCE_TAGS = ("f32", "bf16", "f16")  # preferred reference variants, best first
 
 
 def configure(sub: Any) -> None:

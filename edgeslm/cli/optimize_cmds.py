@@ -12,6 +12,7 @@ from typing import Any
 
 from ..config import Settings
 from ..constraints import Constraints, parse_fraction, parse_kld, parse_size, parse_tps
+from ..errors import OutputFileError
 from ..evaluate import EvalSettings, load_text
 from ..formats.quant_types import parse_quant_types
 from ..optimize import DEFAULT_TYPES, OptimizeParams, Progress, optimize
@@ -106,6 +107,8 @@ def cmd_optimize(args: argparse.Namespace, settings: Settings) -> int:
         tag=args.tag,
         threads=args.threads,
     )
+    if args.report.exists() and not args.report.is_dir():
+        raise OutputFileError(f"--report {args.report} is a file; give a folder for the report")
     text = load_text(args.text)
     calibration = load_text(args.calibration) if args.calibration else None
     store = Store.open(settings.models_dir)
