@@ -9,9 +9,9 @@ type, whose file is no smaller. Results are kept in the store given by --home, s
 only measures what is new.
 
 The builtins ship quantized, so the reference is the shipped file dequantized and any tensor
-put back on its shipped grid costs almost nothing. ``--off-grid`` forbids the mix the types
-the shipped file uses (the uniform types keep them), to measure what the allocation gains
-without that advantage.
+put back on its shipped grid costs almost nothing. ``--off-grid`` forbids the mix to give any
+tensor the type it has in the shipped file (the uniform types keep that chance), to measure
+what the allocation gains without that advantage.
 
     .venv/bin/python benchmarks/mixed_precision.py [--home DIR] [--chunks 10] [--models smollm2-135m-instruct]
 """
@@ -70,9 +70,9 @@ def run_model(store: Store, model: str, args: argparse.Namespace) -> list[tuple[
     header = read_gguf_header(store.blob_path(ref.digest))
     slots = find_slots(header)
     if args.off_grid:
-        shipped = {t.ggml_type for t in read_gguf_header(store.blob_path(source.digest)).tensors}
-        slots = [replace(s, options=tuple(q for q in s.options if q not in shipped or q == T.F16)) for s in slots]
-        print(f"{model}: the mix may not use {', '.join(sorted(q.name for q in shipped - {T.F16, T.F32}))}")
+        shipped = {t.name: t.ggml_type for t in read_gguf_header(store.blob_path(source.digest)).tensors}
+        slots = [replace(s, options=tuple(q for q in s.options if q != shipped[s.name] or q == T.F16)) for s in slots]
+        print(f"{model}: no tensor may keep its shipped type")
     costs = predicted_costs(slots, sens.per_unit, sens.errors)
     rows = []
     for label, u in sorted(uniform.items(), key=lambda kv: kv[1].size):

@@ -32,27 +32,43 @@ def configure(sub: Any) -> None:
     p.set_defaults(run=cmd_optimize)
     p.add_argument("name")
     g = p.add_argument_group("constraints")
-    g.add_argument("--max-size", help="largest file, e.g. 80MB")
-    g.add_argument("--max-memory", help="largest weights + KV cache at --ctx-memory tokens, e.g. 1GB")
-    g.add_argument("--ctx-memory", type=int, default=4096, help="context length for --max-memory (default 4096)")
-    g.add_argument("--min-tps", dest="min_tg_tps", help="least generation tok/s (as bench's tg128)")
-    g.add_argument("--min-pp-tps", help="least prompt-processing tok/s (as bench's pp512)")
+    g.add_argument("--max-size", metavar="SIZE", help="largest file, e.g. 80MB")
+    g.add_argument("--max-memory", metavar="SIZE", help="largest weights + KV cache at --ctx-memory tokens, e.g. 1GB")
+    g.add_argument(
+        "--ctx-memory", type=int, metavar="N", default=4096, help="context length for --max-memory (default 4096)"
+    )
+    g.add_argument("--min-tps", dest="min_tg_tps", metavar="TPS", help="least generation tok/s (as bench's tg128)")
+    g.add_argument("--min-pp-tps", metavar="TPS", help="least prompt-processing tok/s (as bench's pp512)")
     kld_help = "largest KL-divergence: mean by default, or median, p90, p95, p99, p99.9, max (repeatable)"
     g.add_argument("--max-kld", action="append", default=[], metavar="[STAT=]X", help=kld_help)
-    g.add_argument("--min-same-top", help="least share of tokens whose top-1 matches the reference: 0.9 or 90%%")
-    g.add_argument("--max-ppl-increase", help="largest perplexity increase over the reference: 0.05 or 5%%")
+    g.add_argument(
+        "--min-same-top", metavar="SHARE", help="least share of tokens whose top-1 matches the reference: 0.9 or 90%%"
+    )
+    g.add_argument(
+        "--max-ppl-increase", metavar="SHARE", help="largest perplexity increase over the reference: 0.05 or 5%%"
+    )
     p.add_argument("--types", default=DEFAULT_TYPES, help=f"uniform types to try (default {DEFAULT_TYPES})")
     mixed = p.add_mutually_exclusive_group()
     mixed.add_argument("--mixed", action="store_true", default=None, help="also plan a per-tensor mix for the budget")
     mixed.add_argument("--no-mixed", dest="mixed", action="store_false", help="never plan a mix")
     p.add_argument("--reference", help="the model to compare against (default: an f32/bf16/f16 variant, else built)")
-    p.add_argument("--text", type=Path, help="evaluation text (default: bundled WikiText-2 sample); its first chunks")
-    p.add_argument("--calibration", type=Path, help="calibration text for the mix (default: the last chunks of --text)")
+    p.add_argument(
+        "--text",
+        type=Path,
+        metavar="TEXT_FILE",
+        help="evaluation text (default: bundled WikiText-2 sample); its first chunks",
+    )
+    p.add_argument(
+        "--calibration",
+        type=Path,
+        metavar="TEXT_FILE",
+        help="calibration text for the mix (default: the last chunks of --text)",
+    )
     p.add_argument("--ctx", type=int, default=512, help="tokens per evaluation chunk (default 512)")
-    p.add_argument("--chunks", type=int, default=8, help="evaluation chunks (default 8)")
-    p.add_argument("--calibration-chunks", type=int, default=1, help="calibration chunks (default 1)")
+    p.add_argument("--chunks", type=int, metavar="N", default=8, help="evaluation chunks (default 8)")
+    p.add_argument("--calibration-chunks", type=int, metavar="N", default=1, help="calibration chunks (default 1)")
     p.add_argument("--threads", type=int)
-    p.add_argument("--report", type=Path, default=Path("optimize-report"), help="folder for the report")
+    p.add_argument("--report", type=Path, metavar="DIR", default=Path("optimize-report"), help="folder for the report")
     p.add_argument("--tag", default="best", help="tag for the winner (default best)")
     p.add_argument("--no-tag", dest="tag", action="store_const", const=None, help="do not tag the winner")
     p.add_argument("--json", action="store_true")
