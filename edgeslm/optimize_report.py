@@ -17,6 +17,7 @@ from .optimize import Candidate, OptimizeResult
 from .report import new_figure, save_size_kld_plot
 from .units import format_bytes, format_mib
 
+POOR_KLD = 0.5  # a winner this far from the reference gets a warning when no KLD limit was set
 HEADERS = (
     "rank", "model", "recipe", "size", "memory", "mean KLD", "KLD p99", "same top-1", "PPL", "pp t/s", "tg t/s",
     "peak RSS", "verdict",
@@ -56,6 +57,14 @@ def summary(result: OptimizeResult) -> list[str]:
         lines.append(f"Winner: {c.name} ({c.recipe}), {_facts(winner)}.")
         if result.tagged:
             lines.append(f"Tagged {result.tagged}.")
+        m = winner.metrics
+        k = result.params.constraints
+        quality_limits = k.max_kld or k.min_same_top is not None or k.max_ppl_increase is not None
+        if m.kld["mean"] > POOR_KLD and not quality_limits:
+            lines.append(
+                f"Beware: it meets your constraints but its quality is poor (mean KLD {m.kld['mean']:.3g}, "
+                f"perplexity {100 * m.ppl_increase:+.0f}%); add --max-kld or --max-ppl-increase, or raise the budget."
+            )
     else:
         lines.append("No candidate meets every constraint.")
         lines.append(f"Binding constraint: {result.ranking.binding}.")

@@ -63,6 +63,7 @@ def test_optimize_builds_measures_ranks_and_tags(tiny: Path, cli: Cli, store: St
     assert "data:image/png;base64," in html and report["winner"] in html
     md = (tmp_path / "rep" / "report.md").read_text()
     assert "## Candidates" in md and "## Reproduce the winner" in md and "## Mixed precision" in md
+    assert "## Cleaning up" in md and "edgeslm rm " in md and "r:q8_0" in md.split("## Cleaning up")[1]
     assert (tmp_path / "rep" / "pareto.png").read_bytes()[:4] == b"\x89PNG"
     assert json.loads((tmp_path / "rep" / "results.json").read_text())["winner"] == report["winner"]
 

@@ -9,15 +9,16 @@ few C calls.
 
 from __future__ import annotations
 
+import _thread
 import ctypes
 import logging
 import re
 import signal
 import threading
 from collections import deque
-from collections.abc import Callable, Generator, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Generator, Sequence
 from pathlib import Path
+from types import FrameType
 from typing import TYPE_CHECKING, Any
 
 import llama_cpp as lc
@@ -37,13 +38,12 @@ _RECENT_LOG: deque[tuple[int, str]] = deque(maxlen=20)
 # mostly advice (context shorter than trained): shown with -v; its errors always.
 _WARN, _ERROR, _CONT = 3, 4, 5
 _LEVELS = {_WARN: logging.INFO, _ERROR: logging.WARNING}
-_state: dict[str, Any] = {"ready": False, "last_level": 1, "tensor_progress": None, "in_c": False, "interrupted": False}
+_state: dict[str, Any] = {"ready": False, "last_level": 1, "tensor_progress": None}
 # llama_model_quantize logs "[  12/ 272]  blk.0.attn_q.weight - ..." per tensor.
 _TENSOR_LINE = re.compile(r"\[\s*(\d+)/\s*(\d+)\]\s+(\S+)")
 
 
-@lc.llama_log_callback  # type: ignore[untyped-decorator]
-def _log_callback(level: int, text: bytes, _user: ctypes.c_void_p) -> None:
+def _log(level: int, text: bytes, _user: ctypes.c_void_p) -> None:
     # llama.cpp logs a lot at load; keep it out of the terminal, but remember the last lines
     # so that a failure can say why. Level 5 continues the previous line.
     level = _state["last_level"] if level == _CONT else level
@@ -57,6 +57,9 @@ def _log_callback(level: int, text: bytes, _user: ctypes.c_void_p) -> None:
             progress(int(m.group(1)), int(m.group(2)), m.group(3))
 
 
+_log_callback = lc.llama_log_callback(_log)
+
+
 def _init_backend() -> None:
     if not _state["ready"]:
         main = threading.current_thread() is threading.main_thread()
@@ -67,26 +70,16 @@ def _init_backend() -> None:
         _state["ready"] = True
 
 
-def _on_sigint(signum: int, frame: object) -> None:
-    """Ctrl-C. Inside a llama.cpp call it may land in the log callback, where ctypes would print
-    and drop a KeyboardInterrupt; there it is only noted, and raised when the call returns."""
-    if _state["in_c"]:
-        _state["interrupted"] = True
-        return
+def _on_sigint(signum: int, frame: FrameType | None) -> None:
+    """Ctrl-C. It may arrive while llama.cpp is calling ``_log`` back, where ctypes would print
+    and drop a KeyboardInterrupt; then it is asked for again shortly, until it lands outside."""
+    f = frame
+    while f is not None:
+        if f.f_code is _log.__code__:
+            threading.Timer(0.005, _thread.interrupt_main).start()
+            return
+        f = f.f_back
     raise KeyboardInterrupt
-
-
-@contextmanager
-def _c_call() -> Iterator[None]:
-    """Around llama.cpp calls that log (load, context, quantize): Ctrl-C waits for the return."""
-    _state["in_c"] = True
-    try:
-        yield
-    finally:
-        _state["in_c"] = False
-    if _state["interrupted"]:
-        _state["interrupted"] = False
-        raise KeyboardInterrupt
 
 
 def _why() -> str:
@@ -102,12 +95,7 @@ class LlamaCppEngine:
         _init_backend()
         _RECENT_LOG.clear()
         self.params = params
-        try:
-            with _c_call():
-                self._model = lc.llama_model_load_from_file(str(path).encode(), lc.llama_model_default_params())
-        except KeyboardInterrupt:
-            self.close()
-            raise
+        self._model = lc.llama_model_load_from_file(str(path).encode(), lc.llama_model_default_params())
         if not self._model:
             raise EngineError(f"llama.cpp could not load {path.name}: {_why()}")
         self._ctx = self._new_context(embeddings=False)
@@ -129,15 +117,7 @@ class LlamaCppEngine:
         if embeddings:
             p.embeddings = True
             p.pooling_type = lc.LLAMA_POOLING_TYPE_MEAN
-        ctx = None
-        try:
-            with _c_call():
-                ctx = lc.llama_init_from_model(self._model, p)
-        except KeyboardInterrupt:
-            if ctx:
-                lc.llama_free(ctx)
-            self.close()
-            raise
+        ctx = lc.llama_init_from_model(self._model, p)
         if not ctx:
             self.close()
             raise EngineError(f"llama.cpp could not create a context of {self.params.n_ctx} tokens: {_why()}")
@@ -356,8 +336,7 @@ def quantize_file(
         p.tt_overrides = ctypes.cast(keep, ctypes.POINTER(lc.llama_model_tensor_override))
     _state["tensor_progress"] = progress
     try:
-        with _c_call():
-            rc = lc.llama_model_quantize(str(src).encode(), str(dst).encode(), ctypes.byref(p))
+        rc = lc.llama_model_quantize(str(src).encode(), str(dst).encode(), ctypes.byref(p))
     finally:
         _state["tensor_progress"] = None
     del keep
