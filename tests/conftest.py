@@ -77,8 +77,17 @@ def builtin_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     shutil.rmtree(path, ignore_errors=True)
 
 
-def edgeslm_command(home: Path, *args: str) -> list[str]:
-    """The CLI as a separate process (for kill -9, signals and concurrency tests)."""
+def edgeslm_command(home: Path, *args: str, interruptible: bool = False) -> list[str]:
+    """The CLI as a separate process (for kill -9, signals and concurrency tests).
+
+    ``interruptible``: Ctrl-C (SIGINT) raises KeyboardInterrupt in it even when the tests were
+    started with SIGINT ignored, as a shell does for background jobs (the CLI keeps that)."""
+    if interruptible:
+        code = (
+            "import runpy, signal; signal.signal(signal.SIGINT, signal.default_int_handler); "
+            "runpy.run_module('edgeslm', run_name='__main__', alter_sys=True)"
+        )
+        return [sys.executable, "-c", code, "--home", str(home), *args]
     return [sys.executable, "-m", "edgeslm", "--home", str(home), *args]
 
 

@@ -149,7 +149,12 @@ def test_ctrl_c_stops_the_reply_not_the_chat(builtin_home: Path, tmp_path: Path)
     home = tmp_path / "h"
     shutil.copytree(builtin_home, home)
     cmd = edgeslm_command(
-        home, "run", "smollm2-135m-instruct", "-i", "--max-tokens", "4000", "--temperature", "0.8", "--seed", "1"
+        home,
+        "run",
+        "smollm2-135m-instruct",
+        "-i",
+        *("--max-tokens", "4000", "--temperature", "0.8", "--seed", "1"),
+        interruptible=True,
     )
     proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     assert proc.stdin is not None and proc.stdout is not None

@@ -135,7 +135,8 @@ def _wait_for(path: Path, pattern: str, proc: subprocess.Popen[bytes]) -> None:
 @pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT])
 def test_interrupted_optimize_resumes(tiny: Path, cli: Cli, store: Store, home: Path, tmp_path: Path, sig: int) -> None:
-    cmd = edgeslm_command(home, "optimize", "r:f16", *args(tiny, tmp_path / "a", "--max-size", "200KB", "--mixed"))
+    extra = ("--max-size", "200KB", "--mixed")
+    cmd = edgeslm_command(home, "optimize", "r:f16", *args(tiny, tmp_path / "a", *extra), interruptible=True)
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     _wait_for(store.tmp_dir, "sensitivity-*.partial", proc)  # mid-way: the variants are built, the mix is not
     os.kill(proc.pid, sig)
