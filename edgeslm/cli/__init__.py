@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from .. import __version__
 from ..config import resolve_settings
 from ..errors import EdgeslmError, exit_code_for
-from . import eval_cmds, infer_cmds, optimize_cmds, quantize_cmds, recommend_cmds, store_cmds
+from . import admin_cmds, eval_cmds, infer_cmds, optimize_cmds, quantize_cmds, recommend_cmds, store_cmds
 
 log = logging.getLogger("edgeslm")
 
@@ -41,6 +41,7 @@ def make_parser() -> argparse.ArgumentParser:
     eval_cmds.configure(sub)
     optimize_cmds.configure(sub)
     recommend_cmds.configure(sub)
+    admin_cmds.configure(sub)
     return parser
 
 

@@ -82,7 +82,7 @@ def _on_sigint(signum: int, frame: FrameType | None) -> None:
     raise KeyboardInterrupt
 
 
-def _why() -> str:
+def last_errors() -> str:
     """The last warnings and errors llama.cpp logged: the reason behind a NULL it returned."""
     problems = [message for level, message in _RECENT_LOG if level >= _WARN]
     return "; ".join(problems[-3:]) or (_RECENT_LOG[-1][1] if _RECENT_LOG else "no details")
@@ -97,7 +97,7 @@ class LlamaCppEngine:
         self.params = params
         self._model = lc.llama_model_load_from_file(str(path).encode(), lc.llama_model_default_params())
         if not self._model:
-            raise EngineError(f"llama.cpp could not load {path.name}: {_why()}")
+            raise EngineError(f"llama.cpp could not load {path.name}: {last_errors()}")
         self._ctx = self._new_context(embeddings=False)
         self._embed_ctx: lc.llama_context_p | None = None
         self._vocab = lc.llama_model_get_vocab(self._model)
@@ -120,8 +120,13 @@ class LlamaCppEngine:
         ctx = lc.llama_init_from_model(self._model, p)
         if not ctx:
             self.close()
-            raise EngineError(f"llama.cpp could not create a context of {self.params.n_ctx} tokens: {_why()}")
+            raise EngineError(f"llama.cpp could not create a context of {self.params.n_ctx} tokens: {last_errors()}")
         return ctx
+
+    @property
+    def model_handle(self) -> lc.llama_model_p:
+        """llama.cpp's model, for more contexts on the same weights (``llamacpp_batch``)."""
+        return self._model
 
     # -- vocabulary ---------------------------------------------------------------------------
 
@@ -173,7 +178,7 @@ class LlamaCppEngine:
     def _decode(self, ctx: lc.llama_context_p, batch: lc.llama_batch) -> None:
         rc = lc.llama_decode(ctx, batch)
         if rc != 0:
-            raise EngineError(f"llama.cpp decode failed (code {rc}): {_why()}")
+            raise EngineError(f"llama.cpp decode failed (code {rc}): {last_errors()}")
 
     def prefill(self, tokens: Sequence[int]) -> None:
         if len(tokens) >= self.n_ctx:
@@ -231,7 +236,7 @@ class LlamaCppEngine:
 
     # -- generation ---------------------------------------------------------------------------
 
-    def _sampler(self, s: SamplingParams) -> lc.llama_sampler_p:
+    def make_sampler(self, s: SamplingParams) -> lc.llama_sampler_p:
         chain = lc.llama_sampler_chain_init(lc.llama_sampler_chain_default_params())
         add = lambda sampler: lc.llama_sampler_chain_add(chain, sampler)  # noqa: E731
         if s.repeat_penalty != 1.0 and s.repeat_last_n:
@@ -251,7 +256,7 @@ class LlamaCppEngine:
         # copy): llama_sampler_sample would first build an n_vocab candidate array per token,
         # ~3 MB for Gemma's 262k vocabulary, which costs more than a small model's decode.
         fast_greedy = sampling.greedy and (sampling.repeat_penalty == 1.0 or not sampling.repeat_last_n)
-        sampler = None if fast_greedy else self._sampler(sampling)
+        sampler = None if fast_greedy else self.make_sampler(sampling)
         try:
             self.prefill(prompt)
             n_past, one, n_vocab = len(prompt), self._one, self.n_vocab
@@ -268,7 +273,7 @@ class LlamaCppEngine:
                 one[0] = token
                 rc = decode(ctx, get_one(one, 1))
                 if rc != 0:
-                    raise EngineError(f"llama.cpp decode failed (code {rc}): {_why()}")
+                    raise EngineError(f"llama.cpp decode failed (code {rc}): {last_errors()}")
                 n_past += 1
         finally:
             if sampler is not None:
@@ -341,7 +346,7 @@ def quantize_file(
         _state["tensor_progress"] = None
     del keep
     if rc != 0:
-        why = _why()
+        why = last_errors()
         if "imatrix" in why:
             raise InvalidParameterError(
                 f"{qtype.name} needs an importance matrix (calibration) for {label or src.name}'s tensors, which "

@@ -1,0 +1,171 @@
+"""Continuous batching on llama.cpp: the sequences of several requests decode in one batch.
+
+A context holds ``slots`` sequences (``n_seq_max``; each its own ``ctx_per_slot`` cells). Every
+``step`` builds one ``llama_batch``: first the last sampled token of each generating slot (so
+running replies are never starved), then pieces of new prompts with what is left of
+``n_batch`` (chunked prefill); logits are asked only for each slot's last token. After one
+``llama_decode`` each slot samples from its own row. A request joins between steps into any
+free slot; one that finishes or is cancelled frees its slot and its cache cells at once. This is
+the loop of llama-server's ``update_slots``, without the HTTP.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+import llama_cpp as lc
+import numpy as np
+
+from ..errors import ContextOverflowError, EngineError, InvalidParameterError
+from .base import SamplingParams
+from .llamacpp import LlamaCppEngine, last_errors
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class StepEvent:
+    request: str
+    token: int
+    finish: str | None  # None while generating; 'stop' (end of generation) or 'length'
+
+
+@dataclass
+class _Slot:
+    seq: int
+    request: str | None = None
+    pending: list[int] = field(default_factory=list)  # prompt tokens not decoded yet
+    n_past: int = 0
+    sampler: Any = None  # None: greedy argmax on the logits row
+    max_tokens: int = 0
+    generated: int = 0
+    last: int | None = None  # sampled, not yet decoded
+    index: int = -1  # this step's batch row holding its logits
+
+
+class BatchDecoder:
+    """``slots`` concurrent generations on ``engine``'s model, in one llama.cpp context."""
+
+    def __init__(self, engine: LlamaCppEngine, slots: int, ctx_per_slot: int, n_batch: int = 512) -> None:
+        if not 1 <= slots <= 256:
+            raise InvalidParameterError(f"parallel slots {slots} is out of range; valid: 1 to 256")
+        self.engine, self.ctx_per_slot, self.n_batch = engine, ctx_per_slot, n_batch
+        p = lc.llama_context_default_params()
+        p.n_ctx = ctx_per_slot * slots
+        p.n_batch = p.n_ubatch = n_batch
+        p.n_seq_max = slots
+        p.n_threads = p.n_threads_batch = engine.params.threads
+        p.kv_unified = False  # each slot its own cells: one long reply cannot crowd the others out
+        p.no_perf = True
+        self._ctx = lc.llama_init_from_model(engine.model_handle, p)
+        if not self._ctx:
+            why = last_errors()
+            raise EngineError(f"llama.cpp could not create a context of {slots} x {ctx_per_slot} tokens: {why}")
+        self._mem = lc.llama_get_memory(self._ctx)
+        self._batch = lc.llama_batch_init(n_batch, 0, 1)
+        self.slots = [_Slot(seq=i) for i in range(slots)]
+
+    # -- requests -----------------------------------------------------------------------------
+
+    def free_slots(self) -> int:
+        return sum(s.request is None for s in self.slots)
+
+    def active(self) -> list[str]:
+        return [s.request for s in self.slots if s.request is not None]
+
+    def add(self, request: str, prompt: list[int], sampling: SamplingParams, max_tokens: int) -> None:
+        if not prompt:
+            raise InvalidParameterError("the prompt is empty")
+        if len(prompt) >= self.ctx_per_slot:
+            raise ContextOverflowError(
+                f"the prompt has {len(prompt):,} tokens but a slot holds {self.ctx_per_slot:,}; shorten it"
+            )
+        slot = next((s for s in self.slots if s.request is None), None)
+        if slot is None:
+            raise EngineError("no free slot")  # callers check free_slots() and queue
+        lc.llama_memory_seq_rm(self._mem, slot.seq, -1, -1)
+        fast = sampling.greedy and (sampling.repeat_penalty == 1.0 or not sampling.repeat_last_n)
+        slot.request, slot.pending, slot.n_past = request, list(prompt), 0
+        slot.sampler = None if fast else self.engine.make_sampler(sampling)
+        slot.max_tokens, slot.generated, slot.last, slot.index = max_tokens, 0, None, -1
+
+    def cancel(self, request: str) -> None:
+        for slot in self.slots:
+            if slot.request == request:
+                self._free(slot)
+
+    def _free(self, slot: _Slot) -> None:
+        if slot.sampler is not None:
+            lc.llama_sampler_free(slot.sampler)
+        lc.llama_memory_seq_rm(self._mem, slot.seq, -1, -1)
+        slot.request, slot.sampler, slot.pending, slot.last = None, None, [], None
+
+    # -- one step -----------------------------------------------------------------------------
+
+    def step(self) -> list[StepEvent]:
+        """Decode one batch; return the token each slot with logits sampled (and whether it ended)."""
+        if not self._fill():
+            return []
+        rc = lc.llama_decode(self._ctx, self._batch)
+        if rc != 0:
+            raise EngineError(f"llama.cpp decode failed (code {rc}): {last_errors()}")
+        return [self._sample(s) for s in self.slots if s.request is not None and s.index >= 0]
+
+    def _fill(self) -> int:
+        b, n = self._batch, 0
+        for slot in self.slots:
+            slot.index = -1
+            if slot.request is not None and slot.last is not None:
+                n = self._put(b, n, slot, [slot.last], logits_last=True)
+                slot.last = None
+        for slot in self.slots:
+            room = self.n_batch - n
+            if slot.request is None or not slot.pending or room <= 0:
+                continue
+            piece, slot.pending = slot.pending[:room], slot.pending[room:]
+            n = self._put(b, n, slot, piece, logits_last=not slot.pending)
+        b.n_tokens = n
+        return n
+
+    def _put(self, b: Any, n: int, slot: _Slot, tokens: list[int], *, logits_last: bool) -> int:
+        for i, tok in enumerate(tokens):
+            b.token[n], b.pos[n], b.n_seq_id[n] = tok, slot.n_past + i, 1
+            b.seq_id[n][0] = slot.seq
+            b.logits[n] = False
+            n += 1
+        slot.n_past += len(tokens)
+        if logits_last:
+            b.logits[n - 1] = True
+            slot.index = n - 1
+        return n
+
+    def _sample(self, slot: _Slot) -> StepEvent:
+        assert slot.request is not None
+        request = slot.request
+        if slot.sampler is None:
+            row = lc.llama_get_logits_ith(self._ctx, slot.index)
+            token = int(np.ctypeslib.as_array(row, shape=(self.engine.n_vocab,)).argmax())
+        else:
+            token = lc.llama_sampler_sample(slot.sampler, self._ctx, slot.index)
+        slot.generated += 1
+        finish = None
+        if self.engine.is_end_of_generation(token):
+            finish = "stop"
+        elif slot.generated >= slot.max_tokens or slot.n_past >= self.ctx_per_slot:
+            finish = "length"
+        if finish is None:
+            slot.last = token
+        else:
+            self._free(slot)
+        return StepEvent(request, token, finish)
+
+    def close(self) -> None:
+        for slot in self.slots:
+            if slot.request is not None:
+                self._free(slot)
+        if self._ctx:
+            lc.llama_batch_free(self._batch)
+            lc.llama_free(self._ctx)
+            self._ctx = None

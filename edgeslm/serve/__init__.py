@@ -1,0 +1,1 @@
+"""``edgeslm serve``: the HTTP server's parts (keys and roles, the audit log)."""
