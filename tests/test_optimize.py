@@ -179,3 +179,22 @@ def test_a_report_path_that_is_a_file(tiny: Path, cli: Cli, tmp_path: Path) -> N
     (tmp_path / "taken").write_text("mine")
     result = cli("optimize", "r:f16", *args(tiny, tmp_path / "taken"))
     assert result.code == 73 and "--report" in result.err and (tmp_path / "taken").read_text() == "mine"
+
+
+def test_a_poor_winner_is_called_poor_unless_quality_was_bounded() -> None:
+    from edgeslm.constraints import Constraints, Metrics, rank
+    from edgeslm.optimize import Candidate, OptimizeParams, OptimizeResult
+    from edgeslm.optimize_report import summary
+
+    m = Metrics("x:mix", 100, 150, {"mean": 1.5, "p99": 5.0}, 0.01, 0.4, 3.0, 500.0, 100.0)
+    candidate = Candidate("x:mix", "mixed", "mixed: IQ4_NL 100%", "edgeslm quantize ...", {"ppl": 40.0}, m)
+
+    def lines(constraints: Constraints) -> list[str]:
+        params = OptimizeParams(constraints=constraints)
+        ranking = rank(constraints, [m])
+        result = OptimizeResult("x", "x:f16", "t", "t", params, (candidate,), ranking, None, None, (), 1.0)
+        return summary(result)
+
+    assert any("quality is poor (mean KLD 1.5, perplexity +300%)" in x for x in lines(Constraints(max_size=200)))
+    bounded = lines(Constraints(max_size=200, max_kld=(("mean", 2.0),)))
+    assert bounded[0].startswith("Winner: x:mix") and not any("poor" in x for x in bounded)
