@@ -1,0 +1,121 @@
+"""Model runners: a worker process per model, requests batched inside it, crashes contained."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from edgeslm.engines.base import SamplingParams
+from edgeslm.errors import ContextOverflowError, EngineError, InvalidParameterError, ModelNotFoundError
+from edgeslm.generation import generate, load
+from edgeslm.serve.runner import Chunk, Done, Runner
+
+GREEDY = SamplingParams(temperature=0)
+CHAT = [{"role": "user", "content": "What is the capital of France?"}]
+
+
+def test_the_server_side_loads_no_native_code() -> None:
+    code = (
+        "import sys, edgeslm.serve.runner, edgeslm.serve.keys, edgeslm.serve.audit; print('llama_cpp' in sys.modules)"
+    )
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout.strip() == "False"
+
+
+@pytest.fixture
+def runner(builtin_home: Path, home: Path) -> Iterator[Runner]:
+    shutil.copytree(builtin_home, home, dirs_exist_ok=True)
+    r = Runner("smollm2-135m-instruct", slots=2, ctx_per_slot=256)
+    yield r
+    r.close()
+
+
+def collect(events: Iterator[Chunk | Done]) -> tuple[str, Done]:
+    parts, done = [], None
+    for ev in events:
+        if isinstance(ev, Chunk):
+            parts.append(ev.text)
+        else:
+            done = ev
+    assert done is not None
+    return "".join(parts), done
+
+
+@pytest.mark.real_model
+def test_runner_output_equals_local_generation(runner: Runner, home: Path) -> None:
+    model = load("smollm2-135m-instruct", ctx=256)
+    try:
+        for prompt, kwargs in (
+            (CHAT, {"max_tokens": 32}),
+            ("The capital of France is", {"max_tokens": 20, "stop": ["."]}),
+        ):
+            local = generate(model, prompt, sampling=GREEDY, **kwargs)  # type: ignore[arg-type]
+            text, done = collect(runner.generate(prompt, GREEDY, **kwargs))  # type: ignore[arg-type]
+            assert text == local.text and done.finish == local.finish_reason
+            assert done.completion_tokens == len(local.tokens) and done.prompt_tokens == local.last.prompt_tokens
+    finally:
+        model.close()
+
+
+@pytest.mark.real_model
+def test_concurrent_requests_queue_for_the_slots(runner: Runner) -> None:
+    results: dict[int, tuple[str, Done]] = {}
+    prompts = ["Once upon a time", "def f(x):", "Water boils at", "The sea is", "Paris is"]
+
+    def ask(i: int) -> None:
+        results[i] = collect(runner.generate(prompts[i], GREEDY, max_tokens=16))
+
+    threads = [threading.Thread(target=ask, args=(i,)) for i in range(len(prompts))]  # 5 requests, 2 slots
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert sorted(results) == list(range(5))
+    for i, (text, done) in results.items():
+        assert done.completion_tokens == 16 or done.finish == "stop", (i, text)
+
+
+@pytest.mark.real_model
+def test_cancel_and_bad_requests_leave_the_runner_serving(runner: Runner) -> None:
+    stream = runner.generate("Tell me a very long story", SamplingParams(temperature=0.8, seed=1), max_tokens=200)
+    for k, _ in enumerate(stream):
+        if k == 3:
+            break
+    stream.close()  # frees the slot
+    with pytest.raises(ContextOverflowError, match="context holds 256"):
+        collect(runner.generate("word " * 400, GREEDY, max_tokens=4))
+    bad = SamplingParams(temperature=0)
+    object.__setattr__(bad, "temperature", float("nan"))  # what a client could send past the HTTP checks
+    with pytest.raises(InvalidParameterError, match="temperature"):
+        collect(runner.generate("hi", bad, max_tokens=4))
+    text, done = collect(runner.generate("Hi", GREEDY, max_tokens=4))
+    assert done.completion_tokens <= 4 and runner.alive
+
+
+@pytest.mark.real_model
+def test_a_killed_runner_fails_only_its_requests(runner: Runner) -> None:
+    stream = runner.generate("Tell me a very long story", SamplingParams(temperature=0.8, seed=1), max_tokens=400)
+    next(stream)
+    os.kill(runner.pid, signal.SIGKILL)
+    with pytest.raises(EngineError, match="stopped .* during this request; the next request restarts it"):
+        collect(stream)
+    assert not runner.alive
+    with pytest.raises(EngineError, match="has stopped"):
+        collect(runner.generate("Hi", GREEDY, max_tokens=4))
+    again = Runner("smollm2-135m-instruct", slots=1, ctx_per_slot=128)
+    try:
+        assert collect(again.generate("Hi", GREEDY, max_tokens=4))[1].completion_tokens <= 4
+    finally:
+        again.close()
+
+
+def test_an_unknown_model_is_refused_at_start(home: Path) -> None:
+    with pytest.raises(ModelNotFoundError, match="not found"):
+        Runner("no-such-model", slots=1, ctx_per_slot=64)
