@@ -68,6 +68,10 @@ class EngineError(EdgeslmError):
     """The inference engine could not load or run a model; the calling process is unharmed."""
 
 
+class CapacityError(EdgeslmError):
+    """Not now: no memory or slot for this request (the server answers 503; try again later)."""
+
+
 class AbortedError(EdgeslmError):
     """The user declined a confirmation prompt."""
 
@@ -88,6 +92,7 @@ EXIT_CODES: dict[type[EdgeslmError], int] = {
     SourceError: 69,
     IntegrityError: 74,  # EX_IOERR
     StoreError: 74,
+    CapacityError: 75,  # EX_TEMPFAIL
     AbortedError: 1,
     EdgeslmError: 1,
 }

@@ -1,0 +1,167 @@
+"""Which models are loaded: on demand, kept for ``keep_alive``, evicted least-recently-used.
+
+A model is loaded (a ``Runner`` started) when a request names it; it stays until its
+``keep_alive`` passes with no request (Ollama's default: 5 minutes; 0 unloads it after the
+request, a negative value keeps it), and is evicted earlier, least recently used first, when
+``max_loaded`` or the memory budget would otherwise be exceeded. A model that would not fit
+even alone is refused **before** loading, with what it needs and what is available. A model
+serving requests is never evicted; when everything loaded is busy the request is refused
+with a capacity error (HTTP 503), never queued without bound.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+from ..config import Settings
+from ..errors import CapacityError
+from ..formats.gguf_header import read_gguf_header
+from ..formats.model_info import estimate_memory, model_info
+from ..generation import resolve_model_path
+from ..units import format_bytes
+
+DEFAULT_KEEP_ALIVE = 300.0
+RUNNER_OVERHEAD = 64 * 2**20  # the worker process itself: Python, numpy, llama.cpp's buffers
+
+
+RunnerFactory = Callable[..., Any]  # (name, *, slots, ctx_per_slot, threads) -> a Runner
+
+
+@dataclass(frozen=True)
+class ManagerParams:
+    max_loaded: int = 3
+    memory_budget: int | None = None  # bytes; None: no limit
+    slots: int = 4
+    ctx_per_slot: int = 2048
+    threads: int | None = None
+
+
+@dataclass
+class _Loaded:
+    name: str
+    runner: Any
+    memory: int
+    keep_alive: float
+    last_used: float
+    in_flight: int = 0
+
+    @property
+    def expires(self) -> float:
+        return float("inf") if self.keep_alive < 0 else self.last_used + self.keep_alive
+
+
+@dataclass(frozen=True)
+class LoadedInfo:
+    name: str
+    memory: int
+    expires_in: float | None  # seconds; None: never
+    in_flight: int
+    slots: int
+    pid: int
+
+
+class ModelManager:
+    def __init__(self, settings: Settings, params: ManagerParams, factory: RunnerFactory | None = None) -> None:
+        from .runner import Runner
+
+        self.settings, self.params = settings, params
+        self.factory = factory or Runner
+        self._lock = threading.Lock()
+        self._loaded: dict[str, _Loaded] = {}
+
+    def needs(self, name: str) -> tuple[str, int]:
+        """(the model's full name, the memory its runner takes) without loading it."""
+        full, path = resolve_model_path(name, self.settings)
+        info = model_info(read_gguf_header(path, label=full))
+        context = self.params.slots * self.params.ctx_per_slot
+        return full, estimate_memory(info, context).total_bytes + RUNNER_OVERHEAD
+
+    @contextmanager
+    def lease(self, name: str, keep_alive: float | None = None) -> Iterator[Any]:
+        """The runner of ``name`` (loaded if needed) for the length of one request."""
+        entry = self._acquire(name, DEFAULT_KEEP_ALIVE if keep_alive is None else keep_alive)
+        try:
+            yield entry.runner
+        finally:
+            with self._lock:
+                entry.in_flight -= 1
+                entry.last_used = time.monotonic()
+                if entry.keep_alive == 0 and entry.in_flight == 0:
+                    self._unload(entry)
+
+    def _acquire(self, name: str, keep_alive: float) -> _Loaded:
+        full, need = self.needs(name)
+        with self._lock:
+            entry = self._loaded.get(full)
+            if entry is not None and not entry.runner.alive:  # crashed or killed: load it again
+                self._unload(entry)
+                entry = None
+            if entry is None:
+                self._make_room(full, need)
+                runner = self.factory(full, slots=self.params.slots, ctx_per_slot=self.params.ctx_per_slot,
+                                      threads=self.params.threads)  # fmt: skip
+                entry = self._loaded[full] = _Loaded(full, runner, need, keep_alive, time.monotonic())
+            entry.keep_alive, entry.last_used = keep_alive, time.monotonic()
+            entry.in_flight += 1
+            return entry
+
+    def _make_room(self, name: str, need: int) -> None:
+        budget = self.params.memory_budget
+        if budget is not None and need > budget:
+            raise CapacityError(
+                f"{name} needs {format_bytes(need)} with {self.params.slots} slots of {self.params.ctx_per_slot:,} "
+                f"tokens, available {format_bytes(budget)}; use fewer slots or a smaller context, or a smaller variant"
+            )
+        while self._over(need):
+            idle = [e for e in self._loaded.values() if e.in_flight == 0]
+            if not idle:
+                used = sum(e.memory for e in self._loaded.values())
+                raise CapacityError(
+                    f"{name} needs {format_bytes(need)}, available {format_bytes((budget or 0) - used)}, and every "
+                    f"loaded model ({', '.join(self._loaded)}) is serving requests; retry shortly"
+                )
+            self._unload(min(idle, key=lambda e: e.last_used))
+
+    def _over(self, need: int) -> bool:
+        if len(self._loaded) >= self.params.max_loaded:
+            return True
+        budget = self.params.memory_budget
+        return budget is not None and sum(e.memory for e in self._loaded.values()) + need > budget
+
+    def _unload(self, entry: _Loaded) -> None:
+        self._loaded.pop(entry.name, None)
+        entry.runner.close()
+
+    def expire(self) -> list[str]:
+        """Unload the idle models whose keep_alive has passed; return their names."""
+        now = time.monotonic()
+        with self._lock:
+            done = [e for e in self._loaded.values() if e.in_flight == 0 and e.expires <= now]
+            for e in done:
+                self._unload(e)
+        return [e.name for e in done]
+
+    def ps(self) -> list[LoadedInfo]:
+        now = time.monotonic()
+        with self._lock:
+            return [
+                LoadedInfo(
+                    e.name,
+                    e.memory,
+                    None if e.keep_alive < 0 else max(0.0, e.expires - now),
+                    e.in_flight,
+                    self.params.slots,
+                    e.runner.pid,
+                )  # fmt: skip
+                for e in sorted(self._loaded.values(), key=lambda e: -e.last_used)
+            ]
+
+    def close(self) -> None:
+        with self._lock:
+            for e in list(self._loaded.values()):
+                self._unload(e)

@@ -1,0 +1,123 @@
+"""The model manager: load on demand, keep_alive, LRU eviction, refusal before loading."""
+
+from __future__ import annotations
+
+import itertools
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from edgeslm.config import resolve_settings
+from edgeslm.errors import CapacityError, ModelNotFoundError
+from edgeslm.serve import manager as manager_module
+from edgeslm.serve.manager import ManagerParams, ModelManager
+
+from .ggufbuild import write_runnable_model
+
+PIDS = itertools.count(1000)
+
+
+class FakeRunner:
+    started: list[str] = []
+
+    def __init__(self, name: str, **kwargs: Any) -> None:
+        self.name, self.kwargs, self.alive, self.pid = name, kwargs, True, next(PIDS)
+        FakeRunner.started.append(name)
+
+    def close(self) -> None:
+        self.alive = False
+
+
+@pytest.fixture
+def models(cli: Any, tmp_path: Path, home: Path) -> ModelManager:
+    for i, name in enumerate(("a", "b", "c")):
+        assert cli("import", str(write_runnable_model(tmp_path / f"{name}.gguf", seed=i)), "--name", name).code == 0
+    FakeRunner.started = []
+    return ModelManager(resolve_settings(home=home), ManagerParams(max_loaded=2, slots=2, ctx_per_slot=256), FakeRunner)
+
+
+def test_loads_on_demand_and_evicts_the_least_recently_used(models: ModelManager) -> None:
+    with models.lease("a") as ra, models.lease("a") as ra2:
+        assert ra is ra2 and ra.kwargs == {"slots": 2, "ctx_per_slot": 256, "threads": None}
+    with models.lease("b"):
+        pass
+    with models.lease("a"):  # a is now more recent than b
+        pass
+    with models.lease("c"):
+        pass
+    assert FakeRunner.started == ["a:latest", "b:latest", "c:latest"]
+    assert [m.name for m in models.ps()] == ["c:latest", "a:latest"]  # b went first
+
+
+def test_busy_models_are_not_evicted(models: ModelManager) -> None:
+    with models.lease("a"), models.lease("b"):
+        with pytest.raises(CapacityError, match="every loaded model .* is serving requests; retry shortly"):
+            with models.lease("c"):
+                pass
+    assert {m.name for m in models.ps()} == {"a:latest", "b:latest"} and all(m.in_flight == 0 for m in models.ps())
+
+
+def test_keep_alive(models: ModelManager, monkeypatch: pytest.MonkeyPatch) -> None:
+    with models.lease("a", keep_alive=0):
+        assert [m.name for m in models.ps()] == ["a:latest"]
+    assert models.ps() == []  # 0: unloaded after the request
+    with models.lease("b", keep_alive=-1):
+        pass
+    with models.lease("c", keep_alive=60):
+        pass
+    infos = {m.name: m for m in models.ps()}
+    assert infos["b:latest"].expires_in is None and 59 < (infos["c:latest"].expires_in or 0) <= 60
+    now = time.monotonic()
+    monkeypatch.setattr(manager_module.time, "monotonic", lambda: now + 61)
+    assert models.expire() == ["c:latest"] and [m.name for m in models.ps()] == ["b:latest"]
+
+
+def test_refused_before_loading_when_it_cannot_fit(models: ModelManager, home: Path) -> None:
+    _, need = models.needs("a")
+    small = ModelManager(resolve_settings(home=home), ManagerParams(memory_budget=need - 1), FakeRunner)
+    with pytest.raises(CapacityError, match=r"a:latest needs .* available .*; use fewer slots"):
+        with small.lease("a"):
+            pass
+    assert FakeRunner.started == []
+    room_for_one = ModelManager(resolve_settings(home=home), ManagerParams(memory_budget=need + need // 2), FakeRunner)
+    with room_for_one.lease("a"):
+        pass
+    with room_for_one.lease("b"):  # the budget, not max_loaded, evicts a
+        pass
+    assert [m.name for m in room_for_one.ps()] == ["b:latest"]
+    with pytest.raises(ModelNotFoundError):
+        with models.lease("nope"):
+            pass
+
+
+def test_a_dead_runner_is_loaded_again(models: ModelManager) -> None:
+    with models.lease("a") as first:
+        pass
+    first.alive = False  # killed
+    with models.lease("a") as second:
+        assert second is not first and second.alive
+    assert FakeRunner.started == ["a:latest", "a:latest"]
+
+
+@pytest.mark.real_model
+def test_real_runners_load_and_unload(builtin_home: Path, home: Path) -> None:
+    from edgeslm.engines.base import SamplingParams
+    from edgeslm.serve.runner import Chunk
+
+    shutil.copytree(builtin_home, home, dirs_exist_ok=True)
+    m = ModelManager(resolve_settings(home=home), ManagerParams(max_loaded=1, slots=1, ctx_per_slot=128))
+    try:
+        with m.lease("smollm2-135m-instruct") as runner:
+            text = "".join(e.text for e in runner.generate("Hi", SamplingParams(temperature=0), max_tokens=4)
+                           if isinstance(e, Chunk))  # fmt: skip
+            assert text and runner.alive
+        first = runner
+        with m.lease("gemma3-270m") as runner:
+            assert runner.alive
+        assert not first.alive and [x.name for x in m.ps()] == ["gemma3-270m:latest"]
+    finally:
+        m.close()
+    assert not runner.alive
