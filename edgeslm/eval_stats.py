@@ -54,11 +54,17 @@ def _block_stats(logits: F32, targets: npt.NDArray[np.int64], ref_logits: F32 | 
         return nll, [], [], [], 0
     ref = _log_softmax(ref_logits[lo:hi])
     p_ref = np.exp(ref)
-    kld = [float(v) for v in np.atleast_1d(np.sum(p_ref * (ref - logp), axis=1, dtype=np.float64))]
+    kld = [float(v) for v in np.atleast_1d(_kld_rows(ref, logp, p_ref))]
     nll_base = (-ref[rows, tok].astype(np.float64)).tolist()
     p_diff = (np.exp(logp[rows, tok].astype(np.float64)) - p_ref[rows, tok]).tolist()
     same = int(np.sum(logits[lo:hi].argmax(axis=1) == ref_logits[lo:hi].argmax(axis=1)))
     return nll, nll_base, kld, p_diff, same
+
+
+def _kld_rows(ref_logp: F32, logp: F32, p_ref: F32 | None = None) -> npt.NDArray[np.float64]:
+    """Per row: KL(reference || model) from both log-probabilities, summed in float64."""
+    p = np.exp(ref_logp) if p_ref is None else p_ref
+    return np.asarray(np.sum(p * (ref_logp - logp), axis=1, dtype=np.float64))
 
 
 def log_softmax_rows(logits: F32) -> F32:
@@ -71,8 +77,7 @@ def kld_sum(ref_logp: F32, logits: F32) -> float:
     """Sum over rows of KL(reference || model), the reference given as log-probabilities."""
 
     def block(lo: int) -> float:
-        ref, logp = ref_logp[lo : lo + ROW_BLOCK], _log_softmax(logits[lo : lo + ROW_BLOCK])
-        return float(np.sum(np.exp(ref) * (ref - logp), dtype=np.float64))
+        return float(_kld_rows(ref_logp[lo : lo + ROW_BLOCK], _log_softmax(logits[lo : lo + ROW_BLOCK])).sum())
 
     return sum(_pool().map(block, range(0, len(logits), ROW_BLOCK)))
 

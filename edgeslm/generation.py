@@ -182,6 +182,21 @@ class _StopFilter:
         return out
 
 
+class TextStream:
+    """A reply's token bytes -> text as it streams: UTF-8 split across tokens is joined, and text
+    that could begin a stop string is held back until it cannot (``feed`` says when one ended it)."""
+
+    def __init__(self, stops: Sequence[str]) -> None:
+        self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        self._stops = _StopFilter(stops)
+
+    def feed(self, piece: bytes) -> tuple[str, bool]:
+        return self._stops.feed(self._decoder.decode(piece))
+
+    def finish(self) -> str:
+        return self._stops.flush() + self._decoder.decode(b"", final=True)
+
+
 def stream_generate(
     model: Model,
     prompt: str | Sequence[Message] | Sequence[int],
@@ -201,8 +216,7 @@ def stream_generate(
             "shorten it or raise the context (--ctx)"
         )
     limit = n_ctx - len(tokens) if max_tokens == -1 else min(max_tokens, n_ctx - len(tokens))
-    decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-    stops = _StopFilter(stop)
+    stream = TextStream(stop)
     start = time.perf_counter()
     first = None
     count, reason = 0, "length"
@@ -219,7 +233,7 @@ def stream_generate(
             reason = "stop"
             break
         count += 1
-        text, stopped = stops.feed(decoder.decode(model.engine.token_bytes(token)))
+        text, stopped = stream.feed(model.engine.token_bytes(token))
         if stopped:
             reason = "stop"
             yield chunk(text, token, None)
@@ -227,7 +241,7 @@ def stream_generate(
         yield chunk(text, token, None)
         if count >= limit:
             break
-    yield chunk(stops.flush() + decoder.decode(b"", final=True), None, reason)
+    yield chunk(stream.finish(), None, reason)
 
 
 @dataclass(frozen=True)

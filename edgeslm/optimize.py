@@ -155,6 +155,7 @@ class _Run:
         same = next((c for c in self.candidates if c.result["model_digest"] == manifest.digest), None)
         if same is not None:
             self.note(f"{label} is the same file as {same.name}; measured once")
+            return same
         settings = replace(self.params.eval, threads=self.params.threads)
 
         def report(done: int, total: int) -> None:
@@ -166,8 +167,7 @@ class _Run:
         result = evaluate(self.store, manifest.name, ref, self.text, settings, progress=report, engine_name=self.engine)
         memory = estimate_memory(manifest.info, self.params.constraints.memory_ctx).total_bytes
         candidate = Candidate(label, kind, recipe, command, result, Metrics.from_result(result, memory))
-        if same is None:
-            self.candidates.append(candidate)
+        self.candidates.append(candidate)
         return candidate
 
 

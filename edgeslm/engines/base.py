@@ -80,6 +80,11 @@ class SamplingParams:
     def greedy(self) -> bool:
         return self.temperature == 0
 
+    @property
+    def plain_greedy(self) -> bool:
+        """Greedy with no penalty: the argmax of the logits, no sampler needed."""
+        return self.greedy and (self.repeat_penalty == 1.0 or not self.repeat_last_n)
+
 
 @dataclass(frozen=True)
 class LoadParams:

@@ -255,16 +255,15 @@ class LlamaCppEngine:
         # Plain greedy reads the argmax straight off llama.cpp's logits buffer (a numpy view, no
         # copy): llama_sampler_sample would first build an n_vocab candidate array per token,
         # ~3 MB for Gemma's 262k vocabulary, which costs more than a small model's decode.
-        fast_greedy = sampling.greedy and (sampling.repeat_penalty == 1.0 or not sampling.repeat_last_n)
-        sampler = None if fast_greedy else self.make_sampler(sampling)
+        sampler = None if sampling.plain_greedy else self.make_sampler(sampling)
         try:
             self.prefill(prompt)
             n_past, one, n_vocab = len(prompt), self._one, self.n_vocab
             ctx, decode, get_one = self._ctx, lc.llama_decode, lc.llama_batch_get_one
-            logits_of, as_array, sample = lc.llama_get_logits_ith, np.ctypeslib.as_array, lc.llama_sampler_sample
+            sample = lc.llama_sampler_sample
             while True:
                 if sampler is None:
-                    token = int(as_array(logits_of(ctx, -1), shape=(n_vocab,)).argmax())
+                    token = argmax_token(ctx, -1, n_vocab)
                 else:
                     token = sample(sampler, ctx, -1)  # also feeds the token to the penalties' history
                 yield token
@@ -304,6 +303,11 @@ class LlamaCppEngine:
 
     def __del__(self) -> None:
         self.close()
+
+
+def argmax_token(ctx: lc.llama_context_p, index: int, n_vocab: int) -> int:
+    """The most likely next token at batch row ``index``, read off llama.cpp's logits (no copy)."""
+    return int(np.ctypeslib.as_array(lc.llama_get_logits_ith(ctx, index), shape=(n_vocab,)).argmax())
 
 
 def llama_cpp_version() -> str:

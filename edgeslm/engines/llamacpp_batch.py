@@ -16,11 +16,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import llama_cpp as lc
-import numpy as np
 
 from ..errors import ContextOverflowError, EngineError, InvalidParameterError
 from .base import SamplingParams
-from .llamacpp import LlamaCppEngine, last_errors
+from .llamacpp import LlamaCppEngine, argmax_token, last_errors
 
 log = logging.getLogger(__name__)
 
@@ -86,9 +85,8 @@ class BatchDecoder:
         if slot is None:
             raise EngineError("no free slot")  # callers check free_slots() and queue
         lc.llama_memory_seq_rm(self._mem, slot.seq, -1, -1)
-        fast = sampling.greedy and (sampling.repeat_penalty == 1.0 or not sampling.repeat_last_n)
         slot.request, slot.pending, slot.n_past = request, list(prompt), 0
-        slot.sampler = None if fast else self.engine.make_sampler(sampling)
+        slot.sampler = None if sampling.plain_greedy else self.engine.make_sampler(sampling)
         slot.max_tokens, slot.generated, slot.last, slot.index = max_tokens, 0, None, -1
 
     def cancel(self, request: str) -> None:
@@ -145,8 +143,7 @@ class BatchDecoder:
         assert slot.request is not None
         request = slot.request
         if slot.sampler is None:
-            row = lc.llama_get_logits_ith(self._ctx, slot.index)
-            token = int(np.ctypeslib.as_array(row, shape=(self.engine.n_vocab,)).argmax())
+            token = argmax_token(self._ctx, slot.index, self.engine.n_vocab)
         else:
             token = lc.llama_sampler_sample(slot.sampler, self._ctx, slot.index)
         slot.generated += 1

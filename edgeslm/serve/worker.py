@@ -12,7 +12,6 @@ only its own requests. Messages in: ``{"op": "generate", "id", "prompt", "sampli
 
 from __future__ import annotations
 
-import codecs
 import json
 import os
 import select
@@ -24,6 +23,7 @@ from typing import Any
 
 from ..engines.base import SamplingParams
 from ..errors import ContextOverflowError, EdgeslmError
+from ..generation import TextStream, load
 
 
 @dataclass
@@ -36,8 +36,7 @@ class _Request:
     received: float = field(default_factory=time.perf_counter)
     first: float | None = None
     count: int = 0
-    decoder: Any = field(default_factory=lambda: codecs.getincrementaldecoder("utf-8")(errors="replace"))
-    filter: Any = None
+    text: TextStream | None = None
 
 
 class _Lines:
@@ -65,7 +64,6 @@ def _send(message: dict[str, Any]) -> None:
 
 def serve(name: str, slots: int, ctx_per_slot: int, threads: int | None) -> None:
     from ..engines.llamacpp_batch import BatchDecoder
-    from ..generation import _StopFilter, load
 
     model = load(name, ctx=min(ctx_per_slot, 512), threads=threads)
     batch = BatchDecoder(model.engine, slots, ctx_per_slot)  # type: ignore[arg-type]
@@ -75,7 +73,7 @@ def serve(name: str, slots: int, ctx_per_slot: int, threads: int | None) -> None
         idle = not running and not waiting
         while lines.ready(None if idle else 0):
             for raw in lines.read():
-                _handle(raw, model, batch, waiting, running, _StopFilter)
+                _handle(raw, model, batch, waiting, running)
             idle = False
             if lines.closed:
                 return
@@ -87,9 +85,7 @@ def serve(name: str, slots: int, ctx_per_slot: int, threads: int | None) -> None
             _emit(model, batch, running, ev.request, ev.token, ev.finish)
 
 
-def _handle(
-    raw: bytes, model: Any, batch: Any, waiting: deque[_Request], running: dict[str, _Request], stops: Any
-) -> None:
+def _handle(raw: bytes, model: Any, batch: Any, waiting: deque[_Request], running: dict[str, _Request]) -> None:
     msg = json.loads(raw)
     rid = str(msg.get("id"))
     if msg["op"] == "cancel":
@@ -106,9 +102,8 @@ def _handle(
             )
         room = batch.ctx_per_slot - len(tokens)
         limit = room if msg["max_tokens"] == -1 else min(int(msg["max_tokens"]), room)
-        r = _Request(rid, tokens, SamplingParams(**msg["sampling"]), limit, list(msg.get("stop", [])))
-        r.filter = stops(r.stop)
-        waiting.append(r)
+        stop = list(msg.get("stop", []))
+        waiting.append(_Request(rid, tokens, SamplingParams(**msg["sampling"]), limit, stop, text=TextStream(stop)))
     except EdgeslmError as exc:
         _send({"op": "error", "id": rid, "kind": type(exc).__name__, "message": str(exc)})
 
@@ -121,7 +116,8 @@ def _emit(model: Any, batch: Any, running: dict[str, _Request], rid: str, token:
     r.first = r.first or now
     if finish != "stop":  # an end-of-generation token is not text
         r.count += 1
-        text, stopped = r.filter.feed(r.decoder.decode(model.engine.token_bytes(token)))
+        assert r.text is not None
+        text, stopped = r.text.feed(model.engine.token_bytes(token))
         _send({"op": "chunk", "id": rid, "text": text, "token": token})
         if stopped and finish is None:  # a stop string: the slot is freed now
             batch.cancel(rid)
@@ -129,7 +125,7 @@ def _emit(model: Any, batch: Any, running: dict[str, _Request], rid: str, token:
     if finish is None:
         return
     running.pop(rid)
-    tail = r.filter.flush() + r.decoder.decode(b"", final=True)
+    tail = r.text.finish() if r.text is not None else ""
     if tail:
         _send({"op": "chunk", "id": rid, "text": tail, "token": None})
     _send({
