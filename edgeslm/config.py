@@ -26,6 +26,9 @@ DEFAULT_ENGINE = "llama.cpp"
 ENV_HF_ENDPOINT = "HF_ENDPOINT"
 ENV_HF_TOKEN = "HF_TOKEN"
 ENV_HF_OFFLINE = "HF_HUB_OFFLINE"
+ENV_HOST = "EDGESLM_HOST"  # where 'edgeslm ps' finds the server: HOST:PORT or a URL
+ENV_API_KEY = "EDGESLM_API_KEY"  # the key 'edgeslm ps' sends
+DEFAULT_SERVER = "127.0.0.1:8434"
 ENV_PROXIES = ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy")
 
 _TRUE = {"1", "true", "yes", "on"}
@@ -41,6 +44,8 @@ class Settings:
     hf_token: str | None = None
     uses_proxy: bool = False  # network access goes through a proxy (set in the environment)
     engine: str = DEFAULT_ENGINE  # the registered engine that runs models
+    server: str = DEFAULT_SERVER  # a running 'edgeslm serve', for 'edgeslm ps'
+    api_key: str | None = None
 
     @property
     def models_dir(self) -> Path:
@@ -73,4 +78,6 @@ def resolve_settings(
         hf_token=env.get(ENV_HF_TOKEN) or None,
         uses_proxy=any(env.get(name) for name in ENV_PROXIES),
         engine=env.get(ENV_ENGINE) or DEFAULT_ENGINE,
+        server=env.get(ENV_HOST) or DEFAULT_SERVER,
+        api_key=env.get(ENV_API_KEY) or None,
     )

@@ -118,6 +118,11 @@ def _ram() -> tuple[int, list[str]]:
     return total, notes
 
 
+def system_ram() -> int:
+    """Bytes of memory this process may use: the machine's, or its container's limit."""
+    return _ram()[0]
+
+
 def _available_ram() -> int | None:
     m = re.search(r"^MemAvailable:\s+(\d+) kB", _read("/proc/meminfo"), re.M)
     return int(m.group(1)) * 1024 if m else None

@@ -76,6 +76,22 @@ class AbortedError(EdgeslmError):
     """The user declined a confirmation prompt."""
 
 
+class AuthenticationError(EdgeslmError):
+    """No valid API key came with a request (HTTP 401)."""
+
+
+class PermissionDeniedError(EdgeslmError):
+    """The key's role, the Host or the Origin of a request may not do this (HTTP 403)."""
+
+
+class RequestTooLargeError(EdgeslmError):
+    """A request body over the server's limit (HTTP 413)."""
+
+
+class UnsupportedMediaTypeError(EdgeslmError):
+    """A request body that is not JSON (HTTP 415)."""
+
+
 # Exit codes follow sysexits.h where one fits, so scripts can tell failures apart.
 EXIT_CODES: dict[type[EdgeslmError], int] = {
     UsageError: 2,
@@ -93,14 +109,53 @@ EXIT_CODES: dict[type[EdgeslmError], int] = {
     IntegrityError: 74,  # EX_IOERR
     StoreError: 74,
     CapacityError: 75,  # EX_TEMPFAIL
+    AuthenticationError: 77,  # EX_NOPERM
+    PermissionDeniedError: 77,
+    RequestTooLargeError: 65,
+    UnsupportedMediaTypeError: 65,
     AbortedError: 1,
     EdgeslmError: 1,
 }
 
 
+# The server's status for each error; the dialects (Ollama, OpenAI) only change the body's shape.
+HTTP_STATUS: dict[type[EdgeslmError], int] = {
+    UsageError: 400,
+    InvalidParameterError: 400,
+    ContextOverflowError: 400,
+    ChatTemplateError: 400,
+    InvalidNameError: 400,
+    InvalidModelFileError: 422,
+    InputFileError: 400,
+    OutputFileError: 500,
+    ModelNotFoundError: 404,
+    OfflineError: 503,
+    SourceError: 502,
+    IntegrityError: 500,
+    StoreError: 500,
+    EngineError: 500,
+    CapacityError: 503,
+    AuthenticationError: 401,
+    PermissionDeniedError: 403,
+    RequestTooLargeError: 413,
+    UnsupportedMediaTypeError: 415,
+    AbortedError: 400,
+    EdgeslmError: 500,
+}
+
+
+def _nearest(error: EdgeslmError, table: dict[type[EdgeslmError], int], default: int) -> int:
+    for cls in type(error).__mro__:
+        if cls in table:
+            return table[cls]
+    return default
+
+
 def exit_code_for(error: EdgeslmError) -> int:
     """The CLI exit code of ``error``: the entry of its nearest class in ``EXIT_CODES``."""
-    for cls in type(error).__mro__:
-        if cls in EXIT_CODES:
-            return EXIT_CODES[cls]
-    return 1
+    return _nearest(error, EXIT_CODES, 1)
+
+
+def http_status_for(error: EdgeslmError) -> int:
+    """The HTTP status of ``error``: the entry of its nearest class in ``HTTP_STATUS``."""
+    return _nearest(error, HTTP_STATUS, 500)

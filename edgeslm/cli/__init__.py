@@ -15,7 +15,16 @@ from collections.abc import Sequence
 from .. import __version__
 from ..config import resolve_settings
 from ..errors import EdgeslmError, exit_code_for
-from . import admin_cmds, eval_cmds, infer_cmds, optimize_cmds, quantize_cmds, recommend_cmds, store_cmds
+from . import (
+    admin_cmds,
+    eval_cmds,
+    infer_cmds,
+    optimize_cmds,
+    quantize_cmds,
+    recommend_cmds,
+    serve_cmds,
+    store_cmds,
+)
 
 log = logging.getLogger("edgeslm")
 
@@ -42,6 +51,7 @@ def make_parser() -> argparse.ArgumentParser:
     optimize_cmds.configure(sub)
     recommend_cmds.configure(sub)
     admin_cmds.configure(sub)
+    serve_cmds.configure(sub)
     return parser
 
 

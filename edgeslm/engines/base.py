@@ -23,6 +23,7 @@ __all__ = ["DEFAULT_ENGINE", "ENGINES", "Engine", "LoadParams", "SamplingParams"
 
 MAX_CONTEXT = 1 << 20
 MAX_SEED = 2**32 - 1
+MAX_GRAMMAR = 1 << 20
 
 
 def _check(ok: bool, name: str, value: object, valid: str) -> None:
@@ -49,6 +50,7 @@ class SamplingParams:
     repeat_penalty: float = 1.0
     repeat_last_n: int = 64
     seed: int | None = None  # None: a fresh random seed per generation
+    grammar: str | None = None  # GBNF: only text this grammar accepts (JSON mode, a JSON schema)
 
     def __post_init__(self) -> None:
         _check(
@@ -75,6 +77,12 @@ class SamplingParams:
         _check(
             self.seed is None or (_int(self.seed) and 0 <= self.seed <= MAX_SEED), "seed", self.seed, f"0 to {MAX_SEED}"
         )
+        _check(
+            self.grammar is None or (isinstance(self.grammar, str) and 0 < len(self.grammar) <= MAX_GRAMMAR),
+            "grammar",
+            "(text)",
+            f"1 to {MAX_GRAMMAR:,} characters of GBNF",
+        )
 
     @property
     def greedy(self) -> bool:
@@ -83,7 +91,7 @@ class SamplingParams:
     @property
     def plain_greedy(self) -> bool:
         """Greedy with no penalty: the argmax of the logits, no sampler needed."""
-        return self.greedy and (self.repeat_penalty == 1.0 or not self.repeat_last_n)
+        return self.greedy and self.grammar is None and (self.repeat_penalty == 1.0 or not self.repeat_last_n)
 
 
 @dataclass(frozen=True)

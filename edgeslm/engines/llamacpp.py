@@ -239,6 +239,12 @@ class LlamaCppEngine:
     def make_sampler(self, s: SamplingParams) -> lc.llama_sampler_p:
         chain = lc.llama_sampler_chain_init(lc.llama_sampler_chain_default_params())
         add = lambda sampler: lc.llama_sampler_chain_add(chain, sampler)  # noqa: E731
+        if s.grammar is not None:
+            grammar = lc.llama_sampler_init_grammar(self._vocab, s.grammar.encode(), b"root")
+            if not grammar:
+                lc.llama_sampler_free(chain)
+                raise InvalidParameterError(f"the grammar was refused by llama.cpp: {last_errors() or 'invalid GBNF'}")
+            add(grammar)
         if s.repeat_penalty != 1.0 and s.repeat_last_n:
             add(lc.llama_sampler_init_penalties(self.n_vocab, s.repeat_last_n, s.repeat_penalty, 0.0, 0.0))
         if s.greedy:

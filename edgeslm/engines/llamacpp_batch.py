@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import llama_cpp as lc
+import numpy as np
 
 from ..errors import ContextOverflowError, EngineError, InvalidParameterError
 from .base import SamplingParams
@@ -29,6 +30,8 @@ class StepEvent:
     request: str
     token: int
     finish: str | None  # None while generating; 'stop' (end of generation) or 'length'
+    logprob: float | None = None  # of ``token``, when the request asked for log-probabilities
+    top: tuple[tuple[int, float], ...] = ()  # the most likely tokens and their log-probabilities
 
 
 @dataclass
@@ -42,6 +45,7 @@ class _Slot:
     generated: int = 0
     last: int | None = None  # sampled, not yet decoded
     index: int = -1  # this step's batch row holding its logits
+    logprobs: int | None = None  # None: none; k: the sampled token's and the k most likely
 
 
 class BatchDecoder:
@@ -74,7 +78,9 @@ class BatchDecoder:
     def active(self) -> list[str]:
         return [s.request for s in self.slots if s.request is not None]
 
-    def add(self, request: str, prompt: list[int], sampling: SamplingParams, max_tokens: int) -> None:
+    def add(
+        self, request: str, prompt: list[int], sampling: SamplingParams, max_tokens: int, logprobs: int | None = None
+    ) -> None:
         if not prompt:
             raise InvalidParameterError("the prompt is empty")
         if len(prompt) >= self.ctx_per_slot:
@@ -88,6 +94,7 @@ class BatchDecoder:
         slot.request, slot.pending, slot.n_past = request, list(prompt), 0
         slot.sampler = None if sampling.plain_greedy else self.engine.make_sampler(sampling)
         slot.max_tokens, slot.generated, slot.last, slot.index = max_tokens, 0, None, -1
+        slot.logprobs = logprobs
 
     def cancel(self, request: str) -> None:
         for slot in self.slots:
@@ -147,6 +154,7 @@ class BatchDecoder:
         else:
             token = lc.llama_sampler_sample(slot.sampler, self._ctx, slot.index)
         slot.generated += 1
+        scores = self._logprobs(slot.index, token, slot.logprobs) if slot.logprobs is not None else (None, ())
         finish = None
         if self.engine.is_end_of_generation(token):
             finish = "stop"
@@ -156,7 +164,19 @@ class BatchDecoder:
             slot.last = token
         else:
             self._free(slot)
-        return StepEvent(request, token, finish)
+        return StepEvent(request, token, finish, *scores)
+
+    def _logprobs(self, index: int, token: int, k: int) -> tuple[float, tuple[tuple[int, float], ...]]:
+        """log-softmax of the raw logits row (before sampling settings, as OpenAI reports them)."""
+        row = np.ctypeslib.as_array(lc.llama_get_logits_ith(self._ctx, index), shape=(self.engine.n_vocab,))
+        peak = float(row.max())
+        lse = peak + float(np.log(np.exp(row.astype(np.float64) - peak).sum()))
+        top: tuple[tuple[int, float], ...] = ()
+        if k > 0:
+            best = np.argpartition(row, -k)[-k:]
+            best = best[np.argsort(-row[best])]
+            top = tuple((int(t), float(row[t]) - lse) for t in best)
+        return float(row[token]) - lse, top
 
     def close(self) -> None:
         for slot in self.slots:

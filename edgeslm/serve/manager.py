@@ -39,6 +39,17 @@ class ManagerParams:
     slots: int = 4
     ctx_per_slot: int = 2048
     threads: int | None = None
+    queue: int = 32  # requests per model that may wait for a slot; more are refused (503)
+    keep_alive: float = DEFAULT_KEEP_ALIVE  # for requests that do not say
+
+
+@dataclass
+class Lease:
+    """One request's hold on a loaded model (``ModelManager.acquire`` / ``release``)."""
+
+    name: str
+    runner: Any
+    load_seconds: float  # 0 when it was already loaded
 
 
 @dataclass
@@ -63,6 +74,7 @@ class LoadedInfo:
     in_flight: int
     slots: int
     pid: int
+    keep_alive: float
 
 
 class ModelManager:
@@ -84,31 +96,55 @@ class ModelManager:
     @contextmanager
     def lease(self, name: str, keep_alive: float | None = None) -> Iterator[Any]:
         """The runner of ``name`` (loaded if needed) for the length of one request."""
-        entry = self._acquire(name, DEFAULT_KEEP_ALIVE if keep_alive is None else keep_alive)
+        held = self.acquire(name, keep_alive)
         try:
-            yield entry.runner
+            yield held.runner
         finally:
-            with self._lock:
-                entry.in_flight -= 1
-                entry.last_used = time.monotonic()
-                if entry.keep_alive == 0 and entry.in_flight == 0:
-                    self._unload(entry)
+            self.release(held)
 
-    def _acquire(self, name: str, keep_alive: float) -> _Loaded:
+    def acquire(self, name: str, keep_alive: float | None = None) -> Lease:
+        """Hold ``name``'s runner (loading it if needed; blocking) until ``release``."""
+        keep = self.params.keep_alive if keep_alive is None else keep_alive
         full, need = self.needs(name)
         with self._lock:
             entry = self._loaded.get(full)
             if entry is not None and not entry.runner.alive:  # crashed or killed: load it again
                 self._unload(entry)
                 entry = None
+            start = time.perf_counter()
             if entry is None:
                 self._make_room(full, need)
                 runner = self.factory(full, slots=self.params.slots, ctx_per_slot=self.params.ctx_per_slot,
                                       threads=self.params.threads)  # fmt: skip
-                entry = self._loaded[full] = _Loaded(full, runner, need, keep_alive, time.monotonic())
-            entry.keep_alive, entry.last_used = keep_alive, time.monotonic()
+                entry = self._loaded[full] = _Loaded(full, runner, need, keep, time.monotonic())
+            elif entry.in_flight >= self.params.slots + self.params.queue:
+                raise CapacityError(
+                    f"{full} is busy: all {self.params.slots} slots are generating and {self.params.queue} requests "
+                    "are waiting; retry shortly"
+                )
+            entry.keep_alive, entry.last_used = keep, time.monotonic()
             entry.in_flight += 1
-            return entry
+            return Lease(full, entry.runner, time.perf_counter() - start)
+
+    def release(self, held: Lease) -> None:
+        with self._lock:
+            entry = self._loaded.get(held.name)
+            if entry is None or entry.runner is not held.runner:
+                return  # unloaded meanwhile (its runner died and was replaced)
+            entry.in_flight -= 1
+            entry.last_used = time.monotonic()
+            if entry.keep_alive == 0 and entry.in_flight == 0:
+                self._unload(entry)
+
+    def unload(self, name: str) -> bool:
+        """Unload ``name`` now if it is loaded and idle (Ollama's keep_alive 0 with no prompt)."""
+        full = self.needs(name)[0]
+        with self._lock:
+            entry = self._loaded.get(full)
+            if entry is None or entry.in_flight:
+                return False
+            self._unload(entry)
+            return True
 
     def _make_room(self, name: str, need: int) -> None:
         budget = self.params.memory_budget
@@ -157,6 +193,7 @@ class ModelManager:
                     e.in_flight,
                     self.params.slots,
                     e.runner.pid,
+                    e.keep_alive,
                 )  # fmt: skip
                 for e in sorted(self._loaded.values(), key=lambda e: -e.last_used)
             ]

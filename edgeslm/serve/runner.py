@@ -7,15 +7,16 @@ server stays up; the next request starts a new runner.
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import json
 import queue
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator, Sequence
-from dataclasses import asdict, dataclass
-from typing import Any
+from collections.abc import AsyncIterator, Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any, Protocol
 
 from .. import errors
 from ..engines.base import SamplingParams
@@ -24,19 +25,83 @@ from ..errors import EdgeslmError, EngineError
 READY_TIMEOUT = 120.0
 
 
+Prompt = str | Sequence[dict[str, Any]] | Sequence[int]
+
+
+@dataclass(frozen=True)
+class Job:
+    """One generation request as the runner receives it."""
+
+    prompt: Prompt  # plain text, chat messages, or token ids
+    sampling: SamplingParams = SamplingParams()
+    max_tokens: int = -1
+    stop: tuple[str, ...] = ()
+    logprobs: int | None = None  # None: off; k: the sampled token's and the k most likely
+    template: bool = False  # a plain prompt goes through the chat template as a user turn
+    system: str | None = None
+    context: tuple[int, ...] = ()  # token ids before the prompt (Ollama's ``context``)
+    format: str | dict[str, Any] | None = None  # "json" or a JSON schema: constrained output
+    return_prompt_ids: bool = False
+
+    def message(self, rid: str) -> dict[str, Any]:
+        fields = asdict(self)
+        fields["sampling"] = {k: v for k, v in fields["sampling"].items() if k != "grammar"}
+        return {"op": "generate", "id": rid, **fields}
+
+
 @dataclass(frozen=True)
 class Chunk:
     text: str
     token: int | None
+    logprob: float | None = None  # with logprobs: the token's own text, log-probability and the likeliest
+    top: tuple[tuple[str, float], ...] = ()
+    piece: str = ""
 
 
 @dataclass(frozen=True)
 class Done:
-    finish: str  # 'stop', 'length' or 'cancelled'
+    finish: str  # 'stop' or 'length'
     prompt_tokens: int
     completion_tokens: int
     prompt_seconds: float
     generation_seconds: float
+    prompt_ids: tuple[int, ...] = field(default=(), repr=False)
+
+
+@dataclass(frozen=True)
+class Embeddings:
+    vectors: list[list[float]]
+    tokens: int
+
+
+class RunnerLike(Protocol):
+    """What the server needs of a runner (the tests' fake runner provides the same)."""
+
+    name: str
+    info: dict[str, Any]
+
+    @property
+    def alive(self) -> bool: ...
+
+    @property
+    def pid(self) -> int: ...
+
+    def agenerate(self, job: Job) -> AsyncIterator[Chunk | Done]: ...
+
+    async def aembed(self, texts: Sequence[str]) -> Embeddings: ...
+
+    def close(self) -> None: ...
+
+
+class _AsyncInbox:
+    """A queue the reader thread fills and an event loop drains."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.get_running_loop()
+        self.queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+
+    def put(self, msg: dict[str, Any]) -> None:
+        self.loop.call_soon_threadsafe(self.queue.put_nowait, msg)
 
 
 class Runner:
@@ -48,9 +113,10 @@ class Runner:
         self._proc = subprocess.Popen(
             [sys.executable, "-m", "edgeslm.serve.worker", args],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+            start_new_session=True,  # a Ctrl-C at the terminal stops the server, which stops its runners
         )  # fmt: skip
         self._lock = threading.Lock()
-        self._queues: dict[str, queue.Queue[dict[str, Any]]] = {}
+        self._queues: dict[str, Any] = {}  # request id -> a queue.Queue or an _AsyncInbox
         self._ids = itertools.count()
         self.info = self._wait_ready()
         self._reader = threading.Thread(target=self._read, name=f"runner-{name}", daemon=True)
@@ -100,38 +166,66 @@ class Runner:
 
     def generate(
         self,
-        prompt: str | Sequence[dict[str, str]] | Sequence[int],
+        prompt: Prompt,
         sampling: SamplingParams,
         *,
         max_tokens: int = -1,
         stop: Sequence[str] = (),
     ) -> Iterator[Chunk | Done]:
-        """Stream a reply; closing the iterator early cancels the request and frees its slot."""
-        rid = str(next(self._ids))
-        q: queue.Queue[dict[str, Any]] = queue.Queue()
-        with self._lock:
-            self._queues[rid] = q
+        """Stream a reply (from a thread); closing the iterator early cancels it and frees its slot."""
+        rid, q = self._register(queue.Queue())
         finished = False
         try:
-            message = {"op": "generate", "id": rid, "prompt": prompt, "sampling": asdict(sampling)}
-            self._write({**message, "max_tokens": max_tokens, "stop": list(stop)})
+            self._write(Job(prompt, sampling, max_tokens, tuple(stop)).message(rid))
             while True:
-                msg = q.get()
-                if msg["op"] == "chunk":
-                    yield Chunk(msg["text"], msg["token"])
-                elif msg["op"] == "done":
-                    finished = True
-                    fields = {k: msg[k] for k in ("prompt_tokens", "completion_tokens", "prompt_seconds")}
-                    yield Done(msg["finish"], **fields, generation_seconds=msg["generation_seconds"])
+                event = _event(q.get())
+                finished = isinstance(event, Done)
+                yield event
+                if finished:
                     return
-                else:
-                    finished = True
-                    raise _error(msg)
         finally:
-            with self._lock:
-                self._queues.pop(rid, None)
-            if not finished and self.alive:
+            self._end(rid, finished)
+
+    async def agenerate(self, job: Job) -> AsyncIterator[Chunk | Done]:
+        """``generate`` for an event loop; a cancelled task (a client gone) cancels the request."""
+        rid, inbox = self._register(_AsyncInbox())
+        finished = False
+        try:
+            await asyncio.to_thread(self._write, job.message(rid))  # a long prompt may fill the pipe
+            while True:
+                event = _event(await inbox.queue.get())
+                finished = isinstance(event, Done)
+                yield event
+                if finished:
+                    return
+        finally:
+            self._end(rid, finished)
+
+    async def aembed(self, texts: Sequence[str]) -> Embeddings:
+        rid, inbox = self._register(_AsyncInbox())
+        try:
+            await asyncio.to_thread(self._write, {"op": "embed", "id": rid, "texts": list(texts)})
+            msg = await inbox.queue.get()
+            if msg["op"] != "embedding":
+                raise _error(msg)
+            return Embeddings(msg["vectors"], int(msg["tokens"]))
+        finally:
+            self._end(rid, True)
+
+    def _register(self, inbox: Any) -> tuple[str, Any]:
+        rid = str(next(self._ids))
+        with self._lock:
+            self._queues[rid] = inbox
+        return rid, inbox
+
+    def _end(self, rid: str, finished: bool) -> None:
+        with self._lock:
+            self._queues.pop(rid, None)
+        if not finished and self.alive:
+            try:
                 self._write({"op": "cancel", "id": rid})
+            except EngineError:
+                pass  # it stopped meanwhile: nothing left to cancel
 
     def close(self) -> None:
         """End the worker (its stdin closes: it finishes and exits) and release the pipes."""
@@ -153,6 +247,16 @@ class Runner:
             self._proc.wait()
         if not hasattr(self, "_reader") and self._proc.stdout is not None:
             self._proc.stdout.close()
+
+
+def _event(msg: dict[str, Any]) -> Chunk | Done:
+    if msg["op"] == "chunk":
+        top = tuple((str(t), float(lp)) for t, lp in msg.get("top", ()))
+        return Chunk(msg["text"], msg["token"], msg.get("logprob"), top, msg.get("piece", ""))
+    if msg["op"] == "done":
+        fields = ("prompt_tokens", "completion_tokens", "prompt_seconds", "generation_seconds")
+        return Done(msg["finish"], **{k: msg[k] for k in fields}, prompt_ids=tuple(msg.get("prompt_ids", ())))
+    raise _error(msg)
 
 
 def _error(msg: dict[str, Any]) -> EdgeslmError:

@@ -3,16 +3,18 @@
 It loads the model, then serves requests from JSON lines on stdin and answers with JSON lines
 on stdout, decoding every request it holds in one batch (``engines.llamacpp_batch``); requests
 beyond the free slots wait in order. Only this process loads native code, so a crash here fails
-only its own requests. Messages in: ``{"op": "generate", "id", "prompt", "sampling",
-"max_tokens", "stop"}``, ``{"op": "cancel", "id"}``. Out: ``{"op": "ready", ...}``, ``{"op":
-"chunk", "id", "text", "token"}``, ``{"op": "done", "id", "finish", "prompt_tokens",
-"completion_tokens", "prompt_seconds", "generation_seconds"}``, ``{"op": "error", "id", "kind",
-"message"}``.
+only its own requests. Messages in: ``{"op": "generate", "id", **runner.Job fields}``,
+``{"op": "embed", "id", "texts"}``, ``{"op": "cancel", "id"}``. Out: ``{"op": "ready", ...}``,
+``{"op": "chunk", "id", "text", "token"[, "logprob", "top"]}``, ``{"op": "done", "id", "finish",
+"prompt_tokens", "completion_tokens", "prompt_seconds", "generation_seconds"[, "prompt_ids"]}``,
+``{"op": "embedding", "id", "vectors", "tokens"}``, ``{"op": "error", "id", "kind", "message"}``.
+Chat templates are rendered here, by ``edgeslm.chat``'s sandbox, never by the server.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import select
 import sys
@@ -22,8 +24,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..engines.base import SamplingParams
-from ..errors import ContextOverflowError, EdgeslmError
+from ..errors import ContextOverflowError, EdgeslmError, InvalidParameterError
 from ..generation import TextStream, load
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -33,6 +37,8 @@ class _Request:
     sampling: SamplingParams
     limit: int
     stop: list[str]
+    logprobs: int | None = None
+    want_ids: bool = False
     received: float = field(default_factory=time.perf_counter)
     first: float | None = None
     count: int = 0
@@ -67,7 +73,8 @@ def serve(name: str, slots: int, ctx_per_slot: int, threads: int | None) -> None
 
     model = load(name, ctx=min(ctx_per_slot, 512), threads=threads)
     batch = BatchDecoder(model.engine, slots, ctx_per_slot)  # type: ignore[arg-type]
-    _send({"op": "ready", "name": model.name, "slots": slots, "ctx_per_slot": ctx_per_slot, "pid": os.getpid()})
+    ready = {"op": "ready", "name": model.name, "slots": slots, "ctx_per_slot": ctx_per_slot, "pid": os.getpid()}
+    _send({**ready, "n_vocab": model.engine.n_vocab, "chat": model.has_chat_template})
     lines, waiting, running = _Lines(sys.stdin.fileno()), deque[_Request](), dict[str, _Request]()
     while not lines.closed:
         idle = not running and not waiting
@@ -79,10 +86,10 @@ def serve(name: str, slots: int, ctx_per_slot: int, threads: int | None) -> None
                 return
         while waiting and batch.free_slots():
             r = waiting.popleft()
-            batch.add(r.id, r.tokens, r.sampling, r.limit)
+            batch.add(r.id, r.tokens, r.sampling, r.limit, r.logprobs)
             running[r.id] = r
         for ev in batch.step():
-            _emit(model, batch, running, ev.request, ev.token, ev.finish)
+            _emit(model, batch, running, ev)
 
 
 def _handle(raw: bytes, model: Any, batch: Any, waiting: deque[_Request], running: dict[str, _Request]) -> None:
@@ -95,7 +102,10 @@ def _handle(raw: bytes, model: Any, batch: Any, waiting: deque[_Request], runnin
             waiting.remove(r)
         return
     try:
-        tokens = model.prompt_tokens(msg["prompt"])
+        if msg["op"] == "embed":
+            _embed(model, rid, msg["texts"])
+            return
+        tokens = _prompt_tokens(model, msg)
         if len(tokens) >= batch.ctx_per_slot:
             raise ContextOverflowError(
                 f"the prompt has {len(tokens):,} tokens but the context holds {batch.ctx_per_slot:,}; shorten it"
@@ -103,22 +113,83 @@ def _handle(raw: bytes, model: Any, batch: Any, waiting: deque[_Request], runnin
         room = batch.ctx_per_slot - len(tokens)
         limit = room if msg["max_tokens"] == -1 else min(int(msg["max_tokens"]), room)
         stop = list(msg.get("stop", []))
-        waiting.append(_Request(rid, tokens, SamplingParams(**msg["sampling"]), limit, stop, text=TextStream(stop)))
+        sampling = SamplingParams(**{**msg["sampling"], "grammar": _grammar(msg.get("format"))})
+        logprobs, want_ids = msg.get("logprobs"), bool(msg.get("return_prompt_ids"))
+        waiting.append(_Request(rid, tokens, sampling, limit, stop, logprobs, want_ids, text=TextStream(stop)))
     except EdgeslmError as exc:
         _send({"op": "error", "id": rid, "kind": type(exc).__name__, "message": str(exc)})
+    except Exception as exc:  # a bug must fail this request, not every request of this runner
+        log.exception("request %s failed", rid)
+        _send({"op": "error", "id": rid, "kind": "EngineError", "message": f"the runner failed: {type(exc).__name__}"})
 
 
-def _emit(model: Any, batch: Any, running: dict[str, _Request], rid: str, token: int, finish: str | None) -> None:
-    r = running.get(rid)
+def _prompt_tokens(model: Any, msg: dict[str, Any]) -> list[int]:
+    """The request's tokens: ready ids, a chat, or a plain prompt (through the template if asked)."""
+    prompt, system, context = msg["prompt"], msg.get("system"), list(msg.get("context") or ())
+    tokens: list[int]
+    if isinstance(prompt, str):
+        if msg.get("template") and model.has_chat_template:
+            prompt = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
+        elif system and not context:
+            prompt = f"{system}\n\n{prompt}"
+    elif system and prompt and isinstance(prompt[0], dict) and prompt[0].get("role") != "system":
+        prompt = [{"role": "system", "content": system}, *prompt]
+    if context and isinstance(prompt, str):  # Ollama's context: the previous exchange, then this turn
+        tokens = context + model.engine.tokenize(prompt, add_special=False, parse_special=False)
+    elif context and isinstance(prompt, list) and prompt and isinstance(prompt[0], dict):
+        tokens = context + model.prompt_tokens(prompt)
+    else:
+        tokens = model.prompt_tokens(prompt)
+    bad = [t for t in tokens if not (isinstance(t, int) and 0 <= t < model.engine.n_vocab)]
+    if bad:
+        raise InvalidParameterError(
+            f"token id {bad[0]} is outside the vocabulary of {model.name} (0 to {model.engine.n_vocab - 1})"
+        )
+    if not tokens:
+        raise InvalidParameterError("the prompt is empty")
+    return tokens
+
+
+def _grammar(spec: Any) -> str | None:
+    """GBNF for Ollama's ``format`` / OpenAI's ``response_format``: "json" or a JSON schema."""
+    if spec is None:
+        return None
+    from llama_cpp import llama_grammar
+
+    if spec == "json":
+        return str(llama_grammar.JSON_GBNF)
+    try:
+        return str(llama_grammar.json_schema_to_gbnf(json.dumps(spec)))
+    except Exception as exc:  # the converter raises plain exceptions on schemas it cannot express
+        raise InvalidParameterError(f"the JSON schema in format cannot be used: {str(exc)[:200]}") from None
+
+
+def _embed(model: Any, rid: str, texts: list[str]) -> None:
+    vectors, tokens = [], 0
+    for text in texts:
+        tokens += len(model.engine.tokenize(text))
+        vectors.append(model.engine.embed(text))
+    _send({"op": "embedding", "id": rid, "vectors": vectors, "tokens": tokens})
+
+
+def _emit(model: Any, batch: Any, running: dict[str, _Request], ev: Any) -> None:
+    r = running.get(ev.request)
     if r is None:
         return
+    rid, token, finish = ev.request, ev.token, ev.finish
     now = time.perf_counter()
     r.first = r.first or now
     if finish != "stop":  # an end-of-generation token is not text
         r.count += 1
         assert r.text is not None
         text, stopped = r.text.feed(model.engine.token_bytes(token))
-        _send({"op": "chunk", "id": rid, "text": text, "token": token})
+        chunk: dict[str, Any] = {"op": "chunk", "id": rid, "text": text, "token": token}
+        if ev.logprob is not None:
+            piece = model.engine.token_bytes
+            chunk["piece"] = piece(token).decode("utf-8", "replace")
+            chunk["logprob"] = ev.logprob
+            chunk["top"] = [[piece(t).decode("utf-8", "replace"), lp] for t, lp in ev.top]
+        _send(chunk)
         if stopped and finish is None:  # a stop string: the slot is freed now
             batch.cancel(rid)
             finish = "stop"
@@ -128,10 +199,13 @@ def _emit(model: Any, batch: Any, running: dict[str, _Request], rid: str, token:
     tail = r.text.finish() if r.text is not None else ""
     if tail:
         _send({"op": "chunk", "id": rid, "text": tail, "token": None})
-    _send({
+    done = {
         "op": "done", "id": rid, "finish": finish, "prompt_tokens": len(r.tokens), "completion_tokens": r.count,
         "prompt_seconds": r.first - r.received, "generation_seconds": now - r.first,
-    })  # fmt: skip
+    }  # fmt: skip
+    if r.want_ids:
+        done["prompt_ids"] = r.tokens
+    _send(done)
 
 
 def main() -> None:

@@ -23,10 +23,10 @@ import logging
 import re
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager, suppress
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 from filelock import FileLock
 
@@ -52,6 +52,7 @@ class Manifest:
     created: str
     info: ModelInfo
     source: Mapping[str, str] = field(default_factory=dict)
+    defaults: Mapping[str, Any] = field(default_factory=dict)  # system prompt and parameters (ollama create)
 
     def to_json(self) -> bytes:
         data = {
@@ -63,6 +64,8 @@ class Manifest:
             "source": dict(self.source),
             "info": self.info.to_dict(),
         }
+        if self.defaults:
+            data["defaults"] = dict(self.defaults)
         return json.dumps(data, indent=2, sort_keys=True).encode()
 
     @classmethod
@@ -80,6 +83,7 @@ class Manifest:
             created=str(data["created"]),
             info=ModelInfo.from_dict(data["info"]),
             source={str(k): str(v) for k, v in data.get("source", {}).items()},
+            defaults=dict(data.get("defaults") or {}),
         )
 
 
@@ -305,12 +309,19 @@ class Store:
     def copy(self, src: ModelName, dst: ModelName) -> Manifest:
         with self.locked():
             manifest = self.get(src)
-            copied = Manifest(dst, manifest.digest, manifest.size, now_iso(), manifest.info, manifest.source)
+            copied = replace(manifest, name=dst, created=now_iso())
             previous = self._find_replaceable(dst)
             write_atomic(self.manifest_path(dst), copied.to_json(), self.tmp_dir)
             if previous and previous.digest != copied.digest:
                 self._drop_unreferenced([previous.digest])
         return copied
+
+    def set_defaults(self, name: ModelName, defaults: Mapping[str, Any]) -> Manifest:
+        """Give ``name`` a system prompt and parameters (its bytes are unchanged)."""
+        with self.locked():
+            updated = replace(self.get(name), defaults=dict(defaults))
+            write_atomic(self.manifest_path(name), updated.to_json(), self.tmp_dir)
+        return updated
 
     # -- removing ----------------------------------------------------------------------------
 

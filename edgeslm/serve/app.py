@@ -1,0 +1,183 @@
+"""``edgeslm serve``: the FastAPI app, its options, and the order every request passes through.
+
+    Guard (Host, Origin, body limits, keys and roles; audit line, counter, access log)
+      -> CORS (allow-list) -> FastAPI (Ollama router, OpenAI router, /metrics)
+
+Errors are answered in one place (``http_errors``), in the dialect of the path. The HTTP process
+never loads native code: models run in runners (``runner``), store work that needs llama.cpp in
+a child process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import logging
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from fastapi import FastAPI
+from fastapi.exceptions import RequestValidationError
+from starlette.middleware.cors import CORSMiddleware
+from starlette.requests import Request
+from starlette.responses import Response
+
+from ..config import DEFAULT_MODEL, Settings
+from ..device import system_ram
+from ..errors import EdgeslmError, UsageError
+from .audit import AuditLog
+from .guard import Guard, GuardOptions, origins
+from .http_errors import error_response, exception_response
+from .keys import load_keys
+from .limits import MAX_BODY
+from .manager import DEFAULT_KEEP_ALIVE, ManagerParams, ModelManager, RunnerFactory
+from .metrics import Metrics
+from .service import ClientGone, ServerState
+
+log = logging.getLogger(__name__)
+DEFAULT_PORT = 8434  # not Ollama's 11434: both can run side by side
+EXPIRY_INTERVAL = 5.0
+MEMORY_SHARE = 0.75  # of the machine's memory, for loaded models, unless --memory says otherwise
+
+
+@dataclass(frozen=True)
+class ServeOptions:
+    host: str = "127.0.0.1"
+    port: int = DEFAULT_PORT
+    api_keys: Path | None = None
+    audit_log: Path | None = None
+    audit_prompts: bool = False
+    parallel: int = 4
+    ctx: int = 2048  # tokens per slot
+    max_loaded: int = 3
+    memory: int | None = None  # bytes for loaded models; None: MEMORY_SHARE of the machine's
+    queue: int = 32
+    keep_alive: float = DEFAULT_KEEP_ALIVE
+    threads: int | None = None
+    cors_origins: tuple[str, ...] = ()
+    allowed_hosts: tuple[str, ...] = ()
+    max_body: int = MAX_BODY
+    preload: str | None = DEFAULT_MODEL
+
+    @property
+    def loopback(self) -> bool:
+        if self.host == "localhost":
+            return True
+        try:
+            return ipaddress.ip_address(self.host.strip("[]")).is_loopback
+        except ValueError:
+            return False
+
+
+def check_options(options: ServeOptions) -> None:
+    if options.api_keys is None and not options.loopback:
+        raise UsageError(
+            f"without --api-keys the server listens on loopback only; to listen on {options.host}, "
+            "create keys with 'edgeslm keys add FILE --id NAME --role user' and pass --api-keys FILE"
+        )
+    if not 1 <= options.parallel <= 256:
+        raise UsageError(f"--parallel {options.parallel} is out of range; valid: 1 to 256")
+    if not 64 <= options.ctx <= 1 << 20:
+        raise UsageError(f"--ctx {options.ctx} is out of range; valid: 64 to 1,048,576 tokens per slot")
+    if options.queue < 0 or options.max_loaded < 1:
+        raise UsageError("--queue must be 0 or more and --max-loaded 1 or more")
+
+
+def create_app(options: ServeOptions, settings: Settings, factory: RunnerFactory | None = None) -> Any:
+    """The ASGI app to serve (``Guard`` around FastAPI); ``factory`` makes runners (tests: fakes)."""
+    check_options(options)
+    budget = options.memory if options.memory is not None else int(system_ram() * MEMORY_SHARE)
+    params = ManagerParams(
+        options.max_loaded, budget, options.parallel, options.ctx, options.threads, options.queue, options.keep_alive
+    )
+    manager = ModelManager(settings, params, factory)
+    keys = load_keys(options.api_keys) if options.api_keys else None
+    st = ServerState(settings, manager, Metrics(manager), keys, None, options.audit_prompts)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        st.audit = AuditLog(options.audit_log) if options.audit_log else None
+        expiry = asyncio.create_task(_expire_loop(manager))
+        if options.preload:
+            await _preload(manager, options.preload, options.keep_alive)
+        try:
+            yield
+        finally:
+            expiry.cancel()
+            await asyncio.to_thread(manager.close)
+            if st.audit is not None:
+                st.audit.close()
+
+    app = FastAPI(title="edgeslm", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
+    app.state.edgeslm = st
+    _routes(app)
+    cors = CORSMiddleware(
+        app,
+        allow_origins=list(origins(options.cors_origins)),
+        allow_credentials="*" not in options.cors_origins,  # never '*' with credentials
+        allow_methods=["GET", "POST", "DELETE", "HEAD", "OPTIONS"],
+        allow_headers=["Authorization", "Content-Type"],
+    )
+    guard_options = GuardOptions(
+        loopback_only=options.loopback,
+        allowed_hosts=frozenset(h.lower() for h in options.allowed_hosts),
+        cors_origins=origins(options.cors_origins),
+        max_body=options.max_body,
+    )
+    return Guard(cors, st, guard_options)
+
+
+def _routes(app: FastAPI) -> None:
+    from . import ollama_admin, ollama_api, openai_api
+
+    app.include_router(ollama_api.router)
+    app.include_router(ollama_admin.router)
+    app.include_router(openai_api.router)
+
+    @app.get("/metrics")
+    async def metrics(request: Request) -> Response:
+        body, kind = request.app.state.edgeslm.metrics.render()
+        return Response(body, media_type=kind)
+
+    @app.exception_handler(EdgeslmError)
+    async def on_error(request: Request, exc: EdgeslmError) -> Response:
+        return exception_response(request.url.path, exc)
+
+    @app.exception_handler(RequestValidationError)
+    async def on_invalid(request: Request, exc: RequestValidationError) -> Response:
+        return error_response(request.url.path, 400, "invalid request parameters")
+
+    @app.exception_handler(ClientGone)
+    async def on_gone(request: Request, exc: ClientGone) -> Response:
+        return Response(status_code=499)  # nginx's "client closed request"; nobody reads it
+
+    @app.exception_handler(Exception)
+    async def on_bug(request: Request, exc: Exception) -> Response:
+        log.exception("unexpected error on %s", request.url.path[:200])
+        return error_response(request.url.path, 500, "internal error; the server log has the details")
+
+    @app.exception_handler(404)
+    async def on_missing(request: Request, exc: Exception) -> Response:
+        return error_response(request.url.path, 404, "no such route; see the Ollama and OpenAI API documentation")
+
+    @app.exception_handler(405)
+    async def on_method(request: Request, exc: Exception) -> Response:
+        return error_response(request.url.path, 405, f"method {request.method} is not allowed on this route")
+
+
+async def _expire_loop(manager: ModelManager) -> None:
+    while True:
+        await asyncio.sleep(EXPIRY_INTERVAL)
+        for name in await asyncio.to_thread(manager.expire):
+            log.info("unloaded %s (keep_alive passed)", name)
+
+
+async def _preload(manager: ModelManager, name: str, keep_alive: float) -> None:
+    try:
+        manager.release(await asyncio.to_thread(manager.acquire, name, keep_alive))
+        log.info("%s is loaded", name)
+    except EdgeslmError as exc:
+        log.warning("could not preload %s: %s", name, exc)

@@ -1,0 +1,204 @@
+"""Every request passes here first: Host and Origin checks, body limits, keys and roles, then the
+audit line, the request counter and the access log once the response has been sent.
+
+The permission a route needs is looked up on the **raw** request path (before any decoding or
+normalising), so ``/api/%64elete`` or ``//api/delete`` cannot reach a route under another
+route's permission: a path with percent-escapes is refused outright, and any other path that is
+not in the table needs a valid key of any role (and then finds no route).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import time
+from collections.abc import Awaitable, Callable, Iterable, MutableMapping
+from dataclasses import dataclass
+from typing import Any
+
+from ..errors import RequestTooLargeError
+from .audit import AuditRecord
+from .http_errors import error_response
+from .keys import Action, ApiKey
+from .service import ServerState
+
+log = logging.getLogger("edgeslm.serve.access")
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+A = Action
+ROUTES: dict[str, Action | None] = {  # None: any valid key
+    "/": None,
+    "/api/version": None,
+    "/api/generate": A.GENERATE,
+    "/api/chat": A.GENERATE,
+    "/v1/chat/completions": A.GENERATE,
+    "/v1/completions": A.GENERATE,
+    "/api/embed": A.EMBED,
+    "/api/embeddings": A.EMBED,
+    "/v1/embeddings": A.EMBED,
+    "/api/tags": A.LIST,
+    "/v1/models": A.LIST,
+    "/api/show": A.SHOW,
+    "/api/ps": A.PS,
+    "/metrics": A.METRICS,
+    "/api/pull": A.PULL,
+    "/api/create": A.CREATE,
+    "/api/copy": A.COPY,
+    "/api/delete": A.DELETE,
+}
+PREFIXES: dict[str, Action] = {"/v1/models/": A.LIST}
+LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1", "[::1]"})
+JSON_TYPES = ("application/json", "", "application/x-www-form-urlencoded")  # the last: curl -d's default
+
+
+@dataclass(frozen=True)
+class GuardOptions:
+    loopback_only: bool  # bound to a loopback address: refuse other Host names (DNS rebinding)
+    allowed_hosts: frozenset[str] = frozenset()
+    cors_origins: frozenset[str] = frozenset()
+    max_body: int = 8 * 2**20
+
+
+def escape(text: str, limit: int = 300) -> str:
+    """``text`` safe for one log line: control characters (and non-printables) escaped, length capped."""
+    out = "".join(c if c.isprintable() else c.encode("unicode_escape").decode() for c in text[:limit])
+    return out + ("..." if len(text) > limit else "")
+
+
+def route_of(raw_path: bytes) -> tuple[str, Action | None, bool]:
+    """(a route label for metrics, the action it needs, whether the path is a known route)."""
+    path = raw_path.decode("latin-1")
+    if path in ROUTES:
+        return path, ROUTES[path], True
+    for prefix, action in PREFIXES.items():
+        if path.startswith(prefix) and "/" not in path[len(prefix) :]:
+            return prefix + "{model}", action, True
+    return "other", None, False
+
+
+def _host_name(host: str) -> str:
+    if host.startswith("["):
+        return host.split("]")[0] + "]"
+    return host.rsplit(":", 1)[0] if host.count(":") == 1 else host
+
+
+class Guard:
+    def __init__(self, app: ASGIApp, st: ServerState, options: GuardOptions) -> None:
+        self.app, self.st, self.options = app, st, options
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        scope.setdefault("state", {}).update(started=started, audit={})
+        raw = scope.get("raw_path") or scope["path"].encode()
+        raw = raw.split(b"?", 1)[0]
+        label, action, known = route_of(raw)
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+        status = [0]
+
+        async def sending(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                status[0] = message["status"]
+            await send(message)
+
+        key: ApiKey | None = None
+        try:
+            refusal = self._refusal(scope, raw, headers)
+            preflight = scope["method"] == "OPTIONS" and "origin" in headers  # CORS answers it; no key is sent
+            if refusal is None and self.st.keys is not None and not preflight:
+                key, refusal = self._authorise(headers, action, known)
+            if refusal is not None:
+                code, message = refusal
+                await error_response(scope["path"], code, message, headers=_auth_header(code))(scope, receive, sending)
+            else:
+                await self.app(scope, self._limited(receive, headers), sending)
+        finally:
+            self._record(scope, label, key, status[0] or 500, started)
+
+    def _refusal(self, scope: Scope, raw: bytes, headers: dict[str, str]) -> tuple[int, str] | None:
+        host = headers.get("host")
+        if self.options.loopback_only and host is not None:
+            name = _host_name(host).lower()
+            if name not in LOOPBACK_NAMES and name not in self.options.allowed_hosts:
+                return 403, (
+                    f"Host '{escape(host, 80)}' is not allowed: this server listens on loopback only "
+                    "(DNS rebinding protection); use 127.0.0.1 or localhost, or start it with --allow-host NAME"
+                )
+        origin = headers.get("origin")
+        if origin is not None and origin not in self.options.cors_origins and "*" not in self.options.cors_origins:
+            return 403, f"Origin '{escape(origin, 80)}' is not allowed; start the server with --cors-origin ORIGIN"
+        if b"%" in raw:
+            return 400, "percent-encoded characters are not accepted in the path; send the path as the API documents it"
+        if scope["method"] in ("POST", "PUT", "PATCH", "DELETE"):
+            kind = headers.get("content-type", "").split(";")[0].strip().lower()
+            if kind not in JSON_TYPES:
+                return 415, f"the body must be JSON (Content-Type: application/json), not '{escape(kind, 60)}'"
+            length = headers.get("content-length")
+            if length is not None and (not length.isdigit() or int(length) > self.options.max_body):
+                return 413, f"the body is larger than this server's limit of {self.options.max_body:,} bytes"
+        return None
+
+    def _authorise(
+        self, headers: dict[str, str], action: Action | None, known: bool
+    ) -> tuple[ApiKey | None, tuple[int, str] | None]:
+        assert self.st.keys is not None
+        given = headers.get("authorization")
+        if given is None:
+            return None, (401, "an API key is required: send 'Authorization: Bearer KEY'")
+        if not given.startswith("Bearer "):
+            return None, (401, "the Authorization header must be 'Bearer KEY' (with 'Bearer' capitalised)")
+        key = self.st.keys.find(given[len("Bearer ") :].strip())
+        if key is None:
+            return None, (401, "the API key is not valid")
+        if action is not None and not key.may(action):
+            return key, (403, f"the role '{key.role}' of key '{key.id}' may not {action.value}")
+        return key, None
+
+    def _limited(self, receive: Receive, headers: dict[str, str]) -> Receive:
+        limit, seen = self.options.max_body, [0]
+
+        async def receiving() -> Message:
+            message = await receive()
+            if message["type"] == "http.request":
+                seen[0] += len(message.get("body", b""))
+                if seen[0] > limit:
+                    raise RequestTooLargeError(f"the body is larger than this server's limit of {limit:,} bytes")
+            return message
+
+        return receiving
+
+    def _record(self, scope: Scope, label: str, key: ApiKey | None, status: int, started: float) -> None:
+        ms = (time.perf_counter() - started) * 1000
+        facts = scope["state"].get("audit", {})
+        client = scope.get("client")
+        address = f"{client[0]}:{client[1]}" if client else "-"
+        path = escape(scope.get("raw_path", b"").decode("latin-1") or scope["path"])
+        self.st.metrics.requests.labels(label, str(status)).inc()
+        log.info("%s %s %s %d %.1fms key=%s", address, scope["method"], path, status, ms, key.id if key else "-")
+        if self.st.audit is None:
+            return
+        self.st.audit.write(AuditRecord(
+            time=dt.datetime.now(dt.timezone.utc).isoformat(timespec="milliseconds"),
+            key_id=key.id if key else None, role=key.role if key else None, client=address,
+            method=scope["method"], route=path, model=_str(facts.get("model")), status=status,
+            tokens_in=int(facts.get("tokens_in", 0)), tokens_out=int(facts.get("tokens_out", 0)),
+            duration_ms=round(ms, 1), prompt=facts.get("prompt") if self.st.audit_prompts else None,
+        ))  # fmt: skip
+
+
+def _str(value: Any) -> str | None:
+    return None if value is None else escape(str(value), 256)
+
+
+def _auth_header(status: int) -> dict[str, str] | None:
+    return {"WWW-Authenticate": 'Bearer realm="edgeslm"'} if status == 401 else None
+
+
+def origins(values: Iterable[str]) -> frozenset[str]:
+    return frozenset(v.rstrip("/") for v in values)

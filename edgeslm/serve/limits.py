@@ -1,0 +1,12 @@
+"""What one request may ask for; every bound here is a refusal with a clear message, not a crash."""
+
+from __future__ import annotations
+
+MAX_BODY = 8 * 2**20  # bytes of request body (--max-body)
+MAX_MESSAGES = 1024
+MAX_STOP = 16
+MAX_STOP_CHARS = 256
+MAX_NAME = 256
+MAX_TOP_LOGPROBS = 20
+MAX_EMBED_INPUTS = 256
+MAX_CONTEXT_IDS = 1 << 20  # Ollama's ``context`` list; the model's context bounds it further

@@ -1,0 +1,325 @@
+"""Ollama's API (``docs/api.md``): generate, chat, embed, tags, show, ps, version, and the store's
+verbs in ``ollama_admin``. Bodies as Ollama's clients send them; replies with Ollama's fields and
+NDJSON streaming; durations in nanoseconds."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+from fastapi import APIRouter
+from starlette.requests import Request
+from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
+
+from .. import __version__
+from ..engines.base import SamplingParams
+from ..errors import EdgeslmError, InvalidParameterError, http_status_for
+from ..formats.model_info import ModelInfo
+from ..store import parse_name
+from ..store.registry import Manifest
+from ..units import format_params
+from .http_errors import public_message
+from .limits import MAX_TOP_LOGPROBS
+from .ollama_schemas import (
+    ChatRequest,
+    EmbeddingsRequest,
+    EmbedRequest,
+    GenerateRequest,
+    Options,
+    check_stops,
+    parse_keep_alive,
+)
+from .runner import Chunk, Done, Job
+from .service import Generation, collect, hold, note, parse, state
+
+log = logging.getLogger(__name__)
+router = APIRouter()
+NDJSON = "application/x-ndjson"
+NEVER = "2318-11-28T00:00:00Z"  # Ollama's "never expires"
+# Ollama's defaults (api/types.go DefaultOptions)
+DEFAULTS = {"temperature": 0.8, "top_k": 40, "top_p": 0.9, "min_p": 0.0, "repeat_penalty": 1.1, "repeat_last_n": 64}
+SAMPLING_KEYS = ("temperature", "top_k", "top_p", "min_p", "repeat_penalty", "repeat_last_n", "seed")
+
+
+def now_iso() -> str:
+    return dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def ns(seconds: float) -> int:
+    return int(seconds * 1e9)
+
+
+def job_settings(
+    request: Request, options: Options | None, stored: dict[str, Any]
+) -> tuple[SamplingParams, int, tuple[str, ...]]:
+    """Sampling, token limit and stop strings: Ollama's defaults < the model's stored parameters < options."""
+    given = options.model_dump(exclude_none=True) if options else {}
+    merged = {**DEFAULTS, **stored, **given}
+    ignored = sorted(k for k in given if k not in (*SAMPLING_KEYS, "num_ctx", "num_predict", "stop"))
+    if ignored:
+        log.info("options not used by llama.cpp's samplers here, ignored: %s", ", ".join(ignored)[:200])
+    seed = merged.get("seed")
+    sampling = SamplingParams(
+        **{k: merged[k] for k in SAMPLING_KEYS if k in merged and k != "seed"},
+        seed=None if seed is None or seed == -1 else seed,
+    )
+    ctx = state(request).manager.params.ctx_per_slot
+    num_ctx = merged.get("num_ctx")
+    if num_ctx is not None and not (isinstance(num_ctx, int) and 1 <= num_ctx <= ctx):
+        raise InvalidParameterError(
+            f"num_ctx {num_ctx} is more than this server's context per slot ({ctx:,}); restart 'edgeslm serve --ctx N'"
+        )
+    num_predict = merged.get("num_predict", -1)
+    if not isinstance(num_predict, int) or num_predict == 0 or num_predict < -2 or num_predict > ctx:
+        raise InvalidParameterError(
+            f"num_predict {num_predict} is out of range; valid: -1 (no limit), -2 (fill the context) or 1 to {ctx:,}"
+        )
+    return sampling, (-1 if num_predict < 0 else num_predict), check_stops(merged.get("stop"))
+
+
+def check_logprobs(wanted: bool | None, top: int | None) -> int | None:
+    if not wanted:
+        return None
+    top = top or 0
+    if not 0 <= top <= MAX_TOP_LOGPROBS:
+        raise InvalidParameterError(f"top_logprobs {top} is out of range; valid: 0 to {MAX_TOP_LOGPROBS}")
+    return top
+
+
+def stored_defaults(request: Request, name: str) -> tuple[str | None, dict[str, Any]]:
+    defaults = state(request).manifest(name).defaults
+    return defaults.get("system"), dict(defaults.get("parameters") or {})
+
+
+def logprobs_of(chunks: list[Chunk]) -> list[dict[str, Any]]:
+    return [
+        {"token": c.piece, "logprob": c.logprob, "top_logprobs": [{"token": t, "logprob": lp} for t, lp in c.top]}
+        for c in chunks
+        if c.logprob is not None
+    ]
+
+
+def final_fields(gen: Generation, done: Done) -> dict[str, Any]:
+    return {
+        "done": True,
+        "done_reason": done.finish,
+        "total_duration": ns(time.perf_counter() - gen.started),
+        "load_duration": ns(gen.load_seconds),
+        "prompt_eval_count": done.prompt_tokens,
+        "prompt_eval_duration": ns(done.prompt_seconds),
+        "eval_count": done.completion_tokens,
+        "eval_duration": ns(done.generation_seconds),
+    }
+
+
+def ndjson(lines: AsyncIterator[dict[str, Any]]) -> StreamingResponse:
+    async def body() -> AsyncIterator[bytes]:
+        try:
+            async for line in lines:
+                yield json.dumps(line).encode() + b"\n"
+        except EdgeslmError as exc:  # after the first line the status is sent: the error is a line
+            yield json.dumps({"error": public_message(str(exc))}).encode() + b"\n"
+            log.warning("a stream ended with %s (HTTP %d)", type(exc).__name__, http_status_for(exc))
+
+    return StreamingResponse(body(), media_type=NDJSON)
+
+
+@router.get("/")
+@router.head("/")
+async def root() -> Response:
+    return PlainTextResponse("edgeslm is running")
+
+
+@router.get("/api/version")
+@router.head("/api/version")
+async def version() -> dict[str, str]:
+    return {"version": __version__}
+
+
+async def _load_only(request: Request, model: str, keep_alive: float | None, **extra: Any) -> JSONResponse:
+    """A request with no prompt loads the model (or unloads it with keep_alive 0), as Ollama does."""
+    st = state(request)
+    if keep_alive == 0:
+        st.manager.unload(model)
+        reason = "unload"
+    else:
+        st.manager.release(await hold(request, model, keep_alive))
+        reason = "load"
+    name = st.manager.needs(model)[0]
+    return JSONResponse({"model": name, "created_at": now_iso(), **extra, "done": True, "done_reason": reason})
+
+
+@router.post("/api/generate")
+async def generate(request: Request) -> Response:
+    body = await parse(request, GenerateRequest)
+    note(request, model=body.model)
+    if body.template:
+        raise InvalidParameterError(
+            "request-supplied templates are refused; the model's own chat template is used "
+            "(or send raw=true with a prompt you formatted yourself)"
+        )
+    if body.images:
+        raise InvalidParameterError("images are not supported: edgeslm serves text models")
+    if body.suffix:
+        raise InvalidParameterError("suffix (fill-in-the-middle) is not supported yet")
+    keep = parse_keep_alive(body.keep_alive)
+    if not body.prompt and not body.context:
+        return await _load_only(request, body.model, keep, response="")
+    system, stored = stored_defaults(request, body.model)
+    sampling, max_tokens, stop = job_settings(request, body.options, stored)
+    if state(request).audit_prompts:
+        note(request, prompt=body.prompt)
+    job = Job(
+        body.prompt, sampling, max_tokens, stop, check_logprobs(body.logprobs, body.top_logprobs),
+        template=not body.raw, system=None if body.raw else (body.system or system),
+        context=tuple(body.context or ()), format=body.format, return_prompt_ids=True,
+    )  # fmt: skip
+    gen = await Generation.start(request, body.model, job, keep)
+    if not body.stream:
+        reply = await collect(request, gen)
+        out = {"model": gen.name, "created_at": now_iso(), "response": reply.text, **final_fields(gen, reply.done)}
+        out["context"] = [*reply.done.prompt_ids, *reply.tokens]
+        if job.logprobs is not None:
+            out["logprobs"] = logprobs_of(reply.chunks)
+        return JSONResponse(out)
+
+    async def lines() -> AsyncIterator[dict[str, Any]]:
+        tokens: list[int] = []
+        async for ev in gen:
+            if isinstance(ev, Chunk):
+                if ev.token is not None:
+                    tokens.append(ev.token)
+                line: dict[str, Any] = {"model": gen.name, "created_at": now_iso(), "response": ev.text, "done": False}
+                if ev.logprob is not None:
+                    line["logprobs"] = logprobs_of([ev])
+                yield line
+            else:
+                final = {"model": gen.name, "created_at": now_iso(), "response": "", **final_fields(gen, ev)}
+                yield {**final, "context": [*ev.prompt_ids, *tokens]}
+
+    return ndjson(lines())
+
+
+@router.post("/api/chat")
+async def chat(request: Request) -> Response:
+    body = await parse(request, ChatRequest)
+    note(request, model=body.model)
+    if any(m.images for m in body.messages):
+        raise InvalidParameterError("images are not supported: edgeslm serves text models")
+    if body.tools:
+        raise InvalidParameterError("tools are not supported yet; send the conversation without 'tools'")
+    keep = parse_keep_alive(body.keep_alive)
+    if not body.messages:
+        return await _load_only(request, body.model, keep, message={"role": "assistant", "content": ""})
+    system, stored = stored_defaults(request, body.model)
+    sampling, max_tokens, stop = job_settings(request, body.options, stored)
+    messages = [{"role": m.role, "content": m.content} for m in body.messages]
+    if state(request).audit_prompts:
+        note(request, prompt=json.dumps(messages)[:100_000])
+    logprobs = check_logprobs(body.logprobs, body.top_logprobs)
+    job = Job(messages, sampling, max_tokens, stop, logprobs, system=system, format=body.format)
+    gen = await Generation.start(request, body.model, job, keep)
+    if not body.stream:
+        reply = await collect(request, gen)
+        message = {"role": "assistant", "content": reply.text}
+        out = {"model": gen.name, "created_at": now_iso(), "message": message, **final_fields(gen, reply.done)}
+        if logprobs is not None:
+            out["logprobs"] = logprobs_of(reply.chunks)
+        return JSONResponse(out)
+
+    async def lines() -> AsyncIterator[dict[str, Any]]:
+        async for ev in gen:
+            if isinstance(ev, Chunk):
+                message = {"role": "assistant", "content": ev.text}
+                line: dict[str, Any] = {"model": gen.name, "created_at": now_iso(), "message": message, "done": False}
+                if ev.logprob is not None:
+                    line["logprobs"] = logprobs_of([ev])
+                yield line
+            else:
+                empty = {"role": "assistant", "content": ""}
+                yield {"model": gen.name, "created_at": now_iso(), "message": empty, **final_fields(gen, ev)}
+
+    return ndjson(lines())
+
+
+@router.post("/api/embed")
+async def embed(request: Request) -> Response:
+    body = await parse(request, EmbedRequest)
+    note(request, model=body.model)
+    texts = body.texts()
+    if body.dimensions is not None:
+        raise InvalidParameterError("dimensions is not supported: the model's embedding size is used")
+    started = request.scope["state"]["started"]
+    lease = await hold(request, body.model, parse_keep_alive(body.keep_alive))
+    try:
+        result = await lease.runner.aembed(texts) if texts else None
+    finally:
+        state(request).manager.release(lease)
+    tokens = result.tokens if result else 0
+    note(request, tokens_in=tokens)
+    state(request).metrics.prompt_tokens.labels(lease.name).inc(tokens)
+    return JSONResponse({
+        "model": lease.name, "embeddings": result.vectors if result else [],
+        "total_duration": ns(time.perf_counter() - started), "load_duration": ns(lease.load_seconds),
+        "prompt_eval_count": tokens,
+    })  # fmt: skip
+
+
+@router.post("/api/embeddings")
+async def embeddings(request: Request) -> Response:
+    body = await parse(request, EmbeddingsRequest)
+    note(request, model=body.model)
+    lease = await hold(request, body.model, parse_keep_alive(body.keep_alive))
+    try:
+        result = await lease.runner.aembed([body.prompt]) if body.prompt else None
+    finally:
+        state(request).manager.release(lease)
+    note(request, tokens_in=result.tokens if result else 0)
+    return JSONResponse({"embedding": result.vectors[0] if result else []})
+
+
+def details(info: ModelInfo) -> dict[str, Any]:
+    return {
+        "parent_model": "",
+        "format": "gguf",
+        "family": info.architecture,
+        "families": [info.architecture],
+        "parameter_size": format_params(info.n_params),
+        "quantization_level": info.file_type or "unknown",
+    }
+
+
+def model_entry(m: Manifest) -> dict[str, Any]:
+    digest = m.digest.removeprefix("sha256-")
+    entry = {"name": str(m.name), "model": str(m.name), "modified_at": m.created, "size": m.size, "digest": digest}
+    return {**entry, "details": details(m.info)}
+
+
+@router.get("/api/tags")
+async def tags(request: Request) -> dict[str, Any]:
+    manifests = sorted(state(request).store().manifests(), key=lambda m: m.created, reverse=True)
+    return {"models": [model_entry(m) for m in manifests]}
+
+
+@router.get("/api/ps")
+async def ps(request: Request) -> dict[str, Any]:
+    st = state(request)
+    out = []
+    for m in st.manager.ps():
+        manifest = st.store().find(parse_name(m.name))
+        expires = NEVER if m.expires_in is None else _iso_in(m.expires_in)
+        entry = model_entry(manifest) if manifest else {"name": m.name, "model": m.name}
+        out.append({
+            **entry, "size": m.memory, "size_vram": 0, "expires_at": expires,
+            "context_length": st.manager.params.ctx_per_slot, "slots": m.slots, "in_flight": m.in_flight,
+        })  # fmt: skip
+    return {"models": out}
+
+
+def _iso_in(seconds: float) -> str:
+    when = dt.datetime.now(dt.timezone.utc) + dt.timedelta(seconds=seconds)
+    return when.strftime("%Y-%m-%dT%H:%M:%S.%fZ")

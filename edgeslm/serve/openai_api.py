@@ -1,0 +1,216 @@
+"""OpenAI's API: chat completions, completions, embeddings and models, with SSE streaming that
+ends in ``data: [DONE]``. Unset sampling fields take llama.cpp's defaults, as llama-server does."""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import json
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import numpy as np
+from fastapi import APIRouter
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+
+from ..engines.base import SamplingParams
+from ..errors import EdgeslmError, InvalidParameterError, ModelNotFoundError, http_status_for
+from ..store.registry import Manifest
+from .http_errors import error_body
+from .openai_schemas import ChatCompletionRequest, CompletionRequest, EmbeddingRequest, _Sampling
+from .runner import Chunk, Done, Job
+from .service import Generation, Reply, collect, hold, note, parse, state
+
+log = logging.getLogger(__name__)
+router = APIRouter(prefix="/v1")
+FINGERPRINT = "edgeslm"
+
+
+def sampling_of(body: _Sampling) -> SamplingParams:
+    given = {k: getattr(body, k) for k in ("temperature", "top_p", "top_k", "min_p", "repeat_penalty", "seed")}
+    if body.presence_penalty or body.frequency_penalty:
+        log.info("presence/frequency penalties are not applied (llama.cpp's repeat_penalty is)")
+    return SamplingParams(**{k: v for k, v in given.items() if v is not None})
+
+
+def limit_of(*values: int | None) -> int:
+    for v in values:
+        if v is not None:
+            if v < 1:
+                raise InvalidParameterError(f"max_tokens {v} is out of range; valid: 1 up to the context size")
+            return v
+    return -1
+
+
+def usage(done: Done) -> dict[str, int]:
+    total = done.prompt_tokens + done.completion_tokens
+    return {"prompt_tokens": done.prompt_tokens, "completion_tokens": done.completion_tokens, "total_tokens": total}
+
+
+def sse(events: AsyncIterator[dict[str, Any]], path: str) -> StreamingResponse:
+    async def body() -> AsyncIterator[bytes]:
+        try:
+            async for event in events:
+                yield b"data: " + json.dumps(event).encode() + b"\n\n"
+        except EdgeslmError as exc:  # the status is sent already: the error is an event
+            yield b"data: " + json.dumps(error_body(path, http_status_for(exc), str(exc))).encode() + b"\n\n"
+        yield b"data: [DONE]\n\n"
+
+    return StreamingResponse(body(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+
+
+def chat_logprobs(chunks: list[Chunk]) -> dict[str, Any]:
+    def entry(token: str, lp: float) -> dict[str, Any]:
+        return {"token": token, "logprob": lp, "bytes": list(token.encode())}
+
+    content = [{**entry(c.piece, c.logprob), "top_logprobs": [entry(t, p) for t, p in c.top]}
+               for c in chunks if c.logprob is not None]  # fmt: skip
+    return {"content": content}
+
+
+def completion_logprobs(chunks: list[Chunk]) -> dict[str, Any]:
+    offsets, at = [], 0
+    for c in chunks:
+        offsets.append(at)
+        at += len(c.piece)
+    return {
+        "tokens": [c.piece for c in chunks],
+        "token_logprobs": [c.logprob for c in chunks],
+        "top_logprobs": [dict(c.top) for c in chunks],
+        "text_offset": offsets,
+    }
+
+
+@router.post("/chat/completions")
+async def chat_completions(request: Request) -> Response:
+    body = await parse(request, ChatCompletionRequest)
+    note(request, model=body.model)
+    body.check_n()
+    if body.tools:
+        raise InvalidParameterError("tools are not supported yet; send the conversation without 'tools'")
+    messages = [{"role": "system" if m.role == "developer" else m.role, "content": m.text()} for m in body.messages]
+    if state(request).audit_prompts:
+        note(request, prompt=json.dumps(messages)[:100_000])
+    logprobs = (body.top_logprobs or 0) if body.logprobs else None
+    fmt = body.response_format.spec() if body.response_format else None
+    job = Job(messages, sampling_of(body), limit_of(body.max_completion_tokens, body.max_tokens), body.stops(),
+              logprobs, system=state(request).manifest(body.model).defaults.get("system"), format=fmt)  # fmt: skip
+    gen = await Generation.start(request, body.model, job, None)
+    rid, created = f"chatcmpl-{uuid.uuid4().hex[:24]}", int(time.time())
+    head = {"id": rid, "created": created, "model": gen.name, "system_fingerprint": FINGERPRINT}
+    if not body.stream:
+        reply = await collect(request, gen)
+        choice = {"index": 0, "message": {"role": "assistant", "content": reply.text},
+                  "logprobs": chat_logprobs(reply.chunks) if logprobs is not None else None,
+                  "finish_reason": reply.done.finish}  # fmt: skip
+        return JSONResponse({**head, "object": "chat.completion", "choices": [choice], "usage": usage(reply.done)})
+    include_usage = bool(body.stream_options and body.stream_options.include_usage)
+
+    async def events() -> AsyncIterator[dict[str, Any]]:
+        def chunk(delta: dict[str, Any], finish: str | None, lp: Any = None) -> dict[str, Any]:
+            choice = {"index": 0, "delta": delta, "logprobs": lp, "finish_reason": finish}
+            return {**head, "object": "chat.completion.chunk", "choices": [choice]}
+
+        yield chunk({"role": "assistant", "content": ""}, None)
+        async for ev in gen:
+            if isinstance(ev, Chunk):
+                if ev.text or ev.logprob is not None:
+                    yield chunk({"content": ev.text}, None, chat_logprobs([ev]) if ev.logprob is not None else None)
+            else:
+                yield chunk({}, ev.finish)
+                if include_usage:
+                    yield {**head, "object": "chat.completion.chunk", "choices": [], "usage": usage(ev)}
+
+    return sse(events(), request.url.path)
+
+
+@router.post("/completions")
+async def completions(request: Request) -> Response:
+    body = await parse(request, CompletionRequest)
+    note(request, model=body.model)
+    body.check_n()
+    if body.echo or body.suffix:
+        raise InvalidParameterError("echo and suffix are not supported; send the prompt alone")
+    prompt: str | list[int]
+    if isinstance(body.prompt, list) and body.prompt and all(isinstance(p, str) for p in body.prompt):
+        if len(body.prompt) != 1:
+            raise InvalidParameterError("a list of several prompts is not supported; send one prompt per request")
+        prompt = str(body.prompt[0])
+    else:
+        prompt = body.prompt if isinstance(body.prompt, str) else [int(t) for t in body.prompt]
+    if not prompt:
+        raise InvalidParameterError("the prompt is empty")
+    if state(request).audit_prompts:
+        note(request, prompt=str(prompt)[:100_000])
+    job = Job(prompt, sampling_of(body), limit_of(body.max_tokens), body.stops(), body.logprobs)
+    gen = await Generation.start(request, body.model, job, None)
+    head = {"id": f"cmpl-{uuid.uuid4().hex[:24]}", "object": "text_completion", "created": int(time.time()),
+            "model": gen.name, "system_fingerprint": FINGERPRINT}  # fmt: skip
+    if not body.stream:
+        reply: Reply = await collect(request, gen)
+        lp = completion_logprobs(reply.chunks) if body.logprobs is not None else None
+        choice = {"text": reply.text, "index": 0, "logprobs": lp, "finish_reason": reply.done.finish}
+        return JSONResponse({**head, "choices": [choice], "usage": usage(reply.done)})
+    include_usage = bool(body.stream_options and body.stream_options.include_usage)
+
+    async def events() -> AsyncIterator[dict[str, Any]]:
+        async for ev in gen:
+            if isinstance(ev, Chunk):
+                lp = completion_logprobs([ev]) if ev.logprob is not None else None
+                yield {**head, "choices": [{"text": ev.text, "index": 0, "logprobs": lp, "finish_reason": None}]}
+            else:
+                yield {**head, "choices": [{"text": "", "index": 0, "logprobs": None, "finish_reason": ev.finish}]}
+                if include_usage:
+                    yield {**head, "choices": [], "usage": usage(ev)}
+
+    return sse(events(), request.url.path)
+
+
+@router.post("/embeddings")
+async def embeddings(request: Request) -> Response:
+    body = await parse(request, EmbeddingRequest)
+    note(request, model=body.model)
+    texts = body.texts()
+    if body.dimensions is not None:
+        raise InvalidParameterError("dimensions is not supported: the model's embedding size is used")
+    lease = await hold(request, body.model, None)
+    try:
+        result = await lease.runner.aembed(texts)
+    finally:
+        state(request).manager.release(lease)
+    note(request, tokens_in=result.tokens)
+    state(request).metrics.prompt_tokens.labels(lease.name).inc(result.tokens)
+
+    def encode(vec: list[float]) -> list[float] | str:
+        if body.encoding_format == "base64":
+            return base64.b64encode(np.asarray(vec, dtype="<f4").tobytes()).decode()
+        return vec
+
+    data = [{"object": "embedding", "index": i, "embedding": encode(v)} for i, v in enumerate(result.vectors)]
+    tokens = {"prompt_tokens": result.tokens, "total_tokens": result.tokens}
+    return JSONResponse({"object": "list", "data": data, "model": lease.name, "usage": tokens})
+
+
+def model_object(m: Manifest) -> dict[str, Any]:
+    try:
+        created = int(dt.datetime.fromisoformat(m.created).timestamp())
+    except ValueError:
+        created = 0
+    return {"id": str(m.name), "object": "model", "created": created, "owned_by": "edgeslm"}
+
+
+@router.get("/models")
+async def models(request: Request) -> dict[str, Any]:
+    return {"object": "list", "data": [model_object(m) for m in state(request).store().manifests()]}
+
+
+@router.get("/models/{model:path}")
+async def model(request: Request, model: str) -> dict[str, Any]:
+    try:
+        return model_object(state(request).manifest(model))
+    except ModelNotFoundError:
+        raise ModelNotFoundError(f"the model '{model[:200]}' does not exist") from None

@@ -1,0 +1,115 @@
+"""OpenAI's request bodies (chat completions, completions, embeddings), checked at the edge."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from ..errors import InvalidParameterError
+from .limits import MAX_EMBED_INPUTS, MAX_MESSAGES, MAX_NAME, MAX_STOP, MAX_STOP_CHARS, MAX_TOP_LOGPROBS
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="ignore", allow_inf_nan=False)
+
+
+class ContentPart(_Body):
+    type: str
+    text: str | None = None
+
+
+class ChatMessage(_Body):
+    role: Literal["system", "developer", "user", "assistant", "tool"]
+    content: str | list[ContentPart] | None = None
+    name: str | None = None
+
+    def text(self) -> str:
+        if self.content is None or isinstance(self.content, str):
+            return self.content or ""
+        if any(p.type != "text" for p in self.content):
+            kinds = sorted({p.type for p in self.content if p.type != "text"})
+            raise InvalidParameterError(f"message parts of type {', '.join(kinds)[:100]} are not supported; send text")
+        return "".join(p.text or "" for p in self.content)
+
+
+class StreamOptions(_Body):
+    include_usage: bool = False
+
+
+class ResponseFormat(_Body):
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: dict[str, Any] | None = None
+
+    def spec(self) -> str | dict[str, Any] | None:
+        if self.type == "text":
+            return None
+        if self.type == "json_object":
+            return "json"
+        schema = (self.json_schema or {}).get("schema")
+        if not isinstance(schema, dict):
+            raise InvalidParameterError("response_format json_schema needs json_schema.schema, a JSON schema object")
+        return schema
+
+
+class _Sampling(_Body):
+    model: str = Field(max_length=MAX_NAME)
+    temperature: float | None = Field(None, ge=0, le=2)
+    top_p: float | None = Field(None, gt=0, le=1)
+    top_k: int | None = None  # llama.cpp's extension, as llama-server accepts it
+    min_p: float | None = None
+    repeat_penalty: float | None = None
+    n: int | None = None
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    stop: str | list[str] | None = None
+    seed: int | None = None
+    max_tokens: int | None = None
+    presence_penalty: float | None = Field(None, ge=-2, le=2)
+    frequency_penalty: float | None = Field(None, ge=-2, le=2)
+    user: str | None = None
+
+    def stops(self) -> tuple[str, ...]:
+        stops = [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
+        if len(stops) > MAX_STOP:
+            raise InvalidParameterError(f"{len(stops):,} stop strings; at most {MAX_STOP}")
+        if any(len(s) > MAX_STOP_CHARS for s in stops):
+            raise InvalidParameterError(f"a stop string is longer than {MAX_STOP_CHARS} characters")
+        return tuple(s for s in stops if s)
+
+    def check_n(self) -> None:
+        if self.n is not None and self.n != 1:
+            raise InvalidParameterError(f"n={self.n} is not supported; edgeslm returns one choice (n=1)")
+
+
+class ChatCompletionRequest(_Sampling):
+    messages: list[ChatMessage] = Field(min_length=1, max_length=MAX_MESSAGES)
+    max_completion_tokens: int | None = None
+    logprobs: bool = False
+    top_logprobs: int | None = Field(None, ge=0, le=MAX_TOP_LOGPROBS)
+    response_format: ResponseFormat | None = None
+    tools: list[dict[str, Any]] | None = None
+
+
+class CompletionRequest(_Sampling):
+    prompt: str | list[str] | list[int] = ""
+    logprobs: int | None = Field(None, ge=0, le=5)
+    echo: bool = False
+    suffix: str | None = None
+    max_tokens: int | None = 16  # OpenAI's default for completions
+
+
+class EmbeddingRequest(_Body):
+    model: str = Field(max_length=MAX_NAME)
+    input: str | list[str] = Field(min_length=1)
+    encoding_format: Literal["float", "base64"] = "float"
+    dimensions: int | None = None
+    user: str | None = None
+
+    def texts(self) -> list[str]:
+        texts = [self.input] if isinstance(self.input, str) else list(self.input)
+        if len(texts) > MAX_EMBED_INPUTS:
+            raise InvalidParameterError(f"input has {len(texts):,} texts; at most {MAX_EMBED_INPUTS} per request")
+        if not all(texts):
+            raise InvalidParameterError("input must not contain empty strings")
+        return texts

@@ -1,0 +1,198 @@
+"""What both dialects share: the server's state, parsing bodies, and running one generation.
+
+``Generation.start`` holds the model (loading it off the event loop), sends the job to its
+runner and waits for the first event, so that a refusal (a prompt too long, a full queue)
+becomes an HTTP status rather than a broken stream. Iterating it yields the runner's events,
+records time to first token, inter-token latency and token counts, and releases the model
+when the reply ends or the client goes away (the runner then frees the slot at once).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from pydantic import BaseModel, ValidationError
+from starlette.requests import Request
+
+from ..config import Settings
+from ..errors import InvalidParameterError, ModelNotFoundError
+from ..store import Store, parse_name
+from ..store.registry import Manifest
+from .audit import AuditLog
+from .keys import KeyRing
+from .manager import Lease, ModelManager
+from .metrics import Metrics
+from .runner import Chunk, Done, Job
+
+B = TypeVar("B", bound=BaseModel)
+
+
+@dataclass
+class ServerState:
+    settings: Settings
+    manager: ModelManager
+    metrics: Metrics
+    keys: KeyRing | None = None
+    audit: AuditLog | None = None
+    audit_prompts: bool = False
+    started: float = field(default_factory=time.time)
+
+    def store(self) -> Store:
+        return Store.open(self.settings.models_dir)
+
+    def manifest(self, name: str) -> Manifest:
+        manifest = self.store().find(parse_name(name))
+        if manifest is None:
+            raise ModelNotFoundError(f"model '{name}' not found; 'GET /api/tags' lists the models this server has")
+        return manifest
+
+
+def state(request: Request) -> ServerState:
+    st: ServerState = request.app.state.edgeslm
+    return st
+
+
+def note(request: Request, **fields: Any) -> None:
+    """Facts for this request's audit line (model, tokens, prompt)."""
+    request.scope.setdefault("state", {}).setdefault("audit", {}).update(fields)
+
+
+async def parse(request: Request, schema: type[B]) -> B:
+    """The body as ``schema``: a JSON object, or a 400 that names the first problem."""
+    raw = await request.body()
+    try:
+        data = json.loads(raw or b"{}")
+    except json.JSONDecodeError as exc:
+        raise InvalidParameterError(f"the body is not valid JSON ({exc.msg} at position {exc.pos})") from None
+    except UnicodeDecodeError:
+        raise InvalidParameterError("the body is not valid JSON (it is not UTF-8)") from None
+    except RecursionError:
+        raise InvalidParameterError("the body is nested too deeply") from None
+    if not isinstance(data, dict):
+        raise InvalidParameterError(f"the body must be a JSON object, not a JSON {type(data).__name__}")
+    try:
+        return schema.model_validate(data)
+    except ValidationError as exc:
+        raise InvalidParameterError(describe_validation(exc)) from None
+
+
+def describe_validation(exc: ValidationError) -> str:
+    problems = []
+    for err in exc.errors(include_url=False, include_input=False)[:3]:
+        where = ".".join(str(p) for p in err["loc"]) or "body"
+        problems.append(f"{where}: {err['msg']}")
+    more = f" (and {exc.error_count() - 3} more)" if exc.error_count() > 3 else ""
+    return "invalid request: " + "; ".join(problems) + more
+
+
+class Generation:
+    """One running reply; iterate it exactly once (or ``aclose`` it)."""
+
+    def __init__(self, st: ServerState, request: Request, lease: Lease, events: Any, first: Chunk | Done) -> None:
+        self.st, self.request, self.lease, self._events, self._first = st, request, lease, events, first
+        self.started = request.scope["state"]["started"]
+        self.name = lease.name
+        self.load_seconds = lease.load_seconds
+        self.done: Done | None = None
+        self._released = False
+
+    @classmethod
+    async def start(cls, request: Request, name: str, job: Job, keep_alive: float | None) -> Generation:
+        st = state(request)
+        limit = st.manager.params.ctx_per_slot
+        if job.max_tokens > limit:
+            raise InvalidParameterError(
+                f"max_tokens {job.max_tokens:,} is more than the context holds ({limit:,} tokens per slot)"
+            )
+        lease = await hold(request, name, keep_alive)
+        events = lease.runner.agenerate(job)
+        try:
+            first = await anext(events)
+        except BaseException:
+            await events.aclose()
+            st.manager.release(lease)
+            raise
+        return cls(st, request, lease, events, first)
+
+    async def __aiter__(self) -> AsyncIterator[Chunk | Done]:
+        metrics, model = self.st.metrics, self.name
+        last: float | None = None
+        try:
+            event: Chunk | Done | None = self._first
+            while event is not None:
+                now = time.perf_counter()
+                if isinstance(event, Chunk) and event.token is not None:
+                    if last is None:
+                        metrics.ttft.labels(model).observe(now - self.started)
+                    else:
+                        metrics.itl.labels(model).observe(now - last)
+                    last = now
+                elif isinstance(event, Done):
+                    self.done = event
+                    metrics.prompt_tokens.labels(model).inc(event.prompt_tokens)
+                    metrics.generated_tokens.labels(model).inc(event.completion_tokens)
+                    note(self.request, tokens_in=event.prompt_tokens, tokens_out=event.completion_tokens)
+                yield event
+                event = await anext(self._events, None)
+        finally:
+            await self.aclose()
+
+    async def aclose(self) -> None:
+        if not self._released:
+            self._released = True
+            await self._events.aclose()
+            self.st.manager.release(self.lease)
+
+
+async def hold(request: Request, name: str, keep_alive: float | None) -> Lease:
+    """The model's runner for this request (loaded off the event loop if needed)."""
+    st = state(request)
+    lease = await asyncio.to_thread(st.manager.acquire, name, keep_alive)
+    note(request, model=lease.name)
+    return lease
+
+
+@dataclass
+class Reply:
+    text: str
+    tokens: list[int]
+    chunks: list[Chunk]  # those with a token (for log-probabilities)
+    done: Done
+
+
+class ClientGone(Exception):
+    """The client disconnected before a non-streamed reply was ready."""
+
+
+async def collect(request: Request, gen: Generation) -> Reply:
+    """Run a reply to its end; stop (and free the slot) if the client disconnects meanwhile."""
+
+    async def drain() -> Reply:
+        parts, tokens, chunks = [], [], []
+        async for ev in gen:
+            if isinstance(ev, Chunk):
+                parts.append(ev.text)
+                if ev.token is not None:
+                    tokens.append(ev.token)
+                    chunks.append(ev)
+        assert gen.done is not None
+        return Reply("".join(parts), tokens, chunks, gen.done)
+
+    task = asyncio.ensure_future(drain())
+    try:
+        while True:
+            done, _ = await asyncio.wait({task}, timeout=0.5)
+            if done:
+                return task.result()
+            if await request.is_disconnected():
+                raise ClientGone()
+    finally:
+        if not task.done():
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+        await gen.aclose()
