@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..config import Settings
-from ..errors import CapacityError
+from ..errors import CapacityError, InvalidNameError
 from ..formats.gguf_header import read_gguf_header
 from ..formats.model_info import estimate_memory, model_info
 from ..generation import resolve_model_path
@@ -88,6 +88,11 @@ class ModelManager:
 
     def needs(self, name: str) -> tuple[str, int]:
         """(the model's full name, the memory its runner takes) without loading it."""
+        if name.endswith(".gguf"):  # a file path: the server serves stored models only
+            raise InvalidNameError(
+                f"model '{name[:100]}' looks like a file; the server serves stored models only "
+                "('edgeslm import FILE --name NAME' stores one)"
+            )
         full, path = resolve_model_path(name, self.settings)
         info = model_info(read_gguf_header(path, label=full))
         context = self.params.slots * self.params.ctx_per_slot

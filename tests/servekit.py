@@ -1,0 +1,76 @@
+"""A server on a real loopback socket, in a thread of the test process (fake runners) or as
+``edgeslm serve`` in a child process (real runners)."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+import uvicorn
+
+from edgeslm.config import resolve_settings
+from edgeslm.serve.app import ServeOptions, create_app
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@contextmanager
+def serving(home: Path, factory: Any = None, **options: Any) -> Iterator[str]:
+    """Run the app with ``options`` in a thread; yield its base URL."""
+    port = free_port()
+    opts = ServeOptions(port=port, preload=None, **options)
+    app = create_app(opts, resolve_settings(home=home), factory)
+    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", access_log=False)
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not server.started:
+        assert thread.is_alive() and time.monotonic() < deadline, "the server did not start"
+        time.sleep(0.01)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=20)
+
+
+@contextmanager
+def serve_process(home: Path, *args: str) -> Iterator[str]:
+    """``edgeslm serve`` as a child process; yield its base URL once it answers."""
+    port = free_port()
+    cmd = [sys.executable, "-m", "edgeslm", "--home", str(home), "serve", "--port", str(port), *args]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 120
+    try:
+        while True:
+            assert proc.poll() is None, f"edgeslm serve exited: {proc.stderr.read().decode() if proc.stderr else ''}"
+            assert time.monotonic() < deadline, "edgeslm serve did not answer"
+            try:
+                if httpx.get(url + "/api/version", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                time.sleep(0.1)
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        if proc.stderr:
+            proc.stderr.close()

@@ -1,0 +1,222 @@
+"""The server's guard and limits: keys and roles on every route, Host and Origin, hostile bodies.
+
+Each bad request is followed by a normal one that must succeed: the server keeps serving."""
+
+from __future__ import annotations
+
+import json
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from edgeslm.serve.audit import report, verify
+from edgeslm.serve.guard import ROUTES
+from edgeslm.serve.keys import add_key
+
+from .fake_runner import FakeRunner
+from .ggufbuild import write_runnable_model
+from .servekit import serving
+
+CHAT = {"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "stream": False}
+# (method, path, body) for every route; bodies valid enough to pass the role check.
+EVERY_ROUTE = [
+    ("GET", "/", None), ("GET", "/api/version", None), ("POST", "/api/generate", {"model": "tiny", "prompt": "x"}),
+    ("POST", "/api/chat", CHAT), ("POST", "/v1/chat/completions", CHAT),
+    ("POST", "/v1/completions", {"model": "tiny", "prompt": "x"}), ("POST", "/api/embed", {"model": "tiny", "input": "x"}),
+    ("POST", "/api/embeddings", {"model": "tiny", "prompt": "x"}), ("POST", "/v1/embeddings", {"model": "tiny", "input": "x"}),
+    ("GET", "/api/tags", None), ("GET", "/v1/models", None), ("GET", "/v1/models/tiny", None),
+    ("POST", "/api/show", {"model": "tiny"}), ("GET", "/api/ps", None), ("GET", "/metrics", None),
+    ("POST", "/api/pull", {"model": "nope-model", "stream": False}), ("POST", "/api/create", {"model": "c", "from": "tiny"}),
+    ("POST", "/api/copy", {"source": "tiny", "destination": "t2"}), ("DELETE", "/api/delete", {"model": "t2"}),
+]  # fmt: skip
+ADMIN_ONLY = {"/api/pull", "/api/create", "/api/copy", "/api/delete"}
+READER_MAY = {"/", "/api/version", "/api/tags", "/v1/models", "/v1/models/tiny", "/api/show", "/metrics"}
+
+
+@pytest.fixture
+def models(cli: Any, tmp_path: Path, home: Path) -> Path:
+    assert cli("import", str(write_runnable_model(tmp_path / "tiny.gguf")), "--name", "tiny").code == 0
+    FakeRunner.reset()
+    return home
+
+
+@pytest.fixture
+def keyed(models: Path, tmp_path: Path) -> Iterator[tuple[str, dict[str, str]]]:
+    keyfile = tmp_path / "keys.toml"
+    keys = {role: add_key(keyfile, f"{role}-1", role) for role in ("admin", "user", "reader")}
+    with serving(models, FakeRunner, api_keys=keyfile, audit_log=tmp_path / "audit.jsonl") as base:
+        yield base, keys
+
+
+@pytest.fixture
+def url(models: Path) -> Iterator[str]:
+    with serving(models, FakeRunner, parallel=2, ctx=256, queue=2) as base:
+        yield base
+
+
+def call(
+    base: str, method: str, path: str, body: Any, key: str | None = None, scheme: str = "Bearer"
+) -> httpx.Response:
+    headers = {"Authorization": f"{scheme} {key}"} if key is not None else {}
+    return httpx.request(method, base + path, json=body, headers=headers, timeout=30)
+
+
+def test_the_route_table_covers_every_route() -> None:
+    assert {p for _, p, _ in EVERY_ROUTE} - {"/v1/models/tiny"} == set(ROUTES)
+
+
+def test_keys_are_required_on_every_route_and_roles_are_enforced(keyed: tuple[str, dict[str, str]]) -> None:
+    base, keys = keyed
+    for method, path, body in EVERY_ROUTE:
+        for key, scheme in ((None, "Bearer"), ("esk-wrong", "Bearer"), (keys["admin"], "bearer"), (keys["admin"], "Basic")):
+            r = call(base, method, path, body, key, scheme)
+            assert r.status_code == 401, (path, key, scheme, r.text)
+            assert r.headers["www-authenticate"].startswith("Bearer")
+            assert keys["admin"] not in r.text
+    for role, key in keys.items():
+        for method, path, body in EVERY_ROUTE:
+            r = call(base, method, path, body, key)
+            allowed = (
+                role == "admin"
+                or (role == "user" and path not in ADMIN_ONLY | {"/metrics"})
+                or (role == "reader" and path in READER_MAY)
+            )
+            assert (r.status_code != 403) == allowed, (role, path, r.status_code, r.text)
+            if not allowed:
+                assert f"role '{role}'" in r.text
+    assert call(base, "POST", "/api/generate", {"model": "tiny", "prompt": "x", "stream": False},
+                keys["user"]).status_code == 200  # fmt: skip
+
+
+def test_the_audit_log_names_keys_never_holds_them_and_reports_refusals(
+    keyed: tuple[str, dict[str, str]], tmp_path: Path
+) -> None:
+    base, keys = keyed
+    call(base, "POST", "/api/generate", {"model": "tiny", "prompt": "x", "stream": False}, keys["user"])
+    call(base, "POST", "/api/delete", {"model": "tiny"}, keys["reader"])
+    call(base, "GET", "/api/tags", None, "esk-wrong")
+    text = (tmp_path / "audit.jsonl").read_text()
+    assert all(k not in text for k in keys.values()) and "esk-wrong" not in text
+    lines = [json.loads(line) for line in text.splitlines()]
+    assert [(r["key_id"], r["role"], r["status"]) for r in lines] == [
+        ("user-1", "user", 200), ("reader-1", "reader", 403), (None, None, 401)
+    ]  # fmt: skip
+    assert verify(tmp_path / "audit.jsonl").ok
+    r = report(tmp_path / "audit.jsonl")
+    assert r.by["key"]["user-1"].tokens_out > 0 and r.by["key"]["reader-1"].refused == 1
+
+
+def test_percent_encoded_paths_cannot_reach_another_routes_permission(keyed: tuple[str, dict[str, str]]) -> None:
+    base, keys = keyed
+    for path in ("/api/%64elete", "/api%2Fdelete", "/api/delet%65"):
+        r = call(base, "DELETE", path, {"model": "tiny"}, keys["user"])
+        assert r.status_code == 400 and "percent-encoded" in r.json()["error"]
+    for path in ("//api/delete", "/api/delete/"):
+        r = call(base, "DELETE", path, {"model": "tiny"}, keys["user"])
+        assert r.status_code in (307, 404, 405), (path, r.status_code)
+    assert call(base, "GET", "/api/tags", None, keys["user"]).json()["models"][0]["name"] == "tiny:latest"
+
+
+def test_without_keys_the_server_refuses_to_listen_beyond_loopback(models: Path) -> None:
+    from edgeslm.config import resolve_settings
+    from edgeslm.errors import UsageError
+    from edgeslm.serve.app import ServeOptions, create_app
+
+    with pytest.raises(UsageError, match="loopback only.*--api-keys"):
+        create_app(ServeOptions(host="0.0.0.0", preload=None), resolve_settings(home=models), FakeRunner)
+
+
+def test_host_and_origin_checks_and_cors(models: Path) -> None:
+    with serving(models, FakeRunner, cors_origins=("http://app.example",)) as base:
+        evil = httpx.get(base + "/api/tags", headers={"Host": "evil.example"})
+        assert evil.status_code == 403 and "DNS rebinding" in evil.json()["error"]
+        assert httpx.get(base + "/api/tags", headers={"Host": "localhost:1234"}).status_code == 200
+        bad = httpx.post(base + "/api/delete", json={"model": "tiny"}, headers={"Origin": "http://evil.example"})
+        assert bad.status_code == 403 and "Origin" in bad.json()["error"]
+        ok = httpx.get(base + "/api/tags", headers={"Origin": "http://app.example"})
+        assert ok.headers["access-control-allow-origin"] == "http://app.example"
+        pre = httpx.options(base + "/api/chat", headers={"Origin": "http://app.example",
+                                                         "Access-Control-Request-Method": "POST"})  # fmt: skip
+        assert pre.status_code == 200 and pre.headers["access-control-allow-origin"] == "http://app.example"
+        assert httpx.get(base + "/api/tags").status_code == 200
+    with serving(models, FakeRunner, cors_origins=("*",)) as base:
+        r = httpx.get(base + "/api/tags", headers={"Origin": "http://any.example"})
+        assert r.headers["access-control-allow-origin"] == "*" and "access-control-allow-credentials" not in r.headers
+
+
+BIG = 50 * 2**20
+BAD = {
+    "invalid JSON": ("/api/generate", b'{"model": "tiny", "prompt": ', 400, "not valid JSON"),
+    "a top-level array": ("/api/chat", b"[1, 2]", 400, "JSON object"),
+    "a message of the wrong type": ("/api/chat", {"model": "tiny", "messages": ["hi"]}, 400, "messages.0"),
+    "a message with an unknown role": ("/v1/chat/completions",
+                                       {"model": "tiny", "messages": [{"role": "wizard", "content": "x"}]}, 400, "role"),
+    "100 000 messages": ("/api/chat", {"model": "tiny", "messages": [{"role": "user", "content": "x"}] * 100_000},
+                         400, "messages"),
+    "100 000 stop strings": ("/v1/completions", {"model": "tiny", "prompt": "x", "stop": ["s"] * 100_000},
+                             400, "stop strings"),
+    "max_tokens -5": ("/v1/completions", {"model": "tiny", "prompt": "x", "max_tokens": -5}, 400, "max_tokens"),
+    "max_tokens 10^12": ("/v1/chat/completions", {**CHAT, "max_tokens": 10**12}, 400, "max_tokens"),
+    "num_predict 10^12": ("/api/generate", {"model": "tiny", "prompt": "x", "options": {"num_predict": 10**12}},
+                          400, "num_predict"),
+    "NaN temperature": ("/api/generate", b'{"model": "tiny", "prompt": "x", "options": {"temperature": NaN}}',
+                        400, "temperature"),
+    "infinite temperature": ("/v1/chat/completions",
+                             b'{"model": "tiny", "messages": [{"role": "user", "content": "x"}], "temperature": Infinity}',
+                             400, "temperature"),
+    "top_k -1": ("/api/generate", {"model": "tiny", "prompt": "x", "options": {"top_k": -1}}, 400, "top_k"),
+    "n 10^9": ("/v1/chat/completions", {**CHAT, "n": 10**9}, 400, "n=1000000000"),
+    "top_logprobs 10^9": ("/v1/chat/completions", {**CHAT, "logprobs": True, "top_logprobs": 10**9}, 400,
+                          "top_logprobs"),
+    "seed 2^70": ("/v1/completions", {"model": "tiny", "prompt": "x", "seed": 2**70}, 400, "seed"),
+    "an unknown model": ("/api/generate", {"model": "nope", "prompt": "x"}, 404, "not found"),
+    "a name with traversal": ("/api/show", {"model": "../../../etc/passwd"}, 400, "name"),
+    "a file path as a model": ("/api/generate", {"model": "/etc/x.gguf", "prompt": "x"}, 400, "looks like a path"),
+    "a request-supplied chat template": ("/api/generate", {"model": "tiny", "prompt": "x", "template": "{{.}}"},
+                                         400, "templates are refused"),
+    "a prompt longer than the context": ("/api/generate", {"model": "tiny", "prompt": "TOO-LONG"}, 400, "shorten it"),
+    "a 50 MB body": ("/api/generate", b"{" + b" " * BIG + b"}", 413, "limit"),
+    "a wrong content type": ("/api/generate", "text", 415, "must be JSON"),
+    "an unknown route": ("/api/nothing", {}, 404, "no such route"),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("case", list(BAD))
+def test_bad_input_is_refused_clearly_and_the_server_keeps_serving(url: str, case: str) -> None:
+    path, body, status, words = BAD[case]
+    if body == "text":
+        r = httpx.post(url + path, content=b"model=tiny", headers={"Content-Type": "text/plain"})
+    elif isinstance(body, bytes):
+        r = httpx.post(url + path, content=body, headers={"Content-Type": "application/json"}, timeout=60)
+    else:
+        r = httpx.post(url + path, json=body, timeout=60)
+    assert r.status_code == status, r.text[:300]
+    error = r.json()["error"]
+    message = error["message"] if isinstance(error, dict) else error
+    assert words in message, message
+    assert "/tmp" not in message and "Traceback" not in message and "object at 0x" not in message
+    ok = httpx.post(url + "/api/generate", json={"model": "tiny", "prompt": "fine", "stream": False})
+    assert ok.status_code == 200 and ok.json()["done"] is True
+
+
+def test_a_body_without_length_is_cut_at_the_limit(url: str) -> None:
+    def chunks() -> Iterator[bytes]:
+        yield b'{"model": "tiny", "prompt": "'
+        for _ in range(100):  # 10 MB, over the default 8 MiB
+            yield b"x" * 100_000
+
+    r = httpx.post(url + "/api/generate", content=chunks(), headers={"Content-Type": "application/json"})
+    assert r.status_code == 413
+    assert httpx.post(url + "/api/generate", json={"model": "tiny", "prompt": "x", "stream": False}).status_code == 200
+
+
+def test_a_garbage_request_line_does_not_stop_the_server(url: str) -> None:
+    port = int(url.rsplit(":", 1)[1])
+    with socket.create_connection(("127.0.0.1", port)) as s:
+        s.sendall(b"\x00\x01\x02 GARBAGE\r\n\r\n")
+        s.recv(1024)
+    assert httpx.get(url + "/api/version").json()["version"]
