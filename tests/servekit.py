@@ -10,6 +10,7 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -47,9 +48,28 @@ def serving(home: Path, factory: Any = None, **options: Any) -> Iterator[str]:
         thread.join(timeout=20)
 
 
+@dataclass(frozen=True)
+class Served:
+    url: str
+    pid: int
+
+    def runner_pids(self) -> list[int]:
+        """The server's runner processes (its children running ``edgeslm.serve.worker``)."""
+        pids = []
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                ppid = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+                cmdline = (stat.parent / "cmdline").read_bytes()
+            except (OSError, IndexError, ValueError):
+                continue
+            if ppid == self.pid and b"edgeslm.serve.worker" in cmdline:
+                pids.append(int(stat.parent.name))
+        return pids
+
+
 @contextmanager
-def serve_process(home: Path, *args: str) -> Iterator[str]:
-    """``edgeslm serve`` as a child process; yield its base URL once it answers."""
+def serve_process(home: Path, *args: str) -> Iterator[Served]:
+    """``edgeslm serve`` as a child process, once it answers."""
     port = free_port()
     cmd = [sys.executable, "-m", "edgeslm", "--home", str(home), "serve", "--port", str(port), *args]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
@@ -64,7 +84,7 @@ def serve_process(home: Path, *args: str) -> Iterator[str]:
                     break
             except httpx.TransportError:
                 time.sleep(0.1)
-        yield url
+        yield Served(url, proc.pid)
     finally:
         proc.terminate()
         try:

@@ -41,7 +41,12 @@ def models(cli: Any, tmp_path: Path, home: Path) -> ModelManager:
 
 def test_loads_on_demand_and_evicts_the_least_recently_used(models: ModelManager) -> None:
     with models.lease("a") as ra, models.lease("a") as ra2:
-        assert ra is ra2 and ra.kwargs == {"slots": 2, "ctx_per_slot": 256, "threads": None}
+        assert ra is ra2 and ra.kwargs == {
+            "slots": 2,
+            "ctx_per_slot": 256,
+            "threads": None,
+            "home": str(models.settings.home),
+        }
     with models.lease("b"):
         pass
     with models.lease("a"):  # a is now more recent than b

@@ -61,8 +61,14 @@ def test_ollama_generate_streams_the_same_text_as_it_returns_whole(url: str) -> 
 
 
 def test_ollama_options_and_raw(url: str) -> None:
-    body = {"model": "tiny", "prompt": "x", "raw": True, "stream": False, "format": "json",
-            "options": {"num_predict": 3, "top_k": 5, "seed": 7, "stop": ["\n"], "mirostat": 2}}  # fmt: skip
+    body = {
+        "model": "tiny",
+        "prompt": "x",
+        "raw": True,
+        "stream": False,
+        "format": "json",
+        "options": {"num_predict": 3, "top_k": 5, "seed": 7, "stop": ["\n"], "mirostat": 2},
+    }
     out = httpx.post(url + "/api/generate", json=body).json()
     assert out["response"] == " w0 w1 w2" and out["done_reason"] == "length"
     job = FakeRunner.jobs[-1]
@@ -91,8 +97,11 @@ def test_openai_chat_streams_sse_ending_in_done_with_usage(url: str) -> None:
     whole = httpx.post(url + "/v1/chat/completions", json=body).json()
     assert whole["object"] == "chat.completion" and whole["choices"][0]["message"]["content"] == WORDS
     assert whole["usage"] == {"prompt_tokens": 1, "completion_tokens": REPLY_WORDS, "total_tokens": 1 + REPLY_WORDS}
-    events = sse(httpx.post(url + "/v1/chat/completions", json={**body, "stream": True,
-                                                                 "stream_options": {"include_usage": True}}))  # fmt: skip
+    events = sse(
+        httpx.post(
+            url + "/v1/chat/completions", json={**body, "stream": True, "stream_options": {"include_usage": True}}
+        )
+    )
     text = "".join(e["choices"][0]["delta"].get("content", "") for e in events if e["choices"])
     assert text == WORDS and events[0]["choices"][0]["delta"]["role"] == "assistant"
     assert [e["choices"][0]["finish_reason"] for e in events if e["choices"]][-1] == "stop"
@@ -125,15 +134,20 @@ def test_ollama_store_verbs(url: str, models: Path) -> None:
     tags = httpx.get(url + "/api/tags").json()["models"]
     assert {t["name"] for t in tags} == {"tiny:latest", "other:latest"} and tags[0]["details"]["format"] == "gguf"
     assert httpx.post(url + "/api/copy", json={"source": "tiny", "destination": "tiny2"}).status_code == 200
-    create = {"model": "brief", "from": "tiny", "system": "Answer in one word.",
-              "parameters": {"temperature": 0.1, "num_predict": 2}}  # fmt: skip
+    create = {
+        "model": "brief",
+        "from": "tiny",
+        "system": "Answer in one word.",
+        "parameters": {"temperature": 0.1, "num_predict": 2},
+    }
     lines = ndjson(httpx.post(url + "/api/create", json=create))
     assert lines[-1] == {"status": "success"}
     shown = httpx.post(url + "/api/show", json={"model": "brief"}).json()
     assert shown["system"] == "Answer in one word." and "temperature 0.1" in shown["parameters"]
     assert shown["details"]["family"] == "llama" and "general.architecture" in shown["model_info"]
-    out = httpx.post(url + "/api/chat", json={"model": "brief", "stream": False,
-                                              "messages": [{"role": "user", "content": "hi"}]}).json()  # fmt: skip
+    out = httpx.post(
+        url + "/api/chat", json={"model": "brief", "stream": False, "messages": [{"role": "user", "content": "hi"}]}
+    ).json()
     assert out["message"]["content"] == " w0 w1" and FakeRunner.jobs[-1].system == "Answer in one word."
     assert FakeRunner.jobs[-1].sampling.temperature == 0.1
     assert httpx.request("DELETE", url + "/api/delete", json={"model": "tiny2"}).status_code == 200
@@ -187,8 +201,10 @@ def test_a_client_that_disconnects_mid_stream_frees_its_slot(url: str) -> None:
 def test_a_runner_failing_mid_stream_ends_the_stream_with_an_error_line(url: str) -> None:
     lines = ndjson(httpx.post(url + "/api/generate", json={"model": "tiny", "prompt": "CRASH"}))
     assert [line.get("response") for line in lines[:2]] == [" w0", " w1"] and "stopped" in lines[-1]["error"]
-    events = httpx.post(url + "/v1/chat/completions", json={"model": "tiny", "stream": True,
-                                                            "messages": [{"role": "user", "content": "CRASH"}]})  # fmt: skip
+    events = httpx.post(
+        url + "/v1/chat/completions",
+        json={"model": "tiny", "stream": True, "messages": [{"role": "user", "content": "CRASH"}]},
+    )
     assert "stopped" in sse(events)[-1]["error"]["message"]
     whole = httpx.post(url + "/api/generate", json={"model": "tiny", "prompt": "CRASH", "stream": False})
     assert whole.status_code == 500 and "stopped" in whole.json()["error"]
@@ -215,8 +231,11 @@ def test_every_request_is_audited_in_an_intact_chain(url: str, tmp_path: Path) -
     httpx.get(url + "/api/tags")
     httpx.post(url + "/api/generate", content=b"not json", headers={"Content-Type": "application/json"})
     lines = [json.loads(line) for line in (tmp_path / "audit.jsonl").read_text().splitlines()]
-    assert [(r["route"], r["status"]) for r in lines] == [("/api/generate", 200), ("/api/tags", 200),
-                                                          ("/api/generate", 400)]  # fmt: skip
+    assert [(r["route"], r["status"]) for r in lines] == [
+        ("/api/generate", 200),
+        ("/api/tags", 200),
+        ("/api/generate", 400),
+    ]
     assert lines[0]["model"] == "tiny:latest" and (lines[0]["tokens_in"], lines[0]["tokens_out"]) == (2, REPLY_WORDS)
     assert "secret" not in (tmp_path / "audit.jsonl").read_text()
     assert verify(tmp_path / "audit.jsonl").ok

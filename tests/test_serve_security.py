@@ -24,15 +24,26 @@ from .servekit import serving
 CHAT = {"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "stream": False}
 # (method, path, body) for every route; bodies valid enough to pass the role check.
 EVERY_ROUTE = [
-    ("GET", "/", None), ("GET", "/api/version", None), ("POST", "/api/generate", {"model": "tiny", "prompt": "x"}),
-    ("POST", "/api/chat", CHAT), ("POST", "/v1/chat/completions", CHAT),
-    ("POST", "/v1/completions", {"model": "tiny", "prompt": "x"}), ("POST", "/api/embed", {"model": "tiny", "input": "x"}),
-    ("POST", "/api/embeddings", {"model": "tiny", "prompt": "x"}), ("POST", "/v1/embeddings", {"model": "tiny", "input": "x"}),
-    ("GET", "/api/tags", None), ("GET", "/v1/models", None), ("GET", "/v1/models/tiny", None),
-    ("POST", "/api/show", {"model": "tiny"}), ("GET", "/api/ps", None), ("GET", "/metrics", None),
-    ("POST", "/api/pull", {"model": "nope-model", "stream": False}), ("POST", "/api/create", {"model": "c", "from": "tiny"}),
-    ("POST", "/api/copy", {"source": "tiny", "destination": "t2"}), ("DELETE", "/api/delete", {"model": "t2"}),
-]  # fmt: skip
+    ("GET", "/", None),
+    ("GET", "/api/version", None),
+    ("POST", "/api/generate", {"model": "tiny", "prompt": "x"}),
+    ("POST", "/api/chat", CHAT),
+    ("POST", "/v1/chat/completions", CHAT),
+    ("POST", "/v1/completions", {"model": "tiny", "prompt": "x"}),
+    ("POST", "/api/embed", {"model": "tiny", "input": "x"}),
+    ("POST", "/api/embeddings", {"model": "tiny", "prompt": "x"}),
+    ("POST", "/v1/embeddings", {"model": "tiny", "input": "x"}),
+    ("GET", "/api/tags", None),
+    ("GET", "/v1/models", None),
+    ("GET", "/v1/models/tiny", None),
+    ("POST", "/api/show", {"model": "tiny"}),
+    ("GET", "/api/ps", None),
+    ("GET", "/metrics", None),
+    ("POST", "/api/pull", {"model": "nope-model", "stream": False}),
+    ("POST", "/api/create", {"model": "c", "from": "tiny"}),
+    ("POST", "/api/copy", {"source": "tiny", "destination": "t2"}),
+    ("DELETE", "/api/delete", {"model": "t2"}),
+]
 ADMIN_ONLY = {"/api/pull", "/api/create", "/api/copy", "/api/delete"}
 READER_MAY = {"/", "/api/version", "/api/tags", "/v1/models", "/v1/models/tiny", "/api/show", "/metrics"}
 
@@ -72,7 +83,12 @@ def test_the_route_table_covers_every_route() -> None:
 def test_keys_are_required_on_every_route_and_roles_are_enforced(keyed: tuple[str, dict[str, str]]) -> None:
     base, keys = keyed
     for method, path, body in EVERY_ROUTE:
-        for key, scheme in ((None, "Bearer"), ("esk-wrong", "Bearer"), (keys["admin"], "bearer"), (keys["admin"], "Basic")):
+        for key, scheme in (
+            (None, "Bearer"),
+            ("esk-wrong", "Bearer"),
+            (keys["admin"], "bearer"),
+            (keys["admin"], "Basic"),
+        ):
             r = call(base, method, path, body, key, scheme)
             assert r.status_code == 401, (path, key, scheme, r.text)
             assert r.headers["www-authenticate"].startswith("Bearer")
@@ -88,8 +104,10 @@ def test_keys_are_required_on_every_route_and_roles_are_enforced(keyed: tuple[st
             assert (r.status_code != 403) == allowed, (role, path, r.status_code, r.text)
             if not allowed:
                 assert f"role '{role}'" in r.text
-    assert call(base, "POST", "/api/generate", {"model": "tiny", "prompt": "x", "stream": False},
-                keys["user"]).status_code == 200  # fmt: skip
+    assert (
+        call(base, "POST", "/api/generate", {"model": "tiny", "prompt": "x", "stream": False}, keys["user"]).status_code
+        == 200
+    )
 
 
 def test_the_audit_log_names_keys_never_holds_them_and_reports_refusals(
@@ -103,8 +121,10 @@ def test_the_audit_log_names_keys_never_holds_them_and_reports_refusals(
     assert all(k not in text for k in keys.values()) and "esk-wrong" not in text
     lines = [json.loads(line) for line in text.splitlines()]
     assert [(r["key_id"], r["role"], r["status"]) for r in lines] == [
-        ("user-1", "user", 200), ("reader-1", "reader", 403), (None, None, 401)
-    ]  # fmt: skip
+        ("user-1", "user", 200),
+        ("reader-1", "reader", 403),
+        (None, None, 401),
+    ]
     assert verify(tmp_path / "audit.jsonl").ok
     r = report(tmp_path / "audit.jsonl")
     assert r.by["key"]["user-1"].tokens_out > 0 and r.by["key"]["reader-1"].refused == 1
@@ -139,8 +159,9 @@ def test_host_and_origin_checks_and_cors(models: Path) -> None:
         assert bad.status_code == 403 and "Origin" in bad.json()["error"]
         ok = httpx.get(base + "/api/tags", headers={"Origin": "http://app.example"})
         assert ok.headers["access-control-allow-origin"] == "http://app.example"
-        pre = httpx.options(base + "/api/chat", headers={"Origin": "http://app.example",
-                                                         "Access-Control-Request-Method": "POST"})  # fmt: skip
+        pre = httpx.options(
+            base + "/api/chat", headers={"Origin": "http://app.example", "Access-Control-Request-Method": "POST"}
+        )
         assert pre.status_code == 200 and pre.headers["access-control-allow-origin"] == "http://app.example"
         assert httpx.get(base + "/api/tags").status_code == 200
     with serving(models, FakeRunner, cors_origins=("*",)) as base:
@@ -153,36 +174,67 @@ BAD = {
     "invalid JSON": ("/api/generate", b'{"model": "tiny", "prompt": ', 400, "not valid JSON"),
     "a top-level array": ("/api/chat", b"[1, 2]", 400, "JSON object"),
     "a message of the wrong type": ("/api/chat", {"model": "tiny", "messages": ["hi"]}, 400, "messages.0"),
-    "a message with an unknown role": ("/v1/chat/completions",
-                                       {"model": "tiny", "messages": [{"role": "wizard", "content": "x"}]}, 400, "role"),
-    "100 000 messages": ("/api/chat", {"model": "tiny", "messages": [{"role": "user", "content": "x"}] * 100_000},
-                         400, "messages"),
-    "100 000 stop strings": ("/v1/completions", {"model": "tiny", "prompt": "x", "stop": ["s"] * 100_000},
-                             400, "stop strings"),
+    "a message with an unknown role": (
+        "/v1/chat/completions",
+        {"model": "tiny", "messages": [{"role": "wizard", "content": "x"}]},
+        400,
+        "role",
+    ),
+    "100 000 messages": (
+        "/api/chat",
+        {"model": "tiny", "messages": [{"role": "user", "content": "x"}] * 100_000},
+        400,
+        "messages",
+    ),
+    "100 000 stop strings": (
+        "/v1/completions",
+        {"model": "tiny", "prompt": "x", "stop": ["s"] * 100_000},
+        400,
+        "stop strings",
+    ),
     "max_tokens -5": ("/v1/completions", {"model": "tiny", "prompt": "x", "max_tokens": -5}, 400, "max_tokens"),
     "max_tokens 10^12": ("/v1/chat/completions", {**CHAT, "max_tokens": 10**12}, 400, "max_tokens"),
-    "num_predict 10^12": ("/api/generate", {"model": "tiny", "prompt": "x", "options": {"num_predict": 10**12}},
-                          400, "num_predict"),
-    "NaN temperature": ("/api/generate", b'{"model": "tiny", "prompt": "x", "options": {"temperature": NaN}}',
-                        400, "temperature"),
-    "infinite temperature": ("/v1/chat/completions",
-                             b'{"model": "tiny", "messages": [{"role": "user", "content": "x"}], "temperature": Infinity}',
-                             400, "temperature"),
+    "num_predict 10^12": (
+        "/api/generate",
+        {"model": "tiny", "prompt": "x", "options": {"num_predict": 10**12}},
+        400,
+        "num_predict",
+    ),
+    "NaN temperature": (
+        "/api/generate",
+        b'{"model": "tiny", "prompt": "x", "options": {"temperature": NaN}}',
+        400,
+        "temperature",
+    ),
+    "infinite temperature": (
+        "/v1/chat/completions",
+        b'{"model": "tiny", "messages": [{"role": "user", "content": "x"}], "temperature": Infinity}',
+        400,
+        "temperature",
+    ),
     "top_k -1": ("/api/generate", {"model": "tiny", "prompt": "x", "options": {"top_k": -1}}, 400, "top_k"),
     "n 10^9": ("/v1/chat/completions", {**CHAT, "n": 10**9}, 400, "n=1000000000"),
-    "top_logprobs 10^9": ("/v1/chat/completions", {**CHAT, "logprobs": True, "top_logprobs": 10**9}, 400,
-                          "top_logprobs"),
+    "top_logprobs 10^9": (
+        "/v1/chat/completions",
+        {**CHAT, "logprobs": True, "top_logprobs": 10**9},
+        400,
+        "top_logprobs",
+    ),
     "seed 2^70": ("/v1/completions", {"model": "tiny", "prompt": "x", "seed": 2**70}, 400, "seed"),
     "an unknown model": ("/api/generate", {"model": "nope", "prompt": "x"}, 404, "not found"),
     "a name with traversal": ("/api/show", {"model": "../../../etc/passwd"}, 400, "name"),
     "a file path as a model": ("/api/generate", {"model": "/etc/x.gguf", "prompt": "x"}, 400, "looks like a path"),
-    "a request-supplied chat template": ("/api/generate", {"model": "tiny", "prompt": "x", "template": "{{.}}"},
-                                         400, "templates are refused"),
+    "a request-supplied chat template": (
+        "/api/generate",
+        {"model": "tiny", "prompt": "x", "template": "{{.}}"},
+        400,
+        "templates are refused",
+    ),
     "a prompt longer than the context": ("/api/generate", {"model": "tiny", "prompt": "TOO-LONG"}, 400, "shorten it"),
     "a 50 MB body": ("/api/generate", b"{" + b" " * BIG + b"}", 413, "limit"),
     "a wrong content type": ("/api/generate", "text", 415, "must be JSON"),
     "an unknown route": ("/api/nothing", {}, 404, "no such route"),
-}  # fmt: skip
+}
 
 
 @pytest.mark.parametrize("case", list(BAD))

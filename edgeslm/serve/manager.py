@@ -29,7 +29,7 @@ DEFAULT_KEEP_ALIVE = 300.0
 RUNNER_OVERHEAD = 64 * 2**20  # the worker process itself: Python, numpy, llama.cpp's buffers
 
 
-RunnerFactory = Callable[..., Any]  # (name, *, slots, ctx_per_slot, threads) -> a Runner
+RunnerFactory = Callable[..., Any]  # (name, *, slots, ctx_per_slot, threads, home) -> a Runner
 
 
 @dataclass(frozen=True)
@@ -119,8 +119,8 @@ class ModelManager:
             start = time.perf_counter()
             if entry is None:
                 self._make_room(full, need)
-                runner = self.factory(full, slots=self.params.slots, ctx_per_slot=self.params.ctx_per_slot,
-                                      threads=self.params.threads)  # fmt: skip
+                p, home = self.params, str(self.settings.home)
+                runner = self.factory(full, slots=p.slots, ctx_per_slot=p.ctx_per_slot, threads=p.threads, home=home)
                 entry = self._loaded[full] = _Loaded(full, runner, need, keep, time.monotonic())
             elif entry.in_flight >= self.params.slots + self.params.queue:
                 raise CapacityError(

@@ -7,6 +7,7 @@ import asyncio
 import json
 import sys
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 from typing import Any
 
 from fastapi import APIRouter
@@ -138,7 +139,7 @@ async def create(request: Request) -> Response:
         store = st.store()
         if body.quantize:
             report({"status": f"quantizing {source.info.file_type or 'the'} model to {body.quantize.upper()}"})
-            _quantize_in_child(str(source.name), str(target), body.quantize)
+            _quantize_in_child(st.settings.home, str(source.name), str(target), body.quantize)
         else:
             report({"status": "using existing layers"})
             store.copy(source.name, target)
@@ -152,11 +153,11 @@ async def create(request: Request) -> Response:
     return await _respond(request, _progress(work), body.stream)
 
 
-def _quantize_in_child(source: str, target: str, qtype: str) -> None:
+def _quantize_in_child(home: Path, source: str, target: str, qtype: str) -> None:
     import subprocess
 
     proc = subprocess.run(
-        [sys.executable, "-m", "edgeslm.serve.tasks", "quantize", source, target, qtype],
+        [sys.executable, "-m", "edgeslm.serve.tasks", "quantize", str(home), source, target, qtype],
         capture_output=True, text=True, start_new_session=True,
     )  # fmt: skip
     lines = proc.stdout.strip().splitlines()

@@ -107,9 +107,19 @@ class _AsyncInbox:
 class Runner:
     """One model in one worker process; ``generate`` may be called from many threads at once."""
 
-    def __init__(self, name: str, *, slots: int = 4, ctx_per_slot: int = 2048, threads: int | None = None) -> None:
+    def __init__(
+        self,
+        name: str,
+        *,
+        slots: int = 4,
+        ctx_per_slot: int = 2048,
+        threads: int | None = None,
+        home: str | None = None,  # the store's home (default: as the environment says)
+    ) -> None:
         self.name = name
-        args = json.dumps({"name": name, "slots": slots, "ctx_per_slot": ctx_per_slot, "threads": threads})
+        args = json.dumps(
+            {"name": name, "slots": slots, "ctx_per_slot": ctx_per_slot, "threads": threads, "home": home}
+        )
         self._proc = subprocess.Popen(
             [sys.executable, "-m", "edgeslm.serve.worker", args],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,

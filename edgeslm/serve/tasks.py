@@ -1,6 +1,6 @@
 """Store work the server runs in a child process, because it loads native code (llama.cpp's quantizer).
 
-``python -m edgeslm.serve.tasks quantize SOURCE TARGET TYPE`` stores SOURCE quantized to TYPE
+``python -m edgeslm.serve.tasks quantize HOME SOURCE TARGET TYPE`` stores SOURCE quantized to TYPE
 as TARGET and prints the new manifest's digest; an error prints ``{"kind", "message"}`` and
 exits 1.
 """
@@ -18,9 +18,9 @@ from ..store import Store, parse_name
 
 
 def main() -> None:
-    _, source, target, qtype = sys.argv[1:5]
+    _, home, source, target, qtype = sys.argv[1:6]
     try:
-        store = Store.open(resolve_settings().models_dir)
+        store = Store.open(resolve_settings(home=home, offline=True).models_dir)
         dst = parse_name(target)
         kinds = parse_quant_types(qtype)[:1]
         options = QuantizeOptions(allow_requantize=True, force=True)

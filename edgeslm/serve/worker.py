@@ -23,6 +23,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..config import resolve_settings
 from ..engines.base import SamplingParams
 from ..errors import ContextOverflowError, EdgeslmError, InvalidParameterError
 from ..generation import TextStream, load
@@ -68,10 +69,11 @@ def _send(message: dict[str, Any]) -> None:
     sys.stdout.flush()
 
 
-def serve(name: str, slots: int, ctx_per_slot: int, threads: int | None) -> None:
+def serve(name: str, slots: int, ctx_per_slot: int, threads: int | None, home: str | None) -> None:
     from ..engines.llamacpp_batch import BatchDecoder
 
-    model = load(name, ctx=min(ctx_per_slot, 512), threads=threads)
+    settings = resolve_settings(home=home, offline=True)
+    model = load(name, ctx=min(ctx_per_slot, 512), threads=threads, settings=settings)
     batch = BatchDecoder(model.engine, slots, ctx_per_slot)  # type: ignore[arg-type]
     ready = {"op": "ready", "name": model.name, "slots": slots, "ctx_per_slot": ctx_per_slot, "pid": os.getpid()}
     _send({**ready, "n_vocab": model.engine.n_vocab, "chat": model.has_chat_template})
@@ -211,7 +213,7 @@ def _emit(model: Any, batch: Any, running: dict[str, _Request], ev: Any) -> None
 def main() -> None:
     args = json.loads(sys.argv[1])
     try:
-        serve(args["name"], args["slots"], args["ctx_per_slot"], args.get("threads"))
+        serve(args["name"], args["slots"], args["ctx_per_slot"], args.get("threads"), args.get("home"))
     except EdgeslmError as exc:
         _send({"op": "failed", "kind": type(exc).__name__, "message": str(exc)})
         sys.exit(1)

@@ -1,0 +1,166 @@
+"""``edgeslm serve`` end to end over a real socket with the official ``openai`` and ``ollama``
+clients, against the builtin SmolLM2 in real runners."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import ollama
+import openai
+import pytest
+
+from .servekit import Served, serve_process
+
+pytestmark = pytest.mark.real_model
+MODEL = "smollm2-135m-instruct"
+ASK = [{"role": "user", "content": "What is the capital of France?"}]
+GREEDY = {"temperature": 0, "num_predict": 24}
+
+
+@pytest.fixture(scope="module")
+def server(builtin_home: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
+    home = tmp_path_factory.mktemp("serve-home")
+    shutil.copytree(builtin_home, home, dirs_exist_ok=True)
+    with serve_process(home, "--parallel", "2", "--ctx", "512", "--preload", MODEL) as served:
+        yield served
+
+
+@pytest.fixture
+def oll(server: Served) -> Iterator[ollama.Client]:
+    client = ollama.Client(host=server.url)
+    yield client
+    client._client.close()
+
+
+@pytest.fixture
+def oai(server: Served) -> Iterator[openai.OpenAI]:
+    with openai.OpenAI(base_url=server.url + "/v1", api_key="not-needed-on-loopback", max_retries=0) as client:
+        yield client
+
+
+def test_ollama_chat_and_generate_stream_the_same_text_as_they_return(oll: ollama.Client) -> None:
+    whole = oll.chat(model=MODEL, messages=ASK, options=GREEDY)
+    streamed = list(oll.chat(model=MODEL, messages=ASK, options=GREEDY, stream=True))
+    assert whole.message.content and "Paris" in whole.message.content
+    assert "".join(p.message.content or "" for p in streamed) == whole.message.content
+    assert streamed[-1].done and streamed[-1].eval_count == whole.eval_count and whole.done_reason == "length"
+    gen = oll.generate(model=MODEL, prompt="What is the capital of France?", options=GREEDY)
+    assert gen.response == whole.message.content  # the same turn through the model's template
+    assert gen.context and gen.prompt_eval_count and gen.eval_count == 24
+    more = oll.generate(model=MODEL, prompt="And of Italy?", context=gen.context, options=GREEDY)
+    assert more.prompt_eval_count and more.prompt_eval_count > len(gen.context)
+
+
+def test_ollama_embed_list_show_ps(oll: ollama.Client) -> None:
+    emb = oll.embed(model=MODEL, input=["the sea", "the ocean", "a tax form"])
+    sea, ocean, tax = (sum(a * b for a, b in zip(emb.embeddings[0], v, strict=True)) for v in emb.embeddings)
+    assert len(emb.embeddings[0]) == 576 and sea == pytest.approx(1.0) and ocean > tax
+    assert oll.embeddings(model=MODEL, prompt="the sea").embedding == pytest.approx(emb.embeddings[0], abs=1e-5)
+    assert {m.model for m in oll.list().models} >= {f"{MODEL}:latest", "gemma3-270m:latest"}
+    shown = oll.show(MODEL)
+    assert shown.details and shown.details.quantization_level == "Q4_1" and "im_start" in (shown.template or "")
+    assert shown.modelinfo and shown.modelinfo["general.architecture"] == "llama"
+    running = oll.ps().models
+    assert [m.model for m in running] == [f"{MODEL}:latest"] and (running[0].size or 0) > 98_000_000
+
+
+def test_ollama_pull_copy_create_delete(oll: ollama.Client) -> None:
+    assert [p.status for p in oll.pull(MODEL, stream=True)][-1] == "success"
+    oll.copy(MODEL, "smol-copy")
+    created = list(
+        oll.create(
+            model="smol-q8",
+            from_=MODEL,
+            quantize="q8_0",
+            system="Reply in French.",
+            parameters={"temperature": 0},
+            stream=True,
+        )
+    )
+    assert created[-1].status == "success"
+    shown = oll.show("smol-q8")
+    assert shown.details and shown.details.quantization_level == "Q8_0" and "temperature 0" in (shown.parameters or "")
+    reply = oll.chat(model="smol-q8", messages=[{"role": "user", "content": "Hello!"}], options={"num_predict": 16})
+    assert reply.message.content
+    for name in ("smol-copy", "smol-q8"):
+        oll.delete(name)
+    assert not {"smol-copy:latest", "smol-q8:latest"} & {m.model for m in oll.list().models}
+    with pytest.raises(ollama.ResponseError) as info:
+        oll.delete("smol-copy")
+    assert info.value.status_code == 404
+
+
+def test_openai_chat_completions_embeddings_models(oai: openai.OpenAI) -> None:
+    args = {"model": MODEL, "messages": ASK, "temperature": 0, "max_tokens": 24}
+    whole = oai.chat.completions.create(**args)  # type: ignore[call-overload]
+    text = whole.choices[0].message.content
+    chunks = list(oai.chat.completions.create(**args, stream=True, stream_options={"include_usage": True}))
+    assert "".join((c.choices[0].delta.content or "") for c in chunks if c.choices) == text
+    assert whole.usage and chunks[-1].usage and chunks[-1].usage.total_tokens == whole.usage.total_tokens
+    assert whole.choices[0].finish_reason == "length"
+    assert text
+    word = text.split()[3]
+    stopped = oai.chat.completions.create(**{**args, "stop": [word]})  # type: ignore[call-overload]
+    assert stopped.choices[0].message.content == text[: text.index(word)] and stopped.choices[0].finish_reason == "stop"
+    lp = oai.chat.completions.create(**args, logprobs=True, top_logprobs=3)  # type: ignore[call-overload]
+    first = lp.choices[0].logprobs.content[0]
+    assert first.logprob == pytest.approx(first.top_logprobs[0].logprob) and len(first.top_logprobs) == 3
+    comp = oai.completions.create(model=MODEL, prompt="The capital of France is", max_tokens=8, temperature=0)
+    assert comp.choices[0].text and comp.usage and comp.usage.completion_tokens <= 8
+    emb = oai.embeddings.create(model=MODEL, input=["hello", "world"])  # base64 on the wire
+    assert len(emb.data) == 2 and len(emb.data[0].embedding) == 576
+    assert f"{MODEL}:latest" in {m.id for m in oai.models.list()}
+    with pytest.raises(openai.NotFoundError):
+        oai.chat.completions.create(model="no-such-model", messages=ASK)
+
+
+def test_json_format_constrains_the_output(oll: ollama.Client) -> None:
+    out = oll.generate(
+        model=MODEL,
+        prompt="Describe a cat as JSON with keys name and color.",
+        format="json",
+        options={"temperature": 0, "num_predict": 64},
+    )
+    if out.done_reason == "stop":
+        assert isinstance(json.loads(out.response), dict)
+    else:
+        assert out.response.lstrip().startswith("{")
+
+
+def test_token_ids_outside_the_vocabulary_and_overlong_prompts(server: Served) -> None:
+    bad = httpx.post(server.url + "/v1/completions", json={"model": MODEL, "prompt": [1, 2, 10**6]})
+    assert bad.status_code == 400 and "outside the vocabulary" in bad.json()["error"]["message"]
+    long = httpx.post(server.url + "/api/generate", json={"model": MODEL, "prompt": "word " * 2000})
+    assert long.status_code == 400 and "context holds 512" in long.json()["error"]
+    ok = httpx.post(server.url + "/v1/completions", json={"model": MODEL, "prompt": [1, 2, 3], "max_tokens": 4})
+    assert ok.status_code == 200 and ok.json()["usage"]["prompt_tokens"] == 3
+
+
+def test_kill_9_of_a_runner_fails_only_its_requests_and_the_next_reloads_it(server: Served) -> None:
+    (pid,) = server.runner_pids()
+    errors: list[str] = []
+
+    def stream() -> None:
+        body = {"model": MODEL, "prompt": "Tell me a long story.", "options": {"num_predict": 400}}
+        with httpx.stream("POST", server.url + "/api/generate", json=body, timeout=60) as r:
+            errors.extend(json.loads(line).get("error", "") for line in r.iter_lines() if line)
+
+    t = threading.Thread(target=stream)
+    t.start()
+    time.sleep(1.0)
+    os.kill(pid, signal.SIGKILL)
+    t.join(timeout=60)
+    assert any("stopped" in e and "next request" in e for e in errors), errors[-3:]
+    after = httpx.post(
+        server.url + "/api/chat", json={"model": MODEL, "messages": ASK, "stream": False, "options": GREEDY}, timeout=60
+    )
+    assert after.status_code == 200 and "Paris" in after.json()["message"]["content"]
+    assert server.runner_pids() and pid not in server.runner_pids()
