@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.edgeslm-installed
 
-.PHONY: setup demo test lint bench parity mixed clean
+.PHONY: setup demo test lint bench parity mixed serve-bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -31,9 +31,10 @@ demo: setup
 		--max-size 95MB --max-kld 0.15 --report edgeslm-report/optimize
 	$(VENV)/bin/edgeslm recommend
 	$(VENV)/bin/edgeslm recommend --ram 4GB --cores 4 --use-case chat
+	$(PY) examples/serve_demo.py
 
 lint: setup
-	$(PY) -m ruff check edgeslm tests benchmarks
+	$(PY) -m ruff check edgeslm tests benchmarks examples
 	$(PY) -m mypy
 
 test: lint
@@ -52,6 +53,10 @@ parity: setup
 # Mixed precision against llama.cpp's uniform types at equal size (about 30 minutes).
 mixed: setup
 	$(PY) benchmarks/mixed_precision.py
+
+# The server against native llama-server -np 8 and llama-bench, same files (about 10 minutes).
+serve-bench: setup
+	$(PY) benchmarks/serve_throughput.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info

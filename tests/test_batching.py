@@ -105,3 +105,20 @@ def test_cancel_frees_the_slot_at_once(engine: LlamaCppEngine) -> None:
         bd.close()
     with pytest.raises(InvalidParameterError, match="out of range"):
         BatchDecoder(engine, slots=0, ctx_per_slot=128)
+
+
+@pytest.mark.real_model
+def test_a_free_slot_keeps_its_cache_for_a_prompt_that_shares_a_prefix(engine: LlamaCppEngine) -> None:
+    first = engine.tokenize("Once upon a time, in a small village by the sea, there lived")
+    turn = engine.tokenize("Once upon a time, in a small village by the sea, there was")
+    bd = BatchDecoder(engine, slots=2, ctx_per_slot=256)
+    try:
+        run(bd, {0: [("a", first)]})
+        reply = run(bd, {0: [("b", turn)]})["b"]
+        shared = next(i for i, (x, y) in enumerate(zip(first, turn, strict=False)) if x != y)
+        assert bd.reused_tokens == shared and shared > 5
+        assert run(bd, {0: [("c", turn)]})["c"] == reply  # the whole prompt cached but its last token
+        assert bd.reused_tokens == shared + len(turn) - 1
+        assert reply == alone(engine, "Once upon a time, in a small village by the sea, there was")
+    finally:
+        bd.close()

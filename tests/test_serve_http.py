@@ -239,3 +239,18 @@ def test_every_request_is_audited_in_an_intact_chain(url: str, tmp_path: Path) -
     assert lines[0]["model"] == "tiny:latest" and (lines[0]["tokens_in"], lines[0]["tokens_out"]) == (2, REPLY_WORDS)
     assert "secret" not in (tmp_path / "audit.jsonl").read_text()
     assert verify(tmp_path / "audit.jsonl").ok
+
+
+def test_the_ps_command_shows_what_a_running_server_has_loaded(url: str, cli: Any) -> None:
+    httpx.post(url + "/api/generate", json={"model": "tiny"})
+    result = cli("ps", "--server", url.removeprefix("http://"))
+    assert result.code == 0 and "tiny:latest" in result.out and "0/2" in result.out
+    as_json = json.loads(cli("ps", "--server", url, "--json").out)
+    assert as_json["models"][0]["name"] == "tiny:latest"
+    gone = cli("ps", "--server", "127.0.0.1:9")
+    assert gone.code == 69 and "start one with 'edgeslm serve'" in gone.err
+
+
+def test_serve_refuses_to_listen_beyond_loopback_without_keys(cli: Any) -> None:
+    result = cli("serve", "--host", "0.0.0.0", "--preload", "")
+    assert result.code == 2 and "loopback only" in result.err and "--api-keys" in result.err

@@ -5,8 +5,11 @@ A context holds ``slots`` sequences (``n_seq_max``; each its own ``ctx_per_slot`
 running replies are never starved), then pieces of new prompts with what is left of
 ``n_batch`` (chunked prefill); logits are asked only for each slot's last token. After one
 ``llama_decode`` each slot samples from its own row. A request joins between steps into any
-free slot; one that finishes or is cancelled frees its slot and its cache cells at once. This is
-the loop of llama-server's ``update_slots``, without the HTTP.
+free slot; one that finishes or is cancelled frees its slot at once. A freed slot keeps its
+cache cells: a new request goes to the free slot whose cached tokens share the longest prefix
+with its prompt and decodes only the rest (a conversation's next turn, a shared system prompt),
+as llama-server's prompt cache does. This is the loop of llama-server's ``update_slots``,
+without the HTTP.
 """
 
 from __future__ import annotations
@@ -46,6 +49,7 @@ class _Slot:
     last: int | None = None  # sampled, not yet decoded
     index: int = -1  # this step's batch row holding its logits
     logprobs: int | None = None  # None: none; k: the sampled token's and the k most likely
+    cached: list[int] = field(default_factory=list)  # the tokens whose cells this sequence holds
 
 
 class BatchDecoder:
@@ -69,6 +73,7 @@ class BatchDecoder:
         self._mem = lc.llama_get_memory(self._ctx)
         self._batch = lc.llama_batch_init(n_batch, 0, 1)
         self.slots = [_Slot(seq=i) for i in range(slots)]
+        self.reused_tokens = 0  # prompt tokens not decoded again thanks to a slot's cache
 
     # -- requests -----------------------------------------------------------------------------
 
@@ -87,11 +92,17 @@ class BatchDecoder:
             raise ContextOverflowError(
                 f"the prompt has {len(prompt):,} tokens but a slot holds {self.ctx_per_slot:,}; shorten it"
             )
-        slot = next((s for s in self.slots if s.request is None), None)
-        if slot is None:
+        free = [s for s in self.slots if s.request is None]
+        if not free:
             raise EngineError("no free slot")  # callers check free_slots() and queue
-        lc.llama_memory_seq_rm(self._mem, slot.seq, -1, -1)
-        slot.request, slot.pending, slot.n_past = request, list(prompt), 0
+        slot = max(free, key=lambda s: _shared(s.cached, prompt))
+        keep = min(_shared(slot.cached, prompt), len(prompt) - 1)  # at least one token to decode for logits
+        if keep == 0 or not lc.llama_memory_seq_rm(self._mem, slot.seq, keep, -1):
+            lc.llama_memory_seq_rm(self._mem, slot.seq, -1, -1)
+            keep = 0
+        self.reused_tokens += keep
+        slot.cached = slot.cached[:keep]
+        slot.request, slot.pending, slot.n_past = request, list(prompt[keep:]), keep
         slot.sampler = None if sampling.plain_greedy else self.engine.make_sampler(sampling)
         slot.max_tokens, slot.generated, slot.last, slot.index = max_tokens, 0, None, -1
         slot.logprobs = logprobs
@@ -104,8 +115,7 @@ class BatchDecoder:
     def _free(self, slot: _Slot) -> None:
         if slot.sampler is not None:
             lc.llama_sampler_free(slot.sampler)
-        lc.llama_memory_seq_rm(self._mem, slot.seq, -1, -1)
-        slot.request, slot.sampler, slot.pending, slot.last = None, None, [], None
+        slot.request, slot.sampler, slot.pending, slot.last = None, None, [], None  # the cells stay, for reuse
 
     # -- one step -----------------------------------------------------------------------------
 
@@ -141,6 +151,7 @@ class BatchDecoder:
             b.logits[n] = False
             n += 1
         slot.n_past += len(tokens)
+        slot.cached.extend(tokens)
         if logits_last:
             b.logits[n - 1] = True
             slot.index = n - 1
@@ -186,3 +197,12 @@ class BatchDecoder:
             lc.llama_batch_free(self._batch)
             lc.llama_free(self._ctx)
             self._ctx = None
+
+
+def _shared(a: list[int], b: list[int]) -> int:
+    """The length of the common prefix of ``a`` and ``b``."""
+    n = min(len(a), len(b))
+    for i in range(n):
+        if a[i] != b[i]:
+            return i
+    return n

@@ -23,6 +23,7 @@ from ..errors import CapacityError, InvalidNameError
 from ..formats.gguf_header import read_gguf_header
 from ..formats.model_info import estimate_memory, model_info
 from ..generation import resolve_model_path
+from ..store import Store, parse_name
 from ..units import format_bytes
 
 DEFAULT_KEEP_ALIVE = 300.0
@@ -85,6 +86,8 @@ class ModelManager:
         self.factory = factory or Runner
         self._lock = threading.Lock()
         self._loaded: dict[str, _Loaded] = {}
+        self._store = Store.open(settings.models_dir)
+        self._memory: dict[str, int] = {}  # blob digest -> the memory its runner takes
 
     def needs(self, name: str) -> tuple[str, int]:
         """(the model's full name, the memory its runner takes) without loading it."""
@@ -93,10 +96,16 @@ class ModelManager:
                 f"model '{name[:100]}' looks like a file; the server serves stored models only "
                 "('edgeslm import FILE --name NAME' stores one)"
             )
-        full, path = resolve_model_path(name, self.settings)
-        info = model_info(read_gguf_header(path, label=full))
-        context = self.params.slots * self.params.ctx_per_slot
-        return full, estimate_memory(info, context).total_bytes + RUNNER_OVERHEAD
+        manifest = self._store.find(parse_name(name))
+        if manifest is None:  # a builtin not pulled yet is pulled (offline); anything else is not found
+            full, _ = resolve_model_path(name, self.settings)
+            manifest = self._store.get(parse_name(full))
+        memory = self._memory.get(manifest.digest)
+        if memory is None:  # the header walk is cheap, but not per request (a 262k vocabulary)
+            context = self.params.slots * self.params.ctx_per_slot
+            info = model_info(read_gguf_header(self._store.blob_path(manifest.digest), label=str(manifest.name)))
+            memory = self._memory[manifest.digest] = estimate_memory(info, context).total_bytes + RUNNER_OVERHEAD
+        return str(manifest.name), memory
 
     @contextmanager
     def lease(self, name: str, keep_alive: float | None = None) -> Iterator[Any]:

@@ -41,9 +41,13 @@ class ServerState:
     audit: AuditLog | None = None
     audit_prompts: bool = False
     started: float = field(default_factory=time.time)
+    _store: Store | None = None
 
     def store(self) -> Store:
-        return Store.open(self.settings.models_dir)
+        """The store, opened (and swept) once; its manifests are read fresh on every lookup."""
+        if self._store is None:
+            self._store = Store.open(self.settings.models_dir)
+        return self._store
 
     def manifest(self, name: str) -> Manifest:
         manifest = self.store().find(parse_name(name))
