@@ -144,6 +144,14 @@ HTTP_STATUS: dict[type[EdgeslmError], int] = {
 }
 
 
+def error_named(kind: str, message: str) -> EdgeslmError:
+    """An error reported by name from another process, as the same class here (else EngineError)."""
+    cls = globals().get(kind)
+    if not (isinstance(cls, type) and issubclass(cls, EdgeslmError)):
+        cls = EngineError
+    return cls(message)
+
+
 def _nearest(error: EdgeslmError, table: dict[type[EdgeslmError], int], default: int) -> int:
     for cls in type(error).__mro__:
         if cls in table:

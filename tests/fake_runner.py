@@ -32,7 +32,7 @@ class FakeRunner:
     cancelled: ClassVar[list[str]] = []
     started: ClassVar[list[str]] = []
 
-    def __init__(self, name: str, *, slots: int, ctx_per_slot: int, threads: int | None, home: str) -> None:
+    def __init__(self, name: str, *, slots: int, ctx_per_slot: int, threads: int | None, home: str, **_: Any) -> None:
         self.name, self.slots, self.ctx = name, slots, ctx_per_slot
         self.info: dict[str, Any] = {"slots": slots, "ctx_per_slot": ctx_per_slot}
         self.alive, self.pid = True, next(_PIDS)

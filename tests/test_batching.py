@@ -122,3 +122,9 @@ def test_a_free_slot_keeps_its_cache_for_a_prompt_that_shares_a_prefix(engine: L
         assert reply == alone(engine, "Once upon a time, in a small village by the sea, there was")
     finally:
         bd.close()
+    fresh = BatchDecoder(engine, slots=2, ctx_per_slot=256, reuse=False)
+    try:
+        run(fresh, {0: [("a", first)]})
+        assert run(fresh, {0: [("b", turn)]})["b"] == reply and fresh.reused_tokens == 0
+    finally:
+        fresh.close()

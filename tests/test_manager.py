@@ -46,6 +46,7 @@ def test_loads_on_demand_and_evicts_the_least_recently_used(models: ModelManager
             "ctx_per_slot": 256,
             "threads": None,
             "home": str(models.settings.home),
+            "prompt_cache": True,
         }
     with models.lease("b"):
         pass

@@ -45,6 +45,10 @@ def configure(sub: Any) -> None:
     p.add_argument("--cors-origin", action="append", default=[], help="a browser origin allowed to call (repeat)")
     p.add_argument("--allow-host", action="append", default=[], help="a Host name accepted on loopback (repeat)")
     p.add_argument("--max-body", type=_size, default=MAX_BODY, help="largest request body (default 8MiB)")
+    p.add_argument(
+        "--no-prompt-cache", dest="prompt_cache", action="store_false",
+        help="decode every prompt in full (reproducible greedy replies; slower first tokens)",
+    )  # fmt: skip
     p.add_argument("--preload", default=DEFAULT_MODEL, help=f"model loaded at start (default {DEFAULT_MODEL}; '' none)")
 
     p = sub.add_parser("ps", help="models loaded by a running server")
@@ -63,7 +67,7 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
         audit_prompts=args.audit_prompts, parallel=args.parallel, ctx=args.ctx, max_loaded=args.max_loaded,
         memory=args.memory, queue=args.queue, keep_alive=args.keep_alive, threads=args.threads,
         cors_origins=tuple(args.cors_origin), allowed_hosts=tuple(args.allow_host), max_body=args.max_body,
-        preload=args.preload or None,
+        preload=args.preload or None, prompt_cache=args.prompt_cache,
     )  # fmt: skip
     check_options(options)
     app = create_app(options, settings)

@@ -8,7 +8,9 @@ running replies are never starved), then pieces of new prompts with what is left
 free slot; one that finishes or is cancelled frees its slot at once. A freed slot keeps its
 cache cells: a new request goes to the free slot whose cached tokens share the longest prefix
 with its prompt and decodes only the rest (a conversation's next turn, a shared system prompt),
-as llama-server's prompt cache does. This is the loop of llama-server's ``update_slots``,
+as llama-server's prompt cache does (and with its caveat: logits of a cached prefix were
+computed in another batch, so a greedy reply can differ from a fresh one at a near-tie;
+``reuse=False`` gives up the cache for reproducible replies). This is the loop of llama-server's ``update_slots``,
 without the HTTP.
 """
 
@@ -55,10 +57,12 @@ class _Slot:
 class BatchDecoder:
     """``slots`` concurrent generations on ``engine``'s model, in one llama.cpp context."""
 
-    def __init__(self, engine: LlamaCppEngine, slots: int, ctx_per_slot: int, n_batch: int = 512) -> None:
+    def __init__(
+        self, engine: LlamaCppEngine, slots: int, ctx_per_slot: int, n_batch: int = 512, *, reuse: bool = True
+    ) -> None:
         if not 1 <= slots <= 256:
             raise InvalidParameterError(f"parallel slots {slots} is out of range; valid: 1 to 256")
-        self.engine, self.ctx_per_slot, self.n_batch = engine, ctx_per_slot, n_batch
+        self.engine, self.ctx_per_slot, self.n_batch, self.reuse = engine, ctx_per_slot, n_batch, reuse
         p = lc.llama_context_default_params()
         p.n_ctx = ctx_per_slot * slots
         p.n_batch = p.n_ubatch = n_batch
@@ -96,7 +100,7 @@ class BatchDecoder:
         if not free:
             raise EngineError("no free slot")  # callers check free_slots() and queue
         slot = max(free, key=lambda s: _shared(s.cached, prompt))
-        keep = min(_shared(slot.cached, prompt), len(prompt) - 1)  # at least one token to decode for logits
+        keep = min(_shared(slot.cached, prompt), len(prompt) - 1) if self.reuse else 0  # one token left to decode
         if keep == 0 or not lc.llama_memory_seq_rm(self._mem, slot.seq, keep, -1):
             lc.llama_memory_seq_rm(self._mem, slot.seq, -1, -1)
             keep = 0

@@ -61,6 +61,7 @@ class ServeOptions:
     allowed_hosts: tuple[str, ...] = ()
     max_body: int = MAX_BODY
     preload: str | None = DEFAULT_MODEL
+    prompt_cache: bool = True
 
     @property
     def loopback(self) -> bool:
@@ -91,8 +92,9 @@ def create_app(options: ServeOptions, settings: Settings, factory: RunnerFactory
     check_options(options)
     budget = options.memory if options.memory is not None else int(system_ram() * MEMORY_SHARE)
     params = ManagerParams(
-        options.max_loaded, budget, options.parallel, options.ctx, options.threads, options.queue, options.keep_alive
-    )
+        options.max_loaded, budget, options.parallel, options.ctx, options.threads, options.queue, options.keep_alive,
+        options.prompt_cache,
+    )  # fmt: skip
     manager = ModelManager(settings, params, factory)
     keys = load_keys(options.api_keys) if options.api_keys else None
     st = ServerState(settings, manager, Metrics(manager), keys, None, options.audit_prompts)

@@ -30,7 +30,7 @@ DEFAULT_KEEP_ALIVE = 300.0
 RUNNER_OVERHEAD = 64 * 2**20  # the worker process itself: Python, numpy, llama.cpp's buffers
 
 
-RunnerFactory = Callable[..., Any]  # (name, *, slots, ctx_per_slot, threads, home) -> a Runner
+RunnerFactory = Callable[..., Any]  # (name, *, slots, ctx_per_slot, threads, home, prompt_cache) -> a Runner
 
 
 @dataclass(frozen=True)
@@ -42,6 +42,7 @@ class ManagerParams:
     threads: int | None = None
     queue: int = 32  # requests per model that may wait for a slot; more are refused (503)
     keep_alive: float = DEFAULT_KEEP_ALIVE  # for requests that do not say
+    prompt_cache: bool = True
 
 
 @dataclass
@@ -129,7 +130,10 @@ class ModelManager:
             if entry is None:
                 self._make_room(full, need)
                 p, home = self.params, str(self.settings.home)
-                runner = self.factory(full, slots=p.slots, ctx_per_slot=p.ctx_per_slot, threads=p.threads, home=home)
+                runner = self.factory(
+                    full, slots=p.slots, ctx_per_slot=p.ctx_per_slot, threads=p.threads, home=home,
+                    prompt_cache=p.prompt_cache,
+                )  # fmt: skip
                 entry = self._loaded[full] = _Loaded(full, runner, need, keep, time.monotonic())
             elif entry.in_flight >= self.params.slots + self.params.queue:
                 raise CapacityError(

@@ -14,8 +14,7 @@ from fastapi import APIRouter
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from .. import errors
-from ..errors import EdgeslmError, InvalidParameterError
+from ..errors import InvalidParameterError, error_named
 from ..formats.gguf_header import read_gguf_header
 from ..pull import pull
 from ..show import show_model
@@ -163,10 +162,8 @@ def _quantize_in_child(home: Path, source: str, target: str, qtype: str) -> None
     lines = proc.stdout.strip().splitlines()
     answer = json.loads(lines[-1]) if lines else {}
     if proc.returncode != 0:
-        cls = getattr(errors, str(answer.get("kind")), errors.EngineError)
-        if not (isinstance(cls, type) and issubclass(cls, EdgeslmError)):
-            cls = errors.EngineError
-        raise cls(answer.get("message") or f"quantizing stopped (exit code {proc.returncode}); nothing was stored")
+        why = answer.get("message") or f"quantizing stopped (exit code {proc.returncode}); nothing was stored"
+        raise error_named(str(answer.get("kind")), why)
 
 
 @router.post("/api/copy")

@@ -22,6 +22,7 @@ from ..formats.model_info import ModelInfo
 from ..store import parse_name
 from ..store.registry import Manifest
 from ..units import format_params
+from . import service
 from .http_errors import public_message
 from .limits import MAX_TOP_LOGPROBS
 from .ollama_schemas import (
@@ -250,22 +251,14 @@ async def chat(request: Request) -> Response:
 async def embed(request: Request) -> Response:
     body = await parse(request, EmbedRequest)
     note(request, model=body.model)
-    texts = body.texts()
-    if body.dimensions is not None:
-        raise InvalidParameterError("dimensions is not supported: the model's embedding size is used")
     started = request.scope["state"]["started"]
-    lease = await hold(request, body.model, parse_keep_alive(body.keep_alive))
-    try:
-        result = await lease.runner.aembed(texts) if texts else None
-    finally:
-        state(request).manager.release(lease)
-    tokens = result.tokens if result else 0
-    note(request, tokens_in=tokens)
-    state(request).metrics.prompt_tokens.labels(lease.name).inc(tokens)
+    lease, result = await service.embed(
+        request, body.model, body.texts(), parse_keep_alive(body.keep_alive), body.dimensions
+    )
     return JSONResponse({
-        "model": lease.name, "embeddings": result.vectors if result else [],
+        "model": lease.name, "embeddings": result.vectors,
         "total_duration": ns(time.perf_counter() - started), "load_duration": ns(lease.load_seconds),
-        "prompt_eval_count": tokens,
+        "prompt_eval_count": result.tokens,
     })  # fmt: skip
 
 
@@ -273,13 +266,9 @@ async def embed(request: Request) -> Response:
 async def embeddings(request: Request) -> Response:
     body = await parse(request, EmbeddingsRequest)
     note(request, model=body.model)
-    lease = await hold(request, body.model, parse_keep_alive(body.keep_alive))
-    try:
-        result = await lease.runner.aembed([body.prompt]) if body.prompt else None
-    finally:
-        state(request).manager.release(lease)
-    note(request, tokens_in=result.tokens if result else 0)
-    return JSONResponse({"embedding": result.vectors[0] if result else []})
+    texts = [body.prompt] if body.prompt else []
+    _, result = await service.embed(request, body.model, texts, parse_keep_alive(body.keep_alive), None)
+    return JSONResponse({"embedding": result.vectors[0] if result.vectors else []})
 
 
 def details(info: ModelInfo) -> dict[str, Any]:

@@ -20,10 +20,11 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from ..engines.base import SamplingParams
 from ..errors import EdgeslmError, InvalidParameterError, ModelNotFoundError, http_status_for
 from ..store.registry import Manifest
+from . import service
 from .http_errors import error_body
 from .openai_schemas import ChatCompletionRequest, CompletionRequest, EmbeddingRequest, _Sampling
 from .runner import Chunk, Done, Job
-from .service import Generation, Reply, collect, hold, note, parse, state
+from .service import Generation, Reply, collect, note, parse, state
 
 log = logging.getLogger(__name__)
 router = APIRouter(prefix="/v1")
@@ -174,16 +175,7 @@ async def completions(request: Request) -> Response:
 async def embeddings(request: Request) -> Response:
     body = await parse(request, EmbeddingRequest)
     note(request, model=body.model)
-    texts = body.texts()
-    if body.dimensions is not None:
-        raise InvalidParameterError("dimensions is not supported: the model's embedding size is used")
-    lease = await hold(request, body.model, None)
-    try:
-        result = await lease.runner.aembed(texts)
-    finally:
-        state(request).manager.release(lease)
-    note(request, tokens_in=result.tokens)
-    state(request).metrics.prompt_tokens.labels(lease.name).inc(result.tokens)
+    lease, result = await service.embed(request, body.model, body.texts(), None, body.dimensions)
 
     def encode(vec: list[float]) -> list[float] | str:
         if body.encoding_format == "base64":

@@ -18,9 +18,8 @@ from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
 
-from .. import errors
 from ..engines.base import SamplingParams
-from ..errors import EdgeslmError, EngineError
+from ..errors import EdgeslmError, EngineError, error_named
 
 READY_TIMEOUT = 120.0
 
@@ -115,11 +114,13 @@ class Runner:
         ctx_per_slot: int = 2048,
         threads: int | None = None,
         home: str | None = None,  # the store's home (default: as the environment says)
+        prompt_cache: bool = True,  # a freed slot's cells serve the next prompt sharing their prefix
     ) -> None:
         self.name = name
-        args = json.dumps(
-            {"name": name, "slots": slots, "ctx_per_slot": ctx_per_slot, "threads": threads, "home": home}
-        )
+        args = json.dumps({
+            "name": name, "slots": slots, "ctx_per_slot": ctx_per_slot, "threads": threads, "home": home,
+            "prompt_cache": prompt_cache,
+        })  # fmt: skip
         self._proc = subprocess.Popen(
             [sys.executable, "-m", "edgeslm.serve.worker", args],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
@@ -154,7 +155,10 @@ class Runner:
     def _read(self) -> None:
         assert self._proc.stdout is not None
         for line in self._proc.stdout:
-            msg = json.loads(line)
+            try:
+                msg = json.loads(line)
+            except ValueError:  # the half line of a runner killed mid-write: its end follows
+                continue
             with self._lock:
                 q = self._queues.get(str(msg.get("id")))
             if q is not None:
@@ -271,7 +275,4 @@ def _event(msg: dict[str, Any]) -> Chunk | Done:
 
 def _error(msg: dict[str, Any]) -> EdgeslmError:
     """The worker's error as the same class here (an unknown kind becomes EngineError)."""
-    cls = getattr(errors, str(msg.get("kind")), EngineError)
-    if not (isinstance(cls, type) and issubclass(cls, EdgeslmError)):
-        cls = EngineError
-    return cls(str(msg.get("message")))
+    return error_named(str(msg.get("kind")), str(msg.get("message")))

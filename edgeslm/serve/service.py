@@ -27,7 +27,7 @@ from .audit import AuditLog
 from .keys import KeyRing
 from .manager import Lease, ModelManager
 from .metrics import Metrics
-from .runner import Chunk, Done, Job
+from .runner import Chunk, Done, Embeddings, Job
 
 B = TypeVar("B", bound=BaseModel)
 
@@ -159,6 +159,22 @@ async def hold(request: Request, name: str, keep_alive: float | None) -> Lease:
     lease = await asyncio.to_thread(st.manager.acquire, name, keep_alive)
     note(request, model=lease.name)
     return lease
+
+
+async def embed(
+    request: Request, name: str, texts: list[str], keep_alive: float | None, dimensions: int | None
+) -> tuple[Lease, Embeddings]:
+    """Embed ``texts`` with ``name`` (no texts: just load it), counting the tokens."""
+    if dimensions is not None:
+        raise InvalidParameterError("dimensions is not supported: the model's embedding size is used")
+    lease = await hold(request, name, keep_alive)
+    try:
+        result = await lease.runner.aembed(texts) if texts else Embeddings([], 0)
+    finally:
+        state(request).manager.release(lease)
+    note(request, tokens_in=result.tokens)
+    state(request).metrics.prompt_tokens.labels(lease.name).inc(result.tokens)
+    return lease, result
 
 
 @dataclass

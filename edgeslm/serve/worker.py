@@ -69,12 +69,12 @@ def _send(message: dict[str, Any]) -> None:
     sys.stdout.flush()
 
 
-def serve(name: str, slots: int, ctx_per_slot: int, threads: int | None, home: str | None) -> None:
+def serve(name: str, slots: int, ctx_per_slot: int, threads: int | None, home: str | None, reuse: bool) -> None:
     from ..engines.llamacpp_batch import BatchDecoder
 
     settings = resolve_settings(home=home, offline=True)
     model = load(name, ctx=min(ctx_per_slot, 512), threads=threads, settings=settings)
-    batch = BatchDecoder(model.engine, slots, ctx_per_slot)  # type: ignore[arg-type]
+    batch = BatchDecoder(model.engine, slots, ctx_per_slot, reuse=reuse)  # type: ignore[arg-type]
     ready = {"op": "ready", "name": model.name, "slots": slots, "ctx_per_slot": ctx_per_slot, "pid": os.getpid()}
     _send({**ready, "n_vocab": model.engine.n_vocab, "chat": model.has_chat_template})
     lines, waiting, running = _Lines(sys.stdin.fileno()), deque[_Request](), dict[str, _Request]()
@@ -213,7 +213,8 @@ def _emit(model: Any, batch: Any, running: dict[str, _Request], ev: Any) -> None
 def main() -> None:
     args = json.loads(sys.argv[1])
     try:
-        serve(args["name"], args["slots"], args["ctx_per_slot"], args.get("threads"), args.get("home"))
+        name, slots, ctx, threads, home = (args.get(k) for k in ("name", "slots", "ctx_per_slot", "threads", "home"))
+        serve(name, slots, ctx, threads, home, args.get("prompt_cache", True))
     except EdgeslmError as exc:
         _send({"op": "failed", "kind": type(exc).__name__, "message": str(exc)})
         sys.exit(1)
