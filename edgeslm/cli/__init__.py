@@ -17,6 +17,7 @@ from ..config import resolve_settings
 from ..errors import EdgeslmError, exit_code_for
 from . import (
     admin_cmds,
+    convert_cmds,
     eval_cmds,
     infer_cmds,
     optimize_cmds,
@@ -47,6 +48,7 @@ def make_parser() -> argparse.ArgumentParser:
     store_cmds.configure(sub)
     infer_cmds.configure(sub)
     quantize_cmds.configure(sub)
+    convert_cmds.configure(sub)
     eval_cmds.configure(sub)
     optimize_cmds.configure(sub)
     recommend_cmds.configure(sub)

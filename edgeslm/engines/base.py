@@ -101,6 +101,7 @@ class LoadParams:
     n_batch: int = 2048
     n_ubatch: int = 512
     embeddings: bool = False
+    f32_cache: bool = False  # keep K and V in F32 (exact comparisons); llama.cpp's default is F16
 
     def __post_init__(self) -> None:
         _check(_int(self.n_ctx) and 16 <= self.n_ctx <= MAX_CONTEXT, "ctx", self.n_ctx, "16 to 1,048,576")

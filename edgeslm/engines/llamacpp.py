@@ -114,6 +114,9 @@ class LlamaCppEngine:
         p.n_ubatch = self.params.n_ubatch if not embeddings else self.params.n_ctx
         p.n_threads = p.n_threads_batch = self.params.threads
         p.no_perf = True
+        if self.params.f32_cache:  # and no flash attention: its CPU kernel takes Q in F16
+            p.type_k = p.type_v = lc.GGML_TYPE_F32
+            p.flash_attn_type = lc.LLAMA_FLASH_ATTN_TYPE_DISABLED
         if embeddings:
             p.embeddings = True
             p.pooling_type = lc.LLAMA_POOLING_TYPE_MEAN

@@ -178,3 +178,45 @@ def pull_from_hub(
         folder = f"models--{ref.repo_id.replace('/', '--')}"
         for leftover in (cache / folder, cache / ".locks" / folder):
             shutil.rmtree(leftover, ignore_errors=True)
+
+
+CHECKPOINT_FILES = re.compile(
+    r"(config\.json|generation_config\.json|tokenizer\.json|tokenizer_config\.json|special_tokens_map\.json"
+    r"|tokenizer\.model|model\.safetensors\.index\.json|[^/]+\.safetensors)\Z"
+)
+
+
+def download_checkpoint(ref: HubRef, settings: Settings, cache: Path) -> tuple[Path, str]:
+    """A Hugging Face checkpoint's files (config, safetensors, tokenizer; never pickles) into
+    ``cache``; return the local folder and the revision."""
+    if settings.offline:
+        raise OfflineError(f"offline mode is on (EDGESLM_OFFLINE or HF_HUB_OFFLINE); cannot fetch hf.co/{ref.repo_id}")
+    from huggingface_hub import HfApi, hf_hub_download
+    from huggingface_hub.hf_api import RepoFile
+
+    check_reachable(settings, ref)
+    api = HfApi(endpoint=settings.hf_endpoint, token=settings.hf_token or False)
+    try:
+        wanted = [
+            e.path
+            for e in api.list_repo_tree(ref.repo_id, recursive=False, revision=ref.revision)
+            if isinstance(e, RepoFile) and CHECKPOINT_FILES.match(e.path)
+        ]
+        if "config.json" not in wanted:
+            raise ModelNotFoundError(f"hf.co/{ref.repo_id} has no config.json: not a Hugging Face model checkpoint")
+        local = [
+            hf_hub_download(
+                ref.repo_id,
+                path,
+                revision=ref.revision,
+                cache_dir=cache,
+                endpoint=settings.hf_endpoint,
+                token=settings.hf_token or False,
+            )  # fmt: skip
+            for path in wanted
+        ]
+    except (ModelNotFoundError, SourceError):
+        raise
+    except Exception as exc:  # noqa: BLE001 - every transport or hub failure becomes one of ours
+        raise _translate(exc, ref, settings) from exc
+    return Path(str(local[0])).parent, ref.revision

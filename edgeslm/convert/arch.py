@@ -1,0 +1,226 @@
+"""What each supported architecture needs, written the way llama.cpp's loader expects it.
+
+One ``Arch`` per Hugging Face architecture: llama.cpp's architecture and what is special about
+it. Llama's Q/K rows are permuted to llama.cpp's rotary layout (interleaved pairs); Qwen2's QKV
+biases and Qwen3's per-head Q/K norms are ordinary tensors; Gemma 3 stores RMSNorm weights minus
+one (``x * (1 + w)``), so 1 is added, its padded vocabulary is cut to the tokenizer's, its
+sliding-window layers and their own rope base are written, and llama.cpp scales attention by
+1/sqrt(head_dim) whatever ``query_pre_attn_scalar`` says; Phi-3's fused QKV and gate-up
+projections stay fused, with a partial rotary dimension and LongRoPE factor tensors when the
+checkpoint has them. Tensor names go through gguf-py's ``TensorNameMap``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import gguf
+import numpy as np
+import numpy.typing as npt
+
+from ..errors import InvalidModelFileError
+from .hf import Checkpoint
+
+F32 = npt.NDArray[np.float32]
+Transform = Callable[[F32], F32]
+SKIP_SUFFIXES = (".rotary_emb.inv_freq", ".attn.masked_bias", ".attn.bias")
+
+
+@dataclass(frozen=True)
+class Hparams:
+    n_layer: int
+    n_embd: int
+    n_ff: int
+    n_head: int
+    n_head_kv: int
+    head_dim: int
+    n_ctx: int
+    n_vocab: int
+    eps: float
+    rope: dict[str, Any]  # the full-attention rope parameters (rope_theta, rope_type, factor, ...)
+    rope_swa_theta: float | None
+    tied: bool
+    config: dict[str, Any]
+
+    @property
+    def rope_theta(self) -> float:
+        return float(self.rope.get("rope_theta", 10000.0))
+
+    @property
+    def rope_type(self) -> str:
+        return str(self.rope.get("rope_type") or self.rope.get("type") or "default").lower()
+
+
+@dataclass(frozen=True)
+class Arch:
+    hf: str
+    gguf: gguf.MODEL_ARCH
+    permute_qk: bool = False  # Llama checkpoints rotate halves; llama.cpp's kernel rotates pairs
+    norm_shift: float = 0.0  # Gemma: norms are stored minus one
+    truncate_vocab: bool = False  # Gemma: the embedding is cut to the tokenizer (others pad the vocabulary)
+    metadata: Callable[[Any, Hparams], None] | None = None  # (GGUFWriter, Hparams)
+
+
+def _gemma3(w: gguf.GGUFWriter, hp: Hparams) -> None:
+    c = hp.config
+    w.add_key_length(hp.head_dim)
+    w.add_value_length(hp.head_dim)
+    if c.get("final_logit_softcapping"):
+        w.add_final_logit_softcapping(float(c["final_logit_softcapping"]))
+    if c.get("attn_logit_softcapping"):
+        raise InvalidModelFileError("attention logit softcapping is not in llama.cpp's gemma3; this is not Gemma 3")
+    if c.get("sliding_window"):
+        w.add_sliding_window(int(c["sliding_window"]))
+        layer_types = c.get("layer_types")
+        if isinstance(layer_types, list) and len(layer_types) == hp.n_layer:
+            w.add_sliding_window_pattern([t == "sliding_attention" for t in layer_types])
+        if hp.rope_swa_theta is not None:
+            w.add_rope_freq_base_swa(hp.rope_swa_theta)
+
+
+def _phi3(w: gguf.GGUFWriter, hp: Hparams) -> None:
+    w.add_sliding_window(int(hp.config.get("sliding_window") or 0))  # 0 tells Phi-4 from Phi-3
+    original = hp.rope.get("original_max_position_embeddings") or hp.config.get("original_max_position_embeddings")
+    if original:
+        w.add_rope_scaling_orig_ctx_len(int(original))
+
+
+ARCHS: dict[str, Arch] = {
+    a.hf: a
+    for a in (
+        Arch("LlamaForCausalLM", gguf.MODEL_ARCH.LLAMA, permute_qk=True),
+        Arch("Qwen2ForCausalLM", gguf.MODEL_ARCH.QWEN2),
+        Arch("Qwen3ForCausalLM", gguf.MODEL_ARCH.QWEN3),
+        Arch("Gemma3ForCausalLM", gguf.MODEL_ARCH.GEMMA3, norm_shift=1.0, truncate_vocab=True, metadata=_gemma3),
+        Arch("Phi3ForCausalLM", gguf.MODEL_ARCH.PHI3, metadata=_phi3),
+    )
+}
+
+
+def arch_of(ckpt: Checkpoint) -> Arch:
+    arch = ARCHS.get(ckpt.architecture)
+    if arch is None:
+        raise InvalidModelFileError(
+            f"architecture {ckpt.architecture[:80]} is not supported; supported: {', '.join(sorted(ARCHS))}"
+        )
+    return arch
+
+
+def hparams(ckpt: Checkpoint) -> Hparams:
+    c = ckpt.config
+
+    def need(key: str) -> int:
+        value = c.get(key)
+        if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+            raise InvalidModelFileError(f"config.json: {key} must be a positive integer, not {str(value)[:40]!r}")
+        return value
+
+    n_embd, n_head = need("hidden_size"), need("num_attention_heads")
+    rope_all = c.get("rope_parameters") or c.get("rope_scaling") or {}
+    rope = dict(rope_all.get("full_attention", rope_all))
+    rope.setdefault("rope_theta", c.get("rope_theta", 10000.0))
+    swa = (rope_all.get("sliding_attention") or {}).get("rope_theta") or c.get("rope_local_base_freq")
+    for key in ("partial_rotary_factor", "original_max_position_embeddings"):
+        if key in c and key not in rope:
+            rope[key] = c[key]
+    return Hparams(
+        n_layer=need("num_hidden_layers"), n_embd=n_embd, n_ff=need("intermediate_size"), n_head=n_head,
+        n_head_kv=c.get("num_key_value_heads") or n_head, head_dim=int(c.get("head_dim") or n_embd // n_head),
+        n_ctx=int(c.get("max_position_embeddings") or 4096), n_vocab=need("vocab_size"),
+        eps=float(c.get("rms_norm_eps", 1e-6)), rope=rope, rope_swa_theta=float(swa) if swa else None,
+        tied=bool(c.get("tie_word_embeddings", False)), config=c,
+    )  # fmt: skip
+
+
+def add_metadata(w: gguf.GGUFWriter, arch: Arch, hp: Hparams) -> None:
+    w.add_context_length(hp.n_ctx)
+    w.add_embedding_length(hp.n_embd)
+    w.add_block_count(hp.n_layer)
+    w.add_feed_forward_length(hp.n_ff)
+    w.add_head_count(hp.n_head)
+    w.add_head_count_kv(hp.n_head_kv)
+    w.add_layer_norm_rms_eps(hp.eps)
+    w.add_rope_freq_base(hp.rope_theta)
+    w.add_vocab_size(hp.n_vocab)
+    rotary = float(hp.rope.get("partial_rotary_factor", 1.0))
+    w.add_rope_dimension_count(int(rotary * hp.head_dim))
+    if hp.head_dim != hp.n_embd // hp.n_head and arch.metadata is not _gemma3:
+        w.add_key_length(hp.head_dim)
+        w.add_value_length(hp.head_dim)
+    kind = hp.rope_type
+    if kind == "linear":
+        w.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
+        w.add_rope_scaling_factor(float(hp.rope["factor"]))
+    elif kind in ("su", "longrope"):
+        w.add_rope_scaling_type(gguf.RopeScalingType.LONGROPE)
+    elif kind not in ("default", "llama3"):
+        raise InvalidModelFileError(f"rope type {kind[:40]!r} is not supported yet (default, linear, llama3, longrope)")
+    if arch.metadata is not None:
+        arch.metadata(w, hp)
+
+
+def tensors(ckpt: Checkpoint, arch: Arch, hp: Hparams, n_vocab: int) -> Iterator[tuple[str, str, Transform | None]]:
+    """(GGUF name, checkpoint name, transform) for every tensor to write, in checkpoint order."""
+    names = gguf.get_tensor_name_map(arch.gguf, hp.n_layer)
+    for name in ckpt.shards:
+        if name.endswith(SKIP_SUFFIXES) or (hp.tied and name == "lm_head.weight"):
+            continue
+        mapped = names.get_name(name, try_suffixes=(".weight", ".bias"))
+        if mapped is None:
+            raise InvalidModelFileError(f"tensor {name[:100]} has no place in llama.cpp's {arch.gguf.name.lower()}")
+        yield mapped, name, _transform(arch, hp, mapped, n_vocab)
+
+
+def _transform(arch: Arch, hp: Hparams, mapped: str, n_vocab: int) -> Transform | None:
+    if arch.permute_qk and mapped.endswith(("attn_q.weight", "attn_q.bias")):
+        return lambda w: _permute(w, hp.n_head)
+    if arch.permute_qk and mapped.endswith(("attn_k.weight", "attn_k.bias")):
+        return lambda w: _permute(w, hp.n_head_kv)
+    if arch.norm_shift and mapped.endswith("norm.weight"):
+        return lambda w: w + np.float32(arch.norm_shift)
+    if mapped in ("token_embd.weight", "output.weight") and n_vocab < hp.n_vocab:
+        return lambda w: w[:n_vocab]  # a vocabulary padded past the tokenizer (Gemma)
+    return None
+
+
+def _permute(w: F32, n_head: int) -> F32:
+    """Rows of each head from [first halves; second halves] to interleaved pairs (llama.cpp's RoPE)."""
+    return np.ascontiguousarray(
+        w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+    )
+
+
+def extra_tensors(arch: Arch, hp: Hparams) -> Iterator[tuple[str, F32]]:
+    """Tensors llama.cpp needs that the checkpoint does not hold: Llama 3's rope frequency factors,
+    Phi-3's LongRoPE long and short factors."""
+    if hp.rope_type == "llama3":
+        yield gguf.TENSOR_NAMES[gguf.MODEL_TENSOR.ROPE_FREQS] + ".weight", _llama3_factors(hp)
+    elif hp.rope_type in ("su", "longrope") and hp.rope.get("long_factor"):
+        long, short = hp.rope["long_factor"], hp.rope.get("short_factor") or []
+        half = int(float(hp.rope.get("partial_rotary_factor", 1.0)) * hp.head_dim) // 2
+        if len(long) != half or len(short) != half:
+            raise InvalidModelFileError(f"rope long/short factors must have {half} values each")
+        yield gguf.TENSOR_NAMES[gguf.MODEL_TENSOR.ROPE_FACTORS_LONG] + ".weight", np.asarray(long, dtype=np.float32)
+        yield gguf.TENSOR_NAMES[gguf.MODEL_TENSOR.ROPE_FACTORS_SHORT] + ".weight", np.asarray(short, dtype=np.float32)
+
+
+def _llama3_factors(hp: Hparams) -> F32:
+    r = hp.rope
+    factor = float(r.get("factor", 8.0))
+    low, high = float(r.get("low_freq_factor", 1.0)), float(r.get("high_freq_factor", 4.0))
+    old = float(r.get("original_max_position_embeddings", 8192))
+    freqs = 1.0 / (hp.rope_theta ** (np.arange(0, hp.head_dim, 2, dtype=np.float64) / hp.head_dim))
+    factors = []
+    for f in freqs:
+        wavelen = 2 * math.pi / f
+        if wavelen < old / high:
+            factors.append(1.0)
+        elif wavelen > old / low:
+            factors.append(factor)
+        else:
+            smooth = (old / wavelen - low) / (high - low)
+            factors.append(1 / ((1 - smooth) / factor + smooth))
+    return np.asarray(factors, dtype=np.float32)
