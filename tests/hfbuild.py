@@ -72,3 +72,30 @@ def write_model(folder: Path, arch: str, vocab_size: int, **overrides: Any) -> A
     model = model_cls(config).eval()
     model.save_pretrained(folder)
     return model
+
+
+def write_sentencepiece(folder: Path, *, dummy_prefix: bool, vocab_size: int = 400) -> Any:
+    """A SentencePiece BPE model with byte fallback (Llama 2 style with the dummy prefix, Gemma
+    style without), as tokenizer.model; returns the loaded processor, the reference tokenizer."""
+    import io
+
+    import sentencepiece as spm
+
+    import edgeslm
+
+    text = (Path(edgeslm.__file__).parent / "data" / "wikitext-2-sample.txt").read_text(encoding="utf-8")
+    model = io.BytesIO()
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(text.splitlines()), model_writer=model, vocab_size=vocab_size, model_type="bpe",
+        byte_fallback=True, add_dummy_prefix=dummy_prefix, user_defined_symbols=["<|im_start|>", "<|im_end|>"],
+        bos_id=1, eos_id=2, unk_id=0, pad_id=-1, character_coverage=1.0, minloglevel=2,
+        remove_extra_whitespaces=False, split_digits=True, allow_whitespace_only_pieces=True,
+        normalization_rule_name="identity",  # as Llama 2's and Gemma's: no NFKC, tabs and newlines kept
+    )  # fmt: skip
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "tokenizer.model").write_bytes(model.getvalue())
+    sp = spm.SentencePieceProcessor(model_proto=model.getvalue())
+    added = {str(sp.piece_to_id(t)): {"content": t, "special": True} for t in ("<|im_start|>", "<|im_end|>")}
+    config = {"bos_token": "<s>", "eos_token": "</s>", "add_bos_token": False, "added_tokens_decoder": added}
+    (folder / "tokenizer_config.json").write_text(json.dumps(config))
+    return sp

@@ -73,6 +73,41 @@ def test_converted_logits_equal_transformers(checkpoints: dict[str, tuple[Path, 
         e.close()
 
 
+@pytest.mark.parametrize("arch", ["gemma3", "llama"])
+def test_sentencepiece_tokenizers(store: Store, tmp_path: Path, arch: str) -> None:
+    """Gemma style (no dummy prefix): ids equal Hugging Face's GemmaTokenizer on every hard string.
+    Llama 2 style (dummy prefix): ids equal SentencePiece's own, except after a special token,
+    where llama.cpp puts the prefix before the text and SentencePiece before the special token
+    (and transformers' LlamaTokenizer, which differs from SentencePiece on leading spaces too)."""
+    import transformers as tf
+
+    from .hfbuild import write_sentencepiece
+
+    sp = write_sentencepiece(tmp_path / arch, dummy_prefix=arch == "llama")
+    model = write_model(tmp_path / arch, arch, sp.vocab_size())
+    result = convert(store, tmp_path / arch, outtype="f32", name=f"spm-{arch}")
+    assert result.pre_tokenizer == "default"
+    e = engine_for(store, result.manifest.digest)
+    try:
+        for text in HARD_STRINGS:
+            got = e.tokenize(text, add_special=False, parse_special=True)
+            if arch == "gemma3":
+                expected = tf.GemmaTokenizer.from_pretrained(tmp_path / arch).encode(text, add_special_tokens=False)
+            elif text.startswith("<|"):
+                continue
+            else:
+                expected = sp.encode(text)
+            assert got == expected, text
+        ids = sp.encode(PROMPTS[1])
+        with torch.no_grad():
+            ref = model(torch.tensor([ids])).logits[0].numpy()
+        got_logits = e.eval_logits(ids)
+        ref = ref[:, : got_logits.shape[1]]
+        assert np.abs(ref - got_logits).max() <= 1e-3 * float(ref.max() - ref.min())
+    finally:
+        e.close()
+
+
 def test_output_types_lineage_and_sharded_checkpoints(
     checkpoints: dict[str, tuple[Path, Any]], store: Store, tmp_path: Path
 ) -> None:

@@ -188,7 +188,7 @@ def write_gguf(ckpt: Checkpoint, arch: Arch, hp: Hparams, qtype: Q, path: Path, 
     try:
         w.add_file_type(FILE_TYPES[qtype])
         add_metadata(w, arch, hp)
-        pre, n_vocab = add_vocab(w, ckpt, hp.n_vocab, truncate=arch.truncate_vocab)
+        pre, n_vocab = add_vocab(w, ckpt, hp.n_vocab, truncate=arch.truncate_vocab, space_prefix=arch.space_prefix)
         w.add_name(_general_name(name.model, ckpt))
         plan = [_Planned(g, src, fn, _qtype_for(qtype, _shape(ckpt, src, g, n_vocab)), _shape(ckpt, src, g, n_vocab))
                 for g, src, fn in tensors(ckpt, arch, hp, n_vocab)]  # fmt: skip

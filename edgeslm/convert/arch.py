@@ -61,6 +61,7 @@ class Arch:
     permute_qk: bool = False  # Llama checkpoints rotate halves; llama.cpp's kernel rotates pairs
     norm_shift: float = 0.0  # Gemma: norms are stored minus one
     truncate_vocab: bool = False  # Gemma: the embedding is cut to the tokenizer (others pad the vocabulary)
+    space_prefix: bool | None = None  # SentencePiece: add a space before the text (None: as the tokenizer says)
     metadata: Callable[[Any, Hparams], None] | None = None  # (GGUFWriter, Hparams)
 
 
@@ -94,7 +95,14 @@ ARCHS: dict[str, Arch] = {
         Arch("LlamaForCausalLM", gguf.MODEL_ARCH.LLAMA, permute_qk=True),
         Arch("Qwen2ForCausalLM", gguf.MODEL_ARCH.QWEN2),
         Arch("Qwen3ForCausalLM", gguf.MODEL_ARCH.QWEN3),
-        Arch("Gemma3ForCausalLM", gguf.MODEL_ARCH.GEMMA3, norm_shift=1.0, truncate_vocab=True, metadata=_gemma3),
+        Arch(
+            "Gemma3ForCausalLM",
+            gguf.MODEL_ARCH.GEMMA3,
+            norm_shift=1.0,
+            truncate_vocab=True,
+            space_prefix=False,
+            metadata=_gemma3,
+        ),
         Arch("Phi3ForCausalLM", gguf.MODEL_ARCH.PHI3, metadata=_phi3),
     )
 }

@@ -1,6 +1,8 @@
-"""Tokenizers into GGUF: byte-level BPE from ``tokenizer.json`` (vocabulary, merges, added and
-special tokens, and llama.cpp's pre-tokenizer identity). gguf-py's ``SpecialVocab`` writes the
-merges, special token ids, add-BOS/EOS flags and chat template, as llama.cpp's converter does."""
+"""Tokenizers into GGUF, as llama.cpp's converter writes them: SentencePiece from
+``tokenizer.model`` when the folder has one (Gemma, Llama 2, Phi-3: pieces, scores, piece types,
+added tokens), else byte-level BPE from ``tokenizer.json`` (vocabulary, added and special tokens,
+and llama.cpp's pre-tokenizer identity). gguf-py's ``SpecialVocab`` writes merges, special
+token ids, add-BOS/EOS flags and the chat template."""
 
 from __future__ import annotations
 
@@ -18,12 +20,15 @@ from .pre_tokenizers import CHECK_TEXT, PRE_BY_HASH
 log = logging.getLogger(__name__)
 
 
-def add_vocab(w: gguf.GGUFWriter, ckpt: Checkpoint, n_vocab: int, *, truncate: bool) -> tuple[str, int]:
+def add_vocab(
+    w: gguf.GGUFWriter, ckpt: Checkpoint, n_vocab: int, *, truncate: bool, space_prefix: bool | None = None
+) -> tuple[str, int]:
     """Write the tokenizer; return llama.cpp's pre-tokenizer name and the vocabulary size written
     (the model's, padded with unused tokens; or, with ``truncate``, the tokenizer's own)."""
+    if ckpt.tokenizer_model is not None:
+        return _add_sentencepiece(w, ckpt, n_vocab, truncate=truncate, space_prefix=space_prefix)
     if ckpt.tokenizer_json is None:
-        what = "tokenizer.model (SentencePiece) is not supported yet" if ckpt.tokenizer_model else "no tokenizer"
-        raise InvalidModelFileError(f"{ckpt.folder}: {what}; a byte-level BPE tokenizer.json is needed")
+        raise InvalidModelFileError(f"{ckpt.folder} has no tokenizer: tokenizer.json or tokenizer.model is needed")
     from tokenizers import Tokenizer
 
     try:
@@ -94,3 +99,57 @@ def _by_structure(pre: dict[str, Any]) -> str | None:
     if [k for k, _ in kinds] == ["Digits", "ByteLevel"] and kinds[0][1].get("individual_digits"):
         return "smollm"
     return None
+
+
+def _add_sentencepiece(
+    w: gguf.GGUFWriter, ckpt: Checkpoint, n_vocab: int, *, truncate: bool, space_prefix: bool | None
+) -> tuple[str, int]:
+    from sentencepiece import SentencePieceProcessor
+
+    assert ckpt.tokenizer_model is not None
+    sp = SentencePieceProcessor()
+    try:
+        sp.LoadFromFile(str(ckpt.tokenizer_model))
+    except (OSError, RuntimeError) as exc:
+        raise InvalidModelFileError(f"tokenizer.model is not a SentencePiece model ({str(exc)[:120]})") from None
+    n_vocab = min(n_vocab, sp.vocab_size()) if truncate else n_vocab
+    if sp.vocab_size() > n_vocab:
+        raise InvalidModelFileError(f"tokenizer.model has {sp.vocab_size():,} pieces but vocab_size is {n_vocab:,}")
+    T = gguf.TokenType
+    tokens = [f"[PAD{i}]" for i in range(n_vocab)]
+    scores, types = [-10000.0] * n_vocab, [int(T.UNUSED)] * n_vocab
+    for i in range(sp.vocab_size()):
+        kind = (T.UNKNOWN if sp.IsUnknown(i) else T.CONTROL if sp.IsControl(i) else T.UNUSED if sp.IsUnused(i)
+                else T.BYTE if sp.IsByte(i) else T.NORMAL)  # fmt: skip
+        tokens[i], scores[i], types[i] = sp.IdToPiece(i), float(sp.GetScore(i)), int(kind)
+    for i, content, special in _added_tokens(ckpt):
+        if i < n_vocab:
+            tokens[i], scores[i] = content if special else content.replace("\u2581", " "), -1000.0
+            types[i] = int(T.CONTROL if special else T.USER_DEFINED)
+    w.add_tokenizer_model("llama")
+    w.add_tokenizer_pre("default")
+    w.add_token_list(tokens)
+    w.add_token_scores(scores)
+    w.add_token_types(types)
+    if space_prefix is None:
+        space_prefix = ckpt.tokenizer_config.get("add_prefix_space")
+    if space_prefix is not None:
+        w.add_add_space_prefix(bool(space_prefix))
+    gguf.SpecialVocab(ckpt.folder, n_vocab=n_vocab).add_to_gguf(w, quiet=True)
+    return "default", n_vocab
+
+
+def _added_tokens(ckpt: Checkpoint) -> list[tuple[int, str, bool]]:
+    """(id, text, special) of tokens added to a SentencePiece model (added_tokens.json, tokenizer_config)."""
+    found: dict[int, tuple[str, bool]] = {}
+    path = ckpt.folder / "added_tokens.json"
+    if path.is_file():
+        from .hf import read_json
+
+        for text, i in read_json(path, "added tokens").items():
+            if isinstance(i, int):
+                found[i] = (str(text), False)
+    for key, data in (ckpt.tokenizer_config.get("added_tokens_decoder") or {}).items():
+        if str(key).isdigit() and isinstance(data, dict) and isinstance(data.get("content"), str):
+            found[int(key)] = (data["content"], bool(data.get("special")))
+    return [(i, text, special) for i, (text, special) in sorted(found.items())]
