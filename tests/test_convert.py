@@ -207,3 +207,67 @@ def test_bad_checkpoints_are_refused_and_nothing_is_stored(
     result = cli("convert", str(bad), "--name", "bad")
     assert result.code == 65 and "Error:" in result.err and "Traceback" not in result.err
     assert snapshot(store.root) == before
+
+
+@pytest.mark.real_model
+def test_smollm2_exported_to_hugging_face_and_converted_back(builtin_home: Path, home: Path, cli: Cli) -> None:
+    """The builtin Q4_1 SmolLM2 -> HF folder (float32, what its quantized weights hold) that transformers
+    loads and whose tokenizer gives llama.cpp's ids; converted back, logits exact in float32 and within
+    llama.cpp's activation quantization of the original; quantized again, the original tensors bit for
+    bit, so the same greedy text."""
+    import transformers as tf
+
+    from edgeslm.engines.base import SamplingParams
+    from edgeslm.generation import generate, load
+
+    shutil.copytree(builtin_home, home, dirs_exist_ok=True)
+    out = home.parent / "smollm2-hf"
+    assert cli("export", "smollm2-135m-instruct", "--format", "hf", str(out)).code == 0
+    assert {p.name for p in out.iterdir()} >= {"config.json", "model.safetensors", "tokenizer.json"}
+    assert cli("export", "smollm2-135m-instruct", "--format", "hf", str(out)).code == 73  # not empty: refused
+    tok = tf.AutoTokenizer.from_pretrained(out)
+    model = tf.AutoModelForCausalLM.from_pretrained(out).eval()
+    result = cli("convert", str(out), "--name", "smollm2-roundtrip", "--json")
+    assert result.code == 0, result.err
+    assert json.loads(result.out)["pre_tokenizer"] == "smollm"
+    store = Store.open(home / "models")
+    original = engine_for(store, store.get(parse("smollm2-135m-instruct")).digest)
+    back = engine_for(store, store.get(parse("smollm2-roundtrip")).digest)
+    try:
+        for text in HARD_STRINGS:
+            assert original.tokenize(text, add_special=False) == tok.encode(text, add_special_tokens=False), text
+        ids = tok.encode("The capital of France is Paris. The capital of Italy is", add_special_tokens=False)
+        with torch.no_grad():
+            ref = model(torch.tensor([ids])).logits[0].numpy()
+        exact, quantized = back.eval_logits(ids), original.eval_logits(ids)
+        spread = float(ref.max() - ref.min())
+        assert np.abs(exact - ref).max() <= 1e-4 * spread  # the round trip is exact in float32
+        assert np.abs(quantized - exact).max() <= 0.05 * spread  # llama.cpp's Q4_1 kernels quantize activations
+        assert (quantized.argmax(axis=1) == exact.argmax(axis=1)).all()
+    finally:
+        original.close()
+        back.close()
+    # Quantized again with llama.cpp's own recipe for Q4_1, every tensor is the original's, bit for bit.
+    assert cli("quantize", "smollm2-roundtrip", "--type", "q4_1", "--allow-requantize").code == 0
+    import gguf
+
+    tensors = {}
+    for name in ("smollm2-135m-instruct", "smollm2-roundtrip:q4_1"):
+        reader = gguf.GGUFReader(store.blob_path(store.get(parse(name)).digest))
+        tensors[name] = {t.name: (t.tensor_type, np.asarray(t.data).tobytes()) for t in reader.tensors}
+    assert tensors["smollm2-135m-instruct"] == tensors["smollm2-roundtrip:q4_1"]
+    greedy, texts = SamplingParams(temperature=0), []
+    for name in ("smollm2-135m-instruct", "smollm2-roundtrip:q4_1"):
+        m = load(name, ctx=256)
+        try:
+            chat = [{"role": "user", "content": "What is the capital of France?"}]
+            texts.append(generate(m, chat, sampling=greedy, max_tokens=32).text)
+        finally:
+            m.close()
+    assert texts[0] == texts[1] and texts[0]
+
+
+def parse(name: str) -> Any:
+    from edgeslm.store import parse_name
+
+    return parse_name(name)

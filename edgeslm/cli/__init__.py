@@ -49,6 +49,7 @@ def make_parser() -> argparse.ArgumentParser:
     infer_cmds.configure(sub)
     quantize_cmds.configure(sub)
     convert_cmds.configure(sub)
+    convert_cmds.configure_export(sub)
     eval_cmds.configure(sub)
     optimize_cmds.configure(sub)
     recommend_cmds.configure(sub)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 from typing import Any
 
 from ..config import Settings
@@ -44,4 +45,22 @@ def cmd_convert(args: argparse.Namespace, settings: Settings) -> int:
             f"stored {m.name} ({result.architecture} -> {m.info.architecture}, {result.outtype}, "
             f"{format_bytes(m.size)}, tokenizer pre-split '{result.pre_tokenizer}')"
         )
+    return 0
+
+
+def configure_export(sub: Any) -> None:
+    p: argparse.ArgumentParser = sub.add_parser(
+        "export", help="write a stored model out in another format (hf: a Hugging Face folder, float32)"
+    )
+    p.set_defaults(run=cmd_export)
+    p.add_argument("name")
+    p.add_argument("--format", required=True, choices=("hf",), help="hf: config, safetensors, tokenizer files")
+    p.add_argument("folder", type=Path, help="a new (or empty) folder")
+
+
+def cmd_export(args: argparse.Namespace, settings: Settings) -> int:
+    from ..export import export_hf
+
+    result = export_hf(Store.open(settings.models_dir), args.name, args.folder)
+    status(f"wrote {result.folder} ({result.architecture}, {result.tensors} tensors in float32)")
     return 0

@@ -111,3 +111,19 @@ def _entry(where: str, name: str, spec: object, base: int, data_size: int) -> Te
             f"(its shape needs {expected:,}); the file is truncated or corrupt"
         )
     return TensorEntry(name, dtype, tuple(shape), base + start, base + end)
+
+
+def write_safetensors(path: Path, tensors: Mapping[str, npt.NDArray[np.float32]], metadata: Mapping[str, str]) -> None:
+    """Write float32 ``tensors`` as one safetensors file (header, then the data in name order)."""
+    header: dict[str, object] = {"__metadata__": dict(metadata)}
+    offset = 0
+    for name in sorted(tensors):
+        size = tensors[name].size * 4
+        header[name] = {"dtype": "F32", "shape": list(tensors[name].shape), "data_offsets": [offset, offset + size]}
+        offset += size
+    raw = json.dumps(header, separators=(",", ":")).encode()
+    raw += b" " * (-len(raw) % 8)  # the data starts aligned, as the reference writer does
+    with open(path, "wb") as fp:
+        fp.write(struct.pack("<Q", len(raw)) + raw)
+        for name in sorted(tensors):
+            fp.write(np.ascontiguousarray(tensors[name], dtype="<f4").tobytes())
