@@ -32,6 +32,10 @@ demo: setup
 	$(VENV)/bin/edgeslm recommend
 	$(VENV)/bin/edgeslm recommend --ram 4GB --cores 4 --use-case chat
 	$(PY) examples/serve_demo.py
+	rm -rf edgeslm-report/smollm2-hf
+	$(VENV)/bin/edgeslm export smollm2-135m-instruct --format hf edgeslm-report/smollm2-hf
+	$(VENV)/bin/edgeslm convert edgeslm-report/smollm2-hf --name smollm2-roundtrip --outtype f16
+	$(VENV)/bin/edgeslm run smollm2-roundtrip "The capital of France is" --temperature 0 --max-tokens 16
 
 lint: setup
 	$(PY) -m ruff check edgeslm tests benchmarks examples
