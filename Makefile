@@ -35,7 +35,7 @@ demo: setup
 	rm -rf edgeslm-report/smollm2-hf
 	$(VENV)/bin/edgeslm export smollm2-135m-instruct --format hf edgeslm-report/smollm2-hf
 	$(VENV)/bin/edgeslm convert edgeslm-report/smollm2-hf --name smollm2-roundtrip --outtype f16
-	$(VENV)/bin/edgeslm run smollm2-roundtrip "The capital of France is" --temperature 0 --max-tokens 16
+	$(VENV)/bin/edgeslm run smollm2-roundtrip "What is the capital of France?" --temperature 0 --max-tokens 16
 
 lint: setup
 	$(PY) -m ruff check edgeslm tests benchmarks examples
