@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from edgeslm.config import resolve_settings
-from edgeslm.errors import CapacityError, ModelNotFoundError
+from edgeslm.errors import CapacityError, EngineError, ModelNotFoundError
 from edgeslm.serve import manager as manager_module
 from edgeslm.serve.manager import ManagerParams, ModelManager
 
@@ -127,3 +127,53 @@ def test_real_runners_load_and_unload(builtin_home: Path, home: Path) -> None:
     finally:
         m.close()
     assert not runner.alive
+
+
+def test_a_slow_load_blocks_neither_other_models_nor_ps(models: ModelManager) -> None:
+    import threading
+
+    gate, loading = threading.Event(), threading.Event()
+    fast = models.factory
+
+    def slow_for_c(name: str, **kwargs: Any) -> Any:
+        if name == "c:latest":
+            loading.set()
+            assert gate.wait(10)
+        return fast(name, **kwargs)
+
+    models.factory = slow_for_c
+    held: list[Any] = []
+    first = threading.Thread(target=lambda: held.append(models.acquire("c")))
+    second = threading.Thread(target=lambda: held.append(models.acquire("c")))  # waits for the same load
+    first.start()
+    assert loading.wait(10)
+    second.start()
+    start = time.monotonic()
+    with models.lease("a"):
+        assert [m.name for m in models.ps()] == ["a:latest"]  # c is still loading: not listed
+    assert time.monotonic() - start < 1.0
+    gate.set()
+    first.join(10)
+    second.join(10)
+    assert len(held) == 2 and held[0].runner is held[1].runner
+    assert FakeRunner.started.count("c:latest") == 1
+    assert {m.name: m.in_flight for m in models.ps()}["c:latest"] == 2
+    for lease in held:
+        models.release(lease)
+
+
+def test_a_failed_load_fails_its_waiters_and_the_next_request_tries_again(models: ModelManager) -> None:
+    fast, calls = models.factory, []
+
+    def failing_once(name: str, **kwargs: Any) -> Any:
+        calls.append(name)
+        if len(calls) == 1:
+            raise EngineError("the runner exited while loading")
+        return fast(name, **kwargs)
+
+    models.factory = failing_once
+    with pytest.raises(EngineError, match="exited while loading"):
+        models.acquire("a")
+    assert models.ps() == []
+    with models.lease("a") as runner:
+        assert runner.name == "a:latest" and calls == ["a:latest", "a:latest"]

@@ -15,7 +15,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from ..config import Settings
@@ -62,6 +62,8 @@ class _Loaded:
     keep_alive: float
     last_used: float
     in_flight: int = 0
+    ready: threading.Event = field(default_factory=threading.Event)  # set once loaded (or failed)
+    failure: BaseException | None = None
 
     @property
     def expires(self) -> float:
@@ -118,31 +120,57 @@ class ModelManager:
             self.release(held)
 
     def acquire(self, name: str, keep_alive: float | None = None) -> Lease:
-        """Hold ``name``'s runner (loading it if needed; blocking) until ``release``."""
+        """Hold ``name``'s runner (loading it if needed; blocking) until ``release``. A load runs
+        outside the manager's lock: other models keep serving, and requests for the model being
+        loaded wait for that one load."""
         keep = self.params.keep_alive if keep_alive is None else keep_alive
         full, need = self.needs(name)
+        while True:
+            with self._lock:
+                entry = self._loaded.get(full)
+                if entry is not None and entry.ready.is_set() and not entry.runner.alive:  # crashed or killed
+                    self._unload(entry)
+                    entry = None
+                if entry is None:
+                    self._make_room(full, need)
+                    entry = self._loaded[full] = _Loaded(full, None, need, keep, time.monotonic(), in_flight=1)
+                    break  # this thread loads it
+                if entry.ready.is_set():
+                    return self._hold(entry, keep)
+            entry.ready.wait()  # another request is loading it
+            if entry.failure is not None:
+                raise entry.failure
+        return self._load(entry, keep)
+
+    def _hold(self, entry: _Loaded, keep: float) -> Lease:
+        if entry.in_flight >= self.params.slots + self.params.queue:
+            raise CapacityError(
+                f"{entry.name} is busy: all {self.params.slots} slots are generating and {self.params.queue} "
+                "requests are waiting; retry shortly"
+            )
+        entry.keep_alive, entry.last_used = keep, time.monotonic()
+        entry.in_flight += 1
+        return Lease(entry.name, entry.runner, 0.0)
+
+    def _load(self, entry: _Loaded, keep: float) -> Lease:
+        start = time.perf_counter()
+        p = self.params
+        try:
+            runner = self.factory(
+                entry.name, slots=p.slots, ctx_per_slot=p.ctx_per_slot, threads=p.threads,
+                home=str(self.settings.home), prompt_cache=p.prompt_cache,
+            )  # fmt: skip
+        except BaseException as exc:
+            with self._lock:
+                if self._loaded.get(entry.name) is entry:
+                    del self._loaded[entry.name]
+                entry.failure = exc
+                entry.ready.set()
+            raise
         with self._lock:
-            entry = self._loaded.get(full)
-            if entry is not None and not entry.runner.alive:  # crashed or killed: load it again
-                self._unload(entry)
-                entry = None
-            start = time.perf_counter()
-            if entry is None:
-                self._make_room(full, need)
-                p, home = self.params, str(self.settings.home)
-                runner = self.factory(
-                    full, slots=p.slots, ctx_per_slot=p.ctx_per_slot, threads=p.threads, home=home,
-                    prompt_cache=p.prompt_cache,
-                )  # fmt: skip
-                entry = self._loaded[full] = _Loaded(full, runner, need, keep, time.monotonic())
-            elif entry.in_flight >= self.params.slots + self.params.queue:
-                raise CapacityError(
-                    f"{full} is busy: all {self.params.slots} slots are generating and {self.params.queue} requests "
-                    "are waiting; retry shortly"
-                )
-            entry.keep_alive, entry.last_used = keep, time.monotonic()
-            entry.in_flight += 1
-            return Lease(full, entry.runner, time.perf_counter() - start)
+            entry.runner, entry.keep_alive, entry.last_used = runner, keep, time.monotonic()
+            entry.ready.set()
+        return Lease(entry.name, runner, time.perf_counter() - start)
 
     def release(self, held: Lease) -> None:
         with self._lock:
@@ -189,7 +217,8 @@ class ModelManager:
 
     def _unload(self, entry: _Loaded) -> None:
         self._loaded.pop(entry.name, None)
-        entry.runner.close()
+        if entry.runner is not None:
+            entry.runner.close()
 
     def expire(self) -> list[str]:
         """Unload the idle models whose keep_alive has passed; return their names."""
@@ -214,9 +243,11 @@ class ModelManager:
                     e.keep_alive,
                 )  # fmt: skip
                 for e in sorted(self._loaded.values(), key=lambda e: -e.last_used)
+                if e.ready.is_set()
             ]
 
     def close(self) -> None:
         with self._lock:
             for e in list(self._loaded.values()):
-                self._unload(e)
+                if e.ready.is_set():
+                    self._unload(e)
