@@ -94,3 +94,31 @@ def serve_process(home: Path, *args: str) -> Iterator[Served]:
             proc.wait()
         if proc.stderr:
             proc.stderr.close()
+
+
+def generate(runner: Any, prompt: Any, sampling: Any, *, max_tokens: int = -1, stop: Any = ()) -> Iterator[Any]:
+    """``runner.agenerate`` driven from synchronous test code (an event loop in a thread); closing
+    the iterator early closes the async one, which cancels the request, as a client leaving does."""
+    import asyncio
+
+    from edgeslm.serve.runner import Job
+
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+
+    async def start() -> Any:
+        return runner.agenerate(Job(prompt, sampling, max_tokens, tuple(stop)))
+
+    events = asyncio.run_coroutine_threadsafe(start(), loop).result()
+    try:
+        while True:
+            try:
+                yield asyncio.run_coroutine_threadsafe(events.__anext__(), loop).result()
+            except StopAsyncIteration:
+                return
+    finally:
+        asyncio.run_coroutine_threadsafe(events.aclose(), loop).result()
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join()
+        loop.close()

@@ -16,6 +16,7 @@ from edgeslm.serve import manager as manager_module
 from edgeslm.serve.manager import ManagerParams, ModelManager
 
 from .ggufbuild import write_runnable_model
+from .servekit import generate
 
 PIDS = itertools.count(1000)
 
@@ -117,7 +118,7 @@ def test_real_runners_load_and_unload(builtin_home: Path, home: Path) -> None:
     m = ModelManager(resolve_settings(home=home), ManagerParams(max_loaded=1, slots=1, ctx_per_slot=128))
     try:
         with m.lease("smollm2-135m-instruct") as runner:
-            text = "".join(e.text for e in runner.generate("Hi", SamplingParams(temperature=0), max_tokens=4)
+            text = "".join(e.text for e in generate(runner, "Hi", SamplingParams(temperature=0), max_tokens=4)
                            if isinstance(e, Chunk))  # fmt: skip
             assert text and runner.alive
         first = runner

@@ -15,8 +15,11 @@ import pytest
 
 from edgeslm.engines.base import SamplingParams
 from edgeslm.errors import ContextOverflowError, EngineError, InvalidParameterError, ModelNotFoundError
-from edgeslm.generation import generate, load
+from edgeslm.generation import generate as generate_locally
+from edgeslm.generation import load
 from edgeslm.serve.runner import Chunk, Done, Runner
+
+from .servekit import generate
 
 GREEDY = SamplingParams(temperature=0)
 CHAT = [{"role": "user", "content": "What is the capital of France?"}]
@@ -56,8 +59,8 @@ def test_runner_output_equals_local_generation(runner: Runner, home: Path) -> No
             (CHAT, {"max_tokens": 32}),
             ("The capital of France is", {"max_tokens": 20, "stop": ["."]}),
         ):
-            local = generate(model, prompt, sampling=GREEDY, **kwargs)  # type: ignore[arg-type]
-            text, done = collect(runner.generate(prompt, GREEDY, **kwargs))  # type: ignore[arg-type]
+            local = generate_locally(model, prompt, sampling=GREEDY, **kwargs)  # type: ignore[arg-type]
+            text, done = collect(generate(runner, prompt, GREEDY, **kwargs))  # type: ignore[arg-type]
             assert text == local.text and done.finish == local.finish_reason
             assert done.completion_tokens == len(local.tokens) and done.prompt_tokens == local.last.prompt_tokens
     finally:
@@ -70,7 +73,7 @@ def test_concurrent_requests_queue_for_the_slots(runner: Runner) -> None:
     prompts = ["Once upon a time", "def f(x):", "Water boils at", "The sea is", "Paris is"]
 
     def ask(i: int) -> None:
-        results[i] = collect(runner.generate(prompts[i], GREEDY, max_tokens=16))
+        results[i] = collect(generate(runner, prompts[i], GREEDY, max_tokens=16))
 
     threads = [threading.Thread(target=ask, args=(i,)) for i in range(len(prompts))]  # 5 requests, 2 slots
     for t in threads:
@@ -84,34 +87,34 @@ def test_concurrent_requests_queue_for_the_slots(runner: Runner) -> None:
 
 @pytest.mark.real_model
 def test_cancel_and_bad_requests_leave_the_runner_serving(runner: Runner) -> None:
-    stream = runner.generate("Tell me a very long story", SamplingParams(temperature=0.8, seed=1), max_tokens=200)
+    stream = generate(runner, "Tell me a very long story", SamplingParams(temperature=0.8, seed=1), max_tokens=200)
     for k, _ in enumerate(stream):
         if k == 3:
             break
     stream.close()  # frees the slot
     with pytest.raises(ContextOverflowError, match="context holds 256"):
-        collect(runner.generate("word " * 400, GREEDY, max_tokens=4))
+        collect(generate(runner, "word " * 400, GREEDY, max_tokens=4))
     bad = SamplingParams(temperature=0)
     object.__setattr__(bad, "temperature", float("nan"))  # what a client could send past the HTTP checks
     with pytest.raises(InvalidParameterError, match="temperature"):
-        collect(runner.generate("hi", bad, max_tokens=4))
-    text, done = collect(runner.generate("Hi", GREEDY, max_tokens=4))
+        collect(generate(runner, "hi", bad, max_tokens=4))
+    text, done = collect(generate(runner, "Hi", GREEDY, max_tokens=4))
     assert done.completion_tokens <= 4 and runner.alive
 
 
 @pytest.mark.real_model
 def test_a_killed_runner_fails_only_its_requests(runner: Runner) -> None:
-    stream = runner.generate("Tell me a very long story", SamplingParams(temperature=0.8, seed=1), max_tokens=400)
+    stream = generate(runner, "Tell me a very long story", SamplingParams(temperature=0.8, seed=1), max_tokens=400)
     next(stream)
     os.kill(runner.pid, signal.SIGKILL)
     with pytest.raises(EngineError, match="stopped .* during this request; the next request restarts it"):
         collect(stream)
     assert not runner.alive
     with pytest.raises(EngineError, match="has stopped"):
-        collect(runner.generate("Hi", GREEDY, max_tokens=4))
+        collect(generate(runner, "Hi", GREEDY, max_tokens=4))
     again = Runner("smollm2-135m-instruct", slots=1, ctx_per_slot=128)
     try:
-        assert collect(again.generate("Hi", GREEDY, max_tokens=4))[1].completion_tokens <= 4
+        assert collect(generate(again, "Hi", GREEDY, max_tokens=4))[1].completion_tokens <= 4
     finally:
         again.close()
 

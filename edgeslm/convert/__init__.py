@@ -8,7 +8,6 @@ temp file, which the store hashes, validates and publishes with the checkpoint's
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import re
@@ -23,6 +22,7 @@ from ..config import Settings
 from ..errors import InputFileError, InvalidModelFileError, InvalidParameterError
 from ..sources.hub import download_checkpoint, parse_hub_ref
 from ..store import ModelName, Store, parse_name
+from ..store.atomic import sha256_file
 from ..store.registry import Manifest
 from .arch import Arch, Hparams, Transform, add_metadata, arch_of, extra_tensors, hparams, tensors
 from .hf import Checkpoint, open_checkpoint
@@ -103,17 +103,9 @@ def convert(
 def _lineage(ckpt: Checkpoint) -> dict[str, str]:
     """Digests of the files the model came from (sha256 of config.json and each weight file)."""
     files = sorted({f.path for f in ckpt.shards.values()} | {ckpt.folder / "config.json"})
-    out = {f"sha256:{p.name}": _sha256(p) for p in files}
+    out = {f"sha256:{p.name}": sha256_file(p) for p in files}
     revision = (ckpt.config.get("_commit_hash") or "").strip()
     return {**out, **({"revision": revision} if revision else {})}
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fp:
-        for block in iter(lambda: fp.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def check_shapes(ckpt: Checkpoint, hp: Hparams) -> None:

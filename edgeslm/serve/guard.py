@@ -115,7 +115,7 @@ class Guard:
                 key, refusal = self._authorise(headers, action, known)
             if refusal is not None:
                 code, message = refusal
-                await error_response(scope["path"], code, message, headers=_auth_header(code))(scope, receive, sending)
+                await error_response(scope["path"], code, message)(scope, receive, sending)
             else:
                 await self.app(scope, self._limited(receive, headers), sending)
         finally:
@@ -194,10 +194,6 @@ class Guard:
 
 def _str(value: Any) -> str | None:
     return None if value is None else escape(str(value), 256)
-
-
-def _auth_header(status: int) -> dict[str, str] | None:
-    return {"WWW-Authenticate": 'Bearer realm="edgeslm"'} if status == 401 else None
 
 
 def origins(values: Iterable[str]) -> frozenset[str]:

@@ -45,13 +45,12 @@ def error_body(path: str, status: int, message: str, param: str | None = None) -
     return {"error": {"message": message, "type": kind, "param": param, "code": _OPENAI_CODES.get(status)}}
 
 
-def error_response(path: str, status: int, message: str, *, headers: dict[str, str] | None = None) -> JSONResponse:
-    return JSONResponse(error_body(path, status, message), status_code=status, headers=headers)
+_HEADERS = {401: {"WWW-Authenticate": 'Bearer realm="edgeslm"'}, 503: {"Retry-After": "1"}}
+
+
+def error_response(path: str, status: int, message: str) -> JSONResponse:
+    return JSONResponse(error_body(path, status, message), status_code=status, headers=_HEADERS.get(status))
 
 
 def exception_response(path: str, exc: EdgeslmError) -> JSONResponse:
-    status = http_status_for(exc)
-    headers = {"Retry-After": "1"} if status == 503 else None
-    if status == 401:
-        headers = {"WWW-Authenticate": 'Bearer realm="edgeslm"'}
-    return error_response(path, status, str(exc), headers=headers)
+    return error_response(path, http_status_for(exc), str(exc))

@@ -46,8 +46,9 @@ DEFAULTS = {"temperature": 0.8, "top_k": 40, "top_p": 0.9, "min_p": 0.0, "repeat
 SAMPLING_KEYS = ("temperature", "top_k", "top_p", "min_p", "repeat_penalty", "repeat_last_n", "seed")
 
 
-def now_iso() -> str:
-    return dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+def now_iso(in_seconds: float = 0.0) -> str:
+    when = dt.datetime.now(dt.timezone.utc) + dt.timedelta(seconds=in_seconds)
+    return when.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 def ns(seconds: float) -> int:
@@ -300,15 +301,10 @@ async def ps(request: Request) -> dict[str, Any]:
     out = []
     for m in st.manager.ps():
         manifest = st.store().find(parse_name(m.name))
-        expires = NEVER if m.expires_in is None else _iso_in(m.expires_in)
+        expires = NEVER if m.expires_in is None else now_iso(m.expires_in)
         entry = model_entry(manifest) if manifest else {"name": m.name, "model": m.name}
         out.append({
             **entry, "size": m.memory, "size_vram": 0, "expires_at": expires,
             "context_length": st.manager.params.ctx_per_slot, "slots": m.slots, "in_flight": m.in_flight,
         })  # fmt: skip
     return {"models": out}
-
-
-def _iso_in(seconds: float) -> str:
-    when = dt.datetime.now(dt.timezone.utc) + dt.timedelta(seconds=seconds)
-    return when.strftime("%Y-%m-%dT%H:%M:%S.%fZ")

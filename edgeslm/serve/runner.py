@@ -10,11 +10,10 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
-import queue
 import subprocess
 import sys
 import threading
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
 
@@ -104,7 +103,7 @@ class _AsyncInbox:
 
 
 class Runner:
-    """One model in one worker process; ``generate`` may be called from many threads at once."""
+    """One model in one worker process, serving any number of concurrent ``agenerate`` calls."""
 
     def __init__(
         self,
@@ -127,7 +126,7 @@ class Runner:
             start_new_session=True,  # a Ctrl-C at the terminal stops the server, which stops its runners
         )  # fmt: skip
         self._lock = threading.Lock()
-        self._queues: dict[str, Any] = {}  # request id -> a queue.Queue or an _AsyncInbox
+        self._queues: dict[str, _AsyncInbox] = {}  # request id -> where its replies go
         self._ids = itertools.count()
         self.info = self._wait_ready()
         self._reader = threading.Thread(target=self._read, name=f"runner-{name}", daemon=True)
@@ -178,30 +177,9 @@ class Runner:
         except (BrokenPipeError, ValueError):
             raise EngineError(f"the runner for {self.name} has stopped; the next request restarts it") from None
 
-    def generate(
-        self,
-        prompt: Prompt,
-        sampling: SamplingParams,
-        *,
-        max_tokens: int = -1,
-        stop: Sequence[str] = (),
-    ) -> Iterator[Chunk | Done]:
-        """Stream a reply (from a thread); closing the iterator early cancels it and frees its slot."""
-        rid, q = self._register(queue.Queue())
-        finished = False
-        try:
-            self._write(Job(prompt, sampling, max_tokens, tuple(stop)).message(rid))
-            while True:
-                event = _event(q.get())
-                finished = isinstance(event, Done)
-                yield event
-                if finished:
-                    return
-        finally:
-            self._end(rid, finished)
-
     async def agenerate(self, job: Job) -> AsyncIterator[Chunk | Done]:
-        """``generate`` for an event loop; a cancelled task (a client gone) cancels the request."""
+        """Stream a reply; closing the iterator early, or cancelling the task reading it (a client
+        gone), cancels the request and frees its slot."""
         rid, inbox = self._register(_AsyncInbox())
         finished = False
         try:
@@ -226,7 +204,7 @@ class Runner:
         finally:
             self._end(rid, True)
 
-    def _register(self, inbox: Any) -> tuple[str, Any]:
+    def _register(self, inbox: _AsyncInbox) -> tuple[str, _AsyncInbox]:
         rid = str(next(self._ids))
         with self._lock:
             self._queues[rid] = inbox

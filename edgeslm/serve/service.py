@@ -125,6 +125,7 @@ class Generation:
 
     async def __aiter__(self) -> AsyncIterator[Chunk | Done]:
         metrics, model = self.st.metrics, self.name
+        ttft, itl = metrics.ttft.labels(model), metrics.itl.labels(model)
         last: float | None = None
         try:
             event: Chunk | Done | None = self._first
@@ -132,9 +133,9 @@ class Generation:
                 now = time.perf_counter()
                 if isinstance(event, Chunk) and event.token is not None:
                     if last is None:
-                        metrics.ttft.labels(model).observe(now - self.started)
+                        ttft.observe(now - self.started)
                     else:
-                        metrics.itl.labels(model).observe(now - last)
+                        itl.observe(now - last)
                     last = now
                 elif isinstance(event, Done):
                     self.done = event

@@ -184,11 +184,12 @@ def _emit(model: Any, batch: Any, running: dict[str, _Request], ev: Any) -> None
     if finish != "stop":  # an end-of-generation token is not text
         r.count += 1
         assert r.text is not None
-        text, stopped = r.text.feed(model.engine.token_bytes(token))
+        raw = model.engine.token_bytes(token)
+        text, stopped = r.text.feed(raw)
         chunk: dict[str, Any] = {"op": "chunk", "id": rid, "text": text, "token": token}
         if ev.logprob is not None:
             piece = model.engine.token_bytes
-            chunk["piece"] = piece(token).decode("utf-8", "replace")
+            chunk["piece"] = raw.decode("utf-8", "replace")
             chunk["logprob"] = ev.logprob
             chunk["top"] = [[piece(t).decode("utf-8", "replace"), lp] for t, lp in ev.top]
         _send(chunk)
