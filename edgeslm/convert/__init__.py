@@ -125,6 +125,8 @@ def check_shapes(ckpt: Checkpoint, hp: Hparams) -> None:
             p + "mlp.gate_proj.weight": (hp.n_ff, hp.n_embd),
             p + "mlp.up_proj.weight": (hp.n_ff, hp.n_embd),
             p + "mlp.down_proj.weight": (hp.n_embd, hp.n_ff),
+            p + "self_attn.qkv_proj.weight": ((hp.n_head + 2 * hp.n_head_kv) * hp.head_dim, hp.n_embd),  # Phi-3
+            p + "mlp.gate_up_proj.weight": (2 * hp.n_ff, hp.n_embd),
         }
     for tensor, shape in expected.items():
         if tensor in ckpt.shards and ckpt.entry(tensor).shape != shape:
