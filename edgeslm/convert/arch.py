@@ -155,7 +155,8 @@ def add_metadata(w: gguf.GGUFWriter, arch: Arch, hp: Hparams) -> None:
     w.add_vocab_size(hp.n_vocab)
     rotary = float(hp.rope.get("partial_rotary_factor", 1.0))
     w.add_rope_dimension_count(int(rotary * hp.head_dim))
-    if hp.head_dim != hp.n_embd // hp.n_head and arch.metadata is not _gemma3:
+    if ("head_dim" in hp.config or hp.head_dim != hp.n_embd // hp.n_head) and arch.metadata is not _gemma3:
+        # written whenever the config states it, as llama.cpp's converter does
         w.add_key_length(hp.head_dim)
         w.add_value_length(hp.head_dim)
     kind = hp.rope_type
