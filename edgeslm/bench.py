@@ -13,7 +13,6 @@ import json
 import random
 import resource
 import statistics
-import subprocess
 import sys
 import time
 from collections.abc import Sequence
@@ -22,8 +21,9 @@ from pathlib import Path
 from typing import Any
 
 from .engines.base import DEFAULT_ENGINE, Engine, LoadParams, SamplingParams, open_engine
-from .errors import EngineError, InvalidParameterError
+from .errors import InvalidParameterError
 from .formats.model_info import ModelInfo
+from .runner.framing import child_main, run_child
 
 
 @dataclass(frozen=True)
@@ -112,7 +112,7 @@ def peak_rss() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
-def measure(path: str, params: BenchParams) -> dict[str, object]:
+def measure(path: str, params: BenchParams) -> dict[str, Any]:
     """Run in the worker subprocess: load ``path`` and time pp/tg; return a JSON-able dict."""
     reset_peak_rss()
     n_ctx = max(params.n_prompt + params.n_gen + 8, 64)
@@ -144,15 +144,7 @@ def measure(path: str, params: BenchParams) -> dict[str, object]:
 def run_worker(path: str, params: BenchParams, timeout: float | None = None) -> dict[str, Any]:
     """Measure ``path`` in a fresh subprocess and return its report."""
     cmd = [sys.executable, "-m", "edgeslm.bench", path, json.dumps(asdict(params))]
-    try:
-        done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
-    except subprocess.TimeoutExpired:
-        raise EngineError(f"bench of {path} ran past {timeout} s") from None
-    if done.returncode != 0:
-        last = done.stderr.strip().splitlines()[-1:] or [f"exit code {done.returncode}"]
-        raise EngineError(f"bench worker failed on {path}: {last[0]}")
-    report: dict[str, Any] = json.loads(done.stdout)
-    return report
+    return run_child(cmd, timeout=timeout, what=f"bench of {path}")
 
 
 def bench_models(models: Sequence[tuple[str, Path, ModelInfo]], params: BenchParams) -> list[BenchResult]:
@@ -177,10 +169,4 @@ def bench_models(models: Sequence[tuple[str, Path, ModelInfo]], params: BenchPar
 
 
 if __name__ == "__main__":
-    from .errors import EdgeslmError
-
-    try:
-        print(json.dumps(measure(sys.argv[1], BenchParams(**json.loads(sys.argv[2])))))  # noqa: T201
-    except EdgeslmError as exc:
-        print(f"Error: {exc}", file=sys.stderr)  # noqa: T201
-        sys.exit(1)
+    child_main(lambda: measure(sys.argv[1], BenchParams(**json.loads(sys.argv[2]))))

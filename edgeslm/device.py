@@ -166,9 +166,8 @@ def _sysctl(key: str) -> str | None:
 def _engine_features() -> tuple[str, ...]:
     """The features llama.cpp reports as used ('AVX2 = 1'), from llama_print_system_info."""
     try:
-        import llama_cpp
+        from .engines.llamacpp import system_features
 
-        info = llama_cpp.llama_print_system_info().decode(errors="replace")
+        return system_features()
     except Exception:  # noqa: BLE001 - a missing or broken engine only loses this detail
         return ()
-    return tuple(dict.fromkeys(m.group(1) for m in re.finditer(r"(\w+) = 1", info)))

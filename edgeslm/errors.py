@@ -68,6 +68,10 @@ class EngineError(EdgeslmError):
     """The inference engine could not load or run a model; the calling process is unharmed."""
 
 
+class RunnerTimeoutError(EngineError):
+    """A model runner or child process missed its deadline (loading, closing); it was stopped."""
+
+
 class CapacityError(EdgeslmError):
     """Not now: no memory or slot for this request (the server answers 503; try again later)."""
 
@@ -99,6 +103,7 @@ EXIT_CODES: dict[type[EdgeslmError], int] = {
     ContextOverflowError: 65,
     ChatTemplateError: 65,
     EngineError: 70,  # EX_SOFTWARE
+    RunnerTimeoutError: 75,  # EX_TEMPFAIL: the next try starts afresh
     InvalidNameError: 65,  # EX_DATAERR
     InvalidModelFileError: 65,
     InputFileError: 66,  # EX_NOINPUT
@@ -134,6 +139,7 @@ HTTP_STATUS: dict[type[EdgeslmError], int] = {
     IntegrityError: 500,
     StoreError: 500,
     EngineError: 500,
+    RunnerTimeoutError: 503,
     CapacityError: 503,
     AuthenticationError: 401,
     PermissionDeniedError: 403,

@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator, Sequence
 from typing import Any, ClassVar
 
 from edgeslm.errors import ContextOverflowError, EngineError
-from edgeslm.serve.runner import Chunk, Done, Embeddings, Job
+from edgeslm.runner import Chunk, Done, Embeddings, Job
 
 REPLY_WORDS = 6
 _PIDS = itertools.count(50_000)

@@ -54,7 +54,7 @@ class Served:
     pid: int
 
     def runner_pids(self) -> list[int]:
-        """The server's runner processes (its children running ``edgeslm.serve.worker``)."""
+        """The server's runner processes (its children running ``edgeslm.runner.worker``)."""
         pids = []
         for stat in Path("/proc").glob("[0-9]*/stat"):
             try:
@@ -62,7 +62,7 @@ class Served:
                 cmdline = (stat.parent / "cmdline").read_bytes()
             except (OSError, IndexError, ValueError):
                 continue
-            if ppid == self.pid and b"edgeslm.serve.worker" in cmdline:
+            if ppid == self.pid and b"edgeslm.runner.worker" in cmdline:
                 pids.append(int(stat.parent.name))
         return pids
 
@@ -101,7 +101,7 @@ def generate(runner: Any, prompt: Any, sampling: Any, *, max_tokens: int = -1, s
     the iterator early closes the async one, which cancels the request, as a client leaving does."""
     import asyncio
 
-    from edgeslm.serve.runner import Job
+    from edgeslm.runner import Job
 
     loop = asyncio.new_event_loop()
     thread = threading.Thread(target=loop.run_forever, daemon=True)

@@ -12,6 +12,7 @@ import pytest
 
 from edgeslm.config import resolve_settings
 from edgeslm.errors import CapacityError, EngineError, ModelNotFoundError
+from edgeslm.runner import LOAD_TIMEOUT
 from edgeslm.serve import manager as manager_module
 from edgeslm.serve.manager import ManagerParams, ModelManager
 
@@ -48,6 +49,7 @@ def test_loads_on_demand_and_evicts_the_least_recently_used(models: ModelManager
             "threads": None,
             "home": str(models.settings.home),
             "prompt_cache": True,
+            "load_timeout": LOAD_TIMEOUT,
         }
     with models.lease("b"):
         pass
@@ -112,7 +114,7 @@ def test_a_dead_runner_is_loaded_again(models: ModelManager) -> None:
 @pytest.mark.real_model
 def test_real_runners_load_and_unload(builtin_home: Path, home: Path) -> None:
     from edgeslm.engines.base import SamplingParams
-    from edgeslm.serve.runner import Chunk
+    from edgeslm.runner import Chunk
 
     shutil.copytree(builtin_home, home, dirs_exist_ok=True)
     m = ModelManager(resolve_settings(home=home), ManagerParams(max_loaded=1, slots=1, ctx_per_slot=128))

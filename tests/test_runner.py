@@ -17,7 +17,7 @@ from edgeslm.engines.base import SamplingParams
 from edgeslm.errors import ContextOverflowError, EngineError, InvalidParameterError, ModelNotFoundError
 from edgeslm.generation import generate as generate_locally
 from edgeslm.generation import load
-from edgeslm.serve.runner import Chunk, Done, Runner
+from edgeslm.runner import Chunk, Done, Runner
 
 from .servekit import generate
 
@@ -27,7 +27,7 @@ CHAT = [{"role": "user", "content": "What is the capital of France?"}]
 
 def test_the_server_side_loads_no_native_code() -> None:
     code = (
-        "import sys, edgeslm.serve.runner, edgeslm.serve.keys, edgeslm.serve.audit; print('llama_cpp' in sys.modules)"
+        "import sys, edgeslm.runner, edgeslm.serve.keys, edgeslm.serve.audit; print('llama_cpp' in sys.modules)"
     )
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout.strip() == "False"
 

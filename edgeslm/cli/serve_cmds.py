@@ -13,6 +13,7 @@ from typing import Any
 
 from ..config import DEFAULT_MODEL, Settings
 from ..errors import OfflineError, UsageError
+from ..runner import LOAD_TIMEOUT
 from ..serve.app import DEFAULT_PORT, ServeOptions, check_options
 from ..serve.limits import MAX_BODY
 from ..serve.manager import DEFAULT_KEEP_ALIVE
@@ -49,6 +50,10 @@ def configure(sub: Any) -> None:
         "--no-prompt-cache", dest="prompt_cache", action="store_false",
         help="decode every prompt in full (reproducible greedy replies; slower first tokens)",
     )  # fmt: skip
+    p.add_argument(
+        "--load-timeout", type=float, default=LOAD_TIMEOUT, metavar="SECONDS",
+        help=f"a model still loading after this long is stopped and its requests fail (default {LOAD_TIMEOUT:g})",
+    )  # fmt: skip
     p.add_argument("--preload", default=DEFAULT_MODEL, help=f"model loaded at start (default {DEFAULT_MODEL}; '' none)")
 
     p = sub.add_parser("ps", help="models loaded by a running server")
@@ -67,7 +72,7 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
         audit_prompts=args.audit_prompts, parallel=args.parallel, ctx=args.ctx, max_loaded=args.max_loaded,
         memory=args.memory, queue=args.queue, keep_alive=args.keep_alive, threads=args.threads,
         cors_origins=tuple(args.cors_origin), allowed_hosts=tuple(args.allow_host), max_body=args.max_body,
-        preload=args.preload or None, prompt_cache=args.prompt_cache,
+        preload=args.preload or None, prompt_cache=args.prompt_cache, load_timeout=args.load_timeout,
     )  # fmt: skip
     check_options(options)
     app = create_app(options, settings)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import _thread
 import ctypes
+import json
 import logging
 import re
 import signal
@@ -321,6 +322,24 @@ def argmax_token(ctx: lc.llama_context_p, index: int, n_vocab: int) -> int:
 
 def llama_cpp_version() -> str:
     return f"llama-cpp-python {lc.__version__}"
+
+
+def system_features() -> tuple[str, ...]:
+    """The features llama.cpp reports as used ('AVX2 = 1'), from llama_print_system_info."""
+    info = lc.llama_print_system_info().decode(errors="replace")
+    return tuple(dict.fromkeys(m.group(1) for m in re.finditer(r"(\w+) = 1", info)))
+
+
+def json_grammar(spec: str | dict[str, Any]) -> str:
+    """GBNF for Ollama's ``format`` / OpenAI's ``response_format``: "json" or a JSON schema."""
+    from llama_cpp import llama_grammar
+
+    if spec == "json":
+        return str(llama_grammar.JSON_GBNF)
+    try:
+        return str(llama_grammar.json_schema_to_gbnf(json.dumps(spec)))
+    except Exception as exc:  # the converter raises plain exceptions on schemas it cannot express
+        raise InvalidParameterError(f"the JSON schema in format cannot be used: {str(exc)[:200]}") from None
 
 
 def quantize_file(

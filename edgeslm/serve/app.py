@@ -28,6 +28,7 @@ from starlette.responses import Response
 from ..config import DEFAULT_MODEL, Settings
 from ..device import system_ram
 from ..errors import EdgeslmError, UsageError
+from ..runner import LOAD_TIMEOUT
 from .audit import AuditLog
 from .guard import Guard, GuardOptions, origins
 from .http_errors import error_response, exception_response
@@ -62,6 +63,7 @@ class ServeOptions:
     max_body: int = MAX_BODY
     preload: str | None = DEFAULT_MODEL
     prompt_cache: bool = True
+    load_timeout: float = LOAD_TIMEOUT  # seconds a model may take to load before its runner is killed
 
     @property
     def loopback(self) -> bool:
@@ -83,6 +85,8 @@ def check_options(options: ServeOptions) -> None:
         raise UsageError(f"--parallel {options.parallel} is out of range; valid: 1 to 256")
     if not 64 <= options.ctx <= 1 << 20:
         raise UsageError(f"--ctx {options.ctx} is out of range; valid: 64 to 1,048,576 tokens per slot")
+    if not 1 <= options.load_timeout <= 86_400:
+        raise UsageError(f"--load-timeout {options.load_timeout:g} is out of range; valid: 1 to 86,400 seconds")
     if options.queue < 0 or options.max_loaded < 1:
         raise UsageError("--queue must be 0 or more and --max-loaded 1 or more")
 
@@ -93,7 +97,7 @@ def create_app(options: ServeOptions, settings: Settings, factory: RunnerFactory
     budget = options.memory if options.memory is not None else int(system_ram() * MEMORY_SHARE)
     params = ManagerParams(
         options.max_loaded, budget, options.parallel, options.ctx, options.threads, options.queue, options.keep_alive,
-        options.prompt_cache,
+        options.prompt_cache, options.load_timeout,
     )  # fmt: skip
     manager = ModelManager(settings, params, factory)
     keys = load_keys(options.api_keys) if options.api_keys else None

@@ -11,26 +11,30 @@ with a capacity error (HTTP 503), never queued without bound.
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any
 
 from ..config import Settings
-from ..errors import CapacityError, InvalidNameError
+from ..errors import CapacityError, EdgeslmError, EngineError, InvalidNameError
 from ..formats.gguf_header import read_gguf_header
 from ..formats.model_info import estimate_memory, model_info
 from ..generation import resolve_model_path
+from ..runner import CLOSE_TIMEOUT, LOAD_TIMEOUT, LoadState, Runner, RunnerLike
+from ..runner.state import Lifecycle
 from ..store import Store, parse_name
 from ..units import format_bytes
+
+log = logging.getLogger(__name__)
 
 DEFAULT_KEEP_ALIVE = 300.0
 RUNNER_OVERHEAD = 64 * 2**20  # the worker process itself: Python, numpy, llama.cpp's buffers
 
-
-RunnerFactory = Callable[..., Any]  # (name, *, slots, ctx_per_slot, threads, home, prompt_cache) -> a Runner
+# (name, *, slots, ctx_per_slot, threads, home, prompt_cache, load_timeout) -> a started runner
+RunnerFactory = Callable[..., RunnerLike]
 
 
 @dataclass(frozen=True)
@@ -43,6 +47,7 @@ class ManagerParams:
     queue: int = 32  # requests per model that may wait for a slot; more are refused (503)
     keep_alive: float = DEFAULT_KEEP_ALIVE  # for requests that do not say
     prompt_cache: bool = True
+    load_timeout: float = LOAD_TIMEOUT  # seconds a runner may take to load before it is killed
 
 
 @dataclass
@@ -50,20 +55,22 @@ class Lease:
     """One request's hold on a loaded model (``ModelManager.acquire`` / ``release``)."""
 
     name: str
-    runner: Any
+    runner: RunnerLike
     load_seconds: float  # 0 when it was already loaded
 
 
 @dataclass
 class _Loaded:
     name: str
-    runner: Any
     memory: int
     keep_alive: float
     last_used: float
     in_flight: int = 0
-    ready: threading.Event = field(default_factory=threading.Event)  # set once loaded (or failed)
-    failure: BaseException | None = None
+    life: Lifecycle = field(init=False)
+    runner: RunnerLike | None = None  # set when READY
+
+    def __post_init__(self) -> None:
+        self.life = Lifecycle(self.name)
 
     @property
     def expires(self) -> float:
@@ -83,8 +90,6 @@ class LoadedInfo:
 
 class ModelManager:
     def __init__(self, settings: Settings, params: ManagerParams, factory: RunnerFactory | None = None) -> None:
-        from .runner import Runner
-
         self.settings, self.params = settings, params
         self.factory = factory or Runner
         self._lock = threading.Lock()
@@ -111,7 +116,7 @@ class ModelManager:
         return str(manifest.name), memory
 
     @contextmanager
-    def lease(self, name: str, keep_alive: float | None = None) -> Iterator[Any]:
+    def lease(self, name: str, keep_alive: float | None = None) -> Iterator[RunnerLike]:
         """The runner of ``name`` (loaded if needed) for the length of one request."""
         held = self.acquire(name, keep_alive)
         try:
@@ -122,25 +127,31 @@ class ModelManager:
     def acquire(self, name: str, keep_alive: float | None = None) -> Lease:
         """Hold ``name``'s runner (loading it if needed; blocking) until ``release``. A load runs
         outside the manager's lock: other models keep serving, and requests for the model being
-        loaded wait for that one load."""
+        loaded wait for that one load, at most its deadline. Runners are closed outside the lock."""
         keep = self.params.keep_alive if keep_alive is None else keep_alive
         full, need = self.needs(name)
         while True:
-            with self._lock:
-                entry = self._loaded.get(full)
-                if entry is not None and entry.ready.is_set() and not entry.runner.alive:  # crashed or killed
-                    self._unload(entry)
-                    entry = None
-                if entry is None:
-                    self._make_room(full, need)
-                    entry = self._loaded[full] = _Loaded(full, None, need, keep, time.monotonic(), in_flight=1)
-                    break  # this thread loads it
-                if entry.ready.is_set():
-                    return self._hold(entry, keep)
-            entry.ready.wait()  # another request is loading it
-            if entry.failure is not None:
-                raise entry.failure
-        return self._load(entry, keep)
+            retired: list[_Loaded] = []
+            try:
+                with self._lock:
+                    entry = self._loaded.get(full)
+                    if entry is not None and entry.runner is not None and not entry.runner.alive:  # crashed
+                        retired.append(self._retire(entry))
+                        entry = None
+                    if entry is None:
+                        self._make_room(full, need, retired)
+                        entry = self._loaded[full] = _Loaded(full, need, keep, time.monotonic(), in_flight=1)
+                        loading = True
+                    elif entry.life.state is LoadState.READY:
+                        return self._hold(entry, keep)
+                    else:
+                        loading = False
+            finally:
+                self._close(retired)
+            if loading:
+                return self._load(entry, keep)
+            # Another request is loading it; the loader's runner enforces the load deadline.
+            entry.life.wait_ready(self.params.load_timeout + CLOSE_TIMEOUT + 5)
 
     def _hold(self, entry: _Loaded, keep: float) -> Lease:
         if entry.in_flight >= self.params.slots + self.params.queue:
@@ -148,6 +159,7 @@ class ModelManager:
                 f"{entry.name} is busy: all {self.params.slots} slots are generating and {self.params.queue} "
                 "requests are waiting; retry shortly"
             )
+        assert entry.runner is not None
         entry.keep_alive, entry.last_used = keep, time.monotonic()
         entry.in_flight += 1
         return Lease(entry.name, entry.runner, 0.0)
@@ -158,21 +170,22 @@ class ModelManager:
         try:
             runner = self.factory(
                 entry.name, slots=p.slots, ctx_per_slot=p.ctx_per_slot, threads=p.threads,
-                home=str(self.settings.home), prompt_cache=p.prompt_cache,
+                home=str(self.settings.home), prompt_cache=p.prompt_cache, load_timeout=p.load_timeout,
             )  # fmt: skip
         except BaseException as exc:
             with self._lock:
                 if self._loaded.get(entry.name) is entry:
                     del self._loaded[entry.name]
-                entry.failure = exc
-                entry.ready.set()
+            why = exc if isinstance(exc, EdgeslmError) else EngineError(f"loading {entry.name} failed: {exc!r}")
+            entry.life.move(LoadState.FAILED, why)
             raise
         with self._lock:
             entry.runner, entry.keep_alive, entry.last_used = runner, keep, time.monotonic()
-            entry.ready.set()
+            entry.life.move(LoadState.READY)
         return Lease(entry.name, runner, time.perf_counter() - start)
 
     def release(self, held: Lease) -> None:
+        retired: list[_Loaded] = []
         with self._lock:
             entry = self._loaded.get(held.name)
             if entry is None or entry.runner is not held.runner:
@@ -180,19 +193,23 @@ class ModelManager:
             entry.in_flight -= 1
             entry.last_used = time.monotonic()
             if entry.keep_alive == 0 and entry.in_flight == 0:
-                self._unload(entry)
+                retired.append(self._retire(entry))
+        self._close(retired)
 
     def unload(self, name: str) -> bool:
         """Unload ``name`` now if it is loaded and idle (Ollama's keep_alive 0 with no prompt)."""
         full = self.needs(name)[0]
         with self._lock:
             entry = self._loaded.get(full)
-            if entry is None or entry.in_flight:
+            if entry is None or entry.in_flight or entry.life.state is not LoadState.READY:
                 return False
-            self._unload(entry)
-            return True
+            retired = self._retire(entry)
+        self._close([retired])
+        return True
 
-    def _make_room(self, name: str, need: int) -> None:
+    def _make_room(self, name: str, need: int, retired: list[_Loaded]) -> None:
+        """Retire idle models into ``retired``, least recently used first, until ``need`` fits;
+        the caller closes them (also when this raises)."""
         budget = self.params.memory_budget
         if budget is not None and need > budget:
             raise CapacityError(
@@ -200,14 +217,14 @@ class ModelManager:
                 f"tokens, available {format_bytes(budget)}; use fewer slots or a smaller context, or a smaller variant"
             )
         while self._over(need):
-            idle = [e for e in self._loaded.values() if e.in_flight == 0]
+            idle = [e for e in self._loaded.values() if e.in_flight == 0 and e.life.state is LoadState.READY]
             if not idle:
                 used = sum(e.memory for e in self._loaded.values())
                 raise CapacityError(
                     f"{name} needs {format_bytes(need)}, available {format_bytes((budget or 0) - used)}, and every "
                     f"loaded model ({', '.join(self._loaded)}) is serving requests; retry shortly"
                 )
-            self._unload(min(idle, key=lambda e: e.last_used))
+            retired.append(self._retire(min(idle, key=lambda e: e.last_used)))
 
     def _over(self, need: int) -> bool:
         if len(self._loaded) >= self.params.max_loaded:
@@ -215,39 +232,48 @@ class ModelManager:
         budget = self.params.memory_budget
         return budget is not None and sum(e.memory for e in self._loaded.values()) + need > budget
 
-    def _unload(self, entry: _Loaded) -> None:
+    def _retire(self, entry: _Loaded) -> _Loaded:
+        """Under the lock: no new requests for ``entry``; its runner is closed later, outside the lock."""
         self._loaded.pop(entry.name, None)
-        if entry.runner is not None:
-            entry.runner.close()
+        entry.life.move(LoadState.DRAINING)
+        return entry
+
+    def _close(self, entries: list[_Loaded]) -> None:
+        """Outside the lock: close retired runners (each returns within its close deadline)."""
+        for e in entries:
+            assert e.runner is not None
+            try:
+                e.runner.close()
+            except Exception:  # a runner that fails to close must not fail the request that retired it
+                log.exception("closing the runner for %s failed", e.name)
+            e.life.move(LoadState.CLOSED)
 
     def expire(self) -> list[str]:
         """Unload the idle models whose keep_alive has passed; return their names."""
         now = time.monotonic()
         with self._lock:
-            done = [e for e in self._loaded.values() if e.in_flight == 0 and e.expires <= now]
-            for e in done:
-                self._unload(e)
+            done = [
+                self._retire(e)
+                for e in list(self._loaded.values())
+                if e.in_flight == 0 and e.life.state is LoadState.READY and e.expires <= now
+            ]
+        self._close(done)
         return [e.name for e in done]
 
     def ps(self) -> list[LoadedInfo]:
         now = time.monotonic()
         with self._lock:
+            ready = [e for e in self._loaded.values() if e.runner is not None]
             return [
                 LoadedInfo(
-                    e.name,
-                    e.memory,
-                    None if e.keep_alive < 0 else max(0.0, e.expires - now),
-                    e.in_flight,
-                    self.params.slots,
-                    e.runner.pid,
-                    e.keep_alive,
+                    e.name, e.memory, None if e.keep_alive < 0 else max(0.0, e.expires - now), e.in_flight,
+                    self.params.slots, e.runner.pid, e.keep_alive,
                 )  # fmt: skip
-                for e in sorted(self._loaded.values(), key=lambda e: -e.last_used)
-                if e.ready.is_set()
+                for e in sorted(ready, key=lambda e: -e.last_used)
+                if e.runner is not None
             ]
 
     def close(self) -> None:
         with self._lock:
-            for e in list(self._loaded.values()):
-                if e.ready.is_set():
-                    self._unload(e)
+            done = [self._retire(e) for e in list(self._loaded.values()) if e.life.state is LoadState.READY]
+        self._close(done)

@@ -5,18 +5,17 @@ from __future__ import annotations
 
 import asyncio
 import json
-import sys
 from collections.abc import AsyncIterator, Callable
-from pathlib import Path
 from typing import Any
 
 from fastapi import APIRouter
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from ..errors import InvalidParameterError, error_named
+from ..errors import InvalidParameterError
 from ..formats.gguf_header import read_gguf_header
 from ..pull import pull
+from ..runner.tasks import quantize_in_child
 from ..show import show_model
 from ..store import parse_name
 from .ollama_api import details, ndjson
@@ -138,7 +137,7 @@ async def create(request: Request) -> Response:
         store = st.store()
         if body.quantize:
             report({"status": f"quantizing {source.info.file_type or 'the'} model to {body.quantize.upper()}"})
-            _quantize_in_child(st.settings.home, str(source.name), str(target), body.quantize)
+            quantize_in_child(st.settings.home, str(source.name), str(target), body.quantize)
         else:
             report({"status": "using existing layers"})
             store.copy(source.name, target)
@@ -150,20 +149,6 @@ async def create(request: Request) -> Response:
         report({"status": "success"})
 
     return await _respond(request, _progress(work), body.stream)
-
-
-def _quantize_in_child(home: Path, source: str, target: str, qtype: str) -> None:
-    import subprocess
-
-    proc = subprocess.run(
-        [sys.executable, "-m", "edgeslm.serve.tasks", "quantize", str(home), source, target, qtype],
-        capture_output=True, text=True, start_new_session=True,
-    )  # fmt: skip
-    lines = proc.stdout.strip().splitlines()
-    answer = json.loads(lines[-1]) if lines else {}
-    if proc.returncode != 0:
-        why = answer.get("message") or f"quantizing stopped (exit code {proc.returncode}); nothing was stored"
-        raise error_named(str(answer.get("kind")), why)
 
 
 @router.post("/api/copy")

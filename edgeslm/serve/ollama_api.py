@@ -19,6 +19,7 @@ from .. import __version__
 from ..engines.base import SamplingParams
 from ..errors import EdgeslmError, InvalidParameterError, http_status_for
 from ..formats.model_info import ModelInfo
+from ..runner import Chunk, Done, Job
 from ..store import parse_name
 from ..store.registry import Manifest
 from ..units import format_params
@@ -34,7 +35,6 @@ from .ollama_schemas import (
     check_stops,
     parse_keep_alive,
 )
-from .runner import Chunk, Done, Job
 from .service import Generation, collect, hold, note, parse, state
 
 log = logging.getLogger(__name__)

@@ -19,11 +19,11 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from ..engines.base import SamplingParams
 from ..errors import EdgeslmError, InvalidParameterError, ModelNotFoundError, http_status_for
+from ..runner import Chunk, Done, Job
 from ..store.registry import Manifest
 from . import service
 from .http_errors import error_body
 from .openai_schemas import ChatCompletionRequest, CompletionRequest, EmbeddingRequest, _Sampling
-from .runner import Chunk, Done, Job
 from .service import Generation, Reply, collect, note, parse, state
 
 log = logging.getLogger(__name__)

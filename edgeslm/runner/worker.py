@@ -1,14 +1,10 @@
-"""A model runner process: ``python -m edgeslm.serve.worker``, one per loaded model.
+"""A model runner process: ``python -m edgeslm.runner.worker``, one per loaded model.
 
 It loads the model, then serves requests from JSON lines on stdin and answers with JSON lines
-on stdout, decoding every request it holds in one batch (``engines.llamacpp_batch``); requests
-beyond the free slots wait in order. Only this process loads native code, so a crash here fails
-only its own requests. Messages in: ``{"op": "generate", "id", **runner.Job fields}``,
-``{"op": "embed", "id", "texts"}``, ``{"op": "cancel", "id"}``. Out: ``{"op": "ready", ...}``,
-``{"op": "chunk", "id", "text", "token"[, "logprob", "top"]}``, ``{"op": "done", "id", "finish",
-"prompt_tokens", "completion_tokens", "prompt_seconds", "generation_seconds"[, "prompt_ids"]}``,
-``{"op": "embedding", "id", "vectors", "tokens"}``, ``{"op": "error", "id", "kind", "message"}``.
-Chat templates are rendered here, by ``edgeslm.chat``'s sandbox, never by the server.
+on stdout (``runner.messages`` lists them), decoding every request it holds in one batch
+(``engines.llamacpp_batch``); requests beyond the free slots wait in order. Only this process
+loads native code, so a crash here fails only its own requests. Chat templates are rendered
+here, by ``edgeslm.chat``'s sandbox, never by the server.
 """
 
 from __future__ import annotations
@@ -16,7 +12,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import select
 import sys
 import time
 from collections import deque
@@ -27,6 +22,7 @@ from ..config import resolve_settings
 from ..engines.base import SamplingParams
 from ..errors import ContextOverflowError, EdgeslmError, InvalidParameterError
 from ..generation import TextStream, load
+from .framing import LineReader, error_message, send
 
 log = logging.getLogger(__name__)
 
@@ -46,29 +42,6 @@ class _Request:
     text: TextStream | None = None
 
 
-class _Lines:
-    """Whole lines from a file descriptor, without blocking once ``ready`` said so."""
-
-    def __init__(self, fd: int) -> None:
-        self.fd, self.buf, self.closed = fd, b"", False
-
-    def ready(self, timeout: float | None) -> bool:
-        return b"\n" in self.buf or bool(select.select([self.fd], [], [], timeout)[0])
-
-    def read(self) -> list[bytes]:
-        if b"\n" not in self.buf:
-            data = os.read(self.fd, 1 << 16)
-            self.closed = not data
-            self.buf += data
-        *lines, self.buf = self.buf.split(b"\n")
-        return lines
-
-
-def _send(message: dict[str, Any]) -> None:
-    sys.stdout.write(json.dumps(message) + "\n")
-    sys.stdout.flush()
-
-
 def serve(name: str, slots: int, ctx_per_slot: int, threads: int | None, home: str | None, reuse: bool) -> None:
     from ..engines.llamacpp_batch import BatchDecoder
 
@@ -76,8 +49,8 @@ def serve(name: str, slots: int, ctx_per_slot: int, threads: int | None, home: s
     model = load(name, ctx=min(ctx_per_slot, 512), threads=threads, settings=settings)
     batch = BatchDecoder(model.engine, slots, ctx_per_slot, reuse=reuse)  # type: ignore[arg-type]
     ready = {"op": "ready", "name": model.name, "slots": slots, "ctx_per_slot": ctx_per_slot, "pid": os.getpid()}
-    _send({**ready, "n_vocab": model.engine.n_vocab, "chat": model.has_chat_template})
-    lines, waiting, running = _Lines(sys.stdin.fileno()), deque[_Request](), dict[str, _Request]()
+    send({**ready, "n_vocab": model.engine.n_vocab, "chat": model.has_chat_template})
+    lines, waiting, running = LineReader(sys.stdin.fileno()), deque[_Request](), dict[str, _Request]()
     while not lines.closed:
         idle = not running and not waiting
         while lines.ready(None if idle else 0):
@@ -119,10 +92,10 @@ def _handle(raw: bytes, model: Any, batch: Any, waiting: deque[_Request], runnin
         logprobs, want_ids = msg.get("logprobs"), bool(msg.get("return_prompt_ids"))
         waiting.append(_Request(rid, tokens, sampling, limit, stop, logprobs, want_ids, text=TextStream(stop)))
     except EdgeslmError as exc:
-        _send({"op": "error", "id": rid, "kind": type(exc).__name__, "message": str(exc)})
+        send(error_message(exc, id=rid))
     except Exception as exc:  # a bug must fail this request, not every request of this runner
         log.exception("request %s failed", rid)
-        _send({"op": "error", "id": rid, "kind": "EngineError", "message": f"the runner failed: {type(exc).__name__}"})
+        send({"op": "error", "id": rid, "kind": "EngineError", "message": f"the runner failed: {type(exc).__name__}"})
 
 
 def _prompt_tokens(model: Any, msg: dict[str, Any]) -> list[int]:
@@ -156,14 +129,9 @@ def _grammar(spec: Any) -> str | None:
     """GBNF for Ollama's ``format`` / OpenAI's ``response_format``: "json" or a JSON schema."""
     if spec is None:
         return None
-    from llama_cpp import llama_grammar
+    from ..engines.llamacpp import json_grammar
 
-    if spec == "json":
-        return str(llama_grammar.JSON_GBNF)
-    try:
-        return str(llama_grammar.json_schema_to_gbnf(json.dumps(spec)))
-    except Exception as exc:  # the converter raises plain exceptions on schemas it cannot express
-        raise InvalidParameterError(f"the JSON schema in format cannot be used: {str(exc)[:200]}") from None
+    return json_grammar(spec)
 
 
 def _embed(model: Any, rid: str, texts: list[str]) -> None:
@@ -171,7 +139,7 @@ def _embed(model: Any, rid: str, texts: list[str]) -> None:
     for text in texts:
         tokens += len(model.engine.tokenize(text))
         vectors.append(model.engine.embed(text))
-    _send({"op": "embedding", "id": rid, "vectors": vectors, "tokens": tokens})
+    send({"op": "embedding", "id": rid, "vectors": vectors, "tokens": tokens})
 
 
 def _emit(model: Any, batch: Any, running: dict[str, _Request], ev: Any) -> None:
@@ -192,7 +160,7 @@ def _emit(model: Any, batch: Any, running: dict[str, _Request], ev: Any) -> None
             chunk["piece"] = raw.decode("utf-8", "replace")
             chunk["logprob"] = ev.logprob
             chunk["top"] = [[piece(t).decode("utf-8", "replace"), lp] for t, lp in ev.top]
-        _send(chunk)
+        send(chunk)
         if stopped and finish is None:  # a stop string: the slot is freed now
             batch.cancel(rid)
             finish = "stop"
@@ -201,14 +169,14 @@ def _emit(model: Any, batch: Any, running: dict[str, _Request], ev: Any) -> None
     running.pop(rid)
     tail = r.text.finish() if r.text is not None else ""
     if tail:
-        _send({"op": "chunk", "id": rid, "text": tail, "token": None})
+        send({"op": "chunk", "id": rid, "text": tail, "token": None})
     done = {
         "op": "done", "id": rid, "finish": finish, "prompt_tokens": len(r.tokens), "completion_tokens": r.count,
         "prompt_seconds": r.first - r.received, "generation_seconds": now - r.first,
     }  # fmt: skip
     if r.want_ids:
         done["prompt_ids"] = r.tokens
-    _send(done)
+    send(done)
 
 
 def main() -> None:
@@ -217,7 +185,7 @@ def main() -> None:
         name, slots, ctx, threads, home = (args.get(k) for k in ("name", "slots", "ctx_per_slot", "threads", "home"))
         serve(name, slots, ctx, threads, home, args.get("prompt_cache", True))
     except EdgeslmError as exc:
-        _send({"op": "failed", "kind": type(exc).__name__, "message": str(exc)})
+        send(error_message(exc, "failed"))
         sys.exit(1)
 
 

@@ -1,0 +1,83 @@
+"""What a runner is asked (``Job``) and what it answers (``Chunk``, ``Done``, ``Embeddings``).
+
+Messages in: ``{"op": "generate", "id", **Job fields}``, ``{"op": "embed", "id", "texts"}``,
+``{"op": "cancel", "id"}``. Out: ``{"op": "ready", "name", "slots", "ctx_per_slot", "pid",
+"n_vocab", "chat"}`` or ``{"op": "failed", "kind", "message"}`` once, then ``{"op": "chunk", "id",
+"text", "token"[, "piece", "logprob", "top"]}``, ``{"op": "done", "id", "finish", "prompt_tokens",
+"completion_tokens", "prompt_seconds", "generation_seconds"[, "prompt_ids"]}``, ``{"op":
+"embedding", "id", "vectors", "tokens"}`` and ``{"op": "error", "id", "kind", "message"}``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from ..engines.base import SamplingParams
+from .framing import Message, error_from
+
+Prompt = str | Sequence[dict[str, Any]] | Sequence[int]
+
+
+@dataclass(frozen=True)
+class Job:
+    """One generation request as the runner receives it."""
+
+    prompt: Prompt  # plain text, chat messages, or token ids
+    sampling: SamplingParams = SamplingParams()
+    max_tokens: int = -1
+    stop: tuple[str, ...] = ()
+    logprobs: int | None = None  # None: off; k: the sampled token's and the k most likely
+    template: bool = False  # a plain prompt goes through the chat template as a user turn
+    system: str | None = None
+    context: tuple[int, ...] = ()  # token ids before the prompt (Ollama's ``context``)
+    format: str | dict[str, Any] | None = None  # "json" or a JSON schema: constrained output
+    return_prompt_ids: bool = False
+
+    def message(self, rid: str) -> Message:
+        fields = asdict(self)
+        fields["sampling"] = {k: v for k, v in fields["sampling"].items() if k != "grammar"}
+        return {"op": "generate", "id": rid, **fields}
+
+
+@dataclass(frozen=True)
+class Chunk:
+    text: str
+    token: int | None
+    logprob: float | None = None  # with logprobs: the token's own text, log-probability and the likeliest
+    top: tuple[tuple[str, float], ...] = ()
+    piece: str = ""
+
+
+@dataclass(frozen=True)
+class Done:
+    finish: str  # 'stop' or 'length'
+    prompt_tokens: int
+    completion_tokens: int
+    prompt_seconds: float
+    generation_seconds: float
+    prompt_ids: tuple[int, ...] = field(default=(), repr=False)
+
+
+@dataclass(frozen=True)
+class Embeddings:
+    vectors: list[list[float]]
+    tokens: int
+
+
+def event_from(msg: Message) -> Chunk | Done:
+    """A worker's ``chunk`` or ``done`` line as its record; an ``error`` line is raised."""
+    if msg["op"] == "chunk":
+        top = tuple((str(t), float(lp)) for t, lp in msg.get("top", ()))
+        return Chunk(msg["text"], msg["token"], msg.get("logprob"), top, msg.get("piece", ""))
+    if msg["op"] == "done":
+        fields = ("prompt_tokens", "completion_tokens", "prompt_seconds", "generation_seconds")
+        return Done(msg["finish"], **{k: msg[k] for k in fields}, prompt_ids=tuple(msg.get("prompt_ids", ())))
+    raise error_from(msg)
+
+
+def embeddings_from(msg: Message) -> Embeddings:
+    if msg["op"] != "embedding":
+        raise error_from(msg)
+    return Embeddings(msg["vectors"], int(msg["tokens"]))

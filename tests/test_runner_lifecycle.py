@@ -1,0 +1,178 @@
+"""Runner life cycles with deadlines: workers that hang on load or close, die while loading, or
+fail; the manager fails their waiters, retries on the next request and never blocks while closing."""
+
+from __future__ import annotations
+
+import functools
+import os
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from edgeslm.config import resolve_settings
+from edgeslm.errors import EngineError, InvalidModelFileError, RunnerTimeoutError, http_status_for
+from edgeslm.runner import LoadState, Runner
+from edgeslm.runner.state import Lifecycle
+from edgeslm.serve.manager import ManagerParams, ModelManager
+
+from .ggufbuild import write_runnable_model
+
+FAKE_WORKER = str(Path(__file__).with_name("fake_worker.py"))
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    with open(f"/proc/{pid}/stat") as fp:  # a zombie is dead, only not reaped yet
+        return fp.read().rsplit(")", 1)[1].split()[0] != "Z"
+
+
+class Modes:
+    """The fake worker's mode, and the pids of the workers started so far."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def set(self, mode: str) -> None:
+        self.path.write_text(mode + "\n")
+
+    def pids(self) -> list[int]:
+        return [int(x) for x in self.path.read_text().split()[1:]]
+
+    def wait_for_pid(self) -> int:
+        deadline = time.monotonic() + 30
+        while not self.pids():
+            assert time.monotonic() < deadline, "the fake worker never started"
+            time.sleep(0.01)
+        return self.pids()[-1]
+
+    def runner(self, name: str = "m:latest", **kwargs: Any) -> Runner:
+        return Runner(name, slots=1, ctx_per_slot=64, worker=(sys.executable, FAKE_WORKER, str(self.path)), **kwargs)
+
+
+@pytest.fixture
+def modes(tmp_path: Path) -> Modes:
+    return Modes(tmp_path / "mode")
+
+
+def test_a_worker_that_never_says_ready_is_killed_at_the_deadline(modes: Modes) -> None:
+    modes.set("hang-load")
+    start = time.monotonic()
+    with pytest.raises(RunnerTimeoutError, match=r"did not finish loading within 1 s and was stopped; the next"):
+        modes.runner(load_timeout=1.0)
+    assert time.monotonic() - start < 5
+    assert not _alive(modes.pids()[0])
+    assert http_status_for(RunnerTimeoutError("x")) == 503
+
+
+def test_a_worker_killed_while_loading_fails_the_load_at_once(modes: Modes) -> None:
+    modes.set("hang-load")
+    failures: list[BaseException] = []
+
+    def load() -> None:
+        try:
+            modes.runner(load_timeout=60.0)
+        except EngineError as exc:
+            failures.append(exc)
+
+    thread = threading.Thread(target=load)
+    start = time.monotonic()
+    thread.start()
+    os.kill(modes.wait_for_pid(), signal.SIGKILL)
+    thread.join(30)
+    assert time.monotonic() - start < 10 and len(failures) == 1
+    assert "exited while loading (code -9)" in str(failures[0])
+
+
+def test_a_worker_that_fails_to_load_raises_its_own_error(modes: Modes) -> None:
+    modes.set("fail-load")
+    with pytest.raises(InvalidModelFileError, match="bad tensor"):
+        modes.runner()
+
+
+def test_a_worker_that_ignores_close_is_killed_after_the_close_deadline(modes: Modes) -> None:
+    modes.set("hang-close")
+    runner = modes.runner(close_timeout=1.0)
+    assert runner.alive and runner.info["op"] == "ready"
+    start = time.monotonic()
+    runner.close()
+    assert time.monotonic() - start < 5
+    assert not runner.alive and not _alive(runner.pid)
+
+
+def test_transitions_are_checked_and_waits_have_deadlines() -> None:
+    life = Lifecycle("m")
+    with pytest.raises(RuntimeError, match="loading → closed is not a valid transition"):
+        life.move(LoadState.CLOSED)
+    with pytest.raises(RunnerTimeoutError, match="still loading after 0.05 s"):
+        life.wait_ready(0.05)
+    life.move(LoadState.READY)
+    assert life.wait_ready(0.0) is LoadState.READY
+    with pytest.raises(RuntimeError):
+        life.move(LoadState.LOADING)
+    failed = Lifecycle("n")
+    failed.move(LoadState.FAILED, EngineError("no"))
+    with pytest.raises(EngineError, match="no"):
+        failed.wait_ready(1)
+
+
+@pytest.fixture
+def manager(modes: Modes, cli: Any, tmp_path: Path, home: Path) -> ModelManager:
+    for i, name in enumerate(("a", "b")):
+        assert cli("import", str(write_runnable_model(tmp_path / f"{name}.gguf", seed=i)), "--name", name).code == 0
+    factory = functools.partial(Runner, worker=(sys.executable, FAKE_WORKER, str(modes.path)), close_timeout=3.0)
+    params = ManagerParams(max_loaded=2, slots=1, ctx_per_slot=64, load_timeout=1.0)
+    m = ModelManager(resolve_settings(home=home), params, factory)
+    yield m
+    m.close()
+
+
+def test_a_hanging_load_fails_every_waiter_and_the_next_request_loads_again(
+    manager: ModelManager, modes: Modes
+) -> None:
+    modes.set("hang-load")
+    errors: list[BaseException] = []
+
+    def acquire() -> None:
+        try:
+            manager.acquire("a")
+        except RunnerTimeoutError as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=acquire) for _ in range(3)]
+    start = time.monotonic()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(20)
+    assert len(errors) == 3 and time.monotonic() - start < 10
+    assert len(modes.pids()) == 1 and not _alive(modes.pids()[0])  # one load, shared by all three
+    assert manager.ps() == []
+    modes.set("ready")
+    lease = manager.acquire("a")
+    assert lease.runner.alive and [m.name for m in manager.ps()] == ["a:latest"]
+    manager.release(lease)
+
+
+def test_closing_a_hanging_runner_blocks_neither_requests_nor_ps(manager: ModelManager, modes: Modes) -> None:
+    modes.set("hang-close")
+    lease = manager.acquire("a", keep_alive=0)  # unloaded when released
+    modes.set("ready")
+    releasing = threading.Thread(target=manager.release, args=(lease,))
+    start = time.monotonic()
+    releasing.start()
+    time.sleep(0.2)  # the release is now waiting for the worker to exit
+    assert releasing.is_alive()
+    assert manager.ps() == [] and time.monotonic() - start < 1.0
+    with manager.lease("b") as runner:
+        assert runner.alive
+    assert time.monotonic() - start < 2.5  # b loaded while a was still being closed
+    releasing.join(10)
+    assert not lease.runner.alive and not _alive(lease.runner.pid)
