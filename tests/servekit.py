@@ -18,7 +18,8 @@ import httpx
 import uvicorn
 
 from edgeslm.config import resolve_settings
-from edgeslm.serve.app import ServeOptions, create_app
+from edgeslm.serve.app import create_app
+from edgeslm.serve.options import ServeOptions
 
 
 def free_port() -> int:

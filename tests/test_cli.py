@@ -205,3 +205,28 @@ def test_console_script_and_module_entry_points(tmp_path: Path) -> None:
     if script.exists():
         by_script = subprocess.run([str(script), "--version"], capture_output=True, text=True, env=env)
         assert by_script.returncode == 0 and "edgeslm" in by_script.stdout
+
+
+HEAVY = ("numpy", "fastapi", "gguf", "llama_cpp", "huggingface_hub", "matplotlib", "edgeslm.serve.app")
+
+
+@pytest.mark.parametrize("args", [["--version"], ["list"], ["ps", "--help"]])
+def test_light_commands_import_no_heavy_module(args: list[str], tiny_model: Path, home: Path, cli: Cli) -> None:
+    assert cli("import", str(tiny_model), "--name", "tiny").code == 0
+    code = (
+        "import sys\nfrom edgeslm.cli import main\ntry:\n    main(sys.argv[1:])\nexcept SystemExit:\n    pass\n"
+        f"print('LOADED', sorted(m for m in {HEAVY!r} if m in sys.modules))"
+    )
+    done = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=60)
+    assert done.stdout.strip().splitlines()[-1] == "LOADED []", done.stdout + done.stderr
+
+
+def test_an_unusable_home_is_a_clear_error(tmp_path: Path, tiny_model: Path) -> None:
+    blocked = tmp_path / "a-file"
+    blocked.write_text("not a folder")
+    for args in (["list"], ["run", "hi", "--max-tokens", "2"], ["import", str(tiny_model), "--name", "t"]):
+        cmd = [sys.executable, "-m", "edgeslm", "--home", str(blocked / "home"), *args]
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+        assert done.returncode == 74, (args, done.stderr)
+        assert "Traceback" not in done.stderr
+        assert f"cannot create the store at {blocked / 'home' / 'models'}: Not a directory" in done.stderr

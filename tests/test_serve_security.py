@@ -144,7 +144,8 @@ def test_percent_encoded_paths_cannot_reach_another_routes_permission(keyed: tup
 def test_without_keys_the_server_refuses_to_listen_beyond_loopback(models: Path) -> None:
     from edgeslm.config import resolve_settings
     from edgeslm.errors import UsageError
-    from edgeslm.serve.app import ServeOptions, create_app
+    from edgeslm.serve.app import create_app
+    from edgeslm.serve.options import ServeOptions
 
     with pytest.raises(UsageError, match="loopback only.*--api-keys"):
         create_app(ServeOptions(host="0.0.0.0", preload=None), resolve_settings(home=models), FakeRunner)

@@ -1,11 +1,15 @@
 """The ``edgeslm`` command line: parse, call a library function, print. Nothing else.
 
 Errors are mapped to messages and exit codes here and only here (``errors.exit_code_for``).
+Only the module of the command being run is imported (``COMMANDS``), and each command module
+imports its verb's machinery when the command runs, so ``edgeslm --version`` and ``edgeslm
+list`` answer at once; ``edgeslm --help`` (and a mistyped command) builds the whole parser.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import logging
 import os
 import signal
@@ -15,22 +19,28 @@ from collections.abc import Sequence
 from .. import __version__
 from ..config import resolve_settings
 from ..errors import EdgeslmError, exit_code_for
-from . import (
-    admin_cmds,
-    convert_cmds,
-    eval_cmds,
-    infer_cmds,
-    optimize_cmds,
-    quantize_cmds,
-    recommend_cmds,
-    serve_cmds,
-    store_cmds,
+
+# (module, its configure function, the commands it adds), in the order --help lists them.
+MODULES: tuple[tuple[str, str, tuple[str, ...]], ...] = (
+    ("store_cmds", "configure", ("pull", "import", "list", "show", "cp", "rm", "verify", "catalog")),
+    ("infer_cmds", "configure", ("run", "embed", "bench")),
+    ("quantize_cmds", "configure", ("quantize",)),
+    ("convert_cmds", "configure", ("convert",)),
+    ("convert_cmds", "configure_export", ("export",)),
+    ("eval_cmds", "configure", ("eval", "compare")),
+    ("optimize_cmds", "configure", ("optimize",)),
+    ("recommend_cmds", "configure", ("recommend",)),
+    ("admin_cmds", "configure", ("keys", "audit")),
+    ("serve_cmds", "configure", ("serve", "ps")),
 )
+COMMANDS = {command: (module, fn) for module, fn, commands in MODULES for command in commands}
+_GLOBAL_WITH_VALUE = ("--home",)
 
 log = logging.getLogger("edgeslm")
 
 
-def make_parser() -> argparse.ArgumentParser:
+def make_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The parser; with ``command``, only that command's module is imported and configured."""
     parser = argparse.ArgumentParser(
         prog="edgeslm",
         description="Small language models on edge devices: store, quantize, evaluate, choose and serve.",
@@ -45,17 +55,31 @@ def make_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging on stderr")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    store_cmds.configure(sub)
-    infer_cmds.configure(sub)
-    quantize_cmds.configure(sub)
-    convert_cmds.configure(sub)
-    convert_cmds.configure_export(sub)
-    eval_cmds.configure(sub)
-    optimize_cmds.configure(sub)
-    recommend_cmds.configure(sub)
-    admin_cmds.configure(sub)
-    serve_cmds.configure(sub)
+    if command == "--version":
+        wanted = []
+    elif command in COMMANDS:
+        wanted = [COMMANDS[command]]
+    else:
+        wanted = [(m, fn) for m, fn, _ in MODULES]
+    for module, fn in wanted:
+        getattr(importlib.import_module(f"{__name__}.{module}"), fn)(sub)
     return parser
+
+
+def command_in(argv: Sequence[str]) -> str | None:
+    """The command word of ``argv`` (past the global options), "--version" when that comes first,
+    or None when there is none (help, or a usage error: the whole parser is built)."""
+    args = iter(argv)
+    for arg in args:
+        if arg in _GLOBAL_WITH_VALUE:
+            next(args, None)
+        elif arg in ("-h", "--help"):
+            return None
+        elif arg == "--version":
+            return arg
+        elif not arg.startswith("-"):
+            return arg
+    return None
 
 
 def _setup_logging(verbosity: int) -> None:
@@ -67,7 +91,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if hasattr(signal, "SIGXFSZ"):
         # Past a file-size limit, writes should fail with EFBIG (reported cleanly), not kill us.
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
-    parser = make_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = make_parser(command_in(argv))
     args = parser.parse_args(argv)
     _setup_logging(args.verbose)
     try:

@@ -14,9 +14,8 @@ from typing import Any
 from ..config import DEFAULT_MODEL, Settings
 from ..errors import OfflineError, UsageError
 from ..runner import LOAD_TIMEOUT
-from ..serve.app import DEFAULT_PORT, ServeOptions, check_options
 from ..serve.limits import MAX_BODY
-from ..serve.manager import DEFAULT_KEEP_ALIVE
+from ..serve.options import DEFAULT_KEEP_ALIVE, DEFAULT_PORT, ServeOptions, check_options
 from ..units import format_bytes, parse_bytes
 from .output import print_json, print_table, status
 

@@ -5,18 +5,19 @@ from __future__ import annotations
 import argparse
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..config import DEFAULT_MODEL, Settings
 from ..formats.size_class import SIZE_CLASSES, SizeClass
 from ..listing import list_models
-from ..pull import pull
-from ..show import ModelReport, show_model
 from ..sources.catalog import CATALOG, filter_catalog
 from ..store import Store, parse_name
 from ..store.registry import Manifest
 from ..units import format_bytes, format_mib, format_params, parse_bytes, parse_count
 from .output import confirm, print_fields, print_json, print_table, progress_bar, status
+
+if TYPE_CHECKING:
+    from ..show import ModelReport
 
 Handler = Callable[[argparse.Namespace, Settings], int]
 
@@ -98,6 +99,8 @@ def _summary(m: Manifest) -> dict[str, Any]:
 
 
 def cmd_pull(args: argparse.Namespace, settings: Settings) -> int:
+    from ..pull import pull
+
     store = _open(settings)
     results = []
     for name in args.names:
@@ -153,6 +156,8 @@ def cmd_list(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_show(args: argparse.Namespace, settings: Settings) -> int:
+    from ..show import show_model
+
     report = show_model(_open(settings), args.name, context_length=args.ctx)
     if args.json:
         print_json(report.to_dict())

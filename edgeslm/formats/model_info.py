@@ -8,12 +8,14 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from gguf.constants import GGMLQuantizationType, LlamaFileType
-
-from .gguf_header import ArrayValue, GGUFHeader, MetaValue
 from .size_class import SizeClass, classify
+
+if TYPE_CHECKING:  # gguf-py loads numpy and more: not needed to read stored info ('edgeslm list')
+    from gguf.constants import GGMLQuantizationType
+
+    from .gguf_header import GGUFHeader, MetaValue
 
 # llama.cpp marks every n-th layer as full attention and the others as sliding-window
 # (``hparams.set_swa_pattern`` in llama-model.cpp); only those archs are listed here.
@@ -105,6 +107,8 @@ def _int(value: MetaValue) -> int | None:
 
 
 def _per_layer_max(value: MetaValue) -> int | None:
+    from .gguf_header import ArrayValue
+
     """head_count(_kv) may be one number or one per layer (e.g. OpenELM); report the largest."""
     if isinstance(value, ArrayValue) and value.items:
         ints = [v for v in value.items if isinstance(v, int) and not isinstance(v, bool)]
@@ -118,6 +122,8 @@ def _str(value: MetaValue) -> str | None:
 
 def file_type_name(value: MetaValue) -> str | None:
     """general.file_type as llama.cpp names it ('Q4_K_M'), or None when absent or unknown."""
+    from gguf.constants import LlamaFileType
+
     code = _int(value)
     if code is None:
         return None
@@ -140,6 +146,8 @@ def type_mix(header: GGUFHeader) -> tuple[TypeShare, ...]:
 
 
 def model_info(header: GGUFHeader) -> ModelInfo:
+    from .gguf_header import ArrayValue
+
     """Summarize a validated header. Parameters are counted per stored tensor, so tied
     embeddings (no separate output.weight) count once, as llama.cpp's loader sees them."""
     meta = header.metadata

@@ -27,10 +27,10 @@ from ..runner import CLOSE_TIMEOUT, LOAD_TIMEOUT, LoadState, Runner, RunnerLike
 from ..runner.state import Lifecycle
 from ..store import Store, parse_name
 from ..units import format_bytes
+from .options import DEFAULT_KEEP_ALIVE
 
 log = logging.getLogger(__name__)
 
-DEFAULT_KEEP_ALIVE = 300.0
 RUNNER_OVERHEAD = 64 * 2**20  # the worker process itself: Python, numpy, llama.cpp's buffers
 
 # (name, *, slots, ctx_per_slot, threads, home, prompt_cache, load_timeout) -> a started runner

@@ -31,7 +31,6 @@ from typing import Any, BinaryIO
 from filelock import FileLock
 
 from ..errors import IntegrityError, InvalidModelFileError, ModelNotFoundError, StoreError
-from ..formats.gguf_header import read_gguf_header
 from ..formats.model_info import ModelInfo, model_info
 from .atomic import TempFile, copy_hashing, iter_stale_temps, sha256_file, write_atomic
 from .names import ModelName, parse_name
@@ -269,6 +268,8 @@ class Store:
                 f"{label}: content sha256 is {sha} but {expected_sha256.lower()} was expected "
                 "(corrupt or tampered download); nothing was stored"
             )
+        from ..formats.gguf_header import read_gguf_header
+
         info = model_info(read_gguf_header(tmp.path, label=label))
         _require_model(info, label)
         manifest = Manifest(name, f"sha256-{sha}", size, now_iso(), info, dict(source))
@@ -286,6 +287,8 @@ class Store:
         progress: Progress | None = None,
     ) -> Manifest:
         """Import the GGUF file at ``path``: validated first, then copied, hashed and re-validated."""
+        from ..formats.gguf_header import read_gguf_header
+
         read_gguf_header(path)  # refuse a hostile file before copying a byte of it
         return self.add(
             name,

@@ -1,0 +1,63 @@
+"""The server's options and their defaults: light, so that the CLI can build its parser without
+importing the server (FastAPI, the manager)."""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..config import DEFAULT_MODEL
+from ..errors import UsageError
+from ..runner import LOAD_TIMEOUT
+from .limits import MAX_BODY
+
+DEFAULT_PORT = 8434  # not Ollama's 11434: both can run side by side
+DEFAULT_KEEP_ALIVE = 300.0  # seconds an idle model stays loaded (Ollama's 5 minutes)
+
+
+@dataclass(frozen=True)
+class ServeOptions:
+    host: str = "127.0.0.1"
+    port: int = DEFAULT_PORT
+    api_keys: Path | None = None
+    audit_log: Path | None = None
+    audit_prompts: bool = False
+    parallel: int = 4
+    ctx: int = 2048  # tokens per slot
+    max_loaded: int = 3
+    memory: int | None = None  # bytes for loaded models; None: MEMORY_SHARE of the machine's
+    queue: int = 32
+    keep_alive: float = DEFAULT_KEEP_ALIVE
+    threads: int | None = None
+    cors_origins: tuple[str, ...] = ()
+    allowed_hosts: tuple[str, ...] = ()
+    max_body: int = MAX_BODY
+    preload: str | None = DEFAULT_MODEL
+    prompt_cache: bool = True
+    load_timeout: float = LOAD_TIMEOUT  # seconds a model may take to load before its runner is killed
+
+    @property
+    def loopback(self) -> bool:
+        if self.host == "localhost":
+            return True
+        try:
+            return ipaddress.ip_address(self.host.strip("[]")).is_loopback
+        except ValueError:
+            return False
+
+
+def check_options(options: ServeOptions) -> None:
+    if options.api_keys is None and not options.loopback:
+        raise UsageError(
+            f"without --api-keys the server listens on loopback only; to listen on {options.host}, "
+            "create keys with 'edgeslm keys add FILE --id NAME --role user' and pass --api-keys FILE"
+        )
+    if not 1 <= options.parallel <= 256:
+        raise UsageError(f"--parallel {options.parallel} is out of range; valid: 1 to 256")
+    if not 64 <= options.ctx <= 1 << 20:
+        raise UsageError(f"--ctx {options.ctx} is out of range; valid: 64 to 1,048,576 tokens per slot")
+    if not 1 <= options.load_timeout <= 86_400:
+        raise UsageError(f"--load-timeout {options.load_timeout:g} is out of range; valid: 1 to 86,400 seconds")
+    if options.queue < 0 or options.max_loaded < 1:
+        raise UsageError("--queue must be 0 or more and --max-loaded 1 or more")
