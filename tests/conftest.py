@@ -111,3 +111,11 @@ def snapshot(root: Path) -> dict[str, bytes | None]:
             rel = str(path.relative_to(root))
             state[rel] = str(path.stat().st_size).encode() if "blobs" in rel else path.read_bytes()
     return state
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """A test that uses the builtin models is a real-model test, whether or not it says so, so
+    that ``make test-fast`` (``-m "not real_model and not slow"``) leaves every one of them out."""
+    for item in items:
+        if "builtin_home" in getattr(item, "fixturenames", ()) and item.get_closest_marker("real_model") is None:
+            item.add_marker(pytest.mark.real_model)
