@@ -27,7 +27,7 @@ sys.path.insert(0, str(ROOT))
 from benchmarks.parity import model_files  # noqa: E402
 from edgeslm.engines.base import physical_cores  # noqa: E402
 from edgeslm.engines.llamacpp import quantize_file  # noqa: E402
-from edgeslm.evaluate import EvalSettings, evaluate, load_text  # noqa: E402
+from edgeslm.evaluate import EvalResult, EvalSettings, evaluate, load_text  # noqa: E402
 from edgeslm.formats.quant_types import QUANT_TYPES, QuantizeOptions  # noqa: E402
 from edgeslm.store import Store, parse_name  # noqa: E402
 
@@ -62,18 +62,17 @@ def parse_native(output: str) -> dict[str, float]:
     return values
 
 
-def ours_values(r: dict[str, object]) -> dict[str, float]:
-    kld = r["kld"]
-    assert isinstance(kld, dict)
+def ours_values(r: EvalResult) -> dict[str, float]:
+    assert r.ppl_base is not None and r.kld_mean is not None and r.same_top is not None and r.dp_rms is not None
     return {
-        "ppl": r["ppl"],
-        "ppl_base": r["ppl_base"],
-        "kld_mean": r["kld_mean"],
-        "kld_p99": kld["p99"],  # type: ignore[dict-item]
-        "kld_median": kld["median"],
-        "same_top": r["same_top"],
-        "dp_rms": r["dp_rms"],
-    }  # type: ignore[dict-item]
+        "ppl": r.ppl,
+        "ppl_base": r.ppl_base,
+        "kld_mean": r.kld_mean,
+        "kld_p99": r.kld["p99"],
+        "kld_median": r.kld["median"],
+        "same_top": r.same_top,
+        "dp_rms": r.dp_rms,
+    }
 
 
 def main() -> None:

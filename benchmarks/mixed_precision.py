@@ -31,13 +31,13 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from edgeslm.config import resolve_settings  # noqa: E402
-from edgeslm.evaluate import EvalSettings, evaluate, load_text  # noqa: E402
+from edgeslm.evaluate.core import EvalSettings, evaluate, load_text  # noqa: E402
 from edgeslm.formats.gguf_header import read_gguf_header  # noqa: E402
 from edgeslm.formats.quant_types import QUANT_TYPES, QuantizeOptions, parse_quant_types  # noqa: E402
-from edgeslm.mixed import find_slots, fixed_bytes, plan_mix, plan_options, predicted_costs  # noqa: E402
+from edgeslm.optimize.mixed import find_slots, fixed_bytes, plan_mix, plan_options, predicted_costs  # noqa: E402
+from edgeslm.optimize.sensitivity import CalibrationParams, measure_sensitivity  # noqa: E402
 from edgeslm.pull import pull  # noqa: E402
 from edgeslm.quantize import quantize  # noqa: E402
-from edgeslm.sensitivity import CalibrationParams, measure_sensitivity  # noqa: E402
 from edgeslm.store import Store, parse_name  # noqa: E402
 from edgeslm.store.registry import Manifest  # noqa: E402
 
@@ -49,7 +49,7 @@ GOAL = 0.8
 def kld(store: Store, m: Manifest, ref: Manifest, settings: EvalSettings) -> float:
     text = load_text(WIKITEXT)
     r = evaluate(store, m.name, ref.name if m.digest != ref.digest else None, text, settings)
-    return float(r.get("kld_mean") or 0.0)
+    return float(r.kld_mean or 0.0)
 
 
 def run_model(store: Store, model: str, args: argparse.Namespace) -> list[tuple[str, ...]]:

@@ -10,15 +10,17 @@ fit, ranked by their measured quality.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from gguf.constants import GGML_QUANT_SIZES, GGMLQuantizationType
 
 from .device import Device
 from .errors import InvalidParameterError
-from .evaluate import all_results
+from .evaluate.core import all_results
+from .evaluate.result import EvalResult
 from .formats.model_info import estimate_memory
 from .formats.size_class import SIZE_CLASSES, SizeClass
 from .sources.catalog import CATALOG, RUNTIME_OVERHEAD, SEED_ADVICE, CatalogEntry
@@ -225,21 +227,18 @@ def _local_picks(store: Store, device: Device, use_case: str, level: str, ctx: i
     return tuple(picks)
 
 
-def _measured(store: Store) -> dict[str, dict[str, Any]]:
+def _measured(store: Store) -> dict[str, EvalResult]:
     """The newest kept result per model digest; a reference of other results counts as KLD 0."""
     results = all_results(store)
-    references = {r.get("reference_digest") for r in results}
-    out: dict[str, dict[str, Any]] = {}
+    references = {r.reference_digest for r in results}
+    out: dict[str, EvalResult] = {}
     for r in results:
-        digest = str(r.get("model_digest") or "")
-        if not digest:
-            continue
-        if r.get("kld_mean") is None:
-            if digest not in references:
+        if not r.has_reference:
+            if r.model_digest not in references:
                 continue
-            r = {**r, "kld_mean": 0.0, "same_top": 1.0, "reference": "itself"}
-        if digest not in out or r["created"] > out[digest]["created"]:
-            out[digest] = r
+            r = replace(r, kld_mean=0.0, same_top=1.0, reference="itself")
+        if r.model_digest not in out or r.created > out[r.model_digest].created:
+            out[r.model_digest] = r
     return out
 
 
@@ -249,7 +248,7 @@ RANKED_PER_MODEL = 3  # measured variants listed per model, best first
 def _ranked_local(
     base: str,
     variants: Sequence[tuple[Manifest, int]],
-    measured: dict[str, dict[str, Any]],
+    measured: dict[str, EvalResult],
     ctx: int,
     budget: int,
     device: Device,
@@ -267,9 +266,9 @@ def _ranked_local(
     where = "here" if device.detected else "on this machine (expect different speed on the device)"
     picks = []
     for i, (m, mem, r, rule) in enumerate(_rank(scored, level)[:RANKED_PER_MODEL]):
-        tg = (r.get("speed") or {}).get("tg_tps")
+        tg = r.speed.tg_tps if r.speed else None
         speed = f", {tg:.0f} tok/s generation {where}" if tg else ""
-        facts = f"mean KLD {r['kld_mean']:.4f} vs {r.get('reference')}, {100 * r['same_top']:.1f}% same top-1{speed}"
+        facts = f"mean KLD {_kld(r):.4f} vs {r.reference}, {100 * (r.same_top or 0.0):.1f}% same top-1{speed}"
         if i == 0:
             why = (
                 f"{fits.format(format_bytes(mem))}; {rule} among {base}'s variants ({facts}; "
@@ -277,28 +276,33 @@ def _ranked_local(
             )
         else:
             why = f"#{i + 1} for {base}: {rule} ({facts})"
-        picks.append(Pick(str(m.name), mem, why, {"kld_mean": r["kld_mean"], "same_top": r["same_top"], "tg_tps": tg}))
+        picks.append(Pick(str(m.name), mem, why, {"kld_mean": r.kld_mean, "same_top": r.same_top, "tg_tps": tg}))
     return picks
 
 
-Scored = tuple[Manifest, int, dict[str, Any]]
+Scored = tuple[Manifest, int, EvalResult]
 
 
-def _rank(scored: Sequence[Scored], level: str) -> list[tuple[Manifest, int, dict[str, Any], str]]:
+def _kld(r: EvalResult) -> float:
+    return r.kld_mean if r.kld_mean is not None else math.inf
+
+
+def _rank(scored: Sequence[Scored], level: str) -> list[tuple[Manifest, int, EvalResult, str]]:
     """Those within the level's KLD tolerance first — the smallest first for max-compression, else
     the fastest — then the rest, the most faithful first."""
     limit = KLD_TOLERANCE[level]
 
     def tg(s: Scored) -> float:
-        return float((s[2].get("speed") or {}).get("tg_tps") or 0.0)
+        speed = s[2].speed
+        return float(speed.tg_tps or 0.0) if speed else 0.0
 
-    within = [s for s in scored if s[2]["kld_mean"] <= limit]
-    beyond = sorted((s for s in scored if s[2]["kld_mean"] > limit), key=lambda s: (s[2]["kld_mean"], -tg(s)))
+    within = [s for s in scored if _kld(s[2]) <= limit]
+    beyond = sorted((s for s in scored if _kld(s[2]) > limit), key=lambda s: (_kld(s[2]), -tg(s)))
     if level == "max-compression":
         within.sort(key=lambda s: (s[0].size, -tg(s)))
         rule = f"the smallest within {level}'s tolerance (mean KLD ≤ {limit:g})"
     else:
-        within.sort(key=lambda s: (-tg(s), s[2]["kld_mean"]))
+        within.sort(key=lambda s: (-tg(s), _kld(s[2])))
         rule = f"the fastest within {level}'s tolerance (mean KLD ≤ {limit:g})"
     outside = (
         f"none is within {level}'s tolerance (mean KLD ≤ {limit:g}): the most faithful that fits"

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from edgeslm.constraints import Constraints, Metrics, parse_fraction, parse_kld, parse_size, parse_tps, rank
 from edgeslm.errors import InvalidParameterError
+from edgeslm.optimize.constraints import Constraints, Metrics, parse_fraction, parse_kld, parse_size, parse_tps, rank
 
 
 def metrics(name: str, size: int, kld: float, tg: float = 100.0, err: float = 0.001, p99: float = 0.0) -> Metrics:

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edgeslm.eval_stats import Accumulator, percentile, summarize
+from edgeslm.evaluate.stats import Accumulator, percentile, summarize
 
 from .conftest import CliResult, snapshot
 from .ggufbuild import write_tiny_model
@@ -162,3 +162,21 @@ def test_kld_orders_the_variants_of_a_real_model(builtin_home: Path, home: Path,
         kld[tag] = json.loads(out.out)[0]["kld_mean"]
     assert kld["q4_0"] > kld["q5_1"] > kld["q8_0"] > kld["f16"]
     assert kld["f16"] < 0.01 and kld["q4_0"] > 0.1  # F16 of the Q4_1 source is nearly the source itself
+
+
+def test_a_kept_result_reads_back_as_the_same_record(fake: Cli, tmp_path: Path, home: Path) -> None:
+    from edgeslm.evaluate import EvalResult, all_results
+    from edgeslm.evaluate.core import results_dir
+    from edgeslm.store import Store
+
+    (tmp_path / "t.txt").write_bytes((b"aab" * 400)[:1000])
+    args = ("--reference", "m2", "--text", str(tmp_path / "t.txt"), "--ctx", "64", "--no-speed", "--json")
+    assert fake("eval", "m", *args).code == 0
+    store = Store.open(home / "models")
+    (kept,) = [r for r in all_results(store) if r.model == "m:latest"]
+    assert isinstance(kept, EvalResult) and kept.has_reference and kept.speed is None
+    assert EvalResult.from_dict(json.loads(json.dumps(kept.to_dict()))) == kept
+    stored = json.loads((results_dir(store) / f"{kept.key}.json").read_text())
+    assert stored["kld_mean"] == kept.kld_mean and stored["schema"] == 1  # the keys results always had
+    (results_dir(store) / "broken.json").write_text('{"model": "x"}')  # a required key missing: skipped
+    assert len(all_results(store)) == 1

@@ -14,7 +14,7 @@ from gguf.constants import GGMLQuantizationType as T
 from edgeslm.engines.ggml_quants import quantize_rows, requires_imatrix, round_trip
 from edgeslm.errors import InvalidParameterError
 from edgeslm.formats.gguf_header import read_gguf_header
-from edgeslm.mixed import (
+from edgeslm.optimize.mixed import (
     PALETTE,
     Slot,
     find_slots,

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from edgeslm import quantize as quantize_module
-from edgeslm import sensitivity
+from edgeslm.optimize import sensitivity
 from edgeslm.store import Store, parse_name
 
 from .conftest import CliResult, edgeslm_command, snapshot
@@ -76,7 +76,7 @@ def test_a_second_run_reuses_everything(
     state = snapshot(store.root / "manifests")
     monkeypatch.setattr(quantize_module, "_build", lambda *a, **k: pytest.fail("rebuilt a variant"))
     monkeypatch.setattr(sensitivity, "_run_probes", lambda *a, **k: pytest.fail("re-measured sensitivity"))
-    monkeypatch.setattr("edgeslm.evaluate.measure_quality", lambda *a, **k: pytest.fail("re-evaluated"))
+    monkeypatch.setattr("edgeslm.evaluate.core.measure_quality", lambda *a, **k: pytest.fail("re-evaluated"))
     second = cli("optimize", "r:f16", *args(tiny, tmp_path / "b", "--max-size", "200KB", "--mixed", "--json"))
     assert second.code == 0, second.err
     assert json.loads(second.out)["winner"] == json.loads(first.out)["winner"]
@@ -182,9 +182,9 @@ def test_a_report_path_that_is_a_file(tiny: Path, cli: Cli, tmp_path: Path) -> N
 
 
 def test_a_poor_winner_is_called_poor_unless_quality_was_bounded() -> None:
-    from edgeslm.constraints import Constraints, Metrics, rank
-    from edgeslm.optimize import Candidate, OptimizeParams, OptimizeResult
-    from edgeslm.optimize_report import summary
+    from edgeslm.optimize.constraints import Constraints, Metrics, rank
+    from edgeslm.optimize.core import Candidate, OptimizeParams, OptimizeResult
+    from edgeslm.optimize.report import summary
 
     m = Metrics("x:mix", 100, 150, {"mean": 1.5, "p99": 5.0}, 0.01, 0.4, 3.0, 500.0, 100.0)
     candidate = Candidate("x:mix", "mixed", "mixed: IQ4_NL 100%", "edgeslm quantize ...", {"ppl": 40.0}, m)

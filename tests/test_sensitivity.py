@@ -7,12 +7,18 @@ from pathlib import Path
 
 import pytest
 
-from edgeslm import sensitivity
 from edgeslm.errors import InvalidParameterError
-from edgeslm.evaluate import EvalText
+from edgeslm.evaluate.core import EvalText
 from edgeslm.formats.gguf_header import read_gguf_header
-from edgeslm.mixed import find_slots
-from edgeslm.sensitivity import NOISE, CalibrationParams, make_probes, measure_sensitivity, per_unit_sensitivity
+from edgeslm.optimize import sensitivity
+from edgeslm.optimize.mixed import find_slots
+from edgeslm.optimize.sensitivity import (
+    NOISE,
+    CalibrationParams,
+    make_probes,
+    measure_sensitivity,
+    per_unit_sensitivity,
+)
 from edgeslm.store import Store, parse_name
 
 from .conftest import CliResult

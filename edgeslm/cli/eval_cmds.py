@@ -8,8 +8,9 @@ from typing import Any
 
 from ..config import Settings
 from ..errors import InvalidParameterError, ModelNotFoundError
-from ..evaluate import REFERENCE_TAGS, EvalSettings, all_results, evaluate, load_text
-from ..report import HEADERS, markdown_table, plot, result_row
+from ..evaluate.core import REFERENCE_TAGS, EvalSettings, all_results, evaluate, load_text
+from ..evaluate.report import HEADERS, markdown_table, plot, result_row
+from ..evaluate.result import EvalResult
 from ..store import ModelName, Store, parse_name
 from .output import print_json, print_table, progress_bar, status
 
@@ -89,9 +90,9 @@ def cmd_eval(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-def _print(results: list[dict[str, Any]], fmt: str | None) -> None:
+def _print(results: list[EvalResult], fmt: str | None) -> None:
     if fmt == "json":
-        print_json(results)
+        print_json([r.to_dict() for r in results])
     elif fmt == "markdown":
         print(markdown_table(results), end="")
     else:
@@ -104,15 +105,15 @@ def cmd_compare(args: argparse.Namespace, settings: Settings) -> int:
     if len(wanted) == 1:  # one model: all its tags
         wanted = [m.name for m in store.manifests() if m.name.base == wanted[0].base]
     digests = {str(n): m.digest for n in wanted if (m := store.find(n)) is not None}
-    kept: dict[str, dict[str, Any]] = {}
+    kept: dict[str, EvalResult] = {}
     for r in all_results(store):  # the newest result per model, matched by content digest
         for name, digest in digests.items():
-            if r["model_digest"] == digest and (name not in kept or r["created"] >= kept[name]["created"]):
-                kept[name] = {**r, "model": name}
+            if r.model_digest == digest and (name not in kept or r.created >= kept[name].created):
+                kept[name] = r.renamed(name)
     missing = [str(n) for n in wanted if str(n) not in kept]
     if missing:
         status(f"no kept results for {', '.join(missing)}; run 'edgeslm eval' on them first")
-    results = sorted(kept.values(), key=lambda r: r["file_size"])
+    results = sorted(kept.values(), key=lambda r: r.file_size)
     if not results:
         raise ModelNotFoundError("nothing to compare: no evaluation results are kept for these models")
     _print(results, args.format)

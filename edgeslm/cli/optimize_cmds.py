@@ -11,13 +11,13 @@ from pathlib import Path
 from typing import Any
 
 from ..config import Settings
-from ..constraints import Constraints, parse_fraction, parse_kld, parse_size, parse_tps
 from ..errors import OutputFileError
-from ..evaluate import EvalSettings, load_text
+from ..evaluate.core import EvalSettings, load_text
 from ..formats.quant_types import parse_quant_types
-from ..optimize import DEFAULT_TYPES, OptimizeParams, Progress, optimize
-from ..optimize_report import HEADERS, cleanup, reasons, summary, table_rows, to_json, write_report
-from ..sensitivity import CalibrationParams
+from ..optimize.constraints import Constraints, parse_fraction, parse_kld, parse_size, parse_tps
+from ..optimize.core import DEFAULT_TYPES, OptimizeParams, Progress, optimize
+from ..optimize.report import HEADERS, cleanup, reasons, summary, table_rows, to_json, write_report
+from ..optimize.sensitivity import CalibrationParams
 from ..store import Store, parse_name
 from .output import print_json, print_table, status
 

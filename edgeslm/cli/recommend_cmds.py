@@ -7,8 +7,8 @@ from dataclasses import asdict
 from typing import Any
 
 from ..config import Settings
-from ..constraints import parse_size
 from ..device import DEVICE_KINDS, Device, describe, detect
+from ..optimize.constraints import parse_size
 from ..recommend import QUALITY_LEVELS, USE_CASES, Recommendation, recommend
 from ..store import Store
 from ..units import format_bytes

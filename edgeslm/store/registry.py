@@ -378,7 +378,7 @@ class Store:
             for path in stale:
                 with suppress(FileNotFoundError):
                     path.unlink()
-                log.info("removed stale temp file %s", path.name)
+                log.debug("removed stale temp file %s", path.name)  # verify reports them; never mid-reply
             named = {p.name for p in self.blobs_dir.iterdir() if _DIGEST.match(p.name)}
             referenced = {m.digest for m in self.manifests()}
             orphans = tuple(sorted(named - referenced))

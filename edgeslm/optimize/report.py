@@ -11,11 +11,11 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from ..errors import OutputFileError
+from ..evaluate.report import new_figure, save_size_kld_plot
+from ..units import format_bytes, format_mib
 from .constraints import Verdict
-from .errors import OutputFileError
-from .optimize import Candidate, OptimizeResult
-from .report import new_figure, save_size_kld_plot
-from .units import format_bytes, format_mib
+from .core import Candidate, OptimizeResult
 
 POOR_KLD = 0.5  # a winner this far from the reference gets a warning when no KLD limit was set
 HEADERS = (
@@ -32,13 +32,13 @@ def table_rows(result: OptimizeResult) -> list[tuple[str, ...]]:
     rows: list[tuple[str, ...]] = []
     for v in result.ranking.verdicts:
         c, m = result.candidate(v.metrics.name), v.metrics
-        r, speed = c.result, c.result.get("speed") or {}
-        ppl = f"{r['ppl']:.3f}" + (f" ({100 * m.ppl_increase:+.1f}%)" if c.kind != "reference" else "")
+        r, speed = c.result, c.result.speed
+        ppl = f"{r.ppl:.3f}" + (f" ({100 * m.ppl_increase:+.1f}%)" if c.kind != "reference" else "")
         rows.append((
             str(v.rank) if v.rank else "-", c.name, c.recipe, format_bytes(m.file_size), format_bytes(m.memory),
             "0 (reference)" if c.kind == "reference" else f"{m.kld['mean']:.5f} ± {m.kld_err:.5f}",
             _num(m.kld["p99"], "{:.4f}"), f"{100 * m.same_top:.2f}%", ppl, _num(m.pp_tps, "{:.1f}"),
-            _num(m.tg_tps, "{:.1f}"), format_mib(speed["peak_rss"]) if speed.get("peak_rss") else "",
+            _num(m.tg_tps, "{:.1f}"), format_mib(speed.peak_rss) if speed else "",
             "winner" if v.rank == 1 else ("fits" if v.fits else "fails"),
         ))  # fmt: skip
     return rows
@@ -126,7 +126,7 @@ def to_json(result: OptimizeResult) -> dict[str, Any]:
              "command": result.candidate(v.metrics.name).command}
             for v in result.ranking.verdicts
         ],
-        "results": [c.result for c in result.candidates], "mixed": mixed, "notes": list(result.notes),
+        "results": [c.result.to_dict() for c in result.candidates], "mixed": mixed, "notes": list(result.notes),
         "seconds": result.seconds,
     }  # fmt: skip
 

@@ -7,7 +7,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from .units import format_bytes
+from ..units import format_bytes
+from .result import EvalResult
 
 HEADERS = (
     "model",
@@ -29,26 +30,25 @@ def _fmt(value: Any, pattern: str) -> str:
     return "" if value is None or (isinstance(value, float) and math.isnan(value)) else pattern.format(value)
 
 
-def result_row(r: dict[str, Any]) -> tuple[str, ...]:
-    speed = r.get("speed") or {}
-    kld = r.get("kld") or {}
+def result_row(r: EvalResult) -> tuple[str, ...]:
+    speed = r.speed
     return (
-        r["model"],
-        format_bytes(r["file_size"]),
-        _fmt(r.get("bits_per_weight"), "{:.2f}"),
-        f"{r['ppl']:.3f} ± {r['ppl_err']:.3f}",
-        _fmt(r.get("ppl_base"), "{:.3f}"),
-        _fmt(r.get("kld_mean"), "{:.5f}") + (_fmt(r.get("kld_err"), " ± {:.5f}") if "kld_mean" in r else ""),
-        _fmt(kld.get("p99"), "{:.4f}"),
-        _fmt(r.get("same_top") and 100 * r["same_top"], "{:.2f}%"),
-        _fmt(r.get("dp_rms") and 100 * r["dp_rms"], "{:.3f}%"),
-        _fmt(speed.get("pp_tps"), "{:.1f}"),
-        _fmt(speed.get("tg_tps"), "{:.1f}"),
-        _fmt(speed.get("peak_rss") and speed["peak_rss"] / 2**20, "{:.1f} MiB"),
+        r.model,
+        format_bytes(r.file_size),
+        _fmt(r.bits_per_weight, "{:.2f}"),
+        f"{r.ppl:.3f} ± {r.ppl_err:.3f}",
+        _fmt(r.ppl_base, "{:.3f}"),
+        _fmt(r.kld_mean, "{:.5f}") + (_fmt(r.kld_err, " ± {:.5f}") if r.has_reference else ""),
+        _fmt(r.kld.get("p99"), "{:.4f}"),
+        _fmt(r.same_top and 100 * r.same_top, "{:.2f}%"),
+        _fmt(r.dp_rms and 100 * r.dp_rms, "{:.3f}%"),
+        _fmt(speed and speed.pp_tps, "{:.1f}"),
+        _fmt(speed and speed.tg_tps, "{:.1f}"),
+        _fmt(speed and speed.peak_rss / 2**20, "{:.1f} MiB"),
     )
 
 
-def markdown_table(results: Sequence[dict[str, Any]]) -> str:
+def markdown_table(results: Sequence[EvalResult]) -> str:
     lines = ["| " + " | ".join(HEADERS) + " |", "|" + "---|" * len(HEADERS)]
     lines += ["| " + " | ".join(result_row(r)) + " |" for r in results]
     return "\n".join(lines) + "\n"
@@ -82,15 +82,15 @@ def save_size_kld_plot(fig: Any, ax: Any, scatter: Any, tps: Sequence[float], ti
     return path
 
 
-def plot(results: Sequence[dict[str, Any]], path: Path, title: str) -> Path:
+def plot(results: Sequence[EvalResult], path: Path, title: str) -> Path:
     """Size (x) against mean KLD (y, log scale), each point labelled with its tg tok/s."""
-    points = [r for r in results if r.get("kld_mean") is not None]
+    points = [r for r in results if r.kld_mean is not None]
     fig, ax = new_figure((8, 5))
-    sizes = [r["file_size"] / 1e6 for r in points]
-    klds = [max(r["kld_mean"], 1e-6) for r in points]
-    tps = [(r.get("speed") or {}).get("tg_tps") or 0.0 for r in points]
+    sizes = [r.file_size / 1e6 for r in points]
+    klds = [max(r.kld_mean or 0.0, 1e-6) for r in points]
+    tps = [(r.speed.tg_tps or 0.0) if r.speed else 0.0 for r in points]
     scatter = ax.scatter(sizes, klds, c=tps, cmap="viridis", s=60, zorder=3)
     for r, x, y, t in zip(points, sizes, klds, tps, strict=True):
-        label = r["model"].rsplit(":", 1)[-1] + (f"\n{t:.0f} tok/s" if t else "")
+        label = r.model.rsplit(":", 1)[-1] + (f"\n{t:.0f} tok/s" if t else "")
         ax.annotate(label, (x, y), textcoords="offset points", xytext=(6, 4), fontsize=8)
     return save_size_kld_plot(fig, ax, scatter, tps, title, path)

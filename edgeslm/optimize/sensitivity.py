@@ -30,15 +30,15 @@ from typing import Any
 
 import numpy as np
 
-from .engines.base import DEFAULT_ENGINE, Engine, LoadParams, open_engine
-from .errors import InvalidParameterError
-from .eval_stats import F32, kld_sum, log_softmax_rows
-from .evaluate import EvalText, bos_token, results_dir, scored_rows
-from .formats.gguf_header import GGUFHeader, TensorInfo, read_gguf_header
+from ..engines.base import DEFAULT_ENGINE, Engine, LoadParams, open_engine
+from ..errors import InvalidParameterError
+from ..evaluate.core import EvalText, bos_token, results_dir, scored_rows
+from ..evaluate.stats import F32, kld_sum, log_softmax_rows
+from ..formats.gguf_header import GGUFHeader, TensorInfo, read_gguf_header
+from ..store import Store
+from ..store.atomic import TempFile, write_atomic
+from ..store.registry import Manifest
 from .mixed import STORAGE_TYPES, Slot, find_slots, read_rows, relative_errors
-from .store import Store
-from .store.atomic import TempFile, write_atomic
-from .store.registry import Manifest
 
 log = logging.getLogger(__name__)
 NOISE = 0.005  # relative MSE of the injected noise

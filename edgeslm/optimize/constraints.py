@@ -12,10 +12,13 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from .errors import InvalidParameterError
-from .units import format_bytes, parse_bytes
+from ..errors import InvalidParameterError
+from ..units import format_bytes, parse_bytes
+
+if TYPE_CHECKING:
+    from ..evaluate.result import EvalResult
 
 KLD_STATS = {"mean": None, "median": "median", "p90": "p90", "p95": "p95", "p99": "p99", "p99.9": "p99.9", "max": "max"}
 
@@ -35,28 +38,19 @@ class Metrics:
     tg_tps: float | None
 
     @classmethod
-    def from_result(cls, result: dict[str, Any], memory: int) -> Metrics:
-        if result.get("kld_mean") is None:  # the reference: compared with itself
+    def from_result(cls, result: EvalResult, memory: int) -> Metrics:
+        if result.kld_mean is None:  # the reference: compared with itself
             kld, err, same, increase = {s: 0.0 for s in KLD_STATS}, 0.0, 1.0, 0.0
         else:
-            dist = result.get("kld") or {}
-            kld = {
-                s: float(result["kld_mean"] if key is None else dist.get(key, math.nan)) for s, key in KLD_STATS.items()
-            }
-            err, same = float(result.get("kld_err", 0.0)), float(result["same_top"])
-            increase = result["ppl"] / result["ppl_base"] - 1
-        speed = result.get("speed") or {}
+            mean, dist = result.kld_mean, result.kld
+            kld = {s: float(mean if key is None else dist.get(key, math.nan)) for s, key in KLD_STATS.items()}
+            err, same = result.kld_err or 0.0, result.same_top or 0.0
+            increase = result.ppl / (result.ppl_base or result.ppl) - 1
+        speed = result.speed
         return cls(
-            result["model"],
-            result["file_size"],
-            memory,
-            kld,
-            err,
-            same,
-            increase,
-            speed.get("pp_tps"),
-            speed.get("tg_tps"),
-        )
+            result.model, result.file_size, memory, kld, err, same, increase,
+            speed.pp_tps if speed else None, speed.tg_tps if speed else None,
+        )  # fmt: skip
 
 
 @dataclass(frozen=True)

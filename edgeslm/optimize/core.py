@@ -15,15 +15,20 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Literal
 
+from ..engines.base import DEFAULT_ENGINE, LoadParams, open_engine
+from ..errors import InvalidParameterError
+from ..evaluate.core import REFERENCE_TAGS, EvalSettings, EvalText, evaluate
+from ..evaluate.result import EvalResult
+from ..formats.gguf_header import read_gguf_header
+from ..formats.model_info import estimate_memory
+from ..formats.quant_types import QUANT_TYPES, QuantizeOptions, QuantType, parse_quant_types
+from ..quantize import check_request, is_quantized, quantize
+from ..store import ModelName, Store, parse_name
+from ..store.registry import Manifest
+from ..units import format_bytes
 from .constraints import Constraints, Metrics, Ranking, rank
-from .engines.base import DEFAULT_ENGINE, LoadParams, open_engine
-from .errors import InvalidParameterError
-from .evaluate import REFERENCE_TAGS, EvalSettings, EvalText, evaluate
-from .formats.gguf_header import read_gguf_header
-from .formats.model_info import estimate_memory
-from .formats.quant_types import QUANT_TYPES, QuantizeOptions, QuantType, parse_quant_types
 from .mixed import (
     MixPlan,
     find_slots,
@@ -34,11 +39,7 @@ from .mixed import (
     predicted_costs,
     smallest_size,
 )
-from .quantize import check_request, is_quantized, quantize
 from .sensitivity import CalibrationParams, check_reference, measure_sensitivity
-from .store import ModelName, Store, parse_name
-from .store.registry import Manifest
-from .units import format_bytes
 
 log = logging.getLogger(__name__)
 DEFAULT_TYPES = "Q8_0,Q6_K,Q5_K_M,Q5_1,Q4_K_M,Q4_0"
@@ -59,13 +60,16 @@ class OptimizeParams:
     threads: int | None = None
 
 
+CandidateKind = Literal["reference", "source", "uniform", "mixed"]
+
+
 @dataclass(frozen=True)
 class Candidate:
     name: str
-    kind: str  # 'reference', 'source', 'uniform', 'mixed'
+    kind: CandidateKind
     recipe: str
     command: str  # how to make it again
-    result: dict[str, Any]
+    result: EvalResult
     metrics: Metrics
 
 
@@ -150,9 +154,11 @@ class _Run:
 
     # -- measuring ----------------------------------------------------------------------------
 
-    def measure(self, manifest: Manifest, reference: Manifest, kind: str, recipe: str, command: str) -> Candidate:
+    def measure(
+        self, manifest: Manifest, reference: Manifest, kind: CandidateKind, recipe: str, command: str
+    ) -> Candidate:
         label = str(manifest.name)
-        same = next((c for c in self.candidates if c.result["model_digest"] == manifest.digest), None)
+        same = next((c for c in self.candidates if c.result.model_digest == manifest.digest), None)
         if same is not None:
             self.note(f"{label} is the same file as {same.name}; measured once")
             return same

@@ -22,17 +22,19 @@ from typing import Any
 
 import numpy as np
 
-from .bench import BenchParams, run_worker
-from .engines.base import DEFAULT_ENGINE, Engine, LoadParams, open_engine
-from .errors import InputFileError, InvalidParameterError
-from .eval_stats import F32, Accumulator, summarize
-from .store import ModelName, Store
-from .store.atomic import write_atomic
-from .store.registry import Manifest, now_iso
+from ..bench import BenchParams, run_worker
+from ..engines.base import DEFAULT_ENGINE, Engine, LoadParams, open_engine
+from ..errors import InputFileError, InvalidParameterError
+from .result import RESULTS_SCHEMA, EvalResult, Speed
+
+__all__ = ["REFERENCE_TAGS", "EvalResult", "EvalSettings", "EvalText", "all_results", "evaluate", "load_text"]
+from ..store import ModelName, Store
+from ..store.atomic import write_atomic
+from ..store.registry import Manifest, now_iso
+from .stats import F32, Accumulator, summarize
 
 log = logging.getLogger(__name__)
 DEFAULT_TEXT = "wikitext-2-sample.txt"
-RESULTS_SCHEMA = 1
 SPEED = BenchParams(n_prompt=512, n_gen=128, repetitions=1)
 REFERENCE_TAGS = ("f32", "bf16", "f16")  # a model's reference variants, preferred first
 
@@ -150,23 +152,28 @@ def results_dir(store: Store) -> Path:
     return store.root / "results"
 
 
-def load_result(store: Store, key: str) -> dict[str, Any] | None:
-    path = results_dir(store) / f"{key}.json"
+def load_result(store: Store, key: str) -> EvalResult | None:
+    return _read_result(results_dir(store) / f"{key}.json")
+
+
+def _read_result(path: Path) -> EvalResult | None:
     try:
-        data: dict[str, Any] = json.loads(path.read_text())
-    except (OSError, ValueError):
+        return EvalResult.from_dict(json.loads(path.read_text()))
+    except FileNotFoundError:
         return None
-    return data
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        log.warning("skipping unreadable result %s", path)
+        return None
 
 
-def all_results(store: Store) -> list[dict[str, Any]]:
-    found = []
-    for path in sorted(results_dir(store).glob("*.json")) if results_dir(store).is_dir() else []:
-        try:
-            found.append(json.loads(path.read_text()))
-        except (OSError, ValueError):
-            log.warning("skipping unreadable result %s", path)
-    return found
+def all_results(store: Store) -> list[EvalResult]:
+    paths = sorted(results_dir(store).glob("*.json")) if results_dir(store).is_dir() else []
+    return [r for r in map(_read_result, paths) if r is not None]
+
+
+def _save(store: Store, result: EvalResult) -> None:
+    data = json.dumps(result.to_dict(), indent=2).encode()
+    write_atomic(results_dir(store) / f"{result.key}.json", data, store.tmp_dir)
 
 
 def evaluate(
@@ -179,7 +186,7 @@ def evaluate(
     force: bool = False,
     progress: Callable[[int, int], None] | None = None,
     engine_name: str = DEFAULT_ENGINE,
-) -> dict[str, Any]:
+) -> EvalResult:
     """Evaluate ``name`` (against ``reference``), reusing a stored result unless ``force``."""
     model = store.get(name)
     ref = store.get(reference) if reference is not None else None
@@ -194,10 +201,10 @@ def evaluate(
     if not force and (cached := load_result(store, key)) is not None:
         # Keyed by content: another name for the same bytes (cp, or a requantization that
         # reproduces its source) shares the result, reported under the name asked for.
-        if settings.speed and not cached.get("speed"):  # kept from a run without speed
-            cached["speed"] = _speed(store, model, settings)
-            write_atomic(results_dir(store) / f"{key}.json", json.dumps(cached, indent=2).encode(), store.tmp_dir)
-        return {**cached, "model": str(model.name)}
+        if settings.speed and cached.speed is None:  # kept from a run without speed
+            cached = cached.with_speed(_speed(store, model, settings))
+            _save(store, cached)
+        return cached.renamed(str(model.name))
     params = LoadParams(
         n_ctx=settings.ctx, n_threads=settings.threads, n_batch=max(settings.ctx, 512), n_ubatch=min(settings.ctx, 512)
     )
@@ -212,31 +219,22 @@ def evaluate(
         engine.close()
         if ref_engine is not None:
             ref_engine.close()
-    result = {
-        "key": key, "schema": RESULTS_SCHEMA, "created": now_iso(), "model": str(model.name),
-        "model_digest": model.digest, "reference": str(ref.name) if ref else None,
-        "reference_digest": ref.digest if ref else None, "text": text.label, "text_digest": text.digest,
-        "settings": asdict(settings), "chunks": len(chunks), "eval_seconds": seconds,
-        "eval_tokens_per_second": len(chunks) * settings.ctx * (2 if ref else 1) / seconds,
-        "file_size": model.size, "n_params": model.info.n_params, "bits_per_weight": model.info.bits_per_weight,
-        "type_mix": [asdict(s) for s in model.info.type_mix], "file_type": model.info.file_type,
-        **stats,
-    }  # fmt: skip
-    if settings.speed:
-        result["speed"] = _speed(store, model, settings)
-    write_atomic(results_dir(store) / f"{key}.json", json.dumps(result, indent=2).encode(), store.tmp_dir)
+    result = EvalResult(
+        key=key, created=now_iso(), model=str(model.name), model_digest=model.digest,
+        reference=str(ref.name) if ref else None, reference_digest=ref.digest if ref else None,
+        text=text.label, text_digest=text.digest, settings=asdict(settings), chunks=len(chunks), eval_seconds=seconds,
+        eval_tokens_per_second=len(chunks) * settings.ctx * (2 if ref else 1) / seconds,
+        file_size=model.size, n_params=model.info.n_params, bits_per_weight=model.info.bits_per_weight,
+        type_mix=tuple(asdict(s) for s in model.info.type_mix), file_type=model.info.file_type,
+        speed=_speed(store, model, settings) if settings.speed else None, **stats,
+    )  # fmt: skip
+    _save(store, result)
     return result
 
 
-def _speed(store: Store, model: Manifest, settings: EvalSettings) -> dict[str, Any]:
+def _speed(store: Store, model: Manifest, settings: EvalSettings) -> Speed:
     params = BenchParams(SPEED.n_prompt, SPEED.n_gen, SPEED.repetitions, settings.threads)
     report = run_worker(str(store.blob_path(model.digest)), params)
     tps = {t["test"][:2]: t["samples_tps"][0] for t in report["tests"]}
-    return {
-        "pp_tps": tps.get("pp"),
-        "tg_tps": tps.get("tg"),
-        "peak_rss": report["peak_rss"],
-        "threads": report["threads"],
-        "pp": SPEED.n_prompt,
-        "tg": SPEED.n_gen,
-    }
+    peak, threads = int(report["peak_rss"]), int(report["threads"])
+    return Speed(tps.get("pp"), tps.get("tg"), peak, threads, SPEED.n_prompt, SPEED.n_gen)

@@ -23,10 +23,10 @@ import numpy as np
 import numpy.typing as npt
 from gguf.constants import GGML_QUANT_SIZES, GGMLQuantizationType
 
-from .errors import InvalidParameterError
-from .formats.gguf_header import GGUFHeader, TensorInfo
-from .formats.quant_types import QUANT_TYPES, QuantizeOptions, QuantType
-from .units import format_bytes
+from ..errors import InvalidParameterError
+from ..formats.gguf_header import GGUFHeader, TensorInfo
+from ..formats.quant_types import QUANT_TYPES, QuantizeOptions, QuantType
+from ..units import format_bytes
 
 log = logging.getLogger(__name__)
 T = GGMLQuantizationType
@@ -114,7 +114,7 @@ def smallest_size(header: GGUFHeader, slots: Sequence[Slot]) -> int:
 
 def read_rows(path: Path, t: TensorInfo, rows: npt.NDArray[np.int64] | slice) -> F32:
     """Rows of tensor ``t`` as float32 (n x ne0), read from ``path`` without loading the rest."""
-    from .engines.ggml_quants import dequantize
+    from ..engines.ggml_quants import dequantize
 
     ne0 = t.shape[0]
     n_rows = t.n_elements // ne0
@@ -137,7 +137,7 @@ def sample_rows(t: TensorInfo, limit: int = SAMPLE_ROWS) -> npt.NDArray[np.int64
 
 def relative_errors(path: Path, header: GGUFHeader, slots: Sequence[Slot]) -> dict[str, dict[str, float]]:
     """Per tensor and type: sum of squared error over sum of squares, on sampled rows."""
-    from .engines.ggml_quants import round_trip
+    from ..engines.ggml_quants import round_trip
 
     by_name = {t.name: t for t in header.tensors}
     out: dict[str, dict[str, float]] = {}

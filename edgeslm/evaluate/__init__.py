@@ -1,0 +1,13 @@
+"""``edgeslm eval`` and ``compare``: quality (perplexity, KL-divergence, top-1 agreement against
+one reference) and speed of stored variants, on one scale.
+
+``core`` runs an evaluation and keeps its result in the store; ``stats`` accumulates the
+per-token statistics as llama-perplexity does; ``report`` turns kept results into tables and
+a size-vs-KLD plot.
+"""
+
+from __future__ import annotations
+
+from .core import REFERENCE_TAGS, EvalResult, EvalSettings, EvalText, all_results, evaluate, load_text
+
+__all__ = ["REFERENCE_TAGS", "EvalResult", "EvalSettings", "EvalText", "all_results", "evaluate", "load_text"]
