@@ -6,6 +6,8 @@ For each builtin model, one server at a time on this machine (native first, then
 time to first token p50/p95. Then one client alone: decode tok/s of a stream (tokens after the
 first / time after the first), against native ``llama-bench`` tg on the same file and threads.
 Goals (issue 7): aggregate >= 1.0x llama-server -np 8; single stream >= 0.95x llama-bench tg.
+Last, the peak RSS (VmHWM) of the process that holds the model: llama-server itself, and
+edgeslm's runner worker (goal, issue 13: <= 1.05x llama-server + 20 MiB).
 
     .venv/bin/python benchmarks/serve_throughput.py [--native-bin DIR] [-n 128] [--requests 4]
 """
@@ -139,13 +141,26 @@ def wait_ready(url: str, proc: subprocess.Popen[bytes], path: str) -> None:
     raise SystemExit("the server did not become ready")
 
 
+def peak_rss_mib(pid: int) -> float:
+    with open(f"/proc/{pid}/status") as fp:
+        return next(int(line.split()[1]) for line in fp if line.startswith("VmHWM:")) / 1024
+
+
+def model_process(server: int) -> int:
+    """The process that holds the model: edgeslm's runner worker (a child of the server), or the server."""
+    for child in Path(f"/proc/{server}/task/{server}/children").read_text().split():
+        if b"edgeslm.runner.worker" in Path(f"/proc/{child}/cmdline").read_bytes():
+            return int(child)
+    return server
+
+
 @contextmanager
-def running(cmd: list[str], url: str, ready_path: str) -> Iterator[None]:
+def running(cmd: list[str], url: str, ready_path: str) -> Iterator[int]:
     with tempfile.TemporaryFile() as log:
         proc = subprocess.Popen(cmd, stdout=log, stderr=log)
         try:
             wait_ready(url, proc, ready_path)
-            yield
+            yield proc.pid
         finally:
             proc.terminate()
             proc.wait(timeout=60)
@@ -216,11 +231,12 @@ def main() -> None:
             ]
             result = {}
             for side, cmd, ready in (("native", native_cmd, "/health"), ("edgeslm", ours_cmd, "/api/version")):
-                with running(cmd, url, ready):
+                with running(cmd, url, ready) as pid:
                     stream_one(url, name, "Warm up.", 8)
                     result[side] = {
                         "many": concurrent_run(url, name, args.n, args.requests),
                         "one": single_run(url, name, args.n, args.reps, lambda p=path: tg(bin_dir, p, args)),
+                        "rss": peak_rss_mib(model_process(pid)),
                     }
             rows.append((name, result))
     for name, r in rows:
@@ -244,6 +260,9 @@ def main() -> None:
         )
         line("1 client, TTFT p50 (s)", one[0]["ttft_p50"], one[1]["ttft_p50"])
         line("tokens (8 clients)", many[0]["tokens"], many[1]["tokens"])
+        rss = nat["rss"], our["rss"]
+        goal = 1.05 * rss[0] + 20
+        line("peak RSS (MiB), model process", rss[0], rss[1], f"ratio {rss[1] / rss[0]:.3f}; goal <= {goal:.1f} MiB")
 
 
 def line(label: str, native_value: float, ours: float, note: str = "") -> None:

@@ -16,6 +16,19 @@ from edgeslm.store import Store, parse_name
 GREEDY = SamplingParams(temperature=0)
 PROMPTS = ("The capital of France is", "Once upon a time, in a small village", "def fibonacci(n):", "Water boils at")
 N = 24
+PROMPT_TURN = "Once upon a time, in a small village by the sea, there was"
+NEAR_TIE = 0.5  # logits: two candidates this close may swap under last-bit differences in the cache
+
+
+def assert_same_but_near_ties(e: LlamaCppEngine, prompt: list[int], got: list[int], want: list[int]) -> None:
+    """``got`` equals ``want``, or first differs where the two tokens are the top two, within NEAR_TIE."""
+    if got == want:
+        return
+    i = next(k for k, (x, y) in enumerate(zip(got, want, strict=False)) if x != y)
+    row = e.eval_logits(prompt + want[:i], len(prompt) + i - 1)[-1]
+    top = sorted(range(len(row)), key=lambda t: -row[t])[:2]
+    assert {got[i], want[i]} == set(top), f"token {i}: {got[i]} vs {want[i]}, not the top two {top}"
+    assert row[top[0]] - row[top[1]] < NEAR_TIE, f"token {i}: a margin of {row[top[0]] - row[top[1]]:.3f}"
 
 
 @pytest.fixture(scope="module", params=["smollm2-135m-instruct", "gemma3-270m"])
@@ -110,7 +123,7 @@ def test_cancel_frees_the_slot_at_once(engine: LlamaCppEngine) -> None:
 @pytest.mark.real_model
 def test_a_free_slot_keeps_its_cache_for_a_prompt_that_shares_a_prefix(engine: LlamaCppEngine) -> None:
     first = engine.tokenize("Once upon a time, in a small village by the sea, there lived")
-    turn = engine.tokenize("Once upon a time, in a small village by the sea, there was")
+    turn = engine.tokenize(PROMPT_TURN)
     bd = BatchDecoder(engine, slots=2, ctx_per_slot=256)
     try:
         run(bd, {0: [("a", first)]})
@@ -119,12 +132,16 @@ def test_a_free_slot_keeps_its_cache_for_a_prompt_that_shares_a_prefix(engine: L
         assert bd.reused_tokens == shared and shared > 5
         assert run(bd, {0: [("c", turn)]})["c"] == reply  # the whole prompt cached but its last token
         assert bd.reused_tokens == shared + len(turn) - 1
-        assert reply == alone(engine, "Once upon a time, in a small village by the sea, there was")
     finally:
         bd.close()
+    # The cached prefix was computed in another batch shape, so its cells differ in the last bits
+    # (F16 cache): the reply equals a fresh decode's, or parts from it only at a near-tie (Gemma
+    # does at token 20 on some CPUs), as llama-server's prompt cache does.
     fresh = BatchDecoder(engine, slots=2, ctx_per_slot=256, reuse=False)
     try:
         run(fresh, {0: [("a", first)]})
-        assert run(fresh, {0: [("b", turn)]})["b"] == reply and fresh.reused_tokens == 0
+        fresh_reply = run(fresh, {0: [("b", turn)]})["b"]
+        assert fresh.reused_tokens == 0 and fresh_reply == alone(engine, PROMPT_TURN)
+        assert_same_but_near_ties(engine, turn, reply, fresh_reply)
     finally:
         fresh.close()

@@ -13,6 +13,7 @@ import _thread
 import ctypes
 import json
 import logging
+import math
 import re
 import signal
 import threading
@@ -22,12 +23,18 @@ from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, Any
 
-import llama_cpp as lc
-import numpy as np
-import numpy.typing as npt
-
 from ..errors import ContextOverflowError, EngineError, InvalidParameterError
 from .base import DEFAULT_ENGINE, LoadParams, SamplingParams, register_engine
+from .llamacpp_bindings import VERSION
+
+if TYPE_CHECKING:
+    import llama_cpp as lc
+    import numpy as np
+    import numpy.typing as npt
+else:
+    from .llamacpp_bindings import lc
+# numpy is imported where logits are read (evaluation, log-probabilities, embeddings), not at
+# import: a process that only generates greedily (bench, a runner) never loads it.
 
 if TYPE_CHECKING:
     from ..formats.quant_types import QuantizeOptions, QuantType
@@ -207,6 +214,8 @@ class LlamaCppEngine:
             raise ContextOverflowError(f"cannot evaluate {len(tokens):,} tokens in a context of {self.n_ctx:,}")
         self._clear(self._ctx)
         step = self.params.n_batch
+        import numpy as np
+
         single = len(tokens) <= step
         out = None if single and not copy else np.empty((len(tokens) - first, self.n_vocab), dtype=np.float32)
         batch = lc.llama_batch_init(min(step, len(tokens)), 0, 1)
@@ -262,17 +271,22 @@ class LlamaCppEngine:
         return chain
 
     def generate_tokens(self, prompt: Sequence[int], sampling: SamplingParams) -> Generator[int, None, None]:
-        # Plain greedy reads the argmax straight off llama.cpp's logits buffer (a numpy view, no
-        # copy): llama_sampler_sample would first build an n_vocab candidate array per token,
-        # ~3 MB for Gemma's 262k vocabulary, which costs more than a small model's decode.
+        # Plain greedy takes the argmax inside llama.cpp's own graph (backend sampling, as
+        # llama-server can): llama_sampler_sample would first build an n_vocab candidate array
+        # per token, ~3 MB for Gemma's 262k vocabulary, which costs more than a small model's
+        # decode. Where the backend cannot sample, the argmax is read off the logits buffer.
         sampler = None if sampling.plain_greedy else self.make_sampler(sampling)
+        greedy = attach_greedy(self._ctx, 0) if sampler is None else None
+        on_backend = greedy is not None
         try:
             self.prefill(prompt)
             n_past, one, n_vocab = len(prompt), self._one, self.n_vocab
             ctx, decode, get_one = self._ctx, lc.llama_decode, lc.llama_batch_get_one
-            sample = lc.llama_sampler_sample
+            sample, sampled = lc.llama_sampler_sample, lc.llama_get_sampled_token_ith
             while True:
-                if sampler is None:
+                if on_backend:
+                    token = sampled(ctx, -1)
+                elif sampler is None:
                     token = argmax_token(ctx, -1, n_vocab)
                 else:
                     token = sample(sampler, ctx, -1)  # also feeds the token to the penalties' history
@@ -285,8 +299,11 @@ class LlamaCppEngine:
                     raise EngineError(f"llama.cpp decode failed (code {rc}): {last_errors()}")
                 n_past += 1
         finally:
+            if greedy is not None:  # detached: evaluation reads every row's logits
+                detach_greedy(self._ctx, 0, greedy)
             if sampler is not None:
                 lc.llama_sampler_free(sampler)
+
 
     def embed(self, text: str) -> list[float]:
         tokens = self.tokenize(text)
@@ -300,9 +317,9 @@ class LlamaCppEngine:
         ptr = lc.llama_get_embeddings_seq(self._embed_ctx, 0)
         if not ptr:
             raise EngineError("llama.cpp returned no pooled embedding for this model")
-        vec = np.ctypeslib.as_array(ptr, shape=(self.n_embd,)).astype(np.float64)
-        norm = float(np.linalg.norm(vec))
-        return [float(x) for x in (vec / norm if norm > 0 else vec)]
+        vec = [float(x) for x in ptr[: self.n_embd]]
+        norm = math.sqrt(math.fsum(x * x for x in vec))
+        return [x / norm for x in vec] if norm > 0 else vec
 
     def close(self) -> None:
         for attr, free in (("_embed_ctx", lc.llama_free), ("_ctx", lc.llama_free), ("_model", lc.llama_model_free)):
@@ -317,11 +334,31 @@ class LlamaCppEngine:
 
 def argmax_token(ctx: lc.llama_context_p, index: int, n_vocab: int) -> int:
     """The most likely next token at batch row ``index``, read off llama.cpp's logits (no copy)."""
+    import numpy as np
+
     return int(np.ctypeslib.as_array(lc.llama_get_logits_ith(ctx, index), shape=(n_vocab,)).argmax())
 
 
+def attach_greedy(ctx: lc.llama_context_p, seq: int) -> Any:
+    """A new greedy chain attached to ``seq`` for backend sampling (the argmax taken in llama.cpp's
+    graph, read with ``llama_get_sampled_token_ith``), or None if refused. A chain is attached
+    once: llama.cpp initialises it for the backend on attach."""
+    chain = lc.llama_sampler_chain_init(lc.llama_sampler_chain_default_params())
+    lc.llama_sampler_chain_add(chain, lc.llama_sampler_init_greedy())
+    if lc.llama_set_sampler(ctx, seq, chain):
+        return chain
+    lc.llama_sampler_free(chain)
+    return None
+
+
+def detach_greedy(ctx: lc.llama_context_p | None, seq: int, chain: Any) -> None:
+    if ctx:
+        lc.llama_set_sampler(ctx, seq, None)
+    lc.llama_sampler_free(chain)
+
+
 def llama_cpp_version() -> str:
-    return f"llama-cpp-python {lc.__version__}"
+    return f"llama-cpp-python {VERSION}"
 
 
 def system_features() -> tuple[str, ...]:
@@ -332,7 +369,7 @@ def system_features() -> tuple[str, ...]:
 
 def json_grammar(spec: str | dict[str, Any]) -> str:
     """GBNF for Ollama's ``format`` / OpenAI's ``response_format``: "json" or a JSON schema."""
-    from llama_cpp import llama_grammar
+    from llama_cpp import llama_grammar  # pure Python: GBNF text only
 
     if spec == "json":
         return str(llama_grammar.JSON_GBNF)

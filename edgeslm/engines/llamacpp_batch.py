@@ -18,14 +18,16 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from typing import Any
-
-import llama_cpp as lc
-import numpy as np
+from typing import TYPE_CHECKING, Any
 
 from ..errors import ContextOverflowError, EngineError, InvalidParameterError
 from .base import SamplingParams
-from .llamacpp import LlamaCppEngine, argmax_token, last_errors
+from .llamacpp import LlamaCppEngine, argmax_token, attach_greedy, detach_greedy, last_errors
+
+if TYPE_CHECKING:
+    import llama_cpp as lc
+else:
+    from .llamacpp_bindings import lc
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +47,8 @@ class _Slot:
     request: str | None = None
     pending: list[int] = field(default_factory=list)  # prompt tokens not decoded yet
     n_past: int = 0
-    sampler: Any = None  # None: greedy argmax on the logits row
+    sampler: Any = None  # None: greedy (the argmax in llama.cpp's graph, or read off the logits row)
+    greedy: Any = None  # a greedy chain attached to this sequence: the argmax in llama.cpp's graph
     max_tokens: int = 0
     generated: int = 0
     last: int | None = None  # sampled, not yet decoded
@@ -110,6 +113,8 @@ class BatchDecoder:
         slot.sampler = None if sampling.plain_greedy else self.engine.make_sampler(sampling)
         slot.max_tokens, slot.generated, slot.last, slot.index = max_tokens, 0, None, -1
         slot.logprobs = logprobs
+        if slot.sampler is None and logprobs is None:  # log-probabilities need the logits row on the host
+            slot.greedy = attach_greedy(self._ctx, slot.seq)
 
     def cancel(self, request: str) -> None:
         for slot in self.slots:
@@ -119,6 +124,9 @@ class BatchDecoder:
     def _free(self, slot: _Slot) -> None:
         if slot.sampler is not None:
             lc.llama_sampler_free(slot.sampler)
+        if slot.greedy is not None:
+            detach_greedy(self._ctx, slot.seq, slot.greedy)
+            slot.greedy = None
         slot.request, slot.sampler, slot.pending, slot.last = None, None, [], None  # the cells stay, for reuse
 
     # -- one step -----------------------------------------------------------------------------
@@ -164,7 +172,9 @@ class BatchDecoder:
     def _sample(self, slot: _Slot) -> StepEvent:
         assert slot.request is not None
         request = slot.request
-        if slot.sampler is None:
+        if slot.greedy is not None:
+            token = lc.llama_get_sampled_token_ith(self._ctx, slot.index)
+        elif slot.sampler is None:
             token = argmax_token(self._ctx, slot.index, self.engine.n_vocab)
         else:
             token = lc.llama_sampler_sample(slot.sampler, self._ctx, slot.index)
@@ -183,6 +193,8 @@ class BatchDecoder:
 
     def _logprobs(self, index: int, token: int, k: int) -> tuple[float, tuple[tuple[int, float], ...]]:
         """log-softmax of the raw logits row (before sampling settings, as OpenAI reports them)."""
+        import numpy as np
+
         row = np.ctypeslib.as_array(lc.llama_get_logits_ith(self._ctx, index), shape=(self.engine.n_vocab,))
         peak = float(row.max())
         lse = peak + float(np.log(np.exp(row.astype(np.float64) - peak).sum()))

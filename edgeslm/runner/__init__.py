@@ -4,13 +4,29 @@
 talks to it in JSON lines (``framing``, ``messages``); the server holds runners only through
 ``RunnerLike`` and tracks each one's life cycle with ``state.Lifecycle``. ``tasks`` runs store
 work that loads native code (quantize) in a one-shot child; bench's measurement uses the same
-framing.
+framing. Names are imported on first use, so a child that needs only ``framing`` (bench's
+worker) does not load the server side's asyncio machinery.
 """
 
 from __future__ import annotations
 
-from .messages import Chunk, Done, Embeddings, Job
-from .process import CLOSE_TIMEOUT, LOAD_TIMEOUT, Runner, RunnerLike
-from .state import LoadState
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .messages import Chunk, Done, Embeddings, Job
+    from .process import CLOSE_TIMEOUT, LOAD_TIMEOUT, Runner, RunnerLike
+    from .state import LoadState
 
 __all__ = ["CLOSE_TIMEOUT", "LOAD_TIMEOUT", "Chunk", "Done", "Embeddings", "Job", "LoadState", "Runner", "RunnerLike"]
+_HOME = {
+    "Chunk": "messages", "Done": "messages", "Embeddings": "messages", "Job": "messages",
+    "CLOSE_TIMEOUT": "process", "LOAD_TIMEOUT": "process", "Runner": "process", "RunnerLike": "process",
+    "LoadState": "state",
+}  # fmt: skip
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _HOME:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f"{__name__}.{_HOME[name]}"), name)
