@@ -113,7 +113,7 @@ class BatchDecoder:
         slot.sampler = None if sampling.plain_greedy else self.engine.make_sampler(sampling)
         slot.max_tokens, slot.generated, slot.last, slot.index = max_tokens, 0, None, -1
         slot.logprobs = logprobs
-        if slot.sampler is None and logprobs is None:  # log-probabilities need the logits row on the host
+        if slot.sampler is None and logprobs is None and self.engine.backend_greedy:  # logprobs need the host row
             slot.greedy = attach_greedy(self._ctx, slot.seq)
 
     def cancel(self, request: str) -> None:
