@@ -148,7 +148,8 @@ def peak_rss_mib(pid: int) -> float:
 
 def model_process(server: int) -> int:
     """The process that holds the model: edgeslm's runner worker (a child of the server), or the server."""
-    for child in Path(f"/proc/{server}/task/{server}/children").read_text().split():
+    children = [c for task in Path(f"/proc/{server}/task").iterdir() for c in (task / "children").read_text().split()]
+    for child in children:  # a runner is started from one of the server's threads, not always the main one
         if b"edgeslm.runner.worker" in Path(f"/proc/{child}/cmdline").read_bytes():
             return int(child)
     return server

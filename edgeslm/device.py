@@ -70,9 +70,9 @@ def describe(
 ) -> Device:
     """A device the user describes; what is left out is what such a device usually has."""
     if kind is not None and kind not in DEVICE_KINDS:
-        raise InvalidParameterError(f"--device {kind!r} is not known; valid: {', '.join(DEVICE_KINDS)}")
+        raise InvalidParameterError(f"device {kind!r} is not known; valid: {', '.join(DEVICE_KINDS)}", params="device")
     if cores is not None and not 1 <= cores <= 1024:
-        raise InvalidParameterError(f"--cores {cores} is out of range; valid: 1 to 1,024")
+        raise InvalidParameterError(f"cores {cores} is out of range; valid: 1 to 1,024", params="cores")
     mobile = kind in ("phone", "board") or (kind is None and ram < 6 * 10**9)
     arch = arch or ("arm64" if mobile else "x86_64")
     os_name = os_name or ("android" if kind == "phone" or (kind is None and mobile) else "linux")

@@ -9,7 +9,15 @@ from __future__ import annotations
 
 
 class EdgeslmError(Exception):
-    """Base of every error edgeslm raises on purpose."""
+    """Base of every error edgeslm raises on purpose.
+
+    ``params`` names the library parameters the message speaks of, by their Python names
+    ("max_size"); the CLI writes each as the flag that sets it ("--max-size"), so one message
+    serves a Python caller and a shell user alike."""
+
+    def __init__(self, message: str = "", *, params: str | tuple[str, ...] = ()) -> None:
+        super().__init__(message)
+        self.params: tuple[str, ...] = (params,) if isinstance(params, str) else tuple(params)
 
 
 class UsageError(EdgeslmError):

@@ -92,7 +92,8 @@ class Model:
 
 
 def resolve_model_path(name_or_path: str, settings: Settings) -> tuple[str, Path]:
-    """A store name (pulling a missing builtin first, offline) or a .gguf path -> (name, file)."""
+    """A stored model's name or a .gguf path -> (name, file). Nothing is pulled here: the CLI and
+    the server pull a missing builtin first (``pull.ensure_pulled``)."""
     path = Path(name_or_path)
     if name_or_path.endswith(".gguf") and path.is_file():
         return path.name, path
@@ -100,12 +101,7 @@ def resolve_model_path(name_or_path: str, settings: Settings) -> tuple[str, Path
     name = parse_name(name_or_path)
     manifest = store.find(name)
     if manifest is None:
-        from .pull import pull
-        from .sources.builtin import BUILTINS
-
-        if name.base not in BUILTINS:
-            raise ModelNotFoundError(_not_found(store, str(name)))
-        manifest = pull(store, str(name), settings).manifest
+        raise ModelNotFoundError(_not_found(store, str(name)))
     return str(manifest.name), store.blob_path(manifest.digest)
 
 
@@ -114,6 +110,9 @@ def _not_found(store: Store, wanted: str) -> str:
 
     from .sources.builtin import BUILTINS
 
+    if wanted.removesuffix(":latest") in BUILTINS:
+        base = wanted.removesuffix(":latest")
+        return f"model {wanted} is a builtin not pulled yet; pull it first ('edgeslm pull {base}', offline)"
     known = [str(m.name) for m in store.manifests()] + [f"{b}:latest" for b in BUILTINS]
     close = difflib.get_close_matches(wanted, known, n=3, cutoff=0.5)
     hint = f"; did you mean {', '.join(close)}?" if close else f"; known: {', '.join(sorted(set(known)))}"

@@ -11,8 +11,8 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from .config import Settings
-from .errors import ModelNotFoundError, SourceError
+from .config import Settings, resolve_settings
+from .errors import InvalidNameError, ModelNotFoundError, SourceError
 from .sources.builtin import BUILTINS, BuiltinModel
 from .sources.catalog import CATALOG_BY_NAME
 from .sources.hub import HubRef, parse_hub_ref, pull_from_hub
@@ -61,6 +61,21 @@ def pull(
         f"no model named {name.base}: not builtin ({', '.join(BUILTINS)}), not in the catalogue "
         "('edgeslm catalog' lists it), and not a hub reference (hf.co/ORG/REPO[:QUANT])"
     )
+
+
+def ensure_pulled(name_or_path: str, settings: Settings | None = None) -> None:
+    """Pull ``name_or_path`` first when it is a builtin the store does not hold yet (offline: the
+    weights come from an installed package), as ``edgeslm run`` and the server's preload do; any
+    other name or a .gguf path is left to the loader to find or refuse."""
+    if name_or_path.endswith(".gguf") or parse_hub_ref(name_or_path) is not None:
+        return
+    try:
+        name = parse_name(name_or_path)
+    except InvalidNameError:
+        return  # the loader says what is wrong with it
+    store = Store.open((settings or resolve_settings()).models_dir)
+    if name.base in BUILTINS and store.find(name) is None:
+        pull_builtin(store, BUILTINS[name.base], name)
 
 
 def pull_builtin(store: Store, builtin: BuiltinModel, name: ModelName, progress: Progress | None = None) -> PullResult:

@@ -32,11 +32,15 @@ def parse_tensor_type(text: str) -> tuple[str, GGMLQuantizationType]:
     """'attn_v=q6_k' -> ('attn_v', Q6_K); the pattern must be a valid regex."""
     pattern, sep, type_name = text.rpartition("=")
     if not sep or not pattern:
-        raise InvalidParameterError(f"--tensor-type {text!r}: write PATTERN=TYPE, e.g. 'attn_v=q6_k'")
+        raise InvalidParameterError(
+            f"tensor_type {text!r}: write PATTERN=TYPE, e.g. 'attn_v=q6_k'", params="tensor_type"
+        )
     try:
         re.compile(pattern)
     except re.error as exc:
-        raise InvalidParameterError(f"--tensor-type {text!r}: {pattern!r} is not a valid regex ({exc})") from None
+        raise InvalidParameterError(
+            f"tensor_type {text!r}: {pattern!r} is not a valid regex ({exc})", params="tensor_type"
+        ) from None
     return pattern, parse_ggml_type(type_name)
 
 
@@ -69,7 +73,8 @@ def check_request(store: Store, parent: Manifest, qtype: QuantType, options: Qua
         if not options.allow_requantize and not qtype.unquantized:
             raise InvalidParameterError(
                 f"{parent.name} is already quantized ({source}); quantizing it again compounds the error. "
-                "Pass --allow-requantize to do it anyway, or start from an F16/F32 model"
+                "Set allow_requantize to do it anyway, or start from an F16/F32 model",
+                params="allow_requantize",
             )
         warnings.append(
             f"source is already {source}: {qtype.name} is made from dequantized weights, "
@@ -97,7 +102,7 @@ def _ternary_check(store: Store, parent: Manifest, qtype: QuantType, options: Qu
         f"{qtype.name} output to be broken; it is meant for ternary-trained models (BitNet b1.58, TriLM)"
     )
     if not options.force:
-        raise InvalidParameterError(f"{loss}. Pass --force to build it anyway")
+        raise InvalidParameterError(f"{loss}. Set force to build it anyway", params="force")
     return [loss]
 
 
@@ -183,11 +188,15 @@ def quantize_to_file(
     parent = store.get(parent_name)
     warnings = check_request(store, parent, qtype, options)
     if output.is_dir():
-        raise InvalidParameterError(f"--output {output} is a directory; give a file path ending in .gguf")
+        raise InvalidParameterError(
+            f"output {output} is a directory; give a file path ending in .gguf", params="output"
+        )
     if output.exists() and not options.force:
-        raise InvalidParameterError(f"--output {output} exists; choose another path or pass --force to replace it")
+        raise InvalidParameterError(
+            f"output {output} exists; choose another path or set force to replace it", params=("output", "force")
+        )
     if not output.parent.is_dir():
-        raise InvalidParameterError(f"--output {output}: the folder {output.parent} does not exist")
+        raise InvalidParameterError(f"output {output}: the folder {output.parent} does not exist", params="output")
     with TempFile(output.parent, f".{output.name}") as tmp:
         quantize_file(store.blob_path(parent.digest), tmp.path, qtype, options, label=str(parent.name))
         read_gguf_header(tmp.path, label=output.name)  # what llama.cpp wrote must pass our own check

@@ -84,11 +84,15 @@ def recommend(
     device: Device, *, use_case: str = "chat", quality: str | None = None, ctx: int = 4096, store: Store | None = None
 ) -> Recommendation:
     if use_case not in USE_CASES:
-        raise InvalidParameterError(f"--use-case {use_case!r} is not known; valid: {', '.join(USE_CASES)}")
+        raise InvalidParameterError(
+            f"use_case {use_case!r} is not known; valid: {', '.join(USE_CASES)}", params="use_case"
+        )
     if quality is not None and quality not in QUALITY_LEVELS:
-        raise InvalidParameterError(f"--quality {quality!r} is not known; valid: {', '.join(QUALITY_LEVELS)}")
+        raise InvalidParameterError(
+            f"quality {quality!r} is not known; valid: {', '.join(QUALITY_LEVELS)}", params="quality"
+        )
     if not 16 <= ctx <= 1 << 20:
-        raise InvalidParameterError(f"--ctx {ctx} is out of range; valid: 16 to 1,048,576")
+        raise InvalidParameterError(f"ctx {ctx} is out of range; valid: 16 to 1,048,576", params="ctx")
     level = quality or USE_CASES[use_case][0]
     budget, budget_why = _budget(device)
     advice = (

@@ -230,3 +230,18 @@ def test_an_unusable_home_is_a_clear_error(tmp_path: Path, tiny_model: Path) -> 
         assert done.returncode == 74, (args, done.stderr)
         assert "Traceback" not in done.stderr
         assert f"cannot create the store at {blocked / 'home' / 'models'}: Not a directory" in done.stderr
+
+
+def test_library_errors_name_parameters_and_the_cli_names_flags(cli: Cli) -> None:
+    from edgeslm.device import describe
+    from edgeslm.errors import InvalidParameterError
+    from edgeslm.recommend import recommend
+
+    phone = describe(kind="phone", ram=4 * 2**30, cores=4, simd=None)
+    with pytest.raises(InvalidParameterError, match=r"^ctx 5 is out of range") as caught:
+        recommend(phone, ctx=5)
+    assert "--" not in str(caught.value) and caught.value.params == ("ctx",)
+    result = cli("recommend", "--ram", "4GB", "--cores", "4", "--ctx", "5")
+    assert result.code == 2 and result.err.strip() == "Error: --ctx 5 is out of range; valid: 16 to 1,048,576"
+    result = cli("serve", "--queue", "-1", "--preload", "")
+    assert result.code == 2 and "--queue must be 0 or more and --max-loaded 1 or more" in result.err

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -11,6 +13,7 @@ from edgeslm.config import resolve_settings
 from edgeslm.engines.base import LoadParams, SamplingParams
 from edgeslm.errors import ChatTemplateError, ContextOverflowError, InvalidParameterError, ModelNotFoundError
 from edgeslm.generation import Model, generate, load, stream_generate
+from edgeslm.store import Store
 
 from . import fake_engine
 from .ggufbuild import write_tiny_model
@@ -97,3 +100,13 @@ def test_hostile_template_in_a_model_file(tmp_path: Path, home: Path) -> None:
 def test_unknown_model_names_close_ones(home: Path) -> None:
     with pytest.raises(ModelNotFoundError, match="did you mean smollm2-135m-instruct:latest"):
         load("smollm2-135m-instrct", engine="fake", settings=resolve_settings(home=home))
+
+
+def test_loading_never_pulls_the_caller_decides(home: Path) -> None:
+    code = "import sys, edgeslm.generation; print('edgeslm.pull' in sys.modules, 'edgeslm.sources.hub' in sys.modules)"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.stdout.split() == ["False", "False"], done.stderr
+    settings = resolve_settings(home=home)
+    with pytest.raises(ModelNotFoundError, match=r"builtin not pulled yet; pull it first \('edgeslm pull gemma3-270m'"):
+        load("gemma3-270m", engine="fake", settings=settings)
+    assert Store.open(settings.models_dir).manifests() == []  # nothing was pulled behind the caller's back

@@ -147,7 +147,7 @@ def test_without_keys_the_server_refuses_to_listen_beyond_loopback(models: Path)
     from edgeslm.serve.app import create_app
     from edgeslm.serve.options import ServeOptions
 
-    with pytest.raises(UsageError, match="loopback only.*--api-keys"):
+    with pytest.raises(UsageError, match="loopback only.*pass that FILE as api_keys"):
         create_app(ServeOptions(host="0.0.0.0", preload=None), resolve_settings(home=models), FakeRunner)
 
 

@@ -12,6 +12,7 @@ import argparse
 import importlib
 import logging
 import os
+import re
 import signal
 import sys
 from collections.abc import Sequence
@@ -82,6 +83,28 @@ def command_in(argv: Sequence[str]) -> str | None:
     return None
 
 
+def as_flags(message: str, params: Sequence[str], parser: argparse.ArgumentParser, args: argparse.Namespace) -> str:
+    """``message`` with each library parameter it names written as the command's flag for it."""
+    command = _subparser(parser, getattr(args, "command", None))
+    flags: dict[str, str] = {}
+    for action in command._actions if command else []:
+        names = [o for o in action.option_strings if o.startswith("--") and not o.startswith("--no-")]
+        if names and action.dest not in flags:
+            flags[action.dest] = names[0]
+    for param in params:
+        if param in flags:
+            message = re.sub(rf"(?<![\w-]){re.escape(param)}(?![\w-])", flags[param], message)
+    return message
+
+
+def _subparser(parser: argparse.ArgumentParser, command: str | None) -> argparse.ArgumentParser | None:
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction) and command in action.choices:
+            found: argparse.ArgumentParser = action.choices[command]
+            return found
+    return None
+
+
 def _setup_logging(verbosity: int) -> None:
     level = logging.WARNING if verbosity == 0 else logging.INFO if verbosity == 1 else logging.DEBUG
     logging.basicConfig(level=level, format="edgeslm: %(message)s", stream=sys.stderr)
@@ -100,7 +123,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         result: int = args.run(args, settings)
         return result
     except EdgeslmError as exc:
-        print(f"Error: {exc}", file=sys.stderr)
+        print(f"Error: {as_flags(str(exc), exc.params, parser, args)}", file=sys.stderr)
         return exit_code_for(exc)
     except BrokenPipeError:  # e.g. piped into `head`: the reader has what it wanted
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())

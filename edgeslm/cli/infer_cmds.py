@@ -87,6 +87,13 @@ def _sampling(args: argparse.Namespace) -> SamplingParams:
     )
 
 
+def ensure_pulled(name: str, settings: Settings) -> None:
+    """A builtin named but not stored yet is pulled first (offline), as Ollama's run pulls."""
+    from ..pull import ensure_pulled as pull_if_builtin
+
+    pull_if_builtin(name, settings)
+
+
 def _is_model(word: str, settings: Settings) -> bool:
     if word.endswith(".gguf"):
         return True
@@ -110,6 +117,7 @@ def split_model_and_prompt(args: argparse.Namespace, settings: Settings) -> tupl
 def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
     name, prompt = split_model_and_prompt(args, settings)
     sampling = _sampling(args)  # validate before loading anything
+    ensure_pulled(name, settings)
     model = load(name, ctx=args.ctx, threads=args.threads, settings=settings)
     try:
         if not model.has_chat_template:
@@ -162,6 +170,7 @@ def _print_timings(model: Model, last: GenerationChunk) -> None:
 
 
 def cmd_embed(args: argparse.Namespace, settings: Settings) -> int:
+    ensure_pulled(args.model, settings)
     model = load(args.model, ctx=args.ctx, threads=args.threads, settings=settings)
     try:
         vectors = embed(model, args.texts)
@@ -178,6 +187,7 @@ def cmd_bench(args: argparse.Namespace, settings: Settings) -> int:
 
     targets = []
     for name in args.models:
+        ensure_pulled(name, settings)
         resolved, path = resolve_model_path(name, settings)
         targets.append((resolved, path, model_info(read_gguf_header(path, label=resolved))))
     results = bench_models(targets, params)

@@ -58,7 +58,7 @@ class _Planned:
 def parse_outtype(text: str) -> str:
     t = text.strip().lower()
     if t not in OUTTYPES:
-        raise InvalidParameterError(f"--outtype {text!r} is unknown; valid: {', '.join(OUTTYPES)}")
+        raise InvalidParameterError(f"outtype {text!r} is unknown; valid: {', '.join(OUTTYPES)}", params="outtype")
     return t
 
 

@@ -96,8 +96,9 @@ def chunk_tokens(engine: Engine, text: EvalText, settings: EvalSettings) -> list
     available = len(tokens) // settings.ctx
     if available == 0:
         raise InvalidParameterError(
-            f"{text.label} has {len(tokens):,} tokens; one chunk at --ctx {settings.ctx} needs {settings.ctx:,}: "
-            "give a longer text or a smaller --ctx"
+            f"{text.label} has {len(tokens):,} tokens; one chunk at ctx {settings.ctx} needs {settings.ctx:,}: "
+            "give a longer text or a smaller ctx",
+            params="ctx",
         )
     n = available if settings.chunks is None else min(settings.chunks, available)
     if settings.chunks is not None and settings.chunks > available:
@@ -194,8 +195,9 @@ def evaluate(
         trained = m.info.context_length if m is not None else None
         if trained and settings.ctx > trained:
             raise InvalidParameterError(
-                f"--ctx {settings.ctx} is longer than {m.name}'s context of {trained:,} "  # type: ignore[union-attr]
-                "tokens; use a smaller --ctx"
+                f"ctx {settings.ctx} is longer than {m.name}'s context of {trained:,} "  # type: ignore[union-attr]
+                "tokens; use a smaller ctx",
+                params="ctx",
             )
     key = result_key(model, ref, text, settings)
     if not force and (cached := load_result(store, key)) is not None:

@@ -74,7 +74,8 @@ class Constraints:
     def __post_init__(self) -> None:
         for stat, _ in self.max_kld:
             if stat not in KLD_STATS:
-                raise InvalidParameterError(f"--max-kld {stat}=...: unknown statistic; valid: {', '.join(KLD_STATS)}")
+                valid = ", ".join(KLD_STATS)
+                raise InvalidParameterError(f"max_kld {stat}=...: unknown statistic; valid: {valid}", params="max_kld")
 
     def describe(self) -> list[str]:
         out = []

@@ -193,7 +193,9 @@ def optimize(
     calibration = calibration_text or text
     budget = _check_budget(run)  # refuse what cannot work before building anything
     if params.mixed and budget is None:
-        raise InvalidParameterError("--mixed plans for a size budget: give --max-size or --max-memory")
+        raise InvalidParameterError(
+            "mixed plans for a size budget: give max_size or max_memory", params=("mixed", "max_size", "max_memory")
+        )
     if params.mixed or budget is not None:
         _check_split(run, text, calibration)
     reference = run.reference()
@@ -220,13 +222,15 @@ def _check_budget(run: _Run) -> int | None:
     if budget is not None and budget < smallest:
         if c.max_memory is not None and c.max_memory - kv == budget:
             raise InvalidParameterError(
-                f"--max-memory {format_bytes(c.max_memory)} at {c.memory_ctx:,} tokens of context is below what "
+                f"max_memory {format_bytes(c.max_memory)} at {c.memory_ctx:,} tokens of context is below what "
                 f"{run.source.name.base} can take: the KV cache alone is {format_bytes(kv)} and the smallest file is "
-                f"{format_bytes(smallest)}, so at least {format_bytes(kv + smallest)}; raise it or lower --ctx-memory"
+                f"{format_bytes(smallest)}, so at least {format_bytes(kv + smallest)}; raise it or lower ctx_memory",
+                params=("max_memory", "ctx_memory"),
             )
         raise InvalidParameterError(
-            f"--max-size {format_bytes(budget)} is below the smallest file {run.source.name.base} can be made into: "
-            f"{format_bytes(smallest)} (every tensor at its smallest type); raise --max-size"
+            f"max_size {format_bytes(budget)} is below the smallest file {run.source.name.base} can be made into: "
+            f"{format_bytes(smallest)} (every tensor at its smallest type); raise max_size",
+            params="max_size",
         )
     return budget
 
@@ -245,8 +249,9 @@ def _check_split(run: _Run, text: EvalText, calibration: EvalText) -> None:
     if n_tokens - evaluation < p.chunks * p.ctx or e.chunks is None:
         raise InvalidParameterError(
             f"{text.label} has {n_tokens:,} tokens: too few for {e.chunks or 'all'} evaluation chunk(s) of {e.ctx} "
-            f"plus {p.chunks} calibration chunk(s) of {p.ctx} kept apart; give a longer --text, fewer --chunks, "
-            "or a separate --calibration text"
+            f"plus {p.chunks} calibration chunk(s) of {p.ctx} kept apart; give a longer text, fewer chunks, "
+            "or a separate calibration text",
+            params=("text", "chunks", "calibration"),
         )
 
 

@@ -120,8 +120,9 @@ def calibration_chunks(engine: Engine, text: EvalText, params: CalibrationParams
     if first < 0 or first * params.ctx < reserved:
         raise InvalidParameterError(
             f"{text.label} has {len(tokens):,} tokens: too few for {params.chunks} calibration chunk(s) of "
-            f"{params.ctx} kept apart from the {reserved:,} evaluation tokens; give a longer text (--text), fewer "
-            "--chunks or --calibration-chunks, or a separate --calibration text"
+            f"{params.ctx} kept apart from the {reserved:,} evaluation tokens; give a longer text, fewer "
+            "chunks or calibration_chunks, or a separate calibration text",
+            params=("text", "chunks", "calibration_chunks", "calibration"),
         )
     return [tokens[i * params.ctx : (i + 1) * params.ctx] for i in range(first, available)]
 

@@ -16,9 +16,16 @@ from collections.abc import Awaitable, Callable, Iterable, MutableMapping
 from dataclasses import dataclass
 from typing import Any
 
-from ..errors import RequestTooLargeError
+from ..errors import (
+    AuthenticationError,
+    EdgeslmError,
+    InvalidParameterError,
+    PermissionDeniedError,
+    RequestTooLargeError,
+    UnsupportedMediaTypeError,
+)
 from .audit import AuditRecord
-from .http_errors import error_response
+from .http_errors import exception_response
 from .keys import Action, ApiKey
 from .service import ServerState
 
@@ -109,56 +116,64 @@ class Guard:
 
         key: ApiKey | None = None
         try:
-            refusal = self._refusal(scope, raw, headers)
-            preflight = scope["method"] == "OPTIONS" and "origin" in headers  # CORS answers it; no key is sent
-            if refusal is None and self.st.keys is not None and not preflight:
-                key, refusal = self._authorise(headers, action, known)
-            if refusal is not None:
-                code, message = refusal
-                await error_response(scope["path"], code, message)(scope, receive, sending)
+            try:
+                self._check(scope, raw, headers)
+                preflight = scope["method"] == "OPTIONS" and "origin" in headers  # CORS answers it; no key is sent
+                if self.st.keys is not None and not preflight:
+                    key = self._key(headers)
+                    self._permit(key, action)
+            except EdgeslmError as exc:  # refused here, answered in the dialect of the path
+                await exception_response(scope["path"], exc)(scope, receive, sending)
             else:
                 await self.app(scope, self._limited(receive, headers), sending)
         finally:
             self._record(scope, label, key, status[0] or 500, started)
 
-    def _refusal(self, scope: Scope, raw: bytes, headers: dict[str, str]) -> tuple[int, str] | None:
+    def _check(self, scope: Scope, raw: bytes, headers: dict[str, str]) -> None:
+        """Host, Origin, path and body checks that come before any key."""
         host = headers.get("host")
         if self.options.loopback_only and host is not None:
             name = _host_name(host).lower()
             if name not in LOOPBACK_NAMES and name not in self.options.allowed_hosts:
-                return 403, (
+                raise PermissionDeniedError(
                     f"Host '{escape(host, 80)}' is not allowed: this server listens on loopback only "
                     "(DNS rebinding protection); use 127.0.0.1 or localhost, or start it with --allow-host NAME"
                 )
         origin = headers.get("origin")
         if origin is not None and origin not in self.options.cors_origins and "*" not in self.options.cors_origins:
-            return 403, f"Origin '{escape(origin, 80)}' is not allowed; start the server with --cors-origin ORIGIN"
+            raise PermissionDeniedError(
+                f"Origin '{escape(origin, 80)}' is not allowed; start the server with --cors-origin ORIGIN"
+            )
         if b"%" in raw:
-            return 400, "percent-encoded characters are not accepted in the path; send the path as the API documents it"
+            raise InvalidParameterError(
+                "percent-encoded characters are not accepted in the path; send the path as the API documents it"
+            )
         if scope["method"] in ("POST", "PUT", "PATCH", "DELETE"):
             kind = headers.get("content-type", "").split(";")[0].strip().lower()
             if kind not in JSON_TYPES:
-                return 415, f"the body must be JSON (Content-Type: application/json), not '{escape(kind, 60)}'"
+                raise UnsupportedMediaTypeError(
+                    f"the body must be JSON (Content-Type: application/json), not '{escape(kind, 60)}'"
+                )
             length = headers.get("content-length")
             if length is not None and (not length.isdigit() or int(length) > self.options.max_body):
-                return 413, f"the body is larger than this server's limit of {self.options.max_body:,} bytes"
-        return None
+                raise _too_large(self.options.max_body)
 
-    def _authorise(
-        self, headers: dict[str, str], action: Action | None, known: bool
-    ) -> tuple[ApiKey | None, tuple[int, str] | None]:
+    def _key(self, headers: dict[str, str]) -> ApiKey:
         assert self.st.keys is not None
         given = headers.get("authorization")
         if given is None:
-            return None, (401, "an API key is required: send 'Authorization: Bearer KEY'")
+            raise AuthenticationError("an API key is required: send 'Authorization: Bearer KEY'")
         if not given.startswith("Bearer "):
-            return None, (401, "the Authorization header must be 'Bearer KEY' (with 'Bearer' capitalised)")
+            raise AuthenticationError("the Authorization header must be 'Bearer KEY' (with 'Bearer' capitalised)")
         key = self.st.keys.find(given[len("Bearer ") :].strip())
         if key is None:
-            return None, (401, "the API key is not valid")
+            raise AuthenticationError("the API key is not valid")
+        return key
+
+    @staticmethod
+    def _permit(key: ApiKey, action: Action | None) -> None:
         if action is not None and not key.may(action):
-            return key, (403, f"the role '{key.role}' of key '{key.id}' may not {action.value}")
-        return key, None
+            raise PermissionDeniedError(f"the role '{key.role}' of key '{key.id}' may not {action.value}")
 
     def _limited(self, receive: Receive, headers: dict[str, str]) -> Receive:
         limit, seen = self.options.max_body, [0]
@@ -168,7 +183,7 @@ class Guard:
             if message["type"] == "http.request":
                 seen[0] += len(message.get("body", b""))
                 if seen[0] > limit:
-                    raise RequestTooLargeError(f"the body is larger than this server's limit of {limit:,} bytes")
+                    raise _too_large(limit)
             return message
 
         return receiving
@@ -190,6 +205,10 @@ class Guard:
             tokens_in=int(facts.get("tokens_in", 0)), tokens_out=int(facts.get("tokens_out", 0)),
             duration_ms=round(ms, 1), prompt=facts.get("prompt") if self.st.audit_prompts else None,
         ))  # fmt: skip
+
+
+def _too_large(limit: int) -> RequestTooLargeError:
+    return RequestTooLargeError(f"the body is larger than this server's limit of {limit:,} bytes")
 
 
 def _str(value: Any) -> str | None:

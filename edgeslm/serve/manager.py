@@ -23,6 +23,7 @@ from ..errors import CapacityError, EdgeslmError, EngineError, InvalidNameError
 from ..formats.gguf_header import read_gguf_header
 from ..formats.model_info import estimate_memory, model_info
 from ..generation import resolve_model_path
+from ..pull import ensure_pulled
 from ..runner import CLOSE_TIMEOUT, LOAD_TIMEOUT, LoadState, Runner, RunnerLike
 from ..runner.state import Lifecycle
 from ..store import Store, parse_name
@@ -106,6 +107,7 @@ class ModelManager:
             )
         manifest = self._store.find(parse_name(name))
         if manifest is None:  # a builtin not pulled yet is pulled (offline); anything else is not found
+            ensure_pulled(name, self.settings)
             full, _ = resolve_model_path(name, self.settings)
             manifest = self._store.get(parse_name(full))
         memory = self._memory.get(manifest.digest)

@@ -50,14 +50,17 @@ class ServeOptions:
 def check_options(options: ServeOptions) -> None:
     if options.api_keys is None and not options.loopback:
         raise UsageError(
-            f"without --api-keys the server listens on loopback only; to listen on {options.host}, "
-            "create keys with 'edgeslm keys add FILE --id NAME --role user' and pass --api-keys FILE"
+            f"without api_keys the server listens on loopback only; to listen on {options.host}, "
+            "create keys with 'edgeslm keys add FILE --id NAME --role user' and pass that FILE as api_keys",
+            params="api_keys",
         )
     if not 1 <= options.parallel <= 256:
-        raise UsageError(f"--parallel {options.parallel} is out of range; valid: 1 to 256")
+        raise UsageError(f"parallel {options.parallel} is out of range; valid: 1 to 256", params="parallel")
     if not 64 <= options.ctx <= 1 << 20:
-        raise UsageError(f"--ctx {options.ctx} is out of range; valid: 64 to 1,048,576 tokens per slot")
+        raise UsageError(f"ctx {options.ctx} is out of range; valid: 64 to 1,048,576 tokens per slot", params="ctx")
     if not 1 <= options.load_timeout <= 86_400:
-        raise UsageError(f"--load-timeout {options.load_timeout:g} is out of range; valid: 1 to 86,400 seconds")
+        raise UsageError(
+            f"load_timeout {options.load_timeout:g} is out of range; valid: 1 to 86,400 seconds", params="load_timeout"
+        )
     if options.queue < 0 or options.max_loaded < 1:
-        raise UsageError("--queue must be 0 or more and --max-loaded 1 or more")
+        raise UsageError("queue must be 0 or more and max_loaded 1 or more", params=("queue", "max_loaded"))
