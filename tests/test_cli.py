@@ -245,3 +245,17 @@ def test_library_errors_name_parameters_and_the_cli_names_flags(cli: Cli) -> Non
     assert result.code == 2 and result.err.strip() == "Error: --ctx 5 is out of range; valid: 16 to 1,048,576"
     result = cli("serve", "--queue", "-1", "--preload", "")
     assert result.code == 2 and "--queue must be 0 or more and --max-loaded 1 or more" in result.err
+
+
+@pytest.mark.parametrize("verbosity", [[], ["-v"]])
+def test_the_store_sweep_never_speaks_into_a_command_s_output(
+    verbosity: list[str], tiny_model: Path, home: Path, cli: Cli
+) -> None:
+    assert cli("import", str(tiny_model), "--name", "tiny").code == 0
+    stale = home / "models" / "tmp" / "blob-left-by-a-killed-writer.partial"
+    stale.write_bytes(b"half a model")
+    cmd = [sys.executable, "-m", "edgeslm", "--home", str(home), *verbosity, "list"]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0 and "tiny:latest" in done.stdout
+    assert not stale.exists()  # swept,
+    assert "stale" not in done.stdout + done.stderr  # silently: 'verify' is the command that reports it

@@ -74,11 +74,13 @@ _log_callback = lc.llama_log_callback(_log)
 
 
 def _init_backend() -> None:
+    # Every time: llama-cpp-python's high-level package, if something imports it later (a test
+    # comparing with its Llama), installs its own log callback, and errors would go unexplained.
+    lc.llama_log_set(_log_callback, ctypes.c_void_p(0))
     if not _state["ready"]:
         main = threading.current_thread() is threading.main_thread()
         if main and signal.getsignal(signal.SIGINT) is signal.default_int_handler:
             signal.signal(signal.SIGINT, _on_sigint)
-        lc.llama_log_set(_log_callback, ctypes.c_void_p(0))
         lc.llama_backend_init()
         _state["ready"] = True
 
