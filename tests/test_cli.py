@@ -259,3 +259,17 @@ def test_the_store_sweep_never_speaks_into_a_command_s_output(
     assert done.returncode == 0 and "tiny:latest" in done.stdout
     assert not stale.exists()  # swept,
     assert "stale" not in done.stdout + done.stderr  # silently: 'verify' is the command that reports it
+
+
+def test_the_command_table_names_every_command_its_module_adds() -> None:
+    import argparse
+
+    from edgeslm.cli import COMMANDS, make_parser
+
+    def commands(parser: argparse.ArgumentParser) -> set[str]:
+        subs = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+        return set(subs[0].choices) if subs else set()
+
+    assert commands(make_parser()) == set(COMMANDS)
+    for command in COMMANDS:  # each command's own module, alone, adds it
+        assert command in commands(make_parser(command))
