@@ -23,7 +23,7 @@ from typing import Any
 from .engines.base import DEFAULT_ENGINE, Engine, LoadParams, SamplingParams, open_engine
 from .errors import InvalidParameterError
 from .formats.model_info import ModelInfo
-from .runner.framing import child_main, run_child
+from .framing import child_main, run_child
 
 
 @dataclass(frozen=True)

@@ -212,7 +212,8 @@ def stream_generate(
     if len(tokens) >= n_ctx:
         raise ContextOverflowError(
             f"the prompt has {len(tokens):,} tokens but the context holds {n_ctx:,}; "
-            "shorten it or raise the context (--ctx)"
+            "shorten it or load with a larger context (ctx)",
+            params="ctx",
         )
     limit = n_ctx - len(tokens) if max_tokens == -1 else min(max_tokens, n_ctx - len(tokens))
     stream = TextStream(stop)

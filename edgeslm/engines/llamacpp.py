@@ -203,7 +203,8 @@ class LlamaCppEngine:
         if len(tokens) >= self.n_ctx:
             raise ContextOverflowError(
                 f"the prompt has {len(tokens):,} tokens but the context holds {self.n_ctx:,}; "
-                "shorten it or load with a larger context (--ctx)"
+                "shorten it or load with a larger context (n_ctx)",
+                params="n_ctx",
             )
         self._clear(self._ctx)
         step = self.params.n_batch

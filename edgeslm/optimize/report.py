@@ -285,7 +285,8 @@ def write_report(result: OptimizeResult, directory: Path) -> list[Path]:
     except OSError as exc:
         raise OutputFileError(
             f"cannot write the report to {directory}: {exc.strerror or exc}; every result is kept in the store, "
-            "so running optimize again with another --report writes it at once"
+            "so running optimize again with another report folder writes it at once",
+            params="report",
         ) from None
 
 

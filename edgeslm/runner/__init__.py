@@ -1,11 +1,10 @@
 """Model processes, apart from the HTTP server (as Ollama keeps ``runner/`` apart from ``server/``).
 
 ``Runner`` starts one worker process per loaded model (``python -m edgeslm.runner.worker``) and
-talks to it in JSON lines (``framing``, ``messages``); the server holds runners only through
-``RunnerLike`` and tracks each one's life cycle with ``state.Lifecycle``. ``tasks`` runs store
-work that loads native code (quantize) in a one-shot child; bench's measurement uses the same
-framing. Names are imported on first use, so a child that needs only ``framing`` (bench's
-worker) does not load the server side's asyncio machinery.
+talks to it in JSON lines (``edgeslm.framing``, ``messages``); the server holds runners only
+through ``RunnerLike`` and tracks each one's life cycle with ``state.Lifecycle``. ``tasks`` runs
+store work that loads native code (quantize) in a one-shot child. Names are imported on first
+use, so a process that needs one part does not load the server side's asyncio machinery.
 """
 
 from __future__ import annotations

@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from ..engines.base import SamplingParams
-from .framing import Message, error_from
+from ..framing import Message, error_from
 
 Prompt = str | Sequence[dict[str, Any]] | Sequence[int]
 

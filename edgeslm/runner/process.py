@@ -22,7 +22,7 @@ from collections.abc import AsyncGenerator, Sequence
 from typing import Any, Protocol
 
 from ..errors import EngineError, RunnerTimeoutError
-from .framing import Message, decode, encode, error_from
+from ..framing import Message, decode, encode, error_from
 from .messages import Chunk, Done, Embeddings, Job, embeddings_from, event_from
 
 log = logging.getLogger(__name__)

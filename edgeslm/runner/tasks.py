@@ -12,9 +12,9 @@ from pathlib import Path
 
 from ..config import resolve_settings
 from ..formats.quant_types import QuantizeOptions, parse_quant_types
+from ..framing import Message, child_main, run_child
 from ..quantize import quantize
 from ..store import Store, parse_name
-from .framing import Message, child_main, run_child
 
 QUANTIZE_TIMEOUT = 3600.0  # seconds: a 14B model on a slow machine takes minutes, never an hour
 

@@ -21,8 +21,8 @@ from typing import Any
 from ..config import resolve_settings
 from ..engines.base import SamplingParams
 from ..errors import ContextOverflowError, EdgeslmError, InvalidParameterError
+from ..framing import LineReader, error_message, send
 from ..generation import TextStream, load
-from .framing import LineReader, error_message, send
 
 log = logging.getLogger(__name__)
 

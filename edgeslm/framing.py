@@ -18,7 +18,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any, TextIO
 
-from ..errors import EdgeslmError, EngineError, RunnerTimeoutError, error_named
+from .errors import EdgeslmError, EngineError, RunnerTimeoutError, error_named
 
 log = logging.getLogger(__name__)
 
