@@ -3,7 +3,8 @@
 MODE_FILE holds the mode (read at start, so a test can change it between loads) and receives
 the worker's pid on a second line. Modes: ``ready`` (says ready, exits when stdin closes),
 ``hang-load`` (never says ready), ``hang-close`` (says ready, then ignores both the closing of
-stdin and SIGTERM), ``fail-load`` (answers a ``failed`` line as a model that cannot load).
+stdin and SIGTERM), ``hang-mute`` (says ready, then closes its stdout and hangs), ``fail-load``
+(answers a ``failed`` line as a model that cannot load).
 """
 
 from __future__ import annotations
@@ -31,6 +32,10 @@ def main() -> None:
         sys.exit(1)
     ready = {"op": "ready", "name": args["name"], "slots": args["slots"], "ctx_per_slot": args["ctx_per_slot"]}
     print(json.dumps({**ready, "pid": os.getpid()}), flush=True)
+    if mode == "hang-mute":
+        os.close(sys.stdout.fileno())
+        while True:
+            time.sleep(60)
     sys.stdin.read()  # until the runner closes our stdin
     while mode == "hang-close":
         time.sleep(60)

@@ -176,3 +176,15 @@ def test_closing_a_hanging_runner_blocks_neither_requests_nor_ps(manager: ModelM
     assert time.monotonic() - start < 2.5  # b loaded while a was still being closed
     releasing.join(10)
     assert not lease.runner.alive and not _alive(lease.runner.pid)
+
+
+def test_a_worker_that_goes_mute_but_lives_on_is_killed_not_waited_for(modes: Modes) -> None:
+    modes.set("hang-mute")
+    runner = modes.runner(close_timeout=1.0)
+    deadline = time.monotonic() + 10
+    while _alive(runner.pid) and time.monotonic() < deadline:  # the reader saw its stdout close
+        time.sleep(0.05)
+    assert not _alive(runner.pid) and not runner.alive
+    start = time.monotonic()
+    runner.close()
+    assert time.monotonic() - start < 2

@@ -124,3 +124,27 @@ def test_reimport_repairs_a_corrupted_blob(store: Store, tiny_model: Path) -> No
     assert not store.verify().ok
     store.add_file(tiny_model, parse_name("a"), source=SRC)
     assert store.verify().ok and blob.read_bytes() == tiny_model.read_bytes()
+
+
+def test_a_store_locked_too_long_is_a_clear_error(home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import subprocess
+    import sys
+
+    from edgeslm.errors import StoreError
+    from edgeslm.store import registry
+
+    Store.open(home / "models")
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; from filelock import FileLock; l = FileLock(sys.argv[1]); "
+         "l.acquire(); print('held', flush=True); time.sleep(30)", str(home / "models" / "store.lock")],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+        monkeypatch.setattr(registry, "LOCK_TIMEOUT", 0.3)
+        with pytest.raises(StoreError, match=r"locked by another edgeslm process for 0.3 s"):
+            Store.open(home / "models")
+    finally:
+        holder.kill()
+        holder.communicate(timeout=10)  # reaps it and closes its pipe
+    assert Store.open(home / "models").manifests() == []  # free again

@@ -135,7 +135,7 @@ class Runner:
             if q is not None:
                 q.put(msg)
         self._said_hello.set()  # it exited before saying anything
-        code = self._proc.wait()
+        code = self._reap()  # stdout closed: it is exiting, or hung with its stdout closed
         why = f"the runner for {self.name} stopped (exit code {code}) during this request; the next request restarts it"
         with self._lock:
             for q in self._queues.values():
@@ -197,15 +197,24 @@ class Runner:
                 self._proc.stdin.close()
             except BrokenPipeError:
                 pass
-        try:
-            self._proc.wait(timeout=self.close_timeout)
-        except subprocess.TimeoutExpired:
-            log.warning("the runner for %s did not exit within %g s; killing it", self.name, self.close_timeout)
-            self._kill()
-            self._proc.wait()
+        self._reap()
         self._reader.join(timeout=self.close_timeout)
         if self._proc.stdout is not None and not self._reader.is_alive():
             self._proc.stdout.close()
+
+    def _reap(self) -> int | None:
+        """The worker's exit code, waiting at most ``close_timeout``; then it is killed and waited
+        for as long again. None: not gone even then (stuck in the kernel); nobody waits longer."""
+        try:
+            return self._proc.wait(timeout=self.close_timeout)
+        except subprocess.TimeoutExpired:
+            log.warning("the runner for %s did not exit within %g s; killing it", self.name, self.close_timeout)
+        self._kill()
+        try:
+            return self._proc.wait(timeout=self.close_timeout)
+        except subprocess.TimeoutExpired:
+            log.error("the runner for %s (pid %d) survived SIGKILL for %g s", self.name, self.pid, self.close_timeout)
+            return None
 
     def _kill(self) -> None:
         """SIGKILL the worker's whole session (it may have children of its own)."""

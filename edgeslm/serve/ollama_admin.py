@@ -67,6 +67,9 @@ async def _progress(work: Callable[[Callable[[dict[str, Any]], None]], None]) ->
 
     worker = asyncio.create_task(asyncio.to_thread(run))
     while True:
+        # No deadline of its own: the work always ends, and then says so. Quantizing runs in a
+        # child with run_child's deadline, hub downloads time out per read (huggingface_hub's
+        # HF_HUB_DOWNLOAD_TIMEOUT), and the rest is local copying; a client that leaves cancels this.
         item = await queue.get()
         if item is None:
             break

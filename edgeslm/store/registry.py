@@ -28,7 +28,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from filelock import FileLock
+from filelock import FileLock, Timeout
 
 from ..errors import IntegrityError, InvalidModelFileError, ModelNotFoundError, StoreError
 from ..formats.model_info import ModelInfo, model_info
@@ -36,6 +36,7 @@ from .atomic import TempFile, copy_hashing, iter_stale_temps, sha256_file, write
 from .names import ModelName, parse_name
 
 log = logging.getLogger(__name__)
+LOCK_TIMEOUT = 60.0  # seconds: holders keep the store lock only to name a temp file, publish or sweep
 
 MANIFEST_SCHEMA = 1
 _DIGEST = re.compile(r"sha256-[0-9a-f]{64}\Z")
@@ -148,7 +149,12 @@ class Store:
     @contextmanager
     def locked(self) -> Iterator[None]:
         try:
-            self._lock.acquire()
+            self._lock.acquire(timeout=LOCK_TIMEOUT)
+        except Timeout:
+            raise StoreError(
+                f"the store at {self.root} has been locked by another edgeslm process for {LOCK_TIMEOUT:g} s "
+                "(its holders keep it for a moment only: is one stopped?); retry, or end that process"
+            ) from None
         except OSError as exc:
             raise StoreError(f"cannot lock the store at {self.root}: {exc.strerror or exc}; is it writable?") from None
         try:
