@@ -141,8 +141,11 @@ def measure(path: str, params: BenchParams) -> dict[str, Any]:
     }
 
 
-def run_worker(path: str, params: BenchParams, timeout: float | None = None) -> dict[str, Any]:
-    """Measure ``path`` in a fresh subprocess and return its report."""
+BENCH_TIMEOUT = 3600.0  # seconds: five pp512+tg128 runs of a 30B model on two cores take minutes
+
+
+def run_worker(path: str, params: BenchParams, timeout: float = BENCH_TIMEOUT) -> dict[str, Any]:
+    """Measure ``path`` in a fresh subprocess (killed past ``timeout``) and return its report."""
     cmd = [sys.executable, "-m", "edgeslm.bench", path, json.dumps(asdict(params))]
     return run_child(cmd, timeout=timeout, what=f"bench of {path}")
 

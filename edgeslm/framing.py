@@ -10,17 +10,14 @@ becomes the same ``EdgeslmError`` class on the other side (``error_from``).
 from __future__ import annotations
 
 import json
-import logging
 import os
 import select
 import subprocess
 import sys
 from collections.abc import Callable, Sequence
-from typing import Any, TextIO
+from typing import Any
 
 from .errors import EdgeslmError, EngineError, RunnerTimeoutError, error_named
-
-log = logging.getLogger(__name__)
 
 Message = dict[str, Any]
 
@@ -38,10 +35,10 @@ def decode(line: bytes | str) -> Message | None:
     return msg if isinstance(msg, dict) else None
 
 
-def send(message: Message, stream: TextIO | None = None) -> None:
-    stream = stream or sys.stdout
-    stream.write(json.dumps(message) + "\n")
-    stream.flush()
+def send(message: Message) -> None:
+    """One message on this process's stdout, flushed at once (the other side is waiting for it)."""
+    sys.stdout.buffer.write(encode(message))
+    sys.stdout.buffer.flush()
 
 
 def error_message(exc: EdgeslmError, op: str = "error", **extra: Any) -> Message:
@@ -81,7 +78,7 @@ def child_main(work: Callable[[], Message]) -> None:
     send({"op": "result", **result})
 
 
-def run_child(argv: Sequence[str], *, timeout: float | None, what: str) -> Message:
+def run_child(argv: Sequence[str], *, timeout: float, what: str) -> Message:
     """Run a one-shot child to its end (at most ``timeout`` seconds) and return its ``result``.
 
     Its own error is raised as the same class; a child that dies or prints no result raises

@@ -27,17 +27,16 @@ from ..errors import ContextOverflowError, EngineError, InvalidParameterError
 from .base import DEFAULT_ENGINE, LoadParams, SamplingParams, register_engine
 from .llamacpp_bindings import VERSION
 
+# numpy is imported where logits are read (evaluation, log-probabilities, a large vocabulary's
+# greedy argmax), not here: a process that generates greedily from a small vocabulary never loads it.
 if TYPE_CHECKING:
     import llama_cpp as lc
     import numpy as np
     import numpy.typing as npt
+
+    from ..formats.quant_types import QuantizeOptions, QuantType
 else:
     from .llamacpp_bindings import lc
-# numpy is imported where logits are read (evaluation, log-probabilities, embeddings), not at
-# import: a process that only generates greedily (bench, a runner) never loads it.
-
-if TYPE_CHECKING:
-    from ..formats.quant_types import QuantizeOptions, QuantType
 
 log = logging.getLogger(__name__)
 
@@ -286,14 +285,13 @@ class LlamaCppEngine:
         # costs more than a small model's decode.
         sampler = None if sampling.plain_greedy else self.make_sampler(sampling)
         greedy = attach_greedy(self._ctx, 0) if sampler is None and self.backend_greedy else None
-        on_backend = greedy is not None
         try:
             self.prefill(prompt)
             n_past, one, n_vocab = len(prompt), self._one, self.n_vocab
             ctx, decode, get_one = self._ctx, lc.llama_decode, lc.llama_batch_get_one
             sample, sampled = lc.llama_sampler_sample, lc.llama_get_sampled_token_ith
             while True:
-                if on_backend:
+                if greedy is not None:
                     token = sampled(ctx, -1)
                 elif sampler is None:
                     token = argmax_token(ctx, -1, n_vocab)
@@ -312,7 +310,6 @@ class LlamaCppEngine:
                 detach_greedy(self._ctx, 0, greedy)
             if sampler is not None:
                 lc.llama_sampler_free(sampler)
-
 
     def embed(self, text: str) -> list[float]:
         tokens = self.tokenize(text)

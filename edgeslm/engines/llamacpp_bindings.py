@@ -12,19 +12,12 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
-import re
 import sys
 import types
-from pathlib import Path
+from importlib import metadata
 from typing import Any
 
 from ..errors import EngineError
-
-
-def _version(init_file: str | None) -> str:
-    text = Path(init_file).read_text(encoding="utf-8") if init_file else ""
-    m = re.search(r'^__version__\s*=\s*"([^"]+)"', text, re.M)
-    return m.group(1) if m else "unknown"
 
 
 def _lazy_attribute(name: str) -> Any:
@@ -50,7 +43,7 @@ def _enter_bare_package() -> None:
     package = types.ModuleType("llama_cpp", "llama-cpp-python, entered without its high-level package")
     package.__path__ = list(spec.submodule_search_locations)
     package.__spec__, package.__file__, package.__package__ = spec, spec.origin, "llama_cpp"
-    package.__version__ = _version(spec.origin)  # type: ignore[attr-defined]
+    package.__version__ = metadata.version("llama_cpp_python")  # type: ignore[attr-defined]
     package.__getattr__ = _lazy_attribute  # type: ignore[method-assign]
     sys.modules["llama_cpp"] = package
 

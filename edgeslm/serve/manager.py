@@ -265,14 +265,13 @@ class ModelManager:
     def ps(self) -> list[LoadedInfo]:
         now = time.monotonic()
         with self._lock:
-            ready = [e for e in self._loaded.values() if e.runner is not None]
             return [
                 LoadedInfo(
                     e.name, e.memory, None if e.keep_alive < 0 else max(0.0, e.expires - now), e.in_flight,
                     self.params.slots, e.runner.pid, e.keep_alive,
                 )  # fmt: skip
-                for e in sorted(ready, key=lambda e: -e.last_used)
-                if e.runner is not None
+                for e in sorted(self._loaded.values(), key=lambda e: -e.last_used)
+                if e.runner is not None  # still loading: not listed
             ]
 
     def close(self) -> None:
