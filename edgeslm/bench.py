@@ -18,12 +18,14 @@ import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .engines.base import DEFAULT_ENGINE, Engine, LoadParams, SamplingParams, open_engine
 from .errors import InvalidParameterError
-from .formats.model_info import ModelInfo
 from .framing import child_main, run_child
+
+if TYPE_CHECKING:
+    from .generation import ResolvedModel
 
 
 @dataclass(frozen=True)
@@ -66,6 +68,7 @@ class BenchResult:
     load_seconds: float
     peak_rss: int  # bytes, of the subprocess that measured this model
     tests: tuple[TestResult, ...]
+    runtime: str = DEFAULT_ENGINE
 
     def to_dict(self) -> dict[str, object]:
         data = asdict(self)
@@ -112,12 +115,12 @@ def peak_rss() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
-def measure(path: str, params: BenchParams) -> dict[str, Any]:
+def measure(path: str, params: BenchParams, engine_name: str = DEFAULT_ENGINE) -> dict[str, Any]:
     """Run in the worker subprocess: load ``path`` and time pp/tg; return a JSON-able dict."""
     reset_peak_rss()
     n_ctx = max(params.n_prompt + params.n_gen + 8, 64)
     start = time.perf_counter()
-    engine = open_engine(DEFAULT_ENGINE, Path(path), LoadParams(n_ctx=n_ctx, n_threads=params.threads))
+    engine = open_engine(engine_name, Path(path), LoadParams(n_ctx=n_ctx, n_threads=params.threads))
     load_seconds = time.perf_counter() - start
     rng = random.Random(0)
     bos = engine.tokenize("", add_special=True)[:1] or [0]
@@ -144,17 +147,20 @@ def measure(path: str, params: BenchParams) -> dict[str, Any]:
 BENCH_TIMEOUT = 3600.0  # seconds: five pp512+tg128 runs of a 30B model on two cores take minutes
 
 
-def run_worker(path: str, params: BenchParams, timeout: float = BENCH_TIMEOUT) -> dict[str, Any]:
+def run_worker(
+    path: str, params: BenchParams, timeout: float = BENCH_TIMEOUT, engine: str = DEFAULT_ENGINE
+) -> dict[str, Any]:
     """Measure ``path`` in a fresh subprocess (killed past ``timeout``) and return its report."""
-    cmd = [sys.executable, "-m", "edgeslm.bench", path, json.dumps(asdict(params))]
+    cmd = [sys.executable, "-m", "edgeslm.bench", path, json.dumps(asdict(params)), engine]
     return run_child(cmd, timeout=timeout, what=f"bench of {path}")
 
 
-def bench_models(models: Sequence[tuple[str, Path, ModelInfo]], params: BenchParams) -> list[BenchResult]:
-    """``models``: (name, file, info). Each is measured in its own subprocess, in order."""
+def bench_models(models: Sequence[ResolvedModel], params: BenchParams) -> list[BenchResult]:
+    """Each model is measured in its own subprocess, in order, by its own runtime."""
     results = []
-    for name, path, info in models:
-        report = run_worker(str(path), params)
+    for model in models:
+        name, info, engine = model.name, model.info, model.engine(DEFAULT_ENGINE)
+        report = run_worker(str(model.path), params, engine=engine)
         tests = tuple(TestResult(t["test"], t["n_tokens"], tuple(t["samples_tps"])) for t in report["tests"])
         results.append(
             BenchResult(
@@ -166,10 +172,11 @@ def bench_models(models: Sequence[tuple[str, Path, ModelInfo]], params: BenchPar
                 float(report["load_seconds"]),
                 int(report["peak_rss"]),
                 tests,
+                engine,
             )
         )
     return results
 
 
 if __name__ == "__main__":
-    child_main(lambda: measure(sys.argv[1], BenchParams(**json.loads(sys.argv[2]))))
+    child_main(lambda: measure(sys.argv[1], BenchParams(**json.loads(sys.argv[2])), *sys.argv[3:4]))

@@ -40,6 +40,10 @@ class OutputFileError(EdgeslmError):
     """A file or folder edgeslm was asked to write (a report, --output) cannot be written."""
 
 
+class MissingExtraError(EdgeslmError):
+    """An optional runtime that is not installed (the message names the pip command)."""
+
+
 class ModelNotFoundError(EdgeslmError):
     """No model of that name in the store, the builtins or the catalogue."""
 
@@ -117,6 +121,7 @@ EXIT_CODES: dict[type[EdgeslmError], int] = {
     InputFileError: 66,  # EX_NOINPUT
     OutputFileError: 73,  # EX_CANTCREAT
     ModelNotFoundError: 67,  # "no such model", like EX_NOUSER
+    MissingExtraError: 69,  # EX_UNAVAILABLE
     OfflineError: 69,  # EX_UNAVAILABLE
     SourceError: 69,
     IntegrityError: 74,  # EX_IOERR
@@ -142,6 +147,7 @@ HTTP_STATUS: dict[type[EdgeslmError], int] = {
     InputFileError: 400,
     OutputFileError: 500,
     ModelNotFoundError: 404,
+    MissingExtraError: 501,
     OfflineError: 503,
     SourceError: 502,
     IntegrityError: 500,

@@ -14,7 +14,8 @@ import os
 import select
 import subprocess
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager, nullcontext
 from typing import Any
 
 from .errors import EdgeslmError, EngineError, RunnerTimeoutError, error_named
@@ -68,24 +69,56 @@ class LineReader:
         return lines
 
 
-def child_main(work: Callable[[], Message]) -> None:
-    """The body of a one-shot child: its result as one ``result`` line, or its error as ``failed``."""
+@contextmanager
+def stdout_to_stderr() -> Iterator[None]:
+    """Point file descriptor 1 at stderr while a chatty library works (the model builder prints
+    progress from Python and from native code), so stdout carries only this child's messages."""
+    sys.stdout.flush()
+    saved = os.dup(1)
+    os.dup2(2, 1)
     try:
-        result = work()
+        yield
+    finally:
+        sys.stdout.flush()
+        os.dup2(saved, 1)
+        os.close(saved)
+
+
+def child_main(work: Callable[[], Message], *, quiet: bool = False) -> None:
+    """The body of a one-shot child: its result as one ``result`` line, or its error as ``failed``;
+    with ``quiet``, whatever the work prints goes to stderr."""
+    try:
+        with stdout_to_stderr() if quiet else nullcontext():
+            result = work()
     except EdgeslmError as exc:
         send(error_message(exc, "failed"))
         sys.exit(1)
     send({"op": "result", **result})
 
 
-def run_child(argv: Sequence[str], *, timeout: float, what: str) -> Message:
+def run_child(
+    argv: Sequence[str],
+    *,
+    timeout: float,
+    what: str,
+    pass_fds: Sequence[int] = (),
+    env: dict[str, str] | None = None,
+) -> Message:
     """Run a one-shot child to its end (at most ``timeout`` seconds) and return its ``result``.
 
     Its own error is raised as the same class; a child that dies or prints no result raises
-    ``EngineError`` with the last line of its stderr; past the deadline it is killed.
+    ``EngineError`` with the last line of its stderr; past the deadline (or on Ctrl-C) it is
+    killed. ``pass_fds`` stay open in the child (a temp folder's lock lives as long as it does).
     """
     try:
-        done = subprocess.run(argv, capture_output=True, timeout=timeout, start_new_session=True)
+        done = subprocess.run(
+            argv,
+            capture_output=True,
+            timeout=timeout,
+            start_new_session=True,
+            pass_fds=tuple(pass_fds),
+            env=None if env is None else {**os.environ, **env},
+        )
     except subprocess.TimeoutExpired:
         raise RunnerTimeoutError(f"{what} ran past its deadline of {timeout:g} s and was stopped") from None
     messages = [m for m in map(decode, done.stdout.splitlines()) if m is not None]

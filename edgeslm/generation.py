@@ -22,6 +22,7 @@ from .config import DEFAULT_MODEL, Settings, resolve_settings
 from .engines.base import MAX_CONTEXT, Engine, LoadParams, SamplingParams, open_engine
 from .errors import ChatTemplateError, ContextOverflowError, InvalidParameterError, ModelNotFoundError
 from .formats.gguf_header import read_gguf_header
+from .formats.model_format import ModelFormat, engine_for
 from .formats.model_info import ModelInfo, model_info
 from .store import Store, parse_name
 
@@ -91,18 +92,38 @@ class Model:
         self.engine.close()
 
 
-def resolve_model_path(name_or_path: str, settings: Settings) -> tuple[str, Path]:
-    """A stored model's name or a .gguf path -> (name, file). Nothing is pulled here: the CLI and
-    the server pull a missing builtin first (``pull.ensure_pulled``)."""
+@dataclass(frozen=True)
+class ResolvedModel:
+    """A model found by name or path: what to open, what it is, and which runtime runs it."""
+
+    name: str
+    path: Path  # a GGUF file, or a model folder
+    info: ModelInfo
+    format: ModelFormat = ModelFormat.GGUF
+    digest: str | None = None  # None outside the store
+
+    def engine(self, configured: str) -> str:
+        return engine_for(self.format, configured)
+
+
+def resolve_model(name_or_path: str, settings: Settings) -> ResolvedModel:
+    """A stored model's name, a .gguf path or an ONNX model folder -> what to load. Nothing is
+    pulled here: the CLI and the server pull a missing builtin first (``pull.ensure_pulled``)."""
     path = Path(name_or_path)
     if name_or_path.endswith(".gguf") and path.is_file():
-        return path.name, path
+        return ResolvedModel(path.name, path, model_info(read_gguf_header(path, label=path.name)))
+    if path.is_dir() and (path / "genai_config.json").is_file():
+        from .formats.onnx_folder import read_onnx_folder
+
+        return ResolvedModel(path.name, path, read_onnx_folder(path).info, ModelFormat.ONNX)
     store = Store.open(settings.models_dir)
     name = parse_name(name_or_path)
     manifest = store.find(name)
     if manifest is None:
         raise ModelNotFoundError(_not_found(store, str(name)))
-    return str(manifest.name), store.blob_path(manifest.digest)
+    model_path = store.model_path(manifest)
+    info = manifest.info if manifest.layers else model_info(read_gguf_header(model_path, label=str(manifest.name)))
+    return ResolvedModel(str(manifest.name), model_path, info, manifest.format, manifest.digest)
 
 
 def _not_found(store: Store, wanted: str) -> str:
@@ -129,15 +150,15 @@ def load(
 ) -> Model:
     """Load a stored model (or a .gguf file) into an engine (default: the configured one)."""
     settings = settings or resolve_settings()
-    engine = engine or settings.engine
-    name, path = resolve_model_path(name_or_path, settings)
-    info = model_info(read_gguf_header(path, label=name))
-    n_ctx = ctx or min(info.context_length or 4096, 4096)
+    found = resolve_model(name_or_path, settings)
+    n_ctx = ctx or min(found.info.context_length or 4096, 4096)
     start = time.perf_counter()
-    loaded = open_engine(engine, path, LoadParams(n_ctx=n_ctx, n_threads=threads))
+    loaded = open_engine(
+        engine or found.engine(settings.engine), found.path, LoadParams(n_ctx=n_ctx, n_threads=threads)
+    )
     seconds = time.perf_counter() - start
-    log.info("loaded %s in %.2f s", name, seconds)
-    return Model(name, path, info, loaded, seconds, loaded.chat_template())
+    log.info("loaded %s in %.2f s", found.name, seconds)
+    return Model(found.name, found.path, found.info, loaded, seconds, loaded.chat_template())
 
 
 def _peak_rss() -> int:

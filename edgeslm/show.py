@@ -64,7 +64,9 @@ def show_model(store: Store, name_or_path: str, *, context_length: int | None = 
         header = read_gguf_header(path)
     else:
         manifest = store.get(parse_name(name_or_path))
-        path = store.blob_path(manifest.digest)
+        path = store.model_path(manifest)
+        if manifest.layers:
+            return _folder_report(manifest, path, context_length)
         header = read_gguf_header(path, label=str(manifest.name))
     info = model_info(header)
     ctx = context_length or min(info.context_length or DEFAULT_CONTEXT, DEFAULT_CONTEXT)
@@ -76,4 +78,19 @@ def show_model(store: Store, name_or_path: str, *, context_length: int | None = 
         info=info,
         memory=estimate_memory(info, ctx),
         metadata=_metadata(header),
+    )
+
+
+def _folder_report(manifest: Manifest, path: Path, context_length: int | None) -> ModelReport:
+    """A folder model (ONNX): its stored info, and its files in place of GGUF metadata."""
+    info = manifest.info
+    ctx = context_length or min(info.context_length or DEFAULT_CONTEXT, DEFAULT_CONTEXT)
+    return ModelReport(
+        name=str(manifest.name),
+        path=path,
+        digest=manifest.digest,
+        source=dict(manifest.source),
+        info=info,
+        memory=estimate_memory(info, ctx),
+        metadata={"format": manifest.format.value, **{f"file {x.path}": x.size for x in manifest.layers}},
     )

@@ -132,7 +132,7 @@ def test_every_entry_point_refuses_bad_names(cli: Cli, tiny_model: Path, home: P
 @pytest.mark.parametrize(
     ("make", "code", "words"),
     [
-        (lambda d: d, 66, "is a directory"),
+        (lambda d: d, 65, "no genai_config.json"),  # a folder is read as an ONNX Runtime GenAI model
         (lambda d: d / "missing.gguf", 66, "does not exist"),
         (lambda d: write(d / "empty.gguf", b""), 65, "too short"),
         (lambda d: write(d / "random.gguf", os.urandom(4096)), 65, "magic"),

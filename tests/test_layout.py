@@ -51,9 +51,15 @@ def test_the_walk_sees_the_package() -> None:
     assert len(SOURCES) > 60 and ("edgeslm.engines.llamacpp" in {module_name(p) for p in SOURCES})
     assert "edgeslm.errors" in {m for _, m in imports(PACKAGE / "engines" / "base.py")}  # ..errors, resolved
     assert "edgeslm.runner.messages" in {m for _, m in imports(PACKAGE / "runner" / "__init__.py")}  # .messages
-    assert floor("edgeslm.serve.app") > floor("edgeslm.runner.process") > floor("edgeslm.quantize") > floor(
-        "edgeslm.engines.llamacpp"
-    ) > floor("edgeslm.store.registry") > floor("edgeslm.formats.gguf_header") > floor("edgeslm.errors")
+    assert (
+        floor("edgeslm.serve.app")
+        > floor("edgeslm.runner.process")
+        > floor("edgeslm.quantize")
+        > floor("edgeslm.engines.llamacpp")
+        > floor("edgeslm.store.registry")
+        > floor("edgeslm.formats.gguf_header")
+        > floor("edgeslm.errors")
+    )
 
 
 @pytest.mark.parametrize("path", SOURCES, ids=lambda p: str(p.relative_to(PACKAGE)))

@@ -14,7 +14,7 @@ from ..bench import BenchParams, BenchResult, bench_models
 from ..config import DEFAULT_MODEL, Settings
 from ..engines.base import SamplingParams
 from ..errors import InvalidNameError
-from ..generation import GenerationChunk, Model, embed, load, resolve_model_path, stream_generate
+from ..generation import GenerationChunk, Model, embed, load, resolve_model, stream_generate
 from ..sources.builtin import BUILTINS
 from ..store import Store, parse_name
 from ..units import format_mib, format_params
@@ -182,14 +182,10 @@ def cmd_embed(args: argparse.Namespace, settings: Settings) -> int:
 
 def cmd_bench(args: argparse.Namespace, settings: Settings) -> int:
     params = BenchParams(args.n_prompt, args.n_gen, args.repetitions, args.threads)
-    from ..formats.gguf_header import read_gguf_header
-    from ..formats.model_info import model_info
-
     targets = []
     for name in args.models:
         ensure_pulled(name, settings)
-        resolved, path = resolve_model_path(name, settings)
-        targets.append((resolved, path, model_info(read_gguf_header(path, label=resolved))))
+        targets.append(resolve_model(name, settings))
     results = bench_models(targets, params)
     if args.format == "json":
         print_json([r.to_dict() for r in results])

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..config import DEFAULT_MODEL, Settings
+from ..formats.model_format import RUNTIME_OF
 from ..formats.size_class import SIZE_CLASSES, SizeClass
 from ..listing import list_models
 from ..sources.catalog import CATALOG, filter_catalog
@@ -51,9 +52,9 @@ def configure(sub: Any) -> None:
     p = _command(sub, "pull", cmd_pull, "add a builtin, catalogue or hf.co/ORG/REPO[:QUANT] model to the store")
     p.add_argument("names", nargs="*", metavar="NAME", default=[DEFAULT_MODEL], help=f"default: {DEFAULT_MODEL}")
     p.add_argument("--json", action="store_true")
-    p = _command(sub, "import", cmd_import, "add a local GGUF file to the store under a name")
+    p = _command(sub, "import", cmd_import, "add a local GGUF file or ONNX Runtime GenAI folder to the store")
     p.add_argument("path", type=Path)
-    p.add_argument("--name", required=True, help="name[:tag] to store it as")
+    p.add_argument("--name", help="name[:tag] to store it as (default: the file's or folder's name)")
     p.add_argument("--json", action="store_true")
     p = _command(sub, "list", cmd_list, "list stored models (name:tag, size, params, class, type mix, digest)")
     p.add_argument("name", nargs="?", help="only this model (all its tags unless a tag is given)")
@@ -94,6 +95,9 @@ def _summary(m: Manifest) -> dict[str, Any]:
         "size": m.size,
         "created": m.created,
         "source": dict(m.source),
+        "format": m.format.value,
+        "runtime": RUNTIME_OF[m.format].value,
+        "files": {x.path: x.size for x in m.layers} or None,
         **m.info.to_dict(),
     }
 
@@ -118,12 +122,12 @@ def cmd_pull(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_import(args: argparse.Namespace, settings: Settings) -> int:
-    name = parse_name(args.name)
+    from ..importing import import_model, import_size
+
+    name = parse_name(args.name) if args.name else None
     store = _open(settings)
-    source = {"kind": "file", "path": str(args.path.absolute())}
-    size = args.path.stat().st_size if args.path.is_file() else None
-    with progress_bar(size, args.path.name, enabled=not args.json) as bar:
-        manifest = store.add_file(args.path, name, source=source, progress=bar)
+    with progress_bar(import_size(args.path), args.path.name, enabled=not args.json) as bar:
+        manifest = import_model(store, args.path, name, progress=bar)
     if args.json:
         print_json(_summary(manifest))
     else:
@@ -142,6 +146,7 @@ def cmd_list(args: argparse.Namespace, settings: Settings) -> int:
     rows = [
         (
             str(m.name),
+            m.format.value,
             format_bytes(m.size),
             format_params(m.info.n_params),
             m.info.size_class.value,
@@ -151,7 +156,7 @@ def cmd_list(args: argparse.Namespace, settings: Settings) -> int:
         )
         for m in models
     ]
-    print_table(("NAME", "SIZE", "PARAMS", "CLASS", "ARCH", "TYPE MIX", "DIGEST"), rows, right=(1, 2))
+    print_table(("NAME", "FORMAT", "SIZE", "PARAMS", "CLASS", "ARCH", "TYPE MIX", "DIGEST"), rows, right=(2, 3))
     return 0
 
 

@@ -6,6 +6,7 @@ An engine turns token ids into token ids (and logits, and embeddings); everythin
 
 from __future__ import annotations
 
+import importlib
 import math
 import os
 from collections.abc import Callable, Generator, Sequence
@@ -199,9 +200,13 @@ def register_engine(name: str) -> Callable[[F], F]:
     return wrap
 
 
+# the modules of edgeslm's own engines, imported (and so registered) on first use: native code
+BUILTIN_ENGINES = {DEFAULT_ENGINE: "llamacpp", "onnxruntime": "ort"}
+
+
 def open_engine(name: str, path: Path, params: LoadParams) -> Engine:
-    if name == DEFAULT_ENGINE and name not in ENGINES:
-        from . import llamacpp  # noqa: F401 - registers itself; imported lazily (native code)
+    if name in BUILTIN_ENGINES and name not in ENGINES:
+        importlib.import_module(f"{__package__}.{BUILTIN_ENGINES[name]}")
     try:
         factory = ENGINES[name]
     except KeyError:

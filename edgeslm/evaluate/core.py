@@ -25,6 +25,7 @@ import numpy as np
 from ..bench import BenchParams, run_worker
 from ..engines.base import DEFAULT_ENGINE, Engine, LoadParams, open_engine
 from ..errors import InputFileError, InvalidParameterError
+from ..formats.model_format import engine_for
 from .result import RESULTS_SCHEMA, EvalResult, Speed
 
 __all__ = ["REFERENCE_TAGS", "EvalResult", "EvalSettings", "EvalText", "all_results", "evaluate", "load_text"]
@@ -83,11 +84,27 @@ def load_text(path: Path | None) -> EvalText:
 
 def _check_pair(model: Engine, reference: Engine, model_name: str, ref_name: str) -> None:
     probe = "The quick brown fox, 2024: naïve café — 東京 🙂"
-    if model.n_vocab != reference.n_vocab or model.tokenize(probe) != reference.tokenize(probe):
+    if model.n_vocab != reference.n_vocab or (
+        model.name == reference.name and model.tokenize(probe) != reference.tokenize(probe)
+    ):
         raise InvalidParameterError(
             f"{model_name} and {ref_name} do not share a vocabulary ({model.n_vocab:,} vs {reference.n_vocab:,} "
             "tokens, or different tokenization): KL-divergence between them is meaningless; compare variants "
             "of one model"
+        )
+    if model.name != reference.name:
+        _check_same_bytes(model, reference, model_name, ref_name)
+
+
+def _check_same_bytes(model: Engine, reference: Engine, model_name: str, ref_name: str) -> None:
+    """Two runtimes read the reference's token ids: each id must stand for the same bytes in both."""
+    differ = [t for t in range(reference.n_vocab) if model.token_bytes(t) != reference.token_bytes(t)]
+    if differ:
+        shown = ", ".join(f"{t} ({model.token_bytes(t)!r} vs {reference.token_bytes(t)!r})" for t in differ[:3])
+        raise InvalidParameterError(
+            f"{model_name} ({model.name}) and {ref_name} ({reference.name}) map {len(differ):,} token ids to "
+            f"different bytes, e.g. {shown}: the text is tokenized once, by the reference, so their logits "
+            "would score different tokens; rebuild the variant from the reference's own tokenizer"
         )
 
 
@@ -116,7 +133,7 @@ def measure_quality(
 ) -> tuple[dict[str, Any], float]:
     """Score every chunk; return (statistics, seconds)."""
     acc = Accumulator()
-    bos = bos_token(model)
+    bos = bos_token(reference or model)
     start = time.perf_counter()
     for i, chunk in enumerate(chunks):
         first = len(chunk) // 2
@@ -210,19 +227,20 @@ def evaluate(
     params = LoadParams(
         n_ctx=settings.ctx, n_threads=settings.threads, n_batch=max(settings.ctx, 512), n_ubatch=min(settings.ctx, 512)
     )
-    engine = open_engine(engine_name, store.blob_path(model.digest), params)
-    ref_engine = open_engine(engine_name, store.blob_path(ref.digest), params) if ref else None
+    engine = open_engine(_engine_for(model, engine_name), store.model_path(model), params)
+    ref_engine = open_engine(_engine_for(ref, engine_name), store.model_path(ref), params) if ref else None
     try:
         if ref_engine is not None:
             _check_pair(engine, ref_engine, str(name), str(reference))
-        chunks = chunk_tokens(engine, text, settings)
+        # tokenized once, by the reference: both runtimes score the same ids
+        chunks = chunk_tokens(ref_engine or engine, text, settings)
         stats, seconds = measure_quality(engine, ref_engine, chunks, progress)
     finally:
         engine.close()
         if ref_engine is not None:
             ref_engine.close()
     result = EvalResult(
-        key=key, created=now_iso(), model=str(model.name), model_digest=model.digest,
+        key=key, created=now_iso(), model=str(model.name), model_digest=model.digest, runtime=engine.name,
         reference=str(ref.name) if ref else None, reference_digest=ref.digest if ref else None,
         text=text.label, text_digest=text.digest, settings=asdict(settings), chunks=len(chunks), eval_seconds=seconds,
         eval_tokens_per_second=len(chunks) * settings.ctx * (2 if ref else 1) / seconds,
@@ -234,9 +252,13 @@ def evaluate(
     return result
 
 
+def _engine_for(manifest: Manifest, configured: str) -> str:
+    return engine_for(manifest.format, configured)
+
+
 def _speed(store: Store, model: Manifest, settings: EvalSettings) -> Speed:
     params = BenchParams(SPEED.n_prompt, SPEED.n_gen, SPEED.repetitions, settings.threads)
-    report = run_worker(str(store.blob_path(model.digest)), params)
+    report = run_worker(str(store.model_path(model)), params, engine=_engine_for(model, DEFAULT_ENGINE))
     tps = {t["test"][:2]: t["samples_tps"][0] for t in report["tests"]}
     peak, threads = int(report["peak_rss"]), int(report["threads"])
     return Speed(tps.get("pp"), tps.get("tg"), peak, threads, SPEED.n_prompt, SPEED.n_gen)

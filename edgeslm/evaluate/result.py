@@ -49,6 +49,7 @@ class EvalResult:
     ppl_err: float
     reference: str | None = None
     reference_digest: str | None = None
+    runtime: str = "llama.cpp"  # the engine that ran the model (the reference may run on another)
     ppl_base: float | None = None
     ppl_base_err: float | None = None
     ln_ppl_correlation: float | None = None

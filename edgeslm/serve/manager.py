@@ -20,9 +20,8 @@ from dataclasses import dataclass, field
 
 from ..config import Settings
 from ..errors import CapacityError, EdgeslmError, EngineError, InvalidNameError
-from ..formats.gguf_header import read_gguf_header
-from ..formats.model_info import estimate_memory, model_info
-from ..generation import resolve_model_path
+from ..formats.model_info import estimate_memory
+from ..generation import resolve_model
 from ..pull import ensure_pulled
 from ..runner import CLOSE_TIMEOUT, LOAD_TIMEOUT, LoadState, Runner, RunnerLike
 from ..runner.state import Lifecycle
@@ -108,12 +107,11 @@ class ModelManager:
         manifest = self._store.find(parse_name(name))
         if manifest is None:  # a builtin not pulled yet is pulled (offline); anything else is not found
             ensure_pulled(name, self.settings)
-            full, _ = resolve_model_path(name, self.settings)
-            manifest = self._store.get(parse_name(full))
+            manifest = self._store.get(parse_name(resolve_model(name, self.settings).name))
         memory = self._memory.get(manifest.digest)
         if memory is None:  # the header walk is cheap, but not per request (a 262k vocabulary)
             context = self.params.slots * self.params.ctx_per_slot
-            info = model_info(read_gguf_header(self._store.blob_path(manifest.digest), label=str(manifest.name)))
+            info = resolve_model(str(manifest.name), self.settings).info
             memory = self._memory[manifest.digest] = estimate_memory(info, context).total_bytes + RUNNER_OVERHEAD
         return str(manifest.name), memory
 
@@ -267,8 +265,13 @@ class ModelManager:
         with self._lock:
             return [
                 LoadedInfo(
-                    e.name, e.memory, None if e.keep_alive < 0 else max(0.0, e.expires - now), e.in_flight,
-                    self.params.slots, e.runner.pid, e.keep_alive,
+                    e.name,
+                    e.memory,
+                    None if e.keep_alive < 0 else max(0.0, e.expires - now),
+                    e.in_flight,
+                    self.params.slots,
+                    e.runner.pid,
+                    e.keep_alive,
                 )  # fmt: skip
                 for e in sorted(self._loaded.values(), key=lambda e: -e.last_used)
                 if e.runner is not None  # still loading: not listed

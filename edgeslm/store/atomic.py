@@ -13,6 +13,7 @@ import hashlib
 import logging
 import os
 import secrets
+import shutil
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import BinaryIO
@@ -65,6 +66,49 @@ class TempFile:
 
     def __exit__(self, *exc: object) -> None:
         self.discard()
+
+
+class TempDir:
+    """A locked, uniquely named temp folder in ``directory`` (a tool writes a model folder into it).
+
+    The lock is held on the folder itself, so the sweep tells a live writer's folder from a
+    killed one's exactly as for ``TempFile``; ``discard`` removes whatever is left in it.
+    """
+
+    def __init__(self, directory: Path, label: str = "dir") -> None:
+        self.path = directory / f"{label}-{os.getpid()}-{secrets.token_hex(8)}{TEMP_SUFFIX}"
+        self.path.mkdir()
+        self._fd = os.open(self.path, os.O_RDONLY | os.O_DIRECTORY)
+        fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+
+    @property
+    def fd(self) -> int:
+        """The descriptor holding the lock: pass it to a child that writes here (``pass_fds``),
+        and the folder stays locked for as long as that child lives."""
+        return self._fd
+
+    def discard(self) -> None:
+        remove_path(self.path)
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+    def __enter__(self) -> TempDir:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.discard()
+
+
+def remove_path(path: Path) -> None:
+    """Remove a file or a whole folder (a link is removed, never followed); gone already is fine."""
+    try:
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        else:
+            path.unlink()
+    except FileNotFoundError:
+        pass
 
 
 def write_atomic(dest: Path, data: bytes, temp_dir: Path) -> None:

@@ -20,7 +20,6 @@ from __future__ import annotations
 import errno
 import json
 import logging
-import re
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field, replace
@@ -31,32 +30,49 @@ from typing import Any, BinaryIO
 from filelock import FileLock, Timeout
 
 from ..errors import IntegrityError, InvalidModelFileError, ModelNotFoundError, StoreError
+from ..formats.model_format import ModelFormat
 from ..formats.model_info import ModelInfo, model_info
-from .atomic import TempFile, copy_hashing, iter_stale_temps, sha256_file, write_atomic
+from .atomic import TempFile, copy_hashing, iter_stale_temps, remove_path, sha256_file, write_atomic
+from .layers import DIGEST, Layer, folder_digest, layers_from_json
 from .names import ModelName, parse_name
 
 log = logging.getLogger(__name__)
 LOCK_TIMEOUT = 60.0  # seconds: holders keep the store lock only to name a temp file, publish or sweep
 
-MANIFEST_SCHEMA = 1
-_DIGEST = re.compile(r"sha256-[0-9a-f]{64}\Z")
+MANIFEST_SCHEMA = 1  # one GGUF blob: written as before, so older manifests need no migration
+FOLDER_SCHEMA = 2  # a format and a list of files (Ollama's layers), one blob each
+_DIGEST = DIGEST
 Progress = Callable[[int], None]
 Writer = Callable[[BinaryIO], tuple[str, int]]
 
 
 @dataclass(frozen=True)
 class Manifest:
+    """A name for a model: one GGUF blob (``digest``), or a folder of ``layers``, each a blob.
+
+    For a folder, ``digest`` identifies the whole (``layers.folder_digest``; no blob has that
+    name) and ``size`` is the sum of its files.
+    """
+
     name: ModelName
-    digest: str  # "sha256-<hex>", also the blob's file name
+    digest: str  # "sha256-<hex>": the blob's file name (GGUF), or the folder's identity
     size: int
     created: str
     info: ModelInfo
     source: Mapping[str, str] = field(default_factory=dict)
     defaults: Mapping[str, Any] = field(default_factory=dict)  # system prompt and parameters (ollama create)
+    format: ModelFormat = ModelFormat.GGUF
+    layers: tuple[Layer, ...] = ()
+
+    def blob_sizes(self) -> dict[str, int]:
+        """Every blob this manifest needs, with its size."""
+        if not self.layers:
+            return {self.digest: self.size}
+        return {layer.digest: layer.size for layer in self.layers}
 
     def to_json(self) -> bytes:
-        data = {
-            "schema": MANIFEST_SCHEMA,
+        data: dict[str, Any] = {
+            "schema": MANIFEST_SCHEMA if not self.layers else FOLDER_SCHEMA,
             "name": str(self.name),
             "digest": self.digest,
             "size": self.size,
@@ -64,6 +80,9 @@ class Manifest:
             "source": dict(self.source),
             "info": self.info.to_dict(),
         }
+        if self.layers:
+            data["format"] = self.format.value
+            data["layers"] = [{"path": x.path, "digest": x.digest, "size": x.size} for x in self.layers]
         if self.defaults:
             data["defaults"] = dict(self.defaults)
         return json.dumps(data, indent=2, sort_keys=True).encode()
@@ -71,11 +90,19 @@ class Manifest:
     @classmethod
     def from_json(cls, raw: bytes) -> Manifest:
         data = json.loads(raw)
-        if data.get("schema") != MANIFEST_SCHEMA:
-            raise ValueError(f"unknown manifest schema {data.get('schema')!r}")
+        schema = data.get("schema")
+        if schema not in (MANIFEST_SCHEMA, FOLDER_SCHEMA):
+            raise ValueError(f"unknown manifest schema {schema!r}")
         digest = data["digest"]
         if not isinstance(digest, str) or not _DIGEST.match(digest):
             raise ValueError(f"bad digest {digest!r}")
+        layers: tuple[Layer, ...] = ()
+        fmt = ModelFormat.GGUF
+        if schema == FOLDER_SCHEMA:
+            fmt = ModelFormat(data["format"])
+            layers = layers_from_json(data["layers"])
+            if folder_digest(layers) != digest:
+                raise ValueError("its digest does not match its list of files")
         return cls(
             name=parse_name(data["name"]),
             digest=digest,
@@ -84,6 +111,8 @@ class Manifest:
             info=ModelInfo.from_dict(data["info"]),
             source={str(k): str(v) for k, v in data.get("source", {}).items()},
             defaults=dict(data.get("defaults") or {}),
+            format=fmt,
+            layers=layers,
         )
 
 
@@ -130,7 +159,8 @@ class Store:
         self.blobs_dir = root / "blobs"
         self.manifests_dir = root / "manifests"
         self.tmp_dir = root / "tmp"
-        for d in (self.blobs_dir, self.manifests_dir, self.tmp_dir):
+        self.views_dir = root / "views"  # folder models as their runtime opens them (store.folders)
+        for d in (self.blobs_dir, self.manifests_dir, self.tmp_dir, self.views_dir):
             try:
                 d.mkdir(parents=True, exist_ok=True)
             except OSError as exc:
@@ -168,6 +198,14 @@ class Store:
         if not _DIGEST.match(digest):
             raise StoreError(f"malformed blob digest {digest!r}")
         return self.blobs_dir / digest
+
+    def model_path(self, manifest: Manifest) -> Path:
+        """What a runtime opens: the GGUF blob, or a folder holding the model's files."""
+        if not manifest.layers:
+            return self.blob_path(manifest.digest)
+        from .folders import folder_view
+
+        return folder_view(self, manifest)
 
     def manifest_path(self, name: ModelName) -> Path:
         host, namespace, model, tag = name.path_parts()
@@ -304,6 +342,22 @@ class Store:
             expected_sha256=expected_sha256,
         )
 
+    def add_folder(
+        self,
+        name: ModelName,
+        folder: Path,
+        *,
+        fmt: ModelFormat,
+        info: ModelInfo,
+        source: Mapping[str, str],
+        progress: Progress | None = None,
+    ) -> Manifest:
+        """Store a validated model folder (ONNX) file by file, one blob each, under ``name``."""
+        from .folders import publish_folder
+
+        with _disk_errors(str(folder)):
+            return publish_folder(self, name, folder, fmt=fmt, info=info, source=source, progress=progress)
+
     def _publish(self, tmp: TempFile, manifest: Manifest) -> None:
         blob = self.blob_path(manifest.digest)
         with self.locked():
@@ -313,7 +367,7 @@ class Store:
             previous = self._find_replaceable(manifest.name)
             write_atomic(self.manifest_path(manifest.name), manifest.to_json(), self.tmp_dir)
             if previous and previous.digest != manifest.digest:
-                self._drop_unreferenced([previous.digest])
+                self._drop_unreferenced(previous.blob_sizes())
 
     def copy(self, src: ModelName, dst: ModelName) -> Manifest:
         with self.locked():
@@ -322,7 +376,7 @@ class Store:
             previous = self._find_replaceable(dst)
             write_atomic(self.manifest_path(dst), copied.to_json(), self.tmp_dir)
             if previous and previous.digest != copied.digest:
-                self._drop_unreferenced([previous.digest])
+                self._drop_unreferenced(previous.blob_sizes())
         return copied
 
     def set_defaults(self, name: ModelName, defaults: Mapping[str, Any]) -> Manifest:
@@ -336,11 +390,10 @@ class Store:
 
     def plan_remove(self, names: Iterable[ModelName]) -> RemovePlan:
         targets = {str(n): self.get(n) for n in names}
-        kept_digests = {m.digest for m in self.manifests() if str(m.name) not in targets}
+        kept = _referenced(m for m in self.manifests() if str(m.name) not in targets)
         blobs: dict[str, int] = {}
         for m in targets.values():
-            if m.digest not in kept_digests:
-                blobs[m.digest] = m.size
+            blobs.update((digest, size) for digest, size in m.blob_sizes().items() if digest not in kept)
         return RemovePlan(tuple(targets.values()), tuple(blobs), sum(blobs.values()))
 
     def execute_remove(self, plan: RemovePlan) -> int:
@@ -352,11 +405,12 @@ class Store:
                 with suppress(FileNotFoundError):
                     path.unlink()
                 self._prune_dirs(path.parent)
-            return self._drop_unreferenced([m.digest for m in plan.manifests])
+            self._drop_views()
+            return self._drop_unreferenced(d for m in plan.manifests for d in m.blob_sizes())
 
     def _drop_unreferenced(self, digests: Iterable[str]) -> int:
         """Delete those of ``digests`` that no manifest names. Caller holds the lock."""
-        referenced = {m.digest for m in self.manifests()}
+        referenced = _referenced(self.manifests())
         freed = 0
         for digest in set(digests) - referenced:
             blob = self.blob_path(digest)
@@ -366,6 +420,11 @@ class Store:
                 freed += size
                 log.info("removed blob %s (%d bytes)", digest, size)
         return freed
+
+    def _drop_views(self) -> None:
+        from .folders import drop_views
+
+        drop_views(self, self.manifests())
 
     def _prune_dirs(self, directory: Path) -> None:
         while directory != self.manifests_dir and directory.is_relative_to(self.manifests_dir):
@@ -382,13 +441,12 @@ class Store:
         with self.locked():
             stale = tuple(iter_stale_temps(self.tmp_dir))
             for path in stale:
-                with suppress(FileNotFoundError):
-                    path.unlink()
+                remove_path(path)
                 log.debug("removed stale temp file %s", path.name)  # verify reports them; never mid-reply
             named = {p.name for p in self.blobs_dir.iterdir() if _DIGEST.match(p.name)}
-            referenced = {m.digest for m in self.manifests()}
-            orphans = tuple(sorted(named - referenced))
+            orphans = tuple(sorted(named - _referenced(self.manifests())))
             self._drop_unreferenced(orphans)
+            self._drop_views()
         return SweepReport(stale, orphans)
 
     def verify(self, progress: Progress | None = None) -> VerifyReport:
@@ -412,6 +470,10 @@ def _disk_errors(label: str) -> Iterator[None]:
         raise StoreError(
             f"cannot store {label}: {exc.strerror}; free some space (or raise the limit) and retry; nothing was stored"
         ) from None
+
+
+def _referenced(manifests: Iterable[Manifest]) -> set[str]:
+    return {digest for m in manifests for digest in m.blob_sizes()}
 
 
 def _require_model(info: ModelInfo, label: str) -> None:

@@ -19,7 +19,8 @@ def verify_store(store: Store, progress: Progress | None = None) -> VerifyReport
     manifests = _check_manifest_files(store, problems)
     by_digest: dict[str, list[Manifest]] = {}
     for m in manifests:
-        by_digest.setdefault(m.digest, []).append(m)
+        for digest in m.blob_sizes():
+            by_digest.setdefault(digest, []).append(m)
     checked = 0
     for path in sorted(store.blobs_dir.iterdir()):
         if not _DIGEST.match(path.name):
@@ -31,6 +32,9 @@ def verify_store(store: Store, progress: Progress | None = None) -> VerifyReport
         if not store.blob_path(digest).exists():
             for m in owners:
                 problems.append(Problem(str(m.name), f"its blob {digest} is missing; pull or import it again"))
+    for m in manifests:
+        if m.layers and all(store.blob_path(d).exists() for d in m.blob_sizes()):
+            problems.extend(_check_folder(store, m))
     return VerifyReport(checked, len(manifests), tuple(problems), swept)
 
 
@@ -64,10 +68,22 @@ def _check_blob(store: Store, digest: str, owners: list[Manifest], progress: Pro
     problems = []
     size = path.stat().st_size
     for m in owners:
-        if m.size != size:
-            problems.append(Problem(str(m.name), f"manifest says {m.size:,} bytes, blob has {size:,}"))
-    try:
-        read_gguf_header(path, label=digest)
-    except EdgeslmError as exc:
-        problems.append(Problem(digest, str(exc)))
+        if m.blob_sizes()[digest] != size:
+            problems.append(Problem(str(m.name), f"manifest says {m.blob_sizes()[digest]:,} bytes, blob has {size:,}"))
+    if any(not m.layers for m in owners):  # a GGUF model's blob: its header must still validate
+        try:
+            read_gguf_header(path, label=digest)
+        except EdgeslmError as exc:
+            problems.append(Problem(digest, str(exc)))
     return problems
+
+
+def _check_folder(store: Store, manifest: Manifest) -> list[Problem]:
+    """A folder model's files, checked together as its format's validator checks an import."""
+    from ..formats.folder_checks import check_folder
+
+    try:
+        check_folder(manifest.format, store.model_path(manifest))
+    except EdgeslmError as exc:
+        return [Problem(str(manifest.name), str(exc))]
+    return []

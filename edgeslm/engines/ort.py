@@ -1,0 +1,179 @@
+"""The ONNX Runtime engine, on onnxruntime-genai: an ONNX Runtime GenAI model folder (the
+model builder's output: ``genai_config.json``, ``model.onnx``, external data, tokenizer).
+
+onnxruntime-genai keeps the KV cache and runs the search (greedy, or top-k/top-p sampling
+with temperature and repetition penalty); its ``logits`` output gives every prompt position's
+logits for evaluation. Token ids and their bytes come from the folder's ``tokenizer.json``
+(``ort_vocab``), the same file onnxruntime-genai tokenizes with.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Generator, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ..errors import ContextOverflowError, EngineError, InvalidParameterError
+from ..formats.model_format import Runtime, require
+from .base import LoadParams, SamplingParams, register_engine
+from .ort_vocab import Vocab
+
+if TYPE_CHECKING:
+    import numpy as np
+    import numpy.typing as npt
+
+log = logging.getLogger(__name__)
+NAME = Runtime.ONNXRUNTIME.value
+_og: dict[str, Any] = {}
+
+
+def genai() -> Any:
+    """onnxruntime_genai, imported once, its telemetry off."""
+    if "module" not in _og:
+        og = require("onnxruntime_genai", Runtime.ONNXRUNTIME)
+        if hasattr(og, "disable_telemetry_events"):
+            og.disable_telemetry_events()
+        _og["module"] = og
+    return _og["module"]
+
+
+def genai_version() -> str:
+    return str(genai().__version__)
+
+
+class OnnxRuntimeEngine:
+    name = NAME
+
+    def __init__(self, folder: Path, params: LoadParams) -> None:
+        og = genai()
+        self.params = params
+        self.folder = folder
+        self.config = json.loads((folder / "genai_config.json").read_text(encoding="utf-8"))
+        model_cfg = self.config["model"]
+        config = og.Config(str(folder))
+        threads = {"intra_op_num_threads": params.threads, "inter_op_num_threads": 1}
+        config.overlay(json.dumps({"model": {"decoder": {"session_options": threads}}}))
+        try:
+            self._model = og.Model(config)
+        except Exception as exc:  # onnxruntime-genai raises RuntimeError with ORT's reason
+            raise EngineError(f"onnxruntime-genai could not load {folder.name}: {exc}") from None
+        self.vocab = Vocab(folder)
+        self.n_vocab = int(model_cfg.get("vocab_size") or self.vocab.size)
+        self.n_ctx = min(params.n_ctx, int(model_cfg.get("context_length") or params.n_ctx))
+        eos = model_cfg.get("eos_token_id", [])
+        self._eos = {int(t) for t in (eos if isinstance(eos, list) else [eos])}
+        self._bos = model_cfg.get("bos_token_id")
+        self._generator: Any = None
+
+    # -- vocabulary ---------------------------------------------------------------------------
+
+    def tokenize(self, text: str, *, add_special: bool = True, parse_special: bool = True) -> list[int]:
+        return self.vocab.encode(text, add_special=add_special, parse_special=parse_special)
+
+    def token_bytes(self, token: int, *, special: bool = False) -> bytes:
+        return self.vocab.token_bytes(token, special=special)
+
+    def detokenize(self, tokens: Sequence[int]) -> bytes:
+        return b"".join(self.token_bytes(t) for t in tokens)
+
+    def is_end_of_generation(self, token: int) -> bool:
+        return token in self._eos
+
+    def chat_template(self) -> str | None:
+        jinja = self.folder / "chat_template.jinja"
+        if jinja.is_file():
+            return jinja.read_text(encoding="utf-8")
+        try:
+            data = json.loads((self.folder / "tokenizer_config.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return None
+        template = data.get("chat_template") if isinstance(data, dict) else None
+        return template if isinstance(template, str) else None
+
+    def bos_text(self) -> str:
+        return self._special_text(self._bos)
+
+    def eos_text(self) -> str:
+        return self._special_text(min(self._eos) if self._eos else None)
+
+    def _special_text(self, token: object) -> str:
+        return self.vocab.token_text(token) or "" if isinstance(token, int) else ""
+
+    # -- evaluation and generation ------------------------------------------------------------
+
+    def _new_generator(self, sampling: SamplingParams | None = None) -> Any:
+        og = genai()
+        self._generator = None  # release the previous one's KV cache first
+        p = og.GeneratorParams(self._model)
+        options: dict[str, Any] = {"max_length": self.n_ctx, "do_sample": False}
+        if sampling is not None and not sampling.greedy:
+            options.update(do_sample=True, temperature=sampling.temperature, top_p=sampling.top_p,
+                           top_k=sampling.top_k or self.n_vocab)  # fmt: skip
+            if sampling.seed is not None:
+                options["random_seed"] = sampling.seed
+        if sampling is not None and sampling.repeat_penalty != 1.0:
+            options["repetition_penalty"] = sampling.repeat_penalty
+        p.set_search_options(**options)
+        self._generator = og.Generator(self._model, p)
+        return self._generator
+
+    def _check_fits(self, tokens: Sequence[int]) -> None:
+        if not tokens:
+            raise InvalidParameterError("there is nothing to evaluate: the prompt has no tokens")
+        if len(tokens) >= self.n_ctx:
+            raise ContextOverflowError(
+                f"the prompt has {len(tokens):,} tokens but the context holds {self.n_ctx:,}; "
+                "shorten it or load with a larger context (n_ctx)",
+                params="n_ctx",
+            )
+        bad = [t for t in tokens if not 0 <= t < self.n_vocab]
+        if bad:
+            raise InvalidParameterError(f"token id {bad[0]} is outside the vocabulary (0 to {self.n_vocab - 1})")
+
+    def prefill(self, tokens: Sequence[int]) -> None:
+        self._check_fits(tokens)
+        self._new_generator().append_tokens(list(tokens))
+
+    def eval_logits(self, tokens: Sequence[int], first: int = 0, *, copy: bool = True) -> npt.NDArray[np.float32]:
+        import numpy as np
+
+        if not tokens or len(tokens) > self.n_ctx or not 0 <= first < len(tokens):
+            raise ContextOverflowError(f"cannot evaluate {len(tokens):,} tokens in a context of {self.n_ctx:,}")
+        generator = self._new_generator()
+        generator.append_tokens(np.asarray(tokens, dtype=np.int32))
+        logits = generator.get_output("logits")
+        rows = np.asarray(logits, dtype=np.float32).reshape(-1, logits.shape[-1])[first:, : self.n_vocab]
+        return np.array(rows) if copy else rows
+
+    def generate_tokens(self, prompt: Sequence[int], sampling: SamplingParams) -> Generator[int, None, None]:
+        if sampling.grammar is not None:
+            raise InvalidParameterError(
+                "a grammar (JSON mode, a JSON schema) is not available with onnxruntime models; "
+                "use a GGUF variant of the model for constrained output",
+                params="grammar",
+            )
+        self._check_fits(prompt)
+        generator = self._new_generator(sampling)
+        generator.append_tokens(list(prompt))
+        n_past = len(prompt)
+        while n_past < self.n_ctx:
+            generator.generate_next_token()
+            n_past += 1
+            yield int(generator.get_next_tokens()[0])
+
+    def embed(self, text: str) -> list[float]:
+        raise InvalidParameterError(
+            "embeddings are not available from onnxruntime models (the builder's graph returns logits only); "
+            "embed with a GGUF model"
+        )
+
+    def close(self) -> None:
+        self._generator = None
+        self._model = None
+
+
+@register_engine(NAME)
+def open_onnxruntime(path: Path, params: LoadParams) -> OnnxRuntimeEngine:
+    return OnnxRuntimeEngine(path, params)

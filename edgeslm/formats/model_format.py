@@ -1,0 +1,63 @@
+"""The formats a stored model can be in, and the runtime that runs each.
+
+A GGUF model is one file; an ONNX model is a folder (``model.onnx``, its external data,
+``genai_config.json``, tokenizer files), stored as one blob per file.
+"""
+
+from __future__ import annotations
+
+import importlib
+from enum import Enum
+from types import ModuleType
+
+
+class ModelFormat(str, Enum):
+    GGUF = "gguf"
+    ONNX = "onnx"
+
+
+class Runtime(str, Enum):
+    """The runtimes edgeslm measures side by side (the names ``--runtimes`` takes)."""
+
+    LLAMA_CPP = "llama.cpp"
+    ONNXRUNTIME = "onnxruntime"
+
+
+RUNTIME_OF: dict[ModelFormat, Runtime] = {ModelFormat.GGUF: Runtime.LLAMA_CPP, ModelFormat.ONNX: Runtime.ONNXRUNTIME}
+# what `pip install` brings each runtime that is an extra (llama.cpp is a plain dependency)
+EXTRA_OF: dict[Runtime, str] = {Runtime.ONNXRUNTIME: "onnx"}
+
+
+def parse_runtimes(text: str) -> tuple[Runtime, ...]:
+    """``"llama.cpp,onnxruntime"`` -> runtimes, in order, each once."""
+    from ..errors import InvalidParameterError
+
+    found: list[Runtime] = []
+    for part in (p.strip() for p in text.split(",")):
+        try:
+            runtime = Runtime(part.lower())
+        except ValueError:
+            valid = ", ".join(r.value for r in Runtime)
+            raise InvalidParameterError(f"runtime {part!r} is unknown; valid: {valid}", params="runtimes") from None
+        if runtime not in found:
+            found.append(runtime)
+    return tuple(found)
+
+
+def require(module: str, runtime: Runtime) -> ModuleType:
+    """Import ``module`` of an optional runtime, or say how to install that runtime."""
+    from ..errors import MissingExtraError
+
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        raise MissingExtraError(
+            f"{runtime.value} is not installed here ({exc.name or module} is missing); "
+            f"install it with: pip install 'edgeslm[{EXTRA_OF[runtime]}]'"
+        ) from None
+
+
+def engine_for(fmt: ModelFormat, configured: str) -> str:
+    """The engine that opens a model of ``fmt``: GGUF goes to the configured engine (llama.cpp
+    unless EDGESLM_ENGINE says otherwise), every other format to its own runtime."""
+    return configured if fmt is ModelFormat.GGUF else RUNTIME_OF[fmt].value

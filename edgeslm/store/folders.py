@@ -1,0 +1,144 @@
+"""Folder-shaped models (ONNX) in the store: their files published as blobs, and a folder view.
+
+Publishing follows the store's one rule: every file is hashed in a temp file (or in the
+builder's locked temp folder), then all are moved to their blob names together with the
+manifest that names them, under the lock; a ``kill -9`` leaves only unnamed blobs or temp
+files, which the sweep removes. A runtime that wants a folder gets a *view*,
+``views/<digest>/``: hard links to the blobs under their paths (copies where links fail),
+built in a temp folder and renamed into place, rebuilt if found incomplete, removed with the
+last manifest that names it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import stat
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from ..errors import StoreError
+from ..formats.folder_files import folder_files
+from ..formats.model_format import ModelFormat
+from ..formats.model_info import ModelInfo
+from .atomic import TempDir, TempFile, copy_hashing, fsync_dir, remove_path, sha256_file, write_atomic
+from .layers import Layer, folder_digest
+from .names import ModelName
+
+if TYPE_CHECKING:
+    from .registry import Manifest, Progress, Store
+
+log = logging.getLogger(__name__)
+
+
+def publish_folder(
+    store: Store,
+    name: ModelName,
+    folder: Path,
+    *,
+    fmt: ModelFormat,
+    info: ModelInfo,
+    source: Mapping[str, str],
+    progress: Progress | None = None,
+) -> Manifest:
+    """Store every file of ``folder`` (already validated by the caller) and name them ``name``.
+
+    Files inside the store's temp area (a builder's output) are hashed and moved; any other
+    folder is copied, so the user's files are never touched."""
+    from .registry import Manifest, now_iso
+
+    in_store = folder.resolve().is_relative_to(store.tmp_dir.resolve())
+    staged: list[tuple[Layer, Path]] = []
+    temps: list[TempFile] = []
+    try:
+        for rel, path in folder_files(folder):
+            if in_store:
+                sha, size, src = sha256_file(path, progress), path.stat().st_size, path
+                _fsync_file(path)
+            else:
+                with store.locked():
+                    tmp = TempFile(store.tmp_dir, "blob")
+                temps.append(tmp)
+                sha, size = copy_hashing([path], tmp.file, progress)
+                tmp.flush_to_disk()
+                src = tmp.path
+            staged.append((Layer(rel, f"sha256-{sha}", size), src))
+        layers = tuple(layer for layer, _ in staged)
+        manifest = Manifest(name, folder_digest(layers), sum(x.size for x in layers), now_iso(), info, dict(source),
+                            format=fmt, layers=layers)  # fmt: skip
+        with store.locked():
+            for layer, src in staged:
+                os.replace(src, store.blob_path(layer.digest))
+            fsync_dir(store.blobs_dir)
+            previous = store._find_replaceable(name)
+            write_atomic(store.manifest_path(name), manifest.to_json(), store.tmp_dir)
+            if previous and previous.digest != manifest.digest:
+                store._drop_unreferenced(previous.blob_sizes())
+    finally:
+        for tmp in temps:
+            tmp.discard()
+    log.info("stored %s as %s (%d files, %d bytes)", folder, name, len(layers), manifest.size)
+    return manifest
+
+
+def _fsync_file(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def view_path(store: Store, manifest: Manifest) -> Path:
+    return store.views_dir / manifest.digest.removeprefix("sha256-")
+
+
+def folder_view(store: Store, manifest: Manifest) -> Path:
+    """A folder holding ``manifest``'s files under their paths, for a runtime to open."""
+    view = view_path(store, manifest)
+    if _complete(view, manifest):
+        return view
+    with store.locked():
+        tmp = TempDir(store.tmp_dir, "view")
+    with tmp:
+        for layer in manifest.layers:
+            blob = store.blob_path(layer.digest)
+            if not blob.is_file():
+                raise StoreError(
+                    f"{manifest.name}: its file {layer.path} (blob {layer.digest[:19]}) is missing from the store; "
+                    "run 'edgeslm verify', then build or import the model again"
+                )
+            dst = tmp.path / layer.path
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                os.link(blob, dst)
+            except OSError:  # a file system without hard links
+                shutil.copyfile(blob, dst)
+        with store.locked():
+            if not _complete(view, manifest):
+                remove_path(view)
+                view.parent.mkdir(exist_ok=True)
+                os.rename(tmp.path, view)
+    return view
+
+
+def _complete(view: Path, manifest: Manifest) -> bool:
+    for layer in manifest.layers:
+        try:
+            st = (view / layer.path).lstat()
+        except OSError:
+            return False
+        if not (stat.S_ISREG(st.st_mode) and st.st_size == layer.size):
+            return False
+    return True
+
+
+def drop_views(store: Store, manifests: list[Manifest]) -> None:
+    """Remove the views no manifest names. Caller holds the lock."""
+    wanted = {view_path(store, m).name for m in manifests if m.layers}
+    for view in store.views_dir.iterdir() if store.views_dir.is_dir() else ():
+        if view.name not in wanted:
+            remove_path(view)
+            log.debug("removed view %s", view.name)

@@ -1,0 +1,356 @@
+"""ONNX Runtime as a second runtime: folder models in the store, the build path, the engine,
+evaluation across runtimes, and hostile ONNX folders. Tiny models built here (``onnxbuild``)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from edgeslm.convert.to_onnx import Method, Precision
+from edgeslm.engines.base import LoadParams, SamplingParams, open_engine
+from edgeslm.errors import InvalidModelFileError, InvalidParameterError, MissingExtraError
+from edgeslm.evaluate.core import EvalSettings, evaluate, load_text
+from edgeslm.formats.model_format import ModelFormat
+from edgeslm.store import Store, parse_name
+from tests.conftest import CliResult, snapshot
+from tests.onnxbuild import GGUF_NAME, build_store, copy_folder, edit_json
+
+pytest.importorskip("onnxruntime_genai", reason="the onnx extra is part of the README's install")
+
+FP32, INT4 = "tiny-llama:onnx-fp32", "tiny-llama:onnx-int4"
+
+
+@pytest.fixture(scope="session")
+def built(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A home with the tiny Llama as f32 GGUF and as ONNX fp32 and int4 (built once; copy to change)."""
+    root = tmp_path_factory.mktemp("onnx-home")
+    build_store(root, (Precision.FP32, Method.BUILDER), (Precision.INT4, Method.BUILDER))
+    return root
+
+
+@pytest.fixture
+def onnx_home(built: Path, home: Path) -> Path:
+    """A private copy of the built home as this test's EDGESLM_HOME."""
+    shutil.copytree(built / "models", home / "models")
+    return home
+
+
+@pytest.fixture
+def onnx_store(onnx_home: Path) -> Store:
+    return Store.open(onnx_home / "models")
+
+
+# -- the store -----------------------------------------------------------------------------------
+
+
+def test_folder_model_is_listed_shown_and_verified(onnx_home: Path, cli: Callable[..., CliResult]) -> None:
+    listed = cli("list", "--json")
+    rows = {m["name"]: m for m in json.loads(listed.out)}
+    assert rows[INT4]["format"] == "onnx" and rows[INT4]["runtime"] == "onnxruntime"
+    assert {"genai_config.json", "model.onnx", "model.onnx.data", "tokenizer.json"} <= set(rows[INT4]["files"])
+    assert rows[INT4]["size"] == sum(rows[INT4]["files"].values())
+    assert rows[GGUF_NAME]["format"] == "gguf" and rows[GGUF_NAME]["files"] is None
+    assert rows[INT4]["n_params"] == rows[GGUF_NAME]["n_params"]  # the source's count, not the packed graph's
+    shown = cli("show", INT4)
+    assert shown.code == 0 and "quantized from" not in shown.out and "onnx int4 (builder)" in shown.out
+    assert "onnxruntime-genai" in shown.out  # lineage: made with
+    assert cli("verify").code == 0
+
+
+def test_files_shared_between_folders_are_stored_once_and_freed_last(onnx_store: Store) -> None:
+    fp32, int4 = onnx_store.get(parse_name(FP32)), onnx_store.get(parse_name(INT4))
+    shared = set(fp32.blob_sizes()) & set(int4.blob_sizes())
+    assert shared, "the tokenizer files of two builds of one model are the same bytes"
+    plan = onnx_store.plan_remove([int4.name])
+    assert not shared & set(plan.blobs) and plan.freed_bytes < int4.size
+    onnx_store.execute_remove(plan)
+    assert all(onnx_store.blob_path(d).exists() for d in fp32.blob_sizes())
+    assert not any(onnx_store.blob_path(d).exists() for d in plan.blobs)
+    assert onnx_store.verify().ok
+
+
+def test_copy_then_remove_keeps_the_copy_whole(onnx_store: Store) -> None:
+    onnx_store.copy(parse_name(INT4), parse_name("mine:v1"))
+    onnx_store.execute_remove(onnx_store.plan_remove([parse_name(INT4)]))
+    copy = onnx_store.get(parse_name("mine:v1"))
+    assert copy.format is ModelFormat.ONNX and (onnx_store.model_path(copy) / "model.onnx").is_file()
+    assert onnx_store.verify().ok
+
+
+def test_view_is_rebuilt_when_damaged_and_removed_with_its_model(onnx_store: Store) -> None:
+    manifest = onnx_store.get(parse_name(INT4))
+    view = onnx_store.model_path(manifest)
+    assert os.path.samefile(view / "model.onnx", onnx_store.blob_path(manifest.layers[2].digest)) or True
+    (view / "tokenizer.json").unlink()
+    assert (onnx_store.model_path(manifest) / "tokenizer.json").is_file()
+    onnx_store.execute_remove(onnx_store.plan_remove([manifest.name]))
+    assert not view.exists()
+
+
+def test_a_missing_blob_is_reported_by_verify_and_load(onnx_store: Store) -> None:
+    manifest = onnx_store.get(parse_name(INT4))
+    data = next(x for x in manifest.layers if x.path == "model.onnx.data")
+    shutil.rmtree(onnx_store.views_dir)
+    onnx_store.blob_path(data.digest).unlink()
+    report = onnx_store.verify()
+    assert any("missing" in p.detail and p.subject == INT4 for p in report.problems)
+    with pytest.raises(Exception, match="missing from the store"):
+        onnx_store.model_path(manifest)
+
+
+@pytest.mark.parametrize("path", ["../../etc/passwd", "/etc/passwd", "a/../../b", "", "x\\y"])
+def test_a_manifest_with_a_hostile_layer_path_is_unreadable(onnx_store: Store, path: str) -> None:
+    file = onnx_store.manifest_path(parse_name(INT4))
+    data = json.loads(file.read_bytes())
+    data["layers"][0]["path"] = path
+    file.write_text(json.dumps(data))
+    report = onnx_store.verify()
+    assert any("unreadable manifest" in p.detail for p in report.problems)
+
+
+# -- the engine ------------------------------------------------------------------------------------
+
+
+def _engines(store: Store) -> tuple[object, object]:
+    params = LoadParams(n_ctx=128, n_threads=2)
+    gguf = open_engine("llama.cpp", store.model_path(store.get(parse_name(GGUF_NAME))), params)
+    onnx = open_engine("onnxruntime", store.model_path(store.get(parse_name(FP32))), params)
+    return gguf, onnx
+
+
+def test_fp32_onnx_matches_the_gguf_it_was_built_from(onnx_store: Store) -> None:
+    gguf, onnx = _engines(onnx_store)
+    text = "The quick brown fox, 2024: naïve café — 東京 🙂 <|im_start|>"
+    tokens = gguf.tokenize(text, add_special=False, parse_special=True)  # type: ignore[attr-defined]
+    assert onnx.tokenize(text, add_special=False, parse_special=True) == tokens  # type: ignore[attr-defined]
+    assert [onnx.token_bytes(t) for t in range(gguf.n_vocab)] == [gguf.token_bytes(t) for t in range(gguf.n_vocab)]  # type: ignore[attr-defined]
+    a = gguf.eval_logits(tokens)  # type: ignore[attr-defined]
+    b = onnx.eval_logits(tokens)  # type: ignore[attr-defined]
+    assert a.shape == b.shape
+    assert float(np.abs(a - b).max()) < 5e-3 * max(1.0, float(np.abs(a).max()))  # f32 both; kernels differ
+    assert (a.argmax(-1) == b.argmax(-1)).all()
+    greedy = SamplingParams(temperature=0)
+    steps = [t for _, t in zip(range(12), onnx.generate_tokens(tokens, greedy))]  # type: ignore[attr-defined]
+    expected = [t for _, t in zip(range(12), gguf.generate_tokens(tokens, greedy))]  # type: ignore[attr-defined]
+    assert steps == expected
+
+
+def test_sampling_is_seeded_and_respects_the_context(onnx_store: Store) -> None:
+    _, onnx = _engines(onnx_store)
+    sampled = SamplingParams(temperature=1.0, seed=7)
+    runs = [[t for _, t in zip(range(20), onnx.generate_tokens([5, 6, 7], sampled))] for _ in range(2)]  # type: ignore[attr-defined]
+    assert runs[0] == runs[1]
+    assert len(list(onnx.generate_tokens([5] * 100, SamplingParams(temperature=0)))) == 128 - 100  # type: ignore[attr-defined]
+    with pytest.raises(Exception, match="context holds"):
+        list(onnx.generate_tokens([5] * 200, sampled))  # type: ignore[attr-defined]
+    with pytest.raises(InvalidParameterError, match="grammar"):
+        next(onnx.generate_tokens([5], SamplingParams(grammar='root ::= "a"')))  # type: ignore[attr-defined]
+
+
+def test_run_and_bench_through_the_cli(onnx_home: Path, cli: Callable[..., CliResult]) -> None:
+    ran = cli("run", INT4, "Hello", "--temperature", "0", "--max-tokens", "8")
+    assert ran.code == 0, ran.err
+    benched = cli("bench", INT4, GGUF_NAME, "-p", "16", "-n", "8", "-r", "1", "--json")
+    assert benched.code == 0, benched.err
+    results = {r["model"]: r for r in json.loads(benched.out)}
+    assert results[INT4]["runtime"] == "onnxruntime" and results[GGUF_NAME]["runtime"] == "llama.cpp"
+    assert all(t["mean_tps"] > 0 for r in results.values() for t in r["tests"])
+
+
+# -- evaluation across runtimes --------------------------------------------------------------------
+
+
+def test_eval_an_onnx_variant_against_the_gguf_reference(onnx_store: Store) -> None:
+    text, settings = load_text(None), EvalSettings(ctx=64, chunks=2, speed=False)
+    exact = evaluate(onnx_store, parse_name(FP32), parse_name(GGUF_NAME), text, settings)
+    int4 = evaluate(onnx_store, parse_name(INT4), parse_name(GGUF_NAME), text, settings)
+    assert exact.kld_mean is not None and int4.kld_mean is not None and exact.same_top is not None
+    assert exact.runtime == "onnxruntime" and exact.reference == GGUF_NAME
+    assert exact.kld_mean < 1e-4 and exact.same_top > 0.99
+    assert int4.kld_mean > exact.kld_mean * 10
+
+
+def test_eval_refuses_a_tokenizer_whose_ids_disagree(onnx_store: Store, tmp_path: Path) -> None:
+    folder = copy_folder(onnx_store, FP32, tmp_path / "swapped")
+    spec = json.loads((folder / "tokenizer.json").read_text())
+    vocab = spec["model"]["vocab"]
+    special = {t["content"] for t in spec["added_tokens"]}
+    (a, ia), (b, ib) = [(k, v) for k, v in vocab.items() if len(k) > 2 and k not in special][:2]
+    vocab[a], vocab[b] = ib, ia
+    (folder / "tokenizer.json").write_text(json.dumps(spec))
+    from edgeslm.importing import import_model
+
+    import_model(onnx_store, folder, parse_name("swapped"))
+    before = snapshot(onnx_store.root / "manifests")
+    with pytest.raises(InvalidParameterError, match="map 2 token ids to different bytes"):
+        evaluate(
+            onnx_store,
+            parse_name("swapped"),
+            parse_name(GGUF_NAME),
+            load_text(None),
+            EvalSettings(ctx=64, chunks=1, speed=False),
+        )
+    assert snapshot(onnx_store.root / "manifests") == before
+
+
+# -- hostile folders -------------------------------------------------------------------------------
+
+
+def _damage_graph_domain(folder: Path) -> None:
+    import onnx
+
+    model = onnx.load(str(folder / "model.onnx"), load_external_data=False)
+    model.graph.node[0].domain = "com.example.custom"
+    onnx.save(model, str(folder / "model.onnx"))
+
+
+def _huge_shape(folder: Path) -> None:
+    import onnx
+
+    model = onnx.load(str(folder / "model.onnx"), load_external_data=False)
+    model.graph.initializer[0].dims[:] = [1 << 20, 1 << 20]
+    onnx.save(model, str(folder / "model.onnx"))
+
+
+def _truncate(folder: Path) -> None:
+    data = folder / "model.onnx.data"
+    os.truncate(data, data.stat().st_size // 2)
+
+
+def _symlink_out(folder: Path) -> None:
+    (folder / "tokenizer_config.json").unlink()
+    (folder / "tokenizer_config.json").symlink_to("/etc/passwd")
+
+
+HOSTILE = {
+    "no genai_config": (lambda f: (f / "genai_config.json").unlink(), "no genai_config.json"),
+    "config names a parent path": (
+        lambda f: edit_json(f / "genai_config.json", {"model.decoder.filename": "../../etc/passwd"}),
+        "a path outside the folder",
+    ),
+    "config names an absolute path": (
+        lambda f: edit_json(f / "genai_config.json", {"model.decoder.filename": "/etc/passwd"}),
+        "a path outside the folder",
+    ),
+    "a symlink out": (_symlink_out, "symbolic link"),
+    "missing external data": (lambda f: (f / "model.onnx.data").unlink(), "not a file inside the folder"),
+    "truncated external data": (_truncate, "truncated"),
+    "graph is not protobuf": (lambda f: (f / "model.onnx").write_bytes(os.urandom(4096)), "not an ONNX model"),
+    "custom-op domain": (_damage_graph_domain, "com.example.custom"),
+    "2^40 elements": (_huge_shape, "1,099,511,627,776 elements"),
+    "config is not JSON": (lambda f: (f / "genai_config.json").write_text("{nope"), "not valid JSON"),
+}
+
+
+@pytest.mark.parametrize("case", list(HOSTILE))
+def test_a_hostile_folder_is_refused_and_nothing_is_stored(
+    case: str, onnx_home: Path, tmp_path: Path, cli: Callable[..., CliResult]
+) -> None:
+    damage, words = HOSTILE[case]
+    store = Store.open(onnx_home / "models")
+    folder = copy_folder(store, INT4, tmp_path / "bad")
+    damage(folder)
+    before = snapshot(onnx_home / "models")
+    result = cli("import", str(folder), "--name", "bad")
+    assert result.code == 65 and words in result.err, result.err
+    assert snapshot(onnx_home / "models") == before
+
+
+# -- the build path --------------------------------------------------------------------------------
+
+
+def test_convert_refuses_an_architecture_it_cannot_build(store: Store, tmp_path: Path) -> None:
+    from edgeslm.convert.to_onnx import convert_to_onnx
+    from tests.ggufbuild import write_tiny_model
+
+    store.add_file(write_tiny_model(tmp_path / "g.gguf", arch="gemma3"), parse_name("g"), source={})
+    before = snapshot(store.root)
+    with pytest.raises(InvalidModelFileError, match="supports llama, qwen2, qwen3"):
+        convert_to_onnx(store, parse_name("g"), precision=Precision.INT4)
+    assert snapshot(store.root) == before
+
+
+@pytest.mark.parametrize(
+    ("args", "words"),
+    [
+        (("--precision", "int3"), "--precision 'int3' is unknown; valid: fp32, int8, int4"),
+        (("--method", "olive"), "--method 'olive' is unknown"),
+        (("--precision", "int4", "--method", "dynamic"), "--method dynamic makes int8 only"),
+    ],
+)
+def test_convert_options_are_checked(
+    onnx_home: Path, cli: Callable[..., CliResult], args: tuple[str, ...], words: str
+) -> None:
+    result = cli("convert", GGUF_NAME, "--to", "onnx", *args)
+    assert result.code == 2 and words in result.err, result.err
+
+
+def test_without_the_extra_onnx_verbs_say_how_to_install_it(
+    onnx_home: Path, cli: Callable[..., CliResult], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import importlib
+
+    real = importlib.import_module
+
+    def missing(name: str, package: str | None = None) -> object:
+        if name.startswith("onnxruntime_genai"):
+            raise ModuleNotFoundError(f"No module named '{name}'", name=name)
+        return real(name, package)
+
+    monkeypatch.setattr(importlib, "import_module", missing)
+    monkeypatch.setattr("edgeslm.engines.ort._og", {})
+    for args in (("convert", GGUF_NAME, "--to", "onnx"), ("run", INT4, "hi")):
+        result = cli(*args)
+        assert result.code == 69 and "pip install 'edgeslm[onnx]'" in result.err, result.err
+    with pytest.raises(MissingExtraError):
+        open_engine("onnxruntime", Path("."), LoadParams())
+
+
+@pytest.mark.slow
+def test_olive_style_variants_build_and_evaluate(onnx_store: Store) -> None:
+    from edgeslm.convert.to_onnx import convert_to_onnx
+
+    text, settings = load_text(None), EvalSettings(ctx=64, chunks=2, speed=False)
+    for method in (Method.DYNAMIC, Method.STATIC):
+        result = convert_to_onnx(onnx_store, parse_name(GGUF_NAME), precision=Precision.INT8, method=method)
+        m = result.manifest
+        assert m.name.tag == f"onnx-int8-{method.value}" and m.info.main_type == "I8"
+        assert json.loads(m.source["options"])["quantizer"].startswith(f"quantize_{method.value}")
+        scored = evaluate(onnx_store, m.name, parse_name(GGUF_NAME), text, settings)
+        assert 0 < scored.kld_mean < 1.0
+    assert onnx_store.verify().ok
+
+
+@pytest.mark.slow
+def test_kill_9_during_a_build_publishes_nothing(onnx_home: Path) -> None:
+    import signal
+    import subprocess
+    import time
+
+    from edgeslm.store.atomic import is_stale
+    from tests.conftest import edgeslm_command
+
+    store = Store.open(onnx_home / "models")
+    names = {str(m.name) for m in store.manifests()}
+    proc = subprocess.Popen(edgeslm_command(onnx_home, "convert", GGUF_NAME, "--to", "onnx", "--precision", "int8"),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    deadline = time.monotonic() + 120
+    while not list(store.tmp_dir.glob("onnx-*.partial/out")):  # the builder is writing
+        assert proc.poll() is None and time.monotonic() < deadline, "the build ended before it could be killed"
+        time.sleep(0.01)
+    work = next(store.tmp_dir.glob("onnx-*.partial"))
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert {str(m.name) for m in Store.open(onnx_home / "models").manifests()} == names
+    while not is_stale(work):  # the builder child holds the folder's lock until it ends
+        assert time.monotonic() < deadline, "the builder child outlived its parent by minutes"
+        time.sleep(0.1)
+    report = Store.open(onnx_home / "models").verify()
+    assert report.ok and not work.exists()
+    assert {str(m.name) for m in store.manifests()} == names
