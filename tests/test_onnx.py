@@ -357,3 +357,47 @@ def test_kill_9_during_a_build_publishes_nothing(onnx_home: Path) -> None:
     report = Store.open(onnx_home / "models").verify()
     assert report.ok and not work.exists()
     assert {str(m.name) for m in store.manifests()} == names
+
+
+# -- serving ---------------------------------------------------------------------------------------
+
+
+def test_the_official_clients_chat_with_an_onnx_model(onnx_home: Path) -> None:
+    import concurrent.futures
+
+    import ollama
+    import openai
+
+    from edgeslm.generation import generate, load
+    from tests.servekit import serving
+
+    messages = [{"role": "user", "content": "Tell me about the sea"}]
+    model = load(FP32, ctx=256)
+    try:
+        expected = generate(model, messages, max_tokens=12, sampling=SamplingParams(temperature=0))
+    finally:
+        model.close()
+    with (
+        serving(onnx_home, parallel=2, ctx=256) as url,
+        openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0) as oai,
+    ):
+
+        def ask(_: int) -> str:
+            r = oai.chat.completions.create(model=FP32, messages=messages, max_tokens=12, temperature=0)  # type: ignore[arg-type]
+            return r.choices[0].message.content or ""
+
+        with concurrent.futures.ThreadPoolExecutor(2) as pool:  # both slots at once
+            replies = list(pool.map(ask, range(2)))
+        assert replies == [expected.text, expected.text]
+        stream = oai.chat.completions.create(model=FP32, messages=messages, max_tokens=12, temperature=0, stream=True)  # type: ignore[arg-type]
+        assert "".join(c.choices[0].delta.content or "" for c in stream if c.choices) == expected.text
+        oll = ollama.Client(host=url)
+        try:
+            reply = oll.chat(model=INT4, messages=messages, options={"num_predict": 8, "temperature": 0})
+            assert reply["eval_count"] >= 1 and reply["done"]
+            with pytest.raises(ollama.ResponseError, match="grammar") as refused:
+                oll.chat(model=INT4, messages=messages, format="json", options={"num_predict": 4})
+            assert refused.value.status_code == 400
+            assert oll.chat(model=INT4, messages=messages, options={"num_predict": 4})["done"]  # the runner lives on
+        finally:
+            oll._client.close()

@@ -96,7 +96,7 @@ def _print(results: list[EvalResult], fmt: str | None) -> None:
     elif fmt == "markdown":
         print(markdown_table(results), end="")
     else:
-        print_table(HEADERS, [result_row(r) for r in results], right=tuple(range(1, len(HEADERS))))
+        print_table(HEADERS, [result_row(r) for r in results], right=tuple(range(2, len(HEADERS))))
 
 
 def cmd_compare(args: argparse.Namespace, settings: Settings) -> int:

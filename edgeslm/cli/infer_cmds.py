@@ -200,6 +200,7 @@ def _bench_rows(results: list[BenchResult]) -> list[tuple[Any, ...]]:
     return [
         (
             r.model,
+            r.runtime,
             format_mib(r.file_size),
             format_params(r.n_params),
             f"{r.bits_per_weight:.2f}",
@@ -214,16 +215,17 @@ def _bench_rows(results: list[BenchResult]) -> list[tuple[Any, ...]]:
     ]
 
 
-_BENCH_HEADERS = ("model", "size", "params", "bpw", "threads", "test", "t/s", "load ms", "peak RSS")
+_BENCH_HEADERS = ("model", "runtime", "size", "params", "bpw", "threads", "test", "t/s", "load ms", "peak RSS")
+_BENCH_RIGHT = (2, 3, 4, 5, 7, 8, 9)
 
 
 def _bench_table(results: list[BenchResult], *, markdown: bool) -> None:
     rows = _bench_rows(results)
     if not markdown:
-        print_table(_BENCH_HEADERS, rows, right=(1, 2, 3, 4, 6, 7, 8))
+        print_table(_BENCH_HEADERS, rows, right=_BENCH_RIGHT)
         return
     print("| " + " | ".join(_BENCH_HEADERS) + " |")
-    print("|" + "|".join("---:" if i in (1, 2, 3, 4, 6, 7, 8) else "---" for i in range(len(_BENCH_HEADERS))) + "|")
+    print("|" + "|".join("---:" if i in _BENCH_RIGHT else "---" for i in range(len(_BENCH_HEADERS))) + "|")
     for row in rows:
         print("| " + " | ".join(str(c) for c in row) + " |")
 

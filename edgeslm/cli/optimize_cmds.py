@@ -11,8 +11,10 @@ from pathlib import Path
 from typing import Any
 
 from ..config import Settings
+from ..convert.to_onnx import parse_variants
 from ..errors import OutputFileError
 from ..evaluate.core import EvalSettings, load_text
+from ..formats.model_format import parse_runtimes
 from ..formats.quant_types import parse_quant_types
 from ..optimize.constraints import Constraints, parse_fraction, parse_kld, parse_size, parse_tps
 from ..optimize.core import DEFAULT_TYPES, OptimizeParams, Progress, optimize
@@ -48,6 +50,10 @@ def configure(sub: Any) -> None:
         "--max-ppl-increase", metavar="SHARE", help="largest perplexity increase over the reference: 0.05 or 5%%"
     )
     p.add_argument("--types", default=DEFAULT_TYPES, help=f"uniform types to try (default {DEFAULT_TYPES})")
+    p.add_argument("--runtimes", default="llama.cpp", help="runtimes whose variants compete: llama.cpp (default), "
+                   "onnxruntime, or both: llama.cpp,onnxruntime")  # fmt: skip
+    p.add_argument("--onnx", default="int4,int8", metavar="VARIANTS", help="with onnxruntime: ONNX variants to build "
+                   "(default int4,int8; also fp32, int8-dynamic, int8-static)")  # fmt: skip
     mixed = p.add_mutually_exclusive_group()
     mixed.add_argument("--mixed", action="store_true", default=None, help="also plan a per-tensor mix for the budget")
     mixed.add_argument("--no-mixed", dest="mixed", action="store_false", help="never plan a mix")
@@ -122,6 +128,8 @@ def cmd_optimize(args: argparse.Namespace, settings: Settings) -> int:
         reference=parse_name(args.reference) if args.reference else None,
         tag=args.tag,
         threads=args.threads,
+        runtimes=parse_runtimes(args.runtimes),
+        onnx=parse_variants(args.onnx),
     )
     if args.report.exists() and not args.report.is_dir():
         raise OutputFileError(f"--report {args.report} is a file; give a folder for the report")
@@ -137,7 +145,7 @@ def cmd_optimize(args: argparse.Namespace, settings: Settings) -> int:
     if args.json:
         print_json(to_json(result))
     else:
-        print_table(HEADERS, table_rows(result), right=(0, 3, 4, 5, 6, 7, 8, 9, 10, 11))
+        print_table(HEADERS, table_rows(result), right=(0, 4, 5, 6, 7, 8, 9, 10, 11, 12))
         print()
         for line in reasons(result):
             print(f"  {line}")

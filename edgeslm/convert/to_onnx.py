@@ -87,6 +87,19 @@ def parse_method(text: str, precision: Precision) -> Method:
     return method
 
 
+def parse_variants(text: str) -> tuple[tuple[Precision, Method], ...]:
+    """``"int4,int8,int8-dynamic"`` -> (precision, method) pairs, as their tags spell them."""
+    found: list[tuple[Precision, Method]] = []
+    for part in (p.strip() for p in text.split(",") if p.strip()):
+        precision, _, method = part.partition("-")
+        pair = (parse_precision(precision), parse_method(method or Method.BUILDER.value, parse_precision(precision)))
+        if pair not in found:
+            found.append(pair)
+    if not found:
+        raise InvalidParameterError("no ONNX variant given; e.g. int4,int8,int8-dynamic", params="onnx")
+    return tuple(found)
+
+
 def default_tag(precision: Precision, method: Method) -> str:
     """``onnx-int4``; the Olive-style variants add their method: ``onnx-int8-dynamic``."""
     return f"onnx-{precision.value}" + ("" if method is Method.BUILDER else f"-{method.value}")

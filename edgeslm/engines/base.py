@@ -185,6 +185,50 @@ class Engine(Protocol):
     def close(self) -> None: ...
 
 
+@dataclass(frozen=True)
+class StepEvent:
+    """One token of one request, from a runner's batch decoder."""
+
+    request: str
+    token: int
+    finish: str | None  # None while generating; 'stop' (end of generation) or 'length'
+    logprob: float | None = None  # of ``token``, when the request asked for log-probabilities
+    top: tuple[tuple[int, float], ...] = ()  # the most likely tokens and their log-probabilities
+
+
+class BatchDecoderLike(Protocol):
+    """Several generations at once on one loaded model (a runner's slots)."""
+
+    ctx_per_slot: int
+
+    def free_slots(self) -> int: ...
+
+    def add(
+        self, request: str, prompt: list[int], sampling: SamplingParams, max_tokens: int, logprobs: int | None = None
+    ) -> None: ...
+
+    def cancel(self, request: str) -> None: ...
+
+    def step(self) -> list[StepEvent]: ...
+
+    def close(self) -> None: ...
+
+
+def logprobs_of(row: npt.NDArray[np.float32], token: int, k: int) -> tuple[float, tuple[tuple[int, float], ...]]:
+    """log-softmax of a raw logits row (before sampling settings, as OpenAI reports them): the
+    token's, and the ``k`` most likely tokens' with theirs."""
+    import numpy as np
+
+    peak = float(row.max())
+    lse = peak + float(np.log(np.exp(row.astype(np.float64) - peak).sum()))
+    top: tuple[tuple[int, float], ...] = ()
+    if k > 0:
+        best = np.argpartition(row, -k)[-k:]
+        best = best[np.argsort(-row[best])]
+        top = tuple((int(t), float(row[t]) - lse) for t in best)
+    return float(row[token]) - lse, top
+
+
 EngineFactory = Callable[[Path, LoadParams], Engine]
 ENGINES: dict[str, EngineFactory] = {}
 F = TypeVar("F", bound=EngineFactory)
@@ -202,6 +246,22 @@ def register_engine(name: str) -> Callable[[F], F]:
 
 # the modules of edgeslm's own engines, imported (and so registered) on first use: native code
 BUILTIN_ENGINES = {DEFAULT_ENGINE: "llamacpp", "onnxruntime": "ort"}
+
+
+# each engine's batch decoder for a runner's slots: (module, class), imported on first use
+BATCH_DECODERS = {DEFAULT_ENGINE: ("llamacpp_batch", "BatchDecoder"), "onnxruntime": ("ort_batch", "SlotDecoder")}
+
+
+def open_batch(engine: Engine, slots: int, ctx_per_slot: int, *, reuse: bool = True) -> BatchDecoderLike:
+    """The batch decoder of ``engine``'s runtime, for ``slots`` concurrent generations."""
+    try:
+        module, cls = BATCH_DECODERS[engine.name]
+    except KeyError:
+        raise EngineError(f"the {engine.name} engine cannot serve (no batch decoder)") from None
+    decoder: BatchDecoderLike = getattr(importlib.import_module(f"{__package__}.{module}"), cls)(
+        engine, slots, ctx_per_slot, reuse=reuse
+    )
+    return decoder
 
 
 def open_engine(name: str, path: Path, params: LoadParams) -> Engine:

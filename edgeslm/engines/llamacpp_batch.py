@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from ..errors import ContextOverflowError, EngineError, InvalidParameterError
-from .base import SamplingParams
+from .base import SamplingParams, StepEvent, logprobs_of
 from .llamacpp import LlamaCppEngine, argmax_token, attach_greedy, detach_greedy, last_errors
 
 if TYPE_CHECKING:
@@ -30,15 +30,6 @@ else:
     from .llamacpp_bindings import lc
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class StepEvent:
-    request: str
-    token: int
-    finish: str | None  # None while generating; 'stop' (end of generation) or 'length'
-    logprob: float | None = None  # of ``token``, when the request asked for log-probabilities
-    top: tuple[tuple[int, float], ...] = ()  # the most likely tokens and their log-probabilities
 
 
 @dataclass
@@ -192,18 +183,10 @@ class BatchDecoder:
         return StepEvent(request, token, finish, *scores)
 
     def _logprobs(self, index: int, token: int, k: int) -> tuple[float, tuple[tuple[int, float], ...]]:
-        """log-softmax of the raw logits row (before sampling settings, as OpenAI reports them)."""
         import numpy as np
 
         row = np.ctypeslib.as_array(lc.llama_get_logits_ith(self._ctx, index), shape=(self.engine.n_vocab,))
-        peak = float(row.max())
-        lse = peak + float(np.log(np.exp(row.astype(np.float64) - peak).sum()))
-        top: tuple[tuple[int, float], ...] = ()
-        if k > 0:
-            best = np.argpartition(row, -k)[-k:]
-            best = best[np.argsort(-row[best])]
-            top = tuple((int(t), float(row[t]) - lse) for t in best)
-        return float(row[token]) - lse, top
+        return logprobs_of(row, token, k)
 
     def close(self) -> None:
         for slot in self.slots:

@@ -104,10 +104,21 @@ class OnnxRuntimeEngine:
     # -- evaluation and generation ------------------------------------------------------------
 
     def _new_generator(self, sampling: SamplingParams | None = None) -> Any:
-        og = genai()
         self._generator = None  # release the previous one's KV cache first
+        self._generator = self.make_generator(sampling, max_length=self.n_ctx)
+        return self._generator
+
+    def make_generator(self, sampling: SamplingParams | None, *, max_length: int) -> Any:
+        """A new onnxruntime-genai Generator (its own KV cache of ``max_length`` tokens)."""
+        og = genai()
+        if sampling is not None and sampling.grammar is not None:
+            raise InvalidParameterError(
+                "a grammar (JSON mode, a JSON schema) is not available with onnxruntime models; "
+                "use a GGUF variant of the model for constrained output",
+                params="grammar",
+            )
         p = og.GeneratorParams(self._model)
-        options: dict[str, Any] = {"max_length": self.n_ctx, "do_sample": False}
+        options: dict[str, Any] = {"max_length": max_length, "do_sample": False}
         if sampling is not None and not sampling.greedy:
             options.update(do_sample=True, temperature=sampling.temperature, top_p=sampling.top_p,
                            top_k=sampling.top_k or self.n_vocab)  # fmt: skip
@@ -116,8 +127,7 @@ class OnnxRuntimeEngine:
         if sampling is not None and sampling.repeat_penalty != 1.0:
             options["repetition_penalty"] = sampling.repeat_penalty
         p.set_search_options(**options)
-        self._generator = og.Generator(self._model, p)
-        return self._generator
+        return og.Generator(self._model, p)
 
     def _check_fits(self, tokens: Sequence[int]) -> None:
         if not tokens:
@@ -148,12 +158,6 @@ class OnnxRuntimeEngine:
         return np.array(rows) if copy else rows
 
     def generate_tokens(self, prompt: Sequence[int], sampling: SamplingParams) -> Generator[int, None, None]:
-        if sampling.grammar is not None:
-            raise InvalidParameterError(
-                "a grammar (JSON mode, a JSON schema) is not available with onnxruntime models; "
-                "use a GGUF variant of the model for constrained output",
-                params="grammar",
-            )
         self._check_fits(prompt)
         generator = self._new_generator(sampling)
         generator.append_tokens(list(prompt))

@@ -12,6 +12,7 @@ from .result import EvalResult
 
 HEADERS = (
     "model",
+    "runtime",
     "size",
     "bpw",
     "PPL",
@@ -34,6 +35,7 @@ def result_row(r: EvalResult) -> tuple[str, ...]:
     speed = r.speed
     return (
         r.model,
+        r.runtime,
         format_bytes(r.file_size),
         _fmt(r.bits_per_weight, "{:.2f}"),
         f"{r.ppl:.3f} ± {r.ppl_err:.3f}",
@@ -82,15 +84,43 @@ def save_size_kld_plot(fig: Any, ax: Any, scatter: Any, tps: Sequence[float], ti
     return path
 
 
+# each runtime's marker in the size-against-quality plots (colour is generation tok/s)
+RUNTIME_MARKERS = {"llama.cpp": "o", "onnxruntime": "s", "mlx": "^"}
+
+
+def scatter_runtimes(
+    ax: Any, xs: Sequence[float], ys: Sequence[float], tps: Sequence[float], runtimes: Sequence[str],
+    *, size: float, edgecolors: Sequence[str] | None = None,
+) -> Any:  # fmt: skip
+    """One scatter per runtime (its own marker shape) on one colour scale; returns one for the colour bar."""
+    from matplotlib.colors import Normalize
+
+    measured = [t for t in tps if t > 0]
+    norm = Normalize(vmin=min(measured, default=0), vmax=max(measured, default=1))
+    several = len(set(runtimes)) > 1
+    scatter = None
+    for runtime in dict.fromkeys(runtimes):
+        idx = [i for i, r in enumerate(runtimes) if r == runtime]
+        scatter = ax.scatter(
+            [xs[i] for i in idx], [ys[i] for i in idx], c=[tps[i] for i in idx], cmap="viridis", norm=norm, s=size,
+            zorder=3, marker=RUNTIME_MARKERS.get(runtime, "D"), label=runtime if several else None,
+            edgecolors=[edgecolors[i] for i in idx] if edgecolors else None,
+        )  # fmt: skip
+    return scatter
+
+
 def plot(results: Sequence[EvalResult], path: Path, title: str) -> Path:
-    """Size (x) against mean KLD (y, log scale), each point labelled with its tg tok/s."""
+    """Size (x) against mean KLD (y, log scale), each point labelled with its tg tok/s; marker: runtime."""
     points = [r for r in results if r.kld_mean is not None]
     fig, ax = new_figure((8, 5))
     sizes = [r.file_size / 1e6 for r in points]
     klds = [max(r.kld_mean or 0.0, 1e-6) for r in points]
     tps = [(r.speed.tg_tps or 0.0) if r.speed else 0.0 for r in points]
-    scatter = ax.scatter(sizes, klds, c=tps, cmap="viridis", s=60, zorder=3)
+    runtimes = [r.runtime for r in points]
+    scatter = scatter_runtimes(ax, sizes, klds, tps, runtimes, size=60)
     for r, x, y, t in zip(points, sizes, klds, tps, strict=True):
         label = r.model.rsplit(":", 1)[-1] + (f"\n{t:.0f} tok/s" if t else "")
         ax.annotate(label, (x, y), textcoords="offset points", xytext=(6, 4), fontsize=8)
+    if len(set(runtimes)) > 1:
+        ax.legend(loc="best", fontsize=8, title="runtime")
     return save_size_kld_plot(fig, ax, scatter, tps, title, path)

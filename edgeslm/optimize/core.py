@@ -17,11 +17,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Literal
 
+from ..convert.to_onnx import Method, Precision, convert_to_onnx, default_tag
 from ..engines.base import DEFAULT_ENGINE, LoadParams, open_engine
 from ..errors import InvalidParameterError
 from ..evaluate.core import REFERENCE_TAGS, EvalSettings, EvalText, evaluate
 from ..evaluate.result import EvalResult
 from ..formats.gguf_header import read_gguf_header
+from ..formats.model_format import Runtime
 from ..formats.model_info import estimate_memory
 from ..formats.quant_types import QUANT_TYPES, QuantizeOptions, QuantType, parse_quant_types
 from ..quantize import check_request, is_quantized, quantize
@@ -58,9 +60,11 @@ class OptimizeParams:
     reference: ModelName | None = None
     tag: str | None = "best"
     threads: int | None = None
+    runtimes: tuple[Runtime, ...] = (Runtime.LLAMA_CPP,)
+    onnx: tuple[tuple[Precision, Method], ...] = ((Precision.INT4, Method.BUILDER), (Precision.INT8, Method.BUILDER))
 
 
-CandidateKind = Literal["reference", "source", "uniform", "mixed"]
+CandidateKind = Literal["reference", "source", "uniform", "mixed", "onnx"]
 
 
 @dataclass(frozen=True)
@@ -200,8 +204,10 @@ def optimize(
         _check_split(run, text, calibration)
     reference = run.reference()
     _measure_uniform(run, reference)
+    if Runtime.ONNXRUNTIME in params.runtimes:
+        _measure_onnx(run, reference)
     mixed = None
-    if _wants_mix(run, budget):
+    if Runtime.LLAMA_CPP in params.runtimes and _wants_mix(run, budget):
         assert budget is not None
         mixed = _measure_mixed(run, reference, calibration, budget)
     ranking = rank(params.constraints, [c.metrics for c in run.candidates])
@@ -260,6 +266,8 @@ def _measure_uniform(run: _Run, reference: Manifest) -> None:
     run.measure(reference, reference, "reference", f"reference ({reference.info.file_type or 'F16'})", ref_cmd)
     if run.source.digest != reference.digest:
         run.measure(run.source, reference, "source", f"as stored ({run.source.info.file_type or '?'})", "(stored)")
+    if Runtime.LLAMA_CPP not in run.params.runtimes:
+        return
     options = QuantizeOptions(allow_requantize=run.requantize, threads=run.params.threads)
     if run.requantize:
         run.note(
@@ -279,6 +287,30 @@ def _measure_uniform(run: _Run, reference: Manifest) -> None:
                 run.note(f"{qtype.name}: {warning}")
         manifest = run.build(qtype, options, None)
         run.measure(manifest, reference, "uniform", qtype.name, _command(run, qtype.name))
+
+
+def _measure_onnx(run: _Run, reference: Manifest) -> None:
+    """Each ONNX variant of the source: reused when the store holds one built from these bytes."""
+    for precision, method in run.params.onnx:
+        tag = default_tag(precision, method)
+        name = run.source.name.with_tag(tag)
+        manifest = run.store.find(name)
+        wanted = f"onnx {precision.value} ({method.value})"
+        if manifest is None or manifest.source.get("parent") != run.source.digest:
+            manifest = _build_onnx(run, name, precision, method)
+        elif manifest.source.get("requested") != wanted:
+            manifest = _build_onnx(run, name, precision, method)
+        command = f"edgeslm convert {run.source.name} --to onnx --precision {precision.value} --method {method.value}"
+        run.measure(manifest, reference, "onnx", f"ONNX {precision.value.upper()} ({method.value})", command)
+
+
+def _build_onnx(run: _Run, name: ModelName, precision: Precision, method: Method) -> Manifest:
+    def report(step: str) -> None:
+        run.progress(str(name), step, None, None)
+
+    result = convert_to_onnx(run.store, run.source.name, precision=precision, method=method, target=name,
+                             progress=report)  # fmt: skip
+    return result.manifest
 
 
 def _command(run: _Run, type_name: str) -> str:

@@ -12,15 +12,15 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import OutputFileError
-from ..evaluate.report import new_figure, save_size_kld_plot
+from ..evaluate.report import new_figure, save_size_kld_plot, scatter_runtimes
 from ..units import format_bytes, format_mib
 from .constraints import Verdict
 from .core import Candidate, OptimizeResult
 
 POOR_KLD = 0.5  # a winner this far from the reference gets a warning when no KLD limit was set
 HEADERS = (
-    "rank", "model", "recipe", "size", "memory", "mean KLD", "KLD p99", "same top-1", "PPL", "pp t/s", "tg t/s",
-    "peak RSS", "verdict",
+    "rank", "model", "runtime", "recipe", "size", "memory", "mean KLD", "KLD p99", "same top-1", "PPL", "pp t/s",
+    "tg t/s", "peak RSS", "verdict",
 )  # fmt: skip
 
 
@@ -35,7 +35,8 @@ def table_rows(result: OptimizeResult) -> list[tuple[str, ...]]:
         r, speed = c.result, c.result.speed
         ppl = f"{r.ppl:.3f}" + (f" ({100 * m.ppl_increase:+.1f}%)" if c.kind != "reference" else "")
         rows.append((
-            str(v.rank) if v.rank else "-", c.name, c.recipe, format_bytes(m.file_size), format_bytes(m.memory),
+            str(v.rank) if v.rank else "-", c.name, r.runtime, c.recipe, format_bytes(m.file_size),
+            format_bytes(m.memory),
             "0 (reference)" if c.kind == "reference" else f"{m.kld['mean']:.5f} ± {m.kld_err:.5f}",
             _num(m.kld["p99"], "{:.4f}"), f"{100 * m.same_top:.2f}%", ppl, _num(m.pp_tps, "{:.1f}"),
             _num(m.tg_tps, "{:.1f}"), format_mib(speed.peak_rss) if speed else "",
@@ -94,7 +95,7 @@ def commands(result: OptimizeResult) -> list[str]:
 def cleanup(result: OptimizeResult) -> str | None:
     """The command that would remove the variants that lost (optimize itself deletes nothing)."""
     winner = result.ranking.winner.metrics.name if result.ranking.winner else None
-    losers = [c for c in result.candidates if c.kind in ("uniform", "mixed") and c.name != winner]
+    losers = [c for c in result.candidates if c.kind in ("uniform", "mixed", "onnx") and c.name != winner]
     if not losers:
         return None
     total = sum(c.metrics.file_size for c in losers)
@@ -223,18 +224,8 @@ def pareto_plot(result: OptimizeResult, path: Path) -> Path:
     ax.step([c.metrics.file_size / 1e6 for c in front], [max(c.metrics.kld["mean"], floor) for c in front],
             where="post", color="0.6", lw=1, zorder=1, label="Pareto front")  # fmt: skip
     fits = {v.metrics.name for v in result.ranking.verdicts if v.fits}
-    measured = [t for t in tps if t > 0]
-    scatter = ax.scatter(
-        xs,
-        ys,
-        c=tps,
-        cmap="viridis",
-        vmin=min(measured, default=0),
-        vmax=max(measured, default=1),
-        s=70,
-        zorder=3,
-        edgecolors=["k" if c.name in fits else "r" for c in cands],
-    )
+    edges = ["k" if c.name in fits else "r" for c in cands]
+    scatter = scatter_runtimes(ax, xs, ys, tps, [c.result.runtime for c in cands], size=70, edgecolors=edges)
     for c, x, y in zip(cands, xs, ys, strict=True):
         label = c.name.rsplit(":", 1)[-1] + (f"\n{c.metrics.tg_tps:.0f} tok/s" if c.metrics.tg_tps else "")
         ref = c.kind == "reference"  # drawn at the bottom; labelled leftwards, as it is often the largest

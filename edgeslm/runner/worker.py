@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..config import resolve_settings
-from ..engines.base import SamplingParams
+from ..engines.base import SamplingParams, open_batch
 from ..errors import ContextOverflowError, EdgeslmError, InvalidParameterError
 from ..framing import LineReader, error_message, send
 from ..generation import TextStream, load
@@ -43,11 +43,9 @@ class _Request:
 
 
 def serve(name: str, slots: int, ctx_per_slot: int, threads: int | None, home: str | None, reuse: bool) -> None:
-    from ..engines.llamacpp_batch import BatchDecoder
-
     settings = resolve_settings(home=home, offline=True)
     model = load(name, ctx=min(ctx_per_slot, 512), threads=threads, settings=settings)
-    batch = BatchDecoder(model.engine, slots, ctx_per_slot, reuse=reuse)  # type: ignore[arg-type]
+    batch = open_batch(model.engine, slots, ctx_per_slot, reuse=reuse)
     ready = {"op": "ready", "name": model.name, "slots": slots, "ctx_per_slot": ctx_per_slot, "pid": os.getpid()}
     send({**ready, "n_vocab": model.engine.n_vocab, "chat": model.has_chat_template})
     lines, waiting, running = LineReader(sys.stdin.fileno()), deque[_Request](), dict[str, _Request]()
@@ -61,7 +59,11 @@ def serve(name: str, slots: int, ctx_per_slot: int, threads: int | None, home: s
                 return
         while waiting and batch.free_slots():
             r = waiting.popleft()
-            batch.add(r.id, r.tokens, r.sampling, r.limit, r.logprobs)
+            try:
+                batch.add(r.id, r.tokens, r.sampling, r.limit, r.logprobs)
+            except EdgeslmError as exc:  # what this runtime cannot do (a grammar on onnxruntime)
+                send(error_message(exc, id=r.id))
+                continue
             running[r.id] = r
         for ev in batch.step():
             _emit(model, batch, running, ev)
