@@ -21,6 +21,7 @@ from .device import Device
 from .errors import InvalidParameterError
 from .evaluate.core import all_results
 from .evaluate.result import EvalResult
+from .formats.model_format import RUNTIME_OF
 from .formats.model_info import estimate_memory
 from .formats.size_class import SIZE_CLASSES, SizeClass
 from .sources.catalog import CATALOG, RUNTIME_OVERHEAD, SEED_ADVICE, CatalogEntry
@@ -158,8 +159,9 @@ def _runtime_advice(device: Device) -> Advice:
         return Advice(
             "runtime",
             "ONNX Runtime (llama.cpp on the CPU meanwhile)",
-            "NPUs and Windows' DirectML are reached through ONNX Runtime execution providers; edgeslm's ONNX "
-            "export is planned, and llama.cpp runs on the CPU meanwhile.",
+            "NPUs and Windows' DirectML are reached through ONNX Runtime execution providers; edgeslm builds and "
+            "measures ONNX variants on the CPU ('edgeslm convert NAME --to onnx', 'edgeslm optimize NAME "
+            "--runtimes llama.cpp,onnxruntime'), and ranks them with the GGUF ones below.",
         )
     gpu = next((g for g in device.gpus if g.startswith("NVIDIA")), None)
     if gpu:
@@ -272,7 +274,10 @@ def _ranked_local(
     for i, (m, mem, r, rule) in enumerate(_rank(scored, level)[:RANKED_PER_MODEL]):
         tg = r.speed.tg_tps if r.speed else None
         speed = f", {tg:.0f} tok/s generation {where}" if tg else ""
-        facts = f"mean KLD {_kld(r):.4f} vs {r.reference}, {100 * (r.same_top or 0.0):.1f}% same top-1{speed}"
+        runtime = RUNTIME_OF[m.format].value
+        facts = (
+            f"on {runtime}: mean KLD {_kld(r):.4f} vs {r.reference}, {100 * (r.same_top or 0.0):.1f}% same top-1{speed}"
+        )
         if i == 0:
             why = (
                 f"{fits.format(format_bytes(mem))}; {rule} among {base}'s variants ({facts}; "
@@ -280,7 +285,8 @@ def _ranked_local(
             )
         else:
             why = f"#{i + 1} for {base}: {rule} ({facts})"
-        picks.append(Pick(str(m.name), mem, why, {"kld_mean": r.kld_mean, "same_top": r.same_top, "tg_tps": tg}))
+        measured_here = {"kld_mean": r.kld_mean, "same_top": r.same_top, "tg_tps": tg, "runtime": runtime}
+        picks.append(Pick(str(m.name), mem, why, measured_here))
     return picks
 
 

@@ -401,3 +401,32 @@ def test_the_official_clients_chat_with_an_onnx_model(onnx_home: Path) -> None:
             assert oll.chat(model=INT4, messages=messages, options={"num_predict": 4})["done"]  # the runner lives on
         finally:
             oll._client.close()
+
+
+# -- choosing --------------------------------------------------------------------------------------
+
+
+def test_optimize_and_recommend_weigh_both_runtimes(onnx_store: Store, tmp_path: Path) -> None:
+    from edgeslm.device import detect
+    from edgeslm.formats.model_format import Runtime
+    from edgeslm.formats.quant_types import parse_quant_types
+    from edgeslm.optimize.core import OptimizeParams, optimize
+    from edgeslm.optimize.report import write_report
+    from edgeslm.recommend import recommend
+
+    params = OptimizeParams(
+        types=tuple(parse_quant_types("q8_0")), eval=EvalSettings(ctx=64, chunks=2, speed=False), mixed=False,
+        runtimes=(Runtime.LLAMA_CPP, Runtime.ONNXRUNTIME), onnx=((Precision.INT4, Method.BUILDER),), tag=None,
+    )  # fmt: skip
+    before = onnx_store.get(parse_name(INT4)).digest
+    result = optimize(onnx_store, parse_name(GGUF_NAME), load_text(None), params)
+    runtimes = {c.name: c.result.runtime for c in result.candidates}
+    assert runtimes == {GGUF_NAME: "llama.cpp", "tiny-llama:q8_0": "llama.cpp", INT4: "onnxruntime"}
+    assert onnx_store.get(parse_name(INT4)).digest == before  # the stored build of these bytes was reused
+    assert {c.kind for c in result.candidates} == {"reference", "uniform", "onnx"}
+    paths = write_report(result, tmp_path / "report")
+    assert "onnxruntime" in (tmp_path / "report" / "report.md").read_text() and any(p.suffix == ".png" for p in paths)
+    advice = recommend(detect(), use_case="completion", quality="max-compression", store=onnx_store)
+    measured = {p.name: p.measured for p in advice.local if p.measured}
+    assert measured[INT4]["runtime"] == "onnxruntime"  # the smallest measured variant, on its runtime
+    assert "on onnxruntime" in next(p.why for p in advice.local if p.name == INT4)
