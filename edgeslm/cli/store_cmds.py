@@ -206,7 +206,7 @@ def _print_report(r: ModelReport, *, with_metadata: bool) -> None:
         (
             s.ggml_type,
             f"{s.n_params:,}",
-            f"{100 * s.n_params / max(i.n_params, 1):.1f}%",
+            f"{100 * s.n_params / i.stored_values:.1f}%",
             format_bytes(s.n_bytes),
             s.n_tensors,
         )

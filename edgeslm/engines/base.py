@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Protocol, TypeVar, runtime_checkable
 
 from ..config import DEFAULT_ENGINE
-from ..errors import EngineError, InvalidParameterError
+from ..errors import ContextOverflowError, EngineError, InvalidParameterError
 
 if TYPE_CHECKING:
     import numpy as np
@@ -212,6 +212,15 @@ class BatchDecoderLike(Protocol):
     def step(self) -> list[StepEvent]: ...
 
     def close(self) -> None: ...
+
+
+def check_slot_prompt(prompt: list[int], ctx_per_slot: int) -> None:
+    if not prompt:
+        raise InvalidParameterError("the prompt is empty")
+    if len(prompt) >= ctx_per_slot:
+        raise ContextOverflowError(
+            f"the prompt has {len(prompt):,} tokens but a slot holds {ctx_per_slot:,}; shorten it"
+        )
 
 
 def logprobs_of(row: npt.NDArray[np.float32], token: int, k: int) -> tuple[float, tuple[tuple[int, float], ...]]:

@@ -20,8 +20,8 @@ import logging
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from ..errors import ContextOverflowError, EngineError, InvalidParameterError
-from .base import SamplingParams, StepEvent, logprobs_of
+from ..errors import EngineError, InvalidParameterError
+from .base import SamplingParams, StepEvent, check_slot_prompt, logprobs_of
 from .llamacpp import LlamaCppEngine, argmax_token, attach_greedy, detach_greedy, last_errors
 
 if TYPE_CHECKING:
@@ -84,12 +84,7 @@ class BatchDecoder:
     def add(
         self, request: str, prompt: list[int], sampling: SamplingParams, max_tokens: int, logprobs: int | None = None
     ) -> None:
-        if not prompt:
-            raise InvalidParameterError("the prompt is empty")
-        if len(prompt) >= self.ctx_per_slot:
-            raise ContextOverflowError(
-                f"the prompt has {len(prompt):,} tokens but a slot holds {self.ctx_per_slot:,}; shorten it"
-            )
+        check_slot_prompt(prompt, self.ctx_per_slot)
         free = [s for s in self.slots if s.request is None]
         if not free:
             raise EngineError("no free slot")  # callers check free_slots() and queue

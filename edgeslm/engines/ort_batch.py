@@ -10,8 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from ..errors import ContextOverflowError, EngineError, InvalidParameterError
-from .base import SamplingParams, StepEvent, logprobs_of
+from ..errors import EngineError, InvalidParameterError
+from .base import SamplingParams, StepEvent, check_slot_prompt, logprobs_of
 from .ort import OnnxRuntimeEngine
 
 
@@ -42,12 +42,7 @@ class SlotDecoder:
     def add(
         self, request: str, prompt: list[int], sampling: SamplingParams, max_tokens: int, logprobs: int | None = None
     ) -> None:
-        if not prompt:
-            raise InvalidParameterError("the prompt is empty")
-        if len(prompt) >= self.ctx_per_slot:
-            raise ContextOverflowError(
-                f"the prompt has {len(prompt):,} tokens but a slot holds {self.ctx_per_slot:,}; shorten it"
-            )
+        check_slot_prompt(prompt, self.ctx_per_slot)
         slot = next((s for s in self.slots if s.request is None), None)
         if slot is None:
             raise EngineError("no free slot")  # callers check free_slots() and queue

@@ -64,12 +64,17 @@ class ModelInfo:
     n_tensors: int
 
     @property
+    def stored_values(self) -> int:
+        return max(sum(s.n_params for s in self.type_mix), 1)
+
+    @property
     def main_type(self) -> str | None:
         return self.type_mix[0].ggml_type if self.type_mix else None
 
     def type_mix_summary(self, limit: int = 3) -> str:
-        """'Q4_1 79%, Q8_0 21%' by share of parameters."""
-        total = max(self.n_params, 1)
+        """'Q4_1 79%, Q8_0 21%' by share of the stored values (a graph with an untied output layer
+        stores more values than the model has parameters)."""
+        total = self.stored_values
         parts = [f"{s.ggml_type} {100 * s.n_params / total:.0f}%" for s in self.type_mix[:limit]]
         return ", ".join(parts)
 
