@@ -1,5 +1,6 @@
 """The house rules the folders stand for: lower floors never import higher ones, and native code
-(llama-cpp-python) is imported only under ``engines/``. Read from the source with ``ast``."""
+(llama-cpp-python, onnxruntime, onnxruntime-genai) is imported only under ``engines/``. Read
+from the source with ``ast``."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ FLOORS = {
     "formats": 1, "store": 2, "sources": 3, "engines": 3,
     "runner": 5, "serve": 6, "cli": 6, "__main__": 7,
 }  # fmt: skip
+NATIVE = ("llama_cpp", "onnxruntime", "onnxruntime_genai")  # imported only under engines/
 VERB = 4  # every other top-level module or package: the verbs (pull, quantize, evaluate, ...)
 
 
@@ -77,6 +79,6 @@ def test_native_code_is_imported_only_under_engines() -> None:
         for path in SOURCES
         if "engines" not in path.relative_to(PACKAGE).parts
         for line, m in imports(path)
-        if m.split(".")[0] == "llama_cpp"
+        if m.split(".")[0] in NATIVE
     ]
     assert not found

@@ -1,7 +1,7 @@
 """``edgeslm convert NAME --to onnx``: a stored model into the store as an ONNX Runtime GenAI folder.
 
 The steps, each reported through ``progress`` and each long one in a child process with a
-deadline (``onnx_child``), all inside one locked temp folder of the store:
+deadline (``engines.ort_tools``), all inside one locked temp folder of the store:
 
 1. the stored GGUF exported to a Hugging Face folder (``export``, float32);
 2. onnxruntime-genai's model builder: ``fp32``, ``int8`` or ``int4`` for the CPU (method ``builder``);
@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import InvalidModelFileError, InvalidParameterError
-from ..formats.model_format import ModelFormat, Runtime, require
+from ..formats.model_format import ModelFormat, Runtime, require_installed
 from ..formats.size_class import classify
 from ..framing import run_child
 from ..store import ModelName, Store
@@ -47,7 +47,7 @@ class Precision(str, Enum):
 class Method(str, Enum):
     BUILDER = "builder"  # the model builder's own graph and quantizer (MatMulNBits for int8/int4)
     DYNAMIC = "dynamic"  # builder fp32 -> fusions -> quantize_dynamic, per-channel INT8 (Olive's CPU recipe)
-    STATIC = "static"  # builder fp32 -> quantize_static, QDQ INT8 calibrated on text
+    STATIC = "static"  # builder fp32 -> quantize_static, INT8 calibrated on text
 
 
 METHOD_PRECISIONS = {Method.BUILDER: tuple(Precision), Method.DYNAMIC: (Precision.INT8,),
@@ -119,8 +119,7 @@ def convert_to_onnx(
     say = progress or (lambda message: log.info("%s", message))
     parent = store.get(name)
     _check_source(parent)
-    for module in ("onnxruntime_genai", "onnx", "torch", "transformers"):  # what the builder imports
-        require(module, Runtime.ONNXRUNTIME)
+    require_installed(("onnxruntime_genai", "onnxruntime", "onnx", "torch", "transformers"), Runtime.ONNXRUNTIME)
     target = target or replace(parent.name, tag=default_tag(precision, method))
     start = time.perf_counter()
     with store.locked():
@@ -178,7 +177,7 @@ def _build(
 
 
 def _step(work: TempDir, step: str, *args: object) -> dict[str, Any]:
-    argv = [sys.executable, "-m", "edgeslm.convert.onnx_child", step, *map(str, args)]
+    argv = [sys.executable, "-m", "edgeslm.engines.ort_tools", step, *map(str, args)]
     env = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
     return run_child(argv, timeout=BUILD_TIMEOUT, what=f"the ONNX {step} step", pass_fds=(work.fd,), env=env)
 

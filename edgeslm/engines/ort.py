@@ -39,10 +39,6 @@ def genai() -> Any:
     return _og["module"]
 
 
-def genai_version() -> str:
-    return str(genai().__version__)
-
-
 class OnnxRuntimeEngine:
     name = NAME
 

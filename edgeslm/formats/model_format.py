@@ -57,6 +57,21 @@ def require(module: str, runtime: Runtime) -> ModuleType:
         ) from None
 
 
+def require_installed(modules: tuple[str, ...], runtime: Runtime) -> None:
+    """Check that ``modules`` are installed without importing them (their native code loads
+    where it is used: in an engine, or a child process), or say how to install the runtime."""
+    from importlib.util import find_spec
+
+    from ..errors import MissingExtraError
+
+    for module in modules:
+        if find_spec(module) is None:
+            raise MissingExtraError(
+                f"{runtime.value} is not installed here ({module} is missing); "
+                f"install it with: pip install 'edgeslm[{EXTRA_OF[runtime]}]'"
+            )
+
+
 def engine_for(fmt: ModelFormat, configured: str) -> str:
     """The engine that opens a model of ``fmt``: GGUF goes to the configured engine (llama.cpp
     unless EDGESLM_ENGINE says otherwise), every other format to its own runtime."""
