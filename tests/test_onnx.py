@@ -58,8 +58,13 @@ def test_folder_model_is_listed_shown_and_verified(onnx_home: Path, cli: Callabl
     assert rows[INT4]["size"] == sum(rows[INT4]["files"].values())
     assert rows[GGUF_NAME]["format"] == "gguf" and rows[GGUF_NAME]["files"] is None
     assert rows[INT4]["n_params"] == rows[GGUF_NAME]["n_params"]  # the source's count, not the packed graph's
+    assert (rows[INT4]["kv_bytes_per_element"], rows[GGUF_NAME]["kv_bytes_per_element"]) == (4, 2)  # F32 on ORT's CPU
     shown = cli("show", INT4)
-    assert shown.code == 0 and "quantized from" not in shown.out and "onnx int4 (builder)" in shown.out
+    assert (
+        shown.code == 0
+        and f"built from {GGUF_NAME} (lineage below)" in shown.out
+        and "onnx int4 (builder)" in shown.out
+    )
     assert "onnxruntime-genai" in shown.out  # lineage: made with
     assert cli("verify").code == 0
 

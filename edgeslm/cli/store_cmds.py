@@ -194,12 +194,13 @@ def _print_report(r: ModelReport, *, with_metadata: bool) -> None:
             ("source", _source_text(r.source)),
         ]
     )
-    if r.source.get("kind") == "quantize":
+    if r.source.get("kind") in LINEAGE_KINDS:
         _print_lineage(r)
     m = r.memory
     print(
         f"\n  memory at {m.context_length:,} tokens of context: {format_mib(m.total_bytes)} "
-        f"(weights {format_mib(m.weights_bytes)} + f16 KV cache {format_mib(m.kv_cache_bytes)})"
+        f"(weights {format_mib(m.weights_bytes)} + f{8 * i.kv_bytes_per_element} KV cache "
+        f"{format_mib(m.kv_cache_bytes)})"
     )
     print("\n  tensor types")
     rows = [
@@ -220,9 +221,12 @@ def _print_report(r: ModelReport, *, with_metadata: bool) -> None:
         print_fields(sorted(r.metadata.items()), indent=4)
 
 
+LINEAGE_KINDS = {"quantize": "quantized from", "convert": "built from"}  # sources with a parent in the store
+
+
 def _source_text(source: dict[str, str]) -> str:
-    if source.get("kind") == "quantize":
-        return f"quantized from {source.get('parent_name')} (lineage below)"
+    if (verb := LINEAGE_KINDS.get(source.get("kind", ""))) is not None:
+        return f"{verb} {source.get('parent_name')} (lineage below)"
     return ", ".join(f"{k}={v}" for k, v in source.items())
 
 
@@ -235,7 +239,7 @@ def _print_lineage(r: ModelReport) -> None:
         ("type asked", src.get("requested", "")),
         ("type got", r.info.type_mix_summary(4)),
         ("options", src.get("options", "")),
-        ("made with", src.get("llama_cpp", "")),
+        ("made with", src.get("llama_cpp") or src.get("made_with", "")),
     ]
     print_fields(rows, indent=4)
 

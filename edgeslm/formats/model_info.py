@@ -62,6 +62,7 @@ class ModelInfo:
     general: Mapping[str, str]  # name, basename, license, ... as the file states them
     gguf_version: int
     n_tensors: int
+    kv_bytes_per_element: int = KV_BYTES_PER_ELEMENT  # the runtime's KV cache type: F16 (llama.cpp), F32 (ORT CPU)
 
     @property
     def stored_values(self) -> int:
@@ -199,7 +200,7 @@ def _pad(n: int, to: int) -> int:
 
 
 def estimate_memory(info: ModelInfo, context_length: int) -> MemoryEstimate:
-    """Weights plus an F16 KV cache at ``context_length``, from the model's dimensions.
+    """Weights plus a KV cache (F16, or the runtime's type) at ``context_length``, from the model's dimensions.
 
     Per layer the cache holds ``cells x n_head_kv x (key_length + value_length)`` elements,
     where sliding-window layers keep only ``n_swa + n_ubatch`` cells (llama.cpp's
@@ -213,7 +214,7 @@ def estimate_memory(info: ModelInfo, context_length: int) -> MemoryEstimate:
     n_kv = info.head_count_kv or heads
     k_len = info.key_length or info.embedding_length // heads
     v_len = info.value_length or info.embedding_length // heads
-    per_cell = n_kv * (k_len + v_len) * KV_BYTES_PER_ELEMENT
+    per_cell = n_kv * (k_len + v_len) * info.kv_bytes_per_element
     full_cells = _pad(context_length, KV_CELL_PADDING)
     pattern = SWA_PATTERNS.get(info.architecture)
     total_cells = 0

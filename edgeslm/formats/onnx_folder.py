@@ -13,7 +13,7 @@ import json
 import logging
 import math
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -67,6 +67,7 @@ def read_onnx_folder(folder: Path, *, label: str | None = None) -> OnnxFolder:
     _check_domains(graph, f"{label}/{model_file}")
     shares, n_params, n_bytes, n_tensors = _weights(graph, folder, files, f"{label}/{model_file}")
     info = _info(config, folder, files, shares, n_params, n_bytes, n_tensors)
+    info = replace(info, kv_bytes_per_element=_kv_bytes(graph))
     return OnnxFolder(folder, config, model_file, files, info)
 
 
@@ -248,6 +249,15 @@ def _info(
         gguf_version=0,
         n_tensors=n_tensors,
     )
+
+
+def _kv_bytes(model: onnx.ModelProto) -> int:
+    """Bytes per element of the KV cache: the type of the graph's first past-key input (F32 on the CPU)."""
+    for value in model.graph.input:
+        if value.name.startswith("past_key_values"):
+            _, bits = DTYPES.get(value.type.tensor_type.elem_type, ("", 16))
+            return max(int(bits) // 8, 1)
+    return 2
 
 
 def _has_chat_template(folder: Path, files: dict[str, int]) -> bool:
