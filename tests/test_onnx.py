@@ -419,6 +419,10 @@ def test_the_official_clients_chat_with_an_onnx_model(onnx_home: Path) -> None:
                 oll.chat(model=INT4, messages=messages, format="json", options={"num_predict": 4})
             assert refused.value.status_code == 400
             assert oll.chat(model=INT4, messages=messages, options={"num_predict": 4})["done"]  # the runner lives on
+            shown = oll.show(INT4)
+            assert shown.details is not None and shown.details.format == "onnx" and "im_start" in (shown.template or "")
+            listed = {m.model: m.details.format for m in oll.list().models if m.details is not None}
+            assert listed[INT4] == "onnx" and listed[GGUF_NAME] == "gguf"
         finally:
             oll._client.close()
 

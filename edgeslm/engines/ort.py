@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import ContextOverflowError, EngineError, InvalidParameterError
 from ..formats.model_format import Runtime, require
+from ..formats.onnx_folder import chat_template_of
 from .base import LoadParams, SamplingParams, register_engine
 from .ort_vocab import Vocab
 
@@ -78,15 +79,7 @@ class OnnxRuntimeEngine:
         return token in self._eos
 
     def chat_template(self) -> str | None:
-        jinja = self.folder / "chat_template.jinja"
-        if jinja.is_file():
-            return jinja.read_text(encoding="utf-8")
-        try:
-            data = json.loads((self.folder / "tokenizer_config.json").read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            return None
-        template = data.get("chat_template") if isinstance(data, dict) else None
-        return template if isinstance(template, str) else None
+        return chat_template_of(self.folder)
 
     def bos_text(self) -> str:
         return self._special_text(self._bos)

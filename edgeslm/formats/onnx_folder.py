@@ -260,13 +260,21 @@ def _kv_bytes(model: onnx.ModelProto) -> int:
     return 2
 
 
-def _has_chat_template(folder: Path, files: dict[str, int]) -> bool:
-    if "chat_template.jinja" in files:
-        return True
-    if files.get("tokenizer_config.json", MAX_CONFIG_BYTES + 1) > MAX_CONFIG_BYTES * 8:
-        return False
+def chat_template_of(folder: Path) -> str | None:
+    """The folder's chat template: ``chat_template.jinja`` (the builder's), else tokenizer_config.json's."""
+    jinja = folder / "chat_template.jinja"
+    if jinja.is_file() and jinja.stat().st_size <= MAX_CONFIG_BYTES:
+        return jinja.read_text(encoding="utf-8", errors="replace")
+    path = folder / "tokenizer_config.json"
     try:
-        data = json.loads((folder / "tokenizer_config.json").read_text(encoding="utf-8"))
+        if path.stat().st_size > MAX_CONFIG_BYTES * 8:
+            return None
+        data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError, UnicodeDecodeError):
-        return False
-    return isinstance(data, dict) and isinstance(data.get("chat_template"), str)
+        return None
+    template = data.get("chat_template") if isinstance(data, dict) else None
+    return template if isinstance(template, str) else None
+
+
+def _has_chat_template(folder: Path, files: dict[str, int]) -> bool:
+    return chat_template_of(folder) is not None

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 from typing import Any
 
 from fastapi import APIRouter
@@ -14,10 +15,11 @@ from starlette.responses import JSONResponse, Response
 
 from ..errors import InvalidParameterError
 from ..formats.gguf_header import read_gguf_header
+from ..formats.onnx_folder import chat_template_of
 from ..pull import pull
 from ..runner.tasks import quantize_in_child
 from ..show import show_model
-from ..store import parse_name
+from ..store import Manifest, parse_name
 from .ollama_api import details, ndjson
 from .ollama_schemas import CopyRequest, CreateRequest, ModelRequest, Options
 from .service import note, parse, state
@@ -33,8 +35,7 @@ async def show(request: Request) -> Response:
     manifest = st.manifest(body.target)
     note(request, model=str(manifest.name))
     report = await asyncio.to_thread(show_model, st.store(), str(manifest.name))
-    header = read_gguf_header(report.path, label=str(manifest.name))
-    template = header.metadata.get("tokenizer.chat_template")
+    template = await asyncio.to_thread(_chat_template, manifest, report.path)
     defaults = manifest.defaults
     params = defaults.get("parameters") or {}
     parameters = "\n".join(f"{k} {json.dumps(v)}" for k, v in params.items())
@@ -45,9 +46,16 @@ async def show(request: Request) -> Response:
     return JSONResponse({
         "modelfile": modelfile + "".join(f"PARAMETER {line}\n" for line in parameters.splitlines()),
         "parameters": parameters, "template": template if isinstance(template, str) else "",
-        "system": defaults.get("system", ""), "details": details(manifest.info), "model_info": info,
+        "system": defaults.get("system", ""), "details": details(manifest), "model_info": info,
         "capabilities": ["completion"], "modified_at": manifest.created,
     })  # fmt: skip
+
+
+def _chat_template(manifest: Manifest, path: Path) -> str | None:
+    if manifest.layers:
+        return chat_template_of(path)
+    template = read_gguf_header(path, label=str(manifest.name)).metadata.get("tokenizer.chat_template")
+    return template if isinstance(template, str) else None
 
 
 async def _progress(work: Callable[[Callable[[dict[str, Any]], None]], None]) -> AsyncIterator[dict[str, Any]]:

@@ -18,7 +18,6 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response, Strea
 from .. import __version__
 from ..engines.base import SamplingParams
 from ..errors import EdgeslmError, InvalidParameterError, http_status_for
-from ..formats.model_info import ModelInfo
 from ..runner import Chunk, Done, Job
 from ..store import parse_name
 from ..store.registry import Manifest
@@ -272,10 +271,11 @@ async def embeddings(request: Request) -> Response:
     return JSONResponse({"embedding": result.vectors[0] if result.vectors else []})
 
 
-def details(info: ModelInfo) -> dict[str, Any]:
+def details(manifest: Manifest) -> dict[str, Any]:
+    info = manifest.info
     return {
         "parent_model": "",
-        "format": "gguf",
+        "format": manifest.format.value,
         "family": info.architecture,
         "families": [info.architecture],
         "parameter_size": format_params(info.n_params),
@@ -286,7 +286,7 @@ def details(info: ModelInfo) -> dict[str, Any]:
 def model_entry(m: Manifest) -> dict[str, Any]:
     digest = m.digest.removeprefix("sha256-")
     entry = {"name": str(m.name), "model": str(m.name), "modified_at": m.created, "size": m.size, "digest": digest}
-    return {**entry, "details": details(m.info)}
+    return {**entry, "details": details(m)}
 
 
 @router.get("/api/tags")
