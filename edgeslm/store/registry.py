@@ -33,6 +33,7 @@ from ..errors import IntegrityError, InvalidModelFileError, ModelNotFoundError, 
 from ..formats.model_format import ModelFormat
 from ..formats.model_info import ModelInfo, model_info
 from .atomic import TempFile, copy_hashing, iter_stale_temps, remove_path, sha256_file, write_atomic
+from .folders import drop_views
 from .layers import DIGEST, Layer, folder_digest, layers_from_json
 from .names import ModelName, parse_name
 
@@ -410,6 +411,9 @@ class Store:
 
     def _drop_unreferenced(self, digests: Iterable[str]) -> int:
         """Delete those of ``digests`` that no manifest names. Caller holds the lock."""
+        digests = set(digests)
+        if not digests:
+            return 0
         referenced = _referenced(self.manifests())
         freed = 0
         for digest in set(digests) - referenced:
@@ -422,8 +426,6 @@ class Store:
         return freed
 
     def _drop_views(self) -> None:
-        from .folders import drop_views
-
         drop_views(self, self.manifests())
 
     def _prune_dirs(self, directory: Path) -> None:
@@ -444,9 +446,10 @@ class Store:
                 remove_path(path)
                 log.debug("removed stale temp file %s", path.name)  # verify reports them; never mid-reply
             named = {p.name for p in self.blobs_dir.iterdir() if _DIGEST.match(p.name)}
-            orphans = tuple(sorted(named - _referenced(self.manifests())))
+            manifests = self.manifests()
+            orphans = tuple(sorted(named - _referenced(manifests)))
             self._drop_unreferenced(orphans)
-            self._drop_views()
+            drop_views(self, manifests)
         return SweepReport(stale, orphans)
 
     def verify(self, progress: Progress | None = None) -> VerifyReport:
