@@ -70,7 +70,7 @@ def export_hf(store: Store, name: str, target: Path) -> ExportResult:
     try:
         config = _config(meta, arch, reader)
         tensors = _tensors(reader, config)
-        from .convert.safetensors import write_safetensors
+        from .formats.safetensors import write_safetensors
 
         write_safetensors(tmp / "model.safetensors", tensors, {"format": "pt"})
         _write_json(tmp / "config.json", config)

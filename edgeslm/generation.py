@@ -112,10 +112,11 @@ def resolve_model(name_or_path: str, settings: Settings) -> ResolvedModel:
     path = Path(name_or_path)
     if name_or_path.endswith(".gguf") and path.is_file():
         return ResolvedModel(path.name, path, model_info(read_gguf_header(path, label=path.name)))
-    if path.is_dir() and (path / "genai_config.json").is_file():
-        from .formats.onnx_folder import read_onnx_folder
+    if path.is_dir() and any((path / f).is_file() for f in ("genai_config.json", "config.json")):
+        from .formats.folder_checks import check_folder, detect_folder
 
-        return ResolvedModel(path.name, path, read_onnx_folder(path).info, ModelFormat.ONNX)
+        fmt = detect_folder(path)
+        return ResolvedModel(path.name, path, check_folder(fmt, path), fmt)
     store = Store.open(settings.models_dir)
     name = parse_name(name_or_path)
     manifest = store.find(name)

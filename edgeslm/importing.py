@@ -1,5 +1,6 @@
-"""``edgeslm import PATH``: a GGUF file, or an ONNX Runtime GenAI folder made elsewhere
-(Foundry Local, the model builder), into the store. Both are validated before a byte is copied."""
+"""``edgeslm import PATH``: a GGUF file, an ONNX Runtime GenAI folder made elsewhere (Foundry
+Local, the model builder) or an MLX folder (mlx_lm.convert's), into the store. Each is validated
+before a byte is copied."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import re
 from pathlib import Path
 
 from .errors import InputFileError
-from .formats.model_format import ModelFormat
+from .formats.folder_checks import check_folder, detect_folder
 from .store import ModelName, Store, parse_name
 from .store.registry import Manifest, Progress
 
@@ -22,12 +23,11 @@ def import_model(store: Store, path: Path, name: ModelName | None = None, progre
     name = name or default_name(path)
     source = {"kind": "file", "path": str(path.absolute())}
     if path.is_dir():
-        from .formats.onnx_folder import read_onnx_folder
-
-        folder = read_onnx_folder(path)  # refuse a hostile folder before copying a byte of it
-        return store.add_folder(name, path, fmt=ModelFormat.ONNX, info=folder.info, source=source, progress=progress)
+        fmt = detect_folder(path)
+        info = check_folder(fmt, path)  # refuse a hostile folder before copying a byte of it
+        return store.add_folder(name, path, fmt=fmt, info=info, source=source, progress=progress)
     if not path.is_file():
-        raise InputFileError(f"{path} does not exist; give a .gguf file or an ONNX Runtime GenAI model folder")
+        raise InputFileError(f"{path} does not exist; give a .gguf file, or an ONNX Runtime GenAI or MLX model folder")
     return store.add_file(path, name, source=source, progress=progress)
 
 

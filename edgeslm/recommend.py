@@ -151,9 +151,10 @@ def _runtime_advice(device: Device) -> Advice:
     if device.apple_silicon:
         return Advice(
             "runtime",
-            "MLX (llama.cpp with Metal meanwhile)",
-            "Apple Silicon's unified memory and GPU are what MLX is built for; edgeslm runs llama.cpp today, "
-            "which also uses Metal there.",
+            "MLX, or llama.cpp with Metal",
+            "Apple Silicon's unified memory and GPU are what MLX is built for: 'edgeslm convert NAME --to mlx "
+            "--q-bits 4' makes an MLX variant, and evaluating it beside the GGUF ones (llama.cpp uses Metal "
+            "there too) shows which to run.",
         )
     if device.npu or device.os == "windows":
         return Advice(

@@ -1,5 +1,5 @@
 """The house rules the folders stand for: lower floors never import higher ones, and native code
-(llama-cpp-python, onnxruntime, onnxruntime-genai) is imported only under ``engines/``. Read
+(llama-cpp-python, onnxruntime, onnxruntime-genai, mlx, mlx-lm) is imported only under ``engines/``. Read
 from the source with ``ast``."""
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ FLOORS = {
     "formats": 1, "store": 2, "sources": 3, "engines": 3,
     "runner": 5, "serve": 6, "cli": 6, "__main__": 7,
 }  # fmt: skip
-NATIVE = ("llama_cpp", "onnxruntime", "onnxruntime_genai")  # imported only under engines/
+NATIVE = ("llama_cpp", "onnxruntime", "onnxruntime_genai", "mlx", "mlx_lm")  # imported only under engines/
 VERB = 4  # every other top-level module or package: the verbs (pull, quantize, evaluate, ...)
 
 

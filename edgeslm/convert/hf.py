@@ -11,7 +11,7 @@ import numpy as np
 import numpy.typing as npt
 
 from ..errors import InputFileError, InvalidModelFileError
-from .safetensors import SafetensorsFile, TensorEntry, bf16_to_f32
+from ..formats.safetensors import SafetensorsFile, TensorEntry, bf16_to_f32
 
 MAX_JSON = 64 * 2**20
 

@@ -118,7 +118,7 @@ def convert_to_onnx(
     """Build ``name`` (a stored GGUF model) as an ONNX model and store it as ``target``."""
     say = progress or (lambda message: log.info("%s", message))
     parent = store.get(name)
-    _check_source(parent)
+    check_source(parent, "onnx")
     require_installed(("onnxruntime_genai", "onnxruntime", "onnx", "torch", "transformers"), Runtime.ONNXRUNTIME)
     target = target or replace(parent.name, tag=default_tag(precision, method))
     start = time.perf_counter()
@@ -141,16 +141,16 @@ def convert_to_onnx(
     return OnnxConvertResult(manifest, precision, method, time.perf_counter() - start, details)
 
 
-def _check_source(parent: Manifest) -> None:
+def check_source(parent: Manifest, to: str) -> None:
+    """A stored GGUF model of an architecture ``export`` writes, or a clear refusal."""
     if parent.format is not ModelFormat.GGUF:
         raise InvalidParameterError(
             f"{parent.name} is already an {parent.format.value} model; convert its GGUF source instead"
         )
     if parent.info.architecture not in SUPPORTED:
         raise InvalidModelFileError(
-            f"{parent.name} is a {parent.info.architecture} model; convert --to onnx supports "
-            f"{', '.join(SUPPORTED)} (the architectures edgeslm exports to Hugging Face form for "
-            "onnxruntime-genai's model builder)"
+            f"{parent.name} is a {parent.info.architecture} model; convert --to {to} supports "
+            f"{', '.join(SUPPORTED)} (the architectures edgeslm exports to Hugging Face form for the converter)"
         )
 
 

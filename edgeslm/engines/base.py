@@ -254,11 +254,14 @@ def register_engine(name: str) -> Callable[[F], F]:
 
 
 # the modules of edgeslm's own engines, imported (and so registered) on first use: native code
-BUILTIN_ENGINES = {DEFAULT_ENGINE: "llamacpp", "onnxruntime": "ort"}
+BUILTIN_ENGINES = {DEFAULT_ENGINE: "llamacpp", "onnxruntime": "ort", "mlx": "mlxlm"}
 
 
 # each engine's batch decoder for a runner's slots: (module, class), imported on first use
-BATCH_DECODERS = {DEFAULT_ENGINE: ("llamacpp_batch", "BatchDecoder"), "onnxruntime": ("ort_batch", "SlotDecoder")}
+BATCH_DECODERS = {
+    DEFAULT_ENGINE: ("llamacpp_batch", "BatchDecoder"), "onnxruntime": ("ort_batch", "SlotDecoder"),
+    "mlx": ("slots", "GeneratorSlots"),
+}  # fmt: skip
 
 
 def open_batch(engine: Engine, slots: int, ctx_per_slot: int, *, reuse: bool = True) -> BatchDecoderLike:

@@ -4,7 +4,7 @@ model builder's output: ``genai_config.json``, ``model.onnx``, external data, to
 onnxruntime-genai keeps the KV cache and runs the search (greedy, or top-k/top-p sampling
 with temperature and repetition penalty); its ``logits`` output gives every prompt position's
 logits for evaluation. Token ids and their bytes come from the folder's ``tokenizer.json``
-(``ort_vocab``), the same file onnxruntime-genai tokenizes with.
+(``hf_vocab``), the same file onnxruntime-genai tokenizes with.
 """
 
 from __future__ import annotations
@@ -17,9 +17,8 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import ContextOverflowError, EngineError, InvalidParameterError
 from ..formats.model_format import Runtime, require
-from ..formats.onnx_folder import chat_template_of
 from .base import LoadParams, SamplingParams, register_engine
-from .ort_vocab import Vocab
+from .hf_vocab import FolderVocabEngine
 
 if TYPE_CHECKING:
     import numpy as np
@@ -40,7 +39,7 @@ def genai() -> Any:
     return _og["module"]
 
 
-class OnnxRuntimeEngine:
+class OnnxRuntimeEngine(FolderVocabEngine):
     name = NAME
 
     def __init__(self, folder: Path, params: LoadParams) -> None:
@@ -56,39 +55,8 @@ class OnnxRuntimeEngine:
             self._model = og.Model(config)
         except Exception as exc:  # onnxruntime-genai raises RuntimeError with ORT's reason
             raise EngineError(f"onnxruntime-genai could not load {folder.name}: {exc}") from None
-        self.vocab = Vocab(folder)
-        self.n_vocab = int(model_cfg.get("vocab_size") or self.vocab.size)
-        self.n_ctx = min(params.n_ctx, int(model_cfg.get("context_length") or params.n_ctx))
-        eos = model_cfg.get("eos_token_id", [])
-        self._eos = {int(t) for t in (eos if isinstance(eos, list) else [eos])}
-        self._bos = model_cfg.get("bos_token_id")
+        super().__init__(folder, model_cfg, context=model_cfg.get("context_length"), n_ctx=params.n_ctx)
         self._generator: Any = None
-
-    # -- vocabulary ---------------------------------------------------------------------------
-
-    def tokenize(self, text: str, *, add_special: bool = True, parse_special: bool = True) -> list[int]:
-        return self.vocab.encode(text, add_special=add_special, parse_special=parse_special)
-
-    def token_bytes(self, token: int, *, special: bool = False) -> bytes:
-        return self.vocab.token_bytes(token, special=special)
-
-    def detokenize(self, tokens: Sequence[int]) -> bytes:
-        return b"".join(self.token_bytes(t) for t in tokens)
-
-    def is_end_of_generation(self, token: int) -> bool:
-        return token in self._eos
-
-    def chat_template(self) -> str | None:
-        return chat_template_of(self.folder)
-
-    def bos_text(self) -> str:
-        return self._special_text(self._bos)
-
-    def eos_text(self) -> str:
-        return self._special_text(min(self._eos) if self._eos else None)
-
-    def _special_text(self, token: object) -> str:
-        return self.vocab.token_text(token) or "" if isinstance(token, int) else ""
 
     # -- evaluation and generation ------------------------------------------------------------
 
@@ -117,19 +85,6 @@ class OnnxRuntimeEngine:
             options["repetition_penalty"] = sampling.repeat_penalty
         p.set_search_options(**options)
         return og.Generator(self._model, p)
-
-    def _check_fits(self, tokens: Sequence[int]) -> None:
-        if not tokens:
-            raise InvalidParameterError("there is nothing to evaluate: the prompt has no tokens")
-        if len(tokens) >= self.n_ctx:
-            raise ContextOverflowError(
-                f"the prompt has {len(tokens):,} tokens but the context holds {self.n_ctx:,}; "
-                "shorten it or load with a larger context (n_ctx)",
-                params="n_ctx",
-            )
-        bad = [t for t in tokens if not 0 <= t < self.n_vocab]
-        if bad:
-            raise InvalidParameterError(f"token id {bad[0]} is outside the vocabulary (0 to {self.n_vocab - 1})")
 
     def prefill(self, tokens: Sequence[int]) -> None:
         self._check_fits(tokens)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
+from ..errors import InvalidModelFileError
 from .model_format import ModelFormat
 from .model_info import ModelInfo
 
@@ -15,8 +16,27 @@ def _onnx(folder: Path) -> ModelInfo:
     return read_onnx_folder(folder).info
 
 
-CHECKS: dict[ModelFormat, Callable[[Path], ModelInfo]] = {ModelFormat.ONNX: _onnx}
+def _mlx(folder: Path) -> ModelInfo:
+    from .mlx_folder import read_mlx_folder
+
+    return read_mlx_folder(folder).info
+
+
+CHECKS: dict[ModelFormat, Callable[[Path], ModelInfo]] = {ModelFormat.ONNX: _onnx, ModelFormat.MLX: _mlx}
 
 
 def check_folder(fmt: ModelFormat, folder: Path) -> ModelInfo:
     return CHECKS[fmt](folder)
+
+
+def detect_folder(folder: Path) -> ModelFormat:
+    """An ONNX Runtime GenAI folder has ``genai_config.json``; an MLX folder ``config.json`` or
+    safetensors weights (its check says what else is missing); anything else is refused."""
+    if (folder / "genai_config.json").is_file():
+        return ModelFormat.ONNX
+    if (folder / "config.json").is_file() or any(folder.glob("*.safetensors")):
+        return ModelFormat.MLX
+    raise InvalidModelFileError(
+        f"{folder} is neither an ONNX Runtime GenAI model folder (it has no genai_config.json) nor an MLX one "
+        "(no config.json and .safetensors weights); import a .gguf file or one of those folders"
+    )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
@@ -12,6 +13,7 @@ from ..errors import InvalidModelFileError
 log = logging.getLogger(__name__)
 MAX_FILES = 256
 MAX_PATH = 255
+MAX_JSON_BYTES = 1 << 20  # a folder's small JSON files (configs, tokenizer_config.json); tokenizer.json is apart
 _SAFE_PART = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.+-]*\Z")
 
 
@@ -56,3 +58,19 @@ def folder_files(folder: Path) -> list[tuple[str, Path]]:
     if len(found) > MAX_FILES:
         raise InvalidModelFileError(f"{folder} holds {len(found)} files; a model folder may hold {MAX_FILES}")
     return sorted(found)
+
+
+def chat_template_of(folder: Path) -> str | None:
+    """The folder's chat template: ``chat_template.jinja`` (the builder's), else tokenizer_config.json's."""
+    jinja = folder / "chat_template.jinja"
+    if jinja.is_file() and jinja.stat().st_size <= MAX_JSON_BYTES:
+        return jinja.read_text(encoding="utf-8", errors="replace")
+    path = folder / "tokenizer_config.json"
+    try:
+        if path.stat().st_size > MAX_JSON_BYTES * 8:
+            return None
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError, UnicodeDecodeError):
+        return None
+    template = data.get("chat_template") if isinstance(data, dict) else None
+    return template if isinstance(template, str) else None

@@ -14,6 +14,7 @@ from types import ModuleType
 class ModelFormat(str, Enum):
     GGUF = "gguf"
     ONNX = "onnx"
+    MLX = "mlx"
 
 
 class Runtime(str, Enum):
@@ -21,11 +22,14 @@ class Runtime(str, Enum):
 
     LLAMA_CPP = "llama.cpp"
     ONNXRUNTIME = "onnxruntime"
+    MLX = "mlx"
 
 
-RUNTIME_OF: dict[ModelFormat, Runtime] = {ModelFormat.GGUF: Runtime.LLAMA_CPP, ModelFormat.ONNX: Runtime.ONNXRUNTIME}
+RUNTIME_OF: dict[ModelFormat, Runtime] = {
+    ModelFormat.GGUF: Runtime.LLAMA_CPP, ModelFormat.ONNX: Runtime.ONNXRUNTIME, ModelFormat.MLX: Runtime.MLX,
+}  # fmt: skip
 # what `pip install` brings each runtime that is an extra (llama.cpp is a plain dependency)
-EXTRA_OF: dict[Runtime, str] = {Runtime.ONNXRUNTIME: "onnx"}
+EXTRA_OF: dict[Runtime, str] = {Runtime.ONNXRUNTIME: "onnx", Runtime.MLX: "mlx"}
 
 
 def parse_runtimes(text: str) -> tuple[Runtime, ...]:

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..errors import InputFileError, InvalidModelFileError
-from .folder_files import folder_files, safe_relative_path
+from .folder_files import chat_template_of, folder_files, safe_relative_path
 from .model_format import Runtime, require
 from .model_info import ModelInfo, TypeShare
 from .size_class import classify
@@ -258,22 +258,6 @@ def _kv_bytes(model: onnx.ModelProto) -> int:
             _, bits = DTYPES.get(value.type.tensor_type.elem_type, ("", 16))
             return max(int(bits) // 8, 1)
     return 2
-
-
-def chat_template_of(folder: Path) -> str | None:
-    """The folder's chat template: ``chat_template.jinja`` (the builder's), else tokenizer_config.json's."""
-    jinja = folder / "chat_template.jinja"
-    if jinja.is_file() and jinja.stat().st_size <= MAX_CONFIG_BYTES:
-        return jinja.read_text(encoding="utf-8", errors="replace")
-    path = folder / "tokenizer_config.json"
-    try:
-        if path.stat().st_size > MAX_CONFIG_BYTES * 8:
-            return None
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError, UnicodeDecodeError):
-        return None
-    template = data.get("chat_template") if isinstance(data, dict) else None
-    return template if isinstance(template, str) else None
 
 
 def _has_chat_template(folder: Path, files: dict[str, int]) -> bool:

@@ -14,8 +14,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from ..errors import InvalidParameterError
+from ..formats.folder_files import chat_template_of
 from ..formats.gguf_header import read_gguf_header
-from ..formats.onnx_folder import chat_template_of
 from ..pull import pull
 from ..runner.tasks import quantize_in_child
 from ..show import show_model

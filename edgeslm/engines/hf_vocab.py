@@ -1,6 +1,6 @@
 """A Hugging Face ``tokenizer.json`` as edgeslm's engines see a vocabulary: ids <-> bytes.
 
-onnxruntime-genai tokenizes with the same file; here the ``tokenizers`` library reads it, so
+onnxruntime-genai and mlx-lm tokenize with the same file; here the ``tokenizers`` library reads it, so
 every id maps to its exact bytes (byte-level BPE's unicode alphabet undone, SentencePiece's
 '▁' and ``<0xXX>`` byte pieces decoded), as llama.cpp's ``llama_token_to_piece`` does.
 """
@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Sequence
 from functools import cache
 from pathlib import Path
 from typing import Any
 
-from ..errors import InvalidModelFileError
+from ..errors import ContextOverflowError, InvalidModelFileError, InvalidParameterError
+from ..formats.folder_files import chat_template_of
 
 _BYTE_PIECE = re.compile(r"<0x([0-9A-Fa-f]{2})>\Z")
 MAX_TOKENIZER_BYTES = 64 << 20
@@ -87,3 +89,57 @@ class Vocab:
         if m := _BYTE_PIECE.match(text):
             return bytes([int(m.group(1), 16)])
         return text.replace("▁", " ").encode()
+
+
+class FolderVocabEngine:
+    """The vocabulary half of an engine over a model folder (ONNX, MLX): ids and bytes from
+    ``tokenizer.json``, end tokens and BOS from the model's config, the folder's chat template."""
+
+    def __init__(self, folder: Path, config: dict[str, Any], *, context: object, n_ctx: int) -> None:
+        self.folder = folder
+        self.vocab = Vocab(folder)
+        vocab_size = config.get("vocab_size")
+        self.n_vocab = int(vocab_size) if isinstance(vocab_size, int) else self.vocab.size
+        self.n_ctx = min(n_ctx, context) if isinstance(context, int) and context > 0 else n_ctx
+        eos = config.get("eos_token_id", [])
+        self._eos = {int(t) for t in (eos if isinstance(eos, list) else [eos]) if isinstance(t, int)}
+        self._bos = config.get("bos_token_id")
+
+    # -- vocabulary ---------------------------------------------------------------------------
+
+    def tokenize(self, text: str, *, add_special: bool = True, parse_special: bool = True) -> list[int]:
+        return self.vocab.encode(text, add_special=add_special, parse_special=parse_special)
+
+    def token_bytes(self, token: int, *, special: bool = False) -> bytes:
+        return self.vocab.token_bytes(token, special=special)
+
+    def detokenize(self, tokens: Sequence[int]) -> bytes:
+        return b"".join(self.token_bytes(t) for t in tokens)
+
+    def is_end_of_generation(self, token: int) -> bool:
+        return token in self._eos
+
+    def chat_template(self) -> str | None:
+        return chat_template_of(self.folder)
+
+    def bos_text(self) -> str:
+        return self._special_text(self._bos)
+
+    def eos_text(self) -> str:
+        return self._special_text(min(self._eos) if self._eos else None)
+
+    def _special_text(self, token: object) -> str:
+        return self.vocab.token_text(token) or "" if isinstance(token, int) else ""
+
+    def _check_fits(self, tokens: Sequence[int]) -> None:
+        if not tokens:
+            raise InvalidParameterError("there is nothing to evaluate: the prompt has no tokens")
+        if len(tokens) >= self.n_ctx:
+            raise ContextOverflowError(
+                f"the prompt has {len(tokens):,} tokens but the context holds {self.n_ctx:,}; "
+                "shorten it or load with a larger context (n_ctx)",
+                params="n_ctx",
+            )
+        bad = [t for t in tokens if not 0 <= t < self.n_vocab]
+        if bad:
+            raise InvalidParameterError(f"token id {bad[0]} is outside the vocabulary (0 to {self.n_vocab - 1})")

@@ -32,6 +32,8 @@ DTYPES: Mapping[str, tuple[str, int]] = {  # safetensors dtype -> (numpy dtype, 
     "I16": ("<i2", 2),
     "I8": ("i1", 1),
     "U8": ("u1", 1),
+    "U32": ("<u4", 4),  # MLX packs quantized weights in uint32
+    "U16": ("<u2", 2),
     "BOOL": ("?", 1),
 }
 

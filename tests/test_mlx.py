@@ -1,0 +1,194 @@
+"""MLX as a third runtime (begun): conversion through mlx-lm, the folder check, the engine against
+mlx-lm's own generation and against the GGUF it came from, and hostile MLX folders. Tiny models."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import struct
+from collections.abc import Callable
+from itertools import islice
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from edgeslm.convert.to_mlx import MlxRecipe, convert_to_mlx
+from edgeslm.engines.base import LoadParams, SamplingParams, open_engine
+from edgeslm.errors import InvalidModelFileError, InvalidParameterError
+from edgeslm.evaluate.core import EvalSettings, evaluate, load_text
+from edgeslm.formats.model_format import ModelFormat
+from edgeslm.store import Store, parse_name
+from tests.conftest import CliResult, snapshot
+from tests.onnxbuild import GGUF_NAME, build_store, copy_folder
+
+pytest.importorskip("mlx_lm", reason="the mlx extra is part of the README's install")
+
+FP32, Q4 = "tiny-llama:mlx-fp32", "tiny-llama:mlx-4bit-g32"
+PROMPTS = ["Hello world", "The quick brown fox", "1 2 3 4", "<|im_start|>user\nhi<|im_end|>", "naïve café"]
+
+
+@pytest.fixture(scope="session")
+def built(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("mlx-home")
+    store = build_store(root)
+    convert_to_mlx(store, parse_name(GGUF_NAME), MlxRecipe(dtype="float32"))
+    convert_to_mlx(store, parse_name(GGUF_NAME), MlxRecipe(dtype="float32", bits=4, group_size=32))
+    return root
+
+
+@pytest.fixture
+def mlx_home(built: Path, home: Path) -> Path:
+    shutil.copytree(built / "models", home / "models")
+    return home
+
+
+@pytest.fixture
+def mlx_store(mlx_home: Path) -> Store:
+    return Store.open(mlx_home / "models")
+
+
+def test_conversions_are_stored_with_lineage(mlx_store: Store, cli: Callable[..., CliResult]) -> None:
+    fp32, q4 = mlx_store.get(parse_name(FP32)), mlx_store.get(parse_name(Q4))
+    assert fp32.format is q4.format is ModelFormat.MLX
+    assert fp32.info.n_params == q4.info.n_params == mlx_store.get(parse_name(GGUF_NAME)).info.n_params
+    assert q4.info.main_type == "Q4G32" and q4.size < fp32.size
+    assert json.loads(q4.source["options"])["q_bits"] == 4 and q4.source["made_with"].startswith("mlx-lm")
+    assert "README.md" not in {x.path for x in q4.layers}
+    assert cli("verify").code == 0
+
+
+def test_greedy_tokens_equal_mlx_lms_own_generation(mlx_store: Store) -> None:
+    import mlx.core as mx
+    from mlx_lm import load
+    from mlx_lm.generate import generate_step
+
+    folder = mlx_store.model_path(mlx_store.get(parse_name(Q4)))
+    engine = open_engine("mlx", folder, LoadParams(n_ctx=128))
+    model, tokenizer = load(str(folder))
+    for prompt in PROMPTS:
+        ids = engine.tokenize(prompt, add_special=True, parse_special=True)
+        assert ids == tokenizer.encode(prompt)
+        theirs = [int(t) for t, _ in islice(generate_step(mx.array(ids), model, max_tokens=16), 16)]
+        ours = list(islice(engine.generate_tokens(ids, SamplingParams(temperature=0)), 16))
+        assert ours == theirs, prompt
+
+
+def test_fp32_mlx_matches_the_gguf_it_was_built_from(mlx_store: Store) -> None:
+    params = LoadParams(n_ctx=128, n_threads=2)
+    gguf = open_engine("llama.cpp", mlx_store.model_path(mlx_store.get(parse_name(GGUF_NAME))), params)
+    mlx = open_engine("mlx", mlx_store.model_path(mlx_store.get(parse_name(FP32))), params)
+    ids = range(gguf.n_vocab)
+    assert [mlx.token_bytes(t) for t in ids] == [gguf.token_bytes(t) for t in ids]
+    tokens = gguf.tokenize(" ".join(PROMPTS), add_special=False, parse_special=True)
+    a, b = gguf.eval_logits(tokens), mlx.eval_logits(tokens)
+    assert float(np.abs(a - b).max()) < 5e-3 * max(1.0, float(np.abs(a).max()))
+    assert (a.argmax(-1) == b.argmax(-1)).all()
+    vec = mlx.embed("Hello world")
+    assert len(vec) == 64 and abs(sum(x * x for x in vec) - 1) < 1e-4
+    with pytest.raises(InvalidParameterError, match="grammar"):
+        next(mlx.generate_tokens(tokens, SamplingParams(grammar='root ::= "a"')))
+
+
+def test_eval_and_run_an_mlx_variant(mlx_store: Store, cli: Callable[..., CliResult]) -> None:
+    settings = EvalSettings(ctx=64, chunks=1, speed=False)
+    exact = evaluate(mlx_store, parse_name(FP32), parse_name(GGUF_NAME), load_text(None), settings)
+    q4 = evaluate(mlx_store, parse_name(Q4), parse_name(GGUF_NAME), load_text(None), settings)
+    assert exact.runtime == "mlx" and exact.kld_mean is not None and q4.kld_mean is not None
+    assert exact.kld_mean < 1e-4 < q4.kld_mean
+    ran = cli("run", Q4, "Hello", "--temperature", "0", "--max-tokens", "6")
+    assert ran.code == 0, ran.err
+
+
+def test_slots_step_two_generations_as_one_at_a_time(mlx_store: Store) -> None:
+    from edgeslm.engines.base import open_batch
+
+    engine = open_engine("mlx", mlx_store.model_path(mlx_store.get(parse_name(Q4))), LoadParams(n_ctx=128))
+    greedy = SamplingParams(temperature=0)
+    prompts = [engine.tokenize(p) for p in PROMPTS[:2]]
+    alone = [list(islice(engine.generate_tokens(p, greedy), 8)) for p in prompts]
+    slots = open_batch(engine, 2, 128)
+    for i, p in enumerate(prompts):
+        slots.add(str(i), p, greedy, 8)
+    got: dict[str, list[int]] = {"0": [], "1": []}
+    while slots.free_slots() < 2:
+        for ev in slots.step():
+            if ev.finish != "stop":
+                got[ev.request].append(ev.token)
+    assert [got["0"], got["1"]] == [a[: len(got[str(i)])] for i, a in enumerate(alone)]
+    assert all(got.values())
+
+
+# -- hostile folders -------------------------------------------------------------------------------
+
+
+def _lie_about_a_shape(folder: Path) -> None:
+    path = folder / "model.safetensors"
+    raw = path.read_bytes()
+    (n,) = struct.unpack("<Q", raw[:8])
+    header = json.loads(raw[8 : 8 + n])
+    name = next(k for k in header if k.endswith("q_proj.weight"))
+    header[name]["shape"] = [header[name]["shape"][0], 1]  # fewer values than its bytes hold
+    text = json.dumps(header, separators=(",", ":")).encode().ljust(n)  # padded with spaces, as safetensors allows
+    assert len(text) == n
+    path.write_bytes(raw[:8] + text[:n] + raw[8 + n :])
+
+
+def _edit_config(change: dict[str, object]) -> Callable[[Path], None]:
+    def edit(folder: Path) -> None:
+        config = json.loads((folder / "config.json").read_text())
+        config.update(change)
+        (folder / "config.json").write_text(json.dumps(config))
+
+    return edit
+
+
+def _pickles_only(folder: Path) -> None:
+    for path in folder.glob("*.safetensors*"):
+        path.unlink()
+    (folder / "pytorch_model.bin").write_bytes(b"\x80\x04K\x01.")  # a pickle: never to be loaded
+
+
+HOSTILE = {
+    "a header that lies about a shape": (_lie_about_a_shape, "truncated or corrupt"),
+    "an unknown model_type": (_edit_config({"model_type": "not-a-model"}), "model_type 'not-a-model'"),
+    "bits mlx cannot honour": (
+        _edit_config({"quantization": {"bits": 3, "group_size": 48}}),
+        "mlx quantizes",
+    ),
+    "settings that do not describe the weights": (
+        _edit_config({"quantization": {"bits": 3, "group_size": 32}}),
+        "do not describe these weights",
+    ),
+    "pickled weights only": (_pickles_only, "pickled weights only"),
+}
+
+
+@pytest.mark.parametrize("case", list(HOSTILE))
+def test_a_hostile_mlx_folder_is_refused_and_nothing_is_stored(
+    case: str, mlx_home: Path, tmp_path: Path, cli: Callable[..., CliResult]
+) -> None:
+    damage, words = HOSTILE[case]
+    folder = copy_folder(Store.open(mlx_home / "models"), Q4, tmp_path / "bad")
+    damage(folder)
+    before = snapshot(mlx_home / "models")
+    result = cli("import", str(folder), "--name", "bad")
+    assert result.code == 65 and words in result.err, result.err
+    assert snapshot(mlx_home / "models") == before
+
+
+def test_convert_options_and_architectures_are_checked(
+    mlx_home: Path, cli: Callable[..., CliResult], tmp_path: Path
+) -> None:
+    from tests.ggufbuild import write_tiny_model
+
+    assert "--q-bits 7 is not one mlx quantizes" in cli("convert", GGUF_NAME, "--to", "mlx", "--q-bits", "7").err
+    assert "--dtype 'float8'" in cli("convert", GGUF_NAME, "--to", "mlx", "--dtype", "float8").err
+    store = Store.open(mlx_home / "models")
+    store.add_file(write_tiny_model(tmp_path / "g.gguf", arch="gemma3"), parse_name("g"), source={})
+    before = snapshot(store.root)
+    with pytest.raises(InvalidModelFileError, match="convert --to mlx supports llama, qwen2, qwen3"):
+        convert_to_mlx(store, parse_name("g"), MlxRecipe(bits=4))
+    assert snapshot(store.root) == before
+    assert os.environ.get("HF_HUB_OFFLINE") is None  # the converter's offline switch stays in its child
