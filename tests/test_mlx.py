@@ -192,3 +192,26 @@ def test_convert_options_and_architectures_are_checked(
         convert_to_mlx(store, parse_name("g"), MlxRecipe(bits=4))
     assert snapshot(store.root) == before
     assert os.environ.get("HF_HUB_OFFLINE") is None  # the converter's offline switch stays in its child
+
+
+def test_the_official_clients_chat_with_an_mlx_model(mlx_home: Path) -> None:
+    import openai
+
+    from edgeslm.generation import generate, load
+    from tests.servekit import serving
+
+    messages = [{"role": "user", "content": "Tell me about the sea"}]
+    model = load(Q4, ctx=256)
+    try:
+        expected = generate(model, messages, max_tokens=8, sampling=SamplingParams(temperature=0))
+    finally:
+        model.close()
+    with (
+        serving(mlx_home, parallel=2, ctx=256) as url,
+        openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0) as oai,
+    ):
+        reply = oai.chat.completions.create(model=Q4, messages=messages, max_tokens=8, temperature=0)  # type: ignore[arg-type]
+        assert reply.choices[0].message.content == expected.text
+        with pytest.raises(openai.BadRequestError, match="log-probabilities"):
+            oai.chat.completions.create(model=Q4, messages=messages, max_tokens=4, logprobs=True)  # type: ignore[arg-type]
+        assert oai.models.retrieve(Q4).id == Q4
