@@ -214,4 +214,8 @@ def test_the_official_clients_chat_with_an_mlx_model(mlx_home: Path) -> None:
         assert reply.choices[0].message.content == expected.text
         with pytest.raises(openai.BadRequestError, match="log-probabilities"):
             oai.chat.completions.create(model=Q4, messages=messages, max_tokens=4, logprobs=True)  # type: ignore[arg-type]
-        assert oai.models.retrieve(Q4).id == Q4
+        with pytest.raises(openai.BadRequestError, match="grammar"):
+            oai.chat.completions.create(
+                model=Q4, messages=messages, max_tokens=4, response_format={"type": "json_object"}
+            )  # type: ignore[arg-type]
+        assert oai.models.retrieve(Q4).id == Q4  # the runner lives on
