@@ -7,7 +7,9 @@
    against an independent computation (``independent_kld``: llama-cpp-python's high-level
    ``Llama`` for the reference's logits, onnxruntime-genai's ``logits`` output for the
    variant's, numpy in float64; the same chunks as llama-perplexity) (goal: within 1 %).
-3. **The table**: every variant of both runtimes, evaluated against the F16 reference on the
+3. **Native llama.cpp**: the GGUF variants' pp512/tg128 and peak RSS by native ``llama-bench``
+   (built by ``shared/tools/build-native-llama.sh``) beside ``edgeslm bench``'s, alternating.
+4. **The table**: every variant of both runtimes, evaluated against the F16 reference on the
    first chunks of WikiText-2: size, mean KLD, same top-1, PPL, pp/tg tok/s, peak RSS.
 
     .venv/bin/python benchmarks/onnx_runtime.py [--chunks 8] [--rounds 3]
@@ -165,6 +167,33 @@ def fidelity_section(store: Store, text_path: Path, chunks: int) -> None:
     print(f"  relative difference {100 * diff:+.3f}%  (goal within 1 %)")
 
 
+def native_section(store: Store, names: list[str], rounds: int) -> None:
+    from benchmarks.parity import native, ours
+
+    script = ROOT.parent / "shared" / "tools" / "build-native-llama.sh"
+    bin_dir = Path(subprocess.check_output(["bash", str(script)], text=True).strip().splitlines()[-1])
+    threads = physical_cores()
+    print(
+        f"\n## Native llama-bench vs edgeslm bench, GGUF variants, pp512/tg128, {rounds} alternating rounds (medians)"
+    )
+    print(
+        "| model | native pp512 | edgeslm pp512 | ratio | native tg128 | edgeslm tg128 | ratio | native RSS | edgeslm RSS |"
+    )
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for name in names:
+        manifest = store.get(parse_name(name))
+        if manifest.format.value != "gguf":
+            continue
+        path = store.model_path(manifest)
+        nat, our = [native(bin_dir, path, 512, 128, threads) for _ in range(rounds)], []
+        for _ in range(rounds):
+            our.append(ours(path, 512, 128, threads))
+        med = [statistics.median(float(r[i] or 0) for r in nat) for i in range(3)]
+        mine = [statistics.median(float(r[i] or 0) for r in our) for i in range(3)]
+        print(f"| {name} | {med[0]:.1f} | {mine[0]:.1f} | {mine[0] / med[0]:.3f} | {med[1]:.1f} | {mine[1]:.1f} | "
+              f"{mine[1] / med[1]:.3f} | {med[2] / 2**20:.1f} MiB | {mine[2] / 2**20:.1f} MiB |")  # fmt: skip
+
+
 def table_section(store: Store, names: list[str], text_path: Path, chunks: int) -> None:
     print(f"\n## Every variant of both runtimes vs {MODEL}:f16 ({chunks} chunks x 512 of WikiText-2; tg128, pp512)\n")
     text, settings = load_text(text_path), EvalSettings(ctx=512, chunks=chunks)
@@ -188,6 +217,7 @@ def main() -> None:
         names = build(store)
         decode_section(store, args.rounds)
         fidelity_section(store, text_path, args.chunks)
+        native_section(store, names, args.rounds)
         table_section(store, names, text_path, args.chunks)
 
 

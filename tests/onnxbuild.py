@@ -27,6 +27,12 @@ def build_store(root: Path, *variants: tuple[Precision, Method]) -> Store:
     return store
 
 
+def private_home(built: Path, home: Path) -> Path:
+    """A test's own copy of a home built once per session (its store may be changed freely)."""
+    shutil.copytree(built / "models", home / "models")
+    return home
+
+
 def copy_folder(store: Store, name: str, dest: Path) -> Path:
     """A private, writable copy of a stored ONNX model's folder (to damage in a test)."""
     shutil.copytree(store.model_path(store.get(parse_name(name))), dest)

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import struct
 from collections.abc import Callable
 from itertools import islice
@@ -21,7 +20,7 @@ from edgeslm.evaluate.core import EvalSettings, evaluate, load_text
 from edgeslm.formats.model_format import ModelFormat
 from edgeslm.store import Store, parse_name
 from tests.conftest import CliResult, snapshot
-from tests.onnxbuild import GGUF_NAME, build_store, copy_folder
+from tests.onnxbuild import GGUF_NAME, build_store, copy_folder, private_home
 
 pytest.importorskip("mlx_lm", reason="the mlx extra is part of the README's install")
 
@@ -40,8 +39,7 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture
 def mlx_home(built: Path, home: Path) -> Path:
-    shutil.copytree(built / "models", home / "models")
-    return home
+    return private_home(built, home)
 
 
 @pytest.fixture

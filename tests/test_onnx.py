@@ -20,7 +20,7 @@ from edgeslm.evaluate.core import EvalSettings, evaluate, load_text
 from edgeslm.formats.model_format import ModelFormat
 from edgeslm.store import Store, parse_name
 from tests.conftest import CliResult, snapshot
-from tests.onnxbuild import GGUF_NAME, build_store, copy_folder, edit_json
+from tests.onnxbuild import GGUF_NAME, build_store, copy_folder, edit_json, private_home
 
 pytest.importorskip("onnxruntime_genai", reason="the onnx extra is part of the README's install")
 
@@ -38,8 +38,7 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture
 def onnx_home(built: Path, home: Path) -> Path:
     """A private copy of the built home as this test's EDGESLM_HOME."""
-    shutil.copytree(built / "models", home / "models")
-    return home
+    return private_home(built, home)
 
 
 @pytest.fixture

@@ -9,23 +9,17 @@ locked temp folder of the store, so a ``kill -9`` publishes nothing.
 
 from __future__ import annotations
 
-import json
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from typing import Any
 
 from ..errors import InvalidParameterError
 from ..formats.model_format import ModelFormat, Runtime, require_installed
-from ..formats.size_class import classify
-from ..framing import run_child
 from ..store import ModelName, Store
 from ..store.atomic import TempDir
 from ..store.registry import Manifest
-from .to_onnx import check_source
+from .variants import Built, Say, build_variant, check_source, run_tool
 
-BUILD_TIMEOUT = 3600.0  # seconds: a 14B model's conversion on a slow machine takes minutes
 DTYPES = ("float16", "bfloat16", "float32")
 BITS = (2, 3, 4, 5, 6, 8)
 GROUP_SIZES = (32, 64, 128)
@@ -83,45 +77,24 @@ def convert_to_mlx(
     require_installed(("mlx", "mlx_lm", "transformers"), Runtime.MLX)
     target = target or replace(parent.name, tag=recipe.tag)
     start = time.perf_counter()
-    with store.locked():
-        work = TempDir(store.tmp_dir, "mlx")
-    with work:
-        from ..export import export_hf
-        from ..formats.mlx_folder import read_mlx_folder
-
-        say(f"exporting {parent.name} to a Hugging Face folder (float32)")
-        export_hf(store, str(parent.name), work.path / "hf")
-        say(f"converting with mlx-lm ({recipe.tag.removeprefix('mlx-')})")
-        details = _convert(work, recipe)
-        out = work.path / "out"
-        (out / "README.md").unlink(missing_ok=True)  # mlx-lm's model card names a hub repo it never came from
-        folder = read_mlx_folder(out, label=f"the {recipe.tag} conversion")
-        size = classify(folder.info.n_params)
-        info = replace(folder.info, size_class=size.size_class, size_class_label=size.label,
-                       file_type=f"MLX {recipe.tag.removeprefix('mlx-').upper()}")  # fmt: skip
-        say(f"storing {target} ({len(folder.files)} files)")
-        manifest = store.add_folder(target, out, fmt=ModelFormat.MLX, info=info,
-                                    source=_lineage(parent, recipe, details))  # fmt: skip
+    manifest, _ = build_variant(
+        store, parent, target, ModelFormat.MLX, lambda work: _convert(work, recipe, say),
+        requested=f"mlx {recipe.tag.removeprefix('mlx-')}", file_type=f"MLX {recipe.tag.removeprefix('mlx-').upper()}",
+        say=say,
+    )  # fmt: skip
     return MlxConvertResult(manifest, recipe, time.perf_counter() - start)
 
 
-def _convert(work: TempDir, recipe: MlxRecipe) -> dict[str, Any]:
-    args = [work.path / "hf", work.path / "out", recipe.dtype, recipe.bits, recipe.group_size, recipe.mixed or "-"]
-    argv = [sys.executable, "-m", "edgeslm.engines.mlx_tools", "convert", *map(str, args)]
-    env = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
-    return run_child(argv, timeout=BUILD_TIMEOUT, what="the MLX conversion", pass_fds=(work.fd,), env=env)
-
-
-def _lineage(parent: Manifest, recipe: MlxRecipe, details: dict[str, Any]) -> dict[str, str]:
-    return {
-        "kind": "convert",
-        "parent": parent.digest,
-        "parent_name": str(parent.name),
-        "parent_type": parent.info.file_type or str(parent.info.main_type),
-        "requested": f"mlx {recipe.tag.removeprefix('mlx-')}",
-        "options": json.dumps(
-            {"dtype": recipe.dtype, "q_bits": recipe.bits, "q_group_size": recipe.group_size, "q_recipe": recipe.mixed},
-            sort_keys=True,
-        ),  # fmt: skip
-        "made_with": str(details.get("converter", "mlx-lm")),
+def _convert(work: TempDir, recipe: MlxRecipe, say: Say) -> Built:
+    say(f"converting with mlx-lm ({recipe.tag.removeprefix('mlx-')})")
+    out = work.path / "out"
+    args = [work.path / "hf", out, recipe.dtype, recipe.bits, recipe.group_size, recipe.mixed or "-"]
+    details = run_tool(work, "mlx_tools", "convert", *args, what="the MLX conversion")
+    (out / "README.md").unlink(missing_ok=True)  # mlx-lm's model card names a hub repo it never came from
+    options = {
+        "dtype": recipe.dtype,
+        "q_bits": recipe.bits,
+        "q_group_size": recipe.group_size,
+        "q_recipe": recipe.mixed,
     }
+    return Built(out, options, str(details.get("converter", "mlx-lm")))

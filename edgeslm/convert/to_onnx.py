@@ -15,9 +15,7 @@ A ``kill -9`` at any point leaves only the temp folder, which the next store swe
 
 from __future__ import annotations
 
-import json
 import logging
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -25,16 +23,14 @@ from enum import Enum
 from pathlib import Path
 from typing import Any
 
-from ..errors import InvalidModelFileError, InvalidParameterError
+from ..errors import InvalidParameterError
 from ..formats.model_format import ModelFormat, Runtime, require_installed
-from ..formats.size_class import classify
-from ..framing import run_child
 from ..store import ModelName, Store
 from ..store.atomic import TempDir
 from ..store.registry import Manifest
+from .variants import Built, Say, build_variant, check_source, run_tool
 
 log = logging.getLogger(__name__)
-BUILD_TIMEOUT = 3600.0  # seconds per step: a 14B model's build on a slow machine takes minutes
 CALIBRATION_CHUNKS = 16  # samples of 128 tokens for static INT8
 
 
@@ -52,8 +48,6 @@ class Method(str, Enum):
 
 METHOD_PRECISIONS = {Method.BUILDER: tuple(Precision), Method.DYNAMIC: (Precision.INT8,),
                      Method.STATIC: (Precision.INT8,)}  # fmt: skip
-# the architectures edgeslm exports to Hugging Face form, all of which the builder builds
-SUPPORTED = ("llama", "qwen2", "qwen3")
 
 
 @dataclass(frozen=True)
@@ -122,46 +116,14 @@ def convert_to_onnx(
     require_installed(("onnxruntime_genai", "onnxruntime", "onnx", "torch", "transformers"), Runtime.ONNXRUNTIME)
     target = target or replace(parent.name, tag=default_tag(precision, method))
     start = time.perf_counter()
-    with store.locked():
-        work = TempDir(store.tmp_dir, "onnx")
-    with work:
-        details = _build(store, parent, work, precision, method, calibration, say)
-        built = work.path / ("out" if method is Method.BUILDER else method.value)
-        from ..formats.onnx_folder import read_onnx_folder
-
-        folder = read_onnx_folder(built, label=f"the {precision.value} build")
-        n_params = parent.info.n_params  # the source's count: a packed or untied graph counts otherwise
-        size = classify(n_params)
-        info = replace(folder.info, n_params=n_params, size_class=size.size_class, size_class_label=size.label,
-                       file_type=f"ONNX {precision.value.upper()}",
-                       bits_per_weight=round(8 * folder.info.tensor_bytes / max(n_params, 1), 4))  # fmt: skip
-        say(f"storing {target} ({len(folder.files)} files)")
-        manifest = store.add_folder(target, built, fmt=ModelFormat.ONNX, info=info,
-                                    source=_lineage(parent, precision, method, details))  # fmt: skip
-    return OnnxConvertResult(manifest, precision, method, time.perf_counter() - start, details)
+    manifest, built = build_variant(
+        store, parent, target, ModelFormat.ONNX, lambda work: _build(work, precision, method, calibration, say),
+        requested=f"onnx {precision.value} ({method.value})", file_type=f"ONNX {precision.value.upper()}", say=say,
+    )  # fmt: skip
+    return OnnxConvertResult(manifest, precision, method, time.perf_counter() - start, built.options)
 
 
-def check_source(parent: Manifest, to: str) -> None:
-    """A stored GGUF model of an architecture ``export`` writes, or a clear refusal."""
-    if parent.format is not ModelFormat.GGUF:
-        raise InvalidParameterError(
-            f"{parent.name} is already an {parent.format.value} model; convert its GGUF source instead"
-        )
-    if parent.info.architecture not in SUPPORTED:
-        raise InvalidModelFileError(
-            f"{parent.name} is a {parent.info.architecture} model; convert --to {to} supports "
-            f"{', '.join(SUPPORTED)} (the architectures edgeslm exports to Hugging Face form for the converter)"
-        )
-
-
-def _build(
-    store: Store, parent: Manifest, work: TempDir, precision: Precision, method: Method,
-    calibration: Path | None, say: Callable[[str], None],
-) -> dict[str, Any]:  # fmt: skip
-    from ..export import export_hf
-
-    say(f"exporting {parent.name} to a Hugging Face folder (float32)")
-    export_hf(store, str(parent.name), work.path / "hf")
+def _build(work: TempDir, precision: Precision, method: Method, calibration: Path | None, say: Say) -> Built:
     built_precision = precision if method is Method.BUILDER else Precision.FP32
     say(f"building {built_precision.value} with onnxruntime-genai's model builder")
     out = work.path / "out"
@@ -169,17 +131,18 @@ def _build(
     if method is Method.DYNAMIC:
         say("fusing the graph (onnxruntime.transformers.optimizer), then quantize_dynamic per-channel INT8")
         details |= _step(work, "dynamic", out, work.path / "dynamic")
+        out = work.path / "dynamic"
     elif method is Method.STATIC:
         text = calibration or _bundled_text(work)
         say(f"calibrating static INT8 on {CALIBRATION_CHUNKS} samples of {text.name}, then quantize_static")
         details |= _step(work, "static", out, work.path / "static", text, CALIBRATION_CHUNKS)
-    return details
+        out = work.path / "static"
+    made_with = str(details.pop("builder", "onnxruntime-genai"))
+    return Built(out, details, made_with)
 
 
 def _step(work: TempDir, step: str, *args: object) -> dict[str, Any]:
-    argv = [sys.executable, "-m", "edgeslm.engines.ort_tools", step, *map(str, args)]
-    env = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
-    return run_child(argv, timeout=BUILD_TIMEOUT, what=f"the ONNX {step} step", pass_fds=(work.fd,), env=env)
+    return run_tool(work, "ort_tools", step, *args, what=f"the ONNX {step} step")
 
 
 def _bundled_text(work: TempDir) -> Path:
@@ -188,15 +151,3 @@ def _bundled_text(work: TempDir) -> Path:
     path = work.path / "calibration.txt"
     path.write_text(load_text(None).text, encoding="utf-8")
     return path
-
-
-def _lineage(parent: Manifest, precision: Precision, method: Method, details: dict[str, Any]) -> dict[str, str]:
-    return {
-        "kind": "convert",
-        "parent": parent.digest,
-        "parent_name": str(parent.name),
-        "parent_type": parent.info.file_type or str(parent.info.main_type),
-        "requested": f"onnx {precision.value} ({method.value})",
-        "options": json.dumps({k: v for k, v in details.items() if k != "builder"}, sort_keys=True),
-        "made_with": str(details.get("builder", "onnxruntime-genai")),
-    }

@@ -227,8 +227,8 @@ def evaluate(
     params = LoadParams(
         n_ctx=settings.ctx, n_threads=settings.threads, n_batch=max(settings.ctx, 512), n_ubatch=min(settings.ctx, 512)
     )
-    engine = open_engine(_engine_for(model, engine_name), store.model_path(model), params)
-    ref_engine = open_engine(_engine_for(ref, engine_name), store.model_path(ref), params) if ref else None
+    engine = open_engine(engine_for(model.format, engine_name), store.model_path(model), params)
+    ref_engine = open_engine(engine_for(ref.format, engine_name), store.model_path(ref), params) if ref else None
     try:
         if ref_engine is not None:
             _check_pair(engine, ref_engine, str(name), str(reference))
@@ -252,13 +252,9 @@ def evaluate(
     return result
 
 
-def _engine_for(manifest: Manifest, configured: str) -> str:
-    return engine_for(manifest.format, configured)
-
-
 def _speed(store: Store, model: Manifest, settings: EvalSettings) -> Speed:
     params = BenchParams(SPEED.n_prompt, SPEED.n_gen, SPEED.repetitions, settings.threads)
-    report = run_worker(str(store.model_path(model)), params, engine=_engine_for(model, DEFAULT_ENGINE))
+    report = run_worker(str(store.model_path(model)), params, engine=engine_for(model.format, DEFAULT_ENGINE))
     tps = {t["test"][:2]: t["samples_tps"][0] for t in report["tests"]}
     peak, threads = int(report["peak_rss"]), int(report["threads"])
     return Speed(tps.get("pp"), tps.get("tg"), peak, threads, SPEED.n_prompt, SPEED.n_gen)

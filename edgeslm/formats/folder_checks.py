@@ -10,23 +10,23 @@ from .model_format import ModelFormat
 from .model_info import ModelInfo
 
 
-def _onnx(folder: Path) -> ModelInfo:
+def _onnx(folder: Path, label: str | None) -> ModelInfo:
     from .onnx_folder import read_onnx_folder
 
-    return read_onnx_folder(folder).info
+    return read_onnx_folder(folder, label=label).info
 
 
-def _mlx(folder: Path) -> ModelInfo:
+def _mlx(folder: Path, label: str | None) -> ModelInfo:
     from .mlx_folder import read_mlx_folder
 
-    return read_mlx_folder(folder).info
+    return read_mlx_folder(folder, label=label).info
 
 
-CHECKS: dict[ModelFormat, Callable[[Path], ModelInfo]] = {ModelFormat.ONNX: _onnx, ModelFormat.MLX: _mlx}
+CHECKS: dict[ModelFormat, Callable[[Path, str | None], ModelInfo]] = {ModelFormat.ONNX: _onnx, ModelFormat.MLX: _mlx}
 
 
-def check_folder(fmt: ModelFormat, folder: Path) -> ModelInfo:
-    return CHECKS[fmt](folder)
+def check_folder(fmt: ModelFormat, folder: Path, *, label: str | None = None) -> ModelInfo:
+    return CHECKS[fmt](folder, label)
 
 
 def detect_folder(folder: Path) -> ModelFormat:

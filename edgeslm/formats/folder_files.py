@@ -6,9 +6,14 @@ import json
 import logging
 import os
 import re
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
+from typing import Any
 
 from ..errors import InvalidModelFileError
+from .model_info import ModelInfo, TypeShare
+from .size_class import classify
 
 log = logging.getLogger(__name__)
 MAX_FILES = 256
@@ -74,3 +79,39 @@ def chat_template_of(folder: Path) -> str | None:
         return None
     template = data.get("chat_template") if isinstance(data, dict) else None
     return template if isinstance(template, str) else None
+
+
+def int_field(node: Mapping[str, Any], key: str) -> int | None:
+    """A config's integer (a bool or anything else is absent)."""
+    value = node.get(key)
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+@dataclass(frozen=True)
+class FolderWeights:
+    """What a folder check measured of the weights."""
+
+    type_mix: tuple[TypeShare, ...]
+    n_params: int  # logical: a packed value counts once
+    n_bytes: int
+    n_tensors: int
+
+
+def folder_model_info(
+    folder: Path, files: Mapping[str, int], weights: FolderWeights, *, architecture: str,
+    context_length: int | None, embedding_length: int | None, block_count: int | None, head_count: int | None,
+    head_count_kv: int | None, head_dim: int | None, sliding_window: int | None, vocab_size: int | None,
+    kv_bytes_per_element: int,
+) -> ModelInfo:  # fmt: skip
+    """The ``ModelInfo`` of a folder model (ONNX, MLX), from its config's dimensions and its weights."""
+    size = classify(weights.n_params)
+    return ModelInfo(
+        architecture=architecture[:64], n_params=weights.n_params, size_class=size.size_class,
+        size_class_label=size.label, file_size=sum(files.values()), tensor_bytes=weights.n_bytes,
+        bits_per_weight=round(8 * weights.n_bytes / weights.n_params, 4) if weights.n_params else 0.0,
+        file_type=None, type_mix=weights.type_mix, context_length=context_length, embedding_length=embedding_length,
+        block_count=block_count, head_count=head_count, head_count_kv=head_count_kv or head_count,
+        key_length=head_dim, value_length=head_dim, sliding_window=sliding_window, vocab_size=vocab_size,
+        tokenizer_model="huggingface", has_chat_template=chat_template_of(folder) is not None, general={},
+        gguf_version=0, n_tensors=weights.n_tensors, kv_bytes_per_element=kv_bytes_per_element,
+    )  # fmt: skip

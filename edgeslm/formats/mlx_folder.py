@@ -18,11 +18,10 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import InputFileError, InvalidModelFileError
-from .folder_files import chat_template_of, folder_files
+from .folder_files import FolderWeights, folder_files, folder_model_info, int_field
 from .model_format import Runtime, require_installed
 from .model_info import ModelInfo, TypeShare
 from .safetensors import SafetensorsFile, TensorEntry
-from .size_class import classify
 
 CONFIG = "config.json"
 TOKENIZER = "tokenizer.json"
@@ -70,7 +69,8 @@ def read_mlx_folder(folder: Path, *, label: str | None = None) -> MlxFolder:
         tensors.update(SafetensorsFile(folder / rel).tensors)
     _check_index(folder, files, label)
     shares, n_params, n_bytes = _weights(tensors, config, label)
-    return MlxFolder(folder, config, files, _info(config, folder, files, shares, n_params, n_bytes, len(tensors)))
+    measured = FolderWeights(shares, n_params, n_bytes, len(tensors))
+    return MlxFolder(folder, config, files, _info(config, folder, files, measured))
 
 
 def _read_config(folder: Path, files: dict[str, int], label: str) -> dict[str, Any]:
@@ -169,41 +169,15 @@ def _packed(
     return math.prod(weight.shape[:-1]) * rows, f"Q{bits}G{group}"
 
 
-def _info(
-    config: dict[str, Any], folder: Path, files: dict[str, int], shares: tuple[TypeShare, ...], n_params: int,
-    n_bytes: int, n_tensors: int,
-) -> ModelInfo:  # fmt: skip
-    def number(key: str) -> int | None:
-        value = config.get(key)
-        return value if isinstance(value, int) and not isinstance(value, bool) else None
-
-    heads, hidden = number("num_attention_heads"), number("hidden_size")
-    head_dim = number("head_dim") or (hidden // heads if hidden and heads else None)
-    floats = [s.ggml_type for s in shares if s.ggml_type in BYTES]
-    size_info = classify(n_params)
-    return ModelInfo(
-        architecture=str(config.get("model_type"))[:64],
-        n_params=n_params,
-        size_class=size_info.size_class,
-        size_class_label=size_info.label,
-        file_size=sum(files.values()),
-        tensor_bytes=n_bytes,
-        bits_per_weight=round(8 * n_bytes / n_params, 4) if n_params else 0.0,
-        file_type=None,
-        type_mix=shares,
-        context_length=number("max_position_embeddings"),
-        embedding_length=hidden,
-        block_count=number("num_hidden_layers"),
-        head_count=heads,
-        head_count_kv=number("num_key_value_heads") or heads,
-        key_length=head_dim,
-        value_length=head_dim,
-        sliding_window=number("sliding_window"),
-        vocab_size=number("vocab_size"),
-        tokenizer_model="huggingface",
-        has_chat_template=chat_template_of(folder) is not None,
-        general={},
-        gguf_version=0,
-        n_tensors=n_tensors,
+def _info(config: dict[str, Any], folder: Path, files: dict[str, int], weights: FolderWeights) -> ModelInfo:
+    heads, hidden = int_field(config, "num_attention_heads"), int_field(config, "hidden_size")
+    floats = [s.ggml_type for s in weights.type_mix if s.ggml_type in BYTES]
+    return folder_model_info(
+        folder, files, weights, architecture=str(config.get("model_type")),
+        context_length=int_field(config, "max_position_embeddings"), embedding_length=hidden,
+        block_count=int_field(config, "num_hidden_layers"), head_count=heads,
+        head_count_kv=int_field(config, "num_key_value_heads"),
+        head_dim=int_field(config, "head_dim") or (hidden // heads if hidden and heads else None),
+        sliding_window=int_field(config, "sliding_window"), vocab_size=int_field(config, "vocab_size"),
         kv_bytes_per_element=BYTES.get(floats[0], 2) if floats else 2,  # the cache takes the activations' type
-    )
+    )  # fmt: skip

@@ -13,15 +13,14 @@ import json
 import logging
 import math
 from collections.abc import Iterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..errors import InputFileError, InvalidModelFileError
-from .folder_files import chat_template_of, folder_files, safe_relative_path
+from .folder_files import FolderWeights, folder_files, folder_model_info, int_field, safe_relative_path
 from .model_format import Runtime, require
 from .model_info import ModelInfo, TypeShare
-from .size_class import classify
 
 if TYPE_CHECKING:
     import onnx
@@ -66,8 +65,8 @@ def read_onnx_folder(folder: Path, *, label: str | None = None) -> OnnxFolder:
     graph = _read_graph(folder / model_file, f"{label}/{model_file}")
     _check_domains(graph, f"{label}/{model_file}")
     shares, n_params, n_bytes, n_tensors = _weights(graph, folder, files, f"{label}/{model_file}")
-    info = _info(config, folder, files, shares, n_params, n_bytes, n_tensors)
-    info = replace(info, kv_bytes_per_element=_kv_bytes(graph))
+    weights = FolderWeights(shares, n_params, n_bytes, n_tensors)
+    info = _info(config, folder, files, weights, _kv_bytes(graph))
     return OnnxFolder(folder, config, model_file, files, info)
 
 
@@ -212,43 +211,16 @@ def _check_data(t: onnx.TensorProto, size: int, folder: Path, files: dict[str, i
         )
 
 
-def _info(
-    config: dict[str, Any], folder: Path, files: dict[str, int], shares: tuple[TypeShare, ...],
-    n_params: int, n_bytes: int, n_tensors: int,
-) -> ModelInfo:  # fmt: skip
+def _info(config: dict[str, Any], folder: Path, files: dict[str, int], weights: FolderWeights, kv: int) -> ModelInfo:
     model, decoder = config.get("model", {}), config["model"]["decoder"]
-
-    def number(node: dict[str, Any], key: str) -> int | None:
-        value = node.get(key)
-        return value if isinstance(value, int) and not isinstance(value, bool) else None
-
-    heads, head_size = number(decoder, "num_attention_heads"), number(decoder, "head_size")
-    size_info = classify(n_params)
-    return ModelInfo(
-        architecture=str(model.get("type") or "unknown")[:64],
-        n_params=n_params,
-        size_class=size_info.size_class,
-        size_class_label=size_info.label,
-        file_size=sum(files.values()),
-        tensor_bytes=n_bytes,
-        bits_per_weight=round(8 * n_bytes / n_params, 4) if n_params else 0.0,
-        file_type=None,
-        type_mix=shares,
-        context_length=number(model, "context_length"),
-        embedding_length=number(decoder, "hidden_size"),
-        block_count=number(decoder, "num_hidden_layers"),
-        head_count=heads,
-        head_count_kv=number(decoder, "num_key_value_heads") or heads,
-        key_length=head_size,
-        value_length=head_size,
-        sliding_window=number(decoder, "sliding_window"),
-        vocab_size=number(model, "vocab_size"),
-        tokenizer_model="huggingface",
-        has_chat_template=_has_chat_template(folder, files),
-        general={},
-        gguf_version=0,
-        n_tensors=n_tensors,
-    )
+    return folder_model_info(
+        folder, files, weights, architecture=str(model.get("type") or "unknown"),
+        context_length=int_field(model, "context_length"), embedding_length=int_field(decoder, "hidden_size"),
+        block_count=int_field(decoder, "num_hidden_layers"), head_count=int_field(decoder, "num_attention_heads"),
+        head_count_kv=int_field(decoder, "num_key_value_heads"), head_dim=int_field(decoder, "head_size"),
+        sliding_window=int_field(decoder, "sliding_window"), vocab_size=int_field(model, "vocab_size"),
+        kv_bytes_per_element=kv,
+    )  # fmt: skip
 
 
 def _kv_bytes(model: onnx.ModelProto) -> int:
@@ -258,7 +230,3 @@ def _kv_bytes(model: onnx.ModelProto) -> int:
             _, bits = DTYPES.get(value.type.tensor_type.elem_type, ("", 16))
             return max(int(bits) // 8, 1)
     return 2
-
-
-def _has_chat_template(folder: Path, files: dict[str, int]) -> bool:
-    return chat_template_of(folder) is not None

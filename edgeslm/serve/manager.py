@@ -109,9 +109,9 @@ class ModelManager:
             ensure_pulled(name, self.settings)
             manifest = self._store.get(parse_name(resolve_model(name, self.settings).name))
         memory = self._memory.get(manifest.digest)
-        if memory is None:  # the header walk is cheap, but not per request (a 262k vocabulary)
+        if memory is None:
             context = self.params.slots * self.params.ctx_per_slot
-            info = resolve_model(str(manifest.name), self.settings).info
+            info = manifest.info  # read from the model when it was stored: no file is opened per request
             memory = self._memory[manifest.digest] = estimate_memory(info, context).total_bytes + RUNNER_OVERHEAD
         return str(manifest.name), memory
 

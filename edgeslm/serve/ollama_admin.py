@@ -13,11 +13,11 @@ from fastapi import APIRouter
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from ..errors import InvalidParameterError
+from ..errors import InvalidParameterError, RunnerTimeoutError
 from ..formats.folder_files import chat_template_of
 from ..formats.gguf_header import read_gguf_header
 from ..pull import pull
-from ..runner.tasks import quantize_in_child
+from ..runner.tasks import QUANTIZE_TIMEOUT, quantize_in_child
 from ..show import show_model
 from ..store import Manifest, parse_name
 from .ollama_api import details, ndjson
@@ -26,6 +26,7 @@ from .service import note, parse, state
 
 router = APIRouter()
 PARAMETER_KEYS = set(Options.model_fields)
+PROGRESS_SILENCE = QUANTIZE_TIMEOUT + 60.0  # seconds a pull or create may go without a progress line
 
 
 @router.post("/api/show")
@@ -75,10 +76,15 @@ async def _progress(work: Callable[[Callable[[dict[str, Any]], None]], None]) ->
 
     worker = asyncio.create_task(asyncio.to_thread(run))
     while True:
-        # No deadline of its own: the work always ends, and then says so. Quantizing runs in a
-        # child with run_child's deadline, hub downloads time out per read (huggingface_hub's
-        # HF_HUB_DOWNLOAD_TIMEOUT), and the rest is local copying; a client that leaves cancels this.
-        item = await queue.get()
+        # The work says when it ends; each silence is bounded all the same. Its longest silent step
+        # is a quantize in a child with run_child's deadline (QUANTIZE_TIMEOUT), hub downloads time
+        # out per read, the rest is local copying; a client that leaves cancels this.
+        try:
+            item = await asyncio.wait_for(queue.get(), PROGRESS_SILENCE)
+        except asyncio.TimeoutError:
+            raise RunnerTimeoutError(
+                f"the model operation said nothing for {PROGRESS_SILENCE:g} s and was abandoned; retry it"
+            ) from None
         if item is None:
             break
         if isinstance(item, BaseException):
