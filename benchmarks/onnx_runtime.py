@@ -173,20 +173,18 @@ def native_section(store: Store, names: list[str], rounds: int) -> None:
     script = ROOT.parent / "shared" / "tools" / "build-native-llama.sh"
     bin_dir = Path(subprocess.check_output(["bash", str(script)], text=True).strip().splitlines()[-1])
     threads = physical_cores()
-    print(
-        f"\n## Native llama-bench vs edgeslm bench, GGUF variants, pp512/tg128, {rounds} alternating rounds (medians)"
-    )
-    print(
-        "| model | native pp512 | edgeslm pp512 | ratio | native tg128 | edgeslm tg128 | ratio | native RSS | edgeslm RSS |"
-    )
+    print(f"\n## Native llama-bench vs edgeslm bench, GGUF variants, {rounds} alternating rounds (medians)")
+    header = "| model | native pp512 | edgeslm pp512 | ratio | native tg128 | edgeslm tg128 | ratio | native RSS |"
+    print(header + " edgeslm RSS |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     for name in names:
         manifest = store.get(parse_name(name))
         if manifest.format.value != "gguf":
             continue
         path = store.model_path(manifest)
-        nat, our = [native(bin_dir, path, 512, 128, threads) for _ in range(rounds)], []
-        for _ in range(rounds):
+        nat, our = [], []
+        for _ in range(rounds):  # alternating, each in a fresh process
+            nat.append(native(bin_dir, path, 512, 128, threads))
             our.append(ours(path, 512, 128, threads))
         med = [statistics.median(float(r[i] or 0) for r in nat) for i in range(3)]
         mine = [statistics.median(float(r[i] or 0) for r in our) for i in range(3)]
