@@ -55,7 +55,7 @@ def export_hf(store: Store, name: str, target: Path) -> ExportResult:
     import gguf
 
     manifest = store.get(parse_name(name))
-    reader = gguf.GGUFReader(store.blob_path(manifest.digest))
+    reader = gguf.GGUFReader(store.gguf_path(manifest, "export"))
     big = {"tokenizer.ggml.tokens", "tokenizer.ggml.token_type", "tokenizer.ggml.merges", "tokenizer.ggml.scores"}
     meta = {k: _value(f) for k, f in reader.fields.items() if k not in big}
     arch = str(meta.get("general.architecture"))

@@ -62,6 +62,7 @@ def is_quantized(parent: Manifest) -> bool:
 
 def check_request(store: Store, parent: Manifest, qtype: QuantType, options: QuantizeOptions) -> list[str]:
     """Refuse what cannot work; return warnings for what works with caveats."""
+    store.gguf_path(parent, "quantize")
     warnings = []
     if qtype.needs_imatrix:
         raise InvalidParameterError(
@@ -92,7 +93,7 @@ def check_request(store: Store, parent: Manifest, qtype: QuantType, options: Qua
 
 
 def _ternary_check(store: Store, parent: Manifest, qtype: QuantType, options: QuantizeOptions) -> list[str]:
-    path = store.blob_path(parent.digest)
+    path = store.gguf_path(parent, "quantize")
     report = check_ternary(path, read_gguf_header(path, label=str(parent.name)))
     if report.ternary:
         return []
@@ -107,7 +108,7 @@ def _ternary_check(store: Store, parent: Manifest, qtype: QuantType, options: Qu
 
 
 def _any_row_fits(store: Store, parent: Manifest, qtype: QuantType) -> bool:
-    header = read_gguf_header(store.blob_path(parent.digest), label=str(parent.name))
+    header = read_gguf_header(store.gguf_path(parent, "quantize"), label=str(parent.name))
     return any(len(t.shape) >= 2 and t.shape[0] % qtype.block_size == 0 for t in header.tensors)
 
 
@@ -168,7 +169,7 @@ def _build(
         "options": options.to_json(),
         "llama_cpp": llama_cpp_version(),
     }
-    src = store.blob_path(parent.digest)
+    src = store.gguf_path(parent, "quantize")
 
     def produce(out: Path) -> None:
         report = (lambda done, total, tensor: progress(qtype, done, total, tensor)) if progress else None
@@ -198,7 +199,7 @@ def quantize_to_file(
     if not output.parent.is_dir():
         raise InvalidParameterError(f"output {output}: the folder {output.parent} does not exist", params="output")
     with TempFile(output.parent, f".{output.name}") as tmp:
-        quantize_file(store.blob_path(parent.digest), tmp.path, qtype, options, label=str(parent.name))
+        quantize_file(store.gguf_path(parent, "quantize"), tmp.path, qtype, options, label=str(parent.name))
         read_gguf_header(tmp.path, label=output.name)  # what llama.cpp wrote must pass our own check
         tmp.commit(output)
     return warnings

@@ -453,3 +453,23 @@ def test_optimize_and_recommend_weigh_both_runtimes(onnx_store: Store, tmp_path:
     measured = {p.name: p.measured for p in advice.local if p.measured}
     assert measured[INT4]["runtime"] == "onnxruntime"  # the smallest measured variant, on its runtime
     assert "on onnxruntime" in next(p.why for p in advice.local if p.name == INT4)
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("quantize", INT4, "--type", "q4_0"),
+        ("export", INT4, "--format", "hf", "OUT"),
+        ("optimize", INT4, "--types", "q8_0", "--no-tag"),
+    ],
+)
+def test_gguf_verbs_refuse_a_folder_model_naming_its_source(
+    onnx_home: Path, cli: Callable[..., CliResult], tmp_path: Path, args: tuple[str, ...]
+) -> None:
+    before = snapshot(onnx_home / "models")
+    result = cli(*(str(tmp_path / "out") if a == "OUT" else a for a in args))
+    assert result.code == 2, result.err
+    assert f"{INT4} is an onnx model and {args[0]} works on GGUF models; {args[0]} its GGUF source, {GGUF_NAME}" in (
+        result.err
+    )
+    assert snapshot(onnx_home / "models") == before

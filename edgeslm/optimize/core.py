@@ -221,7 +221,7 @@ def optimize(
 def _check_budget(run: _Run) -> int | None:
     """The size budget the constraints imply, refused at once when no file can meet it."""
     c = run.params.constraints
-    header = read_gguf_header(run.store.blob_path(run.source.digest), label=str(run.source.name))
+    header = read_gguf_header(run.store.gguf_path(run.source, "optimize"), label=str(run.source.name))
     kv = estimate_memory(run.source.info, c.memory_ctx).kv_cache_bytes
     budget = c.size_budget(kv)
     smallest = smallest_size(header, find_slots(header))
@@ -246,7 +246,7 @@ def _check_split(run: _Run, text: EvalText, calibration: EvalText) -> None:
     if calibration.digest != text.digest:
         return
     p, e = run.params.calibration, run.params.eval
-    engine = open_engine(run.engine, run.store.blob_path(run.source.digest), LoadParams(n_ctx=64))
+    engine = open_engine(run.engine, run.store.gguf_path(run.source, "optimize"), LoadParams(n_ctx=64))
     try:
         n_tokens = len(engine.tokenize(text.text, add_special=True, parse_special=False))
     finally:
@@ -336,7 +336,7 @@ def _wants_mix(run: _Run, budget: int | None) -> bool:
 
 
 def _measure_mixed(run: _Run, reference: Manifest, calibration: EvalText, budget: int) -> MixedReport | None:
-    header = read_gguf_header(run.store.blob_path(reference.digest), label=str(reference.name))
+    header = read_gguf_header(run.store.gguf_path(reference, "optimize"), label=str(reference.name))
     slots = find_slots(header)
     try:
         check_reference(reference, header, slots)
@@ -363,7 +363,7 @@ def _measure_mixed(run: _Run, reference: Manifest, calibration: EvalText, budget
     size = f"{budget / 1e6:.0f}mb" if budget >= 10**7 else f"{budget / 1e3:.0f}kb"
     name = run.source.name.with_tag(f"mix-{size}-{plan.digest()}")
     manifest = run.build(ftype, options, name)
-    wrong = tuple(mismatches(plan, read_gguf_header(run.store.blob_path(manifest.digest), label=str(name))))
+    wrong = tuple(mismatches(plan, read_gguf_header(run.store.gguf_path(manifest, "optimize"), label=str(name))))
     if wrong:
         run.note(f"{name}: llama.cpp did not follow the plan for {len(wrong)} tensor(s), e.g. {wrong[0]}")
     types = plan.type_summary(slots)

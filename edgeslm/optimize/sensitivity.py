@@ -173,7 +173,7 @@ def measure_sensitivity(
     engine_name: str = DEFAULT_ENGINE,
 ) -> Sensitivity:
     """Measure (or load what is kept of) every probe's sensitivity on ``reference``."""
-    ref_path = store.blob_path(reference.digest)
+    ref_path = store.gguf_path(reference, "optimize")
     header = read_gguf_header(ref_path, label=str(reference.name))
     slots = find_slots(header)
     check_reference(reference, header, slots)
@@ -207,7 +207,7 @@ def _run_probes(
     progress: Progress | None,
     engine_name: str,
 ) -> None:
-    ref_path = store.blob_path(reference.digest)
+    ref_path = store.gguf_path(reference, "optimize")
     load = LoadParams(n_ctx=params.ctx, n_threads=params.threads, n_batch=params.ctx, n_ubatch=min(params.ctx, 512))
     with store.locked():
         scratch = TempFile(store.tmp_dir, "sensitivity")

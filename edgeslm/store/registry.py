@@ -29,7 +29,7 @@ from typing import Any, BinaryIO
 
 from filelock import FileLock, Timeout
 
-from ..errors import IntegrityError, InvalidModelFileError, ModelNotFoundError, StoreError
+from ..errors import IntegrityError, InvalidModelFileError, InvalidParameterError, ModelNotFoundError, StoreError
 from ..formats.model_format import ModelFormat
 from ..formats.model_info import ModelInfo, model_info
 from .atomic import TempFile, copy_hashing, iter_stale_temps, remove_path, sha256_file, write_atomic
@@ -42,7 +42,6 @@ LOCK_TIMEOUT = 60.0  # seconds: holders keep the store lock only to name a temp 
 
 MANIFEST_SCHEMA = 1  # one GGUF blob: written as before, so older manifests need no migration
 FOLDER_SCHEMA = 2  # a format and a list of files (Ollama's layers), one blob each
-_DIGEST = DIGEST
 Progress = Callable[[int], None]
 Writer = Callable[[BinaryIO], tuple[str, int]]
 
@@ -95,7 +94,7 @@ class Manifest:
         if schema not in (MANIFEST_SCHEMA, FOLDER_SCHEMA):
             raise ValueError(f"unknown manifest schema {schema!r}")
         digest = data["digest"]
-        if not isinstance(digest, str) or not _DIGEST.match(digest):
+        if not isinstance(digest, str) or not DIGEST.match(digest):
             raise ValueError(f"bad digest {digest!r}")
         layers: tuple[Layer, ...] = ()
         fmt = ModelFormat.GGUF
@@ -196,9 +195,19 @@ class Store:
     # -- paths -------------------------------------------------------------------------------
 
     def blob_path(self, digest: str) -> Path:
-        if not _DIGEST.match(digest):
+        if not DIGEST.match(digest):
             raise StoreError(f"malformed blob digest {digest!r}")
         return self.blobs_dir / digest
+
+    def gguf_path(self, manifest: Manifest, verb: str) -> Path:
+        """The GGUF file of ``manifest``, for a verb that reads GGUF; a folder model is refused."""
+        if manifest.layers:
+            source = manifest.source.get("parent_name")
+            hint = f"; {verb} its GGUF source, {source}" if source else "; give a GGUF model"
+            raise InvalidParameterError(
+                f"{manifest.name} is an {manifest.format.value} model and {verb} works on GGUF models{hint}"
+            )
+        return self.blob_path(manifest.digest)
 
     def model_path(self, manifest: Manifest) -> Path:
         """What a runtime opens: the GGUF blob, or a folder holding the model's files."""
@@ -445,7 +454,7 @@ class Store:
             for path in stale:
                 remove_path(path)
                 log.debug("removed stale temp file %s", path.name)  # verify reports them; never mid-reply
-            named = {p.name for p in self.blobs_dir.iterdir() if _DIGEST.match(p.name)}
+            named = {p.name for p in self.blobs_dir.iterdir() if DIGEST.match(p.name)}
             manifests = self.manifests()
             orphans = tuple(sorted(named - _referenced(manifests)))
             self._drop_unreferenced(orphans)

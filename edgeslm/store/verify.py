@@ -7,7 +7,8 @@ from typing import TYPE_CHECKING
 from ..errors import EdgeslmError
 from ..formats.gguf_header import read_gguf_header
 from .atomic import sha256_file
-from .registry import _DIGEST, Manifest, Problem, Progress, VerifyReport
+from .layers import DIGEST
+from .registry import Manifest, Problem, Progress, VerifyReport
 
 if TYPE_CHECKING:
     from .registry import Store
@@ -23,7 +24,7 @@ def verify_store(store: Store, progress: Progress | None = None) -> VerifyReport
             by_digest.setdefault(digest, []).append(m)
     checked = 0
     for path in sorted(store.blobs_dir.iterdir()):
-        if not _DIGEST.match(path.name):
+        if not DIGEST.match(path.name):
             problems.append(Problem(str(path), "unexpected file among blobs; move it out of the store"))
             continue
         checked += 1
