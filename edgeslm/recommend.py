@@ -21,7 +21,7 @@ from .device import Device
 from .errors import InvalidParameterError
 from .evaluate.core import all_results
 from .evaluate.result import EvalResult
-from .formats.model_format import RUNTIME_OF
+from .formats.model_format import RUNTIME_OF, ModelFormat
 from .formats.model_info import estimate_memory
 from .formats.size_class import SIZE_CLASSES, SizeClass
 from .sources.catalog import CATALOG, RUNTIME_OVERHEAD, SEED_ADVICE, CatalogEntry
@@ -173,6 +173,7 @@ def _runtime_advice(device: Device) -> Advice:
     built = [f for f in device.engine_features if f in ("AVX", "AVX2", "AVX512", "FMA", "F16C", "NEON", "DOTPROD")]
     if built:
         why += f"; the installed llama.cpp build uses {', '.join(built)}"
+    why += ". MLX is for Apple silicon: elsewhere its CPU build is exact but slow, for building and checking Mac models"
     return Advice("runtime", "llama.cpp on the CPU", why + ".")
 
 
@@ -217,9 +218,13 @@ def _local_picks(store: Store, device: Device, use_case: str, level: str, ctx: i
     measured = _measured(store)
     by_base: dict[str, list[tuple[Manifest, int]]] = {}
     no_chat: dict[str, int] = {}
+    for_apple: list[tuple[Manifest, int]] = []
     for m in store.manifests():
         memory = estimate_memory(m.info, ctx).total_bytes
         if memory > budget:
+            continue
+        if m.format is ModelFormat.MLX and not device.apple_silicon:
+            for_apple.append((m, memory))
             continue
         if needs_chat and not m.info.has_chat_template:
             no_chat[m.name.base] = min(memory, no_chat.get(m.name.base, memory))
@@ -231,7 +236,23 @@ def _local_picks(store: Store, device: Device, use_case: str, level: str, ctx: i
     for base, memory in sorted(no_chat.items()):
         why = f"fits, but has no chat template: a base model continues text rather than answering; for {use_case} "
         picks.append(Pick(f"({base})", memory, why + "pick an instruct model, or use --use-case completion"))
+    if for_apple:
+        picks.append(_apple_only(for_apple, measured))
     return tuple(picks)
+
+
+def _apple_only(variants: Sequence[tuple[Manifest, int]], measured: dict[str, EvalResult]) -> Pick:
+    """MLX variants on a device without Apple silicon: named, with what they measured, never picked."""
+    names = ", ".join(str(m.name) for m, _ in variants)
+    label = f"(mlx: {variants[0][0].name}" + (f" +{len(variants) - 1} more)" if len(variants) > 1 else ")")
+    speeds = [r.speed.tg_tps for m, _ in variants if (r := measured.get(m.digest)) and r.speed and r.speed.tg_tps]
+    speed = f"; generation measured here at {max(speeds):.1f} tok/s at best, on MLX's CPU build" if speeds else ""
+    why = (
+        f"{names}: MLX variants are for Apple silicon, not this device{speed}. Here MLX builds and checks models "
+        "for Macs: 'edgeslm export NAME --format mlx FOLDER' hands one over, and 'edgeslm recommend --os darwin "
+        "--arch arm64' ranks them for a Mac"
+    )
+    return Pick(label, min(mem for _, mem in variants), why)
 
 
 def _measured(store: Store) -> dict[str, EvalResult]:

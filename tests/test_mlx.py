@@ -1,5 +1,6 @@
-"""MLX as a third runtime (begun): conversion through mlx-lm, the folder check, the engine against
-mlx-lm's own generation and against the GGUF it came from, and hostile MLX folders. Tiny models."""
+"""MLX as a third runtime: conversion through mlx-lm, the folder check, the engine against mlx-lm's
+own generation and against the GGUF it came from, serving, optimize, recommend and export, and
+hostile MLX folders. Tiny models."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edgeslm.convert.to_mlx import MlxRecipe, convert_to_mlx
+from edgeslm.convert.to_mlx import MlxRecipe, convert_to_mlx, parse_recipes
 from edgeslm.engines.base import LoadParams, SamplingParams, open_engine
 from edgeslm.errors import InvalidModelFileError, InvalidParameterError
 from edgeslm.evaluate.core import EvalSettings, evaluate, load_text
@@ -24,7 +25,7 @@ from tests.onnxbuild import GGUF_NAME, build_store, copy_folder, private_home
 
 pytest.importorskip("mlx_lm", reason="the mlx extra is part of the README's install")
 
-FP32, Q4 = "tiny-llama:mlx-fp32", "tiny-llama:mlx-4bit-g32"
+FP32, Q4 = "tiny-llama:mlx-fp32", "tiny-llama:mlx-4bit-g32-fp32"
 PROMPTS = ["Hello world", "The quick brown fox", "1 2 3 4", "<|im_start|>user\nhi<|im_end|>", "naïve café"]
 
 
@@ -193,6 +194,7 @@ def test_convert_options_and_architectures_are_checked(
 
 
 def test_the_official_clients_chat_with_an_mlx_model(mlx_home: Path) -> None:
+    import ollama
     import openai
 
     from edgeslm.generation import generate, load
@@ -210,6 +212,8 @@ def test_the_official_clients_chat_with_an_mlx_model(mlx_home: Path) -> None:
     ):
         reply = oai.chat.completions.create(model=Q4, messages=messages, max_tokens=8, temperature=0)  # type: ignore[arg-type]
         assert reply.choices[0].message.content == expected.text
+        stream = oai.chat.completions.create(model=Q4, messages=messages, max_tokens=8, temperature=0, stream=True)  # type: ignore[arg-type]
+        assert "".join(c.choices[0].delta.content or "" for c in stream if c.choices) == expected.text
         with pytest.raises(openai.BadRequestError, match="log-probabilities"):
             oai.chat.completions.create(model=Q4, messages=messages, max_tokens=4, logprobs=True)  # type: ignore[arg-type]
         with pytest.raises(openai.BadRequestError, match="grammar"):
@@ -217,3 +221,104 @@ def test_the_official_clients_chat_with_an_mlx_model(mlx_home: Path) -> None:
                 model=Q4, messages=messages, max_tokens=4, response_format={"type": "json_object"}
             )  # type: ignore[arg-type]
         assert oai.models.retrieve(Q4).id == Q4  # the runner lives on
+        oll = ollama.Client(host=url)
+        try:
+            options = {"num_predict": 8, "temperature": 0}
+            parts = list(oll.chat(model=Q4, messages=messages, options=options, stream=True))
+            assert "".join(p.message.content or "" for p in parts) == expected.text and parts[-1].done
+            shown = oll.show(Q4)
+            assert shown.details is not None and shown.details.format == "mlx" and "im_start" in (shown.template or "")
+            listed = {m.model: m.details.format for m in oll.list().models if m.details is not None}
+            assert listed[Q4] == "mlx" and listed[GGUF_NAME] == "gguf"
+        finally:
+            oll._client.close()
+
+
+# -- choosing and handing over ---------------------------------------------------------------------
+
+
+def test_optimize_weighs_mlx_variants_and_recommend_keeps_them_for_apple_silicon(mlx_store: Store) -> None:
+    from edgeslm.device import describe, detect
+    from edgeslm.formats.model_format import Runtime
+    from edgeslm.formats.quant_types import parse_quant_types
+    from edgeslm.optimize.core import OptimizeParams, optimize
+    from edgeslm.recommend import recommend
+
+    params = OptimizeParams(
+        types=tuple(parse_quant_types("q8_0")), eval=EvalSettings(ctx=64, chunks=1, speed=False), mixed=False,
+        runtimes=(Runtime.LLAMA_CPP, Runtime.MLX), mlx=parse_recipes("4bit-g32-fp32"), tag=None,
+    )  # fmt: skip
+    before = mlx_store.get(parse_name(Q4)).digest
+    result = optimize(mlx_store, parse_name(GGUF_NAME), load_text(None), params)
+    runtimes = {c.name: (c.kind, c.result.runtime) for c in result.candidates}
+    assert runtimes == {GGUF_NAME: ("reference", "llama.cpp"), "tiny-llama:q8_0": ("uniform", "llama.cpp"),
+                        Q4: ("mlx", "mlx")}  # fmt: skip
+    assert mlx_store.get(parse_name(Q4)).digest == before  # the stored build of these bytes was reused
+    assert result.candidate(Q4).command.endswith("--to mlx --q-bits 4 --q-group-size 32 --dtype float32")
+    here = recommend(detect(), use_case="completion", quality="max-compression", store=mlx_store)
+    assert not any(p.measured and p.measured["runtime"] == "mlx" for p in here.local)  # never picked off a Mac
+    apple_only = next(p for p in here.local if p.name.startswith("(mlx: "))
+    assert Q4 in apple_only.why and "for Apple silicon" in apple_only.why
+    mac = describe(kind="laptop", ram=16 << 30, cores=8, simd=None, os_name="darwin", arch="arm64")
+    on_mac = recommend(mac, use_case="completion", quality="max-compression", store=mlx_store)
+    measured = {p.name: p.measured for p in on_mac.local if p.measured}
+    assert measured[Q4]["runtime"] == "mlx"  # the smallest measured variant, on its runtime
+
+
+def test_export_hands_over_a_folder_mlx_lm_opens(mlx_home: Path, cli: Callable[..., CliResult], tmp_path: Path) -> None:
+    import mlx.core as mx
+    from mlx_lm import load
+
+    store = Store.open(mlx_home / "models")
+    copied = cli("export", Q4, "--format", "mlx", str(tmp_path / "q4"))
+    assert copied.code == 0 and "as stored" in copied.err, copied.err
+    model, tokenizer = load(str(tmp_path / "q4"))
+    engine = open_engine("mlx", store.model_path(store.get(parse_name(Q4))), LoadParams(n_ctx=64))
+    ids = tokenizer.encode(PROMPTS[1])
+    assert np.allclose(np.array(model(mx.array(ids)[None])[0]), engine.eval_logits(ids), atol=1e-5)
+    # a GGUF model is converted first, tagged after it, and reused the next time
+    store.copy(parse_name(GGUF_NAME), parse_name("tiny-llama:best"))
+    args = ("--format", "mlx", "--q-bits", "8", "--dtype", "float32")
+    built = cli("export", "tiny-llama:best", *args, str(tmp_path / "best"))
+    assert built.code == 0 and "built for this export" in built.err, built.err
+    made = store.get(parse_name("tiny-llama:best-mlx-8bit-fp32"))
+    assert made.source["parent"] == store.get(parse_name(GGUF_NAME)).digest
+    assert sorted(p.name for p in (tmp_path / "best").iterdir()) == sorted(x.path for x in made.layers)
+    again = cli("export", "tiny-llama:best", *args, str(tmp_path / "again"))
+    assert again.code == 0 and "reusing it" in again.err and store.get(made.name).digest == made.digest
+
+
+def test_export_refusals_leave_no_folder_and_the_store_unchanged(
+    mlx_home: Path, cli: Callable[..., CliResult], tmp_path: Path
+) -> None:
+    store = Store.open(mlx_home / "models")
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "x").write_text("mine")
+    before = snapshot(mlx_home / "models")
+    refused = cli("export", Q4, "--format", "mlx", str(tmp_path / "full"))
+    assert refused.code != 0 and "is not an empty folder" in refused.err
+    assert (tmp_path / "full" / "x").read_text() == "mine"
+    other = cli("export", Q4, "--format", "onnx", str(tmp_path / "onnx"))
+    assert other.code == 2 and f"it cannot become onnx; export its GGUF source, {GGUF_NAME}" in other.err, other.err
+    assert not (tmp_path / "onnx").exists()
+    blob = store.blob_path(store.get(parse_name(Q4)).layers[0].digest)
+    data = blob.read_bytes()
+    os.chmod(blob, 0o644)
+    blob.write_bytes(data[:-1] + bytes([data[-1] ^ 1]))  # a damaged store file is never handed over
+    try:
+        broken = cli("export", Q4, "--format", "mlx", str(tmp_path / "broken"))
+        assert broken.code != 0 and "does not match its manifest" in broken.err, broken.err
+        assert not (tmp_path / "broken").exists() and not list(tmp_path.glob(".broken.*"))
+    finally:
+        blob.write_bytes(data)
+    assert snapshot(mlx_home / "models") == before
+
+
+def test_mlx_variants_parse_as_their_tags_spell_them() -> None:
+    recipes = parse_recipes("4bit, 8bit-g32, mixed_3_6-fp32, 4bit-fp16, bf16", dtype="float32")
+    assert [r.tag for r in recipes] == ["mlx-4bit-fp32", "mlx-8bit-g32-fp32", "mlx-mixed_3_6-fp32", "mlx-4bit",
+                                        "mlx-bf16"]  # fmt: skip
+    assert parse_recipes("4bit-fp16")[0] == MlxRecipe(dtype="float16", bits=4)
+    for bad, words in (("4bitx", "MLX variant '4bitx' is unknown"), ("7bit", "not one mlx quantizes"), ("", "no MLX")):
+        with pytest.raises(InvalidParameterError, match=words):
+            parse_recipes(bad)

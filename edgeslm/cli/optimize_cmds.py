@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from ..config import Settings
+from ..convert.to_mlx import parse_recipes
 from ..convert.to_onnx import parse_variants
 from ..errors import OutputFileError
 from ..evaluate.core import EvalSettings, load_text
@@ -51,9 +52,11 @@ def configure(sub: Any) -> None:
     )
     p.add_argument("--types", default=DEFAULT_TYPES, help=f"uniform types to try (default {DEFAULT_TYPES})")
     p.add_argument("--runtimes", default="llama.cpp", help="runtimes whose variants compete: llama.cpp (default), "
-                   "onnxruntime, or both: llama.cpp,onnxruntime")  # fmt: skip
+                   "onnxruntime, mlx, or several: llama.cpp,onnxruntime,mlx")  # fmt: skip
     p.add_argument("--onnx", default="int4,int8", metavar="VARIANTS", help="with onnxruntime: ONNX variants to build "
                    "(default int4,int8; also fp32, int8-dynamic, int8-static)")  # fmt: skip
+    p.add_argument("--mlx", default="4bit,8bit", metavar="VARIANTS", help="with mlx: MLX variants to build (default "
+                   "4bit,8bit; also 3bit, 6bit, 4bit-g32, mixed_3_6, fp16, bf16, fp32)")  # fmt: skip
     mixed = p.add_mutually_exclusive_group()
     mixed.add_argument("--mixed", action="store_true", default=None, help="also plan a per-tensor mix for the budget")
     mixed.add_argument("--no-mixed", dest="mixed", action="store_false", help="never plan a mix")
@@ -130,6 +133,7 @@ def cmd_optimize(args: argparse.Namespace, settings: Settings) -> int:
         threads=args.threads,
         runtimes=parse_runtimes(args.runtimes),
         onnx=parse_variants(args.onnx),
+        mlx=parse_recipes(args.mlx),
     )
     if args.report.exists() and not args.report.is_dir():
         raise OutputFileError(f"--report {args.report} is a file; give a folder for the report")

@@ -9,6 +9,7 @@ locked temp folder of the store, so a ``kill -9`` publishes nothing.
 
 from __future__ import annotations
 
+import platform
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -21,6 +22,9 @@ from ..store.registry import Manifest
 from .variants import Built, Say, build_variant, check_source, run_tool
 
 DTYPES = ("float16", "bfloat16", "float32")
+# On Apple silicon MLX computes float16 on the GPU; the Linux CPU build emulates it, and its
+# quantized matmul with float16 scales measured 50x slower than with float32 (README, MLX).
+AUTO_DTYPE = "float16" if (platform.system(), platform.machine()) == ("Darwin", "arm64") else "float32"
 BITS = (2, 3, 4, 5, 6, 8)
 GROUP_SIZES = (32, 64, 128)
 RECIPES = ("mixed_2_6", "mixed_3_4", "mixed_3_6", "mixed_4_6")  # mlx-lm's QUANT_RECIPES
@@ -28,7 +32,7 @@ RECIPES = ("mixed_2_6", "mixed_3_4", "mixed_3_6", "mixed_4_6")  # mlx-lm's QUANT
 
 @dataclass(frozen=True)
 class MlxRecipe:
-    dtype: str = "float16"
+    dtype: str = AUTO_DTYPE
     bits: int = 0  # 0: not quantized
     group_size: int = 64
     mixed: str | None = None  # one of mlx-lm's mixed recipes
@@ -48,12 +52,47 @@ class MlxRecipe:
 
     @property
     def tag(self) -> str:
-        """``mlx-4bit``, ``mlx-8bit-g32``, ``mlx-mixed_3_6``, ``mlx-fp16``."""
-        if self.mixed:
-            return f"mlx-{self.mixed}"
-        if self.bits:
-            return f"mlx-{self.bits}bit" + ("" if self.group_size == 64 else f"-g{self.group_size}")
-        return {"float16": "mlx-fp16", "bfloat16": "mlx-bf16", "float32": "mlx-fp32"}[self.dtype]
+        """``mlx-4bit``, ``mlx-8bit-g32``, ``mlx-mixed_3_6``, ``mlx-fp16``; quantized with float32 or
+        bfloat16 scales: ``mlx-4bit-fp32`` (float16, as mlx-community's models, is the default)."""
+        short = {"float16": "fp16", "bfloat16": "bf16", "float32": "fp32"}[self.dtype]
+        if not (self.mixed or self.bits):
+            return f"mlx-{short}"
+        quant = self.mixed or f"{self.bits}bit" + ("" if self.group_size == 64 else f"-g{self.group_size}")
+        return f"mlx-{quant}" + ("" if self.dtype == "float16" else f"-{short}")
+
+    @property
+    def requested(self) -> str:
+        """What lineage records as asked for, and what a rebuild must match: ``mlx 4bit-fp32``."""
+        return f"mlx {self.tag.removeprefix('mlx-')}"
+
+
+SHORT_DTYPES = {"fp16": "float16", "bf16": "bfloat16", "fp32": "float32"}
+
+
+def parse_recipes(text: str, dtype: str = AUTO_DTYPE) -> tuple[MlxRecipe, ...]:
+    """``"4bit,8bit-g32,mixed_3_6,4bit-fp16,fp16"`` -> recipes, as their tags spell them (without
+    ``mlx-``); a quantized one without a dtype suffix has ``dtype``'s scales."""
+    found: list[MlxRecipe] = []
+    for part in (p.strip().lower() for p in text.split(",") if p.strip()):
+        head, _, suffix = part.rpartition("-")
+        quant, scales = (head, SHORT_DTYPES[suffix]) if head and suffix in SHORT_DTYPES else (part, dtype)
+        bits, _, group = quant.partition("bit")
+        if part in SHORT_DTYPES:
+            recipe = MlxRecipe(dtype=SHORT_DTYPES[part])
+        elif quant in RECIPES:
+            recipe = MlxRecipe(dtype=scales, mixed=quant)
+        elif bits.isdigit() and group in ("", "-g32", "-g64", "-g128"):
+            recipe = MlxRecipe(dtype=scales, bits=int(bits), group_size=int(group.removeprefix("-g") or 64))
+        else:
+            raise InvalidParameterError(
+                f"MLX variant {part!r} is unknown; e.g. 4bit, 8bit, 4bit-g32, {RECIPES[2]}, fp16, bf16, fp32",
+                params="mlx",
+            )
+        if recipe not in found:
+            found.append(recipe)
+    if not found:
+        raise InvalidParameterError("no MLX variant given; e.g. 4bit,8bit", params="mlx")
+    return tuple(found)
 
 
 @dataclass(frozen=True)
@@ -79,7 +118,7 @@ def convert_to_mlx(
     start = time.perf_counter()
     manifest, _ = build_variant(
         store, parent, target, ModelFormat.MLX, lambda work: _convert(work, recipe, say),
-        requested=f"mlx {recipe.tag.removeprefix('mlx-')}", file_type=f"MLX {recipe.tag.removeprefix('mlx-').upper()}",
+        requested=recipe.requested, file_type=f"MLX {recipe.tag.removeprefix('mlx-').upper()}",
         say=say,
     )  # fmt: skip
     return MlxConvertResult(manifest, recipe, time.perf_counter() - start)

@@ -99,6 +99,11 @@ def default_tag(precision: Precision, method: Method) -> str:
     return f"onnx-{precision.value}" + ("" if method is Method.BUILDER else f"-{method.value}")
 
 
+def onnx_requested(precision: Precision, method: Method) -> str:
+    """What lineage records as asked for, and what a rebuild must match: ``onnx int4 (builder)``."""
+    return f"onnx {precision.value} ({method.value})"
+
+
 def convert_to_onnx(
     store: Store,
     name: ModelName,
@@ -118,7 +123,7 @@ def convert_to_onnx(
     start = time.perf_counter()
     manifest, built = build_variant(
         store, parent, target, ModelFormat.ONNX, lambda work: _build(work, precision, method, calibration, say),
-        requested=f"onnx {precision.value} ({method.value})", file_type=f"ONNX {precision.value.upper()}", say=say,
+        requested=onnx_requested(precision, method), file_type=f"ONNX {precision.value.upper()}", say=say,
     )  # fmt: skip
     return OnnxConvertResult(manifest, precision, method, time.perf_counter() - start, built.options)
 

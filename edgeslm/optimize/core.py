@@ -17,7 +17,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Literal
 
-from ..convert.to_onnx import Method, Precision, convert_to_onnx, default_tag
+from ..convert.to_mlx import MlxRecipe, convert_to_mlx
+from ..convert.to_onnx import Method, Precision, convert_to_onnx, default_tag, onnx_requested
 from ..engines.base import DEFAULT_ENGINE, LoadParams, open_engine
 from ..errors import InvalidParameterError
 from ..evaluate.core import REFERENCE_TAGS, EvalSettings, EvalText, evaluate
@@ -62,9 +63,10 @@ class OptimizeParams:
     threads: int | None = None
     runtimes: tuple[Runtime, ...] = (Runtime.LLAMA_CPP,)
     onnx: tuple[tuple[Precision, Method], ...] = ((Precision.INT4, Method.BUILDER), (Precision.INT8, Method.BUILDER))
+    mlx: tuple[MlxRecipe, ...] = (MlxRecipe(bits=4), MlxRecipe(bits=8))
 
 
-CandidateKind = Literal["reference", "source", "uniform", "mixed", "onnx"]
+CandidateKind = Literal["reference", "source", "uniform", "mixed", "onnx", "mlx"]
 
 
 @dataclass(frozen=True)
@@ -205,7 +207,9 @@ def optimize(
     reference = run.reference()
     _measure_uniform(run, reference)
     if Runtime.ONNXRUNTIME in params.runtimes:
-        _measure_onnx(run, reference)
+        _measure_folders(run, reference, _onnx_variants(run))
+    if Runtime.MLX in params.runtimes:
+        _measure_folders(run, reference, _mlx_variants(run))
     mixed = None
     if Runtime.LLAMA_CPP in params.runtimes and _wants_mix(run, budget):
         assert budget is not None
@@ -289,28 +293,62 @@ def _measure_uniform(run: _Run, reference: Manifest) -> None:
         run.measure(manifest, reference, "uniform", qtype.name, _command(run, qtype.name))
 
 
-def _measure_onnx(run: _Run, reference: Manifest) -> None:
-    """Each ONNX variant of the source: reused when the store holds one built from these bytes."""
-    for precision, method in run.params.onnx:
-        tag = default_tag(precision, method)
-        name = run.source.name.with_tag(tag)
-        manifest = run.store.find(name)
-        wanted = f"onnx {precision.value} ({method.value})"
-        if manifest is None or manifest.source.get("parent") != run.source.digest:
-            manifest = _build_onnx(run, name, precision, method)
-        elif manifest.source.get("requested") != wanted:
-            manifest = _build_onnx(run, name, precision, method)
+@dataclass(frozen=True)
+class _FolderVariant:
+    """An ONNX or MLX variant of the source: how it is tagged, asked for, shown, and built."""
+
+    kind: CandidateKind
+    tag: str
+    requested: str  # as lineage records it: a stored build asked for otherwise is rebuilt
+    recipe: str
+    command: str
+    build: Callable[[ModelName, Callable[[str], None]], Manifest]
+
+
+def _onnx_variants(run: _Run) -> list[_FolderVariant]:
+    def variant(precision: Precision, method: Method) -> _FolderVariant:
+        def build(name: ModelName, say: Callable[[str], None]) -> Manifest:
+            return convert_to_onnx(run.store, run.source.name, precision=precision, method=method, target=name,
+                                   progress=say).manifest  # fmt: skip
+
         command = f"edgeslm convert {run.source.name} --to onnx --precision {precision.value} --method {method.value}"
-        run.measure(manifest, reference, "onnx", f"ONNX {precision.value.upper()} ({method.value})", command)
+        return _FolderVariant("onnx", default_tag(precision, method), onnx_requested(precision, method),
+                              f"ONNX {precision.value.upper()} ({method.value})", command, build)  # fmt: skip
+
+    return [variant(precision, method) for precision, method in run.params.onnx]
 
 
-def _build_onnx(run: _Run, name: ModelName, precision: Precision, method: Method) -> Manifest:
+def _mlx_variants(run: _Run) -> list[_FolderVariant]:
+    def variant(recipe: MlxRecipe) -> _FolderVariant:
+        def build(name: ModelName, say: Callable[[str], None]) -> Manifest:
+            return convert_to_mlx(run.store, run.source.name, recipe, target=name, progress=say).manifest
+
+        what = recipe.tag.removeprefix("mlx-")
+        flags = f"--q-recipe {recipe.mixed}" if recipe.mixed else f"--q-bits {recipe.bits}" if recipe.bits else ""
+        if recipe.bits and recipe.group_size != 64:
+            flags += f" --q-group-size {recipe.group_size}"
+        command = f"edgeslm convert {run.source.name} --to mlx {flags} --dtype {recipe.dtype}".replace("  ", " ")
+        return _FolderVariant("mlx", recipe.tag, recipe.requested, f"MLX {what}", command, build)
+
+    return [variant(recipe) for recipe in run.params.mlx]
+
+
+def _measure_folders(run: _Run, reference: Manifest, variants: list[_FolderVariant]) -> None:
+    """Each variant: reused when the store holds one built from these bytes as asked, else built."""
+    for v in variants:
+        name = run.source.name.with_tag(v.tag)
+        manifest = run.store.find(name)
+        wanted = (run.source.digest, v.requested)
+        if manifest is None or (manifest.source.get("parent"), manifest.source.get("requested")) != wanted:
+            manifest = v.build(name, _step_reporter(run, str(name)))
+        run.measure(manifest, reference, v.kind, v.recipe, v.command)
+
+
+def _step_reporter(run: _Run, label: str) -> Callable[[str], None]:
     def report(step: str) -> None:
-        run.progress(str(name), step, None, None)
+        run.progress(label, step, None, None)
 
-    result = convert_to_onnx(run.store, run.source.name, precision=precision, method=method, target=name,
-                             progress=report)  # fmt: skip
-    return result.manifest
+    return report
 
 
 def _command(run: _Run, type_name: str) -> str:

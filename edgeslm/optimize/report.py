@@ -95,7 +95,7 @@ def commands(result: OptimizeResult) -> list[str]:
 def cleanup(result: OptimizeResult) -> str | None:
     """The command that would remove the variants that lost (optimize itself deletes nothing)."""
     winner = result.ranking.winner.metrics.name if result.ranking.winner else None
-    losers = [c for c in result.candidates if c.kind in ("uniform", "mixed", "onnx") and c.name != winner]
+    losers = [c for c in result.candidates if c.kind in ("uniform", "mixed", "onnx", "mlx") and c.name != winner]
     if not losers:
         return None
     total = sum(c.metrics.file_size for c in losers)
