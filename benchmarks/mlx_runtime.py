@@ -30,19 +30,17 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.onnx_runtime import MODEL, WIKITEXT, table_section  # noqa: E402
 from edgeslm.bench import BenchParams, run_worker  # noqa: E402
 from edgeslm.config import resolve_settings  # noqa: E402
 from edgeslm.convert.to_mlx import AUTO_DTYPE, MlxRecipe, convert_to_mlx  # noqa: E402
 from edgeslm.convert.to_onnx import Precision, convert_to_onnx  # noqa: E402
 from edgeslm.evaluate import EvalSettings, evaluate, load_text  # noqa: E402
-from edgeslm.evaluate.report import markdown_table  # noqa: E402
 from edgeslm.formats.quant_types import QuantizeOptions, parse_quant_types  # noqa: E402
 from edgeslm.pull import pull  # noqa: E402
 from edgeslm.quantize import quantize  # noqa: E402
 from edgeslm.store import Store, parse_name  # noqa: E402
 
-MODEL = "smollm2-135m-instruct"
-WIKITEXT = ROOT.parent / "shared" / "data" / "wikitext-2-test.txt"
 GGUF_TYPES = "F16,Q8_0,Q4_0"
 ONNX_PRECISIONS = (Precision.INT8, Precision.INT4)
 MLX_RECIPES = (MlxRecipe(dtype=AUTO_DTYPE, bits=8), MlxRecipe(dtype=AUTO_DTYPE, bits=4))
@@ -160,17 +158,6 @@ def fidelity_section(store: Store, text_path: Path, chunks: int) -> None:
               f"relative difference {100 * diff:+.3f}% (goal within 1 %)")  # fmt: skip
 
 
-def table_section(store: Store, names: list[str], text_path: Path, chunks: int) -> None:
-    print(f"\n## GGUF, ONNX and MLX variants vs {MODEL}:f16 ({chunks} chunks x 512 of WikiText-2; tg128, pp512)\n")
-    text, settings = load_text(text_path), EvalSettings(ctx=512, chunks=chunks)
-    reference = parse_name(f"{MODEL}:f16")
-    results = []
-    for name in names:
-        ref = None if name.endswith(":f16") else reference
-        results.append(evaluate(store, parse_name(name), ref, text, settings))
-    print(markdown_table(results))
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--chunks", type=int, default=2)
@@ -188,7 +175,7 @@ def main() -> None:
         if "fidelity" in wanted:
             fidelity_section(store, text_path, args.chunks)
         if "table" in wanted:
-            table_section(store, names, text_path, args.chunks)
+            table_section(store, names, text_path, args.chunks, "GGUF, ONNX and MLX variants")
 
 
 if __name__ == "__main__":

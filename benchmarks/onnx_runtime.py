@@ -192,8 +192,10 @@ def native_section(store: Store, names: list[str], rounds: int) -> None:
               f"{mine[1] / med[1]:.3f} |")  # fmt: skip
 
 
-def table_section(store: Store, names: list[str], text_path: Path, chunks: int) -> None:
-    print(f"\n## Every variant of both runtimes vs {MODEL}:f16 ({chunks} chunks x 512 of WikiText-2; tg128, pp512)\n")
+def table_section(
+    store: Store, names: list[str], text_path: Path, chunks: int, what: str = "Every variant of both runtimes"
+) -> None:
+    print(f"\n## {what} vs {MODEL}:f16 ({chunks} chunks x 512 of WikiText-2; tg128, pp512)\n")
     text, settings = load_text(text_path), EvalSettings(ctx=512, chunks=chunks)
     reference = parse_name(f"{MODEL}:f16")
     results = []

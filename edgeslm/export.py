@@ -5,16 +5,13 @@ transformed back — Llama's Q/K rows un-permuted, Gemma's norms minus one — i
 ``model.safetensors``; ``config.json`` and ``generation_config.json`` come from the GGUF's
 metadata, ``tokenizer.json`` and ``tokenizer_config.json`` from its vocabulary, merges, token
 types, special tokens and chat template (byte-level BPE). The folder is written next to its
-target and renamed into place, so a failed export leaves nothing behind.
+target and renamed into place (``staged_folder``), so a failed export leaves nothing behind.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import os
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,8 +19,9 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from .errors import InvalidModelFileError, OutputFileError
+from .errors import InvalidModelFileError
 from .store import Store, parse_name
+from .store.atomic import staged_folder
 
 log = logging.getLogger(__name__)
 F32 = npt.NDArray[np.float32]
@@ -63,11 +61,7 @@ def export_hf(store: Store, name: str, target: Path) -> ExportResult:
         raise InvalidModelFileError(
             f"{manifest.name} is a {arch} model; export to Hugging Face form supports {', '.join(HF_ARCH)}"
         )
-    if target.exists() and any(target.iterdir()):
-        raise OutputFileError(f"{target} exists and is not empty; choose a new folder")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-    try:
+    with staged_folder(target) as tmp:
         config = _config(meta, arch, reader)
         tensors = _tensors(reader, config)
         from .formats.safetensors import write_safetensors
@@ -77,12 +71,6 @@ def export_hf(store: Store, name: str, target: Path) -> ExportResult:
         _write_json(tmp / "generation_config.json",
                     {k: config[k] for k in ("bos_token_id", "eos_token_id") if k in config})  # fmt: skip
         _write_tokenizer(tmp, reader, meta)
-        if target.exists():
-            target.rmdir()
-        os.replace(tmp, target)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return ExportResult(target, config["architectures"][0], len(tensors))
 
 

@@ -11,22 +11,18 @@ place, so a failed export leaves nothing behind. What lands there is what ``mlx_
 
 from __future__ import annotations
 
-import hashlib
 import logging
-import os
-import shutil
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from .errors import IntegrityError, InvalidParameterError, OutputFileError
+from .errors import IntegrityError, InvalidParameterError
 from .formats.model_format import ModelFormat
 from .store import ModelName, Store, parse_name
+from .store.atomic import check_new_folder, copy_hashing, staged_folder
 from .store.registry import Manifest
 
 log = logging.getLogger(__name__)
-CHUNK = 1 << 20
 # (store, GGUF parent, target name, progress) -> the stored variant
 Build = Callable[[Store, Manifest, ModelName, Callable[[str], None]], Manifest]
 
@@ -60,7 +56,7 @@ def export_folder(
 ) -> FolderExportResult:
     say = progress or (lambda message: log.info("%s", message))
     manifest = store.get(parse_name(name))
-    _check_target(target)
+    check_new_folder(target)  # before any build
     built = False
     if manifest.format is not fmt:
         if manifest.format is not ModelFormat.GGUF:
@@ -93,36 +89,15 @@ def _variant_of(
     return variant.build(store, parent, name, say), True
 
 
-def _check_target(target: Path) -> None:
-    if target.exists() and (not target.is_dir() or any(target.iterdir())):
-        raise OutputFileError(f"{target} exists and is not an empty folder; choose a new folder")
-
-
 def _copy_out(store: Store, manifest: Manifest, target: Path) -> None:
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-    try:
+    with staged_folder(target) as tmp:
         for layer in manifest.layers:
             out = tmp / layer.path
             out.parent.mkdir(parents=True, exist_ok=True)
-            digest = _copy(store.blob_path(layer.digest), out)
-            if digest != layer.digest:
+            with out.open("wb") as dst:
+                digest, _ = copy_hashing([store.blob_path(layer.digest)], dst)
+            if f"sha256-{digest}" != layer.digest:
                 raise IntegrityError(
-                    f"{manifest.name}: {layer.path} in the store does not match its manifest ({digest[:19]}, "
+                    f"{manifest.name}: {layer.path} in the store does not match its manifest (sha256-{digest[:12]}, "
                     f"expected {layer.digest[:19]}); run 'edgeslm verify' and pull or rebuild it"
                 )
-        if target.exists():
-            target.rmdir()
-        os.replace(tmp, target)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-
-
-def _copy(src: Path, dst: Path) -> str:
-    sha = hashlib.sha256()
-    with src.open("rb") as f, dst.open("wb") as g:
-        while chunk := f.read(CHUNK):
-            sha.update(chunk)
-            g.write(chunk)
-    return "sha256-" + sha.hexdigest()

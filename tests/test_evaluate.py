@@ -164,7 +164,9 @@ def test_kld_orders_the_variants_of_a_real_model(builtin_home: Path, home: Path,
     assert kld["f16"] < 0.01 and kld["q4_0"] > 0.1  # F16 of the Q4_1 source is nearly the source itself
 
 
-def test_a_kept_result_reads_back_as_the_same_record(fake: Cli, tmp_path: Path, home: Path) -> None:
+def test_a_kept_result_reads_back_as_the_same_record(
+    fake: Cli, tmp_path: Path, home: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     from edgeslm.evaluate import EvalResult, all_results
     from edgeslm.evaluate.core import results_dir
     from edgeslm.store import Store
@@ -178,5 +180,9 @@ def test_a_kept_result_reads_back_as_the_same_record(fake: Cli, tmp_path: Path, 
     assert EvalResult.from_dict(json.loads(json.dumps(kept.to_dict()))) == kept
     stored = json.loads((results_dir(store) / f"{kept.key}.json").read_text())
     assert stored["kld_mean"] == kept.kld_mean and stored["schema"] == 1  # the keys results always had
-    (results_dir(store) / "broken.json").write_text('{"model": "x"}')  # a required key missing: skipped
-    assert len(all_results(store)) == 1
+    (results_dir(store) / f"{'0' * 32}.json").write_text('{"model": "x"}')  # a required key missing: skipped
+    (results_dir(store) / f"sensitivity-{'1' * 32}.json").write_text("{}")  # optimize's: not a result, not read
+    with caplog.at_level("WARNING"):
+        assert len(all_results(store)) == 1
+    broken = results_dir(store) / f"{'0' * 32}.json"
+    assert [r.getMessage() for r in caplog.records] == [f"skipping unreadable result {broken}"]

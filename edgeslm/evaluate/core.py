@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import re
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -166,6 +167,9 @@ def result_key(model: Manifest, reference: Manifest | None, text: EvalText, sett
     return hashlib.sha256(json.dumps(basis, sort_keys=True).encode()).hexdigest()[:32]
 
 
+RESULT_KEY = re.compile(r"[0-9a-f]{32}\Z")  # result_key's names
+
+
 def results_dir(store: Store) -> Path:
     return store.root / "results"
 
@@ -185,8 +189,9 @@ def _read_result(path: Path) -> EvalResult | None:
 
 
 def all_results(store: Store) -> list[EvalResult]:
+    """Every kept evaluation result (the folder also keeps optimize's sensitivity measurements)."""
     paths = sorted(results_dir(store).glob("*.json")) if results_dir(store).is_dir() else []
-    return [r for r in map(_read_result, paths) if r is not None]
+    return [r for r in map(_read_result, (p for p in paths if RESULT_KEY.match(p.stem))) if r is not None]
 
 
 def _save(store: Store, result: EvalResult) -> None:

@@ -100,6 +100,32 @@ class TempDir:
         self.discard()
 
 
+def check_new_folder(target: Path) -> None:
+    from ..errors import OutputFileError
+
+    if target.exists() and (not target.is_dir() or any(target.iterdir())):
+        raise OutputFileError(f"{target} exists and is not an empty folder; choose a new folder")
+
+
+@contextlib.contextmanager
+def staged_folder(target: Path) -> Iterator[Path]:
+    """A folder written beside ``target`` and renamed into place when the block ends well, else
+    removed: an export that fails leaves nothing. ``target`` must not exist, or be an empty folder."""
+    import tempfile
+
+    check_new_folder(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    try:
+        yield tmp
+        if target.exists():
+            target.rmdir()
+        os.replace(tmp, target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
 def remove_path(path: Path) -> None:
     """Remove a file or a whole folder (a link is removed, never followed); gone already is fine."""
     try:
