@@ -63,7 +63,7 @@ def test_loads_on_demand_and_evicts_the_least_recently_used(models: ModelManager
 
 def test_busy_models_are_not_evicted(models: ModelManager) -> None:
     with models.lease("a"), models.lease("b"):
-        with pytest.raises(CapacityError, match="every loaded model .* is serving requests; retry shortly"):
+        with pytest.raises(CapacityError, match=r"cannot make room \(a:latest, b:latest serving requests\); retry"):
             with models.lease("c"):
                 pass
     assert {m.name for m in models.ps()} == {"a:latest", "b:latest"} and all(m.in_flight == 0 for m in models.ps())
@@ -82,6 +82,30 @@ def test_keep_alive(models: ModelManager, monkeypatch: pytest.MonkeyPatch) -> No
     now = time.monotonic()
     monkeypatch.setattr(manager_module.time, "monotonic", lambda: now + 61)
     assert models.expire() == ["c:latest"] and [m.name for m in models.ps()] == ["b:latest"]
+
+
+def test_a_pinned_model_outlives_keep_alive_and_eviction(
+    models: ModelManager, home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    params = ManagerParams(max_loaded=2, slots=2, ctx_per_slot=256, pinned=("a",))
+    pinned = ModelManager(resolve_settings(home=home), params, FakeRunner)
+    assert pinned.pinned == {"a:latest"}
+    with pinned.lease("a", keep_alive=0):  # keep_alive 0 would unload it after the request
+        pass
+    for name in ("b", "c", "b"):  # each load needs room: never a's
+        with pinned.lease(name, keep_alive=1):
+            pass
+    infos = {m.name: m for m in pinned.ps()}
+    assert infos["a:latest"].pinned and infos["a:latest"].expires_in is None and not infos["b:latest"].pinned
+    assert not pinned.unload("a") and pinned.unload("b")
+    now = time.monotonic()
+    monkeypatch.setattr(manager_module.time, "monotonic", lambda: now + 3600)
+    assert pinned.expire() == [] and [m.name for m in pinned.ps()] == ["a:latest"]
+    with pinned.lease("b"), pytest.raises(CapacityError, match=r"\(b:latest serving requests and a:latest pinned\)"):
+        with pinned.lease("c"):
+            pass
+    with pytest.raises(ModelNotFoundError):  # an unknown pin is refused when the server starts
+        ModelManager(resolve_settings(home=home), ManagerParams(pinned=("nope",)), FakeRunner)
 
 
 def test_refused_before_loading_when_it_cannot_fit(models: ModelManager, home: Path) -> None:

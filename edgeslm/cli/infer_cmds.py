@@ -54,7 +54,9 @@ def configure(sub: Any) -> None:
     p.add_argument("--top-p", type=float, default=s.top_p)
     p.add_argument("--min-p", type=float, default=s.min_p)
     p.add_argument("--repeat-penalty", type=float, default=s.repeat_penalty)
-    p.add_argument("--repeat-last-n", type=int, default=s.repeat_last_n)
+    p.add_argument("--repeat-last-n", type=int, default=s.repeat_last_n, help="the penalties' window (0: off)")
+    p.add_argument("--frequency-penalty", type=float, default=s.frequency_penalty, help="-2 to 2 (0: off)")
+    p.add_argument("--presence-penalty", type=float, default=s.presence_penalty, help="-2 to 2 (0: off)")
     p.add_argument("--seed", type=int)
     p.add_argument("--stop", action="append", default=[], help="stop string (repeatable)")
     p.add_argument("--max-tokens", type=int, default=-1, help="-1: until the model stops or the context is full")
@@ -83,6 +85,8 @@ def _sampling(args: argparse.Namespace) -> SamplingParams:
         min_p=args.min_p,
         repeat_penalty=args.repeat_penalty,
         repeat_last_n=args.repeat_last_n,
+        frequency_penalty=args.frequency_penalty,
+        presence_penalty=args.presence_penalty,
         seed=args.seed,
     )
 

@@ -53,6 +53,8 @@ def configure(sub: Any) -> None:
         "--load-timeout", type=float, default=LOAD_TIMEOUT, metavar="SECONDS",
         help=f"a model still loading after this long is stopped and its requests fail (default {LOAD_TIMEOUT:g})",
     )  # fmt: skip
+    p.add_argument("--pin", action="append", default=[], metavar="MODEL", help="load MODEL at start and keep it "
+                   "loaded: never expired, never evicted for another model (repeatable)")  # fmt: skip
     p.add_argument("--preload", default=DEFAULT_MODEL, help=f"model loaded at start (default {DEFAULT_MODEL}; '' none)")
 
     p = sub.add_parser("ps", help="models loaded by a running server")
@@ -71,7 +73,8 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
         audit_prompts=args.audit_prompts, parallel=args.parallel, ctx=args.ctx, max_loaded=args.max_loaded,
         memory=args.memory, queue=args.queue, keep_alive=args.keep_alive, threads=args.threads,
         cors_origins=tuple(args.cors_origin), allowed_hosts=tuple(args.allow_host), max_body=args.max_body,
-        preload=args.preload or None, prompt_cache=args.prompt_cache, load_timeout=args.load_timeout,
+        preload=args.preload or None, pin=tuple(args.pin), prompt_cache=args.prompt_cache,
+        load_timeout=args.load_timeout,
     )  # fmt: skip
     check_options(options)
     app = create_app(options, settings)
@@ -108,7 +111,7 @@ def cmd_ps(args: argparse.Namespace, settings: Settings) -> int:
         return 0
     rows = [
         (m["name"], format_bytes(int(m["size"])), f"{m.get('in_flight', 0)}/{m.get('slots', '?')}",
-         m.get("context_length", ""), m["expires_at"][:19].replace("T", " "))
+         m.get("context_length", ""), "pinned" if m.get("pinned") else m["expires_at"][:19].replace("T", " "))
         for m in data.get("models", [])
     ]  # fmt: skip
     print_table(("NAME", "MEMORY", "BUSY/SLOTS", "CONTEXT", "EXPIRES (UTC)"), rows, right=(1, 2, 3))

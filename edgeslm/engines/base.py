@@ -50,7 +50,9 @@ class SamplingParams:
     top_p: float = 0.95
     min_p: float = 0.05
     repeat_penalty: float = 1.0
-    repeat_last_n: int = 64
+    repeat_last_n: int = 64  # the window of the penalties (repeat, frequency, presence)
+    frequency_penalty: float = 0.0  # OpenAI's: minus count x this from a token's logit
+    presence_penalty: float = 0.0  # OpenAI's: minus this from the logit of a token already there
     seed: int | None = None  # None: a fresh random seed per generation
     grammar: str | None = None  # GBNF: only text this grammar accepts (JSON mode, a JSON schema)
 
@@ -76,6 +78,9 @@ class SamplingParams:
             self.repeat_last_n,
             "0 to 1,048,576",
         )
+        for name in ("frequency_penalty", "presence_penalty"):
+            value = getattr(self, name)
+            _check(_finite(value) and -2 <= value <= 2, name, value, "-2 to 2 (0 is off)")
         _check(
             self.seed is None or (_int(self.seed) and 0 <= self.seed <= MAX_SEED), "seed", self.seed, f"0 to {MAX_SEED}"
         )
@@ -91,9 +96,15 @@ class SamplingParams:
         return self.temperature == 0
 
     @property
+    def penalized(self) -> bool:
+        """Any of the penalties is on (within a window of ``repeat_last_n`` tokens)."""
+        on = self.repeat_penalty != 1.0 or self.frequency_penalty != 0.0 or self.presence_penalty != 0.0
+        return on and self.repeat_last_n > 0
+
+    @property
     def plain_greedy(self) -> bool:
         """Greedy with no penalty: the argmax of the logits, no sampler needed."""
-        return self.greedy and self.grammar is None and (self.repeat_penalty == 1.0 or not self.repeat_last_n)
+        return self.greedy and self.grammar is None and not self.penalized
 
 
 @dataclass(frozen=True)

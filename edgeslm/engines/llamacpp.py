@@ -266,8 +266,9 @@ class LlamaCppEngine:
                 lc.llama_sampler_free(chain)
                 raise InvalidParameterError(f"the grammar was refused by llama.cpp: {last_errors() or 'invalid GBNF'}")
             add(grammar)
-        if s.repeat_penalty != 1.0 and s.repeat_last_n:
-            add(lc.llama_sampler_init_penalties(self.n_vocab, s.repeat_last_n, s.repeat_penalty, 0.0, 0.0))
+        if s.penalized:
+            add(lc.llama_sampler_init_penalties(self.n_vocab, s.repeat_last_n, s.repeat_penalty, s.frequency_penalty,
+                                                s.presence_penalty))  # fmt: skip
         if s.greedy:
             add(lc.llama_sampler_init_greedy())
             return chain

@@ -98,10 +98,14 @@ class MlxEngine(FolderVocabEngine):
         top_p = sampling.top_p if sampling.top_p < 1 else 0.0  # mlx-lm: 0 is off
         sampler = make_sampler(sampling.temperature, top_p, sampling.min_p, top_k=sampling.top_k)
         processors = None
-        if sampling.repeat_penalty != 1.0 and sampling.repeat_last_n:
+        if sampling.penalized:
+            window = sampling.repeat_last_n
             processors = make_logits_processors(
-                repetition_penalty=sampling.repeat_penalty, repetition_context_size=sampling.repeat_last_n
-            )
+                repetition_penalty=sampling.repeat_penalty if sampling.repeat_penalty != 1.0 else None,
+                repetition_context_size=window, presence_penalty=sampling.presence_penalty or None,
+                presence_context_size=window, frequency_penalty=sampling.frequency_penalty or None,
+                frequency_context_size=window,
+            )  # fmt: skip
         return sampler, processors
 
     def embed(self, text: str) -> list[float]:

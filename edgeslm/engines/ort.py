@@ -74,6 +74,12 @@ class OnnxRuntimeEngine(FolderVocabEngine):
                 "use a GGUF variant of the model for constrained output",
                 params="grammar",
             )
+        if sampling is not None and (sampling.frequency_penalty or sampling.presence_penalty):
+            raise InvalidParameterError(
+                "frequency_penalty and presence_penalty are not available with onnxruntime models "
+                "(onnxruntime-genai has a repetition penalty only); use repeat_penalty, or a GGUF variant",
+                params=("frequency_penalty", "presence_penalty"),
+            )
         p = og.GeneratorParams(self._model)
         options: dict[str, Any] = {"max_length": max_length, "do_sample": False}
         if sampling is not None and not sampling.greedy:

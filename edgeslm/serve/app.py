@@ -45,7 +45,7 @@ def create_app(options: ServeOptions, settings: Settings, factory: RunnerFactory
     budget = options.memory if options.memory is not None else int(system_ram() * MEMORY_SHARE)
     params = ManagerParams(
         options.max_loaded, budget, options.parallel, options.ctx, options.threads, options.queue, options.keep_alive,
-        options.prompt_cache, options.load_timeout,
+        options.prompt_cache, options.load_timeout, options.pin,
     )  # fmt: skip
     manager = ModelManager(settings, params, factory)
     keys = load_keys(options.api_keys) if options.api_keys else None
@@ -55,7 +55,9 @@ def create_app(options: ServeOptions, settings: Settings, factory: RunnerFactory
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         st.audit = AuditLog(options.audit_log) if options.audit_log else None
         expiry = asyncio.create_task(_expire_loop(manager))
-        if options.preload:
+        for name in options.pin:
+            await _preload(manager, name, -1)
+        if options.preload and options.preload not in options.pin:
             await _preload(manager, options.preload, options.keep_alive)
         try:
             yield

@@ -48,6 +48,7 @@ class ManagerParams:
     keep_alive: float = DEFAULT_KEEP_ALIVE  # for requests that do not say
     prompt_cache: bool = True
     load_timeout: float = LOAD_TIMEOUT  # seconds a runner may take to load before it is killed
+    pinned: tuple[str, ...] = ()  # models kept loaded through keep_alive and eviction (serve --pin)
 
 
 @dataclass
@@ -66,6 +67,7 @@ class _Loaded:
     keep_alive: float
     last_used: float
     in_flight: int = 0
+    pinned: bool = False  # never expires, never evicted: unloaded when the server stops
     life: Lifecycle = field(init=False)
     runner: RunnerLike | None = None  # set when READY
 
@@ -74,7 +76,7 @@ class _Loaded:
 
     @property
     def expires(self) -> float:
-        return float("inf") if self.keep_alive < 0 else self.last_used + self.keep_alive
+        return float("inf") if self.keep_alive < 0 or self.pinned else self.last_used + self.keep_alive
 
 
 @dataclass(frozen=True)
@@ -86,6 +88,7 @@ class LoadedInfo:
     slots: int
     pid: int
     keep_alive: float
+    pinned: bool = False
 
 
 class ModelManager:
@@ -96,6 +99,7 @@ class ModelManager:
         self._loaded: dict[str, _Loaded] = {}
         self._store = Store.open(settings.models_dir)
         self._memory: dict[str, int] = {}  # blob digest -> the memory its runner takes
+        self.pinned = frozenset(self.needs(name)[0] for name in params.pinned)  # full names; unknown: refused
 
     def needs(self, name: str) -> tuple[str, int]:
         """(the model's full name, the memory its runner takes) without loading it."""
@@ -140,7 +144,8 @@ class ModelManager:
                         entry = None
                     if entry is None:
                         self._make_room(full, need, retired)
-                        entry = self._loaded[full] = _Loaded(full, need, keep, time.monotonic(), in_flight=1)
+                        entry = _Loaded(full, need, keep, time.monotonic(), in_flight=1, pinned=full in self.pinned)
+                        self._loaded[full] = entry
                         loading = True
                     elif entry.life.state is LoadState.READY:
                         return self._hold(entry, keep)
@@ -192,7 +197,7 @@ class ModelManager:
                 return  # unloaded meanwhile (its runner died and was replaced)
             entry.in_flight -= 1
             entry.last_used = time.monotonic()
-            if entry.keep_alive == 0 and entry.in_flight == 0:
+            if entry.keep_alive == 0 and entry.in_flight == 0 and not entry.pinned:
                 retired.append(self._retire(entry))
         self._close(retired)
 
@@ -201,7 +206,7 @@ class ModelManager:
         full = self.needs(name)[0]
         with self._lock:
             entry = self._loaded.get(full)
-            if entry is None or entry.in_flight or entry.life.state is not LoadState.READY:
+            if entry is None or entry.in_flight or entry.pinned or entry.life.state is not LoadState.READY:
                 return False
             retired = self._retire(entry)
         self._close([retired])
@@ -217,12 +222,17 @@ class ModelManager:
                 f"tokens, available {format_bytes(budget)}; use fewer slots or a smaller context, or a smaller variant"
             )
         while self._over(need):
-            idle = [e for e in self._loaded.values() if e.in_flight == 0 and e.life.state is LoadState.READY]
+            idle = [e for e in self._loaded.values()
+                    if e.in_flight == 0 and not e.pinned and e.life.state is LoadState.READY]  # fmt: skip
             if not idle:
                 used = sum(e.memory for e in self._loaded.values())
+                busy = [e.name for e in self._loaded.values() if not e.pinned]
+                pinned = [e.name for e in self._loaded.values() if e.pinned]
+                why = f"{', '.join(busy)} serving requests" if busy else ""
+                why += (" and " if busy and pinned else "") + (f"{', '.join(pinned)} pinned" if pinned else "")
                 raise CapacityError(
-                    f"{name} needs {format_bytes(need)}, available {format_bytes((budget or 0) - used)}, and every "
-                    f"loaded model ({', '.join(self._loaded)}) is serving requests; retry shortly"
+                    f"{name} needs {format_bytes(need)}, available {format_bytes((budget or 0) - used)}, and the "
+                    f"loaded models cannot make room ({why}); retry shortly, or pin fewer models"
                 )
             retired.append(self._retire(min(idle, key=lambda e: e.last_used)))
 
@@ -267,11 +277,12 @@ class ModelManager:
                 LoadedInfo(
                     e.name,
                     e.memory,
-                    None if e.keep_alive < 0 else max(0.0, e.expires - now),
+                    None if e.expires == float("inf") else max(0.0, e.expires - now),
                     e.in_flight,
                     self.params.slots,
                     e.runner.pid,
                     e.keep_alive,
+                    e.pinned,
                 )  # fmt: skip
                 for e in sorted(self._loaded.values(), key=lambda e: -e.last_used)
                 if e.runner is not None  # still loading: not listed

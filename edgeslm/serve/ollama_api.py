@@ -42,7 +42,8 @@ NDJSON = "application/x-ndjson"
 NEVER = "2318-11-28T00:00:00Z"  # Ollama's "never expires"
 # Ollama's defaults (api/types.go DefaultOptions)
 DEFAULTS = {"temperature": 0.8, "top_k": 40, "top_p": 0.9, "min_p": 0.0, "repeat_penalty": 1.1, "repeat_last_n": 64}
-SAMPLING_KEYS = ("temperature", "top_k", "top_p", "min_p", "repeat_penalty", "repeat_last_n", "seed")
+SAMPLING_KEYS = ("temperature", "top_k", "top_p", "min_p", "repeat_penalty", "repeat_last_n", "presence_penalty",
+                 "frequency_penalty", "seed")  # fmt: skip
 
 
 def now_iso(in_seconds: float = 0.0) -> str:
@@ -306,5 +307,6 @@ async def ps(request: Request) -> dict[str, Any]:
         out.append({
             **entry, "size": m.memory, "size_vram": 0, "expires_at": expires,
             "context_length": st.manager.params.ctx_per_slot, "slots": m.slots, "in_flight": m.in_flight,
+            "pinned": m.pinned,
         })  # fmt: skip
     return {"models": out}

@@ -33,6 +33,8 @@ class Options(BaseModel):
     stop: list[str] | None = Field(None, max_length=MAX_STOP)
     repeat_penalty: float | None = None
     repeat_last_n: int | None = None
+    presence_penalty: float | None = None
+    frequency_penalty: float | None = None
 
 
 class GenerateRequest(_Body):

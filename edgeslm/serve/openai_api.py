@@ -3,6 +3,7 @@ ends in ``data: [DONE]``. Unset sampling fields take llama.cpp's defaults, as ll
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import datetime as dt
 import json
@@ -10,6 +11,7 @@ import logging
 import time
 import uuid
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -24,17 +26,20 @@ from ..store.registry import Manifest
 from . import service
 from .http_errors import error_body
 from .openai_schemas import ChatCompletionRequest, CompletionRequest, EmbeddingRequest, _Sampling
-from .service import Generation, Reply, collect, note, parse, state
+from .service import Reply, collect, note, parse, state
 
 log = logging.getLogger(__name__)
 router = APIRouter(prefix="/v1")
 FINGERPRINT = "edgeslm"
 
 
+SAMPLING_FIELDS = ("temperature", "top_p", "top_k", "min_p", "repeat_penalty", "presence_penalty",
+                   "frequency_penalty", "seed")  # fmt: skip
+
+
 def sampling_of(body: _Sampling) -> SamplingParams:
-    given = {k: getattr(body, k) for k in ("temperature", "top_p", "top_k", "min_p", "repeat_penalty", "seed")}
-    if body.presence_penalty or body.frequency_penalty:
-        log.info("presence/frequency penalties are not applied (llama.cpp's repeat_penalty is)")
+    """llama-server's mapping: unset fields keep llama.cpp's defaults; the penalties are its penalties sampler."""
+    given = {k: getattr(body, k) for k in SAMPLING_FIELDS}
     return SamplingParams(**{k: v for k, v in given.items() if v is not None})
 
 
@@ -45,11 +50,6 @@ def limit_of(*values: int | None) -> int:
                 raise InvalidParameterError(f"max_tokens {v} is out of range; valid: 1 up to the context size")
             return v
     return -1
-
-
-def usage(done: Done) -> dict[str, int]:
-    total = done.prompt_tokens + done.completion_tokens
-    return {"prompt_tokens": done.prompt_tokens, "completion_tokens": done.completion_tokens, "total_tokens": total}
 
 
 def sse(events: AsyncIterator[dict[str, Any]], path: str) -> StreamingResponse:
@@ -86,11 +86,24 @@ def completion_logprobs(chunks: list[Chunk]) -> dict[str, Any]:
     }
 
 
+def usage_of(dones: list[Done]) -> dict[str, int]:
+    """One prompt, n completions: the prompt counted once, as OpenAI counts it."""
+    prompt, completion = dones[0].prompt_tokens, sum(d.completion_tokens for d in dones)
+    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+
+
+def jobs_of(job: Job, n: int) -> list[Job]:
+    """n copies of ``job``; with a seed, choice i samples with seed + i (else all n would be alike)."""
+    seed = job.sampling.seed
+    return [job if seed is None or i == 0 else replace(job, sampling=replace(job.sampling, seed=seed + i))
+            for i in range(n)]  # fmt: skip
+
+
 @router.post("/chat/completions")
 async def chat_completions(request: Request) -> Response:
     body = await parse(request, ChatCompletionRequest)
     note(request, model=body.model)
-    body.check_n()
+    n = body.choices(state(request).manager.params.slots)
     if body.tools:
         raise InvalidParameterError("tools are not supported yet; send the conversation without 'tools'")
     messages = [{"role": "system" if m.role == "developer" else m.role, "content": m.text()} for m in body.messages]
@@ -100,31 +113,35 @@ async def chat_completions(request: Request) -> Response:
     fmt = body.response_format.spec() if body.response_format else None
     job = Job(messages, sampling_of(body), limit_of(body.max_completion_tokens, body.max_tokens), body.stops(),
               logprobs, system=state(request).manifest(body.model).defaults.get("system"), format=fmt)  # fmt: skip
-    gen = await Generation.start(request, body.model, job, None)
+    gens = await service.start_all(request, body.model, jobs_of(job, n), None)
     rid, created = f"chatcmpl-{uuid.uuid4().hex[:24]}", int(time.time())
-    head = {"id": rid, "created": created, "model": gen.name, "system_fingerprint": FINGERPRINT}
+    head = {"id": rid, "created": created, "model": gens[0].name, "system_fingerprint": FINGERPRINT}
     if not body.stream:
-        reply = await collect(request, gen)
-        choice = {"index": 0, "message": {"role": "assistant", "content": reply.text},
-                  "logprobs": chat_logprobs(reply.chunks) if logprobs is not None else None,
-                  "finish_reason": reply.done.finish}  # fmt: skip
-        return JSONResponse({**head, "object": "chat.completion", "choices": [choice], "usage": usage(reply.done)})
+        replies = await asyncio.gather(*(collect(request, g) for g in gens))
+        choices = [{"index": i, "message": {"role": "assistant", "content": r.text},
+                    "logprobs": chat_logprobs(r.chunks) if logprobs is not None else None,
+                    "finish_reason": r.done.finish} for i, r in enumerate(replies)]  # fmt: skip
+        return JSONResponse({**head, "object": "chat.completion", "choices": choices,
+                             "usage": usage_of([r.done for r in replies])})  # fmt: skip
     include_usage = bool(body.stream_options and body.stream_options.include_usage)
 
     async def events() -> AsyncIterator[dict[str, Any]]:
-        def chunk(delta: dict[str, Any], finish: str | None, lp: Any = None) -> dict[str, Any]:
-            choice = {"index": 0, "delta": delta, "logprobs": lp, "finish_reason": finish}
+        def chunk(i: int, delta: dict[str, Any], finish: str | None, lp: Any = None) -> dict[str, Any]:
+            choice = {"index": i, "delta": delta, "logprobs": lp, "finish_reason": finish}
             return {**head, "object": "chat.completion.chunk", "choices": [choice]}
 
-        yield chunk({"role": "assistant", "content": ""}, None)
-        async for ev in gen:
+        for i in range(n):
+            yield chunk(i, {"role": "assistant", "content": ""}, None)
+        dones: list[Done] = []
+        async for i, ev in service.merged(gens):
             if isinstance(ev, Chunk):
                 if ev.text or ev.logprob is not None:
-                    yield chunk({"content": ev.text}, None, chat_logprobs([ev]) if ev.logprob is not None else None)
+                    yield chunk(i, {"content": ev.text}, None, chat_logprobs([ev]) if ev.logprob is not None else None)
             else:
-                yield chunk({}, ev.finish)
-                if include_usage:
-                    yield {**head, "object": "chat.completion.chunk", "choices": [], "usage": usage(ev)}
+                dones.append(ev)
+                yield chunk(i, {}, ev.finish)
+        if include_usage:
+            yield {**head, "object": "chat.completion.chunk", "choices": [], "usage": usage_of(dones)}
 
     return sse(events(), request.url.path)
 
@@ -133,7 +150,7 @@ async def chat_completions(request: Request) -> Response:
 async def completions(request: Request) -> Response:
     body = await parse(request, CompletionRequest)
     note(request, model=body.model)
-    body.check_n()
+    n = body.choices(state(request).manager.params.slots)
     if body.echo or body.suffix:
         raise InvalidParameterError("echo and suffix are not supported; send the prompt alone")
     prompt: str | list[int]
@@ -148,25 +165,28 @@ async def completions(request: Request) -> Response:
     if state(request).audit_prompts:
         note(request, prompt=str(prompt)[:100_000])
     job = Job(prompt, sampling_of(body), limit_of(body.max_tokens), body.stops(), body.logprobs)
-    gen = await Generation.start(request, body.model, job, None)
+    gens = await service.start_all(request, body.model, jobs_of(job, n), None)
     head = {"id": f"cmpl-{uuid.uuid4().hex[:24]}", "object": "text_completion", "created": int(time.time()),
-            "model": gen.name, "system_fingerprint": FINGERPRINT}  # fmt: skip
+            "model": gens[0].name, "system_fingerprint": FINGERPRINT}  # fmt: skip
     if not body.stream:
-        reply: Reply = await collect(request, gen)
-        lp = completion_logprobs(reply.chunks) if body.logprobs is not None else None
-        choice = {"text": reply.text, "index": 0, "logprobs": lp, "finish_reason": reply.done.finish}
-        return JSONResponse({**head, "choices": [choice], "usage": usage(reply.done)})
+        replies: list[Reply] = list(await asyncio.gather(*(collect(request, g) for g in gens)))
+        choices = [{"text": r.text, "index": i, "finish_reason": r.done.finish,
+                    "logprobs": completion_logprobs(r.chunks) if body.logprobs is not None else None}
+                   for i, r in enumerate(replies)]  # fmt: skip
+        return JSONResponse({**head, "choices": choices, "usage": usage_of([r.done for r in replies])})
     include_usage = bool(body.stream_options and body.stream_options.include_usage)
 
     async def events() -> AsyncIterator[dict[str, Any]]:
-        async for ev in gen:
+        dones: list[Done] = []
+        async for i, ev in service.merged(gens):
             if isinstance(ev, Chunk):
                 lp = completion_logprobs([ev]) if ev.logprob is not None else None
-                yield {**head, "choices": [{"text": ev.text, "index": 0, "logprobs": lp, "finish_reason": None}]}
+                yield {**head, "choices": [{"text": ev.text, "index": i, "logprobs": lp, "finish_reason": None}]}
             else:
-                yield {**head, "choices": [{"text": "", "index": 0, "logprobs": None, "finish_reason": ev.finish}]}
-                if include_usage:
-                    yield {**head, "choices": [], "usage": usage(ev)}
+                dones.append(ev)
+                yield {**head, "choices": [{"text": "", "index": i, "logprobs": None, "finish_reason": ev.finish}]}
+        if include_usage:
+            yield {**head, "choices": [], "usage": usage_of(dones)}
 
     return sse(events(), request.url.path)
 

@@ -77,9 +77,16 @@ class _Sampling(_Body):
             raise InvalidParameterError(f"a stop string is longer than {MAX_STOP_CHARS} characters")
         return tuple(s for s in stops if s)
 
-    def check_n(self) -> None:
-        if self.n is not None and self.n != 1:
-            raise InvalidParameterError(f"n={self.n} is not supported; edgeslm returns one choice (n=1)")
+    def choices(self, slots: int) -> int:
+        """How many choices to return: each is decoded in a slot of its own, at the same time."""
+        if self.n is None:
+            return 1
+        if not 1 <= self.n <= slots:
+            raise InvalidParameterError(
+                f"n={self.n} is out of range; valid: 1 to {slots}, the parallel slots of this server "
+                "(each choice takes one; serve --parallel sets them)"
+            )
+        return self.n
 
 
 class ChatCompletionRequest(_Sampling):

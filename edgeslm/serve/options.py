@@ -34,6 +34,7 @@ class ServeOptions:
     allowed_hosts: tuple[str, ...] = ()
     max_body: int = MAX_BODY
     preload: str | None = DEFAULT_MODEL
+    pin: tuple[str, ...] = ()  # models loaded at start and kept loaded (never expired or evicted)
     prompt_cache: bool = True
     load_timeout: float = LOAD_TIMEOUT  # seconds a model may take to load before its runner is killed
 

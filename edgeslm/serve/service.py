@@ -154,6 +154,53 @@ class Generation:
             self.st.manager.release(self.lease)
 
 
+async def start_all(request: Request, name: str, jobs: list[Job], keep_alive: float | None) -> list[Generation]:
+    """Several replies to one request (OpenAI's ``n``), each in its own slot, started together; if
+    one is refused, the others are closed and the refusal is the answer."""
+    started = await asyncio.gather(*(Generation.start(request, name, job, keep_alive) for job in jobs),
+                                   return_exceptions=True)  # fmt: skip
+    gens = [g for g in started if isinstance(g, Generation)]
+    failed = [e for e in started if isinstance(e, BaseException)]
+    if failed:
+        await asyncio.gather(*(g.aclose() for g in gens), return_exceptions=True)
+        raise failed[0]
+    return gens
+
+
+async def merged(gens: list[Generation]) -> AsyncIterator[tuple[int, Chunk | Done]]:
+    """The events of several replies as they come, each with its reply's index."""
+    if len(gens) == 1:
+        async for ev in gens[0]:
+            yield 0, ev
+        return
+    queue: asyncio.Queue[tuple[int, Chunk | Done | BaseException | None]] = asyncio.Queue()
+
+    async def pump(i: int, gen: Generation) -> None:
+        try:
+            async for ev in gen:
+                await queue.put((i, ev))
+            await queue.put((i, None))
+        except BaseException as exc:  # handed to the reader, which raises it
+            await queue.put((i, exc))
+
+    tasks = [asyncio.ensure_future(pump(i, g)) for i, g in enumerate(gens)]
+    try:
+        running = len(gens)
+        while running:
+            i, item = await queue.get()
+            if item is None:
+                running -= 1
+            elif isinstance(item, BaseException):
+                raise item
+            else:
+                yield i, item
+    finally:
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await asyncio.gather(*(g.aclose() for g in gens), return_exceptions=True)
+
+
 async def hold(request: Request, name: str, keep_alive: float | None) -> Lease:
     """The model's runner for this request (loaded off the event loop if needed)."""
     st = state(request)
