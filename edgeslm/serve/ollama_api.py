@@ -21,6 +21,7 @@ from ..errors import EdgeslmError, InvalidParameterError, http_status_for
 from ..runner import Chunk, Done, Job
 from ..store import parse_name
 from ..store.registry import Manifest
+from ..tools import ToolReply
 from ..units import format_params
 from . import service
 from .http_errors import public_message
@@ -35,6 +36,7 @@ from .ollama_schemas import (
     parse_keep_alive,
 )
 from .service import Generation, collect, hold, note, parse, state
+from .tooling import calls_from, conversation, ollama_calls, plan_tools
 
 log = logging.getLogger(__name__)
 router = APIRouter()
@@ -206,44 +208,59 @@ async def generate(request: Request) -> Response:
     return ndjson(lines())
 
 
+def chat_message(reply: ToolReply) -> dict[str, Any]:
+    """Ollama's message: the text, or the calls with their arguments as objects."""
+    if reply.calls:
+        return {"role": "assistant", "content": "", "tool_calls": ollama_calls(reply.calls)}
+    return {"role": "assistant", "content": reply.content or ""}
+
+
 @router.post("/api/chat")
 async def chat(request: Request) -> Response:
     body = await parse(request, ChatRequest)
     note(request, model=body.model)
     if any(m.images for m in body.messages):
         raise InvalidParameterError("images are not supported: edgeslm serves text models")
-    if body.tools:
-        raise InvalidParameterError("tools are not supported yet; send the conversation without 'tools'")
+    plan = plan_tools(body.tools, None, None, has_format=body.format is not None)
     keep = parse_keep_alive(body.keep_alive)
     if not body.messages:
         return await _load_only(request, body.model, keep, message={"role": "assistant", "content": ""})
     system, stored = stored_defaults(request, body.model)
     sampling, max_tokens, stop = job_settings(request, body.options, stored)
-    messages = [{"role": m.role, "content": m.content} for m in body.messages]
+    given = [{"role": m.role, "content": m.content, "tool_calls": calls_from(m.tool_calls, f"messages[{i}]"),
+              "tool_name": m.tool_name} for i, m in enumerate(body.messages)]  # fmt: skip
+    messages = conversation(given, plan, ids_required=False)
     if state(request).audit_prompts:
         note(request, prompt=json.dumps(messages)[:100_000])
     logprobs = check_logprobs(body.logprobs, body.top_logprobs)
-    job = Job(messages, sampling, max_tokens, stop, logprobs, system=system, format=body.format)
+    job = Job(messages, sampling, max_tokens, stop, logprobs, system=system, format=plan.format() or body.format)
     gen = await Generation.start(request, body.model, job, keep)
     if not body.stream:
         reply = await collect(request, gen)
-        message = {"role": "assistant", "content": reply.text}
-        out = {"model": gen.name, "created_at": now_iso(), "message": message, **final_fields(gen, reply.done)}
+        out = {"model": gen.name, "created_at": now_iso(), "message": chat_message(plan.read(reply.text)),
+               **final_fields(gen, reply.done)}  # fmt: skip
         if logprobs is not None:
             out["logprobs"] = logprobs_of(reply.chunks)
         return JSONResponse(out)
 
     async def lines() -> AsyncIterator[dict[str, Any]]:
+        held: list[str] = []  # with tools: the reply is known once complete
         async for ev in gen:
             if isinstance(ev, Chunk):
+                if plan.active:
+                    held.append(ev.text)
+                    continue
                 message = {"role": "assistant", "content": ev.text}
                 line: dict[str, Any] = {"model": gen.name, "created_at": now_iso(), "message": message, "done": False}
                 if ev.logprob is not None:
                     line["logprobs"] = logprobs_of([ev])
                 yield line
             else:
-                empty = {"role": "assistant", "content": ""}
-                yield {"model": gen.name, "created_at": now_iso(), "message": empty, **final_fields(gen, ev)}
+                last = chat_message(plan.read("".join(held))) if plan.active else {"role": "assistant", "content": ""}
+                if plan.active:
+                    yield {"model": gen.name, "created_at": now_iso(), "message": last, "done": False}
+                    last = {"role": "assistant", "content": ""}
+                yield {"model": gen.name, "created_at": now_iso(), "message": last, **final_fields(gen, ev)}
 
     return ndjson(lines())
 

@@ -8,7 +8,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from ..errors import InvalidParameterError
-from .limits import MAX_CONTEXT_IDS, MAX_EMBED_INPUTS, MAX_MESSAGES, MAX_NAME, MAX_STOP, MAX_STOP_CHARS
+from .limits import MAX_CONTEXT_IDS, MAX_EMBED_INPUTS, MAX_MESSAGES, MAX_NAME, MAX_STOP, MAX_STOP_CHARS, MAX_TOOL_CALLS
 
 Name = str  # checked by the store's parser; the length bound is on each field
 KeepAlive = str | float | None
@@ -58,6 +58,8 @@ class Message(_Body):
     role: Literal["system", "user", "assistant", "tool"]
     content: str = ""
     images: list[str] | None = None
+    tool_calls: list[dict[str, Any]] | None = Field(None, max_length=MAX_TOOL_CALLS)
+    tool_name: str | None = Field(None, max_length=MAX_NAME)
 
 
 class ChatRequest(_Body):
@@ -67,7 +69,7 @@ class ChatRequest(_Body):
     options: Options | None = None
     stream: bool = True
     keep_alive: KeepAlive = None
-    tools: list[dict[str, Any]] | None = None
+    tools: list[Any] | None = None
     logprobs: bool | None = None
     top_logprobs: int | None = None
 

@@ -23,10 +23,12 @@ from ..engines.base import SamplingParams
 from ..errors import EdgeslmError, InvalidParameterError, ModelNotFoundError, http_status_for
 from ..runner import Chunk, Done, Job
 from ..store.registry import Manifest
+from ..tools import ToolReply
 from . import service
 from .http_errors import error_body
 from .openai_schemas import ChatCompletionRequest, CompletionRequest, EmbeddingRequest, _Sampling
 from .service import Reply, collect, note, parse, state
+from .tooling import calls_from, conversation, openai_calls, plan_tools
 
 log = logging.getLogger(__name__)
 router = APIRouter(prefix="/v1")
@@ -99,18 +101,36 @@ def jobs_of(job: Job, n: int) -> list[Job]:
             for i in range(n)]  # fmt: skip
 
 
+def chat_messages(body: ChatCompletionRequest) -> list[dict[str, Any]]:
+    """The conversation in the shape ``tooling`` reads: role, text, calls made, the call answered."""
+    return [{"role": "system" if m.role == "developer" else m.role, "content": m.text(),
+             "tool_calls": calls_from(m.tool_calls, f"messages[{i}]") if m.role == "assistant" else (),
+             "tool_call_id": m.tool_call_id} for i, m in enumerate(body.messages)]  # fmt: skip
+
+
+def chat_message(reply: ToolReply) -> dict[str, Any]:
+    if reply.calls:
+        return {"role": "assistant", "content": None, "tool_calls": openai_calls(reply.calls)}
+    return {"role": "assistant", "content": reply.content}
+
+
+def chat_finish(reply: ToolReply, done: Done) -> str:
+    return "tool_calls" if reply.calls else done.finish
+
+
 @router.post("/chat/completions")
 async def chat_completions(request: Request) -> Response:
     body = await parse(request, ChatCompletionRequest)
     note(request, model=body.model)
     n = body.choices(state(request).manager.params.slots)
-    if body.tools:
-        raise InvalidParameterError("tools are not supported yet; send the conversation without 'tools'")
-    messages = [{"role": "system" if m.role == "developer" else m.role, "content": m.text()} for m in body.messages]
+    plan = plan_tools(
+        body.tools, body.tool_choice, body.parallel_tool_calls, has_format=body.response_format is not None
+    )
+    messages = conversation(chat_messages(body), plan, ids_required=True)
     if state(request).audit_prompts:
         note(request, prompt=json.dumps(messages)[:100_000])
     logprobs = (body.top_logprobs or 0) if body.logprobs else None
-    fmt = body.response_format.spec() if body.response_format else None
+    fmt = plan.format() or (body.response_format.spec() if body.response_format else None)
     job = Job(messages, sampling_of(body), limit_of(body.max_completion_tokens, body.max_tokens), body.stops(),
               logprobs, system=state(request).manifest(body.model).defaults.get("system"), format=fmt)  # fmt: skip
     gens = await service.start_all(request, body.model, jobs_of(job, n), None)
@@ -118,9 +138,10 @@ async def chat_completions(request: Request) -> Response:
     head = {"id": rid, "created": created, "model": gens[0].name, "system_fingerprint": FINGERPRINT}
     if not body.stream:
         replies = await asyncio.gather(*(collect(request, g) for g in gens))
-        choices = [{"index": i, "message": {"role": "assistant", "content": r.text},
-                    "logprobs": chat_logprobs(r.chunks) if logprobs is not None else None,
-                    "finish_reason": r.done.finish} for i, r in enumerate(replies)]  # fmt: skip
+        read = [plan.read(r.text) for r in replies]
+        choices = [{"index": i, "message": chat_message(t), "finish_reason": chat_finish(t, r.done),
+                    "logprobs": chat_logprobs(r.chunks) if logprobs is not None else None}
+                   for i, (r, t) in enumerate(zip(replies, read, strict=True))]  # fmt: skip
         return JSONResponse({**head, "object": "chat.completion", "choices": choices,
                              "usage": usage_of([r.done for r in replies])})  # fmt: skip
     include_usage = bool(body.stream_options and body.stream_options.include_usage)
@@ -133,13 +154,22 @@ async def chat_completions(request: Request) -> Response:
         for i in range(n):
             yield chunk(i, {"role": "assistant", "content": ""}, None)
         dones: list[Done] = []
+        held: list[list[str]] = [[] for _ in range(n)]  # with tools: the reply is known once complete
         async for i, ev in service.merged(gens):
             if isinstance(ev, Chunk):
-                if ev.text or ev.logprob is not None:
+                if plan.active:
+                    held[i].append(ev.text)
+                elif ev.text or ev.logprob is not None:
                     yield chunk(i, {"content": ev.text}, None, chat_logprobs([ev]) if ev.logprob is not None else None)
-            else:
-                dones.append(ev)
-                yield chunk(i, {}, ev.finish)
+                continue
+            dones.append(ev)
+            reply = plan.read("".join(held[i]))
+            if reply.calls:
+                calls = [{"index": k, **c} for k, c in enumerate(openai_calls(reply.calls))]
+                yield chunk(i, {"tool_calls": calls}, None)
+            elif plan.active and reply.content:
+                yield chunk(i, {"content": reply.content}, None)
+            yield chunk(i, {}, chat_finish(reply, ev))
         if include_usage:
             yield {**head, "object": "chat.completion.chunk", "choices": [], "usage": usage_of(dones)}
 

@@ -7,7 +7,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from ..errors import InvalidParameterError
-from .limits import MAX_EMBED_INPUTS, MAX_MESSAGES, MAX_NAME, MAX_STOP, MAX_STOP_CHARS, MAX_TOP_LOGPROBS
+from .limits import MAX_EMBED_INPUTS, MAX_MESSAGES, MAX_NAME, MAX_STOP, MAX_STOP_CHARS, MAX_TOOL_CALLS, MAX_TOP_LOGPROBS
 
 
 class _Body(BaseModel):
@@ -23,6 +23,8 @@ class ChatMessage(_Body):
     role: Literal["system", "developer", "user", "assistant", "tool"]
     content: str | list[ContentPart] | None = None
     name: str | None = None
+    tool_calls: list[dict[str, Any]] | None = Field(None, max_length=MAX_TOOL_CALLS)
+    tool_call_id: str | None = Field(None, max_length=MAX_NAME)
 
     def text(self) -> str:
         if self.content is None or isinstance(self.content, str):
@@ -95,7 +97,9 @@ class ChatCompletionRequest(_Sampling):
     logprobs: bool = False
     top_logprobs: int | None = Field(None, ge=0, le=MAX_TOP_LOGPROBS)
     response_format: ResponseFormat | None = None
-    tools: list[dict[str, Any]] | None = None
+    tools: list[Any] | None = None
+    tool_choice: Any = None
+    parallel_tool_calls: bool | None = None
 
 
 class CompletionRequest(_Sampling):

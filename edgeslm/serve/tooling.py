@@ -1,0 +1,99 @@
+"""Tool calling as both dialects ask for it: the request's tools and choice, the conversation the
+template gets, and the reply read back as text or calls (``edgeslm.tools`` does the work)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from ..errors import InvalidParameterError
+from ..tools import (
+    Tool,
+    ToolCall,
+    ToolChoice,
+    ToolReply,
+    check_history,
+    parse_choice,
+    parse_reply,
+    parse_tools,
+    reply_schema,
+)
+from ..tools import prepare as prepare_tools
+
+
+@dataclass(frozen=True)
+class ToolPlan:
+    tools: tuple[Tool, ...] = ()
+    choice: ToolChoice = ToolChoice("none")
+    parallel: bool = False
+
+    @property
+    def active(self) -> bool:
+        """The reply may (or must) be a call: it is generated under the calls' grammar."""
+        return bool(self.tools) and self.choice.mode != "none"
+
+    def format(self) -> dict[str, Any] | None:
+        return reply_schema(self.tools, self.choice, self.parallel) if self.active else None
+
+    def read(self, text: str) -> ToolReply:
+        return parse_reply(text) if self.active else ToolReply(text, (), complete=True)
+
+
+def plan_tools(tools: Any, choice: Any, parallel: bool | None, *, has_format: bool) -> ToolPlan:
+    if not tools:
+        if choice not in (None, "none", "auto"):
+            raise InvalidParameterError("tool_choice names a tool, but the request has no tools", params="tool_choice")
+        return ToolPlan()
+    parsed = parse_tools(tools)
+    plan = ToolPlan(parsed, parse_choice(choice, parsed), parallel is True)  # llama-server's default: one call
+    if plan.active and has_format:
+        raise InvalidParameterError(
+            "a response format and tools together are not supported: the reply is either a tool call or text",
+            params=("response_format", "tools"),
+        )
+    return plan
+
+
+def conversation(messages: Sequence[Mapping[str, Any]], plan: ToolPlan, *, ids_required: bool) -> list[dict[str, Any]]:
+    """The messages the chat template renders: tool results checked against the calls they answer,
+    and, where tools or tool turns take part, written in the generic format's JSON."""
+    check_history(messages, ids_required=ids_required)
+    if plan.tools or any(m.get("tool_calls") or m["role"] == "tool" for m in messages):
+        return prepare_tools(messages, plan.tools, plan.choice, plan.parallel)
+    return [{"role": m["role"], "content": m.get("content") or ""} for m in messages]
+
+
+def openai_calls(calls: Sequence[ToolCall]) -> list[dict[str, Any]]:
+    return [{"id": c.id, "type": "function",
+             "function": {"name": c.name, "arguments": json.dumps(c.arguments, ensure_ascii=False)}}
+            for c in calls]  # fmt: skip
+
+
+def ollama_calls(calls: Sequence[ToolCall]) -> list[dict[str, Any]]:
+    return [{"function": {"name": c.name, "arguments": c.arguments}} for c in calls]
+
+
+def calls_from(raw: Any, where: str) -> tuple[ToolCall, ...]:
+    """An assistant message's ``tool_calls`` as a client sends them back: OpenAI's (an id, the
+    arguments as a JSON string) or Ollama's (no id, the arguments as an object)."""
+    out = []
+    for i, call in enumerate(raw or []):
+        at = f"{where}.tool_calls[{i}]"
+        fn = call.get("function") if isinstance(call, dict) else None
+        if not isinstance(fn, dict) or not isinstance(fn.get("name"), str):
+            raise InvalidParameterError(f"{at}: needs function.name and function.arguments")
+        out.append(ToolCall(str(call.get("id") or ""), fn["name"], _arguments(fn.get("arguments"), at)))
+    return tuple(out)
+
+
+def _arguments(value: Any, where: str) -> dict[str, Any]:
+    if isinstance(value, str):
+        try:
+            value = json.loads(value or "{}")
+        except json.JSONDecodeError:
+            raise InvalidParameterError(f"{where}: function.arguments is not valid JSON") from None
+    if not isinstance(value, dict):
+        raise InvalidParameterError(f"{where}: function.arguments must be a JSON object")
+    return value

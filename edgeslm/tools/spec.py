@@ -1,0 +1,199 @@
+"""Tool definitions as clients send them, checked as hostile input: names, sizes, JSON Schemas.
+
+Both dialects send OpenAI's shape, ``{"type": "function", "function": {"name", "description",
+"parameters"}}``. A schema must be one llama.cpp's JSON-Schema-to-grammar converter expresses
+(``SUPPORTED``): anything else is refused with the keywords named, before a model is touched,
+and so are ``$ref`` cycles and references that leave the schema.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from ..errors import InvalidParameterError
+
+MAX_TOOLS = 128
+MAX_SCHEMA_BYTES = 64 * 1024  # one tool's parameters, as JSON
+MAX_DEPTH = 32
+NAME = re.compile(r"[A-Za-z0-9_-]{1,64}\Z")  # OpenAI's rule for function names
+# The keywords llama.cpp's converter (json_schema_to_grammar) turns into grammar, or that do not
+# constrain the text (annotations).
+SUPPORTED = frozenset({
+    "type", "properties", "required", "additionalProperties", "items", "prefixItems", "minItems", "maxItems",
+    "enum", "const", "anyOf", "oneOf", "allOf", "$ref", "$defs", "definitions", "pattern", "minLength",
+    "maxLength", "minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum", "format",
+    "description", "title", "default", "examples", "$schema", "$id", "$comment", "nullable",
+})  # fmt: skip
+TYPES = frozenset({"object", "array", "string", "number", "integer", "boolean", "null"})
+ChoiceMode = Literal["auto", "none", "required", "function"]
+
+
+@dataclass(frozen=True)
+class Tool:
+    name: str
+    description: str
+    parameters: dict[str, Any]
+
+    def as_openai(self) -> dict[str, Any]:
+        function = {"name": self.name, "description": self.description, "parameters": self.parameters}
+        return {"type": "function", "function": function}
+
+
+@dataclass(frozen=True)
+class ToolChoice:
+    mode: ChoiceMode = "auto"
+    name: str | None = None  # with mode "function"
+
+
+@dataclass(frozen=True)
+class ToolCall:
+    id: str
+    name: str
+    arguments: dict[str, Any]
+
+
+def parse_tools(raw: Any) -> tuple[Tool, ...]:
+    """The request's ``tools``: at most MAX_TOOLS functions with distinct, plain names and usable schemas."""
+    if not isinstance(raw, list):
+        raise InvalidParameterError("tools must be a list of {type: function, function: {...}}", params="tools")
+    if len(raw) > MAX_TOOLS:
+        raise InvalidParameterError(f"{len(raw):,} tools; at most {MAX_TOOLS} per request", params="tools")
+    tools = [_tool(i, item) for i, item in enumerate(raw)]
+    names = [t.name for t in tools]
+    if len(set(names)) != len(names):
+        twice = next(n for n in names if names.count(n) > 1)
+        raise InvalidParameterError(f"two tools are named {twice!r}; tool names must differ", params="tools")
+    return tuple(tools)
+
+
+def _tool(i: int, item: Any) -> Tool:
+    where = f"tools[{i}]"
+    if not isinstance(item, dict) or item.get("type", "function") != "function":
+        raise InvalidParameterError(f"{where}: only function tools are supported ({{type: function, ...}})")
+    fn = item.get("function")
+    if not isinstance(fn, dict):
+        raise InvalidParameterError(f"{where}: 'function' must be an object with a name")
+    name = fn.get("name")
+    if not isinstance(name, str) or not NAME.match(name):
+        shown = repr(name)[:80] if isinstance(name, str) else type(name).__name__
+        raise InvalidParameterError(
+            f"{where}: the name {shown} is not 1 to 64 letters, digits, '_' or '-' (no spaces or control characters)"
+        )
+    description = fn.get("description") or ""
+    if not isinstance(description, str) or len(description) > 4096:
+        raise InvalidParameterError(f"{where} ({name}): description must be text of at most 4,096 characters")
+    parameters = fn.get("parameters", {"type": "object", "properties": {}})
+    check_schema(parameters, f"{where} ({name}) parameters")
+    return Tool(name, description, parameters)
+
+
+def check_schema(schema: Any, where: str) -> None:
+    """A JSON Schema object of bounded size that llama.cpp's converter expresses, or a 400 saying why."""
+    if not isinstance(schema, dict):
+        raise InvalidParameterError(f"{where}: not a JSON Schema (an object), but a JSON {_json_type(schema)}")
+    try:
+        size = len(json.dumps(schema))
+    except (ValueError, RecursionError):
+        raise InvalidParameterError(f"{where}: the schema is nested too deeply") from None
+    if size > MAX_SCHEMA_BYTES:
+        raise InvalidParameterError(f"{where}: the schema is {size:,} bytes; at most {MAX_SCHEMA_BYTES:,}")
+    unknown = sorted({k for node in _nodes(schema, where) for k in node if k not in SUPPORTED})
+    if unknown:
+        raise InvalidParameterError(
+            f"{where}: JSON Schema keyword(s) {', '.join(unknown)[:200]} cannot be enforced; supported: "
+            f"{', '.join(sorted(SUPPORTED - {'$schema', '$id', '$comment'}))}"
+        )
+    _check_refs(schema, where)
+
+
+def _nodes(schema: dict[str, Any], where: str, depth: int = 0) -> Iterator[dict[str, Any]]:
+    """Every subschema, checked for shape on the way."""
+    if depth > MAX_DEPTH:
+        raise InvalidParameterError(f"{where}: the schema is nested more than {MAX_DEPTH} levels deep")
+    yield schema
+    kind = schema.get("type")
+    kinds = kind if isinstance(kind, list) else [kind] if kind is not None else []
+    if any(k not in TYPES for k in kinds):
+        raise InvalidParameterError(f"{where}: type {kind!r} is not a JSON Schema type ({', '.join(sorted(TYPES))})")
+    for key in ("properties", "$defs", "definitions"):
+        children = schema.get(key, {})
+        if not isinstance(children, dict):
+            raise InvalidParameterError(f"{where}: '{key}' must be an object of schemas")
+        for child in children.values():
+            yield from _nodes(_schema(child, where, key), where, depth + 1)
+    for key in ("anyOf", "oneOf", "allOf", "prefixItems"):
+        children = schema.get(key, [])
+        if not isinstance(children, list):
+            raise InvalidParameterError(f"{where}: '{key}' must be a list of schemas")
+        for child in children:
+            yield from _nodes(_schema(child, where, key), where, depth + 1)
+    for key in ("items", "additionalProperties"):
+        child = schema.get(key)
+        if isinstance(child, dict):
+            yield from _nodes(child, where, depth + 1)
+        elif child is not None and not isinstance(child, bool):
+            raise InvalidParameterError(f"{where}: '{key}' must be a schema or a boolean")
+
+
+def _schema(child: Any, where: str, key: str) -> dict[str, Any]:
+    if not isinstance(child, dict):
+        raise InvalidParameterError(f"{where}: an entry of '{key}' is not a schema (an object)")
+    return child
+
+
+def _check_refs(root: dict[str, Any], where: str) -> None:
+    """Local references only (``#/$defs/X``, ``#/definitions/X``), each resolving, none in a cycle."""
+    defs = {f"#/{key}/{name}": body for key in ("$defs", "definitions") for name, body in root.get(key, {}).items()}
+
+    def refs(node: dict[str, Any]) -> set[str]:
+        found = {str(n["$ref"]) for n in _nodes(node, where) if "$ref" in n}
+        for ref in found:
+            if ref not in defs:
+                raise InvalidParameterError(f"{where}: $ref {ref[:100]!r} names no definition in this schema "
+                                            "(only #/$defs/NAME and #/definitions/NAME)")  # fmt: skip
+        return found
+
+    graph = {name: refs({k: v for k, v in body.items() if k not in ("$defs", "definitions")})
+             for name, body in defs.items()}  # fmt: skip
+    refs({k: v for k, v in root.items() if k not in ("$defs", "definitions")})
+    state: dict[str, int] = {}  # 1: on the path, 2: done
+
+    def visit(name: str, path: list[str]) -> None:
+        if state.get(name) == 1:
+            loop = " -> ".join([*path[path.index(name) :], name])
+            raise InvalidParameterError(f"{where}: $ref loop {loop[:200]}; recursive schemas are not supported")
+        if state.get(name) == 2:
+            return
+        state[name] = 1
+        for nxt in sorted(graph[name]):
+            visit(nxt, [*path, name])
+        state[name] = 2
+
+    for name in sorted(graph):
+        visit(name, [])
+
+
+def _json_type(value: Any) -> str:
+    return {list: "array", str: "string", bool: "boolean", int: "number", float: "number",
+            type(None): "null"}.get(type(value), type(value).__name__)  # fmt: skip
+
+
+def parse_choice(raw: Any, tools: tuple[Tool, ...]) -> ToolChoice:
+    """OpenAI's ``tool_choice``: "auto", "none", "required", or {type: function, function: {name}}."""
+    if raw is None:
+        return ToolChoice()
+    if raw in ("auto", "none", "required"):
+        return ToolChoice(raw)
+    name = raw.get("function", {}).get("name") if isinstance(raw, dict) else None
+    if not isinstance(name, str):
+        raise InvalidParameterError(
+            "tool_choice must be 'auto', 'none', 'required' or {type: function, function: {name: NAME}}",
+            params="tool_choice",
+        )
+    if name not in {t.name for t in tools}:
+        raise InvalidParameterError(f"tool_choice names {name[:64]!r}, which is not in tools", params="tool_choice")
+    return ToolChoice("function", name)
