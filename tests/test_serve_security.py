@@ -30,6 +30,7 @@ EVERY_ROUTE = [
     ("POST", "/api/chat", CHAT),
     ("POST", "/v1/chat/completions", CHAT),
     ("POST", "/v1/completions", {"model": "tiny", "prompt": "x"}),
+    ("POST", "/v1/responses", {"model": "tiny", "input": "x"}),
     ("POST", "/api/embed", {"model": "tiny", "input": "x"}),
     ("POST", "/api/embeddings", {"model": "tiny", "prompt": "x"}),
     ("POST", "/v1/embeddings", {"model": "tiny", "input": "x"}),

@@ -259,3 +259,42 @@ def test_bad_tool_requests_get_a_400_and_the_server_keeps_serving(url: str) -> N
     ok = httpx.post(f"{url}/api/chat", timeout=120, json={"model": MODEL, "messages": ASK, "stream": False,
                                                            "options": {"num_predict": 4}})  # fmt: skip
     assert ok.status_code == 200 and ok.json()["done"]
+
+
+@pytest.mark.real_model
+def test_the_responses_api_answers_the_official_client(url: str) -> None:
+    import openai
+
+    question, rule = "What is the capital of France?", "Answer in one word."
+    fn = {"type": "function", **{k: WEATHER["function"][k] for k in ("name", "description", "parameters")}}
+    with openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0) as oai:
+        r = oai.responses.create(model=MODEL, input=question, instructions=rule, max_output_tokens=12, temperature=0)
+        chat = oai.chat.completions.create(model=MODEL, max_tokens=12, temperature=0, messages=[
+            {"role": "system", "content": rule}, {"role": "user", "content": question}])  # fmt: skip
+        assert r.output_text and r.output_text == chat.choices[0].message.content  # the same turn, the same text
+        assert r.usage is not None and r.usage.input_tokens == (chat.usage.prompt_tokens if chat.usage else -1)
+        events = list(oai.responses.create(model=MODEL, input=question, instructions=rule, max_output_tokens=12,
+                                           temperature=0, stream=True))  # fmt: skip
+        assert (
+            "".join(getattr(e, "delta", "") for e in events if e.type == "response.output_text.delta") == r.output_text
+        )
+        assert events[0].type == "response.created" and events[-1].type in ("response.completed", "response.incomplete")
+        assert [e.sequence_number for e in events] == list(range(len(events)))
+        called = oai.responses.create(model=MODEL, input=ASK[0]["content"], tools=[fn], tool_choice="required",  # type: ignore[arg-type]
+                                      temperature=0, max_output_tokens=96)  # fmt: skip
+        (call,) = [o for o in called.output if o.type == "function_call"]
+        assert call.name == "get_weather" and call.call_id.startswith("call_")
+        jsonschema.validate(json.loads(call.arguments), ARGS["get_weather"])
+        streamed = list(oai.responses.create(model=MODEL, input=ASK[0]["content"], tools=[fn], tool_choice="required",  # type: ignore[arg-type]
+                                             temperature=0, max_output_tokens=96, stream=True))  # fmt: skip
+        done = [e for e in streamed if e.type == "response.function_call_arguments.done"]
+        assert [(e.name, e.arguments) for e in done] == [(call.name, call.arguments)]
+        history = [{"role": "user", "content": ASK[0]["content"]},
+                   {"type": "function_call", "call_id": call.call_id, "name": call.name, "arguments": call.arguments},
+                   {"type": "function_call_output", "call_id": call.call_id, "output": '{"celsius": 18}'}]  # fmt: skip
+        final = oai.responses.create(model=MODEL, input=history, tools=[fn], temperature=0, max_output_tokens=48)  # type: ignore[arg-type]
+        assert final.output_text and not [o for o in final.output if o.type == "function_call"]
+        with pytest.raises(openai.BadRequestError, match="previous_response_id is not supported"):
+            oai.responses.create(model=MODEL, input="hi", previous_response_id="resp_1")
+        with pytest.raises(openai.BadRequestError, match="matches no call"):
+            oai.responses.create(model=MODEL, input=[{"type": "function_call_output", "call_id": "x", "output": "1"}])  # type: ignore[list-item]

@@ -87,11 +87,12 @@ def create_app(options: ServeOptions, settings: Settings, factory: RunnerFactory
 
 
 def _routes(app: FastAPI) -> None:
-    from . import ollama_admin, ollama_api, openai_api
+    from . import ollama_admin, ollama_api, openai_api, responses_api
 
     app.include_router(ollama_api.router)
     app.include_router(ollama_admin.router)
     app.include_router(openai_api.router)
+    app.include_router(responses_api.router)
 
     @app.get("/metrics")
     async def metrics(request: Request) -> Response:

@@ -44,6 +44,7 @@ ROUTES: dict[str, Action | None] = {  # None: any valid key
     "/api/chat": A.GENERATE,
     "/v1/chat/completions": A.GENERATE,
     "/v1/completions": A.GENERATE,
+    "/v1/responses": A.GENERATE,
     "/api/embed": A.EMBED,
     "/api/embeddings": A.EMBED,
     "/v1/embeddings": A.EMBED,

@@ -102,6 +102,23 @@ class ChatCompletionRequest(_Sampling):
     parallel_tool_calls: bool | None = None
 
 
+class ResponsesRequest(_Body):
+    """The Responses API's body (the minimal part edgeslm answers)."""
+
+    model: str = Field(max_length=MAX_NAME)
+    input: str | list[dict[str, Any]] = Field(max_length=MAX_MESSAGES)
+    instructions: str | None = None
+    max_output_tokens: int | None = Field(None, ge=1)
+    temperature: float | None = Field(None, ge=0, le=2)
+    top_p: float | None = Field(None, gt=0, le=1)
+    tools: list[Any] | None = None
+    tool_choice: Any = None
+    parallel_tool_calls: bool | None = None
+    stream: bool = False
+    store: bool | None = None  # accepted; nothing is kept
+    previous_response_id: str | None = None
+
+
 class CompletionRequest(_Sampling):
     prompt: str | list[str] | list[int] = ""
     logprobs: int | None = Field(None, ge=0, le=5)
