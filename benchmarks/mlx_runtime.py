@@ -10,7 +10,10 @@ so this measures on few chunks; on a Mac the same script measures the GPU build.
    reference, against an independent computation (``independent_kld``: llama-cpp-python's
    ``Llama`` for the reference's logits, the model ``mlx_lm.load`` returns for the variant's,
    numpy in float64; the same chunks as llama-perplexity) (goal: within 1 %).
-3. **The table**: GGUF, ONNX and MLX variants evaluated against the F16 reference on the first
+3. **Native llama.cpp**: the GGUF variants' pp512/tg128 by native ``llama-bench`` (built by
+   ``shared/tools/build-native-llama.sh``) beside ``edgeslm bench``'s, alternating, so the table's
+   llama.cpp rows stand beside llama.cpp's own figures from the same run.
+4. **The table**: GGUF, ONNX and MLX variants evaluated against the F16 reference on the first
    chunks of WikiText-2: size, mean KLD, same top-1, PPL, pp/tg tok/s, peak RSS.
 
     .venv/bin/python benchmarks/mlx_runtime.py [--chunks 2] [--rounds 3]
@@ -30,7 +33,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.onnx_runtime import MODEL, WIKITEXT, table_section  # noqa: E402
+from benchmarks.onnx_runtime import MODEL, WIKITEXT, native_section, table_section  # noqa: E402
 from edgeslm.bench import BenchParams, run_worker  # noqa: E402
 from edgeslm.config import resolve_settings  # noqa: E402
 from edgeslm.convert.to_mlx import AUTO_DTYPE, MlxRecipe, convert_to_mlx  # noqa: E402
@@ -162,7 +165,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--chunks", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--sections", default="decode,fidelity,table", help="which to run, comma-separated")
+    parser.add_argument("--sections", default="decode,fidelity,native,table", help="which to run, comma-separated")
     args = parser.parse_args()
     text_path = WIKITEXT if WIKITEXT.is_file() else ROOT / "edgeslm" / "data" / "wikitext-2-sample.txt"
     with tempfile.TemporaryDirectory() as tmp:
@@ -174,6 +177,8 @@ def main() -> None:
             decode_section(store, args.rounds)
         if "fidelity" in wanted:
             fidelity_section(store, text_path, args.chunks)
+        if "native" in wanted:
+            native_section(store, names, args.rounds)
         if "table" in wanted:
             table_section(store, names, text_path, args.chunks, "GGUF, ONNX and MLX variants")
 

@@ -16,6 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from .convert.variants import stored_build
 from .errors import IntegrityError, InvalidParameterError
 from .formats.model_format import ModelFormat
 from .store import ModelName, Store, parse_name
@@ -80,10 +81,8 @@ def _variant_of(
     store: Store, parent: Manifest, variant: FolderVariant, say: Callable[[str], None]
 ) -> tuple[Manifest, bool]:
     name = variant_name(parent.name, variant.tag)
-    found = store.find(name)
-    if found is not None and (found.source.get("parent"), found.source.get("requested")) == (
-        parent.digest, variant.requested
-    ):  # fmt: skip
+    found = stored_build(store, name, parent, variant.requested)
+    if found is not None:
         say(f"{name} was built from {parent.name} as asked: reusing it")
         return found, False
     return variant.build(store, parent, name, say), True

@@ -254,3 +254,19 @@ def test_the_ps_command_shows_what_a_running_server_has_loaded(url: str, cli: An
 def test_serve_refuses_to_listen_beyond_loopback_without_keys(cli: Any) -> None:
     result = cli("serve", "--host", "0.0.0.0", "--preload", "")
     assert result.code == 2 and "loopback only" in result.err and "--api-keys" in result.err
+
+
+def test_a_hung_runner_fails_its_requests_and_the_server_keeps_serving(
+    url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from edgeslm.serve import service
+
+    monkeypatch.setattr(service, "REPLY_SILENCE", 0.3)
+    FakeRunner.delay = 5.0  # a runner that goes silent
+    body = {"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 3}
+    whole = httpx.post(url + "/v1/chat/completions", json=body, timeout=10)
+    assert whole.status_code == 503 and "seems hung" in whole.json()["error"]["message"]
+    several = httpx.post(url + "/v1/chat/completions", json={**body, "n": 2, "stream": True}, timeout=10)
+    assert "seems hung" in several.text  # streamed: the failure is an event, then [DONE]
+    FakeRunner.delay = 0
+    assert httpx.post(url + "/v1/chat/completions", json=body, timeout=10).status_code == 200

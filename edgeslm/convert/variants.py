@@ -50,6 +50,14 @@ def check_source(parent: Manifest, to: str) -> None:
         )
 
 
+def stored_build(store: Store, name: ModelName, parent: Manifest, requested: str) -> Manifest | None:
+    """``name`` as stored, if it was built from ``parent``'s bytes as ``requested``; else None (build it)."""
+    found = store.find(name)
+    if found is None or (found.source.get("parent"), found.source.get("requested")) != (parent.digest, requested):
+        return None
+    return found
+
+
 def run_tool(work: TempDir, module: str, step: str, *args: object, what: str) -> dict[str, Any]:
     """One step of ``edgeslm.engines.<module>`` in a child process, offline, holding ``work``'s lock."""
     argv = [sys.executable, "-m", f"edgeslm.engines.{module}", step, *map(str, args)]

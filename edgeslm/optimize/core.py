@@ -19,6 +19,7 @@ from typing import Literal
 
 from ..convert.to_mlx import MlxRecipe, convert_to_mlx
 from ..convert.to_onnx import Method, Precision, convert_to_onnx, default_tag, onnx_requested
+from ..convert.variants import stored_build
 from ..engines.base import DEFAULT_ENGINE, LoadParams, open_engine
 from ..errors import InvalidParameterError
 from ..evaluate.core import REFERENCE_TAGS, EvalSettings, EvalText, evaluate
@@ -337,9 +338,8 @@ def _measure_folders(run: _Run, reference: Manifest, variants: list[_FolderVaria
     """Each variant: reused when the store holds one built from these bytes as asked, else built."""
     for v in variants:
         name = run.source.name.with_tag(v.tag)
-        manifest = run.store.find(name)
-        wanted = (run.source.digest, v.requested)
-        if manifest is None or (manifest.source.get("parent"), manifest.source.get("requested")) != wanted:
+        manifest = stored_build(run.store, name, run.source, v.requested)
+        if manifest is None:
             manifest = v.build(name, _step_reporter(run, str(name)))
         run.measure(manifest, reference, v.kind, v.recipe, v.command)
 

@@ -20,7 +20,7 @@ from pydantic import BaseModel, ValidationError
 from starlette.requests import Request
 
 from ..config import Settings
-from ..errors import InvalidParameterError, ModelNotFoundError
+from ..errors import EngineError, InvalidParameterError, ModelNotFoundError, RunnerTimeoutError
 from ..runner import Chunk, Done, Embeddings, Job
 from ..store import Store, parse_name
 from ..store.registry import Manifest
@@ -30,6 +30,19 @@ from .manager import Lease, ModelManager
 from .metrics import Metrics
 
 B = TypeVar("B", bound=BaseModel)
+# Seconds a reply may go without an event (a token, the end) before its runner is presumed hung
+# and the request fails with a 503: long enough for a queued request to wait out the slots ahead.
+REPLY_SILENCE = 900.0
+
+
+async def next_event(events: Any, model: str) -> Any:
+    """The runner's next event, or a RunnerTimeoutError after REPLY_SILENCE seconds of silence."""
+    try:
+        return await asyncio.wait_for(anext(events, None), REPLY_SILENCE)
+    except asyncio.TimeoutError:
+        raise RunnerTimeoutError(
+            f"{model} sent nothing for {REPLY_SILENCE:g} s: its runner seems hung; retry, or unload it"
+        ) from None
 
 
 @dataclass
@@ -116,7 +129,9 @@ class Generation:
         lease = await hold(request, name, keep_alive)
         events = lease.runner.agenerate(job)
         try:
-            first = await anext(events)
+            first = await next_event(events, lease.name)
+            if first is None:
+                raise EngineError(f"the runner for {lease.name} ended the reply without an event")
         except BaseException:
             await events.aclose()
             st.manager.release(lease)
@@ -143,7 +158,7 @@ class Generation:
                     metrics.generated_tokens.labels(model).inc(event.completion_tokens)
                     note(self.request, tokens_in=event.prompt_tokens, tokens_out=event.completion_tokens)
                 yield event
-                event = await anext(self._events, None)
+                event = await next_event(self._events, model)
         finally:
             await self.aclose()
 
@@ -168,7 +183,9 @@ async def start_all(request: Request, name: str, jobs: list[Job], keep_alive: fl
 
 
 async def merged(gens: list[Generation]) -> AsyncIterator[tuple[int, Chunk | Done]]:
-    """The events of several replies as they come, each with its reply's index."""
+    """The events of several replies as they come, each with its reply's index. The queue needs no
+    deadline of its own: each pump reads its reply through ``next_event``'s, and puts its failure
+    (or its end) on the queue, so every pump's last item always arrives."""
     if len(gens) == 1:
         async for ev in gens[0]:
             yield 0, ev
