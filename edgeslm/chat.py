@@ -122,8 +122,10 @@ def render_chat(
     bos_token: str = "",
     eos_token: str = "",
     time_cap: float = TIME_CAP,
+    tools: Sequence[Mapping[str, Any]] | None = None,
 ) -> str:
-    """Render ``messages`` through a model's chat ``template``; raise ChatTemplateError on anything unsafe."""
+    """Render ``messages`` (and ``tools``, OpenAI's shape) through a model's chat ``template``;
+    raise ChatTemplateError on anything unsafe."""
     env = _make_environment()
     try:
         compiled = env.from_string(template)
@@ -135,6 +137,8 @@ def render_chat(
         "bos_token": bos_token,
         "eos_token": eos_token,
     }
+    if tools is not None:  # as transformers passes them: undefined unless given (templates test ``tools is defined``)
+        variables["tools"] = [dict(t) for t in tools]
     previous = sys.gettrace()
     sys.settrace(_deadline_tracer(time.monotonic() + time_cap))
     pieces: list[str] = []

@@ -65,7 +65,8 @@ class Model:
     def has_chat_template(self) -> bool:
         return self._template is not None
 
-    def render(self, messages: Sequence[Message], *, add_generation_prompt: bool = True) -> str:
+    def render(self, messages: Sequence[Message], *, add_generation_prompt: bool = True,
+               tools: Sequence[Message] | None = None) -> str:  # fmt: skip
         if self._template is None:
             raise ChatTemplateError(f"{self.name} has no chat template; give it a plain prompt instead")
         return render_chat(
@@ -74,16 +75,18 @@ class Model:
             add_generation_prompt=add_generation_prompt,
             bos_token=self.engine.bos_text(),
             eos_token=self.engine.eos_text(),
+            tools=tools,
         )
 
-    def prompt_tokens(self, prompt: str | Sequence[Message] | Sequence[int]) -> list[int]:
-        """Token ids for a plain prompt, a chat (rendered through the template) or ready ids."""
+    def prompt_tokens(self, prompt: str | Sequence[Message] | Sequence[int],
+                      tools: Sequence[Message] | None = None) -> list[int]:  # fmt: skip
+        """Token ids for a plain prompt, a chat (rendered through the template, with ``tools``) or ready ids."""
         if isinstance(prompt, str):
             return self.engine.tokenize(prompt, add_special=True, parse_special=False)
         items: list[Any] = list(prompt)
         if all(isinstance(t, int) for t in items):
             return items
-        text = self.render(items)
+        text = self.render(items, tools=tools)
         bos = self.engine.bos_text()
         # The template may write BOS itself; then the tokenizer must not add a second one.
         return self.engine.tokenize(text, add_special=not (bos and text.startswith(bos)), parse_special=True)

@@ -133,16 +133,28 @@ def _byte_tokens() -> list[str]:
 
 
 def write_runnable_model(
-    path: Path, *, n_embd: int = 64, n_layer: int = 2, n_ff: int = 256, seed: int = 0, scale: float = 0.15
+    path: Path,
+    *,
+    n_embd: int = 64,
+    n_layer: int = 2,
+    n_ff: int = 256,
+    seed: int = 0,
+    scale: float = 0.15,
+    chat_template: str | None = None,
+    specials: dict[str, int] | None = None,
 ) -> Path:
     """A complete llama model (byte vocabulary, random F16 weights) that llama.cpp loads and runs.
-    ffn_down's rows are ``n_ff`` long, so with n_ff=256 it takes K-quants; the rest takes 32-blocks."""
+    ffn_down's rows are ``n_ff`` long, so with n_ff=256 it takes K-quants; the rest takes 32-blocks.
+    ``specials``: added tokens and their types (3 control, 4 user-defined), as a family's markers."""
     rng = np.random.default_rng(seed)
     n_head, n_head_kv = 4, 2
     n_kv = n_embd // n_head * n_head_kv
-    tokens = [*_byte_tokens(), "<s>", "</s>", "th"]  # one merge: llama.cpp needs a merges list
+    added = dict(specials or {})
+    tokens = [*_byte_tokens(), "<s>", "</s>", "th", *added]  # one merge: llama.cpp needs a merges list
     w = GGUFWriter(str(path), "llama")
     w.add_name("tiny-runnable")
+    if chat_template is not None:
+        w.add_chat_template(chat_template)
     w.add_context_length(512)
     w.add_embedding_length(n_embd)
     w.add_block_count(n_layer)
@@ -155,7 +167,7 @@ def write_runnable_model(
     w.add_tokenizer_model("gpt2")
     w.add_tokenizer_pre("default")
     w.add_token_list(tokens)
-    w.add_token_types([1] * 256 + [3, 3, 1])
+    w.add_token_types([1] * 256 + [3, 3, 1, *added.values()])
     w.add_token_merges(["t h"])
     w.add_bos_token_id(256)
     w.add_eos_token_id(257)

@@ -35,11 +35,12 @@ def tiny_home(built: Path, home: Path) -> Path:
 def penalized_greedy(logits_of: Callable[[list[int]], np.ndarray], prompt: list[int], n: int,
                      freq: float, present: float, window: int) -> list[int]:  # fmt: skip
     """OpenAI's formula on the logits, by hand: logit - count x frequency - (count > 0) x presence,
-    counting the generated tokens in the last ``window`` (llama.cpp's penalties sampler)."""
+    counting the last ``window`` tokens, the prompt's included (llama-server's slots feed the prompt
+    to the penalties sampler)."""
     out: list[int] = []
     for _ in range(n):
         row = logits_of(prompt + out).astype(np.float64)
-        counts = np.bincount(out[-window:], minlength=len(row))[: len(row)] if out else np.zeros(len(row))
+        counts = np.bincount((prompt + out)[-window:], minlength=len(row))[: len(row)]
         row = row - counts * freq - (counts > 0) * present
         out.append(int(row.argmax()))
     return out

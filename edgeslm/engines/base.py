@@ -55,6 +55,7 @@ class SamplingParams:
     presence_penalty: float = 0.0  # OpenAI's: minus this from the logit of a token already there
     seed: int | None = None  # None: a fresh random seed per generation
     grammar: str | None = None  # GBNF: only text this grammar accepts (JSON mode, a JSON schema)
+    grammar_triggers: tuple[str, ...] = ()  # regexes: the grammar waits for one (llama.cpp's lazy grammar)
 
     def __post_init__(self) -> None:
         _check(
@@ -90,6 +91,14 @@ class SamplingParams:
             "(text)",
             f"1 to {MAX_GRAMMAR:,} characters of GBNF",
         )
+        _check(
+            isinstance(self.grammar_triggers, tuple) and len(self.grammar_triggers) <= 8
+            and all(isinstance(t, str) and 0 < len(t) <= 256 for t in self.grammar_triggers)
+            and (self.grammar is not None or not self.grammar_triggers),
+            "grammar_triggers",
+            "(patterns)",
+            "up to 8 patterns of 1 to 256 characters, with a grammar",
+        )  # fmt: skip
 
     @property
     def greedy(self) -> bool:
@@ -168,7 +177,7 @@ class Engine(Protocol):
 
     def detokenize(self, tokens: Sequence[int]) -> bytes: ...
 
-    def token_bytes(self, token: int) -> bytes: ...
+    def token_bytes(self, token: int, *, special: bool = False) -> bytes: ...
 
     def is_end_of_generation(self, token: int) -> bool: ...
 

@@ -257,18 +257,23 @@ class LlamaCppEngine:
 
     # -- generation ---------------------------------------------------------------------------
 
-    def make_sampler(self, s: SamplingParams) -> lc.llama_sampler_p:
+    def make_sampler(self, s: SamplingParams, prompt: Sequence[int] = ()) -> lc.llama_sampler_p:
+        """llama.cpp's sampler chain for ``s``; the penalties count the prompt's last tokens too, as
+        llama-server's slots do (``init_sampler`` accepts the prompt, the grammar aside)."""
         chain = lc.llama_sampler_chain_init(lc.llama_sampler_chain_default_params())
         add = lambda sampler: lc.llama_sampler_chain_add(chain, sampler)  # noqa: E731
         if s.grammar is not None:
-            grammar = lc.llama_sampler_init_grammar(self._vocab, s.grammar.encode(), b"root")
+            grammar = self._grammar_sampler(s.grammar, s.grammar_triggers)
             if not grammar:
                 lc.llama_sampler_free(chain)
                 raise InvalidParameterError(f"the grammar was refused by llama.cpp: {last_errors() or 'invalid GBNF'}")
             add(grammar)
         if s.penalized:
-            add(lc.llama_sampler_init_penalties(self.n_vocab, s.repeat_last_n, s.repeat_penalty, s.frequency_penalty,
-                                                s.presence_penalty))  # fmt: skip
+            penalties = lc.llama_sampler_init_penalties(self.n_vocab, s.repeat_last_n, s.repeat_penalty,
+                                                        s.frequency_penalty, s.presence_penalty)  # fmt: skip
+            for token in prompt[-s.repeat_last_n :]:
+                lc.llama_sampler_accept(penalties, token)
+            add(penalties)
         if s.greedy:
             add(lc.llama_sampler_init_greedy())
             return chain
@@ -279,12 +284,19 @@ class LlamaCppEngine:
         add(lc.llama_sampler_init_dist(lc.LLAMA_DEFAULT_SEED if s.seed is None else s.seed))
         return chain
 
+    def _grammar_sampler(self, grammar: str, triggers: tuple[str, ...]) -> Any:
+        if not triggers:
+            return lc.llama_sampler_init_grammar(self._vocab, grammar.encode(), b"root")
+        patterns = (ctypes.c_char_p * len(triggers))(*(t.encode() for t in triggers))
+        return lc.llama_sampler_init_grammar_lazy_patterns(self._vocab, grammar.encode(), b"root", patterns,
+                                                           len(triggers), None, 0)  # fmt: skip
+
     def generate_tokens(self, prompt: Sequence[int], sampling: SamplingParams) -> Generator[int, None, None]:
         # Plain greedy takes the argmax inside llama.cpp's own graph (backend sampling) or reads
         # it off the logits buffer (BACKEND_GREEDY_MAX_VOCAB): llama_sampler_sample would first
         # build an n_vocab candidate array per token, ~3 MB for Gemma's 262k vocabulary, which
         # costs more than a small model's decode.
-        sampler = None if sampling.plain_greedy else self.make_sampler(sampling)
+        sampler = None if sampling.plain_greedy else self.make_sampler(sampling, prompt)
         greedy = attach_greedy(self._ctx, 0) if sampler is None and self.backend_greedy else None
         try:
             self.prefill(prompt)
@@ -381,7 +393,9 @@ def json_grammar(spec: str | dict[str, Any]) -> str:
     if spec == "json":
         return str(llama_grammar.JSON_GBNF)
     try:
-        return str(llama_grammar.json_schema_to_gbnf(json.dumps(spec)))
+        from .json_schema import schema_gbnf
+
+        return schema_gbnf(json.loads(json.dumps(spec)))
     except Exception as exc:  # the converter raises plain exceptions on schemas it cannot express
         raise InvalidParameterError(f"the JSON schema in format cannot be used: {str(exc)[:200]}") from None
 

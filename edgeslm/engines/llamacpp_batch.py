@@ -96,7 +96,7 @@ class BatchDecoder:
         self.reused_tokens += keep
         slot.cached = slot.cached[:keep]
         slot.request, slot.pending, slot.n_past = request, list(prompt[keep:]), keep
-        slot.sampler = None if sampling.plain_greedy else self.engine.make_sampler(sampling)
+        slot.sampler = None if sampling.plain_greedy else self.engine.make_sampler(sampling, prompt)
         slot.max_tokens, slot.generated, slot.last, slot.index = max_tokens, 0, None, -1
         slot.logprobs = logprobs
         if slot.sampler is None and logprobs is None and self.engine.backend_greedy:  # logprobs need the host row

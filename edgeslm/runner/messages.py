@@ -34,10 +34,11 @@ class Job:
     context: tuple[int, ...] = ()  # token ids before the prompt (Ollama's ``context``)
     format: str | dict[str, Any] | None = None  # "json" or a JSON schema: constrained output
     return_prompt_ids: bool = False
+    tooling: dict[str, Any] | None = None  # tools in the template's own format (``tools.native_job``)
 
     def message(self, rid: str) -> Message:
         fields = asdict(self)
-        fields["sampling"] = {k: v for k, v in fields["sampling"].items() if k != "grammar"}
+        fields["sampling"] = {k: v for k, v in fields["sampling"].items() if k not in ("grammar", "grammar_triggers")}
         return {"op": "generate", "id": rid, **fields}
 
 

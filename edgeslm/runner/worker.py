@@ -23,6 +23,8 @@ from ..engines.base import SamplingParams, open_batch
 from ..errors import ContextOverflowError, EdgeslmError, InvalidParameterError
 from ..framing import LineReader, error_message, send
 from ..generation import TextStream, load
+from ..tools.grammar import job_grammar
+from ..tools.native import FAMILIES, ToolFormat
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +42,7 @@ class _Request:
     first: float | None = None
     count: int = 0
     text: TextStream | None = None
+    kept: frozenset[int] = frozenset()  # special tokens whose text is kept (a tool format's markers)
 
 
 def serve(name: str, slots: int, ctx_per_slot: int, threads: int | None, home: str | None, reuse: bool) -> None:
@@ -90,9 +93,13 @@ def _handle(raw: bytes, model: Any, batch: Any, waiting: deque[_Request], runnin
         room = batch.ctx_per_slot - len(tokens)
         limit = room if msg["max_tokens"] == -1 else min(int(msg["max_tokens"]), room)
         stop = list(msg.get("stop", []))
-        sampling = SamplingParams(**{**msg["sampling"], "grammar": _grammar(msg.get("format"))})
+        tooling = msg.get("tooling")
+        grammar, triggers = job_grammar(tooling) if tooling else (_grammar(msg.get("format")), ())
+        sampling = SamplingParams(**{**msg["sampling"], "grammar": grammar, "grammar_triggers": triggers})
         logprobs, want_ids = msg.get("logprobs"), bool(msg.get("return_prompt_ids"))
-        waiting.append(_Request(rid, tokens, sampling, limit, stop, logprobs, want_ids, text=TextStream(stop)))
+        kept = _marker_tokens(model, tooling["format"]) if tooling else frozenset()
+        waiting.append(_Request(rid, tokens, sampling, limit, stop, logprobs, want_ids, text=TextStream(stop),
+                                kept=kept))  # fmt: skip
     except EdgeslmError as exc:
         send(error_message(exc, id=rid))
     except Exception as exc:  # a bug must fail this request, not every request of this runner
@@ -116,7 +123,8 @@ def _prompt_tokens(model: Any, msg: dict[str, Any]) -> list[int]:
     elif context and isinstance(prompt, list) and prompt and isinstance(prompt[0], dict):
         tokens = context + model.prompt_tokens(prompt)
     else:
-        tokens = model.prompt_tokens(prompt)
+        tools = msg["tooling"]["render"] if msg.get("tooling") else None
+        tokens = model.prompt_tokens(prompt, tools=tools)
     bad = [t for t in tokens if not (isinstance(t, int) and 0 <= t < model.engine.n_vocab)]
     if bad:
         raise InvalidParameterError(
@@ -125,6 +133,19 @@ def _prompt_tokens(model: Any, msg: dict[str, Any]) -> list[int]:
     if not tokens:
         raise InvalidParameterError("the prompt is empty")
     return tokens
+
+
+_MARKERS: dict[str, frozenset[int]] = {}
+
+
+def _marker_tokens(model: Any, fmt: str) -> frozenset[int]:
+    """The family's markers that are single special tokens here: their text stays in the reply
+    (llama.cpp's preserved tokens), where the parser looks for it."""
+    if fmt not in _MARKERS:
+        markers = FAMILIES[ToolFormat(fmt)].markers
+        ids = [model.engine.tokenize(m, add_special=False, parse_special=True) for m in markers]
+        _MARKERS[fmt] = frozenset(t[0] for t in ids if len(t) == 1)
+    return _MARKERS[fmt]
 
 
 def _grammar(spec: Any) -> str | None:
@@ -154,7 +175,7 @@ def _emit(model: Any, batch: Any, running: dict[str, _Request], ev: Any) -> None
     if finish != "stop":  # an end-of-generation token is not text
         r.count += 1
         assert r.text is not None
-        raw = model.engine.token_bytes(token)
+        raw = model.engine.token_bytes(token, special=token in r.kept)
         text, stopped = r.text.feed(raw)
         chunk: dict[str, Any] = {"op": "chunk", "id": rid, "text": text, "token": token}
         if ev.logprob is not None:

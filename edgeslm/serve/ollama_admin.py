@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import AsyncIterator, Callable
-from pathlib import Path
 from typing import Any
 
 from fastapi import APIRouter
@@ -14,15 +13,13 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from ..errors import InvalidParameterError, RunnerTimeoutError
-from ..formats.folder_files import chat_template_of
-from ..formats.gguf_header import read_gguf_header
 from ..pull import pull
 from ..runner.tasks import QUANTIZE_TIMEOUT, quantize_in_child
 from ..show import show_model
-from ..store import Manifest, parse_name
+from ..store import parse_name
 from .ollama_api import details, ndjson
 from .ollama_schemas import CopyRequest, CreateRequest, ModelRequest, Options
-from .service import note, parse, state
+from .service import chat_template, note, parse, state
 
 router = APIRouter()
 PARAMETER_KEYS = set(Options.model_fields)
@@ -36,7 +33,7 @@ async def show(request: Request) -> Response:
     manifest = st.manifest(body.target)
     note(request, model=str(manifest.name))
     report = await asyncio.to_thread(show_model, st.store(), str(manifest.name))
-    template = await asyncio.to_thread(_chat_template, manifest, report.path)
+    template = await asyncio.to_thread(chat_template, manifest, report.path)
     defaults = manifest.defaults
     params = defaults.get("parameters") or {}
     parameters = "\n".join(f"{k} {json.dumps(v)}" for k, v in params.items())
@@ -50,13 +47,6 @@ async def show(request: Request) -> Response:
         "system": defaults.get("system", ""), "details": details(manifest), "model_info": info,
         "capabilities": ["completion"], "modified_at": manifest.created,
     })  # fmt: skip
-
-
-def _chat_template(manifest: Manifest, path: Path) -> str | None:
-    if manifest.layers:
-        return chat_template_of(path)
-    template = read_gguf_header(path, label=str(manifest.name)).metadata.get("tokenizer.chat_template")
-    return template if isinstance(template, str) else None
 
 
 async def _progress(work: Callable[[Callable[[dict[str, Any]], None]], None]) -> AsyncIterator[dict[str, Any]]:

@@ -36,7 +36,7 @@ from .ollama_schemas import (
     parse_keep_alive,
 )
 from .service import Generation, collect, hold, note, parse, state
-from .tooling import calls_from, conversation, ollama_calls, plan_tools
+from .tooling import calls_from, conversation, ollama_calls, plan_for
 
 log = logging.getLogger(__name__)
 router = APIRouter()
@@ -221,19 +221,20 @@ async def chat(request: Request) -> Response:
     note(request, model=body.model)
     if any(m.images for m in body.messages):
         raise InvalidParameterError("images are not supported: edgeslm serves text models")
-    plan = plan_tools(body.tools, None, None, has_format=body.format is not None)
+    given = [{"role": m.role, "content": m.content, "tool_calls": calls_from(m.tool_calls, f"messages[{i}]"),
+              "tool_name": m.tool_name} for i, m in enumerate(body.messages)]  # fmt: skip
+    plan = await plan_for(state(request), body.model, given, body.tools, None, None, has_format=body.format is not None)
     keep = parse_keep_alive(body.keep_alive)
     if not body.messages:
         return await _load_only(request, body.model, keep, message={"role": "assistant", "content": ""})
     system, stored = stored_defaults(request, body.model)
     sampling, max_tokens, stop = job_settings(request, body.options, stored)
-    given = [{"role": m.role, "content": m.content, "tool_calls": calls_from(m.tool_calls, f"messages[{i}]"),
-              "tool_name": m.tool_name} for i, m in enumerate(body.messages)]  # fmt: skip
     messages = conversation(given, plan, ids_required=False)
     if state(request).audit_prompts:
         note(request, prompt=json.dumps(messages)[:100_000])
     logprobs = check_logprobs(body.logprobs, body.top_logprobs)
-    job = Job(messages, sampling, max_tokens, stop, logprobs, system=system, format=plan.format() or body.format)
+    job = Job(messages, sampling, max_tokens, stop, logprobs, system=system, format=plan.format() or body.format,
+              tooling=plan.tooling())  # fmt: skip
     gen = await Generation.start(request, body.model, job, keep)
     if not body.stream:
         reply = await collect(request, gen)

@@ -22,7 +22,7 @@ from ..runner import Chunk, Done, Job
 from ..tools import ToolCall, ToolReply
 from .openai_schemas import ResponsesRequest
 from .service import Generation, collect, note, parse, state
-from .tooling import conversation, plan_tools
+from .tooling import conversation, plan_for
 
 router = APIRouter(prefix="/v1")
 ROLES = ("user", "assistant", "system", "developer")
@@ -86,15 +86,17 @@ async def responses(request: Request) -> Response:
         raise InvalidParameterError("previous_response_id is not supported: edgeslm keeps no responses; send the "
                                     "conversation in input")  # fmt: skip
     tools, choice = _chat_tools(body)
-    plan = plan_tools(tools, choice, body.parallel_tool_calls, has_format=False)
-    messages = conversation(input_messages(body), plan, ids_required=True)
+    given = input_messages(body)
+    plan = await plan_for(state(request), body.model, given, tools, choice, body.parallel_tool_calls, has_format=False)
+    messages = conversation(given, plan, ids_required=True)
     sampling = SamplingParams()
     if body.temperature is not None:
         sampling = replace(sampling, temperature=body.temperature)
     if body.top_p is not None:
         sampling = replace(sampling, top_p=body.top_p)
     job = Job(messages, sampling, body.max_output_tokens or -1, (),
-              system=state(request).manifest(body.model).defaults.get("system"), format=plan.format())  # fmt: skip
+              system=state(request).manifest(body.model).defaults.get("system"), format=plan.format(),
+              tooling=plan.tooling())  # fmt: skip
     gen = await Generation.start(request, body.model, job, None)
     head = {"id": f"resp_{uuid.uuid4().hex}", "object": "response", "created_at": int(time.time()),
             "model": gen.name, "parallel_tool_calls": plan.parallel, "tool_choice": body.tool_choice or "auto",

@@ -14,6 +14,7 @@ import json
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
@@ -21,9 +22,13 @@ from starlette.requests import Request
 
 from ..config import Settings
 from ..errors import EngineError, InvalidParameterError, ModelNotFoundError, RunnerTimeoutError
+from ..formats.folder_files import chat_template_of
+from ..formats.gguf_header import read_gguf_header
 from ..runner import Chunk, Done, Embeddings, Job
 from ..store import Store, parse_name
 from ..store.registry import Manifest
+from ..tools.native import ToolFormat
+from ..tools.native import detect as detect_tool_format
 from .audit import AuditLog
 from .keys import KeyRing
 from .manager import Lease, ModelManager
@@ -55,6 +60,7 @@ class ServerState:
     audit_prompts: bool = False
     started: float = field(default_factory=time.time)
     _store: Store | None = None
+    _tool_formats: dict[str, ToolFormat] = field(default_factory=dict)  # by manifest digest
 
     def store(self) -> Store:
         """The store, opened (and swept) once; its manifests are read fresh on every lookup."""
@@ -67,6 +73,26 @@ class ServerState:
         if manifest is None:
             raise ModelNotFoundError(f"model '{name}' not found; 'GET /api/tags' lists the models this server has")
         return manifest
+
+    async def tool_format(self, name: str) -> ToolFormat:
+        """The tool format of the model's chat template (read once per model); GENERIC for a model
+        not found here (the request then fails where it is run, with the usual message)."""
+        try:
+            manifest = self.manifest(name)
+        except ModelNotFoundError:
+            return ToolFormat.GENERIC
+        if manifest.digest not in self._tool_formats:
+            template = await asyncio.to_thread(chat_template, manifest, self.store().model_path(manifest))
+            self._tool_formats[manifest.digest] = detect_tool_format(template)
+        return self._tool_formats[manifest.digest]
+
+
+def chat_template(manifest: Manifest, path: Path) -> str | None:
+    """A stored model's chat template: a folder's files, else the GGUF's metadata."""
+    if manifest.layers:
+        return chat_template_of(path)
+    template = read_gguf_header(path, label=str(manifest.name)).metadata.get("tokenizer.chat_template")
+    return template if isinstance(template, str) else None
 
 
 def state(request: Request) -> ServerState:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from ..errors import InvalidParameterError
@@ -21,6 +21,10 @@ from ..tools import (
     reply_schema,
 )
 from ..tools import prepare as prepare_tools
+from ..tools.native import ToolFormat
+from ..tools.native import parse as parse_native
+from ..tools.native import prepare as prepare_native
+from .service import ServerState
 
 
 @dataclass(frozen=True)
@@ -28,6 +32,7 @@ class ToolPlan:
     tools: tuple[Tool, ...] = ()
     choice: ToolChoice = ToolChoice("none")
     parallel: bool = False
+    fmt: ToolFormat = ToolFormat.GENERIC  # the model's own format, where its template has one
 
     @property
     def active(self) -> bool:
@@ -35,10 +40,28 @@ class ToolPlan:
         return bool(self.tools) and self.choice.mode != "none"
 
     def format(self) -> dict[str, Any] | None:
-        return reply_schema(self.tools, self.choice, self.parallel) if self.active else None
+        """The generic format's reply schema (the job's ``format``)."""
+        generic = self.active and self.fmt is ToolFormat.GENERIC
+        return reply_schema(self.tools, self.choice, self.parallel) if generic else None
+
+    def tooling(self) -> dict[str, Any] | None:
+        """A native format's job: the tools the template renders and what the runner's grammar needs."""
+        if self.fmt is ToolFormat.GENERIC:
+            return None
+        offered = [t.as_openai() for t in self.tools]
+        render = offered if self.active and self.fmt is not ToolFormat.PHI4 else None  # Phi-4: in the system turn
+        return {"format": self.fmt.value, "tools": offered, "render": render, "choice": self.choice.mode
+                if self.active else "none", "name": self.choice.name, "parallel": self.parallel}  # fmt: skip
 
     def read(self, text: str) -> ToolReply:
-        return parse_reply(text) if self.active else ToolReply(text, (), complete=True)
+        if not self.active:
+            return ToolReply(text, (), complete=True)
+        return parse_reply(text) if self.fmt is ToolFormat.GENERIC else parse_native(self.fmt, text, self.tools)
+
+
+def uses_tools(tools: Any, messages: Sequence[Mapping[str, Any]]) -> bool:
+    """Tools offered or tool turns in the conversation: the model's tool format matters."""
+    return bool(tools) or any(m.get("tool_calls") or m["role"] == "tool" for m in messages)
 
 
 def plan_tools(tools: Any, choice: Any, parallel: bool | None, *, has_format: bool) -> ToolPlan:
@@ -56,13 +79,22 @@ def plan_tools(tools: Any, choice: Any, parallel: bool | None, *, has_format: bo
     return plan
 
 
+async def plan_for(state: ServerState, model: str, messages: Sequence[Mapping[str, Any]], tools: Any, choice: Any,
+                   parallel: bool | None, *, has_format: bool) -> ToolPlan:  # fmt: skip
+    """The request's plan, checked before the model is looked at; then the model's own format."""
+    plan = plan_tools(tools, choice, parallel, has_format=has_format)
+    return replace(plan, fmt=await state.tool_format(model)) if uses_tools(tools, messages) else plan
+
+
 def conversation(messages: Sequence[Mapping[str, Any]], plan: ToolPlan, *, ids_required: bool) -> list[dict[str, Any]]:
     """The messages the chat template renders: tool results checked against the calls they answer,
-    and, where tools or tool turns take part, written in the generic format's JSON."""
+    and, where tools or tool turns take part, written as the model's format writes them."""
     check_history(messages, ids_required=ids_required)
-    if plan.tools or any(m.get("tool_calls") or m["role"] == "tool" for m in messages):
-        return prepare_tools(messages, plan.tools, plan.choice, plan.parallel)
-    return [{"role": m["role"], "content": m.get("content") or ""} for m in messages]
+    if not uses_tools(plan.tools, messages):
+        return [{"role": m["role"], "content": m.get("content") or ""} for m in messages]
+    if plan.fmt is not ToolFormat.GENERIC:
+        return prepare_native(plan.fmt, messages, plan.tools, offer=plan.active)
+    return prepare_tools(messages, plan.tools, plan.choice, plan.parallel)
 
 
 def openai_calls(calls: Sequence[ToolCall]) -> list[dict[str, Any]]:

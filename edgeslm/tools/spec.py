@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from ..engines.json_schema import BOUNDS
 from ..errors import InvalidParameterError
 
 MAX_TOOLS = 128
@@ -101,12 +102,22 @@ def check_schema(schema: Any, where: str) -> None:
         raise InvalidParameterError(f"{where}: the schema is nested too deeply") from None
     if size > MAX_SCHEMA_BYTES:
         raise InvalidParameterError(f"{where}: the schema is {size:,} bytes; at most {MAX_SCHEMA_BYTES:,}")
-    unknown = sorted({k for node in _nodes(schema, where) for k in node if k not in SUPPORTED})
+    nodes = list(_nodes(schema, where))
+    unknown = sorted({k for node in nodes for k in node if k not in SUPPORTED})
     if unknown:
         raise InvalidParameterError(
             f"{where}: JSON Schema keyword(s) {', '.join(unknown)[:200]} cannot be enforced; supported: "
             f"{', '.join(sorted(SUPPORTED - {'$schema', '$id', '$comment'}))}"
         )
+    for node in nodes:
+        bounds = [b for b in BOUNDS if b in node]
+        if bounds and node.get("type") != "integer":
+            raise InvalidParameterError(
+                f"{where}: {', '.join(bounds)} can be enforced on an integer only (as llama.cpp's grammars do), "
+                f"not on type {node.get('type', 'any')!r}; use an integer or an enum, or drop the bound"
+            )
+        if bounds and not all(_finite_number(node[b]) for b in bounds):
+            raise InvalidParameterError(f"{where}: {', '.join(bounds)} must be numbers")
     _check_refs(schema, where)
 
 
@@ -175,6 +186,10 @@ def _check_refs(root: dict[str, Any], where: str) -> None:
 
     for name in sorted(graph):
         visit(name, [])
+
+
+def _finite_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and abs(value) < 2**53
 
 
 def _json_type(value: Any) -> str:

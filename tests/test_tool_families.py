@@ -1,0 +1,276 @@
+"""Template-native tool calling (issue 16): each family's published chat template (``data/
+chat_templates``) detected, rendered with tools and a tool round trip, a canned reply parsed into
+its calls; the family's grammar, lazily triggered, through the server on synthetic GGUFs that
+carry those templates; and the penalties' history as llama-server keeps it."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+from itertools import islice
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import pytest
+
+from edgeslm.chat import render_chat
+from edgeslm.engines.base import LoadParams, SamplingParams, open_engine
+from edgeslm.engines.json_schema import int_range, integer_bounds, schema_gbnf
+from edgeslm.errors import InvalidParameterError
+from edgeslm.tools import ToolCall, parse_tools
+from edgeslm.tools.native import ToolFormat, detect, parse, prepare
+
+from .ggufbuild import write_runnable_model
+
+TEMPLATES = Path(__file__).parent / "data" / "chat_templates"
+# Bounded arguments: a random model under the grammar then always closes its call.
+CITY_DAYS = {"city": {"type": "string", "enum": ["Paris", "Rome"]}, "days": {"type": "integer", "minimum": 1,
+                                                                            "maximum": 7}}  # fmt: skip
+WEATHER = {"type": "function", "function": {"name": "get_weather", "description": "The weather in a city",
+           "parameters": {"type": "object", "properties": CITY_DAYS, "required": ["city", "days"]}}}  # fmt: skip
+TIME = {"type": "function", "function": {"name": "get_time", "parameters": {"type": "object", "properties": {
+    "zone": {"$ref": "#/$defs/zone"}}, "required": ["zone"], "$defs": {"zone": {"enum": ["UTC", "CET"]}}}}}  # fmt: skip
+SCHEMAS = {t["function"]["name"]: t["function"]["parameters"] for t in (WEATHER, TIME)}
+PARIS, ROME = {"city": "Paris", "days": 1}, {"city": "Rome", "days": 2}
+
+
+@dataclass(frozen=True)
+class Case:
+    fmt: ToolFormat
+    history_call: str  # how the template writes the earlier call
+    reply: str  # a canned reply in the family's syntax
+    content: str | None
+    calls: tuple[dict[str, Any], ...]
+    specials: dict[str, int]  # the family's markers as the model's vocabulary has them (3 control, 4 user-defined)
+
+
+HERMES_SPECIALS = {"<tool_call>": 4, "</tool_call>": 4}
+HERMES_CALL = '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris", "days": 1}}\n</tool_call>'
+CASES = {
+    "Qwen-Qwen2.5-7B-Instruct": Case(
+        ToolFormat.HERMES, HERMES_CALL,
+        'Let me check.\n<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris", "days": 1}}\n</tool_call>\n'
+        '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Rome", "days": 2}}\n</tool_call>',
+        "Let me check.", (PARIS, ROME), HERMES_SPECIALS),
+    "Qwen-Qwen3-0.6B": Case(
+        ToolFormat.HERMES, HERMES_CALL,
+        '<think>\nThe user wants weather.\n</think>\n\n<tool_call>\n{"name": "get_weather", "arguments": '
+        '{"city": "Paris", "days": 1}}\n</tool_call>',
+        "<think>\nThe user wants weather.\n</think>", (PARIS,), HERMES_SPECIALS),
+    "NousResearch-Hermes-3-Llama-3.1-8B-tool_use": Case(
+        ToolFormat.HERMES, HERMES_CALL,
+        '<tool_call>\n{"arguments": {"city": "Paris", "days": 1}, "name": "get_weather"}\n</tool_call>',
+        None, (PARIS,), HERMES_SPECIALS),
+    "meta-llama-Llama-3.1-8B-Instruct": Case(
+        ToolFormat.LLAMA3, '{"name": "get_weather", "parameters": {"city": "Paris", "days": 1}}',
+        '<|python_tag|>{"name": "get_weather", "parameters": {"city": "Paris", "days": 1}}', None, (PARIS,),
+        {"<|python_tag|>": 3, "<|eom_id|>": 3}),
+    "meta-llama-Llama-3.2-3B-Instruct": Case(
+        ToolFormat.LLAMA3, '{"name": "get_weather", "parameters": {"city": "Paris", "days": 1}}',
+        '{"name": "get_weather", "parameters": {"city": "Paris", "days": 1}}', None, (PARIS,),
+        {"<|python_tag|>": 3}),
+    "mistralai-Mistral-Nemo-Instruct-2407": Case(
+        ToolFormat.MISTRAL, '[TOOL_CALLS][{"name": "get_weather", "arguments": {"city": "Paris", "days": 1}, "id": "',
+        '[TOOL_CALLS][{"name": "get_weather", "arguments": {"city": "Paris", "days": 1}, "id": "a1B2c3D4e"}, '
+        '{"name": "get_weather", "arguments": {"city": "Rome", "days": 2}, "id": "z9y8x7w6v"}]',
+        None, (PARIS, ROME), {"[TOOL_CALLS]": 3}),
+    "Mistral-Small-3.2-24B-Instruct-2506": Case(
+        ToolFormat.MISTRAL_ARGS, '[TOOL_CALLS]get_weather[CALL_ID]',
+        'Checking both.[TOOL_CALLS]get_weather[ARGS]{"city": "Paris", "days": 1}'
+        '[TOOL_CALLS]get_weather[ARGS]{"city": "Rome", "days": 2}',
+        "Checking both.", (PARIS, ROME), {"[TOOL_CALLS]": 3, "[ARGS]": 3, "[CALL_ID]": 3}),
+    "microsoft-Phi-4-mini-instruct": Case(
+        ToolFormat.PHI4, 'functools[{"name": "get_weather", "arguments": {"city": "Paris", "days": 1}}]',
+        '<|tool_call|>[{"name": "get_weather", "arguments": {"city": "Paris", "days": 1}}]<|/tool_call|>',
+        None, (PARIS,), {"<|tool_call|>": 3, "<|/tool_call|>": 3}),
+}  # fmt: skip
+HISTORY = [
+    {"role": "system", "content": "Answer briefly."},
+    {"role": "user", "content": "What is the weather in Paris?"},
+    {"role": "assistant", "content": "", "tool_calls": (ToolCall("call_0123abcd", "get_weather", PARIS),)},
+    {"role": "tool", "content": "18 C and sunny", "tool_call_id": "call_0123abcd"},
+]
+
+
+def _template(name: str) -> str:
+    return (TEMPLATES / f"{name}.jinja").read_text(encoding="utf-8")
+
+
+def _render(name: str, messages: list[dict[str, Any]], *, offer: bool = True) -> str:
+    fmt, tools = detect(_template(name)), parse_tools([WEATHER, TIME])
+    listed = [t.as_openai() for t in tools] if offer and fmt is not ToolFormat.PHI4 else None
+    prepared = prepare(fmt, messages, tools, offer=offer)
+    return render_chat(_template(name), prepared, tools=listed, bos_token="<s>", eos_token="</s>")
+
+
+def test_every_published_template_is_in_the_table() -> None:
+    assert sorted(p.stem for p in TEMPLATES.glob("*.jinja")) == sorted(CASES)
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_family_renders_tools_and_a_round_trip_and_parses_its_reply(name: str) -> None:
+    case = CASES[name]
+    assert detect(_template(name)) is case.fmt
+    prompt = _render(name, HISTORY)
+    assert '"name": "get_time"' in prompt and "The weather in a city" in prompt  # the tools, through the template
+    assert case.history_call in prompt and "18 C and sunny" in prompt  # the earlier call and its result
+    if case.fmt in (ToolFormat.MISTRAL, ToolFormat.MISTRAL_ARGS):  # its template takes nine-character ids only
+        assert "call_0123abcd" not in prompt
+    assert "get_time" not in _render(name, HISTORY, offer=False)  # tool_choice "none": tools not shown
+
+    reply = parse(case.fmt, case.reply, parse_tools([WEATHER, TIME]))
+    assert reply.complete and reply.content == case.content
+    assert [(c.name, c.arguments) for c in reply.calls] == [("get_weather", a) for a in case.calls]
+    assert len({c.id for c in reply.calls}) == len(case.calls)
+    if case.fmt is ToolFormat.MISTRAL:
+        assert [c.id for c in reply.calls] == ["a1B2c3D4e", "z9y8x7w6v"]  # the model's own ids are kept
+    cut = parse(case.fmt, case.reply[: len(case.reply) - 12], parse_tools([WEATHER, TIME]))
+    assert cut.calls == () and cut.content == case.content  # cut by max_tokens: never half a call
+
+
+def test_a_call_to_a_tool_not_offered_is_text_not_a_call() -> None:
+    reply = parse(ToolFormat.HERMES, '<tool_call>\n{"name": "rm_rf", "arguments": {}}\n</tool_call>',
+                  parse_tools([WEATHER]))  # fmt: skip
+    assert reply.calls == () and reply.complete
+
+
+@pytest.mark.parametrize(
+    "template",
+    [
+        "{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endfor %}",  # SmolLM2's ChatML
+        "{{ bos_token }}{% for m in messages %}<start_of_turn>{{ m.role }}\n{{ m.content }}<end_of_turn>\n{% endfor %}",
+        "{% if tools %}<tool_call>\n<function=f>\n<parameter=x>\n{% endif %}",  # Qwen3-Coder's XML calls
+        None,
+    ],
+)
+def test_templates_without_a_known_format_use_the_generic_one(template: str | None) -> None:
+    assert detect(template) is ToolFormat.GENERIC
+
+
+def test_a_lazy_grammar_leaves_text_free_until_its_trigger(tmp_path: Path) -> None:
+    """llama.cpp's lazy grammar: free (greedy) text up to the trigger, then only what the grammar allows."""
+    engine = open_engine("llama.cpp", write_runnable_model(tmp_path / "m.gguf", seed=3), LoadParams(n_ctx=256))
+    prompt = engine.tokenize("Hello there", add_special=True)
+
+    def text(sampling: SamplingParams) -> bytes:
+        out = []
+        for token in islice(engine.generate_tokens(prompt, sampling), 40):
+            if engine.is_end_of_generation(token):
+                break
+            out.append(engine.token_bytes(token))
+        return b"".join(out)
+
+    free = text(SamplingParams(temperature=0))
+    at = next(i for i in range(len(free) - 1) if free[i : i + 2].isalnum() and free[i : i + 2].isascii())
+    pair = free[at : at + 2].decode()
+    lazy = SamplingParams(temperature=0, grammar=f'root ::= "{pair}" " done"', grammar_triggers=(f"({pair})",))
+    assert text(lazy) == free[: at + 2] + b" done"
+
+
+def _as_regex(gbnf: str) -> re.Pattern[str]:
+    """The integer grammars' GBNF subset (literals, classes, groups, counts) as a Python regex."""
+    return re.compile(re.sub(r'"([^"]*)"', lambda m: re.escape(m.group(1)), gbnf).replace(" ", ""))
+
+
+BOUNDED = [(1, 7), (0, 9), (-5, 5), (-20, -3), (15, 1234), (99, 101), (7, None), (0, None), (-13, None), (109, None),
+           (2700, None), (None, 5), (None, 0), (None, -109)]  # fmt: skip
+
+
+@pytest.mark.parametrize("bounds", BOUNDED)
+def test_integer_bounds_take_exactly_the_integers_within(bounds: tuple[int | None, int | None]) -> None:
+    """minimum/maximum as GBNF (llama-cpp-python's converter drops them): every integer from -3,000
+    to 5,000 is taken exactly when it is within, no leading zero or "-0" (minimum 109 refuses 19,
+    which a port of llama.cpp's one-sided construction took)."""
+    lo, hi = bounds
+    pattern = _as_regex(int_range(lo, hi))
+    for n in range(-3000, 5001):
+        assert bool(pattern.fullmatch(str(n))) == ((lo is None or n >= lo) and (hi is None or n <= hi)), n
+    assert not any(pattern.fullmatch(s) for s in ("-0", "007", "01", "1.5", ""))
+    schema = {"type": "integer", "exclusiveMinimum": 0.5, "maximum": 7.9}
+    assert integer_bounds(schema) == (1, 7) and "[1-7]" in schema_gbnf(schema)
+
+
+def test_bounds_the_grammar_cannot_enforce_are_refused() -> None:
+    for node in ({"type": "number", "minimum": 0}, {"type": ["integer", "null"], "maximum": 3}, {"maximum": 3}):
+        tool = {"type": "function", "function": {"name": "f", "parameters": {"type": "object", "properties": {
+            "x": node}}}}  # fmt: skip
+        with pytest.raises(InvalidParameterError, match="can be enforced on an integer only"):
+            parse_tools([tool])
+    with pytest.raises(InvalidParameterError, match="must be numbers"):
+        parse_tools(
+            [{"type": "function", "function": {"name": "f", "parameters": {"type": "integer", "minimum": "1"}}}]
+        )
+
+
+# -- the families' grammars through the server --------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def family_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    from edgeslm.importing import import_model
+    from edgeslm.store import Store, parse_name
+
+    from .servekit import serving
+
+    home = tmp_path_factory.mktemp("families-home")
+    store = Store.open(home / "models")
+    for i, (name, case) in enumerate(CASES.items()):
+        path = write_runnable_model(home / f"{i}.gguf", seed=i, chat_template=_template(name), specials=case.specials)
+        import_model(store, path, parse_name(f"family-{i}"))
+    with serving(home, parallel=2, ctx=4096, prompt_cache=False) as base:  # byte tokens: long prompts
+        yield base
+
+
+def _valid(call: Any) -> dict[str, Any]:
+    arguments = json.loads(call.function.arguments)
+    jsonschema.validate(arguments, SCHEMAS[call.function.name] | {"$defs": {"zone": {"enum": ["UTC", "CET"]}}})
+    return {"name": call.function.name, "arguments": arguments}
+
+
+@pytest.mark.parametrize("index", range(len(CASES)))
+def test_each_familys_calls_are_forced_valid_and_stream_alike(family_url: str, index: int) -> None:
+    """tool_choice "required" on a random model with the family's template: its grammar from the
+    first token, so every call is in the family's syntax, parses and validates; streamed alike."""
+    import openai
+
+    ask = [{"role": "user", "content": "What is the weather in Paris?"}]
+    with openai.OpenAI(base_url=f"{family_url}/v1", api_key="unused", max_retries=0) as oai:
+
+        def create(**kw: Any) -> Any:
+            return oai.chat.completions.create(model=f"family-{index}", messages=ask, tools=[WEATHER, TIME],  # type: ignore[arg-type]
+                                               max_tokens=160, **kw)  # fmt: skip
+
+        for temperature in (0.0, 0.8, 0.8):
+            (choice,) = create(tool_choice="required", temperature=temperature, seed=7).choices
+            assert choice.finish_reason == "tool_calls", choice.message.content
+            for call in choice.message.tool_calls:
+                _valid(call)
+        named = create(tool_choice={"type": "function", "function": {"name": "get_time"}}, temperature=0.8)
+        assert {c.function.name for c in named.choices[0].message.tool_calls} == {"get_time"}
+
+        greedy = create(tool_choice="required", temperature=0).choices[0].message.tool_calls
+        parts: dict[int, dict[str, str]] = {}
+        for chunk in create(tool_choice="required", temperature=0, stream=True):
+            for delta in chunk.choices[0].delta.tool_calls or ():
+                part = parts.setdefault(delta.index, {"name": "", "arguments": ""})
+                part["name"] += delta.function.name or ""
+                part["arguments"] += delta.function.arguments or ""
+        streamed = [{"name": p["name"], "arguments": json.loads(p["arguments"])} for _, p in sorted(parts.items())]
+        assert streamed == [_valid(c) for c in greedy]
+
+
+def test_auto_leaves_a_random_models_text_alone(family_url: str) -> None:
+    """With "auto" the grammar waits for the family's opening marker: a model that writes none
+    answers in text (a random model never writes <tool_call>)."""
+    import ollama
+
+    client = ollama.Client(host=family_url)
+    try:
+        reply = client.chat(model="family-0", messages=[{"role": "user", "content": "Hi"}], tools=[WEATHER],
+                            options={"temperature": 0, "num_predict": 24})  # fmt: skip
+    finally:
+        client._client.close()
+    assert not reply.message.tool_calls and reply.message.content
