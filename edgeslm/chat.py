@@ -137,6 +137,8 @@ def render_chat(
         "bos_token": bos_token,
         "eos_token": eos_token,
     }
+    now = datetime.now()  # llama.cpp's extra context (common_chat_extra_context): Llama 3.1 prints the date
+    variables |= {"date_string": now.strftime("%d %b %Y"), "datetime": now.strftime("%b %d %Y")}
     if tools is not None:  # as transformers passes them: undefined unless given (templates test ``tools is defined``)
         variables["tools"] = [dict(t) for t in tools]
     previous = sys.gettrace()

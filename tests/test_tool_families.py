@@ -21,7 +21,7 @@ from edgeslm.engines.base import LoadParams, SamplingParams, open_engine
 from edgeslm.engines.json_schema import int_range, integer_bounds, schema_gbnf
 from edgeslm.errors import InvalidParameterError
 from edgeslm.tools import ToolCall, parse_tools
-from edgeslm.tools.native import ToolFormat, detect, parse, prepare
+from edgeslm.tools.native import ToolFormat, detect, free_text, parse, prepare
 
 from .ggufbuild import write_runnable_model
 
@@ -262,15 +262,44 @@ def test_each_familys_calls_are_forced_valid_and_stream_alike(family_url: str, i
         assert streamed == [_valid(c) for c in greedy]
 
 
-def test_auto_leaves_a_random_models_text_alone(family_url: str) -> None:
+def test_auto_leaves_a_random_models_text_alone_and_streams_it(family_url: str) -> None:
     """With "auto" the grammar waits for the family's opening marker: a model that writes none
-    answers in text (a random model never writes <tool_call>)."""
+    answers in text (a random model never writes <tool_call>), streamed as it comes, in both dialects."""
     import ollama
+    import openai
 
+    ask = [{"role": "user", "content": "Hi"}]
     client = ollama.Client(host=family_url)
     try:
-        reply = client.chat(model="family-0", messages=[{"role": "user", "content": "Hi"}], tools=[WEATHER],
-                            options={"temperature": 0, "num_predict": 24})  # fmt: skip
+        options = {"temperature": 0, "num_predict": 24}
+        reply = client.chat(model="family-0", messages=ask, tools=[WEATHER], options=options)
+        parts = [p.message.content for p in client.chat(model="family-0", messages=ask, tools=[WEATHER],
+                                                        options=options, stream=True)]  # fmt: skip
     finally:
         client._client.close()
     assert not reply.message.tool_calls and reply.message.content
+    assert "".join(parts) == reply.message.content and len([p for p in parts if p]) > 3
+    with openai.OpenAI(base_url=f"{family_url}/v1", api_key="unused", max_retries=0) as oai:
+        kw: Any = {"model": "family-0", "messages": ask, "tools": [WEATHER], "temperature": 0, "max_tokens": 24}
+        whole = oai.chat.completions.create(**kw).choices[0].message
+        chunks = [c.choices[0].delta.content for c in oai.chat.completions.create(**kw, stream=True) if c.choices]
+    assert not whole.tool_calls and "".join(c or "" for c in chunks) == whole.content
+    assert len([c for c in chunks if c]) > 3
+
+
+@pytest.mark.parametrize(
+    ("fmt", "text", "free"),
+    [
+        (ToolFormat.HERMES, "Let me check.", 13),
+        (ToolFormat.HERMES, "Let me <tool", 7),  # "<tool" may open a call: held
+        (ToolFormat.HERMES, 'Let me <tool_call>\n{"na', 7),
+        (ToolFormat.MISTRAL_ARGS, "Sure[TOOL_C", 4),
+        (ToolFormat.PHI4, "Here functools", 5),
+        (ToolFormat.LLAMA3, "", 0),
+        (ToolFormat.LLAMA3, "  {", 0),  # a Llama 3.x call is the whole reply
+        (ToolFormat.LLAMA3, "<|pyth", 0),
+        (ToolFormat.LLAMA3, "Paris is sunny", 14),
+    ],
+)
+def test_text_streams_up_to_where_a_call_may_begin(fmt: ToolFormat, text: str, free: int) -> None:
+    assert free_text(fmt, text) == free

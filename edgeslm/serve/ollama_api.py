@@ -211,7 +211,7 @@ async def generate(request: Request) -> Response:
 def chat_message(reply: ToolReply) -> dict[str, Any]:
     """Ollama's message: the text, or the calls with their arguments as objects."""
     if reply.calls:
-        return {"role": "assistant", "content": "", "tool_calls": ollama_calls(reply.calls)}
+        return {"role": "assistant", "content": reply.content or "", "tool_calls": ollama_calls(reply.calls)}
     return {"role": "assistant", "content": reply.content or ""}
 
 
@@ -245,23 +245,32 @@ async def chat(request: Request) -> Response:
         return JSONResponse(out)
 
     async def lines() -> AsyncIterator[dict[str, Any]]:
-        held: list[str] = []  # with tools: the reply is known once complete
+        text, sent = "", ""  # with tools: the reply so far, and the text streamed of it
+
+        def line(message: dict[str, Any]) -> dict[str, Any]:
+            return {"model": gen.name, "created_at": now_iso(), "message": message, "done": False}
+
         async for ev in gen:
             if isinstance(ev, Chunk):
-                if plan.active:
-                    held.append(ev.text)
+                if not plan.active:
+                    out = line({"role": "assistant", "content": ev.text})
+                    if ev.logprob is not None:
+                        out["logprobs"] = logprobs_of([ev])
+                    yield out
                     continue
-                message = {"role": "assistant", "content": ev.text}
-                line: dict[str, Any] = {"model": gen.name, "created_at": now_iso(), "message": message, "done": False}
-                if ev.logprob is not None:
-                    line["logprobs"] = logprobs_of([ev])
-                yield line
-            else:
-                last = chat_message(plan.read("".join(held))) if plan.active else {"role": "assistant", "content": ""}
-                if plan.active:
-                    yield {"model": gen.name, "created_at": now_iso(), "message": last, "done": False}
-                    last = {"role": "assistant", "content": ""}
-                yield {"model": gen.name, "created_at": now_iso(), "message": last, **final_fields(gen, ev)}
+                text += ev.text
+                free = text[: plan.free(text)]
+                if len(free) > len(sent):
+                    yield line({"role": "assistant", "content": free[len(sent) :]})
+                    sent = free
+                continue
+            if plan.active:
+                reply = plan.read(text)
+                last = {**chat_message(reply), "content": plan.rest(reply, sent)}
+                if last["content"] or reply.calls:
+                    yield line(last)
+            yield {"model": gen.name, "created_at": now_iso(), "message": {"role": "assistant", "content": ""},
+                   **final_fields(gen, ev)}  # fmt: skip
 
     return ndjson(lines())
 

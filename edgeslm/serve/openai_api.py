@@ -109,8 +109,8 @@ def chat_messages(body: ChatCompletionRequest) -> list[dict[str, Any]]:
 
 
 def chat_message(reply: ToolReply) -> dict[str, Any]:
-    if reply.calls:
-        return {"role": "assistant", "content": None, "tool_calls": openai_calls(reply.calls)}
+    if reply.calls:  # text before the calls (a native format's "auto") comes with them
+        return {"role": "assistant", "content": reply.content, "tool_calls": openai_calls(reply.calls)}
     return {"role": "assistant", "content": reply.content}
 
 
@@ -155,21 +155,28 @@ async def chat_completions(request: Request) -> Response:
         for i in range(n):
             yield chunk(i, {"role": "assistant", "content": ""}, None)
         dones: list[Done] = []
-        held: list[list[str]] = [[] for _ in range(n)]  # with tools: the reply is known once complete
+        text, sent = [""] * n, [""] * n  # with tools: the reply so far, and the text streamed of it
         async for i, ev in service.merged(gens):
             if isinstance(ev, Chunk):
-                if plan.active:
-                    held[i].append(ev.text)
-                elif ev.text or ev.logprob is not None:
-                    yield chunk(i, {"content": ev.text}, None, chat_logprobs([ev]) if ev.logprob is not None else None)
+                if not plan.active:
+                    if ev.text or ev.logprob is not None:
+                        lp = chat_logprobs([ev]) if ev.logprob is not None else None
+                        yield chunk(i, {"content": ev.text}, None, lp)
+                    continue
+                text[i] += ev.text
+                free = text[i][: plan.free(text[i])]
+                if len(free) > len(sent[i]):
+                    yield chunk(i, {"content": free[len(sent[i]) :]}, None)
+                    sent[i] = free
                 continue
             dones.append(ev)
-            reply = plan.read("".join(held[i]))
+            reply = plan.read(text[i])
+            rest = plan.rest(reply, sent[i])
+            if plan.active and rest:
+                yield chunk(i, {"content": rest}, None)
             if reply.calls:
                 calls = [{"index": k, **c} for k, c in enumerate(openai_calls(reply.calls))]
                 yield chunk(i, {"tool_calls": calls}, None)
-            elif plan.active and reply.content:
-                yield chunk(i, {"content": reply.content}, None)
             yield chunk(i, {}, chat_finish(reply, ev))
         if include_usage:
             yield {**head, "object": "chat.completion.chunk", "choices": [], "usage": usage_of(dones)}

@@ -21,7 +21,7 @@ from ..tools import (
     reply_schema,
 )
 from ..tools import prepare as prepare_tools
-from ..tools.native import ToolFormat
+from ..tools.native import ToolFormat, free_text
 from ..tools.native import parse as parse_native
 from ..tools.native import prepare as prepare_native
 from .service import ServerState
@@ -52,6 +52,20 @@ class ToolPlan:
         render = offered if self.active and self.fmt is not ToolFormat.PHI4 else None  # Phi-4: in the system turn
         return {"format": self.fmt.value, "tools": offered, "render": render, "choice": self.choice.mode
                 if self.active else "none", "name": self.choice.name, "parallel": self.parallel}  # fmt: skip
+
+    def free(self, text: str) -> int:
+        """How much of the reply so far can stream as text: all without tools; with a native
+        format's ``auto``, the text before its opening marker; else none (the reply is JSON or a call)."""
+        if not self.active:
+            return len(text)
+        if self.fmt is ToolFormat.GENERIC or self.choice.mode != "auto":
+            return 0
+        return free_text(self.fmt, text)
+
+    def rest(self, reply: ToolReply, sent: str) -> str:
+        """The reply's text not streamed yet (``sent`` was)."""
+        content = reply.content or ""
+        return content[len(sent) :] if content.startswith(sent) else "" if sent else content
 
     def read(self, text: str) -> ToolReply:
         if not self.active:

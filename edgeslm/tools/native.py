@@ -122,6 +122,30 @@ def _message(fmt: ToolFormat, m: Mapping[str, Any], names: dict[str, str]) -> di
     return {"role": role, "content": content}
 
 
+OPENINGS = {
+    ToolFormat.HERMES: ("<tool_call>",),
+    ToolFormat.MISTRAL: ("[TOOL_CALLS]",),
+    ToolFormat.MISTRAL_ARGS: ("[TOOL_CALLS]",),
+    ToolFormat.PHI4: ("functools[", "<|tool_call|>"),
+}
+
+
+def free_text(fmt: ToolFormat, text: str) -> int:
+    """How much of a reply so far is text that no call can turn out to be: everything before the
+    family's opening marker, less a tail that may be the marker's beginning. A Llama 3.x call is
+    the whole reply: nothing is free until the reply shows it does not start with one."""
+    if fmt is ToolFormat.LLAMA3:
+        head = text.lstrip()
+        may_call = any(m.startswith(head[: len(m)]) for m in ("{", "<|python_tag|>"))
+        return 0 if not head or may_call else len(text)
+    openings = OPENINGS.get(fmt, ())
+    found = [i for i in (text.find(m) for m in openings) if i >= 0]
+    if found:
+        return min(found)
+    tail = max((n for m in openings for n in range(1, len(m)) if text.endswith(m[:n])), default=0)
+    return len(text) - tail
+
+
 def parse(fmt: ToolFormat, text: str, tools: Sequence[Tool]) -> ToolReply:
     """The reply as text and calls. Text before the family's opening marker is content; a call that
     does not close (max_tokens) or names no offered tool leaves only that content, never half a call."""
