@@ -25,6 +25,7 @@ from .formats.gguf_header import read_gguf_header
 from .formats.model_format import ModelFormat, engine_for
 from .formats.model_info import ModelInfo, model_info
 from .store import Store, parse_name
+from .tools.generic import system_into_user, tool_results_as_user
 
 log = logging.getLogger(__name__)
 Message = Mapping[str, Any]
@@ -60,6 +61,7 @@ class Model:
     engine: Engine
     load_seconds: float
     _template: str | None = field(default=None, repr=False)
+    _roles: dict[str, bool] = field(default_factory=dict, repr=False)  # takes_role's probes
 
     @property
     def has_chat_template(self) -> bool:
@@ -69,6 +71,10 @@ class Model:
                tools: Sequence[Message] | None = None) -> str:  # fmt: skip
         if self._template is None:
             raise ChatTemplateError(f"{self.name} has no chat template; give it a plain prompt instead")
+        if any(m.get("role") == "tool" for m in messages) and not self.takes_role("tool"):
+            messages = tool_results_as_user(messages)
+        if messages and messages[0].get("role") == "system" and not self.takes_role("system"):
+            messages = system_into_user(messages)
         return render_chat(
             self._template,
             messages,
@@ -77,6 +83,26 @@ class Model:
             eos_token=self.engine.eos_text(),
             tools=tools,
         )
+
+    def takes_role(self, role: str) -> bool:
+        """The template renders a ``role`` message ("tool", "system"): a probe, as minja checked
+        its capabilities, once per role."""
+        if role not in self._roles:
+            probe = "edgeslm-probe-3f9c"
+            opening = [{"role": "user", "content": "u"}, {"role": "assistant", "content": "a"}]
+            tool = {
+                "role": "tool",
+                "content": probe,
+                "name": "f",
+                "tool_call_id": "call00001",
+            }  # nine characters: Mistral's rule
+            system = [{"role": "system", "content": probe}, {"role": "user", "content": "u"}]
+            turns = [*opening, tool] if role == "tool" else system
+            try:
+                self._roles[role] = probe in render_chat(str(self._template), turns)
+            except ChatTemplateError:
+                self._roles[role] = False
+        return self._roles[role]
 
     def prompt_tokens(self, prompt: str | Sequence[Message] | Sequence[int],
                       tools: Sequence[Message] | None = None) -> list[int]:  # fmt: skip

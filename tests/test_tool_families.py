@@ -170,6 +170,35 @@ def test_a_lazy_grammar_leaves_text_free_until_its_trigger(tmp_path: Path) -> No
     assert text(lazy) == free[: at + 2] + b" done"
 
 
+def test_a_template_without_tool_or_system_roles_gets_them_written_as_user_turns(tmp_path: Path) -> None:
+    """Gemma 2's template raises on a system or a tool message: probed once, the generic format's
+    system text opens the first user turn and tool results come back as a user turn in JSON (as
+    minja's polyfills wrote them). A template with both roles is left alone."""
+    from edgeslm.generation import load
+    from edgeslm.tools import prepare as generic_prepare
+    from edgeslm.tools.spec import ToolChoice
+
+    gemma = (TEMPLATES / "generic" / "google-gemma-2-2b-it.jinja").read_text(encoding="utf-8")
+    model = load(str(write_runnable_model(tmp_path / "g.gguf", chat_template=gemma)), ctx=256)
+    try:
+        assert not model.takes_role("tool") and not model.takes_role("system")
+        history = [{**HISTORY[1]}, HISTORY[2], HISTORY[3], {**HISTORY[3], "content": "windy"}]
+        prompt = model.render(generic_prepare(history, parse_tools([WEATHER]), ToolChoice("auto"), False))
+    finally:
+        model.close()
+    turns = prompt.split("<start_of_turn>")[1:]
+    assert [t.split("\n")[0] for t in turns] == ["user", "model", "user", "model"]
+    assert turns[0].startswith("user\nYou can call any of the following tools") and "What is the weather" in turns[0]
+    assert '{"tool_response": {"tool": "get_weather", "content": "18 C and sunny"}}' in turns[2]
+    assert '"content": "windy"' in turns[2]  # two results in a row: one user turn
+    chatml = (TEMPLATES / "Qwen-Qwen2.5-7B-Instruct.jinja").read_text(encoding="utf-8")
+    nemo = (TEMPLATES / "mistralai-Mistral-Nemo-Instruct-2407.jinja").read_text(encoding="utf-8")
+    for i, template in enumerate((chatml, nemo)):
+        other = load(str(write_runnable_model(tmp_path / f"{i}.gguf", chat_template=template)), ctx=256)
+        assert other.takes_role("tool") and other.takes_role("system")
+        other.close()
+
+
 def _as_regex(gbnf: str) -> re.Pattern[str]:
     """The integer grammars' GBNF subset (literals, classes, groups, counts) as a Python regex."""
     return re.compile(re.sub(r'"([^"]*)"', lambda m: re.escape(m.group(1)), gbnf).replace(" ", ""))
@@ -285,6 +314,22 @@ def test_auto_leaves_a_random_models_text_alone_and_streams_it(family_url: str) 
         chunks = [c.choices[0].delta.content for c in oai.chat.completions.create(**kw, stream=True) if c.choices]
     assert not whole.tool_calls and "".join(c or "" for c in chunks) == whole.content
     assert len([c for c in chunks if c]) > 3
+
+
+def test_tool_choice_none_leaves_the_response_format_in_force(family_url: str) -> None:
+    """Tools offered but "none" chosen, with a JSON schema: the reply follows the schema, integer
+    bounds included (the converter llama-cpp-python ships would let any integer through)."""
+    import openai
+
+    schema = {"type": "object", "properties": {"n": {"type": "integer", "minimum": 3, "maximum": 5}}, "required": ["n"]}
+    fmt: Any = {"type": "json_schema", "json_schema": {"name": "n", "schema": schema}}
+    with openai.OpenAI(base_url=f"{family_url}/v1", api_key="unused", max_retries=0) as oai:
+        for seed in range(4):
+            reply = oai.chat.completions.create(model="family-0", messages=[{"role": "user", "content": "n?"}],
+                                                tools=[WEATHER], tool_choice="none", response_format=fmt,  # type: ignore[arg-type]
+                                                temperature=1.0, seed=seed, max_tokens=64).choices[0]  # fmt: skip
+            assert reply.finish_reason == "stop" and not reply.message.tool_calls
+            jsonschema.validate(json.loads(reply.message.content or ""), schema)
 
 
 @pytest.mark.parametrize(

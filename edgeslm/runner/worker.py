@@ -94,7 +94,8 @@ def _handle(raw: bytes, model: Any, batch: Any, waiting: deque[_Request], runnin
         limit = room if msg["max_tokens"] == -1 else min(int(msg["max_tokens"]), room)
         stop = list(msg.get("stop", []))
         tooling = msg.get("tooling")
-        grammar, triggers = job_grammar(tooling) if tooling else (_grammar(msg.get("format")), ())
+        grammar, triggers = job_grammar(tooling) if tooling else (None, ())
+        grammar = grammar or _grammar(msg.get("format"))  # tool_choice "none": a response_format still holds
         sampling = SamplingParams(**{**msg["sampling"], "grammar": grammar, "grammar_triggers": triggers})
         logprobs, want_ids = msg.get("logprobs"), bool(msg.get("return_prompt_ids"))
         kept = _marker_tokens(model, tooling["format"]) if tooling else frozenset()

@@ -174,3 +174,37 @@ def _partial_response(text: str) -> str:
             continue
         return str(value)
     return text
+
+
+def tool_results_as_user(messages: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """For a template that takes no ``tool`` role (Gemma's alternation check raises on it): each
+    result as a user turn in JSON, as minja's polyfill wrote them, results in a row in one turn."""
+    out: list[dict[str, Any]] = []
+    merged = False  # the last turn is results already
+    for m in messages:
+        if m.get("role") != "tool":
+            out.append(dict(m))
+            merged = False
+            continue
+        result = {"tool_response": {"tool": m.get("name") or "", "content": m.get("content") or ""}}
+        text = json.dumps(result, ensure_ascii=False)
+        if merged:
+            out[-1] = {"role": "user", "content": f"{out[-1]['content']}\n{text}"}
+        else:
+            out.append({"role": "user", "content": text})
+        merged = True
+    return out
+
+
+def system_into_user(messages: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """For a template that takes no ``system`` role (Gemma 2 raises on it): the system text opens
+    the first user turn, as minja's polyfill wrote it."""
+    out = [dict(m) for m in messages]
+    if not out or out[0].get("role") != "system":
+        return out
+    system = out.pop(0).get("content") or ""
+    if out and out[0].get("role") == "user":
+        out[0] = {**out[0], "content": f"{system}\n\n{out[0].get('content') or ''}"}
+    else:
+        out.insert(0, {"role": "user", "content": system})
+    return out
