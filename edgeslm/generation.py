@@ -24,6 +24,7 @@ from .errors import ChatTemplateError, ContextOverflowError, InvalidParameterErr
 from .formats.gguf_header import read_gguf_header
 from .formats.model_format import ModelFormat, engine_for
 from .formats.model_info import ModelInfo, model_info
+from .speculation import LookupConfig, SpecStats
 from .store import Store, parse_name
 from .tools.generic import system_into_user, tool_results_as_user
 
@@ -254,8 +255,11 @@ def stream_generate(
     max_tokens: int = -1,
     sampling: SamplingParams | None = None,
     stop: Sequence[str] = (),
+    draft: LookupConfig | None = None,
+    spec_stats: SpecStats | None = None,
 ) -> Iterator[GenerationChunk]:
-    """Yield a chunk per generated token, then a closing chunk whose ``finish_reason`` is set."""
+    """Yield a chunk per generated token, then a closing chunk whose ``finish_reason`` is set.
+    ``draft``: speculative decoding with prompt-lookup drafts (counted in ``spec_stats``)."""
     check_max_tokens(max_tokens)
     sampling = sampling or SamplingParams()
     tokens = model.prompt_tokens(prompt)
@@ -277,7 +281,17 @@ def stream_generate(
         prompt_s = (first or now) - start
         return GenerationChunk(text, token, finish, len(tokens), count, prompt_s, now - (first or now), _peak_rss())
 
-    for token in model.engine.generate_tokens(tokens, sampling):
+    if draft is None:
+        generated = model.engine.generate_tokens(tokens, sampling)
+    else:
+        speculate = getattr(model.engine, "generate_speculative", None)
+        if speculate is None:
+            raise InvalidParameterError(
+                f"speculative decoding (--draft) is available for GGUF models (llama.cpp); {model.name} is not one",
+                params="draft",
+            )
+        generated = speculate(tokens, sampling, draft, spec_stats if spec_stats is not None else SpecStats())
+    for token in generated:
         if first is None:
             first = time.perf_counter()
         if model.engine.is_end_of_generation(token):

@@ -16,6 +16,7 @@ from ..engines.base import SamplingParams
 from ..errors import InvalidNameError
 from ..generation import GenerationChunk, Model, embed, load, resolve_model, stream_generate
 from ..sources.builtin import BUILTINS
+from ..speculation import LookupConfig, SpecStats
 from ..store import Store, parse_name
 from ..units import format_mib, format_params
 from .chat_loop import chat_loop
@@ -47,6 +48,11 @@ def configure(sub: Any) -> None:
     p.add_argument("--system", help="system message (chat models)")
     p.add_argument("-i", "--interactive", action="store_true", help="chat even when stdin is not a terminal")
     p.add_argument("--verbose", dest="timings", action="store_true", help="print Ollama-style timings")
+    p.add_argument("--draft", choices=["lookup"], help="speculative decoding, greedy: 'lookup' drafts from the "
+                   "prompt (llama.cpp's ngram-simple), verified in batches when the measured cost says it pays")  # fmt: skip
+    d = LookupConfig()
+    p.add_argument("--draft-n", type=int, default=d.n, help=f"lookup: the n-gram matched (default {d.n})")
+    p.add_argument("--draft-m", type=int, default=d.m, help=f"lookup: the most tokens drafted (default {d.m})")
     _add_load_flags(p)
     s = SamplingParams()
     p.add_argument("--temperature", type=float, default=s.temperature, help="0 is greedy")
@@ -121,6 +127,7 @@ def split_model_and_prompt(args: argparse.Namespace, settings: Settings) -> tupl
 def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
     name, prompt = split_model_and_prompt(args, settings)
     sampling = _sampling(args)  # validate before loading anything
+    args.lookup = LookupConfig(args.draft_n, args.draft_m) if args.draft else None
     ensure_pulled(name, settings)
     model = load(name, ctx=args.ctx, threads=args.threads, settings=settings)
     try:
@@ -142,8 +149,10 @@ def _stream(model: Model, prompt: Any, args: argparse.Namespace, sampling: Sampl
     """Print tokens as they come; Ctrl-C stops generation (the caller's loop goes on)."""
     parts: list[str] = []
     last: GenerationChunk | None = None
+    stats = SpecStats()
     try:
-        for last in stream_generate(model, prompt, max_tokens=args.max_tokens, sampling=sampling, stop=args.stop):
+        for last in stream_generate(model, prompt, max_tokens=args.max_tokens, sampling=sampling, stop=args.stop,
+                                    draft=args.lookup, spec_stats=stats):  # fmt: skip
             sys.stdout.write(last.text)
             sys.stdout.flush()
             parts.append(last.text)
@@ -153,7 +162,18 @@ def _stream(model: Model, prompt: Any, args: argparse.Namespace, sampling: Sampl
     sys.stdout.flush()
     if args.timings and last is not None:
         _print_timings(model, last)
+        if args.lookup is not None:
+            _print_speculation(args.lookup, stats, sampling)
     return "".join(parts)
+
+
+def _print_speculation(config: LookupConfig, stats: SpecStats, sampling: SamplingParams) -> None:
+    if not sampling.plain_greedy:
+        status(f"{'draft:':22}off (lookup verifies greedy decoding only: temperature 0, no grammar or penalty)")
+        return
+    status(f"{'draft:':22}lookup (n {config.n}, m {config.m})")
+    status(f"{'draft accepted:':22}{stats.accepted}/{stats.drafted} token(s) ({stats.rate:.0%}) in {stats.verifies} "
+           f"verify batch(es); {stats.declined} draft(s) not worth verifying")  # fmt: skip
 
 
 def _print_timings(model: Model, last: GenerationChunk) -> None:

@@ -35,6 +35,7 @@ if TYPE_CHECKING:
     import numpy.typing as npt
 
     from ..formats.quant_types import QuantizeOptions, QuantType
+    from ..speculation import LookupConfig, SpecStats
 else:
     from .llamacpp_bindings import lc
 
@@ -323,6 +324,13 @@ class LlamaCppEngine:
                 detach_greedy(self._ctx, 0, greedy)
             if sampler is not None:
                 lc.llama_sampler_free(sampler)
+
+    def generate_speculative(self, prompt: Sequence[int], sampling: SamplingParams, config: LookupConfig,
+                             stats: SpecStats) -> Generator[int, None, None]:  # fmt: skip
+        """``generate_tokens`` with prompt-lookup drafts verified in batches (``llamacpp_spec``)."""
+        from .llamacpp_spec import speculative_tokens
+
+        return speculative_tokens(self, prompt, sampling, config, stats)
 
     def embed(self, text: str) -> list[float]:
         tokens = self.tokenize(text)

@@ -1,0 +1,98 @@
+"""When a draft pays: the verify cost of a batch against one decode step, measured for this model
+on this machine, and the acceptance seen so far.
+
+Verifying a draft of k tokens decodes k + 1 tokens in one batch and yields 1 + (accepted) tokens;
+with a per-token acceptance a (each drafted token accepted only if all before it were), a verify
+yields 1 + a + ... + a^k tokens on average, for cost(k + 1) plain steps. The policy verifies the
+depth with the best ratio if it beats plain decoding (``MARGIN``), else declines; a declined
+draft is still scored against the tokens plain decoding then produces (free for a lookup draft),
+so acceptance keeps being learnt and speculation comes back on when it would pay again.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+MARGIN = 1.05  # expected speed-up below which a draft is not verified
+PRIOR = 0.5  # acceptance before anything is seen
+WEIGHT = 0.1  # the weight of each scored token in the running acceptance
+
+
+@dataclass
+class SpecStats:
+    drafted: int = 0  # draft tokens verified
+    accepted: int = 0  # of those, accepted
+    verifies: int = 0  # batches verified
+    declined: int = 0  # drafts the policy did not verify (expected to lose)
+
+    @property
+    def rate(self) -> float:
+        return self.accepted / self.drafted if self.drafted else 0.0
+
+
+def expected_gain(acceptance: float, k: int, cost: float) -> float:
+    """Tokens per plain step's time when verifying k drafted tokens at ``cost`` plain steps."""
+    return sum(acceptance**i for i in range(k + 1)) / cost
+
+
+class Policy:
+    def __init__(self, costs: Mapping[int, float], *, prior: float = PRIOR, stats: SpecStats | None = None) -> None:
+        if 1 not in costs or any(size < 1 or ratio <= 0 for size, ratio in costs.items()):
+            raise ValueError("costs: batch size -> time relative to one token, from size 1 on")
+        self._costs = sorted(costs.items())
+        self.acceptance = prior
+        self.stats = stats or SpecStats()
+        self._shadow: list[int] = []
+        self._shadow_hits = 0
+
+    def cost(self, size: int) -> float:
+        """A batch of ``size`` tokens in plain steps: measured points, linear between and beyond."""
+        points = self._costs
+        for (s0, c0), (s1, c1) in zip(points, points[1:], strict=False):
+            if size <= s1:
+                return c0 + (c1 - c0) * (size - s0) / (s1 - s0)
+        if len(points) == 1:
+            return points[0][1] * size
+        (s0, c0), (s1, c1) = points[-2], points[-1]
+        return c1 + (c1 - c0) / (s1 - s0) * (size - s1)
+
+    def depth(self, available: int) -> int:
+        """How many of ``available`` drafted tokens to verify; 0: decode plainly."""
+        if available <= 0:
+            return 0
+        best_k, best = 0, MARGIN
+        for k in range(1, available + 1):
+            gain = expected_gain(self.acceptance, k, self.cost(k + 1))
+            if gain > best:
+                best_k, best = k, gain
+        return best_k
+
+    def verified(self, drafted: int, accepted: int) -> None:
+        self.stats.verifies += 1
+        self.stats.drafted += drafted
+        self.stats.accepted += accepted
+        self._learn(accepted, rejected=accepted < drafted)
+
+    def declined(self, draft: list[int]) -> None:
+        """A draft not verified: scored against the tokens that plain decoding produces next."""
+        self.stats.declined += 1
+        if not self._shadow:
+            self._shadow, self._shadow_hits = list(draft), 0
+
+    def decoded(self, token: int) -> None:
+        """A token from a plain step."""
+        if not self._shadow:
+            return
+        if token == self._shadow[self._shadow_hits]:
+            self._shadow_hits += 1
+            if self._shadow_hits == len(self._shadow):
+                self._learn(self._shadow_hits, rejected=False)
+                self._shadow = []
+            return
+        self._learn(self._shadow_hits, rejected=True)
+        self._shadow = []
+
+    def _learn(self, accepted: int, *, rejected: bool) -> None:
+        for hit in [1.0] * accepted + [0.0] * rejected:
+            self.acceptance += WEIGHT * (hit - self.acceptance)
