@@ -8,6 +8,7 @@ import shutil
 from collections.abc import Callable
 from itertools import islice
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -106,14 +107,19 @@ def test_speculative_greedy_equals_plain_greedy_on_a_tiny_model(tmp_path: Path) 
 
 
 @pytest.mark.real_model
-def test_lookup_is_lossless_on_both_builtins_and_pays_on_a_copy(builtin_home: Path) -> None:
+def test_lookup_is_lossless_where_batches_agree_and_pays_on_a_copy(builtin_home: Path, home: Path, cli: Cli) -> None:
+    """SmolLM2 in F16, whose verify batches give single steps' argmax on this CPU (benchmarks/
+    speculative.py, lossless section): the same text as plain greedy decoding. Quantized types'
+    batched kernels can flip near-ties, so Gemma's Q4_K_M is held to its acceptance only."""
+    shutil.copytree(builtin_home, home)
+    assert cli("quantize", "smollm2-135m-instruct", "--type", "f16", "--allow-requantize").code == 0
     text = (Path(__file__).parents[2] / "shared" / "data" / "wikitext-2-test.txt").read_bytes().decode()
     paragraph = text[2000:3200].replace("\r", "")
     # SmolLM2-135M rarely copies when asked to repeat; asked to fix the spacing it copies.
     ask = [{"role": "user", "content": f"Rewrite the following text with correct spacing around punctuation:\n\n"
                                        f"{paragraph}"}]  # fmt: skip
-    settings = resolve_settings(home=builtin_home, offline=True)
-    for name in ("smollm2-135m-instruct", "gemma3-270m"):
+    settings = resolve_settings(home=home, offline=True)
+    for name in ("smollm2-135m-instruct:f16", "gemma3-270m"):
         model = load(name, ctx=1024, threads=2, settings=settings)
         try:
             prompt = ask if model.has_chat_template else f"{paragraph}\n\n{paragraph[:300]}"
@@ -123,8 +129,9 @@ def test_lookup_is_lossless_on_both_builtins_and_pays_on_a_copy(builtin_home: Pa
             plain = generate(model, prompt, **kw)  # type: ignore[arg-type]
         finally:
             model.close()
-        assert spec.tokens == plain.tokens, name
-        assert stats.accepted > 40 and stats.rate > 0.5, (name, stats)  # measured: 65/68 and 97/141
+        assert stats.accepted > 40 and stats.rate > 0.5, (name, stats)
+        if name.endswith(":f16"):
+            assert spec.tokens == plain.tokens
 
 
 @pytest.mark.real_model
@@ -139,3 +146,79 @@ def test_run_draft_lookup_prints_its_acceptance(builtin_home: Path, home: Path, 
     assert "draft:                lookup (n 3, m 48)" in spec.err and "draft accepted:" in spec.err
     refused = cli("run", ask, "--draft", "lookup", "--draft-n", "0")
     assert refused.code != 0 and "draft n 0 is out of range" in refused.err
+
+
+def _drain(decoder: object, wanted: dict[str, list[int]]) -> dict[str, list[int]]:
+    out: dict[str, list[int]] = {r: [] for r in wanted}
+    for _ in range(2000):
+        events = decoder.step()  # type: ignore[attr-defined]
+        if not events and not decoder.active():  # type: ignore[attr-defined]
+            break
+        for ev in events:
+            out[ev.request].append(ev.token)
+    return out
+
+
+def test_slots_verify_their_drafts_in_one_batch_and_stay_lossless(tmp_path: Path) -> None:
+    """The batching runner: greedy slots with drafts, a sampled one without, and a prompt being
+    prefilled, in the same steps; every reply equals the same decoder's without drafts."""
+    from edgeslm.engines.llamacpp_batch import BatchDecoder
+
+    engine = open_engine("llama.cpp", write_runnable_model(tmp_path / "m.gguf", seed=5), LoadParams(n_ctx=512))
+    engine._verify_costs = {1: 1.0, 4: 1.1, 16: 1.5, 49: 3.0}  # verification made cheap: drafts are checked
+    prompts = {"a": "the cat sat on the mat; the cat sat on the", "b": "abc abc abc abc abc ab", "c": "xyz"}
+    sampling = {"a": SamplingParams(temperature=0), "b": SamplingParams(temperature=0),
+                "c": SamplingParams(temperature=0.9, seed=1)}  # fmt: skip
+    replies = []
+    for draft in (None, LookupConfig(n=1, m=6)):
+        decoder = BatchDecoder(engine, 3, 256, draft=draft, reuse=False)
+        try:
+            for rid, text in prompts.items():
+                decoder.add(rid, engine.tokenize(text, add_special=True), sampling[rid], 60)
+            replies.append(_drain(decoder, {r: [] for r in prompts}))
+            stats, left = decoder.spec_stats, dict(decoder.finished_stats)
+        finally:
+            decoder.close()
+    plain, spec = replies
+    assert spec == plain and all(len(v) > 10 for v in spec.values()), {r: len(v) for r, v in spec.items()}
+    assert stats.verifies > 5 and stats.drafted > stats.accepted > 0
+    assert set(left) == {"a", "b"}  # per request (drafted, accepted), for the runner's done message
+
+
+@pytest.mark.real_model
+def test_serve_draft_lookup_counts_drafts_in_metrics(
+    builtin_home: Path, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """serve --draft lookup on SmolLM2 in F16 (its batches agree with single steps): the greedy reply
+    is the one served without drafts, and /metrics counts the drafted and accepted tokens."""
+    import subprocess
+    import sys
+
+    import httpx
+    import openai
+
+    from .servekit import serving
+
+    home = tmp_path_factory.mktemp("spec-home")
+    shutil.copytree(builtin_home, home, dirs_exist_ok=True)
+    subprocess.run([sys.executable, "-m", "edgeslm", "--home", str(home), "quantize", "smollm2-135m-instruct",
+                    "--type", "f16", "--allow-requantize"], check=True, capture_output=True)  # fmt: skip
+    text = (Path(__file__).parents[2] / "shared" / "data" / "wikitext-2-test.txt").read_bytes().decode()
+    ask = [{"role": "user", "content": "Rewrite the following text with correct spacing around punctuation:\n\n"
+                                       + text[2000:3200].replace("\r", "")}]  # fmt: skip
+    replies, metrics = [], ""
+    for draft in (None, (12, 48)):
+        with serving(home, parallel=2, ctx=1024, prompt_cache=False, draft=draft) as url:
+            with openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0) as oai:
+                kw: Any = {"model": "smollm2-135m-instruct:f16", "messages": ask, "temperature": 0, "max_tokens": 100}
+                replies.append(oai.chat.completions.create(**kw).choices[0].message.content)
+            metrics = httpx.get(f"{url}/metrics").text
+    drafted = _metric(metrics, "edgeslm_draft_tokens_total")
+    accepted = _metric(metrics, "edgeslm_draft_accepted_tokens_total")
+    assert drafted > 0 and 0 < accepted <= drafted, metrics
+    assert replies[0] and replies[1] == replies[0]
+
+
+def _metric(text: str, name: str) -> float:
+    lines = [line for line in text.splitlines() if line.startswith(name + "{")]
+    return sum(float(line.rsplit(" ", 1)[1]) for line in lines)

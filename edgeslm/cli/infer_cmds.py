@@ -48,8 +48,12 @@ def configure(sub: Any) -> None:
     p.add_argument("--system", help="system message (chat models)")
     p.add_argument("-i", "--interactive", action="store_true", help="chat even when stdin is not a terminal")
     p.add_argument("--verbose", dest="timings", action="store_true", help="print Ollama-style timings")
-    p.add_argument("--draft", choices=["lookup"], help="speculative decoding, greedy: 'lookup' drafts from the "
-                   "prompt (llama.cpp's ngram-simple), verified in batches when the measured cost says it pays")  # fmt: skip
+    p.add_argument(
+        "--draft",
+        choices=["lookup"],
+        help="speculative decoding, greedy: 'lookup' drafts from the prompt (llama.cpp's ngram-simple), "
+        "verified in batches when the measured cost says so",
+    )
     d = LookupConfig()
     p.add_argument("--draft-n", type=int, default=d.n, help=f"lookup: the n-gram matched (default {d.n})")
     p.add_argument("--draft-m", type=int, default=d.m, help=f"lookup: the most tokens drafted (default {d.m})")

@@ -7,12 +7,13 @@ An engine turns token ids into token ids (and logits, and embeddings); everythin
 from __future__ import annotations
 
 import importlib
+import logging
 import math
 import os
 from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol, TypeVar, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar, runtime_checkable
 
 from ..config import DEFAULT_ENGINE
 from ..errors import ContextOverflowError, EngineError, InvalidParameterError
@@ -26,6 +27,8 @@ __all__ = ["DEFAULT_ENGINE", "ENGINES", "Engine", "LoadParams", "SamplingParams"
 MAX_CONTEXT = 1 << 20
 MAX_SEED = 2**32 - 1
 MAX_GRAMMAR = 1 << 20
+
+log = logging.getLogger(__name__)
 
 
 def _check(ok: bool, name: str, value: object, valid: str) -> None:
@@ -284,14 +287,19 @@ BATCH_DECODERS = {
 }  # fmt: skip
 
 
-def open_batch(engine: Engine, slots: int, ctx_per_slot: int, *, reuse: bool = True) -> BatchDecoderLike:
-    """The batch decoder of ``engine``'s runtime, for ``slots`` concurrent generations."""
+def open_batch(engine: Engine, slots: int, ctx_per_slot: int, *, reuse: bool = True,
+               draft: Any = None) -> BatchDecoderLike:  # fmt: skip
+    """The batch decoder of ``engine``'s runtime, for ``slots`` concurrent generations; ``draft``
+    (a ``LookupConfig``): speculative decoding where the runtime has it (llama.cpp)."""
     try:
         module, cls = BATCH_DECODERS[engine.name]
     except KeyError:
         raise EngineError(f"the {engine.name} engine cannot serve (no batch decoder)") from None
+    extra = {"draft": draft} if draft is not None and engine.name == "llama.cpp" else {}
+    if draft is not None and not extra:
+        log.info("speculative decoding is not available with %s models: %s decodes plainly", engine.name, engine.name)
     decoder: BatchDecoderLike = getattr(importlib.import_module(f"{__package__}.{module}"), cls)(
-        engine, slots, ctx_per_slot, reuse=reuse
+        engine, slots, ctx_per_slot, reuse=reuse, **extra
     )
     return decoder
 

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from ..errors import EngineError, InvalidParameterError
+from ..speculation import LookupConfig, LookupDrafter, Policy, SpecStats
 from .base import SamplingParams, StepEvent, check_slot_prompt, logprobs_of
 from .llamacpp import LlamaCppEngine, argmax_token, attach_greedy, detach_greedy, last_errors
 
@@ -46,13 +47,24 @@ class _Slot:
     index: int = -1  # this step's batch row holding its logits
     logprobs: int | None = None  # None: none; k: the sampled token's and the k most likely
     cached: list[int] = field(default_factory=list)  # the tokens whose cells this sequence holds
+    drafter: LookupDrafter | None = None  # speculative decoding (greedy slots, with --draft)
+    policy: Policy | None = None
+    draft: list[int] = field(default_factory=list)  # this step's drafted tokens, after the sampled one
+    decoded: int | None = None  # this step's sampled token (for the drafter's history)
 
 
 class BatchDecoder:
     """``slots`` concurrent generations on ``engine``'s model, in one llama.cpp context."""
 
     def __init__(
-        self, engine: LlamaCppEngine, slots: int, ctx_per_slot: int, n_batch: int = 512, *, reuse: bool = True
+        self,
+        engine: LlamaCppEngine,
+        slots: int,
+        ctx_per_slot: int,
+        n_batch: int = 512,
+        *,
+        reuse: bool = True,
+        draft: LookupConfig | None = None,
     ) -> None:
         if not 1 <= slots <= 256:
             raise InvalidParameterError(f"parallel slots {slots} is out of range; valid: 1 to 256")
@@ -72,6 +84,9 @@ class BatchDecoder:
         self._batch = lc.llama_batch_init(n_batch, 0, 1)
         self.slots = [_Slot(seq=i) for i in range(slots)]
         self.reused_tokens = 0  # prompt tokens not decoded again thanks to a slot's cache
+        self.draft = draft  # prompt-lookup drafts for greedy requests, verified with the other slots' tokens
+        self.spec_stats = SpecStats()
+        self.finished_stats: dict[str, tuple[int, int]] = {}  # request -> (drafted, accepted), until read
 
     # -- requests -----------------------------------------------------------------------------
 
@@ -99,7 +114,13 @@ class BatchDecoder:
         slot.sampler = None if sampling.plain_greedy else self.engine.make_sampler(sampling, prompt)
         slot.max_tokens, slot.generated, slot.last, slot.index = max_tokens, 0, None, -1
         slot.logprobs = logprobs
-        if slot.sampler is None and logprobs is None and self.engine.backend_greedy:  # logprobs need the host row
+        slot.drafter = slot.policy = None
+        if self.draft is not None and sampling.plain_greedy and logprobs is None:
+            from .llamacpp_spec import verify_costs
+
+            slot.drafter = LookupDrafter(self.draft, prompt)
+            slot.policy = Policy(verify_costs(self.engine, 0, prompt[0]), stats=SpecStats())
+        elif slot.sampler is None and logprobs is None and self.engine.backend_greedy:  # logprobs: the host row
             slot.greedy = attach_greedy(self._ctx, slot.seq)
 
     def cancel(self, request: str) -> None:
@@ -108,6 +129,9 @@ class BatchDecoder:
                 self._free(slot)
 
     def _free(self, slot: _Slot) -> None:
+        if slot.policy is not None and slot.request is not None:
+            self.finished_stats[slot.request] = (slot.policy.stats.drafted, slot.policy.stats.accepted)
+            slot.policy = slot.drafter = None
         if slot.sampler is not None:
             lc.llama_sampler_free(slot.sampler)
         if slot.greedy is not None:
@@ -118,21 +142,42 @@ class BatchDecoder:
     # -- one step -----------------------------------------------------------------------------
 
     def step(self) -> list[StepEvent]:
-        """Decode one batch; return the token each slot with logits sampled (and whether it ended)."""
+        """Decode one batch; return the tokens each slot with logits sampled (and whether it ended):
+        one, or with a verified draft the accepted ones and the model's next."""
         if not self._fill():
             return []
         rc = lc.llama_decode(self._ctx, self._batch)
         if rc != 0:
             raise EngineError(f"llama.cpp decode failed (code {rc}): {last_errors()}")
-        return [self._sample(s) for s in self.slots if s.request is not None and s.index >= 0]
+        events: list[StepEvent] = []
+        for slot in self.slots:
+            if slot.request is not None and slot.index >= 0:
+                events += self._verify(slot) if slot.draft else [self._sample(slot)]
+        return events
 
     def _fill(self) -> int:
         b, n = self._batch, 0
+        generating = [s for s in self.slots if s.request is not None and s.last is not None]
         for slot in self.slots:
-            slot.index = -1
-            if slot.request is not None and slot.last is not None:
-                n = self._put(b, n, slot, [slot.last], logits_last=True)
-                slot.last = None
+            slot.index, slot.draft, slot.decoded = -1, [], None
+        size, expected = len(generating), float(len(generating))  # the step's tokens, and what they yield
+        for slot in generating:
+            slot.decoded, slot.last = slot.last, None
+            assert slot.decoded is not None
+            if slot.drafter is not None and slot.policy is not None:  # a draft joins if the step's rate rises
+                found = slot.drafter.draft(slot.decoded)
+                room = min(self.n_batch - size, self.ctx_per_slot - slot.n_past - 1)
+                k = slot.policy.depth(min(len(found), room), size, expected) if room > 0 else 0
+                if k > 0:
+                    slot.draft, size, expected = found[:k], size + k, expected + slot.policy.expected(k)
+                elif found:
+                    slot.policy.declined(found)
+            first = n
+            n = self._put(b, n, slot, [slot.decoded, *slot.draft], logits_last=True)
+            if slot.draft:  # every row: the sampled token's and each drafted token's
+                for row in range(first, n):
+                    b.logits[row] = True
+                slot.index = first
         for slot in self.slots:
             room = self.n_batch - n
             if slot.request is None or not slot.pending or room <= 0:
@@ -164,8 +209,14 @@ class BatchDecoder:
             token = argmax_token(self._ctx, slot.index, self.engine.n_vocab)
         else:
             token = lc.llama_sampler_sample(slot.sampler, self._ctx, slot.index)
-        slot.generated += 1
         scores = self._logprobs(slot.index, token, slot.logprobs) if slot.logprobs is not None else (None, ())
+        if slot.drafter is not None and slot.policy is not None and slot.decoded is not None:
+            slot.drafter.add([slot.decoded])
+            slot.policy.decoded(token)
+        return self._emit(slot, request, token, scores)
+
+    def _emit(self, slot: _Slot, request: str, token: int, scores: Any = (None, ())) -> StepEvent:
+        slot.generated += 1
         finish = None
         if self.engine.is_end_of_generation(token):
             finish = "stop"
@@ -176,6 +227,35 @@ class BatchDecoder:
         else:
             self._free(slot)
         return StepEvent(request, token, finish, *scores)
+
+    def _verify(self, slot: _Slot) -> list[StepEvent]:
+        """A slot's draft against its rows: the drafted tokens up to the first disagreement are
+        accepted, then the model's own token; the cells past them are removed."""
+        import numpy as np
+
+        assert slot.request is not None and slot.policy is not None and slot.drafter is not None
+        request, draft, k = slot.request, slot.draft, len(slot.draft)
+        rows = [np.ctypeslib.as_array(lc.llama_get_logits_ith(self._ctx, slot.index + i), shape=(self.engine.n_vocab,))
+                for i in range(k + 1)]  # fmt: skip
+        predicted = [int(r.argmax()) for r in rows]
+        accepted = 0
+        while accepted < k and predicted[accepted] == draft[accepted]:
+            accepted += 1
+        slot.policy.verified(k, accepted)
+        self.spec_stats.verifies += 1
+        self.spec_stats.drafted += k
+        self.spec_stats.accepted += accepted
+        keep = slot.n_past - k + accepted  # the sampled token and the accepted drafts stay
+        lc.llama_memory_seq_rm(self._mem, slot.seq, keep, -1)
+        slot.n_past, slot.cached = keep, slot.cached[:keep]
+        slot.drafter.add([slot.decoded, *draft[:accepted]])  # type: ignore[list-item]
+        events = []
+        for token in [*draft[:accepted], predicted[accepted]]:
+            events.append(self._emit(slot, request, token))
+            if slot.request is None:  # it ended (end token, max_tokens, the context)
+                break
+        slot.last = None if slot.request is None else predicted[accepted]
+        return events
 
     def _logprobs(self, index: int, token: int, k: int) -> tuple[float, tuple[tuple[int, float], ...]]:
         import numpy as np

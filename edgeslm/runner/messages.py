@@ -59,6 +59,8 @@ class Done:
     prompt_seconds: float
     generation_seconds: float
     prompt_ids: tuple[int, ...] = field(default=(), repr=False)
+    drafted: int = 0  # speculative decoding: draft tokens verified, and accepted
+    accepted: int = 0
 
 
 @dataclass(frozen=True)
@@ -74,7 +76,8 @@ def event_from(msg: Message) -> Chunk | Done:
         return Chunk(msg["text"], msg["token"], msg.get("logprob"), top, msg.get("piece", ""))
     if msg["op"] == "done":
         fields = ("prompt_tokens", "completion_tokens", "prompt_seconds", "generation_seconds")
-        return Done(msg["finish"], **{k: msg[k] for k in fields}, prompt_ids=tuple(msg.get("prompt_ids", ())))
+        return Done(msg["finish"], **{k: msg[k] for k in fields}, prompt_ids=tuple(msg.get("prompt_ids", ())),
+                    drafted=int(msg.get("drafted", 0)), accepted=int(msg.get("accepted", 0)))  # fmt: skip
     raise error_from(msg)
 
 

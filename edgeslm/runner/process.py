@@ -76,12 +76,13 @@ class Runner:
         prompt_cache: bool = True,  # a freed slot's cells serve the next prompt sharing their prefix
         load_timeout: float = LOAD_TIMEOUT,
         close_timeout: float = CLOSE_TIMEOUT,
+        draft: tuple[int, int] | None = None,  # prompt-lookup speculative decoding (n, m)
         worker: Sequence[str] = WORKER,  # the command that starts the worker (tests start fakes)
     ) -> None:
         self.name, self.close_timeout = name, close_timeout
         args = json.dumps({
             "name": name, "slots": slots, "ctx_per_slot": ctx_per_slot, "threads": threads, "home": home,
-            "prompt_cache": prompt_cache,
+            "prompt_cache": prompt_cache, "draft": draft,
         })  # fmt: skip
         self._proc = subprocess.Popen(
             [*worker, args], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,

@@ -23,6 +23,7 @@ from ..engines.base import SamplingParams, open_batch
 from ..errors import ContextOverflowError, EdgeslmError, InvalidParameterError
 from ..framing import LineReader, error_message, send
 from ..generation import TextStream, load
+from ..speculation import LookupConfig
 from ..tools.grammar import job_grammar
 from ..tools.native import FAMILIES, ToolFormat
 
@@ -45,10 +46,11 @@ class _Request:
     kept: frozenset[int] = frozenset()  # special tokens whose text is kept (a tool format's markers)
 
 
-def serve(name: str, slots: int, ctx_per_slot: int, threads: int | None, home: str | None, reuse: bool) -> None:
+def serve(name: str, slots: int, ctx_per_slot: int, threads: int | None, home: str | None, reuse: bool,
+          draft: LookupConfig | None = None) -> None:  # fmt: skip
     settings = resolve_settings(home=home, offline=True)
     model = load(name, ctx=min(ctx_per_slot, 512), threads=threads, settings=settings)
-    batch = open_batch(model.engine, slots, ctx_per_slot, reuse=reuse)
+    batch = open_batch(model.engine, slots, ctx_per_slot, reuse=reuse, draft=draft)
     ready = {"op": "ready", "name": model.name, "slots": slots, "ctx_per_slot": ctx_per_slot, "pid": os.getpid()}
     send({**ready, "n_vocab": model.engine.n_vocab, "chat": model.has_chat_template})
     lines, waiting, running = LineReader(sys.stdin.fileno()), deque[_Request](), dict[str, _Request]()
@@ -77,6 +79,7 @@ def _handle(raw: bytes, model: Any, batch: Any, waiting: deque[_Request], runnin
     rid = str(msg.get("id"))
     if msg["op"] == "cancel":
         batch.cancel(rid)
+        getattr(batch, "finished_stats", {}).pop(rid, None)
         running.pop(rid, None)
         for r in [r for r in waiting if r.id == rid]:
             waiting.remove(r)
@@ -198,6 +201,9 @@ def _emit(model: Any, batch: Any, running: dict[str, _Request], ev: Any) -> None
         "op": "done", "id": rid, "finish": finish, "prompt_tokens": len(r.tokens), "completion_tokens": r.count,
         "prompt_seconds": r.first - r.received, "generation_seconds": now - r.first,
     }  # fmt: skip
+    spec = getattr(batch, "finished_stats", {}).pop(rid, None)  # speculative decoding's (drafted, accepted)
+    if spec is not None:
+        done["drafted"], done["accepted"] = spec
     if r.want_ids:
         done["prompt_ids"] = r.tokens
     send(done)
@@ -207,7 +213,8 @@ def main() -> None:
     args = json.loads(sys.argv[1])
     try:
         name, slots, ctx, threads, home = (args.get(k) for k in ("name", "slots", "ctx_per_slot", "threads", "home"))
-        serve(name, slots, ctx, threads, home, args.get("prompt_cache", True))
+        draft = LookupConfig(*args["draft"]) if args.get("draft") else None
+        serve(name, slots, ctx, threads, home, args.get("prompt_cache", True), draft)
     except EdgeslmError as exc:
         send(error_message(exc, "failed"))
         sys.exit(1)

@@ -49,6 +49,7 @@ class ManagerParams:
     prompt_cache: bool = True
     load_timeout: float = LOAD_TIMEOUT  # seconds a runner may take to load before it is killed
     pinned: tuple[str, ...] = ()  # models kept loaded through keep_alive and eviction (serve --pin)
+    draft: tuple[int, int] | None = None  # prompt lookup (n, m) in every llama.cpp runner (serve --draft)
 
 
 @dataclass
@@ -176,6 +177,7 @@ class ModelManager:
             runner = self.factory(
                 entry.name, slots=p.slots, ctx_per_slot=p.ctx_per_slot, threads=p.threads,
                 home=str(self.settings.home), prompt_cache=p.prompt_cache, load_timeout=p.load_timeout,
+                **({"draft": p.draft} if p.draft else {}),  # type: ignore[arg-type]
             )  # fmt: skip
         except BaseException as exc:
             with self._lock:

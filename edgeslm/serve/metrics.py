@@ -46,6 +46,11 @@ class Metrics:
         self.requests = Counter("edgeslm_requests", "HTTP requests", ["route", "status"], registry=r)
         self.prompt_tokens = Counter("edgeslm_prompt_tokens", "Prompt tokens processed", ["model"], registry=r)
         self.generated_tokens = Counter("edgeslm_generated_tokens", "Tokens generated", ["model"], registry=r)
+        self.draft_tokens = Counter("edgeslm_draft_tokens", "Speculative draft tokens verified", ["model"], registry=r)
+        self.draft_accepted = Counter(
+            "edgeslm_draft_accepted_tokens", "Speculative draft tokens accepted (rate: accepted / draft)", ["model"],
+            registry=r,
+        )  # fmt: skip
         self.ttft = Histogram(
             "edgeslm_time_to_first_token_seconds", "From request to first token", ["model"], buckets=TTFT_BUCKETS,
             registry=r,

@@ -10,6 +10,7 @@ from pathlib import Path
 from ..config import DEFAULT_MODEL
 from ..errors import UsageError
 from ..runner import LOAD_TIMEOUT
+from ..speculation import LookupConfig
 from .limits import MAX_BODY
 
 DEFAULT_PORT = 8434  # not Ollama's 11434: both can run side by side
@@ -37,6 +38,7 @@ class ServeOptions:
     pin: tuple[str, ...] = ()  # models loaded at start and kept loaded (never expired or evicted)
     prompt_cache: bool = True
     load_timeout: float = LOAD_TIMEOUT  # seconds a model may take to load before its runner is killed
+    draft: tuple[int, int] | None = None  # prompt-lookup speculative decoding (n, m) for greedy requests
 
     @property
     def loopback(self) -> bool:
@@ -55,6 +57,8 @@ def check_options(options: ServeOptions) -> None:
             "create keys with 'edgeslm keys add FILE --id NAME --role user' and pass that FILE as api_keys",
             params="api_keys",
         )
+    if options.draft is not None:
+        LookupConfig(*options.draft)  # the n-gram settings' ranges, checked before anything starts
     if not 1 <= options.parallel <= 256:
         raise UsageError(f"parallel {options.parallel} is out of range; valid: 1 to 256", params="parallel")
     if not 64 <= options.ctx <= 1 << 20:

@@ -182,6 +182,9 @@ class Generation:
                     self.done = event
                     metrics.prompt_tokens.labels(model).inc(event.prompt_tokens)
                     metrics.generated_tokens.labels(model).inc(event.completion_tokens)
+                    if event.drafted:
+                        metrics.draft_tokens.labels(model).inc(event.drafted)
+                        metrics.draft_accepted.labels(model).inc(event.accepted)
                     note(self.request, tokens_in=event.prompt_tokens, tokens_out=event.completion_tokens)
                 yield event
                 event = await next_event(self._events, model)

@@ -4,7 +4,9 @@ on this machine, and the acceptance seen so far.
 Verifying a draft of k tokens decodes k + 1 tokens in one batch and yields 1 + (accepted) tokens;
 with a per-token acceptance a (each drafted token accepted only if all before it were), a verify
 yields 1 + a + ... + a^k tokens on average, for cost(k + 1) plain steps. The policy verifies the
-depth with the best ratio if it beats plain decoding (``MARGIN``), else declines; a declined
+depth with the best ratio if it beats plain decoding (``MARGIN``), else declines. In a batch of
+several slots the same rule holds for the whole step: a draft is verified only if the step's
+expected tokens per unit of time rise, so one slot's draft cannot slow the others down; a declined
 draft is still scored against the tokens plain decoding then produces (free for a lookup draft),
 so acceptance keeps being learnt and speculation comes back on when it would pay again.
 """
@@ -15,7 +17,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 MARGIN = 1.05  # expected speed-up below which a draft is not verified
-PRIOR = 0.5  # acceptance before anything is seen
+PRIOR = 0.7  # acceptance before anything is seen (a lookup draft exists only where n tokens matched)
 WEIGHT = 0.1  # the weight of each scored token in the running acceptance
 
 
@@ -57,16 +59,23 @@ class Policy:
         (s0, c0), (s1, c1) = points[-2], points[-1]
         return c1 + (c1 - c0) / (s1 - s0) * (size - s1)
 
-    def depth(self, available: int) -> int:
-        """How many of ``available`` drafted tokens to verify; 0: decode plainly."""
+    def depth(self, available: int, batch: int = 1, expected: float | None = None) -> int:
+        """How many of ``available`` drafted tokens to verify; 0: decode plainly. ``batch``: the
+        tokens already in this step's batch, ``expected``: the tokens they are expected to yield
+        (other slots' replies and drafts); the draft must raise the step's tokens per second."""
         if available <= 0:
             return 0
-        best_k, best = 0, MARGIN
+        expected = float(batch) if expected is None else expected
+        best_k, best = 0, MARGIN * expected / self.cost(batch)
         for k in range(1, available + 1):
-            gain = expected_gain(self.acceptance, k, self.cost(k + 1))
-            if gain > best:
-                best_k, best = k, gain
+            rate = (expected + sum(self.acceptance**i for i in range(1, k + 1))) / self.cost(batch + k)
+            if rate > best:
+                best_k, best = k, rate
         return best_k
+
+    def expected(self, k: int) -> float:
+        """Tokens a verify of k drafted tokens is expected to yield beyond the sampled one."""
+        return sum(self.acceptance**i for i in range(1, k + 1))
 
     def verified(self, drafted: int, accepted: int) -> None:
         self.stats.verifies += 1
