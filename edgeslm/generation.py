@@ -192,6 +192,29 @@ def load(
     return Model(found.name, found.path, found.info, loaded, seconds, loaded.chat_template())
 
 
+def load_draft(name: str, target: Model, *, threads: int | None = None, settings: Settings | None = None) -> Model:
+    """A draft model for ``target``: loaded with the target's context, refused unless it runs on
+    llama.cpp, was trained for that context, and spells every token as the target does."""
+    draft = load(name, ctx=target.engine.n_ctx, threads=threads, settings=settings)
+    try:
+        if draft.engine.name != "llama.cpp" or target.engine.name != "llama.cpp":
+            raise InvalidParameterError("a draft model drafts for a GGUF model (llama.cpp) and is one", params="draft")
+        trained = draft.info.context_length
+        if trained and trained < target.engine.n_ctx:
+            raise InvalidParameterError(
+                f"the draft model {draft.name} was trained for {trained:,} tokens of context and this run holds "
+                f"{target.engine.n_ctx:,}: set ctx to {trained} or less, or draft with a longer-context model",
+                params="draft",
+            )
+        from .engines.llamacpp_spec import check_vocabulary
+
+        check_vocabulary(target.engine, draft.engine, (target.name, draft.name))  # type: ignore[arg-type]
+    except BaseException:
+        draft.close()
+        raise
+    return draft
+
+
 def _peak_rss() -> int:
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return int(peak if sys.platform == "darwin" else peak * 1024)
@@ -255,11 +278,12 @@ def stream_generate(
     max_tokens: int = -1,
     sampling: SamplingParams | None = None,
     stop: Sequence[str] = (),
-    draft: LookupConfig | None = None,
+    draft: LookupConfig | Model | None = None,
     spec_stats: SpecStats | None = None,
 ) -> Iterator[GenerationChunk]:
     """Yield a chunk per generated token, then a closing chunk whose ``finish_reason`` is set.
-    ``draft``: speculative decoding with prompt-lookup drafts (counted in ``spec_stats``)."""
+    ``draft``: speculative decoding with prompt-lookup drafts or a draft model (``load_draft``),
+    counted in ``spec_stats``."""
     check_max_tokens(max_tokens)
     sampling = sampling or SamplingParams()
     tokens = model.prompt_tokens(prompt)
@@ -290,7 +314,8 @@ def stream_generate(
                 f"speculative decoding (--draft) is available for GGUF models (llama.cpp); {model.name} is not one",
                 params="draft",
             )
-        generated = speculate(tokens, sampling, draft, spec_stats if spec_stats is not None else SpecStats())
+        drafts = draft.engine if isinstance(draft, Model) else draft
+        generated = speculate(tokens, sampling, drafts, spec_stats if spec_stats is not None else SpecStats())
     for token in generated:
         if first is None:
             first = time.perf_counter()

@@ -222,3 +222,42 @@ def test_serve_draft_lookup_counts_drafts_in_metrics(
 def _metric(text: str, name: str) -> float:
     lines = [line for line in text.splitlines() if line.startswith(name + "{")]
     return sum(float(line.rsplit(" ", 1)[1]) for line in lines)
+
+
+def test_a_draft_model_drafts_losslessly_and_bad_drafts_are_refused(tmp_path: Path, home: Path, cli: Cli) -> None:
+    """A draft model: the target's own file drafts every token right (all accepted, the same text);
+    a model with another vocabulary, or trained for less context than the run holds, is refused;
+    a draft model that is not stored is named. The policy then tries a draft model only now and
+    then (its drafts cannot be scored for free)."""
+    from edgeslm.generation import load_draft
+
+    target_path = write_runnable_model(tmp_path / "t.gguf", seed=5)
+    target = load(str(target_path), ctx=256)
+    target.engine._verify_costs = {1: 1.0, 4: 1.1, 16: 1.5, 49: 3.0}  # type: ignore[attr-defined]
+    target.engine._step_seconds = 1.0  # type: ignore[attr-defined]
+    same = load_draft(str(target_path), target)
+    same.engine._verify_costs, same.engine._step_seconds = {1: 1.0}, 0.05  # type: ignore[attr-defined]
+    try:
+        greedy = SamplingParams(temperature=0)
+        stats = SpecStats()
+        spec = generate(target, "the cat sat on the mat", max_tokens=80, sampling=greedy, draft=same, spec_stats=stats)
+        plain = generate(target, "the cat sat on the mat", max_tokens=80, sampling=greedy)
+        assert spec.tokens == plain.tokens and stats.drafted > 20 and stats.accepted == stats.drafted
+        other = write_runnable_model(tmp_path / "o.gguf", seed=5, specials={"<tool_call>": 4})
+        with pytest.raises(InvalidParameterError, match="has 260 tokens, t.gguf 259: a draft model needs"):
+            load_draft(str(other), target)
+    finally:
+        same.close()
+        target.close()
+    longer = load(str(target_path), ctx=1024)
+    try:
+        with pytest.raises(InvalidParameterError, match="trained for 512 tokens of context and this run holds 1,024"):
+            load_draft(str(target_path), longer)
+    finally:
+        longer.close()
+    assert cli("import", str(target_path), "--name", "tiny").code == 0
+    missing = cli("run", "tiny", "hello", "--draft", "nope:q2_k", "--temperature", "0", "--max-tokens", "4")
+    assert missing.code == 67 and "nope:q2_k" in missing.err
+    policy = Policy({1: 1.0, 4: 4.0}, prior=0.1, draft_cost=0.5, probe_every=4)
+    tries = [step for step in range(200) if policy.depth(8)]
+    assert tries[:3] == [3, 11, 27]  # after 4, then 8, then 16 declined steps

@@ -14,7 +14,7 @@ from ..bench import BenchParams, BenchResult, bench_models
 from ..config import DEFAULT_MODEL, Settings
 from ..engines.base import SamplingParams
 from ..errors import InvalidNameError
-from ..generation import GenerationChunk, Model, embed, load, resolve_model, stream_generate
+from ..generation import GenerationChunk, Model, embed, load, load_draft, resolve_model, stream_generate
 from ..sources.builtin import BUILTINS
 from ..speculation import LookupConfig, SpecStats
 from ..store import Store, parse_name
@@ -50,9 +50,9 @@ def configure(sub: Any) -> None:
     p.add_argument("--verbose", dest="timings", action="store_true", help="print Ollama-style timings")
     p.add_argument(
         "--draft",
-        choices=["lookup"],
-        help="speculative decoding, greedy: 'lookup' drafts from the prompt (llama.cpp's ngram-simple), "
-        "verified in batches when the measured cost says so",
+        metavar="lookup|MODEL",
+        help="speculative decoding, greedy: 'lookup' drafts from the prompt (llama.cpp's ngram-simple), a MODEL "
+        "with the same vocabulary drafts with its own decoding; verified in batches when the measured cost says so",
     )
     d = LookupConfig()
     p.add_argument("--draft-n", type=int, default=d.n, help=f"lookup: the n-gram matched (default {d.n})")
@@ -135,6 +135,9 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
     ensure_pulled(name, settings)
     model = load(name, ctx=args.ctx, threads=args.threads, settings=settings)
     try:
+        if args.draft and args.draft != "lookup":
+            ensure_pulled(args.draft, settings)
+            args.lookup = load_draft(args.draft, model, threads=args.threads, settings=settings)
         if not model.has_chat_template:
             status(f"{model.name} has no chat template: running as plain completion")
         if prompt is None and not args.interactive and not sys.stdin.isatty():
@@ -146,6 +149,8 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
         _stream(model, request, args, sampling)
         return 0
     finally:
+        if isinstance(args.lookup, Model):
+            args.lookup.close()
         model.close()
 
 
@@ -171,11 +176,12 @@ def _stream(model: Model, prompt: Any, args: argparse.Namespace, sampling: Sampl
     return "".join(parts)
 
 
-def _print_speculation(config: LookupConfig, stats: SpecStats, sampling: SamplingParams) -> None:
+def _print_speculation(draft: LookupConfig | Model, stats: SpecStats, sampling: SamplingParams) -> None:
     if not sampling.plain_greedy:
-        status(f"{'draft:':22}off (lookup verifies greedy decoding only: temperature 0, no grammar or penalty)")
+        status(f"{'draft:':22}off (drafts are verified for greedy decoding only: temperature 0, no grammar or penalty)")
         return
-    status(f"{'draft:':22}lookup (n {config.n}, m {config.m})")
+    kind = f"model {draft.name}" if isinstance(draft, Model) else f"lookup (n {draft.n}, m {draft.m})"
+    status(f"{'draft:':22}{kind}")
     status(f"{'draft accepted:':22}{stats.accepted}/{stats.drafted} token(s) ({stats.rate:.0%}) in {stats.verifies} "
            f"verify batch(es); {stats.declined} draft(s) not worth verifying")  # fmt: skip
 

@@ -325,12 +325,14 @@ class LlamaCppEngine:
             if sampler is not None:
                 lc.llama_sampler_free(sampler)
 
-    def generate_speculative(self, prompt: Sequence[int], sampling: SamplingParams, config: LookupConfig,
-                             stats: SpecStats) -> Generator[int, None, None]:  # fmt: skip
-        """``generate_tokens`` with prompt-lookup drafts verified in batches (``llamacpp_spec``)."""
+    def generate_speculative(
+        self, prompt: Sequence[int], sampling: SamplingParams, draft: LookupConfig | LlamaCppEngine, stats: SpecStats
+    ) -> Generator[int, None, None]:
+        """``generate_tokens`` with drafts (prompt lookup, or a draft model's engine) verified in
+        batches (``llamacpp_spec``)."""
         from .llamacpp_spec import speculative_tokens
 
-        return speculative_tokens(self, prompt, sampling, config, stats)
+        return speculative_tokens(self, prompt, sampling, draft, stats)
 
     def embed(self, text: str) -> list[float]:
         tokens = self.tokenize(text)

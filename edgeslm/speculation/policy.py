@@ -19,6 +19,7 @@ from dataclasses import dataclass
 MARGIN = 1.05  # expected speed-up below which a draft is not verified
 PRIOR = 0.7  # acceptance before anything is seen (a lookup draft exists only where n tokens matched)
 WEIGHT = 0.1  # the weight of each scored token in the running acceptance
+MAX_PROBE_WAIT = 1024  # declined steps between two tries of a draft model, at most
 
 
 @dataclass
@@ -39,7 +40,11 @@ def expected_gain(acceptance: float, k: int, cost: float) -> float:
 
 
 class Policy:
-    def __init__(self, costs: Mapping[int, float], *, prior: float = PRIOR, stats: SpecStats | None = None) -> None:
+    def __init__(self, costs: Mapping[int, float], *, prior: float = PRIOR, stats: SpecStats | None = None,
+                 draft_cost: float = 0.0, probe_every: int = 0) -> None:  # fmt: skip
+        """``draft_cost``: what drafting one token costs, in plain steps (a draft model's decode;
+        0 for a lookup). ``probe_every``: after that many declined steps, verify a short draft to
+        learn acceptance again (a draft model's drafts cannot be scored for free)."""
         if 1 not in costs or any(size < 1 or ratio <= 0 for size, ratio in costs.items()):
             raise ValueError("costs: batch size -> time relative to one token, from size 1 on")
         self._costs = sorted(costs.items())
@@ -47,6 +52,7 @@ class Policy:
         self.stats = stats or SpecStats()
         self._shadow: list[int] = []
         self._shadow_hits = 0
+        self.draft_cost, self.probe_every, self._idle, self._wait = draft_cost, probe_every, 0, probe_every
 
     def cost(self, size: int) -> float:
         """A batch of ``size`` tokens in plain steps: measured points, linear between and beyond."""
@@ -68,9 +74,15 @@ class Policy:
         expected = float(batch) if expected is None else expected
         best_k, best = 0, MARGIN * expected / self.cost(batch)
         for k in range(1, available + 1):
-            rate = (expected + sum(self.acceptance**i for i in range(1, k + 1))) / self.cost(batch + k)
+            rate = (expected + self.expected(k)) / (self.cost(batch + k) + k * self.draft_cost)
             if rate > best:
                 best_k, best = k, rate
+        if best_k:
+            self._wait = self.probe_every  # paying again: the next try after a pause comes soon
+        elif self.probe_every:
+            self._idle += 1
+            if self._idle >= self._wait:  # a short try; each one that does not turn it back on waits twice as long
+                self._idle, self._wait, best_k = 0, min(2 * self._wait, MAX_PROBE_WAIT), min(2, available)
         return best_k
 
     def expected(self, k: int) -> float:
