@@ -72,12 +72,15 @@ def ours(model: Model, text: str, n: int, draft: LookupConfig | None) -> tuple[f
 
 
 def native_runs(server: Path, path: Path, prompts: list[list[int]], args: argparse.Namespace,
-                spec: bool) -> list[dict[str, Any]]:  # fmt: skip
+                spec: bool, draft_model: Path | None = None) -> list[dict[str, Any]]:  # fmt: skip
     """For each prompt (token ids, as edgeslm decodes them): median predicted tok/s, drafted,
     accepted, the tokens (llama-server, greedy)."""
     lookup = ["--spec-ngram-simple-size-n", str(args.draft_n), "--spec-ngram-simple-size-m", str(args.draft_m)]
     cmd = [str(server), "-m", str(path), "--port", str(args.port), "-c", str(args.ctx), "-np", "1", "-t",
            str(args.threads), "--spec-type", "ngram-simple" if spec else "none", *lookup]  # fmt: skip
+    if spec and draft_model is not None:
+        cmd[cmd.index("ngram-simple")] = "draft-simple"
+        cmd += ["-md", str(draft_model), "-tb", str(args.threads)]
     url = f"http://127.0.0.1:{args.port}"
     out = []
     with running(cmd, url):
@@ -95,21 +98,21 @@ def native_runs(server: Path, path: Path, prompts: list[list[int]], args: argpar
 
 
 @contextmanager
-def running(cmd: list[str], url: str) -> Iterator[None]:
+def running(cmd: list[str], url: str, ready: str = "/health") -> Iterator[None]:
     with tempfile.TemporaryFile() as log:
         proc = subprocess.Popen(cmd, stdout=log, stderr=log)
         try:
             deadline = time.monotonic() + 120
             while True:
                 if proc.poll() is not None:
-                    raise SystemExit(f"llama-server exited ({proc.returncode})")
+                    raise SystemExit(f"the server exited ({proc.returncode})")
                 try:
-                    if httpx.get(url + "/health", timeout=2).status_code == 200:
+                    if httpx.get(url + ready, timeout=2).status_code == 200:
                         break
                 except httpx.TransportError:
                     pass
                 if time.monotonic() > deadline:
-                    raise SystemExit("llama-server did not become ready")
+                    raise SystemExit("the server did not become ready")
                 time.sleep(0.2)
             yield
         finally:
@@ -196,6 +199,94 @@ def lossless(names: list[str], args: argparse.Namespace) -> None:
             model.close()
 
 
+def model_drafts(pairs: list[str], bin_dir: Path, args: argparse.Namespace) -> None:
+    """TARGET=DRAFT pairs of stored models: edgeslm's draft-model decoding against its plain, and
+    llama-server's draft-simple (its default depth 3) against its plain, on the same token ids."""
+    from edgeslm.config import resolve_settings
+    from edgeslm.generation import load_draft, resolve_model
+
+    settings = resolve_settings()
+    print("\n| target | draft | prompt | plain tok/s | draft tok/s | speed-up | accepted/drafted | identical "
+          "| native speed-up | native accepted/drafted |")  # fmt: skip
+    print("|---|---|---|---:|---:|---:|---:|---|---:|---:|")
+    for pair in pairs:
+        target_name, draft_name = pair.split("=")
+        target = load(target_name, ctx=args.ctx, threads=args.threads)
+        draft = load_draft(draft_name, target, threads=args.threads)
+        rows = []
+        try:
+            texts = prompt_texts(target)
+            for prompt, _, text in texts:
+                ids = token_ids(target, text)
+                plain_tps, spec_tps = [], []
+                for _ in range(args.reps):
+                    stats = SpecStats()
+                    plain = generate(target, ids, max_tokens=args.n, sampling=GREEDY)
+                    spec = generate(target, ids, max_tokens=args.n, sampling=GREEDY, draft=draft, spec_stats=stats)
+                    plain_tps.append(plain.last.generation_tps)
+                    spec_tps.append(spec.last.generation_tps)
+                rows.append((prompt, ids, statistics.median(plain_tps), statistics.median(spec_tps), stats,
+                             plain.tokens == spec.tokens))  # fmt: skip
+        finally:
+            draft.close()
+            target.close()
+        paths = [resolve_model(n, settings).path for n in (target_name, draft_name)]
+        ids_all = [r[1] for r in rows]
+        native_plain = native_runs(bin_dir / "llama-server", paths[0], ids_all, args, spec=False)
+        native_spec = native_runs(bin_dir / "llama-server", paths[0], ids_all, args, spec=True, draft_model=paths[1])
+        for (prompt, _, p, s, stats, same), np_, ns in zip(rows, native_plain, native_spec, strict=True):
+            print(f"| {target_name} | {draft_name} | {prompt} | {p:.1f} | {s:.1f} | {s / p:.2f}x | "
+                  f"{stats.accepted}/{stats.drafted} | {same} | {ns['tps'] / np_['tps']:.2f}x | "
+                  f"{ns['accepted']}/{ns['drafted']} |")  # fmt: skip
+
+
+def _client(url: str, name: str, texts: list[list[int]], n: int, first: int, totals: list[int]) -> None:
+    """One client: every prompt once, from ``first`` on; generated tokens added to ``totals``."""
+    for i in range(len(texts)):
+        body = {"model": name, "prompt": texts[(first + i) % len(texts)], "max_tokens": n, "temperature": 0}
+        totals.append(httpx.post(f"{url}/v1/completions", json=body, timeout=600).json()["usage"]["completion_tokens"])
+
+
+def _metric(text: str, name: str) -> float:
+    return sum(float(x.rsplit(" ", 1)[1]) for x in text.splitlines() if x.startswith(name + "{"))
+
+
+def serve_aggregate(name: str, args: argparse.Namespace) -> None:
+    """edgeslm serve with 4 busy slots, with and without --draft lookup: each of 4 clients sends the
+    five prompts in turn (greedy, ``-n`` tokens); aggregate generated tokens per second of wall time."""
+    import threading
+
+    model = load(name, ctx=args.ctx, threads=args.threads)
+    try:
+        texts = [token_ids(model, t) for _, _, t in prompt_texts(model)]
+    finally:
+        model.close()
+    url, results, metrics = f"http://127.0.0.1:{args.port}", {}, ""
+    for label, extra in (("plain", []), ("lookup", ["--draft", "lookup"])):
+        flags = ["--parallel", "4", "--ctx", str(args.ctx), "--threads", str(args.threads), "--no-prompt-cache"]
+        cmd = [sys.executable, "-m", "edgeslm", "serve", "--port", str(args.port), "--preload", name, *flags, *extra]
+        with running(cmd, url, "/api/version"):
+            _client(url, name, texts, args.n, 0, [])  # warm: the model loaded, the verify costs measured
+            totals: list[int] = []
+            workers = [threading.Thread(target=_client, args=(url, name, texts, args.n, c, totals)) for c in range(4)]
+            start = time.perf_counter()
+            for w in workers:
+                w.start()
+            for w in workers:
+                w.join()
+            results[label] = sum(totals) / (time.perf_counter() - start)
+            metrics = httpx.get(f"{url}/metrics").text
+    drafted, accepted = (
+        _metric(metrics, "edgeslm_draft_tokens_total"),
+        _metric(metrics, "edgeslm_draft_accepted_tokens_total"),
+    )
+    print(
+        f"\nserve, 4 busy slots, {name}: plain {results['plain']:.1f} tok/s, --draft lookup "
+        f"{results['lookup']:.1f} tok/s ({results['lookup'] / results['plain']:.2f}x); "
+        f"drafts accepted {accepted:.0f}/{drafted:.0f}"
+    )
+
+
 def report(rows: list[dict[str, Any]]) -> None:
     print(
         "| model | prompt | kind | plain tok/s | lookup tok/s | speed-up | accepted/drafted | declined | identical "
@@ -227,7 +318,11 @@ def main() -> None:
     parser.add_argument("--port", type=int, default=8493)
     parser.add_argument("--draft-n", type=int, default=LookupConfig().n)
     parser.add_argument("--draft-m", type=int, default=LookupConfig().m)
-    parser.add_argument("--sections", default="speed,lossless", help="speed (the table), lossless (per type)")
+    parser.add_argument("--sections", default="speed,lossless,draft,serve",
+                        help="speed (lookup), lossless (per type), draft (draft models), serve (4 slots)")  # fmt: skip
+    parser.add_argument("--pairs", nargs="*", default=["smollm2-135m-instruct:f16=smollm2-135m-instruct:q8_0",
+                        "smollm2-135m-instruct:f16=smollm2-135m-instruct:q4_0"],
+                        help="draft: TARGET=DRAFT stored models")  # fmt: skip
     parser.add_argument("--batch", type=int, default=8, help="lossless: the verify batch size compared")
     parser.add_argument("--types", nargs="*", default=["smollm2-135m-instruct:f16", "smollm2-135m-instruct:q8_0",
                         "smollm2-135m-instruct:q4_0", "smollm2-135m-instruct:latest", "smollm2-135m-instruct:q4_k_m",
@@ -246,6 +341,11 @@ def main() -> None:
         report(rows)
     if "lossless" in sections:
         lossless(args.types, args)
+    if "draft" in sections:
+        model_drafts(args.pairs, bin_dir, args)
+    if "serve" in sections:
+        for name in args.models or ["smollm2-135m-instruct", "gemma3-270m"]:
+            serve_aggregate(name, args)
 
 
 if __name__ == "__main__":

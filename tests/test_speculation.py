@@ -261,3 +261,15 @@ def test_a_draft_model_drafts_losslessly_and_bad_drafts_are_refused(tmp_path: Pa
     policy = Policy({1: 1.0, 4: 4.0}, prior=0.1, draft_cost=0.5, probe_every=4)
     tries = [step for step in range(200) if policy.depth(8)]
     assert tries[:3] == [3, 11, 27]  # after 4, then 8, then 16 declined steps
+
+
+def test_verify_steps_slower_than_modelled_turn_drafts_down() -> None:
+    """The cost model is corrected by the clock: verify steps that take 10x what it predicts (two
+    models' weights through one cache) raise the correction until drafts are declined."""
+    policy = Policy({1: 1.0, 4: 1.2, 16: 2.0, 49: 5.0}, prior=0.9, draft_cost=0.2)
+    assert policy.depth(8) > 0
+    policy.timed(0.01, 0)
+    for _ in range(10):
+        k = policy.depth(8) or 4
+        policy.timed(10 * 0.01 * (policy.cost(k + 1) + k * 0.2), k)
+    assert policy.correction > 5 and policy.depth(8) == 0

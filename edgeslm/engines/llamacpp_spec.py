@@ -93,16 +93,25 @@ class ModelDrafter:
     def add(self, tokens: Sequence[int]) -> None:
         self.history.extend(tokens)
 
+    def prefill(self) -> None:
+        """The prompt into the draft model's cache, with the target's (as llama.cpp's speculative
+        examples do): a later draft decodes only what was generated since."""
+        self._decode_from(0, self.history)
+        self.cached = list(self.history)
+
+    def _decode_from(self, start: int, tokens: Sequence[int]) -> None:
+        engine = self.engine
+        lc.llama_memory_seq_rm(lc.llama_get_memory(engine._ctx), 0, start, -1)
+        for at in range(start, len(tokens), engine.params.n_batch):
+            piece = tokens[at : at + engine.params.n_batch]
+            engine._fill_batch(self._batch, piece, at, at + len(piece) - 1)
+            engine._decode(engine._ctx, self._batch)
+
     def draft(self, sampled: int, k: int) -> list[int]:
         engine, want = self.engine, [*self.history, sampled]
         if k <= 0 or len(want) + k > engine.n_ctx:
             return []
-        keep = min(_shared(self.cached, want), len(want) - 1)
-        lc.llama_memory_seq_rm(lc.llama_get_memory(engine._ctx), 0, keep, -1)
-        for start in range(keep, len(want), engine.params.n_batch):
-            piece = want[start : start + engine.params.n_batch]
-            engine._fill_batch(self._batch, piece, start, start + len(piece) - 1)
-            engine._decode(engine._ctx, self._batch)
+        self._decode_from(min(_shared(self.cached, want), len(want) - 1), want)
         self.cached, out = want, [argmax_token(engine._ctx, -1, engine.n_vocab)]
         while len(out) < k:
             engine._fill_batch(self._batch, [out[-1]], len(self.cached), len(self.cached))
@@ -148,6 +157,7 @@ def speculative_tokens(
     else:
         verify_costs(draft, 0, last)
         drafter, depth_max = ModelDrafter(draft, prompt), DRAFT_MAX
+        drafter.prefill()
         ratio = draft._step_seconds / engine._step_seconds  # type: ignore[attr-defined]
         policy = Policy(costs, stats=stats, draft_cost=ratio, probe_every=PROBE_EVERY)
     batch = lc.llama_batch_init(depth_max + 1, 0, 1)
@@ -156,7 +166,7 @@ def speculative_tokens(
             yield last
             if n_past >= n_ctx:
                 return
-            room = n_ctx - n_past - 1
+            room, started = n_ctx - n_past - 1, time.perf_counter()
             if isinstance(drafter, LookupDrafter):
                 found = drafter.draft(last)
                 k = min(policy.depth(len(found)), room)
@@ -173,6 +183,7 @@ def speculative_tokens(
                 n_past += 1
                 last = argmax_token(ctx, -1, n_vocab)
                 policy.decoded(last)
+                policy.timed(time.perf_counter() - started, 0)
                 continue
             tokens = [last, *found[:k]]
             engine._fill_batch(batch, tokens, n_past, n_past)
@@ -182,6 +193,7 @@ def speculative_tokens(
             while accepted < k and predicted[accepted] == found[accepted]:
                 accepted += 1
             policy.verified(k, accepted)
+            policy.timed(time.perf_counter() - started, k)
             drafter.add(tokens[: 1 + accepted])
             n_past += 1 + accepted
             lc.llama_memory_seq_rm(mem, 0, n_past, -1)

@@ -20,6 +20,7 @@ MARGIN = 1.05  # expected speed-up below which a draft is not verified
 PRIOR = 0.7  # acceptance before anything is seen (a lookup draft exists only where n tokens matched)
 WEIGHT = 0.1  # the weight of each scored token in the running acceptance
 MAX_PROBE_WAIT = 1024  # declined steps between two tries of a draft model, at most
+TIMING_WEIGHT = 0.3  # the weight of each timed verify step in the cost correction
 
 
 @dataclass
@@ -53,6 +54,8 @@ class Policy:
         self._shadow: list[int] = []
         self._shadow_hits = 0
         self.draft_cost, self.probe_every, self._idle, self._wait = draft_cost, probe_every, 0, probe_every
+        self.correction = 1.0  # measured verify time over the modelled one (``timed``)
+        self._plain_seconds: float | None = None
 
     def cost(self, size: int) -> float:
         """A batch of ``size`` tokens in plain steps: measured points, linear between and beyond."""
@@ -74,7 +77,7 @@ class Policy:
         expected = float(batch) if expected is None else expected
         best_k, best = 0, MARGIN * expected / self.cost(batch)
         for k in range(1, available + 1):
-            rate = (expected + self.expected(k)) / (self.cost(batch + k) + k * self.draft_cost)
+            rate = (expected + self.expected(k)) / (self.correction * (self.cost(batch + k) + k * self.draft_cost))
             if rate > best:
                 best_k, best = k, rate
         if best_k:
@@ -84,6 +87,16 @@ class Policy:
             if self._idle >= self._wait:  # a short try; each one that does not turn it back on waits twice as long
                 self._idle, self._wait, best_k = 0, min(2 * self._wait, MAX_PROBE_WAIT), min(2, available)
         return best_k
+
+    def timed(self, seconds: float, k: int) -> None:
+        """A step's wall time (k = 0: plain). Verify steps that take longer than the model says
+        (two models' weights through one cache, say) raise ``correction``, and with it every
+        later step's cost, so a draft that loses in practice is verified less."""
+        if k == 0:
+            self._plain_seconds = seconds if self._plain_seconds is None else 0.8 * self._plain_seconds + 0.2 * seconds
+        elif self._plain_seconds:
+            modelled = self._plain_seconds * (self.cost(1 + k) + k * self.draft_cost)
+            self.correction += TIMING_WEIGHT * (seconds / modelled - self.correction)
 
     def expected(self, k: int) -> float:
         """Tokens a verify of k drafted tokens is expected to yield beyond the sampled one."""
