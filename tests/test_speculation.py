@@ -172,6 +172,7 @@ def test_slots_verify_their_drafts_in_one_batch_and_stay_lossless(tmp_path: Path
     replies = []
     for draft in (None, LookupConfig(n=1, m=6)):
         decoder = BatchDecoder(engine, 3, 256, draft=draft, reuse=False)
+        decoder._clock.record = lambda *_: None  # type: ignore[method-assign]  # the forced costs stay in force
         try:
             for rid, text in prompts.items():
                 decoder.add(rid, engine.tokenize(text, add_special=True), sampling[rid], 60)
@@ -273,3 +274,10 @@ def test_verify_steps_slower_than_modelled_turn_drafts_down() -> None:
         k = policy.depth(8) or 4
         policy.timed(10 * 0.01 * (policy.cost(k + 1) + k * 0.2), k)
     assert policy.correction > 5 and policy.depth(8) == 0
+    from edgeslm.engines.llamacpp_batch import StepClock
+
+    clock = StepClock()  # the batching runner's: whole steps, all slots together
+    clock.record(0.02, 2.0, drafted=False)  # 2 plain steps' worth in 20 ms: 10 ms a step
+    for _ in range(10):
+        clock.record(0.12, 3.0, drafted=True)  # modelled 30 ms, took 120
+    assert clock.unit == pytest.approx(0.01) and clock.correction == pytest.approx(4.0, rel=0.05)

@@ -17,6 +17,7 @@ without the HTTP.
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -87,6 +88,7 @@ class BatchDecoder:
         self.draft = draft  # prompt-lookup drafts for greedy requests, verified with the other slots' tokens
         self.spec_stats = SpecStats()
         self.finished_stats: dict[str, tuple[int, int]] = {}  # request -> (drafted, accepted), until read
+        self._clock = StepClock()  # corrects the drafts' modelled cost by the measured step times
 
     # -- requests -----------------------------------------------------------------------------
 
@@ -144,15 +146,22 @@ class BatchDecoder:
     def step(self) -> list[StepEvent]:
         """Decode one batch; return the tokens each slot with logits sampled (and whether it ended):
         one, or with a verified draft the accepted ones and the model's next."""
-        if not self._fill():
+        started = time.perf_counter()
+        prefill = any(s.request is not None and s.pending for s in self.slots)  # a prompt in the batch
+        n = self._fill()
+        if not n:
             return []
         rc = lc.llama_decode(self._ctx, self._batch)
         if rc != 0:
             raise EngineError(f"llama.cpp decode failed (code {rc}): {last_errors()}")
         events: list[StepEvent] = []
+        drafted = any(s.draft for s in self.slots)
         for slot in self.slots:
             if slot.request is not None and slot.index >= 0:
                 events += self._verify(slot) if slot.draft else [self._sample(slot)]
+        policy = next((s.policy for s in self.slots if s.policy is not None), None)
+        if policy is not None and not prefill:  # generation only: a step the cost model prices
+            self._clock.record(time.perf_counter() - started, policy.cost(n), drafted)
         return events
 
     def _fill(self) -> int:
@@ -167,6 +176,7 @@ class BatchDecoder:
             if slot.drafter is not None and slot.policy is not None:  # a draft joins if the step's rate rises
                 found = slot.drafter.draft(slot.decoded)
                 room = min(self.n_batch - size, self.ctx_per_slot - slot.n_past - 1)
+                slot.policy.correction = self._clock.correction
                 k = slot.policy.depth(min(len(found), room), size, expected) if room > 0 else 0
                 if k > 0:
                     slot.draft, size, expected = found[:k], size + k, expected + slot.policy.expected(k)
@@ -271,6 +281,22 @@ class BatchDecoder:
             lc.llama_batch_free(self._batch)
             lc.llama_free(self._ctx)
             self._ctx = None
+
+
+class StepClock:
+    """Steps without drafts say what one token's worth of step takes here; steps with drafts how
+    much longer than modelled they took (``correction``, shared by the slots' policies)."""
+
+    def __init__(self) -> None:
+        self.unit: float | None = None  # seconds per plain step of one token
+        self.correction = 1.0
+
+    def record(self, seconds: float, modelled: float, drafted: bool) -> None:
+        if not drafted:
+            unit = seconds / modelled
+            self.unit = unit if self.unit is None else 0.8 * self.unit + 0.2 * unit
+        elif self.unit:
+            self.correction += 0.3 * (seconds / (self.unit * modelled) - self.correction)
 
 
 def _shared(a: list[int], b: list[int]) -> int:
