@@ -9,27 +9,9 @@ are at least ``n`` of them. No index is kept: each lookup scans the history once
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 
-from ..errors import InvalidParameterError
-
-MAX_N = 256
-
-
-@dataclass(frozen=True)
-class LookupConfig:
-    n: int = 12  # llama.cpp's --spec-ngram-simple-size-n: the n-gram looked up
-    m: int = 48  # --spec-ngram-simple-size-m: the most tokens drafted
-
-    def __post_init__(self) -> None:
-        for name, value in (("n", self.n), ("m", self.m)):
-            if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= MAX_N:
-                raise InvalidParameterError(
-                    f"draft {name} {value!r} is out of range; valid: 1 to {MAX_N} tokens "
-                    f"(llama.cpp's defaults: n 12, m 48)", params=f"draft_{name}",
-                )  # fmt: skip
+from .config import LookupConfig
 
 
 def ngram_simple_draft(config: LookupConfig, history: np.ndarray, sampled: int) -> list[int]:
