@@ -20,10 +20,7 @@ import json
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +31,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from parity import model_files  # noqa: E402
+from serve_throughput import running  # noqa: E402
 
 from edgeslm.engines.base import SamplingParams  # noqa: E402
 from edgeslm.generation import Model, generate, load  # noqa: E402
@@ -83,7 +81,7 @@ def native_runs(server: Path, path: Path, prompts: list[list[int]], args: argpar
         cmd += ["-md", str(draft_model), "-tb", str(args.threads)]
     url = f"http://127.0.0.1:{args.port}"
     out = []
-    with running(cmd, url):
+    with running(cmd, url, "/health"):
         for ids in prompts:
             runs = []
             for _ in range(args.reps):
@@ -95,29 +93,6 @@ def native_runs(server: Path, path: Path, prompts: list[list[int]], args: argpar
                         "drafted": t.get("draft_n", 0), "accepted": t.get("draft_n_accepted", 0),
                         "tokens": tuple(runs[-1]["tokens"])})  # fmt: skip
     return out
-
-
-@contextmanager
-def running(cmd: list[str], url: str, ready: str = "/health") -> Iterator[None]:
-    with tempfile.TemporaryFile() as log:
-        proc = subprocess.Popen(cmd, stdout=log, stderr=log)
-        try:
-            deadline = time.monotonic() + 120
-            while True:
-                if proc.poll() is not None:
-                    raise SystemExit(f"the server exited ({proc.returncode})")
-                try:
-                    if httpx.get(url + ready, timeout=2).status_code == 200:
-                        break
-                except httpx.TransportError:
-                    pass
-                if time.monotonic() > deadline:
-                    raise SystemExit("the server did not become ready")
-                time.sleep(0.2)
-            yield
-        finally:
-            proc.terminate()
-            proc.wait(timeout=60)
 
 
 def measure(name: str, path: Path, bin_dir: Path, args: argparse.Namespace) -> list[dict[str, Any]]:

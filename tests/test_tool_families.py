@@ -228,6 +228,9 @@ def test_bounds_the_grammar_cannot_enforce_are_refused() -> None:
             "x": node}}}}  # fmt: skip
         with pytest.raises(InvalidParameterError, match="can be enforced on an integer only"):
             parse_tools([tool])
+    with pytest.raises(InvalidParameterError, match="no integer lies within its bounds"):
+        parse_tools([{"type": "function", "function": {"name": "f", "parameters": {"type": "integer", "minimum": 3,
+                                                                                 "exclusiveMaximum": 3}}}])  # fmt: skip
     with pytest.raises(InvalidParameterError, match="must be numbers"):
         parse_tools(
             [{"type": "function", "function": {"name": "f", "parameters": {"type": "integer", "minimum": "1"}}}]

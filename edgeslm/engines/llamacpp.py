@@ -361,6 +361,15 @@ class LlamaCppEngine:
         self.close()
 
 
+def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
+    """The length of the common prefix of ``a`` and ``b`` (a cache's tokens and a new sequence)."""
+    n = min(len(a), len(b))
+    for i in range(n):
+        if a[i] != b[i]:
+            return i
+    return n
+
+
 def argmax_token(ctx: lc.llama_context_p, index: int, n_vocab: int) -> int:
     """The most likely next token at batch row ``index``, read off llama.cpp's logits (no copy)."""
     import numpy as np

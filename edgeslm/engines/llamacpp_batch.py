@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 from ..errors import EngineError, InvalidParameterError
 from ..speculation import LookupConfig, LookupDrafter, Policy, SpecStats
 from .base import SamplingParams, StepEvent, check_slot_prompt, logprobs_of
-from .llamacpp import LlamaCppEngine, argmax_token, attach_greedy, detach_greedy, last_errors
+from .llamacpp import LlamaCppEngine, argmax_token, attach_greedy, common_prefix, detach_greedy, last_errors
 
 if TYPE_CHECKING:
     import llama_cpp as lc
@@ -105,8 +105,8 @@ class BatchDecoder:
         free = [s for s in self.slots if s.request is None]
         if not free:
             raise EngineError("no free slot")  # callers check free_slots() and queue
-        slot = max(free, key=lambda s: _shared(s.cached, prompt))
-        keep = min(_shared(slot.cached, prompt), len(prompt) - 1) if self.reuse else 0  # one token left to decode
+        slot = max(free, key=lambda s: common_prefix(s.cached, prompt))
+        keep = min(common_prefix(slot.cached, prompt), len(prompt) - 1) if self.reuse else 0  # one token left to decode
         if keep == 0 or not lc.llama_memory_seq_rm(self._mem, slot.seq, keep, -1):
             lc.llama_memory_seq_rm(self._mem, slot.seq, -1, -1)
             keep = 0
@@ -297,12 +297,3 @@ class StepClock:
             self.unit = unit if self.unit is None else 0.8 * self.unit + 0.2 * unit
         elif self.unit:
             self.correction += 0.3 * (seconds / (self.unit * modelled) - self.correction)
-
-
-def _shared(a: list[int], b: list[int]) -> int:
-    """The length of the common prefix of ``a`` and ``b``."""
-    n = min(len(a), len(b))
-    for i in range(n):
-        if a[i] != b[i]:
-            return i
-    return n

@@ -20,7 +20,7 @@ import numpy as np
 from ..errors import InvalidParameterError
 from ..speculation import LookupConfig, LookupDrafter, Policy, SpecStats
 from .base import SamplingParams
-from .llamacpp import argmax_token
+from .llamacpp import argmax_token, common_prefix
 
 if TYPE_CHECKING:
     import llama_cpp as lc
@@ -111,7 +111,7 @@ class ModelDrafter:
         engine, want = self.engine, [*self.history, sampled]
         if k <= 0 or len(want) + k > engine.n_ctx:
             return []
-        self._decode_from(min(_shared(self.cached, want), len(want) - 1), want)
+        self._decode_from(min(common_prefix(self.cached, want), len(want) - 1), want)
         self.cached, out = want, [argmax_token(engine._ctx, -1, engine.n_vocab)]
         while len(out) < k:
             engine._fill_batch(self._batch, [out[-1]], len(self.cached), len(self.cached))
@@ -122,14 +122,6 @@ class ModelDrafter:
 
     def close(self) -> None:
         lc.llama_batch_free(self._batch)
-
-
-def _shared(a: Sequence[int], b: Sequence[int]) -> int:
-    n = min(len(a), len(b))
-    for i in range(n):
-        if a[i] != b[i]:
-            return i
-    return n
 
 
 def speculative_tokens(

@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from ..engines.json_schema import BOUNDS
+from ..engines.json_schema import BOUNDS, integer_bounds
 from ..errors import InvalidParameterError
 
 MAX_TOOLS = 128
@@ -118,6 +118,9 @@ def check_schema(schema: Any, where: str) -> None:
             )
         if bounds and not all(_finite_number(node[b]) for b in bounds):
             raise InvalidParameterError(f"{where}: {', '.join(bounds)} must be numbers")
+        low, high = integer_bounds(node) if bounds else (None, None)
+        if low is not None and high is not None and low > high:
+            raise InvalidParameterError(f"{where}: no integer lies within its bounds ({low} to {high})")
     _check_refs(schema, where)
 
 
