@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import shutil
 from collections.abc import Callable
+from dataclasses import replace
 from itertools import islice
 from pathlib import Path
 from typing import Any
@@ -88,6 +89,13 @@ def test_the_policy_verifies_only_what_pays_and_comes_back() -> None:
     assert policy.stats.declined == 10 and policy.stats.drafted == 80 and policy.stats.rate == 0.0
 
 
+@pytest.fixture
+def forced_costs(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Tests that set the verify costs by hand keep them: the clock's correction is off."""
+    monkeypatch.setattr(Policy, "timed", lambda self, seconds, k: None)
+
+
+@pytest.mark.usefixtures("forced_costs")
 def test_speculative_greedy_equals_plain_greedy_on_a_tiny_model(tmp_path: Path) -> None:
     engine = open_engine("llama.cpp", write_runnable_model(tmp_path / "m.gguf", seed=5), LoadParams(n_ctx=512))
     prompt = engine.tokenize("the cat sat on the mat; the cat sat on the mat; the cat sat on the", add_special=True)
@@ -98,7 +106,7 @@ def test_speculative_greedy_equals_plain_greedy_on_a_tiny_model(tmp_path: Path) 
     spec = list(islice(engine.generate_speculative(prompt, greedy, LookupConfig(n=1, m=6), stats), 120))
     assert spec == plain
     assert stats.verifies > 5 and stats.drafted > 0
-    sampled = SamplingParams(temperature=0.8, seed=3)  # sampling decodes plainly (same seed, same text)
+    sampled = SamplingParams(temperature=0.8, seed=3, repeat_penalty=1.1)  # penalties decode plainly: same text
     stats = SpecStats()
     assert list(islice(engine.generate_speculative(prompt, sampled, LookupConfig(), stats), 40)) == list(
         islice(engine.generate_tokens(prompt, sampled), 40)
@@ -225,6 +233,7 @@ def _metric(text: str, name: str) -> float:
     return sum(float(line.rsplit(" ", 1)[1]) for line in lines)
 
 
+@pytest.mark.usefixtures("forced_costs")
 def test_a_draft_model_drafts_losslessly_and_bad_drafts_are_refused(tmp_path: Path, home: Path, cli: Cli) -> None:
     """A draft model: the target's own file drafts every token right (all accepted, the same text);
     a model with another vocabulary, or trained for less context than the run holds, is refused;
@@ -281,3 +290,40 @@ def test_verify_steps_slower_than_modelled_turn_drafts_down() -> None:
     for _ in range(10):
         clock.record(0.12, 3.0, drafted=True)  # modelled 30 ms, took 120
     assert clock.unit == pytest.approx(0.01) and clock.correction == pytest.approx(4.0, rel=0.05)
+
+
+def _chi2_999(df: int) -> float:
+    """The 0.999 quantile of chi-square with df degrees of freedom (Wilson-Hilferty)."""
+    return df * (1 - 2 / (9 * df) + 3.09 * (2 / (9 * df)) ** 0.5) ** 3
+
+
+@pytest.mark.usefixtures("forced_costs")
+def test_speculative_sampling_keeps_the_distribution(tmp_path: Path) -> None:
+    """Sampling (top-k 3, temperature 1) with a draft on every step, judged by the acceptance rule:
+    the first two tokens of 1,000 replies follow the exact joint distribution computed from the
+    logits (chi-square at 0.999), as llama.cpp's own sampler's do. The draft model is the target
+    itself (its greedy token, the mode of the distribution): some drafts are accepted, some not."""
+    from collections import Counter
+
+    from edgeslm.engines.spec_sampling import distribution
+
+    path = write_runnable_model(tmp_path / "m.gguf", seed=2)
+    engine, drafter = (open_engine("llama.cpp", path, LoadParams(n_ctx=256)) for _ in range(2))
+    engine._verify_costs, engine._step_seconds = {1: 1.0, 4: 1.01, 16: 1.05, 49: 1.2}, 1.0  # type: ignore[attr-defined]
+    drafter._verify_costs, drafter._step_seconds = {1: 1.0}, 0.01  # type: ignore[attr-defined]
+    s = SamplingParams(temperature=1.0, top_k=3, top_p=1.0, min_p=0.0)
+    prompt = engine.tokenize("the cat sat", add_special=True)
+    exact: dict[tuple[int, int], float] = {}
+    first_ids, first_p = distribution(engine.eval_logits(prompt, len(prompt) - 1)[-1], s)
+    for a, pa in zip(first_ids, first_p, strict=True):
+        ids, probs = distribution(engine.eval_logits([*prompt, int(a)], len(prompt))[-1], s)
+        exact |= {(int(a), int(b)): float(pa * pb) for b, pb in zip(ids, probs, strict=True)}
+    n, stats = 1000, SpecStats()
+    spec = Counter(tuple(islice(engine.generate_speculative(prompt, replace(s, seed=i), drafter, stats), 2))  # type: ignore[arg-type]
+                   for i in range(n))  # fmt: skip
+    plain = Counter(tuple(islice(engine.generate_tokens(prompt, replace(s, seed=i)), 2)) for i in range(n))
+    assert stats.verifies == n and 0.2 * n < stats.accepted < 0.5 * stats.drafted, stats  # judged, not rubber-stamped
+    for counts in (spec, plain):
+        assert set(counts) <= set(exact)
+        chi2 = sum((counts.get(k, 0) - n * p) ** 2 / (n * p) for k, p in exact.items())
+        assert chi2 < _chi2_999(len(exact) - 1), (chi2, counts, exact)

@@ -177,8 +177,8 @@ def _stream(model: Model, prompt: Any, args: argparse.Namespace, sampling: Sampl
 
 
 def _print_speculation(draft: LookupConfig | Model, stats: SpecStats, sampling: SamplingParams) -> None:
-    if not sampling.plain_greedy:
-        status(f"{'draft:':22}off (drafts are verified for greedy decoding only: temperature 0, no grammar or penalty)")
+    if sampling.penalized:
+        status(f"{'draft:':22}off (penalties decode plainly: their history is not replayed in a batch)")
         return
     kind = f"model {draft.name}" if isinstance(draft, Model) else f"lookup (n {draft.n}, m {draft.m})"
     status(f"{'draft:':22}{kind}")

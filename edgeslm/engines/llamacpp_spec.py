@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Generator, Sequence
+from collections.abc import Callable, Generator, Sequence
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -21,6 +21,7 @@ from ..errors import InvalidParameterError
 from ..speculation import LookupConfig, LookupDrafter, Policy, SpecStats
 from .base import SamplingParams
 from .llamacpp import argmax_token, common_prefix
+from .spec_sampling import distribution, judge, sample
 
 if TYPE_CHECKING:
     import llama_cpp as lc
@@ -132,14 +133,16 @@ def speculative_tokens(
     stats: SpecStats,
 ) -> Generator[int, None, None]:
     """``generate_tokens`` with drafts (prompt lookup, or a draft model's engine) verified in
-    batches: greedy only, else plain decoding."""
-    if not sampling.plain_greedy:
+    batches: greedy (each draft token against the argmax), or sampling with top-k/top-p/min-p/
+    temperature (the acceptance rule, ``spec_sampling``); grammars and penalties decode plainly."""
+    if not speculates(sampling):
         yield from engine.generate_tokens(prompt, sampling)
         return
+    pick, check = _rules(sampling)
     engine.prefill(prompt)
     ctx, n_vocab, n_ctx = engine._ctx, engine.n_vocab, engine.n_ctx
     mem, n_past = lc.llama_get_memory(ctx), len(prompt)
-    last = argmax_token(ctx, -1, n_vocab)
+    last = pick(_row(ctx, -1, n_vocab))
     costs = verify_costs(engine, n_past, last)
     lookup = isinstance(draft, LookupConfig)
     drafter: LookupDrafter | ModelDrafter
@@ -173,25 +176,51 @@ def speculative_tokens(
                 engine._decode(ctx, batch)
                 drafter.add([last])
                 n_past += 1
-                last = argmax_token(ctx, -1, n_vocab)
+                last = pick(_row(ctx, -1, n_vocab))
                 policy.decoded(last)
                 policy.timed(time.perf_counter() - started, 0)
                 continue
             tokens = [last, *found[:k]]
             engine._fill_batch(batch, tokens, n_past, n_past)
             engine._decode(ctx, batch)
-            predicted = np.ctypeslib.as_array(lc.llama_get_logits(ctx), shape=(k + 1, n_vocab)).argmax(axis=1)
-            accepted = 0
-            while accepted < k and predicted[accepted] == found[accepted]:
+            rows = np.ctypeslib.as_array(lc.llama_get_logits(ctx), shape=(k + 1, n_vocab))
+            accepted, token = 0, -1
+            while accepted < k:
+                ok, token = check(rows[accepted], found[accepted])
+                if not ok:
+                    break
                 accepted += 1
+            if accepted == k:
+                token = pick(rows[k])
             policy.verified(k, accepted)
             policy.timed(time.perf_counter() - started, k)
             drafter.add(tokens[: 1 + accepted])
             n_past += 1 + accepted
             lc.llama_memory_seq_rm(mem, 0, n_past, -1)
             yield from found[:accepted]
-            last = int(predicted[accepted])
+            last = token
     finally:
         lc.llama_batch_free(batch)
         if isinstance(drafter, ModelDrafter):
             drafter.close()
+
+
+def speculates(sampling: SamplingParams) -> bool:
+    """Greedy, or sampling whose distribution a row gives alone (no grammar state, no penalties)."""
+    return sampling.plain_greedy or (sampling.grammar is None and not sampling.penalized)
+
+
+def _row(ctx: object, index: int, n_vocab: int) -> np.ndarray:
+    return np.ctypeslib.as_array(lc.llama_get_logits_ith(ctx, index), shape=(n_vocab,))
+
+
+def _rules(
+    sampling: SamplingParams,
+) -> tuple[Callable[[np.ndarray], int], Callable[[np.ndarray, int], tuple[bool, int]]]:
+    """How a row gives the next token, and how it judges a drafted one."""
+    if sampling.plain_greedy:
+        return (lambda row: int(row.argmax())), (lambda row, d: (int(row.argmax()) == d, int(row.argmax())))
+    rng = np.random.default_rng(sampling.seed)
+    return (lambda row: sample(rng, *distribution(row, sampling))), (
+        lambda row, d: judge(rng, *distribution(row, sampling), d)
+    )
