@@ -122,6 +122,9 @@ class LlamaCppEngine:
         self._piece = ctypes.create_string_buffer(256)
         self._one = (lc.llama_token * 1)()
         self.backend_greedy = self.n_vocab <= BACKEND_GREEDY_MAX_VOCAB
+        # Speculative decoding's measurements (``llamacpp_spec.verify_costs``), once per loaded model:
+        self._verify_costs: dict[int, float] | None = None  # batch size -> decode time in single steps
+        self._step_seconds = 0.0  # one single-token decode
 
     def _new_context(self, *, embeddings: bool) -> lc.llama_context_p:
         p = lc.llama_context_default_params()

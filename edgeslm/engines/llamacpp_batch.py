@@ -245,12 +245,15 @@ class BatchDecoder:
 
         assert slot.request is not None and slot.policy is not None and slot.drafter is not None
         request, draft, k = slot.request, slot.draft, len(slot.draft)
-        rows = [np.ctypeslib.as_array(lc.llama_get_logits_ith(self._ctx, slot.index + i), shape=(self.engine.n_vocab,))
-                for i in range(k + 1)]  # fmt: skip
-        predicted = [int(r.argmax()) for r in rows]
-        accepted = 0
-        while accepted < k and predicted[accepted] == draft[accepted]:
+
+        def predicted(i: int) -> int:  # row by row: a rejection early reads no more rows
+            row = lc.llama_get_logits_ith(self._ctx, slot.index + i)
+            return int(np.ctypeslib.as_array(row, shape=(self.engine.n_vocab,)).argmax())
+
+        accepted, token = 0, predicted(0)
+        while accepted < k and token == draft[accepted]:
             accepted += 1
+            token = predicted(accepted)
         slot.policy.verified(k, accepted)
         self.spec_stats.verifies += 1
         self.spec_stats.drafted += k
@@ -260,11 +263,11 @@ class BatchDecoder:
         slot.n_past, slot.cached = keep, slot.cached[:keep]
         slot.drafter.add([slot.decoded, *draft[:accepted]])  # type: ignore[list-item]
         events = []
-        for token in [*draft[:accepted], predicted[accepted]]:
-            events.append(self._emit(slot, request, token))
+        for emitted in [*draft[:accepted], token]:
+            events.append(self._emit(slot, request, emitted))
             if slot.request is None:  # it ended (end token, max_tokens, the context)
                 break
-        slot.last = None if slot.request is None else predicted[accepted]
+        slot.last = None if slot.request is None else token
         return events
 
     def _logprobs(self, index: int, token: int, k: int) -> tuple[float, tuple[tuple[int, float], ...]]:

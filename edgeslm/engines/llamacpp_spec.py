@@ -41,9 +41,8 @@ PROBE_EVERY = 64
 def verify_costs(engine: LlamaCppEngine, n_past: int, token: int) -> dict[int, float]:
     """Each batch size's decode time relative to one token's, measured at ``n_past`` (best of 2,
     about 0.3 s for SmolLM2 on 2 cores) on a cache left as it was; once per loaded model."""
-    cached: dict[int, float] | None = getattr(engine, "_verify_costs", None)
-    if cached is not None:
-        return cached
+    if engine._verify_costs is not None:
+        return engine._verify_costs
     sizes = [s for s in COST_SIZES if n_past + s < engine.n_ctx]
     mem, seconds = lc.llama_get_memory(engine._ctx), {}
     batch = lc.llama_batch_init(max(sizes), 0, 1)
@@ -61,8 +60,7 @@ def verify_costs(engine: LlamaCppEngine, n_past: int, token: int) -> dict[int, f
         lc.llama_batch_free(batch)
     costs = {size: t / seconds[1] for size, t in seconds.items()}
     log.info("verify costs (batch size: plain steps): %s", {s: round(c, 2) for s, c in costs.items()})
-    engine._verify_costs = costs  # type: ignore[attr-defined]
-    engine._step_seconds = seconds[1]  # type: ignore[attr-defined]
+    engine._verify_costs, engine._step_seconds = costs, seconds[1]
     return costs
 
 
@@ -113,11 +111,11 @@ class ModelDrafter:
         if k <= 0 or len(want) + k > engine.n_ctx:
             return []
         self._decode_from(min(common_prefix(self.cached, want), len(want) - 1), want)
-        self.cached, out = want, [argmax_token(engine._ctx, -1, engine.n_vocab)]
+        self.cached, out = want, [argmax_token(engine._ctx, -1, engine.n_vocab)]  # want: a fresh list
         while len(out) < k:
             engine._fill_batch(self._batch, [out[-1]], len(self.cached), len(self.cached))
             engine._decode(engine._ctx, self._batch)
-            self.cached = [*self.cached, out[-1]]
+            self.cached.append(out[-1])
             out.append(argmax_token(engine._ctx, -1, engine.n_vocab))
         return out
 
@@ -144,7 +142,6 @@ def speculative_tokens(
     mem, n_past = lc.llama_get_memory(ctx), len(prompt)
     last = pick(_row(ctx, -1, n_vocab))
     costs = verify_costs(engine, n_past, last)
-    lookup = isinstance(draft, LookupConfig)
     drafter: LookupDrafter | ModelDrafter
     if isinstance(draft, LookupConfig):
         drafter, depth_max = LookupDrafter(draft, list(prompt)), draft.m
@@ -153,7 +150,7 @@ def speculative_tokens(
         verify_costs(draft, 0, last)
         drafter, depth_max = ModelDrafter(draft, prompt), DRAFT_MAX
         drafter.prefill()
-        ratio = draft._step_seconds / engine._step_seconds  # type: ignore[attr-defined]
+        ratio = draft._step_seconds / engine._step_seconds
         policy = Policy(costs, stats=stats, draft_cost=ratio, probe_every=PROBE_EVERY)
     batch = lc.llama_batch_init(depth_max + 1, 0, 1)
     try:
@@ -170,7 +167,7 @@ def speculative_tokens(
                 found = drafter.draft(last, k)
                 k = min(k, len(found))
             if k <= 0:
-                if found and lookup:
+                if found and isinstance(drafter, LookupDrafter):  # scored for free against plain tokens
                     policy.declined(found)
                 engine._fill_batch(batch, [last], n_past, n_past)
                 engine._decode(ctx, batch)

@@ -212,9 +212,9 @@ async def start_all(request: Request, name: str, jobs: list[Job], keep_alive: fl
 
 
 async def merged(gens: list[Generation]) -> AsyncIterator[tuple[int, Chunk | Done]]:
-    """The events of several replies as they come, each with its reply's index. The queue needs no
-    deadline of its own: each pump reads its reply through ``next_event``'s, and puts its failure
-    (or its end) on the queue, so every pump's last item always arrives."""
+    """The events of several replies as they come, each with its reply's index. Each pump reads its
+    reply through ``next_event``'s deadline and puts its failure (or its end) on the queue, so an
+    item always arrives within REPLY_SILENCE; the queue's own deadline is a backstop past that."""
     if len(gens) == 1:
         async for ev in gens[0]:
             yield 0, ev
@@ -233,7 +233,10 @@ async def merged(gens: list[Generation]) -> AsyncIterator[tuple[int, Chunk | Don
     try:
         running = len(gens)
         while running:
-            i, item = await queue.get()
+            try:
+                i, item = await asyncio.wait_for(queue.get(), REPLY_SILENCE + 60)
+            except asyncio.TimeoutError:
+                raise RunnerTimeoutError(f"{gens[0].name}'s replies went silent; retry, or unload it") from None
             if item is None:
                 running -= 1
             elif isinstance(item, BaseException):

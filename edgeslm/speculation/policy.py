@@ -76,8 +76,11 @@ class Policy:
             return 0
         expected = float(batch) if expected is None else expected
         best_k, best = 0, MARGIN * expected / self.cost(batch)
+        gained, term = 0.0, 1.0  # a + a^2 + ... + a^k, built up with k
         for k in range(1, available + 1):
-            rate = (expected + self.expected(k)) / (self.correction * (self.cost(batch + k) + k * self.draft_cost))
+            term *= self.acceptance
+            gained += term
+            rate = (expected + gained) / (self.correction * (self.cost(batch + k) + k * self.draft_cost))
             if rate > best:
                 best_k, best = k, rate
         if best_k:
