@@ -1,12 +1,14 @@
-"""Speculative decoding side by side: edgeslm's prompt lookup against its plain decoding, and
-native llama-server's ngram-simple against plain llama-server, same prompts, same files, one run.
+"""Speculative decoding side by side: edgeslm's prompt lookup (its own longest match, and
+llama.cpp's ngram-simple and ngram-map-k) against its plain decoding, and native llama-server's
+ngram-simple and ngram-map-k against plain llama-server, same prompts, same files, one run.
 
 Prompts: ``benchmarks/data/speculative_prompts.json`` — input-grounded (fix a WikiText
 paragraph's spacing, copy its quoted sentences, rename a function in a code file) and open-ended
 (a story, a question). Each is rendered once (the model's chat template, or the completion text
-for a base model) and both tools get the same tokens. Greedy, ``-n`` tokens. edgeslm alternates
-plain and lookup runs (median of ``--reps``); llama-server runs twice (``--spec-type none`` and
-``ngram-simple``, same n/m), each prompt ``--reps`` times, ``timings.predicted_per_second``.
+for a base model) and both tools get the same tokens. Greedy, ``-n`` tokens. edgeslm runs plain
+and each kind in turn (median of ``--reps``); llama-server runs once per ``--spec-type`` (none,
+ngram-simple, ngram-map-k; the same n and m), each prompt ``--reps`` times,
+``timings.predicted_per_second``.
 
 Goals (issue 17): input-grounded >= 1.5x plain; open-ended >= 0.95x; speed-up >= native's.
 
@@ -69,15 +71,18 @@ def ours(model: Model, text: str, n: int, draft: LookupConfig | None) -> tuple[f
     return result.last.generation_tps, result.tokens, stats
 
 
+KINDS = ("lookup", "ngram-simple", "ngram-map-k")  # edgeslm's; native llama-server has the last two
+NATIVE = ("ngram-simple", "ngram-map-k")
+
+
 def native_runs(server: Path, path: Path, prompts: list[list[int]], args: argparse.Namespace,
-                spec: bool, draft_model: Path | None = None) -> list[dict[str, Any]]:  # fmt: skip
+                spec: str, draft_model: Path | None = None) -> list[dict[str, Any]]:  # fmt: skip
     """For each prompt (token ids, as edgeslm decodes them): median predicted tok/s, drafted,
-    accepted, the tokens (llama-server, greedy)."""
-    lookup = ["--spec-ngram-simple-size-n", str(args.draft_n), "--spec-ngram-simple-size-m", str(args.draft_m)]
+    accepted, the tokens (llama-server, greedy; ``spec``: its --spec-type)."""
+    sizes = [f"--spec-{spec}-size-n", str(args.draft_n), f"--spec-{spec}-size-m", str(args.draft_m)]
     cmd = [str(server), "-m", str(path), "--port", str(args.port), "-c", str(args.ctx), "-np", "1", "-t",
-           str(args.threads), "--spec-type", "ngram-simple" if spec else "none", *lookup]  # fmt: skip
-    if spec and draft_model is not None:
-        cmd[cmd.index("ngram-simple")] = "draft-simple"
+           str(args.threads), "--spec-type", spec, *(sizes if spec.startswith("ngram") else [])]  # fmt: skip
+    if draft_model is not None:
         cmd += ["-md", str(draft_model), "-tb", str(args.threads)]
     url = f"http://127.0.0.1:{args.port}"
     out = []
@@ -96,32 +101,39 @@ def native_runs(server: Path, path: Path, prompts: list[list[int]], args: argpar
 
 
 def measure(name: str, path: Path, bin_dir: Path, args: argparse.Namespace) -> list[dict[str, Any]]:
-    config = LookupConfig(args.draft_n, args.draft_m)
+    """Per prompt: plain tok/s, and per kind (edgeslm's three, native's two) the speed-up over the
+    same tool's plain decoding, accepted/drafted, and whether the text is the plain text."""
+    configs = {k: LookupConfig.of(k, args.draft_n, args.draft_m) for k in KINDS}
     model = load(str(path), ctx=args.ctx, threads=args.threads)  # the file llama-server gets
     rows = []
     try:
         texts = prompt_texts(model)
-        token_ids_of = {p: token_ids(model, t) for p, _, t in texts}
-        ours(model, texts[0][2], 8, config)  # the verify costs are measured once, at the first lookup run
+        ids = [token_ids(model, t) for _, _, t in texts]
+        ours(model, texts[0][2], 8, configs["lookup"])  # the verify costs are measured once, at the first run
         for prompt, kind, text in texts:
-            plain_tps, spec_tps = [], []
-            for _ in range(args.reps):
-                tps, plain_ids, _ = ours(model, text, args.n, None)
-                plain_tps.append(tps)
-                tps, spec_ids, stats = ours(model, text, args.n, config)
-                spec_tps.append(tps)
-            rows.append({"model": name, "prompt": prompt, "kind": kind, "plain": statistics.median(plain_tps),
-                         "spec": statistics.median(spec_tps), "drafted": stats.drafted, "accepted": stats.accepted,
-                         "declined": stats.declined, "same": spec_ids == plain_ids,
-                         "plain_ids": plain_ids})  # fmt: skip
+            tps: dict[str, list[float]] = {k: [] for k in ("plain", *KINDS)}
+            row: dict[str, Any] = {"model": name, "prompt": prompt, "kind": kind}
+            for _ in range(args.reps):  # plain and each kind in turn, so drift hits all alike
+                speed, plain_ids, _ = ours(model, text, args.n, None)
+                tps["plain"].append(speed)
+                for k in KINDS:
+                    speed, spec_ids, stats = ours(model, text, args.n, configs[k])
+                    tps[k].append(speed)
+                    row[k] = {"drafted": stats.drafted, "accepted": stats.accepted, "same": spec_ids == plain_ids}
+            row["plain"] = statistics.median(tps["plain"])
+            for k in KINDS:
+                row[k]["x"] = statistics.median(tps[k]) / row["plain"]
+            row["plain_ids"] = plain_ids
+            rows.append(row)
     finally:
         model.close()
-    ids = [token_ids_of[p] for p, _, _ in texts]
-    plain = native_runs(bin_dir / "llama-server", path, ids, args, spec=False)
-    spec = native_runs(bin_dir / "llama-server", path, ids, args, spec=True)
-    for row, p, s in zip(rows, plain, spec, strict=True):
-        row |= {"n_plain": p["tps"], "n_spec": s["tps"], "n_drafted": s["drafted"], "n_accepted": s["accepted"],
-                "n_same": p["tokens"] == s["tokens"], "as_native": row.pop("plain_ids") == p["tokens"]}  # fmt: skip
+    plain = native_runs(bin_dir / "llama-server", path, ids, args, "none")
+    for row, p in zip(rows, plain, strict=True):
+        row |= {"n_plain": p["tps"], "as_native": row.pop("plain_ids") == p["tokens"]}
+    for k in NATIVE:
+        for row, p, s in zip(rows, plain, native_runs(bin_dir / "llama-server", path, ids, args, k), strict=True):
+            row[f"native {k}"] = {"x": s["tps"] / p["tps"], "drafted": s["drafted"], "accepted": s["accepted"],
+                                  "same": s["tokens"] == p["tokens"]}  # fmt: skip
     return rows
 
 
@@ -207,19 +219,34 @@ def model_drafts(pairs: list[str], bin_dir: Path, args: argparse.Namespace) -> N
             target.close()
         paths = [resolve_model(n, settings).path for n in (target_name, draft_name)]
         ids_all = [r[1] for r in rows]
-        native_plain = native_runs(bin_dir / "llama-server", paths[0], ids_all, args, spec=False)
-        native_spec = native_runs(bin_dir / "llama-server", paths[0], ids_all, args, spec=True, draft_model=paths[1])
+        native_plain = native_runs(bin_dir / "llama-server", paths[0], ids_all, args, "none")
+        native_spec = native_runs(
+            bin_dir / "llama-server", paths[0], ids_all, args, "draft-simple", draft_model=paths[1]
+        )
         for (prompt, _, p, s, stats, same), np_, ns in zip(rows, native_plain, native_spec, strict=True):
             print(f"| {target_name} | {draft_name} | {prompt} | {p:.1f} | {s:.1f} | {s / p:.2f}x | "
                   f"{stats.accepted}/{stats.drafted} | {same} | {ns['tps'] / np_['tps']:.2f}x | "
                   f"{ns['accepted']}/{ns['drafted']} |")  # fmt: skip
 
 
-def _client(url: str, name: str, texts: list[list[int]], n: int, first: int, totals: list[int]) -> None:
-    """One client: every prompt once, from ``first`` on; generated tokens added to ``totals``."""
-    for i in range(len(texts)):
+def _client(url: str, name: str, texts: list[list[int]], n: int, first: int, rounds: int,
+            log: list[tuple[float, float, int]]) -> None:  # fmt: skip
+    """One client: every prompt ``rounds`` times, from ``first`` on; (start, end, tokens) of each."""
+    for i in range(rounds * len(texts)):
         body = {"model": name, "prompt": texts[(first + i) % len(texts)], "max_tokens": n, "temperature": 0}
-        totals.append(httpx.post(f"{url}/v1/completions", json=body, timeout=600).json()["usage"]["completion_tokens"])
+        start = time.perf_counter()
+        tokens = httpx.post(f"{url}/v1/completions", json=body, timeout=600).json()["usage"]["completion_tokens"]
+        log.append((start, time.perf_counter(), tokens))
+
+
+def steady_rate(logs: list[list[tuple[float, float, int]]]) -> float:
+    """Tokens per second while every client is busy: from when the last client's first reply ends
+    to when the first client's last reply ends (a reply's tokens spread evenly over its time), so
+    neither the start, where all prompts arrive at once, nor the tail, where fewer clients are left
+    and a reply that finished early leaves its slot idle, counts."""
+    lo, hi = max(log[0][1] for log in logs), min(log[-1][1] for log in logs)
+    tokens = sum(t * max(0.0, min(e, hi) - max(s, lo)) / (e - s) for log in logs for s, e, t in log)
+    return tokens / (hi - lo)
 
 
 def _metric(text: str, name: str) -> float:
@@ -228,7 +255,8 @@ def _metric(text: str, name: str) -> float:
 
 def serve_aggregate(name: str, args: argparse.Namespace) -> None:
     """edgeslm serve with 4 busy slots, with and without --draft lookup: each of 4 clients sends the
-    five prompts in turn (greedy, ``-n`` tokens); aggregate generated tokens per second of wall time."""
+    five prompts in turn, twice (greedy, ``-n`` tokens); aggregate generated tokens per second
+    while all four are busy (``steady_rate``)."""
     import threading
 
     model = load(name, ctx=args.ctx, threads=args.threads)
@@ -236,50 +264,51 @@ def serve_aggregate(name: str, args: argparse.Namespace) -> None:
         texts = [token_ids(model, t) for _, _, t in prompt_texts(model)]
     finally:
         model.close()
-    url, results, metrics = f"http://127.0.0.1:{args.port}", {}, ""
-    for label, extra in (("plain", []), ("lookup", ["--draft", "lookup"])):
-        flags = ["--parallel", "4", "--ctx", str(args.ctx), "--threads", str(args.threads), "--no-prompt-cache"]
-        cmd = [sys.executable, "-m", "edgeslm", "serve", "--port", str(args.port), "--preload", name, *flags, *extra]
-        with running(cmd, url, "/api/version"):
-            _client(url, name, texts, args.n, 0, [])  # warm: the model loaded, the verify costs measured
-            totals: list[int] = []
-            workers = [threading.Thread(target=_client, args=(url, name, texts, args.n, c, totals)) for c in range(4)]
-            start = time.perf_counter()
-            for w in workers:
-                w.start()
-            for w in workers:
-                w.join()
-            results[label] = sum(totals) / (time.perf_counter() - start)
-            metrics = httpx.get(f"{url}/metrics").text
+    url, results, metrics = f"http://127.0.0.1:{args.port}", {"plain": [], "lookup": []}, ""
+    for _ in range(args.serve_reps):  # servers with and without drafts in turn, so drift hits both alike
+        for label, extra in (("plain", []), ("lookup", ["--draft", "lookup"])):
+            flags = ["--parallel", "4", "--ctx", str(args.ctx), "--threads", str(args.threads), "--no-prompt-cache"]
+            cmd = [sys.executable, "-m", "edgeslm", "serve", "--port", str(args.port), "--preload", name, *flags,
+                   *extra]  # fmt: skip
+            with running(cmd, url, "/api/version"):
+                _client(url, name, texts, args.n, 0, 1, [])  # warm: the model loaded, the verify costs measured
+                logs: list[list[tuple[float, float, int]]] = [[] for _ in range(4)]
+                workers = [threading.Thread(target=_client, args=(url, name, texts, args.n, c, 2, logs[c]))
+                           for c in range(4)]  # fmt: skip
+                for w in workers:
+                    w.start()
+                for w in workers:
+                    w.join()
+                results[label].append(steady_rate(logs))
+                if extra:
+                    metrics = httpx.get(f"{url}/metrics").text
     drafted, accepted = (
         _metric(metrics, "edgeslm_draft_tokens_total"),
         _metric(metrics, "edgeslm_draft_accepted_tokens_total"),
     )
+    plain, lookup = statistics.median(results["plain"]), statistics.median(results["lookup"])
     print(
-        f"\nserve, 4 busy slots, {name}: plain {results['plain']:.1f} tok/s, --draft lookup "
-        f"{results['lookup']:.1f} tok/s ({results['lookup'] / results['plain']:.2f}x); "
-        f"drafts accepted {accepted:.0f}/{drafted:.0f}"
+        f"\nserve, 4 busy slots, {name}: plain {plain:.1f} tok/s, --draft lookup {lookup:.1f} tok/s "
+        f"({lookup / plain:.2f}x; runs {[round(x, 1) for x in results['plain']]} and "
+        f"{[round(x, 1) for x in results['lookup']]}); drafts accepted {accepted:.0f}/{drafted:.0f} (last run)"
     )
 
 
 def report(rows: list[dict[str, Any]]) -> None:
-    print(
-        "| model | prompt | kind | plain tok/s | lookup tok/s | speed-up | accepted/drafted | declined | identical "
-        "| native plain | native ngram-simple | native speed-up | native accepted/drafted | native identical "
-        "| plain = native plain |"
-    )
-    print("|---|---|---|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|---|---|")
+    columns = [*KINDS, *(f"native {k}" for k in NATIVE)]
+    print(f"| model | prompt | kind | plain tok/s | native plain tok/s | {' | '.join(columns)} |")
+    print("|---|---|---|---:|---:|" + "---:|" * len(columns))
     for r in rows:
-        print(f"| {r['model']} | {r['prompt']} | {r['kind']} | {r['plain']:.1f} | {r['spec']:.1f} | "
-              f"{r['spec'] / r['plain']:.2f}x | {r['accepted']}/{r['drafted']} | {r['declined']} | {r['same']} | "
-              f"{r['n_plain']:.1f} | {r['n_spec']:.1f} | {r['n_spec'] / r['n_plain']:.2f}x | "
-              f"{r['n_accepted']}/{r['n_drafted']} | {r['n_same']} | {r['as_native']} |")  # fmt: skip
+        cells = [f"{r[c]['x']:.2f}× {r[c]['accepted']}/{r[c]['drafted']}{'' if r[c]['same'] else ' ≠'}"
+                 for c in columns]  # fmt: skip
+        print(f"| {r['model']} | {r['prompt']} | {r['kind']} | {r['plain']:.1f} | {r['n_plain']:.1f} | "
+              f"{' | '.join(cells)} |")  # fmt: skip
+    print("\n(speed-up over the same tool's plain decoding, accepted/drafted; ≠: the text differs from plain)")
+    print(f"edgeslm's plain text = native plain text on {sum(r['as_native'] for r in rows)}/{len(rows)} prompts")
     for kind in ("grounded", "open"):
-        ours_ = [r["spec"] / r["plain"] for r in rows if r["kind"] == kind]
-        theirs = [r["n_spec"] / r["n_plain"] for r in rows if r["kind"] == kind]
-        print(f"\n{kind}: edgeslm speed-up geomean {statistics.geometric_mean(ours_):.2f}x (min {min(ours_):.2f}x), "
-              f"native {statistics.geometric_mean(theirs):.2f}x (min {min(theirs):.2f}x)", end="")  # fmt: skip
-    print()
+        for c in columns:
+            x = [r[c]["x"] for r in rows if r["kind"] == kind]
+            print(f"{kind:8} {c:20} geomean {statistics.geometric_mean(x):.2f}x  min {min(x):.2f}x  max {max(x):.2f}x")
 
 
 def main() -> None:
@@ -291,13 +320,14 @@ def main() -> None:
     parser.add_argument("--ctx", type=int, default=2048)
     parser.add_argument("-t", "--threads", type=int, default=2)
     parser.add_argument("--port", type=int, default=8493)
-    parser.add_argument("--draft-n", type=int, default=LookupConfig().n)
+    parser.add_argument("--draft-n", type=int, default=LookupConfig().n, help="every kind's n (edgeslm and native)")
     parser.add_argument("--draft-m", type=int, default=LookupConfig().m)
     parser.add_argument("--sections", default="speed,lossless,draft,serve",
                         help="speed (lookup), lossless (per type), draft (draft models), serve (4 slots)")  # fmt: skip
     parser.add_argument("--pairs", nargs="*", default=["smollm2-135m-instruct:f16=smollm2-135m-instruct:q8_0",
                         "smollm2-135m-instruct:f16=smollm2-135m-instruct:q4_0"],
                         help="draft: TARGET=DRAFT stored models")  # fmt: skip
+    parser.add_argument("--serve-reps", type=int, default=2, help="serve: runs with and without drafts, in turn")
     parser.add_argument("--batch", type=int, default=8, help="lossless: the verify batch size compared")
     parser.add_argument("--types", nargs="*", default=["smollm2-135m-instruct:f16", "smollm2-135m-instruct:q8_0",
                         "smollm2-135m-instruct:q4_0", "smollm2-135m-instruct:latest", "smollm2-135m-instruct:q4_k_m",
@@ -305,7 +335,7 @@ def main() -> None:
     args = parser.parse_args()
     bin_dir = args.native_bin or Path(subprocess.check_output(
         ["bash", str(ROOT.parent / "shared" / "tools" / "build-native-llama.sh")], text=True).strip())  # fmt: skip
-    print(f"greedy, {args.n} tokens, {args.threads} threads, lookup n {args.draft_n} m {args.draft_m}, "
+    print(f"greedy, {args.n} tokens, {args.threads} threads, n {args.draft_n} m {args.draft_m}, "
           f"median of {args.reps}\n")  # fmt: skip
     sections = args.sections.split(",")
     if "speed" in sections:

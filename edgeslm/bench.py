@@ -5,6 +5,12 @@ model's memory cannot inflate another's peak RSS. Inside, as in llama-bench: one
 run, then per repetition a ``pp N`` test (N prompt tokens decoded in batches, starting with
 BOS) and a ``tg N`` test (N tokens generated one by one through the real generation loop,
 greedy sampling in llama.cpp), each from an empty KV cache.
+
+With ``--draft`` (llama.cpp models) two more tests run on a copy workload, as llama.cpp's
+``llama-lookup`` and ``llama-speculative`` measure one prompt: a WikiText paragraph, then its
+first lines again, so the model copies on; ``tg N copy`` generates N tokens from it plainly and
+``tg N copy+DRAFT`` with the drafts (prompt lookup, or a draft model's file), reporting how many
+drafted tokens were accepted.
 """
 
 from __future__ import annotations
@@ -28,12 +34,16 @@ if TYPE_CHECKING:
     from .generation import ResolvedModel
 
 
+COPY_TEXT = Path(__file__).parent / "data" / "wikitext-2-sample.txt"
+
+
 @dataclass(frozen=True)
 class BenchParams:
     n_prompt: int = 512
     n_gen: int = 128
     repetitions: int = 5
     threads: int | None = None
+    draft: dict[str, Any] | None = None  # LookupConfig.as_args(), or {"model": path, "name": name}
 
     def __post_init__(self) -> None:
         for name, value, low in (("-p", self.n_prompt, 0), ("-n", self.n_gen, 0), ("-r", self.repetitions, 1)):
@@ -45,9 +55,11 @@ class BenchParams:
 
 @dataclass(frozen=True)
 class TestResult:
-    test: str  # "pp512" or "tg128"
+    test: str  # "pp512", "tg128", "tg128 copy" or "tg128 copy+lookup"
     n_tokens: int
     samples_tps: tuple[float, ...]
+    drafted: int = 0  # draft tests: drafted tokens verified (all repetitions), and of those accepted
+    accepted: int = 0
 
     @property
     def mean(self) -> float:
@@ -118,7 +130,7 @@ def peak_rss() -> int:
 def measure(path: str, params: BenchParams, engine_name: str = DEFAULT_ENGINE) -> dict[str, Any]:
     """Run in the worker subprocess: load ``path`` and time pp/tg; return a JSON-able dict."""
     reset_peak_rss()
-    n_ctx = max(params.n_prompt + params.n_gen + 8, 64)
+    n_ctx = max(params.n_prompt + params.n_gen + 8, 64, COPY_ROOM + params.n_gen if params.draft else 0)
     start = time.perf_counter()
     engine = open_engine(engine_name, Path(path), LoadParams(n_ctx=n_ctx, n_threads=params.threads))
     load_seconds = time.perf_counter() - start
@@ -134,6 +146,8 @@ def measure(path: str, params: BenchParams, engine_name: str = DEFAULT_ENGINE) -
         _time_generation(engine, bos[0], min(params.n_gen, 16))
         samples = [params.n_gen / _time_generation(engine, bos[0], params.n_gen) for _ in range(params.repetitions)]
         tests.append({"test": f"tg{params.n_gen}", "n_tokens": params.n_gen, "samples_tps": samples})
+    if params.draft is not None and params.n_gen:
+        tests += _draft_tests(engine, params)
     engine.close()
     peak = peak_rss()
     return {
@@ -142,6 +156,76 @@ def measure(path: str, params: BenchParams, engine_name: str = DEFAULT_ENGINE) -
         "tests": tests,
         "threads": LoadParams(n_ctx=n_ctx, n_threads=params.threads).threads,
     }
+
+
+COPY_ROOM = 640  # context for the copy workload's prompt (300 to 450 tokens for the builtins' vocabularies)
+
+
+def copy_prompt() -> str:
+    """A paragraph, then its start: what a model asked to rewrite or edit its input copies on."""
+    text = COPY_TEXT.read_bytes().decode()[2000:3200].replace("\r", "")
+    return f"{text}\n\n{text[:300]}"
+
+
+def _draft_tests(engine: Engine, params: BenchParams) -> list[dict[str, Any]]:
+    from .engines.llamacpp import LlamaCppEngine
+    from .speculation import LookupConfig, SpecStats
+
+    assert params.draft is not None
+    if not isinstance(engine, LlamaCppEngine):
+        raise InvalidParameterError(
+            f"bench --draft: drafts are verified by llama.cpp; this model runs on {engine.name}"
+        )
+    prompt = engine.tokenize(copy_prompt(), add_special=True)
+    draft: LookupConfig | LlamaCppEngine
+    if "model" in params.draft:
+        draft = _open_draft(engine, params.draft, LoadParams(n_ctx=engine.n_ctx, n_threads=params.threads))
+    else:
+        draft = LookupConfig(**params.draft)
+    label = params.draft.get("name") or params.draft["kind"]
+    stats, plain, spec = SpecStats(), [], []
+    try:
+        for rep in range(params.repetitions + 1):  # the first of each: a warm-up (and the verify costs measured)
+            p = _time_stream(engine.generate_tokens(prompt, SamplingParams(temperature=0)), params.n_gen)
+            s = _time_stream(engine.generate_speculative(prompt, SamplingParams(temperature=0), draft,
+                                                         stats if rep else SpecStats()), params.n_gen)  # fmt: skip
+            if rep:
+                plain.append(p)
+                spec.append(s)
+    finally:
+        if isinstance(draft, LlamaCppEngine):
+            draft.close()
+    name = f"tg{params.n_gen} copy"
+    return [
+        {"test": name, "n_tokens": params.n_gen, "samples_tps": plain},
+        {"test": f"{name}+{label}", "n_tokens": params.n_gen, "samples_tps": spec, "drafted": stats.drafted,
+         "accepted": stats.accepted},
+    ]  # fmt: skip
+
+
+def _open_draft(target: Engine, spec: dict[str, Any], load: LoadParams) -> Any:
+    from .engines.llamacpp_spec import check_vocabulary
+
+    draft = open_engine("llama.cpp", Path(spec["model"]), load)
+    try:
+        check_vocabulary(target, draft, ("the model", spec["name"]))  # type: ignore[arg-type]
+    except BaseException:
+        draft.close()
+        raise
+    return draft
+
+
+def _time_stream(stream: Any, n_gen: int) -> float:
+    """Tokens per second over ``n_gen`` tokens after the first (which comes with the prefill)."""
+    next(stream)
+    start, count = time.perf_counter(), 0
+    for _ in range(n_gen):
+        if next(stream, None) is None:  # the context is full
+            break
+        count += 1
+    elapsed = time.perf_counter() - start
+    stream.close()
+    return count / elapsed
 
 
 BENCH_TIMEOUT = 3600.0  # seconds: five pp512+tg128 runs of a 30B model on two cores take minutes
@@ -161,7 +245,8 @@ def bench_models(models: Sequence[ResolvedModel], params: BenchParams) -> list[B
     for model in models:
         name, info, engine = model.name, model.info, model.engine(DEFAULT_ENGINE)
         report = run_worker(str(model.path), params, engine=engine)
-        tests = tuple(TestResult(t["test"], t["n_tokens"], tuple(t["samples_tps"])) for t in report["tests"])
+        tests = tuple(TestResult(t["test"], t["n_tokens"], tuple(t["samples_tps"]), t.get("drafted", 0),
+                                 t.get("accepted", 0)) for t in report["tests"])  # fmt: skip
         results.append(
             BenchResult(
                 name,

@@ -4,6 +4,8 @@ and on both builtins."""
 
 from __future__ import annotations
 
+import json
+import re
 import shutil
 from collections.abc import Callable
 from dataclasses import replace
@@ -18,7 +20,15 @@ from edgeslm.config import resolve_settings
 from edgeslm.engines.base import LoadParams, SamplingParams, open_engine
 from edgeslm.errors import InvalidParameterError
 from edgeslm.generation import generate, load
-from edgeslm.speculation import LookupConfig, LookupDrafter, Policy, SpecStats, expected_gain, ngram_simple_draft
+from edgeslm.speculation import (
+    LookupConfig,
+    LookupDrafter,
+    LookupKind,
+    Policy,
+    SpecStats,
+    expected_gain,
+    ngram_simple_draft,
+)
 
 from .conftest import CliResult
 from .ggufbuild import write_runnable_model
@@ -50,20 +60,171 @@ def test_lookup_drafts_as_llama_cpps_ngram_simple() -> None:
         n, m = int(rng.integers(1, 5)), int(rng.integers(1, 9))
         tokens = [int(t) for t in rng.integers(0, 3 + case % 5, size=int(rng.integers(0, 60)))]
         sampled = int(rng.integers(0, 4))
-        ours = ngram_simple_draft(LookupConfig(n, m), np.asarray(tokens, dtype=np.int32), sampled)
+        config = LookupConfig(n, m, kind=LookupKind.NGRAM_SIMPLE)
+        ours = ngram_simple_draft(config, np.asarray(tokens, dtype=np.int32), sampled)
         assert ours == reference_draft(n, m, tokens, sampled), (n, m, tokens, sampled)
         seen += bool(ours)
     assert seen > 500  # drafts were made, not only refused
 
 
-def test_lookup_keeps_only_its_history_even_for_100k_tokens() -> None:
+class ReferenceMapK:
+    """common_ngram_map_begin (fresh map), common_ngram_map_draft with key_only and
+    common_ngram_map_accept (common/ngram-map.cpp, llama.cpp 0.3.36), transcribed loop for loop."""
+
+    def __init__(self, n: int, m: int, prompt_length: int) -> None:
+        self.n, self.m = n, m
+        self.keys: list[dict[str, int]] = []
+        self.key_map = [0] * 262144
+        self.key_map_last_idx, self.size_last_begin = 0, prompt_length
+        self.last: int | None = None
+
+    def hash(self, tokens: list[int], start: int) -> int:
+        h = 0
+        for i in range(self.n):
+            h = (h * 2654435761 + tokens[start + i]) % 2**32
+        return h % len(self.key_map)
+
+    def match(self, inp: list[int], j: int, key: list[int]) -> bool:
+        return all(inp[j + k] == key[k] for k in range(self.n))
+
+    def draft(self, inp: list[int], sampled: int) -> list[int]:
+        self.last = None
+        n, m, cur = self.n, self.m, len(inp)
+        if cur < 2 * n + m:
+            return []
+        key = inp[cur - n + 1 :] + [sampled]
+        match_pos = 0
+        idx = self.key_map[self.hash(key, 0)]
+        if idx != 0 and idx < cur - n - m - 1 and self.match(inp, idx, key):
+            match_pos = idx
+        if match_pos == 0 and self.size_last_begin > n + m + 1:
+            j = self.size_last_begin - n - m - 1
+            while j > self.key_map_last_idx:
+                if self.match(inp, j, key):
+                    match_pos = j
+                    break
+                j -= 1
+        if match_pos == 0:
+            j = cur - n - m - 1
+            while j > self.size_last_begin and j > self.key_map_last_idx:
+                if self.match(inp, j, key):
+                    match_pos = j
+                    break
+                j -= 1
+        if self.size_last_begin > n + m + 1:
+            j = self.size_last_begin - n - m - 1
+            while j > self.key_map_last_idx:
+                if self.key_map[self.hash(inp, j)] == 0:
+                    self.key_map[self.hash(inp, j)] = j
+                j -= 1
+        j = cur - n - m - 1
+        while j > self.size_last_begin and j > self.key_map_last_idx:
+            if self.key_map[self.hash(inp, j)] == 0:
+                self.key_map[self.hash(inp, j)] = j
+            j -= 1
+        self.key_map_last_idx = max(cur - n - m - 1, self.key_map_last_idx)
+        if match_pos == 0:
+            return []
+        offset = next((i for i, k in enumerate(self.keys) if self.match(inp, k["key_idx"], key)), len(self.keys))
+        if offset == len(self.keys):
+            self.keys.append({"key_idx": match_pos, "key_num": 0, "n_accepted": m})
+        self.keys[offset]["key_num"] = min(self.keys[offset]["key_num"] + 1, 16380)
+        self.last = offset
+        return [inp[match_pos + n + i] for i in range(min(m, self.keys[offset]["n_accepted"]))]
+
+    def accept(self, n_accepted: int) -> None:
+        if self.last is not None:
+            self.keys[self.last]["n_accepted"] = n_accepted
+
+
+def test_map_k_drafts_as_llama_cpps_ngram_map_k() -> None:
+    """Generations with repeats: each step's draft, then a random number of its tokens accepted
+    (the history grows by them and one more), against the transcription."""
+    rng = np.random.default_rng(2)
+    drafts = shortened = 0
+    for case in range(150):
+        n, m = int(rng.integers(1, 4)), int(rng.integers(1, 7))
+        vocab = 2 + case % 4
+        history = [int(t) for t in rng.integers(0, vocab, size=int(rng.integers(0, 40)))]
+        ours, ref = (
+            LookupDrafter(LookupConfig(n, m, kind=LookupKind.NGRAM_MAP_K), history),
+            ReferenceMapK(n, m, len(history)),
+        )
+        for _ in range(40):
+            sampled = int(rng.integers(0, vocab))
+            got = ours.draft(sampled)
+            assert got == ref.draft(history, sampled), (n, m, history, sampled)
+            drafts += bool(got)
+            shortened += 0 < len(got) < m
+            accepted = int(rng.integers(0, len(got) + 1))
+            ours.accepted(accepted)
+            ref.accept(accepted)
+            grown = [sampled, *got[:accepted], int(rng.integers(0, vocab))]
+            ours.add(grown[:-1])
+            history += grown[:-1]
+    assert drafts > 1000 and shortened > 100  # drafts made, and cut to the key's last acceptance
+
+
+def test_map_k_hash_table_as_llama_cpps_on_a_long_history() -> None:
+    """Hash collisions in the 2^18-entry table change which occurrence drafts (the first one stored
+    for a hash stays); 30k tokens of a small vocabulary make many."""
+    rng = np.random.default_rng(3)
+    history = [int(t) for t in rng.integers(0, 6, size=30_000)]
+    ours, ref = (
+        LookupDrafter(LookupConfig(4, 8, kind=LookupKind.NGRAM_MAP_K), history),
+        ReferenceMapK(4, 8, len(history)),
+    )
+    for _ in range(30):
+        sampled = int(rng.integers(0, 6))
+        got = ours.draft(sampled)
+        assert got == ref.draft(history, sampled)
+        ours.add([sampled, *got])
+        history += [sampled, *got]
+
+
+def test_lookup_drafts_the_longest_match() -> None:
+    """edgeslm's lookup: the last n tokens if they occurred before, else n - 1, down to n_min; the
+    most recent occurrence; the length matched is the draft's key."""
+    config = LookupConfig(4, 3, n_min=2)
+    drafter = LookupDrafter(config, [5, 6, 7, 8, 9, 1, 2, 7, 8, 3, 4, 0])
+    assert (drafter.draft(7), drafter.key) == ([], 0)  # "0 7": never seen; "7" alone is below n_min
+    drafter = LookupDrafter(config, [5, 6, 7, 8, 9, 1, 2, 7, 8, 3, 4, 6])
+    assert (drafter.draft(7), drafter.key) == ([8, 9, 1], 2)  # "6 7" at 1 (not "7 8" later: that is "2 7")
+    drafter = LookupDrafter(config, [1, 2, 3, 9, 1, 2, 3, 8, 0, 1, 2])
+    assert (drafter.draft(3), drafter.key) == ([8, 0, 1], 3)  # "1 2 3": the most recent of two
+    assert LookupConfig(1).n_min == 1  # n below n_min: single tokens match
+    rng = np.random.default_rng(4)  # against the definition, by brute force
+    for case in range(3000):
+        n, m, n_min = int(rng.integers(1, 6)), int(rng.integers(1, 8)), int(rng.integers(1, 4))
+        tokens = [int(t) for t in rng.integers(0, 2 + case % 4, size=int(rng.integers(0, 40)))]
+        sampled, whole = int(rng.integers(0, 3)), tokens + [int(rng.integers(0, 3))]
+        whole[-1] = sampled
+        expected: tuple[list[int], int] = ([], 0)
+        for size in range(min(n, len(tokens)), min(n_min, n) - 1, -1):
+            ends = [e for e in range(size - 1, len(tokens)) if whole[e - size + 1 : e + 1] == whole[-size:]]
+            if ends:
+                expected = (whole[ends[-1] + 1 : ends[-1] + 1 + m], size)
+                break
+        got = LookupDrafter(LookupConfig(n, m, n_min=n_min), tokens)
+        assert (got.draft(sampled), got.key) == expected, (n, m, n_min, tokens, sampled)
+
+
+@pytest.mark.parametrize("kind", list(LookupKind))
+def test_lookup_keeps_only_its_history_even_for_100k_tokens(kind: LookupKind) -> None:
+    """A 100k-token prompt: the copy is drafted; memory is the history (4 bytes a token, grown 2x
+    at most) and, for ngram-map-k, its fixed 1 MiB table and one entry per key looked up."""
     prompt = list(np.random.default_rng(1).integers(0, 50_000, size=100_000))
-    drafter = LookupDrafter(LookupConfig(n=3, m=8), prompt + prompt[5_000:5_010])
+    drafter = LookupDrafter(LookupConfig(n=3, m=8, kind=kind), prompt + prompt[5_000:5_010])
     assert drafter.draft(int(prompt[5_010])) == [int(t) for t in prompt[5_011:5_019]]  # the copy continues
-    assert drafter._tokens.nbytes <= 8 * 100_100  # 4 bytes a token (grown 2x at most): no index
+    for step in range(200):
+        drafter.add([int(prompt[5_010 + step])])
+        drafter.draft(int(prompt[5_011 + step]))
+    assert drafter._tokens.nbytes <= 8 * 100_300
+    if kind is LookupKind.NGRAM_MAP_K:
+        assert drafter._map is not None and drafter._map.key_map.nbytes == 1 << 20 and len(drafter._map.keys) <= 201
 
 
-@pytest.mark.parametrize(("n", "m"), [(0, 48), (12, 0), (12, 10_000), (True, 4), (2.5, 4)])
+@pytest.mark.parametrize(("n", "m"), [(-1, 48), (12, -3), (12, 10_000), (True, 4), (2.5, 4)])
 def test_lookup_settings_out_of_range_are_refused(n: object, m: object) -> None:
     with pytest.raises(InvalidParameterError, match="out of range; valid: 1 to 256"):
         LookupConfig(n, m)  # type: ignore[arg-type]
@@ -148,12 +309,20 @@ def test_run_draft_lookup_prints_its_acceptance(builtin_home: Path, home: Path, 
     words = "one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen"
     ask = f"Repeat exactly: {words} {words} {words}"
     flags = ("--temperature", "0", "--max-tokens", "60", "--verbose")
-    spec = cli("run", ask, "--draft", "lookup", "--draft-n", "3", *flags)
     plain = cli("run", ask, *flags)
-    assert spec.code == 0 and spec.out == plain.out
-    assert "draft:                lookup (n 3, m 48)" in spec.err and "draft accepted:" in spec.err
+    # ngram-map-k needs m tokens after a match, and (as llama.cpp's) never looks at the prompt's last n + m + 1
+    for kind, m, shown in [("lookup", 48, "lookup (n 3, m 48, n_min 2)"),
+                           ("ngram-simple", 48, "ngram-simple (n 3, m 48)"),
+                           ("ngram-map-k", 8, "ngram-map-k (n 3, m 8, min_hits 1)")]:  # fmt: skip
+        spec = cli("run", ask, "--draft", kind, "--draft-n", "3", "--draft-m", str(m), *flags)
+        assert spec.code == 0 and spec.out == plain.out
+        assert f"draft:                {shown}\n" in spec.err
+        accepted, drafted = map(int, re.search(r"draft accepted: +(\d+)/(\d+)", spec.err).groups())  # type: ignore[union-attr]
+        assert drafted > 10 and accepted > drafted / 2, (kind, spec.err)  # the repeats are drafted
     refused = cli("run", ask, "--draft", "lookup", "--draft-n", "0")
-    assert refused.code != 0 and "draft n 0 is out of range" in refused.err
+    assert refused.code != 0 and "--draft-n: 0 is out of range; valid: 1 or more" in refused.err
+    refused = cli("run", ask, "--draft", "lookup", "--draft-m", "300")
+    assert refused.code != 0 and "draft m 300 is out of range; valid: 1 to 256" in refused.err
 
 
 def _drain(decoder: object, wanted: dict[str, list[int]]) -> dict[str, list[int]]:
@@ -167,13 +336,18 @@ def _drain(decoder: object, wanted: dict[str, list[int]]) -> dict[str, list[int]
     return out
 
 
-def test_slots_verify_their_drafts_in_one_batch_and_stay_lossless(tmp_path: Path) -> None:
+def test_slots_verify_their_drafts_in_one_batch_and_stay_lossless(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """The batching runner: greedy slots with drafts, a sampled one without, and a prompt being
     prefilled, in the same steps; every reply equals the same decoder's without drafts."""
+    from edgeslm.engines import llamacpp_batch
     from edgeslm.engines.llamacpp_batch import BatchDecoder
 
     engine = open_engine("llama.cpp", write_runnable_model(tmp_path / "m.gguf", seed=5), LoadParams(n_ctx=512))
     engine._verify_costs = {1: 1.0, 4: 1.1, 16: 1.5, 49: 3.0}  # verification made cheap: drafts are checked
+    # ... and priced as one pass (llama.cpp's extra pass for a slot's draft would decline them all)
+    monkeypatch.setattr(llamacpp_batch, "split_cost", lambda policy, runs, n: policy.cost(sum(c for _, c in runs)))
     prompts = {"a": "the cat sat on the mat; the cat sat on the", "b": "abc abc abc abc abc ab", "c": "xyz"}
     sampling = {"a": SamplingParams(temperature=0), "b": SamplingParams(temperature=0),
                 "c": SamplingParams(temperature=0.9, seed=1)}  # fmt: skip
@@ -198,8 +372,9 @@ def test_slots_verify_their_drafts_in_one_batch_and_stay_lossless(tmp_path: Path
 def test_serve_draft_lookup_counts_drafts_in_metrics(
     builtin_home: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> None:
-    """serve --draft lookup on SmolLM2 in F16 (its batches agree with single steps): the greedy reply
-    is the one served without drafts, and /metrics counts the drafted and accepted tokens."""
+    """serve --draft smollm2-135m-instruct:f16=lookup (F16: its batches agree with single steps): the
+    greedy reply is the one served without drafts, /metrics counts the drafted and accepted tokens,
+    and the model not named (the builtin Q4_1) drafts nothing."""
     import subprocess
     import sys
 
@@ -216,20 +391,23 @@ def test_serve_draft_lookup_counts_drafts_in_metrics(
     ask = [{"role": "user", "content": "Rewrite the following text with correct spacing around punctuation:\n\n"
                                        + text[2000:3200].replace("\r", "")}]  # fmt: skip
     replies, metrics = [], ""
-    for draft in (None, (12, 48)):
+    for draft in ((), (("smollm2-135m-instruct:f16", LookupConfig()),)):
         with serving(home, parallel=2, ctx=1024, prompt_cache=False, draft=draft) as url:
             with openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0) as oai:
-                kw: Any = {"model": "smollm2-135m-instruct:f16", "messages": ask, "temperature": 0, "max_tokens": 100}
-                replies.append(oai.chat.completions.create(**kw).choices[0].message.content)
+                for model in ("smollm2-135m-instruct:f16", "smollm2-135m-instruct"):
+                    kw: Any = {"model": model, "messages": ask, "temperature": 0, "max_tokens": 100}
+                    replies.append(oai.chat.completions.create(**kw).choices[0].message.content)
             metrics = httpx.get(f"{url}/metrics").text
-    drafted = _metric(metrics, "edgeslm_draft_tokens_total")
-    accepted = _metric(metrics, "edgeslm_draft_accepted_tokens_total")
+    drafted = _metric(metrics, "edgeslm_draft_tokens_total", "smollm2-135m-instruct:f16")
+    accepted = _metric(metrics, "edgeslm_draft_accepted_tokens_total", "smollm2-135m-instruct:f16")
     assert drafted > 0 and 0 < accepted <= drafted, metrics
-    assert replies[0] and replies[1] == replies[0]
+    assert _metric(metrics, "edgeslm_generated_tokens_total", "smollm2-135m-instruct:latest") > 0, metrics
+    assert _metric(metrics, "edgeslm_draft_tokens_total", "smollm2-135m-instruct:latest") == 0, metrics
+    assert replies[0] and replies[2] == replies[0]
 
 
-def _metric(text: str, name: str) -> float:
-    lines = [line for line in text.splitlines() if line.startswith(name + "{")]
+def _metric(text: str, name: str, model: str = "") -> float:
+    lines = [line for line in text.splitlines() if line.startswith(name + "{") and f'model="{model}' in line]
     return sum(float(line.rsplit(" ", 1)[1]) for line in lines)
 
 
@@ -327,3 +505,105 @@ def test_speculative_sampling_keeps_the_distribution(tmp_path: Path) -> None:
         assert set(counts) <= set(exact)
         chi2 = sum((counts.get(k, 0) - n * p) ** 2 / (n * p) for k, p in exact.items())
         assert chi2 < _chi2_999(len(exact) - 1), (chi2, counts, exact)
+
+
+def test_serve_draft_specs_are_checked_before_it_starts(home: Path, cli: Cli) -> None:
+    refused = cli("serve", "--draft", "smollm2-135m-instruct=smollm2-135m-instruct:q8_0", "--preload", "")
+    assert refused.code != 0 and "serve drafts by prompt lookup (lookup, ngram-simple, ngram-map-k)" in refused.err
+    refused = cli("serve", "--draft", "no-such-model=ngram-map-k", "--preload", "")
+    assert refused.code != 0 and "no-such-model" in refused.err
+    refused = cli("serve", "--draft", "lookup", "--draft-min-hits", "0", "--preload", "")
+    assert refused.code != 0 and "--draft-min-hits: 0 is out of range" in refused.err
+
+
+def test_a_draft_that_fails_mid_reply_ends_only_the_speculation(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A draft model whose decode fails after a few drafts (run), and a slot's lookup that fails
+    (serve's batching runner): the reply goes on without drafts and is the plain one."""
+    from edgeslm.engines import llamacpp_spec
+    from edgeslm.engines.llamacpp_batch import BatchDecoder
+    from edgeslm.errors import EngineError
+    from edgeslm.generation import load_draft
+
+    calls = {"n": 0}
+
+    def failing(real: Callable[..., list[int]], after: int) -> Callable[..., list[int]]:
+        def draft(*args: Any) -> list[int]:
+            calls["n"] += 1
+            if calls["n"] > after:
+                raise EngineError("llama.cpp decode failed (code -1)")
+            return real(*args)
+
+        return draft
+
+    target_path = write_runnable_model(tmp_path / "t.gguf", seed=5)
+    target = load(str(target_path), ctx=256)
+    target.engine._verify_costs = {1: 1.0, 4: 1.1, 16: 1.5, 49: 3.0}  # type: ignore[attr-defined]
+    target.engine._step_seconds = 1.0  # type: ignore[attr-defined]
+    same = load_draft(str(target_path), target)
+    same.engine._verify_costs, same.engine._step_seconds = {1: 1.0}, 0.05  # type: ignore[attr-defined]
+    monkeypatch.setattr(llamacpp_spec.ModelDrafter, "draft", failing(llamacpp_spec.ModelDrafter.draft, 3))
+    try:
+        greedy, stats = SamplingParams(temperature=0), SpecStats()
+        spec = generate(target, "the cat sat on the mat", max_tokens=80, sampling=greedy, draft=same, spec_stats=stats)
+        plain = generate(target, "the cat sat on the mat", max_tokens=80, sampling=greedy)
+        assert spec.tokens == plain.tokens and len(spec.tokens) == 80
+        assert calls["n"] == 4 and 0 < stats.verifies <= 3  # three drafts verified, then none
+    finally:
+        same.close()
+        target.close()
+
+    engine = open_engine("llama.cpp", target_path, LoadParams(n_ctx=512))
+    engine._verify_costs = {1: 1.0, 4: 1.1, 16: 1.5, 49: 3.0}  # type: ignore[attr-defined]
+    calls["n"] = 0
+    monkeypatch.setattr(LookupDrafter, "draft", failing(LookupDrafter.draft, 30))
+    prompt = engine.tokenize("abc abc abc abc abc abc ab", add_special=True)
+    try:
+        replies = []
+        for draft in (None, LookupConfig(n=1, m=6)):
+            decoder = BatchDecoder(engine, 2, 256, draft=draft, reuse=False)
+            decoder._clock.record = lambda *_: None  # type: ignore[method-assign]
+            try:
+                decoder.add("a", prompt, SamplingParams(temperature=0), 60)
+                replies.append(_drain(decoder, {"a": []})["a"])
+                drafted = decoder.spec_stats.verifies
+            finally:
+                decoder.close()
+        assert replies[1] == replies[0] and len(replies[0]) == 60 and calls["n"] == 31 and drafted > 0
+    finally:
+        engine.close()
+
+
+@pytest.mark.real_model
+def test_bench_draft_measures_the_copy_workload(builtin_home: Path, home: Path, cli: Cli) -> None:
+    """bench --draft: the copy workload plainly and with drafts, the acceptance reported; a draft
+    model with another vocabulary is refused by name."""
+    shutil.copytree(builtin_home, home)
+    result = cli("bench", "gemma3-270m", "-p", "0", "-n", "32", "-r", "1", "--draft", "lookup", "--json")
+    assert result.code == 0, result.err
+    tests = {t["test"]: t for t in json.loads(result.out)[0]["tests"]}
+    assert list(tests) == ["tg32", "tg32 copy", "tg32 copy+lookup"]
+    spec = tests["tg32 copy+lookup"]
+    assert spec["drafted"] >= spec["accepted"] > 10 and spec["mean_tps"] > 1  # Gemma copies on: drafts accepted
+    table = cli("bench", "gemma3-270m", "-p", "0", "-n", "16", "-r", "1", "--draft", "ngram-map-k", "--draft-m", "8")
+    assert table.code == 0 and "tg16 copy+ngram-map-k" in table.out, table.err
+    refused = cli("bench", "gemma3-270m", "-p", "0", "-n", "8", "-r", "1", "--draft", "smollm2-135m-instruct")
+    assert refused.code != 0 and "a draft model needs the target's vocabulary" in refused.err
+
+
+def test_the_step_cost_follows_llama_cpps_passes() -> None:
+    """A cache per sequence: llama.cpp splits a step into passes of consecutive sequence ids with
+    equal tokens each (split_equal), so a slot's draft is a pass of its own."""
+    from edgeslm.engines.llamacpp_batch import split_cost, ubatch_sizes
+
+    assert ubatch_sizes([(0, 1), (1, 1), (2, 1), (3, 1)], 512) == [4]
+    assert ubatch_sizes([(0, 1), (1, 6), (2, 1), (3, 1)], 512) == [4, 5]
+    assert ubatch_sizes([(0, 3), (1, 3), (2, 1)], 512) == [3, 4]
+    assert ubatch_sizes([(0, 3), (1, 1), (2, 3), (3, 1)], 512) == [4, 2, 2]
+    assert ubatch_sizes([(0, 1), (1, 1), (3, 1), (2, 7)], 512) == [3, 1, 6]  # 3 does not follow 1; 2 does
+    assert ubatch_sizes([(0, 1), (2, 1)], 512) == [1, 1]  # an idle slot between: two passes
+    assert ubatch_sizes([(0, 300), (1, 300)], 512) == [512, 88]
+    policy = Policy({1: 1.0, 4: 2.0, 16: 5.0})
+    assert split_cost(policy, [(0, 1), (1, 6), (2, 1), (3, 1)], 512) == policy.cost(4) + policy.cost(5)
+    assert split_cost(policy, [(0, 1), (1, 6), (2, 1), (3, 1)], 512) > policy.cost(9)  # more than one pass

@@ -20,6 +20,7 @@ from ..speculation import LookupConfig, SpecStats
 from ..store import Store, parse_name
 from ..units import format_mib, format_params
 from .chat_loop import chat_loop
+from .draft_flags import add_draft_flags, is_lookup, lookup_config
 from .output import print_json, print_table, status
 
 Handler = Callable[[argparse.Namespace, Settings], int]
@@ -48,15 +49,7 @@ def configure(sub: Any) -> None:
     p.add_argument("--system", help="system message (chat models)")
     p.add_argument("-i", "--interactive", action="store_true", help="chat even when stdin is not a terminal")
     p.add_argument("--verbose", dest="timings", action="store_true", help="print Ollama-style timings")
-    p.add_argument(
-        "--draft",
-        metavar="lookup|MODEL",
-        help="speculative decoding, greedy: 'lookup' drafts from the prompt (llama.cpp's ngram-simple), a MODEL "
-        "with the same vocabulary drafts with its own decoding; verified in batches when the measured cost says so",
-    )
-    d = LookupConfig()
-    p.add_argument("--draft-n", type=int, default=d.n, help=f"lookup: the n-gram matched (default {d.n})")
-    p.add_argument("--draft-m", type=int, default=d.m, help=f"lookup: the most tokens drafted (default {d.m})")
+    add_draft_flags(p, models=True)
     _add_load_flags(p)
     s = SamplingParams()
     p.add_argument("--temperature", type=float, default=s.temperature, help="0 is greedy")
@@ -82,6 +75,7 @@ def configure(sub: Any) -> None:
     p.add_argument("-n", "--n-gen", type=int, default=128)
     p.add_argument("-r", "--repetitions", type=int, default=5)
     p.add_argument("-t", "--threads", type=int)
+    add_draft_flags(p, models=True)
     fmt = p.add_mutually_exclusive_group()
     for name in ("json", "csv", "markdown"):
         fmt.add_argument(f"--{name}", dest="format", action="store_const", const=name)
@@ -131,11 +125,11 @@ def split_model_and_prompt(args: argparse.Namespace, settings: Settings) -> tupl
 def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
     name, prompt = split_model_and_prompt(args, settings)
     sampling = _sampling(args)  # validate before loading anything
-    args.lookup = LookupConfig(args.draft_n, args.draft_m) if args.draft else None
+    args.lookup = lookup_config(args, args.draft) if args.draft and is_lookup(args.draft) else None
     ensure_pulled(name, settings)
     model = load(name, ctx=args.ctx, threads=args.threads, settings=settings)
     try:
-        if args.draft and args.draft != "lookup":
+        if args.draft and not is_lookup(args.draft):
             ensure_pulled(args.draft, settings)
             args.lookup = load_draft(args.draft, model, threads=args.threads, settings=settings)
         if not model.has_chat_template:
@@ -180,7 +174,7 @@ def _print_speculation(draft: LookupConfig | Model, stats: SpecStats, sampling: 
     if sampling.penalized:
         status(f"{'draft:':22}off (penalties decode plainly: their history is not replayed in a batch)")
         return
-    kind = f"model {draft.name}" if isinstance(draft, Model) else f"lookup (n {draft.n}, m {draft.m})"
+    kind = f"model {draft.name}" if isinstance(draft, Model) else draft.describe()
     status(f"{'draft:':22}{kind}")
     status(f"{'draft accepted:':22}{stats.accepted}/{stats.drafted} token(s) ({stats.rate:.0%}) in {stats.verifies} "
            f"verify batch(es); {stats.declined} draft(s) not worth verifying")  # fmt: skip
@@ -215,7 +209,14 @@ def cmd_embed(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_bench(args: argparse.Namespace, settings: Settings) -> int:
-    params = BenchParams(args.n_prompt, args.n_gen, args.repetitions, args.threads)
+    draft: dict[str, Any] | None = None
+    if args.draft and is_lookup(args.draft):
+        draft = lookup_config(args, args.draft).as_args()
+    elif args.draft:
+        ensure_pulled(args.draft, settings)
+        draft_model = resolve_model(args.draft, settings)
+        draft = {"model": str(draft_model.path), "name": draft_model.name}
+    params = BenchParams(args.n_prompt, args.n_gen, args.repetitions, args.threads, draft)
     targets = []
     for name in args.models:
         ensure_pulled(name, settings)
@@ -239,7 +240,7 @@ def _bench_rows(results: list[BenchResult]) -> list[tuple[Any, ...]]:
             format_params(r.n_params),
             f"{r.bits_per_weight:.2f}",
             r.threads,
-            t.test,
+            t.test + (f" ({t.accepted}/{t.drafted} accepted)" if t.drafted else ""),
             f"{t.mean:.2f} ± {t.stdev:.2f}",
             f"{r.load_seconds * 1000:.0f}",
             format_mib(r.peak_rss),
@@ -280,6 +281,8 @@ def _bench_csv(results: list[BenchResult]) -> str:
             "load_seconds",
             "peak_rss",
             "samples_tps",
+            "drafted",
+            "accepted",
         ]
     )
     for r in results:
@@ -297,6 +300,8 @@ def _bench_csv(results: list[BenchResult]) -> str:
                     f"{r.load_seconds:.4f}",
                     r.peak_rss,
                     json.dumps(list(t.samples_tps)),
+                    t.drafted,
+                    t.accepted,
                 ]
             )
     return out.getvalue()

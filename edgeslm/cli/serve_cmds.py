@@ -16,8 +16,8 @@ from ..errors import OfflineError, UsageError
 from ..runner import LOAD_TIMEOUT
 from ..serve.limits import MAX_BODY
 from ..serve.options import DEFAULT_KEEP_ALIVE, DEFAULT_PORT, ServeOptions, check_options
-from ..speculation import LookupConfig
 from ..units import format_bytes, parse_bytes
+from .draft_flags import add_draft_flags, serve_drafts
 from .output import print_json, print_table, status
 
 
@@ -56,11 +56,7 @@ def configure(sub: Any) -> None:
     )  # fmt: skip
     p.add_argument("--pin", action="append", default=[], metavar="MODEL", help="load MODEL at start and keep it "
                    "loaded: never expired, never evicted for another model (repeatable)")  # fmt: skip
-    d = LookupConfig()
-    p.add_argument("--draft", choices=["lookup"], help="speculative decoding of greedy requests: prompt-lookup "
-                   "drafts (llama.cpp's ngram-simple) verified with other slots' tokens when that pays")  # fmt: skip
-    p.add_argument("--draft-n", type=int, default=d.n, help=f"lookup: the n-gram matched (default {d.n})")
-    p.add_argument("--draft-m", type=int, default=d.m, help=f"lookup: the most tokens drafted (default {d.m})")
+    add_draft_flags(p, models=False, per_model=True)
     p.add_argument("--preload", default=DEFAULT_MODEL, help=f"model loaded at start (default {DEFAULT_MODEL}; '' none)")
 
     p = sub.add_parser("ps", help="models loaded by a running server")
@@ -80,7 +76,7 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
         memory=args.memory, queue=args.queue, keep_alive=args.keep_alive, threads=args.threads,
         cors_origins=tuple(args.cors_origin), allowed_hosts=tuple(args.allow_host), max_body=args.max_body,
         preload=args.preload or None, pin=tuple(args.pin), prompt_cache=args.prompt_cache,
-        load_timeout=args.load_timeout, draft=(args.draft_n, args.draft_m) if args.draft else None,
+        load_timeout=args.load_timeout, draft=serve_drafts(args),
     )  # fmt: skip
     check_options(options)
     app = create_app(options, settings)

@@ -89,6 +89,7 @@ class BatchDecoder:
         self.spec_stats = SpecStats()
         self.finished_stats: dict[str, tuple[int, int]] = {}  # request -> (drafted, accepted), until read
         self._clock = StepClock()  # corrects the drafts' modelled cost by the measured step times
+        self._runs: list[tuple[int, int]] = []  # this step's batch: (sequence, tokens) in order
 
     # -- requests -----------------------------------------------------------------------------
 
@@ -156,12 +157,13 @@ class BatchDecoder:
             raise EngineError(f"llama.cpp decode failed (code {rc}): {last_errors()}")
         events: list[StepEvent] = []
         drafted = any(s.draft for s in self.slots)
+        runs = self._runs  # read before the slots move on
         for slot in self.slots:
             if slot.request is not None and slot.index >= 0:
                 events += self._verify(slot) if slot.draft else [self._sample(slot)]
         policy = next((s.policy for s in self.slots if s.policy is not None), None)
         if policy is not None and not prefill:  # generation only: a step the cost model prices
-            self._clock.record(time.perf_counter() - started, policy.cost(n), drafted)
+            self._clock.record(time.perf_counter() - started, split_cost(policy, runs, self.n_batch), drafted)
         return events
 
     def _fill(self) -> int:
@@ -170,18 +172,26 @@ class BatchDecoder:
         for slot in self.slots:
             slot.index, slot.draft, slot.decoded = -1, [], None
         size, expected = len(generating), float(len(generating))  # the step's tokens, and what they yield
-        for slot in generating:
+        runs = [(s.seq, 1) for s in generating]  # (sequence, tokens) in batch order
+        for i, slot in enumerate(generating):
             slot.decoded, slot.last = slot.last, None
             assert slot.decoded is not None
             if slot.drafter is not None and slot.policy is not None:  # a draft joins if the step's rate rises
-                found = slot.drafter.draft(slot.decoded)
+                found = self._draft(slot, slot.drafter, slot.decoded)
+                slot.policy.select(0 if slot.drafter is None else slot.drafter.key)
                 room = min(self.n_batch - size, self.ctx_per_slot - slot.n_past - 1)
                 slot.policy.correction = self._clock.correction
-                k = slot.policy.depth(min(len(found), room), size, expected) if room > 0 else 0
+                policy, seq = slot.policy, slot.seq
+
+                def priced(k: int, i: int = i, seq: int = seq, policy: Policy = policy) -> float:
+                    return split_cost(policy, [*runs[:i], (seq, 1 + k), *runs[i + 1 :]], self.n_batch)
+
+                k = policy.depth(min(len(found), room), size, expected, priced) if room > 0 else 0
                 if k > 0:
-                    slot.draft, size, expected = found[:k], size + k, expected + slot.policy.expected(k)
+                    slot.draft, size, expected = found[:k], size + k, expected + policy.expected(k)
+                    runs[i] = (seq, 1 + k)
                 elif found:
-                    slot.policy.declined(found)
+                    policy.declined(found)
             first = n
             n = self._put(b, n, slot, [slot.decoded, *slot.draft], logits_last=True)
             if slot.draft:  # every row: the sampled token's and each drafted token's
@@ -194,8 +204,19 @@ class BatchDecoder:
                 continue
             piece, slot.pending = slot.pending[:room], slot.pending[room:]
             n = self._put(b, n, slot, piece, logits_last=not slot.pending)
-        b.n_tokens = n
+            runs.append((slot.seq, len(piece)))
+        b.n_tokens, self._runs = n, runs
         return n
+
+    @staticmethod
+    def _draft(slot: _Slot, drafter: LookupDrafter, sampled: int) -> list[int]:
+        """The slot's draft; one that fails ends the slot's speculation, not its request."""
+        try:
+            return drafter.draft(sampled)
+        except Exception as exc:
+            log.warning("request %s: the draft failed (%r): decoding on without drafts", slot.request, exc)
+            slot.drafter = None
+            return []
 
     def _put(self, b: Any, n: int, slot: _Slot, tokens: list[int], *, logits_last: bool) -> int:
         for i, tok in enumerate(tokens):
@@ -255,6 +276,7 @@ class BatchDecoder:
             accepted += 1
             token = predicted(accepted)
         slot.policy.verified(k, accepted)
+        slot.drafter.accepted(accepted)
         self.spec_stats.verifies += 1
         self.spec_stats.drafted += k
         self.spec_stats.accepted += accepted
@@ -284,6 +306,35 @@ class BatchDecoder:
             lc.llama_batch_free(self._batch)
             lc.llama_free(self._ctx)
             self._ctx = None
+
+
+def ubatch_sizes(runs: list[tuple[int, int]], n_ubatch: int) -> list[int]:
+    """The passes llama.cpp makes over a batch of several sequences with a cache per sequence
+    (``llama_batch_allocr::split_equal``, sequential): each pass takes the sequences from the
+    first with tokens left on, while their ids follow one another in batch order, and the same
+    number of tokens from each, as many as the shortest has. ``runs``: (sequence, tokens) as the
+    batch holds them, one run per sequence."""
+    left = {seq: count for seq, count in runs if count > 0}
+    order = [seq for seq, count in runs if count > 0]
+    sizes = []
+    while left:
+        chosen: list[int] = []
+        for seq in order:
+            if seq in left and (not chosen or seq == chosen[-1] + 1):
+                chosen.append(seq)
+        rounds = min(min(left[s] for s in chosen), max(1, n_ubatch // len(chosen)))
+        sizes.append(rounds * len(chosen))
+        for seq in chosen:
+            left[seq] -= rounds
+            if not left[seq]:
+                del left[seq]
+    return sizes
+
+
+def split_cost(policy: Policy, runs: list[tuple[int, int]], n_ubatch: int) -> float:
+    """A step's cost in single-token steps: the sum over llama.cpp's passes (``ubatch_sizes``).
+    One slot's draft is a pass of its own, so it costs more than the same tokens in one pass."""
+    return sum(policy.cost(size) for size in ubatch_sizes(runs, n_ubatch))
 
 
 class StepClock:

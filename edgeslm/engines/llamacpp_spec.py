@@ -1,11 +1,12 @@
-"""Speculative decoding on llama.cpp: a draft verified in one batch, greedily.
+"""Speculative decoding on llama.cpp: a draft (prompt lookup, or a draft model) verified in one batch.
 
-Each step decodes the sampled token and the draft (k tokens) together, takes the argmax of every
-row, accepts the draft up to its first disagreement and keeps the model's own token there; the
-cache beyond what was accepted is removed. The text equals plain greedy decoding wherever
-llama.cpp's batched kernels give the same argmax as single-token steps (tests check it on the
-builtins). Sampling, grammars and penalties decode plainly (their tokens depend on a sampler
-chain that a batch does not replay yet).
+Each step decodes the sampled token and the draft (k tokens) together, judges every row in turn,
+accepts the draft up to its first rejection and keeps the model's own token there; the cache
+beyond what was accepted is removed. Greedy: a drafted token is accepted if it is the row's
+argmax, so the text equals plain greedy decoding wherever llama.cpp's batched kernels give the
+same argmax as single-token steps (tests check it on the builtins). Sampling: the acceptance rule
+of ``spec_sampling``, so the output distribution is unchanged. Grammars and penalties decode
+plainly (their tokens depend on sampler state that a batch does not replay).
 """
 
 from __future__ import annotations
@@ -142,7 +143,7 @@ def speculative_tokens(
     mem, n_past = lc.llama_get_memory(ctx), len(prompt)
     last = pick(_row(ctx, -1, n_vocab))
     costs = verify_costs(engine, n_past, last)
-    drafter: LookupDrafter | ModelDrafter
+    drafter: LookupDrafter | ModelDrafter | None
     if isinstance(draft, LookupConfig):
         drafter, depth_max = LookupDrafter(draft, list(prompt)), draft.m
         policy = Policy(costs, stats=stats)
@@ -159,19 +160,19 @@ def speculative_tokens(
             if n_past >= n_ctx:
                 return
             room, started = n_ctx - n_past - 1, time.perf_counter()
-            if isinstance(drafter, LookupDrafter):
-                found = drafter.draft(last)
-                k = min(policy.depth(len(found)), room)
-            else:
-                k = min(policy.depth(depth_max), room)
-                found = drafter.draft(last, k)
-                k = min(k, len(found))
+            try:
+                found, k = _propose(drafter, policy, last, room, depth_max) if drafter is not None else ([], 0)
+            except Exception as exc:  # a failing draft ends speculation, not the reply
+                log.warning("the draft failed (%r): decoding on without drafts", exc)
+                _close(drafter)
+                drafter, found, k = None, [], 0
             if k <= 0:
                 if found and isinstance(drafter, LookupDrafter):  # scored for free against plain tokens
                     policy.declined(found)
                 engine._fill_batch(batch, [last], n_past, n_past)
                 engine._decode(ctx, batch)
-                drafter.add([last])
+                if drafter is not None:
+                    drafter.add([last])
                 n_past += 1
                 last = pick(_row(ctx, -1, n_vocab))
                 policy.decoded(last)
@@ -190,7 +191,10 @@ def speculative_tokens(
             if accepted == k:
                 token = pick(rows[k])
             policy.verified(k, accepted)
+            if isinstance(drafter, LookupDrafter):
+                drafter.accepted(accepted)
             policy.timed(time.perf_counter() - started, k)
+            assert drafter is not None  # k > 0: a draft was made
             drafter.add(tokens[: 1 + accepted])
             n_past += 1 + accepted
             lc.llama_memory_seq_rm(mem, 0, n_past, -1)
@@ -198,8 +202,24 @@ def speculative_tokens(
             last = token
     finally:
         lc.llama_batch_free(batch)
-        if isinstance(drafter, ModelDrafter):
-            drafter.close()
+        _close(drafter)
+
+
+def _propose(drafter: LookupDrafter | ModelDrafter, policy: Policy, last: int, room: int,
+             depth_max: int) -> tuple[list[int], int]:  # fmt: skip
+    """A draft after ``last`` and how much of it the policy verifies (0: decode plainly)."""
+    if isinstance(drafter, LookupDrafter):
+        found = drafter.draft(last)
+        policy.select(drafter.key)
+        return found, min(policy.depth(len(found)), room)
+    k = min(policy.depth(depth_max), room)
+    found = drafter.draft(last, k)
+    return found, min(k, len(found))
+
+
+def _close(drafter: LookupDrafter | ModelDrafter | None) -> None:
+    if isinstance(drafter, ModelDrafter):
+        drafter.close()
 
 
 def speculates(sampling: SamplingParams) -> bool:

@@ -76,7 +76,7 @@ class Runner:
         prompt_cache: bool = True,  # a freed slot's cells serve the next prompt sharing their prefix
         load_timeout: float = LOAD_TIMEOUT,
         close_timeout: float = CLOSE_TIMEOUT,
-        draft: tuple[int, int] | None = None,  # prompt-lookup speculative decoding (n, m)
+        draft: dict[str, Any] | None = None,  # prompt-lookup speculative decoding (LookupConfig.as_args())
         worker: Sequence[str] = WORKER,  # the command that starts the worker (tests start fakes)
     ) -> None:
         self.name, self.close_timeout = name, close_timeout

@@ -213,7 +213,7 @@ def main() -> None:
     args = json.loads(sys.argv[1])
     try:
         name, slots, ctx, threads, home = (args.get(k) for k in ("name", "slots", "ctx_per_slot", "threads", "home"))
-        draft = LookupConfig(*args["draft"]) if args.get("draft") else None
+        draft = LookupConfig(**args["draft"]) if args.get("draft") else None
         serve(name, slots, ctx, threads, home, args.get("prompt_cache", True), draft)
     except EdgeslmError as exc:
         send(error_message(exc, "failed"))

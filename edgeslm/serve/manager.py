@@ -17,6 +17,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import Any
 
 from ..config import Settings
 from ..errors import CapacityError, EdgeslmError, EngineError, InvalidNameError
@@ -25,6 +26,7 @@ from ..generation import resolve_model
 from ..pull import ensure_pulled
 from ..runner import CLOSE_TIMEOUT, LOAD_TIMEOUT, LoadState, Runner, RunnerLike
 from ..runner.state import Lifecycle
+from ..speculation.config import LookupConfig
 from ..store import Store, parse_name
 from ..units import format_bytes
 from .options import DEFAULT_KEEP_ALIVE
@@ -49,7 +51,7 @@ class ManagerParams:
     prompt_cache: bool = True
     load_timeout: float = LOAD_TIMEOUT  # seconds a runner may take to load before it is killed
     pinned: tuple[str, ...] = ()  # models kept loaded through keep_alive and eviction (serve --pin)
-    draft: tuple[int, int] | None = None  # prompt lookup (n, m) in every llama.cpp runner (serve --draft)
+    draft: tuple[tuple[str, LookupConfig], ...] = ()  # prompt lookup per model ("*": every one; serve --draft)
 
 
 @dataclass
@@ -101,6 +103,7 @@ class ModelManager:
         self._store = Store.open(settings.models_dir)
         self._memory: dict[str, int] = {}  # blob digest -> the memory its runner takes
         self.pinned = frozenset(self.needs(name)[0] for name in params.pinned)  # full names; unknown: refused
+        self.drafts = {name if name == "*" else self.needs(name)[0]: config for name, config in params.draft}
 
     def needs(self, name: str) -> tuple[str, int]:
         """(the model's full name, the memory its runner takes) without loading it."""
@@ -177,7 +180,7 @@ class ModelManager:
             runner = self.factory(
                 entry.name, slots=p.slots, ctx_per_slot=p.ctx_per_slot, threads=p.threads,
                 home=str(self.settings.home), prompt_cache=p.prompt_cache, load_timeout=p.load_timeout,
-                **({"draft": p.draft} if p.draft else {}),  # type: ignore[arg-type]
+                **self._draft_args(entry.name),
             )  # fmt: skip
         except BaseException as exc:
             with self._lock:
@@ -190,6 +193,10 @@ class ModelManager:
             entry.runner, entry.keep_alive, entry.last_used = runner, keep, time.monotonic()
             entry.life.move(LoadState.READY)
         return Lease(entry.name, runner, time.perf_counter() - start)
+
+    def _draft_args(self, name: str) -> dict[str, Any]:
+        config = self.drafts.get(name, self.drafts.get("*"))
+        return {"draft": config.as_args()} if config is not None else {}
 
     def release(self, held: Lease) -> None:
         retired: list[_Loaded] = []

@@ -38,7 +38,8 @@ class ServeOptions:
     pin: tuple[str, ...] = ()  # models loaded at start and kept loaded (never expired or evicted)
     prompt_cache: bool = True
     load_timeout: float = LOAD_TIMEOUT  # seconds a model may take to load before its runner is killed
-    draft: tuple[int, int] | None = None  # prompt-lookup speculative decoding (n, m) for greedy requests
+    # prompt-lookup speculative decoding of greedy requests: (model name, or "*" for every model; its config)
+    draft: tuple[tuple[str, LookupConfig], ...] = ()
 
     @property
     def loopback(self) -> bool:
@@ -57,8 +58,8 @@ def check_options(options: ServeOptions) -> None:
             "create keys with 'edgeslm keys add FILE --id NAME --role user' and pass that FILE as api_keys",
             params="api_keys",
         )
-    if options.draft is not None:
-        LookupConfig(*options.draft)  # the n-gram settings' ranges, checked before anything starts
+    if any(not isinstance(config, LookupConfig) for _, config in options.draft):
+        raise UsageError("draft: a (model name or '*', LookupConfig) pair per entry", params="draft")
     if not 1 <= options.parallel <= 256:
         raise UsageError(f"parallel {options.parallel} is out of range; valid: 1 to 256", params="parallel")
     if not 64 <= options.ctx <= 1 << 20:

@@ -1,4 +1,5 @@
-"""Speculative decoding: drafts (``ngram``: prompt lookup, as llama.cpp's ``ngram-simple``) and
+"""Speculative decoding: drafts (``ngram``: prompt lookup, llama.cpp's ``ngram-simple`` and
+``ngram-map-k`` and edgeslm's longest match) and
 the policy that decides, from the verify cost measured on this machine and the acceptance seen so
 far, whether a draft is worth verifying (``policy``). The engines verify (``engines.llamacpp_spec``).
 Names are imported on first use: the CLI and the server read ``LookupConfig`` without numpy."""
@@ -9,14 +10,14 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from .config import LookupConfig
+    from .config import LookupConfig, LookupKind
     from .ngram import LookupDrafter, ngram_simple_draft
     from .policy import Policy, SpecStats, expected_gain
 
-__all__ = ["LookupConfig", "LookupDrafter", "Policy", "SpecStats", "expected_gain", "ngram_simple_draft"]
+__all__ = ["LookupConfig", "LookupDrafter", "LookupKind", "Policy", "SpecStats", "expected_gain", "ngram_simple_draft"]
 _HOME = {
-    "LookupConfig": "config", "LookupDrafter": "ngram", "ngram_simple_draft": "ngram", "Policy": "policy",
-    "SpecStats": "policy", "expected_gain": "policy",
+    "LookupConfig": "config", "LookupKind": "config", "LookupDrafter": "ngram", "ngram_simple_draft": "ngram",
+    "Policy": "policy", "SpecStats": "policy", "expected_gain": "policy",
 }  # fmt: skip
 
 

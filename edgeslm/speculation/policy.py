@@ -13,7 +13,7 @@ so acceptance keeps being learnt and speculation comes back on when it would pay
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 MARGIN = 1.05  # expected speed-up below which a draft is not verified
@@ -49,13 +49,28 @@ class Policy:
         if 1 not in costs or any(size < 1 or ratio <= 0 for size, ratio in costs.items()):
             raise ValueError("costs: batch size -> time relative to one token, from size 1 on")
         self._costs = sorted(costs.items())
-        self.acceptance = prior
+        self.prior = prior
+        self._rates: dict[int, float] = {}  # key (a lookup's matched length; else 0) -> acceptance
+        self._key = 0
         self.stats = stats or SpecStats()
         self._shadow: list[int] = []
-        self._shadow_hits = 0
+        self._shadow_hits, self._shadow_key = 0, 0
         self.draft_cost, self.probe_every, self._idle, self._wait = draft_cost, probe_every, 0, probe_every
         self.correction = 1.0  # measured verify time over the modelled one (``timed``)
         self._plain_seconds: float | None = None
+
+    @property
+    def acceptance(self) -> float:
+        """The running per-token acceptance of drafts like the current one (``select``)."""
+        return self._rates.get(self._key, self.prior)
+
+    @acceptance.setter
+    def acceptance(self, value: float) -> None:
+        self._rates[self._key] = value
+
+    def select(self, key: int) -> None:
+        """The kind of the draft at hand (a lookup's matched length: short matches are less often right)."""
+        self._key = key
 
     def cost(self, size: int) -> float:
         """A batch of ``size`` tokens in plain steps: measured points, linear between and beyond."""
@@ -68,21 +83,28 @@ class Policy:
         (s0, c0), (s1, c1) = points[-2], points[-1]
         return c1 + (c1 - c0) / (s1 - s0) * (size - s1)
 
-    def depth(self, available: int, batch: int = 1, expected: float | None = None) -> int:
+    def depth(self, available: int, batch: int = 1, expected: float | None = None,
+              step_cost: Callable[[int], float] | None = None) -> int:  # fmt: skip
         """How many of ``available`` drafted tokens to verify; 0: decode plainly. ``batch``: the
         tokens already in this step's batch, ``expected``: the tokens they are expected to yield
-        (other slots' replies and drafts); the draft must raise the step's tokens per second."""
+        (other slots' replies and drafts); the draft must raise the step's tokens per second.
+        ``step_cost(k)``: the step's cost with k drafted tokens, where it is not ``cost(batch + k)``
+        (llama.cpp decodes a step of several sequences in more than one pass)."""
         if available <= 0:
             return 0
         expected = float(batch) if expected is None else expected
-        best_k, best = 0, MARGIN * expected / self.cost(batch)
-        gained, term = 0.0, 1.0  # a + a^2 + ... + a^k, built up with k
+        priced = step_cost or (lambda k: self.cost(batch + k))
+        best_k, best = 0, MARGIN * expected / priced(0)
+        gained, term, a, last = 0.0, 1.0, self.acceptance, 0.0  # gained: a + a^2 + ... + a^k
         for k in range(1, available + 1):
-            term *= self.acceptance
+            term *= a
             gained += term
-            rate = (expected + gained) / (self.correction * (self.cost(batch + k) + k * self.draft_cost))
+            rate = (expected + gained) / (self.correction * (priced(k) + k * self.draft_cost))
             if rate > best:
                 best_k, best = k, rate
+            elif rate < last and k > 2 * best_k + 4:  # past the rate's one peak: stop looking
+                break
+            last = rate
         if best_k:
             self._wait = self.probe_every  # paying again: the next try after a pause comes soon
         elif self.probe_every:
@@ -103,7 +125,8 @@ class Policy:
 
     def expected(self, k: int) -> float:
         """Tokens a verify of k drafted tokens is expected to yield beyond the sampled one."""
-        return sum(self.acceptance**i for i in range(1, k + 1))
+        a = self.acceptance
+        return sum(a**i for i in range(1, k + 1))
 
     def verified(self, drafted: int, accepted: int) -> None:
         self.stats.verifies += 1
@@ -115,7 +138,7 @@ class Policy:
         """A draft not verified: scored against the tokens that plain decoding produces next."""
         self.stats.declined += 1
         if not self._shadow:
-            self._shadow, self._shadow_hits = list(draft), 0
+            self._shadow, self._shadow_hits, self._shadow_key = list(draft), 0, self._key
 
     def decoded(self, token: int) -> None:
         """A token from a plain step."""
@@ -124,12 +147,15 @@ class Policy:
         if token == self._shadow[self._shadow_hits]:
             self._shadow_hits += 1
             if self._shadow_hits == len(self._shadow):
-                self._learn(self._shadow_hits, rejected=False)
+                self._learn(self._shadow_hits, rejected=False, key=self._shadow_key)
                 self._shadow = []
             return
-        self._learn(self._shadow_hits, rejected=True)
+        self._learn(self._shadow_hits, rejected=True, key=self._shadow_key)
         self._shadow = []
 
-    def _learn(self, accepted: int, *, rejected: bool) -> None:
+    def _learn(self, accepted: int, *, rejected: bool, key: int | None = None) -> None:
+        key = self._key if key is None else key
+        rate = self._rates.get(key, self.prior)
         for hit in [1.0] * accepted + [0.0] * rejected:
-            self.acceptance += WEIGHT * (hit - self.acceptance)
+            rate += WEIGHT * (hit - rate)
+        self._rates[key] = rate
