@@ -412,6 +412,20 @@ def _metric(text: str, name: str, model: str = "") -> float:
 
 
 @pytest.mark.usefixtures("forced_costs")
+def _self_drafting(tmp_path: Path) -> tuple[Path, Any, Any]:
+    """A tiny model, and the same file as its draft model, with verification made cheap (hand-set
+    costs: drafts are checked) and the draft's steps cheaper still."""
+    from edgeslm.generation import load_draft
+
+    target_path = write_runnable_model(tmp_path / "t.gguf", seed=5)
+    target = load(str(target_path), ctx=256)
+    target.engine._verify_costs = {1: 1.0, 4: 1.1, 16: 1.5, 49: 3.0}
+    target.engine._step_seconds = 1.0
+    same = load_draft(str(target_path), target)
+    same.engine._verify_costs, same.engine._step_seconds = {1: 1.0}, 0.05
+    return target_path, target, same
+
+
 def test_a_draft_model_drafts_losslessly_and_bad_drafts_are_refused(tmp_path: Path, home: Path, cli: Cli) -> None:
     """A draft model: the target's own file drafts every token right (all accepted, the same text);
     a model with another vocabulary, or trained for less context than the run holds, is refused;
@@ -419,12 +433,7 @@ def test_a_draft_model_drafts_losslessly_and_bad_drafts_are_refused(tmp_path: Pa
     then (its drafts cannot be scored for free)."""
     from edgeslm.generation import load_draft
 
-    target_path = write_runnable_model(tmp_path / "t.gguf", seed=5)
-    target = load(str(target_path), ctx=256)
-    target.engine._verify_costs = {1: 1.0, 4: 1.1, 16: 1.5, 49: 3.0}  # type: ignore[attr-defined]
-    target.engine._step_seconds = 1.0  # type: ignore[attr-defined]
-    same = load_draft(str(target_path), target)
-    same.engine._verify_costs, same.engine._step_seconds = {1: 1.0}, 0.05  # type: ignore[attr-defined]
+    target_path, target, same = _self_drafting(tmp_path)
     try:
         greedy = SamplingParams(temperature=0)
         stats = SpecStats()
@@ -524,7 +533,6 @@ def test_a_draft_that_fails_mid_reply_ends_only_the_speculation(
     from edgeslm.engines import llamacpp_spec
     from edgeslm.engines.llamacpp_batch import BatchDecoder
     from edgeslm.errors import EngineError
-    from edgeslm.generation import load_draft
 
     calls = {"n": 0}
 
@@ -537,12 +545,7 @@ def test_a_draft_that_fails_mid_reply_ends_only_the_speculation(
 
         return draft
 
-    target_path = write_runnable_model(tmp_path / "t.gguf", seed=5)
-    target = load(str(target_path), ctx=256)
-    target.engine._verify_costs = {1: 1.0, 4: 1.1, 16: 1.5, 49: 3.0}  # type: ignore[attr-defined]
-    target.engine._step_seconds = 1.0  # type: ignore[attr-defined]
-    same = load_draft(str(target_path), target)
-    same.engine._verify_costs, same.engine._step_seconds = {1: 1.0}, 0.05  # type: ignore[attr-defined]
+    target_path, target, same = _self_drafting(tmp_path)
     monkeypatch.setattr(llamacpp_spec.ModelDrafter, "draft", failing(llamacpp_spec.ModelDrafter.draft, 3))
     try:
         greedy, stats = SamplingParams(temperature=0), SpecStats()
