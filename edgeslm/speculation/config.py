@@ -19,8 +19,8 @@ class LookupKind(str, Enum):
     NGRAM_MAP_K = "ngram-map-k"  # llama.cpp's common_ngram_map_draft (key only): a hash of n-grams, per-key depth
 
 
-# kind -> (n, m) by default: llama.cpp's for its two kinds (--spec-ngram-*-size-n/-m); edgeslm's
-# lookup matches shorter n-grams (measured, benchmarks/speculative.py) and learns each length's acceptance.
+# kind -> (n, m) by default: llama.cpp's (--spec-ngram-*-size-n/-m) for all three, so that a 12-token
+# match drafts as ngram-simple's does; edgeslm's lookup goes on down to N_MIN where none is found.
 DEFAULTS = {LookupKind.LOOKUP: (12, 48), LookupKind.NGRAM_SIMPLE: (12, 48), LookupKind.NGRAM_MAP_K: (12, 48)}
 N_MIN = 2  # lookup: the shortest n-gram matched
 KINDS = tuple(kind.value for kind in LookupKind.__members__.values())
