@@ -94,17 +94,6 @@ def _time_prompt(engine: Engine, tokens: list[int]) -> float:
     return time.perf_counter() - start
 
 
-def _time_generation(engine: Engine, bos: int, n_gen: int) -> float:
-    stream = engine.generate_tokens([bos], SamplingParams(temperature=0))
-    next(stream)  # prefill of the single BOS token and the first sample: not generation
-    start = time.perf_counter()
-    for _ in range(n_gen):
-        next(stream)
-    elapsed = time.perf_counter() - start
-    stream.close()
-    return elapsed
-
-
 def reset_peak_rss() -> None:
     """Linux keeps a process's peak RSS across fork and exec, so a worker started by a big parent
     would report the parent's peak; resetting VmHWM (clear_refs 5) makes the peak the worker's own."""
@@ -134,6 +123,11 @@ def measure(path: str, params: BenchParams, engine_name: str = DEFAULT_ENGINE) -
     start = time.perf_counter()
     engine = open_engine(engine_name, Path(path), LoadParams(n_ctx=n_ctx, n_threads=params.threads))
     load_seconds = time.perf_counter() - start
+    if params.draft is not None and engine.name != "llama.cpp":  # before anything is timed
+        engine.close()
+        raise InvalidParameterError(
+            f"bench --draft: drafts are verified by llama.cpp; this model runs on {engine.name}"
+        )
     rng = random.Random(0)
     bos = engine.tokenize("", add_special=True)[:1] or [0]
     prompt = bos + [rng.randrange(engine.n_vocab) for _ in range(params.n_prompt - 1)] if params.n_prompt else []
@@ -143,8 +137,11 @@ def measure(path: str, params: BenchParams, engine_name: str = DEFAULT_ENGINE) -
         samples = [params.n_prompt / _time_prompt(engine, prompt) for _ in range(params.repetitions)]
         tests.append({"test": f"pp{params.n_prompt}", "n_tokens": params.n_prompt, "samples_tps": samples})
     if params.n_gen:
-        _time_generation(engine, bos[0], min(params.n_gen, 16))
-        samples = [params.n_gen / _time_generation(engine, bos[0], params.n_gen) for _ in range(params.repetitions)]
+        greedy = SamplingParams(temperature=0)
+        _time_stream(engine.generate_tokens(bos[:1], greedy), min(params.n_gen, 16))  # warm-up
+        samples = [
+            _time_stream(engine.generate_tokens(bos[:1], greedy), params.n_gen) for _ in range(params.repetitions)
+        ]
         tests.append({"test": f"tg{params.n_gen}", "n_tokens": params.n_gen, "samples_tps": samples})
     if params.draft is not None and params.n_gen:
         tests += _draft_tests(engine, params)
@@ -171,11 +168,7 @@ def _draft_tests(engine: Engine, params: BenchParams) -> list[dict[str, Any]]:
     from .engines.llamacpp import LlamaCppEngine
     from .speculation import LookupConfig, SpecStats
 
-    assert params.draft is not None
-    if not isinstance(engine, LlamaCppEngine):
-        raise InvalidParameterError(
-            f"bench --draft: drafts are verified by llama.cpp; this model runs on {engine.name}"
-        )
+    assert params.draft is not None and isinstance(engine, LlamaCppEngine)
     prompt = engine.tokenize(copy_prompt(), add_special=True)
     draft: LookupConfig | LlamaCppEngine
     if "model" in params.draft:
@@ -216,7 +209,8 @@ def _open_draft(target: Engine, spec: dict[str, Any], load: LoadParams) -> Any:
 
 
 def _time_stream(stream: Any, n_gen: int) -> float:
-    """Tokens per second over ``n_gen`` tokens after the first (which comes with the prefill)."""
+    """Tokens per second over ``n_gen`` tokens after the first (the first comes with the prompt's
+    prefill and its first sample: not generation)."""
     next(stream)
     start, count = time.perf_counter(), 0
     for _ in range(n_gen):
