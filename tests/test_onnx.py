@@ -168,6 +168,8 @@ def test_run_and_bench_through_the_cli(onnx_home: Path, cli: Callable[..., CliRe
     results = {r["model"]: r for r in json.loads(benched.out)}
     assert results[INT4]["runtime"] == "onnxruntime" and results[GGUF_NAME]["runtime"] == "llama.cpp"
     assert all(t["mean_tps"] > 0 for r in results.values() for t in r["tests"])
+    refused = cli("bench", INT4, "-p", "16", "-n", "8", "-r", "1", "--draft", "lookup")
+    assert refused.code != 0 and "bench --draft: drafts are verified by llama.cpp; this model runs on" in refused.err
 
 
 # -- evaluation across runtimes --------------------------------------------------------------------
