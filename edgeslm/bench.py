@@ -22,7 +22,7 @@ import statistics
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -44,6 +44,7 @@ class BenchParams:
     repetitions: int = 5
     threads: int | None = None
     draft: dict[str, Any] | None = None  # LookupConfig.as_args(), or {"model": path, "name": name}
+    adapters: tuple[tuple[str, float], ...] = ()  # a custom model's LoRA adapters (path, scale)
 
     def __post_init__(self) -> None:
         for name, value, low in (("-p", self.n_prompt, 0), ("-n", self.n_gen, 0), ("-r", self.repetitions, 1)):
@@ -121,7 +122,8 @@ def measure(path: str, params: BenchParams, engine_name: str = DEFAULT_ENGINE) -
     reset_peak_rss()
     n_ctx = max(params.n_prompt + params.n_gen + 8, 64, COPY_ROOM + params.n_gen if params.draft else 0)
     start = time.perf_counter()
-    engine = open_engine(engine_name, Path(path), LoadParams(n_ctx=n_ctx, n_threads=params.threads))
+    adapters = tuple((str(p), float(s)) for p, s in params.adapters)
+    engine = open_engine(engine_name, Path(path), LoadParams(n_ctx=n_ctx, n_threads=params.threads, adapters=adapters))
     load_seconds = time.perf_counter() - start
     if params.draft is not None and engine.name != "llama.cpp":  # before anything is timed
         engine.close()
@@ -238,7 +240,7 @@ def bench_models(models: Sequence[ResolvedModel], params: BenchParams) -> list[B
     results = []
     for model in models:
         name, info, engine = model.name, model.info, model.engine(DEFAULT_ENGINE)
-        report = run_worker(str(model.path), params, engine=engine)
+        report = run_worker(str(model.path), replace(params, adapters=model.adapters), engine=engine)
         tests = tuple(TestResult(t["test"], t["n_tokens"], tuple(t["samples_tps"]), t.get("drafted", 0),
                                  t.get("accepted", 0)) for t in report["tests"])  # fmt: skip
         results.append(

@@ -68,6 +68,10 @@ class InvalidParameterError(EdgeslmError):
     """A generation or sampling parameter is outside its valid range."""
 
 
+class ModelfileError(InvalidParameterError):
+    """A Modelfile (or a create request's fields) is malformed; the message names the line."""
+
+
 class ContextOverflowError(EdgeslmError):
     """The prompt does not fit the model's context window."""
 
@@ -112,6 +116,7 @@ class UnsupportedMediaTypeError(EdgeslmError):
 EXIT_CODES: dict[type[EdgeslmError], int] = {
     UsageError: 2,
     InvalidParameterError: 2,
+    ModelfileError: 65,  # EX_DATAERR: the file is at fault
     ContextOverflowError: 65,
     ChatTemplateError: 65,
     EngineError: 70,  # EX_SOFTWARE

@@ -135,7 +135,7 @@ def _tensors(reader: Any, config: dict[str, Any]) -> dict[str, F32]:
 
 
 def _unpermute(w: F32, n_head: int) -> F32:
-    """Inverse of convert.arch._permute: interleaved pairs back to [first halves; second halves]."""
+    """Inverse of convert.arch.to_rope_pairs: interleaved pairs back to [first halves; second halves]."""
     return np.ascontiguousarray(
         w.reshape(n_head, w.shape[0] // n_head // 2, 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
     )

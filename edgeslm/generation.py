@@ -62,6 +62,7 @@ class Model:
     engine: Engine
     load_seconds: float
     _template: str | None = field(default=None, repr=False)
+    defaults: Mapping[str, Any] = field(default_factory=dict)  # what ``create`` stored: system, parameters...
     _roles: dict[str, bool] = field(default_factory=dict, repr=False)  # takes_role's probes
 
     @property
@@ -131,6 +132,8 @@ class ResolvedModel:
     info: ModelInfo
     format: ModelFormat = ModelFormat.GGUF
     digest: str | None = None  # None outside the store
+    adapters: tuple[tuple[str, float], ...] = ()  # LoRA adapters (GGUF path, scale) a custom model applies
+    defaults: Mapping[str, Any] = field(default_factory=dict)  # its system prompt, parameters, messages, template
 
     def engine(self, configured: str) -> str:
         return engine_for(self.format, configured)
@@ -154,7 +157,9 @@ def resolve_model(name_or_path: str, settings: Settings) -> ResolvedModel:
         raise ModelNotFoundError(_not_found(store, str(name)))
     model_path = store.model_path(manifest)
     info = manifest.info if manifest.layers else model_info(read_gguf_header(model_path, label=str(manifest.name)))
-    return ResolvedModel(str(manifest.name), model_path, info, manifest.format, manifest.digest)
+    adapters = tuple((str(store.blob_path(a.digest)), a.scale) for a in manifest.adapters)
+    return ResolvedModel(str(manifest.name), model_path, info, manifest.format, manifest.digest, adapters,
+                         manifest.defaults)  # fmt: skip
 
 
 def _not_found(store: Store, wanted: str) -> str:
@@ -184,12 +189,12 @@ def load(
     found = resolve_model(name_or_path, settings)
     n_ctx = ctx or min(found.info.context_length or 4096, 4096)
     start = time.perf_counter()
-    loaded = open_engine(
-        engine or found.engine(settings.engine), found.path, LoadParams(n_ctx=n_ctx, n_threads=threads)
-    )
+    params = LoadParams(n_ctx=n_ctx, n_threads=threads, adapters=found.adapters)
+    loaded = open_engine(engine or found.engine(settings.engine), found.path, params)
     seconds = time.perf_counter() - start
     log.info("loaded %s in %.2f s", found.name, seconds)
-    return Model(found.name, found.path, found.info, loaded, seconds, loaded.chat_template())
+    template = found.defaults.get("template") or loaded.chat_template()  # a created model's TEMPLATE first
+    return Model(found.name, found.path, found.info, loaded, seconds, template, defaults=found.defaults)
 
 
 def load_draft(name: str, target: Model, *, threads: int | None = None, settings: Settings | None = None) -> Model:

@@ -63,11 +63,11 @@ def write_model(folder: Path, arch: str, vocab_size: int, **overrides: Any) -> A
     }
     config_cls, model_cls, extra = kinds[arch]
     settings = {"vocab_size": vocab_size, **extra, **overrides}
-    config = config_cls(
-        hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, max_position_embeddings=256, initializer_range=0.2, tie_word_embeddings=False,
-        bos_token_id=1, eos_token_id=2, **settings,
-    )  # fmt: skip
+    config = config_cls(**{
+        "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4,
+        "num_key_value_heads": 2, "max_position_embeddings": 256, "initializer_range": 0.2,
+        "tie_word_embeddings": False, "bos_token_id": 1, "eos_token_id": 2, **settings,
+    })  # fmt: skip
     torch.manual_seed(0)
     model = model_cls(config).eval()
     model.save_pretrained(folder)

@@ -156,8 +156,14 @@ def test_ollama_store_verbs(url: str, models: Path) -> None:
     pulled = ndjson(httpx.post(url + "/api/pull", json={"model": "smollm2-135m-instruct"}))
     assert pulled[0]["status"] == "pulling manifest" and pulled[-1]["status"] == "success"
     assert any(p.get("total") == 98_362_432 for p in pulled)
-    refused = httpx.post(url + "/api/create", json={**create, "template": "{{ .Prompt }}"})
-    assert refused.status_code == 400 and "templates are refused" in refused.json()["error"]
+    templated = {**create, "model": "templ", "template": "{{ if .System }}[{{ .System }}]{{ end }}{{ .Prompt }}>"}
+    assert ndjson(httpx.post(url + "/api/create", json=templated))[-1] == {"status": "success"}
+    assert httpx.post(url + "/api/show", json={"model": "templ"}).json()["template"] == templated["template"]
+    escape = "{{ ().__class__.__base__.__subclasses__() }}"
+    for bad, why in (("{{ json .Tools }}", "outside the subset"), (escape, "unsafe")):
+        refused = httpx.post(url + "/api/create", json={**create, "template": bad})
+        assert refused.status_code == 400 and why in refused.json()["error"], refused.text
+    assert httpx.post(url + "/api/show", json={"model": "brief"}).json()["template"] != bad
 
 
 def test_the_queue_is_bounded_and_overflow_gets_fast_503s(url: str) -> None:

@@ -24,6 +24,7 @@ from ..errors import EdgeslmError, exit_code_for
 # (module, its configure function, the commands it adds), in the order --help lists them.
 MODULES: tuple[tuple[str, str, tuple[str, ...]], ...] = (
     ("store_cmds", "configure", ("pull", "import", "list", "show", "cp", "rm", "verify", "catalog")),
+    ("custom_cmds", "configure", ("create",)),
     ("infer_cmds", "configure", ("run", "embed", "bench")),
     ("quantize_cmds", "configure", ("quantize",)),
     ("convert_cmds", "configure", ("convert",)),

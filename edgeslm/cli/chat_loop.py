@@ -7,7 +7,7 @@ stops a reply (not the program); Ctrl-D or /bye ends the chat.
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from ..errors import ContextOverflowError
@@ -43,9 +43,12 @@ def read_message() -> str:
     return "\n".join(lines).strip("\n")
 
 
-def chat_loop(model: Model, reply: Callable[[Any], str], *, system: str | None = None) -> int:
-    """Read messages until /bye or end of input; ``reply`` streams one answer and returns it."""
+def chat_loop(model: Model, reply: Callable[[Any], str], *, system: str | None = None,
+              examples: Sequence[Mapping[str, str]] = ()) -> int:  # fmt: skip
+    """Read messages until /bye or end of input; ``reply`` streams one answer and returns it.
+    ``examples``: a created model's example messages, kept (as the system message is) by /clear."""
     base: list[dict[str, str]] = [{"role": "system", "content": system}] if system else []
+    base += [dict(m) for m in examples]
     history = list(base)
     status("Send a message (/? for help)")
     while True:

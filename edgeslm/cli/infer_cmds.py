@@ -7,7 +7,7 @@ import csv
 import io
 import json
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from ..bench import BenchParams, BenchResult, bench_models
@@ -51,18 +51,19 @@ def configure(sub: Any) -> None:
     p.add_argument("--verbose", dest="timings", action="store_true", help="print Ollama-style timings")
     add_draft_flags(p, models=True)
     _add_load_flags(p)
+    # Unset flags take the model's stored parameters (``create``), then llama.cpp's defaults.
     s = SamplingParams()
-    p.add_argument("--temperature", type=float, default=s.temperature, help="0 is greedy")
-    p.add_argument("--top-k", type=int, default=s.top_k)
-    p.add_argument("--top-p", type=float, default=s.top_p)
-    p.add_argument("--min-p", type=float, default=s.min_p)
-    p.add_argument("--repeat-penalty", type=float, default=s.repeat_penalty)
-    p.add_argument("--repeat-last-n", type=int, default=s.repeat_last_n, help="the penalties' window (0: off)")
-    p.add_argument("--frequency-penalty", type=float, default=s.frequency_penalty, help="-2 to 2 (0: off)")
-    p.add_argument("--presence-penalty", type=float, default=s.presence_penalty, help="-2 to 2 (0: off)")
+    p.add_argument("--temperature", type=float, help=f"0 is greedy (default {s.temperature})")
+    p.add_argument("--top-k", type=int, help=f"default {s.top_k}")
+    p.add_argument("--top-p", type=float, help=f"default {s.top_p}")
+    p.add_argument("--min-p", type=float, help=f"default {s.min_p}")
+    p.add_argument("--repeat-penalty", type=float, help=f"default {s.repeat_penalty} (off)")
+    p.add_argument("--repeat-last-n", type=int, help=f"the penalties' window (0: off; default {s.repeat_last_n})")
+    p.add_argument("--frequency-penalty", type=float, help="-2 to 2 (0: off, the default)")
+    p.add_argument("--presence-penalty", type=float, help="-2 to 2 (0: off, the default)")
     p.add_argument("--seed", type=int)
-    p.add_argument("--stop", action="append", default=[], help="stop string (repeatable)")
-    p.add_argument("--max-tokens", type=int, default=-1, help="-1: until the model stops or the context is full")
+    p.add_argument("--stop", action="append", help="stop string (repeatable)")
+    p.add_argument("--max-tokens", type=int, help="-1: until the model stops or the context is full (the default)")
 
     p = _command(sub, "embed", cmd_embed, "embedding vectors (mean-pooled, L2-normalized) as JSON")
     p.add_argument("model")
@@ -81,18 +82,29 @@ def configure(sub: Any) -> None:
         fmt.add_argument(f"--{name}", dest="format", action="store_const", const=name)
 
 
-def _sampling(args: argparse.Namespace) -> SamplingParams:
-    return SamplingParams(
-        temperature=args.temperature,
-        top_k=args.top_k,
-        top_p=args.top_p,
-        min_p=args.min_p,
-        repeat_penalty=args.repeat_penalty,
-        repeat_last_n=args.repeat_last_n,
-        frequency_penalty=args.frequency_penalty,
-        presence_penalty=args.presence_penalty,
-        seed=args.seed,
-    )
+_SAMPLING_FLAGS = ("temperature", "top_k", "top_p", "min_p", "repeat_penalty", "repeat_last_n", "frequency_penalty",
+                   "presence_penalty", "seed")  # fmt: skip
+
+
+def _sampling(args: argparse.Namespace, stored: Mapping[str, Any] | None = None) -> SamplingParams:
+    """The flags given, over the model's stored parameters, over llama.cpp's defaults."""
+    values = {k: v for k, v in (stored or {}).items() if k in _SAMPLING_FLAGS}
+    values |= {k: getattr(args, k) for k in _SAMPLING_FLAGS if getattr(args, k) is not None}
+    if values.get("seed") == -1:
+        values["seed"] = None
+    return SamplingParams(**values)
+
+
+def _apply_defaults(args: argparse.Namespace, defaults: Mapping[str, Any]) -> SamplingParams:
+    """A created model's system prompt, stop strings and token limit where the flags say nothing."""
+    stored = dict(defaults.get("parameters") or {})
+    if args.system is None:
+        args.system = defaults.get("system")
+    if args.stop is None:
+        args.stop = list(stored.get("stop") or [])
+    if args.max_tokens is None:
+        args.max_tokens = stored.get("num_predict", -1) if stored.get("num_predict", -1) > 0 else -1
+    return _sampling(args, stored)
 
 
 def ensure_pulled(name: str, settings: Settings) -> None:
@@ -124,11 +136,13 @@ def split_model_and_prompt(args: argparse.Namespace, settings: Settings) -> tupl
 
 def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
     name, prompt = split_model_and_prompt(args, settings)
-    sampling = _sampling(args)  # validate before loading anything
+    _sampling(args)  # validate before loading anything
     args.lookup = lookup_config(args, args.draft) if args.draft and is_lookup(args.draft) else None
     ensure_pulled(name, settings)
     model = load(name, ctx=args.ctx, threads=args.threads, settings=settings)
     try:
+        sampling = _apply_defaults(args, model.defaults)
+        history = list(model.defaults.get("messages") or [])
         if args.draft and not is_lookup(args.draft):
             ensure_pulled(args.draft, settings)
             args.lookup = load_draft(args.draft, model, threads=args.threads, settings=settings)
@@ -137,8 +151,8 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
         if prompt is None and not args.interactive and not sys.stdin.isatty():
             prompt = sys.stdin.read()
         if prompt is None:
-            return chat_loop(model, lambda p: _stream(model, p, args, sampling), system=args.system)
-        messages = [{"role": "system", "content": args.system}] if args.system else []
+            return chat_loop(model, lambda p: _stream(model, p, args, sampling), system=args.system, examples=history)
+        messages = ([{"role": "system", "content": args.system}] if args.system else []) + history
         request: Any = messages + [{"role": "user", "content": prompt}] if model.has_chat_template else prompt
         _stream(model, request, args, sampling)
         return 0

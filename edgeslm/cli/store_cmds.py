@@ -66,6 +66,7 @@ def configure(sub: Any) -> None:
     p.add_argument("name", nargs="?", default=DEFAULT_MODEL, help=f"default: {DEFAULT_MODEL}")
     p.add_argument("--ctx", type=_arg_type(_positive_int), help="context length for the memory estimate")
     p.add_argument("--metadata", action="store_true", help="also print every metadata key")
+    p.add_argument("--modelfile", action="store_true", help="print a Modelfile that recreates the model")
     p.add_argument("--json", action="store_true")
     p = _command(sub, "cp", cmd_cp, "copy a model to a new name (no bytes are copied)")
     p.add_argument("source")
@@ -163,6 +164,12 @@ def cmd_list(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_show(args: argparse.Namespace, settings: Settings) -> int:
     from ..show import show_model
 
+    if args.modelfile:
+        from ..modelfile import modelfile_of
+
+        store = _open(settings)
+        print(modelfile_of(store, store.get(parse_name(args.name))), end="")
+        return 0
     report = show_model(_open(settings), args.name, context_length=args.ctx)
     if args.json:
         print_json(report.to_dict())

@@ -185,9 +185,9 @@ def tensors(ckpt: Checkpoint, arch: Arch, hp: Hparams, n_vocab: int) -> Iterator
 
 def _transform(arch: Arch, hp: Hparams, mapped: str, n_vocab: int) -> Transform | None:
     if arch.permute_qk and mapped.endswith(("attn_q.weight", "attn_q.bias")):
-        return lambda w: _permute(w, hp.n_head)
+        return lambda w: to_rope_pairs(w, hp.n_head)
     if arch.permute_qk and mapped.endswith(("attn_k.weight", "attn_k.bias")):
-        return lambda w: _permute(w, hp.n_head_kv)
+        return lambda w: to_rope_pairs(w, hp.n_head_kv)
     if arch.norm_shift and mapped.endswith("norm.weight"):
         return lambda w: w + np.float32(arch.norm_shift)
     if mapped in ("token_embd.weight", "output.weight") and n_vocab < hp.n_vocab:
@@ -195,7 +195,7 @@ def _transform(arch: Arch, hp: Hparams, mapped: str, n_vocab: int) -> Transform 
     return None
 
 
-def _permute(w: F32, n_head: int) -> F32:
+def to_rope_pairs(w: F32, n_head: int) -> F32:
     """Rows of each head from [first halves; second halves] to interleaved pairs (llama.cpp's RoPE)."""
     return np.ascontiguousarray(
         w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)

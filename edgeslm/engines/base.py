@@ -25,6 +25,8 @@ if TYPE_CHECKING:
 __all__ = ["DEFAULT_ENGINE", "ENGINES", "Engine", "LoadParams", "SamplingParams", "open_engine", "register_engine"]
 
 MAX_CONTEXT = 1 << 20
+MAX_STOP = 16  # stop strings per generation
+MAX_STOP_CHARS = 256  # characters per stop string
 MAX_SEED = 2**32 - 1
 MAX_GRAMMAR = 1 << 20
 
@@ -127,6 +129,7 @@ class LoadParams:
     n_ubatch: int = 512
     embeddings: bool = False
     f32_cache: bool = False  # keep K and V in F32 (exact comparisons); llama.cpp's default is F16
+    adapters: tuple[tuple[str, float], ...] = ()  # LoRA adapters (GGUF path, scale), on every context
 
     def __post_init__(self) -> None:
         _check(_int(self.n_ctx) and 16 <= self.n_ctx <= MAX_CONTEXT, "ctx", self.n_ctx, "16 to 1,048,576")
@@ -311,4 +314,7 @@ def open_engine(name: str, path: Path, params: LoadParams) -> Engine:
         factory = ENGINES[name]
     except KeyError:
         raise EngineError(f"no engine named '{name}'; available: {', '.join(sorted(ENGINES)) or 'none'}") from None
+    if params.adapters and name != DEFAULT_ENGINE:
+        raise InvalidParameterError(f"LoRA adapters run on llama.cpp (GGUF models), not on {name}; "
+                                    "attach the adapter to the model's GGUF variant")  # fmt: skip
     return factory(path, params)

@@ -113,6 +113,7 @@ class LlamaCppEngine:
         self._model = lc.llama_model_load_from_file(str(path).encode(), lc.llama_model_default_params())
         if not self._model:
             raise EngineError(f"llama.cpp could not load {path.name}: {last_errors()}")
+        self._adapters = self._load_adapters(path)
         self._ctx = self._new_context(embeddings=False)
         self._embed_ctx: lc.llama_context_p | None = None
         self._vocab = lc.llama_model_get_vocab(self._model)
@@ -125,6 +126,28 @@ class LlamaCppEngine:
         # Speculative decoding's measurements (``llamacpp_spec.verify_costs``), once per loaded model:
         self._verify_costs: dict[int, float] | None = None  # batch size -> decode time in single steps
         self._step_seconds = 0.0  # one single-token decode
+
+    def _load_adapters(self, path: Path) -> list[lc.llama_adapter_lora_p]:
+        """The LoRA adapters of ``params``, loaded once for the model (llama.cpp frees them with it)."""
+        loaded = []
+        for adapter, _ in self.params.adapters:
+            handle = lc.llama_adapter_lora_init(self._model, str(adapter).encode())
+            if not handle:
+                why = last_errors()
+                self.close()
+                raise EngineError(f"llama.cpp could not apply the adapter {Path(adapter).name} to {path.name}: {why}")
+            loaded.append(handle)
+        return loaded
+
+    def attach_adapters(self, ctx: lc.llama_context_p) -> None:
+        """Put this model's adapters, at their scales, on ``ctx`` (each context has its own set)."""
+        if not self._adapters:
+            return
+        n = len(self._adapters)
+        handles = (lc.llama_adapter_lora_p_ctypes * n)(*self._adapters)  # type: ignore[misc]
+        scales = (ctypes.c_float * n)(*(scale for _, scale in self.params.adapters))
+        if lc.llama_set_adapters_lora(ctx, handles, n, scales) != 0:
+            raise EngineError(f"llama.cpp could not set {n} adapter(s) on a context: {last_errors()}")
 
     def _new_context(self, *, embeddings: bool) -> lc.llama_context_p:
         p = lc.llama_context_default_params()
@@ -143,6 +166,12 @@ class LlamaCppEngine:
         if not ctx:
             self.close()
             raise EngineError(f"llama.cpp could not create a context of {self.params.n_ctx} tokens: {last_errors()}")
+        try:
+            self.attach_adapters(ctx)
+        except EngineError:
+            lc.llama_free(ctx)
+            self.close()
+            raise
         return ctx
 
     @property

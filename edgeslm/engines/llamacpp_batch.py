@@ -81,6 +81,11 @@ class BatchDecoder:
         if not self._ctx:
             why = last_errors()
             raise EngineError(f"llama.cpp could not create a context of {slots} x {ctx_per_slot} tokens: {why}")
+        try:
+            engine.attach_adapters(self._ctx)  # the model's adapter set, on this context too
+        except EngineError:
+            lc.llama_free(self._ctx)
+            raise
         self._mem = lc.llama_get_memory(self._ctx)
         self._batch = lc.llama_batch_init(n_batch, 0, 1)
         self.slots = [_Slot(seq=i) for i in range(slots)]

@@ -16,7 +16,7 @@ import logging
 import re
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from importlib.resources import files
 from pathlib import Path
 from typing import Any
@@ -156,7 +156,7 @@ def scored_rows(engine: Engine, batch: list[int], first: int) -> F32:
 
 
 def result_key(model: Manifest, reference: Manifest | None, text: EvalText, settings: EvalSettings) -> str:
-    basis = {
+    basis: dict[str, Any] = {
         "model": model.digest,
         "reference": reference.digest if reference else None,
         "text": text.digest,
@@ -164,6 +164,9 @@ def result_key(model: Manifest, reference: Manifest | None, text: EvalText, sett
         "chunks": settings.chunks,
         "schema": RESULTS_SCHEMA,
     }
+    for key, m in (("adapters", model), ("reference_adapters", reference)):  # a custom model is not its base
+        if m is not None and m.adapters:
+            basis[key] = [(a.digest, a.scale) for a in m.adapters]
     return hashlib.sha256(json.dumps(basis, sort_keys=True).encode()).hexdigest()[:32]
 
 
@@ -232,8 +235,13 @@ def evaluate(
     params = LoadParams(
         n_ctx=settings.ctx, n_threads=settings.threads, n_batch=max(settings.ctx, 512), n_ubatch=min(settings.ctx, 512)
     )
-    engine = open_engine(engine_for(model.format, engine_name), store.model_path(model), params)
-    ref_engine = open_engine(engine_for(ref.format, engine_name), store.model_path(ref), params) if ref else None
+
+    def opened(m: Manifest) -> Any:
+        adapters = tuple((str(store.blob_path(a.digest)), a.scale) for a in m.adapters)
+        return open_engine(engine_for(m.format, engine_name), store.model_path(m), replace(params, adapters=adapters))
+
+    engine = opened(model)
+    ref_engine = opened(ref) if ref else None
     try:
         if ref_engine is not None:
             _check_pair(engine, ref_engine, str(name), str(reference))
@@ -258,7 +266,8 @@ def evaluate(
 
 
 def _speed(store: Store, model: Manifest, settings: EvalSettings) -> Speed:
-    params = BenchParams(SPEED.n_prompt, SPEED.n_gen, SPEED.repetitions, settings.threads)
+    adapters = tuple((str(store.blob_path(a.digest)), a.scale) for a in model.adapters)
+    params = BenchParams(SPEED.n_prompt, SPEED.n_gen, SPEED.repetitions, settings.threads, adapters=adapters)
     report = run_worker(str(store.model_path(model)), params, engine=engine_for(model.format, DEFAULT_ENGINE))
     tps = {t["test"][:2]: t["samples_tps"][0] for t in report["tests"]}
     peak, threads = int(report["peak_rss"]), int(report["threads"])

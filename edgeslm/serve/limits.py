@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+from ..engines.base import MAX_STOP as MAX_STOP  # a generation's limits, kept with it
+from ..engines.base import MAX_STOP_CHARS as MAX_STOP_CHARS
+
 MAX_BODY = 8 * 2**20  # bytes of request body (--max-body)
 MAX_MESSAGES = 1024
-MAX_STOP = 16
-MAX_STOP_CHARS = 256
 MAX_NAME = 256
 MAX_TOP_LOGPROBS = 20
 MAX_EMBED_INPUTS = 256

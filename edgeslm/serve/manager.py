@@ -116,11 +116,13 @@ class ModelManager:
         if manifest is None:  # a builtin not pulled yet is pulled (offline); anything else is not found
             ensure_pulled(name, self.settings)
             manifest = self._store.get(parse_name(resolve_model(name, self.settings).name))
-        memory = self._memory.get(manifest.digest)
+        key = "+".join([manifest.digest, *(a.digest for a in manifest.adapters)])
+        memory = self._memory.get(key)
         if memory is None:
             context = self.params.slots * self.params.ctx_per_slot
             info = manifest.info  # read from the model when it was stored: no file is opened per request
-            memory = self._memory[manifest.digest] = estimate_memory(info, context).total_bytes + RUNNER_OVERHEAD
+            adapters = sum(a.size for a in manifest.adapters)
+            memory = self._memory[key] = estimate_memory(info, context).total_bytes + adapters + RUNNER_OVERHEAD
         return str(manifest.name), memory
 
     @contextmanager

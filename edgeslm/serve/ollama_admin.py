@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import AsyncIterator, Callable
+from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 from fastapi import APIRouter
@@ -13,16 +15,18 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from ..errors import InvalidParameterError, RunnerTimeoutError
+from ..modelfile import CreateSpec, create_model, modelfile_of, spec_from_modelfile
+from ..modelfile import parse as parse_modelfile
+from ..modelfile.create import checked_defaults
 from ..pull import pull
 from ..runner.tasks import QUANTIZE_TIMEOUT, quantize_in_child
 from ..show import show_model
-from ..store import parse_name
+from ..store import Store, parse_name
 from .ollama_api import details, ndjson
-from .ollama_schemas import CopyRequest, CreateRequest, ModelRequest, Options
+from .ollama_schemas import CopyRequest, CreateRequest, ModelRequest
 from .service import chat_template, note, parse, state
 
 router = APIRouter()
-PARAMETER_KEYS = set(Options.model_fields)
 PROGRESS_SILENCE = QUANTIZE_TIMEOUT + 60.0  # seconds a pull or create may go without a progress line
 
 
@@ -40,12 +44,15 @@ async def show(request: Request) -> Response:
     info = {k: v for k, v in report.metadata.items() if not (isinstance(v, str) and v.startswith("["))}
     if not body.verbose:
         info = {k: v for k, v in info.items() if not k.startswith("tokenizer.")}
-    modelfile = f"FROM {manifest.name}\n" + (f'SYSTEM """{defaults["system"]}"""\n' if defaults.get("system") else "")
+    template = defaults.get("template_source") or template
     return JSONResponse({
-        "modelfile": modelfile + "".join(f"PARAMETER {line}\n" for line in parameters.splitlines()),
+        "modelfile": modelfile_of(st.store(), manifest),
         "parameters": parameters, "template": template if isinstance(template, str) else "",
-        "system": defaults.get("system", ""), "details": details(manifest), "model_info": info,
+        "system": defaults.get("system", ""), "license": "\n".join(defaults.get("license") or []),
+        "messages": list(defaults.get("messages") or []), "details": details(manifest), "model_info": info,
         "capabilities": ["completion"], "modified_at": manifest.created,
+        "adapters": [{"digest": a.digest.replace("-", ":"), "scale": a.scale, "name": a.label}
+                     for a in manifest.adapters],
     })  # fmt: skip
 
 
@@ -123,39 +130,69 @@ async def create(request: Request) -> Response:
     body = await parse(request, CreateRequest)
     st = state(request)
     note(request, model=body.model)
-    if body.template:
-        raise InvalidParameterError("request-supplied chat templates are refused; the source model's template is kept")
-    if body.files or body.adapters:
-        raise InvalidParameterError(
-            "creating from uploaded files or adapters is not supported; 'edgeslm import FILE' stores a GGUF file"
-        )
-    if body.messages:
-        raise InvalidParameterError("stored example messages are not supported; send them with each chat")
-    if not body.from_:
-        raise InvalidParameterError("'from' is required: the stored model to create this one from")
-    unknown = sorted(set(body.parameters or {}) - PARAMETER_KEYS)
-    if unknown:
-        valid = ", ".join(sorted(PARAMETER_KEYS))
-        raise InvalidParameterError(f"unknown parameter(s) {', '.join(unknown)[:200]}; valid: {valid}")
-    Options.model_validate(body.parameters or {})
-    source, target = st.manifest(body.from_), parse_name(body.model)
+    target = parse_name(body.model)
+    spec = create_spec(st.store(), body)
+    checked_defaults(spec)  # a bad parameter, message or template is a 400 before anything streams
 
     def work(report: Callable[[dict[str, Any]], None]) -> None:
-        store = st.store()
-        if body.quantize:
-            report({"status": f"quantizing {source.info.file_type or 'the'} model to {body.quantize.upper()}"})
-            quantize_in_child(st.settings.home, str(source.name), str(target), body.quantize)
-        else:
-            report({"status": "using existing layers"})
-            store.copy(source.name, target)
-        defaults = {k: v for k, v in (("system", body.system), ("parameters", body.parameters)) if v}
-        if defaults:
-            report({"status": "writing system prompt and parameters"})
-            store.set_defaults(target, {**source.defaults, **defaults})
-        report({"status": "writing manifest"})
-        report({"status": "success"})
+        def say(status: str) -> None:
+            report({"status": status})
+
+        def in_child(store: Store, source: str, dest: str, qtype: str) -> None:
+            quantize_in_child(st.settings.home, source, dest, qtype)  # native work stays out of the server
+
+        create_model(st.store(), target, spec, st.settings, quantize=body.quantize, report=say, quantizer=in_child)
+        say("success")
 
     return await _respond(request, _progress(work), body.stream)
+
+
+def create_spec(store: Store, body: CreateRequest) -> CreateSpec:
+    """The request as a CreateSpec: its Modelfile (FROM and ADAPTER may name stored models or the
+    request's ``files`` and ``adapters``, never a path on this machine), then its fields over it."""
+    named = {**(body.files or {}), **(body.adapters or {})}
+    files = {name: _blob(store, name, digest) for name, digest in named.items()}
+    if body.modelfile:
+        spec = spec_from_modelfile(parse_modelfile(body.modelfile, "modelfile"), None, "modelfile")
+    else:
+        source = body.from_ or _only_model_file(body.files)
+        if not source:
+            raise InvalidParameterError("'from' (a stored model) or 'files' (a .gguf blob) is required")
+        spec = CreateSpec(source=source, where="request")
+    fields: dict[str, Any] = {"files": files}
+    if body.from_:
+        fields["source"] = body.from_
+    if body.adapters:
+        fields["adapters"] = tuple(spec.adapters) + tuple(body.adapters)
+    if body.system is not None:
+        fields["system"] = body.system
+    if body.template is not None:
+        fields["template"] = body.template
+    if body.parameters:
+        fields["parameters"] = {**spec.parameters, **body.parameters}
+    if body.messages:
+        fields["messages"] = tuple({"role": m.role, "content": m.content} for m in body.messages)
+    if body.license:
+        fields["license"] = (body.license,) if isinstance(body.license, str) else tuple(body.license)
+    return replace(spec, **fields)
+
+
+def _only_model_file(files: dict[str, str] | None) -> str | None:
+    ggufs = [name for name in files or {} if name.endswith(".gguf")]
+    if files and len(ggufs) != 1:
+        raise InvalidParameterError("'files' must hold exactly one .gguf model file (folders of weights: 'edgeslm "
+                                    "convert' on the server)")  # fmt: skip
+    return ggufs[0] if ggufs else None
+
+
+def _blob(store: Store, name: str, digest: str) -> Path:
+    """A blob this server already holds, by Ollama's ``sha256:<hex>``."""
+    hex_digest = digest.removeprefix("sha256:").removeprefix("sha256-")
+    path = store.blob_path(f"sha256-{hex_digest}") if len(hex_digest) == 64 else None
+    if path is None or not path.is_file():
+        raise InvalidParameterError(f"file {name[:80]!r}: blob {digest[:80]} is not on this server (it holds the "
+                                    "blobs of its models and adapters; upload is not supported yet)")  # fmt: skip
+    return path
 
 
 @router.post("/api/copy")

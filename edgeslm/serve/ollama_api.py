@@ -35,7 +35,7 @@ from .ollama_schemas import (
     check_stops,
     parse_keep_alive,
 )
-from .service import Generation, collect, hold, note, parse, state
+from .service import Generation, collect, hold, note, parse, state, with_examples
 from .tooling import calls_from, conversation, ollama_calls, plan_for
 
 log = logging.getLogger(__name__)
@@ -177,8 +177,12 @@ async def generate(request: Request) -> Response:
     sampling, max_tokens, stop = job_settings(request, body.options, stored)
     if state(request).audit_prompts:
         note(request, prompt=body.prompt)
+    prompt: Any = body.prompt
+    if not body.raw and not body.context:  # the model's example messages come before the prompt
+        examples, _ = with_examples(request, body.model, [])
+        prompt = [*examples, {"role": "user", "content": body.prompt}] if examples else prompt
     job = Job(
-        body.prompt, sampling, max_tokens, stop, check_logprobs(body.logprobs, body.top_logprobs),
+        prompt, sampling, max_tokens, stop, check_logprobs(body.logprobs, body.top_logprobs),
         template=not body.raw, system=None if body.raw else (body.system or system),
         context=tuple(body.context or ()), format=body.format, return_prompt_ids=True,
     )  # fmt: skip
@@ -229,7 +233,8 @@ async def chat(request: Request) -> Response:
         return await _load_only(request, body.model, keep, message={"role": "assistant", "content": ""})
     system, stored = stored_defaults(request, body.model)
     sampling, max_tokens, stop = job_settings(request, body.options, stored)
-    messages = conversation(given, plan, ids_required=False)
+    messages, keep_system = with_examples(request, body.model, conversation(given, plan, ids_required=False))
+    system = system if keep_system else None
     if state(request).audit_prompts:
         note(request, prompt=json.dumps(messages)[:100_000])
     logprobs = check_logprobs(body.logprobs, body.top_logprobs)
@@ -334,6 +339,6 @@ async def ps(request: Request) -> dict[str, Any]:
         out.append({
             **entry, "size": m.memory, "size_vram": 0, "expires_at": expires,
             "context_length": st.manager.params.ctx_per_slot, "slots": m.slots, "in_flight": m.in_flight,
-            "pinned": m.pinned,
+            "pinned": m.pinned, "adapters": [a.label or a.digest[:19] for a in manifest.adapters] if manifest else [],
         })  # fmt: skip
     return {"models": out}

@@ -8,6 +8,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from ..errors import InvalidParameterError
+from ..modelfile.parser import MAX_VALUE_CHARS
 from .limits import MAX_CONTEXT_IDS, MAX_EMBED_INPUTS, MAX_MESSAGES, MAX_NAME, MAX_STOP, MAX_STOP_CHARS, MAX_TOOL_CALLS
 
 Name = str  # checked by the store's parser; the length bound is on each field
@@ -117,12 +118,14 @@ class CreateRequest(_Body):
     model: str = Field(max_length=MAX_NAME)
     from_: str | None = Field(None, alias="from", max_length=MAX_NAME)
     quantize: str | None = Field(None, max_length=32)
-    system: str | None = Field(None, max_length=1 << 16)
+    system: str | None = Field(None, max_length=MAX_VALUE_CHARS)
     parameters: dict[str, Any] | None = None
-    template: str | None = None
-    files: dict[str, str] | None = None
-    adapters: dict[str, str] | None = None
-    messages: list[Message] | None = None
+    template: str | None = Field(None, max_length=1 << 16)
+    files: dict[str, str] | None = Field(None, max_length=64)
+    adapters: dict[str, str] | None = Field(None, max_length=64)
+    messages: list[Message] | None = Field(None, max_length=MAX_MESSAGES)
+    license: str | list[str] | None = None
+    modelfile: str | None = Field(None, max_length=1 << 20)  # older clients send the Modelfile's text
     stream: bool = True
 
 

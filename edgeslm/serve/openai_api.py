@@ -27,7 +27,7 @@ from ..tools import ToolReply
 from . import service
 from .http_errors import error_body
 from .openai_schemas import ChatCompletionRequest, CompletionRequest, EmbeddingRequest, _Sampling
-from .service import Reply, collect, note, parse, state
+from .service import Reply, collect, note, parse, state, with_examples
 from .tooling import calls_from, conversation, openai_calls, plan_for
 
 log = logging.getLogger(__name__)
@@ -126,13 +126,14 @@ async def chat_completions(request: Request) -> Response:
     given = chat_messages(body)
     plan = await plan_for(state(request), body.model, given, body.tools, body.tool_choice, body.parallel_tool_calls,
                           has_format=body.response_format is not None)  # fmt: skip
-    messages = conversation(given, plan, ids_required=True)
+    messages, keep_system = with_examples(request, body.model, conversation(given, plan, ids_required=True))
     if state(request).audit_prompts:
         note(request, prompt=json.dumps(messages)[:100_000])
     logprobs = (body.top_logprobs or 0) if body.logprobs else None
     fmt = plan.format() or (body.response_format.spec() if body.response_format else None)
     job = Job(messages, sampling_of(body), limit_of(body.max_completion_tokens, body.max_tokens), body.stops(),
-              logprobs, system=state(request).manifest(body.model).defaults.get("system"), format=fmt,
+              logprobs, system=state(request).manifest(body.model).defaults.get("system") if keep_system else None,
+              format=fmt,
               tooling=plan.tooling())  # fmt: skip
     gens = await service.start_all(request, body.model, jobs_of(job, n), None)
     rid, created = f"chatcmpl-{uuid.uuid4().hex[:24]}", int(time.time())

@@ -95,6 +95,14 @@ def chat_template(manifest: Manifest, path: Path) -> str | None:
     return template if isinstance(template, str) else None
 
 
+def with_examples(request: Request, name: str, messages: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], bool]:
+    """Ollama's order: a created model's example messages (MESSAGE), then the request's; and
+    whether the model's system prompt still goes first (not when the request brings its own)."""
+    examples = [dict(m) for m in state(request).manifest(name).defaults.get("messages") or []]
+    own_system = bool(messages) and messages[0].get("role") == "system"
+    return examples + messages, not own_system
+
+
 def state(request: Request) -> ServerState:
     st: ServerState = request.app.state.edgeslm
     return st

@@ -34,7 +34,7 @@ from ..formats.model_format import ModelFormat
 from ..formats.model_info import ModelInfo, model_info
 from .atomic import TempFile, copy_hashing, iter_stale_temps, remove_path, sha256_file, write_atomic
 from .folders import drop_views
-from .layers import DIGEST, Layer, folder_digest, layers_from_json
+from .layers import DIGEST, AdapterRef, Layer, adapters_from_json, folder_digest, layers_from_json
 from .names import ModelName, parse_name
 
 log = logging.getLogger(__name__)
@@ -63,12 +63,12 @@ class Manifest:
     defaults: Mapping[str, Any] = field(default_factory=dict)  # system prompt and parameters (ollama create)
     format: ModelFormat = ModelFormat.GGUF
     layers: tuple[Layer, ...] = ()
+    adapters: tuple[AdapterRef, ...] = ()  # LoRA adapters on the GGUF blob (a custom model)
 
     def blob_sizes(self) -> dict[str, int]:
         """Every blob this manifest needs, with its size."""
-        if not self.layers:
-            return {self.digest: self.size}
-        return {layer.digest: layer.size for layer in self.layers}
+        own = {self.digest: self.size} if not self.layers else {x.digest: x.size for x in self.layers}
+        return own | {a.digest: a.size for a in self.adapters}
 
     def to_json(self) -> bytes:
         data: dict[str, Any] = {
@@ -85,6 +85,8 @@ class Manifest:
             data["layers"] = [{"path": x.path, "digest": x.digest, "size": x.size} for x in self.layers]
         if self.defaults:
             data["defaults"] = dict(self.defaults)
+        if self.adapters:
+            data["adapters"] = [a.to_json() for a in self.adapters]
         return json.dumps(data, indent=2, sort_keys=True).encode()
 
     @classmethod
@@ -113,7 +115,20 @@ class Manifest:
             defaults=dict(data.get("defaults") or {}),
             format=fmt,
             layers=layers,
+            adapters=adapters_from_json(data.get("adapters") or []),
         )
+
+
+@dataclass
+class Staged:
+    """A written, hashed temp file waiting to become a blob (``Store.stage``)."""
+
+    tmp: TempFile
+    digest: str
+    size: int
+
+    def discard(self) -> None:
+        self.tmp.discard()
 
 
 @dataclass(frozen=True)
@@ -374,20 +389,47 @@ class Store:
             if blob.exists():
                 log.info("blob %s already stored; the name is added, the bytes refreshed", manifest.digest)
             tmp.commit(blob)  # same digest, so same bytes; replacing also repairs a corrupted copy
-            previous = self._find_replaceable(manifest.name)
-            write_atomic(self.manifest_path(manifest.name), manifest.to_json(), self.tmp_dir)
-            if previous and previous.digest != manifest.digest:
-                self._drop_unreferenced(previous.blob_sizes())
+            self._replace_manifest(manifest)
 
     def copy(self, src: ModelName, dst: ModelName) -> Manifest:
         with self.locked():
             manifest = self.get(src)
             copied = replace(manifest, name=dst, created=now_iso())
-            previous = self._find_replaceable(dst)
-            write_atomic(self.manifest_path(dst), copied.to_json(), self.tmp_dir)
-            if previous and previous.digest != copied.digest:
-                self._drop_unreferenced(previous.blob_sizes())
+            self._replace_manifest(copied)
         return copied
+
+    def _replace_manifest(self, manifest: Manifest) -> None:
+        """Write ``manifest`` over its name; drop the blobs only the one it replaces used. Caller holds the lock."""
+        previous = self._find_replaceable(manifest.name)
+        write_atomic(self.manifest_path(manifest.name), manifest.to_json(), self.tmp_dir)
+        if previous:
+            self._drop_unreferenced(set(previous.blob_sizes()) - set(manifest.blob_sizes()))
+
+    def stage(self, produce: Callable[[Path], None], *, label: str) -> Staged:
+        """A file that ``produce`` writes (an adapter), hashed and held in a temp file until
+        ``publish_custom`` names it; ``discard`` it otherwise."""
+        with self.locked():
+            tmp = TempFile(self.tmp_dir, "blob")
+        try:
+            with _disk_errors(label):
+                produce(tmp.path)
+                return Staged(tmp, "sha256-" + sha256_file(tmp.path), tmp.path.stat().st_size)
+        except BaseException:
+            tmp.discard()
+            raise
+
+    def publish_custom(self, manifest: Manifest, staged: Iterable[Staged] = ()) -> Manifest:
+        """Publish a model built on a stored base (``ollama create``): its staged adapter blobs and
+        its manifest together, under the lock; every blob it names must then exist."""
+        with self.locked():
+            for item in staged:
+                item.tmp.commit(self.blob_path(item.digest))
+            missing = [d for d in manifest.blob_sizes() if not self.blob_path(d).exists()]
+            if missing:
+                raise StoreError(f"cannot create {manifest.name}: blob {missing[0]} was removed meanwhile; retry")
+            self._replace_manifest(manifest)
+        log.info("stored %s (%d adapter(s))", manifest.name, len(manifest.adapters))
+        return manifest
 
     def set_defaults(self, name: ModelName, defaults: Mapping[str, Any]) -> Manifest:
         """Give ``name`` a system prompt and parameters (its bytes are unchanged)."""
