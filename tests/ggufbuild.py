@@ -193,3 +193,24 @@ def write_runnable_model(
     w.write_tensors_to_file()
     w.close()
     return path
+
+
+def write_lora(path: Path, base: Path, *, rank: int = 2, seed: int = 0, arch: str = "llama") -> Path:
+    """A GGUF LoRA (llama.cpp's adapter format) for every attention Q weight of the model at ``base``."""
+    from edgeslm.formats.gguf_header import read_gguf_header
+
+    rng = np.random.default_rng(seed)
+    w = GGUFWriter(str(path), arch)
+    w.add_type("adapter")
+    w.add_string("adapter.type", "lora")
+    w.add_float32("adapter.lora.alpha", float(rank))
+    for t in read_gguf_header(base).tensors:
+        if t.name.endswith("attn_q.weight"):
+            n_in, n_out = t.shape[0], t.shape[1]
+            w.add_tensor(t.name + ".lora_a", rng.standard_normal((rank, n_in)).astype(np.float32))
+            w.add_tensor(t.name + ".lora_b", rng.standard_normal((n_out, rank)).astype(np.float32) * 0.1)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return path

@@ -3,6 +3,7 @@ their base, and equal to transformers + peft logit for logit; adapters for anoth
 
 from __future__ import annotations
 
+import copy
 import json
 import shutil
 from collections.abc import Callable, Iterator
@@ -32,7 +33,7 @@ TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down
 def make_lora(model: Any, folder: Path, *, seed: int = 1, **config: Any) -> Any:
     """A LoRA on ``model`` with random A and B (a trained adapter's B is not zero), saved to ``folder``."""
     settings = {"r": 4, "lora_alpha": 8, "target_modules": TARGETS, "lora_dropout": 0.0, **config}
-    wrapped = peft.get_peft_model(model, peft.LoraConfig(**settings))
+    wrapped = peft.get_peft_model(copy.deepcopy(model), peft.LoraConfig(**settings))  # the base stays as it was
     torch.manual_seed(seed)
     for name, p in wrapped.named_parameters():
         if "lora_" in name:
@@ -161,3 +162,40 @@ def test_an_adapter_follows_its_base_through_quantization(cli: Cli, store: Store
     assert cli("run", "tuned-q8", "hello", "--max-tokens", "4", "--temperature", "0").code == 0
     assert cli("rm", "-y", "tuned", "tuned-q8").code == 0
     assert not store.blob_path(digest).exists()
+
+
+@pytest.mark.slow
+def test_serve_keeps_each_adapter_set_to_its_own_runner(store: Store, home: Path, tmp_path: Path,
+                                                        tiny_llama: tuple[Path, Any], cli: Cli) -> None:  # fmt: skip
+    """Two adapters of one base and the base itself, served at once: each reply is the one it gets
+    alone, the adapters change them, and ``ps`` shows which runner carries which adapter."""
+    import threading
+
+    import httpx
+
+    from .servekit import serve_process
+
+    folder, model = tiny_llama
+    convert(store, folder, outtype="f32", name="base")
+    for name, seed in (("a1", 1), ("a2", 2)):
+        make_lora(model, tmp_path / name, seed=seed)
+        assert cli("create", name, "-f", str(_modelfile(tmp_path, f"FROM base\nADAPTER {name}\n"))).code == 0
+    names = ("base", "a1", "a2")
+
+    def ask(url: str, name: str) -> str:
+        body = {"model": name, "prompt": "hello world", "raw": True, "stream": False,
+                "options": {"temperature": 0, "num_predict": 12}}  # fmt: skip
+        return str(httpx.post(url + "/api/generate", json=body, timeout=120).json()["response"])
+
+    with serve_process(home, "--parallel", "2", "--ctx", "256", "--max-loaded", "3", "--no-prompt-cache") as served:
+        alone = {name: ask(served.url, name) for name in names}
+        together: dict[str, str] = {}
+        threads = [threading.Thread(target=lambda n=n: together.__setitem__(n, ask(served.url, n))) for n in names]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        ps = {m["name"]: m["adapters"] for m in httpx.get(served.url + "/api/ps").json()["models"]}
+    assert together == alone
+    assert len(set(alone.values())) == 3, alone  # each adapter changes the greedy text
+    assert ps == {"base:latest": [], "a1:latest": ["a1"], "a2:latest": ["a2"]}

@@ -276,3 +276,37 @@ def test_a_hung_runner_fails_its_requests_and_the_server_keeps_serving(
     assert "seems hung" in several.text  # streamed: the failure is an event, then [DONE]
     FakeRunner.delay = 0
     assert httpx.post(url + "/v1/chat/completions", json=body, timeout=10).status_code == 200
+
+
+def test_create_from_uploaded_files_with_the_ollama_client(url: str, models: Path, tmp_path: Path) -> None:
+    """Ollama's flow: upload each file (POST /api/blobs/sha256:…), then create naming their digests."""
+    import ollama
+
+    from .ggufbuild import write_lora
+
+    model = write_runnable_model(tmp_path / "up.gguf", seed=5)
+    lora = write_lora(tmp_path / "up-lora.gguf", model)
+    client = ollama.Client(host=url)
+    try:
+        digests = {p.name: client.create_blob(p) for p in (model, lora)}
+        files, adapters = {"up.gguf": digests["up.gguf"]}, {"up-lora.gguf": digests["up-lora.gguf"]}
+        done = list(client.create(model="uploaded", files=files, adapters=adapters, system="Be brief.", stream=True))
+    finally:
+        client._client.close()
+    assert httpx.head(url + f"/api/blobs/{digests['up.gguf']}").status_code == 200
+    assert httpx.head(url + "/api/blobs/sha256:" + "0" * 64).status_code == 404
+    assert done[-1].status == "success"
+    shown = httpx.post(url + "/api/show", json={"model": "uploaded"}).json()
+    assert shown["system"] == "Be brief." and [a["name"] for a in shown["adapters"]] == ["up-lora.gguf"]
+    assert shown["adapters"][0]["digest"] == digests["up-lora.gguf"]
+    tags = {t["name"]: t["digest"] for t in httpx.get(url + "/api/tags").json()["models"]}
+    assert tags["uploaded:latest"] == digests["up.gguf"].removeprefix("sha256:")
+    # a body that does not hash to its digest is not kept; an unknown digest is named; no server paths
+    wrong = httpx.post(url + "/api/blobs/sha256:" + "1" * 64, content=b"not this")
+    assert wrong.status_code == 500 and "nothing was kept" in wrong.json()["error"]
+    assert not list((models / "models" / "uploads").glob("sha256-1111*"))
+    missing = httpx.post(url + "/api/create", json={"model": "x", "files": {"a.gguf": "sha256:" + "2" * 64}})
+    assert missing.status_code == 400 and "is not on this server; upload it first" in missing.json()["error"]
+    for modelfile in (f"FROM {model}\n", "FROM tiny\nADAPTER /etc/passwd\n", "FROM ../../etc\n"):
+        refused = httpx.post(url + "/api/create", json={"model": "x", "modelfile": modelfile, "stream": False})
+        assert refused.status_code in (400, 404) and "x:latest" not in httpx.get(url + "/api/tags").text, refused.text

@@ -136,8 +136,6 @@ def peft_to_gguf(folder: Path, base: GGUFHeader, out: Path, *, base_label: str) 
     writer.add_type(gguf.GGUFType.ADAPTER)
     writer.add_string(gguf.Keys.Adapter.TYPE, "lora")
     writer.add_float32(gguf.Keys.Adapter.LORA_ALPHA, config.alpha)
-    if config.base_model:
-        writer.add_string("general.base_model.0.name", config.base_model[:200])
     for module, (a_name, b_name) in sorted(pairs.items()):
         target = names.get_name(module + ".weight", try_suffixes=(".weight",))
         if target is None or target not in shapes:

@@ -25,6 +25,7 @@ from ..errors import EdgeslmError, exit_code_for
 MODULES: tuple[tuple[str, str, tuple[str, ...]], ...] = (
     ("store_cmds", "configure", ("pull", "import", "list", "show", "cp", "rm", "verify", "catalog")),
     ("custom_cmds", "configure", ("create",)),
+    ("custom_cmds", "configure_finetune", ("finetune",)),
     ("infer_cmds", "configure", ("run", "embed", "bench")),
     ("quantize_cmds", "configure", ("quantize",)),
     ("convert_cmds", "configure", ("convert",)),

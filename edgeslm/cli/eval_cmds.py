@@ -58,6 +58,12 @@ def _expand(names: list[str]) -> list[ModelName]:
 
 
 def _default_reference(store: Store, name: ModelName) -> ModelName:
+    model = store.find(name)
+    if model is not None and model.adapters:  # a tuned model is compared with its base: before and after
+        plain = [m for m in store.manifests() if m.digest == model.digest and not m.adapters]
+        named = [m for m in plain if str(m.name) == model.source.get("base_name")]
+        if named or plain:
+            return (named or plain)[0].name
     for tag in REFERENCE_TAGS:
         candidate = name.with_tag(tag)
         if store.find(candidate) is not None:

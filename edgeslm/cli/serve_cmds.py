@@ -113,10 +113,11 @@ def cmd_ps(args: argparse.Namespace, settings: Settings) -> int:
         return 0
     rows = [
         (m["name"], format_bytes(int(m["size"])), f"{m.get('in_flight', 0)}/{m.get('slots', '?')}",
-         m.get("context_length", ""), "pinned" if m.get("pinned") else m["expires_at"][:19].replace("T", " "))
+         m.get("context_length", ""), "pinned" if m.get("pinned") else m["expires_at"][:19].replace("T", " "),
+         ", ".join(m.get("adapters") or []) or "-")
         for m in data.get("models", [])
     ]  # fmt: skip
-    print_table(("NAME", "MEMORY", "BUSY/SLOTS", "CONTEXT", "EXPIRES (UTC)"), rows, right=(1, 2, 3))
+    print_table(("NAME", "MEMORY", "BUSY/SLOTS", "CONTEXT", "EXPIRES (UTC)", "ADAPTERS"), rows, right=(1, 2, 3))
     if not rows:
         print("no models loaded", file=sys.stderr)
     return 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -170,12 +171,36 @@ def cmd_show(args: argparse.Namespace, settings: Settings) -> int:
         store = _open(settings)
         print(modelfile_of(store, store.get(parse_name(args.name))), end="")
         return 0
-    report = show_model(_open(settings), args.name, context_length=args.ctx)
+    store = _open(settings)
+    report = show_model(store, args.name, context_length=args.ctx)
+    manifest = store.find(parse_name(args.name)) if not args.name.endswith(".gguf") else None
     if args.json:
-        print_json(report.to_dict())
+        extra = {"adapters": [a.to_json() for a in manifest.adapters], "defaults": dict(manifest.defaults)} if (
+            manifest and (manifest.adapters or manifest.defaults)) else {}  # fmt: skip
+        print_json({**report.to_dict(), **extra})
     else:
         _print_report(report, with_metadata=args.metadata)
+        if manifest is not None and (manifest.adapters or manifest.defaults):
+            _print_custom(manifest)
     return 0
+
+
+def _print_custom(m: Manifest) -> None:
+    """What ``create`` added to the base: adapters, system prompt, parameters, messages, template."""
+    d = m.defaults
+    rows: list[tuple[str, Any]] = [
+        (f"adapter {a.label or a.digest[:19]}", f"scale {a.scale:g}, {format_bytes(a.size)}, {a.digest[:19]}")
+        for a in m.adapters
+    ]
+    if d.get("system") is not None:
+        rows.append(("system", str(d["system"])[:200].replace("\n", " ")))
+    rows += [(f"parameter {k}", json.dumps(v)) for k, v in (d.get("parameters") or {}).items()]
+    if d.get("messages"):
+        rows.append(("messages", f"{len(d['messages'])} example message(s)"))
+    if d.get("template_source"):
+        rows.append(("template", "its own (show --modelfile prints it)"))
+    print("\n  custom model (edgeslm create)")
+    print_fields(rows, indent=4)
 
 
 def _print_report(r: ModelReport, *, with_metadata: bool) -> None:

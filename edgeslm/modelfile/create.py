@@ -110,7 +110,9 @@ def create_model(store: Store, name: ModelName, spec: CreateSpec, settings: Sett
         refs = tuple(_adapter(store, spec, i, base, header, staged, report)  # type: ignore[arg-type]
                      for i in range(len(spec.adapters)))  # fmt: skip
         merged = _merge(base.defaults, defaults)
-        manifest = replace(base, name=name, created=now_iso(), defaults=merged, adapters=base.adapters + refs)
+        source = {**base.source, "base_name": str(base.name)} if base.name != name else dict(base.source)
+        manifest = replace(base, name=name, created=now_iso(), defaults=merged, adapters=base.adapters + refs,
+                           source=source)  # fmt: skip
         report("writing manifest")
         return store.publish_custom(manifest, staged)
     finally:
@@ -252,20 +254,21 @@ def _adapter(store: Store, spec: CreateSpec, i: int, base: Manifest, header: GGU
     where, value = spec.at(f"adapter.{i}"), spec.adapters[i]
     base_label = str(spec.source)
     path = _path(spec, value)
+    shown = value if value in spec.files else path.name if path is not None else value  # a request's own file name
     try:
         if path is not None:
             if path.is_dir() and not is_peft_folder(path):
                 raise InputFileError(f"{path} is a folder without adapter_config.json: not a PEFT adapter")
             if path.is_dir():
-                report(f"converting the PEFT adapter {path.name} to a GGUF LoRA")
-                item = store.stage(lambda dst: _peft(path, header, dst, base_label), label=path.name)
+                report(f"converting the PEFT adapter {shown} to a GGUF LoRA")
+                item = store.stage(lambda dst: _peft(path, header, dst, base_label), label=shown)
             else:
-                report(f"copying the adapter {path.name}")
-                check_against(read_lora(path), header, path.name, base_label)
-                item = store.stage(lambda dst: _copy(path, dst), label=path.name)
+                report(f"copying the adapter {shown}")
+                check_against(read_lora(path), header, shown, base_label)
+                item = store.stage(lambda dst: _copy(path, dst), label=shown)
             staged.append(item)
-            check_against(read_lora(item.tmp.path, path.name), header, path.name, base_label)
-            return AdapterRef(item.digest, item.size, 1.0, base.digest, path.name)
+            check_against(read_lora(item.tmp.path, shown), header, shown, base_label)
+            return AdapterRef(item.digest, item.size, 1.0, base.digest, shown)
         if spec.base_dir is not None and _looks_like_path(value):
             raise InputFileError(f"{value} does not exist (paths are read next to the Modelfile)")
         return _stored_adapter(store, value, base, header, base_label)

@@ -58,7 +58,8 @@ ROUTES: dict[str, Action | None] = {  # None: any valid key
     "/api/copy": A.COPY,
     "/api/delete": A.DELETE,
 }
-PREFIXES: dict[str, Action] = {"/v1/models/": A.LIST}
+PREFIXES: dict[str, Action] = {"/v1/models/": A.LIST, "/api/blobs/": A.CREATE}
+UPLOADS = b"/api/blobs/"  # a file's bytes, not JSON: their own type and size limit
 LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1", "[::1]"})
 JSON_TYPES = ("application/json", "", "application/x-www-form-urlencoded")  # the last: curl -d's default
 
@@ -69,6 +70,7 @@ class GuardOptions:
     allowed_hosts: frozenset[str] = frozenset()
     cors_origins: frozenset[str] = frozenset()
     max_body: int = 8 * 2**20
+    max_upload: int = 64 * 2**30  # bytes of one uploaded file (/api/blobs)
 
 
 def escape(text: str, limit: int = 300) -> str:
@@ -126,7 +128,7 @@ class Guard:
             except EdgeslmError as exc:  # refused here, answered in the dialect of the path
                 await exception_response(scope["path"], exc)(scope, receive, sending)
             else:
-                await self.app(scope, self._limited(receive, headers), sending)
+                await self.app(scope, self._limited(receive, self._limit(raw)), sending)
         finally:
             self._record(scope, label, key, status[0] or 500, started)
 
@@ -151,13 +153,20 @@ class Guard:
             )
         if scope["method"] in ("POST", "PUT", "PATCH", "DELETE"):
             kind = headers.get("content-type", "").split(";")[0].strip().lower()
-            if kind not in JSON_TYPES:
+            limit = self._limit(raw)
+            if raw.startswith(UPLOADS):
+                if kind not in (*JSON_TYPES, "application/octet-stream"):
+                    raise UnsupportedMediaTypeError(f"an upload is application/octet-stream, not '{escape(kind, 60)}'")
+            elif kind not in JSON_TYPES:
                 raise UnsupportedMediaTypeError(
                     f"the body must be JSON (Content-Type: application/json), not '{escape(kind, 60)}'"
                 )
             length = headers.get("content-length")
-            if length is not None and (not length.isdigit() or int(length) > self.options.max_body):
-                raise _too_large(self.options.max_body)
+            if length is not None and (not length.isdigit() or int(length) > limit):
+                raise _too_large(limit)
+
+    def _limit(self, raw: bytes) -> int:
+        return self.options.max_upload if raw.startswith(UPLOADS) else self.options.max_body
 
     def _key(self, headers: dict[str, str]) -> ApiKey:
         assert self.st.keys is not None
@@ -176,8 +185,8 @@ class Guard:
         if action is not None and not key.may(action):
             raise PermissionDeniedError(f"the role '{key.role}' of key '{key.id}' may not {action.value}")
 
-    def _limited(self, receive: Receive, headers: dict[str, str]) -> Receive:
-        limit, seen = self.options.max_body, [0]
+    def _limited(self, receive: Receive, limit: int) -> Receive:
+        seen = [0]
 
         async def receiving() -> Message:
             message = await receive()

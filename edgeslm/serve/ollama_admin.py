@@ -22,6 +22,7 @@ from ..pull import pull
 from ..runner.tasks import QUANTIZE_TIMEOUT, quantize_in_child
 from ..show import show_model
 from ..store import Store, parse_name
+from ..store.uploads import Upload, find_file, parse_digest
 from .ollama_api import details, ndjson
 from .ollama_schemas import CopyRequest, CreateRequest, ModelRequest
 from .service import chat_template, note, parse, state
@@ -186,13 +187,34 @@ def _only_model_file(files: dict[str, str] | None) -> str | None:
 
 
 def _blob(store: Store, name: str, digest: str) -> Path:
-    """A blob this server already holds, by Ollama's ``sha256:<hex>``."""
-    hex_digest = digest.removeprefix("sha256:").removeprefix("sha256-")
-    path = store.blob_path(f"sha256-{hex_digest}") if len(hex_digest) == 64 else None
-    if path is None or not path.is_file():
-        raise InvalidParameterError(f"file {name[:80]!r}: blob {digest[:80]} is not on this server (it holds the "
-                                    "blobs of its models and adapters; upload is not supported yet)")  # fmt: skip
+    """A file this server holds (a blob of its models, or an upload), by Ollama's ``sha256:<hex>``."""
+    path = find_file(store, parse_digest(digest))
+    if path is None:
+        raise InvalidParameterError(f"file {name[:80]!r}: {digest[:80]} is not on this server; upload it first "
+                                    "(POST /api/blobs/sha256:<hex>, as 'ollama create' does)")  # fmt: skip
     return path
+
+
+@router.head("/api/blobs/{digest}")
+async def has_blob(request: Request, digest: str) -> Response:
+    found = await asyncio.to_thread(find_file, state(request).store(), parse_digest(digest))
+    return Response(status_code=200 if found else 404)
+
+
+@router.post("/api/blobs/{digest}")
+async def upload_blob(request: Request, digest: str) -> Response:
+    """Receive a file's bytes, kept only if they hash to ``digest`` (Ollama answers 201)."""
+    wanted = parse_digest(digest)
+    store = state(request).store()
+    upload = await asyncio.to_thread(Upload, store, wanted)
+    try:
+        async for chunk in request.stream():
+            await asyncio.to_thread(upload.write, chunk)
+        await asyncio.to_thread(upload.finish)
+    finally:
+        upload.discard()
+    note(request, model=wanted)
+    return Response(status_code=201)
 
 
 @router.post("/api/copy")

@@ -65,7 +65,10 @@ class ServerState:
     def store(self) -> Store:
         """The store, opened (and swept) once; its manifests are read fresh on every lookup."""
         if self._store is None:
+            from ..store.uploads import sweep_uploads
+
             self._store = Store.open(self.settings.models_dir)
+            sweep_uploads(self._store)  # uploads no create used within a day
         return self._store
 
     def manifest(self, name: str) -> Manifest:
