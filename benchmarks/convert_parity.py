@@ -1,7 +1,7 @@
 """edgeslm convert against llama.cpp's own convert_hf_to_gguf.py, same checkpoints, same run.
 
 llama.cpp's converter comes from the llama-cpp-python release installed here (its sdist bundles
-llama.cpp; only the converter and its gguf-py are kept, in ~/.cache/native-llama/VERSION/converter).
+llama.cpp; only the converters and their gguf-py are kept, in ~/.cache/native-llama/VERSION/converter).
 Checkpoints: the builtin SmolLM2 exported by ``edgeslm export``, and tiny random models of each
 architecture built with transformers around that exported tokenizer (llama.cpp's converter knows
 its pre-tokenizer). Both write F16; the script compares every tensor (name, type, bytes) and the
@@ -29,6 +29,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 ARCHS = ("llama", "qwen2", "qwen3", "gemma3", "phi3")
+SCRIPTS = ("convert_hf_to_gguf.py", "convert_lora_to_gguf.py")  # the model converter, and its LoRA one
 SKIP_KEYS = {"general.name", "general.basename", "general.size_label", "general.quantization_version",
              "general.type", "general.finetune", "general.organization", "general.license", "general.languages",
              "GGUF.version", "GGUF.tensor_count", "GGUF.kv_count"}  # fmt: skip
@@ -38,7 +39,7 @@ def converter() -> Path:
     import llama_cpp
 
     home = Path.home() / ".cache" / "native-llama" / llama_cpp.__version__ / "converter"
-    if (home / "convert_hf_to_gguf.py").is_file():
+    if all((home / f).is_file() for f in SCRIPTS):
         return home
     with tempfile.TemporaryDirectory() as tmp:
         subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--no-binary", ":all:", "-d", tmp,
@@ -48,9 +49,10 @@ def converter() -> Path:
             tar.extractall(tmp, filter="data")
         (src,) = Path(tmp).glob("llama_cpp_python-*/vendor/llama.cpp")
         home.mkdir(parents=True, exist_ok=True)
-        shutil.copy(src / "convert_hf_to_gguf.py", home)
+        for script in SCRIPTS:
+            shutil.copy(src / script, home)
         for folder in ("conversion", "gguf-py"):
-            shutil.copytree(src / folder, home / folder)
+            shutil.copytree(src / folder, home / folder, dirs_exist_ok=True)
     return home
 
 

@@ -104,6 +104,22 @@ def test_smollm2_adapter_logits_equal_peft(builtin_home: Path, tmp_path: Path, m
     compare(wrapped, "smol-lora", home, list(range(100, 400, 3)))
 
 
+def test_from_a_hugging_face_folder_converts_it(cli: Cli, store: Store, tmp_path: Path,
+                                               tiny_llama: tuple[Path, Any]) -> None:  # fmt: skip
+    """FROM a folder converts it (under an interim name, gone afterwards), with a PEFT ADAPTER beside it."""
+    folder, model = tiny_llama
+    make_lora(model, tmp_path / "lora")
+    text = f"FROM {folder}\nADAPTER lora\nSYSTEM hi\n"
+    assert cli("create", "from-folder", "-f", str(_modelfile(tmp_path, text))).code == 0
+    made = store.get(parse_name("from-folder"))
+    assert made.adapters and made.source["kind"] == "convert" and made.defaults["system"] == "hi"
+    assert [str(m.name) for m in store.manifests()] == ["from-folder:latest"]  # the interim name is gone
+    before = snapshot(store.root)
+    bad = cli("create", "broken", "-f", str(_modelfile(tmp_path, f"FROM {folder}\nADAPTER missing-model\n")))
+    assert bad.code != 0 and "(line 2): ADAPTER missing-model is neither a file" in bad.err, bad.err
+    assert snapshot(store.root) == before  # the converted folder went with the failed create
+
+
 def test_adapters_for_another_base_are_refused(cli: Cli, store: Store, tmp_path: Path,
                                                tiny_llama: tuple[Path, Any]) -> None:  # fmt: skip
     folder, model = tiny_llama

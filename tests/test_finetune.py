@@ -155,6 +155,7 @@ def test_long_examples_are_cut_with_a_warning(tiny: Store, home: Path, tmp_path:
     with caplog.at_level(logging.WARNING):
         result = finetune(tiny, "tiny", data, "cut", options, resolve_settings(home=home, offline=True))
     assert "2 example(s) had no assistant token left within --max-length" in caplog.text
+    assert "example(s) longer than --max-length 64 tokens were cut to it" in caplog.text
     assert result.train_examples + result.held_out_examples == 8
     with pytest.raises(InvalidParameterError, match="rank 0 is out of range"):
         FinetuneOptions(rank=0)
