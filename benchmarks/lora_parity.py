@@ -63,7 +63,7 @@ def main() -> None:
         ours_file = home / "models" / "blobs" / shown["adapters"][0]["digest"]
         native_file = root / "native-lora.gguf"
         t_ours, m_ours = measured([*run, "create", "again", "-f", str(_modelfile(root, work / "tuned"))])
-        native_cmd = [sys.executable, str(conv / "convert_lora_to_gguf.py"), "--base", str(work / "base-hf"),
+        native_cmd = [sys.executable, str(conv / "convert_lora_to_gguf.py"), "--base", str(_base_folder(home)),
                       "--outtype", "f32", "--outfile", str(native_file), str(work / "tuned")]  # fmt: skip
         t_nat, m_nat = measured(native_cmd, env)
         equal, total, diffs = in_child(compare, ours_file, native_file)
@@ -74,6 +74,11 @@ def main() -> None:
         page = root / "data" / "held-out.txt"
         for label, text, ctx in (("product page", page, 128), ("WikiText-2", WIKITEXT, 512)):
             _scores(run, bin_dir, label, text, ctx, args.chunks, base_file, native_file, root)
+
+
+def _base_folder(home: Path) -> Path:
+    (folder,) = [p for p in (home / "finetune" / "bases").iterdir() if (p / "config.json").is_file()]
+    return folder
 
 
 def _modelfile(root: Path, adapter: Path) -> Path:

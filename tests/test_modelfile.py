@@ -243,3 +243,25 @@ def test_bad_creates_change_nothing(cli: Cli, store: Store, tiny_model: Path, tm
     result = cli("create", "bad", "-f", str(mf))
     assert result.code != 0 and problem in result.err, result.err
     assert snapshot(store.root) == before
+
+
+def test_create_quantizes_a_stored_base(cli: Cli, store: Store, tiny_model: Path, tmp_path: Path) -> None:
+    from edgeslm.store import parse_name
+
+    assert cli("import", str(tiny_model), "--name", "tiny").code == 0
+    mf = _modelfile(tmp_path, "FROM tiny\nSYSTEM Be brief.\n")
+    assert cli("create", "tiny-small", "-f", str(mf), "--quantize", "q8_0").code == 0
+    made = store.get(parse_name("tiny-small"))
+    assert made.info.file_type == "Q8_0" and made.defaults["system"] == "Be brief."
+    assert made.digest != store.get(parse_name("tiny")).digest
+    refused = cli("create", "nope", "-f", str(_modelfile(tmp_path, f"FROM {tiny_model}\n")), "--quantize", "q8_0")
+    assert refused.code != 0 and "create --quantize works FROM a stored model" in refused.err
+
+
+def test_a_failed_quantizing_create_leaves_nothing(cli: Cli, store: Store, tiny_model: Path, tmp_path: Path) -> None:
+    assert cli("import", str(tiny_model), "--name", "tiny").code == 0
+    assert cli("create", "keep", "-f", str(_modelfile(tmp_path, "FROM tiny\nSYSTEM old\n"))).code == 0
+    before = snapshot(store.root)
+    bad = cli("create", "keep", "-f", str(_modelfile(tmp_path, "FROM tiny\nADAPTER nowhere-model\n")), "-q", "q8_0")
+    assert bad.code != 0 and "ADAPTER nowhere-model is neither" in bad.err, bad.err
+    assert snapshot(store.root) == before  # the quantized interim model is gone, "keep" is as it was

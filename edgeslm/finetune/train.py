@@ -113,7 +113,7 @@ def finetune(store: Store, base_name: str, data: Path, name: str, options: Finet
     work = settings.home / "finetune" / f"{target.base.replace('/', '_')}-{target.tag}"
     identity = _identity(base, data, options)
     start_step = _prepare(work, identity, resume)
-    folder = _exported(store, base, work)
+    folder = _exported(store, base, settings.home / "finetune" / "bases")
     torch.manual_seed(options.seed)
     torch.set_num_threads(options.threads or physical_cores())
     tokenizer, model = _load(folder, options)
@@ -135,6 +135,7 @@ def finetune(store: Store, base_name: str, data: Path, name: str, options: Finet
     model.save_pretrained(adapter)
     spec = CreateSpec(source=str(base.name), adapters=(str(adapter),), base_dir=Path("/"), where="finetune")
     manifest = create_model(store, target, spec, settings)
+    shutil.rmtree(work / "checkpoint", ignore_errors=True)  # the run is done: nothing left to resume
     seconds = time.perf_counter() - started
     return FinetuneResult(str(target), str(base.name), total, len(dataset.train), len(dataset.held_out), before,
                           after, last, seconds, start_step, dataset.truncated, manifest)  # fmt: skip
@@ -169,17 +170,21 @@ def _prepare(work: Path, identity: dict[str, Any], resume: bool) -> int:
     return 0
 
 
-def _exported(store: Store, base: Manifest, work: Path) -> Path:
-    """The base as a float32 Hugging Face folder, exported once per base digest."""
+def _exported(store: Store, base: Manifest, bases: Path) -> Path:
+    """The base as a float32 Hugging Face folder, exported once per base digest (shared by every
+    run on it; written beside and renamed into place, so a killed export is never used)."""
     from ..export import export_hf
 
-    folder = work / "base-hf"
-    marker = folder / ".edgeslm-base"
-    if marker.is_file() and marker.read_text() == base.digest:
+    folder = bases / base.digest
+    if (folder / "config.json").is_file():
         return folder
-    shutil.rmtree(folder, ignore_errors=True)
-    export_hf(store, str(base.name), folder)
-    marker.write_text(base.digest)
+    tmp = bases / f"{base.digest}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    export_hf(store, str(base.name), tmp)
+    try:
+        os.replace(tmp, folder)
+    except OSError:  # another run exported it meanwhile
+        shutil.rmtree(tmp, ignore_errors=True)
     return folder
 
 

@@ -4,8 +4,9 @@ adapters, system prompt, parameters, example messages, template and licence.
 Everything cheap is checked first (parameters, messages, template); then the base is found
 (a stored model, a .gguf file, or a Hugging Face folder, converted), each adapter converted or
 copied into a staged blob and checked against the base, and only then is the model published:
-its new blobs and its manifest together, so a failure at any step stores nothing new (a converted
-``FROM`` folder is converted under an interim name, removed at the end, success or not).
+its new blobs and its manifest together, so a failure at any step stores nothing new (a
+``FROM`` folder converted and a base quantized with ``--quantize`` wait under interim names,
+removed at the end, success or not).
 """
 
 from __future__ import annotations
@@ -94,11 +95,12 @@ def create_model(store: Store, name: ModelName, spec: CreateSpec, settings: Sett
     target, type; default: in this process; the server passes one that runs a child)."""
     defaults = checked_defaults(spec)
     staged: list[Staged] = []
-    interim: list[ModelName] = []  # a FROM folder, converted under a name of its own until the end
+    interim: list[ModelName] = []  # models a step stored (a converted folder, a quantized base) until the end
     try:
         base, header = _base(store, name, spec, settings, staged, report, interim)
         if quantize:
-            base, header = _quantized(store, base, name, quantize, quantizer or _quantize_here, report)
+            interim.append(_interim_name())
+            base, header = _quantized(store, base, interim[-1], quantize, quantizer or _quantize_here, report)
         has_template = header is None or "tokenizer.chat_template" in header.metadata or spec.template
         if spec.messages and not (has_template or base.defaults.get("template")):
             raise ModelfileError(f"{spec.at('message.0')}: MESSAGE needs a chat template and {spec.source} has "
@@ -110,7 +112,8 @@ def create_model(store: Store, name: ModelName, spec: CreateSpec, settings: Sett
         refs = tuple(_adapter(store, spec, i, base, header, staged, report)  # type: ignore[arg-type]
                      for i in range(len(spec.adapters)))  # fmt: skip
         merged = _merge(base.defaults, defaults)
-        source = {**base.source, "base_name": str(base.name)} if base.name != name else dict(base.source)
+        stored_base = base.name not in interim and store.find(base.name) is not None
+        source = {**base.source, "base_name": str(base.name)} if stored_base else dict(base.source)
         manifest = replace(base, name=name, created=now_iso(), defaults=merged, adapters=base.adapters + refs,
                            source=source)  # fmt: skip
         report("writing manifest")
@@ -118,8 +121,9 @@ def create_model(store: Store, name: ModelName, spec: CreateSpec, settings: Sett
     finally:
         for item in staged:
             item.discard()
-        if interim:  # its blob stays if the new model names it, and goes if not
-            store.execute_remove(store.plan_remove(interim))
+        made = [n for n in interim if store.find(n) is not None]
+        if made:  # their blobs stay if the new model names them, and go if not
+            store.execute_remove(store.plan_remove(made))
 
 
 def checked_defaults(spec: CreateSpec) -> dict[str, Any]:
@@ -182,11 +186,10 @@ def _base(store: Store, name: ModelName, spec: CreateSpec, settings: Settings, s
         if info.architecture == "unknown" or not info.n_tensors:
             raise ModelfileError(f"{where}: {path.name} is a GGUF file but not a model")
         source = {"kind": "file", "path": str(path.absolute())}
-        return Manifest(name, item.digest, item.size, now_iso(), info, source), header
+        return Manifest(_interim_name(), item.digest, item.size, now_iso(), info, source), header  # named at the end
     if path is not None and path.is_dir():
-        interim.append(parse_name(f"edgeslm-create-{secrets.token_hex(6)}"))
-        converted, folder_header = _from_folder(store, interim[0], path, settings, report)
-        return replace(converted, name=name), folder_header
+        interim.append(_interim_name())
+        return _from_folder(store, interim[-1], path, settings, report)
     if spec.base_dir is not None and _looks_like_path(spec.source):
         raise InputFileError(f"{where}: {spec.source} does not exist (paths are read next to the Modelfile)")
     try:
@@ -200,6 +203,11 @@ def _base(store: Store, name: ModelName, spec: CreateSpec, settings: Settings, s
     if stored is None:
         raise ModelNotFoundError(f"{where}: model {wanted} is not in the store; see 'edgeslm list'")
     return stored, _header(store, stored)
+
+
+def _interim_name() -> ModelName:
+    """Where a step's model waits (a converted folder, a quantized base) until the create ends."""
+    return parse_name(f"edgeslm-create-{secrets.token_hex(6)}")
 
 
 def _header(store: Store, base: Manifest) -> GGUFHeader | None:
@@ -241,8 +249,11 @@ def _quantize_here(store: Store, source: str, target: str, qtype: str) -> None:
 
 def _quantized(store: Store, base: Manifest, name: ModelName, qtype: str, quantizer: Quantizer,
                report: Report) -> tuple[Manifest, GGUFHeader | None]:  # fmt: skip
-    if store.find(base.name) is None:  # a staged .gguf: store it first, then quantize it
-        raise ModelfileError("quantize a stored model: import the .gguf file first ('edgeslm import FILE')")
+    if store.find(base.name) is None:  # a staged .gguf: not stored yet
+        raise ModelfileError(
+            "create --quantize works FROM a stored model; store the file or folder first "
+            "('edgeslm import FILE', 'edgeslm convert FOLDER') and create from its name"
+        )
     report(f"quantizing {base.info.file_type or 'the'} model to {qtype.upper()}")
     quantizer(store, str(base.name), str(name), qtype)
     quantized = store.get(name)

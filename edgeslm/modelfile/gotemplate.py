@@ -229,7 +229,7 @@ class _Parser:
             body, end = self._block()
             if end is None:
                 raise self._error("{{ if }} is never closed by {{ end }}", line)
-            node.branches.append((cond, body)) if node.otherwise is None else None
+            node.branches.append((cond, body))
             text, at = end
             if text == "end":
                 return node

@@ -215,7 +215,14 @@ class Store:
         return self.blobs_dir / digest
 
     def gguf_path(self, manifest: Manifest, verb: str) -> Path:
-        """The GGUF file of ``manifest``, for a verb that reads GGUF; a folder model is refused."""
+        """The GGUF file of ``manifest``, for a verb that reads GGUF weights; a folder model is refused,
+        and so is one with adapters (the verb would see its base alone and drop them)."""
+        if manifest.adapters:
+            base = manifest.source.get("base_name") or "its base"
+            raise InvalidParameterError(
+                f"{manifest.name} is a base model with {len(manifest.adapters)} LoRA adapter(s); {verb} reads the "
+                f"base's weights alone and would drop them: {verb} {base} instead, then create the model on it again"
+            )
         if manifest.layers:
             source = manifest.source.get("parent_name")
             hint = f"; {verb} its GGUF source, {source}" if source else "; give a GGUF model"
