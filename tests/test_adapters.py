@@ -176,6 +176,9 @@ def test_an_adapter_follows_its_base_through_quantization(cli: Cli, store: Store
     digest = store.get(parse_name("tuned")).adapters[0].digest
     assert store.get(parse_name("tuned-q8")).adapters[0].digest == digest
     assert cli("run", "tuned-q8", "hello", "--max-tokens", "4", "--temperature", "0").code == 0
+    for verb in (["quantize", "tuned", "--type", "q4_0"], ["export", "tuned", "--format", "hf", str(tmp_path / "x")]):
+        refused = cli(*verb)
+        assert refused.code != 0 and "would drop them: " + verb[0] + " base:latest instead" in refused.err, refused.err
     assert cli("rm", "-y", "tuned", "tuned-q8").code == 0
     assert not store.blob_path(digest).exists()
 

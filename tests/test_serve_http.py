@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import threading
 import time
@@ -310,3 +311,34 @@ def test_create_from_uploaded_files_with_the_ollama_client(url: str, models: Pat
     for modelfile in (f"FROM {model}\n", "FROM tiny\nADAPTER /etc/passwd\n", "FROM ../../etc\n"):
         refused = httpx.post(url + "/api/create", json={"model": "x", "modelfile": modelfile, "stream": False})
         assert refused.status_code in (400, 404) and "x:latest" not in httpx.get(url + "/api/tags").text, refused.text
+
+
+def test_a_peft_adapter_uploaded_as_its_files(url: str, models: Path, tmp_path: Path) -> None:
+    """As 'ollama create' sends an ADAPTER folder: its files uploaded, named together in 'adapters'."""
+    import numpy as np
+    from safetensors.numpy import save_file
+
+    from edgeslm.formats.gguf_header import read_gguf_header
+
+    from .ggufbuild import write_runnable_model
+
+    base = write_runnable_model(tmp_path / "b.gguf", seed=0)
+    q = next(t for t in read_gguf_header(base).tensors if t.name == "blk.0.attn_q.weight")
+    peft = tmp_path / "peft"
+    peft.mkdir()
+    (peft / "adapter_config.json").write_text(json.dumps({"peft_type": "LORA", "r": 2, "lora_alpha": 4}))
+    prefix = "base_model.model.model.layers.0.self_attn.q_proj"
+    pair = {f"{prefix}.lora_A.weight": np.ones((2, q.shape[0]), np.float32),
+            f"{prefix}.lora_B.weight": np.ones((q.shape[1], 2), np.float32)}  # fmt: skip
+    save_file(pair, peft / "adapter_model.safetensors")
+    digests = {}
+    for f in peft.iterdir():
+        digest = "sha256:" + hashlib.sha256(f.read_bytes()).hexdigest()
+        assert httpx.post(url + f"/api/blobs/{digest}", content=f.read_bytes()).status_code == 201
+        digests[f.name] = digest
+    body = {"model": "peft-tuned", "from": "tiny", "adapters": digests, "stream": False}
+    done = httpx.post(url + "/api/create", json=body)
+    assert done.status_code == 200 and done.json() == {"status": "success"}, done.text
+    shown = httpx.post(url + "/api/show", json={"model": "peft-tuned"}).json()
+    assert [a["name"] for a in shown["adapters"]] == ["peft-adapter"]
+    assert not [p for p in (models / "models" / "tmp").iterdir() if p.name.startswith("peft-")]  # the links went

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 from collections.abc import AsyncIterator, Callable
 from dataclasses import replace
 from pathlib import Path
@@ -22,6 +23,7 @@ from ..pull import pull
 from ..runner.tasks import QUANTIZE_TIMEOUT, quantize_in_child
 from ..show import show_model
 from ..store import Store, parse_name
+from ..store.atomic import TempDir
 from ..store.uploads import Upload, find_file, parse_digest
 from .ollama_api import details, ndjson
 from .ollama_schemas import CopyRequest, CreateRequest, ModelRequest
@@ -132,8 +134,14 @@ async def create(request: Request) -> Response:
     st = state(request)
     note(request, model=body.model)
     target = parse_name(body.model)
-    spec = create_spec(st.store(), body)
-    checked_defaults(spec)  # a bad parameter, message or template is a 400 before anything streams
+    folder = TempDir(st.store().tmp_dir, "peft") if _is_peft(body.adapters) else None
+    try:
+        spec = create_spec(st.store(), body, folder.path if folder else None)
+        await asyncio.to_thread(checked_defaults, spec)  # a bad parameter, message or template: a 400 at once
+    except BaseException:
+        if folder:
+            folder.discard()
+        raise
 
     def work(report: Callable[[dict[str, Any]], None]) -> None:
         def say(status: str) -> None:
@@ -142,17 +150,39 @@ async def create(request: Request) -> Response:
         def in_child(store: Store, source: str, dest: str, qtype: str) -> None:
             quantize_in_child(st.settings.home, source, dest, qtype)  # native work stays out of the server
 
-        create_model(st.store(), target, spec, st.settings, quantize=body.quantize, report=say, quantizer=in_child)
+        try:
+            create_model(st.store(), target, spec, st.settings, quantize=body.quantize, report=say, quantizer=in_child)
+        finally:
+            if folder:
+                folder.discard()
         say("success")
 
     return await _respond(request, _progress(work), body.stream)
 
 
-def create_spec(store: Store, body: CreateRequest) -> CreateSpec:
+PEFT_FILES = {"adapter_config.json", "adapter_model.safetensors"}
+PEFT = "peft-adapter"  # the name a request's PEFT files go by, as one ADAPTER
+
+
+def _is_peft(adapters: dict[str, str] | None) -> bool:
+    return bool(adapters) and any(Path(name).name in PEFT_FILES for name in adapters or {})
+
+
+def create_spec(store: Store, body: CreateRequest, peft_folder: Path | None = None) -> CreateSpec:
     """The request as a CreateSpec: its Modelfile (FROM and ADAPTER may name stored models or the
-    request's ``files`` and ``adapters``, never a path on this machine), then its fields over it."""
+    request's ``files`` and ``adapters``, never a path on this machine), then its fields over it.
+    A PEFT adapter's files (``adapter_config.json``, ``adapter_model.safetensors``) are linked into
+    ``peft_folder`` and go as one ADAPTER."""
     named = {**(body.files or {}), **(body.adapters or {})}
     files = {name: _blob(store, name, digest) for name, digest in named.items()}
+    adapters = list(body.adapters or {})
+    if peft_folder is not None:
+        for name in adapters:
+            if Path(name).name not in PEFT_FILES:
+                raise InvalidParameterError(f"adapter file {name[:80]!r} beside a PEFT adapter's files; send one "
+                                            "adapter: adapter_config.json and adapter_model.safetensors")  # fmt: skip
+            os.symlink(files[name], peft_folder / Path(name).name)
+        files[PEFT], adapters = peft_folder, [PEFT]
     if body.modelfile:
         spec = spec_from_modelfile(parse_modelfile(body.modelfile, "modelfile"), None, "modelfile")
     else:
@@ -163,8 +193,8 @@ def create_spec(store: Store, body: CreateRequest) -> CreateSpec:
     fields: dict[str, Any] = {"files": files}
     if body.from_:
         fields["source"] = body.from_
-    if body.adapters:
-        fields["adapters"] = tuple(spec.adapters) + tuple(body.adapters)
+    if adapters:
+        fields["adapters"] = tuple(spec.adapters) + tuple(adapters)
     if body.system is not None:
         fields["system"] = body.system
     if body.template is not None:
