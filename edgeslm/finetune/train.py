@@ -151,6 +151,8 @@ def _identity(base: Manifest, data: Path, options: FinetuneOptions) -> dict[str,
 def _prepare(work: Path, identity: dict[str, Any], resume: bool) -> int:
     """The step to start from: 0, or the checkpoint's when resuming the same run."""
     run_file, checkpoint = work / "run.json", work / "checkpoint"
+    for stale in work.glob("checkpoint.tmp-*"):  # a checkpoint a killed run was writing
+        shutil.rmtree(stale, ignore_errors=True)
     if not checkpoint.is_dir() and (work / "checkpoint.old").is_dir():  # killed between two renames
         os.replace(work / "checkpoint.old", checkpoint)
     if resume:

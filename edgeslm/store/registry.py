@@ -428,12 +428,14 @@ class Store:
     def publish_custom(self, manifest: Manifest, staged: Iterable[Staged] = ()) -> Manifest:
         """Publish a model built on a stored base (``ollama create``): its staged adapter blobs and
         its manifest together, under the lock; every blob it names must then exist."""
+        staged = list(staged)
         with self.locked():
-            for item in staged:
-                item.tmp.commit(self.blob_path(item.digest))
-            missing = [d for d in manifest.blob_sizes() if not self.blob_path(d).exists()]
+            new = {item.digest for item in staged}
+            missing = [d for d in manifest.blob_sizes() if d not in new and not self.blob_path(d).exists()]
             if missing:
                 raise StoreError(f"cannot create {manifest.name}: blob {missing[0]} was removed meanwhile; retry")
+            for item in staged:
+                item.tmp.commit(self.blob_path(item.digest))
             self._replace_manifest(manifest)
         log.info("stored %s (%d adapter(s))", manifest.name, len(manifest.adapters))
         return manifest
