@@ -187,7 +187,8 @@ def load(
     """Load a stored model (or a .gguf file) into an engine (default: the configured one)."""
     settings = settings or resolve_settings()
     found = resolve_model(name_or_path, settings)
-    n_ctx = ctx or min(found.info.context_length or 4096, 4096)
+    stored_ctx = (found.defaults.get("parameters") or {}).get("num_ctx")  # a created model's PARAMETER num_ctx
+    n_ctx = ctx or stored_ctx or min(found.info.context_length or 4096, 4096)
     start = time.perf_counter()
     params = LoadParams(n_ctx=n_ctx, n_threads=threads, adapters=found.adapters)
     loaded = open_engine(engine or found.engine(settings.engine), found.path, params)

@@ -265,3 +265,23 @@ def test_a_failed_quantizing_create_leaves_nothing(cli: Cli, store: Store, tiny_
     bad = cli("create", "keep", "-f", str(_modelfile(tmp_path, "FROM tiny\nADAPTER nowhere-model\n")), "-q", "q8_0")
     assert bad.code != 0 and "ADAPTER nowhere-model is neither" in bad.err, bad.err
     assert snapshot(store.root) == before  # the quantized interim model is gone, "keep" is as it was
+
+
+def test_run_applies_the_stored_parameters(cli: Cli, home: Path, tmp_path: Path) -> None:
+    from edgeslm.config import resolve_settings
+    from edgeslm.generation import load
+
+    from .ggufbuild import write_runnable_model
+
+    runnable = write_runnable_model(tmp_path / "r.gguf")
+    mf = _modelfile(tmp_path, f"FROM {runnable}\nPARAMETER num_ctx 512\nPARAMETER num_predict 3\nPARAMETER seed 7\n")
+    assert cli("create", "short", "-f", str(mf)).code == 0
+    model = load("short", settings=resolve_settings(home=home, offline=True))
+    try:
+        assert model.engine.n_ctx == 512 and model.defaults["parameters"]["num_predict"] == 3
+    finally:
+        model.close()
+    first = cli("run", "short", "hello", "--temperature", "1")
+    again = cli("run", "short", "hello", "--temperature", "1")
+    assert first.code == 0 and first.out == again.out  # the stored seed: the same sampled text
+    assert len(first.out.strip()) <= 3 * 8  # three tokens at most (num_predict)
