@@ -20,7 +20,6 @@ import numpy.typing as npt
 
 from ..config import Settings
 from ..errors import InputFileError, InvalidModelFileError, InvalidParameterError
-from ..formats.folder_files import chat_template_of
 from ..sources.hub import download_checkpoint, parse_hub_ref
 from ..store import ModelName, Store, parse_name
 from ..store.atomic import sha256_file
@@ -185,9 +184,6 @@ def write_gguf(ckpt: Checkpoint, arch: Arch, hp: Hparams, qtype: Q, path: Path, 
         add_metadata(w, arch, hp)
         pre, n_vocab = add_vocab(w, ckpt, hp.n_vocab, truncate=arch.truncate_vocab, space_prefix=arch.space_prefix)
         w.add_name(_general_name(name.model, ckpt))
-        template = chat_template_of(ckpt.folder)
-        if template:  # as llama.cpp's converter keeps it: the model chats as it was trained to
-            w.add_chat_template(template)
         plan = [_Planned(g, src, fn, _qtype_for(qtype, _shape(ckpt, src, g, n_vocab)), _shape(ckpt, src, g, n_vocab))
                 for g, src, fn in tensors(ckpt, arch, hp, n_vocab)]  # fmt: skip
         plan += [_Planned(g, None, None, Q.F32, data.shape, data) for g, data in extra_tensors(arch, hp)]
