@@ -151,6 +151,12 @@ def test_ollama_store_verbs(url: str, models: Path) -> None:
     ).json()
     assert out["message"]["content"] == " w0 w1" and FakeRunner.jobs[-1].system == "Answer in one word."
     assert FakeRunner.jobs[-1].sampling.temperature == 0.1
+    openai_chat = {"model": "brief", "messages": [{"role": "user", "content": "hi"}]}
+    assert httpx.post(url + "/v1/chat/completions", json=openai_chat).status_code == 200
+    job = FakeRunner.jobs[-1]  # OpenAI's API too: the stored parameters fill what the request leaves unset
+    assert (job.sampling.temperature, job.max_tokens, job.system) == (0.1, 2, "Answer in one word.")
+    assert httpx.post(url + "/v1/chat/completions", json={**openai_chat, "temperature": 0.5}).status_code == 200
+    assert FakeRunner.jobs[-1].sampling.temperature == 0.5
     assert httpx.request("DELETE", url + "/api/delete", json={"model": "tiny2"}).status_code == 200
     again = httpx.request("DELETE", url + "/api/delete", json={"model": "tiny2"})
     assert again.status_code == 404 and "not found" in again.json()["error"]

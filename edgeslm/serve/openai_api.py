@@ -10,7 +10,7 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import replace
 from typing import Any
 
@@ -39,10 +39,25 @@ SAMPLING_FIELDS = ("temperature", "top_p", "top_k", "min_p", "repeat_penalty", "
                    "frequency_penalty", "seed")  # fmt: skip
 
 
-def sampling_of(body: _Sampling) -> SamplingParams:
-    """llama-server's mapping: unset fields keep llama.cpp's defaults; the penalties are its penalties sampler."""
+def sampling_of(body: _Sampling, stored: Mapping[str, Any] | None = None) -> SamplingParams:
+    """llama-server's mapping: unset fields take a created model's stored parameters (as Ollama's
+    OpenAI layer merges a Modelfile's), else llama.cpp's defaults; the penalties are its penalties sampler."""
     given = {k: getattr(body, k) for k in SAMPLING_FIELDS}
-    return SamplingParams(**{k: v for k, v in given.items() if v is not None})
+    kept = {k: v for k, v in (stored or {}).items() if k in (*SAMPLING_FIELDS, "repeat_last_n")}
+    merged = {**kept, **{k: v for k, v in given.items() if v is not None}}
+    if merged.get("seed") == -1:
+        merged["seed"] = None
+    return SamplingParams(**merged)
+
+
+def stored_parameters(request: Request, name: str) -> dict[str, Any]:
+    return dict(state(request).manifest(name).defaults.get("parameters") or {})
+
+
+def stored_limits(stored: Mapping[str, Any], stops: tuple[str, ...]) -> tuple[int | None, tuple[str, ...]]:
+    """A created model's num_predict (when positive) and stop strings, where the request gives none."""
+    limit = stored.get("num_predict")
+    return (limit if isinstance(limit, int) and limit > 0 else None), stops or tuple(stored.get("stop") or ())
 
 
 def limit_of(*values: int | None) -> int:
@@ -131,7 +146,10 @@ async def chat_completions(request: Request) -> Response:
         note(request, prompt=json.dumps(messages)[:100_000])
     logprobs = (body.top_logprobs or 0) if body.logprobs else None
     fmt = plan.format() or (body.response_format.spec() if body.response_format else None)
-    job = Job(messages, sampling_of(body), limit_of(body.max_completion_tokens, body.max_tokens), body.stops(),
+    stored = stored_parameters(request, body.model)
+    default_limit, stops = stored_limits(stored, body.stops())
+    job = Job(messages, sampling_of(body, stored), limit_of(body.max_completion_tokens, body.max_tokens, default_limit),
+              stops,
               logprobs, system=state(request).manifest(body.model).defaults.get("system") if keep_system else None,
               format=fmt,
               tooling=plan.tooling())  # fmt: skip
@@ -203,7 +221,9 @@ async def completions(request: Request) -> Response:
         raise InvalidParameterError("the prompt is empty")
     if state(request).audit_prompts:
         note(request, prompt=str(prompt)[:100_000])
-    job = Job(prompt, sampling_of(body), limit_of(body.max_tokens), body.stops(), body.logprobs)
+    stored = stored_parameters(request, body.model)
+    default_limit, stops = stored_limits(stored, body.stops())
+    job = Job(prompt, sampling_of(body, stored), limit_of(body.max_tokens, default_limit), stops, body.logprobs)
     gens = await service.start_all(request, body.model, jobs_of(job, n), None)
     head = {"id": f"cmpl-{uuid.uuid4().hex[:24]}", "object": "text_completion", "created": int(time.time()),
             "model": gens[0].name, "system_fingerprint": FINGERPRINT}  # fmt: skip

@@ -91,7 +91,9 @@ class ServerState:
 
 
 def chat_template(manifest: Manifest, path: Path) -> str | None:
-    """A stored model's chat template: a folder's files, else the GGUF's metadata."""
+    """A stored model's chat template: a created model's TEMPLATE, a folder's files, else the GGUF's metadata."""
+    if manifest.defaults.get("template"):
+        return str(manifest.defaults["template"])
     if manifest.layers:
         return chat_template_of(path)
     template = read_gguf_header(path, label=str(manifest.name)).metadata.get("tokenizer.chat_template")
