@@ -348,3 +348,20 @@ def test_a_peft_adapter_uploaded_as_its_files(url: str, models: Path, tmp_path: 
     shown = httpx.post(url + "/api/show", json={"model": "peft-tuned"}).json()
     assert [a["name"] for a in shown["adapters"]] == ["peft-adapter"]
     assert not [p for p in (models / "models" / "tmp").iterdir() if p.name.startswith("peft-")]  # the links went
+
+
+def test_a_stalled_upload_is_dropped(url: str, models: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import edgeslm.serve.ollama_admin as admin
+
+    monkeypatch.setattr(admin, "UPLOAD_SILENCE", 0.3)
+
+    def slow() -> Iterator[bytes]:
+        yield b"a"
+        time.sleep(1.0)
+        yield b"b"
+
+    digest = "sha256:" + hashlib.sha256(b"ab").hexdigest()
+    stalled = httpx.post(url + f"/api/blobs/{digest}", content=slow(), timeout=30)
+    assert stalled.status_code == 503 and "the upload stalled for 0.3 s" in stalled.json()["error"]
+    assert httpx.head(url + f"/api/blobs/{digest}").status_code == 404
+    assert httpx.post(url + f"/api/blobs/{digest}", content=b"ab").status_code == 201
