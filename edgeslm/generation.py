@@ -157,9 +157,8 @@ def resolve_model(name_or_path: str, settings: Settings) -> ResolvedModel:
         raise ModelNotFoundError(_not_found(store, str(name)))
     model_path = store.model_path(manifest)
     info = manifest.info if manifest.layers else model_info(read_gguf_header(model_path, label=str(manifest.name)))
-    adapters = tuple((str(store.blob_path(a.digest)), a.scale) for a in manifest.adapters)
-    return ResolvedModel(str(manifest.name), model_path, info, manifest.format, manifest.digest, adapters,
-                         manifest.defaults)  # fmt: skip
+    return ResolvedModel(str(manifest.name), model_path, info, manifest.format, manifest.digest,
+                         store.adapter_files(manifest), manifest.defaults)  # fmt: skip
 
 
 def _not_found(store: Store, wanted: str) -> str:

@@ -88,11 +88,7 @@ _SAMPLING_FLAGS = ("temperature", "top_k", "top_p", "min_p", "repeat_penalty", "
 
 def _sampling(args: argparse.Namespace, stored: Mapping[str, Any] | None = None) -> SamplingParams:
     """The flags given, over the model's stored parameters, over llama.cpp's defaults."""
-    values = {k: v for k, v in (stored or {}).items() if k in _SAMPLING_FLAGS}
-    values |= {k: getattr(args, k) for k in _SAMPLING_FLAGS if getattr(args, k) is not None}
-    if values.get("seed") == -1:
-        values["seed"] = None
-    return SamplingParams(**values)
+    return SamplingParams.over(stored or {}, {k: getattr(args, k) for k in _SAMPLING_FLAGS})
 
 
 def _apply_defaults(args: argparse.Namespace, defaults: Mapping[str, Any]) -> SamplingParams:

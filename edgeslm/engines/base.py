@@ -10,8 +10,8 @@ import importlib
 import logging
 import math
 import os
-from collections.abc import Callable, Generator, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Generator, Mapping, Sequence
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar, runtime_checkable
 
@@ -108,6 +108,17 @@ class SamplingParams:
     @property
     def greedy(self) -> bool:
         return self.temperature == 0
+
+    @classmethod
+    def over(cls, stored: Mapping[str, Any], given: Mapping[str, Any]) -> SamplingParams:
+        """The fields ``given`` sets (a request's, the CLI's flags; None is unset) over a created
+        model's ``stored`` parameters, over llama.cpp's defaults; a seed of -1 is a fresh one."""
+        names = {f.name for f in fields(cls)} - {"grammar", "grammar_triggers"}
+        values = {k: v for k, v in stored.items() if k in names}
+        values |= {k: v for k, v in given.items() if k in names and v is not None}
+        if values.get("seed") == -1:
+            values["seed"] = None
+        return cls(**values)
 
     @property
     def penalized(self) -> bool:

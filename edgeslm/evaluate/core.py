@@ -237,8 +237,8 @@ def evaluate(
     )
 
     def opened(m: Manifest) -> Any:
-        adapters = tuple((str(store.blob_path(a.digest)), a.scale) for a in m.adapters)
-        return open_engine(engine_for(m.format, engine_name), store.model_path(m), replace(params, adapters=adapters))
+        with_adapters = replace(params, adapters=store.adapter_files(m))
+        return open_engine(engine_for(m.format, engine_name), store.model_path(m), with_adapters)
 
     engine = opened(model)
     ref_engine = opened(ref) if ref else None
@@ -266,8 +266,8 @@ def evaluate(
 
 
 def _speed(store: Store, model: Manifest, settings: EvalSettings) -> Speed:
-    adapters = tuple((str(store.blob_path(a.digest)), a.scale) for a in model.adapters)
-    params = BenchParams(SPEED.n_prompt, SPEED.n_gen, SPEED.repetitions, settings.threads, adapters=adapters)
+    params = BenchParams(SPEED.n_prompt, SPEED.n_gen, SPEED.repetitions, settings.threads,
+                         adapters=store.adapter_files(model))  # fmt: skip
     report = run_worker(str(store.model_path(model)), params, engine=engine_for(model.format, DEFAULT_ENGINE))
     tps = {t["test"][:2]: t["samples_tps"][0] for t in report["tests"]}
     peak, threads = int(report["peak_rss"]), int(report["threads"])

@@ -35,7 +35,7 @@ from .ollama_schemas import (
     check_stops,
     parse_keep_alive,
 )
-from .service import Generation, collect, hold, note, parse, state, with_examples
+from .service import Generation, collect, hold, note, parse, state, stored
 from .tooling import calls_from, conversation, ollama_calls, plan_for
 
 log = logging.getLogger(__name__)
@@ -92,11 +92,6 @@ def check_logprobs(wanted: bool | None, top: int | None) -> int | None:
     if not 0 <= top <= MAX_TOP_LOGPROBS:
         raise InvalidParameterError(f"top_logprobs {top} is out of range; valid: 0 to {MAX_TOP_LOGPROBS}")
     return top
-
-
-def stored_defaults(request: Request, name: str) -> tuple[str | None, dict[str, Any]]:
-    defaults = state(request).manifest(name).defaults
-    return defaults.get("system"), dict(defaults.get("parameters") or {})
 
 
 def logprobs_of(chunks: list[Chunk]) -> list[dict[str, Any]]:
@@ -173,17 +168,16 @@ async def generate(request: Request) -> Response:
     keep = parse_keep_alive(body.keep_alive)
     if not body.prompt and not body.context:
         return await _load_only(request, body.model, keep, response="")
-    system, stored = stored_defaults(request, body.model)
-    sampling, max_tokens, stop = job_settings(request, body.options, stored)
+    model = stored(request, body.model)
+    sampling, max_tokens, stop = job_settings(request, body.options, model.parameters)
     if state(request).audit_prompts:
         note(request, prompt=body.prompt)
     prompt: Any = body.prompt
-    if not body.raw and not body.context:  # the model's example messages come before the prompt
-        examples, _ = with_examples(request, body.model, [])
-        prompt = [*examples, {"role": "user", "content": body.prompt}] if examples else prompt
+    if not body.raw and not body.context and model.examples:  # the model's example messages come first
+        prompt = [*model.examples, {"role": "user", "content": body.prompt}]
     job = Job(
         prompt, sampling, max_tokens, stop, check_logprobs(body.logprobs, body.top_logprobs),
-        template=not body.raw, system=None if body.raw else (body.system or system),
+        template=not body.raw, system=None if body.raw else (body.system or model.system),
         context=tuple(body.context or ()), format=body.format, return_prompt_ids=True,
     )  # fmt: skip
     gen = await Generation.start(request, body.model, job, keep)
@@ -231,10 +225,9 @@ async def chat(request: Request) -> Response:
     keep = parse_keep_alive(body.keep_alive)
     if not body.messages:
         return await _load_only(request, body.model, keep, message={"role": "assistant", "content": ""})
-    system, stored = stored_defaults(request, body.model)
-    sampling, max_tokens, stop = job_settings(request, body.options, stored)
-    messages, keep_system = with_examples(request, body.model, conversation(given, plan, ids_required=False))
-    system = system if keep_system else None
+    model = stored(request, body.model)
+    sampling, max_tokens, stop = job_settings(request, body.options, model.parameters)
+    messages, system = model.conversation(conversation(given, plan, ids_required=False))
     if state(request).audit_prompts:
         note(request, prompt=json.dumps(messages)[:100_000])
     logprobs = check_logprobs(body.logprobs, body.top_logprobs)

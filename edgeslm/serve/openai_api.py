@@ -27,7 +27,7 @@ from ..tools import ToolReply
 from . import service
 from .http_errors import error_body
 from .openai_schemas import ChatCompletionRequest, CompletionRequest, EmbeddingRequest, _Sampling
-from .service import Reply, collect, note, parse, state, with_examples
+from .service import Reply, collect, note, parse, state, stored
 from .tooling import calls_from, conversation, openai_calls, plan_for
 
 log = logging.getLogger(__name__)
@@ -42,16 +42,7 @@ SAMPLING_FIELDS = ("temperature", "top_p", "top_k", "min_p", "repeat_penalty", "
 def sampling_of(body: _Sampling, stored: Mapping[str, Any] | None = None) -> SamplingParams:
     """llama-server's mapping: unset fields take a created model's stored parameters (as Ollama's
     OpenAI layer merges a Modelfile's), else llama.cpp's defaults; the penalties are its penalties sampler."""
-    given = {k: getattr(body, k) for k in SAMPLING_FIELDS}
-    kept = {k: v for k, v in (stored or {}).items() if k in (*SAMPLING_FIELDS, "repeat_last_n")}
-    merged = {**kept, **{k: v for k, v in given.items() if v is not None}}
-    if merged.get("seed") == -1:
-        merged["seed"] = None
-    return SamplingParams(**merged)
-
-
-def stored_parameters(request: Request, name: str) -> dict[str, Any]:
-    return dict(state(request).manifest(name).defaults.get("parameters") or {})
+    return SamplingParams.over(stored or {}, {k: getattr(body, k) for k in SAMPLING_FIELDS})
 
 
 def stored_limits(stored: Mapping[str, Any], stops: tuple[str, ...]) -> tuple[int | None, tuple[str, ...]]:
@@ -141,17 +132,15 @@ async def chat_completions(request: Request) -> Response:
     given = chat_messages(body)
     plan = await plan_for(state(request), body.model, given, body.tools, body.tool_choice, body.parallel_tool_calls,
                           has_format=body.response_format is not None)  # fmt: skip
-    messages, keep_system = with_examples(request, body.model, conversation(given, plan, ids_required=True))
+    model = stored(request, body.model)
+    messages, system = model.conversation(conversation(given, plan, ids_required=True))
     if state(request).audit_prompts:
         note(request, prompt=json.dumps(messages)[:100_000])
     logprobs = (body.top_logprobs or 0) if body.logprobs else None
     fmt = plan.format() or (body.response_format.spec() if body.response_format else None)
-    stored = stored_parameters(request, body.model)
-    default_limit, stops = stored_limits(stored, body.stops())
-    job = Job(messages, sampling_of(body, stored), limit_of(body.max_completion_tokens, body.max_tokens, default_limit),
-              stops,
-              logprobs, system=state(request).manifest(body.model).defaults.get("system") if keep_system else None,
-              format=fmt,
+    default_limit, stops = stored_limits(model.parameters, body.stops())
+    limit = limit_of(body.max_completion_tokens, body.max_tokens, default_limit)
+    job = Job(messages, sampling_of(body, model.parameters), limit, stops, logprobs, system=system, format=fmt,
               tooling=plan.tooling())  # fmt: skip
     gens = await service.start_all(request, body.model, jobs_of(job, n), None)
     rid, created = f"chatcmpl-{uuid.uuid4().hex[:24]}", int(time.time())
@@ -221,9 +210,9 @@ async def completions(request: Request) -> Response:
         raise InvalidParameterError("the prompt is empty")
     if state(request).audit_prompts:
         note(request, prompt=str(prompt)[:100_000])
-    stored = stored_parameters(request, body.model)
-    default_limit, stops = stored_limits(stored, body.stops())
-    job = Job(prompt, sampling_of(body, stored), limit_of(body.max_tokens, default_limit), stops, body.logprobs)
+    parameters = stored(request, body.model).parameters
+    default_limit, stops = stored_limits(parameters, body.stops())
+    job = Job(prompt, sampling_of(body, parameters), limit_of(body.max_tokens, default_limit), stops, body.logprobs)
     gens = await service.start_all(request, body.model, jobs_of(job, n), None)
     head = {"id": f"cmpl-{uuid.uuid4().hex[:24]}", "object": "text_completion", "created": int(time.time()),
             "model": gens[0].name, "system_fingerprint": FINGERPRINT}  # fmt: skip

@@ -21,7 +21,7 @@ from ..errors import EdgeslmError, InvalidParameterError
 from ..runner import Chunk, Done, Job
 from ..tools import ToolCall, ToolReply
 from .openai_schemas import ResponsesRequest
-from .service import Generation, collect, note, parse, state, with_examples
+from .service import Generation, collect, note, parse, state, stored
 from .tooling import conversation, plan_for
 
 router = APIRouter(prefix="/v1")
@@ -88,14 +88,14 @@ async def responses(request: Request) -> Response:
     tools, choice = _chat_tools(body)
     given = input_messages(body)
     plan = await plan_for(state(request), body.model, given, tools, choice, body.parallel_tool_calls, has_format=False)
-    messages, keep_system = with_examples(request, body.model, conversation(given, plan, ids_required=True))
+    messages, system = stored(request, body.model).conversation(conversation(given, plan, ids_required=True))
     sampling = SamplingParams()
     if body.temperature is not None:
         sampling = replace(sampling, temperature=body.temperature)
     if body.top_p is not None:
         sampling = replace(sampling, top_p=body.top_p)
     job = Job(messages, sampling, body.max_output_tokens or -1, (),
-              system=state(request).manifest(body.model).defaults.get("system") if keep_system else None,
+              system=system,
               format=plan.format(),
               tooling=plan.tooling())  # fmt: skip
     gen = await Generation.start(request, body.model, job, None)

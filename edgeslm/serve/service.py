@@ -100,12 +100,26 @@ def chat_template(manifest: Manifest, path: Path) -> str | None:
     return template if isinstance(template, str) else None
 
 
-def with_examples(request: Request, name: str, messages: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], bool]:
-    """Ollama's order: a created model's example messages (MESSAGE), then the request's; and
-    whether the model's system prompt still goes first (not when the request brings its own)."""
-    examples = [dict(m) for m in state(request).manifest(name).defaults.get("messages") or []]
-    own_system = bool(messages) and messages[0].get("role") == "system"
-    return examples + messages, not own_system
+@dataclass(frozen=True)
+class Stored:
+    """What ``create`` stored with a model (its system prompt, parameters and example messages),
+    read once per request."""
+
+    system: str | None
+    parameters: dict[str, Any]
+    examples: list[dict[str, Any]]
+
+    def conversation(self, messages: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], str | None]:
+        """Ollama's order: the example messages, then the request's; and the system prompt to put
+        first (none when the request brings its own)."""
+        own_system = bool(messages) and messages[0].get("role") == "system"
+        return [dict(m) for m in self.examples] + messages, None if own_system else self.system
+
+
+def stored(request: Request, name: str) -> Stored:
+    defaults = state(request).manifest(name).defaults
+    return Stored(defaults.get("system"), dict(defaults.get("parameters") or {}),
+                  list(defaults.get("messages") or []))  # fmt: skip
 
 
 def state(request: Request) -> ServerState:

@@ -239,6 +239,10 @@ class Store:
 
         return folder_view(self, manifest)
 
+    def adapter_files(self, manifest: Manifest) -> tuple[tuple[str, float], ...]:
+        """A model's LoRA adapters as a runtime takes them: (GGUF path, scale), in order."""
+        return tuple((str(self.blob_path(a.digest)), a.scale) for a in manifest.adapters)
+
     def manifest_path(self, name: ModelName) -> Path:
         host, namespace, model, tag = name.path_parts()
         return self.manifests_dir / host / namespace / model / f"{tag}.json"
