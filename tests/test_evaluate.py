@@ -168,7 +168,7 @@ def test_a_kept_result_reads_back_as_the_same_record(
     fake: Cli, tmp_path: Path, home: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     from edgeslm.evaluate import EvalResult, all_results
-    from edgeslm.evaluate.core import results_dir
+    from edgeslm.evaluate.kept import results_dir
     from edgeslm.store import Store
 
     (tmp_path / "t.txt").write_bytes((b"aab" * 400)[:1000])

@@ -44,9 +44,15 @@ EVERY_ROUTE = [
     ("POST", "/api/create", {"model": "c", "from": "tiny"}),
     ("POST", "/api/copy", {"source": "tiny", "destination": "t2"}),
     ("DELETE", "/api/delete", {"model": "t2"}),
+    ("GET", "/edgeslm/v1/session", None),
+    ("GET", "/edgeslm/v1/models", None),
+    ("GET", "/edgeslm/v1/server", None),
+    ("GET", "/edgeslm/v1/audit", None),
+    ("GET", "/edgeslm/v1/audit.csv", None),
 ]
-ADMIN_ONLY = {"/api/pull", "/api/create", "/api/copy", "/api/delete"}
-READER_MAY = {"/", "/api/version", "/api/tags", "/v1/models", "/v1/models/tiny", "/api/show", "/metrics"}
+ADMIN_ONLY = {"/api/pull", "/api/create", "/api/copy", "/api/delete", "/edgeslm/v1/audit", "/edgeslm/v1/audit.csv"}
+READER_MAY = {"/", "/api/version", "/api/tags", "/v1/models", "/v1/models/tiny", "/api/show", "/metrics",
+              "/edgeslm/v1/session", "/edgeslm/v1/models"}  # fmt: skip
 
 
 @pytest.fixture

@@ -8,7 +8,8 @@ from typing import Any
 
 from ..config import Settings
 from ..errors import InvalidParameterError, ModelNotFoundError
-from ..evaluate.core import REFERENCE_TAGS, EvalSettings, all_results, evaluate, load_text
+from ..evaluate.core import REFERENCE_TAGS, EvalSettings, evaluate, load_text
+from ..evaluate.kept import latest_results
 from ..evaluate.report import HEADERS, markdown_table, plot, result_row
 from ..evaluate.result import EvalResult
 from ..store import ModelName, Store, parse_name
@@ -110,12 +111,7 @@ def cmd_compare(args: argparse.Namespace, settings: Settings) -> int:
     wanted = _expand(args.names)
     if len(wanted) == 1:  # one model: all its tags
         wanted = [m.name for m in store.manifests() if m.name.base == wanted[0].base]
-    digests = {str(n): m.digest for n in wanted if (m := store.find(n)) is not None}
-    kept: dict[str, EvalResult] = {}
-    for r in all_results(store):  # the newest result per model, matched by content digest
-        for name, digest in digests.items():
-            if r.model_digest == digest and (name not in kept or r.created >= kept[name].created):
-                kept[name] = r.renamed(name)
+    kept = latest_results(store, [m for n in wanted if (m := store.find(n)) is not None])
     missing = [str(n) for n in wanted if str(n) not in kept]
     if missing:
         status(f"no kept results for {', '.join(missing)}; run 'edgeslm eval' on them first")

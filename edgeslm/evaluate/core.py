@@ -13,7 +13,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import re
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
@@ -31,8 +30,8 @@ from .result import RESULTS_SCHEMA, EvalResult, Speed
 
 __all__ = ["REFERENCE_TAGS", "EvalResult", "EvalSettings", "EvalText", "all_results", "evaluate", "load_text"]
 from ..store import ModelName, Store
-from ..store.atomic import write_atomic
 from ..store.registry import Manifest, now_iso
+from .kept import all_results, load_result, save_result
 from .stats import F32, Accumulator, summarize
 
 log = logging.getLogger(__name__)
@@ -170,38 +169,6 @@ def result_key(model: Manifest, reference: Manifest | None, text: EvalText, sett
     return hashlib.sha256(json.dumps(basis, sort_keys=True).encode()).hexdigest()[:32]
 
 
-RESULT_KEY = re.compile(r"[0-9a-f]{32}\Z")  # result_key's names
-
-
-def results_dir(store: Store) -> Path:
-    return store.root / "results"
-
-
-def load_result(store: Store, key: str) -> EvalResult | None:
-    return _read_result(results_dir(store) / f"{key}.json")
-
-
-def _read_result(path: Path) -> EvalResult | None:
-    try:
-        return EvalResult.from_dict(json.loads(path.read_text()))
-    except FileNotFoundError:
-        return None
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):
-        log.warning("skipping unreadable result %s", path)
-        return None
-
-
-def all_results(store: Store) -> list[EvalResult]:
-    """Every kept evaluation result (the folder also keeps optimize's sensitivity measurements)."""
-    paths = sorted(results_dir(store).glob("*.json")) if results_dir(store).is_dir() else []
-    return [r for r in map(_read_result, (p for p in paths if RESULT_KEY.match(p.stem))) if r is not None]
-
-
-def _save(store: Store, result: EvalResult) -> None:
-    data = json.dumps(result.to_dict(), indent=2).encode()
-    write_atomic(results_dir(store) / f"{result.key}.json", data, store.tmp_dir)
-
-
 def evaluate(
     store: Store,
     name: ModelName,
@@ -230,7 +197,7 @@ def evaluate(
         # reproduces its source) shares the result, reported under the name asked for.
         if settings.speed and cached.speed is None:  # kept from a run without speed
             cached = cached.with_speed(_speed(store, model, settings))
-            _save(store, cached)
+            save_result(store, cached)
         return cached.renamed(str(model.name))
     params = LoadParams(
         n_ctx=settings.ctx, n_threads=settings.threads, n_batch=max(settings.ctx, 512), n_ubatch=min(settings.ctx, 512)
@@ -261,7 +228,7 @@ def evaluate(
         type_mix=tuple(asdict(s) for s in model.info.type_mix), file_type=model.info.file_type,
         speed=_speed(store, model, settings) if settings.speed else None, **stats,
     )  # fmt: skip
-    _save(store, result)
+    save_result(store, result)
     return result
 
 

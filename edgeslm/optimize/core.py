@@ -33,6 +33,7 @@ from ..store import ModelName, Store, parse_name
 from ..store.registry import Manifest
 from ..units import format_bytes
 from .constraints import Constraints, Metrics, Ranking, rank
+from .history import remember
 from .mixed import (
     MixPlan,
     find_slots,
@@ -217,6 +218,8 @@ def optimize(
         mixed = _measure_mixed(run, reference, calibration, budget)
     ranking = rank(params.constraints, [c.metrics for c in run.candidates])
     tagged = _tag(run, ranking) if params.tag else None
+    winner = ranking.winner.metrics.name if ranking.winner else None
+    remember(store, run.source.name.base, params.constraints, budget, winner, tagged)
     return OptimizeResult(
         str(run.source.name), str(reference.name), text.label, calibration.label, params, tuple(run.candidates),
         ranking, mixed, tagged, tuple(run.notes), time.perf_counter() - start,

@@ -32,7 +32,8 @@ import numpy as np
 
 from ..engines.base import DEFAULT_ENGINE, Engine, LoadParams, open_engine
 from ..errors import InvalidParameterError
-from ..evaluate.core import EvalText, bos_token, results_dir, scored_rows
+from ..evaluate.core import EvalText, bos_token, scored_rows
+from ..evaluate.kept import results_dir
 from ..evaluate.stats import F32, kld_sum, log_softmax_rows
 from ..formats.gguf_header import GGUFHeader, TensorInfo, read_gguf_header
 from ..store import Store

@@ -1,7 +1,7 @@
 """``edgeslm serve``: the FastAPI app, its options, and the order every request passes through.
 
     Guard (Host, Origin, body limits, keys and roles; audit line, counter, access log)
-      -> CORS (allow-list) -> FastAPI (Ollama router, OpenAI router, /metrics)
+      -> CORS (allow-list) -> FastAPI (Ollama router, OpenAI router, /metrics, the web page /ui/)
 
 Errors are answered in one place (``http_errors``), in the dialect of the path. The HTTP process
 never loads native code: models run in runners (``runner``), store work that needs llama.cpp in
@@ -87,12 +87,13 @@ def create_app(options: ServeOptions, settings: Settings, factory: RunnerFactory
 
 
 def _routes(app: FastAPI) -> None:
-    from . import ollama_admin, ollama_api, openai_api, responses_api
+    from . import ollama_admin, ollama_api, openai_api, responses_api, ui
 
     app.include_router(ollama_api.router)
     app.include_router(ollama_admin.router)
     app.include_router(openai_api.router)
     app.include_router(responses_api.router)
+    app.include_router(ui.router)
 
     @app.get("/metrics")
     async def metrics(request: Request) -> Response:

@@ -57,11 +57,27 @@ ROUTES: dict[str, Action | None] = {  # None: any valid key
     "/api/create": A.CREATE,
     "/api/copy": A.COPY,
     "/api/delete": A.DELETE,
+    "/edgeslm/v1/session": None,  # the web page: who am I, what may I do
+    "/edgeslm/v1/models": A.SHOW,
+    "/edgeslm/v1/server": A.PS,
+    "/edgeslm/v1/audit": A.AUDIT,
+    "/edgeslm/v1/audit.csv": A.AUDIT,
 }
 PREFIXES: dict[str, Action] = {"/v1/models/": A.LIST, "/api/blobs/": A.CREATE}
+UI = "/ui"  # the web page's files: public (they hold no data; every call they make carries a key)
+UI_LABEL = UI + "/*"
 UPLOADS = b"/api/blobs/"  # a file's bytes, not JSON: their own type and size limit
 LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1", "[::1]"})
 JSON_TYPES = ("application/json", "", "application/x-www-form-urlencoded")  # the last: curl -d's default
+# Every answer may not be framed, sniffed or leak its address; the page's own files run only
+# scripts and styles of this origin (no inline script, no remote origin), an API answer nothing.
+SECURITY_HEADERS = ((b"x-frame-options", b"DENY"), (b"x-content-type-options", b"nosniff"),
+                    (b"referrer-policy", b"no-referrer"))  # fmt: skip
+UI_POLICY = (
+    b"default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; connect-src 'self'; "
+    b"base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+)
+API_POLICY = b"default-src 'none'; frame-ancestors 'none'"
 
 
 @dataclass(frozen=True)
@@ -82,12 +98,18 @@ def escape(text: str, limit: int = 300) -> str:
 def route_of(raw_path: bytes) -> tuple[str, Action | None, bool]:
     """(a route label for metrics, the action it needs, whether the path is a known route)."""
     path = raw_path.decode("latin-1")
+    if is_ui(path):
+        return UI_LABEL, None, True
     if path in ROUTES:
         return path, ROUTES[path], True
     for prefix, action in PREFIXES.items():
         if path.startswith(prefix) and "/" not in path[len(prefix) :]:
             return prefix + "{model}", action, True
     return "other", None, False
+
+
+def is_ui(path: str) -> bool:
+    return path == UI or path.startswith(UI + "/")
 
 
 def _host_name(host: str) -> str:
@@ -111,10 +133,13 @@ class Guard:
         label, action, known = route_of(raw)
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
         status = [0]
+        policy = UI_POLICY if label == UI_LABEL else API_POLICY
 
         async def sending(message: Message) -> None:
             if message["type"] == "http.response.start":
                 status[0] = message["status"]
+                message["headers"] = [*message.get("headers", []), *SECURITY_HEADERS,
+                                      (b"content-security-policy", policy)]  # fmt: skip
             await send(message)
 
         key: ApiKey | None = None
@@ -122,9 +147,10 @@ class Guard:
             try:
                 self._check(scope, raw, headers)
                 preflight = scope["method"] == "OPTIONS" and "origin" in headers  # CORS answers it; no key is sent
-                if self.st.keys is not None and not preflight:
+                if self.st.keys is not None and not preflight and label != UI_LABEL:
                     key = self._key(headers)
                     self._permit(key, action)
+                    scope["state"]["key"] = key
             except EdgeslmError as exc:  # refused here, answered in the dialect of the path
                 await exception_response(scope["path"], exc)(scope, receive, sending)
             else:
@@ -143,7 +169,7 @@ class Guard:
                     "(DNS rebinding protection); use 127.0.0.1 or localhost, or start it with --allow-host NAME"
                 )
         origin = headers.get("origin")
-        if origin is not None and origin not in self.options.cors_origins and "*" not in self.options.cors_origins:
+        if origin is not None and not self._origin_allowed(origin, host):
             raise PermissionDeniedError(
                 f"Origin '{escape(origin, 80)}' is not allowed; start the server with --cors-origin ORIGIN"
             )
@@ -164,6 +190,14 @@ class Guard:
             length = headers.get("content-length")
             if length is not None and (not length.isdigit() or int(length) > limit):
                 raise _too_large(limit)
+
+    def _origin_allowed(self, origin: str, host: str | None) -> bool:
+        """Listed origins, and this server's own (its web page: a browser sends Origin with every
+        POST, same-origin too). Host was checked above when it matters (loopback: DNS rebinding);
+        off loopback every call needs a key, which another origin's page does not hold."""
+        allowed = self.options.cors_origins
+        own = host is not None and origin in (f"http://{host}", f"https://{host}")
+        return own or origin in allowed or "*" in allowed
 
     def _limit(self, raw: bytes) -> int:
         return self.options.max_upload if raw.startswith(UPLOADS) else self.options.max_body
@@ -206,7 +240,7 @@ class Guard:
         path = escape(scope.get("raw_path", b"").decode("latin-1") or scope["path"])
         self.st.metrics.requests.labels(label, str(status)).inc()
         log.info("%s %s %s %d %.1fms key=%s", address, scope["method"], path, status, ms, key.id if key else "-")
-        if self.st.audit is None:
+        if self.st.audit is None or label == UI_LABEL:  # the page's public files: no one's request to audit
             return
         self.st.audit.write(AuditRecord(
             time=dt.datetime.now(dt.timezone.utc).isoformat(timespec="milliseconds"),

@@ -5,8 +5,9 @@
     role = "admin"
     sha256 = "9f86d08..."   # of the key; the key itself is shown once, by 'edgeslm keys add'
 
-Roles follow the issue's table: ``admin`` may do everything, ``user`` generates, chats, embeds,
-lists, shows and sees running models, ``reader`` lists, shows and reads metrics.
+Roles follow the issue's table: ``admin`` may do everything (and alone reads the audit log),
+``user`` generates, chats, embeds, lists, shows and sees running models, ``reader`` lists, shows
+and reads metrics.
 """
 
 from __future__ import annotations
@@ -47,6 +48,7 @@ class Action(str, enum.Enum):
     CREATE = "create"
     COPY = "copy"
     DELETE = "delete"
+    AUDIT = "audit"  # the audit log, its chain and report (the web page's Audit view)
 
 
 A = Action

@@ -13,6 +13,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, H
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from .activity import Activity
 from .manager import ModelManager
 
 TTFT_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
@@ -60,6 +61,7 @@ class Metrics:
             buckets=ITL_BUCKETS, registry=r,
         )  # fmt: skip
         r.register(_Loaded(manager))
+        self.activity = Activity()  # the last minutes, for the web page
 
     def render(self) -> tuple[bytes, str]:
         return generate_latest(self.registry), CONTENT_TYPE_LATEST

@@ -194,6 +194,7 @@ class Generation:
     async def __aiter__(self) -> AsyncIterator[Chunk | Done]:
         metrics, model = self.st.metrics, self.name
         ttft, itl = metrics.ttft.labels(model), metrics.itl.labels(model)
+        first: float | None = None
         last: float | None = None
         try:
             event: Chunk | Done | None = self._first
@@ -201,6 +202,7 @@ class Generation:
                 now = time.perf_counter()
                 if isinstance(event, Chunk) and event.token is not None:
                     if last is None:
+                        first = now
                         ttft.observe(now - self.started)
                     else:
                         itl.observe(now - last)
@@ -209,6 +211,10 @@ class Generation:
                     self.done = event
                     metrics.prompt_tokens.labels(model).inc(event.prompt_tokens)
                     metrics.generated_tokens.labels(model).inc(event.completion_tokens)
+                    metrics.activity.add(
+                        model, None if first is None else first - self.started, event.completion_tokens,
+                        0.0 if first is None or last is None else last - first,
+                    )  # fmt: skip
                     if event.drafted:
                         metrics.draft_tokens.labels(model).inc(event.drafted)
                         metrics.draft_accepted.labels(model).inc(event.accepted)

@@ -1,0 +1,181 @@
+"""What the web page shows, composed from the store, kept results and the audit log.
+
+Library functions that return plain JSON-ready dicts; ``ui`` answers them over HTTP. Nothing here
+exposes a filesystem path: a model's source says what made it (its parent, the type asked, the
+package), not where a file was.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+from ..evaluate.kept import latest_results
+from ..evaluate.result import EvalResult
+from ..formats.model_format import RUNTIME_OF
+from ..optimize.history import last_run
+from ..store import Store
+from ..store.registry import Manifest
+from .audit import MAX_LINE, Report, report, verify
+from .manager import LoadedInfo
+
+# a source's fields that say what made a model (others may hold local paths: never sent)
+SOURCE_FIELDS = ("kind", "parent", "parent_name", "parent_type", "requested", "package", "quantization", "repo",
+                 "revision", "llama_cpp", "made_with")  # fmt: skip
+MAX_RECENT = 1000  # audit lines the page may ask for
+
+
+def models_view(store: Store) -> dict[str, Any]:
+    """Every stored model by family (``base`` name): its variants, their newest measured results,
+    lineage, the bytes deleting each would free, and the family's last optimize constraints."""
+    manifests = sorted(store.manifests(), key=lambda m: (m.name.base, m.size))
+    results = latest_results(store, manifests)
+    owners: dict[str, set[str]] = {}
+    for m in manifests:
+        for digest in m.blob_sizes():
+            owners.setdefault(digest, set()).add(str(m.name))
+    names_of: dict[str, list[str]] = {}
+    for m in manifests:
+        names_of.setdefault(m.digest, []).append(str(m.name))
+    families: dict[str, list[dict[str, Any]]] = {}
+    for m in manifests:
+        families.setdefault(m.name.base, []).append(_variant(m, results.get(str(m.name)), owners, names_of))
+    return {
+        "families": [
+            {"name": base, "variants": variants, "optimize": _constraints(last_run(store, base))}
+            for base, variants in families.items()
+        ]
+    }
+
+
+def _variant(
+    m: Manifest, result: EvalResult | None, owners: Mapping[str, set[str]], names_of: Mapping[str, list[str]]
+) -> dict[str, Any]:
+    i = m.info
+    freed = sum(size for digest, size in m.blob_sizes().items() if owners.get(digest) == {str(m.name)})
+    source = {k: m.source[k] for k in SOURCE_FIELDS if k in m.source}
+    # the parent as the store names it now: the name it was made from, else another name of that file
+    named = names_of.get(m.source.get("parent", ""), [])
+    parent = m.source.get("parent_name") if m.source.get("parent_name") in named else next(iter(named), None)
+    return {
+        "name": str(m.name), "tag": m.name.tag, "digest": m.digest, "format": m.format.value,
+        "runtime": RUNTIME_OF[m.format].value, "size": m.size, "created": m.created,
+        "architecture": i.architecture, "n_params": i.n_params, "size_class": i.size_class.value,
+        "size_class_label": i.size_class_label, "bits_per_weight": i.bits_per_weight, "file_type": i.file_type,
+        "type_mix": [{"type": s.ggml_type, "share": s.n_params / i.stored_values, "bytes": s.n_bytes}
+                     for s in i.type_mix],
+        "context_length": i.context_length, "source": source,
+        "parent": parent,
+        "adapters": len(m.adapters), "has_system": bool(m.defaults.get("system")),
+        "remove": {"freed_bytes": freed, "blobs": sum(1 for d in m.blob_sizes() if owners.get(d) == {str(m.name)})},
+        "result": _result(result) if result else None,
+    }  # fmt: skip
+
+
+def _result(r: EvalResult) -> dict[str, Any]:
+    speed = r.speed
+    return {
+        "created": r.created, "runtime": r.runtime, "reference": r.reference, "text": r.text,
+        "ctx": r.settings.get("ctx"), "chunks": r.chunks, "tokens": r.tokens,
+        "ppl": r.ppl, "ppl_err": r.ppl_err, "ppl_base": r.ppl_base,
+        "kld_mean": r.kld_mean, "kld_err": r.kld_err, "kld_p99": r.kld.get("p99"), "kld_max": r.kld.get("max"),
+        "same_top": r.same_top, "same_top_err": r.same_top_err,
+        "tg_tps": speed.tg_tps if speed else None, "pp_tps": speed.pp_tps if speed else None,
+        "peak_rss": speed.peak_rss if speed else None, "threads": speed.threads if speed else None,
+    }  # fmt: skip
+
+
+def _constraints(record: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    """The last optimize run's limits that the size × KLD view can draw, and the rest as text."""
+    if record is None:
+        return None
+    c = record.get("constraints") or {}
+    kld = dict(c.get("max_kld") or ())
+    return {
+        "created": record.get("created"), "described": list(record.get("described") or []),
+        "max_size": c.get("max_size"), "size_budget": record.get("size_budget"), "max_kld_mean": kld.get("mean"),
+        "winner": record.get("winner"), "tagged": record.get("tagged"),
+    }  # fmt: skip
+
+
+def server_view(loaded: Iterable[LoadedInfo], activity: Mapping[str, Any], started: float) -> dict[str, Any]:
+    models = [
+        {"name": x.name, "memory": x.memory, "expires_in": x.expires_in, "in_flight": x.in_flight, "slots": x.slots,
+         "busy": min(x.in_flight, x.slots), "queued": max(0, x.in_flight - x.slots), "keep_alive": x.keep_alive,
+         "pinned": x.pinned}
+        for x in loaded
+    ]  # fmt: skip
+    return {
+        "started": started, "models": models, "activity": activity,
+        "slots_busy": sum(m["busy"] for m in models), "slots": sum(m["slots"] for m in models),
+        "queued": sum(m["queued"] for m in models),
+    }  # fmt: skip
+
+
+# -- audit ------------------------------------------------------------------------------------
+
+
+def recent_lines(path: Path, limit: int) -> list[dict[str, Any] | None]:
+    """The last ``limit`` lines of the audit log, newest first (None: a line that is not JSON),
+    read from the end of the file so that a long log costs no more than a short one."""
+    limit = max(1, min(limit, MAX_RECENT))
+    with open(path, "rb") as fp:
+        end = fp.seek(0, os.SEEK_END)
+        start = max(0, end - limit * 4096)
+        fp.seek(start)
+        tail = fp.read(min(end - start, limit * 4096 + MAX_LINE))
+    lines = tail.split(b"\n")
+    if start > 0:
+        lines = lines[1:]  # the first may be cut
+    out: list[dict[str, Any] | None] = []
+    for raw in reversed([x for x in lines if x.strip()][-limit:]):
+        try:
+            fields = json.loads(raw)
+        except ValueError:
+            fields = None
+        out.append(fields if isinstance(fields, dict) else None)
+    return out
+
+
+def audit_view(path: Path, limit: int) -> dict[str, Any]:
+    """Recent entries, the chain's state (as ``edgeslm audit verify`` finds it) and the report."""
+    checked = verify(path)
+    return {
+        "verify": {"ok": checked.ok, "lines": checked.lines, "problems": list(checked.problems[:50]),
+                   "more_problems": max(0, len(checked.problems) - 50), "last_hash": checked.last_hash},
+        "recent": recent_lines(path, limit),
+        "report": report_rows(report(path)),
+    }  # fmt: skip
+
+
+REPORT_COLUMNS = ("dimension", "value", "requests", "refused", "errors", "tokens_in", "tokens_out")
+
+
+def report_rows(r: Report) -> list[dict[str, Any]]:
+    rows = []
+    for dimension in ("key", "model", "day", "role"):
+        for value, t in sorted(r.by.get(dimension, {}).items()):
+            rows.append({"dimension": dimension, "value": value, "requests": t.requests, "refused": t.refused,
+                         "errors": t.errors, "tokens_in": t.tokens_in, "tokens_out": t.tokens_out})  # fmt: skip
+    return rows
+
+
+def report_csv(rows: Iterable[Mapping[str, Any]]) -> str:
+    """The report as CSV; a cell a spreadsheet would run as a formula (=, +, -, @) is quoted as text."""
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\r\n")
+    writer.writerow(REPORT_COLUMNS)
+    for row in rows:
+        writer.writerow([_cell(row[c]) for c in REPORT_COLUMNS])
+    return out.getvalue()
+
+
+def _cell(value: Any) -> Any:
+    if isinstance(value, str) and value != "-" and value[:1] in ("=", "+", "-", "@", "\t", "\r"):
+        return "'" + value
+    return value
