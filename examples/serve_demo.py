@@ -1,4 +1,5 @@
-"""Start ``edgeslm serve``, talk to it with the official ollama and openai clients, show ``edgeslm ps``.
+"""Start ``edgeslm serve``, talk to it with the official ollama and openai clients, show ``edgeslm ps``
+and what its web page (/ui/) shows.
 
 .venv/bin/python examples/serve_demo.py [MODEL]
 """
@@ -40,6 +41,15 @@ def main() -> None:
         reply = client.chat.completions.create(model=model, messages=question, temperature=0, max_tokens=48)
         print(reply.choices[0].message.content, f"\n({reply.usage})\n")
         subprocess.run([sys.executable, "-m", "edgeslm", "ps", "--server", url], check=True)
+        # the web page reads the same store: the variants measured above, with their numbers
+        families = httpx.get(url + "/edgeslm/v1/models", timeout=30).json()["families"]
+        measured = sum(
+            1 for f in families for v in f["variants"] if v["result"] and v["result"]["kld_mean"] is not None
+        )
+        print(
+            f"\nweb page: {url}/ui/ shows {len(families)} model families, {measured} variants measured against "
+            "a reference"
+        )
     finally:
         server.terminate()
         server.wait(timeout=30)
