@@ -1,5 +1,6 @@
 """A server on a real loopback socket, in a thread of the test process (fake runners) or as
-``edgeslm serve`` in a child process (real runners)."""
+``edgeslm serve`` in a child process (real runners); and the fixtures of a keyed server on a
+tiny model with fake runners (import them by name where a test module uses them)."""
 
 from __future__ import annotations
 
@@ -15,11 +16,16 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 import uvicorn
 
 from edgeslm.config import resolve_settings
 from edgeslm.serve.app import create_app
+from edgeslm.serve.keys import add_key
 from edgeslm.serve.options import ServeOptions
+
+from .fake_runner import FakeRunner
+from .ggufbuild import write_runnable_model
 
 
 def free_port() -> int:
@@ -123,3 +129,20 @@ def generate(runner: Any, prompt: Any, sampling: Any, *, max_tokens: int = -1, s
         loop.call_soon_threadsafe(loop.stop)
         thread.join()
         loop.close()
+
+
+@pytest.fixture
+def models(cli: Any, tmp_path: Path, home: Path) -> Path:
+    """A home holding one runnable tiny model, ``tiny``."""
+    assert cli("import", str(write_runnable_model(tmp_path / "tiny.gguf")), "--name", "tiny").code == 0
+    FakeRunner.reset()
+    return home
+
+
+@pytest.fixture
+def keyed(models: Path, tmp_path: Path) -> Iterator[tuple[str, dict[str, str]]]:
+    """A server on ``models`` with an admin, a user and a reader key, and an audit log."""
+    keyfile = tmp_path / "keys.toml"
+    keys = {role: add_key(keyfile, f"{role}-1", role) for role in ("admin", "user", "reader")}
+    with serving(models, FakeRunner, api_keys=keyfile, audit_log=tmp_path / "audit.jsonl") as base:
+        yield base, keys

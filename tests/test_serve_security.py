@@ -15,11 +15,12 @@ import pytest
 
 from edgeslm.serve.audit import report, verify
 from edgeslm.serve.guard import ROUTES
-from edgeslm.serve.keys import add_key
 
+from . import servekit
 from .fake_runner import FakeRunner
-from .ggufbuild import write_runnable_model
 from .servekit import serving
+
+models, keyed = servekit.models, servekit.keyed  # the shared fixtures
 
 CHAT = {"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "stream": False}
 # (method, path, body) for every route; bodies valid enough to pass the role check.
@@ -53,21 +54,6 @@ EVERY_ROUTE = [
 ADMIN_ONLY = {"/api/pull", "/api/create", "/api/copy", "/api/delete", "/edgeslm/v1/audit", "/edgeslm/v1/audit.csv"}
 READER_MAY = {"/", "/api/version", "/api/tags", "/v1/models", "/v1/models/tiny", "/api/show", "/metrics",
               "/edgeslm/v1/session", "/edgeslm/v1/models"}  # fmt: skip
-
-
-@pytest.fixture
-def models(cli: Any, tmp_path: Path, home: Path) -> Path:
-    assert cli("import", str(write_runnable_model(tmp_path / "tiny.gguf")), "--name", "tiny").code == 0
-    FakeRunner.reset()
-    return home
-
-
-@pytest.fixture
-def keyed(models: Path, tmp_path: Path) -> Iterator[tuple[str, dict[str, str]]]:
-    keyfile = tmp_path / "keys.toml"
-    keys = {role: add_key(keyfile, f"{role}-1", role) for role in ("admin", "user", "reader")}
-    with serving(models, FakeRunner, api_keys=keyfile, audit_log=tmp_path / "audit.jsonl") as base:
-        yield base, keys
 
 
 @pytest.fixture

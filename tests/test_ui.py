@@ -11,12 +11,10 @@ import io
 import json
 import re
 import socket
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
-import pytest
 
 from edgeslm.evaluate.kept import latest_results, results_dir, save_result
 from edgeslm.evaluate.result import EvalResult, Speed
@@ -25,28 +23,14 @@ from edgeslm.optimize.history import last_run, remember
 from edgeslm.serve.activity import Activity
 from edgeslm.serve.audit import AuditLog, AuditRecord, report
 from edgeslm.serve.dashboard import audit_view, models_view, recent_lines, report_csv, report_rows
-from edgeslm.serve.keys import add_key
 from edgeslm.serve.ui import assets
 from edgeslm.store import Store, parse_name
 
+from . import servekit
 from .fake_runner import FakeRunner
-from .ggufbuild import write_runnable_model
 from .servekit import serving
 
-
-@pytest.fixture
-def models(cli: Any, tmp_path: Path, home: Path) -> Path:
-    assert cli("import", str(write_runnable_model(tmp_path / "tiny.gguf")), "--name", "tiny").code == 0
-    FakeRunner.reset()
-    return home
-
-
-@pytest.fixture
-def keyed(models: Path, tmp_path: Path) -> Iterator[tuple[str, dict[str, str]]]:
-    keyfile = tmp_path / "keys.toml"
-    keys = {role: add_key(keyfile, f"{role}-1", role) for role in ("admin", "user", "reader")}
-    with serving(models, FakeRunner, api_keys=keyfile, audit_log=tmp_path / "audit.jsonl") as base:
-        yield base, keys
+models, keyed = servekit.models, servekit.keyed  # the shared fixtures
 
 
 def raw_get(base: str, path: str) -> tuple[int, str]:
