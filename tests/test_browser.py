@@ -246,14 +246,24 @@ def test_the_chat_streams_a_reply_stops_and_keeps_the_conversation(
     assert errors(driver) == []
 
 
+def _server(server: Served, key: str) -> Any:
+    return httpx.get(server.url + "/edgeslm/v1/server", headers={"Authorization": f"Bearer {key}"}, timeout=10).json()
+
+
 def _busy(server: Served, key: str) -> int:
-    view = httpx.get(server.url + "/edgeslm/v1/server", headers={"Authorization": f"Bearer {key}"}, timeout=10).json()
-    return int(view["slots_busy"])
+    return int(_server(server, key)["slots_busy"])
 
 
 def test_a_reader_sees_no_admin_controls_and_forged_calls_are_refused(
     driver: Any, server: Served, keys: Any, measured: Path
 ) -> None:
+    driver.get(server.url + "/ui/#models")
+    driver.execute_script("sessionStorage.clear()")
+    driver.refresh()
+    wait_for("the key prompt", lambda: by_css(driver, "dialog[open] #api-key"))[0].send_keys("esk-wrong\n")
+    again = wait_for("the prompt again", lambda: [d for d in by_css(driver, "dialog[open]") if "not valid" in d.text])
+    assert "Try again" in again[0].text and by_css(driver, "section.family") == []
+    driver.get_log("browser")  # the 401 is logged as a failed load
     sign_in(driver, server.url, keys[1]["reader"])
     nav = [a.text for a in by_css(driver, "#nav a") if a.is_displayed()]
     assert nav == ["Models"]
@@ -282,8 +292,8 @@ def test_a_reader_sees_no_admin_controls_and_forged_calls_are_refused(
     driver.get_log("browser")  # the refusals above are logged as failed loads, as they should be
 
 
-def test_an_admin_deletes_with_the_clis_confirmation_and_downloads_the_report(
-    driver: Any, server: Served, keys: Any, measured: Path
+def test_an_admin_copies_pulls_deletes_unloads_and_downloads_the_report(
+    driver: Any, server: Served, keys: Any, measured: Path, shots: Path
 ) -> None:
     sign_in(driver, server.url, keys[1]["admin"])
     buttons = [b for b in by_css(driver, f'tr[data-model="{MODEL}:q8_0"] button') if b.text == "Delete"]
@@ -298,6 +308,22 @@ def test_an_admin_deletes_with_the_clis_confirmation_and_downloads_the_report(
     wait_for("the row to go", lambda: not by_css(driver, f'tr[data-model="{MODEL}:q8_0"]'))
     assert Store.open(measured / "models").find(_name(f"{MODEL}:q8_0")) is None
     assert "deleted" in by_css(driver, ".status.ok")[0].text
+
+    next(b for b in by_css(driver, f'tr[data-model="{MODEL}:q4_0"] button') if b.text == "Copy").click()
+    field = wait_for("the copy dialog", lambda: by_css(driver, "dialog[open] input"))[0]
+    field.clear()
+    field.send_keys(f"{MODEL}:mine\n")
+    wait_for("the copy's row", lambda: by_css(driver, f'tr[data-model="{MODEL}:mine"]'))
+    store = Store.open(measured / "models")
+    assert store.get(_name(f"{MODEL}:mine")).digest == store.get(_name(f"{MODEL}:q4_0")).digest
+    by_css(driver, "#pull-form input")[0].send_keys("gemma3-270m\n")
+    wait_for("the pull", lambda: "pulled gemma3-270m" in by_css(driver, "main .status")[0].text)
+
+    visit(driver, server.url, "server", "#loaded tbody tr", shots)
+    loaded = [r.get_attribute("data-model") for r in by_css(driver, "#loaded tbody tr")]
+    by_css(driver, f'#loaded tr[data-model="{loaded[0]}"] button')[0].click()
+    wait_for("the unload", lambda: loaded[0] not in [m["name"] for m in _server(server, keys[1]["admin"])["models"]])
+    wait_for("the row to go", lambda: not by_css(driver, f'#loaded tr[data-model="{loaded[0]}"]'))
 
     driver.get(server.url + "/ui/#audit")
     driver.refresh()
