@@ -120,7 +120,7 @@ def test_the_server_view_counts_replies_of_the_last_minutes(keyed: tuple[str, di
                        headers=bearer(keys["user"]), timeout=30)  # fmt: skip
         assert r.status_code == 200
     view = httpx.get(base + "/edgeslm/v1/server?minutes=5", headers=bearer(keys["user"]), timeout=10).json()
-    assert [m["name"] for m in view["models"]] == ["tiny:latest"] and view["slots"] == 4
+    assert [m["name"] for m in view["models"]] == ["tiny:latest"] and view["slots"] == 4 and view["uptime"] > 0
     assert view["activity"]["totals"]["replies"] == 3 and view["activity"]["totals"]["tokens"] == 3 * 6
     assert len(view["activity"]["points"]) == 20 and view["activity"]["points"][-1]["replies"] == 3
     assert view["activity"]["totals"]["ttft_mean"] > 0

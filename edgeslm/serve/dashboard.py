@@ -11,6 +11,7 @@ import csv
 import io
 import json
 import os
+import time
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -111,7 +112,7 @@ def server_view(loaded: Iterable[LoadedInfo], activity: Mapping[str, Any], start
         for x in loaded
     ]  # fmt: skip
     return {
-        "started": started, "models": models, "activity": activity,
+        "started": started, "uptime": time.time() - started, "models": models, "activity": activity,
         "slots_busy": sum(m["busy"] for m in models), "slots": sum(m["slots"] for m in models),
         "queued": sum(m["queued"] for m in models),
     }  # fmt: skip

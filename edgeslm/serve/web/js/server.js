@@ -23,7 +23,7 @@ export function mount(root, ctx) {
       setStatus(status, "");
       clear(cards).append(
         card("Loaded", `${d.models.length}`), card("Slots busy", `${d.slots_busy} / ${d.slots}`),
-        card("Queued", `${d.queued}`), card("Up", seconds(Date.now() / 1000 - d.started)),
+        card("Queued", `${d.queued}`), card("Up", seconds(d.uptime)),
         card("Replies (10 min)", `${d.activity.totals.replies}`),
       );
       clear(models).append(d.models.length ? loadedTable(d.models, ctx, status, refresh)
