@@ -11,6 +11,8 @@ import io
 import json
 import re
 import socket
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -225,3 +227,15 @@ def test_without_an_audit_log_the_page_says_so(models: Path) -> None:
         assert r.status_code == 404 and "--audit-log" in r.json()["error"]
         session = httpx.get(base + "/edgeslm/v1/session", timeout=10).json()
         assert session["auth"] is False and session["role"] is None and "delete" in session["actions"]
+
+
+def test_the_web_page_keeps_the_server_process_light() -> None:
+    """Reading results and optimize records must not pull the evaluation and search code (and what
+    they import) into the HTTP process."""
+    code = "import sys, edgeslm.serve.ui; print(' '.join(sorted(sys.modules)))"
+    loaded = set(
+        subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    )
+    assert "edgeslm.evaluate.kept" in loaded and "edgeslm.optimize.history" in loaded
+    heavy = {"edgeslm.evaluate.core", "edgeslm.optimize.core", "edgeslm.convert", "edgeslm.quantize", "llama_cpp"}
+    assert not heavy & loaded, heavy & loaded

@@ -8,7 +8,17 @@ JSON and plot.
 
 from __future__ import annotations
 
+from typing import Any
+
 from .constraints import Constraints
-from .core import DEFAULT_TYPES, Candidate, OptimizeParams, OptimizeResult, optimize
 
 __all__ = ["DEFAULT_TYPES", "Candidate", "Constraints", "OptimizeParams", "OptimizeResult", "optimize"]
+
+
+def __getattr__(name: str) -> Any:
+    """The search on first use, so that ``optimize.history`` (the server reads it) stays light."""
+    if name in __all__:
+        from . import core
+
+        return getattr(core, name)
+    raise AttributeError(f"module 'edgeslm.optimize' has no attribute {name!r}")
