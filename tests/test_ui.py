@@ -24,7 +24,7 @@ from edgeslm.optimize.constraints import Constraints
 from edgeslm.optimize.history import last_run, remember
 from edgeslm.serve.activity import Activity
 from edgeslm.serve.audit import AuditLog, AuditRecord, report
-from edgeslm.serve.dashboard import audit_view, models_view, recent_lines, report_csv, report_rows
+from edgeslm.serve.dashboard import audit_view, models_view, optimize_limits, recent_lines, report_csv, report_rows
 from edgeslm.serve.ui import assets
 from edgeslm.store import Store, parse_name
 
@@ -186,6 +186,18 @@ def test_an_optimize_record_that_is_not_ours_is_ignored(store: Store) -> None:
     for bad in (b"[1, 2]", b"{", json.dumps({"model": "another"}).encode(), b"x" * (2 << 20)):
         path.write_bytes(bad)
         assert last_run(store, "m") is None
+    odd = {"model": "m", "constraints": {"max_size": "big", "max_kld": [["mean"], 3, ["mean", 0.2]]},
+           "described": "x", "size_budget": True, "winner": 7}  # fmt: skip
+    path.write_text(json.dumps(odd))
+    assert optimize_limits(last_run(store, "m")) == {
+        "created": None,
+        "winner": None,
+        "tagged": None,
+        "described": [],
+        "max_size": None,
+        "size_budget": None,
+        "max_kld_mean": 0.2,
+    }
 
 
 def test_the_audit_view_reads_the_tail_reports_breaks_and_quotes_formulas(tmp_path: Path) -> None:

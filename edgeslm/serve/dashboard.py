@@ -48,7 +48,7 @@ def models_view(store: Store) -> dict[str, Any]:
         families.setdefault(m.name.base, []).append(_variant(m, results.get(str(m.name)), owners, names_of))
     return {
         "families": [
-            {"name": base, "variants": variants, "optimize": _constraints(last_run(store, base))}
+            {"name": base, "variants": variants, "optimize": optimize_limits(last_run(store, base))}
             for base, variants in families.items()
         ]
     }
@@ -58,7 +58,7 @@ def _variant(
     m: Manifest, result: EvalResult | None, owners: Mapping[str, set[str]], names_of: Mapping[str, list[str]]
 ) -> dict[str, Any]:
     i = m.info
-    freed = sum(size for digest, size in m.blob_sizes().items() if owners.get(digest) == {str(m.name)})
+    only_here = {d: size for d, size in m.blob_sizes().items() if owners.get(d) == {str(m.name)}}  # freed by rm
     source = {k: m.source[k] for k in SOURCE_FIELDS if k in m.source}
     # the parent as the store names it now: the name it was made from, else another name of that file
     named = names_of.get(m.source.get("parent", ""), [])
@@ -73,7 +73,7 @@ def _variant(
         "context_length": i.context_length, "source": source,
         "parent": parent,
         "adapters": len(m.adapters), "has_system": bool(m.defaults.get("system")),
-        "remove": {"freed_bytes": freed, "blobs": sum(1 for d in m.blob_sizes() if owners.get(d) == {str(m.name)})},
+        "remove": {"freed_bytes": sum(only_here.values()), "blobs": len(only_here)},
         "result": _result(result) if result else None,
     }  # fmt: skip
 
@@ -91,17 +91,30 @@ def _result(r: EvalResult) -> dict[str, Any]:
     }  # fmt: skip
 
 
-def _constraints(record: Mapping[str, Any] | None) -> dict[str, Any] | None:
+def optimize_limits(record: Mapping[str, Any] | None) -> dict[str, Any] | None:
     """The last optimize run's limits that the size × KLD view can draw, and the rest as text."""
     if record is None:
         return None
-    c = record.get("constraints") or {}
-    kld = dict(c.get("max_kld") or ())
+    c = record.get("constraints")
+    c = c if isinstance(c, dict) else {}
+    limits = [x for x in c.get("max_kld") or () if isinstance(x, list) and len(x) == 2]
+    described = record.get("described")
     return {
-        "created": record.get("created"), "described": list(record.get("described") or []),
-        "max_size": c.get("max_size"), "size_budget": record.get("size_budget"), "max_kld_mean": kld.get("mean"),
-        "winner": record.get("winner"), "tagged": record.get("tagged"),
+        "created": _text(record.get("created")), "winner": _text(record.get("winner")),
+        "tagged": _text(record.get("tagged")),
+        "described": [str(x) for x in described] if isinstance(described, list) else [],
+        "max_size": _number(c.get("max_size")), "size_budget": _number(record.get("size_budget")),
+        "max_kld_mean": _number(next((limit for stat, limit in limits if stat == "mean"), None)),
     }  # fmt: skip
+
+
+def _number(value: Any) -> float | None:
+    """A limit from the stored record, or None where it holds something else (a hand-edited file)."""
+    return value if isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0 else None
+
+
+def _text(value: Any) -> str | None:
+    return value if isinstance(value, str) else None
 
 
 def server_view(loaded: Iterable[LoadedInfo], activity: Mapping[str, Any], started: float) -> dict[str, Any]:
