@@ -32,6 +32,10 @@ class InvalidModelFileError(EdgeslmError):
     """A model file failed validation; nothing was stored."""
 
 
+class BundleError(InvalidModelFileError):
+    """A bundle (``edgeslm bundle``) failed verification; nothing was imported."""
+
+
 class InputFileError(EdgeslmError):
     """A path given by the user cannot be read (missing, a directory, no permission)."""
 

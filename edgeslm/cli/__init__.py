@@ -33,6 +33,7 @@ MODULES: tuple[tuple[str, str, tuple[str, ...]], ...] = (
     ("eval_cmds", "configure", ("eval", "compare")),
     ("optimize_cmds", "configure", ("optimize",)),
     ("recommend_cmds", "configure", ("recommend",)),
+    ("bundle_cmds", "configure", ("bundle",)),
     ("admin_cmds", "configure", ("keys", "audit")),
     ("serve_cmds", "configure", ("serve", "ps")),
 )

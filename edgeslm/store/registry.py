@@ -20,7 +20,7 @@ from __future__ import annotations
 import errno
 import json
 import logging
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
@@ -432,17 +432,25 @@ class Store:
     def publish_custom(self, manifest: Manifest, staged: Iterable[Staged] = ()) -> Manifest:
         """Publish a model built on a stored base (``ollama create``): its staged adapter blobs and
         its manifest together, under the lock; every blob it names must then exist."""
+        self.publish_many([manifest], staged)
+        log.info("stored %s (%d adapter(s))", manifest.name, len(manifest.adapters))
+        return manifest
+
+    def publish_many(self, manifests: Sequence[Manifest], staged: Iterable[Staged] = ()) -> None:
+        """Staged blobs, then the manifests that name them, in one hold of the lock; refused before
+        anything moves when a manifest names a blob that is neither staged nor stored. (Each rename
+        is atomic: a kill between them leaves each model whole or absent.)"""
         staged = list(staged)
         with self.locked():
             new = {item.digest for item in staged}
-            missing = [d for d in manifest.blob_sizes() if d not in new and not self.blob_path(d).exists()]
-            if missing:
-                raise StoreError(f"cannot create {manifest.name}: blob {missing[0]} was removed meanwhile; retry")
+            for m in manifests:
+                missing = [d for d in m.blob_sizes() if d not in new and not self.blob_path(d).exists()]
+                if missing:
+                    raise StoreError(f"cannot store {m.name}: blob {missing[0]} was removed meanwhile; retry")
             for item in staged:
                 item.tmp.commit(self.blob_path(item.digest))
-            self._replace_manifest(manifest)
-        log.info("stored %s (%d adapter(s))", manifest.name, len(manifest.adapters))
-        return manifest
+            for m in manifests:
+                self._replace_manifest(m)
 
     def set_defaults(self, name: ModelName, defaults: Mapping[str, Any]) -> Manifest:
         """Give ``name`` a system prompt and parameters (its bytes are unchanged)."""
