@@ -131,8 +131,11 @@ def test_signatures(source: Store, target: Store, tmp_path: Path) -> None:
     plain = create_bundle(source, names("tiny"), tmp_path / "p.eslm")
     with pytest.raises(BundleError, match="not signed"):
         import_bundle(target, plain.path, public)
-    with pytest.raises(InputFileError, match="not a PEM public key"):
+    with pytest.raises(InputFileError, match="not an unencrypted PEM Ed25519 public key"):
         verify_bundle(signed.path, key)  # the private key where the public one goes
+    with pytest.raises(InputFileError, match="Ed25519 private key"):
+        create_bundle(source, names("tiny"), tmp_path / "n.eslm", key=public)
+    assert not (tmp_path / "n.eslm").exists()
     # a signed bundle whose blob is swapped: the signature still matches the index, the digest does not
     swapped = rewrite(signed.path, tmp_path / "x.eslm", lambda ms: [(i, _flip(d) if i.name.startswith("blobs/") else d)
                                                                     for i, d in ms])  # fmt: skip

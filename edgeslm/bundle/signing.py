@@ -50,34 +50,32 @@ def _read(path: Path, what: str) -> bytes:
         raise InputFileError(f"cannot read the {what} {path}: {exc.strerror}") from None
 
 
-def sign(private_key: Path, data: bytes) -> bytes:
+def _load(path: Path, private: bool) -> Any:
+    """The Ed25519 key in the PEM file ``path`` (private, or public), or an error naming what to give."""
     ed25519 = _crypto()
     from cryptography.hazmat.primitives import serialization as s
 
+    what = "private key" if private else "public key"
+    raw = _read(path, what)
     try:
-        key = s.load_pem_private_key(_read(private_key, "private key"), password=None)
+        key = s.load_pem_private_key(raw, password=None) if private else s.load_pem_public_key(raw)
     except (ValueError, TypeError):
-        raise InputFileError(
-            f"{private_key} is not an unencrypted PEM private key (edgeslm bundle keygen makes one)"
-        ) from None
-    if not isinstance(key, ed25519.Ed25519PrivateKey):
-        raise InputFileError(f"{private_key} is not an Ed25519 key; make one with 'edgeslm bundle keygen FILE'")
-    return bytes(key.sign(data))
+        key = None
+    wanted = ed25519.Ed25519PrivateKey if private else ed25519.Ed25519PublicKey
+    if not isinstance(key, wanted):
+        made = "the private key" if private else "the .pub file"
+        raise InputFileError(f"{path} is not an unencrypted PEM Ed25519 {what}; give {made} of 'edgeslm bundle keygen'")
+    return key
+
+
+def sign(private_key: Path, data: bytes) -> bytes:
+    return bytes(_load(private_key, private=True).sign(data))
 
 
 def check_signature(public_key: Path, data: bytes, signature: bytes) -> None:
-    ed25519 = _crypto()
     from cryptography.exceptions import InvalidSignature
-    from cryptography.hazmat.primitives import serialization as s
 
-    try:
-        key = s.load_pem_public_key(_read(public_key, "public key"))
-    except (ValueError, TypeError):
-        raise InputFileError(
-            f"{public_key} is not a PEM public key (the .pub file of 'edgeslm bundle keygen')"
-        ) from None
-    if not isinstance(key, ed25519.Ed25519PublicKey):
-        raise InputFileError(f"{public_key} is not an Ed25519 public key")
+    key = _load(public_key, private=False)
     try:
         key.verify(signature, data)
     except InvalidSignature:
