@@ -24,7 +24,8 @@ from edgeslm.optimize.constraints import Constraints
 from edgeslm.optimize.history import last_run, remember
 from edgeslm.serve.activity import Activity
 from edgeslm.serve.audit import AuditLog, AuditRecord, report
-from edgeslm.serve.dashboard import audit_view, models_view, optimize_limits, recent_lines, report_csv, report_rows
+from edgeslm.serve.compliance import report_csv, report_rows
+from edgeslm.serve.dashboard import audit_view, models_view, optimize_limits, recent_lines
 from edgeslm.serve.ui import assets
 from edgeslm.store import Store, parse_name
 

@@ -113,10 +113,38 @@ def _lines(path: Path) -> Iterator[tuple[int, bytes]]:
         raise InputFileError(f"cannot read the audit log {path}: {exc.strerror}") from None
 
 
-def verify(path: Path) -> VerifyResult:
-    """Check every line's own hash and its link to the line before."""
+@dataclass(frozen=True)
+class Anchor:
+    """The log's length and last hash at one moment, kept elsewhere: a later log must still hold
+    that line with that hash (a log cut at its end, or rewritten, no longer does)."""
+
+    lines: int
+    last_hash: str
+    time: str
+
+    def to_json(self) -> bytes:
+        return json.dumps(asdict(self), indent=1).encode()
+
+    @classmethod
+    def read(cls, path: Path) -> Anchor:
+        try:
+            data = json.loads(path.read_bytes()[:4096])
+            anchor = cls(int(data["lines"]), str(data["last_hash"]), str(data["time"]))
+        except OSError as exc:
+            raise InputFileError(f"cannot read the anchor {path}: {exc.strerror}") from None
+        except (ValueError, KeyError, TypeError):
+            raise InputFileError(f"{path} is not an audit anchor (edgeslm audit anchor writes one)") from None
+        if anchor.lines < 0 or len(anchor.last_hash) != 64:
+            raise InputFileError(f"{path} is not an audit anchor (edgeslm audit anchor writes one)")
+        return anchor
+
+
+def verify(path: Path, anchor: Anchor | None = None) -> VerifyResult:
+    """Check every line's own hash and its link to the line before (and, with ``anchor``, that the
+    anchored line is still there, unchanged)."""
     problems: list[str] = []
     prev, count = GENESIS, 0
+    anchored = GENESIS if anchor is not None and anchor.lines == 0 else None
     for number, raw in _lines(path):
         count = number
         fields = _parse(raw)
@@ -131,6 +159,13 @@ def verify(path: Path) -> VerifyResult:
                     f"line {number}: does not follow line {number - 1} (a line was deleted, moved or edited)"
                 )
         prev = hashlib.sha256(raw).hexdigest()
+        if anchor is not None and number == anchor.lines:
+            anchored = prev
+    if anchor is not None and count < anchor.lines:
+        problems.append(f"the log has {count:,} lines, fewer than the {anchor.lines:,} anchored at {anchor.time} "
+                        "(cut at its end)")  # fmt: skip
+    elif anchor is not None and anchored != anchor.last_hash:
+        problems.append(f"line {anchor.lines:,} is not the line anchored at {anchor.time} (the log was rewritten)")
     return VerifyResult(count, tuple(problems), prev)
 
 
@@ -155,38 +190,57 @@ class Tally:
     tokens_in: int = 0
     tokens_out: int = 0
 
-    def add(self, fields: dict[str, Any]) -> None:
-        status = int(fields.get("status", 0))
+    def add(self, status: int, tokens_in: int, tokens_out: int) -> None:
         self.requests += 1
         self.refused += status in REFUSED
         self.errors += status >= 500 and status not in REFUSED
-        self.tokens_in += int(fields.get("tokens_in", 0))
-        self.tokens_out += int(fields.get("tokens_out", 0))
+        self.tokens_in += tokens_in
+        self.tokens_out += tokens_out
+
+
+# routes that change the store or move models: what a compliance report lists one by one
+STORE_ROUTES = ("/api/pull", "/api/create", "/api/copy", "/api/delete", "/api/push")
+MAX_CHANGES = 10_000
 
 
 @dataclass
 class Report:
-    lines: int = 0
+    lines: int = 0  # read (in the period)
     unreadable: int = 0
     by: dict[str, dict[str, Tally]] = field(default_factory=lambda: defaultdict(lambda: defaultdict(Tally)))
     statuses: Counter[int] = field(default_factory=Counter)
+    changes: list[dict[str, Any]] = field(default_factory=list)  # store changes and transfers, oldest first
 
 
-def report(path: Path) -> Report:
-    """Requests, tokens and refusals per key, role, model and day."""
+def report(path: Path, since: dt.date | None = None, until: dt.date | None = None) -> Report:
+    """Requests, tokens and refusals per key, role, model and day (days ``since`` to ``until``,
+    both included), and each store change or transfer."""
     out = Report()
     for _, raw in _lines(path):
-        out.lines += 1
         fields = _parse(raw)
         if fields is None:
+            out.lines += 1
             out.unreadable += 1
             continue
         try:
             day = dt.datetime.fromisoformat(str(fields.get("time"))).date().isoformat()
         except ValueError:
             day = "?"
+        if (since and (day == "?" or day < since.isoformat())) or (until and (day == "?" or day > until.isoformat())):
+            continue
+        out.lines += 1
+        route = str(fields.get("route", ""))
+        if (route in STORE_ROUTES or route.startswith("/api/blobs/")) and len(out.changes) < MAX_CHANGES:
+            out.changes.append({k: fields.get(k) for k in ("time", "key_id", "role", "method", "route", "model",
+                                                           "status")})  # fmt: skip
+        try:
+            status = int(fields.get("status", 0))
+            tokens = int(fields.get("tokens_in", 0)), int(fields.get("tokens_out", 0))
+        except (ValueError, TypeError):  # an edited line ('audit verify' names it)
+            out.unreadable += 1
+            continue
         groups = {"key": fields.get("key_id"), "role": fields.get("role"), "model": fields.get("model"), "day": day}
         for dimension, value in groups.items():
-            out.by[dimension][str(value if value is not None else "-")].add(fields)
-        out.statuses[int(fields.get("status", 0))] += 1
+            out.by[dimension][str(value if value is not None else "-")].add(status, *tokens)
+        out.statuses[status] += 1
     return out

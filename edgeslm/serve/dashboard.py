@@ -7,8 +7,6 @@ package), not where a file was.
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import os
 import time
@@ -22,7 +20,8 @@ from ..formats.model_format import RUNTIME_OF
 from ..optimize.history import last_run
 from ..store import Store
 from ..store.registry import Manifest
-from .audit import MAX_LINE, Report, report, verify
+from .audit import MAX_LINE, report, verify
+from .compliance import report_rows
 from .manager import LoadedInfo
 
 # a source's fields that say what made a model (others may hold local paths: never sent)
@@ -165,31 +164,3 @@ def audit_view(path: Path, limit: int) -> dict[str, Any]:
         "recent": recent_lines(path, limit),
         "report": report_rows(report(path)),
     }  # fmt: skip
-
-
-REPORT_COLUMNS = ("dimension", "value", "requests", "refused", "errors", "tokens_in", "tokens_out")
-
-
-def report_rows(r: Report) -> list[dict[str, Any]]:
-    rows = []
-    for dimension in ("key", "model", "day", "role"):
-        for value, t in sorted(r.by.get(dimension, {}).items()):
-            rows.append({"dimension": dimension, "value": value, "requests": t.requests, "refused": t.refused,
-                         "errors": t.errors, "tokens_in": t.tokens_in, "tokens_out": t.tokens_out})  # fmt: skip
-    return rows
-
-
-def report_csv(rows: Iterable[Mapping[str, Any]]) -> str:
-    """The report as CSV; a cell a spreadsheet would run as a formula (=, +, -, @) is quoted as text."""
-    out = io.StringIO()
-    writer = csv.writer(out, lineterminator="\r\n")
-    writer.writerow(REPORT_COLUMNS)
-    for row in rows:
-        writer.writerow([_cell(row[c]) for c in REPORT_COLUMNS])
-    return out.getvalue()
-
-
-def _cell(value: Any) -> Any:
-    if isinstance(value, str) and value != "-" and value[:1] in ("=", "+", "-", "@", "\t", "\r"):
-        return "'" + value
-    return value

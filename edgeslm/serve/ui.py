@@ -19,7 +19,8 @@ from starlette.responses import JSONResponse, RedirectResponse, Response
 
 from .. import __version__
 from .audit import report
-from .dashboard import audit_view, models_view, report_csv, report_rows, server_view
+from .compliance import report_csv, report_rows
+from .dashboard import audit_view, models_view, server_view
 from .http_errors import error_response
 from .keys import ROLES, Action
 from .service import state
