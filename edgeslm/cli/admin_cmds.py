@@ -11,7 +11,8 @@ from ..config import Settings
 from ..errors import InvalidParameterError
 from ..serve.audit import Anchor, Report, VerifyResult, report, verify
 from ..serve.keys import ROLES, add_key, load_keys
-from .output import print_table, status, write_text
+from ..store.atomic import write_beside
+from .output import print_table, status
 
 
 def configure(sub: Any) -> None:
@@ -88,7 +89,7 @@ def cmd_audit_report(args: argparse.Namespace, settings: Settings) -> int:
             "html": lambda: compliance.report_html(r, checked, period, args.file.name),
         }[fmt]()
         if args.output:
-            write_text(args.output, text)
+            write_beside(args.output, text.encode())
             status(f"wrote {args.output}")
         else:
             print(text, end="" if text.endswith("\n") else "\n")

@@ -9,7 +9,6 @@ import json
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from pathlib import Path
 from typing import Any
 
 from ..errors import AbortedError
@@ -60,19 +59,3 @@ def confirm(question: str, assume_yes: bool) -> None:
     answer = sys.stdin.readline().strip().lower()
     if answer not in ("y", "yes"):
         raise AbortedError("nothing was changed")
-
-
-def write_text(path: Path, text: str) -> None:
-    """``text`` into ``path``, whole or not at all (a temp file beside it, then a rename)."""
-    from ..errors import OutputFileError
-    from ..store.atomic import TempFile
-
-    if path.is_dir():
-        raise OutputFileError(f"{path} is a folder; give a file name")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with TempFile(path.parent, f".{path.name}") as tmp:
-            tmp.file.write(text.encode())
-            tmp.commit(path)
-    except OSError as exc:
-        raise OutputFileError(f"cannot write {path}: {exc.strerror}") from None

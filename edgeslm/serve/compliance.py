@@ -15,8 +15,8 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from ..errors import InvalidParameterError, OutputFileError
-from ..store.atomic import TempFile
+from ..errors import InvalidParameterError
+from ..store.atomic import write_beside
 from .audit import Anchor, Report, VerifyResult, verify
 
 REPORT_COLUMNS = ("dimension", "value", "requests", "refused", "errors", "tokens_in", "tokens_out")
@@ -110,11 +110,5 @@ def write_anchor(log: Path, out: Path) -> Anchor:
             f"{log} is not intact ({checked.problems[0]}); an anchor would pin the damage: run 'edgeslm audit verify'"
         )
     anchor = Anchor(checked.lines, checked.last_hash, dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"))
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        with TempFile(out.parent, f".{out.name}") as tmp:
-            tmp.file.write(anchor.to_json())
-            tmp.commit(out)
-    except OSError as exc:
-        raise OutputFileError(f"cannot write the anchor {out}: {exc.strerror}") from None
+    write_beside(out, anchor.to_json())
     return anchor

@@ -137,6 +137,22 @@ def remove_path(path: Path) -> None:
         pass
 
 
+def write_beside(dest: Path, data: bytes) -> None:
+    """``data`` into a file the user named (a report, an anchor): whole or not at all, through a
+    temp file in the same folder."""
+    from ..errors import OutputFileError
+
+    if dest.is_dir():
+        raise OutputFileError(f"{dest} is a folder; give a file name")
+    try:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        with TempFile(dest.parent, f".{dest.name}") as tmp:
+            tmp.file.write(data)
+            tmp.commit(dest)
+    except OSError as exc:
+        raise OutputFileError(f"cannot write {dest}: {exc.strerror}") from None
+
+
 def write_atomic(dest: Path, data: bytes, temp_dir: Path) -> None:
     dest.parent.mkdir(parents=True, exist_ok=True)
     with TempFile(temp_dir, "manifest") as tmp:
