@@ -14,7 +14,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "edgeslm"
 FLOORS = {
     "errors": 0, "config": 0, "units": 0, "framing": 0,
     "formats": 1, "speculation": 1, "store": 2, "sources": 3, "engines": 3,
-    "runner": 5, "serve": 6, "cli": 6, "__main__": 7,
+    "runner": 5, "serve": 6, "deploy": 6, "cli": 6, "__main__": 7,
 }  # fmt: skip
 NATIVE = ("llama_cpp", "onnxruntime", "onnxruntime_genai", "mlx", "mlx_lm")  # imported only under engines/
 VERB = 4  # every other top-level module or package: the verbs (pull, quantize, evaluate, ...)

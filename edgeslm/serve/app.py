@@ -95,6 +95,10 @@ def _routes(app: FastAPI) -> None:
     app.include_router(responses_api.router)
     app.include_router(ui.router)
 
+    @app.get("/healthz")
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
     @app.get("/metrics")
     async def metrics(request: Request) -> Response:
         body, kind = request.app.state.edgeslm.metrics.render()

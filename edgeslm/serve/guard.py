@@ -66,6 +66,8 @@ ROUTES: dict[str, Action | None] = {  # None: any valid key
 PREFIXES: dict[str, Action] = {"/v1/models/": A.LIST, "/api/blobs/": A.CREATE}
 UI = "/ui"  # the web page's files: public (they hold no data; every call they make carries a key)
 UI_LABEL = UI + "/*"
+HEALTH = "/healthz"  # for probes (Kubernetes, Docker HEALTHCHECK): public, says only that the server answers
+PUBLIC = frozenset({UI_LABEL, HEALTH})  # no key needed, not audited
 UPLOADS = b"/api/blobs/"  # a file's bytes, not JSON: their own type and size limit
 LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1", "[::1]"})
 JSON_TYPES = ("application/json", "", "application/x-www-form-urlencoded")  # the last: curl -d's default
@@ -100,6 +102,8 @@ def route_of(raw_path: bytes) -> tuple[str, Action | None, bool]:
     path = raw_path.decode("latin-1")
     if is_ui(path):
         return UI_LABEL, None, True
+    if path == HEALTH:
+        return HEALTH, None, True
     if path in ROUTES:
         return path, ROUTES[path], True
     for prefix, action in PREFIXES.items():
@@ -147,7 +151,7 @@ class Guard:
             try:
                 self._check(scope, raw, headers)
                 preflight = scope["method"] == "OPTIONS" and "origin" in headers  # CORS answers it; no key is sent
-                if self.st.keys is not None and not preflight and label != UI_LABEL:
+                if self.st.keys is not None and not preflight and label not in PUBLIC:
                     key = self._key(headers)
                     self._permit(key, action)
                     scope["state"]["key"] = key
@@ -240,7 +244,7 @@ class Guard:
         path = escape(scope.get("raw_path", b"").decode("latin-1") or scope["path"])
         self.st.metrics.requests.labels(label, str(status)).inc()
         log.info("%s %s %s %d %.1fms key=%s", address, scope["method"], path, status, ms, key.id if key else "-")
-        if self.st.audit is None or label == UI_LABEL:  # the page's public files: no one's request to audit
+        if self.st.audit is None or label in PUBLIC:  # public files and probes: no one's request to audit
             return
         self.st.audit.write(AuditRecord(
             time=dt.datetime.now(dt.timezone.utc).isoformat(timespec="milliseconds"),

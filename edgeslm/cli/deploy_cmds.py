@@ -1,0 +1,44 @@
+"""CLI: deploy (what it takes to run stored models elsewhere: Kubernetes, so far)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from ..config import Settings
+from ..store import Store, parse_name
+from .output import status
+
+
+def configure(sub: Any) -> None:
+    deploy = sub.add_parser("deploy", help="run stored models elsewhere: a Kustomize base for Kubernetes")
+    ds = deploy.add_subparsers(dest="deploy_command", metavar="TARGET", required=True)
+    p: argparse.ArgumentParser = ds.add_parser("k8s", help="a Kustomize base for 'edgeslm serve' with these models")
+    p.set_defaults(run=cmd_k8s)
+    p.add_argument("names", nargs="+", metavar="NAME", help="the models (the first is loaded at start)")
+    p.add_argument("-o", "--output", type=Path, required=True, metavar="DIR", help="a new folder for the base")
+    p.add_argument("--image", help="the image that carries edgeslm and the models' bundle (default edgeslm:VERSION)")
+    p.add_argument("--replicas", type=int, default=1, help="the least replicas (default 1)")
+    p.add_argument("--max-replicas", type=int, default=4, help="the autoscaler's most (default 4)")
+    p.add_argument("--parallel", type=int, default=4, help="slots per replica (serve --parallel; default 4)")
+    p.add_argument("--ctx", type=int, default=2048, help="tokens per slot (serve --ctx; default 2048)")
+    p.add_argument("--cpu", type=float, default=2.0, help="cores per replica (default 2)")
+    p.add_argument("--api-keys", type=Path, metavar="FILE", help="the key file to deploy (default: a new admin key)")
+
+
+def cmd_k8s(args: argparse.Namespace, settings: Settings) -> int:
+    from ..deploy.k8s import K8sParams, write_k8s
+
+    params = K8sParams(replicas=args.replicas, max_replicas=args.max_replicas, parallel=args.parallel, ctx=args.ctx,
+                       cpu=args.cpu, **({"image": args.image} if args.image else {}))  # fmt: skip
+    store = Store.open(settings.models_dir)
+    sizes, key = write_k8s(store, [parse_name(n) for n in args.names], args.output, params, args.api_keys)
+    for s in sizes:
+        source = "measured peak RSS" if s.measured else "estimated"
+        status(f"{s.model}: {s.weights_or_rss / 2**20:.0f} MiB ({source}) + {s.kv / 2**20:.0f} MiB KV cache")
+    status(f"wrote {args.output}: kubectl apply -k {args.output}")
+    if key:
+        print(key)
+        status("the admin key above is the only copy: keep it (its hash is in keys.toml)")
+    return 0
