@@ -12,6 +12,7 @@ import datetime as dt
 import html
 import io
 from collections.abc import Iterable, Mapping
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -54,6 +55,7 @@ def report_json(r: Report, checked: VerifyResult, period: tuple[str | None, str 
         "period": {"from": period[0], "to": period[1]}, "lines": r.lines, "unreadable": r.unreadable,
         "chain": {"ok": checked.ok, "lines": checked.lines, "problems": list(checked.problems),
                   "last_hash": checked.last_hash},
+        "by": {d: {v: asdict(t) for v, t in sorted(groups.items())} for d, groups in r.by.items()},  # as before
         "rows": report_rows(r), "statuses": {str(k): v for k, v in sorted(r.statuses.items())},
         "changes": r.changes,
     }  # fmt: skip
