@@ -275,3 +275,9 @@ def test_a_quantized_builtin_travels_by_bundle_and_answers_the_same(cli: Any, ho
         assert checked.returncode == 0 and "clean" in checked.stdout
     replies = [subprocess.run(edgeslm_command(w, *run), capture_output=True, text=True).stdout for w in (home, other)]
     assert replies[0].strip() and replies[0] == replies[1]
+
+
+def test_an_index_whose_names_are_not_its_manifests_is_refused() -> None:
+    for models in (("\x1b[31mevil",), ("tiny:latest",)):  # a terminal escape; a model without its manifest
+        with pytest.raises(BundleError, match="names models"):
+            Index.from_bytes(Index("0", "now", models, {}, {}).to_bytes())

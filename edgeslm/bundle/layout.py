@@ -7,8 +7,8 @@ import re
 import tarfile
 from dataclasses import dataclass
 
-from ..errors import BundleError
-from ..store import ModelName
+from ..errors import BundleError, InvalidNameError
+from ..store import ModelName, parse_name
 from ..store.layers import DIGEST
 
 FORMAT = "edgeslm-bundle"
@@ -80,6 +80,12 @@ class Index:
         for path, (sha, size) in self.manifests.items():
             if not _MANIFEST.match(path) or not _HEX.match(sha) or not 0 < size <= MAX_MANIFEST:
                 raise BundleError(f"the bundle's index lists a manifest it may not hold: {path[:200]!r}")
+        try:
+            named = sorted(manifest_member(parse_name(n)) for n in self.models)
+        except InvalidNameError:
+            named = []
+        if named != sorted(self.manifests):
+            raise BundleError("the bundle's index names models that are not the manifests it lists")
         for digest, size in self.blobs.items():
             if not DIGEST.match(digest) or not 0 <= size <= MAX_BLOB:
                 raise BundleError(f"the bundle's index lists a blob it may not hold: {digest[:80]!r} of {size:,} bytes")
