@@ -81,9 +81,9 @@ class Index:
             if not _MANIFEST.match(path) or not _HEX.match(sha) or not 0 < size <= MAX_MANIFEST:
                 raise BundleError(f"the bundle's index lists a manifest it may not hold: {path[:200]!r}")
         try:
-            named = sorted(manifest_member(parse_name(n)) for n in self.models)
+            named: list[str] | None = sorted(manifest_member(parse_name(n)) for n in self.models)
         except InvalidNameError:
-            named = []
+            named = None
         if named != sorted(self.manifests):
             raise BundleError("the bundle's index names models that are not the manifests it lists")
         for digest, size in self.blobs.items():
