@@ -78,19 +78,89 @@ def _mi(n: float) -> str:
     return f"{math.ceil(n / 2**20)}Mi"
 
 
+LABELS = {"app.kubernetes.io/name": APP}
+RESTRICTED = {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True, "capabilities": {"drop": ["ALL"]}}
+MOUNTS = ({"name": "store", "mountPath": HOME}, {"name": "tmp", "mountPath": "/tmp"})
+KUSTOMIZATION = {"apiVersion": "kustomize.config.k8s.io/v1beta1", "kind": "Kustomization"}
+
+
+def _object(api: str, kind: str, spec: dict[str, Any]) -> dict[str, Any]:
+    return {"apiVersion": api, "kind": kind, "metadata": {"name": APP, "labels": LABELS}, "spec": spec}
+
+
 def objects(manifests: Sequence[Manifest], sizes: Sequence[Sizing], params: K8sParams) -> dict[str, Any]:
     """The base's files: name -> object (written as YAML)."""
-    labels = {"app.kubernetes.io/name": APP}
+    queue_patch = [{"op": "replace", "path": "/spec/metrics", "value": [{"type": "Pods", "pods": {
+        "metric": {"name": "edgeslm_queue_depth"},
+        "target": {"type": "AverageValue", "averageValue": str(params.queue_target)}}}]}]  # fmt: skip
+    return {
+        "kustomization.yaml": {**KUSTOMIZATION, "resources": ["base"]},  # kubectl apply -k DIR
+        "base/kustomization.yaml": {
+            **KUSTOMIZATION, "labels": [{"pairs": {"app.kubernetes.io/part-of": APP}}],
+            "resources": ["deployment.yaml", "service.yaml", "pdb.yaml", "networkpolicy.yaml", "hpa.yaml"],
+            "secretGenerator": [{"name": "edgeslm-keys", "files": ["keys.toml"]}],
+        },
+        "base/deployment.yaml": _deployment(manifests, sizes, params),
+        "base/service.yaml": _object("v1", "Service", {
+            "selector": LABELS, "ports": [{"name": "http", "port": PORT, "targetPort": "http", "protocol": "TCP"}]}),
+        "base/pdb.yaml": _object("policy/v1", "PodDisruptionBudget",
+                                 {"maxUnavailable": 1, "selector": {"matchLabels": LABELS}}),
+        "base/networkpolicy.yaml": _object("networking.k8s.io/v1", "NetworkPolicy", {
+            "podSelector": {"matchLabels": LABELS}, "policyTypes": ["Ingress", "Egress"],
+            "ingress": [{"ports": [{"port": PORT, "protocol": "TCP"}]}], "egress": []}),
+        "base/hpa.yaml": _object("autoscaling/v2", "HorizontalPodAutoscaler", {
+            "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": APP},
+            "minReplicas": params.replicas, "maxReplicas": params.max_replicas,
+            "metrics": [{"type": "Resource", "resource": {"name": "cpu", "target": {
+                "type": "Utilization", "averageUtilization": params.cpu_target}}}]}),
+        "components/queue-depth/kustomization.yaml": {
+            "apiVersion": "kustomize.config.k8s.io/v1alpha1", "kind": "Component",
+            "patches": [{"target": {"kind": "HorizontalPodAutoscaler", "name": APP}, "patch": _yaml(queue_patch)}],
+        },
+        "overlays/queue-depth/kustomization.yaml": {
+            **KUSTOMIZATION, "resources": ["../../base"], "components": ["../../components/queue-depth"],
+        },
+    }  # fmt: skip
+
+
+def _deployment(manifests: Sequence[Manifest], sizes: Sequence[Sizing], params: K8sParams) -> dict[str, Any]:
     request = sum(s.weights_or_rss + s.kv for s in sizes) + SERVER_OVERHEAD
     store_bytes = sum(sum(m.blob_sizes().values()) for m in manifests)
-    restricted = {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True, "capabilities": {"drop": ["ALL"]}}
-    mounts = [{"name": "store", "mountPath": HOME}, {"name": "tmp", "mountPath": "/tmp"}]
+    init = {
+        "name": "import-models", "image": params.image, "command": ["edgeslm"],
+        "args": ["--home", HOME, "bundle", "import", BUNDLE],
+        "env": [{"name": "HOME", "value": "/tmp"}],
+        "resources": {"requests": {"cpu": "500m", "memory": "256Mi"}, "limits": {"cpu": "1", "memory": "512Mi"}},
+        "securityContext": RESTRICTED, "volumeMounts": list(MOUNTS),
+    }  # fmt: skip
+    return _object("apps/v1", "Deployment", {
+        "replicas": params.replicas, "selector": {"matchLabels": LABELS},
+        "template": {
+            "metadata": {"labels": LABELS, "annotations": {
+                "prometheus.io/scrape": "true", "prometheus.io/port": str(PORT), "prometheus.io/path": "/metrics"}},
+            "spec": {
+                "automountServiceAccountToken": False,
+                "securityContext": {"runAsNonRoot": True, "runAsUser": UID, "runAsGroup": UID, "fsGroup": UID,
+                                    "seccompProfile": {"type": "RuntimeDefault"}},
+                "initContainers": [init], "containers": [_server(manifests, request, params)],
+                "volumes": [
+                    {"name": "store", "emptyDir": {"sizeLimit": _mi(store_bytes * 1.1 + 64 * 2**20)}},
+                    {"name": "tmp", "emptyDir": {"sizeLimit": "1Gi"}},
+                    {"name": "keys", "secret": {"secretName": "edgeslm-keys", "defaultMode": 0o440}},
+                ],
+            },
+        },
+    })  # fmt: skip
+
+
+def _server(manifests: Sequence[Manifest], request: int, params: K8sParams) -> dict[str, Any]:
+    """The container running ``edgeslm serve``: beyond loopback, so with the key file (serve refuses otherwise)."""
     serve = ["--home", HOME, "serve", "--host", "0.0.0.0", "--port", str(PORT), "--api-keys", "/etc/edgeslm/keys.toml",
              "--audit-log", f"{HOME}/audit.jsonl", "--parallel", str(params.parallel), "--ctx", str(params.ctx),
              "--max-loaded", str(len(manifests)), "--memory", str(request - SERVER_OVERHEAD),
              "--preload", str(manifests[0].name)]  # fmt: skip
     probe = {"httpGet": {"path": "/healthz", "port": "http"}}
-    container = {
+    return {
         "name": APP, "image": params.image, "command": ["edgeslm"], "args": serve,
         "ports": [{"name": "http", "containerPort": PORT, "protocol": "TCP"}],
         "env": [{"name": "HOME", "value": "/tmp"}, {"name": "EDGESLM_OFFLINE", "value": "1"}],
@@ -99,80 +169,8 @@ def objects(manifests: Sequence[Manifest], sizes: Sequence[Sizing], params: K8sP
         "startupProbe": {**probe, "periodSeconds": 5, "failureThreshold": 60},  # loading the first model
         "readinessProbe": {**probe, "periodSeconds": 10, "timeoutSeconds": 3},
         "livenessProbe": {**probe, "periodSeconds": 20, "timeoutSeconds": 5, "failureThreshold": 3},
-        "securityContext": restricted,
-        "volumeMounts": [*mounts, {"name": "keys", "mountPath": "/etc/edgeslm", "readOnly": True}],
-    }  # fmt: skip
-    init = {
-        "name": "import-models", "image": params.image, "command": ["edgeslm"],
-        "args": ["--home", HOME, "bundle", "import", BUNDLE],
-        "env": [{"name": "HOME", "value": "/tmp"}],
-        "resources": {"requests": {"cpu": "500m", "memory": "256Mi"}, "limits": {"cpu": "1", "memory": "512Mi"}},
-        "securityContext": restricted, "volumeMounts": mounts,
-    }  # fmt: skip
-    deployment = {
-        "apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": APP, "labels": labels},
-        "spec": {
-            "replicas": params.replicas, "selector": {"matchLabels": labels},
-            "template": {
-                "metadata": {"labels": labels, "annotations": {
-                    "prometheus.io/scrape": "true", "prometheus.io/port": str(PORT), "prometheus.io/path": "/metrics"}},
-                "spec": {
-                    "automountServiceAccountToken": False,
-                    "securityContext": {"runAsNonRoot": True, "runAsUser": UID, "runAsGroup": UID, "fsGroup": UID,
-                                        "seccompProfile": {"type": "RuntimeDefault"}},
-                    "initContainers": [init], "containers": [container],
-                    "volumes": [
-                        {"name": "store", "emptyDir": {"sizeLimit": _mi(store_bytes * 1.1 + 64 * 2**20)}},
-                        {"name": "tmp", "emptyDir": {"sizeLimit": "1Gi"}},
-                        {"name": "keys", "secret": {"secretName": "edgeslm-keys", "defaultMode": 0o440}},
-                    ],
-                },
-            },
-        },
-    }  # fmt: skip
-    service = {
-        "apiVersion": "v1", "kind": "Service", "metadata": {"name": APP, "labels": labels},
-        "spec": {"selector": labels,
-                 "ports": [{"name": "http", "port": PORT, "targetPort": "http", "protocol": "TCP"}]},
-    }  # fmt: skip
-    pdb = {
-        "apiVersion": "policy/v1", "kind": "PodDisruptionBudget", "metadata": {"name": APP, "labels": labels},
-        "spec": {"maxUnavailable": 1, "selector": {"matchLabels": labels}},
-    }  # fmt: skip
-    policy = {
-        "apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy", "metadata": {"name": APP, "labels": labels},
-        "spec": {"podSelector": {"matchLabels": labels}, "policyTypes": ["Ingress", "Egress"],
-                 "ingress": [{"ports": [{"port": PORT, "protocol": "TCP"}]}], "egress": []},
-    }  # fmt: skip
-    hpa = {
-        "apiVersion": "autoscaling/v2", "kind": "HorizontalPodAutoscaler", "metadata": {"name": APP, "labels": labels},
-        "spec": {
-            "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": APP},
-            "minReplicas": params.replicas, "maxReplicas": params.max_replicas,
-            "metrics": [{"type": "Resource", "resource": {"name": "cpu", "target": {
-                "type": "Utilization", "averageUtilization": params.cpu_target}}}],
-        },
-    }  # fmt: skip
-    queue_patch = [{"op": "replace", "path": "/spec/metrics", "value": [{"type": "Pods", "pods": {
-        "metric": {"name": "edgeslm_queue_depth"},
-        "target": {"type": "AverageValue", "averageValue": str(params.queue_target)}}}]}]  # fmt: skip
-    kustomization = {"apiVersion": "kustomize.config.k8s.io/v1beta1", "kind": "Kustomization"}
-    return {
-        "kustomization.yaml": {**kustomization, "resources": ["base"]},  # kubectl apply -k DIR
-        "base/kustomization.yaml": {
-            **kustomization, "labels": [{"pairs": {"app.kubernetes.io/part-of": APP}}],
-            "resources": ["deployment.yaml", "service.yaml", "pdb.yaml", "networkpolicy.yaml", "hpa.yaml"],
-            "secretGenerator": [{"name": "edgeslm-keys", "files": ["keys.toml"]}],
-        },
-        "base/deployment.yaml": deployment, "base/service.yaml": service, "base/pdb.yaml": pdb,
-        "base/networkpolicy.yaml": policy, "base/hpa.yaml": hpa,
-        "components/queue-depth/kustomization.yaml": {
-            "apiVersion": "kustomize.config.k8s.io/v1alpha1", "kind": "Component",
-            "patches": [{"target": {"kind": "HorizontalPodAutoscaler", "name": APP}, "patch": _yaml(queue_patch)}],
-        },
-        "overlays/queue-depth/kustomization.yaml": {
-            **kustomization, "resources": ["../../base"], "components": ["../../components/queue-depth"],
-        },
+        "securityContext": RESTRICTED,
+        "volumeMounts": [*MOUNTS, {"name": "keys", "mountPath": "/etc/edgeslm", "readOnly": True}],
     }  # fmt: skip
 
 
