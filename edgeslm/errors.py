@@ -60,6 +60,10 @@ class IntegrityError(StoreError):
     """Content does not match the digest it was promised to have."""
 
 
+class ConflictError(StoreError):
+    """A name already stands for other content (a push, a pull from a remote)."""
+
+
 class SourceError(EdgeslmError):
     """A remote or packaged model source could not deliver a model."""
 
@@ -134,6 +138,7 @@ EXIT_CODES: dict[type[EdgeslmError], int] = {
     OfflineError: 69,  # EX_UNAVAILABLE
     SourceError: 69,
     IntegrityError: 74,  # EX_IOERR
+    ConflictError: 73,  # EX_CANTCREAT
     StoreError: 74,
     CapacityError: 75,  # EX_TEMPFAIL
     AuthenticationError: 77,  # EX_NOPERM
@@ -160,6 +165,7 @@ HTTP_STATUS: dict[type[EdgeslmError], int] = {
     OfflineError: 503,
     SourceError: 502,
     IntegrityError: 500,
+    ConflictError: 409,
     StoreError: 500,
     EngineError: 500,
     RunnerTimeoutError: 503,

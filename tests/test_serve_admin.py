@@ -38,7 +38,7 @@ def test_keys_are_stored_hashed_and_found(tmp_path: Path) -> None:
 
 def test_roles_follow_the_table() -> None:
     assert ROLES["admin"] == frozenset(Action)
-    assert {a.value for a in ROLES["user"]} == {"generate", "embed", "list", "show", "ps"}
+    assert {a.value for a in ROLES["user"]} == {"generate", "embed", "list", "show", "ps", "fetch"}
     assert {a.value for a in ROLES["reader"]} == {"list", "show", "metrics"}
 
 

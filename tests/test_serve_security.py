@@ -50,8 +50,11 @@ EVERY_ROUTE = [
     ("GET", "/edgeslm/v1/server", None),
     ("GET", "/edgeslm/v1/audit", None),
     ("GET", "/edgeslm/v1/audit.csv", None),
+    ("GET", "/edgeslm/v1/manifests", None),
+    ("POST", "/edgeslm/v1/publish", {"manifests": []}),
 ]
-ADMIN_ONLY = {"/api/pull", "/api/create", "/api/copy", "/api/delete", "/edgeslm/v1/audit", "/edgeslm/v1/audit.csv"}
+ADMIN_ONLY = {"/api/pull", "/api/create", "/api/copy", "/api/delete", "/edgeslm/v1/audit", "/edgeslm/v1/audit.csv",
+              "/edgeslm/v1/publish"}  # fmt: skip
 READER_MAY = {"/", "/api/version", "/api/tags", "/v1/models", "/v1/models/tiny", "/api/show", "/metrics",
               "/edgeslm/v1/session", "/edgeslm/v1/models"}  # fmt: skip
 

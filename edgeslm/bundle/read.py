@@ -18,6 +18,7 @@ from typing import IO
 from ..errors import BundleError, InputFileError
 from ..store import Store
 from ..store.atomic import TempFile
+from ..store.incoming import check_names, same
 from ..store.registry import Manifest, Staged
 from ..units import format_bytes
 from .layout import (
@@ -201,7 +202,7 @@ def import_bundle(store: Store, path: Path, key: Path | None = None, *, force: b
 
     def plan(checked: Checked) -> None:  # before the first blob byte is written: names and room
         sizes.update(checked.index.blobs)
-        _check_names(store, _parse_manifests(checked), force)
+        check_names(store, _parse_manifests(checked), force, BundleError)
         missing = {d: n for d, n in checked.index.blobs.items() if not store.blob_path(d).exists()}
         present.update(set(checked.index.blobs) - set(missing))
         free = shutil.disk_usage(store.tmp_dir).free
@@ -220,8 +221,8 @@ def import_bundle(store: Store, path: Path, key: Path | None = None, *, force: b
     try:
         checked = read_bundle(path, key, sink, before_blobs=plan)
         manifests = _parse_manifests(checked)
-        _check_names(store, manifests, force)  # again: a manifest may come after the first blob
-        wanted = [m for m in manifests if not _same(store, m)]
+        check_names(store, manifests, force, BundleError)  # again: a manifest may come after the first blob
+        wanted = [m for m in manifests if not same(store, m)]
         store.publish_many(wanted, staged.values())
     finally:
         for item in staged.values():
@@ -233,15 +234,3 @@ def import_bundle(store: Store, path: Path, key: Path | None = None, *, force: b
         i.models, len(i.blobs), sum(i.blobs.values()), checked.signed, checked.key_checked,
         tuple(str(m.name) for m in wanted), unchanged, len(staged), len(present),
     )  # fmt: skip
-
-
-def _same(store: Store, m: Manifest) -> bool:
-    found = store.find(m.name)
-    return found is not None and found.digest == m.digest and found.blob_sizes() == m.blob_sizes()
-
-
-def _check_names(store: Store, manifests: list[Manifest], force: bool) -> None:
-    clash = [str(m.name) for m in manifests if (f := store.find(m.name)) is not None and f.digest != m.digest]
-    if clash and not force:
-        raise BundleError(f"{', '.join(clash)} already name other models in this store; "
-                          "remove or rename them first, or import with --force to replace them")  # fmt: skip

@@ -34,6 +34,7 @@ MODULES: tuple[tuple[str, str, tuple[str, ...]], ...] = (
     ("optimize_cmds", "configure", ("optimize",)),
     ("recommend_cmds", "configure", ("recommend",)),
     ("bundle_cmds", "configure", ("bundle",)),
+    ("sync_cmds", "configure", ("remote", "push", "sync")),
     ("deploy_cmds", "configure", ("deploy",)),
     ("admin_cmds", "configure", ("keys", "audit")),
     ("serve_cmds", "configure", ("serve", "ps")),

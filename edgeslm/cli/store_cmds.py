@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..config import DEFAULT_MODEL, Settings
+from ..errors import UsageError
 from ..formats.model_format import RUNTIME_OF
 from ..formats.size_class import SIZE_CLASSES, SizeClass
 from ..listing import list_models
@@ -52,6 +53,9 @@ def configure(sub: Any) -> None:
     classes = [c.value for c in SizeClass]
     p = _command(sub, "pull", cmd_pull, "add a builtin, catalogue or hf.co/ORG/REPO[:QUANT] model to the store")
     p.add_argument("names", nargs="*", metavar="NAME", default=[DEFAULT_MODEL], help=f"default: {DEFAULT_MODEL}")
+    p.add_argument("--from", dest="source", metavar="REMOTE", help="from a remote (edgeslm remote add) instead")
+    p.add_argument("--force", action="store_true", help="with --from: replace models of the same names")
+    p.add_argument("--audit-log", type=Path, metavar="FILE", help="with --from: where it is logged (<home>/audit.log)")
     p.add_argument("--json", action="store_true")
     p = _command(sub, "import", cmd_import, "add a local GGUF file or ONNX Runtime GenAI folder to the store")
     p.add_argument("path", type=Path)
@@ -107,6 +111,12 @@ def _summary(m: Manifest) -> dict[str, Any]:
 def cmd_pull(args: argparse.Namespace, settings: Settings) -> int:
     from ..pull import pull
 
+    if args.source:
+        from .sync_cmds import cmd_pull_from
+
+        return cmd_pull_from(args, settings)
+    if args.force or args.audit_log:
+        raise UsageError("--force and --audit-log go with --from REMOTE")
     store = _open(settings)
     results = []
     for name in args.names:

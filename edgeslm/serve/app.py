@@ -87,13 +87,14 @@ def create_app(options: ServeOptions, settings: Settings, factory: RunnerFactory
 
 
 def _routes(app: FastAPI) -> None:
-    from . import ollama_admin, ollama_api, openai_api, responses_api, ui
+    from . import ollama_admin, ollama_api, openai_api, responses_api, sync_api, ui
 
     app.include_router(ollama_api.router)
     app.include_router(ollama_admin.router)
     app.include_router(openai_api.router)
     app.include_router(responses_api.router)
     app.include_router(ui.router)
+    app.include_router(sync_api.router)
 
     @app.get("/healthz")
     async def healthz() -> dict[str, str]:

@@ -199,7 +199,8 @@ class Tally:
 
 
 # routes that change the store or move models: what a compliance report lists one by one
-STORE_ROUTES = ("/api/pull", "/api/create", "/api/copy", "/api/delete", "/api/push")
+STORE_ROUTES = ("/api/pull", "/api/create", "/api/copy", "/api/delete", "/api/push", "/edgeslm/v1/publish")
+TRANSFER_PREFIXES = ("/api/blobs/", "/edgeslm/v1/blobs/", "/edgeslm/v1/uploads/")  # bytes in or out
 MAX_CHANGES = 10_000
 
 
@@ -230,7 +231,7 @@ def report(path: Path, since: dt.date | None = None, until: dt.date | None = Non
             continue
         out.lines += 1
         route = str(fields.get("route", ""))
-        if (route in STORE_ROUTES or route.startswith("/api/blobs/")) and len(out.changes) < MAX_CHANGES:
+        if (route in STORE_ROUTES or route.startswith(TRANSFER_PREFIXES)) and len(out.changes) < MAX_CHANGES:
             out.changes.append({k: fields.get(k) for k in ("time", "key_id", "role", "method", "route", "model",
                                                            "status")})  # fmt: skip
         try:

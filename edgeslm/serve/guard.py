@@ -62,13 +62,16 @@ ROUTES: dict[str, Action | None] = {  # None: any valid key
     "/edgeslm/v1/server": A.PS,
     "/edgeslm/v1/audit": A.AUDIT,
     "/edgeslm/v1/audit.csv": A.AUDIT,
+    "/edgeslm/v1/manifests": A.FETCH,  # another edgeslm pulls (sync_api)
+    "/edgeslm/v1/publish": A.CREATE,  # another edgeslm pushes
 }
-PREFIXES: dict[str, Action] = {"/v1/models/": A.LIST, "/api/blobs/": A.CREATE}
+PREFIXES: dict[str, Action] = {"/v1/models/": A.LIST, "/api/blobs/": A.CREATE, "/edgeslm/v1/blobs/": A.FETCH,
+                               "/edgeslm/v1/uploads/": A.CREATE}  # fmt: skip
 UI = "/ui"  # the web page's files: public (they hold no data; every call they make carries a key)
 UI_LABEL = UI + "/*"
 HEALTH = "/healthz"  # for probes (Kubernetes, Docker HEALTHCHECK): public, says only that the server answers
 PUBLIC = frozenset({UI_LABEL, HEALTH})  # no key needed, not audited
-UPLOADS = b"/api/blobs/"  # a file's bytes, not JSON: their own type and size limit
+UPLOADS = (b"/api/blobs/", b"/edgeslm/v1/uploads/")  # a file's bytes, not JSON: their own type and size limit
 LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1", "[::1]"})
 JSON_TYPES = ("application/json", "", "application/x-www-form-urlencoded")  # the last: curl -d's default
 # Every answer may not be framed, sniffed or leak its address; the page's own files run only

@@ -6,8 +6,8 @@
     sha256 = "9f86d08..."   # of the key; the key itself is shown once, by 'edgeslm keys add'
 
 Roles follow the issue's table: ``admin`` may do everything (and alone reads the audit log),
-``user`` generates, chats, embeds, lists, shows and sees running models, ``reader`` lists, shows
-and reads metrics.
+``user`` generates, chats, embeds, lists, shows, sees running models and fetches models (another
+edgeslm pulls from this one), ``reader`` lists, shows and reads metrics.
 """
 
 from __future__ import annotations
@@ -45,6 +45,7 @@ class Action(str, enum.Enum):
     PS = "ps"
     METRICS = "metrics"
     PULL = "pull"
+    FETCH = "fetch"  # read manifests and blobs: another edgeslm pulls from this one
     CREATE = "create"
     COPY = "copy"
     DELETE = "delete"
@@ -54,7 +55,7 @@ class Action(str, enum.Enum):
 A = Action
 ROLES: Mapping[str, frozenset[Action]] = {
     "admin": frozenset(Action),
-    "user": frozenset({A.GENERATE, A.EMBED, A.LIST, A.SHOW, A.PS}),
+    "user": frozenset({A.GENERATE, A.EMBED, A.LIST, A.SHOW, A.PS, A.FETCH}),
     "reader": frozenset({A.LIST, A.SHOW, A.METRICS}),
 }
 

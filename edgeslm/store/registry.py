@@ -25,7 +25,7 @@ from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, Protocol
 
 from filelock import FileLock, Timeout
 
@@ -127,8 +127,20 @@ class Staged:
     digest: str
     size: int
 
+    def commit(self, dest: Path) -> None:
+        self.tmp.commit(dest)
+
     def discard(self) -> None:
         self.tmp.discard()
+
+
+class Arrived(Protocol):
+    """A checked file ready to become a blob: a ``Staged`` temp file or a received upload."""
+
+    @property
+    def digest(self) -> str: ...
+
+    def commit(self, dest: Path) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -436,7 +448,7 @@ class Store:
         log.info("stored %s (%d adapter(s))", manifest.name, len(manifest.adapters))
         return manifest
 
-    def publish_many(self, manifests: Sequence[Manifest], staged: Iterable[Staged] = ()) -> None:
+    def publish_many(self, manifests: Sequence[Manifest], staged: Iterable[Arrived] = ()) -> None:
         """Staged blobs, then the manifests that name them, in one hold of the lock; refused before
         anything moves when a manifest names a blob that is neither staged nor stored. (Each rename
         is atomic: a kill between them leaves each model whole or absent.)"""
@@ -448,7 +460,7 @@ class Store:
                 if missing:
                     raise StoreError(f"cannot store {m.name}: blob {missing[0]} was removed meanwhile; retry")
             for item in staged:
-                item.tmp.commit(self.blob_path(item.digest))
+                item.commit(self.blob_path(item.digest))
             for m in manifests:
                 self._replace_manifest(m)
 
