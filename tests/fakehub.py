@@ -4,12 +4,22 @@
     HEAD /ORG/REPO/resolve/REV/FILE         metadata headers (commit, linked etag and size)
     GET  /ORG/REPO/resolve/REV/FILE         the bytes, honouring 'Range: bytes=N-'
 
+and for the calls a push makes (``create_repo``, then ``create_commit`` over plain LFS: the
+tests turn Xet off, which this hub does not speak):
+
+    POST /api/repos/create                          201, or 409 when it exists
+    POST /api/models/ORG/REPO/preupload/REV         every file is LFS
+    POST /ORG/REPO.git/info/lfs/objects/batch       an upload action only for objects not held
+    PUT  /lfs/OID                                   the object's bytes
+    POST /api/models/ORG/REPO/commit/REV            NDJSON: lfsFile and file operations
+
 Faults for tests: ``cut_after`` ends the first body early (the client must resume with a
 Range request); ``lie_sha256`` announces a digest the bytes do not have.
 """
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import re
@@ -29,6 +39,7 @@ class FakeHub:
     lie_sha256: bool = False
     requests: list[tuple[str, str, str | None]] = field(default_factory=list)  # (method, path, Range)
     url: str = ""
+    objects: dict[str, bytes] = field(default_factory=dict)  # LFS objects by sha256, uploaded or committed
 
     def sha(self, data: bytes) -> str:
         return "0" * 64 if self.lie_sha256 else hashlib.sha256(data).hexdigest()
@@ -68,6 +79,56 @@ def _handler(hub: FakeHub) -> type[BaseHTTPRequestHandler]:
             if m := resolve.fullmatch(path):
                 return self._file(m.group(1), m.group(3))
             return self._not_found()
+
+        def do_PUT(self) -> None:  # noqa: N802
+            body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+            hub.requests.append(("PUT", self.path, None))
+            oid = self.path.rsplit("/", 1)[-1]
+            if hashlib.sha256(body).hexdigest() != oid:
+                return self._reply(400, b'{"error":"bytes do not match the oid"}')
+            hub.objects[oid] = body
+            self._reply(200)
+
+        def do_POST(self) -> None:  # noqa: N802
+            body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+            path = self.path.split("?")[0]
+            hub.requests.append(("POST", path, None))
+            if path == "/api/repos/create":
+                name = json.loads(body)
+                repo = f"{name.get('organization') or 'user'}/{name['name']}" if "/" not in name["name"] else name["name"]
+                if repo in hub.repos:
+                    said = {"error": "You already created this model repo", "url": f"{hub.url}/{repo}"}
+                    return self._reply(409, json.dumps(said).encode())
+                hub.repos[repo] = {}
+                return self._json({"url": f"{hub.url}/{repo}", "name": repo})
+            if m := re.fullmatch(r"/api/models/([^/]+/[^/]+)/preupload/[^/]+", path):
+                files = json.loads(body)["files"]
+                return self._json({"files": [{"path": f["path"], "uploadMode": "lfs", "shouldIgnore": False}
+                                             for f in files]})  # fmt: skip
+            if m := re.fullmatch(r"/([^/]+/[^/]+)\.git/info/lfs/objects/batch", path):
+                objects = json.loads(body)["objects"]
+                out = [{"oid": o["oid"], "size": o["size"]} | ({} if o["oid"] in hub.objects else
+                        {"actions": {"upload": {"href": f"{hub.url}/lfs/{o['oid']}"}}}) for o in objects]  # fmt: skip
+                return self._json({"transfer": "basic", "objects": out})
+            if m := re.fullmatch(r"/api/models/([^/]+/[^/]+)/commit/[^/]+", path):
+                return self._commit(m.group(1), body)
+            self._not_found()
+
+        def _commit(self, repo: str, body: bytes) -> None:
+            if repo not in hub.repos:
+                return self._not_found()
+            for line in body.splitlines():
+                op = json.loads(line)
+                if op["key"] == "lfsFile":
+                    hub.repos[repo][op["value"]["path"]] = hub.objects[op["value"]["oid"]]
+                elif op["key"] == "file":
+                    data = base64.b64decode(op["value"]["content"])
+                    hub.repos[repo][op["value"]["path"]] = data
+                    hub.objects[hashlib.sha256(data).hexdigest()] = data
+            self._json({"commitUrl": f"{hub.url}/{repo}/commit/{COMMIT}", "commitOid": COMMIT, "pullRequestUrl": None})
+
+        def _json(self, data: object) -> None:
+            self._reply(200, json.dumps(data).encode(), {"Content-Type": "application/json"})
 
         def _tree(self, repo: str) -> None:
             if repo not in hub.repos:

@@ -4,6 +4,7 @@ cut transfers resume, wrong bytes and wrong keys are refused with nothing change
 
 from __future__ import annotations
 
+import hashlib
 import json
 import subprocess
 from collections.abc import Iterator
@@ -273,3 +274,33 @@ def test_a_quantized_builtin_travels_by_push_and_answers_the_same(cli: Any, home
         assert checked.returncode == 0 and "clean" in checked.stdout
     replies = [subprocess.run(edgeslm_command(w, *run), capture_output=True, text=True).stdout for w in (home, other)]
     assert replies[0].strip() and replies[0] == replies[1]
+
+
+@pytest.mark.filterwarnings("ignore:Use 'content=<...>':DeprecationWarning")  # huggingface_hub's plain-LFS path
+def test_push_to_a_hub_repo_sends_only_what_it_lacks(
+    source: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_DISABLE_XET", True)  # the loopback hub speaks plain LFS
+    hub = fakehub.FakeHub()
+    with fakehub.serve(hub):
+        monkeypatch.setenv("HF_ENDPOINT", hub.url)
+        remote = Remote("hub", "hf://team/models")
+        from edgeslm.sync import push
+
+        first = push(source, remote, [parse_name("tiny"), parse_name("tiny:q8_0")])
+        assert first.blobs_moved == 2 and set(first.changed) == {"tiny:latest", "tiny:q8_0"}
+        files = hub.repos["team/models"]
+        for n in ("tiny", "tiny:q8_0"):
+            m = source.get(parse_name(n))
+            assert files[manifest_member(m.name)] == m.to_json()
+            assert files[blob_member(m.digest)] == source.blob_path(m.digest).read_bytes()
+        puts = len([r for r in hub.requests if r[0] == "PUT"])
+        second = push(source, remote, [parse_name("tiny:best")])
+        sent = [r[1] for r in hub.requests if r[0] == "PUT"][puts:]
+        manifest = source.get(parse_name("tiny:best")).to_json()
+        assert second.blobs_moved == 0 and sent == [f"/lfs/{hashlib.sha256(manifest).hexdigest()}"]  # its manifest only
+        device = Store.open(tmp_path / "device" / "models")
+        pull(device, remote, [parse_name("tiny:best")])
+        assert device.get(parse_name("tiny:best")).digest == source.get(parse_name("tiny:best")).digest

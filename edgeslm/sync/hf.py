@@ -65,7 +65,10 @@ class HfRemote:
                                            f"edgeslm remote add {self.remote.name} hf://{self.repo} --key-file FILE "
                                            "--force")  # fmt: skip
             return SourceError(f"{where} answered with an error: {str(exc)[:300]}")
-        return OfflineError(f"cannot reach {where} ({type(exc).__name__}); check the network or HF_ENDPOINT")
+        if isinstance(exc, OSError) or "Connect" in type(exc).__name__ or "Timeout" in type(exc).__name__:
+            return OfflineError(f"cannot reach {where} ({type(exc).__name__}); check the network or HF_ENDPOINT")
+        cause = exc.__cause__ or exc
+        return SourceError(f"{where}: {str(exc)[:200]} ({type(cause).__name__}: {str(cause)[:200]})")
 
     def _tree(self) -> dict[str, Any]:
         from huggingface_hub.hf_api import RepoFile
