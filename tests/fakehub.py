@@ -95,7 +95,9 @@ def _handler(hub: FakeHub) -> type[BaseHTTPRequestHandler]:
             hub.requests.append(("POST", path, None))
             if path == "/api/repos/create":
                 name = json.loads(body)
-                repo = f"{name.get('organization') or 'user'}/{name['name']}" if "/" not in name["name"] else name["name"]
+                repo = (
+                    f"{name.get('organization') or 'user'}/{name['name']}" if "/" not in name["name"] else name["name"]
+                )
                 if repo in hub.repos:
                     said = {"error": "You already created this model repo", "url": f"{hub.url}/{repo}"}
                     return self._reply(409, json.dumps(said).encode())

@@ -1,4 +1,4 @@
-"""CLI: deploy (what it takes to run stored models elsewhere: Kubernetes, so far)."""
+"""CLI: deploy (what it takes to run stored models elsewhere: a container, Kubernetes)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from .output import status
 
 
 def configure(sub: Any) -> None:
-    deploy = sub.add_parser("deploy", help="run stored models elsewhere: a Kustomize base for Kubernetes")
+    deploy = sub.add_parser("deploy", help="run stored models elsewhere: a container build context, a Kustomize base")
     ds = deploy.add_subparsers(dest="deploy_command", metavar="TARGET", required=True)
     p: argparse.ArgumentParser = ds.add_parser("k8s", help="a Kustomize base for 'edgeslm serve' with these models")
     p.set_defaults(run=cmd_k8s)
@@ -25,6 +25,29 @@ def configure(sub: Any) -> None:
     p.add_argument("--ctx", type=int, default=2048, help="tokens per slot (serve --ctx; default 2048)")
     p.add_argument("--cpu", type=float, default=2.0, help="cores per replica (default 2)")
     p.add_argument("--api-keys", type=Path, metavar="FILE", help="the key file to deploy (default: a new admin key)")
+    p = ds.add_parser("docker", help="a build context (Dockerfile, wheel, bundle, compose) serving these models")
+    p.set_defaults(run=cmd_docker)
+    p.add_argument("names", nargs="+", metavar="NAME", help="the models (the first is loaded at start)")
+    p.add_argument("-o", "--output", type=Path, required=True, metavar="DIR", help="a new folder for the context")
+    p.add_argument("--image", help="the tag compose gives the image (default edgeslm-models:VERSION)")
+    p.add_argument("--python", default="3.11", help="the Python of the base image (default 3.11)")
+    p.add_argument("--parallel", type=int, default=4, help="slots (serve --parallel; default 4)")
+    p.add_argument("--ctx", type=int, default=2048, help="tokens per slot (serve --ctx; default 2048)")
+    p.add_argument("--api-keys", type=Path, metavar="FILE", help="the key file to deploy (default: a new admin key)")
+
+
+def cmd_docker(args: argparse.Namespace, settings: Settings) -> int:
+    from ..deploy.docker import DockerParams, write_docker
+
+    params = DockerParams(python=args.python, parallel=args.parallel, ctx=args.ctx,
+                          **({"image": args.image} if args.image else {}))  # fmt: skip
+    store = Store.open(settings.models_dir)
+    key = write_docker(store, [parse_name(n) for n in args.names], args.output, params, args.api_keys)
+    status(f"wrote {args.output}: cd {args.output} && docker compose up --build")
+    if key:
+        print(key)
+        status("the admin key above is the only copy: keep it (its hash is in keys.toml)")
+    return 0
 
 
 def cmd_k8s(args: argparse.Namespace, settings: Settings) -> int:

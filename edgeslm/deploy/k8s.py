@@ -115,7 +115,7 @@ def objects(manifests: Sequence[Manifest], sizes: Sequence[Sizing], params: K8sP
                 "type": "Utilization", "averageUtilization": params.cpu_target}}}]}),
         "components/queue-depth/kustomization.yaml": {
             "apiVersion": "kustomize.config.k8s.io/v1alpha1", "kind": "Component",
-            "patches": [{"target": {"kind": "HorizontalPodAutoscaler", "name": APP}, "patch": _yaml(queue_patch)}],
+            "patches": [{"target": {"kind": "HorizontalPodAutoscaler", "name": APP}, "patch": to_yaml(queue_patch)}],
         },
         "overlays/queue-depth/kustomization.yaml": {
             **KUSTOMIZATION, "resources": ["../../base"], "components": ["../../components/queue-depth"],
@@ -174,7 +174,7 @@ def _server(manifests: Sequence[Manifest], request: int, params: K8sParams) -> d
     }  # fmt: skip
 
 
-def _yaml(data: Any) -> str:
+def to_yaml(data: Any) -> str:
     import yaml
 
     return str(yaml.safe_dump(data, sort_keys=False, default_flow_style=False))
@@ -200,7 +200,7 @@ def write_k8s(
             new_key = add_key(tmp / "base" / "keys.toml", "admin", "admin")
         for name, data in files.items():
             (tmp / name).parent.mkdir(parents=True, exist_ok=True)
-            (tmp / name).write_text(_yaml(data))
+            (tmp / name).write_text(to_yaml(data))
         (tmp / "README.md").write_text(_readme(manifests, sizes, params))
     return sizes, new_key
 

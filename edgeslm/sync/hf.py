@@ -164,4 +164,3 @@ class HfRemote:
 
 def _name(m: Manifest) -> str:
     return str(m.name)
-
