@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import CapacityError, IntegrityError, InvalidParameterError
-from .atomic import TempFile, fsync_dir, sha256_file
+from .atomic import TempFile, fsync_dir
 from .layers import DIGEST
 from .registry import Store
 
@@ -101,18 +101,25 @@ class Partial:
             raise CapacityError(f"{digest} is being transferred by another request; retry when it ends") from None
         self.file = os.fdopen(fd, "ab")
         self.offset = os.fstat(fd).st_size
+        self.hash = hashlib.sha256()  # of the bytes so far: the whole is checked without reading it again
         if self.offset > size:  # a file of another size was announced before: start again
             self.restart()
+        elif self.offset:
+            with open(self.path, "rb") as fp:  # what an earlier try left
+                while chunk := fp.read(1 << 20):
+                    self.hash.update(chunk)
 
     def restart(self) -> None:
         self.file.truncate(0)
         self.offset = 0
+        self.hash = hashlib.sha256()
 
     def write(self, chunk: bytes) -> None:
         if self.offset + len(chunk) > self.size:
             raise InvalidParameterError(f"more than the {self.size:,} bytes announced for {self.digest} arrived; "
                                         "nothing was kept")  # fmt: skip
         self.file.write(chunk)
+        self.hash.update(chunk)
         self.offset += len(chunk)
 
     @property
@@ -123,7 +130,7 @@ class Partial:
         """Check the whole file's digest and keep it as an upload (else remove it and raise)."""
         self.file.flush()
         os.fsync(self.file.fileno())
-        actual = "sha256-" + sha256_file(self.path)
+        actual = "sha256-" + self.hash.hexdigest()
         if actual != self.digest:
             self.path.unlink(missing_ok=True)
             raise IntegrityError(f"the bytes received hash to {actual}, not {self.digest}; nothing was kept")
