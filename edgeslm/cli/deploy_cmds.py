@@ -1,4 +1,4 @@
-"""CLI: deploy (what it takes to run stored models elsewhere: a container, Kubernetes)."""
+"""CLI: deploy (what it takes to run stored models elsewhere: a container, Kubernetes, a Ray cluster)."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from .. import __version__
 from ..config import Settings
 from ..store import Store, parse_name
 from .output import status
@@ -34,13 +35,44 @@ def configure(sub: Any) -> None:
     p.add_argument("--parallel", type=int, default=4, help="slots (serve --parallel; default 4)")
     p.add_argument("--ctx", type=int, default=2048, help="tokens per slot (serve --ctx; default 2048)")
     p.add_argument("--api-keys", type=Path, metavar="FILE", help="the key file to deploy (default: a new admin key)")
+    p.add_argument("--with-ray", action="store_true", help="also install Ray Serve: an image for deploy ray --k8s")
+    p = ds.add_parser("ray", help="serve --ray on a Ray cluster: a Ray Serve config, or a KubeRay RayService")
+    p.set_defaults(run=cmd_ray)
+    p.add_argument("names", nargs="+", metavar="NAME", help="the models, each a Ray Serve deployment")
+    p.add_argument("-o", "--output", type=Path, required=True, metavar="DIR", help="a new folder")
+    p.add_argument("--k8s", action="store_true", help="also a KubeRay RayService and its kustomization")
+    p.add_argument("--image", help="the image (default edgeslm-ray:VERSION: deploy docker --with-ray)")
+    p.add_argument("--parallel", type=int, default=4, help="slots per replica (default 4)")
+    p.add_argument("--ctx", type=int, default=2048, help="tokens per slot (default 2048)")
+    p.add_argument("--min-replicas", type=int, default=1, help="replicas per model at least (default 1)")
+    p.add_argument("--max-replicas", type=int, default=4, help="replicas per model at most (default 4)")
+    p.add_argument("--replica-cpus", type=float, default=1.0, help="CPUs per replica (default 1)")
+    p.add_argument("--max-workers", type=int, default=4, help="worker pods at most (--k8s; default 4)")
+    p.add_argument("--api-keys", type=Path, metavar="FILE", help="the key file to deploy (default: a new admin key)")
+
+
+def cmd_ray(args: argparse.Namespace, settings: Settings) -> int:
+    from ..deploy.rayservice import RayDeployParams, write_ray
+
+    params = RayDeployParams(parallel=args.parallel, ctx=args.ctx, min_replicas=args.min_replicas,
+                             max_replicas=args.max_replicas, replica_cpus=args.replica_cpus,
+                             max_workers=args.max_workers, **({"image": args.image} if args.image else {}))  # fmt: skip
+    store = Store.open(settings.models_dir)
+    key = write_ray(store, [parse_name(n) for n in args.names], args.output, params, k8s=args.k8s, keys=args.api_keys)
+    then = f"kubectl apply -k {args.output}" if args.k8s else f"serve deploy {args.output}/serve_config.yaml"
+    status(f"wrote {args.output}: {then}")
+    if key:
+        print(key)
+        status("the admin key above is the only copy: keep it (its hash is in keys.toml)")
+    return 0
 
 
 def cmd_docker(args: argparse.Namespace, settings: Settings) -> int:
     from ..deploy.docker import DockerParams, write_docker
 
-    params = DockerParams(python=args.python, parallel=args.parallel, ctx=args.ctx,
-                          **({"image": args.image} if args.image else {}))  # fmt: skip
+    image = args.image or (f"edgeslm-ray:{__version__}" if args.with_ray else None)
+    params = DockerParams(python=args.python, parallel=args.parallel, ctx=args.ctx, ray=args.with_ray,
+                          **({"image": image} if image else {}))  # fmt: skip
     store = Store.open(settings.models_dir)
     key = write_docker(store, [parse_name(n) for n in args.names], args.output, params, args.api_keys)
     status(f"wrote {args.output}: cd {args.output} && docker compose up --build")

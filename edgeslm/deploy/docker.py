@@ -40,6 +40,7 @@ class DockerParams:
     parallel: int = 4
     ctx: int = 2048
     image: str = f"edgeslm-models:{__version__}"
+    ray: bool = False  # also the extra edgeslm[ray]: an image for deploy ray --k8s
 
     def check(self) -> None:
         if self.python not in ("3.10", "3.11", "3.12", "3.13"):
@@ -49,7 +50,7 @@ class DockerParams:
 
 
 def dockerfile(models: Sequence[str], params: DockerParams) -> str:
-    wheel = wheel_name()
+    wheel = wheel_name() + ("[ray]" if params.ray else "")
     check = f"import urllib.request; urllib.request.urlopen('http://127.0.0.1:{PORT}/healthz', timeout=4)"
     return f"""# syntax=docker/dockerfile:1
 # edgeslm {__version__}: serves {", ".join(models)}
@@ -62,7 +63,7 @@ RUN apt-get update && apt-get install -y --no-install-recommends build-essential
     && rm -rf /var/lib/apt/lists/*
 COPY wheels/ /tmp/wheels/
 RUN python -m venv {VENV} \\
-    && {VENV}/bin/pip install --no-cache-dir --extra-index-url {LLAMA_CPU_WHEELS} /tmp/wheels/{wheel}
+    && {VENV}/bin/pip install --no-cache-dir --extra-index-url {LLAMA_CPU_WHEELS} "/tmp/wheels/{wheel}"
 
 FROM python:${{PYTHON}}-slim
 RUN apt-get update && apt-get install -y --no-install-recommends libgomp1 \\

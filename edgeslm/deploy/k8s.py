@@ -74,7 +74,7 @@ def size_models(store: Store, manifests: Sequence[Manifest], params: K8sParams) 
     return out
 
 
-def _mi(n: float) -> str:
+def mi(n: float) -> str:
     return f"{math.ceil(n / 2**20)}Mi"
 
 
@@ -123,16 +123,21 @@ def objects(manifests: Sequence[Manifest], sizes: Sequence[Sizing], params: K8sP
     }  # fmt: skip
 
 
-def _deployment(manifests: Sequence[Manifest], sizes: Sequence[Sizing], params: K8sParams) -> dict[str, Any]:
-    request = sum(s.weights_or_rss + s.kv for s in sizes) + SERVER_OVERHEAD
-    store_bytes = sum(sum(m.blob_sizes().values()) for m in manifests)
-    init = {
-        "name": "import-models", "image": params.image, "command": ["edgeslm"],
+def import_container(image: str) -> dict[str, Any]:
+    """The init container that imports the image's bundle into the pod's store (an emptyDir)."""
+    return {
+        "name": "import-models", "image": image, "command": ["edgeslm"],
         "args": ["--home", HOME, "bundle", "import", BUNDLE],
         "env": [{"name": "HOME", "value": "/tmp"}],
         "resources": {"requests": {"cpu": "500m", "memory": "256Mi"}, "limits": {"cpu": "1", "memory": "512Mi"}},
         "securityContext": RESTRICTED, "volumeMounts": list(MOUNTS),
     }  # fmt: skip
+
+
+def _deployment(manifests: Sequence[Manifest], sizes: Sequence[Sizing], params: K8sParams) -> dict[str, Any]:
+    request = sum(s.weights_or_rss + s.kv for s in sizes) + SERVER_OVERHEAD
+    store_bytes = sum(sum(m.blob_sizes().values()) for m in manifests)
+    init = import_container(params.image)
     return _object("apps/v1", "Deployment", {
         "replicas": params.replicas, "selector": {"matchLabels": LABELS},
         "template": {
@@ -144,7 +149,7 @@ def _deployment(manifests: Sequence[Manifest], sizes: Sequence[Sizing], params: 
                                     "seccompProfile": {"type": "RuntimeDefault"}},
                 "initContainers": [init], "containers": [_server(manifests, request, params)],
                 "volumes": [
-                    {"name": "store", "emptyDir": {"sizeLimit": _mi(store_bytes * 1.1 + 64 * 2**20)}},
+                    {"name": "store", "emptyDir": {"sizeLimit": mi(store_bytes * 1.1 + 64 * 2**20)}},
                     {"name": "tmp", "emptyDir": {"sizeLimit": "1Gi"}},
                     {"name": "keys", "secret": {"secretName": "edgeslm-keys", "defaultMode": 0o440}},
                 ],
@@ -164,8 +169,8 @@ def _server(manifests: Sequence[Manifest], request: int, params: K8sParams) -> d
         "name": APP, "image": params.image, "command": ["edgeslm"], "args": serve,
         "ports": [{"name": "http", "containerPort": PORT, "protocol": "TCP"}],
         "env": [{"name": "HOME", "value": "/tmp"}, {"name": "EDGESLM_OFFLINE", "value": "1"}],
-        "resources": {"requests": {"cpu": str(params.cpu), "memory": _mi(request)},
-                      "limits": {"cpu": str(params.cpu), "memory": _mi(request * LIMIT_HEADROOM)}},
+        "resources": {"requests": {"cpu": str(params.cpu), "memory": mi(request)},
+                      "limits": {"cpu": str(params.cpu), "memory": mi(request * LIMIT_HEADROOM)}},
         "startupProbe": {**probe, "periodSeconds": 5, "failureThreshold": 60},  # loading the first model
         "readinessProbe": {**probe, "periodSeconds": 10, "timeoutSeconds": 3},
         "livenessProbe": {**probe, "periodSeconds": 20, "timeoutSeconds": 5, "failureThreshold": 3},
@@ -218,8 +223,8 @@ def _readme(manifests: Sequence[Manifest], sizes: Sequence[Sizing], params: K8sP
     ]  # fmt: skip
     for s in sizes:
         source = "measured peak RSS" if s.measured else "estimated weights"
-        lines.append(f"- {s.model}: {_mi(s.weights_or_rss)} ({source}) + {_mi(s.kv)} KV cache "
+        lines.append(f"- {s.model}: {mi(s.weights_or_rss)} ({source}) + {mi(s.kv)} KV cache "
                      f"({params.parallel} slots x {params.ctx} tokens)")  # fmt: skip
-    lines += ["", f"- server: {_mi(SERVER_OVERHEAD)}", "", "base/keys.toml holds key hashes only; add keys with "
+    lines += ["", f"- server: {mi(SERVER_OVERHEAD)}", "", "base/keys.toml holds key hashes only; add keys with "
               "`edgeslm keys add base/keys.toml --id NAME --role user`.", ""]  # fmt: skip
     return "\n".join(lines)

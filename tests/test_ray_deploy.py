@@ -1,0 +1,93 @@
+"""``edgeslm deploy ray``: the Ray Serve config validates against Ray's own schema and its
+application builds from the store; ``--k8s`` renders with ``kubectl kustomize`` into a KubeRay
+RayService whose pod templates validate against the Kubernetes schemas, offline."""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from edgeslm.deploy.k8s import BUNDLE, HOME
+from edgeslm.store import Store
+
+from .ggufbuild import write_runnable_model
+from .test_deploy import render
+
+pytest.importorskip("ray.serve", reason="the extra edgeslm[ray]; make setup installs it")
+
+# KubeRay's ray.io/v1 RayService, the fields edgeslm writes (the CRD itself is not kept here)
+RAYSERVICE_SPEC = {"serveConfigV2", "rayClusterConfig"}
+CLUSTER = {"rayVersion", "enableInTreeAutoscaling", "headGroupSpec", "workerGroupSpecs"}
+HEAD = {"rayStartParams", "template"}
+WORKER = {"groupName", "replicas", "minReplicas", "maxReplicas", "rayStartParams", "template"}
+
+
+@pytest.fixture
+def store(cli: Any, tmp_path: Path, home: Path) -> Store:
+    assert cli("import", str(write_runnable_model(tmp_path / "tiny.gguf")), "--name", "tiny").code == 0
+    return Store.open(home / "models")
+
+
+def test_the_ray_serve_config_validates_and_builds(cli: Any, store: Store, tmp_path: Path, home: Path) -> None:
+    from ray.serve import Application
+    from ray.serve.schema import ServeDeploySchema
+
+    out = tmp_path / "ray"
+    made = cli("deploy", "ray", "tiny", "-o", str(out), "--max-replicas", "3", "--parallel", "2")
+    assert made.code == 0, made.err
+    config = yaml.safe_load((out / "serve_config.yaml").read_text())
+    ServeDeploySchema.model_validate(config)  # raises on anything Ray would refuse
+    app = config["applications"][0]
+    module, _, name = app["import_path"].partition(":")
+    builder = getattr(importlib.import_module(module), name)
+    args = {**app["args"], "home": str(home)}  # the store a node would have imported
+    assert app["args"]["models"] == ["tiny:latest"] and app["args"]["max_replicas"] == 3
+    assert isinstance(builder(args), Application)
+    assert not (out / "rayservice.yaml").exists() and made.out.strip().startswith("esk-")
+
+
+def test_the_rayservice_renders_and_its_pods_validate(cli: Any, store: Store, tmp_path: Path) -> None:
+    import kubernetes_validate
+    from ray.serve.schema import ServeDeploySchema
+
+    out = tmp_path / "ray"
+    assert cli("deploy", "ray", "tiny", "-o", str(out), "--k8s", "--max-workers", "3", "--replica-cpus", "2").code == 0
+    objects = {o["kind"]: o for o in render(out)}
+    assert set(objects) == {"RayService", "Secret"}
+    kubernetes_validate.validate(objects["Secret"], "1.32", strict=True)
+    service = objects["RayService"]
+    assert service["apiVersion"] == "ray.io/v1" and set(service["spec"]) == RAYSERVICE_SPEC
+    ServeDeploySchema.model_validate(yaml.safe_load(service["spec"]["serveConfigV2"]))
+    cluster = service["spec"]["rayClusterConfig"]
+    assert set(cluster) == CLUSTER and set(cluster["headGroupSpec"]) == HEAD
+    assert [set(w) for w in cluster["workerGroupSpecs"]] == [WORKER] and cluster["workerGroupSpecs"][0][
+        "maxReplicas"
+    ] == 3
+    assert all(isinstance(v, str) for g in (cluster["headGroupSpec"], *cluster["workerGroupSpecs"])
+               for v in g["rayStartParams"].values())  # fmt: skip
+    for group in (cluster["headGroupSpec"], *cluster["workerGroupSpecs"]):
+        template = group["template"]
+        pod = {"apiVersion": "v1", "kind": "PodTemplate", "metadata": {"name": "edgeslm"}, "template": template}
+        kubernetes_validate.validate(pod, "1.32", strict=True)
+        spec = template["spec"]
+        assert spec["securityContext"]["runAsNonRoot"] and spec["initContainers"][0]["args"][-1] == BUNDLE
+        assert spec["containers"][0]["securityContext"]["readOnlyRootFilesystem"]
+        assert {"mountPath": HOME, "name": "store"} in spec["containers"][0]["volumeMounts"]
+        assert any(
+            v.get("secret", {}).get("secretName") == objects["Secret"]["metadata"]["name"] for v in spec["volumes"]
+        )
+    worker = cluster["workerGroupSpecs"][0]["template"]["spec"]["containers"][0]
+    assert worker["resources"]["requests"]["cpu"] == "2"
+
+
+def test_deploy_ray_bad_input_writes_nothing(cli: Any, store: Store, tmp_path: Path) -> None:
+    missing = cli("deploy", "ray", "absent-model", "-o", str(tmp_path / "a"))
+    assert missing.code == 67 and "absent-model" in missing.err
+    assert (
+        cli("deploy", "ray", "tiny", "-o", str(tmp_path / "b"), "--min-replicas", "5", "--max-replicas", "2").code == 2
+    )
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
