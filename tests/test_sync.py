@@ -259,21 +259,35 @@ def test_pull_from_a_hub_repo(cli: Any, source: Store, tmp_path: Path, monkeypat
 
 
 @pytest.mark.real_model
-def test_a_quantized_builtin_travels_by_push_and_answers_the_same(cli: Any, home: Path, tmp_path: Path) -> None:
+def test_an_optimized_model_travels_by_bundle_and_by_push_and_answers_the_same(
+    cli: Any, home: Path, tmp_path: Path
+) -> None:
+    """The issue's end to end: optimize picks a variant; a bundle carries it to one empty store and
+    a push to another (a real edgeslm serve); verify is clean everywhere; greedy replies agree."""
     assert cli("pull", "smollm2-135m-instruct").code == 0
-    assert cli("quantize", "smollm2-135m-instruct", "--type", "q4_0", "--allow-requantize").code == 0
+    tuned = cli("optimize", "smollm2-135m-instruct", "--types", "q4_0", "--chunks", "1", "--max-size", "95MB",
+                "--no-mixed", "--report", str(tmp_path / "report"))  # fmt: skip
+    assert tuned.code == 0, tuned.err
+    best = Store.open(home / "models").get(parse_name("smollm2-135m-instruct:best"))
+    assert best.info.file_type and best.size < 95_000_000  # the Q4_0 variant, chosen by measurement
     keyfile, admin = tmp_path / "keys.toml", tmp_path / "admin.key"
     admin.write_text(add_key(keyfile, "admin-1", "admin"))
-    other = tmp_path / "cloud"
-    run = ["run", "smollm2-135m-instruct:q4_0", "The capital of France is", "--temperature", "0", "--max-tokens", "24"]
-    with serve_process(other, "--api-keys", str(keyfile)) as served:
+    by_bundle, by_push = tmp_path / "device", tmp_path / "cloud"
+    assert cli("bundle", "create", "smollm2-135m-instruct:best", "-o", str(tmp_path / "m.eslm")).code == 0
+    imported = subprocess.run(edgeslm_command(by_bundle, "bundle", "import", str(tmp_path / "m.eslm")),
+                              capture_output=True, text=True)  # fmt: skip
+    assert imported.returncode == 0, imported.stderr
+    with serve_process(by_push, "--api-keys", str(keyfile), "--preload", "") as served:
         assert cli("remote", "add", "cloud", served.url, "--key-file", str(admin)).code == 0
-        assert cli("push", "smollm2-135m-instruct:q4_0", "--to", "cloud").code == 0
-    for where in (home, other):
+        assert cli("push", "smollm2-135m-instruct:best", "--to", "cloud").code == 0
+    run = ["run", "smollm2-135m-instruct:best", "The capital of France is", "--temperature", "0", "--max-tokens", "24"]
+    replies = []
+    for where in (home, by_bundle, by_push):
+        assert stored(where)["smollm2-135m-instruct:best"] == best.digest
         checked = subprocess.run(edgeslm_command(where, "verify"), capture_output=True, text=True)
         assert checked.returncode == 0 and "clean" in checked.stdout
-    replies = [subprocess.run(edgeslm_command(w, *run), capture_output=True, text=True).stdout for w in (home, other)]
-    assert replies[0].strip() and replies[0] == replies[1]
+        replies.append(subprocess.run(edgeslm_command(where, *run), capture_output=True, text=True).stdout)
+    assert replies[0].strip() and replies[0] == replies[1] == replies[2]
 
 
 @pytest.mark.filterwarnings("ignore:Use 'content=<...>':DeprecationWarning")  # huggingface_hub's plain-LFS path
