@@ -210,7 +210,7 @@ def test_console_script_and_module_entry_points(tmp_path: Path) -> None:
 HEAVY = ("numpy", "fastapi", "gguf", "llama_cpp", "huggingface_hub", "matplotlib", "edgeslm.serve.app")
 
 
-@pytest.mark.parametrize("args", [["--version"], ["list"], ["ps", "--help"]])
+@pytest.mark.parametrize("args", [["--version"], ["list"], ["ps", "--help"], ["remote", "list"]])
 def test_light_commands_import_no_heavy_module(args: list[str], tiny_model: Path, home: Path, cli: Cli) -> None:
     assert cli("import", str(tiny_model), "--name", "tiny").code == 0
     code = (
