@@ -45,134 +45,135 @@ class FakeHub:
         return "0" * 64 if self.lie_sha256 else hashlib.sha256(data).hexdigest()
 
 
-def _handler(hub: FakeHub) -> type[BaseHTTPRequestHandler]:
-    tree = re.compile(r"/api/models/([^/]+/[^/]+)/tree/([^/?]+)")
-    resolve = re.compile(r"/([^/]+/[^/]+)/resolve/([^/]+)/(.+)")
+TREE = re.compile(r"/api/models/([^/]+/[^/]+)/tree/([^/?]+)")
+RESOLVE = re.compile(r"/([^/]+/[^/]+)/resolve/([^/]+)/(.+)")
 
-    class Handler(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
 
-        def log_message(self, *args: object) -> None:  # keep test output quiet
-            pass
+class Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    hub: FakeHub  # set per server (_handler)
 
-        def _reply(self, code: int, body: bytes = b"", headers: dict[str, str] | None = None) -> None:
-            self.send_response(code)
-            for k, v in (headers or {}).items():
-                self.send_header(k, v)
-            if "Content-Length" not in (headers or {}):
-                self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            if self.command != "HEAD":
-                self.wfile.write(body)
+    def log_message(self, *args: object) -> None:  # keep test output quiet
+        pass
 
-        def _not_found(self) -> None:
-            self._reply(404, b'{"error":"Repository not found"}', {"X-Error-Code": "RepoNotFound"})
+    def _reply(self, code: int, body: bytes = b"", headers: dict[str, str] | None = None) -> None:
+        self.send_response(code)
+        for k, v in (headers or {}).items():
+            self.send_header(k, v)
+        if "Content-Length" not in (headers or {}):
+            self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(body)
 
-        def do_HEAD(self) -> None:  # noqa: N802
-            self.do_GET()
+    def _not_found(self) -> None:
+        self._reply(404, b'{"error":"Repository not found"}', {"X-Error-Code": "RepoNotFound"})
 
-        def do_GET(self) -> None:  # noqa: N802
-            path = self.path.split("?")[0]
-            hub.requests.append((self.command, path, self.headers.get("Range")))
-            if m := tree.fullmatch(path):
-                return self._tree(m.group(1))
-            if m := resolve.fullmatch(path):
-                return self._file(m.group(1), m.group(3))
+    def do_HEAD(self) -> None:  # noqa: N802
+        self.do_GET()
+
+    def do_GET(self) -> None:  # noqa: N802
+        path = self.path.split("?")[0]
+        self.hub.requests.append((self.command, path, self.headers.get("Range")))
+        if m := TREE.fullmatch(path):
+            return self._tree(m.group(1))
+        if m := RESOLVE.fullmatch(path):
+            return self._file(m.group(1), m.group(3))
+        return self._not_found()
+
+    def do_PUT(self) -> None:  # noqa: N802
+        body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        self.hub.requests.append(("PUT", self.path, None))
+        oid = self.path.rsplit("/", 1)[-1]
+        if hashlib.sha256(body).hexdigest() != oid:
+            return self._reply(400, b'{"error":"bytes do not match the oid"}')
+        self.hub.objects[oid] = body
+        self._reply(200)
+
+    def do_POST(self) -> None:  # noqa: N802
+        body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        path = self.path.split("?")[0]
+        self.hub.requests.append(("POST", path, None))
+        if path == "/api/repos/create":
+            name = json.loads(body)
+            repo = f"{name.get('organization') or 'user'}/{name['name']}" if "/" not in name["name"] else name["name"]
+            if repo in self.hub.repos:
+                said = {"error": "You already created this model repo", "url": f"{self.hub.url}/{repo}"}
+                return self._reply(409, json.dumps(said).encode())
+            self.hub.repos[repo] = {}
+            return self._json({"url": f"{self.hub.url}/{repo}", "name": repo})
+        if m := re.fullmatch(r"/api/models/([^/]+/[^/]+)/preupload/[^/]+", path):
+            files = json.loads(body)["files"]
+            return self._json({"files": [{"path": f["path"], "uploadMode": "lfs", "shouldIgnore": False}
+                                         for f in files]})  # fmt: skip
+        if m := re.fullmatch(r"/([^/]+/[^/]+)\.git/info/lfs/objects/batch", path):
+            objects = json.loads(body)["objects"]
+            out = [{"oid": o["oid"], "size": o["size"]} | ({} if o["oid"] in self.hub.objects else
+                    {"actions": {"upload": {"href": f"{self.hub.url}/lfs/{o['oid']}"}}}) for o in objects]  # fmt: skip
+            return self._json({"transfer": "basic", "objects": out})
+        if m := re.fullmatch(r"/api/models/([^/]+/[^/]+)/commit/[^/]+", path):
+            return self._commit(m.group(1), body)
+        self._not_found()
+
+    def _commit(self, repo: str, body: bytes) -> None:
+        if repo not in self.hub.repos:
             return self._not_found()
+        for line in body.splitlines():
+            op = json.loads(line)
+            if op["key"] == "lfsFile":
+                self.hub.repos[repo][op["value"]["path"]] = self.hub.objects[op["value"]["oid"]]
+            elif op["key"] == "file":
+                data = base64.b64decode(op["value"]["content"])
+                self.hub.repos[repo][op["value"]["path"]] = data
+                self.hub.objects[hashlib.sha256(data).hexdigest()] = data
+        self._json({"commitUrl": f"{self.hub.url}/{repo}/commit/{COMMIT}", "commitOid": COMMIT, "pullRequestUrl": None})
 
-        def do_PUT(self) -> None:  # noqa: N802
-            body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
-            hub.requests.append(("PUT", self.path, None))
-            oid = self.path.rsplit("/", 1)[-1]
-            if hashlib.sha256(body).hexdigest() != oid:
-                return self._reply(400, b'{"error":"bytes do not match the oid"}')
-            hub.objects[oid] = body
-            self._reply(200)
+    def _json(self, data: object) -> None:
+        self._reply(200, json.dumps(data).encode(), {"Content-Type": "application/json"})
 
-        def do_POST(self) -> None:  # noqa: N802
-            body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
-            path = self.path.split("?")[0]
-            hub.requests.append(("POST", path, None))
-            if path == "/api/repos/create":
-                name = json.loads(body)
-                repo = (
-                    f"{name.get('organization') or 'user'}/{name['name']}" if "/" not in name["name"] else name["name"]
-                )
-                if repo in hub.repos:
-                    said = {"error": "You already created this model repo", "url": f"{hub.url}/{repo}"}
-                    return self._reply(409, json.dumps(said).encode())
-                hub.repos[repo] = {}
-                return self._json({"url": f"{hub.url}/{repo}", "name": repo})
-            if m := re.fullmatch(r"/api/models/([^/]+/[^/]+)/preupload/[^/]+", path):
-                files = json.loads(body)["files"]
-                return self._json({"files": [{"path": f["path"], "uploadMode": "lfs", "shouldIgnore": False}
-                                             for f in files]})  # fmt: skip
-            if m := re.fullmatch(r"/([^/]+/[^/]+)\.git/info/lfs/objects/batch", path):
-                objects = json.loads(body)["objects"]
-                out = [{"oid": o["oid"], "size": o["size"]} | ({} if o["oid"] in hub.objects else
-                        {"actions": {"upload": {"href": f"{hub.url}/lfs/{o['oid']}"}}}) for o in objects]  # fmt: skip
-                return self._json({"transfer": "basic", "objects": out})
-            if m := re.fullmatch(r"/api/models/([^/]+/[^/]+)/commit/[^/]+", path):
-                return self._commit(m.group(1), body)
-            self._not_found()
-
-        def _commit(self, repo: str, body: bytes) -> None:
-            if repo not in hub.repos:
-                return self._not_found()
-            for line in body.splitlines():
-                op = json.loads(line)
-                if op["key"] == "lfsFile":
-                    hub.repos[repo][op["value"]["path"]] = hub.objects[op["value"]["oid"]]
-                elif op["key"] == "file":
-                    data = base64.b64decode(op["value"]["content"])
-                    hub.repos[repo][op["value"]["path"]] = data
-                    hub.objects[hashlib.sha256(data).hexdigest()] = data
-            self._json({"commitUrl": f"{hub.url}/{repo}/commit/{COMMIT}", "commitOid": COMMIT, "pullRequestUrl": None})
-
-        def _json(self, data: object) -> None:
-            self._reply(200, json.dumps(data).encode(), {"Content-Type": "application/json"})
-
-        def _tree(self, repo: str) -> None:
-            if repo not in hub.repos:
-                return self._not_found()
-            listing = [
-                {
-                    "type": "file",
-                    "path": p,
-                    "size": len(d),
-                    "oid": "b" * 40,
-                    "lfs": {"oid": hub.sha(d), "size": len(d), "pointerSize": 134},
-                }
-                for p, d in hub.repos[repo].items()
-            ]
-            self._reply(200, json.dumps(listing).encode(), {"Content-Type": "application/json"})
-
-        def _file(self, repo: str, name: str) -> None:
-            data = hub.repos.get(repo, {}).get(name)
-            if data is None:
-                return self._not_found()
-            start = 0
-            if rng := self.headers.get("Range"):
-                start = int(re.fullmatch(r"bytes=(\d+)-", rng).group(1))  # type: ignore[union-attr]
-            headers = {
-                "X-Repo-Commit": COMMIT,
-                "ETag": f'"{hub.sha(data)}"',
-                "X-Linked-Etag": f'"{hub.sha(data)}"',
-                "X-Linked-Size": str(len(data)),
-                "Accept-Ranges": "bytes",
-                "Content-Length": str(len(data) - start),
+    def _tree(self, repo: str) -> None:
+        if repo not in self.hub.repos:
+            return self._not_found()
+        listing = [
+            {
+                "type": "file",
+                "path": p,
+                "size": len(d),
+                "oid": "b" * 40,
+                "lfs": {"oid": self.hub.sha(d), "size": len(d), "pointerSize": 134},
             }
-            code = 206 if start else 200
-            if start:
-                headers["Content-Range"] = f"bytes {start}-{len(data) - 1}/{len(data)}"
-            body = data[start:]
-            if self.command == "GET" and hub.cut_after is not None:
-                body, hub.cut_after = body[: hub.cut_after], None
-                headers["Connection"] = "close"
-                self.close_connection = True
-            self._reply(code, body, headers)
+            for p, d in self.hub.repos[repo].items()
+        ]
+        self._reply(200, json.dumps(listing).encode(), {"Content-Type": "application/json"})
 
-    return Handler
+    def _file(self, repo: str, name: str) -> None:
+        data = self.hub.repos.get(repo, {}).get(name)
+        if data is None:
+            return self._not_found()
+        start = 0
+        if rng := self.headers.get("Range"):
+            start = int(re.fullmatch(r"bytes=(\d+)-", rng).group(1))  # type: ignore[union-attr]
+        headers = {
+            "X-Repo-Commit": COMMIT,
+            "ETag": f'"{self.hub.sha(data)}"',
+            "X-Linked-Etag": f'"{self.hub.sha(data)}"',
+            "X-Linked-Size": str(len(data)),
+            "Accept-Ranges": "bytes",
+            "Content-Length": str(len(data) - start),
+        }
+        code = 206 if start else 200
+        if start:
+            headers["Content-Range"] = f"bytes {start}-{len(data) - 1}/{len(data)}"
+        body = data[start:]
+        if self.command == "GET" and self.hub.cut_after is not None:
+            body, self.hub.cut_after = body[: self.hub.cut_after], None
+            headers["Connection"] = "close"
+            self.close_connection = True
+        self._reply(code, body, headers)
+
+
+def _handler(hub: FakeHub) -> type[BaseHTTPRequestHandler]:
+    return type("BoundHandler", (Handler,), {"hub": hub})
 
 
 @contextmanager
