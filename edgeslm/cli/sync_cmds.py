@@ -8,17 +8,19 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 from ..config import Settings
 from ..errors import EdgeslmError, http_status_for
-from ..store import Store, parse_name
+from ..store import ModelName, Store, parse_name
 from ..units import format_bytes
 from .output import print_json, progress_bar, status
 
 AUDIT_FILE = "audit.log"
+Work = Callable[[Store, Any, list[ModelName], Callable[[int], None] | None], Any]  # (store, remote, names, bar)
 
 
 def configure(sub: Any) -> None:
@@ -88,40 +90,39 @@ def cmd_remote_remove(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_push(args: argparse.Namespace, settings: Settings) -> int:
-    from ..sync import get_remote, push
+    from ..sync import push
 
-    names = [parse_name(n) for n in args.names]
-    remote = get_remote(settings.home, args.to)
-    store = Store.open(settings.models_dir)
-    with _Audited(args, settings, "PUSH", remote.name, remote.url, args.names), \
-            progress_bar(None, f"push to {remote.name}", enabled=not args.json) as bar:  # fmt: skip
-        done = push(store, remote, names, force=args.force, progress=bar)
-    return _report(args, done, "sent")
+    return _transfer(args, settings, "PUSH", args.to, lambda store, remote, names, bar: push(
+        store, remote, names, force=args.force, progress=bar))  # fmt: skip
 
 
 def cmd_pull_from(args: argparse.Namespace, settings: Settings) -> int:
     """``edgeslm pull NAME… --from REMOTE`` (store_cmds hands it here)."""
-    from ..sync import get_remote, pull
+    from ..sync import pull
 
-    names = [parse_name(n) for n in args.names]
-    remote = get_remote(settings.home, args.source)
-    store = Store.open(settings.models_dir)
-    with _Audited(args, settings, "PULL", remote.name, remote.url, args.names), \
-            progress_bar(None, f"pull from {remote.name}", enabled=not args.json) as bar:  # fmt: skip
-        done = pull(store, remote, names, force=args.force, progress=bar)
-    return _report(args, done, "fetched")
+    return _transfer(args, settings, "PULL", args.source, lambda store, remote, names, bar: pull(
+        store, remote, names, force=args.force, progress=bar))  # fmt: skip
 
 
 def cmd_sync(args: argparse.Namespace, settings: Settings) -> int:
-    from ..sync import get_remote, sync
+    from ..sync import sync
+
+    return _transfer(args, settings, "SYNC", args.source, lambda store, remote, names, bar: sync(
+        store, remote, names, prune=args.prune, progress=bar))  # fmt: skip
+
+
+def _transfer(args: argparse.Namespace, settings: Settings, method: str, remote_name: str, work: Work) -> int:
+    """Run ``work`` against the named remote with a progress bar, logged in the device's audit log."""
+    from ..sync import get_remote
 
     names = [parse_name(n) for n in args.names]
-    remote = get_remote(settings.home, args.source)
+    remote = get_remote(settings.home, remote_name)
     store = Store.open(settings.models_dir)
-    with _Audited(args, settings, "SYNC", remote.name, remote.url, args.names or ["*"]), \
-            progress_bar(None, f"sync from {remote.name}", enabled=not args.json) as bar:  # fmt: skip
-        done = sync(store, remote, names, prune=args.prune, progress=bar)
-    return _report(args, done, "fetched")
+    label = f"{method.lower()} {'to' if method == 'PUSH' else 'from'} {remote.name}"
+    with _Audited(args, settings, method, remote.name, remote.url, args.names or ["*"]), \
+            progress_bar(None, label, enabled=not args.json) as bar:  # fmt: skip
+        done = work(store, remote, names, bar)
+    return _report(args, done, "sent" if method == "PUSH" else "fetched")
 
 
 def _report(args: argparse.Namespace, done: Any, verb: str) -> int:
