@@ -80,6 +80,7 @@ def test_push_then_pull_moves_only_missing_blobs(
     assert verify(device / "audit.log").problems == () and verify(home / "audit.log").problems == ()
     mine = [json.loads(x) for x in (home / "audit.log").read_text().splitlines()]
     assert [(x["method"], x["route"], x["status"]) for x in mine] == [("PUSH", "remote:cloud", 200)] * 2
+    assert [c["model"] for c in report(home / "audit.log").changes] == ["tiny, tiny:q8_0", "tiny, tiny:best"]
     changes = report(tmp_path / "cloud-audit.jsonl").changes
     routes = {(c["method"], c["route"].split("sha256")[0]) for c in changes}
     assert {("POST", "/edgeslm/v1/uploads/"), ("POST", "/edgeslm/v1/publish"), ("GET", "/edgeslm/v1/blobs/")} <= routes

@@ -200,7 +200,8 @@ class Tally:
 
 # routes that change the store or move models: what a compliance report lists one by one
 STORE_ROUTES = ("/api/pull", "/api/create", "/api/copy", "/api/delete", "/api/push", "/edgeslm/v1/publish")
-TRANSFER_PREFIXES = ("/api/blobs/", "/edgeslm/v1/blobs/", "/edgeslm/v1/uploads/")  # bytes in or out
+TRANSFER_PREFIXES = ("/api/blobs/", "/edgeslm/v1/blobs/", "/edgeslm/v1/uploads/",  # bytes in or out
+                     "remote:")  # a device's own push, pull --from and sync (cli/sync_cmds.py)  # fmt: skip
 MAX_CHANGES = 10_000
 
 
