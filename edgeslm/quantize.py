@@ -64,10 +64,11 @@ def check_request(store: Store, parent: Manifest, qtype: QuantType, options: Qua
     """Refuse what cannot work; return warnings for what works with caveats."""
     store.gguf_path(parent, "quantize")
     warnings = []
-    if qtype.needs_imatrix:
+    if qtype.needs_imatrix and options.imatrix is None:
         raise InvalidParameterError(
-            f"{qtype.name} needs an importance matrix (calibration), which edgeslm cannot collect yet; "
-            "choose a type without that need, e.g. Q2_K, IQ3_S or Q3_K_S"
+            f"{qtype.name} needs an importance matrix, as llama-quantize requires: calibrate first (edgeslm "
+            f"calibrate {parent.name}) and give --imatrix {parent.name}, or quantize with --calibrate TEXT",
+            params="imatrix",
         )
     if is_quantized(parent):
         source = parent.info.file_type or parent.info.main_type
@@ -141,7 +142,8 @@ def quantize(
     for qtype, warnings in plans:
         name = target(qtype) if target else parent_name.with_tag(qtype.name.lower())
         existing = store.find(name)
-        if existing and existing.source.get("parent") == parent.digest and not options.force:
+        same_imatrix = existing is not None and existing.source.get("imatrix") == imatrix_digest(options)
+        if existing and existing.source.get("parent") == parent.digest and same_imatrix and not options.force:
             results.append(VariantResult(qtype, existing, built=False))
             continue
         manifest = _build(store, parent, qtype, options, name, progress)
@@ -169,6 +171,8 @@ def _build(
         "options": options.to_json(),
         "llama_cpp": llama_cpp_version(),
     }
+    if options.imatrix is not None:
+        source |= imatrix_source(options.imatrix)
     src = store.gguf_path(parent, "quantize")
 
     def produce(out: Path) -> None:
@@ -176,6 +180,22 @@ def _build(
         quantize_file(src, out, qtype, options, label=str(parent.name), progress=report)
 
     return store.add_produced(name, produce, label=f"{parent.name} as {qtype.name}", source=source)
+
+
+def imatrix_digest(options: QuantizeOptions) -> str | None:
+    from .store.atomic import sha256_file
+
+    return None if options.imatrix is None else "sha256-" + sha256_file(Path(options.imatrix))
+
+
+def imatrix_source(path: str) -> dict[str, str]:
+    """What lineage records of the importance matrix a variant was made with."""
+    from .formats.imatrix import read_imatrix
+    from .store.atomic import sha256_file
+
+    imatrix = read_imatrix(Path(path))
+    return {"imatrix": "sha256-" + sha256_file(Path(path)), "imatrix_text": ", ".join(imatrix.datasets)[:200],
+            "imatrix_chunks": f"{imatrix.chunk_count}x{imatrix.chunk_size}"}  # fmt: skip
 
 
 def quantize_to_file(

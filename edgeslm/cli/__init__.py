@@ -28,6 +28,7 @@ MODULES: tuple[tuple[str, str, tuple[str, ...]], ...] = (
     ("custom_cmds", "configure_finetune", ("finetune",)),
     ("infer_cmds", "configure", ("run", "embed", "bench")),
     ("quantize_cmds", "configure", ("quantize",)),
+    ("calibrate_cmds", "configure", ("calibrate",)),
     ("convert_cmds", "configure", ("convert",)),
     ("convert_cmds", "configure_export", ("export",)),
     ("eval_cmds", "configure", ("eval", "compare")),

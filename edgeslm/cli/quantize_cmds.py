@@ -43,8 +43,28 @@ def configure(sub: Any) -> None:
     p.add_argument("--threads", type=int)
     p.add_argument("--tag", help="store the one variant under NAME:TAG (default: the type, e.g. q4_k_m)")
     p.add_argument("--output", type=Path, help="write the one variant to this file instead of the store")
-    p.add_argument("--calibrate", metavar="TEXT_FILE", help="importance matrix from this text (not yet)")
+    p.add_argument("--imatrix", metavar="NAME|FILE", help="importance matrix: the model's own (edgeslm calibrate "
+                   "NAME) or a llama-imatrix file; the IQ1/IQ2 types and Q2_K_S need one")  # fmt: skip
+    p.add_argument("--calibrate", metavar="TEXT_FILE", help="calibrate on this text first, then use it")
     p.add_argument("--json", action="store_true")
+
+
+def _imatrix(args: argparse.Namespace, settings: Settings) -> str | None:
+    """The importance matrix file to use: --imatrix's, or one --calibrate computes now."""
+    from ..errors import UsageError
+
+    if args.imatrix and args.calibrate:
+        raise UsageError("give --imatrix or --calibrate, not both")
+    if not (args.imatrix or args.calibrate):
+        return None
+    from ..calibrate import calibrate, resolve_imatrix
+
+    store = Store.open(settings.models_dir)
+    if args.imatrix:
+        return str(resolve_imatrix(store, store.get(parse_name(args.name)), args.imatrix))
+    done = calibrate(store, parse_name(args.name), Path(args.calibrate), threads=args.threads)
+    status(f"calibrated {done.model} on {done.text}: {done.chunks} chunks of {done.ctx} tokens")
+    return str(done.path)
 
 
 @contextmanager
@@ -74,18 +94,14 @@ def tensor_progress(enabled: bool) -> Iterator[Callable[[QuantType, int, int, st
 def cmd_quantize(args: argparse.Namespace, settings: Settings) -> int:
     from ..errors import InvalidParameterError
 
-    if args.calibrate:
-        raise InvalidParameterError(
-            "--calibrate is not supported yet: edgeslm cannot collect an importance "
-            "matrix; quantize without it (IQ1/IQ2 types and Q2_K_S stay refused)"
-        )
     types = parse_quant_types(args.types)
+    imatrix = _imatrix(args, settings)
     options = QuantizeOptions(
         allow_requantize=args.allow_requantize, force=args.force, pure=args.pure,
         leave_output_tensor=args.leave_output_tensor,
         output_tensor_type=parse_ggml_type(args.output_tensor_type) if args.output_tensor_type else None,
         token_embedding_type=parse_ggml_type(args.token_embedding_type) if args.token_embedding_type else None,
-        tensor_types=tuple(parse_tensor_type(t) for t in args.tensor_type), threads=args.threads,
+        tensor_types=tuple(parse_tensor_type(t) for t in args.tensor_type), threads=args.threads, imatrix=imatrix,
     )  # fmt: skip
     if args.output is not None:
         if len(types) != 1:

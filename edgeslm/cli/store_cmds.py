@@ -283,6 +283,9 @@ def _print_lineage(r: ModelReport) -> None:
         ("options", src.get("options", "")),
         ("made with", src.get("llama_cpp") or src.get("made_with", "")),
     ]
+    if src.get("imatrix"):
+        rows.insert(4, ("imatrix", f"{src['imatrix'][:19]} on {src.get('imatrix_text', '?')} "
+                                   f"({src.get('imatrix_chunks', '?')} tokens)"))  # fmt: skip
     print_fields(rows, indent=4)
 
 

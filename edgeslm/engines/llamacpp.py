@@ -480,12 +480,13 @@ def quantize_file(
         for i, (pattern, ggml_type) in enumerate(options.tensor_types):
             keep[i].pattern, keep[i].type = pattern.encode(), int(ggml_type)
         p.tt_overrides = ctypes.cast(keep, ctypes.POINTER(lc.llama_model_tensor_override))
+    held = _imatrix_params(p, options.imatrix) if options.imatrix else ()  # alive until llama.cpp is done
     _state["tensor_progress"] = progress
     try:
         rc = lc.llama_model_quantize(str(src).encode(), str(dst).encode(), ctypes.byref(p))
     finally:
         _state["tensor_progress"] = None
-    del keep
+    del keep, held
     if rc != 0:
         why = last_errors()
         if "imatrix" in why:
@@ -497,6 +498,39 @@ def quantize_file(
         raise EngineError(
             f"llama.cpp could not quantize {label or src.name} to {qtype.name}: {why}{hint}; nothing was stored"
         )
+
+
+def _imatrix_params(p: Any, path: str) -> tuple[Any, ...]:
+    """llama-quantize's imatrix arguments (tools/quantize/quantize.cpp): per weight, sums divided by
+    the count, in a NULL-terminated array; and the four ``quantize.imatrix.*`` keys it writes."""
+    import numpy as np
+
+    from ..formats.imatrix import read_imatrix
+
+    imatrix = read_imatrix(Path(path))
+    arrays = {name: np.ascontiguousarray(e.importance().reshape(-1)) for name, e in imatrix.entries.items()}
+    data = (lc.llama_model_imatrix_data * (len(arrays) + 1))()
+    names = [name.encode() for name in arrays]
+    for i, (name, values) in enumerate(zip(names, arrays.values(), strict=True)):
+        data[i].name, data[i].size = name, values.size
+        data[i].data = values.ctypes.data_as(ctypes.POINTER(ctypes.c_float))
+    p.imatrix = ctypes.cast(data, ctypes.POINTER(lc.llama_model_imatrix_data))
+    keys: list[tuple[str, str | int]] = [("quantize.imatrix.file", path)]
+    if imatrix.datasets:
+        keys.append(("quantize.imatrix.dataset", imatrix.datasets[0]))
+    keys.append(("quantize.imatrix.entries_count", len(arrays)))
+    if imatrix.chunk_count > 0:
+        keys.append(("quantize.imatrix.chunks_count", imatrix.chunk_count))
+    kv = (lc.llama_model_kv_override * (len(keys) + 1))()  # an empty key ends the list
+    for i, (key, value) in enumerate(keys):
+        kv[i].key = key.encode()
+        slot: Any = kv[i].value
+        if isinstance(value, str):
+            kv[i].tag, slot.val_str = lc.LLAMA_KV_OVERRIDE_TYPE_STR, value.encode()[:127]
+        else:
+            kv[i].tag, slot.val_i64 = lc.LLAMA_KV_OVERRIDE_TYPE_INT, value
+    p.kv_overrides = ctypes.cast(kv, ctypes.POINTER(lc.llama_model_kv_override))
+    return data, names, arrays, kv
 
 
 @register_engine(DEFAULT_ENGINE)

@@ -87,6 +87,7 @@ class QuantizeOptions:
     token_embedding_type: GGMLQuantizationType | None = None
     tensor_types: tuple[tuple[str, GGMLQuantizationType], ...] = ()  # (regex on tensor names, type)
     threads: int | None = None
+    imatrix: str | None = None  # an importance matrix file (llama.cpp's GGUF imatrix), checked for the model
 
     def to_json(self) -> str:
         data = {
@@ -96,6 +97,8 @@ class QuantizeOptions:
             "token_embedding_type": self.token_embedding_type.name if self.token_embedding_type is not None else None,
             "tensor_types": [[p, t.name] for p, t in self.tensor_types],
         }  # fmt: skip
+        if self.imatrix is not None:
+            data["imatrix"] = True  # which one: the source's "imatrix" entry
         return json.dumps(data, sort_keys=True)
 
 
