@@ -97,7 +97,8 @@ def test_tensor_overrides(tiny: Cli, home: Path) -> None:
         (("--type", "q4_0", "--tensor-type", "attn_q"), 2, "write PATTERN=TYPE"),
         (("--type", "q4_0", "--tensor-type", "([=q8_0"), 2, "not a valid regex"),
         (("--type", "q4_0", "--tensor-type", "attn_q=q9_9"), 2, "unknown tensor type"),
-        (("--type", "q4_0", "--calibrate", "notes.txt"), 2, "not supported yet"),
+        (("--type", "q4_0", "--calibrate", "notes.txt"), 66, "notes.txt is not a text file"),
+        (("--type", "q4_0", "--imatrix", "nothing-of-the-kind"), 66, "neither a file nor a stored model"),
     ],
 )
 def test_bad_requests_change_nothing(tiny: Cli, home: Path, args: tuple[str, ...], code: int, words: str) -> None:

@@ -20,7 +20,7 @@ import threading
 from collections import deque
 from collections.abc import Callable, Generator, Sequence
 from pathlib import Path
-from types import FrameType
+from types import CodeType, FrameType
 from typing import TYPE_CHECKING, Any
 
 from ..errors import ContextOverflowError, EngineError, InvalidParameterError
@@ -85,15 +85,32 @@ def _init_backend() -> None:
         _state["ready"] = True
 
 
+_ABORTABLE: set[CodeType] = set()  # callbacks that stop llama.cpp's work when Ctrl-C is pending
+
+
+def abort_on_interrupt(code: CodeType) -> None:
+    """Ctrl-C landing in this callback is left pending (``interrupt_pending``) for it to act on."""
+    _ABORTABLE.add(code)
+
+
+def interrupt_pending() -> bool:
+    return bool(_state.get("interrupt"))
+
+
 def _on_sigint(signum: int, frame: FrameType | None) -> None:
     """Ctrl-C. It may arrive while llama.cpp is calling ``_log`` back, where ctypes would print
-    and drop a KeyboardInterrupt; then it is asked for again shortly, until it lands outside."""
+    and drop a KeyboardInterrupt; then it is asked for again shortly, until it lands outside. In an
+    abortable callback it is left pending: the callback stops the graph and its caller raises."""
     f = frame
     while f is not None:
+        if f.f_code in _ABORTABLE:
+            _state["interrupt"] = True
+            return
         if f.f_code is _log.__code__:
             threading.Timer(0.005, _thread.interrupt_main).start()
             return
         f = f.f_back
+    _state["interrupt"] = False
     raise KeyboardInterrupt
 
 
@@ -491,8 +508,8 @@ def quantize_file(
         why = last_errors()
         if "imatrix" in why:
             raise InvalidParameterError(
-                f"{qtype.name} needs an importance matrix (calibration) for {label or src.name}'s tensors, which "
-                "edgeslm cannot collect yet; choose another type; nothing was stored"
+                f"{qtype.name} needs an importance matrix for {label or src.name}'s tensors: calibrate first "
+                "(edgeslm calibrate NAME, then --imatrix NAME) or choose another type; nothing was stored"
             )
         hint = " (a write failed: is the disk full, or a file-size limit set?)" if "iostream" in why else ""
         raise EngineError(

@@ -27,7 +27,7 @@ import numpy as np
 import numpy.typing as npt
 
 from ..errors import AbortedError, EngineError
-from .llamacpp import _init_backend, last_errors
+from .llamacpp import _init_backend, abort_on_interrupt, interrupt_pending, last_errors
 
 F32 = npt.NDArray[np.float32]
 MAX_DIMS, MAX_OP_PARAMS, MAX_SRC, MAX_NAME = 4, 64, 10, 64  # GGML_MAX_* in ggml.h
@@ -116,8 +116,10 @@ class Collector:
             t = ctypes.cast(node, ctypes.POINTER(GgmlTensor)).contents
             if ask:
                 return self._wanted(t)
+            if interrupt_pending():
+                raise KeyboardInterrupt  # Ctrl-C: llama.cpp stops the graph, the caller raises it
             if self.stop():
-                raise AbortedError("calibration was interrupted; nothing was stored")
+                raise AbortedError("calibration was stopped; nothing was stored")
             if t.op == self.mul_mat_id:
                 self._experts(t)
             else:
@@ -182,6 +184,9 @@ class Collector:
             raise EngineError(f"non-finite activations in {name}")
 
 
+abort_on_interrupt(Collector._called.__code__)
+
+
 def collect(
     model: Any, chunks: Sequence[Sequence[int]], *, threads: int, process_output: bool = False,
     progress: Callable[[int], None] | None = None, stop: Callable[[], bool] = lambda: False,
@@ -210,6 +215,7 @@ def collect(
             batch.n_tokens = len(chunk)
             rc = lc.llama_decode(ctx, batch)
             if collector.error is not None:
+                _clear_interrupt()
                 raise collector.error
             if rc != 0:
                 raise EngineError(f"llama.cpp failed to decode a calibration chunk ({rc}): {last_errors()}")
@@ -219,3 +225,9 @@ def collect(
         lc.llama_batch_free(batch)
         lc.llama_free(ctx)
     return collector
+
+
+def _clear_interrupt() -> None:
+    from .llamacpp import _state
+
+    _state["interrupt"] = False
