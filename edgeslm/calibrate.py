@@ -151,6 +151,12 @@ def resolve_imatrix(store: Store, manifest: Manifest, given: str) -> Path:
     return found[0]
 
 
+def check_imatrix_for(model_file: Path, path: Path) -> None:
+    """Refuse ``path`` unless it is an importance matrix of the GGUF model at ``model_file``."""
+    header = read_gguf_header(model_file)
+    check_model(read_imatrix(path), header.tensors, path.name, model_file.name)
+
+
 def adopt_imatrix(store: Store, manifest: Manifest, path: Path) -> Path:
     """Check a foreign imatrix file (llama-imatrix's) against the model and keep a copy beside its own."""
     imatrix = read_imatrix(path)

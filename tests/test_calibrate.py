@@ -166,3 +166,18 @@ def test_smollm2s_importance_matrix_equals_an_independent_computation(builtin_ho
     expected = (y * y).sum(axis=0)
     got = imatrix.entries["blk.0.attn_q.weight"].sums[0]
     assert np.max(np.abs(got - expected) / expected) < 1e-4
+
+
+def test_import_keeps_a_models_imatrix_or_neither(cli: Any, tiny: Store, tmp_path: Path, home: Path) -> None:
+    assert cli("calibrate", "tiny", "--text", str(_text(tmp_path, 2000)), "--ctx", "64", "--chunks", "2").code == 0
+    theirs = tmp_path / "tiny.imatrix.gguf"
+    theirs.write_bytes(next((tiny.root / "imatrix").rglob("*.gguf")).read_bytes())
+    wrong = tmp_path / "wrong.gguf"
+    write_imatrix(Imatrix({"blk.0.attn_q.weight": Entry(np.ones((1, 7), np.float32), np.ones(1, np.float32))}), wrong)
+    model = tmp_path / "tiny.gguf"
+    refused = cli("import", str(model), "--name", "other", "--imatrix", str(wrong))
+    assert refused.code == 65 and "not an importance matrix of tiny.gguf" in refused.err
+    assert tiny.find(parse_name("other")) is None
+    done = cli("import", str(model), "--name", "other", "--imatrix", str(theirs))
+    assert done.code == 0 and "quantize --imatrix other" in done.err, done.err
+    assert cli("quantize", "other", "--type", "iq2_xxs", "--imatrix", "other").code == 0

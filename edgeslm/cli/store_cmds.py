@@ -60,6 +60,7 @@ def configure(sub: Any) -> None:
     p = _command(sub, "import", cmd_import, "add a local GGUF file or ONNX Runtime GenAI folder to the store")
     p.add_argument("path", type=Path)
     p.add_argument("--name", help="name[:tag] to store it as (default: the file's or folder's name)")
+    p.add_argument("--imatrix", type=Path, metavar="FILE", help="its importance matrix (llama-imatrix's), kept with it")
     p.add_argument("--json", action="store_true")
     p = _command(sub, "list", cmd_list, "list stored models (name:tag, size, params, class, type mix, digest)")
     p.add_argument("name", nargs="?", help="only this model (all its tags unless a tag is given)")
@@ -138,8 +139,17 @@ def cmd_import(args: argparse.Namespace, settings: Settings) -> int:
 
     name = parse_name(args.name) if args.name else None
     store = _open(settings)
+    if args.imatrix:
+        from ..calibrate import check_imatrix_for
+
+        check_imatrix_for(args.path, args.imatrix)  # before the model is stored: both or neither
     with progress_bar(import_size(args.path), args.path.name, enabled=not args.json) as bar:
         manifest = import_model(store, args.path, name, progress=bar)
+    if args.imatrix:
+        from ..calibrate import adopt_imatrix
+
+        kept = adopt_imatrix(store, manifest, args.imatrix)
+        status(f"kept its importance matrix {args.imatrix.name} ({kept.name}): quantize --imatrix {manifest.name}")
     if args.json:
         print_json(_summary(manifest))
     else:
