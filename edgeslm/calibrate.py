@@ -18,6 +18,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -60,7 +61,6 @@ def calibrate(
 ) -> Calibration:  # fmt: skip
     from .engines.base import LoadParams
     from .engines.llamacpp import open_llamacpp
-    from .engines.llamacpp_imatrix import collect
     from .evaluate.core import load_text
 
     if chunks is not None and chunks < 1:
@@ -72,12 +72,27 @@ def calibrate(
     engine = open_llamacpp(store.gguf_path(manifest, "calibrate"), LoadParams(n_ctx=ctx, n_threads=threads))
     try:
         batches = _chunks(engine, text.text, text.label, ctx, chunks, from_chunk)
-        started = time.perf_counter()
-        collected = collect(engine.model_handle, batches, threads=engine.params.n_threads or _cores(),
-                            process_output=process_output, progress=progress)  # fmt: skip
-        seconds = time.perf_counter() - started
+        return calibrate_chunks(store, manifest, engine, batches, text, process_output=process_output,
+                                progress=progress)  # fmt: skip
     finally:
         engine.close()
+
+
+def calibrate_chunks(
+    store: Store, manifest: Manifest, engine: Any, chunks: list[list[int]], text: Any, *,
+    process_output: bool = False, progress: Callable[[int], None] | None = None,
+) -> Calibration:  # fmt: skip
+    """Collect over ``chunks`` (tokens of ``text``, an ``EvalText``) with ``engine`` (the model,
+    loaded) and store the result; the first token of each chunk becomes BOS where the model adds one."""
+    from .engines.llamacpp_imatrix import collect
+
+    bos = engine.tokenize("", add_special=True)
+    batches = [[bos[0], *c[1:]] for c in chunks] if bos else chunks
+    ctx = len(batches[0])
+    started = time.perf_counter()
+    collected = collect(engine.model_handle, batches, threads=engine.params.n_threads or _cores(),
+                        process_output=process_output, progress=progress)  # fmt: skip
+    seconds = time.perf_counter() - started
     entries = {n: Entry(s, collected.counts[n].astype(np.float32)) for n, s in collected.sums.items()}
     imatrix = Imatrix(entries, (text.label,), len(batches), ctx,
                       {"edgeslm.model": manifest.digest, "edgeslm.text": text.digest})  # fmt: skip
@@ -98,17 +113,13 @@ def _chunks(engine: object, text: str, label: str, ctx: int, chunks: int | None,
     if text.endswith("\n"):
         text = text[:-1]  # as llama.cpp's tools read -f
     tokens = engine.tokenize(text, add_special=True, parse_special=False)  # type: ignore[attr-defined]
-    bos = engine.tokenize("", add_special=True)  # type: ignore[attr-defined]
     tokens = tokens[first * ctx :]
     if len(tokens) < 2 * ctx:
         raise InputFileError(f"{label} gives {len(tokens):,} tokens from chunk {first}; calibration needs at least "
                              f"two chunks of {ctx} ({2 * ctx:,} tokens), as llama-imatrix does: give a longer text "
                              "or a smaller ctx")  # fmt: skip
     n = len(tokens) // ctx if chunks is None else min(chunks, len(tokens) // ctx)
-    out = [tokens[i * ctx : (i + 1) * ctx] for i in range(n)]
-    if bos:
-        out = [[bos[0], *c[1:]] for c in out]
-    return out
+    return [tokens[i * ctx : (i + 1) * ctx] for i in range(n)]
 
 
 def _store(store: Store, imatrix: Imatrix, path: Path) -> None:

@@ -198,3 +198,24 @@ def test_a_poor_winner_is_called_poor_unless_quality_was_bounded() -> None:
     assert any("quality is poor (mean KLD 1.5, perplexity +300%)" in x for x in lines(Constraints(max_size=200)))
     bounded = lines(Constraints(max_size=200, max_kld=(("mean", 2.0),)))
     assert bounded[0].startswith("Winner: x:mix") and not any("poor" in x for x in bounded)
+
+
+def test_optimize_with_an_imatrix_calibrates_apart_and_quantizes_with_it(
+    tiny: Path, cli: Cli, store: Store, tmp_path: Path
+) -> None:
+    assert cli("quantize", "r:f16", "--type", "q8_0,q4_0").code == 0
+    built = sizes(store)
+    budget = (built["r:q8_0"] + built["r:q4_0"]) // 2
+    extra = ("--types", "q4_0,iq2_xs", "--imatrix", "--max-size", f"{budget}B", "--calibration-chunks", "2", "--json")
+    result = cli("optimize", "r:f16", *args(tiny, tmp_path / "rep", *extra))
+    assert result.code == 0, result.err
+    report = json.loads(result.out)
+    ranked = {r["name"]: r for r in report["ranking"]}
+    assert {"r:q4_0-imat", "r:iq2_xs-imat"} <= set(ranked)  # IQ2_XS only exists with an imatrix
+    imatrix = store.get(parse_name("r:iq2_xs-imat")).source["imatrix"]
+    mixed = store.get(parse_name(report["mixed"]["name"]))
+    assert mixed.source["imatrix"] == imatrix == store.get(parse_name("r:q4_0-imat")).source["imatrix"]
+    note = next(n for n in report["notes"] if n.startswith("importance matrix of r:f16"))
+    assert "2 chunk(s) of 64 tokens of words.txt (after the 256 evaluation tokens)" in note
+    too_short = cli("optimize", "r:f16", "--imatrix", "--text", str(tiny), "--ctx", "64", "--chunks", "999")
+    assert too_short.code == 2 and "kept apart" in too_short.err

@@ -60,6 +60,9 @@ def configure(sub: Any) -> None:
     mixed = p.add_mutually_exclusive_group()
     mixed.add_argument("--mixed", action="store_true", default=None, help="also plan a per-tensor mix for the budget")
     mixed.add_argument("--no-mixed", dest="mixed", action="store_false", help="never plan a mix")
+    p.add_argument("--imatrix", action="store_true", help="calibrate the reference on the calibration chunks and "
+                   "quantize every llama.cpp candidate (-imat) and the mix with its importance matrix; IQ1/IQ2/IQ3 "
+                   "types become possible (--types iq2_xs,...) and join the mix")  # fmt: skip
     p.add_argument("--reference", help="the model to compare against (default: an f32/bf16/f16 variant, else built)")
     p.add_argument(
         "--text",
@@ -126,6 +129,7 @@ def cmd_optimize(args: argparse.Namespace, settings: Settings) -> int:
         constraints=_constraints(args),
         types=tuple(parse_quant_types(args.types)),
         mixed=args.mixed,
+        imatrix=args.imatrix,
         eval=EvalSettings(ctx=args.ctx, chunks=args.chunks, threads=args.threads),
         calibration=CalibrationParams(ctx=args.ctx, chunks=args.calibration_chunks, threads=args.threads),
         reference=parse_name(args.reference) if args.reference else None,

@@ -62,15 +62,19 @@ def requires_imatrix(ggml_type: GGMLQuantizationType) -> bool:
     return bool(_lib().ggml_quantize_requires_imatrix(int(ggml_type)))
 
 
-def quantize_rows(rows: F32, ggml_type: GGMLQuantizationType) -> npt.NDArray[np.uint8]:
-    """rows (n_rows x n_per_row) -> ggml's bytes for ``ggml_type``."""
+def quantize_rows(rows: F32, ggml_type: GGMLQuantizationType, importance: F32 | None = None) -> npt.NDArray[np.uint8]:
+    """rows (n_rows x n_per_row) -> ggml's bytes for ``ggml_type`` (weighted by ``importance``, one
+    value per column, as llama_model_quantize passes an imatrix)."""
     block, size = GGML_QUANT_SIZES[ggml_type]
     n_rows, n_per_row = rows.shape
     if n_per_row % block:
         raise ValueError(f"rows of {n_per_row} do not split into {ggml_type.name} blocks of {block}")
     src = np.ascontiguousarray(rows, dtype=np.float32)
     out = np.empty(n_rows * (n_per_row // block) * size, dtype=np.uint8)
-    written = _lib().ggml_quantize_chunk(int(ggml_type), src.ctypes.data, out.ctypes.data, 0, n_rows, n_per_row, None)
+    weights = None if importance is None else np.ascontiguousarray(importance, dtype=np.float32)
+    imatrix = None if weights is None else weights.ctypes.data
+    lib = _lib()
+    written = lib.ggml_quantize_chunk(int(ggml_type), src.ctypes.data, out.ctypes.data, 0, n_rows, n_per_row, imatrix)
     if written != out.size:
         raise EngineError(f"ggml wrote {written} bytes for {ggml_type.name}, expected {out.size}")
     return out
@@ -85,11 +89,11 @@ def dequantize(data: npt.NDArray[np.uint8], ggml_type: GGMLQuantizationType, sha
     return out
 
 
-def round_trip(rows: F32, ggml_type: GGMLQuantizationType) -> F32:
+def round_trip(rows: F32, ggml_type: GGMLQuantizationType, importance: F32 | None = None) -> F32:
     """What ``rows`` become once stored as ``ggml_type`` and read back."""
     if ggml_type == GGMLQuantizationType.F32:
         return np.asarray(rows, dtype=np.float32)
     if ggml_type == GGMLQuantizationType.F16:
         return np.asarray(rows, dtype=np.float32).astype(np.float16).astype(np.float32)
     shape = (rows.shape[0], rows.shape[1])
-    return dequantize(quantize_rows(rows, ggml_type), ggml_type, shape)
+    return dequantize(quantize_rows(rows, ggml_type, importance), ggml_type, shape)

@@ -15,7 +15,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from typing import Literal
+from typing import Any, Literal
 
 from ..convert.to_mlx import MlxRecipe, convert_to_mlx
 from ..convert.to_onnx import Method, Precision, convert_to_onnx, default_tag, onnx_requested
@@ -35,6 +35,8 @@ from ..units import format_bytes
 from .constraints import Constraints, Metrics, Ranking, rank
 from .history import remember
 from .mixed import (
+    IMATRIX_PALETTE,
+    PALETTE,
     MixPlan,
     find_slots,
     fixed_bytes,
@@ -42,9 +44,10 @@ from .mixed import (
     plan_mix,
     plan_options,
     predicted_costs,
+    relative_errors,
     smallest_size,
 )
-from .sensitivity import CalibrationParams, check_reference, measure_sensitivity
+from .sensitivity import CalibrationParams, calibration_chunks, check_reference, measure_sensitivity
 
 log = logging.getLogger(__name__)
 DEFAULT_TYPES = "Q8_0,Q6_K,Q5_K_M,Q5_1,Q4_K_M,Q4_0"
@@ -58,6 +61,7 @@ class OptimizeParams:
     constraints: Constraints = field(default_factory=Constraints)
     types: tuple[QuantType, ...] = tuple(parse_quant_types(DEFAULT_TYPES))
     mixed: bool | None = None  # None: plan a mix when a size budget falls between the candidates
+    imatrix: bool = False  # calibrate the reference on the calibration chunks; every llama.cpp candidate uses it
     eval: EvalSettings = field(default_factory=lambda: EvalSettings(ctx=512, chunks=8))
     calibration: CalibrationParams = field(default_factory=CalibrationParams)
     reference: ModelName | None = None
@@ -127,6 +131,7 @@ class _Run:
         self.notes: list[str] = []
         self.candidates: list[Candidate] = []
         self.requantize = is_quantized(source)
+        self.imatrix: str | None = None  # the importance matrix file, once calibrated
 
     def note(self, text: str) -> None:
         log.info("%s", text)
@@ -204,9 +209,11 @@ def optimize(
         raise InvalidParameterError(
             "mixed plans for a size budget: give max_size or max_memory", params=("mixed", "max_size", "max_memory")
         )
-    if params.mixed or budget is not None:
+    if params.mixed or budget is not None or params.imatrix:
         _check_split(run, text, calibration)
     reference = run.reference()
+    if params.imatrix:
+        run.imatrix = _calibrate(run, reference, calibration)
     _measure_uniform(run, reference)
     if Runtime.ONNXRUNTIME in params.runtimes:
         _measure_folders(run, reference, _onnx_variants(run))
@@ -276,7 +283,7 @@ def _measure_uniform(run: _Run, reference: Manifest) -> None:
         run.measure(run.source, reference, "source", f"as stored ({run.source.info.file_type or '?'})", "(stored)")
     if Runtime.LLAMA_CPP not in run.params.runtimes:
         return
-    options = QuantizeOptions(allow_requantize=run.requantize, threads=run.params.threads)
+    options = QuantizeOptions(allow_requantize=run.requantize, threads=run.params.threads, imatrix=run.imatrix)
     if run.requantize:
         run.note(
             f"{run.source.name} is already {run.source.info.file_type or 'quantized'}: every variant is made from its "
@@ -293,8 +300,10 @@ def _measure_uniform(run: _Run, reference: Manifest) -> None:
         for warning in warnings:
             if "dequantized weights" not in warning:  # said once, below
                 run.note(f"{qtype.name}: {warning}")
-        manifest = run.build(qtype, options, None)
-        run.measure(manifest, reference, "uniform", qtype.name, _command(run, qtype.name))
+        name = run.source.name.with_tag(f"{qtype.name.lower()}-imat") if run.imatrix else None
+        manifest = run.build(qtype, options, name)
+        recipe = f"{qtype.name} (imatrix)" if run.imatrix else qtype.name
+        run.measure(manifest, reference, "uniform", recipe, _command(run, qtype.name))
 
 
 @dataclass(frozen=True)
@@ -376,9 +385,40 @@ def _wants_mix(run: _Run, budget: int | None) -> bool:
     return False
 
 
+def _calibrate(run: _Run, reference: Manifest, calibration: EvalText) -> str:
+    """The reference's importance matrix from the calibration chunks (the text's last ones, kept
+    apart from the evaluation's: ``calibration_chunks`` refuses otherwise)."""
+    from ..calibrate import calibrate_chunks
+    from ..engines.llamacpp import open_llamacpp
+
+    p, e = run.params.calibration, run.params.eval
+    reserved = (e.chunks or 0) * e.ctx if calibration.digest == run.text.digest else 0
+    run.progress(str(reference.name), "calibrating", None, None)
+    path = run.store.gguf_path(reference, "optimize")
+    engine = open_llamacpp(path, LoadParams(n_ctx=p.ctx, n_threads=run.params.threads))
+    try:
+        chunks = calibration_chunks(engine, calibration, p, reserved)
+        done = calibrate_chunks(run.store, reference, engine, chunks, calibration)
+    finally:
+        engine.close()
+    where = "a separate text" if reserved == 0 else f"after the {reserved:,} evaluation tokens"
+    run.note(f"importance matrix of {reference.name} from {done.chunks} chunk(s) of {done.ctx} tokens of "
+             f"{calibration.label} ({where}); every llama.cpp candidate (-imat) is quantized with it")  # fmt: skip
+    return str(done.path)
+
+
+def _importance(path: str) -> dict[str, Any]:
+    """Per dense weight, the importance of each input column (llama-quantize's sums / count)."""
+    from pathlib import Path
+
+    from ..formats.imatrix import read_imatrix
+
+    return {n: e.importance()[0] for n, e in read_imatrix(Path(path)).entries.items() if e.sums.shape[0] == 1}
+
+
 def _measure_mixed(run: _Run, reference: Manifest, calibration: EvalText, budget: int) -> MixedReport | None:
     header = read_gguf_header(run.store.gguf_path(reference, "optimize"), label=str(reference.name))
-    slots = find_slots(header)
+    slots = find_slots(header, IMATRIX_PALETTE if run.imatrix else PALETTE)
     try:
         check_reference(reference, header, slots)
     except InvalidParameterError as exc:
@@ -397,10 +437,13 @@ def _measure_mixed(run: _Run, reference: Manifest, calibration: EvalText, budget
     sens = measure_sensitivity(
         run.store, reference, calibration, params, reserved_tokens=reserved, progress=report, engine_name=run.engine
     )
+    errors = sens.errors
+    if run.imatrix:  # weighted by importance, with the IQ1/IQ2/IQ3 types
+        errors = relative_errors(run.store.gguf_path(reference, "optimize"), header, slots, _importance(run.imatrix))
     plan = plan_mix(
-        slots, predicted_costs(slots, sens.per_unit, sens.errors), budget, fixed_bytes(header, slots), header.alignment
+        slots, predicted_costs(slots, sens.per_unit, errors), budget, fixed_bytes(header, slots), header.alignment
     )
-    ftype, options = plan_options(plan, slots, run.params.threads)
+    ftype, options = plan_options(plan, slots, run.params.threads, run.imatrix)
     size = f"{budget / 1e6:.0f}mb" if budget >= 10**7 else f"{budget / 1e3:.0f}kb"
     name = run.source.name.with_tag(f"mix-{size}-{plan.digest()}")
     manifest = run.build(ftype, options, name)

@@ -38,6 +38,8 @@ PALETTE: tuple[GGMLQuantizationType, ...] = (
     T.Q2_K, T.Q3_K, T.IQ3_S, T.Q4_0, T.IQ4_NL, T.IQ4_XS, T.Q4_1, T.Q4_K,
     T.Q5_0, T.Q5_1, T.Q5_K, T.Q6_K, T.Q8_0, T.F16,
 )  # fmt: skip
+# With an importance matrix the types that need one join (optimize --imatrix).
+IMATRIX_PALETTE: tuple[GGMLQuantizationType, ...] = (T.IQ1_M, T.IQ2_XXS, T.IQ2_XS, T.IQ2_S, T.IQ3_XXS, *PALETTE)
 STORAGE_TYPES = (T.F32, T.F16, T.BF16)  # a reference whose weights the planner can read and perturb
 DP_UNITS = 16_384  # budget resolution of the knapsack
 HEADER_SLACK = 4096  # metadata may grow a little when llama.cpp rewrites it
@@ -81,14 +83,14 @@ def quantizable(t: TensorInfo) -> bool:
     return len(t.shape) >= 2 and t.name.endswith("weight") and not any(s in t.name for s in _NEVER)
 
 
-def find_slots(header: GGUFHeader) -> list[Slot]:
+def find_slots(header: GGUFHeader, palette: Sequence[GGMLQuantizationType] = PALETTE) -> list[Slot]:
     slots = []
     for t in header.tensors:
         if not quantizable(t):
             continue
         m = _LAYER.match(t.name)
         layer, kind = (int(m.group(1)), m.group(2)) if m else (None, t.name.removesuffix(".weight"))
-        options = tuple(q for q in PALETTE if t.shape[0] % GGML_QUANT_SIZES[q][0] == 0)
+        options = tuple(q for q in palette if t.shape[0] % GGML_QUANT_SIZES[q][0] == 0)
         slots.append(Slot(t.name, t.shape, t.n_elements, t.ggml_type, layer, kind, options))
     return slots
 
@@ -135,8 +137,12 @@ def sample_rows(t: TensorInfo, limit: int = SAMPLE_ROWS) -> npt.NDArray[np.int64
     return np.sort(rng.choice(n_rows, size=min(limit, n_rows), replace=False)).astype(np.int64)
 
 
-def relative_errors(path: Path, header: GGUFHeader, slots: Sequence[Slot]) -> dict[str, dict[str, float]]:
-    """Per tensor and type: sum of squared error over sum of squares, on sampled rows."""
+def relative_errors(
+    path: Path, header: GGUFHeader, slots: Sequence[Slot], importance: Mapping[str, F32] | None = None
+) -> dict[str, dict[str, float]]:
+    """Per tensor and type: sum of squared error over sum of squares, on sampled rows. With an
+    importance matrix, each column weighted by its mean squared activation (what the error costs
+    in the layer's output) and quantized with it, as llama.cpp quantizes then."""
     from ..engines.ggml_quants import round_trip
 
     by_name = {t.name: t for t in header.tensors}
@@ -144,9 +150,12 @@ def relative_errors(path: Path, header: GGUFHeader, slots: Sequence[Slot]) -> di
     for slot in slots:
         t = by_name[slot.name]
         w = read_rows(path, t, sample_rows(t))
-        energy = float(np.sum(np.square(w, dtype=np.float64))) or 1.0
+        imp = (importance or {}).get(slot.name)
+        scale = np.ones(w.shape[1]) if imp is None else imp.astype(np.float64)
+        energy = float(np.sum(np.square(w, dtype=np.float64) * scale)) or 1.0
         out[slot.name] = {
-            q.name: float(np.sum(np.square(round_trip(w, q) - w, dtype=np.float64))) / energy for q in slot.options
+            q.name: float(np.sum(np.square(round_trip(w, q, imp) - w, dtype=np.float64) * scale)) / energy
+            for q in slot.options
         }
     return out
 
@@ -242,7 +251,9 @@ def _fill(picked: list[int], weights: list[list[int]], values: list[list[float]]
 # -- building the file ------------------------------------------------------------------------
 
 
-def plan_options(plan: MixPlan, slots: Sequence[Slot], threads: int | None = None) -> tuple[QuantType, QuantizeOptions]:
+def plan_options(
+    plan: MixPlan, slots: Sequence[Slot], threads: int | None = None, imatrix: str | None = None
+) -> tuple[QuantType, QuantizeOptions]:
     """The llama.cpp quantize call that writes ``plan``: the file type of the type holding most
     parameters, and one anchored override pattern per type."""
     names: dict[GGMLQuantizationType, list[str]] = {}
@@ -252,7 +263,7 @@ def plan_options(plan: MixPlan, slots: Sequence[Slot], threads: int | None = Non
     by_params = plan.type_summary(slots)
     main = next((GGMLQuantizationType[t] for t in by_params if GGMLQuantizationType[t] not in STORAGE_TYPES), T.Q8_0)
     ftype = next(q for q in QUANT_TYPES.values() if q.main_type == main)
-    options = QuantizeOptions(allow_requantize=True, pure=True, tensor_types=patterns, threads=threads)
+    options = QuantizeOptions(allow_requantize=True, pure=True, tensor_types=patterns, threads=threads, imatrix=imatrix)
     return ftype, options
 
 
