@@ -34,9 +34,9 @@ demo: setup
 	$(VENV)/bin/edgeslm show smollm2-135m-instruct:q4_k_m
 	$(VENV)/bin/edgeslm eval smollm2-135m-instruct --all-variants --chunks 4
 	$(VENV)/bin/edgeslm compare smollm2-135m-instruct --plot edgeslm-report/smollm2-135m-instruct.png
-	# calibration: an importance matrix, as llama-imatrix computes it (chunks apart from eval's), makes IQ2 possible
+	# calibration: an importance matrix as llama-imatrix computes it (chunks apart from eval's); Q2_K_S needs one
 	$(VENV)/bin/edgeslm calibrate smollm2-135m-instruct --chunks 2 --from-chunk 20
-	$(VENV)/bin/edgeslm quantize smollm2-135m-instruct --type iq2_xs --imatrix smollm2-135m-instruct --allow-requantize
+	$(VENV)/bin/edgeslm quantize smollm2-135m-instruct --type q2_k_s --imatrix smollm2-135m-instruct --allow-requantize
 	$(VENV)/bin/edgeslm convert smollm2-135m-instruct --to onnx --precision int4
 	$(VENV)/bin/edgeslm run smollm2-135m-instruct:onnx-int4 "Write a haiku about the sea" --temperature 0 --max-tokens 32
 	$(VENV)/bin/edgeslm bench smollm2-135m-instruct:onnx-int4 smollm2-135m-instruct:q4_0 -p 256 -n 64 -r 3
