@@ -13,6 +13,7 @@ import logging
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 
 from gguf.constants import GGMLQuantizationType
@@ -182,19 +183,28 @@ def _build(
     return store.add_produced(name, produce, label=f"{parent.name} as {qtype.name}", source=source)
 
 
-def imatrix_digest(options: QuantizeOptions) -> str | None:
+@lru_cache(maxsize=8)
+def _file_digest(path: str, size: int, mtime_ns: int) -> str:
     from .store.atomic import sha256_file
 
-    return None if options.imatrix is None else "sha256-" + sha256_file(Path(options.imatrix))
+    return "sha256-" + sha256_file(Path(path))
+
+
+def imatrix_digest(options: QuantizeOptions) -> str | None:
+    """The imatrix file's digest, computed once however many types a command builds with it."""
+    if options.imatrix is None:
+        return None
+    st = Path(options.imatrix).stat()
+    return _file_digest(options.imatrix, st.st_size, st.st_mtime_ns)
 
 
 def imatrix_source(path: str) -> dict[str, str]:
     """What lineage records of the importance matrix a variant was made with."""
     from .formats.imatrix import read_imatrix
-    from .store.atomic import sha256_file
 
     imatrix = read_imatrix(Path(path))
-    return {"imatrix": "sha256-" + sha256_file(Path(path)), "imatrix_text": ", ".join(imatrix.datasets)[:200],
+    return {"imatrix": imatrix_digest(QuantizeOptions(imatrix=path)) or "",
+            "imatrix_text": ", ".join(imatrix.datasets)[:200],
             "imatrix_chunks": f"{imatrix.chunk_count}x{imatrix.chunk_size}"}  # fmt: skip
 
 

@@ -46,7 +46,9 @@ def test_the_ray_serve_config_validates_and_builds(cli: Any, store: Store, tmp_p
     builder = getattr(importlib.import_module(module), name)
     args = {**app["args"], "home": str(home)}  # the store a node would have imported
     assert app["args"]["models"] == ["tiny:latest"] and app["args"]["max_replicas"] == 3
-    assert isinstance(builder(args), Application)
+    assert isinstance(builder(args), Application) and app["args"]["host"] == "0.0.0.0"  # a cluster's, keyed
+    local = {k: v for k, v in args.items() if k not in ("host", "api_keys")}
+    assert isinstance(builder(local), Application)  # without a host: loopback, where no key file is needed
     assert not (out / "rayservice.yaml").exists() and made.out.strip().startswith("esk-")
 
 

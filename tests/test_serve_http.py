@@ -351,9 +351,9 @@ def test_a_peft_adapter_uploaded_as_its_files(url: str, models: Path, tmp_path: 
 
 
 def test_a_stalled_upload_is_dropped(url: str, models: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import edgeslm.serve.ollama_admin as admin
+    import edgeslm.serve.service as service
 
-    monkeypatch.setattr(admin, "UPLOAD_SILENCE", 0.3)
+    monkeypatch.setattr(service, "UPLOAD_SILENCE", 0.3)
 
     def slow() -> Iterator[bytes]:
         yield b"a"

@@ -63,9 +63,11 @@ class RayDeployParams:
 
 
 def serve_config(models: Sequence[str], params: RayDeployParams) -> dict[str, Any]:
-    args = {"models": list(models), "home": HOME, "api_keys": KEYS, "audit_log": f"{HOME}/audit.jsonl",
-            "parallel": params.parallel, "ctx": params.ctx, "min_replicas": params.min_replicas,
-            "max_replicas": params.max_replicas, "replica_cpus": params.replica_cpus}  # fmt: skip
+    # A cluster's proxies listen on every address, so the app runs with the key file (serve refuses otherwise).
+    args = {"models": list(models), "host": "0.0.0.0", "home": HOME, "api_keys": KEYS,
+            "audit_log": f"{HOME}/audit.jsonl", "parallel": params.parallel, "ctx": params.ctx,
+            "min_replicas": params.min_replicas, "max_replicas": params.max_replicas,
+            "replica_cpus": params.replica_cpus}  # fmt: skip
     return {
         "proxy_location": "EveryNode",
         "http_options": {"host": "0.0.0.0", "port": SERVE_PORT},

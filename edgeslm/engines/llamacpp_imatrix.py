@@ -26,7 +26,7 @@ import llama_cpp as lc
 import numpy as np
 import numpy.typing as npt
 
-from ..errors import AbortedError, EngineError
+from ..errors import EngineError
 from .llamacpp import _init_backend, abort_on_interrupt, interrupt_pending, last_errors
 
 F32 = npt.NDArray[np.float32]
@@ -105,7 +105,6 @@ class Collector:
     sums: dict[str, F32] = field(default_factory=dict)  # (n_mat, n_cols), float32 as llama-imatrix sums
     counts: dict[str, npt.NDArray[np.int64]] = field(default_factory=dict)
     error: BaseException | None = None
-    stop: Callable[[], bool] = lambda: False
 
     def __post_init__(self) -> None:
         self.mul_mat, self.mul_mat_id = op_number("MUL_MAT"), op_number("MUL_MAT_ID")
@@ -118,8 +117,6 @@ class Collector:
                 return self._wanted(t)
             if interrupt_pending():
                 raise KeyboardInterrupt  # Ctrl-C: llama.cpp stops the graph, the caller raises it
-            if self.stop():
-                raise AbortedError("calibration was stopped; nothing was stored")
             if t.op == self.mul_mat_id:
                 self._experts(t)
             else:
@@ -189,12 +186,12 @@ abort_on_interrupt(Collector._called.__code__)
 
 def collect(
     model: Any, chunks: Sequence[Sequence[int]], *, threads: int, process_output: bool = False,
-    progress: Callable[[int], None] | None = None, stop: Callable[[], bool] = lambda: False,
+    progress: Callable[[int], None] | None = None,
 ) -> Collector:  # fmt: skip
     """Decode each chunk (a fresh context state each, every output on, as llama-imatrix does)
     with the collector watching; ``model`` is a loaded llama.cpp model handle."""
     _init_backend()
-    collector = Collector(process_output, stop=stop)
+    collector = Collector(process_output)
     n_ctx = len(chunks[0])
     p = lc.llama_context_default_params()
     p.n_ctx = p.n_batch = p.n_ubatch = n_ctx

@@ -27,11 +27,10 @@ from ..store.atomic import TempDir
 from ..store.uploads import Upload, find_file, parse_digest
 from .ollama_api import details, ndjson
 from .ollama_schemas import CopyRequest, CreateRequest, ModelRequest
-from .service import chat_template, note, parse, state
+from .service import body_chunks, chat_template, note, parse, state
 
 router = APIRouter()
 PROGRESS_SILENCE = QUANTIZE_TIMEOUT + 60.0  # seconds a pull or create may go without a progress line
-UPLOAD_SILENCE = 120.0  # seconds an upload may go without a byte
 
 
 @router.post("/api/show")
@@ -238,15 +237,8 @@ async def upload_blob(request: Request, digest: str) -> Response:
     wanted = parse_digest(digest)
     store = state(request).store()
     upload = await asyncio.to_thread(Upload, store, wanted)
-    chunks = request.stream().__aiter__()
     try:
-        while True:
-            try:  # every wait has a deadline: a client that stops sending loses its upload
-                chunk = await asyncio.wait_for(chunks.__anext__(), UPLOAD_SILENCE)
-            except StopAsyncIteration:
-                break
-            except asyncio.TimeoutError:
-                raise RunnerTimeoutError(f"the upload stalled for {UPLOAD_SILENCE:g} s; nothing was kept") from None
+        async for chunk in body_chunks(request):
             await asyncio.to_thread(upload.write, chunk)
         await asyncio.to_thread(upload.finish)
     finally:

@@ -32,6 +32,7 @@ from .options import ServeOptions, check_options
 log = logging.getLogger(__name__)
 RAY_EXTRA = "pip install 'edgeslm[ray]'"
 APP_NAME = "edgeslm"
+HEALTH_INTERVAL = 5.0  # seconds between checks that the Serve app still runs
 UNLIMITED_MEMORY = 1 << 50  # the ingress holds no model: its manager's budget must not refuse one
 
 
@@ -200,12 +201,21 @@ def build_app(options: ServeOptions, settings: Settings, params: RayParams) -> A
     return ingress.bind(front, str(settings.home), handles, options.parallel)
 
 
+def _app_running(serve: Any) -> bool:
+    try:
+        app = serve.status().applications.get(APP_NAME)
+    except Exception:  # noqa: BLE001 - Ray gone: the controller cannot be asked
+        return False
+    return app is not None and getattr(app.status, "value", app.status) not in ("DEPLOY_FAILED", "DELETING")
+
+
 def build(args: dict[str, Any]) -> Any:
     """For a Ray Serve config (``deploy ray``): ``import_path: edgeslm.serve.ray_app:build`` with ``args``."""
     models = tuple(str(m) for m in args.get("models", ()))
-    options = ServeOptions(host="0.0.0.0", api_keys=Path(args["api_keys"]) if args.get("api_keys") else None,
-                           audit_log=Path(args["audit_log"]) if args.get("audit_log") else None,
-                           parallel=int(args.get("parallel", 4)), ctx=int(args.get("ctx", 2048)))  # fmt: skip
+    keys, audit = args.get("api_keys"), args.get("audit_log")
+    options = ServeOptions(host=str(args.get("host", "127.0.0.1")), api_keys=Path(keys) if keys else None,
+                           audit_log=Path(audit) if audit else None, parallel=int(args.get("parallel", 4)),
+                           ctx=int(args.get("ctx", 2048)))  # fmt: skip
     params = RayParams(models, int(args.get("min_replicas", 1)), int(args.get("max_replicas", 2)),
                        float(args.get("replica_cpus", 1.0)))  # fmt: skip
     return build_app(options, resolve_settings(home=Path(args["home"])) if args.get("home") else resolve_settings(),
@@ -228,7 +238,10 @@ def run_ray(options: ServeOptions, settings: Settings, params: RayParams) -> Non
         serve.start(http_options={"host": options.host, "port": options.port})
         serve.run(app, name=APP_NAME, route_prefix="/")
         log.info("serving %s on Ray Serve at http://%s:%d", ", ".join(params.models), options.host, options.port)
-        stop.wait()
+        while not stop.wait(HEALTH_INTERVAL):  # Ctrl-C or SIGTERM; else check the app is still there
+            if not _app_running(serve):
+                log.error("the Ray Serve application %s is gone (its controller or cluster stopped); exiting", APP_NAME)
+                break
     finally:
         for sig in (signal.SIGINT, signal.SIGTERM):  # a second signal must not cut the shutdown short
             signal.signal(sig, signal.SIG_IGN)

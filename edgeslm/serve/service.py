@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 
 from ..config import Settings
 from ..errors import EngineError, InvalidParameterError, ModelNotFoundError, RunnerTimeoutError
@@ -346,3 +346,25 @@ async def collect(request: Request, gen: Generation) -> Reply:
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
         await gen.aclose()
+
+
+UPLOAD_SILENCE = 120.0  # seconds an upload may go without a byte
+
+
+async def body_chunks(request: Request, *, resumable: bool = False) -> AsyncIterator[bytes]:
+    """The request's body as it arrives; every wait has a deadline (``UPLOAD_SILENCE``). A sender
+    that stops loses the upload, or — ``resumable`` — keeps what arrived, as does one cut off."""
+    then = "resume it" if resumable else "nothing was kept"
+    chunks = request.stream().__aiter__()
+    while True:
+        try:
+            chunk = await asyncio.wait_for(chunks.__anext__(), UPLOAD_SILENCE)
+        except StopAsyncIteration:
+            return
+        except ClientDisconnect:
+            if resumable:
+                return
+            raise
+        except asyncio.TimeoutError:
+            raise RunnerTimeoutError(f"the upload stalled for {UPLOAD_SILENCE:g} s; {then}") from None
+        yield chunk

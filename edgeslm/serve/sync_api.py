@@ -20,17 +20,16 @@ import json
 from typing import Any
 
 from fastapi import APIRouter
-from starlette.requests import ClientDisconnect, Request
+from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response
 
-from ..errors import InvalidModelFileError, InvalidParameterError, RunnerTimeoutError
+from ..errors import InvalidModelFileError, InvalidParameterError
 from ..store.incoming import publish_received
 from ..store.registry import Manifest
 from ..store.uploads import Partial, find_file, parse_digest, partial_offset
-from .service import note, state
+from .service import body_chunks, note, state
 
 router = APIRouter()
-UPLOAD_SILENCE = 120.0  # seconds an upload may go without a byte
 MAX_MANIFESTS = 1000
 
 
@@ -95,14 +94,7 @@ async def upload(request: Request, digest: str) -> Response:
 
 async def _receive(request: Request, part: Partial) -> None:
     """Write what arrives; what arrived before a cut stays for the next try."""
-    chunks = request.stream().__aiter__()
-    while True:
-        try:  # every wait has a deadline: a sender that stops keeps what it sent, to resume
-            chunk = await asyncio.wait_for(chunks.__anext__(), UPLOAD_SILENCE)
-        except (StopAsyncIteration, ClientDisconnect):  # a cut sender resumes from what arrived
-            return
-        except asyncio.TimeoutError:
-            raise RunnerTimeoutError(f"the upload stalled for {UPLOAD_SILENCE:g} s; resume it") from None
+    async for chunk in body_chunks(request, resumable=True):
         await asyncio.to_thread(part.write, chunk)
 
 

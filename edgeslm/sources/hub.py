@@ -175,9 +175,14 @@ def pull_from_hub(
     finally:
         # Stored or refused, this repo's download cache is done with (a failed transfer above
         # keeps it, so the next pull resumes); other pulls keep theirs.
-        folder = f"models--{ref.repo_id.replace('/', '--')}"
-        for leftover in (cache / folder, cache / ".locks" / folder):
-            shutil.rmtree(leftover, ignore_errors=True)
+        drop_download_cache(cache, ref.repo_id)
+
+
+def drop_download_cache(cache: Path, repo_id: str) -> None:
+    """huggingface_hub's cache of one repo (files and locks) in ``cache``."""
+    folder = f"models--{repo_id.replace('/', '--')}"
+    for leftover in (cache / folder, cache / ".locks" / folder):
+        shutil.rmtree(leftover, ignore_errors=True)
 
 
 CHECKPOINT_FILES = re.compile(

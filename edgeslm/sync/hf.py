@@ -157,9 +157,9 @@ class HfRemote:
 
     def _drop_cache(self, cache: Path) -> None:
         """The hub's download cache of this repo; a cut download keeps its own (``.incomplete``) until then."""
-        folder = f"models--{self.repo.replace('/', '--')}"
-        for leftover in (cache / folder, cache / ".locks" / folder):
-            shutil.rmtree(leftover, ignore_errors=True)
+        from ..sources.hub import drop_download_cache
+
+        drop_download_cache(cache, self.repo)
 
 
 def _name(m: Manifest) -> str:
