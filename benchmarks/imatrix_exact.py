@@ -98,6 +98,21 @@ def main() -> None:
                 print(f"  {qname:8s} byte-identical to llama-quantize --imatrix: {same}  ({theirs.stat().st_size:,} B)")
                 theirs.unlink()
                 mine.unlink()
+            legacy_identical(bin_dir, path, text, home / f"{name}.dat", args, threads)
+
+
+def legacy_identical(bin_dir: Path, model: Path, text: Path, dat: Path, args: argparse.Namespace, threads: int) -> None:
+    """llama-imatrix's legacy .dat output, given to both quantizers: the same bytes."""
+    subprocess.run([str(bin_dir / "llama-imatrix"), "-m", str(model), "-f", str(text), "-c", str(args.ctx), "--chunks",
+                    str(args.chunks), "-t", str(threads), "--no-ppl", "--output-format", "dat", "-o", str(dat)],
+                   check=True, capture_output=True)  # fmt: skip
+    for qname in ("IQ2_XS", "Q2_K_S"):
+        theirs, mine = dat.with_suffix(f".{qname}-native.gguf"), dat.with_suffix(f".{qname}-ours.gguf")
+        subprocess.run([str(bin_dir / "llama-quantize"), "--allow-requantize", "--imatrix", str(dat), str(model),
+                        str(theirs), qname, str(threads)], check=True, capture_output=True)  # fmt: skip
+        quantize_file(model, mine, parse_quant_types(qname.lower())[0],
+                      QuantizeOptions(allow_requantize=True, imatrix=str(dat), threads=threads))  # fmt: skip
+        print(f"  {qname:8s} with llama-imatrix's legacy .dat, byte-identical: {sha(theirs) == sha(mine)}")
 
 
 if __name__ == "__main__":

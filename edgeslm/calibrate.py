@@ -135,7 +135,7 @@ def _store(store: Store, imatrix: Imatrix, path: Path) -> None:
 def stored_imatrices(store: Store, manifest: Manifest) -> list[Path]:
     """The model's stored importance matrices, newest first."""
     folder = imatrix_folder(store, manifest)
-    found = [p for p in folder.glob("*.gguf") if p.is_file()] if folder.is_dir() else []
+    found = [p for p in folder.iterdir() if p.suffix in (".gguf", ".dat") and p.is_file()] if folder.is_dir() else []
     return sorted(found, key=lambda p: p.stat().st_mtime, reverse=True)
 
 
@@ -169,13 +169,15 @@ def check_imatrix_for(model_file: Path, path: Path) -> None:
 
 
 def adopt_imatrix(store: Store, manifest: Manifest, path: Path) -> Path:
-    """Check a foreign imatrix file (llama-imatrix's) against the model and keep a copy beside its own."""
+    """Check a foreign imatrix file (llama-imatrix's, GGUF or legacy .dat) against the model and keep a
+    copy beside its own."""
     imatrix = read_imatrix(path)
     header = read_gguf_header(store.gguf_path(manifest, "quantize"), label=str(manifest.name))
     check_model(imatrix, header.tensors, path.name, str(manifest.name))
     from .store.atomic import sha256_file
 
-    dest = imatrix_folder(store, manifest) / f"file-{sha256_file(path)[:16]}.gguf"
+    suffix = ".dat" if imatrix.legacy else ".gguf"  # kept as given: lineage names these bytes
+    dest = imatrix_folder(store, manifest) / f"file-{sha256_file(path)[:16]}{suffix}"
     if not dest.exists():
         dest.parent.mkdir(parents=True, exist_ok=True)
         with store.locked():

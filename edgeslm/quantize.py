@@ -205,7 +205,7 @@ def imatrix_source(path: str) -> dict[str, str]:
     imatrix = read_imatrix(Path(path))
     return {"imatrix": imatrix_digest(QuantizeOptions(imatrix=path)) or "",
             "imatrix_text": ", ".join(imatrix.datasets)[:200],
-            "imatrix_chunks": f"{imatrix.chunk_count}x{imatrix.chunk_size}"}  # fmt: skip
+            "imatrix_chunks": f"{imatrix.chunk_count}x{imatrix.chunk_size or '?'}"}  # fmt: skip
 
 
 def quantize_to_file(

@@ -8,6 +8,7 @@ import ctypes
 import os
 import re
 import signal
+import struct
 import subprocess
 import sysconfig
 import time
@@ -108,6 +109,54 @@ def test_foreign_and_hostile_imatrix_files_change_nothing(cli: Any, tiny: Store,
         k: v for k, v in before.items() if "imatrix" not in k}  # fmt: skip
     with pytest.raises(InvalidModelFileError, match="not finite"):
         read_imatrix(tmp_path / "nan.gguf")
+
+
+def _legacy(imatrix: Imatrix, chunk_size: int, tail: bytes | None = None) -> bytes:
+    """llama-imatrix's --output-format dat (save_imatrix_legacy): sum / count x ncall per value."""
+    out = bytearray(struct.pack("<i", len(imatrix.entries)))
+    for name in sorted(imatrix.entries):
+        e = imatrix.entries[name]
+        ncall = int((e.counts.max() + chunk_size - 1) // chunk_size)
+        values = (e.sums / e.counts[:, None] * np.float32(ncall)).astype("<f4").reshape(-1)
+        out += struct.pack("<i", len(name)) + name.encode() + struct.pack("<ii", ncall, values.size) + values.tobytes()
+    return bytes(out) + (struct.pack("<ii", imatrix.chunk_count, 8) + b"text.txt" if tail is None else tail)
+
+
+def test_a_legacy_dat_imatrix_reads_as_llama_quantize_reads_it(cli: Any, tiny: Store, tmp_path: Path) -> None:
+    cli("calibrate", "tiny", "--text", str(_text(tmp_path, 2000)), "--ctx", "64", "--chunks", "2")
+    real = read_imatrix(next((tiny.root / "imatrix").rglob("*.gguf")))
+    dat = tmp_path / "imatrix.dat"
+    dat.write_bytes(_legacy(real, 64))
+    legacy = read_imatrix(dat)
+    assert legacy.legacy and legacy.chunk_count == 2 and legacy.datasets == ("text.txt",)
+    assert legacy.entries.keys() == real.entries.keys()
+    for name, e in real.entries.items():
+        np.testing.assert_allclose(legacy.entries[name].importance(), e.importance(), rtol=1e-6)
+    made = cli("quantize", "tiny", "--type", "iq2_xs", "--imatrix", str(dat))
+    assert made.code == 0, made.err
+    assert tiny.get(parse_name("tiny:iq2_xs")).source["imatrix_chunks"] == "2x?"
+    assert list((tiny.root / "imatrix").rglob("file-*.dat")), "the .dat file is kept as given"
+    good = dat.read_bytes()
+    name_len = struct.unpack_from("<i", good, 4)[0]
+    nval_at = 4 + 4 + name_len + 4
+    hostile = {
+        "truncated": good[: len(good) // 2],
+        "no-entries": struct.pack("<i", 0),
+        "huge-count": struct.pack("<i", 2**30) + good[4:],
+        "huge-nval": good[:nval_at] + struct.pack("<i", 2**31 - 1) + good[nval_at + 4 :],
+        "negative-ncall": good[: nval_at - 4] + struct.pack("<i", -5) + good[nval_at:],
+        "nan": good[: nval_at + 4] + struct.pack("<f", float("nan")) + good[nval_at + 8 :],
+        "trailing": good + b"junk",
+        "text": b"Hello, this is no importance matrix at all.\n",
+    }
+    before = snapshot(tiny.root)
+    for label, data in hostile.items():
+        (tmp_path / f"{label}.dat").write_bytes(data)
+        result = cli("quantize", "tiny", "--type", "q2_k_s", "--imatrix", str(tmp_path / f"{label}.dat"))
+        assert result.code == 65 and "Traceback" not in result.err, (label, result.err)
+    assert snapshot(tiny.root) == before
+    with pytest.raises(InvalidModelFileError, match="neither a GGUF importance matrix nor"):
+        read_imatrix(tmp_path / "text.dat")
 
 
 def test_short_texts_and_bad_chunks_are_refused(cli: Any, tiny: Store, tmp_path: Path) -> None:

@@ -12,11 +12,19 @@
 A file is read through the bounded header walk (``gguf_header``) and then checked entry by entry
 (paired tensors, F32, sizes that agree, finite sums, counts that are whole numbers of tokens in
 range) before any number is used; ``check_model`` refuses one made for another model.
+
+llama-imatrix's legacy ``.dat`` output (``--output-format dat``; ``common_imatrix_load_legacy``) is
+read too, with every length checked against the bytes that remain:
+
+    i32 n_entries, then per entry: i32 len, name, i32 ncall, i32 nval, f32[nval]
+      (each value: sum / tokens x ncall; llama-quantize divides by ncall)
+    optionally: i32 chunk_count, i32 len, the dataset's name
 """
 
 from __future__ import annotations
 
 import math
+import struct
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,6 +42,7 @@ KEY_DATASETS, KEY_CHUNK_COUNT, KEY_CHUNK_SIZE = "imatrix.datasets", "imatrix.chu
 SUMS, COUNTS = ".in_sum2", ".counts"
 MAX_COUNT = 2.0**40  # tokens per entry: far beyond any calibration run, far below float32's exact range loss
 MAX_ENTRIES = 16_384
+MAX_NAME = 256  # GGML_MAX_NAME is 64; a legacy entry's name past this is not a weight's
 
 
 @dataclass(frozen=True)
@@ -56,6 +65,7 @@ class Imatrix:
     chunk_count: int = 0
     chunk_size: int = 0
     extra: Mapping[str, str] = field(default_factory=dict)  # edgeslm.* keys: the model and text it belongs to
+    legacy: bool = False  # read from a .dat file: each entry one row of n_cols x n_mat values (experts unsplit)
 
 
 def write_imatrix(imatrix: Imatrix, path: Path) -> None:
@@ -84,6 +94,9 @@ def write_imatrix(imatrix: Imatrix, path: Path) -> None:
 
 def read_imatrix(path: Path, *, label: str | None = None) -> Imatrix:
     label = label or Path(path).name
+    with open(path, "rb") as fp:
+        if fp.read(4) != b"GGUF":
+            return _read_legacy(path, label)
     header = read_gguf_header(path, label=label)
     if header.metadata.get("general.type") != TYPE:
         raise InvalidModelFileError(f"{label} is a GGUF file but not an importance matrix (general.type is "
@@ -100,6 +113,63 @@ def read_imatrix(path: Path, *, label: str | None = None) -> Imatrix:
     return Imatrix(entries, tuple(str(d) for d in getattr(datasets, "items", ()) or ()),
                    _uint(header, KEY_CHUNK_COUNT), _uint(header, KEY_CHUNK_SIZE),
                    {k: str(v) for k, v in header.metadata.items() if k.startswith("edgeslm.")})  # fmt: skip
+
+
+class _Legacy:
+    """A bounded reader of a legacy file: every length is checked against what remains."""
+
+    def __init__(self, data: bytes, label: str) -> None:
+        self.data, self.pos, self.label = data, 0, label
+
+    def fail(self, what: str) -> InvalidModelFileError:
+        return InvalidModelFileError(f"{self.label} is neither a GGUF importance matrix nor llama-imatrix's legacy "
+                                     f".dat file: {what} at byte {self.pos}; give llama-imatrix's output or "
+                                     "edgeslm calibrate's")  # fmt: skip
+
+    def i32(self, what: str, low: int = 0, high: int = 2**31 - 1) -> int:
+        if self.pos + 4 > len(self.data):
+            raise self.fail(f"the file ends where {what} should be")
+        (value,) = struct.unpack_from("<i", self.data, self.pos)
+        if not low <= value <= high:
+            raise self.fail(f"{what} is {value}, not {low} to {high}")
+        self.pos += 4
+        return int(value)
+
+    def take(self, n: int, what: str) -> bytes:
+        if n > len(self.data) - self.pos:
+            raise self.fail(f"{what} needs {n:,} bytes, {len(self.data) - self.pos:,} remain")
+        self.pos += n
+        return self.data[self.pos - n : self.pos]
+
+
+def _read_legacy(path: Path, label: str) -> Imatrix:
+    size = Path(path).stat().st_size
+    if size > 2**31:
+        raise InvalidModelFileError(f"{label} is {size:,} bytes: too large for a legacy importance matrix")
+    r = _Legacy(Path(path).read_bytes(), label)
+    entries: dict[str, Entry] = {}
+    for _ in range(r.i32("the entry count", 1, MAX_ENTRIES)):
+        raw = r.take(r.i32("a name's length", 1, MAX_NAME), "a name")
+        name = raw.decode("utf-8", "replace")
+        ncall = r.i32(f"{name[:64]!r}'s call count", 0, 2**31 - 1)
+        nval = r.i32(f"{name[:64]!r}'s value count", 1, (len(r.data) - r.pos) // 4)
+        values = np.frombuffer(r.take(4 * nval, f"{name[:64]!r}'s values"), dtype="<f4").astype(np.float32)
+        if name in entries or not name.isprintable():
+            raise r.fail(f"the entry {name[:64]!r} is repeated or not a tensor name")
+        if not np.isfinite(values).all() or (values < 0).any():
+            raise InvalidModelFileError(f"{label}: {name[:64]} holds values that are not finite non-negative numbers")
+        # llama-quantize divides by ncall (or, for 0, takes the values as they are): counts of ncall do the same
+        entries[name] = Entry(values.reshape(1, nval), np.array([max(ncall, 1)], dtype=np.float32))
+    chunks, datasets = 0, ()
+    if r.pos < len(r.data):  # the trailing chunk count and dataset name are optional
+        chunks = r.i32("the chunk count", 0)
+        if r.pos < len(r.data):
+            datasets = (
+                r.take(r.i32("the dataset name's length", 0, 4096), "the dataset name").decode("utf-8", "replace"),
+            )
+    if r.pos != len(r.data):
+        raise r.fail(f"{len(r.data) - r.pos:,} bytes follow the data")
+    return Imatrix(entries, tuple(d for d in datasets if d), chunks, 0, legacy=True)
 
 
 def _uint(header: GGUFHeader, key: str) -> int:
@@ -147,10 +217,11 @@ def check_model(imatrix: Imatrix, model_tensors: Sequence[TensorInfo], label: st
             raise InvalidModelFileError(f"{label} is not an importance matrix of {model}: {model} has no weight "
                                         f"{name[:80]!r}; calibrate {model} itself (edgeslm calibrate)")  # fmt: skip
         n_mat = math.prod(shape[2:]) if len(shape) > 2 else 1
+        if imatrix.legacy and e.sums.size == shape[0] * n_mat:  # one row per weight, the experts unsplit
+            continue
         if shape[0] != e.sums.shape[1] or n_mat != e.sums.shape[0]:
             raise InvalidModelFileError(f"{label} is not an importance matrix of {model}: {name} takes "
                                         f"{shape[0]} inputs x {n_mat} matrices there, {e.sums.shape[1]} x "
                                         f"{e.sums.shape[0]} here")  # fmt: skip
     if not imatrix.entries:
         raise InvalidModelFileError(f"{label} holds no importance data")
-
