@@ -160,7 +160,8 @@ def _read_legacy(path: Path, label: str) -> Imatrix:
             raise InvalidModelFileError(f"{label}: {name[:64]} holds values that are not finite non-negative numbers")
         # llama-quantize divides by ncall (or, for 0, takes the values as they are): counts of ncall do the same
         entries[name] = Entry(values.reshape(1, nval), np.array([max(ncall, 1)], dtype=np.float32))
-    chunks, datasets = 0, ()
+    chunks: int = 0
+    datasets: tuple[str, ...] = ()
     if r.pos < len(r.data):  # the trailing chunk count and dataset name are optional
         chunks = r.i32("the chunk count", 0)
         if r.pos < len(r.data):
