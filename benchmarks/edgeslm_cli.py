@@ -1,0 +1,15 @@
+"""The one way benchmarks call the ``edgeslm`` command: in a fresh process, on a given home."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+
+def edgeslm(home: Path, *args: str) -> str:
+    """stdout of ``edgeslm --home HOME ARGS…``; exits with its stderr's tail when it fails."""
+    done = subprocess.run([sys.executable, "-m", "edgeslm", "--home", str(home), *args], capture_output=True, text=True)
+    if done.returncode != 0:
+        raise SystemExit(f"edgeslm {' '.join(args)} failed: {done.stderr[-2000:]}")
+    return done.stdout

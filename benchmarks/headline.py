@@ -1,0 +1,92 @@
+"""The README's headline table: variants of both builtins across runtimes, measured on one scale in
+one run — file size, mean KLD and same top-1 against the model's F16 reference (WikiText-2 sample,
+ctx 512), pp512/tg128 tok/s and peak RSS from the bench worker.
+
+SmolLM2 goes through all three runtimes (llama.cpp types, ONNX Runtime int8/int4, MLX 8/4-bit with
+float32 scales, as off a Mac); Gemma 3 270M through llama.cpp only (``convert --to onnx/mlx`` takes
+llama, qwen2 and qwen3 exports). MLX runs on its Linux CPU build here, so its speed is not a Mac's.
+llama.cpp's own ``llama-bench`` on the same GGUF files, same run, when the native tools are built.
+
+    .venv/bin/python benchmarks/headline.py [--chunks 4] [--native-bin DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from edgeslm_cli import edgeslm
+
+ROOT = Path(__file__).resolve().parents[1]
+PLAN = {
+    "smollm2-135m-instruct": (
+        ["q8_0", "q4_k_m", "q4_0"],
+        [("onnx", "int8"), ("onnx", "int4"), ("mlx", "8"), ("mlx", "4")],
+    ),
+    "gemma3-270m": (["q8_0", "q4_k_m", "q4_0"], []),
+}
+TAGS = {("onnx", "int8"): "onnx-int8", ("onnx", "int4"): "onnx-int4", ("mlx", "8"): "mlx-8bit-fp32",
+        ("mlx", "4"): "mlx-4bit-fp32"}  # fmt: skip
+
+
+def build(home: Path, model: str, types: list[str], folders: list[tuple[str, str]]) -> list[str]:
+    edgeslm(home, "pull", model)
+    edgeslm(home, "quantize", model, "--type", ",".join(["f16", *types]), "--allow-requantize")
+    for runtime, recipe in folders:
+        if runtime == "onnx":
+            edgeslm(home, "convert", model, "--to", "onnx", "--precision", recipe)
+        else:
+            edgeslm(home, "convert", model, "--to", "mlx", "--q-bits", recipe, "--dtype", "float32")
+    return [f"{model}:latest", *(f"{model}:{t}" for t in types), *(f"{model}:{TAGS[f]}" for f in folders)]
+
+
+def native_tg(bin_dir: Path | None, home: Path, r: dict[str, Any]) -> str:
+    """llama-bench's tg128 on the same GGUF file (t/s), or '' for a folder model or without the native tools."""
+    if bin_dir is None or r["runtime"] != "llama.cpp":
+        return ""
+    path = json.loads(edgeslm(home, "show", r["model"], "--json"))["path"]
+    out = subprocess.run([str(bin_dir / "llama-bench"), "-m", path, "-p", "0", "-n", "128", "-r", "3", "-o", "json"],
+                         capture_output=True, text=True, check=True).stdout  # fmt: skip
+    return f"{json.loads(out)[0]['avg_ts']:.1f}"
+
+
+def row(r: dict[str, Any], native: str) -> str:
+    speed = r.get("speed") or {}
+    label = r["model"].split(":", 1)[1] + (f" ({r['file_type']})" if r["model"].endswith(":latest") else "")
+    cells = [r["model"].split(":")[0], f"`:{label}`", r["runtime"], f"{r['file_size'] / 1e6:.1f} MB",
+             f"{r['kld_mean']:.5f}", f"{100 * r['same_top']:.1f} %", f"{speed.get('pp_tps') or 0:.1f}",
+             f"{speed.get('tg_tps') or 0:.1f}", native or "—",
+             f"{speed.get('peak_rss', 0) / 2**20:.0f} MiB"]  # fmt: skip
+    return "| " + " | ".join(cells) + " |"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--chunks", type=int, default=4)
+    parser.add_argument("--native-bin", type=Path, help="llama.cpp's tools (default: built by build-native-llama.sh)")
+    args = parser.parse_args()
+    bin_dir = args.native_bin
+    script = ROOT.parent / "shared" / "tools" / "build-native-llama.sh"
+    if bin_dir is None and script.is_file():
+        bin_dir = Path(subprocess.check_output(["bash", str(script)], text=True).strip())
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="headline-") as tmp:
+        home = Path(tmp)
+        for model, (types, folders) in PLAN.items():
+            names = build(home, model, types, folders)
+            results = json.loads(edgeslm(home, "eval", *names, "--reference", f"{model}:f16", "--chunks",
+                                         str(args.chunks), "--json"))  # fmt: skip
+            rows += [row(r, native_tg(bin_dir, home, r)) for r in results]
+    print(f"Against each model's F16 GGUF, {args.chunks} x 512 tokens of the bundled WikiText-2 sample; one run\n")
+    print("| model | variant | runtime | size | mean KLD | same top-1 | pp512 tok/s | tg128 tok/s | "
+          "llama-bench tg128 | peak RSS |")  # fmt: skip
+    print("|---|---|---|---:|---:|---:|---:|---:|---:|---:|")
+    print("\n".join(rows))
+
+
+if __name__ == "__main__":
+    main()
