@@ -59,6 +59,9 @@ def calibrate(
     chunks: int | None = None, from_chunk: int = 0, threads: int | None = None, process_output: bool = False,
     progress: Callable[[int], None] | None = None,
 ) -> Calibration:  # fmt: skip
+    """Compute ``name``'s importance matrix as llama-imatrix does (chunks of ``ctx`` tokens of the
+    text from chunk ``from_chunk``, at most ``chunks`` of them) and store it beside the model, in
+    llama.cpp's GGUF imatrix format, for ``quantize(..., QuantizeOptions(imatrix=path))``."""
     from .engines.base import LoadParams
     from .engines.llamacpp import open_llamacpp
     from .evaluate.core import load_text

@@ -34,6 +34,9 @@ Message = Mapping[str, Any]
 
 @dataclass(frozen=True)
 class GenerationChunk:
+    """One piece of a streamed reply: its text and token, and on the closing chunk why it ended and
+    the timings (prompt and generation tokens/s, peak memory)."""
+
     text: str
     token: int | None  # None on the closing chunk
     finish_reason: str | None  # None while generating; "stop" (end token or stop string) or "length"
@@ -341,6 +344,8 @@ def stream_generate(
 
 @dataclass(frozen=True)
 class GenerationResult:
+    """A whole reply (``generate``): its text, tokens, why it ended and the timings."""
+
     text: str
     tokens: tuple[int, ...]
     finish_reason: str
@@ -360,4 +365,5 @@ def generate(model: Model, prompt: str | Sequence[Message] | Sequence[int], **kw
 
 
 def embed(model: Model, texts: Sequence[str]) -> list[list[float]]:
+    """One mean-pooled, L2-normalized vector per text (``edgeslm embed``, ``/api/embed``)."""
     return [model.engine.embed(t) for t in texts]

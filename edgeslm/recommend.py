@@ -84,6 +84,8 @@ class Recommendation:
 def recommend(
     device: Device, *, use_case: str = "chat", quality: str | None = None, ctx: int = 4096, store: Store | None = None
 ) -> Recommendation:
+    """What to run on ``device`` for ``use_case``: advice for its memory budget at ``ctx`` tokens, the
+    catalogue's models that fit, and the store's measured variants that fit, ranked."""
     if use_case not in USE_CASES:
         raise InvalidParameterError(
             f"use_case {use_case!r} is not known; valid: {', '.join(USE_CASES)}", params="use_case"

@@ -42,6 +42,9 @@ REFERENCE_TAGS = ("f32", "bf16", "f16")  # a model's reference variants, preferr
 
 @dataclass(frozen=True)
 class EvalSettings:
+    """How ``evaluate`` scores: tokens per chunk, how many chunks, threads, and whether to measure
+    speed and memory too."""
+
     ctx: int = 512
     chunks: int | None = None  # None: every whole chunk of the text
     threads: int | None = None

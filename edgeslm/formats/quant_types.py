@@ -79,6 +79,9 @@ class QuantType:
 
 @dataclass(frozen=True)
 class QuantizeOptions:
+    """llama-quantize's options: requantizing, per-tensor types, the output and embedding types, an
+    importance matrix file, threads."""
+
     allow_requantize: bool = False
     force: bool = False
     pure: bool = False

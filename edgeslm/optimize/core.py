@@ -58,6 +58,9 @@ Progress = Callable[[str, str, int | None, int | None], None]
 
 @dataclass(frozen=True)
 class OptimizeParams:
+    """What ``optimize`` tries and how: the constraints, the uniform types, the mix, the runtimes and
+    their variants, the evaluation and calibration settings, and the tag for the winner."""
+
     constraints: Constraints = field(default_factory=Constraints)
     types: tuple[QuantType, ...] = tuple(parse_quant_types(DEFAULT_TYPES))
     mixed: bool | None = None  # None: plan a mix when a size budget falls between the candidates

@@ -181,6 +181,10 @@ def now_iso() -> str:
 
 
 class Store:
+    """The local content-addressed model store at ``root`` (``HOME/models``): blobs named by their
+    sha256, manifests naming them, every write to a temp file then renamed under the store lock.
+    ``Store.open(root)`` also sweeps what a dead writer left."""
+
     def __init__(self, root: Path) -> None:
         self.root = root
         self.blobs_dir = root / "blobs"
