@@ -22,8 +22,11 @@ from typing import Any
 
 from edgeslm_cli import edgeslm
 
+ROOT = Path(__file__).resolve().parents[1]
+TEXT = ROOT / "edgeslm" / "data" / "wikitext-2-sample.txt"
 MODELS = "smollm2-135m-instruct,gemma3-270m"
-BUDGETS = ("q3_k_m", "q2_k")
+BUDGETS = "q3_k_m,q2_k"
+NEEDS_IMATRIX = {"iq1_s", "iq1_m", "iq2_xxs", "iq2_xs", "iq2_s", "q2_k_s"}  # llama-quantize refuses them without
 
 
 def size_of(home: Path, name: str) -> int:
@@ -31,7 +34,8 @@ def size_of(home: Path, name: str) -> int:
 
 
 def optimize(home: Path, model: str, budget: int, args: argparse.Namespace, imatrix: bool) -> dict[str, Any]:
-    cmd = ["optimize", model, "--types", ",".join(BUDGETS), "--mixed", "--max-size", str(budget), "--chunks",
+    types = [t for t in args.budgets.split(",") if imatrix or t not in NEEDS_IMATRIX] or ["q2_k"]
+    cmd = ["optimize", model, "--types", ",".join(types), "--mixed", "--max-size", str(budget), "--chunks",
            str(args.chunks), "--calibration-chunks", str(args.calibration_chunks), "--no-tag", "--json"]  # fmt: skip
     start = time.perf_counter()
     result: dict[str, Any] = json.loads(edgeslm(home, *cmd, *(["--imatrix"] if imatrix else [])))
@@ -44,11 +48,12 @@ def metrics(result: dict[str, Any], name: str) -> dict[str, Any]:
 
 
 def row(model: str, qtype: str, plain: dict[str, Any], imat: dict[str, Any]) -> str:
-    u0, u1 = metrics(plain, f"{model}:{qtype}"), metrics(imat, f"{model}:{qtype}-imat")
+    u0 = None if qtype in NEEDS_IMATRIX else metrics(plain, f"{model}:{qtype}")
+    u1 = metrics(imat, f"{model}:{qtype}-imat")
     m0, m1 = metrics(plain, plain["mixed"]["name"]), metrics(imat, imat["mixed"]["name"])
-    cells = [model, f"{qtype.upper()} ({u0['file_size'] / 1e6:.1f} MB)"]
+    cells = [model, f"{qtype.upper()} ({u1['file_size'] / 1e6:.1f} MB)"]
     for m in (u0, m0, u1, m1):
-        cells.append(f"{m['kld']['mean']:.4f} ({m['file_size'] / 1e6:.1f} MB)")
+        cells.append("—" if m is None else f"{m['kld']['mean']:.4f} ({m['file_size'] / 1e6:.1f} MB)")
     cells.append(", ".join(sorted(set(imat["mixed"]["types"]))))
     return "| " + " | ".join(cells) + " |"
 
@@ -58,14 +63,18 @@ def main() -> None:
     parser.add_argument("--chunks", type=int, default=4, help="evaluation chunks of 512 tokens")
     parser.add_argument("--calibration-chunks", type=int, default=2)
     parser.add_argument("--models", default=MODELS)
+    parser.add_argument("--budgets", default=BUDGETS, help="the types whose file sizes are the budgets")
     args = parser.parse_args()
     rows = []
     with tempfile.TemporaryDirectory(prefix="imatrix-mixed-") as tmp:
         home = Path(tmp)
         for model in args.models.split(","):
             edgeslm(home, "pull", model)
-            for qtype in BUDGETS:
-                edgeslm(home, "quantize", model, "--type", qtype, "--allow-requantize")
+            for qtype in args.budgets.split(","):
+                if qtype in NEEDS_IMATRIX:  # its size needs the file: quantized with an imatrix of the same text
+                    edgeslm(home, "quantize", model, "--type", qtype, "--allow-requantize", "--calibrate", str(TEXT))
+                else:
+                    edgeslm(home, "quantize", model, "--type", qtype, "--allow-requantize")
                 budget = size_of(home, f"{model}:{qtype}")
                 plain, imat = (optimize(home, model, budget, args, flag) for flag in (False, True))
                 rows.append(row(model, qtype, plain, imat))
