@@ -56,8 +56,8 @@ def native_tg(bin_dir: Path | None, home: Path, r: dict[str, Any]) -> str:
 
 def row(r: dict[str, Any], native: str) -> str:
     speed = r.get("speed") or {}
-    label = r["model"].split(":", 1)[1] + (f" ({r['file_type']})" if r["model"].endswith(":latest") else "")
-    cells = [r["model"].split(":")[0], f"`:{label}`", r["runtime"], f"{r['file_size'] / 1e6:.1f} MB",
+    label = f"`:{r['model'].split(':', 1)[1]}`" + (f" ({r['file_type']})" if r["model"].endswith(":latest") else "")
+    cells = [r["model"].split(":")[0], label, r["runtime"], f"{r['file_size'] / 1e6:.1f} MB",
              f"{r['kld_mean']:.5f}", f"{100 * r['same_top']:.1f} %", f"{speed.get('pp_tps') or 0:.1f}",
              f"{speed.get('tg_tps') or 0:.1f}", native or "—",
              f"{speed.get('peak_rss', 0) / 2**20:.0f} MiB"]  # fmt: skip
