@@ -44,8 +44,8 @@ demo: setup
 	# MLX (Apple silicon's runtime; here its CPU build, exact but slow): float32 scales, as off a Mac by default
 	$(VENV)/bin/edgeslm convert smollm2-135m-instruct --to mlx --q-bits 4 --dtype float32
 	$(VENV)/bin/edgeslm run smollm2-135m-instruct:mlx-4bit-fp32 "Write a haiku about the sea" --temperature 0 --max-tokens 32
-	$(VENV)/bin/edgeslm bench smollm2-135m-instruct:q4_0 smollm2-135m-instruct:onnx-int4 smollm2-135m-instruct:mlx-4bit-fp32 -p 64 -n 32 -r 1
-	$(VENV)/bin/edgeslm eval smollm2-135m-instruct:q4_0 :onnx-int4 :mlx-4bit-fp32 --chunks 1 --no-speed
+	$(VENV)/bin/edgeslm bench smollm2-135m-instruct:q4_0 smollm2-135m-instruct:onnx-int4 smollm2-135m-instruct:mlx-4bit-fp32 -p 32 -n 16 -r 1
+	$(VENV)/bin/edgeslm eval smollm2-135m-instruct:q4_0 :onnx-int4 :mlx-4bit-fp32 --ctx 256 --chunks 1 --no-speed
 	$(VENV)/bin/edgeslm optimize smollm2-135m-instruct --types q8_0,q5_1,q4_k_m,q4_0 --chunks 4 \
 		--runtimes llama.cpp,onnxruntime --onnx int4,int8 --max-size 95MB --max-kld 0.15 --report edgeslm-report/optimize
 	$(VENV)/bin/edgeslm recommend

@@ -50,7 +50,7 @@ def native_tg(bin_dir: Path | None, home: Path, r: dict[str, Any]) -> str:
         return ""
     path = json.loads(edgeslm(home, "show", r["model"], "--json"))["path"]
     out = subprocess.run([str(bin_dir / "llama-bench"), "-m", path, "-p", "0", "-n", "128", "-r", "3", "-o", "json"],
-                         capture_output=True, text=True, check=True).stdout  # fmt: skip
+                         capture_output=True, text=True, check=True, timeout=600).stdout  # fmt: skip
     return f"{json.loads(out)[0]['avg_ts']:.1f}"
 
 

@@ -70,13 +70,13 @@ def main() -> None:
         text.write_bytes(TEXT.read_bytes()[: 60 * args.ctx * args.chunks])  # enough tokens, cut early
         for name, path in model_files().items():
             subprocess.run([sys.executable, "-m", "edgeslm", "--home", str(home), "pull", name], check=True,
-                           capture_output=True)  # fmt: skip
+                           capture_output=True, timeout=1800)  # fmt: skip
             store = Store.open(home / "models")
             native_file = home / f"{name}-native.gguf"
             started = time.perf_counter()
             subprocess.run([str(bin_dir / "llama-imatrix"), "-m", str(path), "-f", str(text), "-c", str(args.ctx),
                             "--chunks", str(args.chunks), "-t", str(threads), "--no-ppl", "-o", str(native_file)],
-                           check=True, capture_output=True)  # fmt: skip
+                           check=True, capture_output=True, timeout=1800)  # fmt: skip
             native_s = time.perf_counter() - started
             started = time.perf_counter()
             ours = calibrate(store, parse_name(name), text, ctx=args.ctx, chunks=args.chunks, threads=threads)
@@ -91,7 +91,7 @@ def main() -> None:
                 theirs, mine = home / f"{name}-{qname}-native.gguf", home / f"{name}-{qname}-ours.gguf"
                 native_cmd = [str(bin_dir / "llama-quantize"), "--allow-requantize", "--imatrix", str(native_file),
                               str(path), str(theirs), qname, str(threads)]  # fmt: skip
-                subprocess.run(native_cmd, check=True, capture_output=True)
+                subprocess.run(native_cmd, check=True, capture_output=True, timeout=1800)
                 quantize_file(path, mine, qtype, QuantizeOptions(allow_requantize=True, imatrix=str(native_file),
                                                                  threads=threads))  # fmt: skip
                 same = sha(theirs) == sha(mine)
@@ -105,11 +105,11 @@ def legacy_identical(bin_dir: Path, model: Path, text: Path, dat: Path, args: ar
     """llama-imatrix's legacy .dat output, given to both quantizers: the same bytes."""
     subprocess.run([str(bin_dir / "llama-imatrix"), "-m", str(model), "-f", str(text), "-c", str(args.ctx), "--chunks",
                     str(args.chunks), "-t", str(threads), "--no-ppl", "--output-format", "dat", "-o", str(dat)],
-                   check=True, capture_output=True)  # fmt: skip
+                   check=True, capture_output=True, timeout=1800)  # fmt: skip
     for qname in ("IQ2_XS", "Q2_K_S"):
         theirs, mine = dat.with_suffix(f".{qname}-native.gguf"), dat.with_suffix(f".{qname}-ours.gguf")
         subprocess.run([str(bin_dir / "llama-quantize"), "--allow-requantize", "--imatrix", str(dat), str(model),
-                        str(theirs), qname, str(threads)], check=True, capture_output=True)  # fmt: skip
+                        str(theirs), qname, str(threads)], check=True, capture_output=True, timeout=1800)  # fmt: skip
         quantize_file(model, mine, parse_quant_types(qname.lower())[0],
                       QuantizeOptions(allow_requantize=True, imatrix=str(dat), threads=threads))  # fmt: skip
         print(f"  {qname:8s} with llama-imatrix's legacy .dat, byte-identical: {sha(theirs) == sha(mine)}")
