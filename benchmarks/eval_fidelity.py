@@ -24,11 +24,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.parity import model_files  # noqa: E402
+from benchmarks.parity import MODEL_CHOICES, model_files  # noqa: E402
 from edgeslm.engines.base import physical_cores  # noqa: E402
 from edgeslm.engines.llamacpp import quantize_file  # noqa: E402
 from edgeslm.evaluate import EvalResult, EvalSettings, evaluate, load_text  # noqa: E402
 from edgeslm.formats.quant_types import QUANT_TYPES, QuantizeOptions  # noqa: E402
+from edgeslm.sources.pinned import pinned_models  # noqa: E402
 from edgeslm.store import Store, parse_name  # noqa: E402
 
 WIKITEXT = ROOT.parent / "shared" / "data" / "wikitext-2-test.txt"
@@ -80,7 +81,7 @@ def main() -> None:
     parser.add_argument("--native-bin", type=Path)
     parser.add_argument("--chunks", type=int, default=20)
     parser.add_argument("-t", "--threads", type=int, default=physical_cores())
-    parser.add_argument("--models", nargs="*", default=None, help="builtin names (default: both)")
+    parser.add_argument("--models", nargs="*", default=None, choices=MODEL_CHOICES, help="default: both builtins")
     args = parser.parse_args()
     bin_dir = args.native_bin or Path(
         subprocess.check_output(
@@ -93,14 +94,18 @@ def main() -> None:
     worst, speed = 0.0, {"native": 0.0, "ours": 0.0, "tokens": 0.0}
     with tempfile.TemporaryDirectory() as tmp:
         store = Store.open(Path(tmp) / "models")
-        for name, src in model_files().items():
-            if args.models and name not in args.models:
-                continue
+        for name, src in model_files(args.models).items():
+            stem = name.replace(":", "-")  # a store name for each variant
             files = {}
+            if name in pinned_models():  # no F16 exists offline: the reference is the shipped file
+                files["F16"] = src
+                store.add_file(src, parse_name(f"{stem}:f16"), source={"kind": "file"})
             for qname in ("F16", *VARIANTS):
+                if qname in files:
+                    continue
                 out = Path(tmp) / f"{name}-{qname}.gguf"
                 quantize_file(src, out, QUANT_TYPES[qname], QuantizeOptions(allow_requantize=True))
-                store.add_file(out, parse_name(f"{name}:{qname.lower()}"), source={"kind": "file"})
+                store.add_file(out, parse_name(f"{stem}:{qname.lower()}"), source={"kind": "file"})
                 files[qname] = out
             base = Path(tmp) / f"{name}.kld"
             _, base_s = native_run(
@@ -115,7 +120,8 @@ def main() -> None:
                     *common,
                 ]
             )
-            print(f"\n{name}: {args.chunks} chunks x 512 tokens, reference F16 (native base pass {base_s:.1f} s)")
+            reference = "the shipped file" if name in pinned_models() else "F16"
+            print(f"\n{name}: {args.chunks} chunks x 512 tokens, reference {reference} (native pass {base_s:.1f} s)")
             print(f"  {'variant':8} {'statistic':11} {'native':>12} {'edgeslm':>12} {'rel diff':>9}")
             for qname in VARIANTS:
                 out, kld_s = native_run(
@@ -131,7 +137,7 @@ def main() -> None:
                 )
                 start = time.perf_counter()
                 ours = evaluate(
-                    store, parse_name(f"{name}:{qname.lower()}"), parse_name(f"{name}:f16"), text, settings, force=True
+                    store, parse_name(f"{stem}:{qname.lower()}"), parse_name(f"{stem}:f16"), text, settings, force=True
                 )
                 ours_s = time.perf_counter() - start
                 nat, our = parse_native(out), ours_values(ours)

@@ -26,6 +26,7 @@ sys.path.insert(0, str(ROOT))
 from edgeslm.bench import BenchParams  # noqa: E402
 from edgeslm.engines.base import physical_cores  # noqa: E402
 from edgeslm.sources.builtin import BUILTINS  # noqa: E402
+from edgeslm.sources.pinned import pinned_models  # noqa: E402
 
 
 def run_measured(cmd: list[str]) -> tuple[str, int]:
@@ -71,9 +72,19 @@ def ours(model: Path, p: int, n: int, threads: int) -> tuple[float | None, float
     return tps.get("pp"), tps.get("tg"), rss
 
 
-def model_files() -> dict[str, Path]:
+BENCH_HOME = Path.home() / ".cache" / "edgeslm-bench" / "home"  # outside the checkout: kept between runs
+MODEL_CHOICES = [*BUILTINS, *pinned_models()]
+
+
+def model_files(names: list[str] | None = None) -> dict[str, Path]:
+    """GGUF paths of the builtins (default) or the named models: a builtin from its package, a
+    pinned catalogue model (qwen2.5-coder:0.5b) pulled once into BENCH_HOME's store."""
     files = {}
-    for name, builtin in BUILTINS.items():
+    for name in names or list(BUILTINS):
+        if name in pinned_models():
+            files[name] = pinned_file(name)
+            continue
+        builtin = BUILTINS[name]
         parts = builtin.part_paths()
         if len(parts) == 1:
             files[name] = parts[0]
@@ -88,6 +99,17 @@ def model_files() -> dict[str, Path]:
     return files
 
 
+def pinned_file(name: str) -> Path:
+    """The blob of a pinned catalogue model, pulled into BENCH_HOME when it is not there yet."""
+    from edgeslm.config import resolve_settings
+    from edgeslm.pull import pull
+    from edgeslm.store import Store
+
+    store = Store.open(BENCH_HOME / "models")
+    manifest = pull(store, name, resolve_settings(home=BENCH_HOME), show_hub_progress=False).manifest
+    return store.blob_path(manifest.digest)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--native-bin", type=Path, default=None, help="folder with llama-bench")
@@ -95,7 +117,7 @@ def main() -> None:
     parser.add_argument("-p", type=int, default=512)
     parser.add_argument("-n", type=int, default=128)
     parser.add_argument("-t", "--threads", type=int, default=physical_cores())
-    parser.add_argument("--models", nargs="*", default=list(BUILTINS), choices=list(BUILTINS))
+    parser.add_argument("--models", nargs="*", default=list(BUILTINS), choices=MODEL_CHOICES)
     args = parser.parse_args()
     bin_dir = args.native_bin or Path(
         subprocess.check_output(
@@ -111,9 +133,7 @@ def main() -> None:
         f"{'best native':>11} {'best ours':>10} {'ratio':>7}"
     )
     print(header)
-    for name, path in model_files().items():
-        if name not in args.models:
-            continue
+    for name, path in model_files(args.models).items():
         samples: dict[str, dict[str, list[float]]] = {
             "native": {"pp": [], "tg": [], "rss": []},
             "ours": {"pp": [], "tg": [], "rss": []},

@@ -22,7 +22,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.parity import model_files  # noqa: E402
+from benchmarks.parity import MODEL_CHOICES, model_files  # noqa: E402
 from edgeslm.engines.base import physical_cores  # noqa: E402
 from edgeslm.engines.llamacpp import quantize_file  # noqa: E402
 from edgeslm.formats.gguf_header import read_gguf_header  # noqa: E402
@@ -49,6 +49,7 @@ def main() -> None:
     parser.add_argument("--native-bin", type=Path)
     parser.add_argument("--types", default=",".join(q for q in QUANT_TYPES if not QUANT_TYPES[q].needs_imatrix))
     parser.add_argument("-t", "--threads", type=int, default=physical_cores())
+    parser.add_argument("--models", nargs="*", default=None, choices=MODEL_CHOICES, help="default: both builtins")
     args = parser.parse_args()
     bin_dir = args.native_bin or Path(
         subprocess.check_output(
@@ -58,7 +59,7 @@ def main() -> None:
     print(f"{'model':22} {'type':8} {'tensors':>9} {'file':>9} {'native MB/s':>12} {'ours MB/s':>10} {'ratio':>6}  got")
     totals = {"native": 0.0, "ours": 0.0, "mb": 0.0}
     with tempfile.TemporaryDirectory() as tmp:
-        for name, src in model_files().items():
+        for name, src in model_files(args.models).items():
             mb = src.stat().st_size / 1e6
             for qtype in parse_quant_types(args.types):
                 native_out, our_out = Path(tmp) / "native.gguf", Path(tmp) / "ours.gguf"
@@ -74,6 +75,7 @@ def main() -> None:
                     ],
                     capture_output=True,
                     text=True,
+                    timeout=3600,
                 )
                 native_s = time.perf_counter() - start
                 if done.returncode != 0:

@@ -29,6 +29,8 @@ ENV_HF_OFFLINE = "HF_HUB_OFFLINE"
 ENV_HOST = "EDGESLM_HOST"  # where 'edgeslm ps' finds the server: HOST:PORT or a URL
 ENV_API_KEY = "EDGESLM_API_KEY"  # the key 'edgeslm ps' sends
 DEFAULT_SERVER = "127.0.0.1:8434"
+ENV_FETCH_TIMEOUT = "EDGESLM_FETCH_TIMEOUT"  # seconds a download may stay silent before its source is given up
+DEFAULT_FETCH_TIMEOUT = 30.0
 ENV_PROXIES = ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy")
 
 _TRUE = {"1", "true", "yes", "on"}
@@ -46,6 +48,7 @@ class Settings:
     engine: str = DEFAULT_ENGINE  # the registered engine that runs models
     server: str = DEFAULT_SERVER  # a running 'edgeslm serve', for 'edgeslm ps'
     api_key: str | None = None
+    fetch_timeout: float = DEFAULT_FETCH_TIMEOUT
 
     @property
     def models_dir(self) -> Path:
@@ -80,4 +83,20 @@ def resolve_settings(
         engine=env.get(ENV_ENGINE) or DEFAULT_ENGINE,
         server=env.get(ENV_HOST) or DEFAULT_SERVER,
         api_key=env.get(ENV_API_KEY) or None,
+        fetch_timeout=_positive_float(env, ENV_FETCH_TIMEOUT, DEFAULT_FETCH_TIMEOUT),
     )
+
+
+def _positive_float(env: Mapping[str, str], key: str, default: float) -> float:
+    text = env.get(key)
+    if not text:
+        return default
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 < value < 86_400:
+        from .errors import UsageError
+
+        raise UsageError(f"{key}={text!r} must be a number of seconds between 0 and 86400")
+    return value

@@ -68,6 +68,10 @@ class SourceError(EdgeslmError):
     """A remote or packaged model source could not deliver a model."""
 
 
+class CatalogError(EdgeslmError):
+    """A catalogue entry is malformed (a pinned file without a digest, a size or its parts)."""
+
+
 class OfflineError(SourceError):
     """A network source was needed but no network (or hub) is reachable."""
 
@@ -137,6 +141,7 @@ EXIT_CODES: dict[type[EdgeslmError], int] = {
     MissingExtraError: 69,  # EX_UNAVAILABLE
     OfflineError: 69,  # EX_UNAVAILABLE
     SourceError: 69,
+    CatalogError: 78,  # EX_CONFIG
     IntegrityError: 74,  # EX_IOERR
     ConflictError: 73,  # EX_CANTCREAT
     StoreError: 74,
@@ -164,6 +169,7 @@ HTTP_STATUS: dict[type[EdgeslmError], int] = {
     MissingExtraError: 501,
     OfflineError: 503,
     SourceError: 502,
+    CatalogError: 500,
     IntegrityError: 500,
     ConflictError: 409,
     StoreError: 500,

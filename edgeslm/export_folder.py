@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 from .convert.variants import stored_build
@@ -74,7 +74,7 @@ def export_folder(
 
 def variant_name(parent: ModelName, tag: str) -> ModelName:
     """``m:latest`` -> ``m:mlx-4bit``; ``m:best`` -> ``m:best-mlx-4bit``."""
-    return replace(parent, tag=tag if parent.tag == "latest" else f"{parent.tag}-{tag}")
+    return parent.variant(tag)
 
 
 def _variant_of(

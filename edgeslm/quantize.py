@@ -141,7 +141,7 @@ def quantize(
     plans = [(q, check_request(store, parent, q, options)) for q in types]  # refuse before doing anything
     results = []
     for qtype, warnings in plans:
-        name = target(qtype) if target else parent_name.with_tag(qtype.name.lower())
+        name = target(qtype) if target else parent_name.variant(qtype.name.lower())
         existing = store.find(name)
         same_imatrix = existing is not None and existing.source.get("imatrix") == imatrix_digest(options)
         if existing and existing.source.get("parent") == parent.digest and same_imatrix and not options.force:

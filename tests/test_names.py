@@ -62,3 +62,15 @@ def test_manifest_path_parts_cannot_collide() -> None:
     assert parse_name("a/b").path_parts() != parse_name("b").path_parts()
     assert parse_name("x.y/a/b").path_parts() == ("x.y", "a", "b", "latest")
     assert parse_name("b").path_parts() == ("_", "_", "b", "latest")
+
+
+def test_variants_of_a_tag_keep_the_tag() -> None:
+    from edgeslm.store import parse_name
+
+    latest, small, large = (parse_name(n) for n in ("m", "m:0.5b", "m:1.5b"))
+    assert str(latest.variant("q4_0")) == "m:q4_0"
+    assert str(small.variant("q4_0")) == "m:0.5b-q4_0"
+    assert str(small.variant("onnx-int4")) == "m:0.5b-onnx-int4"
+    assert small.owns(small.variant("q4_0")) and small.owns(small)
+    assert not small.owns(large.variant("q4_0")) and not small.owns(parse_name("m:0.5bx"))
+    assert latest.owns(large.variant("q8_0")) and not latest.owns(parse_name("other:q8_0"))

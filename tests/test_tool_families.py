@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from itertools import islice
@@ -341,6 +343,9 @@ def test_tool_choice_none_leaves_the_response_format_in_force(family_url: str) -
         (ToolFormat.HERMES, "Let me check.", 13),
         (ToolFormat.HERMES, "Let me <tool", 7),  # "<tool" may open a call: held
         (ToolFormat.HERMES, 'Let me <tool_call>\n{"na', 7),
+        (ToolFormat.HERMES, "Here:\n```", 6),  # may open a fenced call (Qwen 2.5): held
+        (ToolFormat.HERMES, 'Here:\n```json\n{"name"', 6),
+        (ToolFormat.HERMES, "Here:\n```python\nprint(1)", 24),
         (ToolFormat.MISTRAL_ARGS, "Sure[TOOL_C", 4),
         (ToolFormat.PHI4, "Here functools", 5),
         (ToolFormat.LLAMA3, "", 0),
@@ -351,3 +356,59 @@ def test_tool_choice_none_leaves_the_response_format_in_force(family_url: str) -
 )
 def test_text_streams_up_to_where_a_call_may_begin(fmt: ToolFormat, text: str, free: int) -> None:
     assert free_text(fmt, text) == free
+
+
+FENCED = '```json\n{\n    "name": "get_weather",\n    "arguments": {"city": "Paris", "days": 1}\n}\n```'
+
+
+@pytest.mark.parametrize(
+    ("text", "content", "names"),
+    [
+        (FENCED, None, ["get_weather"]),
+        ("I will check.\n" + FENCED, "I will check.", ["get_weather"]),
+        (FENCED + "\n" + FENCED.replace("Paris", "Rome"), None, ["get_weather", "get_weather"]),
+        ('Here is JSON:\n```json\n{"a": 1}\n```', 'Here is JSON:\n```json\n{"a": 1}\n```', []),
+        ("Code:\n```python\nprint(1)\n```", "Code:\n```python\nprint(1)\n```", []),
+        (FENCED[:40], None, []),  # cut inside the call (max_tokens): neither a call nor half of one
+    ],
+)
+def test_hermes_reads_calls_fenced_as_json_as_qwen_writes_them(
+    text: str, content: str | None, names: list[str]
+) -> None:
+    reply = parse(ToolFormat.HERMES, text, parse_tools([WEATHER]))
+    assert [c.name for c in reply.calls] == names and reply.content == content
+    assert all(c.arguments["city"] in ("Paris", "Rome") for c in reply.calls)
+
+
+def test_every_text_a_trigger_matches_is_text_its_grammar_takes(tmp_path: Path) -> None:
+    """llama.cpp replays a trigger's match into the lazy grammar and aborts the whole process when
+    the grammar cannot take it: the widest text each Hermes trigger matches (BLANK blank characters
+    in each place) is accepted token by token by the lazy sampler, in a child process so that an
+    abort is a failure here, not the end of the test run."""
+    from edgeslm.tools.native import BLANK, FAMILIES
+
+    model = write_runnable_model(tmp_path / "m.gguf", seed=3)
+    pad = " " * (BLANK - 1) + "\n"
+    # each trigger's widest match, and what the grammar must take next
+    fenced = f"```json\t\t\t\t\n{pad}{{{pad}\"name\"{pad}:"
+    rest = f'{pad}"get_weather"{pad},{pad}"arguments"{pad}:{{"city": "Paris", "days": 1}}{pad}}}\n```'
+    widest = [("<tool_call>", '\n{"name"'), (fenced, rest)]
+    for trigger, (text, after) in zip(FAMILIES[ToolFormat.HERMES].triggers, widest, strict=True):
+        assert re.fullmatch(trigger, text), trigger
+        code = (
+            "import sys, llama_cpp as lc\n"
+            "from edgeslm.engines.base import LoadParams, open_engine\n"
+            "from edgeslm.tools import parse_tools\n"
+            "from edgeslm.tools.grammar import call_grammar\n"
+            "from edgeslm.tools.native import ToolFormat\n"
+            "engine = open_engine('llama.cpp', sys.argv[1], LoadParams(n_ctx=256))\n"
+            f"tools = parse_tools([{WEATHER!r}])\n"
+            "grammar = call_grammar(ToolFormat.HERMES, tools, None, False, lazy=True)\n"
+            "sampler = engine._grammar_sampler(grammar, (sys.argv[2],))\n"
+            "for token in engine.tokenize(sys.argv[3], add_special=False):\n"
+            "    lc.llama_sampler_accept(sampler, token)\n"
+            "print('taken')\n"
+        )
+        command = [sys.executable, "-c", code, str(model), trigger, text + after]
+        done = subprocess.run(command, capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0 and "taken" in done.stdout, done.stderr[-500:]

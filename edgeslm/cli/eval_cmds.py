@@ -66,12 +66,12 @@ def _default_reference(store: Store, name: ModelName) -> ModelName:
         if named or plain:
             return (named or plain)[0].name
     for tag in REFERENCE_TAGS:
-        candidate = name.with_tag(tag)
-        if store.find(candidate) is not None:
-            return candidate
+        for candidate in (name.variant(tag), name.with_tag(tag)):
+            if store.find(candidate) is not None:
+                return candidate
     raise ModelNotFoundError(
-        f"no reference for {name.base}: give --reference, or make one with "
-        f"'edgeslm quantize {name.base} --type f16 --allow-requantize'"
+        f"no reference for {name}: give --reference (the file you pulled, say: --reference {name}), or make "
+        f"one with 'edgeslm quantize {name} --type f16 --allow-requantize'"
     )
 
 
@@ -80,9 +80,9 @@ def cmd_eval(args: argparse.Namespace, settings: Settings) -> int:
     eval_settings = EvalSettings(ctx=args.ctx, chunks=args.chunks, threads=args.threads, speed=not args.no_speed)
     text = load_text(args.text)
     names = _expand(args.names)
-    if args.all_variants:
-        names = [m.name for base in names for m in store.manifests() if m.name.base == base.base]
     reference = parse_name(args.reference) if args.reference else _default_reference(store, names[0])
+    if args.all_variants:
+        names = [m.name for parent in names for m in store.manifests() if parent.owns(m.name)]
     results = []
     for name in names:
         ref = None if name == reference else reference
@@ -109,8 +109,8 @@ def _print(results: list[EvalResult], fmt: str | None) -> None:
 def cmd_compare(args: argparse.Namespace, settings: Settings) -> int:
     store = Store.open(settings.models_dir)
     wanted = _expand(args.names)
-    if len(wanted) == 1:  # one model: all its tags
-        wanted = [m.name for m in store.manifests() if m.name.base == wanted[0].base]
+    if len(wanted) == 1:  # one model: all its variants
+        wanted = [m.name for m in store.manifests() if wanted[0].owns(m.name)]
     kept = latest_results(store, [m for n in wanted if (m := store.find(n)) is not None])
     missing = [str(n) for n in wanted if str(n) not in kept]
     if missing:

@@ -13,7 +13,7 @@ from ..errors import UsageError
 from ..formats.model_format import RUNTIME_OF
 from ..formats.size_class import SIZE_CLASSES, SizeClass
 from ..listing import list_models
-from ..sources.catalog import CATALOG, filter_catalog
+from ..sources.catalog import CATALOG, CatalogEntry, filter_catalog
 from ..store import Store, parse_name
 from ..store.registry import Manifest
 from ..units import format_bytes, format_mib, format_params, parse_bytes, parse_count
@@ -248,6 +248,8 @@ def _print_report(r: ModelReport, *, with_metadata: bool) -> None:
     )
     if r.source.get("kind") in LINEAGE_KINDS:
         _print_lineage(r)
+    if r.source.get("kind") == "catalogue":
+        _print_provenance(r.source)
     m = r.memory
     print(
         f"\n  memory at {m.context_length:,} tokens of context: {format_mib(m.total_bytes)} "
@@ -279,7 +281,22 @@ LINEAGE_KINDS = {"quantize": "quantized from", "convert": "built from"}  # sourc
 def _source_text(source: dict[str, str]) -> str:
     if (verb := LINEAGE_KINDS.get(source.get("kind", ""))) is not None:
         return f"{verb} {source.get('parent_name')} (lineage below)"
+    if source.get("kind") == "catalogue":
+        return f"catalogue {source.get('catalogue')}, pinned to its upstream bytes (provenance below)"
     return ", ".join(f"{k}={v}" for k, v in source.items())
+
+
+def _print_provenance(src: dict[str, str]) -> None:
+    print("\n  provenance")
+    rows = [
+        ("upstream", f"{src.get('upstream')} at revision {src.get('revision')}"),
+        ("file", src.get("file", "")),
+        ("sha256", f"{src.get('sha256')} (the stored bytes have it)"),
+        ("licence", src.get("licence", "")),
+        ("checkpoint", src.get("checkpoint", "")),
+        ("fetched from", src.get("mirror", "")),
+    ]
+    print_fields(rows, indent=4)
 
 
 def _print_lineage(r: ModelReport) -> None:
@@ -344,6 +361,14 @@ def cmd_verify(args: argparse.Namespace, settings: Settings) -> int:
     return 0 if report.ok else 1
 
 
+def _catalogue_source(e: CatalogEntry) -> str:
+    if e.builtin:
+        return "builtin"
+    if e.pinned:
+        return f"{e.gguf_repo} (pinned, mirrored)"
+    return e.gguf_repo or "(convert)"
+
+
 def cmd_catalog(args: argparse.Namespace, settings: Settings) -> int:
     size_class = SizeClass(args.size_class) if args.size_class else None
     entries = filter_catalog(
@@ -367,7 +392,7 @@ def cmd_catalog(args: argparse.Namespace, settings: Settings) -> int:
             e.licence or "",
             f"{e.context_length:,}" if e.context_length else "",
             e.recommended_quant,
-            "builtin" if e.builtin else (e.gguf_repo or "(convert)"),
+            _catalogue_source(e),
         )
         for e in entries
     ]

@@ -12,7 +12,7 @@ from __future__ import annotations
 import platform
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 from ..errors import InvalidParameterError
 from ..formats.model_format import ModelFormat, Runtime, require_installed
@@ -114,7 +114,7 @@ def convert_to_mlx(
     parent = store.get(name)
     check_source(parent, "mlx")
     require_installed(("mlx", "mlx_lm", "transformers"), Runtime.MLX)
-    target = target or replace(parent.name, tag=recipe.tag)
+    target = target or parent.name.variant(recipe.tag)
     start = time.perf_counter()
     manifest, _ = build_variant(
         store, parent, target, ModelFormat.MLX, lambda work: _convert(work, recipe, say),

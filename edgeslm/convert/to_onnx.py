@@ -18,7 +18,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
 from typing import Any
@@ -119,7 +119,7 @@ def convert_to_onnx(
     parent = store.get(name)
     check_source(parent, "onnx")
     require_installed(("onnxruntime_genai", "onnxruntime", "onnx", "torch", "transformers"), Runtime.ONNXRUNTIME)
-    target = target or replace(parent.name, tag=default_tag(precision, method))
+    target = target or parent.name.variant(default_tag(precision, method))
     start = time.perf_counter()
     manifest, built = build_variant(
         store, parent, target, ModelFormat.ONNX, lambda work: _build(work, precision, method, calibration, say),

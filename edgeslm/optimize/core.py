@@ -146,7 +146,7 @@ class _Run:
         if self.params.reference is not None:
             return self.store.get(self.params.reference)
         for tag in REFERENCE_TAGS:
-            if (found := self.store.find(self.source.name.with_tag(tag))) is not None:
+            if (found := self.store.find(self.source.name.variant(tag))) is not None:
                 return found
         if not self.requantize:
             return self.source
@@ -158,7 +158,7 @@ class _Run:
         return self.build(QUANT_TYPES["F16"], QuantizeOptions(allow_requantize=True), None)
 
     def build(self, qtype: QuantType, options: QuantizeOptions, name: ModelName | None) -> Manifest:
-        label = str(name or self.source.name.with_tag(qtype.name.lower()))
+        label = str(name or self.source.name.variant(qtype.name.lower()))
 
         def report(_q: QuantType, done: int, total: int, _tensor: str) -> None:
             self.progress(label, "quantizing", done, total)
@@ -303,7 +303,7 @@ def _measure_uniform(run: _Run, reference: Manifest) -> None:
         for warning in warnings:
             if "dequantized weights" not in warning:  # said once, below
                 run.note(f"{qtype.name}: {warning}")
-        name = run.source.name.with_tag(f"{qtype.name.lower()}-imat") if run.imatrix else None
+        name = run.source.name.variant(f"{qtype.name.lower()}-imat") if run.imatrix else None
         manifest = run.build(qtype, options, name)
         recipe = f"{qtype.name} (imatrix)" if run.imatrix else qtype.name
         run.measure(manifest, reference, "uniform", recipe, _command(run, qtype.name))
@@ -352,7 +352,7 @@ def _mlx_variants(run: _Run) -> list[_FolderVariant]:
 def _measure_folders(run: _Run, reference: Manifest, variants: list[_FolderVariant]) -> None:
     """Each variant: reused when the store holds one built from these bytes as asked, else built."""
     for v in variants:
-        name = run.source.name.with_tag(v.tag)
+        name = run.source.name.variant(v.tag)
         manifest = stored_build(run.store, name, run.source, v.requested)
         if manifest is None:
             manifest = v.build(name, _step_reporter(run, str(name)))
@@ -448,7 +448,7 @@ def _measure_mixed(run: _Run, reference: Manifest, calibration: EvalText, budget
     )
     ftype, options = plan_options(plan, slots, run.params.threads, run.imatrix)
     size = f"{budget / 1e6:.0f}mb" if budget >= 10**7 else f"{budget / 1e3:.0f}kb"
-    name = run.source.name.with_tag(f"mix-{size}-{plan.digest()}")
+    name = run.source.name.variant(f"mix-{size}-{plan.digest()}")
     manifest = run.build(ftype, options, name)
     wrong = tuple(mismatches(plan, read_gguf_header(run.store.gguf_path(manifest, "optimize"), label=str(name))))
     if wrong:

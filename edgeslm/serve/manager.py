@@ -114,7 +114,7 @@ class ModelManager:
             )
         manifest = self._store.find(parse_name(name))
         if manifest is None:  # a builtin not pulled yet is pulled (offline); anything else is not found
-            ensure_pulled(name, self.settings)
+            ensure_pulled(name, self.settings, fetch=False)  # a request never waits on a download
             manifest = self._store.get(parse_name(resolve_model(name, self.settings).name))
         key = "+".join([manifest.digest, *(a.digest for a in manifest.adapters)])
         memory = self._memory.get(key)

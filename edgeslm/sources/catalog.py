@@ -15,8 +15,10 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
 
 from ..formats.size_class import SizeClass, classify
+from .pinned import PinnedModel, pinned_models
 
 # Bits per weight of the seed's recommended types, from ggml's block sizes
 # (gguf.constants.GGML_QUANT_SIZES): Q5_1 = 24 bytes / 32 weights, TQ2_0 = 66 / 256.
@@ -41,6 +43,7 @@ class CatalogEntry:
     recommended_quant: str
     builtin: str | None = None  # the builtin model of the same weights, if any
     note: str = ""
+    pinned: bool = False  # its file is pinned to exact bytes (sources/pinned.py), with mirrors
 
     @property
     def size_class(self) -> SizeClass | None:
@@ -52,7 +55,9 @@ class CatalogEntry:
             return None
         from gguf.constants import GGML_QUANT_SIZES, GGMLQuantizationType
 
-        block, size = GGML_QUANT_SIZES[GGMLQuantizationType[self.recommended_quant]]
+        # a file type such as Q4_K_M is mostly its base block type (Q4_K)
+        base = self.recommended_quant.removesuffix("_M").removesuffix("_S").removesuffix("_L")
+        block, size = GGML_QUANT_SIZES[GGMLQuantizationType[base]]
         return int(self.n_params * size / block * RUNTIME_OVERHEAD)
 
 
@@ -65,7 +70,7 @@ def _e(
     licence: str | None,
     ctx: int | None,
     quant: str = SEED_ADVICE["balanced"],
-    **kw: str,
+    **kw: Any,
 ) -> CatalogEntry:
     return CatalogEntry(name, family, repo, gguf, params, licence, ctx, quant, **kw)
 
@@ -176,6 +181,16 @@ CATALOG: tuple[CatalogEntry, ...] = (
     ),
 )
 
+
+
+def _from_pinned(m: PinnedModel) -> CatalogEntry:
+    return CatalogEntry(
+        m.name, m.family, m.checkpoint, m.upstream.repo, m.n_params, m.licence, m.context_length,
+        m.quantization, note=m.note, pinned=True,
+    )  # fmt: skip
+
+
+CATALOG += tuple(_from_pinned(m) for m in pinned_models().values())
 CATALOG_BY_NAME = {e.name: e for e in CATALOG}
 
 

@@ -12,7 +12,7 @@ import logging
 import re
 import shutil
 import socket
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,6 +22,7 @@ from ..config import Settings
 from ..errors import ModelNotFoundError, OfflineError, SourceError
 from ..store import ModelName, Store
 from ..store.registry import Manifest
+from .pinned import UpstreamFile
 
 log = logging.getLogger(__name__)
 
@@ -98,6 +99,11 @@ def _hub_errors() -> tuple[Any, ...]:
 def _translate(exc: Exception, ref: HubRef, settings: Settings) -> Exception:
     from huggingface_hub import errors
 
+    if isinstance(exc, errors.LocalEntryNotFoundError):  # the hub did not answer, and nothing is cached
+        return OfflineError(
+            f"hf.co/{ref.repo_id}: {settings.hf_endpoint} did not answer in time; "
+            "builtin models and 'edgeslm import FILE' still work"
+        )
     if isinstance(exc, _hub_errors()):
         return ModelNotFoundError(
             f"hf.co/{ref.repo_id}: not found on {settings.hf_endpoint} ({type(exc).__name__}); "
@@ -175,6 +181,44 @@ def pull_from_hub(
     finally:
         # Stored or refused, this repo's download cache is done with (a failed transfer above
         # keeps it, so the next pull resumes); other pulls keep theirs.
+        drop_download_cache(cache, ref.repo_id)
+
+
+def pull_pinned_from_hub(
+    store: Store,
+    upstream: UpstreamFile,
+    name: ModelName,
+    settings: Settings,
+    *,
+    source: Mapping[str, str],
+    progress: bool = True,
+) -> Manifest:
+    """One pinned file at its pinned revision; stored only if its sha256 is the pinned one."""
+    ref = HubRef(upstream.repo, revision=upstream.revision)
+    if settings.offline:
+        raise OfflineError(f"offline mode is on (EDGESLM_OFFLINE or HF_HUB_OFFLINE); hf.co/{ref.repo_id} not tried")
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.utils.tqdm import disable_progress_bars
+
+    if not progress:
+        disable_progress_bars()
+    check_reachable(settings, ref)
+    cache = store.root / "downloads"
+    try:
+        local = hf_hub_download(
+            upstream.repo,
+            upstream.file,
+            revision=upstream.revision,
+            cache_dir=cache,
+            endpoint=settings.hf_endpoint,
+            token=settings.hf_token or False,
+            etag_timeout=settings.fetch_timeout,
+        )
+    except Exception as exc:  # noqa: BLE001 - every transport or hub failure becomes one of ours
+        raise _translate(exc, ref, settings) from exc
+    try:
+        return store.add_file(Path(str(local)), name, source=source, expected_sha256=upstream.sha256)
+    finally:
         drop_download_cache(cache, ref.repo_id)
 
 

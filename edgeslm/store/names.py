@@ -44,6 +44,18 @@ class ModelName:
     def with_tag(self, tag: str) -> ModelName:
         return parse_name(f"{self.base}:{tag}")
 
+    def owns(self, other: ModelName) -> bool:
+        """``other`` is this name or one of its variants: ``m:latest`` owns every tag of ``m``,
+        ``m:0.5b`` owns ``m:0.5b`` and ``m:0.5b-q4_0`` but not ``m:1.5b-q4_0``."""
+        if other.base != self.base:
+            return False
+        return self.tag == DEFAULT_TAG or other.tag == self.tag or other.tag.startswith(f"{self.tag}-")
+
+    def variant(self, suffix: str) -> ModelName:
+        """A variant's name, as Ollama tags them: ``m:latest`` -> ``m:q4_0``; ``m:0.5b`` -> ``m:0.5b-q4_0``
+        (so the variants of two tags of one model never share a name)."""
+        return self.with_tag(suffix if self.tag == DEFAULT_TAG else f"{self.tag}-{suffix}")
+
     def path_parts(self) -> tuple[str, str, str, str]:
         """Where the manifest lives: '_' stands for an absent host or namespace and cannot
         collide with a real part, which must start with a letter or digit."""

@@ -16,7 +16,7 @@ from typing import Any
 from ..engines.json_schema import schema_converter
 from ..errors import EdgeslmError, InvalidParameterError
 from .generic import MAX_PARALLEL
-from .native import FAMILIES, ToolFormat
+from .native import BLANK, FAMILIES, ToolFormat
 from .spec import Tool, parse_tools
 
 WS = "tc-ws"
@@ -32,8 +32,13 @@ def _repeat(one: str, parallel: bool, sep: str = WS) -> str:
     return f"{one} ( {sep} {one} ){{0,{MAX_PARALLEL - 1}}}" if parallel else one
 
 
-def call_grammar(fmt: ToolFormat, tools: Sequence[Tool], only: str | None, parallel: bool) -> str:
-    """GBNF whose ``root`` is the family's calls to ``tools`` (``only``: that one), one or (parallel) several."""
+def call_grammar(
+    fmt: ToolFormat, tools: Sequence[Tool], only: str | None, parallel: bool, *, lazy: bool = False
+) -> str:
+    """GBNF whose ``root`` is the family's calls to ``tools`` (``only``: that one), one or (parallel) several.
+
+    ``lazy`` (tool_choice "auto": the grammar starts at a trigger) also takes the other forms the
+    family's triggers match, such as Qwen 2.5's calls fenced as JSON, each head as wide as its trigger."""
     family = FAMILIES[fmt]
     parallel = parallel and family.parallel
     converter = schema_converter()
@@ -52,9 +57,16 @@ def call_grammar(fmt: ToolFormat, tools: Sequence[Tool], only: str | None, paral
     own_id = f' {comma} {_lit(json.dumps("id"))} {colon} "\\"" [a-zA-Z0-9]{{9}} "\\""'
     rules["tc-call"] = f'"{{" {WS} {_lit(json.dumps("name"))} {colon} ( {named} )'
     rules["tc-call"] += f'{own_id if fmt is ToolFormat.MISTRAL else ""} {WS} "}}"'
+    hermes = f'( "<tool_call>" {WS} tc-call {WS} "</tool_call>" )'
+    if fmt is ToolFormat.HERMES and lazy:  # the fenced form's head takes what its trigger matched (native.BLANK)
+        rules["tc-wide"] = f"[ \\t\\n]{{0,{BLANK}}}"
+        wide = " | ".join(f'{_lit(json.dumps(name))} tc-wide "," tc-wide {key} tc-wide ":" tc-wide {rule}'
+                          for name, rule in arguments)  # fmt: skip
+        rules["tc-fenced"] = f'"{{" tc-wide {_lit(json.dumps("name"))} tc-wide ":" tc-wide ( {wide} ) tc-wide "}}"'
+        hermes = f'( {hermes} | ( "```" "json"? [ \\t]{{0,4}} "\\n" tc-wide tc-fenced {WS} "```" ) )'
     listed = f'"[" {WS} {_repeat("tc-call", parallel, comma)} {WS} "]"'
     rules["root"] = {
-        ToolFormat.HERMES: _repeat(f'( "<tool_call>" {WS} tc-call {WS} "</tool_call>" )', parallel),
+        ToolFormat.HERMES: _repeat(hermes, parallel),
         ToolFormat.LLAMA3: "tc-call",
         ToolFormat.MISTRAL: f'"[TOOL_CALLS]" {WS} {listed}',
         ToolFormat.PHI4: f'"functools" {listed}',
@@ -73,7 +85,8 @@ def job_grammar(tooling: Mapping[str, Any]) -> tuple[str | None, tuple[str, ...]
         return None, ()
     fmt = ToolFormat(tooling["format"])
     try:
-        gbnf = call_grammar(fmt, parse_tools(tooling["tools"]), tooling.get("name"), bool(tooling["parallel"]))
+        gbnf = call_grammar(fmt, parse_tools(tooling["tools"]), tooling.get("name"), bool(tooling["parallel"]),
+                            lazy=tooling["choice"] == "auto")  # fmt: skip
     except EdgeslmError:
         raise
     except Exception as exc:  # the converter raises plain exceptions on what it cannot express (a pattern)

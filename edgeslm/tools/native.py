@@ -41,8 +41,19 @@ class Family:
     parallel: bool  # the format writes several calls in one reply
 
 
+# The most blank characters the call grammar takes in one place (bounded: a model cannot loop on
+# blank space). A trigger must never match text its grammar refuses (llama.cpp replays the match
+# into the grammar and aborts the process if it cannot take it), so the triggers use the same bound.
+BLANK = 16
+_WS = f"[ \\t\\n]{{0,{BLANK}}}"
+
 FAMILIES: dict[ToolFormat, Family] = {
-    ToolFormat.HERMES: Family("arguments", (r"(<tool_call>)",), ("<tool_call>", "</tool_call>"), True),
+    # Qwen 2.5 (the Coder models most) also writes a call as a fenced JSON block: llama.cpp's Hermes
+    # handler triggers on and reads that form too (common/chat.cpp), and so does this one.
+    ToolFormat.HERMES: Family(
+        "arguments", (r"(<tool_call>)", rf'(```(?:json)?[ \t]{{0,4}}\n{_WS}\{{{_WS}"name"{_WS}:)'),
+        ("<tool_call>", "</tool_call>"), True,
+    ),  # fmt: skip
     ToolFormat.LLAMA3: Family(
         "parameters", (r'^[ \t\n]*(\{[ \t\n]{0,4}"name"[ \t\n]{0,4}:)[\s\S]*$',), ("<|python_tag|>",), False
     ),  # fmt: skip
@@ -123,7 +134,7 @@ def _message(fmt: ToolFormat, m: Mapping[str, Any], names: dict[str, str]) -> di
 
 
 OPENINGS = {
-    ToolFormat.HERMES: ("<tool_call>",),
+    ToolFormat.HERMES: ("<tool_call>", "```json", "```\n{"),
     ToolFormat.MISTRAL: ("[TOOL_CALLS]",),
     ToolFormat.MISTRAL_ARGS: ("[TOOL_CALLS]",),
     ToolFormat.PHI4: ("functools[", "<|tool_call|>"),
@@ -198,8 +209,14 @@ def _json(text: str, *, head: bool = False) -> Any:
         return None
 
 
+FENCED_CALL = re.compile(r'```(?:json)?[ \t]*\n\s*(\{\s*"name"\s*:.*?)\s*(```|\Z)', re.S)
+
+
 def _hermes(text: str) -> Found | None:
     start = text.find("<tool_call>")
+    fenced = FENCED_CALL.search(text)
+    if fenced is not None and (start < 0 or fenced.start() < start):
+        return _fenced(text, fenced.start())
     if start < 0:
         return None
     made: list[dict[str, Any]] = []
@@ -207,6 +224,20 @@ def _hermes(text: str) -> Found | None:
         call = _call(_json(block.group(1).strip()), "arguments") if block.group(2) else None
         if call is None:
             return text[:start], None
+        made.append(call)
+    return text[:start], made
+
+
+def _fenced(text: str, start: int) -> Found | None:
+    """Calls written as fenced JSON blocks (```json {"name", "arguments"} ```); a fenced block that
+    is not a call leaves the whole reply as text."""
+    made: list[dict[str, Any]] = []
+    for block in FENCED_CALL.finditer(text, start):
+        if not block.group(2):  # the fence does not close: max_tokens ran out inside the call
+            return text[:start], None
+        call = _call(_json(block.group(1)), "arguments")
+        if call is None:
+            return None if not made else (text[:start], None)
         made.append(call)
     return text[:start], made
 

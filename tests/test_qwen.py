@@ -1,0 +1,123 @@
+"""qwen2.5-coder:0.5b, a real model at the scale people deploy, through the verbs a user runs:
+pulled by its pinned catalogue entry (the upstream bytes), shown with its provenance, greedy
+decoding equal to llama.cpp's own, a coding question answered, a quantization that runs, and
+tool calls in its native Hermes format through both official clients."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import pytest
+
+from edgeslm.config import resolve_settings
+from edgeslm.engines.base import SamplingParams
+from edgeslm.generation import Model, generate, load
+from edgeslm.sources.pinned import pinned_models
+from edgeslm.store import Store, parse_name
+
+from .conftest import QWEN_SMALL, CliResult
+from .test_llamacpp import reference_greedy
+from .test_tools import ARGS, TIME, WEATHER
+
+Cli = Callable[..., CliResult]
+PINNED = pinned_models()[QWEN_SMALL]
+
+
+@pytest.fixture(scope="module")
+def qwen(qwen_home: Path) -> Iterator[Model]:
+    loaded = load(QWEN_SMALL, ctx=1024, threads=2, settings=resolve_settings(home=qwen_home, offline=True))
+    yield loaded
+    loaded.close()
+
+
+def test_the_store_holds_the_upstream_bytes(qwen_home: Path, cli: Cli) -> None:
+    store = Store.open(qwen_home / "models")
+    manifest = store.get(parse_name(QWEN_SMALL))
+    assert manifest.digest == f"sha256-{PINNED.upstream.sha256}" and manifest.size == PINNED.upstream.size
+    assert manifest.info.architecture == "qwen2" and manifest.info.size_class.value == "micro"
+    shown = cli("--home", str(qwen_home), "show", QWEN_SMALL, "--json")
+    assert shown.code == 0, shown.err
+    source = json.loads(shown.out)["source"]
+    assert source["upstream"] == "hf.co/Qwen/Qwen2.5-Coder-0.5B-Instruct-GGUF"
+    assert source["revision"] == PINNED.upstream.revision and source["licence"] == "apache-2.0"
+    text = cli("--home", str(qwen_home), "show", QWEN_SMALL)
+    assert "Qwen2.5-Coder-0.5B-Instruct-GGUF" in text.out and "apache-2.0" in text.out
+
+
+def test_greedy_tokens_match_llama_cpp(qwen: Model) -> None:
+    for prompt in ("def fibonacci(n):", "# Sort a list of tuples by their second item\n"):
+        ref_prompt, ref_out = reference_greedy(qwen.path, prompt, 12)
+        assert qwen.prompt_tokens(prompt) == ref_prompt
+        ours = generate(qwen, prompt, max_tokens=len(ref_out), sampling=SamplingParams(temperature=0))
+        assert list(ours.tokens) == ref_out, prompt
+
+
+def test_a_coding_question_gets_code(qwen_home: Path, cli: Cli) -> None:
+    asked = cli(
+        "--home", str(qwen_home), "run", QWEN_SMALL,
+        "Write a Python function is_prime(n) that returns True when n is a prime number.",
+        "--temperature", "0", "--max-tokens", "160",
+    )  # fmt: skip
+    assert asked.code == 0, asked.err
+    code = asked.out.split("```python", 1)[-1].split("```", 1)[0]
+    namespace: dict[str, Any] = {}
+    exec(compile(code, "<qwen>", "exec"), namespace)  # noqa: S102 - our own greedy output, in a test
+    is_prime = namespace["is_prime"]
+    assert [n for n in range(30) if is_prime(n)] == [2, 3, 5, 7, 11, 13, 17, 19, 23, 29]
+
+
+def test_quantize_q4_0_runs(qwen_home: Path, tmp_path: Path, cli: Cli) -> None:
+    home = tmp_path / "home"
+    shutil.copytree(qwen_home, home)
+    made = cli("--home", str(home), "quantize", QWEN_SMALL, "--type", "q4_0", "--allow-requantize", "--json")
+    assert made.code == 0, made.err
+    store = Store.open(home / "models")
+    variant = store.get(parse_name("qwen2.5-coder:0.5b-q4_0"))
+    assert variant.info.file_type == "Q4_0" and variant.size < PINNED.upstream.size
+    ran = cli("--home", str(home), "run", "qwen2.5-coder:0.5b-q4_0", "def add(a, b):", "--temperature", "0",
+              "--max-tokens", "8")  # fmt: skip
+    assert ran.code == 0 and ran.out.strip(), ran.err
+
+
+@pytest.fixture(scope="module")
+def url(qwen_home: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    from .servekit import serving
+
+    home = tmp_path_factory.mktemp("qwen-tools")
+    shutil.copytree(qwen_home, home, dirs_exist_ok=True)
+    with serving(home, parallel=2, ctx=2048, prompt_cache=False) as base:
+        yield base
+
+
+ASK = [{"role": "user", "content": "What is the weather like in Paris right now?"}]
+
+
+def test_hermes_tool_calls_through_both_clients(url: str) -> None:
+    import ollama
+    import openai
+
+    with openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0, timeout=300) as oai:
+        reply = oai.chat.completions.create(model=QWEN_SMALL, messages=ASK, tools=[WEATHER, TIME],  # type: ignore[arg-type]
+                                            max_tokens=96, temperature=0)  # fmt: skip
+        (choice,) = reply.choices
+        assert choice.finish_reason == "tool_calls", choice.message.content
+        (call,) = choice.message.tool_calls or []
+        assert call.function.name == "get_weather"
+        arguments = json.loads(call.function.arguments)
+        jsonschema.validate(arguments, ARGS["get_weather"])
+        assert "paris" in arguments["city"].lower()
+    oll = ollama.Client(host=url, timeout=300)
+    try:
+        answer = oll.chat(
+            model=QWEN_SMALL, messages=ASK, tools=[WEATHER], options={"temperature": 0, "num_predict": 96}
+        )
+        (made,) = answer.message.tool_calls or []
+        assert made.function.name == "get_weather"
+        jsonschema.validate(dict(made.function.arguments), ARGS["get_weather"])
+    finally:
+        oll._client.close()
