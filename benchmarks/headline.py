@@ -1,6 +1,8 @@
-"""The README's headline table: variants of both builtins across runtimes, measured on one scale in
-one run — file size, mean KLD and same top-1 against the model's F16 reference (WikiText-2 sample,
-ctx 512), pp512/tg128 tok/s and peak RSS from the bench worker.
+"""The README's headline table: variants of both builtins and both Qwen2.5-Coder models across
+runtimes, measured on one scale in one run — file size, mean KLD and same top-1 against the model's
+reference (WikiText-2 sample, ctx 512), pp512/tg128 tok/s and peak RSS from the bench worker. The
+builtins' reference is their F16 (the shipped file upcast); the Qwen models' is the shipped Q4_K_M
+file itself (no F16 of them exists offline), so their KLD says how far a variant moved from it.
 
 SmolLM2 goes through all three runtimes (llama.cpp types, ONNX Runtime int8/int4, MLX 8/4-bit with
 float32 scales, as off a Mac); Gemma 3 270M through llama.cpp only (``convert --to onnx/mlx`` takes
@@ -28,20 +30,35 @@ PLAN = {
         [("onnx", "int8"), ("onnx", "int4"), ("mlx", "8"), ("mlx", "4")],
     ),
     "gemma3-270m": (["q8_0", "q4_k_m", "q4_0"], []),
+    "qwen2.5-coder:0.5b": (["q4_0", "q3_k_m", "q2_k"], [("onnx", "int4")]),
+    "qwen2.5-coder:1.5b": (["q4_0", "q3_k_m", "q2_k"], []),
 }
+SHIPPED_REFERENCE = {"qwen2.5-coder:0.5b", "qwen2.5-coder:1.5b"}  # no F16 offline: the pulled file is the reference
+
+
+def variant(model: str, tag: str) -> str:
+    """As edgeslm names a variant: ``m:q4_0`` for ``m``, ``m:0.5b-q4_0`` for ``m:0.5b``."""
+    base, _, own = model.partition(":")
+    return f"{base}:{tag}" if not own or own == "latest" else f"{model}-{tag}"
+
+
+def reference(model: str) -> str:
+    return model if model in SHIPPED_REFERENCE else variant(model, "f16")
 TAGS = {("onnx", "int8"): "onnx-int8", ("onnx", "int4"): "onnx-int4", ("mlx", "8"): "mlx-8bit-fp32",
         ("mlx", "4"): "mlx-4bit-fp32"}  # fmt: skip
 
 
 def build(home: Path, model: str, types: list[str], folders: list[tuple[str, str]]) -> list[str]:
     edgeslm(home, "pull", model)
-    edgeslm(home, "quantize", model, "--type", ",".join(["f16", *types]), "--allow-requantize")
+    wanted = types if model in SHIPPED_REFERENCE else ["f16", *types]
+    edgeslm(home, "quantize", model, "--type", ",".join(wanted), "--allow-requantize")
     for runtime, recipe in folders:
         if runtime == "onnx":
             edgeslm(home, "convert", model, "--to", "onnx", "--precision", recipe)
         else:
             edgeslm(home, "convert", model, "--to", "mlx", "--q-bits", recipe, "--dtype", "float32")
-    return [f"{model}:latest", *(f"{model}:{t}" for t in types), *(f"{model}:{TAGS[f]}" for f in folders)]
+    first = model if ":" in model else f"{model}:latest"
+    return [first, *(variant(model, t) for t in types), *(variant(model, TAGS[f]) for f in folders)]
 
 
 def native_tg(bin_dir: Path | None, home: Path, r: dict[str, Any]) -> str:
@@ -54,10 +71,11 @@ def native_tg(bin_dir: Path | None, home: Path, r: dict[str, Any]) -> str:
     return f"{json.loads(out)[0]['avg_ts']:.1f}"
 
 
-def row(r: dict[str, Any], native: str) -> str:
+def row(r: dict[str, Any], native: str, parent: str) -> str:
     speed = r.get("speed") or {}
-    label = f"`:{r['model'].split(':', 1)[1]}`" + (f" ({r['file_type']})" if r["model"].endswith(":latest") else "")
-    cells = [r["model"].split(":")[0], label, r["runtime"], f"{r['file_size'] / 1e6:.1f} MB",
+    shipped = r["model"] in (parent, f"{parent}:latest")
+    label = f"`:{r['model'].split(':', 1)[1]}`" + (f" ({r['file_type']}, as shipped)" if shipped else "")
+    cells = [parent, label, r["runtime"], f"{r['file_size'] / 1e6:.1f} MB",
              f"{r['kld_mean']:.5f}", f"{100 * r['same_top']:.1f} %", f"{speed.get('pp_tps') or 0:.1f}",
              f"{speed.get('tg_tps') or 0:.1f}", native or "—",
              f"{speed.get('peak_rss', 0) / 2**20:.0f} MiB"]  # fmt: skip
@@ -78,10 +96,11 @@ def main() -> None:
         home = Path(tmp)
         for model, (types, folders) in PLAN.items():
             names = build(home, model, types, folders)
-            results = json.loads(edgeslm(home, "eval", *names, "--reference", f"{model}:f16", "--chunks",
+            results = json.loads(edgeslm(home, "eval", *names, "--reference", reference(model), "--chunks",
                                          str(args.chunks), "--json"))  # fmt: skip
-            rows += [row(r, native_tg(bin_dir, home, r)) for r in results]
-    print(f"Against each model's F16 GGUF, {args.chunks} x 512 tokens of the bundled WikiText-2 sample; one run\n")
+            rows += [row(r, native_tg(bin_dir, home, r), model) for r in results]
+    print(f"Against each builtin's F16 GGUF and each Qwen model's shipped Q4_K_M file, {args.chunks} x 512 tokens of "
+          "the bundled WikiText-2 sample; one run\n")  # fmt: skip
     print("| model | variant | runtime | size | mean KLD | same top-1 | pp512 tok/s | tg128 tok/s | "
           "llama-bench tg128 | peak RSS |")  # fmt: skip
     print("|---|---|---|---:|---:|---:|---:|---:|---:|---:|")

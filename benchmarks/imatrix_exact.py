@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from parity import model_files  # noqa: E402
+from parity import MODEL_CHOICES, model_files  # noqa: E402
 
 from edgeslm.calibrate import calibrate  # noqa: E402
 from edgeslm.engines.base import physical_cores  # noqa: E402
@@ -60,6 +60,9 @@ def main() -> None:
     parser.add_argument("--native-bin", type=Path)
     parser.add_argument("--chunks", type=int, default=8)
     parser.add_argument("--ctx", type=int, default=512)
+    parser.add_argument("--models", nargs="*", default=None, choices=MODEL_CHOICES, help="default: both builtins")
+    parser.add_argument("--types", default=",".join(TYPES), help=f"default: {','.join(TYPES)}")
+    parser.add_argument("--no-legacy", action="store_true", help="skip the legacy .dat comparison")
     args = parser.parse_args()
     bin_dir = args.native_bin or Path(subprocess.check_output(
         ["bash", str(ROOT.parent / "shared" / "tools" / "build-native-llama.sh")], text=True).strip())  # fmt: skip
@@ -68,7 +71,7 @@ def main() -> None:
         home = Path(tmp)
         text = home / "calibration.txt"
         text.write_bytes(TEXT.read_bytes()[: 60 * args.ctx * args.chunks])  # enough tokens, cut early
-        for name, path in model_files().items():
+        for name, path in model_files(args.models).items():
             subprocess.run([sys.executable, "-m", "edgeslm", "--home", str(home), "pull", name], check=True,
                            capture_output=True, timeout=1800)  # fmt: skip
             store = Store.open(home / "models")
@@ -86,7 +89,7 @@ def main() -> None:
                   f"worst relative difference {worst:.2e} ({where}), counts equal: {counts}")  # fmt: skip
             print(f"  llama-imatrix {native_s:6.2f} s   edgeslm calibrate {ours_s:6.2f} s   "
                   f"throughput ratio {native_s / ours_s:.2f}")  # fmt: skip
-            for qname in TYPES:
+            for qname in args.types.upper().split(","):
                 qtype = parse_quant_types(qname.lower())[0]
                 theirs, mine = home / f"{name}-{qname}-native.gguf", home / f"{name}-{qname}-ours.gguf"
                 native_cmd = [str(bin_dir / "llama-quantize"), "--allow-requantize", "--imatrix", str(native_file),
@@ -96,9 +99,14 @@ def main() -> None:
                                                                  threads=threads))  # fmt: skip
                 same = sha(theirs) == sha(mine)
                 print(f"  {qname:8s} byte-identical to llama-quantize --imatrix: {same}  ({theirs.stat().st_size:,} B)")
+                quantize_file(path, mine, qtype, QuantizeOptions(allow_requantize=True, imatrix=str(ours.path),
+                                                                 threads=threads))  # fmt: skip
+                alike = "the same bytes" if sha(theirs) == sha(mine) else "other bytes (its imatrix differs a little)"
+                print(f"  {qname:8s} with edgeslm's own imatrix: {mine.stat().st_size:,} B, {alike}")
                 theirs.unlink()
                 mine.unlink()
-            legacy_identical(bin_dir, path, text, home / f"{name}.dat", args, threads)
+            if not args.no_legacy:
+                legacy_identical(bin_dir, path, text, home / f"{name}.dat", args, threads)
 
 
 def legacy_identical(bin_dir: Path, model: Path, text: Path, dat: Path, args: argparse.Namespace, threads: int) -> None:

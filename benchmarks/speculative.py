@@ -44,9 +44,9 @@ WIKITEXT = ROOT.parent / "shared" / "data" / "wikitext-2-test.txt"
 GREEDY = SamplingParams(temperature=0)
 
 
-def prompt_texts(model: Model) -> list[tuple[str, str, str]]:
-    """(name, kind, text) for each prompt, rendered for ``model``."""
-    data = json.loads(PROMPTS.read_text())
+def prompt_texts(model: Model, prompts: Path | None = None) -> list[tuple[str, str, str]]:
+    """(name, kind, text) for each prompt of ``prompts`` (default: PROMPTS), rendered for ``model``."""
+    data = json.loads((prompts or PROMPTS).read_text())
     text = WIKITEXT.read_bytes().decode()
     fill = {"paragraph": text[2000:3200].replace("\r", ""), "paragraph2": text[5200:6400].replace("\r", ""),
             "code": data["code"]}  # fmt: skip
@@ -202,7 +202,7 @@ def model_drafts(pairs: list[str], bin_dir: Path, args: argparse.Namespace) -> N
         draft = load_draft(draft_name, target, threads=args.threads)
         rows = []
         try:
-            texts = prompt_texts(target)
+            texts = prompt_texts(target, args.prompts)
             for prompt, _, text in texts:
                 ids = token_ids(target, text)
                 plain_tps, spec_tps = [], []
@@ -327,6 +327,8 @@ def main() -> None:
     parser.add_argument("--pairs", nargs="*", default=["smollm2-135m-instruct:f16=smollm2-135m-instruct:q8_0",
                         "smollm2-135m-instruct:f16=smollm2-135m-instruct:q4_0"],
                         help="draft: TARGET=DRAFT stored models")  # fmt: skip
+    parser.add_argument("--prompts", type=Path, help="draft: a prompt file (default: data/speculative_prompts.json; "
+                        "data/code_prompts.json for code models)")  # fmt: skip
     parser.add_argument("--serve-reps", type=int, default=2, help="serve: runs with and without drafts, in turn")
     parser.add_argument("--batch", type=int, default=8, help="lossless: the verify batch size compared")
     parser.add_argument("--types", nargs="*", default=["smollm2-135m-instruct:f16", "smollm2-135m-instruct:q8_0",

@@ -33,6 +33,8 @@ NEXT_STEP: dict[type[errors.EdgeslmError], str] = {
     errors.IntegrityError: "A blob's bytes do not match its digest: `edgeslm verify`, then pull it again.",
     errors.ConflictError: "The name stands for other content; pick another name or pass `--force`.",
     errors.SourceError: "The source could not deliver: check the repo or package name, then retry.",
+    errors.CatalogError: "A catalogue entry is malformed (a pinned file without its digest or size): fix "
+    "`edgeslm/data/pinned.toml`, or reinstall edgeslm.",
     errors.OfflineError: "Connect (or unset `--offline` / `EDGESLM_OFFLINE`), or use a stored model.",
     errors.EngineError: "The runtime refused the model or failed; the message says why. Try `-v`.",
     errors.RunnerTimeoutError: "The runner missed its deadline and was stopped; retry, or lower `--parallel`.",

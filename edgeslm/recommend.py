@@ -212,7 +212,8 @@ def _catalogue_picks(device: Device, use_case: str, level: str, budget: int) -> 
             and not (needs_chat and "base model" in e.note)
             and _weights(e, qtype) * RUNTIME_OVERHEAD <= budget
         ]
-        for e in sorted(fitting, key=lambda e: -(e.n_params or 0)):
+        # what can be had without a hub first (builtin, pinned with a mirror), then the largest that fits
+        for e in sorted(fitting, key=lambda e: (not (e.builtin or e.pinned), -(e.n_params or 0))):
             need = int(_weights(e, qtype) * RUNTIME_OVERHEAD)
             why = (
                 f"{format_params(e.n_params or 0)} parameters ({c.value}) at {qtype}: about {format_bytes(need)} with "

@@ -146,3 +146,14 @@ def keyed(models: Path, tmp_path: Path) -> Iterator[tuple[str, dict[str, str]]]:
     keys = {role: add_key(keyfile, f"{role}-1", role) for role in ("admin", "user", "reader")}
     with serving(models, FakeRunner, api_keys=keyfile, audit_log=tmp_path / "audit.jsonl") as base:
         yield base, keys
+
+
+def audit_text(path: Path, lines: int, deadline: float = 30.0) -> str:
+    """The audit log once it holds ``lines`` lines: the server writes a request's line after its
+    response has gone out, so a client that reads at once can be ahead of it on a busy machine."""
+    end = time.monotonic() + deadline
+    while True:
+        text = path.read_text() if path.exists() else ""
+        if len(text.splitlines()) >= lines or time.monotonic() > end:
+            return text
+        time.sleep(0.02)

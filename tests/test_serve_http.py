@@ -17,7 +17,7 @@ from edgeslm.serve.audit import verify
 
 from .fake_runner import REPLY_WORDS, FakeRunner
 from .ggufbuild import write_runnable_model
-from .servekit import serving
+from .servekit import audit_text, serving
 
 WORDS = "".join(f" w{i}" for i in range(REPLY_WORDS))
 
@@ -243,7 +243,7 @@ def test_every_request_is_audited_in_an_intact_chain(url: str, tmp_path: Path) -
     httpx.post(url + "/api/generate", json={"model": "tiny", "prompt": "secret words", "stream": False})
     httpx.get(url + "/api/tags")
     httpx.post(url + "/api/generate", content=b"not json", headers={"Content-Type": "application/json"})
-    lines = [json.loads(line) for line in (tmp_path / "audit.jsonl").read_text().splitlines()]
+    lines = [json.loads(line) for line in audit_text(tmp_path / "audit.jsonl", 3).splitlines()]
     assert [(r["route"], r["status"]) for r in lines] == [
         ("/api/generate", 200),
         ("/api/tags", 200),

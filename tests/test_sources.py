@@ -28,7 +28,7 @@ def test_smollm2_is_located_without_importing_llama_cpp() -> None:
 
 
 def test_catalogue_is_consistent() -> None:
-    assert {"smollm2", "qwen3", "gemma3", "phi4", "llama3", "bitnet"} == {e.family for e in CATALOG}
+    assert {"smollm2", "qwen2", "qwen3", "gemma3", "phi4", "llama3", "bitnet"} == {e.family for e in CATALOG}
     for entry in CATALOG:
         parse_name(entry.name)  # every catalogue name is a valid store name
         assert entry.hf_repo.count("/") == 1

@@ -45,21 +45,40 @@ class ModelName:
         return parse_name(f"{self.base}:{tag}")
 
     def owns(self, other: ModelName) -> bool:
-        """``other`` is this name or one of its variants: ``m:latest`` owns every tag of ``m``,
-        ``m:0.5b`` owns ``m:0.5b`` and ``m:0.5b-q4_0`` but not ``m:1.5b-q4_0``."""
+        """``other`` is this name or one of its variants: ``m:latest`` and ``m:q8_0`` own every tag of
+        ``m``; ``m:0.5b`` owns ``m:0.5b`` and ``m:0.5b-q4_0`` but not ``m:1.5b-q4_0``."""
         if other.base != self.base:
             return False
-        return self.tag == DEFAULT_TAG or other.tag == self.tag or other.tag.startswith(f"{self.tag}-")
+        stem = tag_stem(self.tag)
+        return not stem or other.tag == stem or other.tag.startswith(f"{stem}-")
 
     def variant(self, suffix: str) -> ModelName:
-        """A variant's name, as Ollama tags them: ``m:latest`` -> ``m:q4_0``; ``m:0.5b`` -> ``m:0.5b-q4_0``
-        (so the variants of two tags of one model never share a name)."""
-        return self.with_tag(suffix if self.tag == DEFAULT_TAG else f"{self.tag}-{suffix}")
+        """A variant's name, as Ollama tags them: the tag's own variant suffix gives way to the new
+        one. ``m:latest`` and ``m:q8_0`` -> ``m:q4_0``; ``m:0.5b`` and ``m:0.5b-q8_0`` -> ``m:0.5b-q4_0``
+        (so the variants of two sizes of one model never share a name); ``m:best`` -> ``m:best-q4_0``."""
+        stem = tag_stem(self.tag)
+        return self.with_tag(f"{stem}-{suffix}" if stem else suffix)
 
     def path_parts(self) -> tuple[str, str, str, str]:
         """Where the manifest lives: '_' stands for an absent host or namespace and cannot
         collide with a real part, which must start with a letter or digit."""
         return (self.host or "_", self.namespace or "_", self.model, self.tag)
+
+
+# A tag's variant suffix, as the verbs write them: a llama.cpp type (with -imat when calibrated), an
+# ONNX, MLX or mixed-precision variant.
+_VARIANT_TAIL = re.compile(
+    r"(?:(.*)-)?((?:f32|f16|bf16|q\d\w*|iq\d\w*|tq\d\w*|mxfp4\w*)(?:-imat)?|onnx-[\w-]+|mlx-[\w-]+|mix-[\w-]+)\Z"
+)
+
+
+def tag_stem(tag: str) -> str:
+    """What a tag names before its variant suffix: '' for ``latest`` or a bare variant (``q8_0``),
+    ``0.5b`` for ``0.5b`` and ``0.5b-q4_0``."""
+    if tag == DEFAULT_TAG:
+        return ""
+    found = _VARIANT_TAIL.match(tag)
+    return tag if found is None else found.group(1) or ""
 
 
 def _bad(name: str, reason: str) -> InvalidNameError:
