@@ -39,7 +39,14 @@ _GPT2 = {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "
 PRE_TOKENIZERS: dict[str, dict[str, Any]] = {
     "gpt-2": _GPT2,
     "smollm": {"type": "Sequence", "pretokenizers": [{"type": "Digits", "individual_digits": True}, _GPT2]},
-}
+    # Qwen2/2.5 (tokenizer.json of Qwen/Qwen2.5-*; llama.cpp's LLAMA_VOCAB_PRE_TYPE_QWEN2 splits alike)
+    "qwen2": {"type": "Sequence", "pretokenizers": [
+        {"type": "Split", "pattern": {"Regex": r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?"
+                                               r"[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"},
+         "behavior": "Isolated", "invert": False},
+        {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": False, "use_regex": False},
+    ]},
+}  # fmt: skip
 
 
 @dataclass(frozen=True)

@@ -121,3 +121,22 @@ def test_hermes_tool_calls_through_both_clients(url: str) -> None:
         jsonschema.validate(dict(made.function.arguments), ARGS["get_weather"])
     finally:
         oll._client.close()
+
+
+def test_its_tokenizer_exports_as_llama_cpp_splits_it(qwen: Model, tmp_path: Path) -> None:
+    """export/convert/finetune write the GGUF's tokenizer as tokenizer.json (the qwen2 pre-tokenizer):
+    the tokenizers library then gives llama.cpp's ids on code, digits, CRLF, CJK, Cyrillic and emoji."""
+    import gguf
+    from tokenizers import Tokenizer
+
+    from edgeslm.export import _value, _write_tokenizer
+
+    reader = gguf.GGUFReader(qwen.path)
+    meta = {k: _value(f) for k, f in reader.fields.items() if not k.startswith("tokenizer.ggml.") or "_id" in k
+            or k in ("tokenizer.ggml.model", "tokenizer.ggml.pre", "tokenizer.ggml.add_bos_token")}  # fmt: skip
+    _write_tokenizer(tmp_path, reader, meta)
+    exported = Tokenizer.from_file(str(tmp_path / "tokenizer.json"))
+    for text in ("def f(n):\n    return n if n < 2 else f(n-1)+f(n-2)\n", "I've 12345 apples, 3.14\r\n\ttab  x",
+                 "我想在apple工作1314151天～ нещо на Български 🦙🦙 ''''```"):  # fmt: skip
+        ours = list(qwen.engine.tokenize(text, add_special=False))
+        assert exported.encode(text, add_special_tokens=False).ids == ours
