@@ -61,6 +61,7 @@ class TestResult:
     samples_tps: tuple[float, ...]
     drafted: int = 0  # draft tests: drafted tokens verified (all repetitions), and of those accepted
     accepted: int = 0
+    declined: int = 0  # drafts found but not verified: the cost measured at load said they would not pay
 
     @property
     def mean(self) -> float:
@@ -194,7 +195,7 @@ def _draft_tests(engine: Engine, params: BenchParams) -> list[dict[str, Any]]:
     return [
         {"test": name, "n_tokens": params.n_gen, "samples_tps": plain},
         {"test": f"{name}+{label}", "n_tokens": params.n_gen, "samples_tps": spec, "drafted": stats.drafted,
-         "accepted": stats.accepted},
+         "accepted": stats.accepted, "declined": stats.declined},
     ]  # fmt: skip
 
 
@@ -242,7 +243,7 @@ def bench_models(models: Sequence[ResolvedModel], params: BenchParams) -> list[B
         name, info, engine = model.name, model.info, model.engine(DEFAULT_ENGINE)
         report = run_worker(str(model.path), replace(params, adapters=model.adapters), engine=engine)
         tests = tuple(TestResult(t["test"], t["n_tokens"], tuple(t["samples_tps"]), t.get("drafted", 0),
-                                 t.get("accepted", 0)) for t in report["tests"])  # fmt: skip
+                                 t.get("accepted", 0), t.get("declined", 0)) for t in report["tests"])  # fmt: skip
         results.append(
             BenchResult(
                 name,

@@ -276,10 +276,19 @@ def test_speculative_greedy_equals_plain_greedy_on_a_tiny_model(tmp_path: Path) 
 
 
 @pytest.mark.real_model
-def test_lookup_is_lossless_where_batches_agree_and_pays_on_a_copy(builtin_home: Path, home: Path, cli: Cli) -> None:
+def test_lookup_is_lossless_where_batches_agree_and_pays_on_a_copy(
+    builtin_home: Path, home: Path, cli: Cli, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """SmolLM2 in F16, whose verify batches give single steps' argmax on this CPU (benchmarks/
     speculative.py, lossless section): the same text as plain greedy decoding. Quantized types'
-    batched kernels can flip near-ties, so Gemma's Q4_K_M is held to its acceptance only."""
+    batched kernels can flip near-ties, so Gemma's Q4_K_M is held to its acceptance only.
+
+    Whether a draft is verified is the cost model's decision, measured on the machine: the test
+    injects one where verifying pays and stops the clock's corrections, so it asserts what the
+    drafts do, not how fast this machine is."""
+    from edgeslm.speculation.policy import Policy
+
+    monkeypatch.setattr(Policy, "timed", lambda self, seconds, k: None)
     shutil.copytree(builtin_home, home)
     assert cli("quantize", "smollm2-135m-instruct", "--type", "f16", "--allow-requantize").code == 0
     text = (Path(__file__).parents[2] / "shared" / "data" / "wikitext-2-test.txt").read_bytes().decode()
@@ -290,6 +299,8 @@ def test_lookup_is_lossless_where_batches_agree_and_pays_on_a_copy(builtin_home:
     settings = resolve_settings(home=home, offline=True)
     for name in ("smollm2-135m-instruct:f16", "gemma3-270m"):
         model = load(name, ctx=1024, threads=2, settings=settings)
+        model.engine._verify_costs = {1: 1.0, 4: 1.1, 16: 1.4, 49: 2.2}  # type: ignore[attr-defined]
+        model.engine._step_seconds = 0.01  # type: ignore[attr-defined]
         try:
             prompt = ask if model.has_chat_template else f"{paragraph}\n\n{paragraph[:300]}"
             kw = {"max_tokens": 120, "sampling": SamplingParams(temperature=0)}
@@ -588,7 +599,11 @@ def test_bench_draft_measures_the_copy_workload(builtin_home: Path, home: Path, 
     tests = {t["test"]: t for t in json.loads(result.out)[0]["tests"]}
     assert list(tests) == ["tg32", "tg32 copy", "tg32 copy+lookup"]
     spec = tests["tg32 copy+lookup"]
-    assert spec["drafted"] >= spec["accepted"] > 10 and spec["mean_tps"] > 1  # Gemma copies on: drafts accepted
+    # Gemma copies on, so drafts are found; whether each is verified is the cost measured at load on
+    # this machine (a busy or slow one declines them), so the test asserts that they are found and
+    # counted, not the machine's speed (injecting the cost model is issue 34's)
+    assert spec["drafted"] >= spec["accepted"] and spec["drafted"] + spec["declined"] > 10, spec
+    assert spec["mean_tps"] > 1
     table = cli("bench", "gemma3-270m", "-p", "0", "-n", "16", "-r", "1", "--draft", "ngram-map-k", "--draft-m", "8")
     assert table.code == 0 and "tg16 copy+ngram-map-k" in table.out, table.err
     refused = cli("bench", "gemma3-270m", "-p", "0", "-n", "8", "-r", "1", "--draft", "smollm2-135m-instruct")
