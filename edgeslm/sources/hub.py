@@ -241,7 +241,7 @@ def download_checkpoint(ref: HubRef, settings: Settings, cache: Path) -> tuple[P
     ``cache``; return the local folder and the revision."""
     if settings.offline:
         raise OfflineError(f"offline mode is on (EDGESLM_OFFLINE or HF_HUB_OFFLINE); cannot fetch hf.co/{ref.repo_id}")
-    from huggingface_hub import HfApi, hf_hub_download
+    from huggingface_hub import HfApi
     from huggingface_hub.hf_api import RepoFile
 
     check_reachable(settings, ref)
@@ -254,19 +254,9 @@ def download_checkpoint(ref: HubRef, settings: Settings, cache: Path) -> tuple[P
         ]
         if "config.json" not in wanted:
             raise ModelNotFoundError(f"hf.co/{ref.repo_id} has no config.json: not a Hugging Face model checkpoint")
-        local = [
-            hf_hub_download(
-                ref.repo_id,
-                path,
-                revision=ref.revision,
-                cache_dir=cache,
-                endpoint=settings.hf_endpoint,
-                token=settings.hf_token or False,
-            )  # fmt: skip
-            for path in wanted
-        ]
     except (ModelNotFoundError, SourceError):
         raise
     except Exception as exc:  # noqa: BLE001 - every transport or hub failure becomes one of ours
         raise _translate(exc, ref, settings) from exc
-    return Path(str(local[0])).parent, ref.revision
+    local = [_download(ref, path, settings, cache) for path in wanted]
+    return local[0].parent, ref.revision
