@@ -34,10 +34,10 @@ demo: setup
 	P="$$(head -c 3200 edgeslm/data/wikitext-2-sample.txt | tail -c 1200 | tr -d '\r')"; \
 		printf '%s\n\n%s' "$$P" "$$(printf '%s' "$$P" | head -c 300)" | \
 		$(VENV)/bin/edgeslm run gemma3-270m --temperature 0 --max-tokens 96 --draft lookup --verbose
-	$(VENV)/bin/edgeslm bench smollm2-135m-instruct gemma3-270m -p 256 -n 64 -r 2
+	$(VENV)/bin/edgeslm bench smollm2-135m-instruct gemma3-270m -p 256 -n 64 -r 1
 	$(VENV)/bin/edgeslm quantize smollm2-135m-instruct --type f16,q8_0,q5_1,q4_0,q4_k_m --allow-requantize
 	$(VENV)/bin/edgeslm show smollm2-135m-instruct:q4_k_m
-	$(VENV)/bin/edgeslm eval smollm2-135m-instruct --all-variants --chunks 4
+	$(VENV)/bin/edgeslm eval smollm2-135m-instruct --all-variants --chunks 2
 	$(VENV)/bin/edgeslm compare smollm2-135m-instruct --plot edgeslm-report/smollm2-135m-instruct.png
 	# calibration: an importance matrix as llama-imatrix computes it (chunks apart from eval's); IQ2_XS needs one
 	$(VENV)/bin/edgeslm calibrate smollm2-135m-instruct --chunks 2 --from-chunk 20
