@@ -28,6 +28,8 @@ def prompt_text(prompt: Any) -> str:
 
 class FakeRunner:
     delay: ClassVar[float] = 0.0  # seconds per token
+    embed_delay: ClassVar[float] = 0.0  # seconds per embedding request
+    embeds_cancelled: ClassVar[list[str]] = []
     jobs: ClassVar[list[Job]] = []
     cancelled: ClassVar[list[str]] = []
     started: ClassVar[list[str]] = []
@@ -41,6 +43,7 @@ class FakeRunner:
     @classmethod
     def reset(cls) -> None:
         cls.delay, cls.jobs, cls.cancelled, cls.started = 0.0, [], [], []
+        cls.embed_delay, cls.embeds_cancelled = 0.0, []
 
     async def agenerate(self, job: Job) -> AsyncIterator[Chunk | Done]:
         FakeRunner.jobs.append(job)
@@ -65,6 +68,11 @@ class FakeRunner:
                 FakeRunner.cancelled.append(text)
 
     async def aembed(self, texts: Sequence[str]) -> Embeddings:
+        try:
+            await asyncio.sleep(self.embed_delay)
+        except asyncio.CancelledError:
+            FakeRunner.embeds_cancelled.extend(texts)
+            raise
         vectors = [[b / 255 for b in hashlib.sha256(t.encode()).digest()[:4]] for t in texts]
         return Embeddings(vectors, sum(len(t.split()) for t in texts))
 

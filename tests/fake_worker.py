@@ -4,7 +4,8 @@ MODE_FILE holds the mode (read at start, so a test can change it between loads) 
 the worker's pid on a second line. Modes: ``ready`` (says ready, exits when stdin closes),
 ``hang-load`` (never says ready), ``hang-close`` (says ready, then ignores both the closing of
 stdin and SIGTERM), ``hang-mute`` (says ready, then closes its stdout and hangs), ``fail-load``
-(answers a ``failed`` line as a model that cannot load).
+(answers a ``failed`` line as a model that cannot load), ``deaf`` (says ready, then never reads
+its stdin), ``silent`` (says ready, reads every request and answers none).
 """
 
 from __future__ import annotations
@@ -36,7 +37,9 @@ def main() -> None:
         os.close(sys.stdout.fileno())
         while True:
             time.sleep(60)
-    sys.stdin.read()  # until the runner closes our stdin
+    while mode == "deaf":
+        time.sleep(60)
+    sys.stdin.read()  # until the runner closes our stdin (silent: every request read, none answered)
     while mode == "hang-close":
         time.sleep(60)
 

@@ -3,6 +3,7 @@ fail; the manager fails their waiters, retries on the next request and never blo
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import os
 import signal
@@ -16,7 +17,7 @@ import pytest
 
 from edgeslm.config import resolve_settings
 from edgeslm.errors import EngineError, InvalidModelFileError, RunnerTimeoutError, http_status_for
-from edgeslm.runner import LoadState, Runner
+from edgeslm.runner import Embeddings, LoadState, Runner
 from edgeslm.runner.state import Lifecycle
 from edgeslm.serve.manager import ManagerParams, ModelManager
 
@@ -188,3 +189,69 @@ def test_a_worker_that_goes_mute_but_lives_on_is_killed_not_waited_for(modes: Mo
     start = time.monotonic()
     runner.close()
     assert time.monotonic() - start < 2
+
+
+def _run_in_thread(main: Any, limit: float = 60.0) -> Any:
+    """Run the coroutine function ``main`` on an event loop of its own thread; a loop that blocks
+    fails the test at ``limit`` instead of hanging the suite."""
+    out: dict[str, Any] = {}
+
+    def target() -> None:
+        try:
+            out["result"] = asyncio.run(main())
+        except BaseException as exc:  # noqa: BLE001 - handed to the test
+            out["error"] = exc
+
+    thread = threading.Thread(target=target, daemon=True)
+    thread.start()
+    thread.join(limit)
+    assert not thread.is_alive(), f"the event loop was still blocked after {limit:g} s"
+    if "error" in out:
+        raise out["error"]
+    return out["result"]
+
+
+def test_a_worker_that_stops_reading_blocks_neither_the_loop_nor_other_requests(modes: Modes) -> None:
+    """Requests larger than the pipe's buffer to a worker that never reads: each fails at the write
+    deadline, the worker is killed, and meanwhile the event loop keeps running (before: the runner's
+    lock was held across the blocking write, and the next request froze the loop for good)."""
+    modes.set("deaf")
+    runner = modes.runner(write_timeout=2.0, close_timeout=1.0)
+    big = ["x" * 300_000]  # several times a pipe's 64 KiB
+
+    async def main() -> tuple[list[BaseException | Embeddings], int]:
+        ticks = 0
+
+        async def ticker() -> None:
+            nonlocal ticks
+            while True:
+                await asyncio.sleep(0.01)
+                ticks += 1
+
+        tick = asyncio.create_task(ticker())
+        results = await asyncio.gather(*(runner.aembed(big) for _ in range(4)), return_exceptions=True)
+        tick.cancel()
+        return results, ticks
+
+    results, ticks = _run_in_thread(main)
+    assert ticks > 0
+    assert all(isinstance(r, EngineError) for r in results), results
+    assert any("stopped reading its requests for 2 s" in str(r) for r in results), results
+    deadline = time.monotonic() + 30
+    while _alive(runner.pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not runner.alive and not _alive(runner.pid)
+    with pytest.raises(EngineError, match="has stopped; the next request restarts it"):
+        _run_in_thread(lambda: runner.aembed(["again"]))
+    runner.close()
+
+
+def test_an_embedding_waits_for_its_answer_only_until_its_deadline(modes: Modes) -> None:
+    modes.set("silent")
+    runner = modes.runner(embed_timeout=1.0, close_timeout=1.0)
+    try:
+        with pytest.raises(RunnerTimeoutError, match=r"did not embed 2 text\(s\) within 1 s; send fewer"):
+            _run_in_thread(lambda: runner.aembed(["a", "b"]))
+        assert runner.alive  # a slow embedding is not a dead runner
+    finally:
+        runner.close()

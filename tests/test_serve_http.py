@@ -211,6 +211,21 @@ def test_a_client_that_disconnects_mid_stream_frees_its_slot(url: str) -> None:
     assert ps[0]["in_flight"] == 0
 
 
+def test_a_client_that_leaves_while_its_texts_are_embedded_cancels_the_embedding(url: str) -> None:
+    FakeRunner.embed_delay = 3600  # a runner that takes its time: only the client's leaving ends the wait
+    for route, body in (("/api/embed", {"input": "left early"}), ("/v1/embeddings", {"input": "gone too"})):
+        with pytest.raises(httpx.ReadTimeout):
+            httpx.post(url + route, json={"model": "tiny", **body}, timeout=httpx.Timeout(30, read=0.5))
+        deadline = time.monotonic() + 30
+        while body["input"] not in FakeRunner.embeds_cancelled:
+            assert time.monotonic() < deadline, f"{route}: the embedding was not cancelled"
+            time.sleep(0.02)
+    deadline = time.monotonic() + 30
+    while httpx.get(url + "/api/ps").json()["models"][0]["in_flight"]:
+        assert time.monotonic() < deadline, "the embedding's lease was not released"
+        time.sleep(0.02)
+
+
 def test_a_runner_failing_mid_stream_ends_the_stream_with_an_error_line(url: str) -> None:
     lines = ndjson(httpx.post(url + "/api/generate", json={"model": "tiny", "prompt": "CRASH"}))
     assert [line.get("response") for line in lines[:2]] == [" w0", " w1"] and "stopped" in lines[-1]["error"]

@@ -3,8 +3,14 @@
 Nothing here imports llama.cpp: the native code lives in the worker process, so a crash there
 fails only that runner's in-flight requests (each gets an ``EngineError`` saying so) and the
 server stays up; the next request starts a new runner. Every wait has a deadline: a worker
-that does not say ``ready`` within ``load_timeout`` is killed (``RunnerTimeoutError``), and one
-that does not exit within ``close_timeout`` of its stdin closing is killed too.
+that does not say ``ready`` within ``load_timeout`` is killed (``RunnerTimeoutError``), one
+that does not exit within ``close_timeout`` of its stdin closing is killed too, one that stops
+reading its requests for ``write_timeout`` is killed (its requests fail, the next one restarts it),
+and an embedding gets its answer within ``embed_timeout``.
+
+Nothing here blocks the event loop: requests go to the worker's stdin through a writer thread
+(``_Writer``), so a full pipe stalls that thread, never the server; the lock guards only the
+table of requests and is never held across I/O.
 """
 
 from __future__ import annotations
@@ -14,11 +20,14 @@ import itertools
 import json
 import logging
 import os
+import queue
+import select
 import signal
 import subprocess
 import sys
 import threading
-from collections.abc import AsyncGenerator, Sequence
+import time
+from collections.abc import AsyncGenerator, Callable, Sequence
 from typing import Any, Protocol
 
 from ..errors import EngineError, RunnerTimeoutError
@@ -29,6 +38,8 @@ log = logging.getLogger(__name__)
 
 LOAD_TIMEOUT = 120.0  # seconds from start to the worker's ready line
 CLOSE_TIMEOUT = 10.0  # seconds from closing its stdin to its exit, then it is killed
+WRITE_TIMEOUT = 30.0  # seconds a request may wait for the worker to read it, then the worker is killed
+EMBED_TIMEOUT = 300.0  # seconds from an embedding request to its answer
 WORKER = (sys.executable, "-m", "edgeslm.runner.worker")
 
 
@@ -62,6 +73,58 @@ class _AsyncInbox:
         self.loop.call_soon_threadsafe(self.queue.put_nowait, msg)
 
 
+class _Writer:
+    """Writes messages to the worker's stdin on a thread of its own, each within ``timeout``; past
+    it the worker, which has stopped reading, is killed (``on_stall``) and nothing more is sent."""
+
+    def __init__(self, fd: int, name: str, timeout: float, on_stall: Callable[[], None]) -> None:
+        self.fd, self.timeout, self.on_stall = fd, timeout, on_stall
+        self.failed: str | None = None  # why nothing more can be written
+        self.stalled = False  # the worker stopped reading and was killed for it
+        self._outbox: queue.SimpleQueue[bytes | None] = queue.SimpleQueue()
+        os.set_blocking(fd, False)
+        self._thread = threading.Thread(target=self._run, name=f"runner-{name}-writer", daemon=True)
+        self._thread.start()
+
+    def send(self, data: bytes) -> None:
+        """Queue ``data``; never blocks. Raises ``EngineError`` once the worker cannot be written to."""
+        if self.failed:
+            raise EngineError(self.failed)
+        self._outbox.put(data)
+
+    def stop(self, timeout: float) -> None:
+        """Write what is queued (each message within its deadline), then stop; waits at most ``timeout``."""
+        self._outbox.put(None)
+        self._thread.join(timeout)
+
+    def _run(self) -> None:
+        while (data := self._outbox.get()) is not None:
+            if self.failed:
+                continue
+            try:
+                self._write_all(data)
+            except TimeoutError:
+                self.failed = f"the runner stopped reading its requests for {self.timeout:g} s and was stopped"
+                self.stalled = True
+                log.warning("%s", self.failed)
+                self.on_stall()
+            except OSError:  # a broken pipe: the worker is gone, and the reader says so to every request
+                self.failed = "the runner has stopped; the next request restarts it"
+
+    def _write_all(self, data: bytes) -> None:
+        view, deadline = memoryview(data), time.monotonic() + self.timeout
+        while view:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError
+            if not select.select([], [self.fd], [], left)[1]:
+                continue
+            try:
+                view = view[os.write(self.fd, view) :]
+            except BlockingIOError:
+                continue
+
+
 class Runner:
     """One model in one worker process, serving any number of concurrent ``agenerate`` calls."""
 
@@ -76,10 +139,12 @@ class Runner:
         prompt_cache: bool = True,  # a freed slot's cells serve the next prompt sharing their prefix
         load_timeout: float = LOAD_TIMEOUT,
         close_timeout: float = CLOSE_TIMEOUT,
+        write_timeout: float = WRITE_TIMEOUT,
+        embed_timeout: float = EMBED_TIMEOUT,
         draft: dict[str, Any] | None = None,  # prompt-lookup speculative decoding (LookupConfig.as_args())
         worker: Sequence[str] = WORKER,  # the command that starts the worker (tests start fakes)
     ) -> None:
-        self.name, self.close_timeout = name, close_timeout
+        self.name, self.close_timeout, self.embed_timeout = name, close_timeout, embed_timeout
         args = json.dumps({
             "name": name, "slots": slots, "ctx_per_slot": ctx_per_slot, "threads": threads, "home": home,
             "prompt_cache": prompt_cache, "draft": draft,
@@ -88,7 +153,9 @@ class Runner:
             [*worker, args], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
             start_new_session=True,  # a Ctrl-C at the terminal stops the server, which stops its runners
         )  # fmt: skip
-        self._lock = threading.Lock()
+        assert self._proc.stdin is not None
+        self._writer = _Writer(self._proc.stdin.fileno(), name, write_timeout, self._kill)
+        self._lock = threading.Lock()  # guards _queues only; never held across I/O
         self._queues: dict[str, _AsyncInbox] = {}  # request id -> where its replies go
         self._ids = itertools.count()
         self._hello: list[Message] = []  # the worker's ready or failed line
@@ -138,18 +205,20 @@ class Runner:
         self._said_hello.set()  # it exited before saying anything
         code = self._reap()  # stdout closed: it is exiting, or hung with its stdout closed
         why = f"the runner for {self.name} stopped (exit code {code}) during this request; the next request restarts it"
+        if self._writer.stalled:
+            why = f"{self._writer.failed} (model {self.name}); the next request restarts it"
         with self._lock:
             for q in self._queues.values():
                 q.put({"op": "error", "kind": "EngineError", "message": why})
 
-    def _write(self, msg: dict[str, Any]) -> None:
-        assert self._proc.stdin is not None
+    def _send(self, msg: dict[str, Any]) -> None:
+        """Queue ``msg`` for the worker; never blocks."""
+        if not self.alive:
+            raise EngineError(f"the runner for {self.name} has stopped; the next request restarts it")
         try:
-            with self._lock:
-                self._proc.stdin.write(encode(msg))
-                self._proc.stdin.flush()
-        except (BrokenPipeError, ValueError):
-            raise EngineError(f"the runner for {self.name} has stopped; the next request restarts it") from None
+            self._writer.send(encode(msg))
+        except EngineError as exc:
+            raise EngineError(f"{exc} (model {self.name})") from None
 
     async def agenerate(self, job: Job) -> AsyncGenerator[Chunk | Done, None]:
         """Stream a reply; closing the iterator early, or cancelling the task reading it (a client
@@ -157,7 +226,7 @@ class Runner:
         rid, inbox = self._register(_AsyncInbox())
         finished = False
         try:
-            await asyncio.to_thread(self._write, job.message(rid))  # a long prompt may fill the pipe
+            self._send(job.message(rid))
             while True:
                 event = event_from(await inbox.queue.get())
                 finished = isinstance(event, Done)
@@ -168,12 +237,22 @@ class Runner:
             self._end(rid, finished)
 
     async def aembed(self, texts: Sequence[str]) -> Embeddings:
+        """The texts' embeddings, within ``embed_timeout`` (``RunnerTimeoutError`` past it)."""
         rid, inbox = self._register(_AsyncInbox())
+        finished = False
         try:
-            await asyncio.to_thread(self._write, {"op": "embed", "id": rid, "texts": list(texts)})
-            return embeddings_from(await inbox.queue.get())
+            self._send({"op": "embed", "id": rid, "texts": list(texts)})
+            try:
+                reply = await asyncio.wait_for(inbox.queue.get(), self.embed_timeout)
+            except TimeoutError:
+                raise RunnerTimeoutError(
+                    f"the runner for {self.name} did not embed {len(texts)} text(s) within {self.embed_timeout:g} s; "
+                    "send fewer or shorter texts, or try again when the server is less busy"
+                ) from None
+            finished = True
+            return embeddings_from(reply)
         finally:
-            self._end(rid, True)
+            self._end(rid, finished)
 
     def _register(self, inbox: _AsyncInbox) -> tuple[str, _AsyncInbox]:
         rid = str(next(self._ids))
@@ -186,17 +265,18 @@ class Runner:
             self._queues.pop(rid, None)
         if not finished and self.alive:
             try:
-                self._write({"op": "cancel", "id": rid})
+                self._send({"op": "cancel", "id": rid})
             except EngineError:
                 pass  # it stopped meanwhile: nothing left to cancel
 
     def close(self) -> None:
         """End the worker: its stdin closes, so it finishes and exits; past ``close_timeout`` it is
         killed. Returns within about ``close_timeout`` seconds whatever the worker does."""
+        self._writer.stop(self.close_timeout)  # what is queued (a cancel) first, each within its deadline
         if self._proc.stdin is not None and not self._proc.stdin.closed:
             try:
                 self._proc.stdin.close()
-            except BrokenPipeError:
+            except OSError:
                 pass
         self._reap()
         self._reader.join(timeout=self.close_timeout)

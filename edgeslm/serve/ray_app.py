@@ -14,6 +14,7 @@ that (``target_ongoing_requests``), between ``--min-replicas`` and ``--max-repli
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import re
@@ -25,8 +26,9 @@ from pathlib import Path
 from typing import Any
 
 from ..config import Settings, resolve_settings
-from ..errors import EdgeslmError, EngineError, MissingExtraError, ModelNotFoundError, UsageError
+from ..errors import EdgeslmError, EngineError, MissingExtraError, ModelNotFoundError, RunnerTimeoutError, UsageError
 from ..runner import Chunk, Done, Embeddings, Job
+from ..runner.process import EMBED_TIMEOUT
 from .options import ServeOptions, check_options
 
 log = logging.getLogger(__name__)
@@ -144,8 +146,18 @@ class RayRunner:
                 events.cancel()  # the replica's generator is closed: its runner frees the slot
 
     async def aembed(self, texts: Sequence[str]) -> Embeddings:
+        """The replica's answer within its runner's deadline and as long again for Ray's hops; past
+        that (or when the caller is cancelled: a client gone) the call is cancelled in Ray too."""
+        response = self.handle.embed.remote(list(texts))
         try:
-            result: Embeddings = await self.handle.embed.remote(list(texts))
+            result: Embeddings = await asyncio.wait_for(response, 2 * EMBED_TIMEOUT)
+        except TimeoutError:
+            response.cancel()
+            raise RunnerTimeoutError(
+                f"Ray Serve did not embed for {self.name} within {2 * EMBED_TIMEOUT:g} s"
+            ) from None
+        except EdgeslmError:
+            raise
         except Exception as exc:  # noqa: BLE001
             raise _translate(exc, self.name) from None
         return result

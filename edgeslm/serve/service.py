@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -35,6 +35,7 @@ from .manager import Lease, ModelManager
 from .metrics import Metrics
 
 B = TypeVar("B", bound=BaseModel)
+T = TypeVar("T")
 # Seconds a reply may go without an event (a token, the end) before its runner is presumed hung
 # and the request fails with a 503: long enough for a queued request to wait out the slots ahead.
 REPLY_SILENCE = 900.0
@@ -299,7 +300,7 @@ async def embed(
         raise InvalidParameterError("dimensions is not supported: the model's embedding size is used")
     lease = await hold(request, name, keep_alive)
     try:
-        result = await lease.runner.aembed(texts) if texts else Embeddings([], 0)
+        result = await unless_gone(request, lease.runner.aembed(texts)) if texts else Embeddings([], 0)
     finally:
         state(request).manager.release(lease)
     note(request, tokens_in=result.tokens)
@@ -333,7 +334,16 @@ async def collect(request: Request, gen: Generation) -> Reply:
         assert gen.done is not None
         return Reply("".join(parts), tokens, chunks, gen.done)
 
-    task = asyncio.ensure_future(drain())
+    try:
+        return await unless_gone(request, drain())
+    finally:
+        await gen.aclose()
+
+
+async def unless_gone(request: Request, work: Awaitable[T]) -> T:
+    """``work``'s result, unless the client disconnects first: then ``work`` is cancelled (its
+    runner frees the slot or forgets the request) and ``ClientGone`` raised."""
+    task = asyncio.ensure_future(work)
     try:
         while True:
             done, _ = await asyncio.wait({task}, timeout=0.5)
@@ -345,7 +355,6 @@ async def collect(request: Request, gen: Generation) -> Reply:
         if not task.done():
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
-        await gen.aclose()
 
 
 UPLOAD_SILENCE = 120.0  # seconds an upload may go without a byte
