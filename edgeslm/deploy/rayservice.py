@@ -8,7 +8,12 @@ DIR/rayservice.yaml     a RayService: that config as ``serveConfigV2``, a head g
                         controller, proxy and the ingress; no model replicas) and a worker group
                         that KubeRay's autoscaler grows with the replicas; every pod imports the
                         image's bundle into its own store first, as the Kubernetes base does
-DIR/kustomization.yaml  the RayService and the key Secret: kubectl apply -k DIR
+DIR/networkpolicy.yaml  what may reach the cluster's pods: the Serve port (keyed) from anywhere;
+                        Ray's own ports (GCS, object store, client) only from the cluster's pods;
+                        the dashboard, whose Jobs API runs code without a key, only from the
+                        KubeRay operator, which deploys the Serve config through it (so it cannot be
+                        bound to loopback); out: the cluster's pods and DNS
+DIR/kustomization.yaml  the RayService, the NetworkPolicy and the key Secret: kubectl apply -k DIR
 """
 
 from __future__ import annotations
@@ -40,6 +45,9 @@ from .k8s import (
 
 RAY_VERSION = "2.60.0"  # the version the extra edgeslm[ray] pins
 SERVE_PORT = 8000  # KubeRay's serve service points at the container port named "serve"
+DASHBOARD_PORT = 8265
+RAY_LABELS = {**LABELS, "app.kubernetes.io/instance": "edgeslm-ray"}  # the Ray cluster's pods, not k8s's
+OPERATOR = {"app.kubernetes.io/name": "kuberay-operator"}  # the KubeRay Helm chart's operator pods
 KEYS = "/etc/edgeslm/keys.toml"
 
 
@@ -77,8 +85,8 @@ def serve_config(models: Sequence[str], params: RayDeployParams) -> dict[str, An
 
 
 def _pod(image: str, role: str, memory: int, cpu: float, store_bytes: int) -> dict[str, Any]:
-    ports = ([{"name": "gcs", "containerPort": 6379}, {"name": "dashboard", "containerPort": 8265},
-              {"name": "client", "containerPort": 10001}] if role == "head" else [])  # fmt: skip
+    ports = [{"name": "gcs", "containerPort": 6379}, {"name": "dashboard", "containerPort": DASHBOARD_PORT}]
+    ports = ports if role == "head" else []
     container = {
         "name": f"ray-{role}", "image": image,
         "ports": [*ports, {"name": "serve", "containerPort": SERVE_PORT}],
@@ -90,7 +98,7 @@ def _pod(image: str, role: str, memory: int, cpu: float, store_bytes: int) -> di
                          {"name": "shm", "mountPath": "/dev/shm"}],
     }  # fmt: skip
     return {
-        "metadata": {"labels": {**LABELS, "app.kubernetes.io/component": f"ray-{role}"}},
+        "metadata": {"labels": {**RAY_LABELS, "app.kubernetes.io/component": f"ray-{role}"}},
         "spec": {
             "automountServiceAccountToken": False,
             "securityContext": {"runAsNonRoot": True, "runAsUser": UID, "runAsGroup": UID, "fsGroup": UID,
@@ -114,6 +122,7 @@ def rayservice(config: dict[str, Any], worker_memory: int, store_bytes: int, par
             "serveConfigV2": to_yaml(config),
             "rayClusterConfig": {
                 "rayVersion": RAY_VERSION, "enableInTreeAutoscaling": True,
+                # the operator reaches the dashboard from its own pod; networkpolicy.yaml lets only it in
                 "headGroupSpec": {"rayStartParams": {"num-cpus": "0", "dashboard-host": "0.0.0.0"},
                                   "template": _pod(params.image, "head", 2 * 2**30, 1.0, store_bytes)},
                 "workerGroupSpecs": [{
@@ -122,6 +131,24 @@ def rayservice(config: dict[str, Any], worker_memory: int, store_bytes: int, par
                 }],
             },
         },
+    }  # fmt: skip
+
+
+def network_policy() -> dict[str, Any]:
+    """Deny by default; see the module's docstring for what is let through."""
+    own = {"podSelector": {"matchLabels": RAY_LABELS}}
+    ingress = [
+        {"ports": [{"port": SERVE_PORT, "protocol": "TCP"}]},
+        {"from": [own]},
+        {"from": [{"namespaceSelector": {}, "podSelector": {"matchLabels": OPERATOR}}],
+         "ports": [{"port": DASHBOARD_PORT, "protocol": "TCP"}]},
+    ]  # fmt: skip
+    dns = [{"port": 53, "protocol": "UDP"}, {"port": 53, "protocol": "TCP"}]
+    return {
+        "apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+        "metadata": {"name": "edgeslm-ray", "labels": RAY_LABELS},
+        "spec": {"podSelector": {"matchLabels": RAY_LABELS}, "policyTypes": ["Ingress", "Egress"],
+                 "ingress": ingress, "egress": [{"to": [own]}, {"ports": dns}]},
     }  # fmt: skip
 
 
@@ -146,9 +173,10 @@ def write_ray(store: Store, names: Sequence[ModelName], out: Path, params: RayDe
         (tmp / "serve_config.yaml").write_text(to_yaml(config))
         if k8s:
             (tmp / "rayservice.yaml").write_text(to_yaml(rayservice(config, worker_memory, store_bytes, params)))
+            (tmp / "networkpolicy.yaml").write_text(to_yaml(network_policy()))
             kustomization = {
                 **KUSTOMIZATION,
-                "resources": ["rayservice.yaml"],
+                "resources": ["rayservice.yaml", "networkpolicy.yaml"],
                 "secretGenerator": [{"name": "edgeslm-keys", "files": ["keys.toml"]}],
                 "generatorOptions": {"disableNameSuffixHash": True},  # kustomize does not rename it inside a CRD
             }  # a CRD's secret name is not rewritten
