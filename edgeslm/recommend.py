@@ -168,7 +168,8 @@ def _runtime_advice(device: Device) -> Advice:
         )
     gpu = next((g for g in device.gpus if g.startswith("NVIDIA")), None)
     if gpu:
-        return Advice("runtime", "llama.cpp with CUDA offload", f"{gpu}: llama.cpp offloads layers to it.")
+        why = f"{gpu} found, but edgeslm's llama.cpp engine runs on the CPU: GPU offload is not supported yet"
+        return Advice("runtime", "llama.cpp on the CPU", why + " (llama.cpp's own llama-server -ngl can use it).")
     why = f"llama.cpp has hand-written CPU kernels for AVX2, AVX-512 and NEON; this CPU has {simd}"
     if device.arch == "x86_64" and "AVX2" not in device.simd:
         why += " — without AVX2 expect several times slower generation"

@@ -62,6 +62,9 @@ def test_runtime_by_platform() -> None:
     assert recommend(npu).advice[2].choice.startswith("ONNX Runtime")
     old = describe(kind="desktop", ram=32 * GB, cores=4, simd=("AVX",))
     assert "without AVX2" in recommend(old).advice[2].why
+    nvidia = recommend(describe(kind="desktop", ram=32 * GB, cores=8, simd=None, gpus=("NVIDIA RTX 4060",)))
+    assert nvidia.advice[2].choice == "llama.cpp on the CPU"  # no advice edgeslm has no setting for
+    assert "NVIDIA RTX 4060 found" in nvidia.advice[2].why and "not supported yet" in nvidia.advice[2].why
     laptop = recommend(describe(kind="laptop", ram=16 * GB, cores=8, simd=None))
     assert laptop.advice[0].choice.startswith("small")
     assert any("B parameters (small)" in p.why for p in laptop.catalogue)
