@@ -118,7 +118,7 @@ ray-bench: setup
 
 # The README's headline table: variants of both builtins across runtimes, one run (about 15 minutes).
 headline: setup
-	$(PY) benchmarks/headline.py
+	$(PY) benchmarks/headline.py --write README.md docs/runtimes/index.md
 
 # calibrate against llama-imatrix, quantize --imatrix against llama-quantize --imatrix; with/without imatrix KLD
 imatrix-bench: setup

@@ -43,7 +43,7 @@ def converter() -> Path:
         return home
     with tempfile.TemporaryDirectory() as tmp:
         subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--no-binary", ":all:", "-d", tmp,
-                        f"llama-cpp-python=={llama_cpp.__version__}"], check=True)  # fmt: skip
+                        f"llama-cpp-python=={llama_cpp.__version__}"], check=True, timeout=3600)  # fmt: skip
         (sdist,) = Path(tmp).glob("llama_cpp_python-*.tar.gz")
         with tarfile.open(sdist) as tar:
             tar.extractall(tmp, filter="data")
@@ -114,7 +114,7 @@ def in_child(fn: Any, *args: Path) -> Any:
     code = "import json, sys, pathlib; import benchmarks.convert_parity as m; "
     code += f"print(json.dumps(m.{fn.__name__}(*map(pathlib.Path, sys.argv[1:]))))"
     out = subprocess.run([sys.executable, "-c", code, *map(str, args)], check=True, capture_output=True, text=True,
-                         cwd=ROOT).stdout  # fmt: skip
+                         cwd=ROOT, timeout=3600).stdout  # fmt: skip
     return json.loads(out)
 
 
@@ -125,9 +125,9 @@ def main() -> None:
         root = Path(tmp)
         home = root / "home"
         run = [sys.executable, "-m", "edgeslm", "--home", str(home)]
-        subprocess.run([*run, "pull", "smollm2-135m-instruct"], check=True, capture_output=True)
+        subprocess.run([*run, "pull", "smollm2-135m-instruct"], check=True, capture_output=True, timeout=3600)
         subprocess.run([*run, "export", "smollm2-135m-instruct", "--format", "hf", str(root / "smollm2")],
-                       check=True, capture_output=True)  # fmt: skip
+                       check=True, capture_output=True, timeout=3600)  # fmt: skip
         cases = {"smollm2 (exported)": root / "smollm2"}
         for arch in ARCHS:
             folder = root / f"tiny-{arch}"
@@ -137,14 +137,18 @@ def main() -> None:
             # In a child: a parent holding torch would lend its peak RSS to every process it starts.
             code = "import sys, pathlib; from tests.hfbuild import write_model; "
             code += "write_model(pathlib.Path(sys.argv[1]), sys.argv[2], 49152)"
-            subprocess.run([sys.executable, "-c", code, str(folder), arch], check=True, capture_output=True, cwd=ROOT)
+            subprocess.run(
+                [sys.executable, "-c", code, str(folder), arch], check=True, capture_output=True, cwd=ROOT, timeout=3600
+            )
             cases[f"tiny {arch}"] = folder
         head = f"{'checkpoint':20} {'tensors equal':>14} {'ours s':>7} {'native s':>9} {'ours MiB':>9}"
         print(head + f" {'native MiB':>11}  metadata differences")
         for label, folder in cases.items():
             ours_file, native_file = root / "ours.gguf", root / "native.gguf"
             t_ours, m_ours = measured([*run, "convert", str(folder), "--outtype", "f16", "--name", "x"])
-            shown = subprocess.run([*run, "show", "x", "--json"], check=True, capture_output=True, text=True).stdout
+            shown = subprocess.run(
+                [*run, "show", "x", "--json"], check=True, capture_output=True, text=True, timeout=3600
+            ).stdout
             shutil.copy(json.loads(shown)["path"], ours_file)
             try:
                 t_nat, m_nat = measured([sys.executable, str(conv / "convert_hf_to_gguf.py"), str(folder),

@@ -7,6 +7,8 @@ import sys
 from pathlib import Path
 
 TIMEOUT_S = 3 * 3600  # the longest benchmark step (an optimize over several runtimes) takes minutes
+NATIVE_SCRIPT = Path(__file__).resolve().parents[2] / "shared" / "tools" / "build-native-llama.sh"
+BUILD_TIMEOUT_S = 3600  # building llama.cpp's tools takes about 20 minutes on 2 cores, once
 
 
 def edgeslm(home: Path, *args: str) -> str:
@@ -16,3 +18,13 @@ def edgeslm(home: Path, *args: str) -> str:
     if done.returncode != 0:
         raise SystemExit(f"edgeslm {' '.join(args)} failed: {done.stderr[-2000:]}")
     return done.stdout
+
+
+def native_bin(given: Path | None = None) -> Path:
+    """llama.cpp's own tools: ``given``, else the folder ``build-native-llama.sh`` builds (once) and prints."""
+    if given is not None:
+        return given
+    done = subprocess.run(["bash", str(NATIVE_SCRIPT)], capture_output=True, text=True, timeout=BUILD_TIMEOUT_S)
+    if done.returncode != 0:
+        raise SystemExit(f"{NATIVE_SCRIPT} failed: {done.stderr[-2000:]}")
+    return Path(done.stdout.strip().splitlines()[-1])

@@ -24,6 +24,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from edgeslm_cli import native_bin  # noqa: E402
+
 from benchmarks.parity import MODEL_CHOICES, model_files  # noqa: E402
 from edgeslm.engines.base import physical_cores  # noqa: E402
 from edgeslm.engines.llamacpp import quantize_file  # noqa: E402
@@ -47,7 +49,7 @@ PATTERNS = {
 
 def native_run(cmd: list[str]) -> tuple[str, float]:
     start = time.perf_counter()
-    done = subprocess.run(cmd, capture_output=True, text=True)
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=3600)
     seconds = time.perf_counter() - start
     if done.returncode != 0:
         raise SystemExit(f"{cmd[0]} failed: {done.stderr[-500:]}")
@@ -83,11 +85,7 @@ def main() -> None:
     parser.add_argument("-t", "--threads", type=int, default=physical_cores())
     parser.add_argument("--models", nargs="*", default=None, choices=MODEL_CHOICES, help="default: both builtins")
     args = parser.parse_args()
-    bin_dir = args.native_bin or Path(
-        subprocess.check_output(
-            ["bash", str(ROOT.parent / "shared" / "tools" / "build-native-llama.sh")], text=True
-        ).strip()
-    )
+    bin_dir = native_bin(args.native_bin)
     text = load_text(WIKITEXT)
     settings = EvalSettings(ctx=512, chunks=args.chunks, threads=args.threads, speed=False)
     common = ["-c", "512", "--chunks", str(args.chunks), "-t", str(args.threads), "-b", "512"]

@@ -9,7 +9,10 @@ float32 scales, as off a Mac); Gemma 3 270M through llama.cpp only (``convert --
 llama, qwen2 and qwen3 exports). MLX runs on its Linux CPU build here, so its speed is not a Mac's.
 llama.cpp's own ``llama-bench`` on the same GGUF files, same run, when the native tools are built.
 
-    .venv/bin/python benchmarks/headline.py [--chunks 4] [--native-bin DIR]
+    .venv/bin/python benchmarks/headline.py [--chunks 4] [--native-bin DIR] [--home DIR] [--write README.md ...]
+
+``--write`` puts the table in place of the one in each file (the block of lines from its header row
+on), so nobody copies numbers by hand; ``make headline`` writes README.md and docs/runtimes/index.md.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from edgeslm_cli import edgeslm
+from edgeslm_cli import NATIVE_SCRIPT, edgeslm, native_bin
 
 ROOT = Path(__file__).resolve().parents[1]
 PLAN = {
@@ -44,6 +47,15 @@ def variant(model: str, tag: str) -> str:
 
 def reference(model: str) -> str:
     return model if model in SHIPPED_REFERENCE else variant(model, "f16")
+
+
+DISPLAY = {"smollm2-135m-instruct": "SmolLM2 135M", "gemma3-270m": "Gemma 3 270M",
+           "qwen2.5-coder:0.5b": "Qwen2.5-Coder 0.5B", "qwen2.5-coder:1.5b": "Qwen2.5-Coder 1.5B"}  # fmt: skip
+RUNTIMES = {"llama.cpp": "llama.cpp", "onnxruntime": "ONNX Runtime", "mlx": "MLX (CPU)"}
+HEADER = (
+    "| model | variant | runtime | size | mean KLD | same top-1 | pp512 tok/s | tg128 tok/s | llama-bench tg128 "
+    "| peak RSS |"
+)
 TAGS = {("onnx", "int8"): "onnx-int8", ("onnx", "int4"): "onnx-int4", ("mlx", "8"): "mlx-8bit-fp32",
         ("mlx", "4"): "mlx-4bit-fp32"}  # fmt: skip
 
@@ -75,25 +87,41 @@ def row(r: dict[str, Any], native: str, parent: str) -> str:
     speed = r.get("speed") or {}
     shipped = r["model"] in (parent, f"{parent}:latest")
     label = f"`:{r['model'].split(':', 1)[1]}`" + (f" ({r['file_type']}, as shipped)" if shipped else "")
-    cells = [parent, label, r["runtime"], f"{r['file_size'] / 1e6:.1f} MB",
+    cells = [DISPLAY.get(parent, parent), label, RUNTIMES.get(r["runtime"], r["runtime"]),
+             f"{r['file_size'] / 1e6:.1f} MB",
              f"{r['kld_mean']:.5f}", f"{100 * r['same_top']:.1f} %", f"{speed.get('pp_tps') or 0:.1f}",
              f"{speed.get('tg_tps') or 0:.1f}", native or "—",
              f"{speed.get('peak_rss', 0) / 2**20:.0f} MiB"]  # fmt: skip
     return "| " + " | ".join(cells) + " |"
 
 
+def write_table(path: Path, table: list[str]) -> None:
+    """Replace the table that starts at HEADER's row in ``path`` (through its last ``|`` line)."""
+    lines = path.read_text(encoding="utf-8").splitlines()
+    start = next((i for i, line in enumerate(lines) if line.startswith(HEADER)), None)
+    if start is None:
+        raise SystemExit(f"{path}: no headline table to replace (a line starting {HEADER[:40]!r})")
+    end = start
+    while end < len(lines) and lines[end].startswith("|"):
+        end += 1
+    lines[start:end] = table
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    tmp.replace(path)
+    print(f"wrote the table into {path}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--chunks", type=int, default=4)
     parser.add_argument("--native-bin", type=Path, help="llama.cpp's tools (default: built by build-native-llama.sh)")
+    parser.add_argument("--home", type=Path, help="edgeslm home to build in and keep (default: a temp dir)")
+    parser.add_argument("--write", type=Path, nargs="*", default=[], help="files whose headline table to replace")
     args = parser.parse_args()
-    bin_dir = args.native_bin
-    script = ROOT.parent / "shared" / "tools" / "build-native-llama.sh"
-    if bin_dir is None and script.is_file():
-        bin_dir = Path(subprocess.check_output(["bash", str(script)], text=True).strip())
-    rows = []
+    bin_dir = native_bin(args.native_bin) if args.native_bin or NATIVE_SCRIPT.is_file() else None
     with tempfile.TemporaryDirectory(prefix="headline-") as tmp:
-        home = Path(tmp)
+        home = args.home or Path(tmp)
+        rows = []
         for model, (types, folders) in PLAN.items():
             names = build(home, model, types, folders)
             results = json.loads(edgeslm(home, "eval", *names, "--reference", reference(model), "--chunks",
@@ -101,10 +129,10 @@ def main() -> None:
             rows += [row(r, native_tg(bin_dir, home, r), model) for r in results]
     print(f"Against each builtin's F16 GGUF and each Qwen model's shipped Q4_K_M file, {args.chunks} x 512 tokens of "
           "the bundled WikiText-2 sample; one run\n")  # fmt: skip
-    print("| model | variant | runtime | size | mean KLD | same top-1 | pp512 tok/s | tg128 tok/s | "
-          "llama-bench tg128 | peak RSS |")  # fmt: skip
-    print("|---|---|---|---:|---:|---:|---:|---:|---:|---:|")
-    print("\n".join(rows))
+    table = [HEADER, "|---|---|---|---:|---:|---:|---:|---:|---:|---:|", *rows]
+    print("\n".join(table))
+    for path in args.write:
+        write_table(path, table)
 
 
 if __name__ == "__main__":

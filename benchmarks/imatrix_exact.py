@@ -25,6 +25,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
+from edgeslm_cli import native_bin  # noqa: E402
 from parity import MODEL_CHOICES, model_files  # noqa: E402
 
 from edgeslm.calibrate import calibrate  # noqa: E402
@@ -64,8 +65,7 @@ def main() -> None:
     parser.add_argument("--types", default=",".join(TYPES), help=f"default: {','.join(TYPES)}")
     parser.add_argument("--no-legacy", action="store_true", help="skip the legacy .dat comparison")
     args = parser.parse_args()
-    bin_dir = args.native_bin or Path(subprocess.check_output(
-        ["bash", str(ROOT.parent / "shared" / "tools" / "build-native-llama.sh")], text=True).strip())  # fmt: skip
+    bin_dir = native_bin(args.native_bin)
     threads = physical_cores()
     with tempfile.TemporaryDirectory(prefix="imatrix-bench-") as tmp:
         home = Path(tmp)

@@ -28,6 +28,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from convert_parity import compare, converter, in_child, measured  # noqa: E402
+from edgeslm_cli import native_bin  # noqa: E402
 from eval_fidelity import native_run, parse_native  # noqa: E402
 
 WIKITEXT = ROOT.parent / "shared" / "data" / "wikitext-2-test.txt"
@@ -38,27 +39,23 @@ def main() -> None:
     parser.add_argument("--native-bin", type=Path)
     parser.add_argument("--chunks", type=int, default=4)
     args = parser.parse_args()
-    bin_dir = args.native_bin or Path(
-        subprocess.check_output(
-            ["bash", str(ROOT.parent / "shared" / "tools" / "build-native-llama.sh")], text=True
-        ).strip()
-    )
+    bin_dir = native_bin(args.native_bin)
     conv = converter()
     env = {**os.environ, "PYTHONPATH": str(conv / "gguf-py")}
     with tempfile.TemporaryDirectory(prefix="lora-parity-") as tmp:
         root = Path(tmp)
         home = root / "home"
         run = [sys.executable, "-m", "edgeslm", "--home", str(home)]
-        subprocess.run([*run, "pull", "smollm2-135m-instruct"], check=True, capture_output=True)
+        subprocess.run([*run, "pull", "smollm2-135m-instruct"], check=True, capture_output=True, timeout=3600)
         subprocess.run([sys.executable, str(ROOT / "examples" / "zephyr_data.py"), str(root / "data")], check=True,
-                       capture_output=True)  # fmt: skip
+                       capture_output=True, timeout=3600)  # fmt: skip
         start = time.perf_counter()
         subprocess.run([*run, "finetune", "smollm2-135m-instruct", "--data", str(root / "data" / "support.jsonl"),
-                        "--name", "tuned", "--epochs", "1"], check=True, capture_output=True)  # fmt: skip
+                        "--name", "tuned", "--epochs", "1"], check=True, capture_output=True, timeout=3600)  # fmt: skip
         print(f"fine-tuned SmolLM2 for 1 epoch in {time.perf_counter() - start:.0f} s")
         work = home / "finetune" / "tuned-latest"
         shown = json.loads(subprocess.run([*run, "show", "tuned", "--json"], check=True, capture_output=True,
-                                          text=True).stdout)  # fmt: skip
+                                          text=True, timeout=3600).stdout)  # fmt: skip
         base_file = Path(shown["path"])
         ours_file = home / "models" / "blobs" / shown["adapters"][0]["digest"]
         native_file = root / "native-lora.gguf"
@@ -97,7 +94,7 @@ def _scores(run: list[str], bin_dir: Path, label: str, text: Path, ctx: int, chu
     native = parse_native(out)
     ours = json.loads(subprocess.run([*run, "eval", "tuned", "--text", str(text), "--ctx", str(ctx), "--chunks",
                                       str(chunks), "--no-speed", "--json", "--force"], check=True, capture_output=True,
-                                     text=True).stdout)[0]  # fmt: skip
+                                     text=True, timeout=3600).stdout)[0]  # fmt: skip
     print(f"\n{label}: {chunks} chunks x {ctx} tokens, the tuned model against its base (Q4_1)")
     print(f"  {'statistic':22} {'llama-perplexity':>17} {'edgeslm eval':>13}")
     for name, key, ours_key in (("PPL base", "ppl_base", "ppl_base"), ("PPL with the adapter", "ppl", "ppl"),

@@ -100,7 +100,7 @@ print(json.dumps({"kld_mean": float(np.concatenate(klds).mean()), "positions": i
 
 def native_decode(folder: Path, first: int) -> float:
     argv = [sys.executable, "-c", NATIVE_DECODE, str(folder), str(N_GEN), str(first)]
-    out = subprocess.run(argv, check=True, capture_output=True, text=True).stdout
+    out = subprocess.run(argv, check=True, capture_output=True, text=True, timeout=3600).stdout
     return float(json.loads(out.strip().splitlines()[-1])["tg"])
 
 
@@ -151,7 +151,7 @@ def fidelity_section(store: Store, text_path: Path, chunks: int) -> None:
         start = time.perf_counter()
         argv = [str(store.model_path(ref)), str(store.model_path(model)), str(text_path), "512", str(chunks)]
         out = subprocess.run([sys.executable, "-c", INDEPENDENT_KLD, *argv], check=True, capture_output=True,
-                             text=True)  # fmt: skip
+                             text=True, timeout=3600)  # fmt: skip
         theirs = json.loads(out.stdout.strip().splitlines()[-1])
         theirs_s = time.perf_counter() - start
         assert ours.kld_mean is not None

@@ -29,6 +29,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.edgeslm_cli import native_bin  # noqa: E402
 from edgeslm.bench import BenchParams, run_worker  # noqa: E402
 from edgeslm.config import resolve_settings  # noqa: E402
 from edgeslm.convert.to_onnx import Method, Precision, convert_to_onnx, default_tag  # noqa: E402
@@ -107,7 +108,7 @@ print(json.dumps({"kld_mean": float(np.concatenate(klds).mean()), "positions": i
 
 def native_decode(folder: Path, bos: int, threads: int) -> float:
     argv = [sys.executable, "-c", NATIVE_DECODE, str(folder), str(N_GEN), str(bos), str(threads)]
-    out = subprocess.run(argv, check=True, capture_output=True, text=True).stdout
+    out = subprocess.run(argv, check=True, capture_output=True, text=True, timeout=3600).stdout
     return float(json.loads(out.strip().splitlines()[-1])["tg"])
 
 
@@ -157,7 +158,9 @@ def fidelity_section(store: Store, text_path: Path, chunks: int) -> None:
     ours_s = time.perf_counter() - start
     start = time.perf_counter()
     argv = [str(store.model_path(ref)), str(store.model_path(model)), str(text_path), "512", str(chunks)]
-    out = subprocess.run([sys.executable, "-c", INDEPENDENT_KLD, *argv], check=True, capture_output=True, text=True)
+    out = subprocess.run(
+        [sys.executable, "-c", INDEPENDENT_KLD, *argv], check=True, capture_output=True, text=True, timeout=3600
+    )
     theirs = json.loads(out.stdout.strip().splitlines()[-1])
     theirs_s = time.perf_counter() - start
     assert ours.kld_mean is not None
@@ -170,8 +173,7 @@ def fidelity_section(store: Store, text_path: Path, chunks: int) -> None:
 def native_section(store: Store, names: list[str], rounds: int) -> None:
     from benchmarks.parity import native, ours
 
-    script = ROOT.parent / "shared" / "tools" / "build-native-llama.sh"
-    bin_dir = Path(subprocess.check_output(["bash", str(script)], text=True).strip().splitlines()[-1])
+    bin_dir = native_bin()
     threads = physical_cores()
     print(f"\n## Native llama-bench vs edgeslm bench, GGUF variants, {rounds} alternating rounds (medians)")
     # (peak RSS is left to ``make parity``: ru_maxrss of children is a maximum over this whole run)

@@ -23,6 +23,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from edgeslm_cli import native_bin  # noqa: E402
+
 from edgeslm.bench import BenchParams  # noqa: E402
 from edgeslm.engines.base import physical_cores  # noqa: E402
 from edgeslm.sources.builtin import BUILTINS  # noqa: E402
@@ -119,11 +121,7 @@ def main() -> None:
     parser.add_argument("-t", "--threads", type=int, default=physical_cores())
     parser.add_argument("--models", nargs="*", default=list(BUILTINS), choices=MODEL_CHOICES)
     args = parser.parse_args()
-    bin_dir = args.native_bin or Path(
-        subprocess.check_output(
-            ["bash", str(ROOT.parent / "shared" / "tools" / "build-native-llama.sh")], text=True
-        ).strip()
-    )
+    bin_dir = native_bin(args.native_bin)
     print(
         f"threads {args.threads}, pp{args.p}, tg{args.n}, {args.reps} interleaved runs per side: medians, and"
         " best runs (the least disturbed by other load on the machine)\n"

@@ -22,6 +22,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from edgeslm_cli import native_bin  # noqa: E402
+
 from benchmarks.parity import MODEL_CHOICES, model_files  # noqa: E402
 from edgeslm.engines.base import physical_cores  # noqa: E402
 from edgeslm.engines.llamacpp import quantize_file  # noqa: E402
@@ -51,11 +53,7 @@ def main() -> None:
     parser.add_argument("-t", "--threads", type=int, default=physical_cores())
     parser.add_argument("--models", nargs="*", default=None, choices=MODEL_CHOICES, help="default: both builtins")
     args = parser.parse_args()
-    bin_dir = args.native_bin or Path(
-        subprocess.check_output(
-            ["bash", str(ROOT.parent / "shared" / "tools" / "build-native-llama.sh")], text=True
-        ).strip()
-    )
+    bin_dir = native_bin(args.native_bin)
     print(f"{'model':22} {'type':8} {'tensors':>9} {'file':>9} {'native MB/s':>12} {'ours MB/s':>10} {'ratio':>6}  got")
     totals = {"native": 0.0, "ours": 0.0, "mb": 0.0}
     with tempfile.TemporaryDirectory() as tmp:

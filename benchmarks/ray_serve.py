@@ -21,6 +21,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
+from edgeslm_cli import native_bin  # noqa: E402
 from parity import model_files  # noqa: E402
 from serve_throughput import CLIENTS, concurrent_run, running  # noqa: E402
 
@@ -37,23 +38,49 @@ def main() -> None:
     parser.add_argument("--parallel", type=int, default=4, help="slots (llama-server -np, serve --parallel)")
     parser.add_argument("--port", type=int, default=8492)
     args = parser.parse_args()
-    bin_dir = args.native_bin or Path(subprocess.check_output(
-        ["bash", str(ROOT.parent / "shared" / "tools" / "build-native-llama.sh")], text=True).strip())  # fmt: skip
+    bin_dir = native_bin(args.native_bin)
     threads, ctx, url = physical_cores(), 1024, f"http://127.0.0.1:{args.port}"
     path = model_files()[MODEL]
     runs = {}
     with tempfile.TemporaryDirectory(prefix="ray-bench-") as home:
         pull = [sys.executable, "-m", "edgeslm", "--home", home, "pull", MODEL]
-        subprocess.run(pull, check=True, capture_output=True)
+        subprocess.run(pull, check=True, capture_output=True, timeout=3600)
         ours = [sys.executable, "-m", "edgeslm", "--home", home, "serve", "--port", str(args.port), "--parallel",
                 str(args.parallel), "--ctx", str(ctx), "--threads", str(threads)]  # fmt: skip
         commands = {
-            "llama-server": ([str(bin_dir / "llama-server"), "-m", str(path), "-np", str(args.parallel), "-c",
-                              str(args.parallel * ctx), "-t", str(threads), "--port", str(args.port), "--no-webui"],
-                             "/health"),  # fmt: skip
+            "llama-server": (
+                [
+                    str(bin_dir / "llama-server"),
+                    "-m",
+                    str(path),
+                    "-np",
+                    str(args.parallel),
+                    "-c",
+                    str(args.parallel * ctx),
+                    "-t",
+                    str(threads),
+                    "--port",
+                    str(args.port),
+                    "--no-webui",
+                ],
+                "/health",
+            ),  # fmt: skip
             "edgeslm serve": ([*ours, "--preload", MODEL], "/api/tags"),
-            "edgeslm serve --ray": ([*ours, "--ray", "--model", MODEL, "--min-replicas", "1", "--max-replicas", "1",
-                                     "--replica-cpus", "0.5"], "/api/tags"),  # fmt: skip
+            "edgeslm serve --ray": (
+                [
+                    *ours,
+                    "--ray",
+                    "--model",
+                    MODEL,
+                    "--min-replicas",
+                    "1",
+                    "--max-replicas",
+                    "1",
+                    "--replica-cpus",
+                    "0.5",
+                ],
+                "/api/tags",
+            ),  # fmt: skip
         }
         for label, (cmd, ready) in commands.items():
             with running(cmd, url, ready):

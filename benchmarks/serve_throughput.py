@@ -32,6 +32,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
+from edgeslm_cli import native_bin  # noqa: E402
 from parity import model_files, native  # noqa: E402
 
 from edgeslm.engines.base import physical_cores  # noqa: E402
@@ -98,7 +99,9 @@ def concurrent_run(url: str, model: str, n: int, requests: int) -> dict[str, flo
     for t in threads:
         t.start()
     for t in threads:
-        t.join()
+        t.join(timeout=3600)
+    if any(t.is_alive() for t in threads):
+        raise SystemExit("a client was still waiting after an hour; the server under test hung")
     wall = time.perf_counter() - start
     q = statistics.quantiles(ttfts, n=20)
     return {"tps": total[0] / wall, "tokens": total[0], "ttft_p50": statistics.median(ttfts), "ttft_p95": q[18]}
@@ -178,11 +181,7 @@ def main() -> None:
     parser.add_argument("--reps", type=int, default=5, help="single-client streams (each paired with llama-bench)")
     parser.add_argument("--models", nargs="*", default=None)
     args = parser.parse_args()
-    bin_dir = args.native_bin or Path(
-        subprocess.check_output(
-            ["bash", str(ROOT.parent / "shared" / "tools" / "build-native-llama.sh")], text=True
-        ).strip()
-    )
+    bin_dir = native_bin(args.native_bin)
     url = f"http://127.0.0.1:{args.port}"
     print(
         f"{CLIENTS} clients x {args.requests} requests, up to {args.n} tokens each, greedy; {args.threads} threads; "
@@ -194,7 +193,10 @@ def main() -> None:
             if args.models and name not in args.models:
                 continue
             subprocess.run(
-                [sys.executable, "-m", "edgeslm", "--home", home, "pull", name], check=True, capture_output=True
+                [sys.executable, "-m", "edgeslm", "--home", home, "pull", name],
+                check=True,
+                capture_output=True,
+                timeout=3600,
             )
             native_cmd = [
                 str(bin_dir / "llama-server"),

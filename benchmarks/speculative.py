@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -32,6 +31,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
+from edgeslm_cli import native_bin  # noqa: E402
 from parity import model_files  # noqa: E402
 from serve_throughput import running  # noqa: E402
 
@@ -278,7 +278,9 @@ def serve_aggregate(name: str, args: argparse.Namespace) -> None:
                 for w in workers:
                     w.start()
                 for w in workers:
-                    w.join()
+                    w.join(timeout=3600)
+                if any(w.is_alive() for w in workers):
+                    raise SystemExit(f"a client of {label} was still waiting after an hour; the server hung")
                 results[label].append(steady_rate(logs))
                 if extra:
                     metrics = httpx.get(f"{url}/metrics").text
@@ -335,8 +337,7 @@ def main() -> None:
                         "smollm2-135m-instruct:q4_0", "smollm2-135m-instruct:latest", "smollm2-135m-instruct:q4_k_m",
                         "gemma3-270m:latest"], help="lossless: stored models compared")  # fmt: skip
     args = parser.parse_args()
-    bin_dir = args.native_bin or Path(subprocess.check_output(
-        ["bash", str(ROOT.parent / "shared" / "tools" / "build-native-llama.sh")], text=True).strip())  # fmt: skip
+    bin_dir = native_bin(args.native_bin)
     print(f"greedy, {args.n} tokens, {args.threads} threads, n {args.draft_n} m {args.draft_m}, "
           f"median of {args.reps}\n")  # fmt: skip
     sections = args.sections.split(",")

@@ -37,7 +37,7 @@ def make_home(root: Path, n_models: int) -> Path:
 
 def timed(cmd: list[str]) -> float:
     start = time.perf_counter()
-    done = subprocess.run(cmd, capture_output=True)
+    done = subprocess.run(cmd, capture_output=True, timeout=3600)
     elapsed = time.perf_counter() - start
     if done.returncode != 0:
         raise SystemExit(f"{' '.join(cmd)} failed: {done.stderr.decode()[-500:]}")
@@ -56,7 +56,7 @@ def main() -> None:
             "edgeslm --version": [*cli, "--version"],
             "edgeslm list (10 models)": [*cli, "list"],
         }
-        listed = subprocess.run([*cli, "list"], capture_output=True, text=True).stdout
+        listed = subprocess.run([*cli, "list"], capture_output=True, text=True, timeout=3600).stdout
         assert listed.count("model-") == 10, listed
         times: dict[str, list[float]] = {k: [] for k in commands}
         for round_ in range(args.runs + 1):

@@ -33,7 +33,9 @@ MODEL = "smollm2-135m-instruct"
 
 
 def edgeslm(home: Path, *args: str) -> None:
-    subprocess.run([sys.executable, "-m", "edgeslm", "--home", str(home), *args], check=True, capture_output=True)
+    subprocess.run(
+        [sys.executable, "-m", "edgeslm", "--home", str(home), *args], check=True, capture_output=True, timeout=3600
+    )
 
 
 def timed(work: Callable[[], None], reset: Callable[[], None], reps: int) -> float:
@@ -70,7 +72,7 @@ def main() -> None:
             push = timed(lambda: edgeslm(here, "push", MODEL, "--to", "cloud"), clear_cloud, reps)
             url = f"{served.url}/api/blobs/sha256:{digest.removeprefix('sha256-')}"
             curl_up = timed(lambda: subprocess.run(["curl", "-sSf", "-T", str(blob), *auth, "-X", "POST", url],
-                                                    check=True), clear_cloud, reps)  # fmt: skip
+                                                    check=True, timeout=3600), clear_cloud, reps)  # fmt: skip
             edgeslm(here, "push", MODEL, "--to", "cloud")
             edgeslm(device, "remote", "add", "cloud", served.url, "--key-file", str(Path(tmp) / "admin.key"))
             pull = timed(lambda: edgeslm(device, "pull", MODEL, "--from", "cloud"),
@@ -78,12 +80,14 @@ def main() -> None:
             get = f"{served.url}/edgeslm/v1/blobs/{digest}"
             out = Path(tmp) / "blob"
             curl_down = timed(lambda: subprocess.run(f"curl -sSf -H 'Authorization: Bearer {key}' {get} -o {out} "
-                                                     f"&& sha256sum {out} > /dev/null", shell=True, check=True),
+                                                     f"&& sha256sum {out} > /dev/null", shell=True, check=True,
+                                                     timeout=3600),
                               lambda: out.unlink(missing_ok=True), reps)  # fmt: skip
     print(f"{MODEL}: one blob of {size:,} bytes, median of {reps}, loopback")
     print(f"edgeslm push          {push:6.3f} s   curl POST /api/blobs  {curl_up:6.3f} s   ratio {push / curl_up:.2f}")
-    print(f"edgeslm pull --from   {pull:6.3f} s   curl GET + sha256sum  {curl_down:6.3f} s   "
-          f"ratio {pull / curl_down:.2f}")
+    print(
+        f"edgeslm pull --from   {pull:6.3f} s   curl GET + sha256sum  {curl_down:6.3f} s   ratio {pull / curl_down:.2f}"
+    )
 
 
 if __name__ == "__main__":

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -24,6 +23,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import jsonschema  # noqa: E402
+from edgeslm_cli import native_bin  # noqa: E402
 from parity import BENCH_HOME, pinned_file  # noqa: E402
 from serve_throughput import running  # noqa: E402
 
@@ -34,13 +34,25 @@ def _tool(name: str, description: str, properties: dict[str, Any], required: lis
 
 
 TOOLS = [
-    _tool("get_weather", "Get the current weather in a city", {"city": {"type": "string"},
-          "unit": {"type": "string", "enum": ["celsius", "fahrenheit"]}}, ["city"]),  # fmt: skip
+    _tool(
+        "get_weather",
+        "Get the current weather in a city",
+        {"city": {"type": "string"}, "unit": {"type": "string", "enum": ["celsius", "fahrenheit"]}},
+        ["city"],
+    ),  # fmt: skip
     _tool("get_time", "Get the current time in a time zone", {"zone": {"type": "string"}}, ["zone"]),
-    _tool("run_tests", "Run a project's test suite", {"path": {"type": "string"},
-          "verbose": {"type": "boolean"}}, ["path"]),  # fmt: skip
-    _tool("search_code", "Search a repository for a regular expression", {"pattern": {"type": "string"},
-          "max_results": {"type": "integer", "minimum": 1, "maximum": 100}}, ["pattern"]),  # fmt: skip
+    _tool(
+        "run_tests",
+        "Run a project's test suite",
+        {"path": {"type": "string"}, "verbose": {"type": "boolean"}},
+        ["path"],
+    ),  # fmt: skip
+    _tool(
+        "search_code",
+        "Search a repository for a regular expression",
+        {"pattern": {"type": "string"}, "max_results": {"type": "integer", "minimum": 1, "maximum": 100}},
+        ["pattern"],
+    ),  # fmt: skip
 ]
 SCHEMAS = {t["function"]["name"]: t["function"]["parameters"] for t in TOOLS}
 # (request, the tool that fits, or None where none does)
@@ -132,8 +144,7 @@ def main() -> None:
         print(row("edgeslm, OpenAI, auto", openai_round(url, args.model, "auto")))
         print(row("edgeslm, OpenAI, required", openai_round(url, args.model, "required")))
         print(row("edgeslm, Ollama", ollama_round(url, args.model)))
-    bin_dir = args.native_bin or Path(subprocess.check_output(
-        ["bash", str(ROOT.parent / "shared" / "tools" / "build-native-llama.sh")], text=True).strip())  # fmt: skip
+    bin_dir = native_bin(args.native_bin)
     native = [str(bin_dir / "llama-server"), "-m", str(path), "--port", str(args.port), "--jinja", "-c", "4096",
               "-np", "1", "--alias", args.model]  # fmt: skip
     with running(native, url, "/health"):

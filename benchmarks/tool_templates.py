@@ -25,6 +25,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from edgeslm_cli import native_bin  # noqa: E402
+
 from edgeslm.chat import render_chat  # noqa: E402
 from edgeslm.tools import parse_tools  # noqa: E402
 from edgeslm.tools.native import ToolFormat, detect, prepare  # noqa: E402
@@ -68,8 +70,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--native-bin", type=Path)
     args = parser.parse_args()
-    bin_dir = args.native_bin or Path(subprocess.check_output(
-        ["bash", str(ROOT.parent / "shared" / "tools" / "build-native-llama.sh")], text=True).strip())  # fmt: skip
+    bin_dir = native_bin(args.native_bin)
     print(f"{'template':46s} {'format':13s} {'chars':>6s} {'native':>6s}  result")
     with tempfile.TemporaryDirectory() as tmp:
         for i, (name, case) in enumerate(CASES.items()):

@@ -27,6 +27,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
+from edgeslm_cli import native_bin  # noqa: E402
 from parity import model_files  # noqa: E402
 
 MODEL = "smollm2-135m-instruct"
@@ -109,10 +110,7 @@ def main() -> None:
     parser.add_argument("--reps", type=int, default=5)
     parser.add_argument("--port", type=int, default=8493)
     args = parser.parse_args()
-    bin_dir = args.native_bin or Path(
-        subprocess.check_output(["bash", str(ROOT.parent / "shared" / "tools" / "build-native-llama.sh")], text=True)
-        .strip()
-    )  # fmt: skip
+    bin_dir = native_bin(args.native_bin)
     url = f"http://127.0.0.1:{args.port}"
     d = browser()
     try:
@@ -130,7 +128,10 @@ def main() -> None:
             theirs = measure(d, url + "/", args.reps, None) if has_ui else None
         with tempfile.TemporaryDirectory(prefix="ui-bench-") as home:
             subprocess.run(
-                [sys.executable, "-m", "edgeslm", "--home", home, "pull", MODEL], check=True, capture_output=True
+                [sys.executable, "-m", "edgeslm", "--home", home, "pull", MODEL],
+                check=True,
+                capture_output=True,
+                timeout=3600,
             )
             ours_cmd = [sys.executable, "-m", "edgeslm", "--home", home, "serve", "--port", str(args.port)]
             with running(ours_cmd, url + "/api/version", lambda r: r.status_code == 200):

@@ -82,3 +82,30 @@ def test_native_code_is_imported_only_under_engines() -> None:
         if m.split(".")[0] in NATIVE
     ]
     assert not found
+
+
+BENCHMARKS = sorted((PACKAGE.parent / "benchmarks").glob("*.py"))
+RUNS = {"run", "check_output", "check_call", "call"}  # subprocess's functions that wait for the child
+WAITS = {"join", "wait", "communicate"}  # a thread's or a process's wait: bounded only with a timeout
+
+
+def unbounded_waits(path: Path) -> list[str]:
+    """Calls in ``path`` that could wait for ever: subprocess.run & co. without ``timeout=``, and
+    ``.join()``/``.wait()``/``.communicate()`` with no argument."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if not isinstance(node, ast.Call) or not isinstance(node.func, ast.Attribute):
+            continue
+        name, owner = node.func.attr, node.func.value
+        keywords = {k.arg for k in node.keywords}
+        if name in RUNS and isinstance(owner, ast.Name) and owner.id == "subprocess" and "timeout" not in keywords:
+            found.append(f"{path.name}:{node.lineno} subprocess.{name} without timeout=")
+        elif name in WAITS and not node.args and "timeout" not in keywords and not isinstance(owner, ast.Constant):
+            found.append(f"{path.name}:{node.lineno} .{name}() without a timeout")
+    return found
+
+
+def test_the_benchmarks_wait_for_nothing_without_a_deadline() -> None:
+    assert BENCHMARKS, "the walk found no benchmarks"
+    found = [f for path in BENCHMARKS for f in unbounded_waits(path)]
+    assert not found, "\n".join(found)
