@@ -27,6 +27,10 @@ from edgeslm.serve.options import ServeOptions
 from .fake_runner import FakeRunner
 from .ggufbuild import write_runnable_model
 
+# A client's deadline for a server on a real model: one that a loaded machine (the suite beside a
+# CPU hog) meets; httpx's default of 5 s is not.
+CLIENT_TIMEOUT = 120.0
+
 
 def free_port() -> int:
     with socket.socket() as s:

@@ -22,6 +22,7 @@ from edgeslm.store import Store, parse_name
 
 from .conftest import CliResult, snapshot
 from .hfbuild import write_model, write_tokenizer
+from .servekit import CLIENT_TIMEOUT
 
 torch = pytest.importorskip("torch")
 peft = pytest.importorskip("peft")
@@ -214,7 +215,9 @@ def test_serve_keeps_each_adapter_set_to_its_own_runner(store: Store, home: Path
             t.start()
         for t in threads:
             t.join()
-        ps = {m["name"]: m["adapters"] for m in httpx.get(served.url + "/api/ps").json()["models"]}
+        ps = {
+            m["name"]: m["adapters"] for m in httpx.get(served.url + "/api/ps", timeout=CLIENT_TIMEOUT).json()["models"]
+        }
     assert together == alone
     assert len(set(alone.values())) == 3, alone  # each adapter changes the greedy text
     assert ps == {"base:latest": [], "a1:latest": ["a1"], "a2:latest": ["a2"]}

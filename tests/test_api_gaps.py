@@ -15,7 +15,7 @@ from edgeslm.errors import InvalidParameterError
 from .conftest import CliResult
 from .ggufbuild import write_runnable_model
 from .onnxbuild import GGUF_NAME, build_store, private_home
-from .servekit import serving
+from .servekit import CLIENT_TIMEOUT, serving
 
 MODEL = GGUF_NAME  # a tiny llama with a ChatML template, converted from a Hugging Face folder
 
@@ -119,9 +119,13 @@ def test_a_pinned_model_is_loaded_at_start_and_shown(tiny_home: Path, cli: Calla
     import httpx
 
     with serving(tiny_home, parallel=1, ctx=128, pin=(MODEL,), keep_alive=0) as url:
-        (entry,) = httpx.get(f"{url}/api/ps").json()["models"]
+        (entry,) = httpx.get(f"{url}/api/ps", timeout=CLIENT_TIMEOUT).json()["models"]
         assert entry["name"] == MODEL and entry["pinned"] and entry["expires_at"].startswith("2318")
-        unload = httpx.post(f"{url}/api/generate", json={"model": MODEL, "keep_alive": 0})  # Ollama's unload
-        assert unload.status_code == 200 and [m["name"] for m in httpx.get(f"{url}/api/ps").json()["models"]] == [MODEL]
+        unload = httpx.post(
+            f"{url}/api/generate", json={"model": MODEL, "keep_alive": 0}, timeout=CLIENT_TIMEOUT
+        )  # Ollama's unload
+        assert unload.status_code == 200 and [
+            m["name"] for m in httpx.get(f"{url}/api/ps", timeout=CLIENT_TIMEOUT).json()["models"]
+        ] == [MODEL]
         shown = cli("ps", "--server", url)
         assert shown.code == 0 and "pinned" in shown.out, shown.err

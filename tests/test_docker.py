@@ -25,7 +25,7 @@ from edgeslm.deploy.k8s import BUNDLE, HOME, PORT
 from edgeslm.store import Store
 
 from .ggufbuild import write_runnable_model
-from .servekit import free_port
+from .servekit import CLIENT_TIMEOUT, free_port
 
 
 @pytest.fixture
@@ -119,8 +119,8 @@ def test_the_context_runs_in_a_fresh_venv(context: tuple[Path, str], tmp_path: P
     try:
         url = f"http://127.0.0.1:{port}"
         _wait(url, server)
-        assert httpx.get(url + "/api/tags").status_code == 401
-        tags = httpx.get(url + "/api/tags", headers={"Authorization": f"Bearer {key}"})
+        assert httpx.get(url + "/api/tags", timeout=CLIENT_TIMEOUT).status_code == 401
+        tags = httpx.get(url + "/api/tags", headers={"Authorization": f"Bearer {key}"}, timeout=CLIENT_TIMEOUT)
         assert [m["name"] for m in tags.json()["models"]] == ["tiny:latest"]
         health = next(s["value"] for s in instructions(ctx) if s["instruction"] == "HEALTHCHECK")
         probe = json.loads(health.split("CMD", 1)[1].strip())

@@ -21,7 +21,7 @@ from edgeslm.serve.keys import add_key
 
 from .conftest import edgeslm_command
 from .ggufbuild import write_runnable_model
-from .servekit import Served, serve_process
+from .servekit import CLIENT_TIMEOUT, Served, serve_process
 
 pytest.importorskip("ray.serve", reason="the extra edgeslm[ray]; make setup installs it")
 pytestmark = [pytest.mark.real_model, pytest.mark.slow]
@@ -87,7 +87,7 @@ def test_the_official_clients_chat_through_ray_serve(ray_server: tuple[Served, s
                        options={"temperature": 0, "num_predict": 16})  # fmt: skip
     assert answer.message.content and answer.eval_count  # (Ollama's defaults differ from OpenAI's: another reply)
     assert {m.model for m in chat.list().models} == {SMOL, "tiny:latest", "spare:latest"}
-    assert httpx.get(served.url + "/api/tags").status_code == 401  # the keys still apply
+    assert httpx.get(served.url + "/api/tags", timeout=CLIENT_TIMEOUT).status_code == 401  # the keys still apply
     client.close()
     chat._client.close()
 

@@ -17,7 +17,7 @@ import ollama
 import openai
 import pytest
 
-from .servekit import Served, serve_process
+from .servekit import CLIENT_TIMEOUT, Served, serve_process
 
 pytestmark = pytest.mark.real_model
 MODEL = "smollm2-135m-instruct"
@@ -138,11 +138,19 @@ def test_json_format_constrains_the_output(oll: ollama.Client) -> None:
 
 
 def test_token_ids_outside_the_vocabulary_and_overlong_prompts(server: Served) -> None:
-    bad = httpx.post(server.url + "/v1/completions", json={"model": MODEL, "prompt": [1, 2, 10**6]})
+    bad = httpx.post(
+        server.url + "/v1/completions", json={"model": MODEL, "prompt": [1, 2, 10**6]}, timeout=CLIENT_TIMEOUT
+    )
     assert bad.status_code == 400 and "outside the vocabulary" in bad.json()["error"]["message"]
-    long = httpx.post(server.url + "/api/generate", json={"model": MODEL, "prompt": "word " * 2000})
+    long = httpx.post(
+        server.url + "/api/generate", json={"model": MODEL, "prompt": "word " * 2000}, timeout=CLIENT_TIMEOUT
+    )
     assert long.status_code == 400 and "context holds 512" in long.json()["error"]
-    ok = httpx.post(server.url + "/v1/completions", json={"model": MODEL, "prompt": [1, 2, 3], "max_tokens": 4})
+    ok = httpx.post(
+        server.url + "/v1/completions",
+        json={"model": MODEL, "prompt": [1, 2, 3], "max_tokens": 4},
+        timeout=CLIENT_TIMEOUT,
+    )
     assert ok.status_code == 200 and ok.json()["usage"]["prompt_tokens"] == 3
 
 
@@ -180,7 +188,7 @@ def test_a_client_leaving_mid_stream_frees_its_slot_in_the_runner(server: Served
         assert json.loads(next(lines))["done"] is False
     deadline = time.monotonic() + 10
     while True:
-        metrics = httpx.get(server.url + "/metrics").text
+        metrics = httpx.get(server.url + "/metrics", timeout=CLIENT_TIMEOUT).text
         if f'edgeslm_slots_busy{{model="{MODEL}:latest"}} 0.0' in metrics:
             break
         assert time.monotonic() < deadline, "the slot was not freed"

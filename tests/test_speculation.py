@@ -32,6 +32,7 @@ from edgeslm.speculation import (
 
 from .conftest import CliResult
 from .ggufbuild import write_runnable_model
+from .servekit import CLIENT_TIMEOUT
 
 Cli = Callable[..., CliResult]
 
@@ -315,7 +316,17 @@ def test_lookup_is_lossless_where_batches_agree_and_pays_on_a_copy(
 
 
 @pytest.mark.real_model
-def test_run_draft_lookup_prints_its_acceptance(builtin_home: Path, home: Path, cli: Cli) -> None:
+def test_run_draft_lookup_prints_its_acceptance(
+    builtin_home: Path, home: Path, cli: Cli, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Whether a draft is verified is the cost model's call, measured on the machine: a cost model
+    where verifying pays is injected and the clock's corrections stopped, so a busy machine
+    changes nothing here."""
+    from edgeslm.engines import llamacpp_spec
+    from edgeslm.speculation.policy import Policy
+
+    monkeypatch.setattr(llamacpp_spec, "verify_costs", lambda *_: {1: 1.0, 4: 1.1, 16: 1.4, 49: 2.2})
+    monkeypatch.setattr(Policy, "timed", lambda self, seconds, k: None)
     shutil.copytree(builtin_home, home)
     words = "one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen"
     ask = f"Repeat exactly: {words} {words} {words}"
@@ -408,7 +419,7 @@ def test_serve_draft_lookup_counts_drafts_in_metrics(
                 for model in ("smollm2-135m-instruct:f16", "smollm2-135m-instruct"):
                     kw: Any = {"model": model, "messages": ask, "temperature": 0, "max_tokens": 100}
                     replies.append(oai.chat.completions.create(**kw).choices[0].message.content)
-            metrics = httpx.get(f"{url}/metrics").text
+            metrics = httpx.get(f"{url}/metrics", timeout=CLIENT_TIMEOUT).text
     drafted = _metric(metrics, "edgeslm_draft_tokens_total", "smollm2-135m-instruct:f16")
     accepted = _metric(metrics, "edgeslm_draft_accepted_tokens_total", "smollm2-135m-instruct:f16")
     assert drafted > 0 and 0 < accepted <= drafted, metrics

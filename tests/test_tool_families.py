@@ -390,7 +390,7 @@ def test_every_text_a_trigger_matches_is_text_its_grammar_takes(tmp_path: Path) 
     model = write_runnable_model(tmp_path / "m.gguf", seed=3)
     pad = " " * (BLANK - 1) + "\n"
     # each trigger's widest match, and what the grammar must take next
-    fenced = f"```json\t\t\t\t\n{pad}{{{pad}\"name\"{pad}:"
+    fenced = f'```json\t\t\t\t\n{pad}{{{pad}"name"{pad}:'
     rest = f'{pad}"get_weather"{pad},{pad}"arguments"{pad}:{{"city": "Paris", "days": 1}}{pad}}}\n```'
     widest = [("<tool_call>", '\n{"name"'), (fenced, rest)]
     for trigger, (text, after) in zip(FAMILIES[ToolFormat.HERMES].triggers, widest, strict=True):
