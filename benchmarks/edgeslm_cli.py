@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import platform
 import subprocess
 import sys
 from pathlib import Path
@@ -9,6 +11,7 @@ from pathlib import Path
 TIMEOUT_S = 3 * 3600  # the longest benchmark step (an optimize over several runtimes) takes minutes
 NATIVE_SCRIPT = Path(__file__).resolve().parents[2] / "shared" / "tools" / "build-native-llama.sh"
 BUILD_TIMEOUT_S = 3600  # building llama.cpp's tools takes about 20 minutes on 2 cores, once
+NO_AMX = "-mno-amx-tile -mno-amx-int8 -mno-amx-bf16"  # as the Makefile's NO_AMX: those kernels crash on F16 here
 
 
 def edgeslm(home: Path, *args: str) -> str:
@@ -24,7 +27,11 @@ def native_bin(given: Path | None = None) -> Path:
     """llama.cpp's own tools: ``given``, else the folder ``build-native-llama.sh`` builds (once) and prints."""
     if given is not None:
         return given
-    done = subprocess.run(["bash", str(NATIVE_SCRIPT)], capture_output=True, text=True, timeout=BUILD_TIMEOUT_S)
+    env = {**os.environ}
+    if platform.machine() == "x86_64":  # as the Makefile builds llama-cpp-python: AMX kernels left out
+        env["CFLAGS"] = env["CXXFLAGS"] = NO_AMX
+    command = ["bash", str(NATIVE_SCRIPT)]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=BUILD_TIMEOUT_S, env=env)
     if done.returncode != 0:
         raise SystemExit(f"{NATIVE_SCRIPT} failed: {done.stderr[-2000:]}")
     return Path(done.stdout.strip().splitlines()[-1])

@@ -28,7 +28,7 @@ from edgeslm_cli import native_bin  # noqa: E402
 
 from benchmarks.parity import MODEL_CHOICES, model_files  # noqa: E402
 from edgeslm.engines.base import physical_cores  # noqa: E402
-from edgeslm.engines.llamacpp import quantize_file  # noqa: E402
+from edgeslm.engines.llamacpp.engine import quantize_file  # noqa: E402
 from edgeslm.evaluate import EvalResult, EvalSettings, evaluate, load_text  # noqa: E402
 from edgeslm.formats.quant_types import QUANT_TYPES, QuantizeOptions  # noqa: E402
 from edgeslm.sources.pinned import pinned_models  # noqa: E402

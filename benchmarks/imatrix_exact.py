@@ -30,7 +30,7 @@ from parity import MODEL_CHOICES, model_files  # noqa: E402
 
 from edgeslm.calibrate import calibrate  # noqa: E402
 from edgeslm.engines.base import physical_cores  # noqa: E402
-from edgeslm.engines.llamacpp import quantize_file  # noqa: E402
+from edgeslm.engines.llamacpp.engine import quantize_file  # noqa: E402
 from edgeslm.formats.imatrix import read_imatrix  # noqa: E402
 from edgeslm.formats.quant_types import QuantizeOptions, parse_quant_types  # noqa: E402
 from edgeslm.store import Store, parse_name  # noqa: E402

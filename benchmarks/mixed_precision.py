@@ -39,7 +39,7 @@ from edgeslm.optimize.sensitivity import CalibrationParams, measure_sensitivity 
 from edgeslm.pull import pull  # noqa: E402
 from edgeslm.quantize import quantize  # noqa: E402
 from edgeslm.store import Store, parse_name  # noqa: E402
-from edgeslm.store.registry import Manifest  # noqa: E402
+from edgeslm.store.records import Manifest  # noqa: E402
 
 WIKITEXT = ROOT.parent / "shared" / "data" / "wikitext-2-test.txt"
 TYPES = "Q8_0,Q6_K,Q5_K_M,Q5_1,Q4_K_M,Q4_0"

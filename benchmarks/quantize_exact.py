@@ -26,7 +26,7 @@ from edgeslm_cli import native_bin  # noqa: E402
 
 from benchmarks.parity import MODEL_CHOICES, model_files  # noqa: E402
 from edgeslm.engines.base import physical_cores  # noqa: E402
-from edgeslm.engines.llamacpp import quantize_file  # noqa: E402
+from edgeslm.engines.llamacpp.engine import quantize_file  # noqa: E402
 from edgeslm.formats.gguf_header import read_gguf_header  # noqa: E402
 from edgeslm.formats.model_info import model_info  # noqa: E402
 from edgeslm.formats.quant_types import QUANT_TYPES, QuantizeOptions, parse_quant_types  # noqa: E402

@@ -142,7 +142,7 @@ def batch_agreement(model: Model, ids: list[int], plain: list[int], size: int) -
     step does): the largest logit difference between the two, and how often the argmax differs."""
     import numpy as np
 
-    from edgeslm.engines.llamacpp_bindings import lc
+    from edgeslm.engines.llamacpp.bindings import lc
 
     engine, seq = model.engine, ids + plain
     rows = []

@@ -168,7 +168,7 @@ def copy_prompt() -> str:
 
 
 def _draft_tests(engine: Engine, params: BenchParams) -> list[dict[str, Any]]:
-    from .engines.llamacpp import LlamaCppEngine
+    from .engines.llamacpp.engine import LlamaCppEngine
     from .speculation import LookupConfig, SpecStats
 
     assert params.draft is not None and isinstance(engine, LlamaCppEngine)
@@ -200,7 +200,7 @@ def _draft_tests(engine: Engine, params: BenchParams) -> list[dict[str, Any]]:
 
 
 def _open_draft(target: Engine, spec: dict[str, Any], load: LoadParams) -> Any:
-    from .engines.llamacpp_spec import check_vocabulary
+    from .engines.llamacpp.speculative import check_vocabulary
 
     draft = open_engine("llama.cpp", Path(spec["model"]), load)
     try:

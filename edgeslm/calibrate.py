@@ -3,7 +3,7 @@
 The text is tokenized as llama.cpp's tools read a ``-f`` file (bytes as UTF-8, one trailing
 newline dropped, special tokens not parsed) and cut into chunks of ``ctx`` tokens, each decoded
 from a clear state with its first token replaced by BOS where the model adds one; llama-imatrix
-needs at least two chunks. ``engines.llamacpp_imatrix`` sums the squared activations. The result is
+needs at least two chunks. ``engines.llamacpp.imatrix`` sums the squared activations. The result is
 kept in llama.cpp's imatrix GGUF format beside the store, under the model's digest and named by
 the text's digest, ctx and chunk count: ``<store>/imatrix/<model digest>/<text>-c<ctx>-n<chunks>.gguf``,
 a file ``llama-quantize --imatrix`` reads as it reads its own.
@@ -27,7 +27,7 @@ from .formats.gguf_header import read_gguf_header
 from .formats.imatrix import Entry, Imatrix, check_model, read_imatrix, write_imatrix
 from .store import ModelName, Store
 from .store.atomic import TempFile
-from .store.registry import Manifest
+from .store.records import Manifest
 
 log = logging.getLogger(__name__)
 IMATRIX_DIR = "imatrix"
@@ -63,7 +63,7 @@ def calibrate(
     text from chunk ``from_chunk``, at most ``chunks`` of them) and store it beside the model, in
     llama.cpp's GGUF imatrix format, for ``quantize(..., QuantizeOptions(imatrix=path))``."""
     from .engines.base import LoadParams
-    from .engines.llamacpp import open_llamacpp
+    from .engines.llamacpp.engine import open_llamacpp
     from .evaluate.core import load_text
 
     if chunks is not None and chunks < 1:
@@ -87,7 +87,7 @@ def calibrate_chunks(
 ) -> Calibration:  # fmt: skip
     """Collect over ``chunks`` (tokens of ``text``, an ``EvalText``) with ``engine`` (the model,
     loaded) and store the result; the first token of each chunk becomes BOS where the model adds one."""
-    from .engines.llamacpp_imatrix import collect
+    from .engines.llamacpp.imatrix import collect
 
     bos = engine.tokenize("", add_special=True)
     batches = [[bos[0], *c[1:]] for c in chunks] if bos else chunks

@@ -166,7 +166,7 @@ def _sysctl(key: str) -> str | None:
 def _engine_features() -> tuple[str, ...]:
     """The features llama.cpp reports as used ('AVX2 = 1'), from llama_print_system_info."""
     try:
-        from .engines.llamacpp import system_features
+        from .engines.llamacpp.engine import system_features
 
         return system_features()
     except Exception:  # noqa: BLE001 - a missing or broken engine only loses this detail

@@ -21,7 +21,7 @@ from .errors import IntegrityError, InvalidParameterError
 from .formats.model_format import ModelFormat
 from .store import ModelName, Store, parse_name
 from .store.atomic import check_new_folder, copy_hashing, staged_folder
-from .store.registry import Manifest
+from .store.records import Manifest
 
 log = logging.getLogger(__name__)
 # (store, GGUF parent, target name, progress) -> the stored variant

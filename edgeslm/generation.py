@@ -214,7 +214,7 @@ def load_draft(name: str, target: Model, *, threads: int | None = None, settings
                 f"{target.engine.n_ctx:,}: set ctx to {trained} or less, or draft with a longer-context model",
                 params="draft",
             )
-        from .engines.llamacpp_spec import check_vocabulary
+        from .engines.llamacpp.speculative import check_vocabulary
 
         check_vocabulary(target.engine, draft.engine, (target.name, draft.name))  # type: ignore[arg-type]
     except BaseException:

@@ -10,7 +10,7 @@ from pathlib import Path
 from .errors import InputFileError
 from .formats.folder_checks import check_folder, detect_folder
 from .store import ModelName, Store, parse_name
-from .store.registry import Manifest, Progress
+from .store.records import Manifest, Progress
 
 
 def default_name(path: Path) -> ModelName:

@@ -6,7 +6,7 @@ from collections.abc import Iterable
 
 from .formats.size_class import SizeClass
 from .store import Store, parse_name
-from .store.registry import Manifest
+from .store.records import Manifest
 
 
 def list_models(

@@ -20,7 +20,7 @@ from .sources.catalog import CATALOG_BY_NAME
 from .sources.hub import HubRef, parse_hub_ref, pull_from_hub, pull_pinned_from_hub
 from .sources.pinned import PackageIndexMirror, PinnedModel, pinned_models
 from .store import ModelName, Store, parse_name
-from .store.registry import Manifest
+from .store.records import Manifest
 
 log = logging.getLogger(__name__)
 Progress = Callable[[int], None]

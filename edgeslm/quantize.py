@@ -23,7 +23,7 @@ from .formats.gguf_header import read_gguf_header
 from .formats.quant_types import QuantizeOptions, QuantType, parse_ggml_type
 from .formats.ternary import check_ternary
 from .store import ModelName, Store
-from .store.registry import Manifest
+from .store.records import Manifest
 
 log = logging.getLogger(__name__)
 MATERIAL_SHARE = 0.5  # warn when under half the parameters got the requested main type
@@ -161,7 +161,7 @@ def _build(
     name: ModelName,
     progress: Callable[[QuantType, int, int, str], None] | None,
 ) -> Manifest:
-    from .engines.llamacpp import llama_cpp_version, quantize_file
+    from .engines.llamacpp.engine import llama_cpp_version, quantize_file
 
     source = {
         "kind": "quantize",
@@ -213,7 +213,7 @@ def quantize_to_file(
 ) -> list[str]:
     """Write one variant to ``output`` outside the store (temp file beside it, then rename);
     an existing file is kept unless ``options.force``. Returns the warnings."""
-    from .engines.llamacpp import quantize_file
+    from .engines.llamacpp.engine import quantize_file
     from .store.atomic import TempFile
 
     parent = store.get(parent_name)

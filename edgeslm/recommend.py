@@ -26,7 +26,7 @@ from .formats.model_info import estimate_memory
 from .formats.size_class import SIZE_CLASSES, SizeClass
 from .sources.catalog import CATALOG, RUNTIME_OVERHEAD, SEED_ADVICE, CatalogEntry
 from .store import Store
-from .store.registry import Manifest
+from .store.records import Manifest
 from .units import format_bytes, format_params
 
 # use case -> (the seed's quality level, whether it needs a chat (instruct) model)
@@ -218,8 +218,7 @@ def _catalogue_picks(device: Device, use_case: str, level: str, budget: int) -> 
             need = int(_weights(e, qtype) * RUNTIME_OVERHEAD)
             why = (
                 f"{format_params(e.n_params or 0)} parameters ({c.value}) at {qtype}: about {format_bytes(need)} with "
-                f"runtime overhead, within {format_bytes(budget)}"
-                + _how_to_get(e)
+                f"runtime overhead, within {format_bytes(budget)}" + _how_to_get(e)
             )
             picks.append(Pick(f"{e.name} ({qtype})", need, why))
     return tuple(picks[:MAX_PICKS])

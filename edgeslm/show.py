@@ -10,7 +10,7 @@ from .config import DEFAULT_CONTEXT
 from .formats.gguf_header import ArrayValue, GGUFHeader, MetaValue, read_gguf_header
 from .formats.model_info import MemoryEstimate, ModelInfo, estimate_memory, model_info
 from .store import Store, parse_name
-from .store.registry import Manifest
+from .store.records import Manifest
 
 MAX_SHOWN_STRING = 200
 

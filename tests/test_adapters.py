@@ -16,7 +16,7 @@ import pytest
 from edgeslm.config import resolve_settings
 from edgeslm.convert import convert
 from edgeslm.engines.base import LoadParams
-from edgeslm.engines.llamacpp import LlamaCppEngine
+from edgeslm.engines.llamacpp.engine import LlamaCppEngine
 from edgeslm.generation import resolve_model
 from edgeslm.store import Store, parse_name
 

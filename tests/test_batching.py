@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from edgeslm.engines.base import LoadParams, SamplingParams
-from edgeslm.engines.llamacpp import LlamaCppEngine
-from edgeslm.engines.llamacpp_batch import BatchDecoder
+from edgeslm.engines.llamacpp.batch import BatchDecoder
+from edgeslm.engines.llamacpp.engine import LlamaCppEngine
 from edgeslm.errors import ContextOverflowError, EngineError, InvalidParameterError
 from edgeslm.store import Store, parse_name
 

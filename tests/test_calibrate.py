@@ -35,7 +35,7 @@ def _header() -> str:
 
 
 def test_the_tensor_layout_is_the_installed_headers() -> None:
-    from edgeslm.engines import llamacpp_imatrix as imx
+    from edgeslm.engines.llamacpp import imatrix as imx
 
     header = _header()
     for name, value in (("GGML_MAX_DIMS", imx.MAX_DIMS), ("GGML_MAX_SRC", imx.MAX_SRC),
@@ -192,7 +192,7 @@ def test_smollm2s_importance_matrix_equals_an_independent_computation(builtin_ho
     from gguf.quants import dequantize
 
     from edgeslm.engines.base import LoadParams
-    from edgeslm.engines.llamacpp import open_llamacpp
+    from edgeslm.engines.llamacpp.engine import open_llamacpp
 
     shutil.copytree(builtin_home, home, dirs_exist_ok=True)
     done = cli("calibrate", SMOL, "--chunks", "2", "--json")

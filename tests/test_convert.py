@@ -15,7 +15,7 @@ import pytest
 
 from edgeslm.convert import convert
 from edgeslm.engines.base import LoadParams
-from edgeslm.engines.llamacpp import LlamaCppEngine
+from edgeslm.engines.llamacpp.engine import LlamaCppEngine
 from edgeslm.errors import InvalidModelFileError
 from edgeslm.store import Store
 

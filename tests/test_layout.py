@@ -31,12 +31,29 @@ def module_name(path: Path) -> str:
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
-def imports(path: Path) -> list[tuple[int, str]]:
-    """(line, absolute module) of every import in ``path``, relative ones resolved."""
+def _nodes(tree: ast.AST, typing_only: bool) -> list[ast.AST]:
+    """Every node of ``tree``; without ``typing_only``, those under ``if TYPE_CHECKING:`` left out
+    (imports that never run: annotations only)."""
+    if typing_only:
+        return list(ast.walk(tree))
+    found, todo = [], [tree]
+    while todo:
+        node = todo.pop()
+        found.append(node)
+        if isinstance(node, ast.If) and isinstance(node.test, ast.Name) and node.test.id == "TYPE_CHECKING":
+            todo += node.orelse
+            continue
+        todo += ast.iter_child_nodes(node)
+    return found
+
+
+def imports(path: Path, *, typing_only: bool = True) -> list[tuple[int, str]]:
+    """(line, absolute module) of every import in ``path``, relative ones resolved; with
+    ``typing_only=False`` only those that run (at module level or inside functions)."""
     here = module_name(path).split(".")
     package = here if path.name == "__init__.py" else here[:-1]
     found = []
-    for node in ast.walk(ast.parse(path.read_text())):
+    for node in _nodes(ast.parse(path.read_text()), typing_only):
         if isinstance(node, ast.Import):
             found += [(node.lineno, a.name) for a in node.names]
         elif isinstance(node, ast.ImportFrom):
@@ -50,14 +67,14 @@ SOURCES = sorted(PACKAGE.rglob("*.py"))
 
 
 def test_the_walk_sees_the_package() -> None:
-    assert len(SOURCES) > 60 and ("edgeslm.engines.llamacpp" in {module_name(p) for p in SOURCES})
+    assert len(SOURCES) > 60 and ("edgeslm.engines.llamacpp.engine" in {module_name(p) for p in SOURCES})
     assert "edgeslm.errors" in {m for _, m in imports(PACKAGE / "engines" / "base.py")}  # ..errors, resolved
     assert "edgeslm.runner.messages" in {m for _, m in imports(PACKAGE / "runner" / "__init__.py")}  # .messages
     assert (
         floor("edgeslm.serve.app")
         > floor("edgeslm.runner.process")
         > floor("edgeslm.quantize")
-        > floor("edgeslm.engines.llamacpp")
+        > floor("edgeslm.engines.llamacpp.engine")
         > floor("edgeslm.store.registry")
         > floor("edgeslm.formats.gguf_header")
         > floor("edgeslm.errors")
@@ -109,3 +126,76 @@ def test_the_benchmarks_wait_for_nothing_without_a_deadline() -> None:
     assert BENCHMARKS, "the walk found no benchmarks"
     found = [f for path in BENCHMARKS for f in unbounded_waits(path)]
     assert not found, "\n".join(found)
+
+
+def import_graph() -> dict[str, set[str]]:
+    """Module -> the package's modules it imports when run (at module level or inside functions),
+    each import resolved to the deepest module that exists (``from ..store import Store`` ->
+    ``edgeslm.store``, whose ``__init__`` then imports on)."""
+    modules = {module_name(p): p for p in SOURCES}
+
+    def resolve(name: str) -> str | None:
+        while name and name not in modules:
+            name = name.rpartition(".")[0]
+        return name or None
+
+    graph: dict[str, set[str]] = {m: set() for m in modules}
+    for module, path in modules.items():
+        for _, name in imports(path, typing_only=False):
+            target = resolve(name) if name.startswith("edgeslm") else None
+            if target and target != module:
+                graph[module].add(target)
+    return graph
+
+
+def circles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The strongly connected parts of more than one module (Tarjan's algorithm, iterative)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    found: list[list[str]] = []
+    for root in graph:
+        if root in index:
+            continue
+        work = [(root, iter(sorted(graph[root])))]
+        index[root] = low[root] = len(index)
+        stack.append(root)
+        while work:
+            node, edges = work[-1]
+            nxt = next((e for e in edges if e not in index or e in stack), None)
+            if nxt is not None and nxt not in index:
+                index[nxt] = low[nxt] = len(index)
+                stack.append(nxt)
+                work.append((nxt, iter(sorted(graph[nxt]))))
+                continue
+            if nxt is not None:
+                low[node] = min(low[node], index[nxt])
+                continue
+            work.pop()
+            if work:
+                low[work[-1][0]] = min(low[work[-1][0]], low[node])
+            if low[node] == index[node]:
+                part = []
+                while True:
+                    member = stack.pop()
+                    part.append(member)
+                    if member == node:
+                        break
+                if len(part) > 1:
+                    found.append(sorted(part))
+    return found
+
+
+def test_the_circle_finder_finds_circles() -> None:
+    graph = {"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}, "e": {"e"}, "f": {"g"}, "g": {"f"}}
+    assert sorted(circles(graph)) == [["a", "b", "c"], ["f", "g"]]
+    assert circles({"a": {"b"}, "b": set()}) == []
+
+
+def test_no_import_circles() -> None:
+    """No module imports, however indirectly, one that imports it back, at module level or inside
+    a function (where a circle hides until the function runs); ``if TYPE_CHECKING:`` imports never
+    run and are left out."""
+    graph = import_graph()
+    assert "edgeslm.store.records" in graph["edgeslm.store.registry"]
+    assert not circles(graph), circles(graph)

@@ -11,7 +11,7 @@ import pytest
 from gguf import quants
 from gguf.constants import GGMLQuantizationType as T
 
-from edgeslm.engines.ggml_quants import quantize_rows, requires_imatrix, round_trip
+from edgeslm.engines.llamacpp.ggml_quants import quantize_rows, requires_imatrix, round_trip
 from edgeslm.errors import InvalidParameterError
 from edgeslm.formats.gguf_header import read_gguf_header
 from edgeslm.optimize.mixed import (

@@ -18,7 +18,7 @@ from edgeslm.engines.base import Engine, LoadParams, SamplingParams, open_engine
 from edgeslm.errors import InvalidModelFileError, InvalidParameterError, MissingExtraError
 from edgeslm.evaluate.core import EvalSettings, evaluate, load_text
 from edgeslm.formats.model_format import ModelFormat
-from edgeslm.store import Store, parse_name
+from edgeslm.store import Store, parse_name, verify_store
 from tests.conftest import CliResult, snapshot
 from tests.onnxbuild import GGUF_NAME, build_store, copy_folder, edit_json, private_home
 
@@ -77,7 +77,7 @@ def test_files_shared_between_folders_are_stored_once_and_freed_last(onnx_store:
     onnx_store.execute_remove(plan)
     assert all(onnx_store.blob_path(d).exists() for d in fp32.blob_sizes())
     assert not any(onnx_store.blob_path(d).exists() for d in plan.blobs)
-    assert onnx_store.verify().ok
+    assert verify_store(onnx_store).ok
 
 
 def test_copy_then_remove_keeps_the_copy_whole(onnx_store: Store) -> None:
@@ -85,7 +85,7 @@ def test_copy_then_remove_keeps_the_copy_whole(onnx_store: Store) -> None:
     onnx_store.execute_remove(onnx_store.plan_remove([parse_name(INT4)]))
     copy = onnx_store.get(parse_name("mine:v1"))
     assert copy.format is ModelFormat.ONNX and (onnx_store.model_path(copy) / "model.onnx").is_file()
-    assert onnx_store.verify().ok
+    assert verify_store(onnx_store).ok
 
 
 def test_view_is_rebuilt_when_damaged_and_removed_with_its_model(onnx_store: Store) -> None:
@@ -104,7 +104,7 @@ def test_a_missing_blob_is_reported_by_verify_and_load(onnx_store: Store) -> Non
     data = next(x for x in manifest.layers if x.path == "model.onnx.data")
     shutil.rmtree(onnx_store.views_dir)
     onnx_store.blob_path(data.digest).unlink()
-    report = onnx_store.verify()
+    report = verify_store(onnx_store)
     assert any("missing" in p.detail and p.subject == INT4 for p in report.problems)
     with pytest.raises(Exception, match="missing from the store"):
         onnx_store.model_path(manifest)
@@ -116,7 +116,7 @@ def test_a_manifest_with_a_hostile_layer_path_is_unreadable(onnx_store: Store, p
     data = json.loads(file.read_bytes())
     data["layers"][0]["path"] = path
     file.write_text(json.dumps(data))
-    report = onnx_store.verify()
+    report = verify_store(onnx_store)
     assert any("unreadable manifest" in p.detail for p in report.problems)
 
 
@@ -328,7 +328,7 @@ def test_without_the_extra_onnx_verbs_say_how_to_install_it(
 
     monkeypatch.setattr(importlib, "import_module", missing)
     monkeypatch.setattr(importlib.util, "find_spec", no_spec)
-    monkeypatch.setattr("edgeslm.engines.ort._og", {})
+    monkeypatch.setattr("edgeslm.engines.onnxruntime.engine._og", {})
     for args in (("convert", GGUF_NAME, "--to", "onnx"), ("run", INT4, "hi")):
         result = cli(*args)
         assert result.code == 69 and "pip install 'edgeslm[onnx]'" in result.err, result.err
@@ -348,7 +348,7 @@ def test_olive_style_variants_build_and_evaluate(onnx_store: Store) -> None:
         assert json.loads(m.source["options"])["quantizer"].startswith(f"quantize_{method.value}")
         scored = evaluate(onnx_store, m.name, parse_name(GGUF_NAME), text, settings)
         assert 0 < scored.kld_mean < 1.0
-    assert onnx_store.verify().ok
+    assert verify_store(onnx_store).ok
 
 
 @pytest.mark.slow

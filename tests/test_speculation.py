@@ -263,7 +263,7 @@ def test_speculative_greedy_equals_plain_greedy_on_a_tiny_model(tmp_path: Path) 
     prompt = engine.tokenize("the cat sat on the mat; the cat sat on the mat; the cat sat on the", add_special=True)
     greedy = SamplingParams(temperature=0)
     plain = list(islice(engine.generate_tokens(prompt, greedy), 120))
-    engine._verify_costs = {1: 1.0, 4: 1.1, 16: 1.5, 49: 3.0}  # verification made cheap: drafts are checked
+    engine.batch_costs = {1: 1.0, 4: 1.1, 16: 1.5, 49: 3.0}  # verification made cheap: drafts are checked
     stats = SpecStats()
     spec = list(islice(engine.generate_speculative(prompt, greedy, LookupConfig(n=1, m=6), stats), 120))
     assert spec == plain
@@ -300,8 +300,8 @@ def test_lookup_is_lossless_where_batches_agree_and_pays_on_a_copy(
     settings = resolve_settings(home=home, offline=True)
     for name in ("smollm2-135m-instruct:f16", "gemma3-270m"):
         model = load(name, ctx=1024, threads=2, settings=settings)
-        model.engine._verify_costs = {1: 1.0, 4: 1.1, 16: 1.4, 49: 2.2}  # type: ignore[attr-defined]
-        model.engine._step_seconds = 0.01  # type: ignore[attr-defined]
+        model.engine.batch_costs = {1: 1.0, 4: 1.1, 16: 1.4, 49: 2.2}  # type: ignore[attr-defined]
+        model.engine.step_seconds = 0.01  # type: ignore[attr-defined]
         try:
             prompt = ask if model.has_chat_template else f"{paragraph}\n\n{paragraph[:300]}"
             kw = {"max_tokens": 120, "sampling": SamplingParams(temperature=0)}
@@ -322,7 +322,7 @@ def test_run_draft_lookup_prints_its_acceptance(
     """Whether a draft is verified is the cost model's call, measured on the machine: a cost model
     where verifying pays is injected and the clock's corrections stopped, so a busy machine
     changes nothing here."""
-    from edgeslm.engines import llamacpp_spec
+    from edgeslm.engines.llamacpp import speculative as llamacpp_spec
     from edgeslm.speculation.policy import Policy
 
     monkeypatch.setattr(llamacpp_spec, "verify_costs", lambda *_: {1: 1.0, 4: 1.1, 16: 1.4, 49: 2.2})
@@ -363,11 +363,11 @@ def test_slots_verify_their_drafts_in_one_batch_and_stay_lossless(
 ) -> None:
     """The batching runner: greedy slots with drafts, a sampled one without, and a prompt being
     prefilled, in the same steps; every reply equals the same decoder's without drafts."""
-    from edgeslm.engines import llamacpp_batch
-    from edgeslm.engines.llamacpp_batch import BatchDecoder
+    from edgeslm.engines.llamacpp import batch as llamacpp_batch
+    from edgeslm.engines.llamacpp.batch import BatchDecoder
 
     engine = open_engine("llama.cpp", write_runnable_model(tmp_path / "m.gguf", seed=5), LoadParams(n_ctx=512))
-    engine._verify_costs = {1: 1.0, 4: 1.1, 16: 1.5, 49: 3.0}  # verification made cheap: drafts are checked
+    engine.batch_costs = {1: 1.0, 4: 1.1, 16: 1.5, 49: 3.0}  # verification made cheap: drafts are checked
     # ... and priced as one pass (llama.cpp's extra pass for a slot's draft would decline them all)
     monkeypatch.setattr(llamacpp_batch, "split_cost", lambda policy, runs, n: policy.cost(sum(c for _, c in runs)))
     prompts = {"a": "the cat sat on the mat; the cat sat on the", "b": "abc abc abc abc abc ab", "c": "xyz"}
@@ -441,10 +441,10 @@ def _self_drafting(tmp_path: Path) -> tuple[Path, Any, Any]:
 
     target_path = write_runnable_model(tmp_path / "t.gguf", seed=5)
     target = load(str(target_path), ctx=256)
-    target.engine._verify_costs = {1: 1.0, 4: 1.1, 16: 1.5, 49: 3.0}
-    target.engine._step_seconds = 1.0
+    target.engine.batch_costs = {1: 1.0, 4: 1.1, 16: 1.5, 49: 3.0}
+    target.engine.step_seconds = 1.0
     same = load_draft(str(target_path), target)
-    same.engine._verify_costs, same.engine._step_seconds = {1: 1.0}, 0.05
+    same.engine.batch_costs, same.engine.step_seconds = {1: 1.0}, 0.05
     return target_path, target, same
 
 
@@ -492,7 +492,7 @@ def test_verify_steps_slower_than_modelled_turn_drafts_down() -> None:
         k = policy.depth(8) or 4
         policy.timed(10 * 0.01 * (policy.cost(k + 1) + k * 0.2), k)
     assert policy.correction > 5 and policy.depth(8) == 0
-    from edgeslm.engines.llamacpp_batch import StepClock
+    from edgeslm.engines.llamacpp.batch import StepClock
 
     clock = StepClock()  # the batching runner's: whole steps, all slots together
     clock.record(0.02, 2.0, drafted=False)  # 2 plain steps' worth in 20 ms: 10 ms a step
@@ -518,8 +518,8 @@ def test_speculative_sampling_keeps_the_distribution(tmp_path: Path) -> None:
 
     path = write_runnable_model(tmp_path / "m.gguf", seed=2)
     engine, drafter = (open_engine("llama.cpp", path, LoadParams(n_ctx=256)) for _ in range(2))
-    engine._verify_costs, engine._step_seconds = {1: 1.0, 4: 1.01, 16: 1.05, 49: 1.2}, 1.0  # type: ignore[attr-defined]
-    drafter._verify_costs, drafter._step_seconds = {1: 1.0}, 0.01  # type: ignore[attr-defined]
+    engine.batch_costs, engine.step_seconds = {1: 1.0, 4: 1.01, 16: 1.05, 49: 1.2}, 1.0  # type: ignore[attr-defined]
+    drafter.batch_costs, drafter.step_seconds = {1: 1.0}, 0.01  # type: ignore[attr-defined]
     s = SamplingParams(temperature=1.0, top_k=3, top_p=1.0, min_p=0.0)
     prompt = engine.tokenize("the cat sat", add_special=True)
     exact: dict[tuple[int, int], float] = {}
@@ -552,8 +552,8 @@ def test_a_draft_that_fails_mid_reply_ends_only_the_speculation(
 ) -> None:
     """A draft model whose decode fails after a few drafts (run), and a slot's lookup that fails
     (serve's batching runner): the reply goes on without drafts and is the plain one."""
-    from edgeslm.engines import llamacpp_spec
-    from edgeslm.engines.llamacpp_batch import BatchDecoder
+    from edgeslm.engines.llamacpp import speculative as llamacpp_spec
+    from edgeslm.engines.llamacpp.batch import BatchDecoder
     from edgeslm.errors import EngineError
 
     calls = {"n": 0}
@@ -580,7 +580,7 @@ def test_a_draft_that_fails_mid_reply_ends_only_the_speculation(
         target.close()
 
     engine = open_engine("llama.cpp", target_path, LoadParams(n_ctx=512))
-    engine._verify_costs = {1: 1.0, 4: 1.1, 16: 1.5, 49: 3.0}  # type: ignore[attr-defined]
+    engine.batch_costs = {1: 1.0, 4: 1.1, 16: 1.5, 49: 3.0}  # type: ignore[attr-defined]
     calls["n"] = 0
     monkeypatch.setattr(LookupDrafter, "draft", failing(LookupDrafter.draft, 30))
     prompt = engine.tokenize("abc abc abc abc abc abc ab", add_special=True)
@@ -624,7 +624,7 @@ def test_bench_draft_measures_the_copy_workload(builtin_home: Path, home: Path, 
 def test_the_step_cost_follows_llama_cpps_passes() -> None:
     """A cache per sequence: llama.cpp splits a step into passes of consecutive sequence ids with
     equal tokens each (split_equal), so a slot's draft is a pass of its own."""
-    from edgeslm.engines.llamacpp_batch import split_cost, ubatch_sizes
+    from edgeslm.engines.llamacpp.batch import split_cost, ubatch_sizes
 
     assert ubatch_sizes([(0, 1), (1, 1), (2, 1), (3, 1)], 512) == [4]
     assert ubatch_sizes([(0, 1), (1, 6), (2, 1), (3, 1)], 512) == [4, 5]

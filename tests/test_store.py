@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from edgeslm.errors import IntegrityError, InvalidModelFileError, ModelNotFoundError
-from edgeslm.store import Store, parse_name
+from edgeslm.store import Store, parse_name, verify_store
 from edgeslm.store.atomic import TempFile
 
 from .conftest import snapshot
@@ -90,7 +90,7 @@ def test_verify_reports_corruption_missing_blobs_and_bad_manifests(
 ) -> None:
     a = store.add_file(tiny_model, parse_name("a"), source=SRC)
     b = store.add_file(write_tiny_model(tmp_path / "b.gguf", seed=5), parse_name("b"), source=SRC)
-    assert store.verify().ok
+    assert verify_store(store).ok
     blob = store.blob_path(a.digest)
     data = bytearray(blob.read_bytes())
     data[-1] ^= 0xFF
@@ -99,7 +99,7 @@ def test_verify_reports_corruption_missing_blobs_and_bad_manifests(
     bad = store.manifest_path(parse_name("c"))
     bad.parent.mkdir(parents=True)
     bad.write_text("{not json")
-    report = store.verify()
+    report = verify_store(store)
     details = "\n".join(f"{p.subject}: {p.detail}" for p in report.problems)
     assert not report.ok
     assert f"{a.digest}: content hashes to" in details and "used by a:latest" in details
@@ -114,16 +114,16 @@ def test_manifest_with_hostile_digest_is_rejected(store: Store, tiny_model: Path
     data["digest"] = "sha256-../../../etc/passwd"
     path.write_text(json.dumps(data))
     assert store.manifests() == []
-    assert any("bad digest" in p.detail for p in store.verify().problems)
+    assert any("bad digest" in p.detail for p in verify_store(store).problems)
 
 
 def test_reimport_repairs_a_corrupted_blob(store: Store, tiny_model: Path) -> None:
     manifest = store.add_file(tiny_model, parse_name("a"), source=SRC)
     blob = store.blob_path(manifest.digest)
     blob.write_bytes(b"\0" * manifest.size)
-    assert not store.verify().ok
+    assert not verify_store(store).ok
     store.add_file(tiny_model, parse_name("a"), source=SRC)
-    assert store.verify().ok and blob.read_bytes() == tiny_model.read_bytes()
+    assert verify_store(store).ok and blob.read_bytes() == tiny_model.read_bytes()
 
 
 def test_a_store_locked_too_long_is_a_clear_error(home: Path, monkeypatch: pytest.MonkeyPatch) -> None:

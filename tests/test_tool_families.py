@@ -20,7 +20,7 @@ import pytest
 
 from edgeslm.chat import render_chat
 from edgeslm.engines.base import LoadParams, SamplingParams, open_engine
-from edgeslm.engines.json_schema import int_range, integer_bounds, schema_gbnf
+from edgeslm.engines.llamacpp.json_schema import int_range, integer_bounds, schema_gbnf
 from edgeslm.errors import InvalidParameterError
 from edgeslm.tools import ToolCall, parse_tools
 from edgeslm.tools.native import ToolFormat, detect, free_text, parse, prepare

@@ -116,7 +116,7 @@ def test_replies_read_back_as_calls_or_text() -> None:
 def test_the_grammar_makes_every_call_valid_even_from_a_random_model(
     tmp_path: Path, choice: ToolChoice, parallel: bool
 ) -> None:
-    from edgeslm.engines.llamacpp import json_grammar
+    from edgeslm.engines.llamacpp.engine import json_grammar
 
     # A random model's free strings rarely end, and its bytes are not always UTF-8 Python accepts:
     # the arguments' strings are enums here, so that replies complete and read back as text.

@@ -17,7 +17,7 @@ from .. import __version__
 from ..errors import IntegrityError, OutputFileError
 from ..store import ModelName, Store
 from ..store.atomic import TempFile
-from ..store.registry import now_iso
+from ..store.records import now_iso
 from .layout import INDEX, SIGNATURE, Index, blob_member, manifest_member
 from .signing import sign
 

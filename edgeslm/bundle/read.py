@@ -19,7 +19,7 @@ from ..errors import BundleError, InputFileError
 from ..store import Store
 from ..store.atomic import TempFile
 from ..store.incoming import check_names, same
-from ..store.registry import Manifest, Staged
+from ..store.records import Manifest, Staged
 from ..units import format_bytes
 from .layout import (
     INDEX,

@@ -14,8 +14,8 @@ from ..formats.model_format import RUNTIME_OF
 from ..formats.size_class import SIZE_CLASSES, SizeClass
 from ..listing import list_models
 from ..sources.catalog import CATALOG, CatalogEntry, filter_catalog
-from ..store import Store, parse_name
-from ..store.registry import Manifest
+from ..store import Store, parse_name, verify_store
+from ..store.records import Manifest
 from ..units import format_bytes, format_mib, format_params, parse_bytes, parse_count
 from .output import confirm, print_fields, print_json, print_table, progress_bar, status
 
@@ -337,7 +337,7 @@ def cmd_rm(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_verify(args: argparse.Namespace, settings: Settings) -> int:
     store = Store(settings.models_dir)  # not Store.open: verify sweeps itself and reports it
     with progress_bar(None, "verifying", enabled=not args.json) as bar:
-        report = store.verify(progress=bar)
+        report = verify_store(store, progress=bar)
     if args.json:
         print_json(
             {

@@ -23,7 +23,7 @@ from ..errors import InputFileError, InvalidModelFileError, InvalidParameterErro
 from ..sources.hub import download_checkpoint, parse_hub_ref
 from ..store import ModelName, Store, parse_name
 from ..store.atomic import sha256_file
-from ..store.registry import Manifest
+from ..store.records import Manifest
 from .arch import Arch, Hparams, Transform, add_metadata, arch_of, extra_tensors, hparams, tensors
 from .hf import Checkpoint, open_checkpoint
 from .vocab import add_vocab

@@ -1,7 +1,7 @@
 """``edgeslm convert NAME --to mlx``: a stored model into the store as an MLX folder.
 
 The stored GGUF is exported to a Hugging Face folder (``export``, float32), then mlx-lm's
-converter (``engines.mlx_tools``, in a child process with a deadline) writes float16, bfloat16
+converter (``engines.mlx.tools``, in a child process with a deadline) writes float16, bfloat16
 or float32 weights, or quantizes them (4 or 8 bits, or one of mlx-lm's mixed recipes); the
 folder is validated as any import is (``mlx_folder``) and published with its lineage, all in one
 locked temp folder of the store, so a ``kill -9`` publishes nothing.
@@ -18,7 +18,7 @@ from ..errors import InvalidParameterError
 from ..formats.model_format import ModelFormat, Runtime, require_installed
 from ..store import ModelName, Store
 from ..store.atomic import TempDir
-from ..store.registry import Manifest
+from ..store.records import Manifest
 from .variants import Built, Say, build_variant, check_source, run_tool
 
 DTYPES = ("float16", "bfloat16", "float32")
@@ -128,7 +128,7 @@ def _convert(work: TempDir, recipe: MlxRecipe, say: Say) -> Built:
     say(f"converting with mlx-lm ({recipe.tag.removeprefix('mlx-')})")
     out = work.path / "out"
     args = [work.path / "hf", out, recipe.dtype, recipe.bits, recipe.group_size, recipe.mixed or "-"]
-    details = run_tool(work, "mlx_tools", "convert", *args, what="the MLX conversion")
+    details = run_tool(work, "mlx.tools", "convert", *args, what="the MLX conversion")
     (out / "README.md").unlink(missing_ok=True)  # mlx-lm's model card names a hub repo it never came from
     options = {
         "dtype": recipe.dtype,

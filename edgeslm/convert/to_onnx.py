@@ -1,7 +1,7 @@
 """``edgeslm convert NAME --to onnx``: a stored model into the store as an ONNX Runtime GenAI folder.
 
 The steps, each reported through ``progress`` and each long one in a child process with a
-deadline (``engines.ort_tools``), all inside one locked temp folder of the store:
+deadline (``engines.onnxruntime.tools``), all inside one locked temp folder of the store:
 
 1. the stored GGUF exported to a Hugging Face folder (``export``, float32);
 2. onnxruntime-genai's model builder: ``fp32``, ``int8`` or ``int4`` for the CPU (method ``builder``);
@@ -27,7 +27,7 @@ from ..errors import InvalidParameterError
 from ..formats.model_format import ModelFormat, Runtime, require_installed
 from ..store import ModelName, Store
 from ..store.atomic import TempDir
-from ..store.registry import Manifest
+from ..store.records import Manifest
 from .variants import Built, Say, build_variant, check_source, run_tool
 
 log = logging.getLogger(__name__)
@@ -147,7 +147,7 @@ def _build(work: TempDir, precision: Precision, method: Method, calibration: Pat
 
 
 def _step(work: TempDir, step: str, *args: object) -> dict[str, Any]:
-    return run_tool(work, "ort_tools", step, *args, what=f"the ONNX {step} step")
+    return run_tool(work, "onnxruntime.tools", step, *args, what=f"the ONNX {step} step")
 
 
 def _bundled_text(work: TempDir) -> Path:

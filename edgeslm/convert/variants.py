@@ -22,7 +22,7 @@ from ..formats.size_class import classify
 from ..framing import run_child
 from ..store import ModelName, Store
 from ..store.atomic import TempDir
-from ..store.registry import Manifest
+from ..store.records import Manifest
 
 BUILD_TIMEOUT = 3600.0  # seconds per step: a 14B model's build on a slow machine takes minutes
 SUPPORTED = ("llama", "qwen2", "qwen3")  # the architectures ``export`` writes, which both converters build

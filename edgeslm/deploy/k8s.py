@@ -25,7 +25,7 @@ from ..formats.model_info import estimate_memory
 from ..serve.keys import add_key, load_keys
 from ..store import ModelName, Store
 from ..store.atomic import staged_folder
-from ..store.registry import Manifest
+from ..store.records import Manifest
 
 log = logging.getLogger(__name__)
 APP = "edgeslm"

@@ -291,12 +291,12 @@ def register_engine(name: str) -> Callable[[F], F]:
 
 
 # the modules of edgeslm's own engines, imported (and so registered) on first use: native code
-BUILTIN_ENGINES = {DEFAULT_ENGINE: "llamacpp", "onnxruntime": "ort", "mlx": "mlxlm"}
+BUILTIN_ENGINES = {DEFAULT_ENGINE: "llamacpp.engine", "onnxruntime": "onnxruntime.engine", "mlx": "mlx.engine"}
 
 
 # each engine's batch decoder for a runner's slots: (module, class), imported on first use
 BATCH_DECODERS = {
-    DEFAULT_ENGINE: ("llamacpp_batch", "BatchDecoder"), "onnxruntime": ("ort_batch", "SlotDecoder"),
+    DEFAULT_ENGINE: ("llamacpp.batch", "BatchDecoder"), "onnxruntime": ("onnxruntime.batch", "SlotDecoder"),
     "mlx": ("slots", "GeneratorSlots"),
 }  # fmt: skip
 

@@ -1,7 +1,7 @@
 """A runner's slots stepped in turn, for runtimes without a shared forward pass (ONNX, MLX).
 
 ``TurnSlots`` keeps the slots, their limits and their finish rules; ``GeneratorSlots`` steps any
-engine's ``generate_tokens`` (MLX), ``ort_batch.SlotDecoder`` onnxruntime-genai Generators. Every
+engine's ``generate_tokens`` (MLX), ``onnxruntime.batch.SlotDecoder`` onnxruntime-genai Generators. Every
 ``step`` takes one token from each busy slot, so slots share the cores; the answers are those of
 one at a time.
 """

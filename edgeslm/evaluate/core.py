@@ -30,7 +30,7 @@ from .result import RESULTS_SCHEMA, EvalResult, Speed
 
 __all__ = ["REFERENCE_TAGS", "EvalResult", "EvalSettings", "EvalText", "all_results", "evaluate", "load_text"]
 from ..store import ModelName, Store
-from ..store.registry import Manifest, now_iso
+from ..store.records import Manifest, now_iso
 from .kept import all_results, load_result, save_result
 from .stats import F32, Accumulator, summarize
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from ..store import Store
 from ..store.atomic import write_atomic
-from ..store.registry import Manifest
+from ..store.records import Manifest
 from .result import EvalResult
 
 log = logging.getLogger(__name__)

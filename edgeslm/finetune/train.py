@@ -28,7 +28,7 @@ from ..config import Settings
 from ..engines.base import physical_cores
 from ..errors import AbortedError, InvalidParameterError, MissingExtraError, UsageError
 from ..store import Store, parse_name
-from ..store.registry import Manifest
+from ..store.records import Manifest
 from .data import IGNORE, Dataset, Example, build, read_chats
 
 log = logging.getLogger(__name__)

@@ -28,7 +28,7 @@ from ..formats.gguf_header import GGUFHeader, read_gguf_header
 from ..formats.model_info import model_info
 from ..store import ModelName, Store, parse_name
 from ..store.layers import AdapterRef
-from ..store.registry import Manifest, Staged, now_iso
+from ..store.records import Manifest, Staged, now_iso
 from .params import check
 from .parser import ROLES, Instruction, Modelfile
 from .template import compile_template

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 from ..store import Store
-from ..store.registry import Manifest
+from ..store.records import Manifest
 from .parser import Command, Instruction
 
 

@@ -30,7 +30,7 @@ from ..formats.model_info import estimate_memory
 from ..formats.quant_types import QUANT_TYPES, QuantizeOptions, QuantType, parse_quant_types
 from ..quantize import check_request, is_quantized, quantize
 from ..store import ModelName, Store, parse_name
-from ..store.registry import Manifest
+from ..store.records import Manifest
 from ..units import format_bytes
 from .constraints import Constraints, Metrics, Ranking, rank
 from .history import remember
@@ -392,7 +392,7 @@ def _calibrate(run: _Run, reference: Manifest, calibration: EvalText) -> str:
     """The reference's importance matrix from the calibration chunks (the text's last ones, kept
     apart from the evaluation's: ``calibration_chunks`` refuses otherwise)."""
     from ..calibrate import calibrate_chunks
-    from ..engines.llamacpp import open_llamacpp
+    from ..engines.llamacpp.engine import open_llamacpp
 
     p, e = run.params.calibration, run.params.eval
     reserved = (e.chunks or 0) * e.ctx if calibration.digest == run.text.digest else 0

@@ -13,7 +13,7 @@ from typing import Any
 
 from ..store import Store
 from ..store.atomic import write_atomic
-from ..store.registry import now_iso
+from ..store.records import now_iso
 from .constraints import Constraints
 
 log = logging.getLogger(__name__)

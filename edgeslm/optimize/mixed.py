@@ -116,7 +116,7 @@ def smallest_size(header: GGUFHeader, slots: Sequence[Slot]) -> int:
 
 def read_rows(path: Path, t: TensorInfo, rows: npt.NDArray[np.int64] | slice) -> F32:
     """Rows of tensor ``t`` as float32 (n x ne0), read from ``path`` without loading the rest."""
-    from ..engines.ggml_quants import dequantize
+    from ..engines.llamacpp.ggml_quants import dequantize
 
     ne0 = t.shape[0]
     n_rows = t.n_elements // ne0
@@ -143,7 +143,7 @@ def relative_errors(
     """Per tensor and type: sum of squared error over sum of squares, on sampled rows. With an
     importance matrix, each column weighted by its mean squared activation (what the error costs
     in the layer's output) and quantized with it, as llama.cpp quantizes then."""
-    from ..engines.ggml_quants import round_trip
+    from ..engines.llamacpp.ggml_quants import round_trip
 
     by_name = {t.name: t for t in header.tensors}
     out: dict[str, dict[str, float]] = {}

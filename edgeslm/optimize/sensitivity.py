@@ -38,7 +38,7 @@ from ..evaluate.stats import F32, kld_sum, log_softmax_rows
 from ..formats.gguf_header import GGUFHeader, TensorInfo, read_gguf_header
 from ..store import Store
 from ..store.atomic import TempFile, write_atomic
-from ..store.registry import Manifest
+from ..store.records import Manifest
 from .mixed import STORAGE_TYPES, Slot, find_slots, read_rows, relative_errors
 
 log = logging.getLogger(__name__)

@@ -2,7 +2,7 @@
 
 It loads the model, then serves requests from JSON lines on stdin and answers with JSON lines
 on stdout (``runner.messages`` lists them), decoding every request it holds in one batch
-(``engines.llamacpp_batch``); requests beyond the free slots wait in order. Only this process
+(``engines.llamacpp.batch``); requests beyond the free slots wait in order. Only this process
 loads native code, so a crash here fails only its own requests. Chat templates are rendered
 here, by ``edgeslm.chat``'s sandbox, never by the server.
 """
@@ -156,7 +156,7 @@ def _grammar(spec: Any) -> str | None:
     """GBNF for Ollama's ``format`` / OpenAI's ``response_format``: "json" or a JSON schema."""
     if spec is None:
         return None
-    from ..engines.llamacpp import json_grammar
+    from ..engines.llamacpp.engine import json_grammar
 
     return json_grammar(spec)
 

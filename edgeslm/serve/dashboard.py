@@ -19,7 +19,7 @@ from ..evaluate.result import EvalResult
 from ..formats.model_format import RUNTIME_OF
 from ..optimize.history import last_run
 from ..store import Store
-from ..store.registry import Manifest
+from ..store.records import Manifest
 from .audit import MAX_LINE, report, verify
 from .compliance import report_rows
 from .manager import LoadedInfo

@@ -20,7 +20,7 @@ from ..engines.base import SamplingParams
 from ..errors import EdgeslmError, InvalidParameterError, http_status_for
 from ..runner import Chunk, Done, Job
 from ..store import parse_name
-from ..store.registry import Manifest
+from ..store.records import Manifest
 from ..tools import ToolReply
 from ..units import format_params
 from . import service

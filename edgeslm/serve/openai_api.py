@@ -22,7 +22,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from ..engines.base import SamplingParams
 from ..errors import EdgeslmError, InvalidParameterError, ModelNotFoundError, http_status_for
 from ..runner import Chunk, Done, Job
-from ..store.registry import Manifest
+from ..store.records import Manifest
 from ..tools import ToolReply
 from . import service
 from .http_errors import error_body

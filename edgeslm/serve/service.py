@@ -26,7 +26,7 @@ from ..formats.folder_files import chat_template_of
 from ..formats.gguf_header import read_gguf_header
 from ..runner import Chunk, Done, Embeddings, Job
 from ..store import Store, parse_name
-from ..store.registry import Manifest
+from ..store.records import Manifest
 from ..tools.native import ToolFormat
 from ..tools.native import detect as detect_tool_format
 from .audit import AuditLog

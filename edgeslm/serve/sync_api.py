@@ -25,7 +25,7 @@ from starlette.responses import FileResponse, JSONResponse, Response
 
 from ..errors import InvalidModelFileError, InvalidParameterError
 from ..store.incoming import publish_received
-from ..store.registry import Manifest
+from ..store.records import Manifest
 from ..store.uploads import Partial, find_file, parse_digest, partial_offset
 from .service import body_chunks, note, state
 

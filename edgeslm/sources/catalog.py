@@ -182,7 +182,6 @@ CATALOG: tuple[CatalogEntry, ...] = (
 )
 
 
-
 def _from_pinned(m: PinnedModel) -> CatalogEntry:
     return CatalogEntry(
         m.name, m.family, m.checkpoint, m.upstream.repo, m.n_params, m.licence, m.context_length,

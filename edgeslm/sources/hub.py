@@ -21,7 +21,7 @@ from urllib.parse import urlsplit
 from ..config import Settings
 from ..errors import ModelNotFoundError, OfflineError, SourceError
 from ..store import ModelName, Store
-from ..store.registry import Manifest
+from ..store.records import Manifest
 from .pinned import UpstreamFile
 
 log = logging.getLogger(__name__)

@@ -1,7 +1,7 @@
 """Speculative decoding: drafts (``ngram``: prompt lookup, llama.cpp's ``ngram-simple`` and
 ``ngram-map-k`` and edgeslm's longest match) and
 the policy that decides, from the verify cost measured on this machine and the acceptance seen so
-far, whether a draft is worth verifying (``policy``). The engines verify (``engines.llamacpp_spec``).
+far, whether a draft is worth verifying (``policy``). The engines verify (``engines.llamacpp.speculative``).
 Names are imported on first use: the CLI and the server read ``LookupConfig`` without numpy."""
 
 from __future__ import annotations

@@ -1,7 +1,9 @@
 """The local content-addressed model store."""
 
 from .names import DEFAULT_TAG, ModelName, parse_name
-from .registry import Manifest, Problem, RemovePlan, Store, SweepReport, VerifyReport
+from .records import Manifest, Problem, RemovePlan, SweepReport, VerifyReport
+from .registry import Store
+from .verify import verify_store
 
 __all__ = [
     "DEFAULT_TAG",
@@ -13,4 +15,5 @@ __all__ = [
     "SweepReport",
     "VerifyReport",
     "parse_name",
+    "verify_store",
 ]

@@ -26,9 +26,10 @@ from ..formats.model_info import ModelInfo
 from .atomic import TempDir, TempFile, copy_hashing, fsync_dir, remove_path, sha256_file, write_atomic
 from .layers import Layer, folder_digest
 from .names import ModelName
+from .records import Manifest, Progress, now_iso
 
 if TYPE_CHECKING:
-    from .registry import Manifest, Progress, Store
+    from .registry import Store  # the store these functions work on; it imports them, not the reverse
 
 log = logging.getLogger(__name__)
 
@@ -47,8 +48,6 @@ def publish_folder(
 
     Files inside the store's temp area (a builder's output) are hashed and moved; any other
     folder is copied, so the user's files are never touched."""
-    from .registry import Manifest, now_iso
-
     in_store = folder.resolve().is_relative_to(store.tmp_dir.resolve())
     staged: list[tuple[Layer, Path]] = []
     temps: list[TempFile] = []

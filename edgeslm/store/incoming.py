@@ -7,7 +7,8 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 
 from ..errors import ConflictError, EdgeslmError, InvalidParameterError, StoreError
-from .registry import Manifest, Store
+from .records import Manifest
+from .registry import Store
 from .uploads import received, uploads_dir
 
 

@@ -8,7 +8,7 @@ from ..errors import EdgeslmError
 from ..formats.gguf_header import read_gguf_header
 from .atomic import sha256_file
 from .layers import DIGEST
-from .registry import Manifest, Problem, Progress, VerifyReport
+from .records import Manifest, Problem, Progress, VerifyReport
 
 if TYPE_CHECKING:
     from .registry import Store

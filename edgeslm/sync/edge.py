@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -27,12 +27,11 @@ from ..errors import (
     SourceError,
 )
 from ..store import Store
-from ..store.registry import Manifest
+from ..store.records import Manifest
 from ..store.uploads import Partial
-from .remotes import Remote
+from .remotes import Progress, Remote
 
 log = logging.getLogger(__name__)
-Progress = Callable[[int], None]
 CHUNK = 1 << 20
 TRIES = 5  # attempts per blob, each from where the last stopped
 TIMEOUT = httpx.Timeout(30.0, read=120.0, write=120.0)  # every wait has a deadline

@@ -28,10 +28,9 @@ from ..errors import (
 from ..store import Store
 from ..store.atomic import fsync_dir, sha256_file
 from ..store.layers import DIGEST
-from ..store.registry import Manifest
+from ..store.records import Manifest
 from ..store.uploads import uploads_dir
-from .remotes import Remote
-from .transfer import Progress
+from .remotes import Progress, Remote
 
 log = logging.getLogger(__name__)
 MAX_MANIFEST = 4 * 2**20

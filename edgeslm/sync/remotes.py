@@ -10,12 +10,32 @@ from __future__ import annotations
 import enum
 import json
 import re
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Protocol
 from urllib.parse import urlsplit
 
 from ..errors import InputFileError, InvalidParameterError, ModelNotFoundError
 from ..store.atomic import write_beside
+
+if TYPE_CHECKING:
+    from ..store import Store
+    from ..store.records import Manifest
+
+Progress = Callable[[int], None]  # bytes moved so far
+
+
+class RemoteStore(Protocol):
+    """What push and pull need of a remote (``edge.EdgeRemote``, ``hf.HfRemote``)."""
+
+    def manifests(self) -> dict[str, Manifest]: ...
+    def offset(self, digest: str) -> int | None: ...
+    def send(self, store: Store, digest: str, size: int, progress: Progress | None = None) -> None: ...
+    def publish(self, manifests: Sequence[Manifest], force: bool) -> list[str]: ...
+    def fetch(self, store: Store, digest: str, size: int, progress: Progress | None = None) -> None: ...
+    def close(self) -> None: ...
+
 
 REMOTES_FILE = "remotes.json"
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}\Z")

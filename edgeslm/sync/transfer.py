@@ -5,30 +5,17 @@ from __future__ import annotations
 
 import logging
 import shutil
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
 
 from ..errors import ConflictError, ModelNotFoundError, StoreError
 from ..store import ModelName, Store
 from ..store.incoming import check_names, missing_blobs, publish_received
-from ..store.registry import Manifest
+from ..store.records import Manifest
 from ..units import format_bytes
-from .remotes import Remote, RemoteKind
+from .remotes import Progress, Remote, RemoteKind, RemoteStore
 
 log = logging.getLogger(__name__)
-Progress = Callable[[int], None]
-
-
-class RemoteStore(Protocol):
-    """What push and pull need of a remote (``edge.EdgeRemote``, ``hf.HfRemote``)."""
-
-    def manifests(self) -> dict[str, Manifest]: ...
-    def offset(self, digest: str) -> int | None: ...
-    def send(self, store: Store, digest: str, size: int, progress: Progress | None = None) -> None: ...
-    def publish(self, manifests: Sequence[Manifest], force: bool) -> list[str]: ...
-    def fetch(self, store: Store, digest: str, size: int, progress: Progress | None = None) -> None: ...
-    def close(self) -> None: ...
 
 
 @dataclass(frozen=True)

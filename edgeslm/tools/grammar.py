@@ -13,7 +13,7 @@ import json
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from ..engines.json_schema import schema_converter
+from ..engines.llamacpp.json_schema import schema_converter
 from ..errors import EdgeslmError, InvalidParameterError
 from .generic import MAX_PARALLEL
 from .native import BLANK, FAMILIES, ToolFormat

@@ -51,8 +51,10 @@ FAMILIES: dict[ToolFormat, Family] = {
     # Qwen 2.5 (the Coder models most) also writes a call as a fenced JSON block: llama.cpp's Hermes
     # handler triggers on and reads that form too (common/chat.cpp), and so does this one.
     ToolFormat.HERMES: Family(
-        "arguments", (r"(<tool_call>)", rf'(```(?:json)?[ \t]{{0,4}}\n{_WS}\{{{_WS}"name"{_WS}:)'),
-        ("<tool_call>", "</tool_call>"), True,
+        "arguments",
+        (r"(<tool_call>)", rf'(```(?:json)?[ \t]{{0,4}}\n{_WS}\{{{_WS}"name"{_WS}:)'),
+        ("<tool_call>", "</tool_call>"),
+        True,
     ),  # fmt: skip
     ToolFormat.LLAMA3: Family(
         "parameters", (r'^[ \t\n]*(\{[ \t\n]{0,4}"name"[ \t\n]{0,4}:)[\s\S]*$',), ("<|python_tag|>",), False

@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from ..engines.json_schema import BOUNDS, integer_bounds
+from ..engines.llamacpp.json_schema import BOUNDS, integer_bounds
 from ..errors import InvalidParameterError
 
 MAX_TOOLS = 128

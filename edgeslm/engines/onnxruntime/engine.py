@@ -15,10 +15,10 @@ from collections.abc import Generator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..errors import ContextOverflowError, EngineError, InvalidParameterError
-from ..formats.model_format import Runtime, require
-from .base import LoadParams, SamplingParams, register_engine
-from .hf_vocab import FolderVocabEngine
+from ...errors import ContextOverflowError, EngineError, InvalidParameterError
+from ...formats.model_format import Runtime, require
+from ..base import LoadParams, SamplingParams, register_engine
+from ..hf_vocab import FolderVocabEngine
 
 if TYPE_CHECKING:
     import numpy as np

@@ -8,9 +8,9 @@ at a time. (Its continuous-batching ``Engine`` was slower on the CPU: see the RE
 
 from __future__ import annotations
 
-from .base import SamplingParams, StepEvent, logprobs_of
-from .ort import OnnxRuntimeEngine
-from .slots import Slot, TurnSlots
+from ..base import SamplingParams, StepEvent, logprobs_of
+from ..slots import Slot, TurnSlots
+from .engine import OnnxRuntimeEngine
 
 
 class SlotDecoder(TurnSlots):

@@ -17,7 +17,7 @@ import numpy as np
 import numpy.typing as npt
 from gguf.constants import GGML_QUANT_SIZES, GGMLQuantizationType
 
-from ..errors import EngineError
+from ...errors import EngineError
 
 F32 = npt.NDArray[np.float32]
 

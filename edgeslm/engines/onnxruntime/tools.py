@@ -1,4 +1,4 @@
-"""onnxruntime's build tools, each step run in a child process (``python -m edgeslm.engines.ort_tools``).
+"""onnxruntime's build tools, each step run in a child process (``python -m edgeslm.engines.onnxruntime.tools``).
 
 They import torch, transformers and onnxruntime's tools, print a great deal, and can run
 for minutes: in a child, the parent stays small, reads one ``result`` line (``framing``),
@@ -22,8 +22,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from ..errors import InvalidModelFileError
-from ..framing import Message, child_main
+from ...errors import InvalidModelFileError
+from ...framing import Message, child_main
 
 GRAPH = "model.onnx"
 CALIBRATION_TOKENS = 128  # tokens per calibration sample

@@ -18,18 +18,18 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ..errors import InvalidParameterError
-from ..speculation import LookupConfig, LookupDrafter, Policy, SpecStats
-from .base import SamplingParams
-from .llamacpp import argmax_token, common_prefix
-from .spec_sampling import distribution, judge, sample
+from ...errors import InvalidParameterError
+from ...speculation import LookupConfig, LookupDrafter, Policy, SpecStats
+from ..base import SamplingParams
+from ..spec_sampling import distribution, judge, sample
+from .backend import argmax_token, common_prefix
 
 if TYPE_CHECKING:
     import llama_cpp as lc
 
-    from .llamacpp import LlamaCppEngine
+    from .engine import LlamaCppEngine
 else:
-    from .llamacpp_bindings import lc
+    from .bindings import lc
 
 log = logging.getLogger(__name__)
 COST_SIZES = (1, 4, 16, 49)  # batch sizes timed (a 48-token draft and its token: 49); linear between
@@ -42,18 +42,18 @@ PROBE_EVERY = 64
 def verify_costs(engine: LlamaCppEngine, n_past: int, token: int) -> dict[int, float]:
     """Each batch size's decode time relative to one token's, measured at ``n_past`` (best of 2,
     about 0.3 s for SmolLM2 on 2 cores) on a cache left as it was; once per loaded model."""
-    if engine._verify_costs is not None:
-        return engine._verify_costs
+    if engine.batch_costs is not None:
+        return engine.batch_costs
     sizes = [s for s in COST_SIZES if n_past + s < engine.n_ctx]
-    mem, seconds = lc.llama_get_memory(engine._ctx), {}
+    mem, seconds = lc.llama_get_memory(engine.ctx), {}
     batch = lc.llama_batch_init(max(sizes), 0, 1)
     try:
         for size in sizes:
             best = float("inf")
             for _ in range(2):
-                engine._fill_batch(batch, [token] * size, n_past, n_past)
+                engine.fill_batch(batch, [token] * size, n_past, n_past)
                 start = time.perf_counter()
-                engine._decode(engine._ctx, batch)
+                engine.decode_batch(engine.ctx, batch)
                 best = min(best, time.perf_counter() - start)
                 lc.llama_memory_seq_rm(mem, 0, n_past, -1)
             seconds[size] = best
@@ -61,7 +61,7 @@ def verify_costs(engine: LlamaCppEngine, n_past: int, token: int) -> dict[int, f
         lc.llama_batch_free(batch)
     costs = {size: t / seconds[1] for size, t in seconds.items()}
     log.info("verify costs (batch size: plain steps): %s", {s: round(c, 2) for s, c in costs.items()})
-    engine._verify_costs, engine._step_seconds = costs, seconds[1]
+    engine.batch_costs, engine.step_seconds = costs, seconds[1]
     return costs
 
 
@@ -101,23 +101,23 @@ class ModelDrafter:
 
     def _decode_from(self, start: int, tokens: Sequence[int]) -> None:
         engine = self.engine
-        lc.llama_memory_seq_rm(lc.llama_get_memory(engine._ctx), 0, start, -1)
+        lc.llama_memory_seq_rm(lc.llama_get_memory(engine.ctx), 0, start, -1)
         for at in range(start, len(tokens), engine.params.n_batch):
             piece = tokens[at : at + engine.params.n_batch]
-            engine._fill_batch(self._batch, piece, at, at + len(piece) - 1)
-            engine._decode(engine._ctx, self._batch)
+            engine.fill_batch(self._batch, piece, at, at + len(piece) - 1)
+            engine.decode_batch(engine.ctx, self._batch)
 
     def draft(self, sampled: int, k: int) -> list[int]:
         engine, want = self.engine, [*self.history, sampled]
         if k <= 0 or len(want) + k > engine.n_ctx:
             return []
         self._decode_from(min(common_prefix(self.cached, want), len(want) - 1), want)
-        self.cached, out = want, [argmax_token(engine._ctx, -1, engine.n_vocab)]  # want: a fresh list
+        self.cached, out = want, [argmax_token(engine.ctx, -1, engine.n_vocab)]  # want: a fresh list
         while len(out) < k:
-            engine._fill_batch(self._batch, [out[-1]], len(self.cached), len(self.cached))
-            engine._decode(engine._ctx, self._batch)
+            engine.fill_batch(self._batch, [out[-1]], len(self.cached), len(self.cached))
+            engine.decode_batch(engine.ctx, self._batch)
             self.cached.append(out[-1])
-            out.append(argmax_token(engine._ctx, -1, engine.n_vocab))
+            out.append(argmax_token(engine.ctx, -1, engine.n_vocab))
         return out
 
     def close(self) -> None:
@@ -139,7 +139,7 @@ def speculative_tokens(
         return
     pick, check = _rules(sampling)
     engine.prefill(prompt)
-    ctx, n_vocab, n_ctx = engine._ctx, engine.n_vocab, engine.n_ctx
+    ctx, n_vocab, n_ctx = engine.ctx, engine.n_vocab, engine.n_ctx
     mem, n_past = lc.llama_get_memory(ctx), len(prompt)
     last = pick(_row(ctx, -1, n_vocab))
     costs = verify_costs(engine, n_past, last)
@@ -151,7 +151,7 @@ def speculative_tokens(
         verify_costs(draft, 0, last)
         drafter, depth_max = ModelDrafter(draft, prompt), DRAFT_MAX
         drafter.prefill()
-        ratio = draft._step_seconds / engine._step_seconds
+        ratio = draft.step_seconds / engine.step_seconds
         policy = Policy(costs, stats=stats, draft_cost=ratio, probe_every=PROBE_EVERY)
     batch = lc.llama_batch_init(depth_max + 1, 0, 1)
     try:
@@ -169,8 +169,8 @@ def speculative_tokens(
             if k <= 0:
                 if found and isinstance(drafter, LookupDrafter):  # scored for free against plain tokens
                     policy.declined(found)
-                engine._fill_batch(batch, [last], n_past, n_past)
-                engine._decode(ctx, batch)
+                engine.fill_batch(batch, [last], n_past, n_past)
+                engine.decode_batch(ctx, batch)
                 if drafter is not None:
                     drafter.add([last])
                 n_past += 1
@@ -179,8 +179,8 @@ def speculative_tokens(
                 policy.timed(time.perf_counter() - started, 0)
                 continue
             tokens = [last, *found[:k]]
-            engine._fill_batch(batch, tokens, n_past, n_past)
-            engine._decode(ctx, batch)
+            engine.fill_batch(batch, tokens, n_past, n_past)
+            engine.decode_batch(ctx, batch)
             rows = np.ctypeslib.as_array(lc.llama_get_logits(ctx), shape=(k + 1, n_vocab))
             accepted, token = 0, -1
             while accepted < k:

@@ -1,4 +1,4 @@
-"""mlx-lm's converter, run in a child process (``python -m edgeslm.engines.mlx_tools``).
+"""mlx-lm's converter, run in a child process (``python -m edgeslm.engines.mlx.tools``).
 
     convert HF_FOLDER OUT DTYPE BITS GROUP RECIPE     mlx_lm.convert, offline (BITS 0: not quantized)
 
@@ -12,7 +12,7 @@ import logging
 import os
 import sys
 
-from ..framing import Message, child_main
+from ...framing import Message, child_main
 
 
 def convert(hf: str, out: str, dtype: str, bits: str, group: str, recipe: str) -> Message:

@@ -9,23 +9,27 @@ few C calls.
 
 from __future__ import annotations
 
-import _thread
 import ctypes
 import json
 import logging
 import math
 import re
-import signal
-import threading
-from collections import deque
 from collections.abc import Callable, Generator, Sequence
 from pathlib import Path
-from types import CodeType, FrameType
 from typing import TYPE_CHECKING, Any
 
-from ..errors import ContextOverflowError, EngineError, InvalidParameterError
-from .base import DEFAULT_ENGINE, LoadParams, SamplingParams, register_engine
-from .llamacpp_bindings import VERSION
+from ...errors import ContextOverflowError, EngineError, InvalidParameterError
+from ..base import DEFAULT_ENGINE, LoadParams, SamplingParams, register_engine
+from .backend import (
+    argmax_token,
+    attach_greedy,
+    clear_log,
+    detach_greedy,
+    init_backend,
+    last_errors,
+    set_tensor_progress,
+)
+from .bindings import VERSION
 
 # numpy is imported where logits are read (evaluation, log-probabilities, a large vocabulary's
 # greedy argmax), not here: a process that generates greedily from a small vocabulary never loads it.
@@ -34,10 +38,10 @@ if TYPE_CHECKING:
     import numpy as np
     import numpy.typing as npt
 
-    from ..formats.quant_types import QuantizeOptions, QuantType
-    from ..speculation import LookupConfig, SpecStats
+    from ...formats.quant_types import QuantizeOptions, QuantType
+    from ...speculation import LookupConfig, SpecStats
 else:
-    from .llamacpp_bindings import lc
+    from .bindings import lc
 
 log = logging.getLogger(__name__)
 
@@ -46,103 +50,30 @@ log = logging.getLogger(__name__)
 # 117.0 vs 116.5 tok/s; Gemma 3's 262k 50.7 vs 54.0 tok/s, so larger vocabularies use numpy.
 BACKEND_GREEDY_MAX_VOCAB = 65_536
 
-_RECENT_LOG: deque[tuple[int, str]] = deque(maxlen=20)
-# ggml_log_level: 1 debug, 2 info, 3 warn, 4 error, 5 continue. llama.cpp's warnings are
-# mostly advice (context shorter than trained): shown with -v; its errors always.
-_WARN, _ERROR, _CONT = 3, 4, 5
-_LEVELS = {_WARN: logging.INFO, _ERROR: logging.WARNING}
-_state: dict[str, Any] = {"ready": False, "last_level": 1, "tensor_progress": None}
-# llama_model_quantize logs "[  12/ 272]  blk.0.attn_q.weight - ..." per tensor.
-_TENSOR_LINE = re.compile(r"\[\s*(\d+)/\s*(\d+)\]\s+(\S+)")
-
-
-def _log(level: int, text: bytes, _user: ctypes.c_void_p) -> None:
-    # llama.cpp logs a lot at load; keep it out of the terminal, but remember the last lines
-    # so that a failure can say why. Level 5 continues the previous line.
-    level = _state["last_level"] if level == _CONT else level
-    _state["last_level"] = level
-    message = text.decode("utf-8", errors="replace").rstrip()
-    if message:
-        _RECENT_LOG.append((level, message))
-        log.log(_LEVELS.get(level, logging.DEBUG), "llama.cpp: %s", message)
-        progress = _state["tensor_progress"]
-        if progress is not None and (m := _TENSOR_LINE.match(message)):
-            progress(int(m.group(1)), int(m.group(2)), m.group(3))
-
-
-_log_callback = lc.llama_log_callback(_log)
-
-
-def _init_backend() -> None:
-    # Every time: llama-cpp-python's high-level package, if something imports it later (a test
-    # comparing with its Llama), installs its own log callback, and errors would go unexplained.
-    lc.llama_log_set(_log_callback, ctypes.c_void_p(0))
-    if not _state["ready"]:
-        main = threading.current_thread() is threading.main_thread()
-        if main and signal.getsignal(signal.SIGINT) is signal.default_int_handler:
-            signal.signal(signal.SIGINT, _on_sigint)
-        lc.llama_backend_init()
-        _state["ready"] = True
-
-
-_ABORTABLE: set[CodeType] = set()  # callbacks that stop llama.cpp's work when Ctrl-C is pending
-
-
-def abort_on_interrupt(code: CodeType) -> None:
-    """Ctrl-C landing in this callback is left pending (``interrupt_pending``) for it to act on."""
-    _ABORTABLE.add(code)
-
-
-def interrupt_pending() -> bool:
-    return bool(_state.get("interrupt"))
-
-
-def _on_sigint(signum: int, frame: FrameType | None) -> None:
-    """Ctrl-C. It may arrive while llama.cpp is calling ``_log`` back, where ctypes would print
-    and drop a KeyboardInterrupt; then it is asked for again shortly, until it lands outside. In an
-    abortable callback it is left pending: the callback stops the graph and its caller raises."""
-    f = frame
-    while f is not None:
-        if f.f_code in _ABORTABLE:
-            _state["interrupt"] = True
-            return
-        if f.f_code is _log.__code__:
-            threading.Timer(0.005, _thread.interrupt_main).start()
-            return
-        f = f.f_back
-    _state["interrupt"] = False
-    raise KeyboardInterrupt
-
-
-def last_errors() -> str:
-    """The last warnings and errors llama.cpp logged: the reason behind a NULL it returned."""
-    problems = [message for level, message in _RECENT_LOG if level >= _WARN]
-    return "; ".join(problems[-3:]) or (_RECENT_LOG[-1][1] if _RECENT_LOG else "no details")
-
 
 class LlamaCppEngine:
     name = DEFAULT_ENGINE
 
     def __init__(self, path: Path, params: LoadParams) -> None:
-        _init_backend()
-        _RECENT_LOG.clear()
+        init_backend()
+        clear_log()
         self.params = params
         self._model = lc.llama_model_load_from_file(str(path).encode(), lc.llama_model_default_params())
         if not self._model:
             raise EngineError(f"llama.cpp could not load {path.name}: {last_errors()}")
         self._adapters = self._load_adapters(path)
-        self._ctx = self._new_context(embeddings=False)
+        self.ctx = self._new_context(embeddings=False)  # the generation context: speculative decoding works on it
         self._embed_ctx: lc.llama_context_p | None = None
         self._vocab = lc.llama_model_get_vocab(self._model)
         self.n_vocab = lc.llama_vocab_n_tokens(self._vocab)
-        self.n_ctx = lc.llama_n_ctx(self._ctx)
+        self.n_ctx = lc.llama_n_ctx(self.ctx)
         self.n_embd = lc.llama_model_n_embd(self._model)
         self._piece = ctypes.create_string_buffer(256)
         self._one = (lc.llama_token * 1)()
         self.backend_greedy = self.n_vocab <= BACKEND_GREEDY_MAX_VOCAB
-        # Speculative decoding's measurements (``llamacpp_spec.verify_costs``), once per loaded model:
-        self._verify_costs: dict[int, float] | None = None  # batch size -> decode time in single steps
-        self._step_seconds = 0.0  # one single-token decode
+        # Speculative decoding's measurements (``speculative.verify_costs``), once per loaded model:
+        self.batch_costs: dict[int, float] | None = None  # batch size -> decode time in single steps
+        self.step_seconds = 0.0  # one single-token decode
 
     def _load_adapters(self, path: Path) -> list[lc.llama_adapter_lora_p]:
         """The LoRA adapters of ``params``, loaded once for the model (llama.cpp frees them with it)."""
@@ -193,7 +124,7 @@ class LlamaCppEngine:
 
     @property
     def model_handle(self) -> lc.llama_model_p:
-        """llama.cpp's model, for more contexts on the same weights (``llamacpp_batch``)."""
+        """llama.cpp's model, for more contexts on the same weights (``batch``)."""
         return self._model
 
     # -- vocabulary ---------------------------------------------------------------------------
@@ -243,7 +174,8 @@ class LlamaCppEngine:
     def _clear(self, ctx: lc.llama_context_p) -> None:
         lc.llama_memory_clear(lc.llama_get_memory(ctx), True)
 
-    def _decode(self, ctx: lc.llama_context_p, batch: lc.llama_batch) -> None:
+    def decode_batch(self, ctx: lc.llama_context_p, batch: lc.llama_batch) -> None:
+        """Decode ``batch`` on ``ctx`` (this engine's), raising ``EngineError`` with llama.cpp's reason."""
         rc = lc.llama_decode(ctx, batch)
         if rc != 0:
             raise EngineError(f"llama.cpp decode failed (code {rc}): {last_errors()}")
@@ -255,12 +187,12 @@ class LlamaCppEngine:
                 "shorten it or load with a larger context (n_ctx)",
                 params="n_ctx",
             )
-        self._clear(self._ctx)
+        self._clear(self.ctx)
         step = self.params.n_batch
         for start in range(0, len(tokens), step):
             chunk = tokens[start : start + step]
             arr = (lc.llama_token * len(chunk))(*chunk)
-            self._decode(self._ctx, lc.llama_batch_get_one(arr, len(chunk)))
+            self.decode_batch(self.ctx, lc.llama_batch_get_one(arr, len(chunk)))
 
     def eval_logits(self, tokens: Sequence[int], first: int = 0, *, copy: bool = True) -> npt.NDArray[np.float32]:
         """Logits of positions ``first..len(tokens)-1`` (rows x n_vocab), from an empty cache; only
@@ -270,7 +202,7 @@ class LlamaCppEngine:
         output buffer (no copy of rows x n_vocab floats), valid until this engine's next call."""
         if not tokens or len(tokens) > self.n_ctx or not 0 <= first < len(tokens):
             raise ContextOverflowError(f"cannot evaluate {len(tokens):,} tokens in a context of {self.n_ctx:,}")
-        self._clear(self._ctx)
+        self._clear(self.ctx)
         step = self.params.n_batch
         import numpy as np
 
@@ -279,11 +211,11 @@ class LlamaCppEngine:
         batch = lc.llama_batch_init(min(step, len(tokens)), 0, 1)
         try:
             for start in range(0, len(tokens), step):
-                wanted = self._fill_batch(batch, tokens[start : start + step], start, first)
-                self._decode(self._ctx, batch)
+                wanted = self.fill_batch(batch, tokens[start : start + step], start, first)
+                self.decode_batch(self.ctx, batch)
                 if not wanted:
                     continue
-                rows = np.ctypeslib.as_array(lc.llama_get_logits(self._ctx), shape=(wanted, self.n_vocab))
+                rows = np.ctypeslib.as_array(lc.llama_get_logits(self.ctx), shape=(wanted, self.n_vocab))
                 if out is None:
                     return rows
                 row0 = max(start, first) - first
@@ -294,7 +226,7 @@ class LlamaCppEngine:
         return out
 
     @staticmethod
-    def _fill_batch(batch: Any, chunk: Sequence[int], start: int, first: int) -> int:
+    def fill_batch(batch: Any, chunk: Sequence[int], start: int, first: int) -> int:
         """One sequence's tokens at positions start.., asking logits from ``first`` on; returns how many."""
         batch.n_tokens = len(chunk)
         wanted = 0
@@ -347,11 +279,11 @@ class LlamaCppEngine:
         # build an n_vocab candidate array per token, ~3 MB for Gemma's 262k vocabulary, which
         # costs more than a small model's decode.
         sampler = None if sampling.plain_greedy else self.make_sampler(sampling, prompt)
-        greedy = attach_greedy(self._ctx, 0) if sampler is None and self.backend_greedy else None
+        greedy = attach_greedy(self.ctx, 0) if sampler is None and self.backend_greedy else None
         try:
             self.prefill(prompt)
             n_past, one, n_vocab = len(prompt), self._one, self.n_vocab
-            ctx, decode, get_one = self._ctx, lc.llama_decode, lc.llama_batch_get_one
+            ctx, decode, get_one = self.ctx, lc.llama_decode, lc.llama_batch_get_one
             sample, sampled = lc.llama_sampler_sample, lc.llama_get_sampled_token_ith
             while True:
                 if greedy is not None:
@@ -370,7 +302,7 @@ class LlamaCppEngine:
                 n_past += 1
         finally:
             if greedy is not None:  # detached: evaluation reads every row's logits
-                detach_greedy(self._ctx, 0, greedy)
+                detach_greedy(self.ctx, 0, greedy)
             if sampler is not None:
                 lc.llama_sampler_free(sampler)
 
@@ -378,8 +310,8 @@ class LlamaCppEngine:
         self, prompt: Sequence[int], sampling: SamplingParams, draft: LookupConfig | LlamaCppEngine, stats: SpecStats
     ) -> Generator[int, None, None]:
         """``generate_tokens`` with drafts (prompt lookup, or a draft model's engine) verified in
-        batches (``llamacpp_spec``)."""
-        from .llamacpp_spec import speculative_tokens
+        batches (``speculative``)."""
+        from .speculative import speculative_tokens
 
         return speculative_tokens(self, prompt, sampling, draft, stats)
 
@@ -391,7 +323,7 @@ class LlamaCppEngine:
             self._embed_ctx = self._new_context(embeddings=True)
         self._clear(self._embed_ctx)
         arr = (lc.llama_token * len(tokens))(*tokens)
-        self._decode(self._embed_ctx, lc.llama_batch_get_one(arr, len(tokens)))
+        self.decode_batch(self._embed_ctx, lc.llama_batch_get_one(arr, len(tokens)))
         ptr = lc.llama_get_embeddings_seq(self._embed_ctx, 0)
         if not ptr:
             raise EngineError("llama.cpp returned no pooled embedding for this model")
@@ -408,40 +340,6 @@ class LlamaCppEngine:
 
     def __del__(self) -> None:
         self.close()
-
-
-def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
-    """The length of the common prefix of ``a`` and ``b`` (a cache's tokens and a new sequence)."""
-    n = min(len(a), len(b))
-    for i in range(n):
-        if a[i] != b[i]:
-            return i
-    return n
-
-
-def argmax_token(ctx: lc.llama_context_p, index: int, n_vocab: int) -> int:
-    """The most likely next token at batch row ``index``, read off llama.cpp's logits (no copy)."""
-    import numpy as np
-
-    return int(np.ctypeslib.as_array(lc.llama_get_logits_ith(ctx, index), shape=(n_vocab,)).argmax())
-
-
-def attach_greedy(ctx: lc.llama_context_p, seq: int) -> Any:
-    """A new greedy chain attached to ``seq`` for backend sampling (the argmax taken in llama.cpp's
-    graph, read with ``llama_get_sampled_token_ith``), or None if refused. A chain is attached
-    once: llama.cpp initialises it for the backend on attach."""
-    chain = lc.llama_sampler_chain_init(lc.llama_sampler_chain_default_params())
-    lc.llama_sampler_chain_add(chain, lc.llama_sampler_init_greedy())
-    if lc.llama_set_sampler(ctx, seq, chain):
-        return chain
-    lc.llama_sampler_free(chain)
-    return None
-
-
-def detach_greedy(ctx: lc.llama_context_p | None, seq: int, chain: Any) -> None:
-    if ctx:
-        lc.llama_set_sampler(ctx, seq, None)
-    lc.llama_sampler_free(chain)
 
 
 def llama_cpp_version() -> str:
@@ -478,8 +376,8 @@ def quantize_file(
 ) -> None:
     """``llama_model_quantize`` with llama-quantize's options (tools/quantize/quantize.cpp);
     ``progress(done, total, tensor_name)`` is called per tensor."""
-    _init_backend()
-    _RECENT_LOG.clear()
+    init_backend()
+    clear_log()
     p = lc.llama_model_quantize_default_params()
     p.ftype = int(qtype.ftype)
     p.nthread = options.threads or 0  # 0: all hardware threads, as llama-quantize
@@ -498,11 +396,11 @@ def quantize_file(
             keep[i].pattern, keep[i].type = pattern.encode(), int(ggml_type)
         p.tt_overrides = ctypes.cast(keep, ctypes.POINTER(lc.llama_model_tensor_override))
     held = _imatrix_params(p, options.imatrix) if options.imatrix else ()  # alive until llama.cpp is done
-    _state["tensor_progress"] = progress
+    set_tensor_progress(progress)
     try:
         rc = lc.llama_model_quantize(str(src).encode(), str(dst).encode(), ctypes.byref(p))
     finally:
-        _state["tensor_progress"] = None
+        set_tensor_progress(None)
     del keep, held
     if rc != 0:
         why = last_errors()
@@ -522,7 +420,7 @@ def _imatrix_params(p: Any, path: str) -> tuple[Any, ...]:
     the count, in a NULL-terminated array; and the four ``quantize.imatrix.*`` keys it writes."""
     import numpy as np
 
-    from ..formats.imatrix import read_imatrix
+    from ...formats.imatrix import read_imatrix
 
     imatrix = read_imatrix(Path(path))
     arrays = {name: np.ascontiguousarray(e.importance().reshape(-1)) for name, e in imatrix.entries.items()}

@@ -26,8 +26,8 @@ import llama_cpp as lc
 import numpy as np
 import numpy.typing as npt
 
-from ..errors import EngineError
-from .llamacpp import _init_backend, abort_on_interrupt, interrupt_pending, last_errors
+from ...errors import EngineError
+from .backend import abort_on_interrupt, clear_interrupt, init_backend, interrupt_pending, last_errors
 
 F32 = npt.NDArray[np.float32]
 MAX_DIMS, MAX_OP_PARAMS, MAX_SRC, MAX_NAME = 4, 64, 10, 64  # GGML_MAX_* in ggml.h
@@ -190,7 +190,7 @@ def collect(
 ) -> Collector:  # fmt: skip
     """Decode each chunk (a fresh context state each, every output on, as llama-imatrix does)
     with the collector watching; ``model`` is a loaded llama.cpp model handle."""
-    _init_backend()
+    init_backend()
     collector = Collector(process_output)
     n_ctx = len(chunks[0])
     p = lc.llama_context_default_params()
@@ -212,7 +212,7 @@ def collect(
             batch.n_tokens = len(chunk)
             rc = lc.llama_decode(ctx, batch)
             if collector.error is not None:
-                _clear_interrupt()
+                clear_interrupt()
                 raise collector.error
             if rc != 0:
                 raise EngineError(f"llama.cpp failed to decode a calibration chunk ({rc}): {last_errors()}")
@@ -222,9 +222,3 @@ def collect(
         lc.llama_batch_free(batch)
         lc.llama_free(ctx)
     return collector
-
-
-def _clear_interrupt() -> None:
-    from .llamacpp import _state
-
-    _state["interrupt"] = False

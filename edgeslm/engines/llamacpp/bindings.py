@@ -17,7 +17,7 @@ import types
 from importlib import metadata
 from typing import Any
 
-from ..errors import EngineError
+from ...errors import EngineError
 
 
 def _lazy_attribute(name: str) -> Any:

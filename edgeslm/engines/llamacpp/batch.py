@@ -21,15 +21,16 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from ..errors import EngineError, InvalidParameterError
-from ..speculation import LookupConfig, LookupDrafter, Policy, SpecStats
-from .base import SamplingParams, StepEvent, check_slot_prompt, logprobs_of
-from .llamacpp import LlamaCppEngine, argmax_token, attach_greedy, common_prefix, detach_greedy, last_errors
+from ...errors import EngineError, InvalidParameterError
+from ...speculation import LookupConfig, LookupDrafter, Policy, SpecStats
+from ..base import SamplingParams, StepEvent, check_slot_prompt, logprobs_of
+from .backend import argmax_token, attach_greedy, common_prefix, detach_greedy, last_errors
+from .engine import LlamaCppEngine
 
 if TYPE_CHECKING:
     import llama_cpp as lc
 else:
-    from .llamacpp_bindings import lc
+    from .bindings import lc
 
 log = logging.getLogger(__name__)
 
@@ -124,7 +125,7 @@ class BatchDecoder:
         slot.logprobs = logprobs
         slot.drafter = slot.policy = None
         if self.draft is not None and sampling.plain_greedy and logprobs is None:
-            from .llamacpp_spec import verify_costs
+            from .speculative import verify_costs
 
             slot.drafter = LookupDrafter(self.draft, prompt)
             slot.policy = Policy(verify_costs(self.engine, 0, prompt[0]), stats=SpecStats())
