@@ -58,18 +58,18 @@ def main() -> None:
         config = {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": a.hidden,
                   "intermediate_size": a.ff, "num_hidden_layers": a.layers, "num_attention_heads": heads,
                   "num_key_value_heads": kv, "vocab_size": a.vocab, "max_position_embeddings": 4096,
-                  "rms_norm_eps": 1e-5, "rope_theta": 10000.0, "tie_word_embeddings": False}  # fmt: skip
+                  "rms_norm_eps": 1e-5, "rope_theta": 10000.0, "tie_word_embeddings": False}
         (folder / "config.json").write_text(json.dumps(config))
         rng = np.random.default_rng(0)
         weight_map: dict[str, str] = {}
         shards = [{"model.embed_tokens.weight": (a.vocab, a.hidden), "model.norm.weight": (a.hidden,),
-                   "lm_head.weight": (a.vocab, a.hidden)}]  # fmt: skip
+                   "lm_head.weight": (a.vocab, a.hidden)}]
         for i in range(a.layers):
             pre = f"model.layers.{i}."
             h, k = a.hidden, kv * 64
             shapes = {"input_layernorm": (h,), "post_attention_layernorm": (h,), "self_attn.q_proj": (h, h),
                       "self_attn.k_proj": (k, h), "self_attn.v_proj": (k, h), "self_attn.o_proj": (h, h),
-                      "mlp.gate_proj": (a.ff, h), "mlp.up_proj": (a.ff, h), "mlp.down_proj": (h, a.ff)}  # fmt: skip
+                      "mlp.gate_proj": (a.ff, h), "mlp.up_proj": (a.ff, h), "mlp.down_proj": (h, a.ff)}
             shards.append({f"{pre}{n}.weight": s for n, s in shapes.items()})
         for k, shapes in enumerate(shards):
             name = f"model-{k + 1:05d}-of-{len(shards):05d}.safetensors"
@@ -81,16 +81,16 @@ def main() -> None:
         params = sum(int(np.prod(s)) for sh in shards for s in sh.values())
         start = time.perf_counter()
         cmd = [sys.executable, "-m", "edgeslm", "--home", str(Path(tmp) / "home"), "convert", str(folder),
-               "--outtype", "f16", "--name", "big"]  # fmt: skip
+               "--outtype", "f16", "--name", "big"]
         proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         _, status, usage = os.wait4(proc.pid, 0)
         if os.waitstatus_to_exitcode(status) != 0:
             raise SystemExit(proc.stderr.read().decode() if proc.stderr else "convert failed")
         seconds = time.perf_counter() - start
         print(f"checkpoint: {params / 1e9:.2f}B parameters, {size / 2**30:.2f} GiB BF16 in {len(shards)} shards; "
-              f"largest tensor {largest * 4 / 2**20:.0f} MiB as float32")  # fmt: skip
+              f"largest tensor {largest * 4 / 2**20:.0f} MiB as float32")
         print(f"convert to F16: {seconds:.1f} s, peak RSS {usage.ru_maxrss / 2**20:.2f} GiB "
-              f"({usage.ru_maxrss * 1024 / size:.2f}x the checkpoint)")  # fmt: skip
+              f"({usage.ru_maxrss * 1024 / size:.2f}x the checkpoint)")
 
 
 if __name__ == "__main__":

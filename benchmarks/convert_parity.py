@@ -32,7 +32,7 @@ ARCHS = ("llama", "qwen2", "qwen3", "gemma3", "phi3")
 SCRIPTS = ("convert_hf_to_gguf.py", "convert_lora_to_gguf.py")  # the model converter, and its LoRA one
 SKIP_KEYS = {"general.name", "general.basename", "general.size_label", "general.quantization_version",
              "general.type", "general.finetune", "general.organization", "general.license", "general.languages",
-             "GGUF.version", "GGUF.tensor_count", "GGUF.kv_count"}  # fmt: skip
+             "GGUF.version", "GGUF.tensor_count", "GGUF.kv_count"}
 
 
 def converter() -> Path:
@@ -43,7 +43,7 @@ def converter() -> Path:
         return home
     with tempfile.TemporaryDirectory() as tmp:
         subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--no-binary", ":all:", "-d", tmp,
-                        f"llama-cpp-python=={llama_cpp.__version__}"], check=True, timeout=3600)  # fmt: skip
+                        f"llama-cpp-python=={llama_cpp.__version__}"], check=True, timeout=3600)
         (sdist,) = Path(tmp).glob("llama_cpp_python-*.tar.gz")
         with tarfile.open(sdist) as tar:
             tar.extractall(tmp, filter="data")
@@ -114,7 +114,7 @@ def in_child(fn: Any, *args: Path) -> Any:
     code = "import json, sys, pathlib; import benchmarks.convert_parity as m; "
     code += f"print(json.dumps(m.{fn.__name__}(*map(pathlib.Path, sys.argv[1:]))))"
     out = subprocess.run([sys.executable, "-c", code, *map(str, args)], check=True, capture_output=True, text=True,
-                         cwd=ROOT, timeout=3600).stdout  # fmt: skip
+                         cwd=ROOT, timeout=3600).stdout
     return json.loads(out)
 
 
@@ -127,7 +127,7 @@ def main() -> None:
         run = [sys.executable, "-m", "edgeslm", "--home", str(home)]
         subprocess.run([*run, "pull", "smollm2-135m-instruct"], check=True, capture_output=True, timeout=3600)
         subprocess.run([*run, "export", "smollm2-135m-instruct", "--format", "hf", str(root / "smollm2")],
-                       check=True, capture_output=True, timeout=3600)  # fmt: skip
+                       check=True, capture_output=True, timeout=3600)
         cases = {"smollm2 (exported)": root / "smollm2"}
         for arch in ARCHS:
             folder = root / f"tiny-{arch}"
@@ -152,13 +152,13 @@ def main() -> None:
             shutil.copy(json.loads(shown)["path"], ours_file)
             try:
                 t_nat, m_nat = measured([sys.executable, str(conv / "convert_hf_to_gguf.py"), str(folder),
-                                         "--outtype", "f16", "--outfile", str(native_file)], env)  # fmt: skip
+                                         "--outtype", "f16", "--outfile", str(native_file)], env)
             except Failed as exc:
                 print(f"{label:20} {'-':>14} {t_ours:7.1f} {'-':>9} {m_ours:9.0f} {'-':>11}  native refused: {exc}")
                 continue
             equal, total, diffs = in_child(compare, ours_file, native_file)
             print(f"{label:20} {equal:>6}/{total:<7} {t_ours:7.1f} {t_nat:9.1f} {m_ours:9.0f} {m_nat:11.0f}  "
-                  f"{'; '.join(diffs) or 'none'}")  # fmt: skip
+                  f"{'; '.join(diffs) or 'none'}")
 
 
 if __name__ == "__main__":

@@ -50,14 +50,14 @@ def reference(model: str) -> str:
 
 
 DISPLAY = {"smollm2-135m-instruct": "SmolLM2 135M", "gemma3-270m": "Gemma 3 270M",
-           "qwen2.5-coder:0.5b": "Qwen2.5-Coder 0.5B", "qwen2.5-coder:1.5b": "Qwen2.5-Coder 1.5B"}  # fmt: skip
+           "qwen2.5-coder:0.5b": "Qwen2.5-Coder 0.5B", "qwen2.5-coder:1.5b": "Qwen2.5-Coder 1.5B"}
 RUNTIMES = {"llama.cpp": "llama.cpp", "onnxruntime": "ONNX Runtime", "mlx": "MLX (CPU)"}
 HEADER = (
     "| model | variant | runtime | size | mean KLD | same top-1 | pp512 tok/s | tg128 tok/s | llama-bench tg128 "
     "| peak RSS |"
 )
 TAGS = {("onnx", "int8"): "onnx-int8", ("onnx", "int4"): "onnx-int4", ("mlx", "8"): "mlx-8bit-fp32",
-        ("mlx", "4"): "mlx-4bit-fp32"}  # fmt: skip
+        ("mlx", "4"): "mlx-4bit-fp32"}
 
 
 def build(home: Path, model: str, types: list[str], folders: list[tuple[str, str]]) -> list[str]:
@@ -79,7 +79,7 @@ def native_tg(bin_dir: Path | None, home: Path, r: dict[str, Any]) -> str:
         return ""
     path = json.loads(edgeslm(home, "show", r["model"], "--json"))["path"]
     out = subprocess.run([str(bin_dir / "llama-bench"), "-m", path, "-p", "0", "-n", "128", "-r", "3", "-o", "json"],
-                         capture_output=True, text=True, check=True, timeout=600).stdout  # fmt: skip
+                         capture_output=True, text=True, check=True, timeout=600).stdout
     return f"{json.loads(out)[0]['avg_ts']:.1f}"
 
 
@@ -91,7 +91,7 @@ def row(r: dict[str, Any], native: str, parent: str) -> str:
              f"{r['file_size'] / 1e6:.1f} MB",
              f"{r['kld_mean']:.5f}", f"{100 * r['same_top']:.1f} %", f"{speed.get('pp_tps') or 0:.1f}",
              f"{speed.get('tg_tps') or 0:.1f}", native or "—",
-             f"{speed.get('peak_rss', 0) / 2**20:.0f} MiB"]  # fmt: skip
+             f"{speed.get('peak_rss', 0) / 2**20:.0f} MiB"]
     return "| " + " | ".join(cells) + " |"
 
 
@@ -125,10 +125,10 @@ def main() -> None:
         for model, (types, folders) in PLAN.items():
             names = build(home, model, types, folders)
             results = json.loads(edgeslm(home, "eval", *names, "--reference", reference(model), "--chunks",
-                                         str(args.chunks), "--json"))  # fmt: skip
+                                         str(args.chunks), "--json"))
             rows += [row(r, native_tg(bin_dir, home, r), model) for r in results]
     print(f"Against each builtin's F16 GGUF and each Qwen model's shipped Q4_K_M file, {args.chunks} x 512 tokens of "
-          "the bundled WikiText-2 sample; one run\n")  # fmt: skip
+          "the bundled WikiText-2 sample; one run\n")
     table = [HEADER, "|---|---|---|---:|---:|---:|---:|---:|---:|---:|", *rows]
     print("\n".join(table))
     for path in args.write:

@@ -73,34 +73,34 @@ def main() -> None:
         text.write_bytes(TEXT.read_bytes()[: 60 * args.ctx * args.chunks])  # enough tokens, cut early
         for name, path in model_files(args.models).items():
             subprocess.run([sys.executable, "-m", "edgeslm", "--home", str(home), "pull", name], check=True,
-                           capture_output=True, timeout=1800)  # fmt: skip
+                           capture_output=True, timeout=1800)
             store = Store.open(home / "models")
             native_file = home / f"{name}-native.gguf"
             started = time.perf_counter()
             subprocess.run([str(bin_dir / "llama-imatrix"), "-m", str(path), "-f", str(text), "-c", str(args.ctx),
                             "--chunks", str(args.chunks), "-t", str(threads), "--no-ppl", "-o", str(native_file)],
-                           check=True, capture_output=True, timeout=1800)  # fmt: skip
+                           check=True, capture_output=True, timeout=1800)
             native_s = time.perf_counter() - started
             started = time.perf_counter()
             ours = calibrate(store, parse_name(name), text, ctx=args.ctx, chunks=args.chunks, threads=threads)
             ours_s = time.perf_counter() - started
             worst, where, counts = worst_difference(ours.path, native_file)
             print(f"{name}: {len(read_imatrix(native_file).entries)} entries, {args.chunks} x {args.ctx} tokens; "
-                  f"worst relative difference {worst:.2e} ({where}), counts equal: {counts}")  # fmt: skip
+                  f"worst relative difference {worst:.2e} ({where}), counts equal: {counts}")
             print(f"  llama-imatrix {native_s:6.2f} s   edgeslm calibrate {ours_s:6.2f} s   "
-                  f"throughput ratio {native_s / ours_s:.2f}")  # fmt: skip
+                  f"throughput ratio {native_s / ours_s:.2f}")
             for qname in args.types.upper().split(","):
                 qtype = parse_quant_types(qname.lower())[0]
                 theirs, mine = home / f"{name}-{qname}-native.gguf", home / f"{name}-{qname}-ours.gguf"
                 native_cmd = [str(bin_dir / "llama-quantize"), "--allow-requantize", "--imatrix", str(native_file),
-                              str(path), str(theirs), qname, str(threads)]  # fmt: skip
+                              str(path), str(theirs), qname, str(threads)]
                 subprocess.run(native_cmd, check=True, capture_output=True, timeout=1800)
                 quantize_file(path, mine, qtype, QuantizeOptions(allow_requantize=True, imatrix=str(native_file),
-                                                                 threads=threads))  # fmt: skip
+                                                                 threads=threads))
                 same = sha(theirs) == sha(mine)
                 print(f"  {qname:8s} byte-identical to llama-quantize --imatrix: {same}  ({theirs.stat().st_size:,} B)")
                 quantize_file(path, mine, qtype, QuantizeOptions(allow_requantize=True, imatrix=str(ours.path),
-                                                                 threads=threads))  # fmt: skip
+                                                                 threads=threads))
                 alike = "the same bytes" if sha(theirs) == sha(mine) else "other bytes (its imatrix differs a little)"
                 print(f"  {qname:8s} with edgeslm's own imatrix: {mine.stat().st_size:,} B, {alike}")
                 theirs.unlink()
@@ -113,13 +113,13 @@ def legacy_identical(bin_dir: Path, model: Path, text: Path, dat: Path, args: ar
     """llama-imatrix's legacy .dat output, given to both quantizers: the same bytes."""
     subprocess.run([str(bin_dir / "llama-imatrix"), "-m", str(model), "-f", str(text), "-c", str(args.ctx), "--chunks",
                     str(args.chunks), "-t", str(threads), "--no-ppl", "--output-format", "dat", "-o", str(dat)],
-                   check=True, capture_output=True, timeout=1800)  # fmt: skip
+                   check=True, capture_output=True, timeout=1800)
     for qname in ("IQ2_XS", "Q2_K_S"):
         theirs, mine = dat.with_suffix(f".{qname}-native.gguf"), dat.with_suffix(f".{qname}-ours.gguf")
         subprocess.run([str(bin_dir / "llama-quantize"), "--allow-requantize", "--imatrix", str(dat), str(model),
-                        str(theirs), qname, str(threads)], check=True, capture_output=True, timeout=1800)  # fmt: skip
+                        str(theirs), qname, str(threads)], check=True, capture_output=True, timeout=1800)
         quantize_file(model, mine, parse_quant_types(qname.lower())[0],
-                      QuantizeOptions(allow_requantize=True, imatrix=str(dat), threads=threads))  # fmt: skip
+                      QuantizeOptions(allow_requantize=True, imatrix=str(dat), threads=threads))
         print(f"  {qname:8s} with llama-imatrix's legacy .dat, byte-identical: {sha(theirs) == sha(mine)}")
 
 

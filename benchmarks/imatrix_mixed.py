@@ -45,13 +45,13 @@ def size_of(home: Path, name: str) -> int:
 
 
 def optimize(home: Path, model: str, budget: int, args: argparse.Namespace, imatrix: bool,
-             candidates: str | None = None) -> dict[str, Any]:  # fmt: skip
+             candidates: str | None = None) -> dict[str, Any]:
     wanted = (candidates or args.budgets).split(",")
     if candidates and not imatrix:  # without an imatrix the uniform candidates are the K-quants (IQ types want one)
         wanted = [t for t in wanted if not t.startswith("iq")]
     types = [t for t in wanted if imatrix or t not in NEEDS_IMATRIX] or ["q2_k"]
     cmd = ["optimize", model, "--types", ",".join(types), "--mixed", "--max-size", str(budget), "--chunks",
-           str(args.chunks), "--calibration-chunks", str(args.calibration_chunks), "--no-tag", "--json"]  # fmt: skip
+           str(args.chunks), "--calibration-chunks", str(args.calibration_chunks), "--no-tag", "--json"]
     start = time.perf_counter()
     result: dict[str, Any] = json.loads(edgeslm(home, *cmd, *(["--imatrix"] if imatrix else [])))
     print(f"  {model} budget {budget} imatrix={imatrix}: {time.perf_counter() - start:.0f} s", file=sys.stderr)
@@ -90,11 +90,11 @@ def bpw_rows(model: str, bpw: float, budget: int, results: dict[bool, dict[str, 
         ratio = mix["kld"]["mean"] / rival["kld"]["mean"] if rival else float("nan")
         verdict = "—" if rival is None else f"{ratio:.2f}x {'met' if ratio <= GOAL else 'missed'}"
         others = ", ".join(f"{m['name'].split(':')[-1]} {m['kld']['mean']:.4f} ({m['file_size'] / 1e6:.0f} MB)"
-                           for m in sorted(uniform, key=lambda m: m["file_size"]))  # fmt: skip
+                           for m in sorted(uniform, key=lambda m: m["file_size"]))
         cells = [model, f"{bpw:.1f} bpw ({budget / 1e6:.0f} MB)", "yes" if imatrix else "no",
                  f"{mix['kld']['mean']:.4f} ({mix['file_size'] / 1e6:.0f} MB)",
                  "—" if rival is None else f"{rival['name'].split(':')[-1]} {rival['kld']['mean']:.4f}", verdict,
-                 ", ".join(sorted(set(result["mixed"]["types"]))), others]  # fmt: skip
+                 ", ".join(sorted(set(result["mixed"]["types"]))), others]
         rows.append("| " + " | ".join(cells) + " |")
     return rows
 

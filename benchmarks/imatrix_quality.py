@@ -36,12 +36,12 @@ def main() -> None:
             edgeslm(home, "pull", model)
             edgeslm(home, "quantize", model, "--type", "f16", "--allow-requantize")  # the reference
             edgeslm(home, "calibrate", model, "--text", str(TEXT), "--from-chunk", "100", "--chunks",
-                    str(args.calibration_chunks))  # fmt: skip
+                    str(args.calibration_chunks))
             names = []
             for qtype in BOTH + WITH_ONLY:
                 tag = f"{qtype}-imat"
                 edgeslm(home, "quantize", model, "--type", qtype, "--imatrix", model, "--allow-requantize",
-                        "--tag", tag)  # fmt: skip
+                        "--tag", tag)
                 names.append(f"{model}:{tag}")
                 if qtype in BOTH:
                     edgeslm(home, "quantize", model, "--type", qtype, "--allow-requantize")

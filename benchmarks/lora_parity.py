@@ -48,26 +48,26 @@ def main() -> None:
         run = [sys.executable, "-m", "edgeslm", "--home", str(home)]
         subprocess.run([*run, "pull", "smollm2-135m-instruct"], check=True, capture_output=True, timeout=3600)
         subprocess.run([sys.executable, str(ROOT / "examples" / "zephyr_data.py"), str(root / "data")], check=True,
-                       capture_output=True, timeout=3600)  # fmt: skip
+                       capture_output=True, timeout=3600)
         start = time.perf_counter()
         subprocess.run([*run, "finetune", "smollm2-135m-instruct", "--data", str(root / "data" / "support.jsonl"),
-                        "--name", "tuned", "--epochs", "1"], check=True, capture_output=True, timeout=3600)  # fmt: skip
+                        "--name", "tuned", "--epochs", "1"], check=True, capture_output=True, timeout=3600)
         print(f"fine-tuned SmolLM2 for 1 epoch in {time.perf_counter() - start:.0f} s")
         work = home / "finetune" / "tuned-latest"
         shown = json.loads(subprocess.run([*run, "show", "tuned", "--json"], check=True, capture_output=True,
-                                          text=True, timeout=3600).stdout)  # fmt: skip
+                                          text=True, timeout=3600).stdout)
         base_file = Path(shown["path"])
         ours_file = home / "models" / "blobs" / shown["adapters"][0]["digest"]
         native_file = root / "native-lora.gguf"
         t_ours, m_ours = measured([*run, "create", "again", "-f", str(_modelfile(root, work / "tuned"))])
         native_cmd = [sys.executable, str(conv / "convert_lora_to_gguf.py"), "--base", str(_base_folder(home)),
-                      "--outtype", "f32", "--outfile", str(native_file), str(work / "tuned")]  # fmt: skip
+                      "--outtype", "f32", "--outfile", str(native_file), str(work / "tuned")]
         t_nat, m_nat = measured(native_cmd, env)
         equal, total, diffs = in_child(compare, ours_file, native_file)
         print(f"\nadapter conversion: {equal}/{total} tensors equal bit for bit; metadata differences: "
-              f"{'; '.join(diffs) or 'none'}")  # fmt: skip
+              f"{'; '.join(diffs) or 'none'}")
         print(f"  edgeslm create (convert + store) {t_ours:.1f} s, {m_ours:.0f} MiB peak; "
-              f"convert_lora_to_gguf.py {t_nat:.1f} s, {m_nat:.0f} MiB peak")  # fmt: skip
+              f"convert_lora_to_gguf.py {t_nat:.1f} s, {m_nat:.0f} MiB peak")
         page = root / "data" / "held-out.txt"
         for label, text, ctx in (("product page", page, 128), ("WikiText-2", WIKITEXT, 512)):
             _scores(run, bin_dir, label, text, ctx, args.chunks, base_file, native_file, root)
@@ -85,21 +85,21 @@ def _modelfile(root: Path, adapter: Path) -> Path:
 
 
 def _scores(run: list[str], bin_dir: Path, label: str, text: Path, ctx: int, chunks: int, base: Path, lora: Path,
-            root: Path) -> None:  # fmt: skip
+            root: Path) -> None:
     common = ["-f", str(text), "-c", str(ctx), "--chunks", str(chunks), "-b", str(ctx)]
     kld_base = root / "base.kld"
     native_run([str(bin_dir / "llama-perplexity"), "-m", str(base), "--kl-divergence-base", str(kld_base), *common])
     out, _ = native_run([str(bin_dir / "llama-perplexity"), "-m", str(base), "--lora", str(lora),
-                         "--kl-divergence-base", str(kld_base), "--kl-divergence", *common])  # fmt: skip
+                         "--kl-divergence-base", str(kld_base), "--kl-divergence", *common])
     native = parse_native(out)
     ours = json.loads(subprocess.run([*run, "eval", "tuned", "--text", str(text), "--ctx", str(ctx), "--chunks",
                                       str(chunks), "--no-speed", "--json", "--force"], check=True, capture_output=True,
-                                     text=True, timeout=3600).stdout)[0]  # fmt: skip
+                                     text=True, timeout=3600).stdout)[0]
     print(f"\n{label}: {chunks} chunks x {ctx} tokens, the tuned model against its base (Q4_1)")
     print(f"  {'statistic':22} {'llama-perplexity':>17} {'edgeslm eval':>13}")
     for name, key, ours_key in (("PPL base", "ppl_base", "ppl_base"), ("PPL with the adapter", "ppl", "ppl"),
                                 ("mean KLD from the base", "kld_mean", "kld_mean"),
-                                ("same top-1", "same_top", "same_top")):  # fmt: skip
+                                ("same top-1", "same_top", "same_top")):
         print(f"  {name:22} {native.get(key, float('nan')):17.4f} {ours[ours_key]:13.4f}")
 
 

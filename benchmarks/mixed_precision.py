@@ -64,9 +64,9 @@ def run_model(store: Store, model: str, args: argparse.Namespace) -> list[tuple[
     sens = measure_sensitivity(
         store, ref, load_text(WIKITEXT), CalibrationParams(ctx=512, chunks=args.calibration_chunks),
         reserved_tokens=args.chunks * 512,
-    )  # fmt: skip
+    )
     print(f"{model}: sensitivity of {len(sens.measured)} probes in {time.perf_counter() - start:.0f} s "
-          f"({sens.tokens} calibration tokens)", flush=True)  # fmt: skip
+          f"({sens.tokens} calibration tokens)", flush=True)
     header = read_gguf_header(store.blob_path(ref.digest))
     slots = find_slots(header)
     if args.off_grid:
@@ -85,7 +85,7 @@ def run_model(store: Store, model: str, args: argparse.Namespace) -> list[tuple[
         rows.append((
             model, label, f"{u.size / 1e6:.1f}", f"{k_uni:.5f}", f"{mixed.size / 1e6:.1f}", f"{k_mix:.5f}",
             f"{plan.predicted_kld:.5f}", f"{ratio:.3f}", "yes" if ratio <= GOAL else "no",
-        ))  # fmt: skip
+        ))
         print(" | ".join(rows[-1]), flush=True)
     return rows
 

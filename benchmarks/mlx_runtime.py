@@ -136,7 +136,7 @@ def decode_section(store: Store, rounds: int) -> None:
             ours.append(ours_decode(folder))
         o, n = statistics.median(ours), statistics.median(theirs)
         print(f"  {recipe.tag:14} edgeslm {o:6.2f}   mlx-lm {n:6.2f}   ratio {o / n:.3f} (goal >= 0.95)   "
-              f"rounds: ours {[round(x, 2) for x in ours]}, mlx-lm {[round(x, 2) for x in theirs]}")  # fmt: skip
+              f"rounds: ours {[round(x, 2) for x in ours]}, mlx-lm {[round(x, 2) for x in theirs]}")
 
 
 def fidelity_section(store: Store, text_path: Path, chunks: int) -> None:
@@ -151,14 +151,14 @@ def fidelity_section(store: Store, text_path: Path, chunks: int) -> None:
         start = time.perf_counter()
         argv = [str(store.model_path(ref)), str(store.model_path(model)), str(text_path), "512", str(chunks)]
         out = subprocess.run([sys.executable, "-c", INDEPENDENT_KLD, *argv], check=True, capture_output=True,
-                             text=True, timeout=3600)  # fmt: skip
+                             text=True, timeout=3600)
         theirs = json.loads(out.stdout.strip().splitlines()[-1])
         theirs_s = time.perf_counter() - start
         assert ours.kld_mean is not None
         diff = (ours.kld_mean - theirs["kld_mean"]) / theirs["kld_mean"]
         print(f"  {recipe.tag:14} edgeslm mean KLD {ours.kld_mean:.6f} ({ours_s:.0f} s)   independent "
               f"{theirs['kld_mean']:.6f} over {theirs['positions']} positions ({theirs_s:.0f} s)   "
-              f"relative difference {100 * diff:+.3f}% (goal within 1 %)")  # fmt: skip
+              f"relative difference {100 * diff:+.3f}% (goal within 1 %)")
 
 
 def main() -> None:

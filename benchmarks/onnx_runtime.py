@@ -47,7 +47,7 @@ GGUF_TYPES = "F16,Q8_0,Q5_1,Q4_K_M,Q4_0"
 ONNX_VARIANTS = (
     (Precision.FP32, Method.BUILDER), (Precision.INT8, Method.BUILDER), (Precision.INT4, Method.BUILDER),
     (Precision.INT8, Method.DYNAMIC), (Precision.INT8, Method.STATIC),
-)  # fmt: skip
+)
 N_GEN = 128
 
 NATIVE_DECODE = r"""
@@ -145,7 +145,7 @@ def decode_section(store: Store, rounds: int) -> None:
             defaults.append(native_decode(folder, 0, 0))
         o, n, d = statistics.median(ours), statistics.median(same), statistics.median(defaults)
         print(f"  {tag:10} edgeslm {o:7.1f}   onnxruntime-genai {n:7.1f} (defaults {d:7.1f})   "
-              f"ratio {o / n:.3f} (goal >= 0.95; vs defaults {o / d:.2f})")  # fmt: skip
+              f"ratio {o / n:.3f} (goal >= 0.95; vs defaults {o / d:.2f})")
 
 
 def fidelity_section(store: Store, text_path: Path, chunks: int) -> None:
@@ -166,7 +166,7 @@ def fidelity_section(store: Store, text_path: Path, chunks: int) -> None:
     assert ours.kld_mean is not None
     diff = (ours.kld_mean - theirs["kld_mean"]) / theirs["kld_mean"]
     print(f"  edgeslm mean KLD {ours.kld_mean:.6f} ({ours_s:.1f} s)   independent {theirs['kld_mean']:.6f} "
-          f"over {theirs['positions']} positions ({theirs_s:.1f} s)")  # fmt: skip
+          f"over {theirs['positions']} positions ({theirs_s:.1f} s)")
     print(f"  relative difference {100 * diff:+.3f}%  (goal within 1 %)")
 
 
@@ -191,7 +191,7 @@ def native_section(store: Store, names: list[str], rounds: int) -> None:
         med = [statistics.median(float(r[i] or 0) for r in nat) for i in range(2)]
         mine = [statistics.median(float(r[i] or 0) for r in our) for i in range(2)]
         print(f"| {name} | {med[0]:.1f} | {mine[0]:.1f} | {mine[0] / med[0]:.3f} | {med[1]:.1f} | {mine[1]:.1f} | "
-              f"{mine[1] / med[1]:.3f} |")  # fmt: skip
+              f"{mine[1] / med[1]:.3f} |")
 
 
 def table_section(

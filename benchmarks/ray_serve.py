@@ -46,7 +46,7 @@ def main() -> None:
         pull = [sys.executable, "-m", "edgeslm", "--home", home, "pull", MODEL]
         subprocess.run(pull, check=True, capture_output=True, timeout=3600)
         ours = [sys.executable, "-m", "edgeslm", "--home", home, "serve", "--port", str(args.port), "--parallel",
-                str(args.parallel), "--ctx", str(ctx), "--threads", str(threads)]  # fmt: skip
+                str(args.parallel), "--ctx", str(ctx), "--threads", str(threads)]
         commands = {
             "llama-server": (
                 [
@@ -64,7 +64,7 @@ def main() -> None:
                     "--no-webui",
                 ],
                 "/health",
-            ),  # fmt: skip
+            ),
             "edgeslm serve": ([*ours, "--preload", MODEL], "/api/tags"),
             "edgeslm serve --ray": (
                 [
@@ -80,17 +80,17 @@ def main() -> None:
                     "0.5",
                 ],
                 "/api/tags",
-            ),  # fmt: skip
+            ),
         }
         for label, (cmd, ready) in commands.items():
             with running(cmd, url, ready):
                 concurrent_run(url, MODEL, 8, 1)  # warm: the model loaded, the first replica started
                 runs[label] = concurrent_run(url, MODEL, args.n, args.requests)
     print(f"{MODEL}: {CLIENTS} clients x {args.requests} requests, {args.n} tokens, {args.parallel} slots, "
-          f"{threads} threads")  # fmt: skip
+          f"{threads} threads")
     for label, r in runs.items():
         print(f"{label:22s} {r['tps']:7.1f} tok/s   TTFT p50 {r['ttft_p50'] * 1000:6.0f} ms   "
-              f"ratio to llama-server {r['tps'] / runs['llama-server']['tps']:.2f}")  # fmt: skip
+              f"ratio to llama-server {r['tps'] / runs['llama-server']['tps']:.2f}")
     print(f"serve --ray / serve: {runs['edgeslm serve --ray']['tps'] / runs['edgeslm serve']['tps']:.2f}")
 
 

@@ -37,24 +37,24 @@ def main() -> None:
         edgeslm(args.home, "quantize", model, "--type", ",".join(TYPES), "--allow-requantize")
         names += [model, *(f"{model}-{t}" for t in TYPES)]
     results = json.loads(edgeslm(args.home, "eval", *names, "--reference", REFERENCE, "--chunks", str(args.chunks),
-                                 "--json"))  # fmt: skip
+                                 "--json"))
     print(f"Every variant against {REFERENCE} as shipped, {args.chunks} x 512 tokens of the WikiText-2 sample\n")
     print("| variant | size | mean KLD | same top-1 | tg128 tok/s |")
     print("|---|---:|---:|---:|---:|")
     for r in sorted(results, key=lambda r: r["file_size"]):
         speed = r.get("speed") or {}
         print(f"| `{r['model']}` | {r['file_size'] / 1e6:.1f} MB | {r['kld_mean']:.4f} | {100 * r['same_top']:.1f} % | "
-              f"{speed.get('tg_tps') or 0:.1f} |")  # fmt: skip
+              f"{speed.get('tg_tps') or 0:.1f} |")
     print(f"\n`recommend --device board --use-case code --ctx {args.ctx} --ram N`, its first picks from the store:\n")
     print("| RAM | budget | pick | memory | why |")
     print("|---|---:|---|---:|---|")
     for ram in RAM:
         advice = json.loads(edgeslm(args.home, "recommend", "--device", "board", "--ram", ram, "--use-case", "code",
-                                    "--ctx", str(args.ctx), "--json"))  # fmt: skip
+                                    "--ctx", str(args.ctx), "--json"))
         local = advice.get("local") or []
         pick = local[0] if local else {"name": "(none fits)", "memory": 0, "why": ""}
         print(f"| {ram} | {advice['budget'] / 1e6:.0f} MB | `{pick['name']}` | {pick['memory'] / 1e6:.0f} MB | "
-              f"{pick['why']} |")  # fmt: skip
+              f"{pick['why']} |")
 
 
 if __name__ == "__main__":

@@ -49,7 +49,7 @@ def prompt_texts(model: Model, prompts: Path | None = None) -> list[tuple[str, s
     data = json.loads((prompts or PROMPTS).read_text())
     text = WIKITEXT.read_bytes().decode()
     fill = {"paragraph": text[2000:3200].replace("\r", ""), "paragraph2": text[5200:6400].replace("\r", ""),
-            "code": data["code"]}  # fmt: skip
+            "code": data["code"]}
     out = []
     for p in data["prompts"]:
         if model.has_chat_template:
@@ -76,12 +76,12 @@ NATIVE = ("ngram-simple", "ngram-map-k")
 
 
 def native_runs(server: Path, path: Path, prompts: list[list[int]], args: argparse.Namespace,
-                spec: str, draft_model: Path | None = None) -> list[dict[str, Any]]:  # fmt: skip
+                spec: str, draft_model: Path | None = None) -> list[dict[str, Any]]:
     """For each prompt (token ids, as edgeslm decodes them): median predicted tok/s, drafted,
     accepted, the tokens (llama-server, greedy; ``spec``: its --spec-type)."""
     sizes = [f"--spec-{spec}-size-n", str(args.draft_n), f"--spec-{spec}-size-m", str(args.draft_m)]
     cmd = [str(server), "-m", str(path), "--port", str(args.port), "-c", str(args.ctx), "-np", "1", "-t",
-           str(args.threads), "--spec-type", spec, *(sizes if spec.startswith("ngram") else [])]  # fmt: skip
+           str(args.threads), "--spec-type", spec, *(sizes if spec.startswith("ngram") else [])]
     if draft_model is not None:
         cmd += ["-md", str(draft_model), "-tb", str(args.threads)]
     url = f"http://127.0.0.1:{args.port}"
@@ -91,12 +91,12 @@ def native_runs(server: Path, path: Path, prompts: list[list[int]], args: argpar
             runs = []
             for _ in range(args.reps):
                 body = {"prompt": ids, "n_predict": args.n, "temperature": 0, "cache_prompt": False,
-                        "return_tokens": True}  # fmt: skip
+                        "return_tokens": True}
                 runs.append(httpx.post(f"{url}/completion", json=body, timeout=600).json())
             t = runs[-1]["timings"]
             out.append({"tps": statistics.median(r["timings"]["predicted_per_second"] for r in runs),
                         "drafted": t.get("draft_n", 0), "accepted": t.get("draft_n_accepted", 0),
-                        "tokens": tuple(runs[-1]["tokens"])})  # fmt: skip
+                        "tokens": tuple(runs[-1]["tokens"])})
     return out
 
 
@@ -133,7 +133,7 @@ def measure(name: str, path: Path, bin_dir: Path, args: argparse.Namespace) -> l
     for k in NATIVE:
         for row, p, s in zip(rows, plain, native_runs(bin_dir / "llama-server", path, ids, args, k), strict=True):
             row[f"native {k}"] = {"x": s["tps"] / p["tps"], "drafted": s["drafted"], "accepted": s["accepted"],
-                                  "same": s["tokens"] == p["tokens"]}  # fmt: skip
+                                  "same": s["tokens"] == p["tokens"]}
     return rows
 
 
@@ -167,7 +167,7 @@ def batch_agreement(model: Model, ids: list[int], plain: list[int], size: int) -
 def lossless(names: list[str], args: argparse.Namespace) -> None:
     """For each stored type: does a verify batch see the logits single steps see?"""
     print(f"\nBatched (verify batches of {args.batch}) against single-step logits along the plain greedy text "
-          "of the three grounded prompts:\n")  # fmt: skip
+          "of the three grounded prompts:\n")
     print("| model | max abs logit difference | argmax flips / positions |")
     print("|---|---:|---:|")
     for name in names:
@@ -194,7 +194,7 @@ def model_drafts(pairs: list[str], bin_dir: Path, args: argparse.Namespace) -> N
 
     settings = resolve_settings()
     print("\n| target | draft | prompt | plain tok/s | draft tok/s | speed-up | accepted/drafted | identical "
-          "| native speed-up | native accepted/drafted |")  # fmt: skip
+          "| native speed-up | native accepted/drafted |")
     print("|---|---|---|---:|---:|---:|---:|---|---:|---:|")
     for pair in pairs:
         target_name, draft_name = pair.split("=")
@@ -213,7 +213,7 @@ def model_drafts(pairs: list[str], bin_dir: Path, args: argparse.Namespace) -> N
                     plain_tps.append(plain.last.generation_tps)
                     spec_tps.append(spec.last.generation_tps)
                 rows.append((prompt, ids, statistics.median(plain_tps), statistics.median(spec_tps), stats,
-                             plain.tokens == spec.tokens))  # fmt: skip
+                             plain.tokens == spec.tokens))
         finally:
             draft.close()
             target.close()
@@ -226,11 +226,11 @@ def model_drafts(pairs: list[str], bin_dir: Path, args: argparse.Namespace) -> N
         for (prompt, _, p, s, stats, same), np_, ns in zip(rows, native_plain, native_spec, strict=True):
             print(f"| {target_name} | {draft_name} | {prompt} | {p:.1f} | {s:.1f} | {s / p:.2f}x | "
                   f"{stats.accepted}/{stats.drafted} | {same} | {ns['tps'] / np_['tps']:.2f}x | "
-                  f"{ns['accepted']}/{ns['drafted']} |")  # fmt: skip
+                  f"{ns['accepted']}/{ns['drafted']} |")
 
 
 def _client(url: str, name: str, texts: list[list[int]], n: int, first: int, rounds: int,
-            log: list[tuple[float, float, int]]) -> None:  # fmt: skip
+            log: list[tuple[float, float, int]]) -> None:
     """One client: every prompt ``rounds`` times, from ``first`` on; (start, end, tokens) of each."""
     for i in range(rounds * len(texts)):
         body = {"model": name, "prompt": texts[(first + i) % len(texts)], "max_tokens": n, "temperature": 0}
@@ -269,12 +269,12 @@ def serve_aggregate(name: str, args: argparse.Namespace) -> None:
         for label, extra in (("plain", []), ("lookup", ["--draft", "lookup"])):
             flags = ["--parallel", "4", "--ctx", str(args.ctx), "--threads", str(args.threads), "--no-prompt-cache"]
             cmd = [sys.executable, "-m", "edgeslm", "serve", "--port", str(args.port), "--preload", name, *flags,
-                   *extra]  # fmt: skip
+                   *extra]
             with running(cmd, url, "/api/version"):
                 _client(url, name, texts, args.n, 0, 1, [])  # warm: the model loaded, the verify costs measured
                 logs: list[list[tuple[float, float, int]]] = [[] for _ in range(4)]
                 workers = [threading.Thread(target=_client, args=(url, name, texts, args.n, c, 2, logs[c]))
-                           for c in range(4)]  # fmt: skip
+                           for c in range(4)]
                 for w in workers:
                     w.start()
                 for w in workers:
@@ -302,9 +302,9 @@ def report(rows: list[dict[str, Any]]) -> None:
     print("|---|---|---|---:|---:|" + "---:|" * len(columns))
     for r in rows:
         cells = [f"{r[c]['x']:.2f}× {r[c]['accepted']}/{r[c]['drafted']}{'' if r[c]['same'] else ' ≠'}"
-                 for c in columns]  # fmt: skip
+                 for c in columns]
         print(f"| {r['model']} | {r['prompt']} | {r['kind']} | {r['plain']:.1f} | {r['n_plain']:.1f} | "
-              f"{' | '.join(cells)} |")  # fmt: skip
+              f"{' | '.join(cells)} |")
     print("\n(speed-up over the same tool's plain decoding, accepted/drafted; ≠: the text differs from plain)")
     print(f"edgeslm's plain text = native plain text on {sum(r['as_native'] for r in rows)}/{len(rows)} prompts")
     for kind in ("grounded", "open"):
@@ -325,21 +325,21 @@ def main() -> None:
     parser.add_argument("--draft-n", type=int, default=LookupConfig().n, help="every kind's n (edgeslm and native)")
     parser.add_argument("--draft-m", type=int, default=LookupConfig().m)
     parser.add_argument("--sections", default="speed,lossless,draft,serve",
-                        help="speed (lookup), lossless (per type), draft (draft models), serve (4 slots)")  # fmt: skip
+                        help="speed (lookup), lossless (per type), draft (draft models), serve (4 slots)")
     parser.add_argument("--pairs", nargs="*", default=["smollm2-135m-instruct:f16=smollm2-135m-instruct:q8_0",
                         "smollm2-135m-instruct:f16=smollm2-135m-instruct:q4_0"],
-                        help="draft: TARGET=DRAFT stored models")  # fmt: skip
+                        help="draft: TARGET=DRAFT stored models")
     parser.add_argument("--prompts", type=Path, help="draft: a prompt file (default: data/speculative_prompts.json; "
-                        "data/code_prompts.json for code models)")  # fmt: skip
+                        "data/code_prompts.json for code models)")
     parser.add_argument("--serve-reps", type=int, default=2, help="serve: runs with and without drafts, in turn")
     parser.add_argument("--batch", type=int, default=8, help="lossless: the verify batch size compared")
     parser.add_argument("--types", nargs="*", default=["smollm2-135m-instruct:f16", "smollm2-135m-instruct:q8_0",
                         "smollm2-135m-instruct:q4_0", "smollm2-135m-instruct:latest", "smollm2-135m-instruct:q4_k_m",
-                        "gemma3-270m:latest"], help="lossless: stored models compared")  # fmt: skip
+                        "gemma3-270m:latest"], help="lossless: stored models compared")
     args = parser.parse_args()
     bin_dir = native_bin(args.native_bin)
     print(f"greedy, {args.n} tokens, {args.threads} threads, n {args.draft_n} m {args.draft_m}, "
-          f"median of {args.reps}\n")  # fmt: skip
+          f"median of {args.reps}\n")
     sections = args.sections.split(",")
     if "speed" in sections:
         rows = []

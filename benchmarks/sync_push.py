@@ -25,7 +25,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from edgeslm.serve.keys import add_key  # noqa: E402
+from edgeslm.access.keys import add_key  # noqa: E402
 from edgeslm.store import Store, parse_name  # noqa: E402
 from tests.servekit import serve_process  # noqa: E402
 
@@ -72,17 +72,17 @@ def main() -> None:
             push = timed(lambda: edgeslm(here, "push", MODEL, "--to", "cloud"), clear_cloud, reps)
             url = f"{served.url}/api/blobs/sha256:{digest.removeprefix('sha256-')}"
             curl_up = timed(lambda: subprocess.run(["curl", "-sSf", "-T", str(blob), *auth, "-X", "POST", url],
-                                                    check=True, timeout=3600), clear_cloud, reps)  # fmt: skip
+                                                    check=True, timeout=3600), clear_cloud, reps)
             edgeslm(here, "push", MODEL, "--to", "cloud")
             edgeslm(device, "remote", "add", "cloud", served.url, "--key-file", str(Path(tmp) / "admin.key"))
             pull = timed(lambda: edgeslm(device, "pull", MODEL, "--from", "cloud"),
-                         lambda: shutil.rmtree(device / "models", ignore_errors=True), reps)  # fmt: skip
+                         lambda: shutil.rmtree(device / "models", ignore_errors=True), reps)
             get = f"{served.url}/edgeslm/v1/blobs/{digest}"
             out = Path(tmp) / "blob"
             curl_down = timed(lambda: subprocess.run(f"curl -sSf -H 'Authorization: Bearer {key}' {get} -o {out} "
                                                      f"&& sha256sum {out} > /dev/null", shell=True, check=True,
                                                      timeout=3600),
-                              lambda: out.unlink(missing_ok=True), reps)  # fmt: skip
+                              lambda: out.unlink(missing_ok=True), reps)
     print(f"{MODEL}: one blob of {size:,} bytes, median of {reps}, loopback")
     print(f"edgeslm push          {push:6.3f} s   curl POST /api/blobs  {curl_up:6.3f} s   ratio {push / curl_up:.2f}")
     print(

@@ -39,20 +39,20 @@ TOOLS = [
         "Get the current weather in a city",
         {"city": {"type": "string"}, "unit": {"type": "string", "enum": ["celsius", "fahrenheit"]}},
         ["city"],
-    ),  # fmt: skip
+    ),
     _tool("get_time", "Get the current time in a time zone", {"zone": {"type": "string"}}, ["zone"]),
     _tool(
         "run_tests",
         "Run a project's test suite",
         {"path": {"type": "string"}, "verbose": {"type": "boolean"}},
         ["path"],
-    ),  # fmt: skip
+    ),
     _tool(
         "search_code",
         "Search a repository for a regular expression",
         {"pattern": {"type": "string"}, "max_results": {"type": "integer", "minimum": 1, "maximum": 100}},
         ["pattern"],
-    ),  # fmt: skip
+    ),
 ]
 SCHEMAS = {t["function"]["name"]: t["function"]["parameters"] for t in TOOLS}
 # (request, the tool that fits, or None where none does)
@@ -99,7 +99,7 @@ def openai_round(url: str, model: str, choice: str) -> dict[str, int]:
                 continue
             reply = oai.chat.completions.create(model=model, messages=[{"role": "user", "content": text}],
                                                 tools=TOOLS, tool_choice=choice, temperature=0,  # type: ignore[arg-type]
-                                                max_tokens=160)  # fmt: skip
+                                                max_tokens=160)
             calls = [(c.function.name, c.function.arguments) for c in reply.choices[0].message.tool_calls or []]
             add(total, check(calls, expected))
     return total
@@ -113,7 +113,7 @@ def ollama_round(url: str, model: str) -> dict[str, int]:
     try:
         for text, expected in REQUESTS:
             reply = client.chat(model=model, messages=[{"role": "user", "content": text}], tools=TOOLS,
-                                options={"temperature": 0, "num_predict": 160})  # fmt: skip
+                                options={"temperature": 0, "num_predict": 160})
             calls = [(c.function.name, dict(c.function.arguments)) for c in reply.message.tool_calls or []]
             add(total, check(calls, expected))
     finally:
@@ -123,7 +123,7 @@ def ollama_round(url: str, model: str) -> dict[str, int]:
 
 def row(label: str, t: dict[str, int]) -> str:
     return (f"| {label} | {t['replies']} | {t['with_calls']} | {t['calls']} | {t['valid']}/{t['calls']} | "
-            f"{t['right']}/{t['replies']} |")  # fmt: skip
+            f"{t['right']}/{t['replies']} |")
 
 
 def main() -> None:
@@ -135,18 +135,18 @@ def main() -> None:
     path = pinned_file(args.model)
     url = f"http://127.0.0.1:{args.port}"
     print(f"{args.model}: {len(REQUESTS)} requests ({sum(e is None for _, e in REQUESTS)} where no tool fits), "
-          f"{len(TOOLS)} tools, greedy\n")  # fmt: skip
+          f"{len(TOOLS)} tools, greedy\n")
     print("| server, dialect, tool_choice | replies | with calls | calls | parse and validate | right tool or none |")
     print("|---|---:|---:|---:|---:|---:|")
     serve = [sys.executable, "-m", "edgeslm", "--home", str(BENCH_HOME), "serve", "--port", str(args.port),
-             "--parallel", "1", "--ctx", "4096"]  # fmt: skip
+             "--parallel", "1", "--ctx", "4096"]
     with running(serve, url, "/api/version"):
         print(row("edgeslm, OpenAI, auto", openai_round(url, args.model, "auto")))
         print(row("edgeslm, OpenAI, required", openai_round(url, args.model, "required")))
         print(row("edgeslm, Ollama", ollama_round(url, args.model)))
     bin_dir = native_bin(args.native_bin)
     native = [str(bin_dir / "llama-server"), "-m", str(path), "--port", str(args.port), "--jinja", "-c", "4096",
-              "-np", "1", "--alias", args.model]  # fmt: skip
+              "-np", "1", "--alias", args.model]
     with running(native, url, "/health"):
         print(row("llama-server --jinja, OpenAI, auto", openai_round(url, args.model, "auto")))
         print(row("llama-server --jinja, OpenAI, required", openai_round(url, args.model, "required")))

@@ -39,7 +39,7 @@ ASK = [{"role": "system", "content": "Answer briefly."}, {"role": "user", "conte
 
 def native_prompt(server: Path, model: Path) -> str:
     proc = subprocess.Popen([str(server), "-m", str(model), "--port", str(PORT), "--jinja", "-c", "4096"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 60
         while True:
@@ -52,7 +52,7 @@ def native_prompt(server: Path, model: Path) -> str:
                 time.sleep(0.1)
         body = json.dumps({"messages": ASK, "tools": [WEATHER, TIME]}).encode()
         request = urllib.request.Request(f"http://127.0.0.1:{PORT}/apply-template", body,
-                                         {"Content-Type": "application/json"})  # fmt: skip
+                                         {"Content-Type": "application/json"})
         return str(json.loads(urllib.request.urlopen(request, timeout=30).read())["prompt"])
     finally:
         proc.terminate()

@@ -101,7 +101,7 @@ def measure(d: Any, url: str, reps: int, drawn: str | None) -> dict[str, Any]:
         weight = t["doc"] + sum(f[1] for f in t["files"] if f not in data)
         api = sum(f[1] for f in data)
     return {"weight": weight, "api": api, "fcp": statistics.median(fcp), "load": statistics.median(load),
-            "ready": statistics.median(ready) if ready else None}  # fmt: skip
+            "ready": statistics.median(ready) if ready else None}
 
 
 def main() -> None:

@@ -31,7 +31,7 @@ from .errors import InvalidParameterError
 from .framing import child_main, run_child
 
 if TYPE_CHECKING:
-    from .generation import ResolvedModel
+    from .store.resolve import ResolvedModel
 
 
 COPY_TEXT = Path(__file__).parent / "data" / "wikitext-2-sample.txt"
@@ -184,7 +184,7 @@ def _draft_tests(engine: Engine, params: BenchParams) -> list[dict[str, Any]]:
         for rep in range(params.repetitions + 1):  # the first of each: a warm-up (and the verify costs measured)
             p = _time_stream(engine.generate_tokens(prompt, SamplingParams(temperature=0)), params.n_gen)
             s = _time_stream(engine.generate_speculative(prompt, SamplingParams(temperature=0), draft,
-                                                         stats if rep else SpecStats()), params.n_gen)  # fmt: skip
+                                                         stats if rep else SpecStats()), params.n_gen)
             if rep:
                 plain.append(p)
                 spec.append(s)
@@ -196,7 +196,7 @@ def _draft_tests(engine: Engine, params: BenchParams) -> list[dict[str, Any]]:
         {"test": name, "n_tokens": params.n_gen, "samples_tps": plain},
         {"test": f"{name}+{label}", "n_tokens": params.n_gen, "samples_tps": spec, "drafted": stats.drafted,
          "accepted": stats.accepted, "declined": stats.declined},
-    ]  # fmt: skip
+    ]
 
 
 def _open_draft(target: Engine, spec: dict[str, Any], load: LoadParams) -> Any:
@@ -243,7 +243,7 @@ def bench_models(models: Sequence[ResolvedModel], params: BenchParams) -> list[B
         name, info, engine = model.name, model.info, model.engine(DEFAULT_ENGINE)
         report = run_worker(str(model.path), replace(params, adapters=model.adapters), engine=engine)
         tests = tuple(TestResult(t["test"], t["n_tokens"], tuple(t["samples_tps"]), t.get("drafted", 0),
-                                 t.get("accepted", 0), t.get("declined", 0)) for t in report["tests"])  # fmt: skip
+                                 t.get("accepted", 0), t.get("declined", 0)) for t in report["tests"])
         results.append(
             BenchResult(
                 name,

@@ -58,7 +58,7 @@ def calibrate(
     store: Store, name: ModelName, text_path: Path | None = None, *, ctx: int = DEFAULT_CTX,
     chunks: int | None = None, from_chunk: int = 0, threads: int | None = None, process_output: bool = False,
     progress: Callable[[int], None] | None = None,
-) -> Calibration:  # fmt: skip
+) -> Calibration:
     """Compute ``name``'s importance matrix as llama-imatrix does (chunks of ``ctx`` tokens of the
     text from chunk ``from_chunk``, at most ``chunks`` of them) and store it beside the model, in
     llama.cpp's GGUF imatrix format, for ``quantize(..., QuantizeOptions(imatrix=path))``."""
@@ -76,7 +76,7 @@ def calibrate(
     try:
         batches = _chunks(engine, text.text, text.label, ctx, chunks, from_chunk)
         return calibrate_chunks(store, manifest, engine, batches, text, process_output=process_output,
-                                progress=progress)  # fmt: skip
+                                progress=progress)
     finally:
         engine.close()
 
@@ -84,7 +84,7 @@ def calibrate(
 def calibrate_chunks(
     store: Store, manifest: Manifest, engine: Any, chunks: list[list[int]], text: Any, *,
     process_output: bool = False, progress: Callable[[int], None] | None = None,
-) -> Calibration:  # fmt: skip
+) -> Calibration:
     """Collect over ``chunks`` (tokens of ``text``, an ``EvalText``) with ``engine`` (the model,
     loaded) and store the result; the first token of each chunk becomes BOS where the model adds one."""
     from .engines.llamacpp.imatrix import collect
@@ -94,15 +94,15 @@ def calibrate_chunks(
     ctx = len(batches[0])
     started = time.perf_counter()
     collected = collect(engine.model_handle, batches, threads=engine.params.n_threads or _cores(),
-                        process_output=process_output, progress=progress)  # fmt: skip
+                        process_output=process_output, progress=progress)
     seconds = time.perf_counter() - started
     entries = {n: Entry(s, collected.counts[n].astype(np.float32)) for n, s in collected.sums.items()}
     imatrix = Imatrix(entries, (text.label,), len(batches), ctx,
-                      {"edgeslm.model": manifest.digest, "edgeslm.text": text.digest})  # fmt: skip
+                      {"edgeslm.model": manifest.digest, "edgeslm.text": text.digest})
     path = imatrix_folder(store, manifest) / f"{text.digest[7:23]}-c{ctx}-n{len(batches)}.gguf"
     _store(store, imatrix, path)
     log.info("calibrated %s on %s: %d chunks of %d tokens, %d weights", manifest.name, text.label, len(batches),
-             ctx, len(entries))  # fmt: skip
+             ctx, len(entries))
     return Calibration(str(manifest.name), path, text.label, text.digest, ctx, len(batches), len(entries), seconds)
 
 
@@ -120,7 +120,7 @@ def _chunks(engine: object, text: str, label: str, ctx: int, chunks: int | None,
     if len(tokens) < 2 * ctx:
         raise InputFileError(f"{label} gives {len(tokens):,} tokens from chunk {first}; calibration needs at least "
                              f"two chunks of {ctx} ({2 * ctx:,} tokens), as llama-imatrix does: give a longer text "
-                             "or a smaller ctx")  # fmt: skip
+                             "or a smaller ctx")
     n = len(tokens) // ctx if chunks is None else min(chunks, len(tokens) // ctx)
     return [tokens[i * ctx : (i + 1) * ctx] for i in range(n)]
 
@@ -156,12 +156,12 @@ def resolve_imatrix(store: Store, manifest: Manifest, given: str) -> Path:
         raise InputFileError(f"--imatrix {given!r} is neither a file nor a stored model") from None
     if owner.digest != manifest.digest:
         raise InvalidParameterError(f"{owner.name} is not {manifest.name}; give {manifest.name}'s own importance "
-                                    "matrix (edgeslm calibrate)", params="imatrix")  # fmt: skip
+                                    "matrix (edgeslm calibrate)", params="imatrix")
     found = stored_imatrices(store, owner)
     if not found:
         raise InvalidParameterError(f"{manifest.name} has no importance matrix yet; compute one: edgeslm "
                                     f"calibrate {manifest.name} (or quantize with --calibrate TEXT)",
-                                    params="imatrix")  # fmt: skip
+                                    params="imatrix")
     return found[0]
 
 

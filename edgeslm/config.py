@@ -17,7 +17,9 @@ import platformdirs
 APP_NAME = "edgeslm"
 DEFAULT_MODEL = "smollm2-135m-instruct"
 DEFAULT_HF_ENDPOINT = "https://huggingface.co"
-DEFAULT_CONTEXT = 4096
+DEFAULT_CONTEXT = 4096  # tokens a model loads with when neither it nor the user says less
+DEFAULT_PORT = 8434  # the server's; not Ollama's 11434: both can run side by side
+DEFAULT_KEEP_ALIVE = 300.0  # seconds an idle model stays loaded (Ollama's 5 minutes)
 
 ENV_HOME = "EDGESLM_HOME"
 ENV_OFFLINE = "EDGESLM_OFFLINE"
@@ -28,7 +30,7 @@ ENV_HF_TOKEN = "HF_TOKEN"
 ENV_HF_OFFLINE = "HF_HUB_OFFLINE"
 ENV_HOST = "EDGESLM_HOST"  # where 'edgeslm ps' finds the server: HOST:PORT or a URL
 ENV_API_KEY = "EDGESLM_API_KEY"  # the key 'edgeslm ps' sends
-DEFAULT_SERVER = "127.0.0.1:8434"
+DEFAULT_SERVER = f"127.0.0.1:{DEFAULT_PORT}"
 ENV_FETCH_TIMEOUT = "EDGESLM_FETCH_TIMEOUT"  # seconds a download may stay silent before its source is given up
 DEFAULT_FETCH_TIMEOUT = 30.0
 ENV_PROXIES = ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy")

@@ -21,7 +21,7 @@ DEVICE_KINDS = ("phone", "board", "laptop", "desktop", "server")
 _X86_FLAGS = {
     "avx": "AVX", "avx2": "AVX2", "fma": "FMA", "f16c": "F16C", "avx512f": "AVX-512", "avx512_vnni": "AVX-512 VNNI",
     "avx512_bf16": "AVX-512 BF16", "avx_vnni": "AVX-VNNI", "amx_tile": "AMX",
-}  # fmt: skip
+}
 _ARM_FLAGS = {"asimd": "NEON", "asimddp": "DOTPROD", "i8mm": "I8MM", "sve": "SVE", "sve2": "SVE2", "fphp": "FP16"}
 _GPU_VENDORS = {"0x10de": "NVIDIA", "0x1002": "AMD", "0x8086": "Intel", "0x5143": "Qualcomm Adreno"}
 
@@ -95,7 +95,7 @@ def detect() -> Device:
     return Device(
         kind, ram, physical_cores(), arch, os_name, simd, gpus, False, _available_ram(), _engine_features(), True,
         tuple(notes),
-    )  # fmt: skip
+    )
 
 
 def _read(path: str) -> str:

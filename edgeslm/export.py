@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from .config import DEFAULT_CONTEXT
 from .errors import InvalidModelFileError
 from .store import Store, parse_name
 from .store.atomic import staged_folder
@@ -26,13 +27,13 @@ from .store.atomic import staged_folder
 log = logging.getLogger(__name__)
 F32 = npt.NDArray[np.float32]
 HF_ARCH = {"llama": ("LlamaForCausalLM", "llama"), "qwen2": ("Qwen2ForCausalLM", "qwen2"),
-           "qwen3": ("Qwen3ForCausalLM", "qwen3")}  # fmt: skip
+           "qwen3": ("Qwen3ForCausalLM", "qwen3")}
 LAYER_NAMES = {
     "attn_norm": "input_layernorm", "ffn_norm": "post_attention_layernorm", "attn_q": "self_attn.q_proj",
     "attn_k": "self_attn.k_proj", "attn_v": "self_attn.v_proj", "attn_output": "self_attn.o_proj",
     "attn_q_norm": "self_attn.q_norm", "attn_k_norm": "self_attn.k_norm", "ffn_gate": "mlp.gate_proj",
     "ffn_up": "mlp.up_proj", "ffn_down": "mlp.down_proj",
-}  # fmt: skip
+}
 GLOBAL_NAMES = {"token_embd": "model.embed_tokens", "output_norm": "model.norm", "output": "lm_head"}
 # llama.cpp's pre-tokenizer names -> the tokenizer.json pre-tokenizer that splits text the same way
 _GPT2 = {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": True}
@@ -46,7 +47,7 @@ PRE_TOKENIZERS: dict[str, dict[str, Any]] = {
          "behavior": "Isolated", "invert": False},
         {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": False, "use_regex": False},
     ]},
-}  # fmt: skip
+}
 
 
 @dataclass(frozen=True)
@@ -76,7 +77,7 @@ def export_hf(store: Store, name: str, target: Path) -> ExportResult:
         write_safetensors(tmp / "model.safetensors", tensors, {"format": "pt"})
         _write_json(tmp / "config.json", config)
         _write_json(tmp / "generation_config.json",
-                    {k: config[k] for k in ("bos_token_id", "eos_token_id") if k in config})  # fmt: skip
+                    {k: config[k] for k in ("bos_token_id", "eos_token_id") if k in config})
         _write_tokenizer(tmp, reader, meta)
     return ExportResult(target, config["architectures"][0], len(tensors))
 
@@ -101,13 +102,13 @@ def _config(meta: dict[str, Any], arch: str, reader: Any) -> dict[str, Any]:
         "architectures": [hf_arch], "model_type": model_type, "hidden_size": n_embd,
         "intermediate_size": int(get("feed_forward_length")), "num_hidden_layers": int(get("block_count")),
         "num_attention_heads": n_head, "num_key_value_heads": int(get("attention.head_count_kv") or n_head),
-        "head_dim": head_dim, "max_position_embeddings": int(get("context_length") or 4096),
+        "head_dim": head_dim, "max_position_embeddings": int(get("context_length") or DEFAULT_CONTEXT),
         "rms_norm_eps": float(get("attention.layer_norm_rms_epsilon") or 1e-6),
         "rope_parameters": {"rope_type": "default", "rope_theta": float(get("rope.freq_base") or 10000.0)},
         "rope_theta": float(get("rope.freq_base") or 10000.0), "vocab_size": int(vocab),
         "tie_word_embeddings": "output.weight" not in names, "hidden_act": "silu", "torch_dtype": "float32",
         "attention_bias": "blk.0.attn_q.bias" in names,
-    }  # fmt: skip
+    }
     for key, field in (("bos_token_id", "bos_token_id"), ("eos_token_id", "eos_token_id")):
         if (value := meta.get(f"tokenizer.ggml.{field}")) is not None:
             config[key] = int(value)
@@ -157,14 +158,14 @@ def _write_tokenizer(folder: Path, reader: Any, meta: dict[str, Any]) -> None:
             f"{', '.join(PRE_TOKENIZERS)} can"
         )
     tokens = [bytes(reader.fields["tokenizer.ggml.tokens"].parts[i]).decode("utf-8")
-              for i in reader.fields["tokenizer.ggml.tokens"].data]  # fmt: skip
+              for i in reader.fields["tokenizer.ggml.tokens"].data]
     types = [int(reader.fields["tokenizer.ggml.token_type"].parts[i][0])
-             for i in reader.fields["tokenizer.ggml.token_type"].data]  # fmt: skip
+             for i in reader.fields["tokenizer.ggml.token_type"].data]
     merges = [bytes(reader.fields["tokenizer.ggml.merges"].parts[i]).decode("utf-8")
-              for i in reader.fields["tokenizer.ggml.merges"].data]  # fmt: skip
+              for i in reader.fields["tokenizer.ggml.merges"].data]
     flags = {"single_word": False, "lstrip": False, "rstrip": False}
     added = [{"id": i, "content": tok, **flags, "normalized": t != 3, "special": t == 3}
-             for i, (tok, t) in enumerate(zip(tokens, types, strict=True)) if t in (3, 4)]  # fmt: skip
+             for i, (tok, t) in enumerate(zip(tokens, types, strict=True)) if t in (3, 4)]
     spec = {
         "version": "1.0", "truncation": None, "padding": None, "added_tokens": added, "normalizer": None,
         "pre_tokenizer": PRE_TOKENIZERS[pre], "post_processor": None,
@@ -172,10 +173,10 @@ def _write_tokenizer(folder: Path, reader: Any, meta: dict[str, Any]) -> None:
         "model": {"type": "BPE", "dropout": None, "unk_token": None, "continuing_subword_prefix": None,
                   "end_of_word_suffix": None, "fuse_unk": False, "byte_fallback": False, "ignore_merges": False,
                   "vocab": {tok: i for i, tok in enumerate(tokens)}, "merges": [m.split(" ", 1) for m in merges]},
-    }  # fmt: skip
+    }
     _write_json(folder / "tokenizer.json", spec)
     config: dict[str, Any] = {"tokenizer_class": "PreTrainedTokenizerFast", "model_max_length": 1 << 30,
-                              "add_bos_token": bool(meta.get("tokenizer.ggml.add_bos_token", False))}  # fmt: skip
+                              "add_bos_token": bool(meta.get("tokenizer.ggml.add_bos_token", False))}
     for kind in ("bos", "eos", "unk", "pad"):
         key = {"unk": "unknown", "pad": "padding"}.get(kind, kind)
         if (i := meta.get(f"tokenizer.ggml.{key}_token_id")) is not None and int(i) < len(tokens):

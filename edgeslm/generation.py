@@ -18,14 +18,13 @@ from pathlib import Path
 from typing import Any
 
 from .chat import render_chat
-from .config import DEFAULT_MODEL, Settings, resolve_settings
+from .config import DEFAULT_CONTEXT, DEFAULT_MODEL, Settings, resolve_settings
 from .engines.base import MAX_CONTEXT, Engine, LoadParams, SamplingParams, open_engine
 from .errors import ChatTemplateError, ContextOverflowError, InvalidParameterError, ModelNotFoundError
-from .formats.gguf_header import read_gguf_header
-from .formats.model_format import ModelFormat, engine_for
-from .formats.model_info import ModelInfo, model_info
+from .formats.model_info import ModelInfo
 from .speculation import LookupConfig, SpecStats
 from .store import Store, parse_name
+from .store.resolve import ResolvedModel, from_manifest, from_path
 from .tools.generic import system_into_user, tool_results_as_user
 
 log = logging.getLogger(__name__)
@@ -73,7 +72,7 @@ class Model:
         return self._template is not None
 
     def render(self, messages: Sequence[Message], *, add_generation_prompt: bool = True,
-               tools: Sequence[Message] | None = None) -> str:  # fmt: skip
+               tools: Sequence[Message] | None = None) -> str:
         if self._template is None:
             raise ChatTemplateError(f"{self.name} has no chat template; give it a plain prompt instead")
         if any(m.get("role") == "tool" for m in messages) and not self.takes_role("tool"):
@@ -110,7 +109,7 @@ class Model:
         return self._roles[role]
 
     def prompt_tokens(self, prompt: str | Sequence[Message] | Sequence[int],
-                      tools: Sequence[Message] | None = None) -> list[int]:  # fmt: skip
+                      tools: Sequence[Message] | None = None) -> list[int]:
         """Token ids for a plain prompt, a chat (rendered through the template, with ``tools``) or ready ids."""
         if isinstance(prompt, str):
             return self.engine.tokenize(prompt, add_special=True, parse_special=False)
@@ -126,45 +125,22 @@ class Model:
         self.engine.close()
 
 
-@dataclass(frozen=True)
-class ResolvedModel:
-    """A model found by name or path: what to open, what it is, and which runtime runs it."""
-
-    name: str
-    path: Path  # a GGUF file, or a model folder
-    info: ModelInfo
-    format: ModelFormat = ModelFormat.GGUF
-    digest: str | None = None  # None outside the store
-    adapters: tuple[tuple[str, float], ...] = ()  # LoRA adapters (GGUF path, scale) a custom model applies
-    defaults: Mapping[str, Any] = field(default_factory=dict)  # its system prompt, parameters, messages, template
-
-    def engine(self, configured: str) -> str:
-        return engine_for(self.format, configured)
-
-
-def resolve_model(name_or_path: str, settings: Settings) -> ResolvedModel:
-    """A stored model's name, a .gguf path or an ONNX model folder -> what to load. Nothing is
-    pulled here: the CLI and the server pull a missing builtin first (``pull.ensure_pulled``)."""
-    path = Path(name_or_path)
-    if name_or_path.endswith(".gguf") and path.is_file():
-        return ResolvedModel(path.name, path, model_info(read_gguf_header(path, label=path.name)))
-    if path.is_dir() and any((path / f).is_file() for f in ("genai_config.json", "config.json")):
-        from .formats.folder_checks import check_folder, detect_folder
-
-        fmt = detect_folder(path)
-        return ResolvedModel(path.name, path, check_folder(fmt, path), fmt)
-    store = Store.open(settings.models_dir)
+def resolve_model(name_or_path: str, settings: Settings, store: Store | None = None) -> ResolvedModel:
+    """A stored model's name, a .gguf path or an ONNX model folder -> what to load, looked up once
+    (in ``store`` when the caller has it open). Nothing is pulled here: the CLI and the server pull
+    a missing builtin first (``pull.ensure_pulled``, which returns this too)."""
+    found = from_path(Path(name_or_path))
+    if found is not None:
+        return found
+    store = store or Store.open(settings.models_dir)
     name = parse_name(name_or_path)
     manifest = store.find(name)
     if manifest is None:
-        raise ModelNotFoundError(_not_found(store, str(name)))
-    model_path = store.model_path(manifest)
-    info = manifest.info if manifest.layers else model_info(read_gguf_header(model_path, label=str(manifest.name)))
-    return ResolvedModel(str(manifest.name), model_path, info, manifest.format, manifest.digest,
-                         store.adapter_files(manifest), manifest.defaults)  # fmt: skip
+        raise ModelNotFoundError(not_found(store, str(name)))
+    return from_manifest(store, manifest)
 
 
-def _not_found(store: Store, wanted: str) -> str:
+def not_found(store: Store, wanted: str) -> str:
     import difflib
 
     from .sources.builtin import BUILTINS
@@ -179,18 +155,19 @@ def _not_found(store: Store, wanted: str) -> str:
 
 
 def load(
-    name_or_path: str = DEFAULT_MODEL,
+    name_or_path: str | ResolvedModel = DEFAULT_MODEL,
     *,
     ctx: int | None = None,
     threads: int | None = None,
     engine: str | None = None,
     settings: Settings | None = None,
 ) -> Model:
-    """Load a stored model (or a .gguf file) into an engine (default: the configured one)."""
+    """Load a stored model (or a .gguf file), by name or as resolved already, into an engine
+    (default: the configured one)."""
     settings = settings or resolve_settings()
-    found = resolve_model(name_or_path, settings)
+    found = name_or_path if isinstance(name_or_path, ResolvedModel) else resolve_model(name_or_path, settings)
     stored_ctx = (found.defaults.get("parameters") or {}).get("num_ctx")  # a created model's PARAMETER num_ctx
-    n_ctx = ctx or stored_ctx or min(found.info.context_length or 4096, 4096)
+    n_ctx = ctx or stored_ctx or min(found.info.context_length or DEFAULT_CONTEXT, DEFAULT_CONTEXT)
     start = time.perf_counter()
     params = LoadParams(n_ctx=n_ctx, n_threads=threads, adapters=found.adapters)
     loaded = open_engine(engine or found.engine(settings.engine), found.path, params)
@@ -200,7 +177,9 @@ def load(
     return Model(found.name, found.path, found.info, loaded, seconds, template, defaults=found.defaults)
 
 
-def load_draft(name: str, target: Model, *, threads: int | None = None, settings: Settings | None = None) -> Model:
+def load_draft(
+    name: str | ResolvedModel, target: Model, *, threads: int | None = None, settings: Settings | None = None
+) -> Model:
     """A draft model for ``target``: loaded with the target's context, refused unless it runs on
     llama.cpp, was trained for that context, and spells every token as the target does."""
     draft = load(name, ctx=target.engine.n_ctx, threads=threads, settings=settings)

@@ -10,6 +10,7 @@ from pathlib import Path
 from .errors import InputFileError
 from .formats.folder_checks import check_folder, detect_folder
 from .store import ModelName, Store, parse_name
+from .store.folders import publish_folder
 from .store.records import Manifest, Progress
 
 
@@ -25,7 +26,7 @@ def import_model(store: Store, path: Path, name: ModelName | None = None, progre
     if path.is_dir():
         fmt = detect_folder(path)
         info = check_folder(fmt, path)  # refuse a hostile folder before copying a byte of it
-        return store.add_folder(name, path, fmt=fmt, info=info, source=source, progress=progress)
+        return publish_folder(store, name, path, fmt=fmt, info=info, source=source, progress=progress)
     if not path.is_file():
         raise InputFileError(f"{path} does not exist; give a .gguf file, or an ONNX Runtime GenAI or MLX model folder")
     return store.add_file(path, name, source=source, progress=progress)

@@ -11,9 +11,10 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 from .config import Settings, resolve_settings
-from .errors import EdgeslmError, IntegrityError, InvalidNameError, ModelNotFoundError, OfflineError, SourceError
+from .errors import EdgeslmError, IntegrityError, ModelNotFoundError, OfflineError, SourceError
 from .sources import package_index
 from .sources.builtin import BUILTINS, BuiltinModel
 from .sources.catalog import CATALOG_BY_NAME
@@ -21,6 +22,7 @@ from .sources.hub import HubRef, parse_hub_ref, pull_from_hub, pull_pinned_from_
 from .sources.pinned import PackageIndexMirror, PinnedModel, pinned_models
 from .store import ModelName, Store, parse_name
 from .store.records import Manifest
+from .store.resolve import ResolvedModel, from_manifest, from_path
 
 log = logging.getLogger(__name__)
 Progress = Callable[[int], None]
@@ -75,26 +77,46 @@ def pull(
     )
 
 
-def ensure_pulled(name_or_path: str, settings: Settings | None = None, *, fetch: bool = True) -> None:
-    """Pull ``name_or_path`` first when it is a builtin (offline: the weights come from an installed
-    package) or a pinned catalogue model the store does not hold yet, as ``edgeslm run`` and the
-    server's preload do (Ollama's run pulls too); any other name or a .gguf path is left to the
-    loader to find or refuse. ``fetch=False`` (the server, on a request) pulls builtins only."""
-    if name_or_path.endswith(".gguf") or parse_hub_ref(name_or_path) is not None:
-        return
-    try:
-        name = parse_name(name_or_path)
-    except InvalidNameError:
-        return  # the loader says what is wrong with it
+def ensure_pulled(
+    name_or_path: str,
+    settings: Settings | None = None,
+    *,
+    fetch: bool = True,
+    store: Store | None = None,
+    paths: bool = True,
+) -> ResolvedModel:
+    """The model to load, resolved once (in ``store`` when the caller has it open): a .gguf path or
+    a model folder as it is, a stored model as stored. A builtin (offline: the weights come from an
+    installed package) or a pinned catalogue model the store does not hold yet is pulled first, as
+    ``edgeslm run`` and the server's preload do (Ollama's run pulls too); any other name missing is
+    refused with the loader's message. ``fetch=False`` (the server, on a request) pulls builtins only;
+    ``paths=False`` (the server) reads every word as a name, never as a file or folder."""
+    from .generation import not_found
+
+    found = from_path(Path(name_or_path)) if paths else None
+    if found is not None:
+        return found
     settings = settings or resolve_settings()
-    store = Store.open(settings.models_dir)
-    if store.find(name) is not None:
-        return
-    if name.base in BUILTINS:
-        pull_builtin(store, BUILTINS[name.base], name)
-    elif fetch and (pinned := pinned_models().get(str(name))) is not None:
-        log.info("%s is not in the store: pulling it", name)
-        pull_pinned(store, pinned, name, settings, show_hub_progress=False)
+    store = store or Store.open(settings.models_dir)
+    manifest = pull_missing(store, name_or_path, settings, fetch=fetch)
+    if manifest is None:
+        raise ModelNotFoundError(not_found(store, str(parse_name(name_or_path))))
+    return from_manifest(store, manifest)
+
+
+def pull_missing(store: Store, name: str, settings: Settings, *, fetch: bool = True) -> Manifest | None:
+    """The stored manifest of ``name``, a builtin or a pinned catalogue model pulled first when the
+    store lacks it (``fetch=False``: builtins only); None when it is neither stored nor pullable."""
+    wanted = parse_name(name)
+    manifest = store.find(wanted)
+    if manifest is not None or parse_hub_ref(name) is not None:
+        return manifest
+    if wanted.base in BUILTINS:
+        return pull_builtin(store, BUILTINS[wanted.base], wanted).manifest
+    if fetch and (pinned := pinned_models().get(str(wanted))) is not None:
+        log.info("%s is not in the store: pulling it", wanted)
+        return pull_pinned(store, pinned, wanted, settings, show_hub_progress=False).manifest
+    return None
 
 
 def pull_builtin(store: Store, builtin: BuiltinModel, name: ModelName, progress: Progress | None = None) -> PullResult:
@@ -141,7 +163,7 @@ def pull_pinned(
         manifest = pull_pinned_from_hub(
             store, pinned.upstream, name, settings, source=pinned.provenance() | {"mirror": "hub"},
             progress=show_hub_progress,
-        )  # fmt: skip
+        )
         return PullResult(manifest, "huggingface", changed=True)
     except (SourceError, IntegrityError, ModelNotFoundError) as exc:
         log.info("hf.co/%s: %s; trying its mirrors", pinned.upstream.repo, exc)

@@ -180,7 +180,8 @@ def _build(
         report = (lambda done, total, tensor: progress(qtype, done, total, tensor)) if progress else None
         quantize_file(src, out, qtype, options, label=str(parent.name), progress=report)
 
-    return store.add_produced(name, produce, label=f"{parent.name} as {qtype.name}", source=source)
+    label = f"{parent.name} as {qtype.name}"
+    return store.add_staged(store.stage(produce, label=label), name, label=label, source=source)
 
 
 @lru_cache(maxsize=8)
@@ -205,7 +206,7 @@ def imatrix_source(path: str) -> dict[str, str]:
     imatrix = read_imatrix(Path(path))
     return {"imatrix": imatrix_digest(QuantizeOptions(imatrix=path)) or "",
             "imatrix_text": ", ".join(imatrix.datasets)[:200],
-            "imatrix_chunks": f"{imatrix.chunk_count}x{imatrix.chunk_size or '?'}"}  # fmt: skip
+            "imatrix_chunks": f"{imatrix.chunk_count}x{imatrix.chunk_size or '?'}"}
 
 
 def quantize_to_file(

@@ -17,6 +17,7 @@ from typing import Any
 
 from gguf.constants import GGML_QUANT_SIZES, GGMLQuantizationType
 
+from .config import DEFAULT_CONTEXT
 from .device import Device
 from .errors import InvalidParameterError
 from .evaluate.kept import all_results
@@ -82,7 +83,12 @@ class Recommendation:
 
 
 def recommend(
-    device: Device, *, use_case: str = "chat", quality: str | None = None, ctx: int = 4096, store: Store | None = None
+    device: Device,
+    *,
+    use_case: str = "chat",
+    quality: str | None = None,
+    ctx: int = DEFAULT_CONTEXT,
+    store: Store | None = None,
 ) -> Recommendation:
     """What to run on ``device`` for ``use_case``: advice for its memory budget at ``ctx`` tokens, the
     catalogue's models that fit, and the store's measured variants that fit, ranked."""

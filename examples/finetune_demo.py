@@ -22,7 +22,7 @@ def answers(name: str, questions: list[str]) -> list[str]:
         chat = [{"role": "system", "content": model.defaults["system"]}] if model.defaults.get("system") else []
         chat += list(model.defaults.get("messages") or [])  # a created model's example messages, as run sends them
         return [generate(model, [*chat, {"role": "user", "content": q}], max_tokens=40, sampling=greedy).text.strip()
-                for q in questions]  # fmt: skip
+                for q in questions]
     finally:
         model.close()
 

@@ -175,7 +175,7 @@ def pairs(n: int = 200, seed: int = 0, system: str | None = None) -> list[dict[s
             out.append({"prompt": question, "completion": answer})
         else:
             out.append({"messages": [{"role": "system", "content": system}, {"role": "user", "content": question},
-                                     {"role": "assistant", "content": answer}]})  # fmt: skip
+                                     {"role": "assistant", "content": answer}]})
     return out
 
 

@@ -46,9 +46,6 @@ class FakeEngine:
     def token_bytes(self, token: int) -> bytes:
         return b"" if token == EOG else bytes([token])
 
-    def detokenize(self, tokens: Sequence[int]) -> bytes:
-        return b"".join(self.token_bytes(t) for t in tokens)
-
     def is_end_of_generation(self, token: int) -> bool:
         return token == EOG
 

@@ -33,16 +33,19 @@ class FakeRunner:
     jobs: ClassVar[list[Job]] = []
     cancelled: ClassVar[list[str]] = []
     started: ClassVar[list[str]] = []
+    handed: ClassVar[list[Any]] = []  # what each runner was started with (the manager: a ResolvedModel)
 
-    def __init__(self, name: str, *, slots: int, ctx_per_slot: int, threads: int | None, home: str, **_: Any) -> None:
-        self.name, self.slots, self.ctx = name, slots, ctx_per_slot
+    def __init__(self, model: Any, *, slots: int, ctx_per_slot: int, threads: int | None, home: str, **_: Any) -> None:
+        name = model if isinstance(model, str) else model.name  # the manager hands a ResolvedModel
+        self.model, self.name, self.slots, self.ctx = model, name, slots, ctx_per_slot
         self.info: dict[str, Any] = {"slots": slots, "ctx_per_slot": ctx_per_slot}
         self.alive, self.pid = True, next(_PIDS)
         FakeRunner.started.append(name)
+        FakeRunner.handed.append(model)
 
     @classmethod
     def reset(cls) -> None:
-        cls.delay, cls.jobs, cls.cancelled, cls.started = 0.0, [], [], []
+        cls.delay, cls.jobs, cls.cancelled, cls.started, cls.handed = 0.0, [], [], [], []
         cls.embed_delay, cls.embeds_cancelled = 0.0, []
 
     async def agenerate(self, job: Job) -> AsyncIterator[Chunk | Done]:

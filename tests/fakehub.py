@@ -105,11 +105,11 @@ class Handler(BaseHTTPRequestHandler):
         if m := re.fullmatch(r"/api/models/([^/]+/[^/]+)/preupload/[^/]+", path):
             files = json.loads(body)["files"]
             return self._json({"files": [{"path": f["path"], "uploadMode": "lfs", "shouldIgnore": False}
-                                         for f in files]})  # fmt: skip
+                                         for f in files]})
         if m := re.fullmatch(r"/([^/]+/[^/]+)\.git/info/lfs/objects/batch", path):
             objects = json.loads(body)["objects"]
             out = [{"oid": o["oid"], "size": o["size"]} | ({} if o["oid"] in self.hub.objects else
-                    {"actions": {"upload": {"href": f"{self.hub.url}/lfs/{o['oid']}"}}}) for o in objects]  # fmt: skip
+                    {"actions": {"upload": {"href": f"{self.hub.url}/lfs/{o['oid']}"}}}) for o in objects]
             return self._json({"transfer": "basic", "objects": out})
         if m := re.fullmatch(r"/api/models/([^/]+/[^/]+)/commit/[^/]+", path):
             return self._commit(m.group(1), body)

@@ -12,7 +12,7 @@ HARD_STRINGS = [
     "Hello world", "   leading and  double  spaces\t\ttabs\n\nnewlines", "digits 1234567890 and 3.14159",
     "CJK 我想在apple工作 and 日本語のテキスト", "emoji 🚀🦙 ✅ 😶‍🌫️", "code: def f(x):\n    return x ** 2  # done",
     "<|im_start|>user\nhi<|im_end|>", "naïve café — “quotes” ’apostrophes’", "",
-]  # fmt: skip
+]
 
 
 def write_tokenizer(folder: Path, vocab_size: int = 400) -> int:
@@ -67,7 +67,7 @@ def write_model(folder: Path, arch: str, vocab_size: int, **overrides: Any) -> A
         "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4,
         "num_key_value_heads": 2, "max_position_embeddings": 256, "initializer_range": 0.2,
         "tie_word_embeddings": False, "bos_token_id": 1, "eos_token_id": 2, **settings,
-    })  # fmt: skip
+    })
     torch.manual_seed(0)
     model = model_cls(config).eval()
     model.save_pretrained(folder)
@@ -91,7 +91,7 @@ def write_sentencepiece(folder: Path, *, dummy_prefix: bool, vocab_size: int = 4
         bos_id=1, eos_id=2, unk_id=0, pad_id=-1, character_coverage=1.0, minloglevel=2,
         remove_extra_whitespaces=False, split_digits=True, allow_whitespace_only_pieces=True,
         normalization_rule_name="identity",  # as Llama 2's and Gemma's: no NFKC, tabs and newlines kept
-    )  # fmt: skip
+    )
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "tokenizer.model").write_bytes(model.getvalue())
     sp = spm.SentencePieceProcessor(model_proto=model.getvalue())

@@ -19,9 +19,9 @@ import httpx
 import pytest
 import uvicorn
 
+from edgeslm.access.keys import add_key
 from edgeslm.config import resolve_settings
 from edgeslm.serve.app import create_app
-from edgeslm.serve.keys import add_key
 from edgeslm.serve.options import ServeOptions
 
 from .fake_runner import FakeRunner

@@ -86,7 +86,7 @@ def test_adapter_logits_equal_peft(cli: Cli, store: Store, home: Path, tmp_path:
 
 
 def test_smollm2_adapter_logits_equal_peft(builtin_home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                           cli: Cli) -> None:  # fmt: skip
+                                           cli: Cli) -> None:
     """SmolLM2 exported to F32, a LoRA made on it with transformers + peft, converted and applied by llama.cpp."""
     home = tmp_path / "home"
     shutil.copytree(builtin_home, home, ignore=shutil.ignore_patterns("*.lock"))
@@ -106,7 +106,7 @@ def test_smollm2_adapter_logits_equal_peft(builtin_home: Path, tmp_path: Path, m
 
 
 def test_from_a_hugging_face_folder_converts_it(cli: Cli, store: Store, tmp_path: Path,
-                                               tiny_llama: tuple[Path, Any]) -> None:  # fmt: skip
+                                               tiny_llama: tuple[Path, Any]) -> None:
     """FROM a folder converts it (under an interim name, gone afterwards), with a PEFT ADAPTER beside it."""
     folder, model = tiny_llama
     make_lora(model, tmp_path / "lora")
@@ -122,7 +122,7 @@ def test_from_a_hugging_face_folder_converts_it(cli: Cli, store: Store, tmp_path
 
 
 def test_adapters_for_another_base_are_refused(cli: Cli, store: Store, tmp_path: Path,
-                                               tiny_llama: tuple[Path, Any]) -> None:  # fmt: skip
+                                               tiny_llama: tuple[Path, Any]) -> None:
     folder, model = tiny_llama
     convert(store, folder, outtype="f32", name="base")
     other = tmp_path / "wide-hf"
@@ -165,7 +165,7 @@ def test_adapters_for_another_base_are_refused(cli: Cli, store: Store, tmp_path:
 
 
 def test_an_adapter_follows_its_base_through_quantization(cli: Cli, store: Store, tmp_path: Path,
-                                                          tiny_llama: tuple[Path, Any]) -> None:  # fmt: skip
+                                                          tiny_llama: tuple[Path, Any]) -> None:
     """A stored adapter applies to a quantized variant of its base (same family), with its own
     blob kept once; removing the models frees the adapter's blob."""
     folder, model = tiny_llama
@@ -186,7 +186,7 @@ def test_an_adapter_follows_its_base_through_quantization(cli: Cli, store: Store
 
 @pytest.mark.slow
 def test_serve_keeps_each_adapter_set_to_its_own_runner(store: Store, home: Path, tmp_path: Path,
-                                                        tiny_llama: tuple[Path, Any], cli: Cli) -> None:  # fmt: skip
+                                                        tiny_llama: tuple[Path, Any], cli: Cli) -> None:
     """Two adapters of one base and the base itself, served at once: each reply is the one it gets
     alone, the adapters change them, and ``ps`` shows which runner carries which adapter."""
     import threading
@@ -204,7 +204,7 @@ def test_serve_keeps_each_adapter_set_to_its_own_runner(store: Store, home: Path
 
     def ask(url: str, name: str) -> str:
         body = {"model": name, "prompt": "hello world", "raw": True, "stream": False,
-                "options": {"temperature": 0, "num_predict": 12}}  # fmt: skip
+                "options": {"temperature": 0, "num_predict": 12}}
         return str(httpx.post(url + "/api/generate", json=body, timeout=120).json()["response"])
 
     with serve_process(home, "--parallel", "2", "--ctx", "256", "--max-loaded", "3", "--no-prompt-cache") as served:

@@ -33,7 +33,7 @@ def tiny_home(built: Path, home: Path) -> Path:
 
 
 def penalized_greedy(logits_of: Callable[[list[int]], np.ndarray], prompt: list[int], n: int,
-                     freq: float, present: float, window: int) -> list[int]:  # fmt: skip
+                     freq: float, present: float, window: int) -> list[int]:
     """OpenAI's formula on the logits, by hand: logit - count x frequency - (count > 0) x presence,
     counting the last ``window`` tokens, the prompt's included (llama-server's slots feed the prompt
     to the penalties sampler)."""
@@ -54,7 +54,7 @@ def test_penalties_follow_openais_formula(tmp_path: Path, freq: float, present: 
     sampling = SamplingParams(temperature=0, frequency_penalty=freq, presence_penalty=present, repeat_last_n=window)
     ours = list(_take(engine.generate_tokens(prompt, sampling), 24))
     expected = penalized_greedy(lambda ids: engine.eval_logits(ids, len(ids) - 1)[-1], prompt, 24, freq, present,
-                                window)  # fmt: skip
+                                window)
     assert ours == expected and ours != greedy  # the penalties change the text, exactly as defined
     for bad in ({"frequency_penalty": 2.5}, {"presence_penalty": float("nan")}):
         with pytest.raises(InvalidParameterError, match="-2 to 2"):
@@ -100,7 +100,7 @@ def test_n_choices_and_penalties_through_both_clients(tiny_home: Path) -> None:
             with pytest.raises(openai.BadRequestError, match=f"n={n} is out of range; valid: 1 to 3"):
                 oai.chat.completions.create(model=MODEL, messages=ask, max_tokens=4, n=n)  # type: ignore[arg-type]
         penalized = oai.chat.completions.create(model=MODEL, messages=ask, max_tokens=24, temperature=0,  # type: ignore[arg-type]
-                                                frequency_penalty=2.0)  # fmt: skip
+                                                frequency_penalty=2.0)
         plain = oai.chat.completions.create(model=MODEL, messages=ask, max_tokens=24, temperature=0)  # type: ignore[arg-type]
         assert penalized.choices[0].message.content != plain.choices[0].message.content
         with pytest.raises(openai.BadRequestError, match="frequency_penalty"):

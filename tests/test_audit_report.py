@@ -10,9 +10,9 @@ from typing import Any
 
 import pytest
 
+from edgeslm.access.audit import Anchor, AuditLog, AuditRecord, report, verify
+from edgeslm.access.compliance import report_html, report_json, write_anchor
 from edgeslm.errors import InputFileError, InvalidParameterError
-from edgeslm.serve.audit import Anchor, AuditLog, AuditRecord, report, verify
-from edgeslm.serve.compliance import report_html, report_json, write_anchor
 
 DAYS = [
     ("2026-11-28", "/api/chat", "m"),

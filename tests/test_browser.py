@@ -20,8 +20,8 @@ from typing import Any
 import httpx
 import pytest
 
+from edgeslm.access.keys import add_key
 from edgeslm.evaluate.kept import latest_results
-from edgeslm.serve.keys import add_key
 from edgeslm.store import Store
 
 from .fake_runner import FakeRunner
@@ -53,12 +53,12 @@ def driver(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     options.binary_location = str(CHROMIUM)
     profile = tmp_path_factory.mktemp("chromium-profile")
     for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu", "--window-size=1280,900",
-                f"--user-data-dir={profile}", "--no-first-run", "--disable-extensions"):  # fmt: skip
+                f"--user-data-dir={profile}", "--no-first-run", "--disable-extensions"):
         options.add_argument(arg)
     options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
     downloads = tmp_path_factory.mktemp("downloads")
     options.add_experimental_option("prefs", {"download.default_directory": str(downloads),
-                                              "download.prompt_for_download": False})  # fmt: skip
+                                              "download.prompt_for_download": False})
     d = webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=options)
     d.downloads = downloads
     try:
@@ -81,7 +81,7 @@ def measured(builtin_home: Path, tmp_path_factory: pytest.TempPathFactory) -> Pa
     shutil.copytree(builtin_home / "models", home / "models", ignore=shutil.ignore_patterns("store.lock", "tmp"))
     cmd = [sys.executable, "-m", "edgeslm", "--home", str(home), "optimize", MODEL, "--types", "q8_0,q4_0",
            "--ctx", "128", "--chunks", "2", "--max-size", "95MB", "--max-kld", "0.5", "--no-mixed",
-           "--report", str(home / "report")]  # fmt: skip
+           "--report", str(home / "report")]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]
     return home
@@ -152,7 +152,7 @@ def test_every_page_loads_without_console_errors(driver: Any, server: Served, ke
     sign_in(driver, server.url, keys[1]["admin"])
     errors(driver)
     for page, ready in (("models", "section.family svg.pareto"), ("chat", "#chat-model option"),
-                        ("server", "#loaded tbody tr"), ("audit", "#chain")):  # fmt: skip
+                        ("server", "#loaded tbody tr"), ("audit", "#chain")):
         visit(driver, server.url, page, ready, shots)
         assert errors(driver) == [], page
         nav = [a.text for a in by_css(driver, "#nav a") if a.is_displayed()]
@@ -227,7 +227,7 @@ def test_the_chat_streams_a_reply_stops_and_keeps_the_conversation(
     box.send_keys("2000")
     by_css(driver, "#chat-input")[0].send_keys("Tell me a very long story about a lighthouse keeper.\n")
     wait_for("the second reply to start", lambda: len(by_css(driver, "#chat-log .msg.assistant")) == 2
-             and by_css(driver, "#chat-log .msg.assistant")[1].text.count(" ") > 3)  # fmt: skip
+             and by_css(driver, "#chat-log .msg.assistant")[1].text.count(" ") > 3)
     by_css(driver, "#chat-stop")[0].click()
     wait_for("the stop", lambda: "stopped" in by_css(driver, "#chat-log .msg.assistant")[1].text)
     assert by_css(driver, "#chat-send")[0].is_enabled() and not by_css(driver, "#chat-stop")[0].is_enabled()

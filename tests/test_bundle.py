@@ -17,7 +17,8 @@ from edgeslm.bundle import create_bundle, import_bundle, verify_bundle
 from edgeslm.bundle.layout import INDEX, SIGNATURE, Index
 from edgeslm.bundle.signing import generate_key
 from edgeslm.errors import BundleError, InputFileError, OutputFileError
-from edgeslm.store import Store, parse_name, verify_store
+from edgeslm.store import Store, parse_name
+from edgeslm.store.verify import verify_store
 
 from .conftest import edgeslm_command, snapshot
 from .ggufbuild import write_runnable_model
@@ -138,7 +139,7 @@ def test_signatures(source: Store, target: Store, tmp_path: Path) -> None:
     assert not (tmp_path / "n.eslm").exists()
     # a signed bundle whose blob is swapped: the signature still matches the index, the digest does not
     swapped = rewrite(signed.path, tmp_path / "x.eslm", lambda ms: [(i, _flip(d) if i.name.startswith("blobs/") else d)
-                                                                    for i, d in ms])  # fmt: skip
+                                                                    for i, d in ms])
     with pytest.raises(BundleError, match="does not match its digest"):
         import_bundle(target, swapped, public)
     assert snapshot(target.root) == before

@@ -39,7 +39,7 @@ def test_the_tensor_layout_is_the_installed_headers() -> None:
 
     header = _header()
     for name, value in (("GGML_MAX_DIMS", imx.MAX_DIMS), ("GGML_MAX_SRC", imx.MAX_SRC),
-                        ("GGML_MAX_OP_PARAMS", imx.MAX_OP_PARAMS), ("GGML_MAX_NAME", imx.MAX_NAME)):  # fmt: skip
+                        ("GGML_MAX_OP_PARAMS", imx.MAX_OP_PARAMS), ("GGML_MAX_NAME", imx.MAX_NAME)):
         assert re.search(rf"#\s*define {name}\s+{value}\b", header), name
     body = re.search(r"struct ggml_tensor \{(.*?)\n    \};", header, re.S)
     assert body is not None
@@ -106,7 +106,7 @@ def test_foreign_and_hostile_imatrix_files_change_nothing(cli: Any, tiny: Store,
     result = cli("quantize", "tiny", "--type", "iq2_xs", "--imatrix", str(model))  # a model, not an imatrix
     assert result.code == 65 and "not an importance matrix" in result.err
     assert {k: v for k, v in snapshot(tiny.root).items() if "imatrix" not in k} == {
-        k: v for k, v in before.items() if "imatrix" not in k}  # fmt: skip
+        k: v for k, v in before.items() if "imatrix" not in k}
     with pytest.raises(InvalidModelFileError, match="not finite"):
         read_imatrix(tmp_path / "nan.gguf")
 

@@ -115,7 +115,7 @@ def test_output_types_lineage_and_sharded_checkpoints(
     results = {t: convert(store, folder, outtype=t, name=f"tiny:{t}") for t in ("f16", "bf16", "q8_0", "auto")}
     assert {t: r.manifest.info.file_type for t, r in results.items()} == {
         "f16": "F16", "bf16": "BF16", "q8_0": "Q8_0", "auto": "F32"
-    }  # fmt: skip
+    }
     source = results["f16"].manifest.source
     assert source["kind"] == "convert" and source["architecture"] == "LlamaForCausalLM"
     assert len(source["sha256:model.safetensors"]) == 64 and "sha256:config.json" in source
@@ -172,7 +172,7 @@ def broken(folder: Path, tmp_path: Path, case: str) -> Path:
         (bad / "config.json").write_text(json.dumps({**config, "architectures": ["MambaForCausalLM"]}))
     elif case == "missing shard":
         (bad / "model.safetensors.index.json").write_text(json.dumps(
-            {"weight_map": {"model.embed_tokens.weight": "model-00001-of-00002.safetensors"}}))  # fmt: skip
+            {"weight_map": {"model.embed_tokens.weight": "model-00001-of-00002.safetensors"}}))
     elif case == "truncated shard":
         weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
     elif case == "shape disagrees with config":

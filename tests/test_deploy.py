@@ -55,7 +55,7 @@ def test_the_base_renders_and_validates(cli: Any, store: Store, tmp_path: Path) 
         objects = render(folder)
         kinds = sorted(o["kind"] for o in objects)
         assert kinds == ["Deployment", "HorizontalPodAutoscaler", "NetworkPolicy", "PodDisruptionBudget", "Secret",
-                         "Service"]  # fmt: skip
+                         "Service"]
         for o in objects:
             kubernetes_validate.validate(o, "1.32", strict=True)  # raises on any schema error
     objects = {o["kind"]: o for o in render(out)}
@@ -91,14 +91,14 @@ def test_the_pods_commands_run_here(cli: Any, store: Store, tmp_path: Path) -> N
 
     def here(args: list[str]) -> list[str]:
         table = {HOME: str(device), BUNDLE: str(bundle), "/etc/edgeslm/keys.toml": str(out / "base" / "keys.toml"),
-                 "0.0.0.0": "127.0.0.1", "8434": str(port)}  # fmt: skip
+                 "0.0.0.0": "127.0.0.1", "8434": str(port)}
         return [table.get(a, a.replace(HOME + "/", f"{device}/")) for a in args]
 
     init = pod["initContainers"][0]
     done = subprocess.run([sys.executable, "-m", "edgeslm", *here(init["args"])], capture_output=True, text=True)
     assert done.returncode == 0 and "imported tiny:latest" in done.stdout, done.stderr
     server = subprocess.Popen([sys.executable, "-m", "edgeslm", *here(pod["containers"][0]["args"])],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)  # fmt: skip
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         url, deadline = f"http://127.0.0.1:{port}", time.monotonic() + 60
         while True:

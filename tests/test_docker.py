@@ -90,7 +90,7 @@ def fresh_venv(tmp_path: Path, wheel: Path) -> Path:
     script.write_text(f"#!{venv}/bin/python\nimport sys\nfrom edgeslm.cli import main\nsys.exit(main())\n")
     script.chmod(0o755)
     where = subprocess.run([str(venv / "bin" / "python"), "-c", "import edgeslm; print(edgeslm.__file__)"],
-                           capture_output=True, text=True, check=True, cwd=tmp_path).stdout  # fmt: skip
+                           capture_output=True, text=True, check=True, cwd=tmp_path).stdout
     assert where.startswith(str(site)), where
     return venv
 
@@ -110,9 +110,9 @@ def test_the_context_runs_in_a_fresh_venv(context: tuple[Path, str], tmp_path: P
     assert [str(m.name) for m in Store.open(store / "models").manifests()] == ["tiny:latest"]
     port = free_port()
     run = {**env, "EDGESLM_STORE": str(store), "EDGESLM_PRELOAD": "tiny:latest", "EDGESLM_PORT": str(port),
-           "EDGESLM_API_KEYS": str(tmp_path / "no-such-secret")}  # fmt: skip
+           "EDGESLM_API_KEYS": str(tmp_path / "no-such-secret")}
     refused = subprocess.run(["sh", str(ctx / "docker-entrypoint.sh")], env=run, capture_output=True, text=True,
-                             timeout=60, cwd=tmp_path)  # fmt: skip
+                             timeout=60, cwd=tmp_path)
     assert refused.returncode == 78 and "refusing to listen on 0.0.0.0 without a key file" in refused.stderr
     run["EDGESLM_API_KEYS"] = str(ctx / "keys.toml")
     server = subprocess.Popen(["sh", str(ctx / "docker-entrypoint.sh")], env=run, stderr=subprocess.PIPE, cwd=tmp_path)

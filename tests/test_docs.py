@@ -124,7 +124,7 @@ def test_the_site_builds_with_warnings_as_errors(tmp_path: Path) -> None:
     done = subprocess.run(
         [sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(site)],
         cwd=ROOT, env=mkdocs_env(), capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
+    )
     assert done.returncode == 0, done.stderr[-4000:]
     cli = (site / "reference" / "cli" / "index.html").read_text()
     from edgeslm.cli import COMMANDS

@@ -38,7 +38,7 @@ def reference_stats(logits: np.ndarray, ref: np.ndarray, targets: np.ndarray) ->
         "ln_ppl_ratio_err": math.sqrt(se(nll) ** 2 + se(nll_base) ** 2 - 2 * cov / (n - 1)),
         "same_top": float(np.mean(logits.argmax(1) == ref.argmax(1))),
         "dp_mean": float(np.mean(np.exp(-nll) - np.exp(-nll_base))),
-    }  # fmt: skip
+    }
 
 
 def test_statistics_match_their_definitions() -> None:

@@ -65,7 +65,7 @@ def test_masks_train_on_the_assistant_only() -> None:
         return [ord(c) for c in text], [(i, i + 1) for i in range(len(text))]
 
     chat = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}, {"role": "user", "content": "q"},
-            {"role": "assistant", "content": "ok"}]  # fmt: skip
+            {"role": "assistant", "content": "ok"}]
     example, cut = encode(chat, template, tokenize, 100, ("", ""))
     trained = "".join(chr(t) for t in example.labels if t != IGNORE)
     assert trained == "yo</>ok</>" and not cut  # the reply and its end marker, nothing of the prompts
@@ -104,7 +104,7 @@ def test_a_run_is_deterministic_and_resumes_after_ctrl_c(tiny: Store, home: Path
 def test_kill_9_resumes_from_the_last_checkpoint(tiny: Store, home: Path, tmp_path: Path, cli: Cli) -> None:
     data = write_jsonl(tmp_path / "d.jsonl", zephyr().pairs(40))
     args = ["finetune", "tiny", "--data", str(data), "--name", "killed", "--epochs", "40", "--checkpoint-every", "2",
-            "--rank", "4", "--max-length", "96", "--threads", "1"]  # fmt: skip
+            "--rank", "4", "--max-length", "96", "--threads", "1"]
     before = snapshot(tiny.root)
     proc = subprocess.Popen(edgeslm_command(home, *args), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     state = home / "finetune" / "killed-latest" / "checkpoint" / "state.json"
@@ -138,7 +138,7 @@ def test_kill_9_resumes_from_the_last_checkpoint(tiny: Store, home: Path, tmp_pa
     ],
 )
 def test_bad_data_is_named_and_nothing_is_stored(tiny: Store, home: Path, tmp_path: Path, lines: list[str],
-                                                 problem: str) -> None:  # fmt: skip
+                                                 problem: str) -> None:
     data = write_jsonl(tmp_path / "d.jsonl", lines)
     before = snapshot(tiny.root)
     with pytest.raises(InputFileError) as err:
@@ -148,7 +148,7 @@ def test_bad_data_is_named_and_nothing_is_stored(tiny: Store, home: Path, tmp_pa
 
 
 def test_long_examples_are_cut_with_a_warning(tiny: Store, home: Path, tmp_path: Path,
-                                              caplog: pytest.LogCaptureFixture) -> None:  # fmt: skip
+                                              caplog: pytest.LogCaptureFixture) -> None:
     long = {"prompt": "tell me " * 200, "completion": "no"}
     data = write_jsonl(tmp_path / "d.jsonl", [*zephyr().pairs(8), long, long])
     options = FinetuneOptions(**{**QUICK.__dict__, "epochs": 1, "max_length": 64})

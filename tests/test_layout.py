@@ -1,10 +1,11 @@
 """The house rules the folders stand for: lower floors never import higher ones, and native code
 (llama-cpp-python, onnxruntime, onnxruntime-genai, mlx, mlx-lm) is imported only under ``engines/``. Read
-from the source with ``ast``."""
+from the source with ``ast``; no import circle; a fact a table names is defined once."""
 
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 import pytest
@@ -13,9 +14,9 @@ PACKAGE = Path(__file__).resolve().parents[1] / "edgeslm"
 # Floor of each top-level part of the package; a module may import only its own floor or lower.
 FLOORS = {
     "errors": 0, "config": 0, "units": 0, "framing": 0,
-    "formats": 1, "speculation": 1, "store": 2, "sources": 3, "engines": 3,
+    "formats": 1, "speculation": 1, "store": 2, "sources": 3, "engines": 3, "access": 3,
     "runner": 5, "serve": 6, "deploy": 6, "cli": 6, "__main__": 7,
-}  # fmt: skip
+}
 NATIVE = ("llama_cpp", "onnxruntime", "onnxruntime_genai", "mlx", "mlx_lm")  # imported only under engines/
 VERB = 4  # every other top-level module or package: the verbs (pull, quantize, evaluate, ...)
 
@@ -199,3 +200,38 @@ def test_no_import_circles() -> None:
     graph = import_graph()
     assert "edgeslm.store.records" in graph["edgeslm.store.registry"]
     assert not circles(graph), circles(graph)
+
+
+# Facts a table names, each defined once (in the module given) and used by name everywhere else.
+# A fact is found by its literal; for a number as common as 4096, only where the line speaks of it.
+FACTS = {
+    "the server's port": (8434, "config.py", None),
+    "the default context": (4096, "config.py", re.compile(r"ctx|context|position", re.I)),
+    "the default keep-alive": (300.0, "config.py", re.compile(r"keep", re.I)),
+}
+
+
+def fact_sites(value: float, pattern: re.Pattern[str] | None) -> list[str]:
+    """Where ``value`` is written as a literal in the package (on a line matching ``pattern``)."""
+    found = []
+    for path in SOURCES:
+        text = path.read_text()
+        lines = text.splitlines()
+        for node in ast.walk(ast.parse(text)):
+            if isinstance(node, ast.Constant) and type(node.value) in (int, float) and node.value == value:
+                line = lines[node.lineno - 1]
+                if pattern is None or pattern.search(line):
+                    found.append(f"{path.relative_to(PACKAGE)}:{node.lineno}")
+    return found
+
+
+def test_the_fact_finder_finds_a_literal() -> None:
+    assert any(site.startswith("config.py:") for site in fact_sites(8434, None))
+    assert fact_sites(8434.5, None) == []
+
+
+@pytest.mark.parametrize("fact", sorted(FACTS))
+def test_a_fact_is_defined_once(fact: str) -> None:
+    value, home, pattern = FACTS[fact]
+    sites = fact_sites(value, pattern)
+    assert len(sites) == 1 and sites[0].startswith(f"{home}:"), f"{fact} ({value}) is written at {sites}"

@@ -13,8 +13,9 @@ import pytest
 from edgeslm.config import resolve_settings
 from edgeslm.errors import CapacityError, EngineError, ModelNotFoundError
 from edgeslm.runner import LOAD_TIMEOUT
-from edgeslm.serve import manager as manager_module
-from edgeslm.serve.manager import ManagerParams, ModelManager
+from edgeslm.runner import manager as manager_module
+from edgeslm.runner.manager import ManagerParams, ModelManager
+from edgeslm.store.resolve import ResolvedModel
 
 from .ggufbuild import write_runnable_model
 from .servekit import generate
@@ -25,9 +26,10 @@ PIDS = itertools.count(1000)
 class FakeRunner:
     started: list[str] = []
 
-    def __init__(self, name: str, **kwargs: Any) -> None:
-        self.name, self.kwargs, self.alive, self.pid = name, kwargs, True, next(PIDS)
-        FakeRunner.started.append(name)
+    def __init__(self, model: ResolvedModel, **kwargs: Any) -> None:
+        self.name, self.kwargs, self.alive, self.pid = model.name, kwargs, True, next(PIDS)
+        self.model = model
+        FakeRunner.started.append(model.name)
 
     def close(self) -> None:
         self.alive = False
@@ -109,7 +111,7 @@ def test_a_pinned_model_outlives_keep_alive_and_eviction(
 
 
 def test_refused_before_loading_when_it_cannot_fit(models: ModelManager, home: Path) -> None:
-    _, need = models.needs("a")
+    need = models.needs(models.resolve("a"))
     small = ModelManager(resolve_settings(home=home), ManagerParams(memory_budget=need - 1), FakeRunner)
     with pytest.raises(CapacityError, match=r"a:latest needs .* available .*; use fewer slots"):
         with small.lease("a"):
@@ -145,7 +147,7 @@ def test_real_runners_load_and_unload(builtin_home: Path, home: Path) -> None:
     try:
         with m.lease("smollm2-135m-instruct") as runner:
             text = "".join(e.text for e in generate(runner, "Hi", SamplingParams(temperature=0), max_tokens=4)
-                           if isinstance(e, Chunk))  # fmt: skip
+                           if isinstance(e, Chunk))
             assert text and runner.alive
         first = runner
         with m.lease("gemma3-270m") as runner:
@@ -162,11 +164,11 @@ def test_a_slow_load_blocks_neither_other_models_nor_ps(models: ModelManager) ->
     gate, loading = threading.Event(), threading.Event()
     fast = models.factory
 
-    def slow_for_c(name: str, **kwargs: Any) -> Any:
-        if name == "c:latest":
+    def slow_for_c(model: ResolvedModel, **kwargs: Any) -> Any:
+        if model.name == "c:latest":
             loading.set()
             assert gate.wait(10)
-        return fast(name, **kwargs)
+        return fast(model, **kwargs)
 
     models.factory = slow_for_c
     held: list[Any] = []
@@ -192,11 +194,11 @@ def test_a_slow_load_blocks_neither_other_models_nor_ps(models: ModelManager) ->
 def test_a_failed_load_fails_its_waiters_and_the_next_request_tries_again(models: ModelManager) -> None:
     fast, calls = models.factory, []
 
-    def failing_once(name: str, **kwargs: Any) -> Any:
-        calls.append(name)
+    def failing_once(model: ResolvedModel, **kwargs: Any) -> Any:
+        calls.append(model.name)
         if len(calls) == 1:
             raise EngineError("the runner exited while loading")
-        return fast(name, **kwargs)
+        return fast(model, **kwargs)
 
     models.factory = failing_once
     with pytest.raises(EngineError, match="exited while loading"):

@@ -247,12 +247,12 @@ def test_optimize_weighs_mlx_variants_and_recommend_keeps_them_for_apple_silicon
     params = OptimizeParams(
         types=tuple(parse_quant_types("q8_0")), eval=EvalSettings(ctx=64, chunks=1, speed=False), mixed=False,
         runtimes=(Runtime.LLAMA_CPP, Runtime.MLX), mlx=parse_recipes("4bit-g32-fp32"), tag=None,
-    )  # fmt: skip
+    )
     before = mlx_store.get(parse_name(Q4)).digest
     result = optimize(mlx_store, parse_name(GGUF_NAME), load_text(None), params)
     runtimes = {c.name: (c.kind, c.result.runtime) for c in result.candidates}
     assert runtimes == {GGUF_NAME: ("reference", "llama.cpp"), "tiny-llama:q8_0": ("uniform", "llama.cpp"),
-                        Q4: ("mlx", "mlx")}  # fmt: skip
+                        Q4: ("mlx", "mlx")}
     assert mlx_store.get(parse_name(Q4)).digest == before  # the stored build of these bytes was reused
     assert result.candidate(Q4).command.endswith("--to mlx --q-bits 4 --q-group-size 32 --dtype float32")
     here = recommend(detect(), use_case="completion", quality="max-compression", store=mlx_store)
@@ -317,7 +317,7 @@ def test_export_refusals_leave_no_folder_and_the_store_unchanged(
 def test_mlx_variants_parse_as_their_tags_spell_them() -> None:
     recipes = parse_recipes("4bit, 8bit-g32, mixed_3_6-fp32, 4bit-fp16, bf16", dtype="float32")
     assert [r.tag for r in recipes] == ["mlx-4bit-fp32", "mlx-8bit-g32-fp32", "mlx-mixed_3_6-fp32", "mlx-4bit",
-                                        "mlx-bf16"]  # fmt: skip
+                                        "mlx-bf16"]
     assert parse_recipes("4bit-fp16")[0] == MlxRecipe(dtype="float16", bits=4)
     for bad, words in (("4bitx", "MLX variant '4bitx' is unknown"), ("7bit", "not one mlx quantizes"), ("", "no MLX")):
         with pytest.raises(InvalidParameterError, match=words):
@@ -328,11 +328,11 @@ def test_mlx_variants_parse_as_their_tags_spell_them() -> None:
     ("Linux", "aarch64", "no build for this platform (linux arm64): its wheels are for linux x86_64, darwin arm64"),
     ("Windows", "AMD64", "mlx has no build for this platform (windows amd64)"),
     ("Linux", "x86_64", "pip install 'edgeslm[mlx]'"),
-])  # fmt: skip
+])
 def test_mlx_verbs_say_when_a_platform_has_no_mlx(
     mlx_home: Path, cli: Callable[..., CliResult], monkeypatch: pytest.MonkeyPatch, system: str, machine: str,
     words: str,
-) -> None:  # fmt: skip
+) -> None:
     import importlib.util
     import platform
 

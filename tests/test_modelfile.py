@@ -50,7 +50,7 @@ CHATS = [
     [{"role": "system", "content": "S"}, {"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"},
      {"role": "user", "content": "q2"}],
     [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}, {"role": "user", "content": "c"}],
-]  # fmt: skip
+]
 
 
 def test_parses_what_ollama_parses() -> None:
@@ -163,7 +163,7 @@ def test_go_templates_render_as_chatml(go: str) -> None:
 def test_go_template_semantics_follow_ollama() -> None:
     # consecutive turns of one role are joined by a blank line; every system message makes .System
     chat = [{"role": "system", "content": "A"}, {"role": "system", "content": "B"}, {"role": "user", "content": "u1"},
-            {"role": "user", "content": "u2"}]  # fmt: skip
+            {"role": "user", "content": "u2"}]
     out = render_chat(translate("{{ .System }}|{{ range .Messages }}{{ .Role }}={{ .Content }};{{ end }}"), chat)
     assert out == "A\n\nB|system=A\n\nB;user=u1\n\nu2;"
     # the older form: one rendering per exchange, the last cut at .Response
@@ -203,11 +203,11 @@ def _modelfile(tmp_path: Path, text: str) -> Path:
 
 
 def test_create_from_a_gguf_file_then_show_recreates_it(cli: Cli, store: Store, tiny_model: Path,
-                                                        tmp_path: Path) -> None:  # fmt: skip
+                                                        tmp_path: Path) -> None:
     mf = _modelfile(tmp_path, (
         f"FROM {tiny_model}\nPARAMETER temperature 0.3\nPARAMETER stop <|im_end|>\nSYSTEM You are brief.\n"
         f'TEMPLATE """{CHATML_GO}"""\nMESSAGE user hi\nMESSAGE assistant "hello there"\nLICENSE MIT\n'
-    ))  # fmt: skip
+    ))
     assert cli("create", "brief", "-f", str(mf)).code == 0
     made = store.get(__import__("edgeslm.store", fromlist=["parse_name"]).parse_name("brief"))
     d = made.defaults
@@ -237,7 +237,7 @@ def test_create_from_a_gguf_file_then_show_recreates_it(cli: Cli, store: Store, 
     ],
 )
 def test_bad_creates_change_nothing(cli: Cli, store: Store, tiny_model: Path, tmp_path: Path, text: str,
-                                    problem: str) -> None:  # fmt: skip
+                                    problem: str) -> None:
     mf = _modelfile(tmp_path, text.format(tiny=tiny_model))
     before = snapshot(store.root)
     result = cli("create", "bad", "-f", str(mf))

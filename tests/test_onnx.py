@@ -18,7 +18,8 @@ from edgeslm.engines.base import Engine, LoadParams, SamplingParams, open_engine
 from edgeslm.errors import InvalidModelFileError, InvalidParameterError, MissingExtraError
 from edgeslm.evaluate.core import EvalSettings, evaluate, load_text
 from edgeslm.formats.model_format import ModelFormat
-from edgeslm.store import Store, parse_name, verify_store
+from edgeslm.store import Store, parse_name
+from edgeslm.store.verify import verify_store
 from tests.conftest import CliResult, snapshot
 from tests.onnxbuild import GGUF_NAME, build_store, copy_folder, edit_json, private_home
 
@@ -363,7 +364,7 @@ def test_kill_9_during_a_build_publishes_nothing(onnx_home: Path) -> None:
     store = Store.open(onnx_home / "models")
     names = {str(m.name) for m in store.manifests()}
     proc = subprocess.Popen(edgeslm_command(onnx_home, "convert", GGUF_NAME, "--to", "onnx", "--precision", "int8"),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 120
     while not list(store.tmp_dir.glob("onnx-*.partial/out")):  # the builder is writing
         assert proc.poll() is None and time.monotonic() < deadline, "the build ended before it could be killed"
@@ -442,7 +443,7 @@ def test_optimize_and_recommend_weigh_both_runtimes(onnx_store: Store, tmp_path:
     params = OptimizeParams(
         types=tuple(parse_quant_types("q8_0")), eval=EvalSettings(ctx=64, chunks=2, speed=False), mixed=False,
         runtimes=(Runtime.LLAMA_CPP, Runtime.ONNXRUNTIME), onnx=((Precision.INT4, Method.BUILDER),), tag=None,
-    )  # fmt: skip
+    )
     before = onnx_store.get(parse_name(INT4)).digest
     result = optimize(onnx_store, parse_name(GGUF_NAME), load_text(None), params)
     runtimes = {c.name: c.result.runtime for c in result.candidates}

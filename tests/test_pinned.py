@@ -268,7 +268,9 @@ def test_run_pulls_a_pinned_model_but_a_server_request_does_not(
 
     pinned = pinned_for(model_bytes, _parts(model_bytes))
     monkeypatch.setattr(pull_module, "pinned_models", lambda: {str(NAME): pinned})
-    pull_module.ensure_pulled(str(NAME), resolve_settings(), fetch=False)  # the server, on a request
+    with pytest.raises(ModelNotFoundError, match="not found"):
+        pull_module.ensure_pulled(str(NAME), resolve_settings(), fetch=False)  # the server, on a request
     assert store.find(NAME) is None and index.served == []
-    pull_module.ensure_pulled(str(NAME), resolve_settings())  # 'edgeslm run', as Ollama's run pulls
-    assert store.get(NAME).digest == f"sha256-{hashlib.sha256(model_bytes).hexdigest()}"
+    found = pull_module.ensure_pulled(str(NAME), resolve_settings())  # 'edgeslm run', as Ollama's run pulls
+    assert store.get(NAME).digest == found.digest == f"sha256-{hashlib.sha256(model_bytes).hexdigest()}"
+    assert found.path == store.blob_path(found.digest) and found.name == str(NAME)

@@ -62,7 +62,7 @@ def test_a_coding_question_gets_code(qwen_home: Path, cli: Cli) -> None:
         "--home", str(qwen_home), "run", QWEN_SMALL,
         "Write a Python function is_prime(n) that returns True when n is a prime number.",
         "--temperature", "0", "--max-tokens", "160",
-    )  # fmt: skip
+    )
     assert asked.code == 0, asked.err
     code = asked.out.split("```python", 1)[-1].split("```", 1)[0]
     namespace: dict[str, Any] = {}
@@ -80,7 +80,7 @@ def test_quantize_q4_0_runs(qwen_home: Path, tmp_path: Path, cli: Cli) -> None:
     variant = store.get(parse_name("qwen2.5-coder:0.5b-q4_0"))
     assert variant.info.file_type == "Q4_0" and variant.size < PINNED.upstream.size
     ran = cli("--home", str(home), "run", "qwen2.5-coder:0.5b-q4_0", "def add(a, b):", "--temperature", "0",
-              "--max-tokens", "8")  # fmt: skip
+              "--max-tokens", "8")
     assert ran.code == 0 and ran.out.strip(), ran.err
 
 
@@ -103,7 +103,7 @@ def test_hermes_tool_calls_through_both_clients(url: str) -> None:
 
     with openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0, timeout=300) as oai:
         reply = oai.chat.completions.create(model=QWEN_SMALL, messages=ASK, tools=[WEATHER, TIME],  # type: ignore[arg-type]
-                                            max_tokens=96, temperature=0)  # fmt: skip
+                                            max_tokens=96, temperature=0)
         (choice,) = reply.choices
         assert choice.finish_reason == "tool_calls", choice.message.content
         (call,) = choice.message.tool_calls or []
@@ -133,10 +133,10 @@ def test_its_tokenizer_exports_as_llama_cpp_splits_it(qwen: Model, tmp_path: Pat
 
     reader = gguf.GGUFReader(qwen.path)
     meta = {k: _value(f) for k, f in reader.fields.items() if not k.startswith("tokenizer.ggml.") or "_id" in k
-            or k in ("tokenizer.ggml.model", "tokenizer.ggml.pre", "tokenizer.ggml.add_bos_token")}  # fmt: skip
+            or k in ("tokenizer.ggml.model", "tokenizer.ggml.pre", "tokenizer.ggml.add_bos_token")}
     _write_tokenizer(tmp_path, reader, meta)
     exported = Tokenizer.from_file(str(tmp_path / "tokenizer.json"))
     for text in ("def f(n):\n    return n if n < 2 else f(n-1)+f(n-2)\n", "I've 12345 apples, 3.14\r\n\ttab  x",
-                 "我想在apple工作1314151天～ нещо на Български 🦙🦙 ''''```"):  # fmt: skip
+                 "我想在apple工作1314151天～ нещо на Български 🦙🦙 ''''```"):
         ours = list(qwen.engine.tokenize(text, add_special=False))
         assert exported.encode(text, add_special_tokens=False).ids == ours

@@ -17,7 +17,7 @@ from typing import Any
 import httpx
 import pytest
 
-from edgeslm.serve.keys import add_key
+from edgeslm.access.keys import add_key
 
 from .conftest import edgeslm_command
 from .ggufbuild import write_runnable_model
@@ -52,7 +52,7 @@ def ray_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Serve
     key = add_key(keyfile, "admin", "admin")
     with serve_process(home, "--ray", "--model", SMOL, "--model", "tiny", "--parallel", "1", "--max-replicas", "2",
                        "--replica-cpus", "0.1", "--api-keys", str(keyfile), "--audit-log", str(home / "audit.jsonl"),
-                       "--ctx", "1024", "--threads", "1") as served:  # fmt: skip
+                       "--ctx", "1024", "--threads", "1") as served:
         _wait_ready(served.url, key)
         yield served, key
 
@@ -76,15 +76,15 @@ def test_the_official_clients_chat_through_ray_serve(ray_server: tuple[Served, s
     served, key = ray_server
     client = openai.OpenAI(base_url=served.url + "/v1", api_key=key)
     reply = client.chat.completions.create(model=SMOL, messages=[{"role": "user", "content": "Say hello."}],
-                                           temperature=0, max_tokens=16)  # fmt: skip
+                                           temperature=0, max_tokens=16)
     assert reply.choices[0].message.content and reply.usage and reply.usage.completion_tokens > 0
     streamed = client.chat.completions.create(model=SMOL, messages=[{"role": "user", "content": "Say hello."}],
-                                              temperature=0, max_tokens=16, stream=True)  # fmt: skip
+                                              temperature=0, max_tokens=16, stream=True)
     text = "".join(c.choices[0].delta.content or "" for c in streamed if c.choices)
     assert text == reply.choices[0].message.content  # greedy: the same reply either way
     chat = ollama.Client(host=served.url, headers={"Authorization": f"Bearer {key}"})
     answer = chat.chat(model=SMOL, messages=[{"role": "user", "content": "Say hello."}],
-                       options={"temperature": 0, "num_predict": 16})  # fmt: skip
+                       options={"temperature": 0, "num_predict": 16})
     assert answer.message.content and answer.eval_count  # (Ollama's defaults differ from OpenAI's: another reply)
     assert {m.model for m in chat.list().models} == {SMOL, "tiny:latest", "spare:latest"}
     assert httpx.get(served.url + "/api/tags", timeout=CLIENT_TIMEOUT).status_code == 401  # the keys still apply
@@ -98,9 +98,9 @@ def _load(url: str, key: str, model: str, n: int, tokens: int) -> list[int]:
 
     def one() -> None:
         body = {"model": model, "prompt": "Tell a long story about the sea.", "stream": False,
-                "options": {"temperature": 0, "num_predict": tokens}}  # fmt: skip
+                "options": {"temperature": 0, "num_predict": tokens}}
         codes.append(httpx.post(url + "/api/generate", json=body, headers={"Authorization": f"Bearer {key}"},
-                                timeout=300).status_code)  # fmt: skip
+                                timeout=300).status_code)
 
     threads = [threading.Thread(target=one) for _ in range(n)]
     for t in threads:
@@ -167,13 +167,13 @@ def test_serve_ray_without_ray_says_how_to_install_it(tmp_path: Path) -> None:
     (fake / "__init__.py").write_text("raise ImportError('no ray here')\n")
     env = {**os.environ, "PYTHONPATH": str(fake.parent)}
     done = subprocess.run([sys.executable, "-m", "edgeslm", "--home", str(tmp_path / "h"), "serve", "--ray", "--model",
-                           "tiny"], capture_output=True, text=True, env=env, timeout=60)  # fmt: skip
+                           "tiny"], capture_output=True, text=True, env=env, timeout=60)
     assert done.returncode == 69 and "pip install 'edgeslm[ray]'" in done.stderr
 
 
 def test_serve_ray_refuses_bad_input_before_ray_starts(tmp_path: Path) -> None:
     run = lambda *a: subprocess.run(edgeslm_command(tmp_path / "h", "serve", "--ray", *a), capture_output=True,  # noqa: E731
-                                    text=True, timeout=60)  # fmt: skip
+                                    text=True, timeout=60)
     missing = run("--model", "absent-model")
     assert missing.returncode == 67 and "absent-model" in missing.stderr
     none = run()

@@ -71,7 +71,7 @@ def test_the_rayservice_renders_and_its_pods_validate(cli: Any, store: Store, tm
         "maxReplicas"
     ] == 3
     assert all(isinstance(v, str) for g in (cluster["headGroupSpec"], *cluster["workerGroupSpecs"])
-               for v in g["rayStartParams"].values())  # fmt: skip
+               for v in g["rayStartParams"].values())
     for group in (cluster["headGroupSpec"], *cluster["workerGroupSpecs"]):
         template = group["template"]
         pod = {"apiVersion": "v1", "kind": "PodTemplate", "metadata": {"name": "edgeslm"}, "template": template}
@@ -110,7 +110,7 @@ def test_the_rayservice_lets_only_the_serve_port_in_from_outside(cli: Any, store
             else:
                 assert peer == {"podSelector": {"matchLabels": selector}}
     assert all(rule.get("to") == [{"podSelector": {"matchLabels": selector}}] or
-               {p["port"] for p in rule["ports"]} == {53} for rule in policy["egress"])  # fmt: skip
+               {p["port"] for p in rule["ports"]} == {53} for rule in policy["egress"])
     head = cluster["headGroupSpec"]["template"]["spec"]["containers"][0]
     assert 10001 not in {p["containerPort"] for p in head["ports"]}
 

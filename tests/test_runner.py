@@ -26,7 +26,7 @@ CHAT = [{"role": "user", "content": "What is the capital of France?"}]
 
 
 def test_the_server_side_loads_no_native_code() -> None:
-    code = "import sys, edgeslm.runner, edgeslm.serve.keys, edgeslm.serve.audit; print('llama_cpp' in sys.modules)"
+    code = "import sys, edgeslm.runner, edgeslm.access.keys, edgeslm.access.audit; print('llama_cpp' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout.strip() == "False"
 
 

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
+from edgeslm.access.audit import AuditLog, AuditRecord, report, verify
+from edgeslm.access.keys import ROLES, Action, add_key, hash_key, load_keys
 from edgeslm.errors import InputFileError, InvalidParameterError
-from edgeslm.serve.audit import AuditLog, AuditRecord, report, verify
-from edgeslm.serve.keys import ROLES, Action, add_key, hash_key, load_keys
 
 from .conftest import CliResult
 
@@ -54,7 +54,7 @@ def test_roles_follow_the_table() -> None:
          'sha256 = "' + "1" * 64 + '"\n', "appears twice"),
         ('other = 1\n', r"expected only \[\[key\]\] tables"),
     ],
-)  # fmt: skip
+)
 def test_bad_key_files(tmp_path: Path, content: str, words: str) -> None:
     path = tmp_path / "k.toml"
     path.write_text(content)
@@ -71,7 +71,7 @@ def _records(n: int) -> list[AuditRecord]:
             status=(200, 403)[i % 3 == 2], tokens_in=10 + i, tokens_out=5, duration_ms=12.5,
         )
         for i in range(n)
-    ]  # fmt: skip
+    ]
 
 
 def test_audit_chain_detects_edits_deletions_and_moves(tmp_path: Path) -> None:

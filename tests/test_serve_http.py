@@ -13,7 +13,7 @@ from typing import Any
 import httpx
 import pytest
 
-from edgeslm.serve.audit import verify
+from edgeslm.access.audit import verify
 
 from .fake_runner import REPLY_WORDS, FakeRunner
 from .ggufbuild import write_runnable_model
@@ -287,7 +287,7 @@ def test_serve_refuses_to_listen_beyond_loopback_without_keys(cli: Any) -> None:
 def test_a_hung_runner_fails_its_requests_and_the_server_keeps_serving(
     url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from edgeslm.serve import service
+    from edgeslm.serve import replies as service
 
     monkeypatch.setattr(service, "REPLY_SILENCE", 0.3)
     FakeRunner.delay = 5.0  # a runner that goes silent
@@ -350,7 +350,7 @@ def test_a_peft_adapter_uploaded_as_its_files(url: str, models: Path, tmp_path: 
     (peft / "adapter_config.json").write_text(json.dumps({"peft_type": "LORA", "r": 2, "lora_alpha": 4}))
     prefix = "base_model.model.model.layers.0.self_attn.q_proj"
     pair = {f"{prefix}.lora_A.weight": np.ones((2, q.shape[0]), np.float32),
-            f"{prefix}.lora_B.weight": np.ones((q.shape[1], 2), np.float32)}  # fmt: skip
+            f"{prefix}.lora_B.weight": np.ones((q.shape[1], 2), np.float32)}
     save_file(pair, peft / "adapter_model.safetensors")
     digests = {}
     for f in peft.iterdir():
@@ -366,7 +366,7 @@ def test_a_peft_adapter_uploaded_as_its_files(url: str, models: Path, tmp_path: 
 
 
 def test_a_stalled_upload_is_dropped(url: str, models: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import edgeslm.serve.service as service
+    import edgeslm.serve.bodies as service
 
     monkeypatch.setattr(service, "UPLOAD_SILENCE", 0.3)
 

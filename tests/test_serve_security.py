@@ -13,7 +13,7 @@ from typing import Any
 import httpx
 import pytest
 
-from edgeslm.serve.audit import report, verify
+from edgeslm.access.audit import report, verify
 from edgeslm.serve.guard import ROUTES
 
 from . import servekit
@@ -54,9 +54,9 @@ EVERY_ROUTE = [
     ("POST", "/edgeslm/v1/publish", {"manifests": []}),
 ]
 ADMIN_ONLY = {"/api/pull", "/api/create", "/api/copy", "/api/delete", "/edgeslm/v1/audit", "/edgeslm/v1/audit.csv",
-              "/edgeslm/v1/publish"}  # fmt: skip
+              "/edgeslm/v1/publish"}
 READER_MAY = {"/", "/api/version", "/api/tags", "/v1/models", "/v1/models/tiny", "/api/show", "/metrics",
-              "/edgeslm/v1/session", "/edgeslm/v1/models"}  # fmt: skip
+              "/edgeslm/v1/session", "/edgeslm/v1/models"}
 
 
 @pytest.fixture

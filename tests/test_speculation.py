@@ -296,7 +296,7 @@ def test_lookup_is_lossless_where_batches_agree_and_pays_on_a_copy(
     paragraph = text[2000:3200].replace("\r", "")
     # SmolLM2-135M rarely copies when asked to repeat; asked to fix the spacing it copies.
     ask = [{"role": "user", "content": f"Rewrite the following text with correct spacing around punctuation:\n\n"
-                                       f"{paragraph}"}]  # fmt: skip
+                                       f"{paragraph}"}]
     settings = resolve_settings(home=home, offline=True)
     for name in ("smollm2-135m-instruct:f16", "gemma3-270m"):
         model = load(name, ctx=1024, threads=2, settings=settings)
@@ -335,7 +335,7 @@ def test_run_draft_lookup_prints_its_acceptance(
     # ngram-map-k needs m tokens after a match, and (as llama.cpp's) never looks at the prompt's last n + m + 1
     for kind, m, shown in [("lookup", 48, "lookup (n 3, m 48, n_min 2)"),
                            ("ngram-simple", 48, "ngram-simple (n 3, m 48)"),
-                           ("ngram-map-k", 8, "ngram-map-k (n 3, m 8, min_hits 1)")]:  # fmt: skip
+                           ("ngram-map-k", 8, "ngram-map-k (n 3, m 8, min_hits 1)")]:
         spec = cli("run", ask, "--draft", kind, "--draft-n", "3", "--draft-m", str(m), *flags)
         assert spec.code == 0 and spec.out == plain.out
         assert f"draft:                {shown}\n" in spec.err
@@ -372,7 +372,7 @@ def test_slots_verify_their_drafts_in_one_batch_and_stay_lossless(
     monkeypatch.setattr(llamacpp_batch, "split_cost", lambda policy, runs, n: policy.cost(sum(c for _, c in runs)))
     prompts = {"a": "the cat sat on the mat; the cat sat on the", "b": "abc abc abc abc abc ab", "c": "xyz"}
     sampling = {"a": SamplingParams(temperature=0), "b": SamplingParams(temperature=0),
-                "c": SamplingParams(temperature=0.9, seed=1)}  # fmt: skip
+                "c": SamplingParams(temperature=0.9, seed=1)}
     replies = []
     for draft in (None, LookupConfig(n=1, m=6)):
         decoder = BatchDecoder(engine, 3, 256, draft=draft, reuse=False)
@@ -408,10 +408,10 @@ def test_serve_draft_lookup_counts_drafts_in_metrics(
     home = tmp_path_factory.mktemp("spec-home")
     shutil.copytree(builtin_home, home, dirs_exist_ok=True)
     subprocess.run([sys.executable, "-m", "edgeslm", "--home", str(home), "quantize", "smollm2-135m-instruct",
-                    "--type", "f16", "--allow-requantize"], check=True, capture_output=True)  # fmt: skip
+                    "--type", "f16", "--allow-requantize"], check=True, capture_output=True)
     text = (Path(__file__).parents[2] / "shared" / "data" / "wikitext-2-test.txt").read_bytes().decode()
     ask = [{"role": "user", "content": "Rewrite the following text with correct spacing around punctuation:\n\n"
-                                       + text[2000:3200].replace("\r", "")}]  # fmt: skip
+                                       + text[2000:3200].replace("\r", "")}]
     replies, metrics = [], ""
     for draft in ((), (("smollm2-135m-instruct:f16", LookupConfig()),)):
         with serving(home, parallel=2, ctx=1024, prompt_cache=False, draft=draft) as url:
@@ -529,7 +529,7 @@ def test_speculative_sampling_keeps_the_distribution(tmp_path: Path) -> None:
         exact |= {(int(a), int(b)): float(pa * pb) for b, pb in zip(ids, probs, strict=True)}
     n, stats = 1000, SpecStats()
     spec = Counter(tuple(islice(engine.generate_speculative(prompt, replace(s, seed=i), drafter, stats), 2))  # type: ignore[arg-type]
-                   for i in range(n))  # fmt: skip
+                   for i in range(n))
     plain = Counter(tuple(islice(engine.generate_tokens(prompt, replace(s, seed=i)), 2)) for i in range(n))
     assert stats.verifies == n and 0.2 * n < stats.accepted < 0.5 * stats.drafted, stats  # judged, not rubber-stamped
     for counts in (spec, plain):

@@ -8,8 +8,9 @@ from pathlib import Path
 import pytest
 
 from edgeslm.errors import IntegrityError, InvalidModelFileError, ModelNotFoundError
-from edgeslm.store import Store, parse_name, verify_store
+from edgeslm.store import Store, parse_name
 from edgeslm.store.atomic import TempFile
+from edgeslm.store.verify import verify_store
 
 from .conftest import snapshot
 from .ggufbuild import gguf_bytes, kv_str, tensor_info, write, write_tiny_model
@@ -138,7 +139,7 @@ def test_a_store_locked_too_long_is_a_clear_error(home: Path, monkeypatch: pytes
         [sys.executable, "-c", "import sys, time; from filelock import FileLock; l = FileLock(sys.argv[1]); "
          "l.acquire(); print('held', flush=True); time.sleep(30)", str(home / "models" / "store.lock")],
         stdout=subprocess.PIPE, text=True,
-    )  # fmt: skip
+    )
     try:
         assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
         monkeypatch.setattr(registry, "LOCK_TIMEOUT", 0.3)

@@ -14,10 +14,10 @@ from typing import Any
 import httpx
 import pytest
 
+from edgeslm.access.audit import report, verify
+from edgeslm.access.keys import add_key
 from edgeslm.bundle.layout import blob_member, manifest_member
 from edgeslm.errors import IntegrityError
-from edgeslm.serve.audit import report, verify
-from edgeslm.serve.keys import add_key
 from edgeslm.store import Store, parse_name
 from edgeslm.sync import edge
 from edgeslm.sync.remotes import Remote
@@ -267,7 +267,7 @@ def test_an_optimized_model_travels_by_bundle_and_by_push_and_answers_the_same(
     a push to another (a real edgeslm serve); verify is clean everywhere; greedy replies agree."""
     assert cli("pull", "smollm2-135m-instruct").code == 0
     tuned = cli("optimize", "smollm2-135m-instruct", "--types", "q4_0", "--chunks", "1", "--max-size", "95MB",
-                "--no-mixed", "--report", str(tmp_path / "report"))  # fmt: skip
+                "--no-mixed", "--report", str(tmp_path / "report"))
     assert tuned.code == 0, tuned.err
     best = Store.open(home / "models").get(parse_name("smollm2-135m-instruct:best"))
     assert best.info.file_type and best.size < 95_000_000  # the Q4_0 variant, chosen by measurement
@@ -276,7 +276,7 @@ def test_an_optimized_model_travels_by_bundle_and_by_push_and_answers_the_same(
     by_bundle, by_push = tmp_path / "device", tmp_path / "cloud"
     assert cli("bundle", "create", "smollm2-135m-instruct:best", "-o", str(tmp_path / "m.eslm")).code == 0
     imported = subprocess.run(edgeslm_command(by_bundle, "bundle", "import", str(tmp_path / "m.eslm")),
-                              capture_output=True, text=True)  # fmt: skip
+                              capture_output=True, text=True)
     assert imported.returncode == 0, imported.stderr
     with serve_process(by_push, "--api-keys", str(keyfile), "--preload", "") as served:
         assert cli("remote", "add", "cloud", served.url, "--key-file", str(admin)).code == 0

@@ -30,11 +30,11 @@ from .ggufbuild import write_runnable_model
 TEMPLATES = Path(__file__).parent / "data" / "chat_templates"
 # Bounded arguments: a random model under the grammar then always closes its call.
 CITY_DAYS = {"city": {"type": "string", "enum": ["Paris", "Rome"]}, "days": {"type": "integer", "minimum": 1,
-                                                                            "maximum": 7}}  # fmt: skip
+                                                                            "maximum": 7}}
 WEATHER = {"type": "function", "function": {"name": "get_weather", "description": "The weather in a city",
-           "parameters": {"type": "object", "properties": CITY_DAYS, "required": ["city", "days"]}}}  # fmt: skip
+           "parameters": {"type": "object", "properties": CITY_DAYS, "required": ["city", "days"]}}}
 TIME = {"type": "function", "function": {"name": "get_time", "parameters": {"type": "object", "properties": {
-    "zone": {"$ref": "#/$defs/zone"}}, "required": ["zone"], "$defs": {"zone": {"enum": ["UTC", "CET"]}}}}}  # fmt: skip
+    "zone": {"$ref": "#/$defs/zone"}}, "required": ["zone"], "$defs": {"zone": {"enum": ["UTC", "CET"]}}}}}
 SCHEMAS = {t["function"]["name"]: t["function"]["parameters"] for t in (WEATHER, TIME)}
 PARIS, ROME = {"city": "Paris", "days": 1}, {"city": "Rome", "days": 2}
 
@@ -88,7 +88,7 @@ CASES = {
         ToolFormat.PHI4, 'functools[{"name": "get_weather", "arguments": {"city": "Paris", "days": 1}}]',
         '<|tool_call|>[{"name": "get_weather", "arguments": {"city": "Paris", "days": 1}}]<|/tool_call|>',
         None, (PARIS,), {"<|tool_call|>": 3, "<|/tool_call|>": 3}),
-}  # fmt: skip
+}
 HISTORY = [
     {"role": "system", "content": "Answer briefly."},
     {"role": "user", "content": "What is the weather in Paris?"},
@@ -135,7 +135,7 @@ def test_family_renders_tools_and_a_round_trip_and_parses_its_reply(name: str) -
 
 def test_a_call_to_a_tool_not_offered_is_text_not_a_call() -> None:
     reply = parse(ToolFormat.HERMES, '<tool_call>\n{"name": "rm_rf", "arguments": {}}\n</tool_call>',
-                  parse_tools([WEATHER]))  # fmt: skip
+                  parse_tools([WEATHER]))
     assert reply.calls == () and reply.complete
 
 
@@ -207,7 +207,7 @@ def _as_regex(gbnf: str) -> re.Pattern[str]:
 
 
 BOUNDED = [(1, 7), (0, 9), (-5, 5), (-20, -3), (15, 1234), (99, 101), (7, None), (0, None), (-13, None), (109, None),
-           (2700, None), (None, 5), (None, 0), (None, -109)]  # fmt: skip
+           (2700, None), (None, 5), (None, 0), (None, -109)]
 
 
 @pytest.mark.parametrize("bounds", BOUNDED)
@@ -227,12 +227,12 @@ def test_integer_bounds_take_exactly_the_integers_within(bounds: tuple[int | Non
 def test_bounds_the_grammar_cannot_enforce_are_refused() -> None:
     for node in ({"type": "number", "minimum": 0}, {"type": ["integer", "null"], "maximum": 3}, {"maximum": 3}):
         tool = {"type": "function", "function": {"name": "f", "parameters": {"type": "object", "properties": {
-            "x": node}}}}  # fmt: skip
+            "x": node}}}}
         with pytest.raises(InvalidParameterError, match="can be enforced on an integer only"):
             parse_tools([tool])
     with pytest.raises(InvalidParameterError, match="no integer lies within its bounds"):
         parse_tools([{"type": "function", "function": {"name": "f", "parameters": {"type": "integer", "minimum": 3,
-                                                                                 "exclusiveMaximum": 3}}}])  # fmt: skip
+                                                                                 "exclusiveMaximum": 3}}}])
     with pytest.raises(InvalidParameterError, match="must be numbers"):
         parse_tools(
             [{"type": "function", "function": {"name": "f", "parameters": {"type": "integer", "minimum": "1"}}}]
@@ -275,7 +275,7 @@ def test_each_familys_calls_are_forced_valid_and_stream_alike(family_url: str, i
 
         def create(**kw: Any) -> Any:
             return oai.chat.completions.create(model=f"family-{index}", messages=ask, tools=[WEATHER, TIME],  # type: ignore[arg-type]
-                                               max_tokens=160, **kw)  # fmt: skip
+                                               max_tokens=160, **kw)
 
         for temperature in (0.0, 0.8, 0.8):
             (choice,) = create(tool_choice="required", temperature=temperature, seed=7).choices
@@ -308,7 +308,7 @@ def test_auto_leaves_a_random_models_text_alone_and_streams_it(family_url: str) 
         options = {"temperature": 0, "num_predict": 24}
         reply = client.chat(model="family-0", messages=ask, tools=[WEATHER], options=options)
         parts = [p.message.content for p in client.chat(model="family-0", messages=ask, tools=[WEATHER],
-                                                        options=options, stream=True)]  # fmt: skip
+                                                        options=options, stream=True)]
     finally:
         client._client.close()
     assert not reply.message.tool_calls and reply.message.content
@@ -332,7 +332,7 @@ def test_tool_choice_none_leaves_the_response_format_in_force(family_url: str) -
         for seed in range(4):
             reply = oai.chat.completions.create(model="family-0", messages=[{"role": "user", "content": "n?"}],
                                                 tools=[WEATHER], tool_choice="none", response_format=fmt,  # type: ignore[arg-type]
-                                                temperature=1.0, seed=seed, max_tokens=64).choices[0]  # fmt: skip
+                                                temperature=1.0, seed=seed, max_tokens=64).choices[0]
             assert reply.finish_reason == "stop" and not reply.message.tool_calls
             jsonschema.validate(json.loads(reply.message.content or ""), schema)
 

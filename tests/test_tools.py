@@ -35,7 +35,7 @@ WEATHER = {
 }
 TIME = {"type": "function", "function": {"name": "get_time", "parameters": {"type": "object", "properties": {
     "zone": {"type": "string"}, "format": {"$ref": "#/$defs/fmt"}}, "required": ["zone"],
-    "$defs": {"fmt": {"type": "string", "enum": ["12h", "24h"]}}}}}  # fmt: skip
+    "$defs": {"fmt": {"type": "string", "enum": ["12h", "24h"]}}}}}
 ARGS = {t["function"]["name"]: t["function"]["parameters"] for t in (WEATHER, TIME)}
 
 
@@ -61,7 +61,7 @@ BAD_TOOLS = {
     "a name with a control character": ([_fn("get\x00weather")], "no spaces or control characters"),
     "two tools of one name": ([_fn("f"), _fn("f")], "two tools are named 'f'"),
     "a tool that is not a function": ([{"type": "retrieval"}], "only function tools are supported"),
-}  # fmt: skip
+}
 
 
 @pytest.mark.parametrize("case", list(BAD_TOOLS))
@@ -112,7 +112,7 @@ def test_replies_read_back_as_calls_or_text() -> None:
 
 @pytest.mark.parametrize(
     ("choice", "parallel"), [(ToolChoice("required"), False), (ToolChoice("function", "get_time"), True),
-                             (ToolChoice(), False)])  # fmt: skip
+                             (ToolChoice(), False)])
 def test_the_grammar_makes_every_call_valid_even_from_a_random_model(
     tmp_path: Path, choice: ToolChoice, parallel: bool
 ) -> None:
@@ -192,7 +192,7 @@ def test_openai_tool_calls_required_streamed_and_round_trip(url: str) -> None:
         # the round trip, with the weather tool alone: call -> result -> an answer in text
         def weather(messages: list[Any], choice: str = "auto") -> Any:
             return oai.chat.completions.create(model=MODEL, tools=[WEATHER], max_tokens=48, messages=messages,  # type: ignore[arg-type]
-                                               tool_choice=choice, temperature=0).choices[0]  # fmt: skip
+                                               tool_choice=choice, temperature=0).choices[0]
 
         first = weather(ASK, "required")
         (asked,) = first.message.tool_calls or []
@@ -200,7 +200,7 @@ def test_openai_tool_calls_required_streamed_and_round_trip(url: str) -> None:
         final = weather([*ASK, first.message.model_dump(exclude_none=True), result])
         assert final.message.content and not final.message.tool_calls
         text = ask(messages=[{"role": "user", "content": "Write a haiku about the sea."}], tool_choice="auto",
-                   temperature=0)  # fmt: skip
+                   temperature=0)
         assert text.choices[0].message.content and not text.choices[0].message.tool_calls
 
 
@@ -240,7 +240,7 @@ BAD_REQUESTS = {
                                          "matches no call"),
     "tools with a response format": ({"tools": [WEATHER], "response_format": {"type": "json_object"}},
                                      "a response format and tools together"),
-}  # fmt: skip
+}
 
 
 @pytest.mark.real_model
@@ -253,11 +253,11 @@ def test_bad_tool_requests_get_a_400_and_the_server_keeps_serving(url: str) -> N
         assert r.status_code == 400 and words in r.json()["error"]["message"], (case, r.text[:300])
     cut = httpx.post(f"{url}/v1/chat/completions", timeout=120, json={
         "model": MODEL, "messages": ASK, "tools": [WEATHER], "tool_choice": "required", "max_tokens": 6,
-        "temperature": 0})  # fmt: skip
+        "temperature": 0})
     (choice,) = cut.json()["choices"]
     assert choice["finish_reason"] == "length" and "tool_calls" not in choice["message"]  # never half a call
     ok = httpx.post(f"{url}/api/chat", timeout=120, json={"model": MODEL, "messages": ASK, "stream": False,
-                                                           "options": {"num_predict": 4}})  # fmt: skip
+                                                           "options": {"num_predict": 4}})
     assert ok.status_code == 200 and ok.json()["done"]
 
 
@@ -270,28 +270,28 @@ def test_the_responses_api_answers_the_official_client(url: str) -> None:
     with openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0) as oai:
         r = oai.responses.create(model=MODEL, input=question, instructions=rule, max_output_tokens=12, temperature=0)
         chat = oai.chat.completions.create(model=MODEL, max_tokens=12, temperature=0, messages=[
-            {"role": "system", "content": rule}, {"role": "user", "content": question}])  # fmt: skip
+            {"role": "system", "content": rule}, {"role": "user", "content": question}])
         assert r.output_text and r.output_text == chat.choices[0].message.content  # the same turn, the same text
         assert r.usage is not None and r.usage.input_tokens == (chat.usage.prompt_tokens if chat.usage else -1)
         events = list(oai.responses.create(model=MODEL, input=question, instructions=rule, max_output_tokens=12,
-                                           temperature=0, stream=True))  # fmt: skip
+                                           temperature=0, stream=True))
         assert (
             "".join(getattr(e, "delta", "") for e in events if e.type == "response.output_text.delta") == r.output_text
         )
         assert events[0].type == "response.created" and events[-1].type in ("response.completed", "response.incomplete")
         assert [e.sequence_number for e in events] == list(range(len(events)))
         called = oai.responses.create(model=MODEL, input=ASK[0]["content"], tools=[fn], tool_choice="required",  # type: ignore[arg-type]
-                                      temperature=0, max_output_tokens=96)  # fmt: skip
+                                      temperature=0, max_output_tokens=96)
         (call,) = [o for o in called.output if o.type == "function_call"]
         assert call.name == "get_weather" and call.call_id.startswith("call_")
         jsonschema.validate(json.loads(call.arguments), ARGS["get_weather"])
         streamed = list(oai.responses.create(model=MODEL, input=ASK[0]["content"], tools=[fn], tool_choice="required",  # type: ignore[arg-type]
-                                             temperature=0, max_output_tokens=96, stream=True))  # fmt: skip
+                                             temperature=0, max_output_tokens=96, stream=True))
         done = [e for e in streamed if e.type == "response.function_call_arguments.done"]
         assert [(e.name, e.arguments) for e in done] == [(call.name, call.arguments)]
         history = [{"role": "user", "content": ASK[0]["content"]},
                    {"type": "function_call", "call_id": call.call_id, "name": call.name, "arguments": call.arguments},
-                   {"type": "function_call_output", "call_id": call.call_id, "output": '{"celsius": 18}'}]  # fmt: skip
+                   {"type": "function_call_output", "call_id": call.call_id, "output": '{"celsius": 18}'}]
         final = oai.responses.create(model=MODEL, input=history, tools=[fn], temperature=0, max_output_tokens=48)  # type: ignore[arg-type]
         assert final.output_text and not [o for o in final.output if o.type == "function_call"]
         with pytest.raises(openai.BadRequestError, match="previous_response_id is not supported"):

@@ -18,15 +18,15 @@ from typing import Any
 
 import httpx
 
+from edgeslm.access.audit import AuditLog, AuditRecord, report
+from edgeslm.access.compliance import report_csv, report_rows
 from edgeslm.evaluate.kept import latest_results, results_dir, save_result
 from edgeslm.evaluate.result import EvalResult, Speed
 from edgeslm.optimize.constraints import Constraints
 from edgeslm.optimize.history import last_run, remember
 from edgeslm.serve.activity import Activity
-from edgeslm.serve.audit import AuditLog, AuditRecord, report
-from edgeslm.serve.compliance import report_csv, report_rows
-from edgeslm.serve.dashboard import audit_view, models_view, optimize_limits, recent_lines
-from edgeslm.serve.ui import assets
+from edgeslm.serve.ui.routes import assets
+from edgeslm.serve.ui.views import audit_view, models_view, optimize_limits, recent_lines
 from edgeslm.store import Store, parse_name
 
 from . import servekit
@@ -120,7 +120,7 @@ def test_the_server_view_counts_replies_of_the_last_minutes(keyed: tuple[str, di
     base, keys = keyed
     for _ in range(3):
         r = httpx.post(base + "/api/generate", json={"model": "tiny", "prompt": "x", "stream": False},
-                       headers=bearer(keys["user"]), timeout=30)  # fmt: skip
+                       headers=bearer(keys["user"]), timeout=30)
         assert r.status_code == 200
     view = httpx.get(base + "/edgeslm/v1/server?minutes=5", headers=bearer(keys["user"]), timeout=10).json()
     assert [m["name"] for m in view["models"]] == ["tiny:latest"] and view["slots"] == 4 and view["uptime"] > 0
@@ -152,7 +152,7 @@ def _result(m: Any, created: str, kld: float | None) -> EvalResult:
         file_size=m.size, n_params=1, bits_per_weight=1.0, type_mix=(), file_type=None, tokens=63, ppl=10.0,
         ppl_err=1.0, reference="tiny:f16" if kld is not None else None, kld_mean=kld,
         speed=Speed(10.0, 5.0, 123, 2, 64, 16),
-    )  # fmt: skip
+    )
 
 
 def test_the_models_view_matches_results_by_content_and_shows_no_paths(models: Path, cli: Any) -> None:
@@ -188,7 +188,7 @@ def test_an_optimize_record_that_is_not_ours_is_ignored(store: Store) -> None:
         path.write_bytes(bad)
         assert last_run(store, "m") is None
     odd = {"model": "m", "constraints": {"max_size": "big", "max_kld": [["mean"], 3, ["mean", 0.2]]},
-           "described": "x", "size_budget": True, "winner": 7}  # fmt: skip
+           "described": "x", "size_budget": True, "winner": 7}
     path.write_text(json.dumps(odd))
     assert optimize_limits(last_run(store, "m")) == {
         "created": None,
@@ -206,7 +206,7 @@ def test_the_audit_view_reads_the_tail_reports_breaks_and_quotes_formulas(tmp_pa
     log = AuditLog(path)
     for i in range(30):
         log.write(AuditRecord(f"2026-11-30T10:00:{i:02d}+00:00", "alice", "admin", "c", "POST", f"/r{i}",
-                              "=HYPERLINK(\"http://x\")" if i == 3 else "m", 200, 1, 2, 3.0))  # fmt: skip
+                              "=HYPERLINK(\"http://x\")" if i == 3 else "m", 200, 1, 2, 3.0))
     log.close()
     recent = recent_lines(path, 5)
     assert [e["route"] for e in recent if e] == ["/r29", "/r28", "/r27", "/r26", "/r25"]
@@ -245,7 +245,7 @@ def test_without_an_audit_log_the_page_says_so(models: Path) -> None:
 def test_the_web_page_keeps_the_server_process_light() -> None:
     """Reading results and optimize records must not pull the evaluation and search code (and what
     they import) into the HTTP process."""
-    code = "import sys, edgeslm.serve.ui; print(' '.join(sorted(sys.modules)))"
+    code = "import sys, edgeslm.serve.ui.routes; print(' '.join(sorted(sys.modules)))"
     loaded = set(
         subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
     )

@@ -97,7 +97,7 @@ def huge_member_wheel(project: str, version: str, member: str, declared: int) ->
             0,
             0,
             offset,
-        )  # fmt: skip
+        )
     )
     central.write(name_b + extra)
     _finish(out, central, len(items) + 1)
@@ -130,7 +130,7 @@ def _stored(out: io.BytesIO, central: io.BytesIO, name: bytes, raw: bytes) -> No
             0,
             0,
             offset,
-        )  # fmt: skip
+        )
     )
     central.write(name)
 
@@ -175,9 +175,9 @@ def pinned_for(
     data: bytes, parts: list[WheelPart], *, name: str = "tiny-coder:0.1b", sha256: str | None = None
 ) -> PinnedModel:
     upstream = UpstreamFile("test-org/tiny-coder-GGUF", "b" * 40, "tiny-coder-q8_0.gguf",
-                            sha256 or hashlib.sha256(data).hexdigest(), len(data))  # fmt: skip
+                            sha256 or hashlib.sha256(data).hexdigest(), len(data))
     return PinnedModel(name, "llama", "test-org/tiny-coder", 1_000_000, "apache-2.0", 2048, "Q8_0", "",
-                       upstream, (PackageIndexMirror(tuple(parts)),))  # fmt: skip
+                       upstream, (PackageIndexMirror(tuple(parts)),))
 
 
 class _Handler(BaseHTTPRequestHandler):

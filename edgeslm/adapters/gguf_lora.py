@@ -14,8 +14,6 @@ from pathlib import Path
 from ..errors import InvalidModelFileError
 from ..formats.gguf_header import GGUFHeader, TensorInfo, read_gguf_header
 
-MAX_SCALE = 100.0
-
 
 @dataclass(frozen=True)
 class LoraFile:
@@ -23,9 +21,6 @@ class LoraFile:
     alpha: float
     pairs: dict[str, tuple[TensorInfo, TensorInfo]]  # base tensor name -> (lora_a, lora_b)
 
-    @property
-    def ranks(self) -> tuple[int, ...]:
-        return tuple(sorted({a.shape[1] for a, _ in self.pairs.values()}))
 
 
 def read_lora(path: Path, label: str | None = None) -> LoraFile:
@@ -90,7 +85,3 @@ def check_against(lora: LoraFile, base: GGUFHeader, label: str, base_label: str)
             )
 
 
-def check_scale(scale: float) -> float:
-    if not isinstance(scale, (int, float)) or isinstance(scale, bool) or not -MAX_SCALE <= scale <= MAX_SCALE:
-        raise InvalidModelFileError(f"adapter scale {scale!r} is out of range; valid: -{MAX_SCALE:g} to {MAX_SCALE:g}")
-    return float(scale)

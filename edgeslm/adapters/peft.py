@@ -95,7 +95,7 @@ def read_peft_config(folder: Path) -> PeftConfig:
         if not isinstance(table, dict) or not all(isinstance(v, (int, float)) for v in table.values()):
             raise InvalidModelFileError(f"{path}: {key} must map module patterns to numbers")
     return PeftConfig(rank, float(alpha), bool(data.get("use_rslora")), dict(patterns["alpha_pattern"]),
-                      dict(patterns["rank_pattern"]), str(data.get("base_model_name_or_path") or ""))  # fmt: skip
+                      dict(patterns["rank_pattern"]), str(data.get("base_model_name_or_path") or ""))
 
 
 def _pattern_value(table: dict[str, Any], module: str, default: Any) -> Any:
@@ -171,7 +171,7 @@ def _pairs(st: SafetensorsFile, where: str) -> dict[str, tuple[str, str]]:
     for name in st.tensors:
         if "lora_embedding_" in name:
             raise InvalidModelFileError(f"{where}: {name[:80]} adapts the token embeddings; "
-                                        "only linear layers convert (train without embedding targets)")  # fmt: skip
+                                        "only linear layers convert (train without embedding targets)")
         match = _PAIR.fullmatch(name)
         if match is None:
             raise InvalidModelFileError(

@@ -66,7 +66,7 @@ def create_bundle(
     for m in manifests:
         blobs.update(m.blob_sizes())
     index = Index(__version__, now_iso(), tuple(str(m.name) for m in manifests),
-                  {p: (hashlib.sha256(b).hexdigest(), len(b)) for p, b in raw.items()}, blobs)  # fmt: skip
+                  {p: (hashlib.sha256(b).hexdigest(), len(b)) for p, b in raw.items()}, blobs)
     index_bytes = index.to_bytes()
     signature = sign(key, index_bytes) if key is not None else None
     if out.is_dir():

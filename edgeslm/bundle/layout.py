@@ -54,7 +54,7 @@ class Index:
             "models": list(self.models),
             "manifests": [{"path": p, "sha256": h, "size": n} for p, (h, n) in self.manifests.items()],
             "blobs": [{"digest": d, "size": n} for d, n in self.blobs.items()],
-        }  # fmt: skip
+        }
         return json.dumps(data, indent=1, sort_keys=True).encode()
 
     @classmethod
@@ -68,7 +68,7 @@ class Index:
             manifests = {str(m["path"]): (str(m["sha256"]), int(m["size"])) for m in data["manifests"]}
             blobs = {str(b["digest"]): int(b["size"]) for b in data["blobs"]}
             index = cls(str(data["edgeslm"]), str(data["created"]), tuple(str(n) for n in data["models"]),
-                        manifests, blobs)  # fmt: skip
+                        manifests, blobs)
         except (ValueError, KeyError, TypeError) as exc:
             raise BundleError(f"the bundle's index is not valid: {exc}") from None
         index.check()

@@ -29,7 +29,7 @@ from .layout import (
     Index,
     check_member,
     manifest_member,
-)  # fmt: skip
+)
 from .signing import check_signature
 
 log = logging.getLogger(__name__)
@@ -208,7 +208,7 @@ def import_bundle(store: Store, path: Path, key: Path | None = None, *, force: b
         free = shutil.disk_usage(store.tmp_dir).free
         if sum(missing.values()) > free:
             raise BundleError(f"importing needs {format_bytes(sum(missing.values()))} free in the store, "
-                              f"which has {format_bytes(free)}; free some space (edgeslm rm) and retry")  # fmt: skip
+                              f"which has {format_bytes(free)}; free some space (edgeslm rm) and retry")
 
     def sink(digest: str) -> IO[bytes] | None:
         if digest in present:
@@ -223,7 +223,7 @@ def import_bundle(store: Store, path: Path, key: Path | None = None, *, force: b
         manifests = _parse_manifests(checked)
         check_names(store, manifests, force, BundleError)  # again: a manifest may come after the first blob
         wanted = [m for m in manifests if not same(store, m)]
-        store.publish_many(wanted, staged.values())
+        store.commit(wanted, staged.values())
     finally:
         for item in staged.values():
             item.discard()
@@ -233,4 +233,4 @@ def import_bundle(store: Store, path: Path, key: Path | None = None, *, force: b
     return BundleReport(
         i.models, len(i.blobs), sum(i.blobs.values()), checked.signed, checked.key_checked,
         tuple(str(m.name) for m in wanted), unchanged, len(staged), len(present),
-    )  # fmt: skip
+    )

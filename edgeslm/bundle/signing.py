@@ -80,4 +80,4 @@ def check_signature(public_key: Path, data: bytes, signature: bytes) -> None:
         key.verify(signature, data)
     except InvalidSignature:
         raise BundleError(f"the bundle's signature does not match the key {public_key.name}: "
-                          "it was signed by another key, or changed after signing") from None  # fmt: skip
+                          "it was signed by another key, or changed after signing") from None

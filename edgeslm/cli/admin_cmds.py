@@ -7,10 +7,10 @@ import json
 from pathlib import Path
 from typing import Any
 
+from ..access.audit import Anchor, Report, VerifyResult, report, verify
+from ..access.keys import ROLES, add_key, load_keys
 from ..config import Settings
 from ..errors import InvalidParameterError
-from ..serve.audit import Anchor, Report, VerifyResult, report, verify
-from ..serve.keys import ROLES, add_key, load_keys
 from ..store.atomic import write_beside
 from .output import print_table, status
 
@@ -71,7 +71,7 @@ def cmd_audit_verify(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_audit_report(args: argparse.Namespace, settings: Settings) -> int:
-    from ..serve import compliance
+    from ..access import compliance
 
     since, until = compliance.parse_day(args.since, "--from"), compliance.parse_day(args.until, "--to")
     if since and until and since > until:
@@ -109,14 +109,14 @@ def _print_report(r: Report, checked: VerifyResult) -> None:
     if r.changes:
         print_table(("TIME", "KEY", "METHOD", "ROUTE", "MODEL", "STATUS"),
                     [(c["time"], c["key_id"] or "-", c["method"], c["route"], c["model"] or "-", c["status"])
-                     for c in r.changes])  # fmt: skip
+                     for c in r.changes])
         print()
     print(f"chain: {'intact' if checked.ok else 'BROKEN: ' + '; '.join(checked.problems[:3])}; "
-          f"{checked.lines:,} lines; last hash {checked.last_hash}")  # fmt: skip
+          f"{checked.lines:,} lines; last hash {checked.last_hash}")
 
 
 def cmd_audit_anchor(args: argparse.Namespace, settings: Settings) -> int:
-    from ..serve.compliance import write_anchor
+    from ..access.compliance import write_anchor
 
     anchor = write_anchor(args.file, args.output)
     print(f"{args.output}: {anchor.lines:,} lines, last hash {anchor.last_hash}")

@@ -69,9 +69,9 @@ def cmd_import(args: argparse.Namespace, settings: Settings) -> int:
         print_json(asdict(report))
         return 0
     print(f"imported {', '.join(report.imported) or 'nothing new'}"
-          + (f"; already stored: {', '.join(report.unchanged)}" if report.unchanged else ""))  # fmt: skip
+          + (f"; already stored: {', '.join(report.unchanged)}" if report.unchanged else ""))
     print(f"{report.blobs_written} blob(s) written, {report.blobs_present} already stored; "
-          + _signature(report.signed, report.key_checked))  # fmt: skip
+          + _signature(report.signed, report.key_checked))
     return 0
 
 

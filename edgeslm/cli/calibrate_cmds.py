@@ -33,12 +33,12 @@ def cmd_calibrate(args: argparse.Namespace, settings: Settings) -> int:
     with progress_bar(None, "chunks", enabled=not args.json) as bar:
         done = calibrate(store, parse_name(args.name), args.text, ctx=args.ctx, chunks=args.chunks,
                          from_chunk=args.from_chunk, threads=args.threads, process_output=args.process_output,
-                         progress=bar)  # fmt: skip
+                         progress=bar)
     if args.json:
         print_json({**done.__dict__, "path": str(done.path), "tokens_per_second": done.tokens_per_second})
         return 0
     status(f"{done.model}: {done.entries} weights from {done.chunks} chunks of {done.ctx} tokens of {done.text} "
-           f"in {done.seconds:.1f} s ({done.tokens_per_second:,.0f} tokens/s)")  # fmt: skip
+           f"in {done.seconds:.1f} s ({done.tokens_per_second:,.0f} tokens/s)")
     print(done.path)
     status(f"use it: edgeslm quantize {done.model} --type iq2_xs --imatrix {done.model}")
     return 0

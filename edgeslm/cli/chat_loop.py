@@ -44,7 +44,7 @@ def read_message() -> str:
 
 
 def chat_loop(model: Model, reply: Callable[[Any], str], *, system: str | None = None,
-              examples: Sequence[Mapping[str, str]] = ()) -> int:  # fmt: skip
+              examples: Sequence[Mapping[str, str]] = ()) -> int:
     """Read messages until /bye or end of input; ``reply`` streams one answer and returns it.
     ``examples``: a created model's example messages, kept (as the system message is) by /clear."""
     base: list[dict[str, str]] = [{"role": "system", "content": system}] if system else []

@@ -26,10 +26,10 @@ def configure(sub: Any) -> None:
         "source", help="a local Hugging Face model folder, or hf.co/ORG/REPO; with --to onnx or mlx, a stored model"
     )
     p.add_argument("--to", choices=("gguf", "onnx", "mlx"), default="gguf", help="gguf (default); onnx or mlx: an "
-                   "ONNX Runtime GenAI or MLX folder built from a stored model")  # fmt: skip
+                   "ONNX Runtime GenAI or MLX folder built from a stored model")
     p.add_argument("--outtype", default="auto", help=f"{', '.join(OUTTYPES)} (auto: keep the checkpoint's precision)")
     _folder_options(p, "--to", "float16 on Apple silicon, float32 elsewhere, where MLX's CPU build emulates "
-                    "float16 slowly")  # fmt: skip
+                    "float16 slowly")
     p.add_argument("--name", help="store it under this name (default: the folder's or repo's name; onnx: NAME:onnx-…)")
     p.add_argument("--json", action="store_true")
 
@@ -38,7 +38,7 @@ def _folder_options(p: argparse.ArgumentParser, flag: str, dtype_default: str) -
     """The ONNX and MLX build options, shared by convert and export."""
     p.add_argument("--precision", default="int4", help=f"with {flag} onnx: fp32, int8 or int4 (default)")
     p.add_argument("--method", default="builder", help=f"with {flag} onnx: builder (default); dynamic or static: "
-                   "Olive-style INT8 from the fp32 graph (fusions + quantize_dynamic, or quantize_static)")  # fmt: skip
+                   "Olive-style INT8 from the fp32 graph (fusions + quantize_dynamic, or quantize_static)")
     p.add_argument("--calibration", type=Path, help="with --method static: a UTF-8 text (default: the bundled sample)")
     p.add_argument("--q-bits", type=int, default=0, help=f"with {flag} mlx: quantize to 2, 3, 4, 5, 6 or 8 bits")
     p.add_argument("--q-group-size", type=int, default=64, help=f"with {flag} mlx: 32, 64 (default) or 128")
@@ -50,7 +50,7 @@ def _mlx_recipe(args: argparse.Namespace, default_dtype: str) -> MlxRecipe:
     from ..convert.to_mlx import MlxRecipe
 
     return MlxRecipe(dtype=args.dtype or default_dtype, bits=args.q_bits, group_size=args.q_group_size,
-                     mixed=args.q_recipe)  # fmt: skip
+                     mixed=args.q_recipe)
 
 
 def _onnx_options(args: argparse.Namespace) -> tuple[Precision, Method]:
@@ -90,27 +90,27 @@ def cmd_convert(args: argparse.Namespace, settings: Settings) -> int:
 
 def _convert_onnx(args: argparse.Namespace, settings: Settings) -> int:
     from ..convert.to_onnx import convert_to_onnx
-    from ..pull import ensure_pulled
+    from ..pull import pull_missing
 
     precision, method = _onnx_options(args)
-    ensure_pulled(args.source, settings)
     store = Store.open(settings.models_dir)
+    pull_missing(store, args.source, settings)
     result = convert_to_onnx(
         store, parse_name(args.source), precision=precision, method=method,
         target=parse_name(args.name) if args.name else None, calibration=args.calibration,
         progress=None if args.json else status,
-    )  # fmt: skip
+    )
     _print_built(args.json, result.manifest, f"{result.precision.value}, {result.method.value}", result.seconds)
     return 0
 
 
 def _convert_mlx(args: argparse.Namespace, settings: Settings) -> int:
     from ..convert.to_mlx import AUTO_DTYPE, convert_to_mlx
-    from ..pull import ensure_pulled
+    from ..pull import pull_missing
 
     recipe = _mlx_recipe(args, AUTO_DTYPE)
-    ensure_pulled(args.source, settings)
     store = Store.open(settings.models_dir)
+    pull_missing(store, args.source, settings)
     target = parse_name(args.name) if args.name else None
     result = convert_to_mlx(
         store, parse_name(args.source), recipe, target=target, progress=None if args.json else status
@@ -123,10 +123,10 @@ def _print_built(as_json: bool, m: Manifest, what: str, seconds: float) -> None:
     if as_json:
         files = {x.path: x.size for x in m.layers}
         print_json({"name": str(m.name), "digest": m.digest, "size": m.size, "format": m.format.value, "built": what,
-                    "seconds": seconds, "files": files, "source": dict(m.source)})  # fmt: skip
+                    "seconds": seconds, "files": files, "source": dict(m.source)})
     else:
         status(f"stored {m.name} ({m.format.value} {what}, {format_bytes(m.size)}, {len(m.layers)} files, "
-               f"{seconds:.1f} s)")  # fmt: skip
+               f"{seconds:.1f} s)")
 
 
 def configure_export(sub: Any) -> None:
@@ -137,7 +137,7 @@ def configure_export(sub: Any) -> None:
     p.add_argument("name")
     p.add_argument("--format", required=True, choices=("hf", "mlx", "onnx"), help="hf: config, safetensors and "
                    "tokenizer files; mlx: what mlx_lm.load opens (a GGUF model is converted first); onnx: what "
-                   "onnxruntime-genai opens (likewise)")  # fmt: skip
+                   "onnxruntime-genai opens (likewise)")
     p.add_argument("folder", type=Path, help="a new (or empty) folder")
     _folder_options(p, "--format", "float16, for Apple silicon")
 
@@ -161,7 +161,7 @@ def _export_folder(args: argparse.Namespace, settings: Settings) -> int:
 
         recipe = _mlx_recipe(args, "float16")
         variant = FolderVariant(recipe.tag, recipe.requested, lambda store, parent, name, say: convert_to_mlx(
-            store, parent.name, recipe, target=name, progress=say).manifest)  # fmt: skip
+            store, parent.name, recipe, target=name, progress=say).manifest)
     else:
         from ..convert.to_onnx import convert_to_onnx, default_tag, onnx_requested
 
@@ -169,7 +169,7 @@ def _export_folder(args: argparse.Namespace, settings: Settings) -> int:
         variant = FolderVariant(default_tag(precision, method), onnx_requested(precision, method),
                                 lambda store, parent, name, say: convert_to_onnx(
                                     store, parent.name, precision=precision, method=method, target=name,
-                                    calibration=args.calibration, progress=say).manifest)  # fmt: skip
+                                    calibration=args.calibration, progress=say).manifest)
     store = Store.open(settings.models_dir)
     result = export_folder(store, args.name, ModelFormat(args.format), args.folder, variant, progress=status)
     how = "built for this export" if result.built else "as stored"

@@ -42,7 +42,7 @@ def cmd_create(args: argparse.Namespace, settings: Settings) -> int:
     manifest = create_model(store, name, spec, settings, quantize=args.quantize, report=report)
     if args.json:
         print_json({"name": str(manifest.name), "digest": manifest.digest,
-                    "adapters": [a.digest for a in manifest.adapters]})  # fmt: skip
+                    "adapters": [a.digest for a in manifest.adapters]})
     else:
         extra = f" with {len(manifest.adapters)} adapter(s)" if manifest.adapters else ""
         status(f"created {manifest.name}{extra}")
@@ -116,26 +116,26 @@ def cmd_finetune(args: argparse.Namespace, settings: Settings) -> int:
         target_modules=tuple(t.strip() for t in args.target_modules.split(",") if t.strip()),
         learning_rate=args.learning_rate, epochs=args.epochs, batch_size=args.batch_size, max_length=args.max_length,
         held_out=args.held_out, seed=args.seed, checkpoint_every=args.checkpoint_every, threads=args.threads,
-    )  # fmt: skip
+    )
     store = Store.open(settings.models_dir)
     with step_progress(enabled=not args.json) as progress:
         result = finetune(store, args.model, args.data, args.name, options, settings, resume=args.resume,
-                          progress=progress)  # fmt: skip
+                          progress=progress)
     summary = {
         "name": result.name, "base": result.base, "steps": result.steps, "train_examples": result.train_examples,
         "held_out_examples": result.held_out_examples, "held_out_loss_before": result.held_out_before,
         "held_out_loss_after": result.held_out_after, "last_loss": result.last_loss, "seconds": result.seconds,
         "resumed_from_step": result.resumed_from, "truncated_examples": result.truncated,
-    }  # fmt: skip
+    }
     if args.json:
         print_json(summary)
         return 0
     resumed = f" (resumed at step {result.resumed_from})" if result.resumed_from else ""
     status(f"trained {result.name} on {result.base}: {result.steps} steps over {result.train_examples} examples "
-           f"in {result.seconds:.0f} s{resumed}")  # fmt: skip
+           f"in {result.seconds:.0f} s{resumed}")
     if result.held_out_before is not None and result.held_out_after is not None:
         drop = result.held_out_drop or 0.0
         status(f"held-out loss ({result.held_out_examples} examples): {result.held_out_before:.3f} -> "
-               f"{result.held_out_after:.3f} ({drop:.0%} lower)")  # fmt: skip
+               f"{result.held_out_after:.3f} ({drop:.0%} lower)")
     status(f"run it: edgeslm run {result.name}; or name it in a Modelfile: ADAPTER {result.name}")
     return 0

@@ -21,12 +21,12 @@ def configure(sub: Any) -> None:
     p.add_argument("--max-replicas", type=int, default=4, help="the autoscaler's most (default 4)")
     p.add_argument("--cpu", type=float, default=2.0, help="cores per replica (default 2)")
     p = _target(ds, "docker", cmd_docker, "a build context (Dockerfile, wheel, bundle, compose) serving these models",
-                "slots")  # fmt: skip
+                "slots")
     p.add_argument("--image", help="the tag compose gives the image (default edgeslm-models:VERSION)")
     p.add_argument("--python", default="3.11", help="the Python of the base image (default 3.11)")
     p.add_argument("--with-ray", action="store_true", help="also install Ray Serve: an image for deploy ray --k8s")
     p = _target(ds, "ray", cmd_ray, "serve --ray on a Ray cluster: a Ray Serve config, or a KubeRay RayService",
-                "slots per replica")  # fmt: skip
+                "slots per replica")
     p.add_argument("--k8s", action="store_true", help="also a KubeRay RayService and its kustomization")
     p.add_argument("--image", help="the image (default edgeslm-ray:VERSION: deploy docker --with-ray)")
     p.add_argument("--min-replicas", type=int, default=1, help="replicas per model at least (default 1)")
@@ -58,7 +58,7 @@ def cmd_ray(args: argparse.Namespace, settings: Settings) -> int:
 
     params = RayDeployParams(parallel=args.parallel, ctx=args.ctx, min_replicas=args.min_replicas,
                              max_replicas=args.max_replicas, replica_cpus=args.replica_cpus,
-                             max_workers=args.max_workers, **({"image": args.image} if args.image else {}))  # fmt: skip
+                             max_workers=args.max_workers, **({"image": args.image} if args.image else {}))
     store = Store.open(settings.models_dir)
     key = write_ray(store, [parse_name(n) for n in args.names], args.output, params, k8s=args.k8s, keys=args.api_keys)
     then = f"kubectl apply -k {args.output}" if args.k8s else f"serve deploy {args.output}/serve_config.yaml"
@@ -72,7 +72,7 @@ def cmd_docker(args: argparse.Namespace, settings: Settings) -> int:
 
     image = args.image or (f"edgeslm-ray:{__version__}" if args.with_ray else None)
     params = DockerParams(python=args.python, parallel=args.parallel, ctx=args.ctx, ray=args.with_ray,
-                          **({"image": image} if image else {}))  # fmt: skip
+                          **({"image": image} if image else {}))
     store = Store.open(settings.models_dir)
     key = write_docker(store, [parse_name(n) for n in args.names], args.output, params, args.api_keys)
     status(f"wrote {args.output}: cd {args.output} && docker compose up --build")
@@ -84,7 +84,7 @@ def cmd_k8s(args: argparse.Namespace, settings: Settings) -> int:
     from ..deploy.k8s import K8sParams, write_k8s
 
     params = K8sParams(replicas=args.replicas, max_replicas=args.max_replicas, parallel=args.parallel, ctx=args.ctx,
-                       cpu=args.cpu, **({"image": args.image} if args.image else {}))  # fmt: skip
+                       cpu=args.cpu, **({"image": args.image} if args.image else {}))
     store = Store.open(settings.models_dir)
     sizes, key = write_k8s(store, [parse_name(n) for n in args.names], args.output, params, args.api_keys)
     for s in sizes:

@@ -23,11 +23,11 @@ def add_draft_flags(p: argparse.ArgumentParser, *, models: bool, per_model: bool
     else:
         p.add_argument("--draft", metavar=what, help=help_text)
     p.add_argument("--draft-n", type=_positive, metavar="N",
-                   help=f"the n-gram looked up (default: lookup {lookup[0]}, the others {simple[0]})")  # fmt: skip
+                   help=f"the n-gram looked up (default: lookup {lookup[0]}, the others {simple[0]})")
     p.add_argument("--draft-m", type=_positive, metavar="M", help=f"the most tokens drafted (default {lookup[1]})")
     p.add_argument("--draft-n-min", type=_positive, metavar="N", help=f"lookup: the shortest n-gram (default {N_MIN})")
     p.add_argument("--draft-min-hits", type=_positive, metavar="H",
-                   help="ngram-map-k: lookups of a key before it drafts (default 1, as llama.cpp)")  # fmt: skip
+                   help="ngram-map-k: lookups of a key before it drafts (default 1, as llama.cpp)")
 
 
 def lookup_config(args: argparse.Namespace, kind: str) -> LookupConfig:

@@ -8,16 +8,19 @@ import io
 import json
 import sys
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 from ..bench import BenchParams, BenchResult, bench_models
-from ..config import DEFAULT_MODEL, Settings
+from ..config import DEFAULT_CONTEXT, DEFAULT_MODEL, Settings
 from ..engines.base import SamplingParams
-from ..errors import InvalidNameError
-from ..generation import GenerationChunk, Model, embed, load, load_draft, resolve_model, stream_generate
-from ..sources.builtin import BUILTINS
+from ..errors import InvalidNameError, ModelNotFoundError
+from ..generation import GenerationChunk, Model, embed, load, load_draft, stream_generate
+from ..pull import ensure_pulled
 from ..speculation import LookupConfig, SpecStats
-from ..store import Store, parse_name
+from ..store import Store
+from ..store.resolve import ResolvedModel
 from ..units import format_mib, format_params
 from .chat_loop import chat_loop
 from .draft_flags import add_draft_flags, is_lookup, lookup_config
@@ -33,7 +36,7 @@ def _command(sub: Any, name: str, handler: Handler, help_text: str) -> argparse.
 
 
 def _add_load_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--ctx", type=int, help="context length (default: the model's, at most 4096)")
+    p.add_argument("--ctx", type=int, help=f"context length (default: the model's, at most {DEFAULT_CONTEXT})")
     p.add_argument("--threads", type=int, help="CPU threads (default: physical cores)")
 
 
@@ -83,7 +86,7 @@ def configure(sub: Any) -> None:
 
 
 _SAMPLING_FLAGS = ("temperature", "top_k", "top_p", "min_p", "repeat_penalty", "repeat_last_n", "frequency_penalty",
-                   "presence_penalty", "seed")  # fmt: skip
+                   "presence_penalty", "seed")
 
 
 def _sampling(args: argparse.Namespace, stored: Mapping[str, Any] | None = None) -> SamplingParams:
@@ -91,81 +94,88 @@ def _sampling(args: argparse.Namespace, stored: Mapping[str, Any] | None = None)
     return SamplingParams.over(stored or {}, {k: getattr(args, k) for k in _SAMPLING_FLAGS})
 
 
-def _apply_defaults(args: argparse.Namespace, defaults: Mapping[str, Any]) -> SamplingParams:
+@dataclass(frozen=True)
+class Turn:
+    """What one reply is asked for: the flags given, over a created model's stored defaults."""
+
+    system: str | None
+    stop: list[str]
+    max_tokens: int
+    sampling: SamplingParams
+
+
+def _turn(args: argparse.Namespace, defaults: Mapping[str, Any]) -> Turn:
     """A created model's system prompt, stop strings and token limit where the flags say nothing."""
     stored = dict(defaults.get("parameters") or {})
-    if args.system is None:
-        args.system = defaults.get("system")
-    if args.stop is None:
-        args.stop = list(stored.get("stop") or [])
-    if args.max_tokens is None:
-        args.max_tokens = stored.get("num_predict", -1) if stored.get("num_predict", -1) > 0 else -1
-    return _sampling(args, stored)
+    system = args.system if args.system is not None else defaults.get("system")
+    stop = args.stop if args.stop is not None else list(stored.get("stop") or [])
+    limit = stored.get("num_predict", -1)
+    max_tokens = args.max_tokens if args.max_tokens is not None else (limit if limit > 0 else -1)
+    return Turn(system, stop, max_tokens, _sampling(args, stored))
 
 
-def ensure_pulled(name: str, settings: Settings) -> None:
-    """A builtin named but not stored yet is pulled first (offline), as Ollama's run pulls."""
-    from ..pull import ensure_pulled as pull_if_builtin
-
-    pull_if_builtin(name, settings)
-
-
-def _is_model(word: str, settings: Settings) -> bool:
-    if word.endswith(".gguf"):
-        return True
+def _is_model(word: str, settings: Settings, store: Store) -> ResolvedModel | None:
+    """``word`` resolved (a builtin pulled) when it names a model, else None: it starts the prompt.
+    A .gguf path is a model whether it exists or not (the loader says what is wrong with it)."""
     try:
-        name = parse_name(word)
-    except InvalidNameError:
-        return False
-    return name.base in BUILTINS or Store(settings.models_dir).find(name) is not None
+        return ensure_pulled(word, settings, store=store)
+    except (ModelNotFoundError, InvalidNameError):
+        if word.endswith(".gguf"):
+            raise
+        return None
 
 
-def split_model_and_prompt(args: argparse.Namespace, settings: Settings) -> tuple[str, str | None]:
-    """``run [MODEL] [PROMPT]``: the first word is the model only if it names one."""
+def split_model_and_prompt(
+    args: argparse.Namespace, settings: Settings, store: Store
+) -> tuple[ResolvedModel, str | None]:
+    """``run [MODEL] [PROMPT]``: the first word is the model only if it names one; the model
+    comes back resolved, looked up once."""
     words = list(args.words)
     if args.model:
-        return args.model, " ".join(words) or None
-    if words and _is_model(words[0], settings):
-        return words[0], " ".join(words[1:]) or None
-    return DEFAULT_MODEL, " ".join(words) or None
+        return ensure_pulled(args.model, settings, store=store), " ".join(words) or None
+    if words and (found := _is_model(words[0], settings, store)) is not None:
+        return found, " ".join(words[1:]) or None
+    return ensure_pulled(DEFAULT_MODEL, settings, store=store), " ".join(words) or None
 
 
 def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
-    name, prompt = split_model_and_prompt(args, settings)
     _sampling(args)  # validate before loading anything
-    args.lookup = lookup_config(args, args.draft) if args.draft and is_lookup(args.draft) else None
-    ensure_pulled(name, settings)
-    model = load(name, ctx=args.ctx, threads=args.threads, settings=settings)
+    lookup = lookup_config(args, args.draft) if args.draft and is_lookup(args.draft) else None
+    store = Store.open(settings.models_dir)  # opened once: the model, its draft
+    found, prompt = split_model_and_prompt(args, settings, store)
+    model = load(found, ctx=args.ctx, threads=args.threads, settings=settings)
+    draft: LookupConfig | Model | None = lookup
     try:
-        sampling = _apply_defaults(args, model.defaults)
+        turn = _turn(args, model.defaults)
         history = list(model.defaults.get("messages") or [])
-        if args.draft and not is_lookup(args.draft):
-            ensure_pulled(args.draft, settings)
-            args.lookup = load_draft(args.draft, model, threads=args.threads, settings=settings)
+        if args.draft and lookup is None:
+            draft = load_draft(ensure_pulled(args.draft, settings, store=store), model, threads=args.threads,
+                               settings=settings)
         if not model.has_chat_template:
             status(f"{model.name} has no chat template: running as plain completion")
         if prompt is None and not args.interactive and not sys.stdin.isatty():
             prompt = sys.stdin.read()
         if prompt is None:
-            return chat_loop(model, lambda p: _stream(model, p, args, sampling), system=args.system, examples=history)
-        messages = ([{"role": "system", "content": args.system}] if args.system else []) + history
+            return chat_loop(model, partial(_stream, model, turn=turn, draft=draft, timings=args.timings),
+                             system=turn.system, examples=history)
+        messages = ([{"role": "system", "content": turn.system}] if turn.system else []) + history
         request: Any = messages + [{"role": "user", "content": prompt}] if model.has_chat_template else prompt
-        _stream(model, request, args, sampling)
+        _stream(model, request, turn=turn, draft=draft, timings=args.timings)
         return 0
     finally:
-        if isinstance(args.lookup, Model):
-            args.lookup.close()
+        if isinstance(draft, Model):
+            draft.close()
         model.close()
 
 
-def _stream(model: Model, prompt: Any, args: argparse.Namespace, sampling: SamplingParams) -> str:
+def _stream(model: Model, prompt: Any, *, turn: Turn, draft: LookupConfig | Model | None, timings: bool) -> str:
     """Print tokens as they come; Ctrl-C stops generation (the caller's loop goes on)."""
     parts: list[str] = []
     last: GenerationChunk | None = None
     stats = SpecStats()
     try:
-        for last in stream_generate(model, prompt, max_tokens=args.max_tokens, sampling=sampling, stop=args.stop,
-                                    draft=args.lookup, spec_stats=stats):  # fmt: skip
+        for last in stream_generate(model, prompt, max_tokens=turn.max_tokens, sampling=turn.sampling,
+                                    stop=turn.stop, draft=draft, spec_stats=stats):
             sys.stdout.write(last.text)
             sys.stdout.flush()
             parts.append(last.text)
@@ -173,10 +183,10 @@ def _stream(model: Model, prompt: Any, args: argparse.Namespace, sampling: Sampl
         status("\n[generation stopped]")
     sys.stdout.write("\n")
     sys.stdout.flush()
-    if args.timings and last is not None:
+    if timings and last is not None:
         _print_timings(model, last)
-        if args.lookup is not None:
-            _print_speculation(args.lookup, stats, sampling)
+        if draft is not None:
+            _print_speculation(draft, stats, turn.sampling)
     return "".join(parts)
 
 
@@ -187,7 +197,7 @@ def _print_speculation(draft: LookupConfig | Model, stats: SpecStats, sampling: 
     kind = f"model {draft.name}" if isinstance(draft, Model) else draft.describe()
     status(f"{'draft:':22}{kind}")
     status(f"{'draft accepted:':22}{stats.accepted}/{stats.drafted} token(s) ({stats.rate:.0%}) in {stats.verifies} "
-           f"verify batch(es); {stats.declined} draft(s) not worth verifying")  # fmt: skip
+           f"verify batch(es); {stats.declined} draft(s) not worth verifying")
 
 
 def _print_timings(model: Model, last: GenerationChunk) -> None:
@@ -208,8 +218,7 @@ def _print_timings(model: Model, last: GenerationChunk) -> None:
 
 
 def cmd_embed(args: argparse.Namespace, settings: Settings) -> int:
-    ensure_pulled(args.model, settings)
-    model = load(args.model, ctx=args.ctx, threads=args.threads, settings=settings)
+    model = load(ensure_pulled(args.model, settings), ctx=args.ctx, threads=args.threads, settings=settings)
     try:
         vectors = embed(model, args.texts)
     finally:
@@ -220,17 +229,14 @@ def cmd_embed(args: argparse.Namespace, settings: Settings) -> int:
 
 def cmd_bench(args: argparse.Namespace, settings: Settings) -> int:
     draft: dict[str, Any] | None = None
+    store = Store.open(settings.models_dir)
     if args.draft and is_lookup(args.draft):
         draft = lookup_config(args, args.draft).as_args()
     elif args.draft:
-        ensure_pulled(args.draft, settings)
-        draft_model = resolve_model(args.draft, settings)
+        draft_model = ensure_pulled(args.draft, settings, store=store)
         draft = {"model": str(draft_model.path), "name": draft_model.name}
     params = BenchParams(args.n_prompt, args.n_gen, args.repetitions, args.threads, draft)
-    targets = []
-    for name in args.models:
-        ensure_pulled(name, settings)
-        targets.append(resolve_model(name, settings))
+    targets = [ensure_pulled(name, settings, store=store) for name in args.models]
     results = bench_models(targets, params)
     if args.format == "json":
         print_json([r.to_dict() for r in results])

@@ -10,7 +10,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from ..config import Settings
+from ..config import DEFAULT_CONTEXT, Settings
 from ..convert.to_mlx import parse_recipes
 from ..convert.to_onnx import parse_variants
 from ..errors import OutputFileError
@@ -38,7 +38,8 @@ def configure(sub: Any) -> None:
     g.add_argument("--max-size", metavar="SIZE", help="largest file, e.g. 80MB")
     g.add_argument("--max-memory", metavar="SIZE", help="largest weights + KV cache at --ctx-memory tokens, e.g. 1GB")
     g.add_argument(
-        "--ctx-memory", type=int, metavar="N", default=4096, help="context length for --max-memory (default 4096)"
+        "--ctx-memory", type=int, metavar="N", default=DEFAULT_CONTEXT,
+        help=f"context length for --max-memory (default {DEFAULT_CONTEXT})",
     )
     g.add_argument("--min-tps", dest="min_tg_tps", metavar="TPS", help="least generation tok/s (as bench's tg128)")
     g.add_argument("--min-pp-tps", metavar="TPS", help="least prompt-processing tok/s (as bench's pp512)")
@@ -52,17 +53,17 @@ def configure(sub: Any) -> None:
     )
     p.add_argument("--types", default=DEFAULT_TYPES, help=f"uniform types to try (default {DEFAULT_TYPES})")
     p.add_argument("--runtimes", default="llama.cpp", help="runtimes whose variants compete: llama.cpp (default), "
-                   "onnxruntime, mlx, or several: llama.cpp,onnxruntime,mlx")  # fmt: skip
+                   "onnxruntime, mlx, or several: llama.cpp,onnxruntime,mlx")
     p.add_argument("--onnx", default="int4,int8", metavar="VARIANTS", help="with onnxruntime: ONNX variants to build "
-                   "(default int4,int8; also fp32, int8-dynamic, int8-static)")  # fmt: skip
+                   "(default int4,int8; also fp32, int8-dynamic, int8-static)")
     p.add_argument("--mlx", default="4bit,8bit", metavar="VARIANTS", help="with mlx: MLX variants to build (default "
-                   "4bit,8bit; also 3bit, 6bit, 4bit-g32, mixed_3_6, fp16, bf16, fp32)")  # fmt: skip
+                   "4bit,8bit; also 3bit, 6bit, 4bit-g32, mixed_3_6, fp16, bf16, fp32)")
     mixed = p.add_mutually_exclusive_group()
     mixed.add_argument("--mixed", action="store_true", default=None, help="also plan a per-tensor mix for the budget")
     mixed.add_argument("--no-mixed", dest="mixed", action="store_false", help="never plan a mix")
     p.add_argument("--imatrix", action="store_true", help="calibrate the reference on the calibration chunks and "
                    "quantize every llama.cpp candidate (-imat) and the mix with its importance matrix; IQ1/IQ2/IQ3 "
-                   "types become possible (--types iq2_xs,...) and join the mix")  # fmt: skip
+                   "types become possible (--types iq2_xs,...) and join the mix")
     p.add_argument("--reference", help="the model to compare against (default: an f32/bf16/f16 variant, else built)")
     p.add_argument(
         "--text",
@@ -148,7 +149,7 @@ def cmd_optimize(args: argparse.Namespace, settings: Settings) -> int:
         result = optimize(
             store, parse_name(args.name), text, params, calibration_text=calibration, progress=progress,
             engine_name=settings.engine,
-        )  # fmt: skip
+        )
     written = write_report(result, args.report)
     if args.json:
         print_json(to_json(result))

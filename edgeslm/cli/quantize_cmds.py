@@ -44,7 +44,7 @@ def configure(sub: Any) -> None:
     p.add_argument("--tag", help="store the one variant under NAME:TAG (default: the type, e.g. q4_k_m)")
     p.add_argument("--output", type=Path, help="write the one variant to this file instead of the store")
     p.add_argument("--imatrix", metavar="NAME|FILE", help="importance matrix: the model's own (edgeslm calibrate "
-                   "NAME) or a llama-imatrix file; the IQ1/IQ2 types and Q2_K_S need one")  # fmt: skip
+                   "NAME) or a llama-imatrix file; the IQ1/IQ2 types and Q2_K_S need one")
     p.add_argument("--calibrate", metavar="TEXT_FILE", help="calibrate on this text first, then use it")
     p.add_argument("--json", action="store_true")
 
@@ -102,7 +102,7 @@ def cmd_quantize(args: argparse.Namespace, settings: Settings) -> int:
         output_tensor_type=parse_ggml_type(args.output_tensor_type) if args.output_tensor_type else None,
         token_embedding_type=parse_ggml_type(args.token_embedding_type) if args.token_embedding_type else None,
         tensor_types=tuple(parse_tensor_type(t) for t in args.tensor_type), threads=args.threads, imatrix=imatrix,
-    )  # fmt: skip
+    )
     if args.output is not None:
         if len(types) != 1:
             raise InvalidParameterError("--output takes exactly one --type")

@@ -6,7 +6,7 @@ import argparse
 from dataclasses import asdict
 from typing import Any
 
-from ..config import Settings
+from ..config import DEFAULT_CONTEXT, Settings
 from ..device import DEVICE_KINDS, Device, describe, detect
 from ..optimize.constraints import parse_size
 from ..recommend import QUALITY_LEVELS, USE_CASES, Recommendation, recommend
@@ -33,7 +33,10 @@ def configure(sub: Any) -> None:
     p.add_argument("--arch", choices=("arm64", "x86_64"))
     p.add_argument("--use-case", default="chat", choices=tuple(USE_CASES))
     p.add_argument("--quality", choices=QUALITY_LEVELS, help="how much quality matters (default: by use case)")
-    p.add_argument("--ctx", type=int, default=4096, help="context length to budget the KV cache for (default 4096)")
+    p.add_argument(
+        "--ctx", type=int, default=DEFAULT_CONTEXT,
+        help=f"context length to budget the KV cache for (default {DEFAULT_CONTEXT})",
+    )
     p.add_argument("--json", action="store_true")
 
 
@@ -52,7 +55,7 @@ def _device(args: argparse.Namespace) -> Device:
     return describe(
         kind=args.device, ram=parse_size("--ram", args.ram), cores=args.cores, simd=simd, gpus=gpus, npu=args.npu,
         os_name=args.os_name, arch=args.arch,
-    )  # fmt: skip
+    )
 
 
 def cmd_recommend(args: argparse.Namespace, settings: Settings) -> int:

@@ -49,13 +49,13 @@ def configure(sub: Any) -> None:
     p.add_argument(
         "--no-prompt-cache", dest="prompt_cache", action="store_false",
         help="decode every prompt in full (reproducible greedy replies; slower first tokens)",
-    )  # fmt: skip
+    )
     p.add_argument(
         "--load-timeout", type=float, default=LOAD_TIMEOUT, metavar="SECONDS",
         help=f"a model still loading after this long is stopped and its requests fail (default {LOAD_TIMEOUT:g})",
-    )  # fmt: skip
+    )
     p.add_argument("--pin", action="append", default=[], metavar="MODEL", help="load MODEL at start and keep it "
-                   "loaded: never expired, never evicted for another model (repeatable)")  # fmt: skip
+                   "loaded: never expired, never evicted for another model (repeatable)")
     add_draft_flags(p, models=False, per_model=True)
     p.add_argument("--preload", default=DEFAULT_MODEL, help=f"model loaded at start (default {DEFAULT_MODEL}; '' none)")
     ray = p.add_argument_group("scale-out on Ray Serve (the extra edgeslm[ray])")
@@ -84,7 +84,7 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
         cors_origins=tuple(args.cors_origin), allowed_hosts=tuple(args.allow_host), max_body=args.max_body,
         preload=args.preload or None, pin=tuple(args.pin), prompt_cache=args.prompt_cache,
         load_timeout=args.load_timeout, draft=serve_drafts(args),
-    )  # fmt: skip
+    )
     check_options(options)
     if args.ray:
         return _serve_ray(args, options, settings)
@@ -97,7 +97,7 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     if options.api_keys is None:
         status("no --api-keys: listening on loopback only, every local client may use every route")
     config = uvicorn.Config(app, host=args.host, port=args.port, access_log=False, log_level="warning",
-                            timeout_graceful_shutdown=5)  # fmt: skip
+                            timeout_graceful_shutdown=5)
     uvicorn.Server(config).run()
     return 0
 
@@ -110,7 +110,7 @@ def _serve_ray(args: argparse.Namespace, options: ServeOptions, settings: Settin
     logging.getLogger("edgeslm").setLevel(logging.INFO)
     where = f"http://{'[' + args.host + ']' if ':' in args.host else args.host}:{args.port}"
     status(f"edgeslm serve --ray on {where}: {', '.join(params.models)}, {params.min_replicas}-{params.max_replicas} "
-           f"replica(s) each of {options.parallel} slot(s)")  # fmt: skip
+           f"replica(s) each of {options.parallel} slot(s)")
     run_ray(options, settings, params)
     return 0
 
@@ -140,7 +140,7 @@ def cmd_ps(args: argparse.Namespace, settings: Settings) -> int:
          m.get("context_length", ""), "pinned" if m.get("pinned") else m["expires_at"][:19].replace("T", " "),
          ", ".join(m.get("adapters") or []) or "-")
         for m in data.get("models", [])
-    ]  # fmt: skip
+    ]
     print_table(("NAME", "MEMORY", "BUSY/SLOTS", "CONTEXT", "EXPIRES (UTC)", "ADAPTERS"), rows, right=(1, 2, 3))
     if not rows:
         print("no models loaded", file=sys.stderr)

@@ -14,7 +14,7 @@ from ..formats.model_format import RUNTIME_OF
 from ..formats.size_class import SIZE_CLASSES, SizeClass
 from ..listing import list_models
 from ..sources.catalog import CATALOG, CatalogEntry, filter_catalog
-from ..store import Store, parse_name, verify_store
+from ..store import Store, parse_name
 from ..store.records import Manifest
 from ..units import format_bytes, format_mib, format_params, parse_bytes, parse_count
 from .output import confirm, print_fields, print_json, print_table, progress_bar, status
@@ -196,7 +196,7 @@ def cmd_show(args: argparse.Namespace, settings: Settings) -> int:
     manifest = store.find(parse_name(args.name)) if not args.name.endswith(".gguf") else None
     if args.json:
         extra = {"adapters": [a.to_json() for a in manifest.adapters], "defaults": dict(manifest.defaults)} if (
-            manifest and (manifest.adapters or manifest.defaults)) else {}  # fmt: skip
+            manifest and (manifest.adapters or manifest.defaults)) else {}
         print_json({**report.to_dict(), **extra})
     else:
         _print_report(report, with_metadata=args.metadata)
@@ -312,7 +312,7 @@ def _print_lineage(r: ModelReport) -> None:
     ]
     if src.get("imatrix"):
         rows.insert(4, ("imatrix", f"{src['imatrix'][:19]} on {src.get('imatrix_text', '?')} "
-                                   f"({src.get('imatrix_chunks', '?')} tokens)"))  # fmt: skip
+                                   f"({src.get('imatrix_chunks', '?')} tokens)"))
     print_fields(rows, indent=4)
 
 
@@ -337,6 +337,8 @@ def cmd_rm(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_verify(args: argparse.Namespace, settings: Settings) -> int:
     store = Store(settings.models_dir)  # not Store.open: verify sweeps itself and reports it
     with progress_bar(None, "verifying", enabled=not args.json) as bar:
+        from ..store.verify import verify_store
+
         report = verify_store(store, progress=bar)
     if args.json:
         print_json(

@@ -93,7 +93,7 @@ def cmd_push(args: argparse.Namespace, settings: Settings) -> int:
     from ..sync import push
 
     return _transfer(args, settings, "PUSH", args.to, lambda store, remote, names, bar: push(
-        store, remote, names, force=args.force, progress=bar))  # fmt: skip
+        store, remote, names, force=args.force, progress=bar))
 
 
 def cmd_pull_from(args: argparse.Namespace, settings: Settings) -> int:
@@ -101,14 +101,14 @@ def cmd_pull_from(args: argparse.Namespace, settings: Settings) -> int:
     from ..sync import pull
 
     return _transfer(args, settings, "PULL", args.source, lambda store, remote, names, bar: pull(
-        store, remote, names, force=args.force, progress=bar))  # fmt: skip
+        store, remote, names, force=args.force, progress=bar))
 
 
 def cmd_sync(args: argparse.Namespace, settings: Settings) -> int:
     from ..sync import sync
 
     return _transfer(args, settings, "SYNC", args.source, lambda store, remote, names, bar: sync(
-        store, remote, names, prune=args.prune, progress=bar))  # fmt: skip
+        store, remote, names, prune=args.prune, progress=bar))
 
 
 def _transfer(args: argparse.Namespace, settings: Settings, method: str, remote_name: str, work: Work) -> int:
@@ -120,7 +120,7 @@ def _transfer(args: argparse.Namespace, settings: Settings, method: str, remote_
     store = Store.open(settings.models_dir)
     label = f"{method.lower()} {'to' if method == 'PUSH' else 'from'} {remote.name}"
     with _Audited(args, settings, method, remote.name, remote.url, args.names or ["*"]), \
-            progress_bar(None, label, enabled=not args.json) as bar:  # fmt: skip
+            progress_bar(None, label, enabled=not args.json) as bar:
         done = work(store, remote, names, bar)
     return _report(args, done, "sent" if method == "PUSH" else "fetched")
 
@@ -131,7 +131,7 @@ def _report(args: argparse.Namespace, done: Any, verb: str) -> int:
         return 0
     same = [m for m in done.models if m not in done.changed]
     status(f"{done.remote}: {verb} {done.blobs_moved} blob(s), {format_bytes(done.bytes_moved)}; "
-           f"{done.blobs_skipped} already there")  # fmt: skip
+           f"{done.blobs_skipped} already there")
     for name in done.changed:
         print(f"updated\t{name}")
     for name in same:
@@ -145,7 +145,7 @@ class _Audited:
     """Append one audit line when the transfer ends: its status 200, or the error's HTTP status."""
 
     def __init__(self, args: argparse.Namespace, settings: Settings, method: str, remote: str, url: str,
-                 names: list[str]) -> None:  # fmt: skip
+                 names: list[str]) -> None:
         self.path = args.audit_log or settings.home / AUDIT_FILE
         self.method, self.route, self.url, self.model = method, f"remote:{remote}", url, ", ".join(names)[:256]
 
@@ -153,7 +153,7 @@ class _Audited:
         self.started = dt.datetime.now(dt.timezone.utc)
 
     def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: object) -> None:
-        from ..serve.audit import AuditLog, AuditRecord
+        from ..access.audit import AuditLog, AuditRecord
 
         code = 200 if exc is None else http_status_for(exc) if isinstance(exc, EdgeslmError) else 500
         now = dt.datetime.now(dt.timezone.utc)
@@ -163,5 +163,5 @@ class _Audited:
             time=now.isoformat(timespec="milliseconds"), key_id=None, role=None, client=self.url,
             method=self.method, route=self.route, model=self.model, status=code,
             duration_ms=round((now - self.started).total_seconds() * 1000, 1),
-        ))  # fmt: skip
+        ))
         log.close()

@@ -33,7 +33,7 @@ Q = gguf.GGMLQuantizationType
 _PHI3 = re.compile(r"(?i)(phi)-?(3)")
 OUTTYPES: dict[str, Q | None] = {"f32": Q.F32, "f16": Q.F16, "bf16": Q.BF16, "q8_0": Q.Q8_0, "auto": None}
 FILE_TYPES = {Q.F32: gguf.LlamaFileType.ALL_F32, Q.F16: gguf.LlamaFileType.MOSTLY_F16,
-              Q.BF16: gguf.LlamaFileType.MOSTLY_BF16, Q.Q8_0: gguf.LlamaFileType.MOSTLY_Q8_0}  # fmt: skip
+              Q.BF16: gguf.LlamaFileType.MOSTLY_BF16, Q.Q8_0: gguf.LlamaFileType.MOSTLY_Q8_0}
 CHECKPOINT_TYPES = {"F32": Q.F32, "F16": Q.F16, "BF16": Q.BF16, "F64": Q.F32}
 
 
@@ -90,13 +90,14 @@ def convert(
     target = parse_name(name or folder.resolve().name.lower())
     qtype = OUTTYPES[outtype] or CHECKPOINT_TYPES.get(ckpt.dominant_dtype(), Q.F16)
     source = {"kind": "convert", "folder": str(folder.resolve()), "architecture": ckpt.architecture,
-              "outtype": qtype.name, **_lineage(ckpt), **(lineage or {})}  # fmt: skip
+              "outtype": qtype.name, **_lineage(ckpt), **(lineage or {})}
     pre: list[str] = []
 
     def produce(path: Path) -> None:
         pre.append(write_gguf(ckpt, arch, hp, qtype, path, target))
 
-    manifest = store.add_produced(target, produce, label=f"{folder.name} ({ckpt.architecture})", source=source)
+    label = f"{folder.name} ({ckpt.architecture})"
+    manifest = store.add_staged(store.stage(produce, label=label), target, label=label, source=source)
     return ConvertResult(manifest, ckpt.architecture, qtype.name, pre[0])
 
 
@@ -134,7 +135,7 @@ def check_shapes(ckpt: Checkpoint, hp: Hparams) -> None:
                 f"tensor {tensor} has shape {list(ckpt.entry(tensor).shape)} but config.json implies {list(shape)}"
             )
     missing = [t for t in ("model.embed_tokens.weight", f"model.layers.{hp.n_layer - 1}.self_attn.o_proj.weight")
-               if t not in ckpt.shards]  # fmt: skip
+               if t not in ckpt.shards]
     if missing:
         raise InvalidModelFileError(f"tensor {missing[0]} is missing: the weights do not match config.json")
 
@@ -185,7 +186,7 @@ def write_gguf(ckpt: Checkpoint, arch: Arch, hp: Hparams, qtype: Q, path: Path, 
         pre, n_vocab = add_vocab(w, ckpt, hp.n_vocab, truncate=arch.truncate_vocab, space_prefix=arch.space_prefix)
         w.add_name(_general_name(name.model, ckpt))
         plan = [_Planned(g, src, fn, _qtype_for(qtype, _shape(ckpt, src, g, n_vocab)), _shape(ckpt, src, g, n_vocab))
-                for g, src, fn in tensors(ckpt, arch, hp, n_vocab)]  # fmt: skip
+                for g, src, fn in tensors(ckpt, arch, hp, n_vocab)]
         plan += [_Planned(g, None, None, Q.F32, data.shape, data) for g, data in extra_tensors(arch, hp)]
         for p in plan:
             byte_shape = gguf.quants.quant_shape_to_byte_shape(p.shape, p.qtype)

@@ -21,6 +21,7 @@ import gguf
 import numpy as np
 import numpy.typing as npt
 
+from ..config import DEFAULT_CONTEXT
 from ..errors import InvalidModelFileError
 from .hf import Checkpoint
 
@@ -137,10 +138,10 @@ def hparams(ckpt: Checkpoint) -> Hparams:
     return Hparams(
         n_layer=need("num_hidden_layers"), n_embd=n_embd, n_ff=need("intermediate_size"), n_head=n_head,
         n_head_kv=c.get("num_key_value_heads") or n_head, head_dim=int(c.get("head_dim") or n_embd // n_head),
-        n_ctx=int(c.get("max_position_embeddings") or 4096), n_vocab=need("vocab_size"),
+        n_ctx=int(c.get("max_position_embeddings") or DEFAULT_CONTEXT), n_vocab=need("vocab_size"),
         eps=float(c.get("rms_norm_eps", 1e-6)), rope=rope, rope_swa_theta=float(swa) if swa else None,
         tied=bool(c.get("tie_word_embeddings", False)), config=c,
-    )  # fmt: skip
+    )
 
 
 def add_metadata(w: gguf.GGUFWriter, arch: Arch, hp: Hparams) -> None:

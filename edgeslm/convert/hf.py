@@ -85,13 +85,13 @@ def open_checkpoint(folder: Path) -> Checkpoint:
     if tokenizer_json.is_file():
         read_json(tokenizer_json, "a Hugging Face tokenizer")  # refuse a broken one before any work
     optional = {n: read_json(folder / n, n) if (folder / n).is_file() else {} for n in
-                ("tokenizer_config.json", "generation_config.json")}  # fmt: skip
+                ("tokenizer_config.json", "generation_config.json")}
     return Checkpoint(
         folder, config, _shards(folder),
         tokenizer_json if tokenizer_json.is_file() else None,
         folder / "tokenizer.model" if (folder / "tokenizer.model").is_file() else None,
         optional["tokenizer_config.json"], optional["generation_config.json"],
-    )  # fmt: skip
+    )
 
 
 def _shards(folder: Path) -> dict[str, SafetensorsFile]:

@@ -48,7 +48,7 @@ class MlxRecipe:
             )
         if self.mixed is not None and self.mixed not in RECIPES:
             raise InvalidParameterError(f"q_recipe {self.mixed!r} is unknown; valid: {', '.join(RECIPES)}",
-                                        params="q_recipe")  # fmt: skip
+                                        params="q_recipe")
 
     @property
     def tag(self) -> str:
@@ -120,7 +120,7 @@ def convert_to_mlx(
         store, parent, target, ModelFormat.MLX, lambda work: _convert(work, recipe, say),
         requested=recipe.requested, file_type=f"MLX {recipe.tag.removeprefix('mlx-').upper()}",
         say=say,
-    )  # fmt: skip
+    )
     return MlxConvertResult(manifest, recipe, time.perf_counter() - start)
 
 

@@ -47,7 +47,7 @@ class Method(str, Enum):
 
 
 METHOD_PRECISIONS = {Method.BUILDER: tuple(Precision), Method.DYNAMIC: (Precision.INT8,),
-                     Method.STATIC: (Precision.INT8,)}  # fmt: skip
+                     Method.STATIC: (Precision.INT8,)}
 
 
 @dataclass(frozen=True)
@@ -124,7 +124,7 @@ def convert_to_onnx(
     manifest, built = build_variant(
         store, parent, target, ModelFormat.ONNX, lambda work: _build(work, precision, method, calibration, say),
         requested=onnx_requested(precision, method), file_type=f"ONNX {precision.value.upper()}", say=say,
-    )  # fmt: skip
+    )
     return OnnxConvertResult(manifest, precision, method, time.perf_counter() - start, built.options)
 
 

@@ -22,6 +22,7 @@ from ..formats.size_class import classify
 from ..framing import run_child
 from ..store import ModelName, Store
 from ..store.atomic import TempDir
+from ..store.folders import publish_folder
 from ..store.records import Manifest
 
 BUILD_TIMEOUT = 3600.0  # seconds per step: a 14B model's build on a slow machine takes minutes
@@ -67,7 +68,7 @@ def run_tool(work: TempDir, module: str, step: str, *args: object, what: str) ->
 def build_variant(
     store: Store, parent: Manifest, target: ModelName, fmt: ModelFormat, build: Callable[[TempDir], Built], *,
     requested: str, file_type: str, say: Say,
-) -> tuple[Manifest, Built]:  # fmt: skip
+) -> tuple[Manifest, Built]:
     """Export ``parent``, let ``build`` make the folder from ``work/hf``, check it and store it as ``target``."""
     from ..export import export_hf
 
@@ -82,10 +83,10 @@ def build_variant(
         size = classify(n_params)
         bpw = round(8 * info.tensor_bytes / max(n_params, 1), 4)
         info = replace(info, n_params=n_params, size_class=size.size_class, size_class_label=size.label,
-                       file_type=file_type, bits_per_weight=bpw)  # fmt: skip
+                       file_type=file_type, bits_per_weight=bpw)
         say(f"storing {target}")
-        manifest = store.add_folder(target, built.folder, fmt=fmt, info=info,
-                                    source=_lineage(parent, requested, built))  # fmt: skip
+        manifest = publish_folder(store, target, built.folder, fmt=fmt, info=info,
+                                  source=_lineage(parent, requested, built))
     return manifest, built
 
 

@@ -120,7 +120,7 @@ def _add_sentencepiece(
     scores, types = [-10000.0] * n_vocab, [int(T.UNUSED)] * n_vocab
     for i in range(sp.vocab_size()):
         kind = (T.UNKNOWN if sp.IsUnknown(i) else T.CONTROL if sp.IsControl(i) else T.UNUSED if sp.IsUnused(i)
-                else T.BYTE if sp.IsByte(i) else T.NORMAL)  # fmt: skip
+                else T.BYTE if sp.IsByte(i) else T.NORMAL)
         tokens[i], scores[i], types[i] = sp.IdToPiece(i), float(sp.GetScore(i)), int(kind)
     for i, content, special in _added_tokens(ckpt):
         if i < n_vocab:

@@ -20,9 +20,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .. import __version__
+from ..access.keys import add_key, load_keys
 from ..bundle import create_bundle
 from ..errors import InvalidParameterError
-from ..serve.keys import add_key, load_keys
 from ..store import ModelName, Store
 from ..store.atomic import staged_folder
 from .k8s import BUNDLE, HOME, PORT, UID, to_yaml
@@ -125,9 +125,9 @@ def compose(params: DockerParams) -> str:
         "secrets": ["edgeslm_keys"],  # at /run/secrets/edgeslm_keys, where the entrypoint looks
         "volumes": [f"store:{HOME}"], "read_only": True, "tmpfs": ["/tmp"],
         "cap_drop": ["ALL"], "security_opt": ["no-new-privileges:true"], "restart": "unless-stopped",
-    }  # fmt: skip
+    }
     data = {"name": "edgeslm", "services": {"edgeslm": service}, "secrets": {"edgeslm_keys": {"file": "./keys.toml"}},
-            "volumes": {"store": {}}}  # fmt: skip
+            "volumes": {"store": {}}}
     head = "# docker compose up --build\n# keys.toml: key hashes (edgeslm keys add keys.toml --id ID --role ROLE)\n"
     return head + to_yaml(data)
 

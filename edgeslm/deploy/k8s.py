@@ -19,17 +19,18 @@ from pathlib import Path
 from typing import Any
 
 from .. import __version__
+from ..access.keys import add_key, load_keys
+from ..config import DEFAULT_PORT
 from ..errors import InvalidParameterError
 from ..evaluate.kept import latest_results
 from ..formats.model_info import estimate_memory
-from ..serve.keys import add_key, load_keys
 from ..store import ModelName, Store
 from ..store.atomic import staged_folder
 from ..store.records import Manifest
 
 log = logging.getLogger(__name__)
 APP = "edgeslm"
-PORT = 8434
+PORT = DEFAULT_PORT
 HOME = "/var/lib/edgeslm"
 BUNDLE = "/opt/edgeslm/models.eslm"  # where the image carries the models (edgeslm deploy docker puts them there)
 UID = 10001
@@ -92,7 +93,7 @@ def objects(manifests: Sequence[Manifest], sizes: Sequence[Sizing], params: K8sP
     """The base's files: name -> object (written as YAML)."""
     queue_patch = [{"op": "replace", "path": "/spec/metrics", "value": [{"type": "Pods", "pods": {
         "metric": {"name": "edgeslm_queue_depth"},
-        "target": {"type": "AverageValue", "averageValue": str(params.queue_target)}}}]}]  # fmt: skip
+        "target": {"type": "AverageValue", "averageValue": str(params.queue_target)}}}]}]
     return {
         "kustomization.yaml": {**KUSTOMIZATION, "resources": ["base"]},  # kubectl apply -k DIR
         "base/kustomization.yaml": {
@@ -120,7 +121,7 @@ def objects(manifests: Sequence[Manifest], sizes: Sequence[Sizing], params: K8sP
         "overlays/queue-depth/kustomization.yaml": {
             **KUSTOMIZATION, "resources": ["../../base"], "components": ["../../components/queue-depth"],
         },
-    }  # fmt: skip
+    }
 
 
 def import_container(image: str) -> dict[str, Any]:
@@ -131,7 +132,7 @@ def import_container(image: str) -> dict[str, Any]:
         "env": [{"name": "HOME", "value": "/tmp"}],
         "resources": {"requests": {"cpu": "500m", "memory": "256Mi"}, "limits": {"cpu": "1", "memory": "512Mi"}},
         "securityContext": RESTRICTED, "volumeMounts": list(MOUNTS),
-    }  # fmt: skip
+    }
 
 
 def _deployment(manifests: Sequence[Manifest], sizes: Sequence[Sizing], params: K8sParams) -> dict[str, Any]:
@@ -155,7 +156,7 @@ def _deployment(manifests: Sequence[Manifest], sizes: Sequence[Sizing], params: 
                 ],
             },
         },
-    })  # fmt: skip
+    })
 
 
 def _server(manifests: Sequence[Manifest], request: int, params: K8sParams) -> dict[str, Any]:
@@ -163,7 +164,7 @@ def _server(manifests: Sequence[Manifest], request: int, params: K8sParams) -> d
     serve = ["--home", HOME, "serve", "--host", "0.0.0.0", "--port", str(PORT), "--api-keys", "/etc/edgeslm/keys.toml",
              "--audit-log", f"{HOME}/audit.jsonl", "--parallel", str(params.parallel), "--ctx", str(params.ctx),
              "--max-loaded", str(len(manifests)), "--memory", str(request - SERVER_OVERHEAD),
-             "--preload", str(manifests[0].name)]  # fmt: skip
+             "--preload", str(manifests[0].name)]
     probe = {"httpGet": {"path": "/healthz", "port": "http"}}
     return {
         "name": APP, "image": params.image, "command": ["edgeslm"], "args": serve,
@@ -176,7 +177,7 @@ def _server(manifests: Sequence[Manifest], request: int, params: K8sParams) -> d
         "livenessProbe": {**probe, "periodSeconds": 20, "timeoutSeconds": 5, "failureThreshold": 3},
         "securityContext": RESTRICTED,
         "volumeMounts": [*MOUNTS, {"name": "keys", "mountPath": "/etc/edgeslm", "readOnly": True}],
-    }  # fmt: skip
+    }
 
 
 def to_yaml(data: Any) -> str:
@@ -220,11 +221,11 @@ def _readme(manifests: Sequence[Manifest], sizes: Sequence[Sizing], params: K8sP
         "The queue-depth variant needs a custom metrics adapter (e.g. prometheus-adapter) that serves the",
         "pods metric `edgeslm_queue_depth` from each pod's `/metrics` (the pods are annotated for scraping).", "",
         "Memory per replica (requests; limits are 1.25x):", "",
-    ]  # fmt: skip
+    ]
     for s in sizes:
         source = "measured peak RSS" if s.measured else "estimated weights"
         lines.append(f"- {s.model}: {mi(s.weights_or_rss)} ({source}) + {mi(s.kv)} KV cache "
-                     f"({params.parallel} slots x {params.ctx} tokens)")  # fmt: skip
+                     f"({params.parallel} slots x {params.ctx} tokens)")
     lines += ["", f"- server: {mi(SERVER_OVERHEAD)}", "", "base/keys.toml holds key hashes only; add keys with "
-              "`edgeslm keys add base/keys.toml --id NAME --role user`.", ""]  # fmt: skip
+              "`edgeslm keys add base/keys.toml --id NAME --role user`.", ""]
     return "\n".join(lines)

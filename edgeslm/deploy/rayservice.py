@@ -24,8 +24,8 @@ from pathlib import Path
 from typing import Any
 
 from .. import __version__
+from ..access.keys import add_key, load_keys
 from ..errors import InvalidParameterError
-from ..serve.keys import add_key, load_keys
 from ..store import ModelName, Store
 from ..store.atomic import staged_folder
 from .k8s import (
@@ -65,7 +65,7 @@ class RayDeployParams:
         K8sParams(parallel=self.parallel, ctx=self.ctx).check()
         if not 0 <= self.min_replicas <= self.max_replicas <= 1000 or not 1 <= self.max_workers <= 1000:
             raise InvalidParameterError("0 <= min replicas <= max replicas <= 1,000; 1 to 1,000 workers",
-                                        params=("min_replicas", "max_replicas"))  # fmt: skip
+                                        params=("min_replicas", "max_replicas"))
         if not 0.1 <= self.replica_cpus <= 256:
             raise InvalidParameterError("replica cpus 0.1 to 256", params="replica_cpus")
 
@@ -75,13 +75,13 @@ def serve_config(models: Sequence[str], params: RayDeployParams) -> dict[str, An
     args = {"models": list(models), "host": "0.0.0.0", "home": HOME, "api_keys": KEYS,
             "audit_log": f"{HOME}/audit.jsonl", "parallel": params.parallel, "ctx": params.ctx,
             "min_replicas": params.min_replicas, "max_replicas": params.max_replicas,
-            "replica_cpus": params.replica_cpus}  # fmt: skip
+            "replica_cpus": params.replica_cpus}
     return {
         "proxy_location": "EveryNode",
         "http_options": {"host": "0.0.0.0", "port": SERVE_PORT},
         "applications": [{"name": "edgeslm", "route_prefix": "/", "import_path": "edgeslm.serve.ray_app:build",
                           "args": args, "runtime_env": {"env_vars": {"EDGESLM_OFFLINE": "1", "HOME": "/tmp"}}}],
-    }  # fmt: skip
+    }
 
 
 def _pod(image: str, role: str, memory: int, cpu: float, store_bytes: int) -> dict[str, Any]:
@@ -96,7 +96,7 @@ def _pod(image: str, role: str, memory: int, cpu: float, store_bytes: int) -> di
         "securityContext": RESTRICTED,
         "volumeMounts": [*MOUNTS, {"name": "keys", "mountPath": "/etc/edgeslm", "readOnly": True},
                          {"name": "shm", "mountPath": "/dev/shm"}],
-    }  # fmt: skip
+    }
     return {
         "metadata": {"labels": {**RAY_LABELS, "app.kubernetes.io/component": f"ray-{role}"}},
         "spec": {
@@ -111,7 +111,7 @@ def _pod(image: str, role: str, memory: int, cpu: float, store_bytes: int) -> di
                 {"name": "keys", "secret": {"secretName": "edgeslm-keys", "defaultMode": 0o440}},
             ],
         },
-    }  # fmt: skip
+    }
 
 
 def rayservice(config: dict[str, Any], worker_memory: int, store_bytes: int, params: RayDeployParams) -> dict[str, Any]:
@@ -131,7 +131,7 @@ def rayservice(config: dict[str, Any], worker_memory: int, store_bytes: int, par
                 }],
             },
         },
-    }  # fmt: skip
+    }
 
 
 def network_policy() -> dict[str, Any]:
@@ -142,18 +142,18 @@ def network_policy() -> dict[str, Any]:
         {"from": [own]},
         {"from": [{"namespaceSelector": {}, "podSelector": {"matchLabels": OPERATOR}}],
          "ports": [{"port": DASHBOARD_PORT, "protocol": "TCP"}]},
-    ]  # fmt: skip
+    ]
     dns = [{"port": 53, "protocol": "UDP"}, {"port": 53, "protocol": "TCP"}]
     return {
         "apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
         "metadata": {"name": "edgeslm-ray", "labels": RAY_LABELS},
         "spec": {"podSelector": {"matchLabels": RAY_LABELS}, "policyTypes": ["Ingress", "Egress"],
                  "ingress": ingress, "egress": [{"to": [own]}, {"ports": dns}]},
-    }  # fmt: skip
+    }
 
 
 def write_ray(store: Store, names: Sequence[ModelName], out: Path, params: RayDeployParams, *, k8s: bool = False,
-              keys: Path | None = None) -> str | None:  # fmt: skip
+              keys: Path | None = None) -> str | None:
     """Write the folder; the admin key made for it when no key file was given."""
     params.check()
     manifests = [store.get(n) for n in names]

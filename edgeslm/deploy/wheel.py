@@ -48,7 +48,7 @@ def _metadata() -> str:
         text = None
     if not text:
         raise OutputFileError("edgeslm's metadata is not installed, so no wheel can be built; install edgeslm "
-                              "with pip (pip install -e . in a checkout) and retry")  # fmt: skip
+                              "with pip (pip install -e . in a checkout) and retry")
     weights = tuple(f"Requires-Dist: {name}" for name in INSTALL)  # an image's models come in its bundle
     headers = text.split("\n\n", 1)[0]  # without the long description (the README)
     return "".join(line for line in headers.splitlines(keepends=True) if not line.startswith(weights)) + "\n"
@@ -68,7 +68,7 @@ def build_wheel(folder: Path) -> Path:
     info = f"{DIST}-{__version__}.dist-info"
     entries = [(name, path.read_bytes()) for name, path in package_files()]
     entries += [(f"{info}/METADATA", _metadata().encode()), (f"{info}/WHEEL", WHEEL.encode()),
-                (f"{info}/entry_points.txt", _entry_points().encode())]  # fmt: skip
+                (f"{info}/entry_points.txt", _entry_points().encode())]
     record = [_record_line(n, d) for n, d in entries] + [f"{info}/RECORD,,"]
     entries.append((f"{info}/RECORD", ("\n".join(record) + "\n").encode()))
     out = folder / wheel_name()

@@ -15,7 +15,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar, runtime_checkable
 
-from ..config import DEFAULT_ENGINE
+from ..config import DEFAULT_CONTEXT, DEFAULT_ENGINE
 from ..errors import ContextOverflowError, EngineError, InvalidParameterError
 
 if TYPE_CHECKING:
@@ -103,7 +103,7 @@ class SamplingParams:
             "grammar_triggers",
             "(patterns)",
             "up to 8 patterns of 1 to 256 characters, with a grammar",
-        )  # fmt: skip
+        )
 
     @property
     def greedy(self) -> bool:
@@ -134,7 +134,7 @@ class SamplingParams:
 
 @dataclass(frozen=True)
 class LoadParams:
-    n_ctx: int = 4096
+    n_ctx: int = DEFAULT_CONTEXT
     n_threads: int | None = None  # None: physical cores
     n_batch: int = 2048
     n_ubatch: int = 512
@@ -191,8 +191,6 @@ class Engine(Protocol):
     n_vocab: int
 
     def tokenize(self, text: str, *, add_special: bool = True, parse_special: bool = True) -> list[int]: ...
-
-    def detokenize(self, tokens: Sequence[int]) -> bytes: ...
 
     def token_bytes(self, token: int, *, special: bool = False) -> bytes: ...
 
@@ -298,11 +296,11 @@ BUILTIN_ENGINES = {DEFAULT_ENGINE: "llamacpp.engine", "onnxruntime": "onnxruntim
 BATCH_DECODERS = {
     DEFAULT_ENGINE: ("llamacpp.batch", "BatchDecoder"), "onnxruntime": ("onnxruntime.batch", "SlotDecoder"),
     "mlx": ("slots", "GeneratorSlots"),
-}  # fmt: skip
+}
 
 
 def open_batch(engine: Engine, slots: int, ctx_per_slot: int, *, reuse: bool = True,
-               draft: Any = None) -> BatchDecoderLike:  # fmt: skip
+               draft: Any = None) -> BatchDecoderLike:
     """The batch decoder of ``engine``'s runtime, for ``slots`` concurrent generations; ``draft``
     (a ``LookupConfig``): speculative decoding where the runtime has it (llama.cpp)."""
     try:
@@ -327,5 +325,5 @@ def open_engine(name: str, path: Path, params: LoadParams) -> Engine:
         raise EngineError(f"no engine named '{name}'; available: {', '.join(sorted(ENGINES)) or 'none'}") from None
     if params.adapters and name != DEFAULT_ENGINE:
         raise InvalidParameterError(f"LoRA adapters run on llama.cpp (GGUF models), not on {name}; "
-                                    "attach the adapter to the model's GGUF variant")  # fmt: skip
+                                    "attach the adapter to the model's GGUF variant")
     return factory(path, params)

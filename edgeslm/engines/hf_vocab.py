@@ -67,9 +67,6 @@ class Vocab:
     def token_text(self, token: int) -> str | None:
         return self._tok.id_to_token(token)
 
-    def token_id(self, text: str) -> int | None:
-        return self._tok.token_to_id(text)
-
     def token_bytes(self, token: int, *, special: bool = False) -> bytes:
         """The bytes ``token`` stands for; a special (control) token is empty unless ``special``."""
         if token in self._special:
@@ -112,9 +109,6 @@ class FolderVocabEngine:
 
     def token_bytes(self, token: int, *, special: bool = False) -> bytes:
         return self.vocab.token_bytes(token, special=special)
-
-    def detokenize(self, tokens: Sequence[int]) -> bytes:
-        return b"".join(self.token_bytes(t) for t in tokens)
 
     def is_end_of_generation(self, token: int) -> bool:
         return token in self._eos

@@ -104,7 +104,7 @@ def _check_same_bytes(model: Engine, reference: Engine, model_name: str, ref_nam
     Ids the reference spells as nothing (control and padding tokens, which text never tokenizes to)
     are left out: runtimes name those differently (``</s>``, ``[PAD151665]``) and no text scores them."""
     differ = [t for t in range(reference.n_vocab)
-              if (ours := reference.token_bytes(t)) and model.token_bytes(t) != ours]  # fmt: skip
+              if (ours := reference.token_bytes(t)) and model.token_bytes(t) != ours]
     if differ:
         shown = ", ".join(f"{t} ({model.token_bytes(t)!r} vs {reference.token_bytes(t)!r})" for t in differ[:3])
         raise InvalidParameterError(
@@ -233,14 +233,14 @@ def evaluate(
         file_size=model.size, n_params=model.info.n_params, bits_per_weight=model.info.bits_per_weight,
         type_mix=tuple(asdict(s) for s in model.info.type_mix), file_type=model.info.file_type,
         speed=_speed(store, model, settings) if settings.speed else None, **stats,
-    )  # fmt: skip
+    )
     save_result(store, result)
     return result
 
 
 def _speed(store: Store, model: Manifest, settings: EvalSettings) -> Speed:
     params = BenchParams(SPEED.n_prompt, SPEED.n_gen, SPEED.repetitions, settings.threads,
-                         adapters=store.adapter_files(model))  # fmt: skip
+                         adapters=store.adapter_files(model))
     report = run_worker(str(store.model_path(model)), params, engine=engine_for(model.format, DEFAULT_ENGINE))
     tps = {t["test"][:2]: t["samples_tps"][0] for t in report["tests"]}
     peak, threads = int(report["peak_rss"]), int(report["threads"])

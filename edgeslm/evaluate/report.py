@@ -91,7 +91,7 @@ RUNTIME_MARKERS = {"llama.cpp": "o", "onnxruntime": "s", "mlx": "^"}
 def scatter_runtimes(
     ax: Any, xs: Sequence[float], ys: Sequence[float], tps: Sequence[float], runtimes: Sequence[str],
     *, size: float, edgecolors: Sequence[str] | None = None,
-) -> Any:  # fmt: skip
+) -> Any:
     """One scatter per runtime (its own marker shape) on one colour scale; returns one for the colour bar."""
     from matplotlib.colors import Normalize
 
@@ -105,7 +105,7 @@ def scatter_runtimes(
             [xs[i] for i in idx], [ys[i] for i in idx], c=[tps[i] for i in idx], cmap="viridis", norm=norm, s=size,
             zorder=3, marker=RUNTIME_MARKERS.get(runtime, "D"), label=runtime if several else None,
             edgecolors=[edgecolors[i] for i in idx] if edgecolors else None,
-        )  # fmt: skip
+        )
     return scatter
 
 

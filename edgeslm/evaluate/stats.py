@@ -169,5 +169,5 @@ def summarize(acc: Accumulator) -> dict[str, object]:
         "dp_mean": dp_mean, "dp_err": dp_err, "dp": _distribution(acc.p_diff, DP_PERCENTILES),
         "dp_rms": rms, "dp_rms_err": 0.5 / rms * mse_err if rms else 0.0,
         "same_top": same, "same_top_err": math.sqrt(same * (1 - same) / (n - 1)) if n > 1 else 0.0,
-    })  # fmt: skip
+    })
     return out

@@ -78,7 +78,7 @@ def _chat(line: bytes, where: str) -> list[dict[str, str]]:
         messages = item["messages"]
         if not isinstance(messages, list) or not all(_is_message(m) for m in messages):
             raise InputFileError(f"{where}: 'messages' must be a list of {{\"role\": ..., \"content\": \"...\"}} "
-                                 f"with roles {', '.join(ROLES)}")  # fmt: skip
+                                 f"with roles {', '.join(ROLES)}")
         chat = [{"role": m["role"], "content": m["content"]} for m in messages]
     elif isinstance(item.get("prompt"), str) and isinstance(item.get("completion"), str):
         chat = [{"role": "user", "content": item["prompt"]}, {"role": "assistant", "content": item["completion"]}]
@@ -94,7 +94,7 @@ def _is_message(m: Any) -> bool:
 
 
 def encode(chat: Sequence[Mapping[str, str]], template: str, tokenize: Tokenize, max_length: int,
-           specials: tuple[str, str]) -> tuple[Example, bool]:  # fmt: skip
+           specials: tuple[str, str]) -> tuple[Example, bool]:
     """One chat as ids and labels (assistant tokens only); and whether it was cut to ``max_length``."""
     bos, eos = specials
     full = render_chat(template, chat, add_generation_prompt=False, bos_token=bos, eos_token=eos)
@@ -119,7 +119,7 @@ def encode(chat: Sequence[Mapping[str, str]], template: str, tokenize: Tokenize,
 
 
 def build(chats: Sequence[Sequence[Mapping[str, str]]], template: str, tokenize: Tokenize, *, max_length: int,
-          held_out: float, seed: int, specials: tuple[str, str]) -> Dataset:  # fmt: skip
+          held_out: float, seed: int, specials: tuple[str, str]) -> Dataset:
     """Encode every chat; split ``held_out`` of them (shuffled with ``seed``) off for evaluation."""
     if not 0 <= held_out < 1:
         raise InvalidParameterError(f"held-out fraction {held_out} is out of range; valid: 0 to below 1")

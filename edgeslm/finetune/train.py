@@ -59,11 +59,11 @@ class FinetuneOptions:
             (1 <= self.batch_size <= 1024, "batch_size", "1 to 1024"), (16 <= self.max_length <= 32768, "max_length",
             "16 to 32768"), (1 <= self.checkpoint_every <= 10**6, "checkpoint_every", "1 to 1,000,000"),
             (bool(self.target_modules), "target_modules", "at least one module name"),
-        ]  # fmt: skip
+        ]
         for ok, name, valid in checks:
             if not ok:
                 raise InvalidParameterError(f"{name} {getattr(self, name)!r} is out of range; valid: {valid}",
-                                            params=name)  # fmt: skip
+                                            params=name)
 
 
 @dataclass(frozen=True)
@@ -99,15 +99,14 @@ def _torch() -> Any:
 
 
 def finetune(store: Store, base_name: str, data: Path, name: str, options: FinetuneOptions, settings: Settings, *,
-             resume: bool = False, progress: Progress | None = None) -> FinetuneResult:  # fmt: skip
+             resume: bool = False, progress: Progress | None = None) -> FinetuneResult:
     """Train a LoRA on ``data`` for the stored model ``base_name`` and store it as ``name``."""
     torch = _torch()
     from ..modelfile import CreateSpec, create_model
-    from ..pull import ensure_pulled
+    from ..pull import pull_missing
 
     target = parse_name(name)
-    ensure_pulled(base_name, settings)
-    base = store.get(parse_name(base_name))
+    base = pull_missing(store, base_name, settings) or store.get(parse_name(base_name))
     store.gguf_path(base, "finetune")  # a folder model (ONNX, MLX) is refused here
     chats = read_chats(data)
     work = settings.home / "finetune" / f"{target.base.replace('/', '_')}-{target.tag}"
@@ -118,7 +117,7 @@ def finetune(store: Store, base_name: str, data: Path, name: str, options: Finet
     torch.set_num_threads(options.threads or physical_cores())
     tokenizer, model = _load(folder, options)
     dataset = build(chats, _template(store, base, folder), _tokenizer_fn(tokenizer), max_length=options.max_length,
-                    held_out=options.held_out, seed=options.seed, specials=_specials(tokenizer))  # fmt: skip
+                    held_out=options.held_out, seed=options.seed, specials=_specials(tokenizer))
     started = time.perf_counter()
     before = _held_out_loss(model, dataset.held_out, tokenizer)
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=options.learning_rate)
@@ -138,7 +137,7 @@ def finetune(store: Store, base_name: str, data: Path, name: str, options: Finet
     shutil.rmtree(work / "checkpoint", ignore_errors=True)  # the run is done: nothing left to resume
     seconds = time.perf_counter() - started
     return FinetuneResult(str(target), str(base.name), total, len(dataset.train), len(dataset.held_out), before,
-                          after, last, seconds, start_step, dataset.truncated, manifest)  # fmt: skip
+                          after, last, seconds, start_step, dataset.truncated, manifest)
 
 
 def _identity(base: Manifest, data: Path, options: FinetuneOptions) -> dict[str, Any]:
@@ -160,7 +159,7 @@ def _prepare(work: Path, identity: dict[str, Any], resume: bool) -> int:
             raise UsageError(f"nothing to resume in {work}; start without --resume")
         if json.loads(run_file.read_text()) != identity:
             raise UsageError("the checkpoint is of another run (base, data or options differ); "
-                             "give the same ones, or start without --resume")  # fmt: skip
+                             "give the same ones, or start without --resume")
         return int(json.loads((checkpoint / "state.json").read_text())["step"])
     if checkpoint.is_dir():
         log.warning("starting afresh: the checkpoint in %s is replaced (--resume continues it)", work)
@@ -204,14 +203,14 @@ def _load(folder: Path, options: FinetuneOptions) -> tuple[Any, Any]:
         warnings.simplefilter("ignore", FutureWarning)
         model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
     config = peft.LoraConfig(r=options.rank, lora_alpha=options.alpha,  # type: ignore[arg-type]  # a float works lora_dropout=options.dropout,
-                             target_modules=list(options.target_modules), task_type="CAUSAL_LM")  # fmt: skip
+                             target_modules=list(options.target_modules), task_type="CAUSAL_LM")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)
             return tokenizer, peft.get_peft_model(model, config)
     except ValueError as exc:
         raise InvalidParameterError(f"target modules {', '.join(options.target_modules)}: {exc}",
-                                    params="target_modules") from None  # fmt: skip
+                                    params="target_modules") from None
 
 
 def _template(store: Store, base: Manifest, folder: Path) -> str:
@@ -221,7 +220,7 @@ def _template(store: Store, base: Manifest, folder: Path) -> str:
     template = base.defaults.get("template") or meta.get("tokenizer.chat_template")
     if not template:
         raise InvalidParameterError(f"{base.name} has no chat template to render the data with; "
-                                    "fine-tune an instruct model, or create one with a TEMPLATE first")  # fmt: skip
+                                    "fine-tune an instruct model, or create one with a TEMPLATE first")
     return str(template)
 
 
@@ -270,7 +269,7 @@ def _held_out_loss(model: Any, examples: Sequence[Example], tokenizer: Any) -> f
 
 
 def _loop(model: Any, optimizer: Any, schedule: Any, dataset: Dataset, tokenizer: Any, options: FinetuneOptions,
-          work: Path, start: int, total: int, progress: Progress | None) -> float:  # fmt: skip
+          work: Path, start: int, total: int, progress: Progress | None) -> float:
     per_epoch = math.ceil(len(dataset.train) / options.batch_size)
     step, loss = start, float("nan")
     model.train()
@@ -293,7 +292,7 @@ def _loop(model: Any, optimizer: Any, schedule: Any, dataset: Dataset, tokenizer
     except KeyboardInterrupt:
         _checkpoint(work, model, optimizer, schedule, step)
         raise AbortedError(f"stopped at step {step} of {total}; the checkpoint is kept: run the same command with "
-                           "--resume to continue") from None  # fmt: skip
+                           "--resume to continue") from None
     return loss
 
 
@@ -305,7 +304,7 @@ def _checkpoint(work: Path, model: Any, optimizer: Any, schedule: Any, step: int
     shutil.rmtree(tmp, ignore_errors=True)
     model.save_pretrained(tmp)
     torch.save({"optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(),
-                "torch_rng": torch.get_rng_state()}, tmp / "training.pt")  # fmt: skip
+                "torch_rng": torch.get_rng_state()}, tmp / "training.pt")
     (tmp / "state.json").write_text(json.dumps({"step": step}))
     current, old = work / "checkpoint", work / "checkpoint.old"
     shutil.rmtree(old, ignore_errors=True)

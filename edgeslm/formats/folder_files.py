@@ -102,7 +102,7 @@ def folder_model_info(
     context_length: int | None, embedding_length: int | None, block_count: int | None, head_count: int | None,
     head_count_kv: int | None, head_dim: int | None, sliding_window: int | None, vocab_size: int | None,
     kv_bytes_per_element: int,
-) -> ModelInfo:  # fmt: skip
+) -> ModelInfo:
     """The ``ModelInfo`` of a folder model (ONNX, MLX), from its config's dimensions and its weights."""
     size = classify(weights.n_params)
     return ModelInfo(
@@ -114,4 +114,4 @@ def folder_model_info(
         key_length=head_dim, value_length=head_dim, sliding_window=sliding_window, vocab_size=vocab_size,
         tokenizer_model="huggingface", has_chat_template=chat_template_of(folder) is not None, general={},
         gguf_version=0, n_tensors=weights.n_tensors, kv_bytes_per_element=kv_bytes_per_element,
-    )  # fmt: skip
+    )

@@ -101,18 +101,18 @@ def read_imatrix(path: Path, *, label: str | None = None) -> Imatrix:
     if header.metadata.get("general.type") != TYPE:
         raise InvalidModelFileError(f"{label} is a GGUF file but not an importance matrix (general.type is "
                                     f"{str(header.metadata.get('general.type'))[:40]!r}); give llama-imatrix's "
-                                    "output or edgeslm calibrate's")  # fmt: skip
+                                    "output or edgeslm calibrate's")
     tensors = {t.name: t for t in header.tensors}
     names = sorted({n.removesuffix(SUMS) for n in tensors if n.endswith(SUMS)})
     if len(names) * 2 != len(tensors) or len(names) > MAX_ENTRIES:
         raise InvalidModelFileError(f"{label}: every weight needs exactly a {SUMS} and a {COUNTS} tensor, "
-                                    "and nothing else")  # fmt: skip
+                                    "and nothing else")
     with open(path, "rb") as fp:
         entries = {n: _entry(fp, tensors[n + SUMS], tensors.get(n + COUNTS), label) for n in names}
     datasets = header.metadata.get(KEY_DATASETS)
     return Imatrix(entries, tuple(str(d) for d in getattr(datasets, "items", ()) or ()),
                    _uint(header, KEY_CHUNK_COUNT), _uint(header, KEY_CHUNK_SIZE),
-                   {k: str(v) for k, v in header.metadata.items() if k.startswith("edgeslm.")})  # fmt: skip
+                   {k: str(v) for k, v in header.metadata.items() if k.startswith("edgeslm.")})
 
 
 class _Legacy:
@@ -124,7 +124,7 @@ class _Legacy:
     def fail(self, what: str) -> InvalidModelFileError:
         return InvalidModelFileError(f"{self.label} is neither a GGUF importance matrix nor llama-imatrix's legacy "
                                      f".dat file: {what} at byte {self.pos}; give llama-imatrix's output or "
-                                     "edgeslm calibrate's")  # fmt: skip
+                                     "edgeslm calibrate's")
 
     def i32(self, what: str, low: int = 0, high: int = 2**31 - 1) -> int:
         if self.pos + 4 > len(self.data):
@@ -185,7 +185,7 @@ def _entry(fp: object, sums: TensorInfo, counts: TensorInfo | None, label: str) 
     s_shape, c_shape = _two_dims(sums.shape), _two_dims(counts.shape)  # ggml drops trailing 1s
     if s_shape is None or c_shape is None or c_shape != (1, s_shape[1]):
         raise InvalidModelFileError(f"{label}: {name}'s {SUMS} {list(sums.shape)} and {COUNTS} "
-                                    f"{list(counts.shape)} do not agree")  # fmt: skip
+                                    f"{list(counts.shape)} do not agree")
     n_cols, n_mat = s_shape
     s = _floats(fp, sums).reshape(n_mat, n_cols)
     c = _floats(fp, counts)
@@ -193,7 +193,7 @@ def _entry(fp: object, sums: TensorInfo, counts: TensorInfo | None, label: str) 
         raise InvalidModelFileError(f"{label}: {name} holds sums that are not finite non-negative numbers")
     if not np.isfinite(c).all() or (c < 0).any() or (c > MAX_COUNT).any() or (c != np.floor(c)).any():
         raise InvalidModelFileError(f"{label}: {name} holds token counts that are not whole numbers of 0 to "
-                                    f"{MAX_COUNT:.0f}")  # fmt: skip
+                                    f"{MAX_COUNT:.0f}")
     return Entry(s, c)
 
 
@@ -216,13 +216,13 @@ def check_model(imatrix: Imatrix, model_tensors: Sequence[TensorInfo], label: st
         shape = shapes.get(name)
         if shape is None:
             raise InvalidModelFileError(f"{label} is not an importance matrix of {model}: {model} has no weight "
-                                        f"{name[:80]!r}; calibrate {model} itself (edgeslm calibrate)")  # fmt: skip
+                                        f"{name[:80]!r}; calibrate {model} itself (edgeslm calibrate)")
         n_mat = math.prod(shape[2:]) if len(shape) > 2 else 1
         if imatrix.legacy and e.sums.size == shape[0] * n_mat:  # one row per weight, the experts unsplit
             continue
         if shape[0] != e.sums.shape[1] or n_mat != e.sums.shape[0]:
             raise InvalidModelFileError(f"{label} is not an importance matrix of {model}: {name} takes "
                                         f"{shape[0]} inputs x {n_mat} matrices there, {e.sums.shape[1]} x "
-                                        f"{e.sums.shape[0]} here")  # fmt: skip
+                                        f"{e.sums.shape[0]} here")
     if not imatrix.entries:
         raise InvalidModelFileError(f"{label} holds no importance data")

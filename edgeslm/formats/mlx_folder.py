@@ -180,4 +180,4 @@ def _info(config: dict[str, Any], folder: Path, files: dict[str, int], weights: 
         head_dim=int_field(config, "head_dim") or (hidden // heads if hidden and heads else None),
         sliding_window=int_field(config, "sliding_window"), vocab_size=int_field(config, "vocab_size"),
         kv_bytes_per_element=BYTES.get(floats[0], 2) if floats else 2,  # the cache takes the activations' type
-    )  # fmt: skip
+    )

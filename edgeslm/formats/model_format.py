@@ -28,7 +28,7 @@ class Runtime(str, Enum):
 
 RUNTIME_OF: dict[ModelFormat, Runtime] = {
     ModelFormat.GGUF: Runtime.LLAMA_CPP, ModelFormat.ONNX: Runtime.ONNXRUNTIME, ModelFormat.MLX: Runtime.MLX,
-}  # fmt: skip
+}
 # what `pip install` brings each runtime that is an extra (llama.cpp is a plain dependency)
 EXTRA_OF: dict[Runtime, str] = {Runtime.ONNXRUNTIME: "onnx", Runtime.MLX: "mlx"}
 # (sys_platform, machine) pairs with a wheel, for runtimes that have few (pyproject's markers)

@@ -34,14 +34,14 @@ MAX_ELEMENTS = 1 << 36  # per tensor: 64 G elements is past any model edgeslm ta
 # the operator domains onnxruntime's CPU build has kernels for (its contrib ops included) and the
 # ONNX standard's own; a test checks the table against onnxruntime's kernel registry
 KNOWN_DOMAINS = frozenset({"", "ai.onnx", "ai.onnx.ml", "com.microsoft", "com.microsoft.nchwc",
-                           "ai.onnx.preview.training", "ai.onnx.training"})  # fmt: skip
+                           "ai.onnx.preview.training", "ai.onnx.training"})
 NON_PARAMETERS = ("cos_cache", "sin_cache")  # rotary tables the builder stores as initializers
 # onnx.TensorProto.DataType -> (name in the type mix, bits per element)
 DTYPES: dict[int, tuple[str, float]] = {
     1: ("F32", 32), 2: ("U8", 8), 3: ("I8", 8), 4: ("U16", 16), 5: ("I16", 16), 6: ("I32", 32), 7: ("I64", 64),
     9: ("BOOL", 8), 10: ("F16", 16), 11: ("F64", 64), 12: ("U32", 32), 13: ("U64", 64), 16: ("BF16", 16),
     21: ("U4", 4), 22: ("I4", 4),
-}  # fmt: skip
+}
 
 
 @dataclass(frozen=True)
@@ -220,7 +220,7 @@ def _info(config: dict[str, Any], folder: Path, files: dict[str, int], weights: 
         head_count_kv=int_field(decoder, "num_key_value_heads"), head_dim=int_field(decoder, "head_size"),
         sliding_window=int_field(decoder, "sliding_window"), vocab_size=int_field(model, "vocab_size"),
         kv_bytes_per_element=kv,
-    )  # fmt: skip
+    )
 
 
 def _kv_bytes(model: onnx.ModelProto) -> int:

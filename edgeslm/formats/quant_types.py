@@ -30,7 +30,7 @@ _MAIN_TYPE: dict[str, GGMLQuantizationType] = {
     "IQ3_XXS": T.IQ3_XXS, "IQ3_XS": T.IQ3_S, "IQ3_S": T.IQ3_S, "IQ3_M": T.IQ3_S,
     "IQ4_NL": T.IQ4_NL, "IQ4_XS": T.IQ4_XS,
     "TQ1_0": T.TQ1_0, "TQ2_0": T.TQ2_0,
-}  # fmt: skip
+}
 
 # llama-quantize refuses these without an importance matrix (tools/quantize/quantize.cpp).
 # llama_model_quantize also refuses, per tensor, IQ2_S and IQ3_XXS tensors without one (so IQ2_M
@@ -99,7 +99,7 @@ class QuantizeOptions:
             "output_tensor_type": self.output_tensor_type.name if self.output_tensor_type is not None else None,
             "token_embedding_type": self.token_embedding_type.name if self.token_embedding_type is not None else None,
             "tensor_types": [[p, t.name] for p, t in self.tensor_types],
-        }  # fmt: skip
+        }
         if self.imatrix is not None:
             data["imatrix"] = True  # which one: the source's "imatrix" entry
         return json.dumps(data, sort_keys=True)

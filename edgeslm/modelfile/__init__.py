@@ -8,4 +8,4 @@ from .parser import Command, Instruction, Modelfile, decode, parse
 from .render import modelfile_of
 
 __all__ = ["Command", "CreateSpec", "Instruction", "Modelfile", "create_model", "decode", "modelfile_of", "parse",
-           "spec_from_modelfile"]  # fmt: skip
+           "spec_from_modelfile"]

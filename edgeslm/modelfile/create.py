@@ -15,7 +15,7 @@ import json
 import logging
 import secrets
 import shutil
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -77,7 +77,7 @@ def spec_from_modelfile(mf: Modelfile, base_dir: Path | None, where: str = "Mode
     for refused in (Instruction.DRAFT, Instruction.RENDERER, Instruction.PARSER):
         if found := mf.last(refused):
             raise ModelfileError(f"{where} (line {found.line}): {refused.name} is Ollama's and not supported by "
-                                 "edgeslm; remove the line (drafts: 'edgeslm serve --draft MODEL=KIND')")  # fmt: skip
+                                 "edgeslm; remove the line (drafts: 'edgeslm serve --draft MODEL=KIND')")
     system, template = mf.last(Instruction.SYSTEM), mf.last(Instruction.TEMPLATE)
     return CreateSpec(
         source=source.value, adapters=tuple(c.value for c in adapters), system=system.value if system else None,
@@ -85,11 +85,11 @@ def spec_from_modelfile(mf: Modelfile, base_dir: Path | None, where: str = "Mode
         parameters=from_commands(mf.all(Instruction.PARAMETER), where),
         messages=tuple({"role": c.key, "content": c.value} for c in messages),
         license=tuple(c.value for c in mf.all(Instruction.LICENSE)), where=where, lines=lines, base_dir=base_dir,
-    )  # fmt: skip
+    )
 
 
 def create_model(store: Store, name: ModelName, spec: CreateSpec, settings: Settings, *, quantize: str | None = None,
-                 report: Report = log.info, quantizer: Quantizer | None = None) -> Manifest:  # fmt: skip
+                 report: Report = log.info, quantizer: Quantizer | None = None) -> Manifest:
     """Build ``name`` from ``spec`` and publish it; the store is unchanged if anything fails.
     ``quantize``: a llama.cpp type the base is quantized to first, by ``quantizer`` (source,
     target, type; default: in this process; the server passes one that runs a child)."""
@@ -104,20 +104,22 @@ def create_model(store: Store, name: ModelName, spec: CreateSpec, settings: Sett
         has_template = header is None or "tokenizer.chat_template" in header.metadata or spec.template
         if spec.messages and not (has_template or base.defaults.get("template")):
             raise ModelfileError(f"{spec.at('message.0')}: MESSAGE needs a chat template and {spec.source} has "
-                                 "none; add a TEMPLATE")  # fmt: skip
+                                 "none; add a TEMPLATE")
         if spec.adapters and header is None:
             raise ModelfileError(f"{spec.at('adapter.0')}: adapters apply to GGUF models (llama.cpp); "
-                                 f"{spec.source} is {base.format.value}")  # fmt: skip
+                                 f"{spec.source} is {base.format.value}")
         assert header is not None or not spec.adapters
         refs = tuple(_adapter(store, spec, i, base, header, staged, report)  # type: ignore[arg-type]
-                     for i in range(len(spec.adapters)))  # fmt: skip
+                     for i in range(len(spec.adapters)))
         merged = _merge(base.defaults, defaults)
         stored_base = base.name not in interim and store.find(base.name) is not None
         source = {**base.source, "base_name": str(base.name)} if stored_base else dict(base.source)
         manifest = replace(base, name=name, created=now_iso(), defaults=merged, adapters=base.adapters + refs,
-                           source=source)  # fmt: skip
+                           source=source)
         report("writing manifest")
-        return store.publish_custom(manifest, staged)
+        store.commit([manifest], staged)
+        log.info("stored %s (%d adapter(s))", manifest.name, len(manifest.adapters))
+        return manifest
     finally:
         for item in staged:
             item.discard()
@@ -174,7 +176,7 @@ def _looks_like_path(value: str) -> bool:
 
 
 def _base(store: Store, name: ModelName, spec: CreateSpec, settings: Settings, staged: list[Staged],
-          report: Report, interim: list[ModelName]) -> tuple[Manifest, GGUFHeader | None]:  # fmt: skip
+          report: Report, interim: list[ModelName]) -> tuple[Manifest, GGUFHeader | None]:
     where = spec.at("from")
     path = _path(spec, spec.source)
     if path is not None and path.is_file():
@@ -196,10 +198,9 @@ def _base(store: Store, name: ModelName, spec: CreateSpec, settings: Settings, s
         wanted = parse_name(spec.source)
     except InvalidNameError as exc:
         raise ModelfileError(f"{where}: FROM {spec.source[:80]!r} names no model ({exc})") from None
-    from ..pull import ensure_pulled
+    from ..pull import pull_missing
 
-    ensure_pulled(str(wanted), settings)
-    stored = store.find(wanted)
+    stored = pull_missing(store, str(wanted), settings)
     if stored is None:
         raise ModelNotFoundError(f"{where}: model {wanted} is not in the store; see 'edgeslm list'")
     return stored, _header(store, stored)
@@ -218,7 +219,7 @@ def _header(store: Store, base: Manifest) -> GGUFHeader | None:
 
 
 def _from_folder(store: Store, name: ModelName, folder: Path, settings: Settings,
-                 report: Report) -> tuple[Manifest, GGUFHeader | None]:  # fmt: skip
+                 report: Report) -> tuple[Manifest, GGUFHeader | None]:
     config: Any = {}
     if (folder / "config.json").is_file():
         try:
@@ -244,11 +245,11 @@ def _quantize_here(store: Store, source: str, target: str, qtype: str) -> None:
 
     kinds = parse_quant_types(qtype)[:1]
     quantize(store, parse_name(source), kinds, QuantizeOptions(allow_requantize=True, force=True),
-             target=lambda _: parse_name(target))  # fmt: skip
+             target=lambda _: parse_name(target))
 
 
 def _quantized(store: Store, base: Manifest, name: ModelName, qtype: str, quantizer: Quantizer,
-               report: Report) -> tuple[Manifest, GGUFHeader | None]:  # fmt: skip
+               report: Report) -> tuple[Manifest, GGUFHeader | None]:
     if store.find(base.name) is None:  # a staged .gguf: not stored yet
         raise ModelfileError(
             "create --quantize works FROM a stored model; store the file or folder first "
@@ -261,7 +262,7 @@ def _quantized(store: Store, base: Manifest, name: ModelName, qtype: str, quanti
 
 
 def _adapter(store: Store, spec: CreateSpec, i: int, base: Manifest, header: GGUFHeader,
-             staged: list[Staged], report: Report) -> AdapterRef:  # fmt: skip
+             staged: list[Staged], report: Report) -> AdapterRef:
     where, value = spec.at(f"adapter.{i}"), spec.adapters[i]
     base_label = str(spec.source)
     path = _path(spec, value)
@@ -305,13 +306,13 @@ def _stored_adapter(store: Store, value: str, base: Manifest, header: GGUFHeader
         holder = None
     if holder is None or not holder.adapters:
         raise ModelNotFoundError(f"ADAPTER {value[:80]} is neither a file, a PEFT folder nor a stored model with an "
-                                 "adapter ('edgeslm list' shows them)")  # fmt: skip
+                                 "adapter ('edgeslm list' shows them)")
     if len(holder.adapters) != 1:
         raise ModelfileError(f"{holder.name} carries {len(holder.adapters)} adapters; name one model per ADAPTER")
     ref = holder.adapters[-1]
     if ref.base and not same_family(store, ref.base, base.digest):
         raise ModelfileError(f"the adapter of {holder.name} was made for {_describe(store, ref.base)}, and "
-                             f"{base_label} does not descend from it: use it with that base")  # fmt: skip
+                             f"{base_label} does not descend from it: use it with that base")
     check_against(read_lora(store.blob_path(ref.digest), str(holder.name)), header, str(holder.name), base_label)
     return ref
 
@@ -338,5 +339,3 @@ def _describe(store: Store, digest: str) -> str:
     return f"{names[0]} ({digest[:19]})" if names else digest[:19]
 
 
-def parse_request_messages(items: Sequence[Any] | None) -> tuple[Mapping[str, str], ...]:
-    return tuple({"role": str(m.role), "content": str(m.content)} for m in items or ())

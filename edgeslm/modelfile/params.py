@@ -19,16 +19,16 @@ PARAMETERS: dict[str, type] = {
     "num_ctx": int, "num_predict": int, "temperature": float, "top_k": int, "top_p": float, "min_p": float,
     "seed": int, "stop": list, "repeat_penalty": float, "repeat_last_n": int, "presence_penalty": float,
     "frequency_penalty": float,
-}  # fmt: skip
+}
 SAMPLING = ("temperature", "top_k", "top_p", "min_p", "repeat_penalty", "repeat_last_n", "presence_penalty",
-            "frequency_penalty")  # fmt: skip
+            "frequency_penalty")
 # Ollama's options that llama.cpp's samplers here have no use for: accepted, not stored, as Ollama
 # accepts its deprecated ones (a Modelfile from Ollama's library still loads).
 IGNORED = frozenset({
     "num_keep", "typical_p", "num_batch", "num_gpu", "main_gpu", "use_mmap", "num_thread", "numa", "low_vram",
     "f16_kv", "logits_all", "vocab_only", "use_mlock", "penalize_newline", "mirostat", "mirostat_tau",
     "mirostat_eta", "tfs_z",
-})  # fmt: skip
+})
 
 
 def from_commands(commands: Iterable[Command], where: str = "Modelfile") -> dict[str, Any]:
@@ -65,7 +65,7 @@ def _typed(name: str, text: str) -> Any:
         return int(text) if kind is int else float(text)
     except ValueError:
         raise InvalidParameterError(f"parameter {name} must be {'an integer' if kind is int else 'a number'}, "
-                                    f"not {text[:40]!r}") from None  # fmt: skip
+                                    f"not {text[:40]!r}") from None
 
 
 class _ParameterError(InvalidParameterError):
@@ -93,7 +93,7 @@ def check(params: Mapping[str, Any]) -> dict[str, Any]:
         raise _ParameterError(bad, str(exc)) from None
     _range(checked, "num_ctx", lambda v: 16 <= v <= MAX_CONTEXT, "16 to 1,048,576")
     _range(checked, "num_predict", lambda v: v in (-1, -2) or 1 <= v <= MAX_CONTEXT,
-           "-1 (no limit), -2 (fill the context) or 1 to 1,048,576")  # fmt: skip
+           "-1 (no limit), -2 (fill the context) or 1 to 1,048,576")
     _range(checked, "seed", lambda v: -1 <= v <= MAX_SEED, f"-1 (random) to {MAX_SEED}")
     stops = checked.get("stop", [])
     if len(stops) > MAX_STOP or any(len(s) > MAX_STOP_CHARS or not s for s in stops):

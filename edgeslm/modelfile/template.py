@@ -12,7 +12,7 @@ _TRIAL = (
     [{"role": "system", "content": "s"}, {"role": "user", "content": "u"}, {"role": "assistant", "content": "a"},
      {"role": "user", "content": "u2"}],
     [{"role": "user", "content": "u"}],
-)  # fmt: skip
+)
 
 
 def compile_template(source: str, where: str) -> str:

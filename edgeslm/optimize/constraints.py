@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from ..config import DEFAULT_CONTEXT
 from ..errors import InvalidParameterError
 from ..units import format_bytes, parse_bytes
 
@@ -50,7 +51,7 @@ class Metrics:
         return cls(
             result.model, result.file_size, memory, kld, err, same, increase,
             speed.pp_tps if speed else None, speed.tg_tps if speed else None,
-        )  # fmt: skip
+        )
 
 
 @dataclass(frozen=True)
@@ -64,7 +65,7 @@ class Violation:
 class Constraints:
     max_size: int | None = None
     max_memory: int | None = None
-    memory_ctx: int = 4096
+    memory_ctx: int = DEFAULT_CONTEXT
     min_pp_tps: float | None = None
     min_tg_tps: float | None = None
     max_kld: tuple[tuple[str, float], ...] = ()  # (statistic, limit)

@@ -233,7 +233,7 @@ def optimize(
     return OptimizeResult(
         str(run.source.name), str(reference.name), text.label, calibration.label, params, tuple(run.candidates),
         ranking, mixed, tagged, tuple(run.notes), time.perf_counter() - start,
-    )  # fmt: skip
+    )
 
 
 def _check_budget(run: _Run) -> int | None:
@@ -325,11 +325,11 @@ def _onnx_variants(run: _Run) -> list[_FolderVariant]:
     def variant(precision: Precision, method: Method) -> _FolderVariant:
         def build(name: ModelName, say: Callable[[str], None]) -> Manifest:
             return convert_to_onnx(run.store, run.source.name, precision=precision, method=method, target=name,
-                                   progress=say).manifest  # fmt: skip
+                                   progress=say).manifest
 
         command = f"edgeslm convert {run.source.name} --to onnx --precision {precision.value} --method {method.value}"
         return _FolderVariant("onnx", default_tag(precision, method), onnx_requested(precision, method),
-                              f"ONNX {precision.value.upper()} ({method.value})", command, build)  # fmt: skip
+                              f"ONNX {precision.value.upper()} ({method.value})", command, build)
 
     return [variant(precision, method) for precision, method in run.params.onnx]
 
@@ -406,7 +406,7 @@ def _calibrate(run: _Run, reference: Manifest, calibration: EvalText) -> str:
         engine.close()
     where = "a separate text" if reserved == 0 else f"after the {reserved:,} evaluation tokens"
     run.note(f"importance matrix of {reference.name} from {done.chunks} chunk(s) of {done.ctx} tokens of "
-             f"{calibration.label} ({where}); every llama.cpp candidate (-imat) is quantized with it")  # fmt: skip
+             f"{calibration.label} ({where}); every llama.cpp candidate (-imat) is quantized with it")
     return str(done.path)
 
 

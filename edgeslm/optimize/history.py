@@ -27,11 +27,11 @@ def _path(store: Store, base: str) -> Path:
 def remember(
     store: Store, base: str, constraints: Constraints, size_budget: int | None, winner: str | None,
     tagged: str | None,
-) -> None:  # fmt: skip
+) -> None:
     record = {
         "model": base, "created": now_iso(), "constraints": asdict(constraints),
         "described": constraints.describe(), "size_budget": size_budget, "winner": winner, "tagged": tagged,
-    }  # fmt: skip
+    }
     write_atomic(_path(store, base), json.dumps(record, indent=2).encode(), store.tmp_dir)
 
 

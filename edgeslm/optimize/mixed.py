@@ -37,7 +37,7 @@ F32 = npt.NDArray[np.float32]
 PALETTE: tuple[GGMLQuantizationType, ...] = (
     T.Q2_K, T.Q3_K, T.IQ3_S, T.Q4_0, T.IQ4_NL, T.IQ4_XS, T.Q4_1, T.Q4_K,
     T.Q5_0, T.Q5_1, T.Q5_K, T.Q6_K, T.Q8_0, T.F16,
-)  # fmt: skip
+)
 # With an importance matrix the types that need one join (optimize --imatrix).
 IMATRIX_PALETTE: tuple[GGMLQuantizationType, ...] = (T.IQ1_M, T.IQ2_XXS, T.IQ2_XS, T.IQ2_S, T.IQ3_XXS, *PALETTE)
 STORAGE_TYPES = (T.F32, T.F16, T.BF16)  # a reference whose weights the planner can read and perturb
@@ -48,7 +48,7 @@ SAMPLE_ROWS = 256  # rows per tensor for the weight-error estimate
 _NEVER = (
     "_norm.weight", "ffn_gate_inp.weight", "altup", "laurel", "per_layer_model_proj", "position_embd",
     "token_types", "ssm_conv1d", "shortconv.conv", "time_mix_", "attn_rel_b", "rel_pos", "patch_embd",
-)  # fmt: skip
+)
 _LAYER = re.compile(r"^blk\.(\d+)\.(.+)\.weight$")
 
 

@@ -21,7 +21,7 @@ POOR_KLD = 0.5  # a winner this far from the reference gets a warning when no KL
 HEADERS = (
     "rank", "model", "runtime", "recipe", "size", "memory", "mean KLD", "KLD p99", "same top-1", "PPL", "pp t/s",
     "tg t/s", "peak RSS", "verdict",
-)  # fmt: skip
+)
 
 
 def _num(value: float | None, pattern: str) -> str:
@@ -41,7 +41,7 @@ def table_rows(result: OptimizeResult) -> list[tuple[str, ...]]:
             _num(m.kld["p99"], "{:.4f}"), f"{100 * m.same_top:.2f}%", ppl, _num(m.pp_tps, "{:.1f}"),
             _num(m.tg_tps, "{:.1f}"), format_mib(speed.peak_rss) if speed else "",
             "winner" if v.rank == 1 else ("fits" if v.fits else "fails"),
-        ))  # fmt: skip
+        ))
     return rows
 
 
@@ -112,7 +112,7 @@ def to_json(result: OptimizeResult) -> dict[str, Any]:
             "predicted_size": mx.plan.predicted_size, "types": mx.types, "calibration_tokens": mx.calibration_tokens,
             "sensitivity": mx.sensitivity, "mismatches": list(mx.mismatches),
             "assignment": {n: q.name for n, q in mx.plan.assignment},
-        }  # fmt: skip
+        }
     return {
         "model": result.model, "reference": result.reference, "text": result.text,
         "calibration_text": result.calibration_text,
@@ -129,7 +129,7 @@ def to_json(result: OptimizeResult) -> dict[str, Any]:
         ],
         "results": [c.result.to_dict() for c in result.candidates], "mixed": mixed, "notes": list(result.notes),
         "seconds": result.seconds,
-    }  # fmt: skip
+    }
 
 
 def markdown(result: OptimizeResult, plot_name: str | None) -> str:
@@ -137,7 +137,7 @@ def markdown(result: OptimizeResult, plot_name: str | None) -> str:
     lines += summary(result) + [""]
     lines += [f"Reference: {result.reference}. Quality on {result.text} "
               f"({result.params.eval.chunks} chunks of {result.params.eval.ctx} tokens); "
-              f"measured in {result.seconds:.0f} s.", ""]  # fmt: skip
+              f"measured in {result.seconds:.0f} s.", ""]
     described = result.params.constraints.describe()
     lines += ["## Constraints", ""] + ([f"- {d}" for d in described] or ["- none"]) + [""]
     if plot_name:
@@ -177,7 +177,7 @@ def _mixed_md(result: OptimizeResult) -> list[str]:
         f"{mx.calibration_tokens:,} calibration tokens), {measured} measured on the evaluation chunks.", "",
         "| type | parameters | share |", "|---|---|---|",
         *[f"| {t} | {n:,} | {100 * n / total:.1f}% |" for t, n in mx.types.items()], "",
-    ]  # fmt: skip
+    ]
 
 
 def html_page(result: OptimizeResult, png: bytes | None) -> str:
@@ -222,7 +222,7 @@ def pareto_plot(result: OptimizeResult, path: Path) -> Path:
     fig, ax = new_figure((9, 5.5))
     front = _front(cands)
     ax.step([c.metrics.file_size / 1e6 for c in front], [max(c.metrics.kld["mean"], floor) for c in front],
-            where="post", color="0.6", lw=1, zorder=1, label="Pareto front")  # fmt: skip
+            where="post", color="0.6", lw=1, zorder=1, label="Pareto front")
     fits = {v.metrics.name for v in result.ranking.verdicts if v.fits}
     edges = ["k" if c.name in fits else "r" for c in cands]
     scatter = scatter_runtimes(ax, xs, ys, tps, [c.result.runtime for c in cands], size=70, edgecolors=edges)

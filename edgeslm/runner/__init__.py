@@ -22,7 +22,7 @@ _HOME = {
     "Chunk": "messages", "Done": "messages", "Embeddings": "messages", "Job": "messages",
     "CLOSE_TIMEOUT": "process", "LOAD_TIMEOUT": "process", "Runner": "process", "RunnerLike": "process",
     "LoadState": "state",
-}  # fmt: skip
+}
 
 
 def __getattr__(name: str) -> Any:

@@ -77,7 +77,7 @@ def event_from(msg: Message) -> Chunk | Done:
     if msg["op"] == "done":
         fields = ("prompt_tokens", "completion_tokens", "prompt_seconds", "generation_seconds")
         return Done(msg["finish"], **{k: msg[k] for k in fields}, prompt_ids=tuple(msg.get("prompt_ids", ())),
-                    drafted=int(msg.get("drafted", 0)), accepted=int(msg.get("accepted", 0)))  # fmt: skip
+                    drafted=int(msg.get("drafted", 0)), accepted=int(msg.get("accepted", 0)))
     raise error_from(msg)
 
 

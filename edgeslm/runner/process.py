@@ -28,11 +28,14 @@ import sys
 import threading
 import time
 from collections.abc import AsyncGenerator, Callable, Sequence
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from ..errors import EngineError, RunnerTimeoutError
 from ..framing import Message, decode, encode, error_from
 from .messages import Chunk, Done, Embeddings, Job, embeddings_from, event_from
+
+if TYPE_CHECKING:
+    from ..store.resolve import ResolvedModel  # the server's import of this module stays light
 
 log = logging.getLogger(__name__)
 
@@ -130,7 +133,7 @@ class Runner:
 
     def __init__(
         self,
-        name: str,
+        model: str | ResolvedModel,  # resolved by the caller (the manager): the worker looks nothing up
         *,
         slots: int = 4,
         ctx_per_slot: int = 2048,
@@ -144,15 +147,17 @@ class Runner:
         draft: dict[str, Any] | None = None,  # prompt-lookup speculative decoding (LookupConfig.as_args())
         worker: Sequence[str] = WORKER,  # the command that starts the worker (tests start fakes)
     ) -> None:
+        name = model if isinstance(model, str) else model.name
         self.name, self.close_timeout, self.embed_timeout = name, close_timeout, embed_timeout
         args = json.dumps({
-            "name": name, "slots": slots, "ctx_per_slot": ctx_per_slot, "threads": threads, "home": home,
-            "prompt_cache": prompt_cache, "draft": draft,
-        })  # fmt: skip
+            "name": name, "model": None if isinstance(model, str) else model.to_dict(), "slots": slots,
+            "ctx_per_slot": ctx_per_slot, "threads": threads, "home": home, "prompt_cache": prompt_cache,
+            "draft": draft,
+        })
         self._proc = subprocess.Popen(
             [*worker, args], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
             start_new_session=True,  # a Ctrl-C at the terminal stops the server, which stops its runners
-        )  # fmt: skip
+        )
         assert self._proc.stdin is not None
         self._writer = _Writer(self._proc.stdin.fileno(), name, write_timeout, self._kill)
         self._lock = threading.Lock()  # guards _queues only; never held across I/O

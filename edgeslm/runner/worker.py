@@ -24,8 +24,9 @@ from ..errors import ContextOverflowError, EdgeslmError, InvalidParameterError
 from ..framing import LineReader, error_message, send
 from ..generation import TextStream, load
 from ..speculation import LookupConfig
-from ..tools.grammar import job_grammar
-from ..tools.native import FAMILIES, ToolFormat
+from ..store.resolve import ResolvedModel
+from ..tools.grammar import format_grammar, job_grammar
+from ..tools.native import marker_tokens
 
 log = logging.getLogger(__name__)
 
@@ -46,8 +47,8 @@ class _Request:
     kept: frozenset[int] = frozenset()  # special tokens whose text is kept (a tool format's markers)
 
 
-def serve(name: str, slots: int, ctx_per_slot: int, threads: int | None, home: str | None, reuse: bool,
-          draft: LookupConfig | None = None) -> None:  # fmt: skip
+def serve(name: str | ResolvedModel, slots: int, ctx_per_slot: int, threads: int | None, home: str | None, reuse: bool,
+          draft: LookupConfig | None = None) -> None:
     settings = resolve_settings(home=home, offline=True)
     model = load(name, ctx=min(ctx_per_slot, 512), threads=threads, settings=settings)
     batch = open_batch(model.engine, slots, ctx_per_slot, reuse=reuse, draft=draft)
@@ -98,12 +99,12 @@ def _handle(raw: bytes, model: Any, batch: Any, waiting: deque[_Request], runnin
         stop = list(msg.get("stop", []))
         tooling = msg.get("tooling")
         grammar, triggers = job_grammar(tooling) if tooling else (None, ())
-        grammar = grammar or _grammar(msg.get("format"))  # tool_choice "none": a response_format still holds
+        grammar = grammar or format_grammar(msg.get("format"))  # tool_choice "none": a response_format still holds
         sampling = SamplingParams(**{**msg["sampling"], "grammar": grammar, "grammar_triggers": triggers})
         logprobs, want_ids = msg.get("logprobs"), bool(msg.get("return_prompt_ids"))
-        kept = _marker_tokens(model, tooling["format"]) if tooling else frozenset()
+        kept = marker_tokens(model.engine.tokenize, tooling["format"]) if tooling else frozenset()
         waiting.append(_Request(rid, tokens, sampling, limit, stop, logprobs, want_ids, text=TextStream(stop),
-                                kept=kept))  # fmt: skip
+                                kept=kept))
     except EdgeslmError as exc:
         send(error_message(exc, id=rid))
     except Exception as exc:  # a bug must fail this request, not every request of this runner
@@ -137,28 +138,6 @@ def _prompt_tokens(model: Any, msg: dict[str, Any]) -> list[int]:
     if not tokens:
         raise InvalidParameterError("the prompt is empty")
     return tokens
-
-
-_MARKERS: dict[str, frozenset[int]] = {}
-
-
-def _marker_tokens(model: Any, fmt: str) -> frozenset[int]:
-    """The family's markers that are single special tokens here: their text stays in the reply
-    (llama.cpp's preserved tokens), where the parser looks for it."""
-    if fmt not in _MARKERS:
-        markers = FAMILIES[ToolFormat(fmt)].markers
-        ids = [model.engine.tokenize(m, add_special=False, parse_special=True) for m in markers]
-        _MARKERS[fmt] = frozenset(t[0] for t in ids if len(t) == 1)
-    return _MARKERS[fmt]
-
-
-def _grammar(spec: Any) -> str | None:
-    """GBNF for Ollama's ``format`` / OpenAI's ``response_format``: "json" or a JSON schema."""
-    if spec is None:
-        return None
-    from ..engines.llamacpp.engine import json_grammar
-
-    return json_grammar(spec)
 
 
 def _embed(model: Any, rid: str, texts: list[str]) -> None:
@@ -200,7 +179,7 @@ def _emit(model: Any, batch: Any, running: dict[str, _Request], ev: Any) -> None
     done = {
         "op": "done", "id": rid, "finish": finish, "prompt_tokens": len(r.tokens), "completion_tokens": r.count,
         "prompt_seconds": r.first - r.received, "generation_seconds": now - r.first,
-    }  # fmt: skip
+    }
     spec = getattr(batch, "finished_stats", {}).pop(rid, None)  # speculative decoding's (drafted, accepted)
     if spec is not None:
         done["drafted"], done["accepted"] = spec
@@ -213,8 +192,9 @@ def main() -> None:
     args = json.loads(sys.argv[1])
     try:
         name, slots, ctx, threads, home = (args.get(k) for k in ("name", "slots", "ctx_per_slot", "threads", "home"))
+        model = ResolvedModel.from_dict(args["model"]) if args.get("model") else name  # resolved: no store lookup
         draft = LookupConfig(**args["draft"]) if args.get("draft") else None
-        serve(name, slots, ctx, threads, home, args.get("prompt_cache", True), draft)
+        serve(model, slots, ctx, threads, home, args.get("prompt_cache", True), draft)
     except EdgeslmError as exc:
         send(error_message(exc, "failed"))
         sys.exit(1)

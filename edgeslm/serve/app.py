@@ -22,17 +22,18 @@ from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import Response
 
+from ..access.audit import AuditLog
+from ..access.keys import load_keys
 from ..config import Settings
 from ..device import system_ram
 from ..errors import EdgeslmError
-from .audit import AuditLog
+from ..runner.manager import ManagerParams, ModelManager, RunnerFactory
 from .guard import Guard, GuardOptions, origins
 from .http_errors import error_response, exception_response
-from .keys import load_keys
-from .manager import ManagerParams, ModelManager, RunnerFactory
 from .metrics import Metrics
 from .options import ServeOptions, check_options
-from .service import ClientGone, ServerState
+from .replies import ClientGone
+from .state import ServerState
 
 log = logging.getLogger(__name__)
 EXPIRY_INTERVAL = 5.0
@@ -46,7 +47,7 @@ def create_app(options: ServeOptions, settings: Settings, factory: RunnerFactory
     params = ManagerParams(
         options.max_loaded, budget, options.parallel, options.ctx, options.threads, options.queue, options.keep_alive,
         options.prompt_cache, options.load_timeout, options.pin, options.draft,
-    )  # fmt: skip
+    )
     manager = ModelManager(settings, params, factory)
     keys = load_keys(options.api_keys) if options.api_keys else None
     st = ServerState(settings, manager, Metrics(manager), keys, None, options.audit_prompts)
@@ -87,14 +88,19 @@ def create_app(options: ServeOptions, settings: Settings, factory: RunnerFactory
 
 
 def _routes(app: FastAPI) -> None:
-    from . import ollama_admin, ollama_api, openai_api, responses_api, sync_api, ui
+    from . import sync_routes
+    from .ollama import admin as ollama_admin
+    from .ollama import routes as ollama_api
+    from .openai import responses as responses_api
+    from .openai import routes as openai_api
+    from .ui import routes as ui
 
     app.include_router(ollama_api.router)
     app.include_router(ollama_admin.router)
     app.include_router(openai_api.router)
     app.include_router(responses_api.router)
     app.include_router(ui.router)
-    app.include_router(sync_api.router)
+    app.include_router(sync_routes.router)
 
     @app.get("/healthz")
     async def healthz() -> dict[str, str]:

@@ -16,6 +16,8 @@ from collections.abc import Awaitable, Callable, Iterable, MutableMapping
 from dataclasses import dataclass
 from typing import Any
 
+from ..access.audit import AuditRecord
+from ..access.keys import Action, ApiKey
 from ..errors import (
     AuthenticationError,
     EdgeslmError,
@@ -24,10 +26,8 @@ from ..errors import (
     RequestTooLargeError,
     UnsupportedMediaTypeError,
 )
-from .audit import AuditRecord
 from .http_errors import exception_response
-from .keys import Action, ApiKey
-from .service import ServerState
+from .state import ServerState
 
 log = logging.getLogger("edgeslm.serve.access")
 Scope = MutableMapping[str, Any]
@@ -62,11 +62,11 @@ ROUTES: dict[str, Action | None] = {  # None: any valid key
     "/edgeslm/v1/server": A.PS,
     "/edgeslm/v1/audit": A.AUDIT,
     "/edgeslm/v1/audit.csv": A.AUDIT,
-    "/edgeslm/v1/manifests": A.FETCH,  # another edgeslm pulls (sync_api)
+    "/edgeslm/v1/manifests": A.FETCH,  # another edgeslm pulls (sync_routes)
     "/edgeslm/v1/publish": A.CREATE,  # another edgeslm pushes
 }
 PREFIXES: dict[str, Action] = {"/v1/models/": A.LIST, "/api/blobs/": A.CREATE, "/edgeslm/v1/blobs/": A.FETCH,
-                               "/edgeslm/v1/uploads/": A.CREATE}  # fmt: skip
+                               "/edgeslm/v1/uploads/": A.CREATE}
 UI = "/ui"  # the web page's files: public (they hold no data; every call they make carries a key)
 UI_LABEL = UI + "/*"
 HEALTH = "/healthz"  # for probes (Kubernetes, Docker HEALTHCHECK): public, says only that the server answers
@@ -77,7 +77,7 @@ JSON_TYPES = ("application/json", "", "application/x-www-form-urlencoded")  # th
 # Every answer may not be framed, sniffed or leak its address; the page's own files run only
 # scripts and styles of this origin (no inline script, no remote origin), an API answer nothing.
 SECURITY_HEADERS = ((b"x-frame-options", b"DENY"), (b"x-content-type-options", b"nosniff"),
-                    (b"referrer-policy", b"no-referrer"))  # fmt: skip
+                    (b"referrer-policy", b"no-referrer"))
 UI_POLICY = (
     b"default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; connect-src 'self'; "
     b"base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
@@ -146,7 +146,7 @@ class Guard:
             if message["type"] == "http.response.start":
                 status[0] = message["status"]
                 message["headers"] = [*message.get("headers", []), *SECURITY_HEADERS,
-                                      (b"content-security-policy", policy)]  # fmt: skip
+                                      (b"content-security-policy", policy)]
             await send(message)
 
         key: ApiKey | None = None
@@ -255,7 +255,7 @@ class Guard:
             method=scope["method"], route=path, model=_str(facts.get("model")), status=status,
             tokens_in=int(facts.get("tokens_in", 0)), tokens_out=int(facts.get("tokens_out", 0)),
             duration_ms=round(ms, 1), prompt=facts.get("prompt") if self.st.audit_prompts else None,
-        ))  # fmt: skip
+        ))
 
 
 def _too_large(limit: int) -> RequestTooLargeError:

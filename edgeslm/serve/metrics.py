@@ -13,8 +13,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, H
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from ..runner.manager import ModelManager
 from .activity import Activity
-from .manager import ModelManager
 
 TTFT_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 ITL_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1)
@@ -51,15 +51,15 @@ class Metrics:
         self.draft_accepted = Counter(
             "edgeslm_draft_accepted_tokens", "Speculative draft tokens accepted (rate: accepted / draft)", ["model"],
             registry=r,
-        )  # fmt: skip
+        )
         self.ttft = Histogram(
             "edgeslm_time_to_first_token_seconds", "From request to first token", ["model"], buckets=TTFT_BUCKETS,
             registry=r,
-        )  # fmt: skip
+        )
         self.itl = Histogram(
             "edgeslm_inter_token_latency_seconds", "Between consecutive tokens of a reply", ["model"],
             buckets=ITL_BUCKETS, registry=r,
-        )  # fmt: skip
+        )
         r.register(_Loaded(manager))
         self.activity = Activity()  # the last minutes, for the web page
 

@@ -7,14 +7,13 @@ import ipaddress
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..config import DEFAULT_MODEL
+from ..config import DEFAULT_KEEP_ALIVE, DEFAULT_MODEL, DEFAULT_PORT
 from ..errors import UsageError
 from ..runner import LOAD_TIMEOUT
 from ..speculation import LookupConfig
 from .limits import MAX_BODY
 
-DEFAULT_PORT = 8434  # not Ollama's 11434: both can run side by side
-DEFAULT_KEEP_ALIVE = 300.0  # seconds an idle model stays loaded (Ollama's 5 minutes)
+__all__ = ["DEFAULT_KEEP_ALIVE", "DEFAULT_PORT", "ServeOptions", "check_options"]
 
 
 @dataclass(frozen=True)

@@ -71,7 +71,7 @@ def autoscaling(params: RayParams, parallel: int) -> dict[str, Any]:
     return {
         "min_replicas": params.min_replicas, "max_replicas": params.max_replicas,
         "target_ongoing_requests": max(1.0, parallel * 0.75), "upscale_delay_s": 3.0, "downscale_delay_s": 60.0,
-    }  # fmt: skip
+    }
 
 
 class ModelReplica:
@@ -82,7 +82,7 @@ class ModelReplica:
 
         self.name = name
         self.runner = Runner(name, slots=slots, ctx_per_slot=ctx, threads=threads, home=home,
-                             load_timeout=load_timeout)  # fmt: skip
+                             load_timeout=load_timeout)
 
     async def generate(self, job: Job) -> AsyncGenerator[Chunk | Done, None]:
         async for event in self.runner.agenerate(job):
@@ -178,7 +178,7 @@ class Ingress:
         handle = self.handles.get(name)
         if handle is None:
             raise ModelNotFoundError(f"{name} is not deployed on this Ray Serve app; deployed: "
-                                     f"{', '.join(sorted(self.handles))} (serve --ray --model NAME)")  # fmt: skip
+                                     f"{', '.join(sorted(self.handles))} (serve --ray --model NAME)")
         return RayRunner(name, handle, self.parallel, ctx_per_slot)
 
     def __serve_build_asgi_app__(self) -> Any:
@@ -203,13 +203,13 @@ def build_app(options: ServeOptions, settings: Settings, params: RayParams) -> A
             ModelReplica, name=deployment_name(name), max_ongoing_requests=options.parallel,
             autoscaling_config=autoscaling(params, options.parallel),
             ray_actor_options={"num_cpus": params.replica_cpus},
-        )  # fmt: skip
+        )
         handles[name] = deployment.bind(name, str(settings.home), options.parallel, options.ctx, options.threads,
-                                        options.load_timeout)  # fmt: skip
+                                        options.load_timeout)
     front = replace(options, parallel=options.parallel * max(1, params.max_replicas), preload=None, pin=(),
-                    max_loaded=len(names), memory=UNLIMITED_MEMORY, keep_alive=-1)  # fmt: skip
+                    max_loaded=len(names), memory=UNLIMITED_MEMORY, keep_alive=-1)
     ingress: Any = serve.deployment(serve.ingress()(Ingress), name="ingress", max_ongoing_requests=1000,
-                               ray_actor_options={"num_cpus": 0})  # fmt: skip
+                               ray_actor_options={"num_cpus": 0})
     return ingress.bind(front, str(settings.home), handles, options.parallel)
 
 
@@ -227,11 +227,11 @@ def build(args: dict[str, Any]) -> Any:
     keys, audit = args.get("api_keys"), args.get("audit_log")
     options = ServeOptions(host=str(args.get("host", "127.0.0.1")), api_keys=Path(keys) if keys else None,
                            audit_log=Path(audit) if audit else None, parallel=int(args.get("parallel", 4)),
-                           ctx=int(args.get("ctx", 2048)))  # fmt: skip
+                           ctx=int(args.get("ctx", 2048)))
     params = RayParams(models, int(args.get("min_replicas", 1)), int(args.get("max_replicas", 2)),
-                       float(args.get("replica_cpus", 1.0)))  # fmt: skip
+                       float(args.get("replica_cpus", 1.0)))
     return build_app(options, resolve_settings(home=Path(args["home"])) if args.get("home") else resolve_settings(),
-                     params)  # fmt: skip
+                     params)
 
 
 def run_ray(options: ServeOptions, settings: Settings, params: RayParams) -> None:
@@ -242,7 +242,7 @@ def run_ray(options: ServeOptions, settings: Settings, params: RayParams) -> Non
 
     app = build_app(options, settings, params)  # refused before Ray starts: unknown models, bad options
     ray.init(address=params.address, include_dashboard=False, log_to_driver=False,
-             runtime_env={"env_vars": {"EDGESLM_HOME": str(settings.home)}})  # fmt: skip
+             runtime_env={"env_vars": {"EDGESLM_HOME": str(settings.home)}})
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())

@@ -186,7 +186,7 @@ def _from_pinned(m: PinnedModel) -> CatalogEntry:
     return CatalogEntry(
         m.name, m.family, m.checkpoint, m.upstream.repo, m.n_params, m.licence, m.context_length,
         m.quantization, note=m.note, pinned=True,
-    )  # fmt: skip
+    )
 
 
 CATALOG += tuple(_from_pinned(m) for m in pinned_models().values())

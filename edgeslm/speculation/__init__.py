@@ -18,7 +18,7 @@ __all__ = ["LookupConfig", "LookupDrafter", "LookupKind", "Policy", "SpecStats",
 _HOME = {
     "LookupConfig": "config", "LookupKind": "config", "LookupDrafter": "ngram", "ngram_simple_draft": "ngram",
     "Policy": "policy", "SpecStats": "policy", "expected_gain": "policy",
-}  # fmt: skip
+}
 
 
 def __getattr__(name: str) -> Any:

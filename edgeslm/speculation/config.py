@@ -31,7 +31,7 @@ def _kind(value: str) -> LookupKind:
         return LookupKind(value)
     except ValueError:
         raise InvalidParameterError(f"draft kind {value!r} is not known; valid: {', '.join(KINDS)}",
-                                    params="draft") from None  # fmt: skip
+                                    params="draft") from None
 
 
 @dataclass(frozen=True)
@@ -52,16 +52,16 @@ class LookupConfig:
                 raise InvalidParameterError(
                     f"draft {name} {value!r} is out of range; valid: 1 to {MAX_N} "
                     f"(defaults: n {n}, m {m}, n_min {N_MIN}, min_hits 1)", params=f"draft_{name}",
-                )  # fmt: skip
+                )
         object.__setattr__(self, "n_min", min(self.n_min, self.n))  # --draft-n 1: single tokens
 
     @classmethod
     def of(cls, kind: str = "lookup", n: int | None = None, m: int | None = None,
-           n_min: int | None = None, min_hits: int | None = None) -> LookupConfig:  # fmt: skip
+           n_min: int | None = None, min_hits: int | None = None) -> LookupConfig:
         """A kind with its own defaults for what is not given (the CLI's flags)."""
         dn, dm = DEFAULTS[_kind(kind)]
         return cls(dn if n is None else n, dm if m is None else m, _kind(kind),
-                   N_MIN if n_min is None else n_min, 1 if min_hits is None else min_hits)  # fmt: skip
+                   N_MIN if n_min is None else n_min, 1 if min_hits is None else min_hits)
 
     def describe(self) -> str:
         extra = {LookupKind.LOOKUP: f", n_min {self.n_min}", LookupKind.NGRAM_MAP_K: f", min_hits {self.min_hits}"}

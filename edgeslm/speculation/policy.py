@@ -42,7 +42,7 @@ def expected_gain(acceptance: float, k: int, cost: float) -> float:
 
 class Policy:
     def __init__(self, costs: Mapping[int, float], *, prior: float = PRIOR, stats: SpecStats | None = None,
-                 draft_cost: float = 0.0, probe_every: int = 0) -> None:  # fmt: skip
+                 draft_cost: float = 0.0, probe_every: int = 0) -> None:
         """``draft_cost``: what drafting one token costs, in plain steps (a draft model's decode;
         0 for a lookup). ``probe_every``: after that many declined steps, verify a short draft to
         learn acceptance again (a draft model's drafts cannot be scored for free)."""
@@ -84,7 +84,7 @@ class Policy:
         return c1 + (c1 - c0) / (s1 - s0) * (size - s1)
 
     def depth(self, available: int, batch: int = 1, expected: float | None = None,
-              step_cost: Callable[[int], float] | None = None) -> int:  # fmt: skip
+              step_cost: Callable[[int], float] | None = None) -> int:
         """How many of ``available`` drafted tokens to verify; 0: decode plainly. ``batch``: the
         tokens already in this step's batch, ``expected``: the tokens they are expected to yield
         (other slots' replies and drafts); the draft must raise the step's tokens per second.

@@ -1,9 +1,9 @@
-"""The local content-addressed model store."""
+"""The local content-addressed model store (``verify.verify_store`` walks every blob: imported apart,
+as it reads GGUF headers, which a light command like ``list`` never needs)."""
 
 from .names import DEFAULT_TAG, ModelName, parse_name
 from .records import Manifest, Problem, RemovePlan, SweepReport, VerifyReport
 from .registry import Store
-from .verify import verify_store
 
 __all__ = [
     "DEFAULT_TAG",
@@ -15,5 +15,4 @@ __all__ = [
     "SweepReport",
     "VerifyReport",
     "parse_name",
-    "verify_store",
 ]

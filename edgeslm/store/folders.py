@@ -15,23 +15,55 @@ import logging
 import os
 import shutil
 import stat
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import BinaryIO, Protocol
 
 from ..errors import StoreError
 from ..formats.folder_files import folder_files
 from ..formats.model_format import ModelFormat
 from ..formats.model_info import ModelInfo
-from .atomic import TempDir, TempFile, copy_hashing, fsync_dir, remove_path, sha256_file, write_atomic
+from .atomic import TempDir, copy_hashing, fsync_dir, remove_path, sha256_file
 from .layers import Layer, folder_digest
 from .names import ModelName
-from .records import Manifest, Progress, now_iso
+from .records import Arrived, Manifest, Progress, Staged, now_iso
 
-if TYPE_CHECKING:
-    from .registry import Store  # the store these functions work on; it imports them, not the reverse
+
+class Store(Protocol):
+    """What publishing and views use of the store (``registry.Store``, which imports this module
+    and hands itself in): its folders, its lock, and its one write path."""
+
+    tmp_dir: Path
+    views_dir: Path
+
+    def blob_path(self, digest: str) -> Path: ...
+
+    def locked(self) -> AbstractContextManager[None]: ...
+
+    def stage_stream(self, write: Callable[[BinaryIO], tuple[str, int]], *, label: str) -> Staged: ...
+
+    def commit(self, manifests: Sequence[Manifest], staged: Iterable[Arrived] = ()) -> None: ...
 
 log = logging.getLogger(__name__)
+
+
+def _copy_into(src: Path, progress: Progress | None, dst: BinaryIO) -> tuple[str, int]:
+    return copy_hashing([src], dst, progress)
+
+
+@dataclass(frozen=True)
+class _InPlace:
+    """A builder's file in the store's own temp area, hashed where it lies: committed by moving it."""
+
+    path: Path
+    digest: str
+
+    def commit(self, dest: Path) -> None:
+        os.replace(self.path, dest)
+        fsync_dir(dest.parent)
 
 
 def publish_folder(
@@ -44,37 +76,31 @@ def publish_folder(
     source: Mapping[str, str],
     progress: Progress | None = None,
 ) -> Manifest:
-    """Store every file of ``folder`` (already validated by the caller) and name them ``name``.
+    """Store every file of ``folder`` (already validated by the caller) and name them ``name``,
+    through the store's one write path (stage each file, then ``Store.commit``).
 
     Files inside the store's temp area (a builder's output) are hashed and moved; any other
     folder is copied, so the user's files are never touched."""
     in_store = folder.resolve().is_relative_to(store.tmp_dir.resolve())
-    staged: list[tuple[Layer, Path]] = []
-    temps: list[TempFile] = []
+    layers: list[Layer] = []
+    staged: list[Arrived] = []
+    temps: list[Staged] = []
     try:
         for rel, path in folder_files(folder):
+            item: Arrived
             if in_store:
-                sha, size, src = sha256_file(path, progress), path.stat().st_size, path
                 _fsync_file(path)
+                item = _InPlace(path, f"sha256-{sha256_file(path, progress)}")
+                size = path.stat().st_size
             else:
-                with store.locked():
-                    tmp = TempFile(store.tmp_dir, "blob")
-                temps.append(tmp)
-                sha, size = copy_hashing([path], tmp.file, progress)
-                tmp.flush_to_disk()
-                src = tmp.path
-            staged.append((Layer(rel, f"sha256-{sha}", size), src))
-        layers = tuple(layer for layer, _ in staged)
-        manifest = Manifest(name, folder_digest(layers), sum(x.size for x in layers), now_iso(), info, dict(source),
-                            format=fmt, layers=layers)  # fmt: skip
-        with store.locked():
-            for layer, src in staged:
-                os.replace(src, store.blob_path(layer.digest))
-            fsync_dir(store.blobs_dir)
-            previous = store._find_replaceable(name)
-            write_atomic(store.manifest_path(name), manifest.to_json(), store.tmp_dir)
-            if previous and previous.digest != manifest.digest:
-                store._drop_unreferenced(previous.blob_sizes())
+                copied = store.stage_stream(partial(_copy_into, path, progress), label=rel)
+                temps.append(copied)
+                item, size = copied, copied.size
+            layers.append(Layer(rel, item.digest, size))
+            staged.append(item)
+        manifest = Manifest(name, folder_digest(tuple(layers)), sum(x.size for x in layers), now_iso(), info,
+                            dict(source), format=fmt, layers=tuple(layers))
+        store.commit([manifest], staged)
     finally:
         for tmp in temps:
             tmp.discard()

@@ -25,7 +25,7 @@ def check_names(
     clash = [str(m.name) for m in manifests if (f := store.find(m.name)) is not None and f.digest != m.digest]
     if clash and not force:
         raise error(f"{', '.join(clash)} already name other models in this store; "
-                    "remove or rename them first, or use --force to replace them")  # fmt: skip
+                    "remove or rename them first, or use --force to replace them")
 
 
 def missing_blobs(store: Store, sizes: Mapping[str, int]) -> set[str]:
@@ -46,7 +46,7 @@ def publish_received(store: Store, wanted: Sequence[Manifest], force: bool) -> l
     absent = missing_blobs(store, needed)
     if absent:
         raise InvalidParameterError(f"{len(absent)} blob(s) have not arrived, first {sorted(absent)[0]}; "
-                                    "send them and publish again")  # fmt: skip
+                                    "send them and publish again")
     changed = [m for m in wanted if not same(store, m)]
-    store.publish_many(changed, received(store, needed))
+    store.commit(changed, received(store, needed))
     return [str(m.name) for m in changed]

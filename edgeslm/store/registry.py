@@ -8,11 +8,12 @@ Layout under ``<home>/models``::
     store.lock                                  taken for every change of names or blobs
 
 Readers take no lock: every manifest and blob appears under its final name by ``os.replace``
-only once complete, so a reader sees the old state or the new one. Writers copy and hash
-outside the lock (long) and take it only to publish (short). A blob is placed only together
-with the manifest that names it, and removed only when no manifest names it, both under the
-lock, so a ``kill -9`` at any moment leaves at worst a stale temp file or an unnamed blob,
-which the sweep at open removes.
+only once complete, so a reader sees the old state or the new one. Every write has one path:
+its blobs are staged in locked temp files outside the lock (``stage``, ``stage_stream``: long),
+then ``commit`` takes the lock to move them into place and write the manifests that name them
+(short). A blob is removed only when no manifest names it, under the lock too, so a ``kill -9``
+at any moment leaves at worst a stale temp file or an unnamed blob, which the sweep at open
+removes.
 """
 
 from __future__ import annotations
@@ -28,7 +29,6 @@ from typing import Any
 from filelock import FileLock, Timeout
 
 from ..errors import IntegrityError, InvalidModelFileError, InvalidParameterError, ModelNotFoundError, StoreError
-from ..formats.model_format import ModelFormat
 from ..formats.model_info import ModelInfo, model_info
 from .atomic import TempFile, copy_hashing, iter_stale_temps, remove_path, sha256_file, write_atomic
 from .folders import drop_views
@@ -178,7 +178,59 @@ class Store:
             return f"model {name} is not in the store; tags present: {', '.join(same_base)}"
         return f"model {name} is not in the store; see 'edgeslm list', or 'edgeslm pull {name.base}'"
 
-    # -- adding ------------------------------------------------------------------------------
+    # -- the one write path: stage (a locked temp file per blob), then commit under the lock -------
+
+    def stage(self, produce: Callable[[Path], None], *, label: str) -> Staged:
+        """A blob that ``produce`` writes at the temp path it is given (a tool that writes a file
+        itself, like llama.cpp's quantizer), hashed and held until ``commit``; ``discard`` it otherwise."""
+
+        def fill(tmp: TempFile) -> tuple[str, int]:
+            produce(tmp.path)
+            return sha256_file(tmp.path), tmp.path.stat().st_size
+
+        return self._staged(label, fill)
+
+    def stage_stream(self, write: Writer, *, label: str) -> Staged:
+        """A blob that ``write`` streams into the temp file, returning (sha256 hex, size)."""
+        return self._staged(label, lambda tmp: write(tmp.file))
+
+    def _staged(self, label: str, fill: Callable[[TempFile], tuple[str, int]]) -> Staged:
+        with self.locked():  # create and lock the temp file where the sweep cannot race us
+            tmp = TempFile(self.tmp_dir, "blob")
+        try:
+            with _disk_errors(label):
+                sha, size = fill(tmp)
+                tmp.flush_to_disk()
+            return Staged(tmp, f"sha256-{sha}", size)
+        except BaseException:
+            tmp.discard()
+            raise
+
+    def commit(self, manifests: Sequence[Manifest], staged: Iterable[Arrived] = ()) -> None:
+        """Every write to the store ends here: staged blobs, then the manifests that name them, in
+        one hold of the lock; refused before anything moves when a manifest names a blob that is
+        neither staged nor stored. (Each rename is atomic: a kill between them leaves each model
+        whole or absent.)"""
+        with self.locked():
+            self._commit_locked(manifests, list(staged))
+
+    def _commit_locked(self, manifests: Sequence[Manifest], staged: Sequence[Arrived] = ()) -> None:
+        new = {item.digest for item in staged}
+        for m in manifests:
+            missing = [d for d in m.blob_sizes() if d not in new and not self.blob_path(d).exists()]
+            if missing:
+                raise StoreError(f"cannot store {m.name}: blob {missing[0]} was removed meanwhile; retry")
+        for item in staged:
+            if self.blob_path(item.digest).exists():
+                log.info("blob %s already stored; the bytes are refreshed", item.digest)
+            item.commit(self.blob_path(item.digest))  # same digest, same bytes: this also repairs a copy
+        for m in manifests:
+            previous = self._find_replaceable(m.name)
+            write_atomic(self.manifest_path(m.name), m.to_json(), self.tmp_dir)
+            if previous:  # drop the blobs only the replaced manifest used
+                self._drop_unreferenced(set(previous.blob_sizes()) - set(m.blob_sizes()))
+
+    # -- producers: each plans a manifest for what it staged, then commits ---------------------
 
     def add(
         self,
@@ -189,57 +241,37 @@ class Store:
         source: Mapping[str, str],
         expected_sha256: str | None = None,
     ) -> Manifest:
-        """Write a model through ``write`` into a temp file, check it, then publish it as ``name``.
+        """A GGUF model streamed by ``write`` (which returns its sha256 hex and size), stored as
+        ``name``. Nothing under a final name changes unless the bytes hash as expected and pass
+        the GGUF validation."""
+        return self.add_staged(self.stage_stream(write, label=label), name, label=label, source=source,
+                               expected_sha256=expected_sha256)
 
-        ``write`` fills the temp file and returns (sha256 hex, size). Nothing under a final
-        name changes unless the bytes hash as expected and pass the GGUF validation.
-        """
-        with self.locked():  # create and lock the temp file where the sweep cannot race us
-            tmp = TempFile(self.tmp_dir, "blob")
-        with tmp, _disk_errors(label):
-            sha, size = write(tmp.file)
-            return self._finish(tmp, sha, size, name, label, source, expected_sha256)
-
-    def add_produced(
+    def add_staged(
         self,
+        staged: Staged,
         name: ModelName,
-        produce: Callable[[Path], None],
         *,
         label: str,
         source: Mapping[str, str],
+        expected_sha256: str | None = None,
     ) -> Manifest:
-        """Store what ``produce`` writes at the temp path it is given (a tool that writes a file
-        itself, like llama.cpp's quantizer), then hash, check and publish it like ``add``."""
-        with self.locked():
-            tmp = TempFile(self.tmp_dir, "blob")
-        with tmp, _disk_errors(label):
-            produce(tmp.path)
-            sha, size = sha256_file(tmp.path), tmp.path.stat().st_size
-            return self._finish(tmp, sha, size, name, label, source, None)
+        """A staged GGUF blob checked (digest, header, a model with tensors), then committed as ``name``."""
+        try:
+            if expected_sha256 is not None and staged.digest != f"sha256-{expected_sha256.lower()}":
+                raise IntegrityError(
+                    f"{label}: content sha256 is {staged.digest.removeprefix('sha256-')} but "
+                    f"{expected_sha256.lower()} was expected (corrupt or tampered download); nothing was stored"
+                )
+            from ..formats.gguf_header import read_gguf_header
 
-    def _finish(
-        self,
-        tmp: TempFile,
-        sha: str,
-        size: int,
-        name: ModelName,
-        label: str,
-        source: Mapping[str, str],
-        expected_sha256: str | None,
-    ) -> Manifest:
-        tmp.flush_to_disk()
-        if expected_sha256 is not None and sha != expected_sha256.lower():
-            raise IntegrityError(
-                f"{label}: content sha256 is {sha} but {expected_sha256.lower()} was expected "
-                "(corrupt or tampered download); nothing was stored"
-            )
-        from ..formats.gguf_header import read_gguf_header
-
-        info = model_info(read_gguf_header(tmp.path, label=label))
-        _require_model(info, label)
-        manifest = Manifest(name, f"sha256-{sha}", size, now_iso(), info, dict(source))
-        self._publish(tmp, manifest)
-        log.info("stored %s as %s (%d bytes)", label, name, size)
+            info = model_info(read_gguf_header(staged.tmp.path, label=label))
+            _require_model(info, label)
+            manifest = Manifest(name, staged.digest, staged.size, now_iso(), info, dict(source))
+            self.commit([manifest], [staged])
+        finally:
+            staged.discard()
+        log.info("stored %s as %s (%d bytes)", label, name, staged.size)
         return manifest
 
     def add_file(
@@ -255,93 +287,20 @@ class Store:
         from ..formats.gguf_header import read_gguf_header
 
         read_gguf_header(path)  # refuse a hostile file before copying a byte of it
-        return self.add(
-            name,
-            lambda dst: copy_hashing([path], dst, progress),
-            label=path.name,
-            source=source,
-            expected_sha256=expected_sha256,
-        )
-
-    def add_folder(
-        self,
-        name: ModelName,
-        folder: Path,
-        *,
-        fmt: ModelFormat,
-        info: ModelInfo,
-        source: Mapping[str, str],
-        progress: Progress | None = None,
-    ) -> Manifest:
-        """Store a validated model folder (ONNX) file by file, one blob each, under ``name``."""
-        from .folders import publish_folder
-
-        with _disk_errors(str(folder)):
-            return publish_folder(self, name, folder, fmt=fmt, info=info, source=source, progress=progress)
-
-    def _publish(self, tmp: TempFile, manifest: Manifest) -> None:
-        blob = self.blob_path(manifest.digest)
-        with self.locked():
-            if blob.exists():
-                log.info("blob %s already stored; the name is added, the bytes refreshed", manifest.digest)
-            tmp.commit(blob)  # same digest, so same bytes; replacing also repairs a corrupted copy
-            self._replace_manifest(manifest)
+        return self.add(name, lambda dst: copy_hashing([path], dst, progress), label=path.name, source=source,
+                        expected_sha256=expected_sha256)
 
     def copy(self, src: ModelName, dst: ModelName) -> Manifest:
         with self.locked():
-            manifest = self.get(src)
-            copied = replace(manifest, name=dst, created=now_iso())
-            self._replace_manifest(copied)
+            copied = replace(self.get(src), name=dst, created=now_iso())
+            self._commit_locked([copied])
         return copied
-
-    def _replace_manifest(self, manifest: Manifest) -> None:
-        """Write ``manifest`` over its name; drop the blobs only the one it replaces used. Caller holds the lock."""
-        previous = self._find_replaceable(manifest.name)
-        write_atomic(self.manifest_path(manifest.name), manifest.to_json(), self.tmp_dir)
-        if previous:
-            self._drop_unreferenced(set(previous.blob_sizes()) - set(manifest.blob_sizes()))
-
-    def stage(self, produce: Callable[[Path], None], *, label: str) -> Staged:
-        """A file that ``produce`` writes (an adapter), hashed and held in a temp file until
-        ``publish_custom`` names it; ``discard`` it otherwise."""
-        with self.locked():
-            tmp = TempFile(self.tmp_dir, "blob")
-        try:
-            with _disk_errors(label):
-                produce(tmp.path)
-                return Staged(tmp, "sha256-" + sha256_file(tmp.path), tmp.path.stat().st_size)
-        except BaseException:
-            tmp.discard()
-            raise
-
-    def publish_custom(self, manifest: Manifest, staged: Iterable[Staged] = ()) -> Manifest:
-        """Publish a model built on a stored base (``ollama create``): its staged adapter blobs and
-        its manifest together, under the lock; every blob it names must then exist."""
-        self.publish_many([manifest], staged)
-        log.info("stored %s (%d adapter(s))", manifest.name, len(manifest.adapters))
-        return manifest
-
-    def publish_many(self, manifests: Sequence[Manifest], staged: Iterable[Arrived] = ()) -> None:
-        """Staged blobs, then the manifests that name them, in one hold of the lock; refused before
-        anything moves when a manifest names a blob that is neither staged nor stored. (Each rename
-        is atomic: a kill between them leaves each model whole or absent.)"""
-        staged = list(staged)
-        with self.locked():
-            new = {item.digest for item in staged}
-            for m in manifests:
-                missing = [d for d in m.blob_sizes() if d not in new and not self.blob_path(d).exists()]
-                if missing:
-                    raise StoreError(f"cannot store {m.name}: blob {missing[0]} was removed meanwhile; retry")
-            for item in staged:
-                item.commit(self.blob_path(item.digest))
-            for m in manifests:
-                self._replace_manifest(m)
 
     def set_defaults(self, name: ModelName, defaults: Mapping[str, Any]) -> Manifest:
         """Give ``name`` a system prompt and parameters (its bytes are unchanged)."""
         with self.locked():
             updated = replace(self.get(name), defaults=dict(defaults))
-            write_atomic(self.manifest_path(name), updated.to_json(), self.tmp_dir)
+            self._commit_locked([updated])
         return updated
 
     # -- removing ----------------------------------------------------------------------------

@@ -117,7 +117,7 @@ class Partial:
     def write(self, chunk: bytes) -> None:
         if self.offset + len(chunk) > self.size:
             raise InvalidParameterError(f"more than the {self.size:,} bytes announced for {self.digest} arrived; "
-                                        "nothing was kept")  # fmt: skip
+                                        "nothing was kept")
         self.file.write(chunk)
         self.hash.update(chunk)
         self.offset += len(chunk)
@@ -164,7 +164,7 @@ def partial_offset(store: Store, digest: str) -> int:
 
 @dataclass(frozen=True)
 class Received:
-    """An upload checked on arrival, ready for ``Store.publish_many`` (moved, not copied)."""
+    """An upload checked on arrival, ready for ``Store.commit`` (moved, not copied)."""
 
     path: Path
     digest: str

@@ -1,4 +1,4 @@
-"""Another ``edgeslm serve`` as a remote, over its sync routes (``serve/sync_api.py``).
+"""Another ``edgeslm serve`` as a remote, over its sync routes (``serve/sync_routes.py``).
 
 Blobs move in pieces that resume: an upload asks the server how much it holds (``HEAD``,
 ``Upload-Offset``) and sends from there; a download asks for ``Range: bytes=N-`` of what is
@@ -52,7 +52,7 @@ class EdgeRemote:
             reply = self.http.request(method, path, **kw)
         except httpx.TransportError as exc:
             raise OfflineError(f"cannot reach remote {self.remote.name} at {self.remote.url} ({type(exc).__name__}: "
-                               f"{str(exc)[:120]}); is 'edgeslm serve' running there?") from None  # fmt: skip
+                               f"{str(exc)[:120]}); is 'edgeslm serve' running there?") from None
         if reply.status_code >= 400 and reply.status_code not in (404, 409):
             self._refused(reply)
         return reply
@@ -66,10 +66,10 @@ class EdgeRemote:
         name, code = self.remote.name, reply.status_code
         if code == 401:
             raise AuthenticationError(f"remote {name} wants a valid key ({said}); give one: edgeslm remote add {name} "
-                                      f"{self.remote.url} --key-file FILE --force")  # fmt: skip
+                                      f"{self.remote.url} --key-file FILE --force")
         if code == 403:
             raise PermissionDeniedError(f"remote {name} refused ({said}); pushing needs a key with the admin role, "
-                                        "pulling one with the user or admin role")  # fmt: skip
+                                        "pulling one with the user or admin role")
         if code == 409:
             raise ConflictError(f"remote {name}: {said}")
         raise SourceError(f"remote {name} answered {code}: {said}")
@@ -105,7 +105,7 @@ class EdgeRemote:
             try:
                 reply = self.http.post(f"/edgeslm/v1/uploads/{digest}", content=_read_from(path, offset, progress),
                                        headers={"Upload-Offset": str(offset), "Upload-Length": str(size),
-                                                "Content-Type": "application/octet-stream"})  # fmt: skip
+                                                "Content-Type": "application/octet-stream"})
             except httpx.TransportError as exc:
                 log.warning("sending %s was cut (%s); resuming (try %d of %d)", digest, exc, attempt, TRIES)
                 continue
@@ -116,7 +116,7 @@ class EdgeRemote:
             elif reply.status_code not in (202, 409):
                 self._refused(reply)
         raise OfflineError(f"sending {digest} to remote {self.remote.name} was cut {TRIES} times; run the push again "
-                           "to resume")  # fmt: skip
+                           "to resume")
 
     def publish(self, manifests: Sequence[Manifest], force: bool) -> list[str]:
         body = {"manifests": [json.loads(m.to_json()) for m in manifests], "force": force}
@@ -139,7 +139,7 @@ class EdgeRemote:
                     log.warning("fetching %s was cut (%s); resuming (try %d of %d)", digest, exc, attempt, TRIES)
             if not part.complete:
                 raise OfflineError(f"fetching {digest} from remote {self.remote.name} was cut {TRIES} times; run the "
-                                   "pull again to resume")  # fmt: skip
+                                   "pull again to resume")
             try:
                 part.finish()
             except IntegrityError as exc:

@@ -62,7 +62,7 @@ class HfRemote:
             if status in (401, 403):
                 return AuthenticationError(f"{where} refused the token ({status}); give one with write access: "
                                            f"edgeslm remote add {self.remote.name} hf://{self.repo} --key-file FILE "
-                                           "--force")  # fmt: skip
+                                           "--force")
             return SourceError(f"{where} answered with an error: {str(exc)[:300]}")
         if isinstance(exc, OSError) or "Connect" in type(exc).__name__ or "Timeout" in type(exc).__name__:
             return OfflineError(f"cannot reach {where} ({type(exc).__name__}); check the network or HF_ENDPOINT")
@@ -85,7 +85,7 @@ class HfRemote:
     def manifests(self) -> dict[str, Manifest]:
         self.files = self._tree()
         self.blobs = {p.removeprefix("blobs/"): e.size for p, e in self.files.items()
-                      if p.startswith("blobs/") and DIGEST.match(p.removeprefix("blobs/"))}  # fmt: skip
+                      if p.startswith("blobs/") and DIGEST.match(p.removeprefix("blobs/"))}
         out = {}
         for path, entry in self.files.items():
             if path.startswith("manifests/") and path.endswith(".json"):
@@ -100,7 +100,7 @@ class HfRemote:
 
         try:
             local = hf_hub_download(self.repo, path, cache_dir=cache, endpoint=self.settings.hf_endpoint,
-                                    token=self.token)  # fmt: skip
+                                    token=self.token)
         except Exception as exc:  # noqa: BLE001
             raise self._translate(exc) from exc
         return Path(os.path.realpath(local))
@@ -145,7 +145,7 @@ class HfRemote:
             actual = "sha256-" + sha256_file(local)
             if actual != digest or local.stat().st_size != size:
                 raise IntegrityError(f"hf://{self.repo} sent wrong bytes for {digest} (they hash to {actual}); "
-                                     "nothing was kept")  # fmt: skip
+                                     "nothing was kept")
             dest = uploads_dir(store) / digest
             shutil.move(local, dest)
             fsync_dir(dest.parent)

@@ -71,7 +71,7 @@ class Remote:
         except OSError as exc:
             raise InputFileError(f"cannot read the key file of remote {self.name!r} ({exc.strerror}): "
                                  f"{self.key_file}; give another: edgeslm remote add {self.name} URL --key-file FILE "
-                                 "--force") from None  # fmt: skip
+                                 "--force") from None
         key = raw.decode("utf-8", errors="replace").strip()
         if not key or len(raw) > MAX_KEY_BYTES or any(not c.isprintable() or c.isspace() for c in key):
             raise InputFileError(f"the key file of remote {self.name!r} ({self.key_file}) must hold one key, one line")
@@ -88,7 +88,7 @@ def check_url(url: str) -> str:
     split = urlsplit(url)
     if split.scheme not in ("http", "https") or not split.hostname or split.username or split.password:
         raise InvalidParameterError(f"{url[:100]!r} is not a remote address; give http(s)://HOST:PORT of an 'edgeslm "
-                                    "serve' (no user or password in it: use --key-file) or hf://ORG/REPO")  # fmt: skip
+                                    "serve' (no user or password in it: use --key-file) or hf://ORG/REPO")
     if split.query or split.fragment or split.path not in ("", "/"):
         raise InvalidParameterError(f"{url[:100]!r}: give the server's address alone, http(s)://HOST:PORT")
     return f"{split.scheme}://{split.netloc}"
@@ -107,7 +107,7 @@ def load_remotes(home: Path) -> dict[str, Remote]:
         return {name: Remote(name, check_url(d["url"]), d.get("key_file")) for name, d in data["remotes"].items()}
     except (ValueError, KeyError, TypeError, AttributeError, InvalidParameterError) as exc:
         raise InputFileError(f"{path} is not a valid list of remotes ({str(exc)[:120]}); remove it and add them "
-                             "again (edgeslm remote add)") from None  # fmt: skip
+                             "again (edgeslm remote add)") from None
 
 
 def _save(home: Path, remotes: dict[str, Remote]) -> None:
@@ -142,5 +142,5 @@ def get_remote(home: Path, name: str, remotes: dict[str, Remote] | None = None) 
     if name not in remotes:
         known = ", ".join(sorted(remotes)) or "none yet"
         raise ModelNotFoundError(f"no remote named {name[:80]!r} (known: {known}); add one: edgeslm remote add "
-                                 f"{name[:80] if _NAME.match(name) else 'NAME'} URL")  # fmt: skip
+                                 f"{name[:80] if _NAME.match(name) else 'NAME'} URL")
     return remotes[name]

@@ -40,7 +40,7 @@ def open_remote(remote: Remote) -> RemoteStore:
 
 
 def push(store: Store, remote: Remote, names: Sequence[ModelName], *, force: bool = False,
-         progress: Progress | None = None) -> Transfer:  # fmt: skip
+         progress: Progress | None = None) -> Transfer:
     """Send ``names`` and every blob of them the remote lacks, then name them there."""
     manifests = [store.get(n) for n in names]
     sizes = {d: s for m in manifests for d, s in m.blob_sizes().items()}
@@ -50,7 +50,7 @@ def push(store: Store, remote: Remote, names: Sequence[ModelName], *, force: boo
         clash = [str(m.name) for m in manifests if (t := theirs.get(str(m.name))) and t.digest != m.digest]
         if clash and not force:
             raise ConflictError(f"{', '.join(clash)} name other models on remote {remote.name}; push with --force "
-                                "to replace them there")  # fmt: skip
+                                "to replace them there")
         missing = {d: s for d, s in sizes.items() if client.offset(d) is not None}
         for digest, size in missing.items():
             client.send(store, digest, size, progress)
@@ -59,11 +59,11 @@ def push(store: Store, remote: Remote, names: Sequence[ModelName], *, force: boo
         client.close()
     log.info("pushed %s to %s: %d blob(s) sent", ", ".join(map(str, names)), remote.name, len(missing))
     return Transfer(remote.name, tuple(str(m.name) for m in manifests), tuple(changed), len(missing),
-                    sum(missing.values()), len(sizes) - len(missing))  # fmt: skip
+                    sum(missing.values()), len(sizes) - len(missing))
 
 
 def pull(store: Store, remote: Remote, names: Sequence[ModelName], *, force: bool = False,
-         progress: Progress | None = None) -> Transfer:  # fmt: skip
+         progress: Progress | None = None) -> Transfer:
     """Fetch ``names`` from the remote: names and room checked first, then the missing blobs
     (resuming what an interrupted pull left), each checked, then all names at once."""
     client = open_remote(remote)
@@ -78,29 +78,29 @@ def _find(theirs: dict[str, Manifest], names: Sequence[ModelName], remote: Remot
     absent = [str(n) for n in names if str(n) not in theirs]
     if absent:
         raise ModelNotFoundError(f"remote {remote.name} has no model {', '.join(absent)}; it has: "
-                                 f"{', '.join(sorted(theirs)) or 'none'}")  # fmt: skip
+                                 f"{', '.join(sorted(theirs)) or 'none'}")
     return [theirs[str(n)] for n in names]
 
 
 def _fetch(store: Store, client: RemoteStore, remote: Remote, wanted: list[Manifest], force: bool,
-           progress: Progress | None) -> Transfer:  # fmt: skip
+           progress: Progress | None) -> Transfer:
     check_names(store, wanted, force, ConflictError)
     sizes = {d: s for m in wanted for d, s in m.blob_sizes().items()}
     missing = {d: sizes[d] for d in sorted(missing_blobs(store, sizes))}
     free = shutil.disk_usage(store.tmp_dir).free
     if sum(missing.values()) > free:
         raise StoreError(f"pulling needs {format_bytes(sum(missing.values()))} free in the store, which has "
-                         f"{format_bytes(free)}; free some space (edgeslm rm) and retry")  # fmt: skip
+                         f"{format_bytes(free)}; free some space (edgeslm rm) and retry")
     for digest, size in missing.items():
         client.fetch(store, digest, size, progress)
     changed = publish_received(store, wanted, force)
     log.info("pulled %s from %s: %d blob(s) fetched", ", ".join(str(m.name) for m in wanted), remote.name, len(missing))
     return Transfer(remote.name, tuple(str(m.name) for m in wanted), tuple(changed), len(missing),
-                    sum(missing.values()), len(sizes) - len(missing))  # fmt: skip
+                    sum(missing.values()), len(sizes) - len(missing))
 
 
 def sync(store: Store, remote: Remote, names: Sequence[ModelName] = (), *, prune: bool = False,
-         progress: Progress | None = None) -> Transfer:  # fmt: skip
+         progress: Progress | None = None) -> Transfer:
     """Make the store hold ``names`` (all the remote's models when empty) exactly as the remote
     does, replacing what differs; with ``prune``, remove every other stored model."""
     client = open_remote(remote)
@@ -118,4 +118,4 @@ def sync(store: Store, remote: Remote, names: Sequence[ModelName] = (), *, prune
             store.execute_remove(store.plan_remove(others))
         removed = tuple(map(str, others))
     return Transfer(done.remote, done.models, done.changed, done.blobs_moved, done.bytes_moved,
-                    done.blobs_skipped, removed)  # fmt: skip
+                    done.blobs_skipped, removed)

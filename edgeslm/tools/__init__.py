@@ -7,4 +7,4 @@ from .spec import Tool, ToolCall, ToolChoice, parse_choice, parse_tools
 __all__ = [
     "Tool", "ToolCall", "ToolChoice", "ToolReply", "check_history", "new_call_id", "parse_choice", "parse_reply",
     "parse_tools", "prepare", "reply_schema",
-]  # fmt: skip
+]

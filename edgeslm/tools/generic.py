@@ -45,7 +45,7 @@ def reply_schema(tools: Sequence[Tool], choice: ToolChoice, parallel: bool) -> d
     for t in offered:
         arguments = _hoisted(t, defs)
         calls.append({"type": "object", "properties": {"name": {"type": "string", "const": t.name},
-                      "arguments": arguments}, "required": ["name", "arguments"]})  # fmt: skip
+                      "arguments": arguments}, "required": ["name", "arguments"]})
     one = calls[0] if len(calls) == 1 else {"anyOf": calls}
     if parallel:
         many = {"type": "array", "items": one, "minItems": 1, "maxItems": MAX_PARALLEL}
@@ -61,12 +61,12 @@ def _hoisted(tool: Tool, defs: dict[str, Any]) -> Any:
     """The tool's parameters with its definitions moved to the reply schema's root (its ``$ref``
     resolve from there), each renamed ``TOOL__NAME`` so two tools' definitions never meet."""
     own = {f"#/{key}/{name}": f"#/$defs/{tool.name}__{name}"
-           for key in ("$defs", "definitions") for name in tool.parameters.get(key, {})}  # fmt: skip
+           for key in ("$defs", "definitions") for name in tool.parameters.get(key, {})}
 
     def rewrite(node: Any) -> Any:
         if isinstance(node, dict):
             return {k: own.get(v, v) if k == "$ref" else rewrite(v) for k, v in node.items()
-                    if k not in ("$defs", "definitions") or node is not tool.parameters}  # fmt: skip
+                    if k not in ("$defs", "definitions") or node is not tool.parameters}
         if isinstance(node, list):
             return [rewrite(x) for x in node]
         return node
@@ -90,7 +90,7 @@ def system_text(tools: Sequence[Tool], choice: ToolChoice, *, example: bool = Tr
 
 
 def prepare(messages: Sequence[Mapping[str, Any]], tools: Sequence[Tool], choice: ToolChoice,
-            parallel: bool) -> list[dict[str, Any]]:  # fmt: skip
+            parallel: bool) -> list[dict[str, Any]]:
     """The conversation as the template gets it: the tools in the system message, earlier calls
     and tool results written as the JSON the model reads and writes."""
     out = [_plain(m, parallel, _calls_by_id(messages)) for m in messages]

@@ -61,7 +61,7 @@ def call_grammar(
     if fmt is ToolFormat.HERMES and lazy:  # the fenced form's head takes what its trigger matched (native.BLANK)
         rules["tc-wide"] = f"[ \\t\\n]{{0,{BLANK}}}"
         wide = " | ".join(f'{_lit(json.dumps(name))} tc-wide "," tc-wide {key} tc-wide ":" tc-wide {rule}'
-                          for name, rule in arguments)  # fmt: skip
+                          for name, rule in arguments)
         rules["tc-fenced"] = f'"{{" tc-wide {_lit(json.dumps("name"))} tc-wide ":" tc-wide ( {wide} ) tc-wide "}}"'
         hermes = f'( {hermes} | ( "```" "json"? [ \\t]{{0,4}} "\\n" tc-wide tc-fenced {WS} "```" ) )'
     listed = f'"[" {WS} {_repeat("tc-call", parallel, comma)} {WS} "]"'
@@ -86,9 +86,19 @@ def job_grammar(tooling: Mapping[str, Any]) -> tuple[str | None, tuple[str, ...]
     fmt = ToolFormat(tooling["format"])
     try:
         gbnf = call_grammar(fmt, parse_tools(tooling["tools"]), tooling.get("name"), bool(tooling["parallel"]),
-                            lazy=tooling["choice"] == "auto")  # fmt: skip
+                            lazy=tooling["choice"] == "auto")
     except EdgeslmError:
         raise
     except Exception as exc:  # the converter raises plain exceptions on what it cannot express (a pattern)
         raise InvalidParameterError(f"a tool's parameters cannot be made into a grammar: {str(exc)[:200]}") from None
     return gbnf, FAMILIES[fmt].triggers if tooling["choice"] == "auto" else ()
+
+
+def format_grammar(spec: Any) -> str | None:
+    """GBNF for Ollama's ``format`` / OpenAI's ``response_format``: "json" or a JSON schema (the
+    runtime's converter, llama.cpp's, writes it); None without one."""
+    if spec is None:
+        return None
+    from ..engines.llamacpp.engine import json_grammar
+
+    return json_grammar(spec)

@@ -15,7 +15,7 @@ import json
 import re
 import secrets
 import string
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import Enum
 from typing import Any
@@ -55,10 +55,10 @@ FAMILIES: dict[ToolFormat, Family] = {
         (r"(<tool_call>)", rf'(```(?:json)?[ \t]{{0,4}}\n{_WS}\{{{_WS}"name"{_WS}:)'),
         ("<tool_call>", "</tool_call>"),
         True,
-    ),  # fmt: skip
+    ),
     ToolFormat.LLAMA3: Family(
         "parameters", (r'^[ \t\n]*(\{[ \t\n]{0,4}"name"[ \t\n]{0,4}:)[\s\S]*$',), ("<|python_tag|>",), False
-    ),  # fmt: skip
+    ),
     ToolFormat.MISTRAL: Family("arguments", (r"(\[TOOL_CALLS\])",), ("[TOOL_CALLS]",), True),
     ToolFormat.MISTRAL_ARGS: Family("arguments", (r"(\[TOOL_CALLS\])",), ("[TOOL_CALLS]", "[ARGS]", "[CALL_ID]"), True),
     ToolFormat.PHI4: Family("arguments", (r"(functools\[)",), ("<|tool_call|>", "<|/tool_call|>"), True),
@@ -102,7 +102,7 @@ def template_id(fmt: ToolFormat, raw: str) -> str:
 
 
 def prepare(fmt: ToolFormat, messages: Sequence[Mapping[str, Any]], tools: Sequence[Tool], *,
-            offer: bool) -> list[dict[str, Any]]:  # fmt: skip
+            offer: bool) -> list[dict[str, Any]]:
     """The conversation as the family's template takes it (OpenAI's shapes, arguments as objects,
     as transformers passes them; the ``tools`` variable is the job's). Phi-4-mini reads the tools
     off the system message, as a JSON string. ``offer`` False (tool_choice "none"): only earlier
@@ -127,7 +127,7 @@ def _message(fmt: ToolFormat, m: Mapping[str, Any], names: dict[str, str]) -> di
             return {"role": "assistant", "content": f"functools{json.dumps(made, ensure_ascii=False)}"}
         return {"role": "assistant", "content": content, "tool_calls": [
             {"id": template_id(fmt, c.id), "type": "function", "function": {"name": c.name, "arguments": c.arguments}}
-            for c in calls]}  # fmt: skip
+            for c in calls]}
     if role == "tool":
         raw_id = m.get("tool_call_id") or ""
         name = m.get("tool_name") or names.get(raw_id, "")
@@ -300,3 +300,16 @@ _READERS = {
     ToolFormat.MISTRAL_ARGS: _mistral_args,
     ToolFormat.PHI4: _phi4,
 }
+
+
+_MARKERS: dict[str, frozenset[int]] = {}
+
+
+def marker_tokens(tokenize: Callable[..., list[int]], fmt: str) -> frozenset[int]:
+    """The family's markers that are single special tokens in this vocabulary (``tokenize``, one
+    model's): their text stays in the reply (llama.cpp's preserved tokens), where ``parse`` looks
+    for it. Cached per format: a runner serves one model."""
+    if fmt not in _MARKERS:
+        ids = [tokenize(m, add_special=False, parse_special=True) for m in FAMILIES[ToolFormat(fmt)].markers]
+        _MARKERS[fmt] = frozenset(t[0] for t in ids if len(t) == 1)
+    return _MARKERS[fmt]

@@ -28,7 +28,7 @@ SUPPORTED = frozenset({
     "enum", "const", "anyOf", "oneOf", "allOf", "$ref", "$defs", "definitions", "pattern", "minLength",
     "maxLength", "minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum", "format",
     "description", "title", "default", "examples", "$schema", "$id", "$comment", "nullable",
-})  # fmt: skip
+})
 TYPES = frozenset({"object", "array", "string", "number", "integer", "boolean", "null"})
 ChoiceMode = Literal["auto", "none", "required", "function"]
 
@@ -168,11 +168,11 @@ def _check_refs(root: dict[str, Any], where: str) -> None:
         for ref in found:
             if ref not in defs:
                 raise InvalidParameterError(f"{where}: $ref {ref[:100]!r} names no definition in this schema "
-                                            "(only #/$defs/NAME and #/definitions/NAME)")  # fmt: skip
+                                            "(only #/$defs/NAME and #/definitions/NAME)")
         return found
 
     graph = {name: refs({k: v for k, v in body.items() if k not in ("$defs", "definitions")})
-             for name, body in defs.items()}  # fmt: skip
+             for name, body in defs.items()}
     refs({k: v for k, v in root.items() if k not in ("$defs", "definitions")})
     state: dict[str, int] = {}  # 1: on the path, 2: done
 
@@ -197,7 +197,7 @@ def _finite_number(value: Any) -> bool:
 
 def _json_type(value: Any) -> str:
     return {list: "array", str: "string", bool: "boolean", int: "number", float: "number",
-            type(None): "null"}.get(type(value), type(value).__name__)  # fmt: skip
+            type(None): "null"}.get(type(value), type(value).__name__)
 
 
 def parse_choice(raw: Any, tools: tuple[Tool, ...]) -> ToolChoice:

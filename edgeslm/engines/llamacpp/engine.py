@@ -150,9 +150,6 @@ class LlamaCppEngine:
             return big.raw[:n]
         return self._piece.raw[:n]
 
-    def detokenize(self, tokens: Sequence[int]) -> bytes:
-        return b"".join(self.token_bytes(t) for t in tokens)
-
     def is_end_of_generation(self, token: int) -> bool:
         return bool(lc.llama_vocab_is_eog(self._vocab, token))
 
@@ -252,7 +249,7 @@ class LlamaCppEngine:
             add(grammar)
         if s.penalized:
             penalties = lc.llama_sampler_init_penalties(self.n_vocab, s.repeat_last_n, s.repeat_penalty,
-                                                        s.frequency_penalty, s.presence_penalty)  # fmt: skip
+                                                        s.frequency_penalty, s.presence_penalty)
             for token in prompt[-s.repeat_last_n :]:
                 lc.llama_sampler_accept(penalties, token)
             add(penalties)
@@ -271,7 +268,7 @@ class LlamaCppEngine:
             return lc.llama_sampler_init_grammar(self._vocab, grammar.encode(), b"root")
         patterns = (ctypes.c_char_p * len(triggers))(*(t.encode() for t in triggers))
         return lc.llama_sampler_init_grammar_lazy_patterns(self._vocab, grammar.encode(), b"root", patterns,
-                                                           len(triggers), None, 0)  # fmt: skip
+                                                           len(triggers), None, 0)
 
     def generate_tokens(self, prompt: Sequence[int], sampling: SamplingParams) -> Generator[int, None, None]:
         # Plain greedy takes the argmax inside llama.cpp's own graph (backend sampling) or reads

@@ -187,7 +187,7 @@ abort_on_interrupt(Collector._called.__code__)
 def collect(
     model: Any, chunks: Sequence[Sequence[int]], *, threads: int, process_output: bool = False,
     progress: Callable[[int], None] | None = None,
-) -> Collector:  # fmt: skip
+) -> Collector:
     """Decode each chunk (a fresh context state each, every output on, as llama-imatrix does)
     with the collector watching; ``model`` is a loaded llama.cpp model handle."""
     init_backend()

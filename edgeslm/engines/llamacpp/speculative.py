@@ -14,22 +14,42 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Generator, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
 from ...errors import InvalidParameterError
 from ...speculation import LookupConfig, LookupDrafter, Policy, SpecStats
-from ..base import SamplingParams
+from ..base import LoadParams, SamplingParams
 from ..spec_sampling import distribution, judge, sample
 from .backend import argmax_token, common_prefix
 
 if TYPE_CHECKING:
     import llama_cpp as lc
-
-    from .engine import LlamaCppEngine
 else:
     from .bindings import lc
+
+
+class LlamaCppEngine(Protocol):
+    """What speculative decoding uses of a llama.cpp engine (``engine.LlamaCppEngine``): its
+    generation context, batch decoding and measured costs; the engine hands itself in."""
+
+    params: LoadParams
+    ctx: Any
+    n_ctx: int
+    n_vocab: int
+    batch_costs: dict[int, float] | None
+    step_seconds: float
+
+    def decode_batch(self, ctx: Any, batch: Any) -> None: ...
+
+    def fill_batch(self, batch: Any, chunk: Sequence[int], start: int, first: int) -> int: ...
+
+    def prefill(self, tokens: Sequence[int]) -> None: ...
+
+    def generate_tokens(self, prompt: Sequence[int], sampling: SamplingParams) -> Generator[int, None, None]: ...
+
+    def token_bytes(self, token: int, *, special: bool = False) -> bytes: ...
 
 log = logging.getLogger(__name__)
 COST_SIZES = (1, 4, 16, 49)  # batch sizes timed (a 48-token draft and its token: 49); linear between
@@ -142,17 +162,8 @@ def speculative_tokens(
     ctx, n_vocab, n_ctx = engine.ctx, engine.n_vocab, engine.n_ctx
     mem, n_past = lc.llama_get_memory(ctx), len(prompt)
     last = pick(_row(ctx, -1, n_vocab))
-    costs = verify_costs(engine, n_past, last)
     drafter: LookupDrafter | ModelDrafter | None
-    if isinstance(draft, LookupConfig):
-        drafter, depth_max = LookupDrafter(draft, list(prompt)), draft.m
-        policy = Policy(costs, stats=stats)
-    else:
-        verify_costs(draft, 0, last)
-        drafter, depth_max = ModelDrafter(draft, prompt), DRAFT_MAX
-        drafter.prefill()
-        ratio = draft.step_seconds / engine.step_seconds
-        policy = Policy(costs, stats=stats, draft_cost=ratio, probe_every=PROBE_EVERY)
+    drafter, depth_max, policy = _drafting(engine, draft, prompt, last, stats)
     batch = lc.llama_batch_init(depth_max + 1, 0, 1)
     try:
         while True:
@@ -182,14 +193,7 @@ def speculative_tokens(
             engine.fill_batch(batch, tokens, n_past, n_past)
             engine.decode_batch(ctx, batch)
             rows = np.ctypeslib.as_array(lc.llama_get_logits(ctx), shape=(k + 1, n_vocab))
-            accepted, token = 0, -1
-            while accepted < k:
-                ok, token = check(rows[accepted], found[accepted])
-                if not ok:
-                    break
-                accepted += 1
-            if accepted == k:
-                token = pick(rows[k])
+            accepted, token = _verify(rows, found[:k], check, pick)
             policy.verified(k, accepted)
             if isinstance(drafter, LookupDrafter):
                 drafter.accepted(accepted)
@@ -205,8 +209,36 @@ def speculative_tokens(
         _close(drafter)
 
 
+def _drafting(
+    engine: LlamaCppEngine, draft: LookupConfig | LlamaCppEngine, prompt: Sequence[int], last: int, stats: SpecStats
+) -> tuple[LookupDrafter | ModelDrafter, int, Policy]:
+    """The drafter, its deepest draft, and the policy that decides what is worth verifying, from
+    the target's measured batch costs (and a draft model's own step time)."""
+    costs = verify_costs(engine, len(prompt), last)
+    if isinstance(draft, LookupConfig):
+        return LookupDrafter(draft, list(prompt)), draft.m, Policy(costs, stats=stats)
+    verify_costs(draft, 0, last)
+    drafter = ModelDrafter(draft, prompt)
+    drafter.prefill()
+    ratio = draft.step_seconds / engine.step_seconds
+    return drafter, DRAFT_MAX, Policy(costs, stats=stats, draft_cost=ratio, probe_every=PROBE_EVERY)
+
+
+def _verify(rows: np.ndarray, found: Sequence[int], check: Callable[[np.ndarray, int], tuple[bool, int]],
+            pick: Callable[[np.ndarray], int]) -> tuple[int, int]:
+    """How many of the draft ``found`` the target's rows accept, and the token that follows them
+    (the target's own where it disagreed, else its pick after the last accepted)."""
+    accepted, token = 0, -1
+    while accepted < len(found):
+        ok, token = check(rows[accepted], found[accepted])
+        if not ok:
+            return accepted, token
+        accepted += 1
+    return accepted, pick(rows[accepted])
+
+
 def _propose(drafter: LookupDrafter | ModelDrafter, policy: Policy, last: int, room: int,
-             depth_max: int) -> tuple[list[int], int]:  # fmt: skip
+             depth_max: int) -> tuple[list[int], int]:
     """A draft after ``last`` and how much of it the policy verifies (0: decode plainly)."""
     if isinstance(drafter, LookupDrafter):
         found = drafter.draft(last)

@@ -79,7 +79,7 @@ class MlxEngine(FolderVocabEngine):
         steps = generate_step(
             self._mx.array(list(prompt)), self._model, max_tokens=self.n_ctx - len(prompt), sampler=sampler,
             logits_processors=processors,
-        )  # fmt: skip
+        )
         for token, _ in steps:
             yield int(token)
 
@@ -105,7 +105,7 @@ class MlxEngine(FolderVocabEngine):
                 repetition_context_size=window, presence_penalty=sampling.presence_penalty or None,
                 presence_context_size=window, frequency_penalty=sampling.frequency_penalty or None,
                 frequency_context_size=window,
-            )  # fmt: skip
+            )
         return sampler, processors
 
     def embed(self, text: str) -> list[float]:

@@ -23,7 +23,7 @@ def convert(hf: str, out: str, dtype: str, bits: str, group: str, recipe: str) -
     mlx_convert(
         hf, mlx_path=out, quantize=quantize, q_bits=int(bits) or None, q_group_size=int(group) or None,
         dtype=dtype, quant_predicate=None if recipe == "-" else recipe,
-    )  # fmt: skip
+    )
     return {"converter": f"mlx-lm {mlx_lm.__version__}"}
 
 

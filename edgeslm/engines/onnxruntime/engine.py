@@ -84,7 +84,7 @@ class OnnxRuntimeEngine(FolderVocabEngine):
         options: dict[str, Any] = {"max_length": max_length, "do_sample": False}
         if sampling is not None and not sampling.greedy:
             options.update(do_sample=True, temperature=sampling.temperature, top_p=sampling.top_p,
-                           top_k=sampling.top_k or self.n_vocab)  # fmt: skip
+                           top_k=sampling.top_k or self.n_vocab)
             if sampling.seed is not None:
                 options["random_seed"] = sampling.seed
         if sampling is not None and sampling.repeat_penalty != 1.0:

@@ -66,11 +66,11 @@ def dynamic(src: str, out: str) -> Message:
     model = optimizer.optimize_model(
         str(source / GRAPH), model_type="gpt2", num_heads=config.get("num_attention_heads", 0),
         hidden_size=config.get("hidden_size", 0), opt_level=0, use_gpu=False,
-    )  # fmt: skip
+    )
     fusions = {k: v for k, v in model.get_fused_operator_statistics().items() if v}
     model.save_model_to_file(str(fused / GRAPH), use_external_data_format=True, all_tensors_to_one_file=True)
     quantize_dynamic(str(fused / GRAPH), str(target / GRAPH), per_channel=True, weight_type=QuantType.QInt8,
-                     op_types_to_quantize=["MatMul"], use_external_data_format=True)  # fmt: skip
+                     op_types_to_quantize=["MatMul"], use_external_data_format=True)
     shutil.rmtree(fused)
     return {"fusions": fusions, "quantizer": "quantize_dynamic(per_channel=True, weight_type=QInt8, MatMul)"}
 
@@ -93,9 +93,9 @@ def static(src: str, out: str, text: str, chunks: str) -> Message:
         str(source / GRAPH), str(target / GRAPH), reader, quant_format=QuantFormat.QOperator, per_channel=True,
         weight_type=QuantType.QInt8, activation_type=QuantType.QUInt8, op_types_to_quantize=["MatMul"],
         nodes_to_exclude=kept, use_external_data_format=True, calibrate_method=CalibrationMethod.MinMax,
-    )  # fmt: skip
+    )
     return {"quantizer": "quantize_static(QOperator, per_channel, QInt8 weights, QUInt8 activations, MinMax, "
-            "MatMul)", "calibration_samples": reader.count, "float_matmuls": len(kept)}  # fmt: skip
+            "MatMul)", "calibration_samples": reader.count, "float_matmuls": len(kept)}
 
 
 def _decoder(folder: Path) -> dict[str, Any]:

@@ -6,8 +6,16 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from ..errors import InvalidParameterError
-from .limits import MAX_EMBED_INPUTS, MAX_MESSAGES, MAX_NAME, MAX_STOP, MAX_STOP_CHARS, MAX_TOOL_CALLS, MAX_TOP_LOGPROBS
+from ...errors import InvalidParameterError
+from ..limits import (
+    MAX_EMBED_INPUTS,
+    MAX_MESSAGES,
+    MAX_NAME,
+    MAX_STOP,
+    MAX_STOP_CHARS,
+    MAX_TOOL_CALLS,
+    MAX_TOP_LOGPROBS,
+)
 
 
 class _Body(BaseModel):

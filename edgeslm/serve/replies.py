@@ -1,40 +1,28 @@
-"""What both dialects share: the server's state, parsing bodies, and running one generation.
-
-``Generation.start`` holds the model (loading it off the event loop), sends the job to its
-runner and waits for the first event, so that a refusal (a prompt too long, a full queue)
-becomes an HTTP status rather than a broken stream. Iterating it yields the runner's events,
-records time to first token, inter-token latency and token counts, and releases the model
-when the reply ends or the client goes away (the runner then frees the slot at once).
+"""Running replies for both dialects: ``Generation.start`` holds the model (loading it off the
+event loop), sends the job to its runner and waits for the first event, so that a refusal (a
+prompt too long, a full queue) becomes an HTTP status rather than a broken stream. Iterating it
+yields the runner's events, records time to first token, inter-token latency and token counts,
+and releases the model when the reply ends or the client goes away (the runner then frees the
+slot at once). Several replies (``start_all``, ``merged``), embeddings, and a whole reply for a
+client that may leave (``collect``, ``unless_gone``) build on it.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 from collections.abc import AsyncIterator, Awaitable
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from pydantic import BaseModel, ValidationError
-from starlette.requests import ClientDisconnect, Request
+from starlette.requests import Request
 
-from ..config import Settings
-from ..errors import EngineError, InvalidParameterError, ModelNotFoundError, RunnerTimeoutError
-from ..formats.folder_files import chat_template_of
-from ..formats.gguf_header import read_gguf_header
+from ..errors import EngineError, InvalidParameterError, RunnerTimeoutError
 from ..runner import Chunk, Done, Embeddings, Job
-from ..store import Store, parse_name
-from ..store.records import Manifest
-from ..tools.native import ToolFormat
-from ..tools.native import detect as detect_tool_format
-from .audit import AuditLog
-from .keys import KeyRing
-from .manager import Lease, ModelManager
-from .metrics import Metrics
+from ..runner.manager import Lease
+from ..store.resolve import ResolvedModel
+from .state import ServerState, note, resolve, state
 
-B = TypeVar("B", bound=BaseModel)
 T = TypeVar("T")
 # Seconds a reply may go without an event (a token, the end) before its runner is presumed hung
 # and the request fails with a 503: long enough for a queued request to wait out the slots ahead.
@@ -51,116 +39,6 @@ async def next_event(events: Any, model: str) -> Any:
         ) from None
 
 
-@dataclass
-class ServerState:
-    settings: Settings
-    manager: ModelManager
-    metrics: Metrics
-    keys: KeyRing | None = None
-    audit: AuditLog | None = None
-    audit_prompts: bool = False
-    started: float = field(default_factory=time.time)
-    _store: Store | None = None
-    _tool_formats: dict[str, ToolFormat] = field(default_factory=dict)  # by manifest digest
-
-    def store(self) -> Store:
-        """The store, opened (and swept) once; its manifests are read fresh on every lookup."""
-        if self._store is None:
-            from ..store.uploads import sweep_uploads
-
-            self._store = Store.open(self.settings.models_dir)
-            sweep_uploads(self._store)  # uploads no create used within a day
-        return self._store
-
-    def manifest(self, name: str) -> Manifest:
-        manifest = self.store().find(parse_name(name))
-        if manifest is None:
-            raise ModelNotFoundError(f"model '{name}' not found; 'GET /api/tags' lists the models this server has")
-        return manifest
-
-    async def tool_format(self, name: str) -> ToolFormat:
-        """The tool format of the model's chat template (read once per model); GENERIC for a model
-        not found here (the request then fails where it is run, with the usual message)."""
-        try:
-            manifest = self.manifest(name)
-        except ModelNotFoundError:
-            return ToolFormat.GENERIC
-        if manifest.digest not in self._tool_formats:
-            template = await asyncio.to_thread(chat_template, manifest, self.store().model_path(manifest))
-            self._tool_formats[manifest.digest] = detect_tool_format(template)
-        return self._tool_formats[manifest.digest]
-
-
-def chat_template(manifest: Manifest, path: Path) -> str | None:
-    """A stored model's chat template: a created model's TEMPLATE, a folder's files, else the GGUF's metadata."""
-    if manifest.defaults.get("template"):
-        return str(manifest.defaults["template"])
-    if manifest.layers:
-        return chat_template_of(path)
-    template = read_gguf_header(path, label=str(manifest.name)).metadata.get("tokenizer.chat_template")
-    return template if isinstance(template, str) else None
-
-
-@dataclass(frozen=True)
-class Stored:
-    """What ``create`` stored with a model (its system prompt, parameters and example messages),
-    read once per request."""
-
-    system: str | None
-    parameters: dict[str, Any]
-    examples: list[dict[str, Any]]
-
-    def conversation(self, messages: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], str | None]:
-        """Ollama's order: the example messages, then the request's; and the system prompt to put
-        first (none when the request brings its own)."""
-        own_system = bool(messages) and messages[0].get("role") == "system"
-        return [dict(m) for m in self.examples] + messages, None if own_system else self.system
-
-
-def stored(request: Request, name: str) -> Stored:
-    defaults = state(request).manifest(name).defaults
-    return Stored(defaults.get("system"), dict(defaults.get("parameters") or {}),
-                  list(defaults.get("messages") or []))  # fmt: skip
-
-
-def state(request: Request) -> ServerState:
-    st: ServerState = request.app.state.edgeslm
-    return st
-
-
-def note(request: Request, **fields: Any) -> None:
-    """Facts for this request's audit line (model, tokens, prompt)."""
-    request.scope.setdefault("state", {}).setdefault("audit", {}).update(fields)
-
-
-async def parse(request: Request, schema: type[B]) -> B:
-    """The body as ``schema``: a JSON object, or a 400 that names the first problem."""
-    raw = await request.body()
-    try:
-        data = json.loads(raw or b"{}")
-    except json.JSONDecodeError as exc:
-        raise InvalidParameterError(f"the body is not valid JSON ({exc.msg} at position {exc.pos})") from None
-    except UnicodeDecodeError:
-        raise InvalidParameterError("the body is not valid JSON (it is not UTF-8)") from None
-    except RecursionError:
-        raise InvalidParameterError("the body is nested too deeply") from None
-    if not isinstance(data, dict):
-        raise InvalidParameterError(f"the body must be a JSON object, not a JSON {type(data).__name__}")
-    try:
-        return schema.model_validate(data)
-    except ValidationError as exc:
-        raise InvalidParameterError(describe_validation(exc)) from None
-
-
-def describe_validation(exc: ValidationError) -> str:
-    problems = []
-    for err in exc.errors(include_url=False, include_input=False)[:3]:
-        where = ".".join(str(p) for p in err["loc"]) or "body"
-        problems.append(f"{where}: {err['msg']}")
-    more = f" (and {exc.error_count() - 3} more)" if exc.error_count() > 3 else ""
-    return "invalid request: " + "; ".join(problems) + more
-
-
 class Generation:
     """One running reply; iterate it exactly once (or ``aclose`` it)."""
 
@@ -173,14 +51,14 @@ class Generation:
         self._released = False
 
     @classmethod
-    async def start(cls, request: Request, name: str, job: Job, keep_alive: float | None) -> Generation:
+    async def start(cls, request: Request, model: ResolvedModel, job: Job, keep_alive: float | None) -> Generation:
         st = state(request)
         limit = st.manager.params.ctx_per_slot
         if job.max_tokens > limit:
             raise InvalidParameterError(
                 f"max_tokens {job.max_tokens:,} is more than the context holds ({limit:,} tokens per slot)"
             )
-        lease = await hold(request, name, keep_alive)
+        lease = await hold(request, model, keep_alive)
         events = lease.runner.agenerate(job)
         try:
             first = await next_event(events, lease.name)
@@ -215,7 +93,7 @@ class Generation:
                     metrics.activity.add(
                         model, None if first is None else first - self.started, event.completion_tokens,
                         0.0 if first is None or last is None else last - first,
-                    )  # fmt: skip
+                    )
                     if event.drafted:
                         metrics.draft_tokens.labels(model).inc(event.drafted)
                         metrics.draft_accepted.labels(model).inc(event.accepted)
@@ -232,11 +110,13 @@ class Generation:
             self.st.manager.release(self.lease)
 
 
-async def start_all(request: Request, name: str, jobs: list[Job], keep_alive: float | None) -> list[Generation]:
+async def start_all(
+    request: Request, model: ResolvedModel, jobs: list[Job], keep_alive: float | None
+) -> list[Generation]:
     """Several replies to one request (OpenAI's ``n``), each in its own slot, started together; if
     one is refused, the others are closed and the refusal is the answer."""
-    started = await asyncio.gather(*(Generation.start(request, name, job, keep_alive) for job in jobs),
-                                   return_exceptions=True)  # fmt: skip
+    started = await asyncio.gather(*(Generation.start(request, model, job, keep_alive) for job in jobs),
+                                   return_exceptions=True)
     gens = [g for g in started if isinstance(g, Generation)]
     failed = [e for e in started if isinstance(e, BaseException)]
     if failed:
@@ -284,10 +164,10 @@ async def merged(gens: list[Generation]) -> AsyncIterator[tuple[int, Chunk | Don
         await asyncio.gather(*(g.aclose() for g in gens), return_exceptions=True)
 
 
-async def hold(request: Request, name: str, keep_alive: float | None) -> Lease:
+async def hold(request: Request, model: ResolvedModel, keep_alive: float | None) -> Lease:
     """The model's runner for this request (loaded off the event loop if needed)."""
     st = state(request)
-    lease = await asyncio.to_thread(st.manager.acquire, name, keep_alive)
+    lease = await asyncio.to_thread(st.manager.acquire, model, keep_alive)
     note(request, model=lease.name)
     return lease
 
@@ -298,7 +178,7 @@ async def embed(
     """Embed ``texts`` with ``name`` (no texts: just load it), counting the tokens."""
     if dimensions is not None:
         raise InvalidParameterError("dimensions is not supported: the model's embedding size is used")
-    lease = await hold(request, name, keep_alive)
+    lease = await hold(request, await resolve(request, name), keep_alive)
     try:
         result = await unless_gone(request, lease.runner.aembed(texts)) if texts else Embeddings([], 0)
     finally:
@@ -355,25 +235,3 @@ async def unless_gone(request: Request, work: Awaitable[T]) -> T:
         if not task.done():
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
-
-
-UPLOAD_SILENCE = 120.0  # seconds an upload may go without a byte
-
-
-async def body_chunks(request: Request, *, resumable: bool = False) -> AsyncIterator[bytes]:
-    """The request's body as it arrives; every wait has a deadline (``UPLOAD_SILENCE``). A sender
-    that stops loses the upload, or — ``resumable`` — keeps what arrived, as does one cut off."""
-    then = "resume it" if resumable else "nothing was kept"
-    chunks = request.stream().__aiter__()
-    while True:
-        try:
-            chunk = await asyncio.wait_for(chunks.__anext__(), UPLOAD_SILENCE)
-        except StopAsyncIteration:
-            return
-        except ClientDisconnect:
-            if resumable:
-                return
-            raise
-        except asyncio.TimeoutError:
-            raise RunnerTimeoutError(f"the upload stalled for {UPLOAD_SILENCE:g} s; {then}") from None
-        yield chunk

@@ -16,13 +16,15 @@ from fastapi import APIRouter
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
-from ..engines.base import SamplingParams
-from ..errors import EdgeslmError, InvalidParameterError
-from ..runner import Chunk, Done, Job
-from ..tools import ToolCall, ToolReply
-from .openai_schemas import ResponsesRequest
-from .service import Generation, collect, note, parse, state, stored
-from .tooling import conversation, plan_for
+from ...engines.base import SamplingParams
+from ...errors import EdgeslmError, InvalidParameterError
+from ...runner import Chunk, Done, Job
+from ...tools import ToolCall, ToolReply
+from ...tools.plan import conversation
+from ..bodies import parse
+from ..replies import Generation, collect
+from ..state import note, plan_for, stored
+from .schemas import ResponsesRequest
 
 router = APIRouter(prefix="/v1")
 ROLES = ("user", "assistant", "system", "developer")
@@ -32,7 +34,7 @@ def _text(content: Any, where: str) -> str:
     if isinstance(content, str):
         return content
     if isinstance(content, list) and all(isinstance(p, dict) and p.get("type") in ("input_text", "output_text")
-                                         for p in content):  # fmt: skip
+                                         for p in content):
         return "".join(str(p.get("text") or "") for p in content)
     raise InvalidParameterError(f"{where}: content must be text or input_text/output_text parts (no images or files)")
 
@@ -66,12 +68,12 @@ def input_messages(body: ResponsesRequest) -> list[dict[str, Any]]:
 
 
 def _chat_tools(body: ResponsesRequest) -> tuple[Any, Any]:
-    """The Responses API's flat function tools and tool_choice, in the chat shape ``tooling`` reads."""
+    """The Responses API's flat function tools and tool_choice, in the chat shape ``tools.plan`` reads."""
     tools = None
     if body.tools:
         tools = [{"type": t.get("type"), "function": {k: t.get(k) for k in ("name", "description", "parameters")
                                                       if t.get(k) is not None}} if isinstance(t, dict) else t
-                 for t in body.tools]  # fmt: skip
+                 for t in body.tools]
     choice = body.tool_choice
     if isinstance(choice, dict) and choice.get("type") == "function":
         choice = {"type": "function", "function": {"name": choice.get("name")}}
@@ -84,11 +86,11 @@ async def responses(request: Request) -> Response:
     note(request, model=body.model)
     if body.previous_response_id:
         raise InvalidParameterError("previous_response_id is not supported: edgeslm keeps no responses; send the "
-                                    "conversation in input")  # fmt: skip
+                                    "conversation in input")
     tools, choice = _chat_tools(body)
     given = input_messages(body)
-    plan = await plan_for(state(request), body.model, given, tools, choice, body.parallel_tool_calls, has_format=False)
-    messages, system = stored(request, body.model).conversation(conversation(given, plan, ids_required=True))
+    plan, found = await plan_for(request, body.model, given, tools, choice, body.parallel_tool_calls, has_format=False)
+    messages, system = stored(found).conversation(conversation(given, plan, ids_required=True))
     sampling = SamplingParams()
     if body.temperature is not None:
         sampling = replace(sampling, temperature=body.temperature)
@@ -97,24 +99,24 @@ async def responses(request: Request) -> Response:
     job = Job(messages, sampling, body.max_output_tokens or -1, (),
               system=system,
               format=plan.format(),
-              tooling=plan.tooling())  # fmt: skip
-    gen = await Generation.start(request, body.model, job, None)
+              tooling=plan.tooling())
+    gen = await Generation.start(request, found, job, None)
     head = {"id": f"resp_{uuid.uuid4().hex}", "object": "response", "created_at": int(time.time()),
             "model": gen.name, "parallel_tool_calls": plan.parallel, "tool_choice": body.tool_choice or "auto",
             "tools": body.tools or [], "instructions": body.instructions, "temperature": body.temperature,
-            "top_p": body.top_p, "max_output_tokens": body.max_output_tokens}  # fmt: skip
+            "top_p": body.top_p, "max_output_tokens": body.max_output_tokens}
     if not body.stream:
         reply = await collect(request, gen)
         return JSONResponse(_final(head, plan.read(reply.text), reply.done))
     return StreamingResponse(_events(head, gen, plan.active, plan.read), media_type="text/event-stream",
-                             headers={"Cache-Control": "no-cache"})  # fmt: skip
+                             headers={"Cache-Control": "no-cache"})
 
 
 def _items(reply: ToolReply, text_id: str) -> list[dict[str, Any]]:
     if reply.calls:
         return [{"type": "function_call", "id": f"fc_{uuid.uuid4().hex[:24]}", "call_id": c.id, "name": c.name,
                  "arguments": json.dumps(c.arguments, ensure_ascii=False), "status": "completed"}
-                for c in reply.calls]  # fmt: skip
+                for c in reply.calls]
     part = {"type": "output_text", "text": reply.content or "", "annotations": []}
     return [{"type": "message", "id": text_id, "status": "completed", "role": "assistant", "content": [part]}]
 
@@ -124,7 +126,7 @@ def _final(head: dict[str, Any], reply: ToolReply, done: Done, text_id: str | No
     n_in, n_out = done.prompt_tokens, done.completion_tokens
     details_in, details_out = {"cached_tokens": 0}, {"reasoning_tokens": 0}
     usage = {"input_tokens": n_in, "output_tokens": n_out, "total_tokens": n_in + n_out,
-             "input_tokens_details": details_in, "output_tokens_details": details_out}  # fmt: skip
+             "input_tokens_details": details_in, "output_tokens_details": details_out}
     status = "incomplete" if cut else "completed"
     details = {"reason": "max_output_tokens"} if cut else None
     output = _items(reply, text_id or _msg_id())
@@ -166,7 +168,7 @@ async def _events(head: dict[str, Any], gen: Generation, held: bool, read: Any) 
                 async for line in _item_events(event, i, out, announced=not held):
                     yield line
             yield event("response.completed" if final["status"] == "completed" else "response.incomplete",
-                        response=final)  # fmt: skip
+                        response=final)
     except EdgeslmError as exc:  # the status is sent already: the error is an event
         yield event("error", code=type(exc).__name__, message=str(exc), param=None)
 
@@ -180,7 +182,7 @@ async def _item_events(event: Any, i: int, item: dict[str, Any], *, announced: b
             "response.function_call_arguments.delta", item_id=item["id"], output_index=i, delta=item["arguments"]
         )
         yield event("response.function_call_arguments.done", item_id=item["id"], output_index=i,
-                    name=item["name"], arguments=item["arguments"])  # fmt: skip
+                    name=item["name"], arguments=item["arguments"])
     else:
         part = item["content"][0]
         where = {"item_id": item["id"], "output_index": i, "content_index": 0}

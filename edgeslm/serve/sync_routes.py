@@ -27,7 +27,8 @@ from ..errors import InvalidModelFileError, InvalidParameterError
 from ..store.incoming import publish_received
 from ..store.records import Manifest
 from ..store.uploads import Partial, find_file, parse_digest, partial_offset
-from .service import body_chunks, note, state
+from .bodies import body_chunks
+from .state import note, state
 
 router = APIRouter()
 MAX_MANIFESTS = 1000
@@ -82,7 +83,7 @@ async def upload(request: Request, digest: str) -> Response:
     try:
         if part.offset != offset:
             return JSONResponse({"error": f"this server holds {part.offset} bytes of {wanted}; send from there"},
-                                status_code=409, headers={"Upload-Offset": str(part.offset)})  # fmt: skip
+                                status_code=409, headers={"Upload-Offset": str(part.offset)})
         await _receive(request, part)
         if not part.complete:
             return Response(status_code=202, headers={"Upload-Offset": str(part.offset)})

@@ -17,19 +17,19 @@ from fastapi import APIRouter, Query
 from starlette.requests import Request
 from starlette.responses import JSONResponse, RedirectResponse, Response
 
-from .. import __version__
-from .audit import report
-from .compliance import report_csv, report_rows
-from .dashboard import audit_view, models_view, server_view
-from .http_errors import error_response
-from .keys import ROLES, Action
-from .service import state
+from ... import __version__
+from ...access.audit import report
+from ...access.compliance import report_csv, report_rows
+from ...access.keys import ROLES, Action
+from ..http_errors import error_response
+from ..state import state
+from .views import audit_view, models_view, server_view
 
 router = APIRouter()
 TYPES = {
     ".html": "text/html; charset=utf-8", ".css": "text/css; charset=utf-8",
     ".js": "text/javascript; charset=utf-8", ".svg": "image/svg+xml", ".png": "image/png",
-}  # fmt: skip
+}
 
 
 @functools.cache
@@ -45,7 +45,7 @@ def assets() -> dict[str, tuple[bytes, str, str]]:
                 body = entry.read_bytes()
                 out[prefix + entry.name] = (body, kind, '"' + hashlib.sha256(body).hexdigest()[:20] + '"')
 
-    walk(files("edgeslm.serve") / "web", "")
+    walk(files("edgeslm.serve.ui") / "web", "")
     return out
 
 
@@ -83,7 +83,7 @@ async def session(request: Request) -> JSONResponse:
         "version": __version__, "auth": st.keys is not None, "key_id": key.id if key else None,
         "role": key.role if key else None, "actions": actions, "audit": st.audit is not None,
         "server": {"parallel": params.slots, "ctx": params.ctx_per_slot, "keep_alive": params.keep_alive},
-    })  # fmt: skip
+    })
 
 
 @router.get("/edgeslm/v1/models")
@@ -117,4 +117,4 @@ async def audit_csv(request: Request) -> Response:
     return Response(
         report_csv(rows), media_type="text/csv; charset=utf-8",
         headers={"Content-Disposition": 'attachment; filename="edgeslm-audit-report.csv"'},
-    )  # fmt: skip
+    )

@@ -1,5 +1,5 @@
 """Ollama's API (``docs/api.md``): generate, chat, embed, tags, show, ps, version, and the store's
-verbs in ``ollama_admin``. Bodies as Ollama's clients send them; replies with Ollama's fields and
+verbs in ``admin``. Bodies as Ollama's clients send them; replies with Ollama's fields and
 NDJSON streaming; durations in nanoseconds."""
 
 from __future__ import annotations
@@ -15,18 +15,23 @@ from fastapi import APIRouter
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 
-from .. import __version__
-from ..engines.base import SamplingParams
-from ..errors import EdgeslmError, InvalidParameterError, http_status_for
-from ..runner import Chunk, Done, Job
-from ..store import parse_name
-from ..store.records import Manifest
-from ..tools import ToolReply
-from ..units import format_params
-from . import service
-from .http_errors import public_message
-from .limits import MAX_TOP_LOGPROBS
-from .ollama_schemas import (
+from ... import __version__
+from ...engines.base import SamplingParams
+from ...errors import EdgeslmError, InvalidParameterError, http_status_for
+from ...runner import Chunk, Done, Job
+from ...store import parse_name
+from ...store.records import Manifest
+from ...store.resolve import ResolvedModel
+from ...tools import ToolReply
+from ...tools.plan import calls_from, conversation, ollama_calls
+from ...units import format_params
+from ..bodies import parse
+from ..http_errors import public_message
+from ..limits import MAX_TOP_LOGPROBS
+from ..replies import Generation, collect, hold
+from ..replies import embed as embed_texts
+from ..state import note, plan_for, resolve, state, stored
+from .schemas import (
     ChatRequest,
     EmbeddingsRequest,
     EmbedRequest,
@@ -35,8 +40,6 @@ from .ollama_schemas import (
     check_stops,
     parse_keep_alive,
 )
-from .service import Generation, collect, hold, note, parse, state, stored
-from .tooling import calls_from, conversation, ollama_calls, plan_for
 
 log = logging.getLogger(__name__)
 router = APIRouter()
@@ -45,7 +48,7 @@ NEVER = "2318-11-28T00:00:00Z"  # Ollama's "never expires"
 # Ollama's defaults (api/types.go DefaultOptions)
 DEFAULTS = {"temperature": 0.8, "top_k": 40, "top_p": 0.9, "min_p": 0.0, "repeat_penalty": 1.1, "repeat_last_n": 64}
 SAMPLING_KEYS = ("temperature", "top_k", "top_p", "min_p", "repeat_penalty", "repeat_last_n", "presence_penalty",
-                 "frequency_penalty", "seed")  # fmt: skip
+                 "frequency_penalty", "seed")
 
 
 def now_iso(in_seconds: float = 0.0) -> str:
@@ -139,7 +142,7 @@ async def version() -> dict[str, str]:
     return {"version": __version__}
 
 
-async def _load_only(request: Request, model: str, keep_alive: float | None, **extra: Any) -> JSONResponse:
+async def _load_only(request: Request, model: ResolvedModel, keep_alive: float | None, **extra: Any) -> JSONResponse:
     """A request with no prompt loads the model (or unloads it with keep_alive 0), as Ollama does."""
     st = state(request)
     if keep_alive == 0:
@@ -148,8 +151,7 @@ async def _load_only(request: Request, model: str, keep_alive: float | None, **e
     else:
         st.manager.release(await hold(request, model, keep_alive))
         reason = "load"
-    name = st.manager.needs(model)[0]
-    return JSONResponse({"model": name, "created_at": now_iso(), **extra, "done": True, "done_reason": reason})
+    return JSONResponse({"model": model.name, "created_at": now_iso(), **extra, "done": True, "done_reason": reason})
 
 
 @router.post("/api/generate")
@@ -166,9 +168,10 @@ async def generate(request: Request) -> Response:
     if body.suffix:
         raise InvalidParameterError("suffix (fill-in-the-middle) is not supported yet")
     keep = parse_keep_alive(body.keep_alive)
+    found = await resolve(request, body.model)
     if not body.prompt and not body.context:
-        return await _load_only(request, body.model, keep, response="")
-    model = stored(request, body.model)
+        return await _load_only(request, found, keep, response="")
+    model = stored(found)
     sampling, max_tokens, stop = job_settings(request, body.options, model.parameters)
     if state(request).audit_prompts:
         note(request, prompt=body.prompt)
@@ -179,8 +182,8 @@ async def generate(request: Request) -> Response:
         prompt, sampling, max_tokens, stop, check_logprobs(body.logprobs, body.top_logprobs),
         template=not body.raw, system=None if body.raw else (body.system or model.system),
         context=tuple(body.context or ()), format=body.format, return_prompt_ids=True,
-    )  # fmt: skip
-    gen = await Generation.start(request, body.model, job, keep)
+    )
+    gen = await Generation.start(request, found, job, keep)
     if not body.stream:
         reply = await collect(request, gen)
         out = {"model": gen.name, "created_at": now_iso(), "response": reply.text, **final_fields(gen, reply.done)}
@@ -220,24 +223,25 @@ async def chat(request: Request) -> Response:
     if any(m.images for m in body.messages):
         raise InvalidParameterError("images are not supported: edgeslm serves text models")
     given = [{"role": m.role, "content": m.content, "tool_calls": calls_from(m.tool_calls, f"messages[{i}]"),
-              "tool_name": m.tool_name} for i, m in enumerate(body.messages)]  # fmt: skip
-    plan = await plan_for(state(request), body.model, given, body.tools, None, None, has_format=body.format is not None)
+              "tool_name": m.tool_name} for i, m in enumerate(body.messages)]
+    plan, found = await plan_for(request, body.model, given, body.tools, None, None,
+                                 has_format=body.format is not None)
     keep = parse_keep_alive(body.keep_alive)
     if not body.messages:
-        return await _load_only(request, body.model, keep, message={"role": "assistant", "content": ""})
-    model = stored(request, body.model)
+        return await _load_only(request, found, keep, message={"role": "assistant", "content": ""})
+    model = stored(found)
     sampling, max_tokens, stop = job_settings(request, body.options, model.parameters)
     messages, system = model.conversation(conversation(given, plan, ids_required=False))
     if state(request).audit_prompts:
         note(request, prompt=json.dumps(messages)[:100_000])
     logprobs = check_logprobs(body.logprobs, body.top_logprobs)
     job = Job(messages, sampling, max_tokens, stop, logprobs, system=system, format=plan.format() or body.format,
-              tooling=plan.tooling())  # fmt: skip
-    gen = await Generation.start(request, body.model, job, keep)
+              tooling=plan.tooling())
+    gen = await Generation.start(request, found, job, keep)
     if not body.stream:
         reply = await collect(request, gen)
         out = {"model": gen.name, "created_at": now_iso(), "message": chat_message(plan.read(reply.text)),
-               **final_fields(gen, reply.done)}  # fmt: skip
+               **final_fields(gen, reply.done)}
         if logprobs is not None:
             out["logprobs"] = logprobs_of(reply.chunks)
         return JSONResponse(out)
@@ -268,7 +272,7 @@ async def chat(request: Request) -> Response:
                 if last["content"] or reply.calls:
                     yield line(last)
             yield {"model": gen.name, "created_at": now_iso(), "message": {"role": "assistant", "content": ""},
-                   **final_fields(gen, ev)}  # fmt: skip
+                   **final_fields(gen, ev)}
 
     return ndjson(lines())
 
@@ -278,14 +282,14 @@ async def embed(request: Request) -> Response:
     body = await parse(request, EmbedRequest)
     note(request, model=body.model)
     started = request.scope["state"]["started"]
-    lease, result = await service.embed(
+    lease, result = await embed_texts(
         request, body.model, body.texts(), parse_keep_alive(body.keep_alive), body.dimensions
     )
     return JSONResponse({
         "model": lease.name, "embeddings": result.vectors,
         "total_duration": ns(time.perf_counter() - started), "load_duration": ns(lease.load_seconds),
         "prompt_eval_count": result.tokens,
-    })  # fmt: skip
+    })
 
 
 @router.post("/api/embeddings")
@@ -293,7 +297,7 @@ async def embeddings(request: Request) -> Response:
     body = await parse(request, EmbeddingsRequest)
     note(request, model=body.model)
     texts = [body.prompt] if body.prompt else []
-    _, result = await service.embed(request, body.model, texts, parse_keep_alive(body.keep_alive), None)
+    _, result = await embed_texts(request, body.model, texts, parse_keep_alive(body.keep_alive), None)
     return JSONResponse({"embedding": result.vectors[0] if result.vectors else []})
 
 
@@ -333,5 +337,5 @@ async def ps(request: Request) -> dict[str, Any]:
             **entry, "size": m.memory, "size_vram": 0, "expires_at": expires,
             "context_length": st.manager.params.ctx_per_slot, "slots": m.slots, "in_flight": m.in_flight,
             "pinned": m.pinned, "adapters": [a.label or a.digest[:19] for a in manifest.adapters] if manifest else [],
-        })  # fmt: skip
+        })
     return {"models": out}

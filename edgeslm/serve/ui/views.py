@@ -14,19 +14,19 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from ..evaluate.kept import latest_results
-from ..evaluate.result import EvalResult
-from ..formats.model_format import RUNTIME_OF
-from ..optimize.history import last_run
-from ..store import Store
-from ..store.records import Manifest
-from .audit import MAX_LINE, report, verify
-from .compliance import report_rows
-from .manager import LoadedInfo
+from ...access.audit import MAX_LINE, report, verify
+from ...access.compliance import report_rows
+from ...evaluate.kept import latest_results
+from ...evaluate.result import EvalResult
+from ...formats.model_format import RUNTIME_OF
+from ...optimize.history import last_run
+from ...runner.manager import LoadedInfo
+from ...store import Store
+from ...store.records import Manifest
 
 # a source's fields that say what made a model (others may hold local paths: never sent)
 SOURCE_FIELDS = ("kind", "parent", "parent_name", "parent_type", "requested", "package", "quantization", "repo",
-                 "revision", "llama_cpp", "made_with")  # fmt: skip
+                 "revision", "llama_cpp", "made_with")
 MAX_RECENT = 1000  # audit lines the page may ask for
 
 
@@ -74,7 +74,7 @@ def _variant(
         "adapters": len(m.adapters), "has_system": bool(m.defaults.get("system")),
         "remove": {"freed_bytes": sum(only_here.values()), "blobs": len(only_here)},
         "result": _result(result) if result else None,
-    }  # fmt: skip
+    }
 
 
 def _result(r: EvalResult) -> dict[str, Any]:
@@ -87,7 +87,7 @@ def _result(r: EvalResult) -> dict[str, Any]:
         "same_top": r.same_top, "same_top_err": r.same_top_err,
         "tg_tps": speed.tg_tps if speed else None, "pp_tps": speed.pp_tps if speed else None,
         "peak_rss": speed.peak_rss if speed else None, "threads": speed.threads if speed else None,
-    }  # fmt: skip
+    }
 
 
 def optimize_limits(record: Mapping[str, Any] | None) -> dict[str, Any] | None:
@@ -104,7 +104,7 @@ def optimize_limits(record: Mapping[str, Any] | None) -> dict[str, Any] | None:
         "described": [str(x) for x in described] if isinstance(described, list) else [],
         "max_size": _number(c.get("max_size")), "size_budget": _number(record.get("size_budget")),
         "max_kld_mean": _number(next((limit for stat, limit in limits if stat == "mean"), None)),
-    }  # fmt: skip
+    }
 
 
 def _number(value: Any) -> float | None:
@@ -122,12 +122,12 @@ def server_view(loaded: Iterable[LoadedInfo], activity: Mapping[str, Any], start
          "busy": min(x.in_flight, x.slots), "queued": max(0, x.in_flight - x.slots), "keep_alive": x.keep_alive,
          "pinned": x.pinned}
         for x in loaded
-    ]  # fmt: skip
+    ]
     return {
         "started": started, "uptime": time.time() - started, "models": models, "activity": activity,
         "slots_busy": sum(m["busy"] for m in models), "slots": sum(m["slots"] for m in models),
         "queued": sum(m["queued"] for m in models),
-    }  # fmt: skip
+    }
 
 
 # -- audit ------------------------------------------------------------------------------------
@@ -163,4 +163,4 @@ def audit_view(path: Path, limit: int) -> dict[str, Any]:
                    "more_problems": max(0, len(checked.problems) - 50), "last_hash": checked.last_hash},
         "recent": recent_lines(path, limit),
         "report": report_rows(report(path)),
-    }  # fmt: skip
+    }

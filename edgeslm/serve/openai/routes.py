@@ -19,16 +19,18 @@ from fastapi import APIRouter
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
-from ..engines.base import SamplingParams
-from ..errors import EdgeslmError, InvalidParameterError, ModelNotFoundError, http_status_for
-from ..runner import Chunk, Done, Job
-from ..store.records import Manifest
-from ..tools import ToolReply
-from . import service
-from .http_errors import error_body
-from .openai_schemas import ChatCompletionRequest, CompletionRequest, EmbeddingRequest, _Sampling
-from .service import Reply, collect, note, parse, state, stored
-from .tooling import calls_from, conversation, openai_calls, plan_for
+from ...engines.base import SamplingParams
+from ...errors import EdgeslmError, InvalidParameterError, ModelNotFoundError, http_status_for
+from ...runner import Chunk, Done, Job
+from ...store.records import Manifest
+from ...tools import ToolReply
+from ...tools.plan import calls_from, conversation, openai_calls
+from ..bodies import parse
+from ..http_errors import error_body
+from ..replies import Reply, collect, merged, start_all
+from ..replies import embed as embed_texts
+from ..state import note, plan_for, resolve, state, stored
+from .schemas import ChatCompletionRequest, CompletionRequest, EmbeddingRequest, _Sampling
 
 log = logging.getLogger(__name__)
 router = APIRouter(prefix="/v1")
@@ -36,7 +38,7 @@ FINGERPRINT = "edgeslm"
 
 
 SAMPLING_FIELDS = ("temperature", "top_p", "top_k", "min_p", "repeat_penalty", "presence_penalty",
-                   "frequency_penalty", "seed")  # fmt: skip
+                   "frequency_penalty", "seed")
 
 
 def sampling_of(body: _Sampling, stored: Mapping[str, Any] | None = None) -> SamplingParams:
@@ -77,7 +79,7 @@ def chat_logprobs(chunks: list[Chunk]) -> dict[str, Any]:
         return {"token": token, "logprob": lp, "bytes": list(token.encode())}
 
     content = [{**entry(c.piece, c.logprob), "top_logprobs": [entry(t, p) for t, p in c.top]}
-               for c in chunks if c.logprob is not None]  # fmt: skip
+               for c in chunks if c.logprob is not None]
     return {"content": content}
 
 
@@ -104,14 +106,14 @@ def jobs_of(job: Job, n: int) -> list[Job]:
     """n copies of ``job``; with a seed, choice i samples with seed + i (else all n would be alike)."""
     seed = job.sampling.seed
     return [job if seed is None or i == 0 else replace(job, sampling=replace(job.sampling, seed=seed + i))
-            for i in range(n)]  # fmt: skip
+            for i in range(n)]
 
 
 def chat_messages(body: ChatCompletionRequest) -> list[dict[str, Any]]:
-    """The conversation in the shape ``tooling`` reads: role, text, calls made, the call answered."""
+    """The conversation in the shape ``tools.plan`` reads: role, text, calls made, the call answered."""
     return [{"role": "system" if m.role == "developer" else m.role, "content": m.text(),
              "tool_calls": calls_from(m.tool_calls, f"messages[{i}]") if m.role == "assistant" else (),
-             "tool_call_id": m.tool_call_id} for i, m in enumerate(body.messages)]  # fmt: skip
+             "tool_call_id": m.tool_call_id} for i, m in enumerate(body.messages)]
 
 
 def chat_message(reply: ToolReply) -> dict[str, Any]:
@@ -130,9 +132,9 @@ async def chat_completions(request: Request) -> Response:
     note(request, model=body.model)
     n = body.choices(state(request).manager.params.slots)
     given = chat_messages(body)
-    plan = await plan_for(state(request), body.model, given, body.tools, body.tool_choice, body.parallel_tool_calls,
-                          has_format=body.response_format is not None)  # fmt: skip
-    model = stored(request, body.model)
+    plan, found = await plan_for(request, body.model, given, body.tools, body.tool_choice, body.parallel_tool_calls,
+                                 has_format=body.response_format is not None)
+    model = stored(found)
     messages, system = model.conversation(conversation(given, plan, ids_required=True))
     if state(request).audit_prompts:
         note(request, prompt=json.dumps(messages)[:100_000])
@@ -141,8 +143,8 @@ async def chat_completions(request: Request) -> Response:
     default_limit, stops = stored_limits(model.parameters, body.stops())
     limit = limit_of(body.max_completion_tokens, body.max_tokens, default_limit)
     job = Job(messages, sampling_of(body, model.parameters), limit, stops, logprobs, system=system, format=fmt,
-              tooling=plan.tooling())  # fmt: skip
-    gens = await service.start_all(request, body.model, jobs_of(job, n), None)
+              tooling=plan.tooling())
+    gens = await start_all(request, found, jobs_of(job, n), None)
     rid, created = f"chatcmpl-{uuid.uuid4().hex[:24]}", int(time.time())
     head = {"id": rid, "created": created, "model": gens[0].name, "system_fingerprint": FINGERPRINT}
     if not body.stream:
@@ -150,9 +152,9 @@ async def chat_completions(request: Request) -> Response:
         read = [plan.read(r.text) for r in replies]
         choices = [{"index": i, "message": chat_message(t), "finish_reason": chat_finish(t, r.done),
                     "logprobs": chat_logprobs(r.chunks) if logprobs is not None else None}
-                   for i, (r, t) in enumerate(zip(replies, read, strict=True))]  # fmt: skip
+                   for i, (r, t) in enumerate(zip(replies, read, strict=True))]
         return JSONResponse({**head, "object": "chat.completion", "choices": choices,
-                             "usage": usage_of([r.done for r in replies])})  # fmt: skip
+                             "usage": usage_of([r.done for r in replies])})
     include_usage = bool(body.stream_options and body.stream_options.include_usage)
 
     async def events() -> AsyncIterator[dict[str, Any]]:
@@ -164,7 +166,7 @@ async def chat_completions(request: Request) -> Response:
             yield chunk(i, {"role": "assistant", "content": ""}, None)
         dones: list[Done] = []
         text, sent = [""] * n, [""] * n  # with tools: the reply so far, and the text streamed of it
-        async for i, ev in service.merged(gens):
+        async for i, ev in merged(gens):
             if isinstance(ev, Chunk):
                 if not plan.active:
                     if ev.text or ev.logprob is not None:
@@ -210,23 +212,24 @@ async def completions(request: Request) -> Response:
         raise InvalidParameterError("the prompt is empty")
     if state(request).audit_prompts:
         note(request, prompt=str(prompt)[:100_000])
-    parameters = stored(request, body.model).parameters
+    found = await resolve(request, body.model)
+    parameters = stored(found).parameters
     default_limit, stops = stored_limits(parameters, body.stops())
     job = Job(prompt, sampling_of(body, parameters), limit_of(body.max_tokens, default_limit), stops, body.logprobs)
-    gens = await service.start_all(request, body.model, jobs_of(job, n), None)
+    gens = await start_all(request, found, jobs_of(job, n), None)
     head = {"id": f"cmpl-{uuid.uuid4().hex[:24]}", "object": "text_completion", "created": int(time.time()),
-            "model": gens[0].name, "system_fingerprint": FINGERPRINT}  # fmt: skip
+            "model": gens[0].name, "system_fingerprint": FINGERPRINT}
     if not body.stream:
         replies: list[Reply] = list(await asyncio.gather(*(collect(request, g) for g in gens)))
         choices = [{"text": r.text, "index": i, "finish_reason": r.done.finish,
                     "logprobs": completion_logprobs(r.chunks) if body.logprobs is not None else None}
-                   for i, r in enumerate(replies)]  # fmt: skip
+                   for i, r in enumerate(replies)]
         return JSONResponse({**head, "choices": choices, "usage": usage_of([r.done for r in replies])})
     include_usage = bool(body.stream_options and body.stream_options.include_usage)
 
     async def events() -> AsyncIterator[dict[str, Any]]:
         dones: list[Done] = []
-        async for i, ev in service.merged(gens):
+        async for i, ev in merged(gens):
             if isinstance(ev, Chunk):
                 lp = completion_logprobs([ev]) if ev.logprob is not None else None
                 yield {**head, "choices": [{"text": ev.text, "index": i, "logprobs": lp, "finish_reason": None}]}
@@ -243,7 +246,7 @@ async def completions(request: Request) -> Response:
 async def embeddings(request: Request) -> Response:
     body = await parse(request, EmbeddingRequest)
     note(request, model=body.model)
-    lease, result = await service.embed(request, body.model, body.texts(), None, body.dimensions)
+    lease, result = await embed_texts(request, body.model, body.texts(), None, body.dimensions)
 
     def encode(vec: list[float]) -> list[float] | str:
         if body.encoding_format == "base64":

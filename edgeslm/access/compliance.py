@@ -30,7 +30,7 @@ def report_rows(r: Report) -> list[dict[str, Any]]:
     for dimension in DIMENSIONS:
         for value, t in sorted(r.by.get(dimension, {}).items()):
             rows.append({"dimension": dimension, "value": value, "requests": t.requests, "refused": t.refused,
-                         "errors": t.errors, "tokens_in": t.tokens_in, "tokens_out": t.tokens_out})  # fmt: skip
+                         "errors": t.errors, "tokens_in": t.tokens_in, "tokens_out": t.tokens_out})
     return rows
 
 
@@ -58,14 +58,14 @@ def report_json(r: Report, checked: VerifyResult, period: tuple[str | None, str 
         "by": {d: {v: asdict(t) for v, t in sorted(groups.items())} for d, groups in r.by.items()},  # as before
         "rows": report_rows(r), "statuses": {str(k): v for k, v in sorted(r.statuses.items())},
         "changes": r.changes,
-    }  # fmt: skip
+    }
 
 
 def report_html(r: Report, checked: VerifyResult, period: tuple[str | None, str | None], log_name: str) -> str:
     e = html.escape
     chain = (f'<p class="ok">Chain intact: {checked.lines:,} lines; last hash <code>{e(checked.last_hash)}</code></p>'
              if checked.ok else '<p class="bad">Chain broken:</p><ul>'
-             + "".join(f"<li>{e(p)}</li>" for p in checked.problems[:200]) + "</ul>")  # fmt: skip
+             + "".join(f"<li>{e(p)}</li>" for p in checked.problems[:200]) + "</ul>")
     sections = []
     rows = report_rows(r)
     for dimension in DIMENSIONS:

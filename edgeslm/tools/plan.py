@@ -1,30 +1,21 @@
-"""Tool calling as both dialects ask for it: the request's tools and choice, the conversation the
-template gets, and the reply read back as text or calls (``edgeslm.tools`` does the work)."""
+"""What a request asks of tool calling, whatever its dialect: the tools, the choice and the model's
+format (``ToolPlan``), the conversation the template renders, and calls as each dialect writes
+them (OpenAI's arguments as a JSON string, Ollama's as an object) or sends them back."""
 
 from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 from ..errors import InvalidParameterError
-from ..tools import (
-    Tool,
-    ToolCall,
-    ToolChoice,
-    ToolReply,
-    check_history,
-    parse_choice,
-    parse_reply,
-    parse_tools,
-    reply_schema,
-)
-from ..tools import prepare as prepare_tools
-from ..tools.native import ToolFormat, free_text
-from ..tools.native import parse as parse_native
-from ..tools.native import prepare as prepare_native
-from .service import ServerState
+from .generic import ToolReply, check_history, parse_reply, reply_schema
+from .generic import prepare as prepare_tools
+from .native import ToolFormat, free_text
+from .native import parse as parse_native
+from .native import prepare as prepare_native
+from .spec import Tool, ToolCall, ToolChoice, parse_choice, parse_tools
 
 
 @dataclass(frozen=True)
@@ -51,7 +42,7 @@ class ToolPlan:
         offered = [t.as_openai() for t in self.tools]
         render = offered if self.active and self.fmt is not ToolFormat.PHI4 else None  # Phi-4: in the system turn
         return {"format": self.fmt.value, "tools": offered, "render": render, "choice": self.choice.mode
-                if self.active else "none", "name": self.choice.name, "parallel": self.parallel}  # fmt: skip
+                if self.active else "none", "name": self.choice.name, "parallel": self.parallel}
 
     def free(self, text: str) -> int:
         """How much of the reply so far can stream as text: all without tools; with a native
@@ -93,13 +84,6 @@ def plan_tools(tools: Any, choice: Any, parallel: bool | None, *, has_format: bo
     return plan
 
 
-async def plan_for(state: ServerState, model: str, messages: Sequence[Mapping[str, Any]], tools: Any, choice: Any,
-                   parallel: bool | None, *, has_format: bool) -> ToolPlan:  # fmt: skip
-    """The request's plan, checked before the model is looked at; then the model's own format."""
-    plan = plan_tools(tools, choice, parallel, has_format=has_format)
-    return replace(plan, fmt=await state.tool_format(model)) if uses_tools(tools, messages) else plan
-
-
 def conversation(messages: Sequence[Mapping[str, Any]], plan: ToolPlan, *, ids_required: bool) -> list[dict[str, Any]]:
     """The messages the chat template renders: tool results checked against the calls they answer,
     and, where tools or tool turns take part, written as the model's format writes them."""
@@ -114,7 +98,7 @@ def conversation(messages: Sequence[Mapping[str, Any]], plan: ToolPlan, *, ids_r
 def openai_calls(calls: Sequence[ToolCall]) -> list[dict[str, Any]]:
     return [{"id": c.id, "type": "function",
              "function": {"name": c.name, "arguments": json.dumps(c.arguments, ensure_ascii=False)}}
-            for c in calls]  # fmt: skip
+            for c in calls]
 
 
 def ollama_calls(calls: Sequence[ToolCall]) -> list[dict[str, Any]]:

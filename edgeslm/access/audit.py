@@ -163,7 +163,7 @@ def verify(path: Path, anchor: Anchor | None = None) -> VerifyResult:
             anchored = prev
     if anchor is not None and count < anchor.lines:
         problems.append(f"the log has {count:,} lines, fewer than the {anchor.lines:,} anchored at {anchor.time} "
-                        "(cut at its end)")  # fmt: skip
+                        "(cut at its end)")
     elif anchor is not None and anchored != anchor.last_hash:
         problems.append(f"line {anchor.lines:,} is not the line anchored at {anchor.time} (the log was rewritten)")
     return VerifyResult(count, tuple(problems), prev)
@@ -201,7 +201,7 @@ class Tally:
 # routes that change the store or move models: what a compliance report lists one by one
 STORE_ROUTES = ("/api/pull", "/api/create", "/api/copy", "/api/delete", "/api/push", "/edgeslm/v1/publish")
 TRANSFER_PREFIXES = ("/api/blobs/", "/edgeslm/v1/blobs/", "/edgeslm/v1/uploads/",  # bytes in or out
-                     "remote:")  # a device's own push, pull --from and sync (cli/sync_cmds.py)  # fmt: skip
+                     "remote:")  # a device's own push, pull --from and sync (cli/sync_cmds.py)
 MAX_CHANGES = 10_000
 
 
@@ -234,7 +234,7 @@ def report(path: Path, since: dt.date | None = None, until: dt.date | None = Non
         route = str(fields.get("route", ""))
         if (route in STORE_ROUTES or route.startswith(TRANSFER_PREFIXES)) and len(out.changes) < MAX_CHANGES:
             out.changes.append({k: fields.get(k) for k in ("time", "key_id", "role", "method", "route", "model",
-                                                           "status")})  # fmt: skip
+                                                           "status")})
         try:
             status = int(fields.get("status", 0))
             tokens = int(fields.get("tokens_in", 0)), int(fields.get("tokens_out", 0))

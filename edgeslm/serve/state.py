@@ -1,0 +1,125 @@
+"""The server's state, and what a request learns about its model once: ``resolve`` looks the
+model up (one manifest read; a builtin pulled off the event loop), and the tool format, the stored
+defaults and the runner all take that result."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from starlette.requests import Request
+
+from ..access.audit import AuditLog
+from ..access.keys import KeyRing
+from ..config import Settings
+from ..errors import ModelNotFoundError
+from ..formats.folder_files import chat_template_of
+from ..formats.gguf_header import read_gguf_header
+from ..formats.model_format import ModelFormat
+from ..runner.manager import ModelManager
+from ..store import Store, parse_name
+from ..store.records import Manifest
+from ..store.resolve import ResolvedModel
+from ..tools.native import ToolFormat
+from ..tools.native import detect as detect_tool_format
+from ..tools.plan import ToolPlan, plan_tools, uses_tools
+from .metrics import Metrics
+
+
+@dataclass
+class ServerState:
+    settings: Settings
+    manager: ModelManager
+    metrics: Metrics
+    keys: KeyRing | None = None
+    audit: AuditLog | None = None
+    audit_prompts: bool = False
+    started: float = field(default_factory=time.time)
+    _store: Store | None = None
+    _tool_formats: dict[str, ToolFormat] = field(default_factory=dict)  # by manifest digest
+
+    def store(self) -> Store:
+        """The store, opened (and swept) once; its manifests are read fresh on every lookup."""
+        if self._store is None:
+            from ..store.uploads import sweep_uploads
+
+            self._store = Store.open(self.settings.models_dir)
+            sweep_uploads(self._store)  # uploads no create used within a day
+        return self._store
+
+    def manifest(self, name: str) -> Manifest:
+        manifest = self.store().find(parse_name(name))
+        if manifest is None:
+            raise ModelNotFoundError(f"model '{name}' not found; 'GET /api/tags' lists the models this server has")
+        return manifest
+
+    async def tool_format(self, model: ResolvedModel) -> ToolFormat:
+        """The tool format of the model's chat template (read once per model)."""
+        key = model.key + "|" + str(model.defaults.get("template") or "")
+        if key not in self._tool_formats:
+            self._tool_formats[key] = detect_tool_format(await asyncio.to_thread(chat_template, model))
+        return self._tool_formats[key]
+
+
+def chat_template(model: ResolvedModel) -> str | None:
+    """A model's chat template: a created model's TEMPLATE, a folder's files, else the GGUF's metadata."""
+    if model.defaults.get("template"):
+        return str(model.defaults["template"])
+    if model.format is not ModelFormat.GGUF:
+        return chat_template_of(model.path)
+    template = read_gguf_header(model.path, label=model.name).metadata.get("tokenizer.chat_template")
+    return template if isinstance(template, str) else None
+
+
+async def resolve(request: Request, name: str) -> ResolvedModel:
+    """The request's model, looked up once (a builtin pulled on first use, off the event loop);
+    everything after this (tools, stored defaults, the runner) takes the result."""
+    found = await asyncio.to_thread(state(request).manager.resolve, name)
+    note(request, model=found.name)
+    return found
+
+
+@dataclass(frozen=True)
+class Stored:
+    """What ``create`` stored with a model (its system prompt, parameters and example messages),
+    read once per request."""
+
+    system: str | None
+    parameters: dict[str, Any]
+    examples: list[dict[str, Any]]
+
+    def conversation(self, messages: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], str | None]:
+        """Ollama's order: the example messages, then the request's; and the system prompt to put
+        first (none when the request brings its own)."""
+        own_system = bool(messages) and messages[0].get("role") == "system"
+        return [dict(m) for m in self.examples] + messages, None if own_system else self.system
+
+
+def stored(model: ResolvedModel) -> Stored:
+    defaults = model.defaults
+    return Stored(defaults.get("system"), dict(defaults.get("parameters") or {}),
+                  list(defaults.get("messages") or []))
+
+
+def state(request: Request) -> ServerState:
+    st: ServerState = request.app.state.edgeslm
+    return st
+
+
+def note(request: Request, **fields: Any) -> None:
+    """Facts for this request's audit line (model, tokens, prompt)."""
+    request.scope.setdefault("state", {}).setdefault("audit", {}).update(fields)
+
+
+async def plan_for(request: Request, name: str, messages: Sequence[Mapping[str, Any]], tools: Any, choice: Any,
+                   parallel: bool | None, *, has_format: bool) -> tuple[ToolPlan, ResolvedModel]:
+    """The request's plan, checked before the model is looked at; then the model, resolved once
+    for the whole request, and its own tool format."""
+    plan = plan_tools(tools, choice, parallel, has_format=has_format)
+    model = await resolve(request, name)
+    if not uses_tools(tools, messages):
+        return plan, model
+    return replace(plan, fmt=await state(request).tool_format(model)), model
