@@ -376,7 +376,7 @@ def test_kill_9_during_a_build_publishes_nothing(onnx_home: Path) -> None:
     while not is_stale(work):  # the builder child holds the folder's lock until it ends
         assert time.monotonic() < deadline, "the builder child outlived its parent by minutes"
         time.sleep(0.1)
-    report = Store.open(onnx_home / "models").verify()
+    report = verify_store(Store.open(onnx_home / "models"))
     assert report.ok and not work.exists()
     assert {str(m.name) for m in store.manifests()} == names
 

@@ -90,3 +90,14 @@ def test_the_worker_opens_the_model_it_is_handed_with_no_store(home: Path, tiny:
     finally:
         runner.close()
     assert not (elsewhere / "models").exists()
+
+
+def test_a_word_that_cannot_be_a_path_is_read_as_a_name(tmp_path: Path) -> None:
+    """``run`` tries its first word as a file: a long prompt (over the file-name limit) or one with a
+    NUL byte is no file, not an OSError."""
+    from edgeslm.store.resolve import from_path
+
+    assert from_path(Path("Repeat exactly: " + "one two three " * 40)) is None
+    assert from_path(Path("nul\x00byte")) is None
+    assert from_path(tmp_path / "absent.gguf") is None
+

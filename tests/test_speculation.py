@@ -614,7 +614,7 @@ def test_bench_draft_measures_the_copy_workload(builtin_home: Path, home: Path, 
     # this machine (a busy or slow one declines them), so the test asserts that they are found and
     # counted, not the machine's speed (injecting the cost model is issue 34's)
     assert spec["drafted"] >= spec["accepted"] and spec["drafted"] + spec["declined"] > 10, spec
-    assert spec["mean_tps"] > 1
+    assert spec["mean_tps"] > 0  # measured; how fast is the machine's business (0.7 tok/s beside a CPU hog)
     table = cli("bench", "gemma3-270m", "-p", "0", "-n", "16", "-r", "1", "--draft", "ngram-map-k", "--draft-m", "8")
     assert table.code == 0 and "tg16 copy+ngram-map-k" in table.out, table.err
     refused = cli("bench", "gemma3-270m", "-p", "0", "-n", "8", "-r", "1", "--draft", "smollm2-135m-instruct")

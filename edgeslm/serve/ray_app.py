@@ -29,6 +29,7 @@ from ..config import Settings, resolve_settings
 from ..errors import EdgeslmError, EngineError, MissingExtraError, ModelNotFoundError, RunnerTimeoutError, UsageError
 from ..runner import Chunk, Done, Embeddings, Job
 from ..runner.process import EMBED_TIMEOUT
+from ..store.resolve import ResolvedModel
 from .options import ServeOptions, check_options
 
 log = logging.getLogger(__name__)
@@ -174,7 +175,10 @@ class Ingress:
         self.settings = resolve_settings(home=Path(home))
         self.handles, self.parallel = dict(handles), parallel
 
-    def runner(self, name: str, *, slots: int, ctx_per_slot: int, **_: Any) -> RayRunner:
+    def runner(self, model: ResolvedModel, *, slots: int, ctx_per_slot: int, **_: Any) -> RayRunner:
+        """The manager's factory: the model, resolved by the manager, is served by its deployment
+        (whose replicas loaded it by name when the app was built)."""
+        name = model.name
         handle = self.handles.get(name)
         if handle is None:
             raise ModelNotFoundError(f"{name} is not deployed on this Ray Serve app; deployed: "

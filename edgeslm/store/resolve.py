@@ -66,7 +66,12 @@ def from_manifest(store: Store, manifest: Manifest) -> ResolvedModel:
 
 def from_path(path: Path) -> ResolvedModel | None:
     """A .gguf file or a model folder outside the store (its header or files checked); None when
-    ``path`` is neither, so the caller reads it as a name."""
+    ``path`` is neither (or cannot be a path at all: a prompt longer than a file name may be), so
+    the caller reads it as a name."""
+    try:
+        path.stat()
+    except (OSError, ValueError):  # missing, too long, a NUL byte: not a model on disk
+        return None
     if path.name.endswith(".gguf") and path.is_file():
         return ResolvedModel(path.name, path, model_info(read_gguf_header(path, label=path.name)))
     if path.is_dir() and any((path / f).is_file() for f in ("genai_config.json", "config.json")):
