@@ -100,7 +100,7 @@ class ModelManager:
         self.factory = factory or Runner
         self._lock = threading.Lock()
         self._loaded: dict[str, _Loaded] = {}
-        self._store = Store.open(settings.models_dir)
+        self.store = Store.open(settings.models_dir)  # opened (and swept) once; the server's state shares it
         self._memory: dict[str, int] = {}  # blob digest -> the memory its runner takes
         self.pinned = frozenset(self.resolve(name).name for name in params.pinned)  # full names; unknown: refused
         self.drafts = {name if name == "*" else self.resolve(name).name: config for name, config in params.draft}
@@ -116,7 +116,7 @@ class ModelManager:
                 "('edgeslm import FILE --name NAME' stores one)"
             )
         # a request never waits on a download: only builtins (offline) are pulled here
-        return ensure_pulled(name, self.settings, fetch=False, store=self._store, paths=False)
+        return ensure_pulled(name, self.settings, fetch=False, store=self.store, paths=False)
 
     def needs(self, model: ResolvedModel) -> int:
         """The memory the runner of ``model`` takes, from what the store recorded (no file is read)."""

@@ -39,14 +39,14 @@ class ServerState:
     audit_prompts: bool = False
     started: float = field(default_factory=time.time)
     _store: Store | None = None
-    _tool_formats: dict[str, ToolFormat] = field(default_factory=dict)  # by manifest digest
+    _tool_formats: dict[str, ToolFormat] = field(default_factory=dict)  # by the weights and template they come from
 
     def store(self) -> Store:
         """The store, opened (and swept) once; its manifests are read fresh on every lookup."""
         if self._store is None:
             from ..store.uploads import sweep_uploads
 
-            self._store = Store.open(self.settings.models_dir)
+            self._store = self.manager.store  # the manager's, opened once: not a second open and sweep
             sweep_uploads(self._store)  # uploads no create used within a day
         return self._store
 
