@@ -6,7 +6,10 @@ and whole-command wall time (goal: calibration throughput >= 0.9x llama-imatrix)
 IQ2_XXS, IQ3_XXS, IQ1_M and Q2_K_S quantized with native's imatrix file by ``llama-quantize
 --imatrix`` and by edgeslm's quantizer: the files must be byte-identical.
 
-    .venv/bin/python benchmarks/imatrix_exact.py [--native-bin DIR] [--chunks 8]
+    .venv/bin/python benchmarks/imatrix_exact.py [--native-bin DIR] [--chunks 8] [--write docs/real-models.md]
+
+``--write`` merges this run's rows into the two tables under their markers (a row per model, a row
+per model and type), so a run over one model or one type replaces only its own rows.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
+import tables  # noqa: E402
 from edgeslm_cli import native_bin  # noqa: E402
 from parity import MODEL_CHOICES, model_files  # noqa: E402
 
@@ -37,6 +41,10 @@ from edgeslm.store import Store, parse_name  # noqa: E402
 
 TYPES = ("IQ2_XS", "IQ2_XXS", "IQ3_XXS", "IQ1_M", "Q2_K_S")
 TEXT = ROOT.parent / "shared" / "data" / "wikitext-2-test.txt"
+CALIBRATION = ["| model | entries | worst relative difference to llama-imatrix | counts | llama-imatrix "
+               "| edgeslm calibrate |", "|---|---:|---:|---|---:|---:|"]
+QUANTIZED = ["| model | type | with llama-imatrix's file: byte-identical to `llama-quantize --imatrix` | size "
+             "| with edgeslm's own imatrix |", "|---|---|---|---:|---|"]
 
 
 def worst_difference(ours: Path, theirs: Path) -> tuple[float, str, bool]:
@@ -64,7 +72,9 @@ def main() -> None:
     parser.add_argument("--models", nargs="*", default=None, choices=MODEL_CHOICES, help="default: both builtins")
     parser.add_argument("--types", default=",".join(TYPES), help=f"default: {','.join(TYPES)}")
     parser.add_argument("--no-legacy", action="store_true", help="skip the legacy .dat comparison")
+    parser.add_argument("--write", type=Path, nargs="*", default=[], help="Markdown files whose tables to merge into")
     args = parser.parse_args()
+    calibration, quantized = list(CALIBRATION), list(QUANTIZED)
     bin_dir = native_bin(args.native_bin)
     threads = physical_cores()
     with tempfile.TemporaryDirectory(prefix="imatrix-bench-") as tmp:
@@ -89,6 +99,8 @@ def main() -> None:
                   f"worst relative difference {worst:.2e} ({where}), counts equal: {counts}")
             print(f"  llama-imatrix {native_s:6.2f} s   edgeslm calibrate {ours_s:6.2f} s   "
                   f"throughput ratio {native_s / ours_s:.2f}")
+            calibration.append(f"| {name} | {len(read_imatrix(native_file).entries)} | {worst:.2e} ({where}) | "
+                               f"{'equal' if counts else 'differ'} | {native_s:.2f} s | {ours_s:.2f} s |")
             for qname in args.types.upper().split(","):
                 qtype = parse_quant_types(qname.lower())[0]
                 theirs, mine = home / f"{name}-{qname}-native.gguf", home / f"{name}-{qname}-ours.gguf"
@@ -103,10 +115,15 @@ def main() -> None:
                                                                  threads=threads))
                 alike = "the same bytes" if sha(theirs) == sha(mine) else "other bytes (its imatrix differs a little)"
                 print(f"  {qname:8s} with edgeslm's own imatrix: {mine.stat().st_size:,} B, {alike}")
+                note = ", the same bytes" if alike.startswith("the same") else ""
+                quantized.append(f"| {name} | {qname} | {'yes' if same else 'no'} | {theirs.stat().st_size:,} B | "
+                                 f"quantizes ({mine.stat().st_size:,} B{note}) |")
                 theirs.unlink()
                 mine.unlink()
             if not args.no_legacy:
                 legacy_identical(bin_dir, path, text, home / f"{name}.dat", args, threads)
+    tables.write_all(args.write, "imatrix_exact.py:calibration", calibration, merge=1)
+    tables.write_all(args.write, "imatrix_exact.py:types", quantized, merge=2)
 
 
 def legacy_identical(bin_dir: Path, model: Path, text: Path, dat: Path, args: argparse.Namespace, threads: int) -> None:

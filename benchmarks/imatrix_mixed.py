@@ -16,7 +16,7 @@ no smaller than the mix), the goal being a mean KLD <= 0.8x that type's. Issue 3
 Qwen2.5-Coder 1.5B in a kept home (``--home``, so a rerun measures only what is new):
 
     .venv/bin/python benchmarks/imatrix_mixed.py --models qwen2.5-coder:1.5b --bpw 3.0,3.5 \\
-        --types q2_k,q3_k_s,q3_k_m,iq2_m,iq3_xxs,iq3_xs --home ~/.cache/edgeslm-bench/home
+        --types q2_k,q3_k_s,q3_k_m,iq2_m,iq3_xxs,iq3_xs --home ~/.cache/edgeslm-bench/home --write docs/real-models.md
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import tables
 from edgeslm_cli import edgeslm
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -99,6 +100,10 @@ def bpw_rows(model: str, bpw: float, budget: int, results: dict[bool, dict[str, 
     return rows
 
 
+BPW_HEADER = ["| model | budget | imatrix | mix | uniform nearest above | mix / uniform | types in the mix "
+              "| uniform types |", "|---|---|---|---:|---:|---|---|---|"]
+
+
 def main_bpw(args: argparse.Namespace, home: Path) -> None:
     rows = []
     for model in args.models.split(","):
@@ -107,16 +112,14 @@ def main_bpw(args: argparse.Namespace, home: Path) -> None:
             budget = bpw_budget(home, model, bpw)
             results = {flag: optimize(home, model, budget, args, flag, args.types) for flag in (False, True)}
             rows += bpw_rows(model, bpw, budget, results)
+            # each budget's rows as soon as they are measured: a run cut short keeps what it did
+            tables.write_all(args.write, "imatrix_mixed.py:bpw", [*BPW_HEADER, *rows[-2:]], merge=3)
     print(
         f"mean KLD (file size) against the F16 reference (the shipped file dequantized), {args.chunks} x 512 "
         f"tokens of the bundled WikiText-2 sample; sensitivity and imatrix from its last "
         f"{args.calibration_chunks} x 512 tokens; goal: mix <= {GOAL}x the uniform type nearest its size from above\n"
     )
-    print(
-        "| model | budget | imatrix | mix | uniform nearest above | mix / uniform | types in the mix | uniform types |"
-    )
-    print("|---|---|---|---:|---:|---|---|---|")
-    print("\n".join(rows))
+    print("\n".join([*BPW_HEADER, *rows]))
 
 
 def main() -> None:
@@ -132,6 +135,8 @@ def main() -> None:
         help="with --bpw: the uniform candidates (those needing an imatrix only in imatrix runs)",
     )
     parser.add_argument("--home", type=Path, help="edgeslm home to keep the store in (default: a temp dir)")
+    parser.add_argument("--write", type=Path, nargs="*", default=[],
+                        help="with --bpw: Markdown files whose table to merge each budget's rows into")
     args = parser.parse_args()
     if args.bpw:
         if args.home:

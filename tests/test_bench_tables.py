@@ -41,6 +41,14 @@ def test_a_missing_or_doubled_marker_is_refused_by_name(text: str) -> None:
         tables.replace(text, "s.py:t", NEW)
 
 
+def test_a_partial_run_merges_its_rows_by_their_first_cells() -> None:
+    old = ["| m | t | v |", "|---|---|---:|", "| a | q4 | 1 |", "| a | q8 | 2 |", "| b | q4 | 3 |"]
+    new = ["| m | t | v |", "|---|---|---:|", "| a | q8 | 9 |", "| c | q4 | 7 |"]
+    out = tables.replace(doc(old), "s.py:t", new, merge=2)
+    assert out == doc(["| m | t | v |", "|---|---|---:|", "| a | q4 | 1 |", "| a | q8 | 9 |", "| b | q4 | 3 |",
+                       "| c | q4 | 7 |"]) + "\n"
+
+
 def test_a_table_is_made_of_table_lines() -> None:
     with pytest.raises(ValueError):
         tables.replace(doc(OLD), "s.py:t", ["not a table"])
