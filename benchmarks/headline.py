@@ -3,6 +3,8 @@ runtimes, measured on one scale in one run — file size, mean KLD and same top-
 reference (WikiText-2 sample, ctx 512), pp512/tg128 tok/s and peak RSS from the bench worker. The
 builtins' reference is their F16 (the shipped file upcast); the Qwen models' is the shipped Q4_K_M
 file itself (no F16 of them exists offline), so their KLD says how far a variant moved from it.
+Every variant is evaluated afresh (``eval --force``), so no figure comes from a result kept by an
+earlier run on a machine in another state.
 
 SmolLM2 goes through all three runtimes (llama.cpp types, ONNX Runtime int8/int4, MLX 8/4-bit with
 float32 scales, as off a Mac); Gemma 3 270M through llama.cpp only (``convert --to onnx/mlx`` takes
@@ -111,7 +113,7 @@ def main() -> None:
         rows = []
         for model, (types, folders) in PLAN.items():
             names = build(home, model, types, folders)
-            results = json.loads(edgeslm(home, "eval", *names, "--reference", reference(model), "--chunks",
+            results = json.loads(edgeslm(home, "eval", *names, "--force", "--reference", reference(model), "--chunks",
                                          str(args.chunks), "--json"))
             rows += [row(r, native_tg(bin_dir, home, r), model) for r in results]
     print(f"Against each builtin's F16 GGUF and each Qwen model's shipped Q4_K_M file, {args.chunks} x 512 tokens of "
