@@ -142,9 +142,10 @@ sync-bench: setup
 ray-bench: setup
 	$(PY) benchmarks/ray_serve.py
 
-# The README's headline table: variants of both builtins across runtimes, one run (about 15 minutes).
+# The README's headline table: variants of the builtins across runtimes and of both Qwen models, one run
+# (about 25 minutes in a kept home whose variants exist, 40 from nothing).
 headline: setup
-	$(PY) benchmarks/headline.py --write README.md docs/runtimes/index.md
+	$(PY) benchmarks/headline.py --home $(HOME)/.cache/edgeslm-bench/home --write README.md docs/runtimes/index.md
 
 # calibrate against llama-imatrix, quantize --imatrix against llama-quantize --imatrix; with/without imatrix KLD
 imatrix-bench: setup
