@@ -43,8 +43,10 @@ def main() -> None:
     variants = ["| variant | size | mean KLD | same top-1 | tg128 tok/s |", "|---|---:|---:|---:|---:|"]
     for r in sorted(results, key=lambda r: r["file_size"]):
         speed = r.get("speed") or {}
-        variants.append(f"| `{r['model']}` | {r['file_size'] / 1e6:.1f} MB | {r['kld_mean']:.4f} | "
-                        f"{100 * r['same_top']:.1f} % | {speed.get('tg_tps') or 0:.1f} |")
+        kld = "0 (reference)" if r["kld_mean"] is None else f"{r['kld_mean']:.4f}"  # the reference against itself
+        same = "—" if r["same_top"] is None else f"{100 * r['same_top']:.1f} %"
+        variants.append(f"| `{r['model']}` | {r['file_size'] / 1e6:.1f} MB | {kld} | {same} | "
+                        f"{speed.get('tg_tps') or 0:.1f} |")
     picks = ["| RAM | budget | pick | memory | why |", "|---|---:|---|---:|---|"]
     for ram in RAM:
         advice = json.loads(edgeslm(args.home, "recommend", "--device", "board", "--ram", ram, "--use-case", "code",
