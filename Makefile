@@ -143,7 +143,7 @@ ray-bench: setup
 	$(PY) benchmarks/ray_serve.py
 
 # The README's headline table: variants of the builtins across runtimes and of both Qwen models, one run
-# (about 25 minutes in a kept home whose variants exist, 40 from nothing).
+# (25 minutes measured in a kept home whose variants exist; building them first takes longer).
 headline: setup
 	$(PY) benchmarks/headline.py --home $(HOME)/.cache/edgeslm-bench/home --write README.md docs/runtimes/index.md
 

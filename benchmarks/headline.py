@@ -92,9 +92,7 @@ def row(r: dict[str, Any], native: str, parent: str) -> str:
     label = f"`:{r['model'].split(':', 1)[1]}`" + (f" ({r['file_type']}, as shipped)" if shipped else "")
     cells = [DISPLAY.get(parent, parent), label, RUNTIMES.get(r["runtime"], r["runtime"]),
              f"{r['file_size'] / 1e6:.1f} MB",
-             # the reference itself (a Qwen model's shipped file) has no KLD against itself: 0 by construction
-             "0 (reference)" if r["kld_mean"] is None else f"{r['kld_mean']:.5f}",
-             "—" if r["same_top"] is None else f"{100 * r['same_top']:.1f} %", f"{speed.get('pp_tps') or 0:.1f}",
+             *tables.closeness(r, 5), f"{speed.get('pp_tps') or 0:.1f}",
              f"{speed.get('tg_tps') or 0:.1f}", native or "—",
              f"{speed.get('peak_rss', 0) / 2**20:.0f} MiB"]
     return "| " + " | ".join(cells) + " |"

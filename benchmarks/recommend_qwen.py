@@ -43,8 +43,7 @@ def main() -> None:
     variants = ["| variant | size | mean KLD | same top-1 | tg128 tok/s |", "|---|---:|---:|---:|---:|"]
     for r in sorted(results, key=lambda r: r["file_size"]):
         speed = r.get("speed") or {}
-        kld = "0 (reference)" if r["kld_mean"] is None else f"{r['kld_mean']:.4f}"  # the reference against itself
-        same = "—" if r["same_top"] is None else f"{100 * r['same_top']:.1f} %"
+        kld, same = tables.closeness(r, 4)
         variants.append(f"| `{r['model']}` | {r['file_size'] / 1e6:.1f} MB | {kld} | {same} | "
                         f"{speed.get('tg_tps') or 0:.1f} |")
     picks = ["| RAM | budget | pick | memory | why |", "|---|---:|---|---:|---|"]

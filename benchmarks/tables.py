@@ -19,10 +19,19 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 
 def marker(key: str) -> str:
     return f"<!-- table {key}, written by the benchmark: not by hand -->"
+
+
+def closeness(result: dict[str, Any], digits: int) -> tuple[str, str]:
+    """An ``eval --json`` result's mean KLD and same top-1 cells; the reference evaluated against itself
+    (a Qwen model's shipped file) has neither: 0 by construction."""
+    if result["kld_mean"] is None:
+        return "0 (reference)", "—"
+    return f"{result['kld_mean']:.{digits}f}", f"{100 * result['same_top']:.1f} %"
 
 
 def cells(row: str) -> list[str]:

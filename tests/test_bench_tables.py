@@ -63,3 +63,8 @@ def test_every_marker_in_the_docs_names_a_benchmark_that_writes_it() -> None:
         script = key.partition(":")[0]
         source = (ROOT / "benchmarks" / script).read_text(encoding="utf-8")
         assert "tables.write" in source, f"{key}: benchmarks/{script} does not write tables"
+
+
+def test_the_reference_row_reads_zero_and_a_variant_its_figures() -> None:
+    assert tables.closeness({"kld_mean": None, "same_top": None}, 5) == ("0 (reference)", "—")
+    assert tables.closeness({"kld_mean": 0.0508812, "same_top": 0.88627}, 4) == ("0.0509", "88.6 %")
