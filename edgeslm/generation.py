@@ -110,13 +110,20 @@ class Model:
 
     def prompt_tokens(self, prompt: str | Sequence[Message] | Sequence[int],
                       tools: Sequence[Message] | None = None) -> list[int]:
-        """Token ids for a plain prompt, a chat (rendered through the template, with ``tools``) or ready ids."""
+        """Token ids for a plain prompt, a chat (rendered through the template, with ``tools``) or ready ids.
+        A chat that ends with an assistant turn is that turn's continuation."""
         if isinstance(prompt, str):
             return self.engine.tokenize(prompt, add_special=True, parse_special=False)
         items: list[Any] = list(prompt)
         if all(isinstance(t, int) for t in items):
             return items
-        text = self.render(items, tools=tools)
+        prefill = ""
+        last = items[-1] if items and isinstance(items[-1], Mapping) else {}
+        if len(items) > 1 and last.get("role") == "assistant" and isinstance(last.get("content"), str) \
+                and not last.get("tool_calls"):
+            # the reply begun: continued, not answered (llama-server's and Ollama's assistant prefill)
+            prefill, items = last["content"], items[:-1]
+        text = self.render(items, tools=tools) + prefill
         bos = self.engine.bos_text()
         # The template may write BOS itself; then the tokenizer must not add a second one.
         return self.engine.tokenize(text, add_special=not (bos and text.startswith(bos)), parse_special=True)

@@ -9,7 +9,6 @@ import json
 import shutil
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
 
 import jsonschema
 import pytest
@@ -19,6 +18,8 @@ from edgeslm.engines.base import SamplingParams
 from edgeslm.generation import Model, generate, load
 from edgeslm.sources.pinned import pinned_models
 from edgeslm.store import Store, parse_name
+from edgeslm.tasks import humaneval
+from edgeslm.tasks.sandbox import run_python
 
 from .conftest import QWEN_SMALL, CliResult
 from .test_llamacpp import reference_greedy
@@ -65,10 +66,9 @@ def test_a_coding_question_gets_code(qwen_home: Path, cli: Cli) -> None:
     )
     assert asked.code == 0, asked.err
     code = asked.out.split("```python", 1)[-1].split("```", 1)[0]
-    namespace: dict[str, Any] = {}
-    exec(compile(code, "<qwen>", "exec"), namespace)  # noqa: S102 - our own greedy output, in a test
-    is_prime = namespace["is_prime"]
-    assert [n for n in range(30) if is_prime(n)] == [2, 3, 5, 7, 11, 13, 17, 19, 23, 29]
+    check = "\nassert [n for n in range(30) if is_prime(n)] == [2, 3, 5, 7, 11, 13, 17, 19, 23, 29]\n"
+    ran = run_python(code + check)  # model-written code runs only in the sandbox
+    assert ran.passed, ran.stderr
 
 
 def test_quantize_q4_0_runs(qwen_home: Path, tmp_path: Path, cli: Cli) -> None:
@@ -140,3 +140,27 @@ def test_its_tokenizer_exports_as_llama_cpp_splits_it(qwen: Model, tmp_path: Pat
                  "我想在apple工作1314151天～ нещо на Български 🦙🦙 ''''```"):
         ours = list(qwen.engine.tokenize(text, add_special=False))
         assert exported.encode(text, add_special_tokens=False).ids == ours
+
+
+def test_the_humaneval_chat_is_the_authors_chatml_token_for_token(qwen: Model) -> None:
+    """The template's rendering plus the assistant prefill equals the string the Qwen2.5-Coder
+    authors' eval_plus code writes by hand, so edgeslm's prompt is theirs to the token."""
+    problem = humaneval.load_problems()[0]
+    literal = (
+        f"<|im_start|>system\n{humaneval.SYSTEM}<|im_end|>\n<|im_start|>user\n"
+        f"{humaneval.USER.format(prompt=problem.prompt.strip())}<|im_end|>\n<|im_start|>assistant\n```python\n"
+    )
+    assert qwen.prompt_tokens(humaneval.messages(problem)) == qwen.engine.tokenize(
+        literal, add_special=False, parse_special=True
+    )
+
+
+def test_eval_task_humaneval_scores_real_answers(qwen_home: Path, cli: Cli) -> None:
+    """Three problems through the batching runner and the sandbox; the first three are ones the
+    0.5B solves greedily (HumanEval/0 and /2 at least), so a broken harness shows as a low score."""
+    done = cli("--home", str(qwen_home), "eval", QWEN_SMALL, "--task", "humaneval", "--limit", "3", "--force",
+               "--slots", "3", "--json")
+    assert done.code == 0, done.err
+    (result,) = json.loads(done.out)
+    assert result["problems"] == 3 and result["passed"] >= 2 and result["protocol"] == humaneval.PROTOCOL
+    assert result["model_digest"] == f"sha256-{PINNED.upstream.sha256}" and "rlimits" in result["isolation"]

@@ -13,7 +13,7 @@ from ..evaluate.kept import latest_results
 from ..evaluate.report import HEADERS, markdown_table, plot, result_row
 from ..evaluate.result import EvalResult
 from ..store import ModelName, Store, parse_name
-from .output import print_json, print_table, progress_bar, status
+from .output import print_json, print_table, progress_bar, status, task_progress
 
 
 def configure(sub: Any) -> None:
@@ -32,6 +32,10 @@ def configure(sub: Any) -> None:
     p.add_argument("--threads", type=int)
     p.add_argument("--no-speed", action="store_true", help="skip the tok/s and memory measurement")
     p.add_argument("--force", action="store_true", help="re-run even when a result is kept")
+    p.add_argument("--task", help="task accuracy instead of KLD, comma-separated: humaneval (greedy pass@1, each "
+                   "completion run sandboxed), tools (the tool-call suite through the OpenAI route's path)")
+    p.add_argument("--limit", type=int, help="with --task: only the first N problems (a quick look)")
+    p.add_argument("--slots", type=int, default=4, help="with --task: problems decoded side by side (default 4)")
     fmt = p.add_mutually_exclusive_group()
     fmt.add_argument("--json", dest="format", action="store_const", const="json")
     fmt.add_argument("--markdown", dest="format", action="store_const", const="markdown")
@@ -77,6 +81,8 @@ def _default_reference(store: Store, name: ModelName) -> ModelName:
 
 def cmd_eval(args: argparse.Namespace, settings: Settings) -> int:
     store = Store.open(settings.models_dir)
+    if args.task:
+        return _eval_tasks(args, settings, store)
     eval_settings = EvalSettings(ctx=args.ctx, chunks=args.chunks, threads=args.threads, speed=not args.no_speed)
     text = load_text(args.text)
     names = _expand(args.names)
@@ -94,6 +100,37 @@ def cmd_eval(args: argparse.Namespace, settings: Settings) -> int:
                 )
             )
     _print(results, args.format)
+    return 0
+
+
+TASK_HEADERS = ("model", "task", "problems", "passed", "score", "seconds", "sandbox")
+
+
+def _eval_tasks(args: argparse.Namespace, settings: Settings, store: Store) -> int:
+    from ..pull import ensure_pulled
+    from ..tasks.core import parse_tasks, run_task
+    from ..tasks.sandbox import FULL
+
+    tasks = parse_tasks(args.task)
+    names = _expand(args.names)
+    if args.all_variants:
+        names = [m.name for parent in names for m in store.manifests() if parent.owns(m.name)]
+    results = []
+    for name in names:
+        model = ensure_pulled(str(name), settings, store=store)
+        for task in tasks:
+            with task_progress(f"{name} {task.value}", enabled=args.format is None) as tick:
+                results.append(run_task(
+                    store, model, task, limit=args.limit, slots=args.slots, threads=args.threads,
+                    home=str(settings.home), force=args.force, progress=tick,
+                ))
+    if args.format == "json":
+        print_json([{k: v for k, v in r.to_dict().items() if k != "answers"} for r in results])
+        return 0
+    rows = [[r.model, r.task, str(r.problems), str(r.passed), f"{100 * r.score:.1f} %", f"{r.seconds:.0f}",
+             "—" if not r.isolation else "isolated" if all(p in r.isolation for p in FULL)
+             else "rlimits only: " + ",".join(r.isolation)] for r in results]
+    print_table(TASK_HEADERS, rows, right=(2, 3, 4, 5))
     return 0
 
 

@@ -49,6 +49,24 @@ def progress_bar(total: int | None, label: str, enabled: bool) -> Iterator[Calla
         yield bar.update
 
 
+@contextmanager
+def task_progress(label: str, enabled: bool) -> Iterator[Callable[[int, int, int], None] | None]:
+    """Problems done, passing so far and the time left, on stderr when it is a terminal."""
+    if not enabled or not sys.stderr.isatty():
+        yield None
+        return
+    from tqdm import tqdm
+
+    with tqdm(desc=label, unit="problem", leave=False) as bar:
+
+        def tick(done: int, total: int, passed: int) -> None:
+            bar.total = total
+            bar.set_postfix_str(f"passing {passed}/{done}", refresh=False)
+            bar.update(done - bar.n)
+
+        yield tick
+
+
 def confirm(question: str, assume_yes: bool) -> None:
     """Ask on the terminal; without one (or on 'no'), raise AbortedError unless ``assume_yes``."""
     if assume_yes:

@@ -16,13 +16,10 @@ from ..access.audit import AuditLog
 from ..access.keys import KeyRing
 from ..config import Settings
 from ..errors import ModelNotFoundError
-from ..formats.folder_files import chat_template_of
-from ..formats.gguf_header import read_gguf_header
-from ..formats.model_format import ModelFormat
 from ..runner.manager import ModelManager
 from ..store import Store, parse_name
 from ..store.records import Manifest
-from ..store.resolve import ResolvedModel
+from ..store.resolve import ResolvedModel, chat_template
 from ..tools.native import ToolFormat
 from ..tools.native import detect as detect_tool_format
 from ..tools.plan import ToolPlan, plan_tools, uses_tools
@@ -64,44 +61,12 @@ class ServerState:
         return self._tool_formats[key]
 
 
-def chat_template(model: ResolvedModel) -> str | None:
-    """A model's chat template: a created model's TEMPLATE, a folder's files, else the GGUF's metadata."""
-    if model.defaults.get("template"):
-        return str(model.defaults["template"])
-    if model.format is not ModelFormat.GGUF:
-        return chat_template_of(model.path)
-    template = read_gguf_header(model.path, label=model.name).metadata.get("tokenizer.chat_template")
-    return template if isinstance(template, str) else None
-
-
 async def resolve(request: Request, name: str) -> ResolvedModel:
     """The request's model, looked up once (a builtin pulled on first use, off the event loop);
     everything after this (tools, stored defaults, the runner) takes the result."""
     found = await asyncio.to_thread(state(request).manager.resolve, name)
     note(request, model=found.name)
     return found
-
-
-@dataclass(frozen=True)
-class Stored:
-    """What ``create`` stored with a model (its system prompt, parameters and example messages),
-    read once per request."""
-
-    system: str | None
-    parameters: dict[str, Any]
-    examples: list[dict[str, Any]]
-
-    def conversation(self, messages: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], str | None]:
-        """Ollama's order: the example messages, then the request's; and the system prompt to put
-        first (none when the request brings its own)."""
-        own_system = bool(messages) and messages[0].get("role") == "system"
-        return [dict(m) for m in self.examples] + messages, None if own_system else self.system
-
-
-def stored(model: ResolvedModel) -> Stored:
-    defaults = model.defaults
-    return Stored(defaults.get("system"), dict(defaults.get("parameters") or {}),
-                  list(defaults.get("messages") or []))
 
 
 def state(request: Request) -> ServerState:

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..formats.folder_files import chat_template_of
 from ..formats.gguf_header import read_gguf_header
 from ..formats.model_format import ModelFormat, engine_for
 from ..formats.model_info import ModelInfo, model_info
@@ -80,3 +81,35 @@ def from_path(path: Path) -> ResolvedModel | None:
         fmt = detect_folder(path)
         return ResolvedModel(path.name, path, check_folder(fmt, path), fmt)
     return None
+
+
+def chat_template(model: ResolvedModel) -> str | None:
+    """A model's chat template: a created model's TEMPLATE, a folder's files, else the GGUF's metadata."""
+    if model.defaults.get("template"):
+        return str(model.defaults["template"])
+    if model.format is not ModelFormat.GGUF:
+        return chat_template_of(model.path)
+    template = read_gguf_header(model.path, label=model.name).metadata.get("tokenizer.chat_template")
+    return template if isinstance(template, str) else None
+
+
+@dataclass(frozen=True)
+class Stored:
+    """What ``create`` stored with a model (its system prompt, parameters and example messages),
+    read once per request."""
+
+    system: str | None
+    parameters: dict[str, Any]
+    examples: list[dict[str, Any]]
+
+    def conversation(self, messages: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], str | None]:
+        """Ollama's order: the example messages, then the request's; and the system prompt to put
+        first (none when the request brings its own)."""
+        own_system = bool(messages) and messages[0].get("role") == "system"
+        return [dict(m) for m in self.examples] + messages, None if own_system else self.system
+
+
+def stored(model: ResolvedModel) -> Stored:
+    defaults = model.defaults
+    return Stored(defaults.get("system"), dict(defaults.get("parameters") or {}),
+                  list(defaults.get("messages") or []))

@@ -24,10 +24,10 @@ from ...runner.tasks import QUANTIZE_TIMEOUT, quantize_in_child
 from ...show import show_model
 from ...store import Store, parse_name
 from ...store.atomic import TempDir
-from ...store.resolve import from_manifest
+from ...store.resolve import chat_template, from_manifest
 from ...store.uploads import Upload, find_file, parse_digest
 from ..bodies import body_chunks, parse
-from ..state import chat_template, note, state
+from ..state import note, state
 from .routes import details, ndjson
 from .schemas import CopyRequest, CreateRequest, ModelRequest
 

@@ -21,7 +21,7 @@ from ...errors import EdgeslmError, InvalidParameterError, http_status_for
 from ...runner import Chunk, Done, Job
 from ...store import parse_name
 from ...store.records import Manifest
-from ...store.resolve import ResolvedModel
+from ...store.resolve import ResolvedModel, stored
 from ...tools import ToolReply
 from ...tools.plan import calls_from, conversation, ollama_calls
 from ...units import format_params
@@ -30,7 +30,7 @@ from ..http_errors import public_message
 from ..limits import MAX_TOP_LOGPROBS
 from ..replies import Generation, collect, hold
 from ..replies import embed as embed_texts
-from ..state import note, plan_for, resolve, state, stored
+from ..state import note, plan_for, resolve, state
 from .schemas import (
     ChatRequest,
     EmbeddingsRequest,

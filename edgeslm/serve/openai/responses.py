@@ -19,11 +19,12 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from ...engines.base import SamplingParams
 from ...errors import EdgeslmError, InvalidParameterError
 from ...runner import Chunk, Done, Job
+from ...store.resolve import stored
 from ...tools import ToolCall, ToolReply
 from ...tools.plan import conversation
 from ..bodies import parse
 from ..replies import Generation, collect
-from ..state import note, plan_for, stored
+from ..state import note, plan_for
 from .schemas import ResponsesRequest
 
 router = APIRouter(prefix="/v1")

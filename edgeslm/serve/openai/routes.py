@@ -23,13 +23,14 @@ from ...engines.base import SamplingParams
 from ...errors import EdgeslmError, InvalidParameterError, ModelNotFoundError, http_status_for
 from ...runner import Chunk, Done, Job
 from ...store.records import Manifest
+from ...store.resolve import stored
 from ...tools import ToolReply
 from ...tools.plan import calls_from, conversation, openai_calls
 from ..bodies import parse
 from ..http_errors import error_body
 from ..replies import Reply, collect, merged, start_all
 from ..replies import embed as embed_texts
-from ..state import note, plan_for, resolve, state, stored
+from ..state import note, plan_for, resolve, state
 from .schemas import ChatCompletionRequest, CompletionRequest, EmbeddingRequest, _Sampling
 
 log = logging.getLogger(__name__)
