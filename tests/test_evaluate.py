@@ -186,3 +186,24 @@ def test_a_kept_result_reads_back_as_the_same_record(
         assert len(all_results(store)) == 1
     broken = results_dir(store) / f"{'0' * 32}.json"
     assert [r.getMessage() for r in caplog.records] == [f"skipping unreadable result {broken}"]
+
+
+def test_compare_shows_kept_task_accuracy_beside_kld(fake: Cli, home: Path, tmp_path: Path) -> None:
+    from edgeslm.store import Store, parse_name
+    from edgeslm.tasks.kept import Answer, TaskResult, save_task_result
+
+    text = tmp_path / "t.txt"
+    text.write_bytes((b"aab" * 400)[:1000])
+    assert fake("eval", "m", "--reference", "m2", "--text", str(text), "--ctx", "64", "--no-speed").code == 0
+    assert fake("cp", "m", "m-copy").code == 0
+    store = Store.open(home / "models")
+    m = store.get(parse_name("m"))
+    answers = tuple(Answer(f"HumanEval/{i}", i < 6, "passed", "", 1, "stop", 0.0) for i in range(10))
+    save_task_result(store, TaskResult("a" * 32, "2026-01-01T00:00:00+00:00", "humaneval", "p/1", "m:latest",
+                                       m.digest, 10, 6, 1.0, 4, ("rlimits",), answers))
+    table = fake("compare", "m", "m-copy")
+    assert table.code == 0 and "pass@1" in table.out and table.out.count("60.0% (10)") == 2  # shared by content
+    shown = json.loads(fake("compare", "m", "m-copy", "--json").out)
+    assert shown[0]["tasks"]["humaneval"]["score"] == 0.6 and "tools" not in shown[0]["tasks"]
+    png = tmp_path / "plot.png"
+    assert fake("compare", "m", "m-copy", "--plot", str(png)).code == 0 and png.read_bytes()[:4] == b"\x89PNG"

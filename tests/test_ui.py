@@ -28,6 +28,7 @@ from edgeslm.serve.activity import Activity
 from edgeslm.serve.ui.routes import assets
 from edgeslm.serve.ui.views import audit_view, models_view, optimize_limits, recent_lines
 from edgeslm.store import Store, parse_name
+from edgeslm.tasks.kept import Answer, TaskResult, save_task_result
 
 from . import servekit
 from .fake_runner import FakeRunner
@@ -155,6 +156,13 @@ def _result(m: Any, created: str, kld: float | None) -> EvalResult:
     )
 
 
+def _task(m: Any, created: str, problems: int, passed: int) -> TaskResult:
+    answers = tuple(Answer(f"HumanEval/{i}", i < passed, "passed" if i < passed else "failed", "x", 1, "stop", 0.01)
+                    for i in range(problems))
+    return TaskResult(f"{abs(hash((m.digest, created, problems))):032x}"[:32], created, "humaneval", "p/1",
+                      str(m.name), m.digest, problems, passed, 1.0, 4, ("pid", "rlimits"), answers)
+
+
 def test_the_models_view_matches_results_by_content_and_shows_no_paths(models: Path, cli: Any) -> None:
     assert cli("cp", "tiny", "tiny:copy").code == 0
     assert cli("quantize", "tiny", "--type", "q8_0", "--allow-requantize").code == 0
@@ -165,6 +173,9 @@ def test_the_models_view_matches_results_by_content_and_shows_no_paths(models: P
     save_result(store, _result(q8, "2026-02-01T00:00:00+00:00", 0.25))  # newer: wins
     (results_dir(store) / f"{'f' * 32}.json").write_text("{not json")  # skipped, logged
     remember(store, "tiny", Constraints(max_size=10_000_000, max_kld=(("mean", 0.3),)), 9_000_000, "tiny:q8_0", None)
+    save_task_result(store, _task(q8, "2026-03-01T00:00:00+00:00", 10, 9))  # newer, but a --limit run
+    save_task_result(store, _task(q8, "2026-01-01T00:00:00+00:00", 164, 100))  # all the problems: shown
+    (results_dir(store) / "task-broken.json").write_text("{not json")  # skipped, logged
     view = models_view(store)
     (family,) = view["families"]
     by = {v["name"]: v for v in family["variants"]}
@@ -178,6 +189,9 @@ def test_the_models_view_matches_results_by_content_and_shows_no_paths(models: P
     assert family["optimize"]["size_budget"] == 9_000_000 and family["optimize"]["winner"] == "tiny:q8_0"
     assert str(models) not in json.dumps(view) and "path" not in json.dumps(by["tiny:latest"]["source"])
     assert latest_results(store, [q8])["tiny:q8_0"].created.startswith("2026-02")
+    humaneval = by["tiny:q8_0"]["tasks"]["humaneval"]
+    assert (humaneval["problems"], humaneval["passed"], humaneval["protocol"]) == (164, 100, "p/1")
+    assert by["tiny:copy"]["tasks"] == {} and by["tiny:latest"]["tasks"] == {}
 
 
 def test_an_optimize_record_that_is_not_ours_is_ignored(store: Store) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -134,13 +135,37 @@ def _eval_tasks(args: argparse.Namespace, settings: Settings, store: Store) -> i
     return 0
 
 
-def _print(results: list[EvalResult], fmt: str | None) -> None:
+def _print(results: list[EvalResult], fmt: str | None, tasks: Mapping[str, Mapping[Any, Any]] | None = None) -> None:
+    """The results; with ``tasks`` (compare), each model's kept task accuracy beside them."""
+    cells = {name: _task_cells(kept) for name, kept in (tasks or {}).items()}
+    extra = TASK_COLUMNS if tasks is not None else ()
     if fmt == "json":
-        print_json([r.to_dict() for r in results])
+        print_json([{**r.to_dict(), **({"tasks": {t.value: _task_summary(k) for t, k in tasks.get(r.model, {}).items()}}
+                                      if tasks is not None else {})} for r in results])
     elif fmt == "markdown":
-        print(markdown_table(results), end="")
+        print(markdown_table(results, cells, extra), end="")
     else:
-        print_table(HEADERS, [result_row(r) for r in results], right=tuple(range(2, len(HEADERS))))
+        rows = [(*result_row(r), *cells.get(r.model, ("",) * len(extra))) for r in results]
+        print_table((*HEADERS, *extra), rows, right=tuple(range(2, len(HEADERS) + len(extra))))
+
+
+TASK_COLUMNS = ("pass@1", "tools")
+
+
+def _task_cells(kept: Mapping[Any, Any]) -> tuple[str, ...]:
+    """'61.6% (164)' per task column, blank where never measured."""
+    from ..tasks.kept import Task
+
+    def cell(task: Task) -> str:
+        r = kept.get(task)
+        return "" if r is None else f"{100 * r.score:.1f}% ({r.problems})"
+
+    return cell(Task.HUMANEVAL), cell(Task.TOOLS)
+
+
+def _task_summary(r: Any) -> dict[str, Any]:
+    return {"score": r.score, "passed": r.passed, "problems": r.problems, "protocol": r.protocol,
+            "created": r.created}
 
 
 def cmd_compare(args: argparse.Namespace, settings: Settings) -> int:
@@ -155,8 +180,14 @@ def cmd_compare(args: argparse.Namespace, settings: Settings) -> int:
     results = sorted(kept.values(), key=lambda r: r.file_size)
     if not results:
         raise ModelNotFoundError("nothing to compare: no evaluation results are kept for these models")
-    _print(results, args.format)
+    from ..tasks.kept import latest_task_results
+
+    tasks = latest_task_results(store, [m for n in wanted if (m := store.find(n)) is not None])
+    _print(results, args.format, tasks)
     if args.plot:
-        plot(results, args.plot, f"{wanted[0].base}: size vs KL-divergence")
+        notes = {name: " ".join(f"{label} {c.split(' ')[0]}" for label, c in zip(TASK_COLUMNS, _task_cells(k),
+                                                                                  strict=True) if c)
+                 for name, k in tasks.items()}
+        plot(results, args.plot, f"{wanted[0].base}: size vs KL-divergence", notes)
         status(f"wrote {args.plot}")
     return 0

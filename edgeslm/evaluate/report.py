@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -50,9 +50,13 @@ def result_row(r: EvalResult) -> tuple[str, ...]:
     )
 
 
-def markdown_table(results: Sequence[EvalResult]) -> str:
-    lines = ["| " + " | ".join(HEADERS) + " |", "|" + "---|" * len(HEADERS)]
-    lines += ["| " + " | ".join(result_row(r)) + " |" for r in results]
+def markdown_table(results: Sequence[EvalResult], extra: Mapping[str, Sequence[str]] | None = None,
+                   extra_headers: Sequence[str] = ()) -> str:
+    """The results as a Markdown table; ``extra``: more cells per model name (task accuracy)."""
+    headers = (*HEADERS, *extra_headers)
+    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    lines += ["| " + " | ".join((*result_row(r), *(extra or {}).get(r.model, ("",) * len(extra_headers)))) + " |"
+              for r in results]
     return "\n".join(lines) + "\n"
 
 
@@ -109,8 +113,9 @@ def scatter_runtimes(
     return scatter
 
 
-def plot(results: Sequence[EvalResult], path: Path, title: str) -> Path:
-    """Size (x) against mean KLD (y, log scale), each point labelled with its tg tok/s; marker: runtime."""
+def plot(results: Sequence[EvalResult], path: Path, title: str, notes: Mapping[str, str] | None = None) -> Path:
+    """Size (x) against mean KLD (y, log scale), each point labelled with its tg tok/s and ``notes``
+    (task accuracy, by model name); marker: runtime."""
     points = [r for r in results if r.kld_mean is not None]
     fig, ax = new_figure((8, 5))
     sizes = [r.file_size / 1e6 for r in points]
@@ -120,6 +125,7 @@ def plot(results: Sequence[EvalResult], path: Path, title: str) -> Path:
     scatter = scatter_runtimes(ax, sizes, klds, tps, runtimes, size=60)
     for r, x, y, t in zip(points, sizes, klds, tps, strict=True):
         label = r.model.rsplit(":", 1)[-1] + (f"\n{t:.0f} tok/s" if t else "")
+        label += f"\n{notes[r.model]}" if notes and notes.get(r.model) else ""
         ax.annotate(label, (x, y), textcoords="offset points", xytext=(6, 4), fontsize=8)
     if len(set(runtimes)) > 1:
         ax.legend(loc="best", fontsize=8, title="runtime")

@@ -10,34 +10,24 @@ keeps nothing.
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import json
 import logging
 import time
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from datetime import datetime, timezone
-from enum import Enum
 from typing import Any
 
 from ..engines.base import SamplingParams
 from ..errors import InvalidParameterError
-from ..evaluate.kept import results_dir
 from ..store import Store
-from ..store.atomic import write_atomic
 from ..store.resolve import ResolvedModel
 from . import humaneval
+from .kept import Answer, Task, TaskResult, load_task_result, save_task_result, task_key
 from .sandbox import Limits, run_python
 
 log = logging.getLogger(__name__)
 GREEDY = SamplingParams(temperature=0.0, top_k=1, top_p=1.0, min_p=0.0, seed=0)
-TASK_SCHEMA = 1
 Progress = Callable[[int, int, int], None]  # done, total, passed so far
-
-
-class Task(str, Enum):
-    HUMANEVAL = "humaneval"
-    TOOLS = "tools"
 
 
 def parse_tasks(text: str) -> list[Task]:
@@ -48,73 +38,6 @@ def parse_tasks(text: str) -> list[Task]:
         raise InvalidParameterError(f"no task named {unknown[0] if unknown else repr(text)}; tasks: {known}",
                                     params="task")
     return [Task(n) for n in dict.fromkeys(names)]
-
-
-@dataclass(frozen=True)
-class Answer:
-    """One problem: the model's reply as generated, and how its check ended."""
-
-    task_id: str
-    passed: bool
-    outcome: str  # HumanEval: the sandbox's (passed, failed, killed, timeout); tools: "ok" or why not
-    reply: str
-    completion_tokens: int
-    finish: str  # stop or length
-    check_seconds: float
-
-
-@dataclass(frozen=True)
-class TaskResult:
-    key: str
-    created: str
-    task: str
-    protocol: str
-    model: str
-    model_digest: str
-    problems: int
-    passed: int
-    seconds: float
-    slots: int
-    isolation: tuple[str, ...]  # what the sandbox applied (HumanEval; the first answer's: every run gets the same)
-    answers: tuple[Answer, ...]
-
-    @property
-    def score(self) -> float:
-        return self.passed / self.problems if self.problems else 0.0
-
-    def to_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "schema": TASK_SCHEMA, "score": self.score}
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> TaskResult:
-        answers = tuple(Answer(**a) for a in data["answers"])
-        fields = {k: data[k] for k in cls.__dataclass_fields__ if k not in ("answers", "isolation")}
-        return cls(**fields, isolation=tuple(data["isolation"]), answers=answers)
-
-    def renamed(self, name: str) -> TaskResult:
-        return TaskResult(**{**self.__dict__, "model": name})
-
-
-def task_key(digest: str, task: Task, protocol: str, problems: int) -> str:
-    basis = json.dumps([digest, task.value, protocol, problems, TASK_SCHEMA])
-    return hashlib.sha256(basis.encode()).hexdigest()[:32]
-
-
-def load_task_result(store: Store, key: str) -> TaskResult | None:
-    path = results_dir(store) / f"task-{key}.json"
-    try:
-        return TaskResult.from_dict(json.loads(path.read_text()))
-    except FileNotFoundError:
-        return None
-    except (OSError, ValueError, KeyError, TypeError):
-        log.warning("ignoring unreadable task result %s", path)
-        return None
-
-
-def save_task_result(store: Store, result: TaskResult) -> None:
-    results_dir(store).mkdir(parents=True, exist_ok=True)
-    write_atomic(results_dir(store) / f"task-{result.key}.json", json.dumps(result.to_dict()).encode(),
-                 store.tmp_dir)
 
 
 @dataclass(frozen=True)

@@ -23,6 +23,7 @@ from ...optimize.history import last_run
 from ...runner.manager import LoadedInfo
 from ...store import Store
 from ...store.records import Manifest
+from ...tasks.kept import TaskResult, latest_task_results
 
 # a source's fields that say what made a model (others may hold local paths: never sent)
 SOURCE_FIELDS = ("kind", "parent", "parent_name", "parent_type", "requested", "package", "quantization", "repo",
@@ -31,10 +32,12 @@ MAX_RECENT = 1000  # audit lines the page may ask for
 
 
 def models_view(store: Store) -> dict[str, Any]:
-    """Every stored model by family (``base`` name): its variants, their newest measured results,
+    """Every stored model by family (``base`` name): its variants, their newest measured results
+    (KLD and task accuracy),
     lineage, the bytes deleting each would free, and the family's last optimize constraints."""
     manifests = sorted(store.manifests(), key=lambda m: (m.name.base, m.size))
     results = latest_results(store, manifests)
+    tasks = latest_task_results(store, manifests)
     owners: dict[str, set[str]] = {}
     for m in manifests:
         for digest in m.blob_sizes():
@@ -44,7 +47,9 @@ def models_view(store: Store) -> dict[str, Any]:
         names_of.setdefault(m.digest, []).append(str(m.name))
     families: dict[str, list[dict[str, Any]]] = {}
     for m in manifests:
-        families.setdefault(m.name.base, []).append(_variant(m, results.get(str(m.name)), owners, names_of))
+        variant = _variant(m, results.get(str(m.name)), owners, names_of)
+        variant["tasks"] = {task.value: _task(r) for task, r in tasks.get(str(m.name), {}).items()}
+        families.setdefault(m.name.base, []).append(variant)
     return {
         "families": [
             {"name": base, "variants": variants, "optimize": optimize_limits(last_run(store, base))}
@@ -75,6 +80,12 @@ def _variant(
         "remove": {"freed_bytes": sum(only_here.values()), "blobs": len(only_here)},
         "result": _result(result) if result else None,
     }
+
+
+def _task(r: TaskResult) -> dict[str, Any]:
+    """A task's kept score and what it was measured on (protocol, problems, when)."""
+    return {"score": r.score, "passed": r.passed, "problems": r.problems, "protocol": r.protocol,
+            "created": r.created, "sandbox": list(r.isolation)}
 
 
 def _result(r: EvalResult) -> dict[str, Any]:

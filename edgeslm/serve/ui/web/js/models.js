@@ -103,13 +103,24 @@ function point(v) {
       ["same top-1", r.same_top === null ? "–" : `${num(100 * r.same_top, 2)} %`], ["perplexity", num(r.ppl, 3)],
       ["generation", `${num(r.tg_tps)} tok/s`], ["prompt", `${num(r.pp_tps)} tok/s`], ["type mix", typeMix(v.type_mix)],
       ["measured on", `${r.text}, ${r.chunks} × ${r.ctx} tokens`],
+      ...Object.entries(v.tasks || {}).map(([task, t]) => [taskLabel(task), taskCell(t)]),
     ],
   };
 }
 
-const COLUMNS = ["Variant", "Size", "Type mix", "Bits/weight", "PPL", "Mean KLD", "Same top-1", "Gen tok/s",
-  "Prompt tok/s", "Peak RSS"];
-const NUMERIC = new Set(["Size", "Bits/weight", "PPL", "Mean KLD", "Same top-1", "Gen tok/s", "Prompt tok/s", "Peak RSS"]);
+const COLUMNS = ["Variant", "Size", "Type mix", "Bits/weight", "PPL", "Mean KLD", "Same top-1", "HumanEval pass@1",
+  "Tool calls", "Gen tok/s", "Prompt tok/s", "Peak RSS"];
+const NUMERIC = new Set(["Size", "Bits/weight", "PPL", "Mean KLD", "Same top-1", "HumanEval pass@1", "Tool calls",
+  "Gen tok/s", "Prompt tok/s", "Peak RSS"]);
+
+function taskLabel(task) {
+  return task === "humaneval" ? "HumanEval pass@1" : task === "tools" ? "tool calls" : task;
+}
+
+// "61.6 % of 164": the share passed and over how many problems (a --limit run says so)
+function taskCell(t) {
+  return t ? `${num(100 * t.score, 1)} % of ${t.problems}` : "–";
+}
 
 function table(f, ctx, status, reload) {
   const admin = ctx.may("copy") || ctx.may("delete");
@@ -125,6 +136,8 @@ function table(f, ctx, status, reload) {
       h("td", { class: "n" }, num(r.ppl, 3)),
       h("td", { class: "n" }, r.kld_mean === null && r.ppl ? "reference" : num(r.kld_mean, 4)),
       h("td", { class: "n" }, r.same_top === null || r.same_top === undefined ? "–" : `${num(100 * r.same_top, 2)} %`),
+      h("td", { class: "n" }, taskCell((v.tasks || {}).humaneval)),
+      h("td", { class: "n" }, taskCell((v.tasks || {}).tools)),
       h("td", { class: "n" }, num(r.tg_tps)),
       h("td", { class: "n" }, num(r.pp_tps)),
       h("td", { class: "n" }, bytes(r.peak_rss)),
