@@ -11,7 +11,7 @@ fit, ranked by their measured quality.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -22,6 +22,7 @@ from .device import Device
 from .errors import InvalidParameterError
 from .evaluate.kept import all_results
 from .evaluate.result import EvalResult
+from .evaluate.task_results import Task, TaskResult, latest_task_results
 from .formats.model_format import RUNTIME_OF, ModelFormat
 from .formats.model_info import estimate_memory
 from .formats.size_class import SIZE_CLASSES, SizeClass
@@ -248,8 +249,9 @@ def _local_picks(store: Store, device: Device, use_case: str, level: str, ctx: i
         else:
             by_base.setdefault(m.name.base, []).append((m, memory))
     picks = []
+    passes = _pass_rates(store) if use_case == "code" else {}
     for base, variants in sorted(by_base.items(), key=lambda kv: -kv[1][0][0].info.n_params):
-        picks += _ranked_local(base, variants, measured, ctx, budget, device, level)
+        picks += _ranked_local(base, variants, measured, ctx, budget, device, level, passes)
     for base, memory in sorted(no_chat.items()):
         why = f"fits, but has no chat template: a base model continues text rather than answering; for {use_case} "
         picks.append(Pick(f"({base})", memory, why + "pick an instruct model, or use --use-case completion"))
@@ -290,6 +292,12 @@ def _measured(store: Store) -> dict[str, EvalResult]:
 RANKED_PER_MODEL = 3  # measured variants listed per model, best first
 
 
+def _pass_rates(store: Store) -> dict[str, TaskResult]:
+    """Kept HumanEval results by model digest (the one over the most problems)."""
+    kept = latest_task_results(store, store.manifests())
+    return {r.model_digest: r for by_task in kept.values() if (r := by_task.get(Task.HUMANEVAL)) is not None}
+
+
 def _ranked_local(
     base: str,
     variants: Sequence[tuple[Manifest, int]],
@@ -298,6 +306,7 @@ def _ranked_local(
     budget: int,
     device: Device,
     level: str,
+    passes: Mapping[str, TaskResult],
 ) -> list[Pick]:
     scored = [(m, mem, measured[m.digest]) for m, mem in variants if m.digest in measured]
     fits = f"fits: {{}} at {ctx:,} tokens of context ≤ {format_bytes(budget)}"
@@ -310,13 +319,20 @@ def _ranked_local(
         return [Pick(str(m.name), mem, why)]
     where = "here" if device.detected else "on this machine (expect different speed on the device)"
     picks = []
-    for i, (m, mem, r, rule) in enumerate(_rank(scored, level)[:RANKED_PER_MODEL]):
+    ranked = _rank(scored, level)
+    counts = {passes[m.digest].problems for m, _, _ in scored if m.digest in passes}
+    if len(counts) == 1 and all(m.digest in passes for m, _, _ in scored):  # all measured alike: by pass@1
+        ranked = _rank_by_pass(ranked, passes)
+    for i, (m, mem, r, rule) in enumerate(ranked[:RANKED_PER_MODEL]):
         tg = r.speed.tg_tps if r.speed else None
         speed = f", {tg:.0f} tok/s generation {where}" if tg else ""
         runtime = RUNTIME_OF[m.format].value
         facts = (
             f"on {runtime}: mean KLD {_kld(r):.4f} vs {r.reference}, {100 * (r.same_top or 0.0):.1f}% same top-1{speed}"
         )
+        if m.digest in passes:
+            t = passes[m.digest]
+            facts += f", HumanEval pass@1 {100 * t.score:.1f}% of {t.problems}"
         if i == 0:
             why = (
                 f"{fits.format(format_bytes(mem))}; {rule} among {base}'s variants ({facts}; "
@@ -324,12 +340,23 @@ def _ranked_local(
             )
         else:
             why = f"#{i + 1} for {base}: {rule} ({facts})"
-        measured_here = {"kld_mean": r.kld_mean, "same_top": r.same_top, "tg_tps": tg, "runtime": runtime}
+        measured_here = {"kld_mean": r.kld_mean, "same_top": r.same_top, "tg_tps": tg, "runtime": runtime,
+                         "pass_at_1": passes[m.digest].score if m.digest in passes else None}
         picks.append(Pick(str(m.name), mem, why, measured_here))
     return picks
 
 
 Scored = tuple[Manifest, int, EvalResult]
+
+
+def _rank_by_pass(
+    ranked: list[tuple[Manifest, int, EvalResult, str]], passes: Mapping[str, TaskResult]
+) -> list[tuple[Manifest, int, EvalResult, str]]:
+    """Code, with every variant's HumanEval measured alike: the most problems passed first (a stable
+    sort, so the KLD ranking breaks ties)."""
+    order = sorted(ranked, key=lambda x: -passes[x[0].digest].passed)
+    rule = "the most HumanEval problems passed (greedy pass@1, measured on each)"
+    return [(m, mem, r, rule if i == 0 else "next by HumanEval pass@1") for i, (m, mem, r, _) in enumerate(order)]
 
 
 def _kld(r: EvalResult) -> float:

@@ -189,8 +189,8 @@ def test_a_kept_result_reads_back_as_the_same_record(
 
 
 def test_compare_shows_kept_task_accuracy_beside_kld(fake: Cli, home: Path, tmp_path: Path) -> None:
+    from edgeslm.evaluate.task_results import Answer, TaskResult, save_task_result
     from edgeslm.store import Store, parse_name
-    from edgeslm.tasks.kept import Answer, TaskResult, save_task_result
 
     text = tmp_path / "t.txt"
     text.write_bytes((b"aab" * 400)[:1000])

@@ -219,3 +219,38 @@ def test_optimize_with_an_imatrix_calibrates_apart_and_quantizes_with_it(
     assert "2 chunk(s) of 64 tokens of words.txt (after the 256 evaluation tokens)" in note
     too_short = cli("optimize", "r:f16", "--imatrix", "--text", str(tiny), "--ctx", "64", "--chunks", "999")
     assert too_short.code == 2 and "kept apart" in too_short.err
+
+
+def test_min_pass_picks_by_measured_task_accuracy(
+    tiny: Path, cli: Cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The candidates meeting every other constraint are measured best first until one passes
+    enough problems; the best-KLD one (the reference) fails the threshold, so a smaller one wins."""
+    from edgeslm.evaluate.task_results import TaskResult
+    from edgeslm.tasks import core as task_core
+
+    scores = {"r:f16": 0.4, "r:q8_0": 0.7, "r:q4_0": 0.9}
+    measured: list[tuple[str, str, int | None]] = []
+
+    def fake_run_task(store: Store, model: object, task: object, **kw: object) -> TaskResult:
+        name, value = getattr(model, "name"), getattr(task, "value")  # noqa: B009
+        measured.append((name, value, kw["limit"]))  # type: ignore[arg-type]
+        return TaskResult("k" * 32, "2026-01-01", value, "p", name, "d", 10, int(10 * scores[name]), 1.0, 4, (), ())
+
+    monkeypatch.setattr(task_core, "run_task", fake_run_task)
+    result = cli("optimize", "r:f16", *args(tiny, tmp_path / "rep", "--min-pass", "60%", "--task-limit", "10",
+                                            "--no-mixed", "--json"))
+    assert result.code == 0, result.err
+    report = json.loads(result.out)
+    ranked = {r["name"]: r for r in report["ranking"]}
+    assert report["winner"] == "r:q8_0" and ranked["r:q8_0"]["metrics"]["pass_at_1"] == 0.7
+    assert "HumanEval pass@1 40.0 % < 60.0 %" in ranked["r:f16"]["reason"]
+    assert measured == [("r:f16", "humaneval", 10), ("r:q8_0", "humaneval", 10)]  # r:q4_0 never needed
+    assert "not measured" in ranked["r:q4_0"]["reason"] and report["constraints"]["min_pass"] == 0.6
+    assert "pass@1 70.0%" in (tmp_path / "rep" / "report.md").read_text()
+
+
+@pytest.mark.parametrize(("flag", "value"), [("--min-pass", "120%"), ("--min-tool-acc", "lots"), ("--min-pass", "-1")])
+def test_task_thresholds_must_be_shares(tiny: Path, cli: Cli, tmp_path: Path, flag: str, value: str) -> None:
+    result = cli("optimize", "r:f16", *args(tiny, tmp_path / "rep", flag, value))
+    assert result.code == 2 and flag in result.err

@@ -12,7 +12,7 @@ from edgeslm import device as device_module
 from edgeslm.device import describe, detect
 from edgeslm.errors import InvalidParameterError
 from edgeslm.recommend import recommend
-from edgeslm.store import Store
+from edgeslm.store import Store, parse_name
 
 from .conftest import CliResult
 
@@ -109,3 +109,36 @@ def test_cli(cli: Cli) -> None:
     assert data["device"]["detected"] is True and data["advice"]
     assert cli("recommend", "--device", "phone").code == 2
     assert "unknown unit" in cli("recommend", "--ram", "4XB").err
+
+
+def test_code_ranks_by_humaneval_when_every_variant_is_measured(cli: Cli, store: Store, tmp_path: Path) -> None:
+    from edgeslm.evaluate.task_results import TaskResult, save_task_result
+
+    from .ggufbuild import write_runnable_model
+    from .test_sensitivity import make_text
+
+    template = "{% for m in messages %}{{ m['content'] }}\n{% endfor %}"
+    write_runnable_model(tmp_path / "c.gguf", chat_template=template)
+    assert cli("import", str(tmp_path / "c.gguf"), "--name", "c:f16").code == 0
+    assert cli("quantize", "c:f16", "--type", "q8_0,q4_0").code == 0
+    (tmp_path / "t.txt").write_text(make_text(2000).text)
+    text = str(tmp_path / "t.txt")
+    assert cli("eval", "c", "--all-variants", "--text", text, "--ctx", "64", "--chunks", "3").code == 0
+    phone = describe(kind="phone", ram=4 * GB, cores=4, simd=None)
+    by_kld = [p.name for p in recommend(phone, use_case="code", store=store).local]
+    passed = {"c:f16": 50, "c:q8_0": 80, "c:q4_0": 60}  # the smallest KLD is not the best coder here
+
+    def keep(name: str, problems: int) -> None:
+        m = store.get(parse_name(name))
+        save_task_result(store, TaskResult(f"{abs(hash(name)):032x}"[:32], "2026-01-01", "humaneval", "p", name,
+                                           m.digest, problems, passed[name], 1.0, 4, (), ()))
+
+    keep("c:f16", 164)
+    keep("c:q8_0", 164)
+    partly = [p.name for p in recommend(phone, use_case="code", store=store).local]
+    assert partly == by_kld  # one variant unmeasured: the KLD ranking stands
+    keep("c:q4_0", 164)
+    picks = recommend(phone, use_case="code", store=store).local
+    assert [p.name for p in picks] == ["c:q8_0", "c:q4_0", "c:f16"]
+    assert "the most HumanEval problems passed" in picks[0].why and "pass@1 48.8% of 164" in picks[0].why
+    assert picks[0].measured is not None and picks[0].measured["pass_at_1"] == 80 / 164

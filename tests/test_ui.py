@@ -22,13 +22,13 @@ from edgeslm.access.audit import AuditLog, AuditRecord, report
 from edgeslm.access.compliance import report_csv, report_rows
 from edgeslm.evaluate.kept import latest_results, results_dir, save_result
 from edgeslm.evaluate.result import EvalResult, Speed
+from edgeslm.evaluate.task_results import Answer, TaskResult, save_task_result
 from edgeslm.optimize.constraints import Constraints
 from edgeslm.optimize.history import last_run, remember
 from edgeslm.serve.activity import Activity
 from edgeslm.serve.ui.routes import assets
 from edgeslm.serve.ui.views import audit_view, models_view, optimize_limits, recent_lines
 from edgeslm.store import Store, parse_name
-from edgeslm.tasks.kept import Answer, TaskResult, save_task_result
 
 from . import servekit
 from .fake_runner import FakeRunner

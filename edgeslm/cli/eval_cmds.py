@@ -154,7 +154,7 @@ TASK_COLUMNS = ("pass@1", "tools")
 
 def _task_cells(kept: Mapping[Any, Any]) -> tuple[str, ...]:
     """'61.6% (164)' per task column, blank where never measured."""
-    from ..tasks.kept import Task
+    from ..evaluate.task_results import Task
 
     def cell(task: Task) -> str:
         r = kept.get(task)
@@ -180,7 +180,7 @@ def cmd_compare(args: argparse.Namespace, settings: Settings) -> int:
     results = sorted(kept.values(), key=lambda r: r.file_size)
     if not results:
         raise ModelNotFoundError("nothing to compare: no evaluation results are kept for these models")
-    from ..tasks.kept import latest_task_results
+    from ..evaluate.task_results import latest_task_results
 
     tasks = latest_task_results(store, [m for n in wanted if (m := store.find(n)) is not None])
     _print(results, args.format, tasks)

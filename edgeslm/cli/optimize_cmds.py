@@ -13,7 +13,7 @@ from typing import Any
 from ..config import DEFAULT_CONTEXT, Settings
 from ..convert.to_mlx import parse_recipes
 from ..convert.to_onnx import parse_variants
-from ..errors import OutputFileError
+from ..errors import InvalidParameterError, OutputFileError
 from ..evaluate.core import EvalSettings, load_text
 from ..formats.model_format import parse_runtimes
 from ..formats.quant_types import parse_quant_types
@@ -51,6 +51,11 @@ def configure(sub: Any) -> None:
     g.add_argument(
         "--max-ppl-increase", metavar="SHARE", help="largest perplexity increase over the reference: 0.05 or 5%%"
     )
+    g.add_argument("--min-pass", metavar="SHARE", help="least HumanEval pass@1 (eval --task humaneval): 0.55 or 55%%; "
+                   "measured on the best candidates until one meets it")
+    g.add_argument("--min-tool-acc", metavar="SHARE", help="least tool-call accuracy (eval --task tools): 0.8 or 80%%")
+    g.add_argument("--task-limit", type=int, metavar="N", help="with --min-pass/--min-tool-acc: only the first N "
+                   "problems of each task (a quick, rougher answer)")
     p.add_argument("--types", default=DEFAULT_TYPES, help=f"uniform types to try (default {DEFAULT_TYPES})")
     p.add_argument("--runtimes", default="llama.cpp", help="runtimes whose variants compete: llama.cpp (default), "
                    "onnxruntime, mlx, or several: llama.cpp,onnxruntime,mlx")
@@ -97,7 +102,18 @@ def _constraints(args: argparse.Namespace) -> Constraints:
         max_kld=tuple(parse_kld(k) for k in args.max_kld),
         min_same_top=parse_fraction("--min-same-top", args.min_same_top) if args.min_same_top else None,
         max_ppl_increase=parse_fraction("--max-ppl-increase", args.max_ppl_increase) if args.max_ppl_increase else None,
+        min_pass=_share("--min-pass", args.min_pass),
+        min_tool_acc=_share("--min-tool-acc", args.min_tool_acc),
     )
+
+
+def _share(flag: str, text: str | None) -> float | None:
+    if text is None:
+        return None
+    value = parse_fraction(flag, text)
+    if value > 1:
+        raise InvalidParameterError(f"{flag} {text!r}: a share is at most 1 (100%)", params=flag.lstrip("-"))
+    return value
 
 
 @contextmanager
@@ -139,6 +155,8 @@ def cmd_optimize(args: argparse.Namespace, settings: Settings) -> int:
         runtimes=parse_runtimes(args.runtimes),
         onnx=parse_variants(args.onnx),
         mlx=parse_recipes(args.mlx),
+        task_limit=args.task_limit,
+        home=str(settings.home),
     )
     if args.report.exists() and not args.report.is_dir():
         raise OutputFileError(f"--report {args.report} is a file; give a folder for the report")

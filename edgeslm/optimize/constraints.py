@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 from ..config import DEFAULT_CONTEXT
@@ -37,6 +37,8 @@ class Metrics:
     ppl_increase: float  # ppl / reference ppl - 1
     pp_tps: float | None
     tg_tps: float | None
+    pass_at_1: float | None = None  # HumanEval, greedy (eval --task humaneval), when measured
+    tool_acc: float | None = None  # the tool-call suite (eval --task tools), when measured
 
     @classmethod
     def from_result(cls, result: EvalResult, memory: int) -> Metrics:
@@ -71,6 +73,17 @@ class Constraints:
     max_kld: tuple[tuple[str, float], ...] = ()  # (statistic, limit)
     min_same_top: float | None = None  # fraction
     max_ppl_increase: float | None = None  # fraction
+    min_pass: float | None = None  # HumanEval pass@1, fraction
+    min_tool_acc: float | None = None  # tool-call accuracy, fraction
+
+    @property
+    def tasks(self) -> tuple[str, ...]:
+        """The tasks these constraints need measured (``evaluate.task_results.Task`` values)."""
+        limits = (("humaneval", self.min_pass), ("tools", self.min_tool_acc))
+        return tuple(task for task, limit in limits if limit is not None)
+
+    def without_tasks(self) -> Constraints:
+        return replace(self, min_pass=None, min_tool_acc=None)
 
     def __post_init__(self) -> None:
         for stat, _ in self.max_kld:
@@ -93,6 +106,10 @@ class Constraints:
             out.append(f"same top-1 as the reference ≥ {100 * self.min_same_top:g} %")
         if self.max_ppl_increase is not None:
             out.append(f"perplexity increase ≤ {100 * self.max_ppl_increase:g} %")
+        if self.min_pass is not None:
+            out.append(f"HumanEval pass@1 ≥ {100 * self.min_pass:g} %")
+        if self.min_tool_acc is not None:
+            out.append(f"tool-call accuracy ≥ {100 * self.min_tool_acc:g} %")
         return out
 
     def check(self, m: Metrics) -> list[Violation]:
@@ -105,6 +122,9 @@ class Constraints:
             _at_most(out, "--max-kld", f"{stat} KLD", m.kld[stat], limit, lambda v: f"{v:.4g}")
         _at_least(out, "--min-same-top", "same top-1", m.same_top, self.min_same_top, lambda v: f"{100 * v:.2f} %")
         _at_most(out, "--max-ppl-increase", "PPL increase", m.ppl_increase, self.max_ppl_increase, _percent)
+        share = lambda v: f"{100 * v:.1f} %"  # noqa: E731
+        _at_least(out, "--min-pass", "HumanEval pass@1", m.pass_at_1, self.min_pass, share)
+        _at_least(out, "--min-tool-acc", "tool-call accuracy", m.tool_acc, self.min_tool_acc, share)
         return out
 
     def size_budget(self, kv_bytes: int) -> int | None:

@@ -31,6 +31,7 @@ from ..formats.quant_types import QUANT_TYPES, QuantizeOptions, QuantType, parse
 from ..quantize import check_request, is_quantized, quantize
 from ..store import ModelName, Store, parse_name
 from ..store.records import Manifest
+from ..store.resolve import from_manifest
 from ..units import format_bytes
 from .constraints import Constraints, Metrics, Ranking, rank
 from .history import remember
@@ -73,6 +74,9 @@ class OptimizeParams:
     runtimes: tuple[Runtime, ...] = (Runtime.LLAMA_CPP,)
     onnx: tuple[tuple[Precision, Method], ...] = ((Precision.INT4, Method.BUILDER), (Precision.INT8, Method.BUILDER))
     mlx: tuple[MlxRecipe, ...] = (MlxRecipe(bits=4), MlxRecipe(bits=8))
+    task_limit: int | None = None  # with --min-pass / --min-tool-acc: the first N problems of each task
+    task_slots: int = 4
+    home: str | None = None  # the home the task runner's worker opens (default: as the environment says)
 
 
 CandidateKind = Literal["reference", "source", "uniform", "mixed", "onnx", "mlx"]
@@ -226,6 +230,7 @@ def optimize(
     if Runtime.LLAMA_CPP in params.runtimes and _wants_mix(run, budget):
         assert budget is not None
         mixed = _measure_mixed(run, reference, calibration, budget)
+    _measure_tasks(run)
     ranking = rank(params.constraints, [c.metrics for c in run.candidates])
     tagged = _tag(run, ranking) if params.tag else None
     winner = ranking.winner.metrics.name if ranking.winner else None
@@ -234,6 +239,42 @@ def optimize(
         str(run.source.name), str(reference.name), text.label, calibration.label, params, tuple(run.candidates),
         ranking, mixed, tagged, tuple(run.notes), time.perf_counter() - start,
     )
+
+
+def _measure_tasks(run: _Run) -> None:
+    """Task accuracy, where the constraints ask for it: the candidates that meet every other
+    constraint, best first, until one meets the task thresholds too (each costs a task run; kept
+    results are reused). Those after it are not measured: the winner is already found."""
+    constraints = run.params.constraints
+    if not constraints.tasks:
+        return
+    from ..evaluate.task_results import Task
+    from ..tasks.core import run_task
+
+    p = run.params
+    fitting = [v for v in rank(constraints.without_tasks(), [c.metrics for c in run.candidates]).verdicts if v.fits]
+    for verdict in fitting:
+        i = next(i for i, c in enumerate(run.candidates) if c.name == verdict.metrics.name)
+        candidate = run.candidates[i]
+        model = from_manifest(run.store, run.store.get(parse_name(candidate.name)))
+        scores = {}
+        for task in constraints.tasks:
+
+            def report(done: int, total: int, passed: int, task: str = task, name: str = candidate.name) -> None:
+                run.progress(name, f"{task}, {passed} passing", done, total)
+
+            result = run_task(run.store, model, Task(task), limit=p.task_limit, slots=p.task_slots,
+                              threads=p.threads, home=p.home, progress=report)
+            scores[task] = result.score
+        metrics = replace(candidate.metrics, pass_at_1=scores.get("humaneval"), tool_acc=scores.get("tools"))
+        run.candidates[i] = replace(candidate, metrics=metrics)
+        if not constraints.check(metrics):
+            break
+    unmeasured = len(run.candidates) - sum(
+        c.metrics.pass_at_1 is not None or c.metrics.tool_acc is not None for c in run.candidates)
+    if unmeasured:
+        run.note(f"task accuracy measured on the candidates meeting every other constraint, best first, until one met "
+                 f"the task thresholds; {unmeasured} other candidate(s) not measured on tasks")
 
 
 def _check_budget(run: _Run) -> int | None:

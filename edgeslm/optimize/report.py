@@ -14,13 +14,13 @@ from typing import Any
 from ..errors import OutputFileError
 from ..evaluate.report import new_figure, save_size_kld_plot, scatter_runtimes
 from ..units import format_bytes, format_mib
-from .constraints import Verdict
+from .constraints import Metrics, Verdict
 from .core import Candidate, OptimizeResult
 
 POOR_KLD = 0.5  # a winner this far from the reference gets a warning when no KLD limit was set
 HEADERS = (
     "rank", "model", "runtime", "recipe", "size", "memory", "mean KLD", "KLD p99", "same top-1", "PPL", "pp t/s",
-    "tg t/s", "peak RSS", "verdict",
+    "tg t/s", "peak RSS", "tasks", "verdict",
 )
 
 
@@ -39,10 +39,16 @@ def table_rows(result: OptimizeResult) -> list[tuple[str, ...]]:
             format_bytes(m.memory),
             "0 (reference)" if c.kind == "reference" else f"{m.kld['mean']:.5f} ± {m.kld_err:.5f}",
             _num(m.kld["p99"], "{:.4f}"), f"{100 * m.same_top:.2f}%", ppl, _num(m.pp_tps, "{:.1f}"),
-            _num(m.tg_tps, "{:.1f}"), format_mib(speed.peak_rss) if speed else "",
+            _num(m.tg_tps, "{:.1f}"), format_mib(speed.peak_rss) if speed else "", _tasks(m),
             "winner" if v.rank == 1 else ("fits" if v.fits else "fails"),
         ))
     return rows
+
+
+def _tasks(m: Metrics) -> str:
+    """Task accuracy where measured (optimize --min-pass / --min-tool-acc)."""
+    scores = (("pass@1", m.pass_at_1), ("tools", m.tool_acc))
+    return ", ".join(f"{label} {100 * v:.1f}%" for label, v in scores if v is not None)
 
 
 def reasons(result: OptimizeResult) -> list[str]:

@@ -19,10 +19,10 @@ from typing import Any
 
 from ..engines.base import SamplingParams
 from ..errors import InvalidParameterError
+from ..evaluate.task_results import Answer, Task, TaskResult, load_task_result, save_task_result, task_key
 from ..store import Store
 from ..store.resolve import ResolvedModel
 from . import humaneval
-from .kept import Answer, Task, TaskResult, load_task_result, save_task_result, task_key
 from .sandbox import Limits, run_python
 
 log = logging.getLogger(__name__)

@@ -18,12 +18,12 @@ from ...access.audit import MAX_LINE, report, verify
 from ...access.compliance import report_rows
 from ...evaluate.kept import latest_results
 from ...evaluate.result import EvalResult
+from ...evaluate.task_results import TaskResult, latest_task_results
 from ...formats.model_format import RUNTIME_OF
 from ...optimize.history import last_run
 from ...runner.manager import LoadedInfo
 from ...store import Store
 from ...store.records import Manifest
-from ...tasks.kept import TaskResult, latest_task_results
 
 # a source's fields that say what made a model (others may hold local paths: never sent)
 SOURCE_FIELDS = ("kind", "parent", "parent_name", "parent_type", "requested", "package", "quantization", "repo",

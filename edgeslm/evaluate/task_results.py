@@ -14,10 +14,10 @@ from enum import Enum
 from pathlib import Path
 from typing import Any
 
-from ..evaluate.kept import results_dir
 from ..store import Store
 from ..store.atomic import write_atomic
 from ..store.records import Manifest
+from .kept import results_dir
 
 log = logging.getLogger(__name__)
 TASK_SCHEMA = 1
