@@ -169,3 +169,19 @@ def test_ctrl_c_stops_the_reply_not_the_chat(builtin_home: Path, tmp_path: Path)
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 0, err
     assert "[generation stopped]" in err
+
+
+def test_close_releases_every_handle(tmp_path: Path) -> None:
+    """A closed engine holds no llama.cpp context or model: optimize opens hundreds (one per
+    sensitivity probe); the generation context once went unfreed, 0.3 GB a probe on the 1.5B."""
+    from edgeslm.engines.base import LoadParams, open_engine
+
+    from .ggufbuild import write_runnable_model
+
+    engine = open_engine("llama.cpp", write_runnable_model(tmp_path / "m.gguf"), LoadParams(n_ctx=64))
+    engine.embed("abc")  # the embedding context too
+    handles = ("ctx", "_embed_ctx", "_model")
+    assert all(getattr(engine, h) for h in handles)
+    engine.close()
+    assert [h for h in handles if getattr(engine, h) is not None] == []
+    engine.close()  # twice is harmless

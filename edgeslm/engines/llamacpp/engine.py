@@ -329,7 +329,7 @@ class LlamaCppEngine:
         return [x / norm for x in vec] if norm > 0 else vec
 
     def close(self) -> None:
-        for attr, free in (("_embed_ctx", lc.llama_free), ("_ctx", lc.llama_free), ("_model", lc.llama_model_free)):
+        for attr, free in (("_embed_ctx", lc.llama_free), ("ctx", lc.llama_free), ("_model", lc.llama_model_free)):
             handle = getattr(self, attr, None)
             if handle:
                 free(handle)
