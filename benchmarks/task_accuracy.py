@@ -1,5 +1,5 @@
-"""HumanEval pass@1 of the Qwen2.5-Coder models as shipped, by edgeslm and by native llama-server on
-the same file in the same run, beside the figure the model's authors published.
+"""HumanEval pass@1 and tool-call accuracy of the Qwen2.5-Coder models as shipped, by edgeslm and by
+native llama-server on the same file in the same run, beside the figure the model's authors published.
 
 Per model: ``edgeslm eval MODEL --task humaneval --force`` (the authors' protocol, N slots, each
 completion run in the sandbox), then the same chats — system, user, the reply pre-filled with a
@@ -8,8 +8,12 @@ the same stop strings, the same number of slots), each reply checked by the same
 pass@1 of both, the authors' figure, problems where the two pass differently and whether their
 texts differ (batched decoding can flip a near-tie), identical replies, and wall time.
 
+Tools: ``edgeslm eval MODEL --task tools --force`` beside the same 150 requests sent to llama-server's
+OpenAI endpoint (``tools``, ``tool_choice: auto``, ``parallel_tool_calls: true``, greedy), its
+returned ``tool_calls`` scored by the same rules; accuracy per kind of case.
+
     .venv/bin/python benchmarks/task_accuracy.py [--models qwen2.5-coder:0.5b,qwen2.5-coder:1.5b] \\
-        [--limit N] [--slots 4] [--write README.md docs/tasks.md]
+        [--tasks humaneval,tools] [--limit N] [--slots 4] [--write docs/tasks.md]
 """
 
 from __future__ import annotations
@@ -32,51 +36,74 @@ from edgeslm_cli import edgeslm, native_bin  # noqa: E402
 from parity import BENCH_HOME, pinned_file  # noqa: E402
 from serve_throughput import running  # noqa: E402
 
+from edgeslm.evaluate.task_results import Task, load_task_result, task_key  # noqa: E402
 from edgeslm.store import Store, parse_name  # noqa: E402
-from edgeslm.tasks import humaneval  # noqa: E402
-from edgeslm.tasks.core import Task, load_task_result, task_key  # noqa: E402
+from edgeslm.tasks import humaneval, tool_calls  # noqa: E402
 from edgeslm.tasks.sandbox import run_python  # noqa: E402
 
 AUTHORS = {"qwen2.5-coder:0.5b": 61.6, "qwen2.5-coder:1.5b": 70.7}  # Qwen2.5-Coder report v3, Table 16
 HEADER = ["| model | edgeslm pass@1 | llama-server pass@1 | authors (original weights) | pass differently "
           "| identical replies | edgeslm time | llama-server time |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
+TOOLS_HEADER = ["| model | server | all | single | choose | parallel | none | time |",
+                "|---|---|---:|---:|---:|---:|---:|---:|"]
 
 
-def ours(home: Path, model: str, args: argparse.Namespace) -> tuple[dict[str, Any], float]:
+def ours(home: Path, model: str, task: Task, args: argparse.Namespace) -> tuple[dict[str, Any], float]:
+    """edgeslm's answers (problem id -> reply, passed) and wall time, from the result eval keeps."""
     start = time.perf_counter()
     limit = ["--limit", str(args.limit)] if args.limit else []
-    edgeslm(home, "eval", model, "--task", "humaneval", "--slots", str(args.slots), "--force", *limit, "--json")
+    edgeslm(home, "eval", model, "--task", task.value, "--slots", str(args.slots), "--force", *limit, "--json")
     seconds = time.perf_counter() - start
     store = Store.open(home / "models")
     manifest = store.get(parse_name(model))
-    count = len(humaneval.load_problems()[: args.limit])
-    kept = load_task_result(store, task_key(manifest.digest, Task.HUMANEVAL, humaneval.PROTOCOL, count))
+    protocol = humaneval.PROTOCOL if task is Task.HUMANEVAL else tool_calls.PROTOCOL
+    count = len((humaneval.load_problems() if task is Task.HUMANEVAL else tool_calls.load_suite())[: args.limit])
+    kept = load_task_result(store, task_key(manifest.digest, task, protocol, count))
     assert kept is not None, "eval kept no result"
     return {a.task_id: {"reply": a.reply, "passed": a.passed} for a in kept.answers}, seconds
 
 
-def native(model: str, args: argparse.Namespace) -> tuple[dict[str, Any], float]:
-    problems = humaneval.load_problems()[: args.limit]
-    ctx = humaneval.MAX_TOKENS + 1024
-    url = f"http://127.0.0.1:{args.port}"
-    cmd = [str(native_bin(args.native_bin) / "llama-server"), "-m", str(pinned_file(model)), "--port", str(args.port),
-           "--jinja", "-np", str(args.slots), "-c", str(ctx * args.slots), "--alias", model]
+def post(url: str, body: dict[str, Any]) -> dict[str, Any]:
+    reply: dict[str, Any] = httpx.post(f"{url}/v1/chat/completions", json=body, timeout=3600).json()
+    return reply
 
+
+def native_humaneval(url: str, model: str, args: argparse.Namespace) -> tuple[dict[str, Any], float]:
     def ask(problem: humaneval.Problem) -> tuple[str, dict[str, Any]]:
         body = {"model": model, "messages": humaneval.messages(problem), "temperature": 0, "top_k": 1,
                 "max_tokens": humaneval.MAX_TOKENS, "stop": list(humaneval.STOP), "seed": 0}
-        reply = httpx.post(f"{url}/v1/chat/completions", json=body, timeout=3600).json()
-        text = reply["choices"][0]["message"]["content"] or ""
+        text = post(url, body)["choices"][0]["message"]["content"] or ""
+        text = text.removeprefix(humaneval.PREFILL)  # llama-server's reply repeats the pre-filled fence
         return problem.task_id, {"reply": text, "passed": run_python(humaneval.program(problem, text)).passed}
 
-    with running(cmd, url, "/health"):
-        start = time.perf_counter()
-        with ThreadPoolExecutor(args.slots) as pool:
-            answers = dict(pool.map(ask, problems))
-        return answers, time.perf_counter() - start
+    start = time.perf_counter()
+    with ThreadPoolExecutor(args.slots) as pool:
+        answers = dict(pool.map(ask, humaneval.load_problems()[: args.limit]))
+    return answers, time.perf_counter() - start
 
 
-def row(model: str, mine: dict[str, Any], theirs: dict[str, Any], times: tuple[float, float]) -> str:
+def native_tools(url: str, model: str, args: argparse.Namespace) -> tuple[dict[str, Any], float]:
+    def ask(case: tool_calls.Case) -> tuple[str, dict[str, Any]]:
+        body = {"model": model, "messages": [{"role": "user", "content": case.request}], "tools": list(case.tools),
+                "tool_choice": "auto", "parallel_tool_calls": True, "temperature": 0, "top_k": 1,
+                "max_tokens": tool_calls.MAX_TOKENS, "seed": 0}
+        message = post(url, body)["choices"][0]["message"]
+        calls = []
+        for call in message.get("tool_calls") or []:
+            try:
+                calls.append((call["function"]["name"], json.loads(call["function"]["arguments"])))
+            except (KeyError, TypeError, ValueError):
+                calls.append(("(unparsable)", {}))
+        passed, _ = tool_calls.score(case, calls)
+        return case.id, {"reply": json.dumps(message), "passed": passed}
+
+    start = time.perf_counter()
+    with ThreadPoolExecutor(args.slots) as pool:
+        answers = dict(pool.map(ask, tool_calls.load_suite()[: args.limit]))
+    return answers, time.perf_counter() - start
+
+
+def humaneval_row(model: str, mine: dict[str, Any], theirs: dict[str, Any], times: tuple[float, float]) -> str:
     n = len(mine)
     differ = [t for t in mine if mine[t]["passed"] != theirs[t]["passed"]]
     same_text = sum(mine[t]["reply"] == theirs[t]["reply"] for t in mine)
@@ -88,9 +115,21 @@ def row(model: str, mine: dict[str, Any], theirs: dict[str, Any], times: tuple[f
     return "| " + " | ".join(cells) + " |"
 
 
+def tools_row(model: str, server: str, answers: dict[str, Any], seconds: float) -> str:
+    kinds = {c.id: c.kind for c in tool_calls.load_suite()}
+
+    def share(ids: list[str]) -> str:
+        return f"{100 * sum(answers[i]['passed'] for i in ids) / len(ids):.1f}" if ids else "—"
+
+    cells = [model, server, f"{share(list(answers))} ({len(answers)})"]
+    cells += [share([i for i in answers if kinds[i] == kind]) for kind in tool_calls.KINDS]
+    return "| " + " | ".join([*cells, f"{seconds / 60:.1f} min"]) + " |"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", default="qwen2.5-coder:0.5b,qwen2.5-coder:1.5b")
+    parser.add_argument("--tasks", default="humaneval,tools")
     parser.add_argument("--limit", type=int, help="only the first N problems (a quick look)")
     parser.add_argument("--slots", type=int, default=4)
     parser.add_argument("--home", type=Path, default=BENCH_HOME)
@@ -98,17 +137,32 @@ def main() -> None:
     parser.add_argument("--port", type=int, default=8497)
     parser.add_argument("--write", type=Path, nargs="*", default=[])
     args = parser.parse_args()
-    rows = []
+    tasks = [Task(t) for t in args.tasks.split(",")]
+    he_rows: list[str] = []
+    tool_rows: list[str] = []
     for model in args.models.split(","):
-        mine, mine_s = ours(args.home, model, args)
-        theirs, theirs_s = native(model, args)
-        rows.append(row(model, mine, theirs, (mine_s, theirs_s)))
-        print(rows[-1], file=sys.stderr)
-        tables.write_all(args.write, "task_accuracy.py:humaneval", [*HEADER, *rows], merge=1)
+        mine = {task: ours(args.home, model, task, args) for task in tasks}
+        ctx = humaneval.MAX_TOKENS + 1024
+        url = f"http://127.0.0.1:{args.port}"
+        cmd = [str(native_bin(args.native_bin) / "llama-server"), "-m", str(pinned_file(model)), "--port",
+               str(args.port), "--jinja", "-np", str(args.slots), "-c", str(ctx * args.slots), "--alias", model]
+        with running(cmd, url, "/health"):
+            if Task.HUMANEVAL in mine:
+                theirs, seconds = native_humaneval(url, model, args)
+                he_rows.append(humaneval_row(model, mine[Task.HUMANEVAL][0], theirs,
+                                             (mine[Task.HUMANEVAL][1], seconds)))
+                tables.write_all(args.write, "task_accuracy.py:humaneval", [*HEADER, *he_rows], merge=1)
+            if Task.TOOLS in mine:
+                theirs, seconds = native_tools(url, model, args)
+                tool_rows += [tools_row(model, "edgeslm", *mine[Task.TOOLS]),
+                              tools_row(model, "llama-server --jinja", theirs, seconds)]
+                tables.write_all(args.write, "task_accuracy.py:tools", [*TOOLS_HEADER, *tool_rows], merge=2)
+        print("\n".join([*he_rows, *tool_rows]), file=sys.stderr)
     print(f"HumanEval greedy pass@1 (%), protocol {humaneval.PROTOCOL}, {args.slots} slots, each completion run in "
           "edgeslm's sandbox; the authors' figures are for the original weights (Qwen2.5-Coder report, Table 16)\n")
-    print("\n".join([*HEADER, *rows]))
-    print(json.dumps({"slots": args.slots, "limit": args.limit}), file=sys.stderr)
+    print("\n".join([*HEADER, *he_rows]))
+    print(f"\ntool-call accuracy (%), protocol {tool_calls.PROTOCOL}, by kind of case\n")
+    print("\n".join([*TOOLS_HEADER, *tool_rows]))
 
 
 if __name__ == "__main__":

@@ -346,6 +346,7 @@ def test_tool_choice_none_leaves_the_response_format_in_force(family_url: str) -
         (ToolFormat.HERMES, "Here:\n```", 6),  # may open a fenced call (Qwen 2.5): held
         (ToolFormat.HERMES, 'Here:\n```json\n{"name"', 6),
         (ToolFormat.HERMES, "Here:\n```python\nprint(1)", 24),
+        (ToolFormat.HERMES, ' {"name": "get_we', 0),  # may be a bare call (Qwen2.5 0.5B): held
         (ToolFormat.MISTRAL_ARGS, "Sure[TOOL_C", 4),
         (ToolFormat.PHI4, "Here functools", 5),
         (ToolFormat.LLAMA3, "", 0),
@@ -370,6 +371,15 @@ FENCED = '```json\n{\n    "name": "get_weather",\n    "arguments": {"city": "Par
         ('Here is JSON:\n```json\n{"a": 1}\n```', 'Here is JSON:\n```json\n{"a": 1}\n```', []),
         ("Code:\n```python\nprint(1)\n```", "Code:\n```python\nprint(1)\n```", []),
         (FENCED[:40], None, []),  # cut inside the call (max_tokens): neither a call nor half of one
+        # bare JSON, no tag (the opening tag optional, as llama.cpp's Hermes 2 Pro parser had it)
+        ('{"name": "get_weather", "arguments": {"city": "Paris", "days": 1}}', None, ["get_weather"]),
+        ('{"name": "get_weather", "arguments": {"city": "Paris"}}\n{"name": "get_weather", "arguments": '
+         '{"city": "Rome"}}', None, ["get_weather", "get_weather"]),
+        ('{"name": "get_weather", "arguments": {"city": "Paris"}} and more', '{"name": "get_weather", "arguments": '
+         '{"city": "Paris"}} and more', []),  # not only calls: text
+        ('{"name": "get_weather", "arguments": {"city": "Par', '{"name": "get_weather", "arguments": {"city": "Par',
+         []),  # cut short: text, never half a call
+        ('{"name": "delete_everything", "arguments": {}}', None, []),  # a tool not offered: no call
     ],
 )
 def test_hermes_reads_calls_fenced_as_json_as_qwen_writes_them(

@@ -146,7 +146,10 @@ OPENINGS = {
 def free_text(fmt: ToolFormat, text: str) -> int:
     """How much of a reply so far is text that no call can turn out to be: everything before the
     family's opening marker, less a tail that may be the marker's beginning. A Llama 3.x call is
-    the whole reply: nothing is free until the reply shows it does not start with one."""
+    the whole reply: nothing is free until the reply shows it does not start with one; nor is a
+    Hermes reply that starts as a bare JSON call may."""
+    if fmt is ToolFormat.HERMES and text.lstrip().startswith("{") and not any(m in text for m in OPENINGS[fmt]):
+        return 0
     if fmt is ToolFormat.LLAMA3:
         head = text.lstrip()
         may_call = any(m.startswith(head[: len(m)]) for m in ("{", "<|python_tag|>"))
@@ -220,7 +223,7 @@ def _hermes(text: str) -> Found | None:
     if fenced is not None and (start < 0 or fenced.start() < start):
         return _fenced(text, fenced.start())
     if start < 0:
-        return None
+        return _bare(text)
     made: list[dict[str, Any]] = []
     for block in re.finditer(r"<tool_call>(.*?)(</tool_call>|\Z)", text[start:], re.S):
         call = _call(_json(block.group(1).strip()), "arguments") if block.group(2) else None
@@ -228,6 +231,28 @@ def _hermes(text: str) -> Found | None:
             return text[:start], None
         made.append(call)
     return text[:start], made
+
+
+def _bare(text: str) -> Found | None:
+    """A reply that is nothing but calls as JSON objects, without tags (Qwen2.5 0.5B writes some
+    this way; llama.cpp's Hermes 2 Pro parser took the opening tag as optional). Anything else in
+    the reply leaves it text."""
+    body, at = text.strip(), 0
+    made: list[dict[str, Any]] = []
+    if not re.match(r'\{\s*"name"\s*:', body):
+        return None
+    decoder = json.JSONDecoder()
+    while at < len(body):
+        try:
+            value, at = decoder.raw_decode(body, at)
+        except json.JSONDecodeError:
+            return None
+        call = _call(value, "arguments")
+        if call is None:
+            return None
+        made.append(call)
+        at = len(body) - len(body[at:].lstrip())
+    return "", made
 
 
 def _fenced(text: str, start: int) -> Found | None:
