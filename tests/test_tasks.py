@@ -275,3 +275,20 @@ def test_a_case_whose_answer_names_a_tool_not_offered_is_refused(tmp_path: Path)
     path.write_text(json.dumps(doc))
     with pytest.raises(InputFileError, match="disagree"):
         tool_calls.load_suite(path)
+
+
+@pytest.mark.parametrize(
+    ("args", "words"),
+    [
+        (("--task", "mmlu"), "named mmlu; tasks: humaneval, tools"),
+        (("--task", "humaneval", "--limit", "0"), "give at least 1"),
+        (("--task", "tools", "--slots", "0"), "slots 0 is out of range"),
+    ],
+)
+def test_eval_task_bad_input_is_a_clear_error(cli: Any, tmp_path: Path, args: tuple[str, ...], words: str) -> None:
+    from .ggufbuild import write_runnable_model
+
+    assert cli("import", str(write_runnable_model(tmp_path / "m.gguf")), "--name", "m").code == 0
+    done = cli("eval", "m", *args)
+    assert done.code == 2 and words in done.err
+
