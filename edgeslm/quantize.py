@@ -83,6 +83,9 @@ def check_request(store: Store, parent: Manifest, qtype: QuantType, options: Qua
             f"source is already {source}: {qtype.name} is made from dequantized weights, "
             "so its error adds to the source's"
         )
+    if options.imatrix is not None and (options.tensor_types or options.token_embedding_type
+                                        or options.output_tensor_type):
+        _check_overrides_covered(store, parent, options)
     if qtype.ternary:
         warnings.extend(_ternary_check(store, parent, qtype, options))
     if not qtype.unquantized and not _any_row_fits(store, parent, qtype):
@@ -92,6 +95,27 @@ def check_request(store: Store, parent: Manifest, qtype: QuantType, options: Qua
             "32-element blocks (Q4_0, Q5_1, Q8_0...)"
         )
     return warnings
+
+
+def _check_overrides_covered(store: Store, parent: Manifest, options: QuantizeOptions) -> None:
+    """A tensor given a type that needs an importance matrix must have an entry in it: llama.cpp's
+    quantizer aborts the whole process otherwise (GGML_ASSERT in ggml_quantize_chunk)."""
+    from .formats.imatrix import read_imatrix
+    from .formats.quant_types import NEEDS_IMATRIX_TYPES
+
+    assert options.imatrix is not None
+    covered = set(read_imatrix(Path(options.imatrix)).entries)
+    path = store.gguf_path(parent, "quantize")
+    named = {"token_embd.weight": options.token_embedding_type, "output.weight": options.output_tensor_type}
+    for t in read_gguf_header(path, label=str(parent.name)).tensors:
+        wanted = named.get(t.name) or next((q for pattern, q in options.tensor_types if re.search(pattern, t.name)),
+                                           None)
+        if wanted is not None and wanted in NEEDS_IMATRIX_TYPES and t.name not in covered:
+            raise InvalidParameterError(
+                f"{t.name} is to be {wanted.name}, which needs an importance matrix, but the importance matrix has "
+                f"no entry for it (llama-imatrix collects none for embeddings); give it another type",
+                params="tensor_types",
+            )
 
 
 def _ternary_check(store: Store, parent: Manifest, qtype: QuantType, options: QuantizeOptions) -> list[str]:

@@ -79,6 +79,13 @@ def test_calibrate_then_quantize_with_it(cli: Any, tiny: Store, tmp_path: Path) 
     assert variant.source["imatrix"].startswith("sha256-") and variant.source["imatrix_chunks"] == "3x64"
     shown = cli("show", "tiny:iq2_xs")
     assert "imatrix" in shown.out and "text.txt" in shown.out
+    before = snapshot(tiny.root)
+    embd = cli("quantize", "tiny", "--type", "q4_0", "--tensor-type", "token_embd=iq2_xs", "--imatrix", "tiny",
+               "--tag", "embd")  # the imatrix has no entry for the embeddings: refused, not an abort
+    assert embd.code == 2 and "token_embd.weight is to be IQ2_XS" in embd.err and "no entry for it" in embd.err
+    embd = cli("quantize", "tiny", "--type", "q4_0", "--token-embedding-type", "iq2_xxs", "--imatrix", "tiny")
+    assert embd.code == 2 and "token_embd.weight is to be IQ2_XXS" in embd.err
+    assert snapshot(tiny.root) == before
 
 
 def test_foreign_and_hostile_imatrix_files_change_nothing(cli: Any, tiny: Store, tmp_path: Path) -> None:

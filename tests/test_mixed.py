@@ -15,6 +15,7 @@ from edgeslm.engines.llamacpp.ggml_quants import quantize_rows, requires_imatrix
 from edgeslm.errors import InvalidParameterError
 from edgeslm.formats.gguf_header import read_gguf_header
 from edgeslm.optimize.mixed import (
+    IMATRIX_PALETTE,
     PALETTE,
     Slot,
     find_slots,
@@ -49,6 +50,18 @@ def test_slots_follow_llama_cpp_rules(tmp_path: Path) -> None:
     assert T.Q4_K in down.options and T.Q4_K not in q.options  # rows of 256 vs 64
     assert T.Q4_0 in q.options and T.F16 in q.options
     assert slots["token_embd.weight"].layer is None and slots["token_embd.weight"].role == "token_embd"
+
+
+def test_types_that_need_an_importance_entry_go_only_where_there_is_one(tmp_path: Path) -> None:
+    """llama-imatrix collects nothing for token_embd (a lookup, not a product): a plan that typed it
+    IQ2_XS with an imatrix made llama.cpp abort the process (GGML_ASSERT in ggml_quantize_chunk)."""
+    header = read_gguf_header(write_runnable_model(tmp_path / "m.gguf", n_layer=2))
+    covered = {t.name for t in header.tensors if t.name != "blk.1.ffn_down.weight"}  # rows of 256: IQ types fit
+    slots = {s.name: s for s in find_slots(header, IMATRIX_PALETTE, covered)}
+    uncovered = slots["blk.1.ffn_down.weight"].options
+    assert T.IQ2_XS not in uncovered and T.IQ1_M not in uncovered and T.IQ3_XXS in uncovered
+    assert T.IQ2_XS in slots["blk.0.ffn_down.weight"].options
+    assert T.IQ2_XS in {q for s in find_slots(header, IMATRIX_PALETTE) for q in s.options}  # without: as before
 
 
 def test_relative_errors_order_the_types(tmp_path: Path) -> None:

@@ -36,6 +36,12 @@ _MAIN_TYPE: dict[str, GGMLQuantizationType] = {
 # llama_model_quantize also refuses, per tensor, IQ2_S and IQ3_XXS tensors without one (so IQ2_M
 # and IQ3_XXS fail on models whose rows take 256-blocks, and fall back on those whose rows don't).
 _NEEDS_IMATRIX = frozenset({"IQ1_S", "IQ1_M", "IQ2_XXS", "IQ2_XS", "IQ2_S", "Q2_K_S"})
+# Tensor types llama.cpp quantizes only with the tensor's own importance entry (llama-quant.cpp's
+# "Missing importance matrix for tensor ..."; ggml_quantize_chunk asserts for some of them).
+NEEDS_IMATRIX_TYPES = frozenset({
+    GGMLQuantizationType.IQ1_S, GGMLQuantizationType.IQ1_M, GGMLQuantizationType.IQ2_XXS,
+    GGMLQuantizationType.IQ2_XS, GGMLQuantizationType.IQ2_S,
+})
 _TERNARY = frozenset({"TQ1_0", "TQ2_0"})
 _UNQUANTIZED = frozenset({"F32", "F16", "BF16"})
 

@@ -462,7 +462,8 @@ def _importance(path: str) -> dict[str, Any]:
 
 def _measure_mixed(run: _Run, reference: Manifest, calibration: EvalText, budget: int) -> MixedReport | None:
     header = read_gguf_header(run.store.gguf_path(reference, "optimize"), label=str(reference.name))
-    slots = find_slots(header, IMATRIX_PALETTE if run.imatrix else PALETTE)
+    covered = set(_importance(run.imatrix)) if run.imatrix else None  # embeddings have no entry
+    slots = find_slots(header, IMATRIX_PALETTE if run.imatrix else PALETTE, covered)
     try:
         check_reference(reference, header, slots)
     except InvalidParameterError as exc:

@@ -15,7 +15,7 @@ import hashlib
 import logging
 import math
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,7 +25,7 @@ from gguf.constants import GGML_QUANT_SIZES, GGMLQuantizationType
 
 from ..errors import InvalidParameterError
 from ..formats.gguf_header import GGUFHeader, TensorInfo
-from ..formats.quant_types import QUANT_TYPES, QuantizeOptions, QuantType
+from ..formats.quant_types import NEEDS_IMATRIX_TYPES, QUANT_TYPES, QuantizeOptions, QuantType
 from ..units import format_bytes
 
 log = logging.getLogger(__name__)
@@ -83,14 +83,19 @@ def quantizable(t: TensorInfo) -> bool:
     return len(t.shape) >= 2 and t.name.endswith("weight") and not any(s in t.name for s in _NEVER)
 
 
-def find_slots(header: GGUFHeader, palette: Sequence[GGMLQuantizationType] = PALETTE) -> list[Slot]:
+def find_slots(
+    header: GGUFHeader, palette: Sequence[GGMLQuantizationType] = PALETTE, covered: Collection[str] | None = None
+) -> list[Slot]:
+    """The tensors a plan types, each with the palette's types that fit its rows; with ``covered``
+    (the tensors an importance matrix has entries for), the types that need one only for those."""
     slots = []
     for t in header.tensors:
         if not quantizable(t):
             continue
         m = _LAYER.match(t.name)
         layer, kind = (int(m.group(1)), m.group(2)) if m else (None, t.name.removesuffix(".weight"))
-        options = tuple(q for q in palette if t.shape[0] % GGML_QUANT_SIZES[q][0] == 0)
+        options = tuple(q for q in palette if t.shape[0] % GGML_QUANT_SIZES[q][0] == 0
+                        and (covered is None or q not in NEEDS_IMATRIX_TYPES or t.name in covered))
         slots.append(Slot(t.name, t.shape, t.n_elements, t.ggml_type, layer, kind, options))
     return slots
 
