@@ -126,6 +126,13 @@ def tools_row(model: str, server: str, answers: dict[str, Any], seconds: float) 
     return "| " + " | ".join([*cells, f"{seconds / 60:.1f} min"]) + " |"
 
 
+def sandbox_overhead(runs: int = 50) -> str:
+    """The sandbox's own cost: an empty program, start to reaped, median of ``runs``."""
+    times = sorted(run_python("pass").seconds for _ in range(runs))
+    return f"sandbox overhead: median {1000 * times[runs // 2]:.1f} ms per run ({runs} empty programs, " \
+           f"max {1000 * times[-1]:.1f} ms); isolation {', '.join(run_python('pass').isolation)}"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", default="qwen2.5-coder:0.5b,qwen2.5-coder:1.5b")
@@ -138,6 +145,8 @@ def main() -> None:
     parser.add_argument("--write", type=Path, nargs="*", default=[])
     args = parser.parse_args()
     tasks = [Task(t) for t in args.tasks.split(",")]
+    overhead = sandbox_overhead()  # first, on a quiet machine
+    print(overhead, file=sys.stderr)
     he_rows: list[str] = []
     tool_rows: list[str] = []
     for model in args.models.split(","):
@@ -161,6 +170,7 @@ def main() -> None:
     print(f"HumanEval greedy pass@1 (%), protocol {humaneval.PROTOCOL}, {args.slots} slots, each completion run in "
           "edgeslm's sandbox; the authors' figures are for the original weights (Qwen2.5-Coder report, Table 16)\n")
     print("\n".join([*HEADER, *he_rows]))
+    print(f"\n{overhead}")
     print(f"\ntool-call accuracy (%), protocol {tool_calls.PROTOCOL}, by kind of case\n")
     print("\n".join([*TOOLS_HEADER, *tool_rows]))
 
