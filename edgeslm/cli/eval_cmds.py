@@ -126,7 +126,7 @@ def _eval_tasks(args: argparse.Namespace, settings: Settings, store: Store) -> i
                     home=str(settings.home), force=args.force, progress=tick,
                 ))
     if args.format == "json":
-        print_json([{k: v for k, v in r.to_dict().items() if k != "answers"} for r in results])
+        print_json([_task_summary(r) for r in results])
         return 0
     rows = [[r.model, r.task, str(r.problems), str(r.passed), f"{100 * r.score:.1f} %", f"{r.seconds:.0f}",
              "—" if not r.isolation else "isolated" if all(p in r.isolation for p in FULL)
@@ -164,8 +164,8 @@ def _task_cells(kept: Mapping[Any, Any]) -> tuple[str, ...]:
 
 
 def _task_summary(r: Any) -> dict[str, Any]:
-    return {"score": r.score, "passed": r.passed, "problems": r.problems, "protocol": r.protocol,
-            "created": r.created}
+    """A task result without its answers (they stay in the kept file)."""
+    return {k: v for k, v in r.to_dict().items() if k != "answers"}
 
 
 def cmd_compare(args: argparse.Namespace, settings: Settings) -> int:

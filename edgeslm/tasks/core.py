@@ -95,8 +95,9 @@ def tools_spec(model: ResolvedModel, limit: int | None) -> Spec:
         return run
 
     items = []
+    fmt = tool_calls.tool_format(model)  # one template read for the whole suite
     for case in tool_calls.load_suite()[:limit]:
-        plan = tool_calls.plan_for(model, case)
+        plan = tool_calls.plan_for(fmt, case)
         items.append(Item(case.id, tool_calls.job_for(model, plan, case, GREEDY), check(case, plan)))
     return Spec(Task.TOOLS, tool_calls.PROTOCOL, tuple(items), 2048)
 

@@ -19,7 +19,7 @@ from typing import Any
 from ..errors import InputFileError, InvalidParameterError
 from ..runner.messages import Job
 from ..store.resolve import ResolvedModel, chat_template, stored
-from ..tools.native import detect
+from ..tools.native import ToolFormat, detect
 from ..tools.plan import ToolPlan, conversation, plan_tools
 
 PROTOCOL = "edgeslm-tool-suite/1, greedy, tool_choice auto, parallel_tool_calls true, 512 tokens"
@@ -155,10 +155,14 @@ def score(case: Case, calls: Sequence[tuple[str, Mapping[str, Any]]]) -> tuple[b
     return True, "ok"
 
 
-def plan_for(model: ResolvedModel, case: Case) -> ToolPlan:
-    """The plan ``POST /v1/chat/completions`` makes for this request on this model."""
-    plan = plan_tools(list(case.tools), "auto", True, has_format=False)
-    return replace(plan, fmt=detect(chat_template(model)))
+def tool_format(model: ResolvedModel) -> ToolFormat:
+    """The model's own tool format, read from its chat template (once per run, as the server caches it)."""
+    return detect(chat_template(model))
+
+
+def plan_for(fmt: ToolFormat, case: Case) -> ToolPlan:
+    """The plan ``POST /v1/chat/completions`` makes for this request on a model of format ``fmt``."""
+    return replace(plan_tools(list(case.tools), "auto", True, has_format=False), fmt=fmt)
 
 
 def job_for(model: ResolvedModel, plan: ToolPlan, case: Case, sampling: Any) -> Job:
