@@ -19,6 +19,7 @@ returned ``tool_calls`` scored by the same rules; accuracy per kind of case.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 import time
@@ -104,7 +105,12 @@ def native_tools(url: str, model: str, args: argparse.Namespace) -> tuple[dict[s
 
 
 def humaneval_row(model: str, mine: dict[str, Any], theirs: dict[str, Any], times: tuple[float, float]) -> str:
+    """One model's row; ``theirs`` empty where llama-server was not asked (``--native-tasks``)."""
     n = len(mine)
+    if not theirs:
+        cells = [model, f"{100 * sum(a['passed'] for a in mine.values()) / n:.1f} ({n})", "not run",
+                 f"{AUTHORS.get(model, float('nan')):.1f}", "—", "—", f"{times[0] / 60:.1f} min", "—"]
+        return "| " + " | ".join(cells) + " |"
     differ = [t for t in mine if mine[t]["passed"] != theirs[t]["passed"]]
     same_text = sum(mine[t]["reply"] == theirs[t]["reply"] for t in mine)
     flips = sum(mine[t]["reply"] != theirs[t]["reply"] for t in differ)
@@ -139,12 +145,15 @@ def main() -> None:
     parser.add_argument("--tasks", default="humaneval,tools")
     parser.add_argument("--limit", type=int, help="only the first N problems (a quick look)")
     parser.add_argument("--slots", type=int, default=4)
+    parser.add_argument("--native-tasks", help="the tasks also sent to llama-server (default: all of --tasks; "
+                        "'none' for edgeslm alone)")
     parser.add_argument("--home", type=Path, default=BENCH_HOME)
     parser.add_argument("--native-bin", type=Path)
     parser.add_argument("--port", type=int, default=8497)
     parser.add_argument("--write", type=Path, nargs="*", default=[])
     args = parser.parse_args()
     tasks = [Task(t) for t in args.tasks.split(",")]
+    native = tasks if args.native_tasks is None else [Task(t) for t in args.native_tasks.split(",") if t != "none"]
     overhead = sandbox_overhead()  # first, on a quiet machine
     print(overhead, file=sys.stderr)
     he_rows: list[str] = []
@@ -155,16 +164,16 @@ def main() -> None:
         url = f"http://127.0.0.1:{args.port}"
         cmd = [str(native_bin(args.native_bin) / "llama-server"), "-m", str(pinned_file(model)), "--port",
                str(args.port), "--jinja", "-np", str(args.slots), "-c", str(ctx * args.slots), "--alias", model]
-        with running(cmd, url, "/health"):
+        with running(cmd, url, "/health") if native else contextlib.nullcontext():
             if Task.HUMANEVAL in mine:
-                theirs, seconds = native_humaneval(url, model, args)
+                theirs, seconds = native_humaneval(url, model, args) if Task.HUMANEVAL in native else ({}, 0.0)
                 he_rows.append(humaneval_row(model, mine[Task.HUMANEVAL][0], theirs,
                                              (mine[Task.HUMANEVAL][1], seconds)))
                 tables.write_all(args.write, "task_accuracy.py:humaneval", [*HEADER, *he_rows], merge=1)
             if Task.TOOLS in mine:
-                theirs, seconds = native_tools(url, model, args)
-                tool_rows += [tools_row(model, "edgeslm", *mine[Task.TOOLS]),
-                              tools_row(model, "llama-server --jinja", theirs, seconds)]
+                tool_rows.append(tools_row(model, "edgeslm", *mine[Task.TOOLS]))
+                if Task.TOOLS in native:
+                    tool_rows.append(tools_row(model, "llama-server --jinja", *native_tools(url, model, args)))
                 tables.write_all(args.write, "task_accuracy.py:tools", [*TOOLS_HEADER, *tool_rows], merge=2)
         print("\n".join([*he_rows, *tool_rows]), file=sys.stderr)
     print(f"HumanEval greedy pass@1 (%), protocol {humaneval.PROTOCOL}, {args.slots} slots, each completion run in "
