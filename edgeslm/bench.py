@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 from .engines.base import DEFAULT_ENGINE, Engine, LoadParams, SamplingParams, open_engine
 from .errors import InvalidParameterError
+from .formats.kv_cache import KVCache
 from .framing import child_main, run_child
 
 if TYPE_CHECKING:
@@ -45,8 +46,10 @@ class BenchParams:
     threads: int | None = None
     draft: dict[str, Any] | None = None  # LookupConfig.as_args(), or {"model": path, "name": name}
     adapters: tuple[tuple[str, float], ...] = ()  # a custom model's LoRA adapters (path, scale)
+    kv_type: str = "f16"  # the KV cache (KVCache's spelling), as llama-bench's -ctk/-ctv
 
     def __post_init__(self) -> None:
+        KVCache.parse(self.kv_type)
         for name, value, low in (("-p", self.n_prompt, 0), ("-n", self.n_gen, 0), ("-r", self.repetitions, 1)):
             if not isinstance(value, int) or not low <= value <= 65_536:
                 raise InvalidParameterError(f"{name} {value} is out of range; valid: {low} to 65,536")
@@ -83,6 +86,7 @@ class BenchResult:
     peak_rss: int  # bytes, of the subprocess that measured this model
     tests: tuple[TestResult, ...]
     runtime: str = DEFAULT_ENGINE
+    kv_type: str = "f16"
 
     def to_dict(self) -> dict[str, object]:
         data = asdict(self)
@@ -124,7 +128,8 @@ def measure(path: str, params: BenchParams, engine_name: str = DEFAULT_ENGINE) -
     n_ctx = max(params.n_prompt + params.n_gen + 8, 64, COPY_ROOM + params.n_gen if params.draft else 0)
     start = time.perf_counter()
     adapters = tuple((str(p), float(s)) for p, s in params.adapters)
-    engine = open_engine(engine_name, Path(path), LoadParams(n_ctx=n_ctx, n_threads=params.threads, adapters=adapters))
+    load = LoadParams(n_ctx=n_ctx, n_threads=params.threads, adapters=adapters, kv=KVCache.parse(params.kv_type))
+    engine = open_engine(engine_name, Path(path), load)
     load_seconds = time.perf_counter() - start
     if params.draft is not None and engine.name != "llama.cpp":  # before anything is timed
         engine.close()
@@ -255,6 +260,7 @@ def bench_models(models: Sequence[ResolvedModel], params: BenchParams) -> list[B
                 int(report["peak_rss"]),
                 tests,
                 engine,
+                params.kv_type,
             )
         )
     return results

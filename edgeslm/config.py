@@ -24,6 +24,7 @@ DEFAULT_KEEP_ALIVE = 300.0  # seconds an idle model stays loaded (Ollama's 5 min
 ENV_HOME = "EDGESLM_HOME"
 ENV_OFFLINE = "EDGESLM_OFFLINE"
 ENV_ENGINE = "EDGESLM_ENGINE"
+ENV_KV_TYPE = "EDGESLM_KV_CACHE_TYPE"  # as Ollama's OLLAMA_KV_CACHE_TYPE
 DEFAULT_ENGINE = "llama.cpp"
 ENV_HF_ENDPOINT = "HF_ENDPOINT"
 ENV_HF_TOKEN = "HF_TOKEN"
@@ -51,6 +52,7 @@ class Settings:
     server: str = DEFAULT_SERVER  # a running 'edgeslm serve', for 'edgeslm ps'
     api_key: str | None = None
     fetch_timeout: float = DEFAULT_FETCH_TIMEOUT
+    kv_type: str | None = None  # EDGESLM_KV_CACHE_TYPE: llama.cpp's KV cache type when a load names none
 
     @property
     def models_dir(self) -> Path:
@@ -86,6 +88,7 @@ def resolve_settings(
         server=env.get(ENV_HOST) or DEFAULT_SERVER,
         api_key=env.get(ENV_API_KEY) or None,
         fetch_timeout=_positive_float(env, ENV_FETCH_TIMEOUT, DEFAULT_FETCH_TIMEOUT),
+        kv_type=env.get(ENV_KV_TYPE) or None,
     )
 
 

@@ -21,6 +21,7 @@ from .chat import render_chat
 from .config import DEFAULT_CONTEXT, DEFAULT_MODEL, Settings, resolve_settings
 from .engines.base import MAX_CONTEXT, Engine, LoadParams, SamplingParams, open_engine
 from .errors import ChatTemplateError, ContextOverflowError, InvalidParameterError, ModelNotFoundError
+from .formats.kv_cache import KVCache, kv_cache_for
 from .formats.model_info import ModelInfo
 from .speculation import LookupConfig, SpecStats
 from .store import Store, parse_name
@@ -168,16 +169,20 @@ def load(
     threads: int | None = None,
     engine: str | None = None,
     settings: Settings | None = None,
+    kv: KVCache | None = None,
 ) -> Model:
     """Load a stored model (or a .gguf file), by name or as resolved already, into an engine
-    (default: the configured one)."""
+    (default: the configured one). The KV cache: ``kv``, else the model's ``PARAMETER kv_type``,
+    else ``EDGESLM_KV_CACHE_TYPE`` (llama.cpp models only), else F16."""
     settings = settings or resolve_settings()
     found = name_or_path if isinstance(name_or_path, ResolvedModel) else resolve_model(name_or_path, settings)
-    stored_ctx = (found.defaults.get("parameters") or {}).get("num_ctx")  # a created model's PARAMETER num_ctx
-    n_ctx = ctx or stored_ctx or min(found.info.context_length or DEFAULT_CONTEXT, DEFAULT_CONTEXT)
+    stored = found.defaults.get("parameters") or {}  # a created model's PARAMETER lines
+    n_ctx = ctx or stored.get("num_ctx") or min(found.info.context_length or DEFAULT_CONTEXT, DEFAULT_CONTEXT)
+    runtime = engine or found.engine(settings.engine)
+    kv = kv or kv_cache_for(runtime, stored.get("kv_type"), settings.kv_type)
     start = time.perf_counter()
-    params = LoadParams(n_ctx=n_ctx, n_threads=threads, adapters=found.adapters)
-    loaded = open_engine(engine or found.engine(settings.engine), found.path, params)
+    params = LoadParams(n_ctx=n_ctx, n_threads=threads, adapters=found.adapters, kv=kv)
+    loaded = open_engine(runtime, found.path, params)
     seconds = time.perf_counter() - start
     log.info("loaded %s in %.2f s", found.name, seconds)
     template = found.defaults.get("template") or loaded.chat_template()  # a created model's TEMPLATE first

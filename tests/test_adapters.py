@@ -17,6 +17,7 @@ from edgeslm.config import resolve_settings
 from edgeslm.convert import convert
 from edgeslm.engines.base import LoadParams
 from edgeslm.engines.llamacpp.engine import LlamaCppEngine
+from edgeslm.formats.kv_cache import KVCache
 from edgeslm.generation import resolve_model
 from edgeslm.store import Store, parse_name
 
@@ -46,7 +47,8 @@ def make_lora(model: Any, folder: Path, *, seed: int = 1, **config: Any) -> Any:
 def compare(wrapped: Any, name: str, home: Path, ids: list[int]) -> None:
     found = resolve_model(name, resolve_settings(home=home, offline=True))
     assert found.adapters, "the created model carries its adapter"
-    engine = LlamaCppEngine(found.path, LoadParams(n_ctx=256, f32_cache=True, n_threads=2, adapters=found.adapters))
+    params = LoadParams(n_ctx=256, kv=KVCache.parse("f32"), n_threads=2, adapters=found.adapters)
+    engine = LlamaCppEngine(found.path, params)
     try:
         got = engine.eval_logits(ids)
     finally:

@@ -17,6 +17,7 @@ from edgeslm.convert import convert
 from edgeslm.engines.base import LoadParams
 from edgeslm.engines.llamacpp.engine import LlamaCppEngine
 from edgeslm.errors import InvalidModelFileError
+from edgeslm.formats.kv_cache import KVCache
 from edgeslm.store import Store
 
 from .conftest import CliResult, snapshot
@@ -42,7 +43,7 @@ def checkpoints(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, 
 
 
 def engine_for(store: Store, digest: str) -> LlamaCppEngine:
-    return LlamaCppEngine(store.blob_path(digest), LoadParams(n_ctx=128, f32_cache=True, n_threads=2))
+    return LlamaCppEngine(store.blob_path(digest), LoadParams(n_ctx=128, kv=KVCache.parse("f32"), n_threads=2))
 
 
 def hf_ids(folder: Path, text: str) -> list[int]:

@@ -52,6 +52,7 @@ def test_loads_on_demand_and_evicts_the_least_recently_used(models: ModelManager
             "home": str(models.settings.home),
             "prompt_cache": True,
             "load_timeout": LOAD_TIMEOUT,
+            "kv": "f16",
         }
     with models.lease("b"):
         pass
@@ -206,3 +207,25 @@ def test_a_failed_load_fails_its_waiters_and_the_next_request_tries_again(models
     assert models.ps() == []
     with models.lease("a") as runner:
         assert runner.name == "a:latest" and calls == ["a:latest", "a:latest"]
+
+
+def test_kv_cache_type_per_model_reaches_the_runner_and_the_memory_estimate(
+    models: ModelManager, home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """serve --kv-type a=q8_0 / "*": the runner gets the type and the budget counts its smaller
+    cache; EDGESLM_KV_CACHE_TYPE is the default for the rest."""
+    from edgeslm.formats.kv_cache import KVCache
+
+    q8 = KVCache.parse("q8_0")
+    params = ManagerParams(slots=2, ctx_per_slot=4096, kv=(("a", q8), ("*", KVCache.parse("k=q4_0"))))
+    m = ModelManager(resolve_settings(home=home), params, FakeRunner)
+    plain = ModelManager(resolve_settings(home=home), ManagerParams(slots=2, ctx_per_slot=4096), FakeRunner)
+    a = m.resolve("a")
+    assert m.kv_cache(a) == q8 and str(m.kv_cache(m.resolve("b"))) == "k=q4_0,v=f16"
+    assert m.needs(a) < plain.needs(a)
+    with m.lease("a") as runner:
+        assert runner.kwargs["kv"] == "q8_0"
+    monkeypatch.setenv("EDGESLM_KV_CACHE_TYPE", "q4_0")
+    from_env = ModelManager(resolve_settings(home=home), ManagerParams(), FakeRunner)
+    with from_env.lease("b") as runner:
+        assert runner.kwargs["kv"] == "q4_0"

@@ -120,3 +120,32 @@ def test_a_killed_runner_fails_only_its_requests(runner: Runner) -> None:
 def test_an_unknown_model_is_refused_at_start(home: Path) -> None:
     with pytest.raises(ModelNotFoundError, match="not found"):
         Runner("no-such-model", slots=1, ctx_per_slot=64)
+
+
+@pytest.mark.parametrize(("choice", "grammars", "constrained"),
+                         [("auto", True, True), ("auto", False, False), ("required", False, True)])
+def test_a_runtime_without_grammars_answers_auto_tool_calls_unconstrained(
+    builtin_home: Path, choice: str, grammars: bool, constrained: bool
+) -> None:
+    """tool_choice "auto" on onnxruntime/mlx: no grammar (the parser reads the calls); a forced call
+    keeps its grammar, which such a batch then refuses by name."""
+    import json
+    from collections import deque
+    from types import SimpleNamespace
+
+    from edgeslm.config import resolve_settings
+    from edgeslm.runner import worker
+    from edgeslm.runner.messages import Job
+
+    tool = {"type": "function", "function": {"name": "get_time", "parameters": {
+        "type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}
+    tooling = {"format": "hermes", "tools": [tool], "render": [tool], "choice": choice, "name": None, "parallel": True}
+    job = Job([{"role": "user", "content": "time in Paris?"}], SamplingParams(temperature=0), 8, tooling=tooling)
+    model = load("smollm2-135m-instruct", ctx=256, settings=resolve_settings(home=builtin_home, offline=True))
+    try:
+        batch, waiting = SimpleNamespace(ctx_per_slot=256, grammars=grammars), deque[worker._Request]()
+        worker._handle(json.dumps(job.message("r1")).encode(), model, batch, waiting, {})
+    finally:
+        model.close()
+    assert len(waiting) == 1
+    assert (waiting[0].sampling.grammar is not None) is constrained

@@ -13,7 +13,9 @@ from ..evaluate.core import REFERENCE_TAGS, EvalSettings, evaluate, load_text
 from ..evaluate.kept import latest_results
 from ..evaluate.report import HEADERS, markdown_table, plot, result_row
 from ..evaluate.result import EvalResult
+from ..formats.kv_cache import KVCache
 from ..store import ModelName, Store, parse_name
+from .kv_flags import add_kv_flag
 from .output import print_json, print_table, progress_bar, status, task_progress
 
 
@@ -31,6 +33,7 @@ def configure(sub: Any) -> None:
     p.add_argument("--ctx", type=int, default=512)
     p.add_argument("--chunks", type=int, help="at most this many chunks (default: all)")
     p.add_argument("--threads", type=int)
+    add_kv_flag(p, default="f16; alone, the reference is the model itself with an f16 cache: what the type adds")
     p.add_argument("--no-speed", action="store_true", help="skip the tok/s and memory measurement")
     p.add_argument("--force", action="store_true", help="re-run even when a result is kept")
     p.add_argument("--task", help="task accuracy instead of KLD, comma-separated: humaneval (greedy pass@1, each "
@@ -84,15 +87,19 @@ def cmd_eval(args: argparse.Namespace, settings: Settings) -> int:
     store = Store.open(settings.models_dir)
     if args.task:
         return _eval_tasks(args, settings, store)
-    eval_settings = EvalSettings(ctx=args.ctx, chunks=args.chunks, threads=args.threads, speed=not args.no_speed)
+    kv = args.kv_type or KVCache()
+    eval_settings = EvalSettings(ctx=args.ctx, chunks=args.chunks, threads=args.threads, speed=not args.no_speed,
+                                 kv=str(kv))
     text = load_text(args.text)
     names = _expand(args.names)
-    reference = parse_name(args.reference) if args.reference else _default_reference(store, names[0])
+    # a KV cache type alone: the reference is the model itself with llama.cpp's F16 cache (what the type adds)
+    default = names[0] if not kv.default else None
+    reference = parse_name(args.reference) if args.reference else default or _default_reference(store, names[0])
     if args.all_variants:
         names = [m.name for parent in names for m in store.manifests() if parent.owns(m.name)]
     results = []
     for name in names:
-        ref = None if name == reference else reference
+        ref = None if name == reference and kv.default else reference
         with progress_bar(None, f"{name}", enabled=args.format is None) as bar:
             tick = (lambda done, total: bar(1)) if bar else None  # noqa: E731
             results.append(

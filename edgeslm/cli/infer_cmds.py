@@ -24,6 +24,7 @@ from ..store.resolve import ResolvedModel
 from ..units import format_mib, format_params
 from .chat_loop import chat_loop
 from .draft_flags import add_draft_flags, is_lookup, lookup_config
+from .kv_flags import add_kv_flag
 from .output import print_json, print_table, status
 
 Handler = Callable[[argparse.Namespace, Settings], int]
@@ -38,6 +39,7 @@ def _command(sub: Any, name: str, handler: Handler, help_text: str) -> argparse.
 def _add_load_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ctx", type=int, help=f"context length (default: the model's, at most {DEFAULT_CONTEXT})")
     p.add_argument("--threads", type=int, help="CPU threads (default: physical cores)")
+    add_kv_flag(p)
 
 
 def configure(sub: Any) -> None:
@@ -79,6 +81,7 @@ def configure(sub: Any) -> None:
     p.add_argument("-n", "--n-gen", type=int, default=128)
     p.add_argument("-r", "--repetitions", type=int, default=5)
     p.add_argument("-t", "--threads", type=int)
+    add_kv_flag(p, default="f16, as llama-bench")
     add_draft_flags(p, models=True)
     fmt = p.add_mutually_exclusive_group()
     for name in ("json", "csv", "markdown"):
@@ -143,7 +146,7 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
     lookup = lookup_config(args, args.draft) if args.draft and is_lookup(args.draft) else None
     store = Store.open(settings.models_dir)  # opened once: the model, its draft
     found, prompt = split_model_and_prompt(args, settings, store)
-    model = load(found, ctx=args.ctx, threads=args.threads, settings=settings)
+    model = load(found, ctx=args.ctx, threads=args.threads, settings=settings, kv=args.kv_type)
     draft: LookupConfig | Model | None = lookup
     try:
         turn = _turn(args, model.defaults)
@@ -218,7 +221,8 @@ def _print_timings(model: Model, last: GenerationChunk) -> None:
 
 
 def cmd_embed(args: argparse.Namespace, settings: Settings) -> int:
-    model = load(ensure_pulled(args.model, settings), ctx=args.ctx, threads=args.threads, settings=settings)
+    model = load(ensure_pulled(args.model, settings), ctx=args.ctx, threads=args.threads, settings=settings,
+                 kv=args.kv_type)
     try:
         vectors = embed(model, args.texts)
     finally:
@@ -235,7 +239,8 @@ def cmd_bench(args: argparse.Namespace, settings: Settings) -> int:
     elif args.draft:
         draft_model = ensure_pulled(args.draft, settings, store=store)
         draft = {"model": str(draft_model.path), "name": draft_model.name}
-    params = BenchParams(args.n_prompt, args.n_gen, args.repetitions, args.threads, draft)
+    kv = str(args.kv_type) if args.kv_type else "f16"
+    params = BenchParams(args.n_prompt, args.n_gen, args.repetitions, args.threads, draft, kv_type=kv)
     targets = [ensure_pulled(name, settings, store=store) for name in args.models]
     results = bench_models(targets, params)
     if args.format == "json":
@@ -256,7 +261,8 @@ def _bench_rows(results: list[BenchResult]) -> list[tuple[Any, ...]]:
             format_params(r.n_params),
             f"{r.bits_per_weight:.2f}",
             r.threads,
-            t.test + (f" ({t.accepted}/{t.drafted} accepted)" if t.drafted else ""),
+            t.test + (f" ({t.accepted}/{t.drafted} accepted)" if t.drafted else "")
+            + (f" kv {r.kv_type}" if r.kv_type != "f16" else ""),
             f"{t.mean:.2f} ± {t.stdev:.2f}",
             f"{r.load_seconds * 1000:.0f}",
             format_mib(r.peak_rss),

@@ -18,6 +18,7 @@ from ..serve.limits import MAX_BODY
 from ..serve.options import DEFAULT_KEEP_ALIVE, DEFAULT_PORT, ServeOptions, check_options
 from ..units import format_bytes, parse_bytes
 from .draft_flags import add_draft_flags, serve_drafts
+from .kv_flags import add_kv_flag, serve_kv
 from .output import print_json, print_table, status
 
 
@@ -43,6 +44,7 @@ def configure(sub: Any) -> None:
     p.add_argument("--memory", type=_size, help="memory for loaded models (default: 3/4 of the machine's)")
     p.add_argument("--keep-alive", type=float, default=DEFAULT_KEEP_ALIVE, help="seconds an idle model stays")
     p.add_argument("--threads", type=int, help="threads per runner (default: physical cores)")
+    add_kv_flag(p, per_model=True)
     p.add_argument("--cors-origin", action="append", default=[], help="a browser origin allowed to call (repeat)")
     p.add_argument("--allow-host", action="append", default=[], help="a Host name accepted on loopback (repeat)")
     p.add_argument("--max-body", type=_size, default=MAX_BODY, help="largest request body (default 8MiB)")
@@ -83,7 +85,7 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
         memory=args.memory, queue=args.queue, keep_alive=args.keep_alive, threads=args.threads,
         cors_origins=tuple(args.cors_origin), allowed_hosts=tuple(args.allow_host), max_body=args.max_body,
         preload=args.preload or None, pin=tuple(args.pin), prompt_cache=args.prompt_cache,
-        load_timeout=args.load_timeout, draft=serve_drafts(args),
+        load_timeout=args.load_timeout, draft=serve_drafts(args), kv=serve_kv(args.kv_type),
     )
     check_options(options)
     if args.ray:

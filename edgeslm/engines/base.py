@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeVar, runtime_checkable
 
 from ..config import DEFAULT_CONTEXT, DEFAULT_ENGINE
 from ..errors import ContextOverflowError, EngineError, InvalidParameterError
+from ..formats.kv_cache import F16_CACHE, KVCache
 
 if TYPE_CHECKING:
     import numpy as np
@@ -139,7 +140,7 @@ class LoadParams:
     n_batch: int = 2048
     n_ubatch: int = 512
     embeddings: bool = False
-    f32_cache: bool = False  # keep K and V in F32 (exact comparisons); llama.cpp's default is F16
+    kv: KVCache = F16_CACHE  # the KV cache's types (F16, llama.cpp's default; F32 for exact comparisons)
     adapters: tuple[tuple[str, float], ...] = ()  # LoRA adapters (GGUF path, scale), on every context
 
     def __post_init__(self) -> None:
@@ -235,6 +236,7 @@ class BatchDecoderLike(Protocol):
     """Several generations at once on one loaded model (a runner's slots)."""
 
     ctx_per_slot: int
+    grammars: bool  # whether a request's sampling may carry a GBNF grammar
 
     def free_slots(self) -> int: ...
 
@@ -326,4 +328,9 @@ def open_engine(name: str, path: Path, params: LoadParams) -> Engine:
     if params.adapters and name != DEFAULT_ENGINE:
         raise InvalidParameterError(f"LoRA adapters run on llama.cpp (GGUF models), not on {name}; "
                                     "attach the adapter to the model's GGUF variant")
+    if not params.kv.default and name != DEFAULT_ENGINE:
+        raise InvalidParameterError(
+            f"a KV cache type ({params.kv}) is a llama.cpp setting; {name} keeps its cache in the type its model "
+            "declares: drop --kv-type, or use the model's GGUF variant",
+            params="kv_type")
     return factory(path, params)

@@ -28,6 +28,8 @@ class Slot:
 
 
 class TurnSlots:
+    grammars = False  # the runtimes that step one sequence at a time have no grammar sampler
+
     def __init__(self, engine: Engine, slots: int, ctx_per_slot: int) -> None:
         if not 1 <= slots <= 256:
             raise InvalidParameterError(f"parallel slots {slots} is out of range; valid: 1 to 256")

@@ -25,6 +25,7 @@ import numpy as np
 from ..bench import BenchParams, run_worker
 from ..engines.base import DEFAULT_ENGINE, Engine, LoadParams, open_engine
 from ..errors import InputFileError, InvalidParameterError
+from ..formats.kv_cache import F16_CACHE, KVCache
 from ..formats.model_format import engine_for
 from .result import RESULTS_SCHEMA, EvalResult, Speed
 
@@ -49,8 +50,10 @@ class EvalSettings:
     chunks: int | None = None  # None: every whole chunk of the text
     threads: int | None = None
     speed: bool = True  # also measure pp/tg tok/s and peak RSS (bench machinery)
+    kv: str = "f16"  # the model's KV cache (KVCache's spelling); the reference's is always F16
 
     def __post_init__(self) -> None:
+        KVCache.parse(self.kv)
         if not isinstance(self.ctx, int) or not 16 <= self.ctx <= 1 << 20:
             raise InvalidParameterError(f"ctx={self.ctx} is out of range; valid: 16 to 1,048,576")
         if self.chunks is not None and (not isinstance(self.chunks, int) or self.chunks < 1):
@@ -169,6 +172,8 @@ def result_key(model: Manifest, reference: Manifest | None, text: EvalText, sett
         "chunks": settings.chunks,
         "schema": RESULTS_SCHEMA,
     }
+    if settings.kv != "f16":  # added only when set: the keys of results kept before stay valid
+        basis["kv"] = settings.kv
     for key, m in (("adapters", model), ("reference_adapters", reference)):  # a custom model is not its base
         if m is not None and m.adapters:
             basis[key] = [(a.digest, a.scale) for a in m.adapters]
@@ -209,11 +214,11 @@ def evaluate(
         n_ctx=settings.ctx, n_threads=settings.threads, n_batch=max(settings.ctx, 512), n_ubatch=min(settings.ctx, 512)
     )
 
-    def opened(m: Manifest) -> Any:
-        with_adapters = replace(params, adapters=store.adapter_files(m))
+    def opened(m: Manifest, kv: KVCache = F16_CACHE) -> Any:
+        with_adapters = replace(params, adapters=store.adapter_files(m), kv=kv)
         return open_engine(engine_for(m.format, engine_name), store.model_path(m), with_adapters)
 
-    engine = opened(model)
+    engine = opened(model, KVCache.parse(settings.kv))
     ref_engine = opened(ref) if ref else None
     try:
         if ref_engine is not None:
@@ -240,7 +245,7 @@ def evaluate(
 
 def _speed(store: Store, model: Manifest, settings: EvalSettings) -> Speed:
     params = BenchParams(SPEED.n_prompt, SPEED.n_gen, SPEED.repetitions, settings.threads,
-                         adapters=store.adapter_files(model))
+                         adapters=store.adapter_files(model), kv_type=settings.kv)
     report = run_worker(str(store.model_path(model)), params, engine=engine_for(model.format, DEFAULT_ENGINE))
     tps = {t["test"][:2]: t["samples_tps"][0] for t in report["tests"]}
     peak, threads = int(report["peak_rss"]), int(report["threads"])

@@ -33,8 +33,9 @@ def _fmt(value: Any, pattern: str) -> str:
 
 def result_row(r: EvalResult) -> tuple[str, ...]:
     speed = r.speed
+    kv = r.settings.get("kv", "f16")
     return (
-        r.model,
+        r.model + (f" (kv {kv})" if kv != "f16" else ""),
         r.runtime,
         format_bytes(r.file_size),
         _fmt(r.bits_per_weight, "{:.2f}"),

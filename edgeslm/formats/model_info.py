@@ -6,10 +6,12 @@ Nothing here reads tensor data; everything comes from the validated header
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
+from .kv_cache import KVCache
 from .size_class import SizeClass, classify
 
 if TYPE_CHECKING:  # gguf-py loads numpy and more: not needed to read stored info ('edgeslm list')
@@ -199,8 +201,9 @@ def _pad(n: int, to: int) -> int:
     return n + (-n % to)
 
 
-def estimate_memory(info: ModelInfo, context_length: int) -> MemoryEstimate:
-    """Weights plus a KV cache (F16, or the runtime's type) at ``context_length``, from the model's dimensions.
+def estimate_memory(info: ModelInfo, context_length: int, kv: KVCache | None = None) -> MemoryEstimate:
+    """Weights plus a KV cache (``kv``'s types on llama.cpp; None: F16, or the runtime's type) at
+    ``context_length``, from the model's dimensions.
 
     Per layer the cache holds ``cells x n_head_kv x (key_length + value_length)`` elements,
     where sliding-window layers keep only ``n_swa + n_ubatch`` cells (llama.cpp's
@@ -214,7 +217,7 @@ def estimate_memory(info: ModelInfo, context_length: int) -> MemoryEstimate:
     n_kv = info.head_count_kv or heads
     k_len = info.key_length or info.embedding_length // heads
     v_len = info.value_length or info.embedding_length // heads
-    per_cell = n_kv * (k_len + v_len) * info.kv_bytes_per_element
+    per_cell = kv.bytes_per_cell(n_kv, k_len, v_len) if kv else n_kv * (k_len + v_len) * info.kv_bytes_per_element
     full_cells = _pad(context_length, KV_CELL_PADDING)
     pattern = SWA_PATTERNS.get(info.architecture)
     total_cells = 0
@@ -224,4 +227,4 @@ def estimate_memory(info: ModelInfo, context_length: int) -> MemoryEstimate:
             total_cells += min(full_cells, _pad(info.sliding_window + DEFAULT_UBATCH, KV_CELL_PADDING))  # type: ignore[operator]
         else:
             total_cells += full_cells
-    return MemoryEstimate(context_length, info.tensor_bytes, total_cells * per_cell)
+    return MemoryEstimate(context_length, info.tensor_bytes, math.ceil(total_cells * per_cell))

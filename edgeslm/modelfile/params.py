@@ -10,6 +10,7 @@ from typing import Any
 
 from ..engines.base import MAX_CONTEXT, MAX_SEED, MAX_STOP, MAX_STOP_CHARS, SamplingParams
 from ..errors import InvalidParameterError, ModelfileError
+from ..formats.kv_cache import KVCache
 from .parser import Command
 
 log = logging.getLogger(__name__)
@@ -18,8 +19,9 @@ log = logging.getLogger(__name__)
 PARAMETERS: dict[str, type] = {
     "num_ctx": int, "num_predict": int, "temperature": float, "top_k": int, "top_p": float, "min_p": float,
     "seed": int, "stop": list, "repeat_penalty": float, "repeat_last_n": int, "presence_penalty": float,
-    "frequency_penalty": float,
+    "frequency_penalty": float, "kv_type": str,
 }
+
 SAMPLING = ("temperature", "top_k", "top_p", "min_p", "repeat_penalty", "repeat_last_n", "presence_penalty",
             "frequency_penalty")
 # Ollama's options that llama.cpp's samplers here have no use for: accepted, not stored, as Ollama
@@ -61,6 +63,8 @@ def _typed(name: str, text: str) -> Any:
         raise InvalidParameterError(f"unknown parameter {name[:40]!r}; valid: {', '.join(PARAMETERS)}")
     if kind is list:
         return [text]
+    if kind is str:
+        return text
     try:
         return int(text) if kind is int else float(text)
     except ValueError:
@@ -107,6 +111,13 @@ def _coerce(name: str, kind: type, value: Any) -> Any:
         if not isinstance(items, list) or not all(isinstance(s, str) for s in items):
             raise _ParameterError(name, f"parameter {name} must be a string or a list of strings")
         return list(items)
+    if kind is str:
+        if not isinstance(value, str):
+            raise _ParameterError(name, f"parameter {name} must be a string, not {str(value)[:40]!r}")
+        try:
+            return str(KVCache.parse(value))  # the one str parameter: checked and stored in one spelling
+        except InvalidParameterError as exc:
+            raise _ParameterError(name, str(exc)) from None
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
         raise _ParameterError(name, f"parameter {name} must be a number, not {str(value)[:40]!r}")
     if kind is int:

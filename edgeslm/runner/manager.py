@@ -19,8 +19,9 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..config import DEFAULT_KEEP_ALIVE, Settings
-from ..errors import CapacityError, EdgeslmError, EngineError, InvalidNameError
+from ..config import DEFAULT_ENGINE, DEFAULT_KEEP_ALIVE, Settings
+from ..errors import CapacityError, EdgeslmError, EngineError, InvalidNameError, InvalidParameterError
+from ..formats.kv_cache import KVCache, kv_cache_for
 from ..formats.model_info import estimate_memory
 from ..pull import ensure_pulled
 from ..speculation.config import LookupConfig
@@ -51,6 +52,7 @@ class ManagerParams:
     load_timeout: float = LOAD_TIMEOUT  # seconds a runner may take to load before it is killed
     pinned: tuple[str, ...] = ()  # models kept loaded through keep_alive and eviction (serve --pin)
     draft: tuple[tuple[str, LookupConfig], ...] = ()  # prompt lookup per model ("*": every one; serve --draft)
+    kv: tuple[tuple[str, KVCache], ...] = ()  # KV cache type per model ("*": every llama.cpp one; serve --kv-type)
 
 
 @dataclass
@@ -104,6 +106,11 @@ class ModelManager:
         self._memory: dict[str, int] = {}  # blob digest -> the memory its runner takes
         self.pinned = frozenset(self.resolve(name).name for name in params.pinned)  # full names; unknown: refused
         self.drafts = {name if name == "*" else self.resolve(name).name: config for name, config in params.draft}
+        self.kv = {name if name == "*" else self.resolve(name).name: kv for name, kv in params.kv}
+        for name in self.kv:
+            if name != "*" and (runtime := self.resolve(name).engine(settings.engine)) != DEFAULT_ENGINE:
+                raise InvalidParameterError(f"--kv-type {name}=…: {name} runs on {runtime}, which keeps its KV cache "
+                                            "in the type its model declares; name a GGUF model", params="kv_type")
 
     def resolve(self, name: str | ResolvedModel) -> ResolvedModel:
         """A request's model, looked up once (the HTTP layer does it and passes the result on): a
@@ -123,9 +130,17 @@ class ModelManager:
         memory = self._memory.get(model.key)
         if memory is None:
             context = self.params.slots * self.params.ctx_per_slot
-            memory = estimate_memory(model.info, context).total_bytes + model.adapter_bytes + RUNNER_OVERHEAD
+            kv = self.kv_cache(model) if model.engine(self.settings.engine) == DEFAULT_ENGINE else None
+            memory = estimate_memory(model.info, context, kv).total_bytes + model.adapter_bytes + RUNNER_OVERHEAD
             self._memory[model.key] = memory
         return memory
+
+    def kv_cache(self, model: ResolvedModel) -> KVCache:
+        """The KV cache ``model``'s runner gets: serve --kv-type for it (or for all), else its own
+        PARAMETER kv_type, else EDGESLM_KV_CACHE_TYPE, else F16."""
+        given = self.kv.get(model.name, self.kv.get("*"))
+        stored = (model.defaults.get("parameters") or {}).get("kv_type")
+        return given or kv_cache_for(model.engine(self.settings.engine), stored, self.settings.kv_type)
 
     @contextmanager
     def lease(self, name: str | ResolvedModel, keep_alive: float | None = None) -> Iterator[RunnerLike]:
@@ -186,7 +201,7 @@ class ModelManager:
             runner = self.factory(
                 entry.model, slots=p.slots, ctx_per_slot=p.ctx_per_slot, threads=p.threads,
                 home=str(self.settings.home), prompt_cache=p.prompt_cache, load_timeout=p.load_timeout,
-                **self._draft_args(entry.name),
+                **self._draft_args(entry.name), **self._kv_args(entry.model),
             )
         except BaseException as exc:
             with self._lock:
@@ -203,6 +218,10 @@ class ModelManager:
     def _draft_args(self, name: str) -> dict[str, Any]:
         config = self.drafts.get(name, self.drafts.get("*"))
         return {"draft": config.as_args()} if config is not None else {}
+
+    def _kv_args(self, model: ResolvedModel) -> dict[str, Any]:
+        """The runner's KV cache, decided here once (llama.cpp only: other runtimes keep their own)."""
+        return {"kv": str(self.kv_cache(model))} if model.engine(self.settings.engine) == DEFAULT_ENGINE else {}
 
     def release(self, held: Lease) -> None:
         retired: list[_Loaded] = []

@@ -145,6 +145,7 @@ class Runner:
         write_timeout: float = WRITE_TIMEOUT,
         embed_timeout: float = EMBED_TIMEOUT,
         draft: dict[str, Any] | None = None,  # prompt-lookup speculative decoding (LookupConfig.as_args())
+        kv: str | None = None,  # the KV cache type (KVCache's spelling); None: the model's own or F16
         worker: Sequence[str] = WORKER,  # the command that starts the worker (tests start fakes)
     ) -> None:
         name = model if isinstance(model, str) else model.name
@@ -152,7 +153,7 @@ class Runner:
         args = json.dumps({
             "name": name, "model": None if isinstance(model, str) else model.to_dict(), "slots": slots,
             "ctx_per_slot": ctx_per_slot, "threads": threads, "home": home, "prompt_cache": prompt_cache,
-            "draft": draft,
+            "draft": draft, "kv": kv,
         })
         self._proc = subprocess.Popen(
             [*worker, args], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,

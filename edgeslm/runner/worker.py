@@ -21,6 +21,7 @@ from typing import Any
 from ..config import resolve_settings
 from ..engines.base import SamplingParams, open_batch
 from ..errors import ContextOverflowError, EdgeslmError, InvalidParameterError
+from ..formats.kv_cache import KVCache
 from ..framing import LineReader, error_message, send
 from ..generation import TextStream, load
 from ..speculation import LookupConfig
@@ -48,9 +49,9 @@ class _Request:
 
 
 def serve(name: str | ResolvedModel, slots: int, ctx_per_slot: int, threads: int | None, home: str | None, reuse: bool,
-          draft: LookupConfig | None = None) -> None:
+          draft: LookupConfig | None = None, kv: KVCache | None = None) -> None:
     settings = resolve_settings(home=home, offline=True)
-    model = load(name, ctx=min(ctx_per_slot, 512), threads=threads, settings=settings)
+    model = load(name, ctx=min(ctx_per_slot, 512), threads=threads, settings=settings, kv=kv)
     batch = open_batch(model.engine, slots, ctx_per_slot, reuse=reuse, draft=draft)
     ready = {"op": "ready", "name": model.name, "slots": slots, "ctx_per_slot": ctx_per_slot, "pid": os.getpid()}
     send({**ready, "n_vocab": model.engine.n_vocab, "chat": model.has_chat_template})
@@ -98,7 +99,10 @@ def _handle(raw: bytes, model: Any, batch: Any, waiting: deque[_Request], runnin
         limit = room if msg["max_tokens"] == -1 else min(int(msg["max_tokens"]), room)
         stop = list(msg.get("stop", []))
         tooling = msg.get("tooling")
-        grammar, triggers = job_grammar(tooling) if tooling else (None, ())
+        # a lazy grammar (tool_choice "auto") only helps: a runtime without grammars answers unconstrained and
+        # the parser reads the calls; a forced call without one is refused by the batch, by name
+        lazy_only = tooling and tooling["choice"] == "auto" and not batch.grammars
+        grammar, triggers = job_grammar(tooling) if tooling and not lazy_only else (None, ())
         grammar = grammar or format_grammar(msg.get("format"))  # tool_choice "none": a response_format still holds
         sampling = SamplingParams(**{**msg["sampling"], "grammar": grammar, "grammar_triggers": triggers})
         logprobs, want_ids = msg.get("logprobs"), bool(msg.get("return_prompt_ids"))
@@ -194,7 +198,8 @@ def main() -> None:
         name, slots, ctx, threads, home = (args.get(k) for k in ("name", "slots", "ctx_per_slot", "threads", "home"))
         model = ResolvedModel.from_dict(args["model"]) if args.get("model") else name  # resolved: no store lookup
         draft = LookupConfig(**args["draft"]) if args.get("draft") else None
-        serve(model, slots, ctx, threads, home, args.get("prompt_cache", True), draft)
+        kv = KVCache.parse(args["kv"]) if args.get("kv") else None
+        serve(model, slots, ctx, threads, home, args.get("prompt_cache", True), draft, kv)
     except EdgeslmError as exc:
         send(error_message(exc, "failed"))
         sys.exit(1)

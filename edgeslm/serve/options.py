@@ -9,6 +9,7 @@ from pathlib import Path
 
 from ..config import DEFAULT_KEEP_ALIVE, DEFAULT_MODEL, DEFAULT_PORT
 from ..errors import UsageError
+from ..formats.kv_cache import KVCache
 from ..runner import LOAD_TIMEOUT
 from ..speculation import LookupConfig
 from .limits import MAX_BODY
@@ -39,6 +40,7 @@ class ServeOptions:
     load_timeout: float = LOAD_TIMEOUT  # seconds a model may take to load before its runner is killed
     # prompt-lookup speculative decoding of greedy requests: (model name, or "*" for every model; its config)
     draft: tuple[tuple[str, LookupConfig], ...] = ()
+    kv: tuple[tuple[str, KVCache], ...] = ()  # KV cache type: (model name, or "*" for every llama.cpp model; type)
 
     @property
     def loopback(self) -> bool:

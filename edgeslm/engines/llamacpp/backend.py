@@ -17,6 +17,8 @@ from collections.abc import Sequence
 from types import CodeType, FrameType
 from typing import TYPE_CHECKING, Any
 
+from ...formats.kv_cache import KVCache
+
 if TYPE_CHECKING:
     import llama_cpp as lc
 else:
@@ -144,3 +146,11 @@ def clear_log() -> None:
 
 def clear_interrupt() -> None:
     _state["interrupt"] = False
+
+
+def apply_kv(params: Any, kv: KVCache) -> None:
+    """Set a context's KV cache types, and flash attention where they need it (``KVCache``)."""
+    params.type_k, params.type_v = kv.k.ggml_type, kv.v.ggml_type
+    flash = kv.flash_attention
+    if flash is not None:
+        params.flash_attn_type = lc.LLAMA_FLASH_ATTN_TYPE_ENABLED if flash else lc.LLAMA_FLASH_ATTN_TYPE_DISABLED

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 from ...errors import EngineError, InvalidParameterError
 from ...speculation import LookupConfig, LookupDrafter, Policy, SpecStats
 from ..base import SamplingParams, StepEvent, check_slot_prompt, logprobs_of
-from .backend import argmax_token, attach_greedy, common_prefix, detach_greedy, last_errors
+from .backend import apply_kv, argmax_token, attach_greedy, common_prefix, detach_greedy, last_errors
 from .engine import LlamaCppEngine
 
 if TYPE_CHECKING:
@@ -58,6 +58,8 @@ class _Slot:
 class BatchDecoder:
     """``slots`` concurrent generations on ``engine``'s model, in one llama.cpp context."""
 
+    grammars = True
+
     def __init__(
         self,
         engine: LlamaCppEngine,
@@ -77,6 +79,7 @@ class BatchDecoder:
         p.n_seq_max = slots
         p.n_threads = p.n_threads_batch = engine.params.threads
         p.kv_unified = False  # each slot its own cells: one long reply cannot crowd the others out
+        apply_kv(p, engine.params.kv)
         p.no_perf = True
         self._ctx = lc.llama_init_from_model(engine.model_handle, p)
         if not self._ctx:

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 from ...errors import ContextOverflowError, EngineError, InvalidParameterError
 from ..base import DEFAULT_ENGINE, LoadParams, SamplingParams, register_engine
 from .backend import (
+    apply_kv,
     argmax_token,
     attach_greedy,
     clear_log,
@@ -104,9 +105,7 @@ class LlamaCppEngine:
         p.n_ubatch = self.params.n_ubatch if not embeddings else self.params.n_ctx
         p.n_threads = p.n_threads_batch = self.params.threads
         p.no_perf = True
-        if self.params.f32_cache:  # and no flash attention: its CPU kernel takes Q in F16
-            p.type_k = p.type_v = lc.GGML_TYPE_F32
-            p.flash_attn_type = lc.LLAMA_FLASH_ATTN_TYPE_DISABLED
+        apply_kv(p, self.params.kv)
         if embeddings:
             p.embeddings = True
             p.pooling_type = lc.LLAMA_POOLING_TYPE_MEAN
