@@ -50,14 +50,20 @@ def show(home: Path, name: str) -> dict[str, Any]:
     return info
 
 
+def variant(model: str, suffix: str) -> str:
+    """The name quantize gives a variant: NAME:TAG-SUFFIX, or NAME:SUFFIX for a model without a tag."""
+    base, _, tag = model.partition(":")
+    return f"{base}:{tag}-{suffix}" if tag and tag != "latest" else f"{base}:{suffix}"
+
+
 def build(home: Path, model: str, args: argparse.Namespace) -> list[tuple[str, str]]:
     """(label, stored name) of every variant, built where missing."""
     out = [("Q4_K_M (as shipped)", model)]
     for qtype in ("q3_k_m", "q2_k"):
-        if not exists(home, f"{model}-{qtype}"):
+        if not exists(home, variant(model, qtype)):
             edgeslm(home, "quantize", model, "--type", qtype, "--allow-requantize")
-        out.append((qtype.upper(), f"{model}-{qtype}"))
-    imat = f"{model}-iq2_xs-imat"
+        out.append((qtype.upper(), variant(model, qtype)))
+    imat = variant(model, "iq2_xs-imat")
     if not exists(home, imat):
         edgeslm(home, "calibrate", model)
         edgeslm(home, "quantize", model, "--type", "iq2_xs", "--imatrix", model, "--allow-requantize",
@@ -65,7 +71,7 @@ def build(home: Path, model: str, args: argparse.Namespace) -> list[tuple[str, s
     out.append(("IQ2_XS, imatrix", imat))
     out.append(mix(home, model, args))
     if model in args.onnx.split(","):
-        onnx = f"{model}-onnx-int4"
+        onnx = variant(model, "onnx-int4")
         if not exists(home, onnx):
             edgeslm(home, "convert", model, "--to", "onnx", "--precision", "int4")
         out.append(("ONNX int4 (onnxruntime)", onnx))
@@ -82,12 +88,12 @@ def mix(home: Path, model: str, args: argparse.Namespace) -> tuple[str, str]:
     try:
         result = json.loads(edgeslm(home, *cmd, "--max-size", str(budget)))
     except SystemExit as exc:
-        if "raise the budget" not in str(exc):
+        if "below the smallest" not in str(exc):
             raise
-        budget = int(show(home, f"{model}-q2_k")["file_size"])
+        budget = int(show(home, variant(model, "q2_k"))["file_size"])
         label = f"mix at Q2_K's size ({args.mix_bpw} bpw is below the smallest plan)"
         result = json.loads(edgeslm(home, *cmd, "--max-size", str(budget)))
-    name = next(v["name"] for v in result["ranking"] if "-mix-" in v["name"])
+    name = next(v["name"] for v in result["ranking"] if v["kind"] == "mixed")
     return label, name
 
 
@@ -95,19 +101,19 @@ def measure(home: Path, name: str, reference: str, args: argparse.Namespace) -> 
     kld = json.loads(edgeslm(home, "eval", name, "--reference", reference, "--chunks", "4", "--json"))[0]
     limit = ["--limit", str(args.limit)] if args.limit else []
     force = ["--force"] if args.force else []
-    tasks = json.loads(edgeslm(home, "eval", name, "--task", "humaneval,tools", "--slots", str(args.slots),
+    tasks = json.loads(edgeslm(home, "eval", name, "--task", args.tasks, "--slots", str(args.slots),
                                *limit, *force, "--json"))
     return {"kld": kld, **{t["task"]: t for t in tasks}}
 
 
 def row(model: str, label: str, m: dict[str, Any]) -> str:
-    def share(t: dict[str, Any]) -> str:
-        return f"{100 * t['passed'] / t['problems']:.1f} ({t['passed']}/{t['problems']})"
+    def share(t: dict[str, Any] | None) -> str:
+        return "not run" if t is None else f"{100 * t['passed'] / t['problems']:.1f} ({t['passed']}/{t['problems']})"
 
     speed = m["kld"].get("speed") or {}
     cells = [model, label, f"{m['kld']['file_size'] / 1e6:.0f} MB",
              "—" if m["kld"]["kld_mean"] is None else f"{m['kld']['kld_mean']:.4f}",
-             share(m["humaneval"]), share(m["tools"]),
+             share(m.get("humaneval")), share(m.get("tools")),
              "—" if speed.get("tg_tps") is None else f"{speed['tg_tps']:.1f}"]
     return "| " + " | ".join(cells) + " |"
 
@@ -117,6 +123,7 @@ def main() -> None:
     parser.add_argument("--models", default="qwen2.5-coder:0.5b")
     parser.add_argument("--onnx", default="qwen2.5-coder:0.5b", help="models that also get an ONNX int4 row")
     parser.add_argument("--mix-bpw", type=float, default=3.0)
+    parser.add_argument("--tasks", default="humaneval,tools", help="the tasks measured (default both)")
     parser.add_argument("--limit", type=int, help="only the first N problems of each task (a quick look)")
     parser.add_argument("--slots", type=int, default=4)
     parser.add_argument("--force", action="store_true", help="re-run the tasks even where results are kept")
@@ -126,7 +133,7 @@ def main() -> None:
     rows: list[str] = []
     for model in args.models.split(","):
         edgeslm(args.home, "pull", model)
-        reference = f"{model}-f16"
+        reference = variant(model, "f16")
         if not exists(args.home, reference):
             edgeslm(args.home, "quantize", model, "--type", "f16", "--allow-requantize")
         for label, name in build(args.home, model, args):

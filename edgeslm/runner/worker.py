@@ -93,7 +93,9 @@ def _handle(raw: bytes, model: Any, batch: Any, waiting: deque[_Request], runnin
         tokens = _prompt_tokens(model, msg)
         if len(tokens) >= batch.ctx_per_slot:
             raise ContextOverflowError(
-                f"the prompt has {len(tokens):,} tokens but the context holds {batch.ctx_per_slot:,}; shorten it"
+                f"the prompt has {len(tokens):,} tokens but the context holds {batch.ctx_per_slot:,} per request; "
+                "nothing was cut: shorten it, or restart the server with a larger context per slot "
+                f"('edgeslm serve --ctx {_room_for(len(tokens))}')", params="num_ctx"
             )
         room = batch.ctx_per_slot - len(tokens)
         limit = room if msg["max_tokens"] == -1 else min(int(msg["max_tokens"]), room)
@@ -114,6 +116,11 @@ def _handle(raw: bytes, model: Any, batch: Any, waiting: deque[_Request], runnin
     except Exception as exc:  # a bug must fail this request, not every request of this runner
         log.exception("request %s failed", rid)
         send({"op": "error", "id": rid, "kind": "EngineError", "message": f"the runner failed: {type(exc).__name__}"})
+
+
+def _room_for(tokens: int) -> int:
+    """A context per slot that holds ``tokens`` and a reply: the next multiple of 1,024 above twice as many."""
+    return -(-2 * tokens // 1024) * 1024
 
 
 def _prompt_tokens(model: Any, msg: dict[str, Any]) -> list[int]:
