@@ -34,6 +34,7 @@ MODULES: tuple[tuple[str, str, tuple[str, ...]], ...] = (
     ("eval_cmds", "configure", ("eval", "compare")),
     ("optimize_cmds", "configure", ("optimize",)),
     ("recommend_cmds", "configure", ("recommend",)),
+    ("plan_cmds", "configure", ("plan",)),
     ("bundle_cmds", "configure", ("bundle",)),
     ("sync_cmds", "configure", ("remote", "push", "sync")),
     ("deploy_cmds", "configure", ("deploy",)),

@@ -23,6 +23,7 @@ from ..config import DEFAULT_ENGINE, DEFAULT_KEEP_ALIVE, Settings
 from ..errors import CapacityError, EdgeslmError, EngineError, InvalidNameError, InvalidParameterError
 from ..formats.kv_cache import KVCache, kv_cache_for
 from ..formats.model_info import estimate_memory
+from ..plan.memory import plan_memory
 from ..pull import ensure_pulled
 from ..speculation.config import LookupConfig
 from ..store import Store
@@ -129,9 +130,13 @@ class ModelManager:
         """The memory the runner of ``model`` takes, from what the store recorded (no file is read)."""
         memory = self._memory.get(model.key)
         if memory is None:
-            context = self.params.slots * self.params.ctx_per_slot
-            kv = self.kv_cache(model) if model.engine(self.settings.engine) == DEFAULT_ENGINE else None
-            memory = estimate_memory(model.info, context, kv).total_bytes + model.adapter_bytes + RUNNER_OVERHEAD
+            p = self.params
+            if model.engine(self.settings.engine) == DEFAULT_ENGINE:  # the measured plan: file header only
+                plan = plan_memory(model.path, model.name, ctx_per_slot=p.ctx_per_slot, slots=p.slots,
+                                   kv=self.kv_cache(model))
+                memory = plan.total + model.adapter_bytes
+            else:
+                memory = estimate_memory(model.info, p.slots * p.ctx_per_slot).total_bytes + RUNNER_OVERHEAD
             self._memory[model.key] = memory
         return memory
 

@@ -1,0 +1,1 @@
+"""``edgeslm plan``: what a configuration of a model will take on this machine, before it loads."""

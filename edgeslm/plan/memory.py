@@ -1,0 +1,135 @@
+"""What a llama.cpp runner's process will hold, predicted from the GGUF header before anything loads.
+
+A runner's peak resident memory, part by part (each measured on a real load, ``benchmarks/memory_plan.py``):
+
+- **weights, mapped**: the whole file. llama.cpp maps it and every page is read once (a load that
+  repacks reads them, and a decode step reads every layer); they count as the process's pages.
+- **weights, repacked**: llama.cpp's CPU backend copies the tensors of some types into an
+  interleaved layout that its kernels read faster (``CPU_REPACK``: Q4_0 and Q4_K as ``*_8x8`` on
+  x86-64 with AVX2; Q4_0 and IQ4_NL on ARM), every such tensor but the token embeddings (read by
+  row lookups). The copy is anonymous memory *beside* the mapped file: 597 MiB for
+  Qwen2.5-Coder-1.5B's Q4_K_M here. Which types a machine repacks is a fact of the machine.
+- **KV cache**: cells × layers × KV heads × (key + value length) × the cache type's bytes
+  (``estimate_memory``); each slot its own cells (the runner's sequences share no unified cache).
+- **compute**: the buffers a full micro-batch of prefill touches, per ``n_ubatch × (n_embd + n_ff)``.
+- **vocabulary**: the tokenizer's tables in llama.cpp and in the runner, per vocabulary entry.
+- **base**: the runner process before a model: Python, the libraries.
+
+The last three are constants fitted on a machine (``MemoryConstants``); the defaults were fitted on
+this project's development machine, and a device profile (not yet: ``edgeslm tune``) replaces them.
+"""
+
+from __future__ import annotations
+
+import platform
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from ..config import DEFAULT_ENGINE
+from ..engines.base import MAX_CONTEXT
+from ..errors import InvalidParameterError
+from ..formats.gguf_header import GGUFHeader, read_gguf_header
+from ..formats.kv_cache import F16_CACHE, KVCache
+from ..formats.model_info import estimate_memory, model_info
+from ..store.resolve import ResolvedModel
+
+DEFAULT_UBATCH = 512  # the runner's micro-batch (llama.cpp's default)
+# the ggml types llama.cpp's CPU backend repacks, by machine (ggml-cpu's repack.cpp, this version)
+REPACKED = {"x86_64": frozenset({"Q4_0", "Q4_K", "IQ4_NL"}), "aarch64": frozenset({"Q4_0", "IQ4_NL"}),
+            "arm64": frozenset({"Q4_0", "IQ4_NL"})}
+
+
+@dataclass(frozen=True)
+class MemoryConstants:
+    """A machine's share of the prediction: fitted from probe loads (``benchmarks/memory_plan.py``)."""
+
+    # fitted by ``benchmarks/memory_plan.py --fit`` on the development machine (2-core Xeon, x86-64 Linux)
+    base: int = 77_754_905  # bytes: the runner process before a model
+    per_vocab: float = 133.5  # bytes per vocabulary entry
+    per_activation: float = 16.33  # bytes per n_ubatch × (n_embd + n_ff)
+    repacked_types: frozenset[str] = REPACKED.get(platform.machine(), frozenset())
+
+
+@dataclass(frozen=True)
+class MemoryPlan:
+    """One configuration's predicted peak resident memory, part by part (bytes)."""
+
+    model: str
+    ctx_per_slot: int
+    slots: int
+    kv_type: str
+    mapped: int
+    repacked: int
+    kv_cache: int
+    compute: int
+    vocabulary: int
+    base: int
+
+    @property
+    def total(self) -> int:
+        return self.mapped + self.repacked + self.kv_cache + self.compute + self.vocabulary + self.base
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "total": self.total}
+
+
+def plan_memory(path: str | Path, name: str, *, ctx_per_slot: int, slots: int = 1, kv: KVCache = F16_CACHE,
+                n_ubatch: int = DEFAULT_UBATCH, constants: MemoryConstants | None = None,
+                header: GGUFHeader | None = None) -> MemoryPlan:
+    """The runner's peak memory for ``slots`` × ``ctx_per_slot`` tokens of ``kv`` cache, from the header."""
+    constants = constants or MemoryConstants()
+    h = header or read_gguf_header(path)
+    dims = _dims(h)
+    info = model_info(h)
+    return MemoryPlan(
+        model=name, ctx_per_slot=ctx_per_slot, slots=slots, kv_type=str(kv), mapped=h.file_size,
+        repacked=repacked_bytes(h, constants.repacked_types),
+        kv_cache=slots * estimate_memory(info, ctx_per_slot, kv).kv_cache_bytes,  # each slot its own cells
+        compute=round(constants.per_activation * min(n_ubatch, ctx_per_slot) * (dims["n_embd"] + dims["n_ff"])),
+        vocabulary=round(constants.per_vocab * dims["n_vocab"]), base=constants.base,
+    )
+
+
+def repacked_bytes(h: GGUFHeader, types: frozenset[str]) -> int:
+    """Bytes of the tensors llama.cpp's CPU backend copies into its repacked layout: those of a
+    repacked type, rows in groups of 8, but the token embeddings (a row lookup reads them)."""
+    return sum(t.n_bytes for t in h.tensors if t.ggml_type.name in types and t.name != "token_embd.weight"
+               and len(t.shape) >= 2 and t.shape[1] % 8 == 0)
+
+
+def _dims(h: GGUFHeader) -> dict[str, int]:
+    meta = h.metadata
+    arch = str(meta.get("general.architecture") or "")
+    values = {"n_embd": meta.get(f"{arch}.embedding_length"), "n_ff": meta.get(f"{arch}.feed_forward_length")}
+    dims = {k: _largest(v) for k, v in values.items()}
+    dims["n_vocab"] = int(getattr(meta.get("tokenizer.ggml.tokens"), "count", 0))
+    return dims
+
+
+def _largest(value: Any) -> int:
+    """A number, or the largest of a per-layer array (a model whose layers differ); 0 if absent."""
+    items = getattr(value, "items", None)
+    if items:
+        return max(int(v) for v in items)
+    return int(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else 0
+
+
+def plan_model(model: ResolvedModel, runtime: str, *, ctx_per_slot: int, slots: int, kv: KVCache,
+               constants: MemoryConstants | None = None) -> MemoryPlan:
+    """``plan_memory`` for a resolved model, after the checks a load would make: llama.cpp (the one
+    runtime modelled yet), a context within the trained length, a cache type the heads can hold."""
+    if runtime != DEFAULT_ENGINE:
+        raise InvalidParameterError(f"{model.name} runs on {runtime}: its memory plan is not modelled yet (llama.cpp "
+                                    "models only); 'edgeslm bench' measures its peak memory")
+    if not 1 <= slots <= 256:
+        raise InvalidParameterError(f"parallel {slots} is out of range; valid: 1 to 256", params="parallel")
+    trained = model.info.context_length
+    if not 16 <= ctx_per_slot <= (trained or MAX_CONTEXT):
+        raise InvalidParameterError(
+            f"ctx {ctx_per_slot:,} is outside what {model.name} can hold: 16 to {trained or MAX_CONTEXT:,} tokens, "
+            "its trained context (edgeslm does not stretch a model's context with RoPE scaling)", params="ctx")
+    info = model.info
+    heads = info.embedding_length // max(info.head_count or 1, 1) if info.embedding_length else 0
+    kv.check_head(info.key_length or heads, info.value_length or heads, model.name)
+    return plan_memory(model.path, model.name, ctx_per_slot=ctx_per_slot, slots=slots, kv=kv, constants=constants)

@@ -1,0 +1,70 @@
+"""edgeslm plan (#36): the runner's memory predicted from the header, checked against a real runner."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from edgeslm.config import resolve_settings
+from edgeslm.engines.base import SamplingParams
+from edgeslm.formats.kv_cache import KVCache
+from edgeslm.generation import resolve_model
+from edgeslm.plan.memory import MemoryConstants, plan_memory
+from edgeslm.runner.messages import Job
+from edgeslm.runner.process import Runner
+
+from .conftest import CliResult
+
+
+def _peak(home: Path, name: str, slots: int, ctx: int, kv: str) -> int:
+    model = resolve_model(name, resolve_settings(home=home, offline=True))
+    runner = Runner(model, slots=slots, ctx_per_slot=ctx, home=str(home), kv=kv)
+    try:
+        async def ask() -> None:
+            async for _ in runner.agenerate(Job(list(range(1000, 1600)), SamplingParams(temperature=0), 4)):
+                pass
+
+        asyncio.run(ask())
+        with open(f"/proc/{runner.pid}/status") as fp:
+            return next(int(line.split()[1]) * 1024 for line in fp if line.startswith("VmHWM:"))
+    finally:
+        runner.close()
+
+
+@pytest.mark.real_model
+def test_the_plan_predicts_a_real_runner_and_counts_the_repacked_copy(builtin_home: Path, home: Path,
+                                                                      cli: CliResult) -> None:
+    """SmolLM2 as Q4_0: llama.cpp copies its Q4_0 layers into a repacked layout on x86-64, beside the
+    mapped file; the plan counts both, and the KV cache's type."""
+    shutil.copytree(builtin_home, home)
+    assert cli("quantize", "smollm2-135m-instruct", "--type", "q4_0", "--allow-requantize").code == 0  # type: ignore[attr-defined]
+    model = resolve_model("smollm2-135m-instruct:q4_0", resolve_settings(home=home, offline=True))
+    constants = MemoryConstants(repacked_types=frozenset({"Q4_0"}))
+    for slots, ctx, kv in ((1, 1024, "f16"), (4, 4096, "q8_0")):
+        plan = plan_memory(model.path, model.name, ctx_per_slot=ctx, slots=slots, kv=KVCache.parse(kv),
+                           constants=constants)
+        peak = _peak(home, model.name, slots, ctx, kv)
+        # the constants were fitted on another machine: a tolerance for its libraries, not for a missed part
+        assert abs(plan.total / peak - 1) < 0.10, (plan, peak)
+    assert plan.repacked > 50 * 2**20 and plan.kv_cache == pytest.approx(4 * 4096 * 30 * 3 * 64 * 2 * 34 / 32, rel=0.01)
+
+
+def test_plan_prints_the_parts_and_refuses_what_cannot_load(builtin_home: Path, home: Path, cli: CliResult) -> None:
+    shutil.copytree(builtin_home, home)
+    out = cli("plan", "smollm2-135m-instruct", "--ctx", "4096", "--parallel", "2", "--kv-type", "q8_0", "--json")
+    assert out.code == 0, out.err  # type: ignore[attr-defined]
+    plan = json.loads(out.out)  # type: ignore[attr-defined]
+    assert plan["kv_type"] == "q8_0" and plan["slots"] == 2 and plan["runtime"] == "llama.cpp"
+    assert plan["total"] == sum(plan[k] for k in ("mapped", "repacked", "kv_cache", "compute", "vocabulary", "base"))
+    f16 = json.loads(cli("plan", "smollm2-135m-instruct", "--ctx", "4096", "--parallel", "2", "--json").out)  # type: ignore[attr-defined]
+    assert plan["kv_cache"] == pytest.approx(f16["kv_cache"] * 34 / 64, rel=1e-3)
+    long = cli("plan", "smollm2-135m-instruct", "--ctx", "100000")
+    assert long.code != 0 and "8,192 tokens, its trained context" in long.err  # type: ignore[attr-defined]
+    bad = cli("plan", "smollm2-135m-instruct", "--parallel", "0")
+    assert bad.code != 0 and "parallel 0 is out of range" in bad.err  # type: ignore[attr-defined]
+    table = cli("plan", "smollm2-135m-instruct")
+    assert table.code == 0 and "weights, the mapped file" in table.out and "total" in table.out  # type: ignore[attr-defined]
