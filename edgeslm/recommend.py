@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 from gguf.constants import GGML_QUANT_SIZES, GGMLQuantizationType
@@ -20,7 +20,7 @@ from gguf.constants import GGML_QUANT_SIZES, GGMLQuantizationType
 from .config import DEFAULT_CONTEXT
 from .device import Device
 from .errors import InvalidParameterError
-from .evaluate.kept import all_results
+from .evaluate.kept import measured_by_digest
 from .evaluate.result import EvalResult
 from .evaluate.task_results import Task, TaskResult, latest_task_results
 from .formats.model_format import RUNTIME_OF, ModelFormat
@@ -233,7 +233,7 @@ def _catalogue_picks(device: Device, use_case: str, level: str, budget: int) -> 
 
 def _local_picks(store: Store, device: Device, use_case: str, level: str, ctx: int, budget: int) -> tuple[Pick, ...]:
     needs_chat = USE_CASES[use_case][1]
-    measured = _measured(store)
+    measured = measured_by_digest(store)
     by_base: dict[str, list[tuple[Manifest, int]]] = {}
     no_chat: dict[str, int] = {}
     for_apple: list[tuple[Manifest, int]] = []
@@ -272,21 +272,6 @@ def _apple_only(variants: Sequence[tuple[Manifest, int]], measured: dict[str, Ev
         "--arch arm64' ranks them for a Mac"
     )
     return Pick(label, min(mem for _, mem in variants), why)
-
-
-def _measured(store: Store) -> dict[str, EvalResult]:
-    """The newest kept result per model digest; a reference of other results counts as KLD 0."""
-    results = all_results(store)
-    references = {r.reference_digest for r in results}
-    out: dict[str, EvalResult] = {}
-    for r in results:
-        if not r.has_reference:
-            if r.model_digest not in references:
-                continue
-            r = replace(r, kld_mean=0.0, same_top=1.0, reference="itself")
-        if r.model_digest not in out or r.created > out[r.model_digest].created:
-            out[r.model_digest] = r
-    return out
 
 
 RANKED_PER_MODEL = 3  # measured variants listed per model, best first

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -15,6 +16,8 @@ from edgeslm.formats.kv_cache import KVCache, KVType, kv_cache_for
 from edgeslm.formats.model_info import estimate_memory
 
 from .conftest import CliResult
+
+Cli = Callable[..., CliResult]
 
 
 def test_one_spelling_for_both_halves_or_each() -> None:
@@ -57,36 +60,36 @@ def test_the_memory_estimate_counts_the_cache_type(builtin_home: Path) -> None:
 
 @pytest.mark.real_model
 def test_a_quantized_cache_loads_generates_and_eval_measures_what_it_adds(
-    builtin_home: Path, home: Path, cli: CliResult
+    builtin_home: Path, home: Path, cli: Cli
 ) -> None:
     shutil.copytree(builtin_home, home)
     run = cli("run", "smollm2-135m-instruct", "Name a colour.", "--kv-type", "q8_0", "--max-tokens", "8",
               "--temperature", "0")
-    assert run.code == 0 and run.out.strip()  # type: ignore[attr-defined]
+    assert run.code == 0 and run.out.strip()
     out = cli("eval", "smollm2-135m-instruct", "--kv-type", "q4_0", "--chunks", "2", "--no-speed", "--json")
-    assert out.code == 0, out.err  # type: ignore[attr-defined]
-    result = json.loads(out.out)[0]  # type: ignore[attr-defined]
+    assert out.code == 0, out.err
+    result = json.loads(out.out)[0]
     # the reference is the model itself with an F16 cache: the KLD is the cache type's alone
     assert result["reference_digest"] == result["model_digest"] and result["settings"]["kv"] == "q4_0"
     assert result["kld_mean"] > 0
     plain = cli("eval", "smollm2-135m-instruct", "--reference", "smollm2-135m-instruct", "--chunks", "2",
                 "--no-speed", "--json")
-    first = json.loads(plain.out)[0]  # type: ignore[attr-defined]
+    first = json.loads(plain.out)[0]
     assert first["key"] != result["key"] and first["settings"]["kv"] == "f16" and first["kld_mean"] is None
     bad = cli("bench", "smollm2-135m-instruct", "--kv-type", "q3")
-    assert bad.code != 0 and "KV cache type 'q3' is unknown" in bad.err  # type: ignore[attr-defined]
+    assert bad.code != 0 and "KV cache type 'q3' is unknown" in bad.err
 
 
-def test_a_modelfile_stores_kv_type_in_one_spelling(builtin_home: Path, home: Path, cli: CliResult,
+def test_a_modelfile_stores_kv_type_in_one_spelling(builtin_home: Path, home: Path, cli: Cli,
                                                    tmp_path: Path) -> None:
     shutil.copytree(builtin_home, home)
     (tmp_path / "Modelfile").write_text("FROM smollm2-135m-instruct\nPARAMETER kv_type K=Q8_0\n")
-    assert cli("create", "small-kv", "-f", str(tmp_path / "Modelfile")).code == 0  # type: ignore[attr-defined]
-    shown = json.loads(cli("show", "small-kv", "--json").out)  # type: ignore[attr-defined]
+    assert cli("create", "small-kv", "-f", str(tmp_path / "Modelfile")).code == 0
+    shown = json.loads(cli("show", "small-kv", "--json").out)
     assert shown["defaults"]["parameters"]["kv_type"] == "k=q8_0,v=f16"
     (tmp_path / "Bad").write_text("FROM smollm2-135m-instruct\n\nPARAMETER kv_type q3_k\n")
     bad = cli("create", "bad-kv", "-f", str(tmp_path / "Bad"))
-    assert bad.code != 0 and "line 3" in bad.err and "'q3_k' is unknown" in bad.err  # type: ignore[attr-defined]
+    assert bad.code != 0 and "line 3" in bad.err and "'q3_k' is unknown" in bad.err
     with pytest.raises(ModelfileError):
         from edgeslm.modelfile.params import from_commands
         from edgeslm.modelfile.parser import parse

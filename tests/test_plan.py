@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import json
 import shutil
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -18,6 +20,8 @@ from edgeslm.runner.messages import Job
 from edgeslm.runner.process import Runner
 
 from .conftest import CliResult
+
+Cli = Callable[..., CliResult]
 
 
 def _peak(home: Path, name: str, slots: int, ctx: int, kv: str) -> int:
@@ -37,11 +41,11 @@ def _peak(home: Path, name: str, slots: int, ctx: int, kv: str) -> int:
 
 @pytest.mark.real_model
 def test_the_plan_predicts_a_real_runner_and_counts_the_repacked_copy(builtin_home: Path, home: Path,
-                                                                      cli: CliResult) -> None:
+                                                                      cli: Cli) -> None:
     """SmolLM2 as Q4_0: llama.cpp copies its Q4_0 layers into a repacked layout on x86-64, beside the
     mapped file; the plan counts both, and the KV cache's type."""
     shutil.copytree(builtin_home, home)
-    assert cli("quantize", "smollm2-135m-instruct", "--type", "q4_0", "--allow-requantize").code == 0  # type: ignore[attr-defined]
+    assert cli("quantize", "smollm2-135m-instruct", "--type", "q4_0", "--allow-requantize").code == 0
     model = resolve_model("smollm2-135m-instruct:q4_0", resolve_settings(home=home, offline=True))
     constants = MemoryConstants(repacked_types=frozenset({"Q4_0"}))
     for slots, ctx, kv in ((1, 1024, "f16"), (4, 4096, "q8_0")):
@@ -53,18 +57,51 @@ def test_the_plan_predicts_a_real_runner_and_counts_the_repacked_copy(builtin_ho
     assert plan.repacked > 50 * 2**20 and plan.kv_cache == pytest.approx(4 * 4096 * 30 * 3 * 64 * 2 * 34 / 32, rel=0.01)
 
 
-def test_plan_prints_the_parts_and_refuses_what_cannot_load(builtin_home: Path, home: Path, cli: CliResult) -> None:
+def test_plan_prints_the_parts_and_refuses_what_cannot_load(builtin_home: Path, home: Path, cli: Cli) -> None:
     shutil.copytree(builtin_home, home)
     out = cli("plan", "smollm2-135m-instruct", "--ctx", "4096", "--parallel", "2", "--kv-type", "q8_0", "--json")
-    assert out.code == 0, out.err  # type: ignore[attr-defined]
-    plan = json.loads(out.out)  # type: ignore[attr-defined]
+    assert out.code == 0, out.err
+    plan = json.loads(out.out)
     assert plan["kv_type"] == "q8_0" and plan["slots"] == 2 and plan["runtime"] == "llama.cpp"
     assert plan["total"] == sum(plan[k] for k in ("mapped", "repacked", "kv_cache", "compute", "vocabulary", "base"))
-    f16 = json.loads(cli("plan", "smollm2-135m-instruct", "--ctx", "4096", "--parallel", "2", "--json").out)  # type: ignore[attr-defined]
+    f16 = json.loads(cli("plan", "smollm2-135m-instruct", "--ctx", "4096", "--parallel", "2", "--json").out)
     assert plan["kv_cache"] == pytest.approx(f16["kv_cache"] * 34 / 64, rel=1e-3)
     long = cli("plan", "smollm2-135m-instruct", "--ctx", "100000")
-    assert long.code != 0 and "8,192 tokens, its trained context" in long.err  # type: ignore[attr-defined]
+    assert long.code != 0 and "8,192 tokens, its trained context" in long.err
     bad = cli("plan", "smollm2-135m-instruct", "--parallel", "0")
-    assert bad.code != 0 and "parallel 0 is out of range" in bad.err  # type: ignore[attr-defined]
+    assert bad.code != 0 and "parallel 0 is out of range" in bad.err
     table = cli("plan", "smollm2-135m-instruct")
-    assert table.code == 0 and "weights, the mapped file" in table.out and "total" in table.out  # type: ignore[attr-defined]
+    assert table.code == 0 and "weights, the mapped file" in table.out and "total" in table.out
+
+
+@pytest.mark.real_model
+def test_plan_ram_chooses_by_measured_quality_under_the_budget(builtin_home: Path, home: Path, cli: Cli) -> None:
+    shutil.copytree(builtin_home, home)
+    name = "smollm2-135m-instruct"
+    assert cli("quantize", name, "--type", "f16,q8_0,q4_0", "--allow-requantize").code == 0
+    assert cli("eval", name, "--all-variants", "--chunks", "2", "--no-speed").code == 0
+    assert cli("eval", f"{name}:q8_0", "--kv-type", "q8_0", "--chunks", "2", "--no-speed").code == 0
+
+    def plan(*args: str) -> dict[str, Any]:
+        out = cli("plan", name, "--json", "--ctx", "2048", *args)
+        assert out.code == 0, out.err
+        found: dict[str, Any] = json.loads(out.out)
+        return found
+
+    roomy = plan("--ram", "4GB")
+    # chat: the lowest measured KLD of the model's variants (f16 itself, KLD 0), with an f16 cache
+    assert roomy["chosen"]["name"] == f"{name}:f16" and roomy["chosen"]["kv"] == "f16"
+    from edgeslm.evaluate.kept import kv_costs
+    from edgeslm.store import Store, parse_name
+
+    store = Store.open(home / "models")
+    q8 = store.get(parse_name(f"{name}:q8_0"))
+    assert kv_costs(store)[(q8.digest, "q8_0")] > 0  # what plan adds to the weights' KLD for that cache
+    tight = roomy["chosen"]["memory"] - 1
+    second = plan("--ram", str(tight))
+    assert second["chosen"]["memory"] <= tight and second["chosen"]["name"] != f"{name}:f16"
+    assert "PARAMETER num_ctx 2048" in second["modelfile"] and second["serve"].startswith("edgeslm serve --pin")
+    nothing = cli("plan", name, "--ram", "50MB")
+    assert nothing.code != 0 and "nothing fits in 50.0 MB; the smallest is" in nothing.err
+    floors = cli("plan", name, "--ram", "4GB", "--use-case", "code", "--min-pass", "0.5")
+    assert floors.code != 0 and "none measured meets the floors (HumanEval pass@1 >= 50%)" in floors.err

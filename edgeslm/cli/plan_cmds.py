@@ -1,4 +1,5 @@
-"""CLI: plan (what a configuration of a model takes on this machine, before it loads)."""
+"""CLI: plan (what a configuration of a model takes on this machine, before it loads; with --ram,
+the configuration to run under a memory budget)."""
 
 from __future__ import annotations
 
@@ -6,7 +7,8 @@ import argparse
 from typing import Any
 
 from ..config import Settings
-from ..units import format_mib
+from ..errors import UsageError
+from ..units import format_bytes, format_mib, parse_bytes
 from .kv_flags import add_kv_flag
 from .output import print_json, print_table, status
 
@@ -17,27 +19,40 @@ PARTS = (("mapped", "weights, the mapped file"), ("repacked", "weights, llama.cp
 
 def configure(sub: Any) -> None:
     p: argparse.ArgumentParser = sub.add_parser(
-        "plan", help="the memory a model takes at a context, slots and KV cache type, predicted before it loads",
-        description="Peak memory of the runner that would serve MODEL, part by part, from its file's header.")
+        "plan", help="the memory a model takes at a context, slots and KV cache type, before it loads; with --ram, "
+                     "the configuration to run under a budget",
+        description="Peak memory of the runner that would serve MODEL, part by part, from its file's header. With "
+                    "--ram: over the stored GGUF variants (of MODEL, or all), KV cache types, contexts and slots, "
+                    "the configuration the use case wants that fits and meets the floors, by measured quality.")
     p.set_defaults(run=cmd_plan)
-    p.add_argument("model")
-    p.add_argument("--ctx", type=int, default=2048, help="context tokens per slot (default 2048, as serve)")
-    p.add_argument("--parallel", type=int, default=1, help="slots decoded together (default 1; serve's is 4)")
+    p.add_argument("models", nargs="*", metavar="MODEL")
+    p.add_argument("--ctx", type=int, help="context tokens per slot (default 2048; with --ram: 2048 to 32768 tried)")
+    p.add_argument("--parallel", type=int, help="slots decoded together (default 1)")
     add_kv_flag(p)
+    p.add_argument("--ram", metavar="SIZE", help="the memory budget, e.g. 2GB: choose a configuration")
+    p.add_argument("--use-case", default="chat", choices=("chat", "code", "rag"),
+                   help="what ranks first: chat (quality, then speed), code (HumanEval pass@1), rag (context)")
+    p.add_argument("--min-pass", type=float, metavar="SHARE", help="least HumanEval pass@1, measured (0.5)")
+    p.add_argument("--max-kld", type=float, metavar="KLD", help="largest mean KL-divergence, measured")
     p.add_argument("--json", action="store_true")
 
 
 def cmd_plan(args: argparse.Namespace, settings: Settings) -> int:
+    if args.ram:
+        return _choose(args, settings)
+    if len(args.models) != 1:
+        raise UsageError("plan: name one model (or give --ram SIZE to choose among the stored ones)")
     from ..device import system_ram
     from ..formats.kv_cache import kv_cache_for
     from ..plan.memory import plan_model
     from ..pull import ensure_pulled
 
-    model = ensure_pulled(args.model, settings)
+    model = ensure_pulled(args.models[0], settings)
     runtime = model.engine(settings.engine)
     kv = args.kv_type or kv_cache_for(runtime, (model.defaults.get("parameters") or {}).get("kv_type"),
                                       settings.kv_type)
-    plan = plan_model(model, runtime, ctx_per_slot=args.ctx, slots=args.parallel, kv=kv)
+    plan = plan_model(model, runtime, ctx_per_slot=2048 if args.ctx is None else args.ctx,
+                      slots=1 if args.parallel is None else args.parallel, kv=kv)
     ram = system_ram()
     if args.json:
         print_json({**plan.to_dict(), "runtime": runtime, "machine_ram": ram})
@@ -48,3 +63,39 @@ def cmd_plan(args: argparse.Namespace, settings: Settings) -> int:
     status(f"{100 * plan.total / ram:.0f} % of this machine's {format_mib(ram)}; 'edgeslm serve' lets loaded models "
            "take ¾ of it by default (--memory)")
     return 0
+
+
+def _choose(args: argparse.Namespace, settings: Settings) -> int:
+    from ..plan.search import USE_CASES, choose
+    from ..store import Store
+
+    try:
+        budget = parse_bytes(args.ram)
+    except ValueError as exc:
+        raise UsageError(f"--ram {args.ram!r}: {exc}") from None
+    if args.kv_type:
+        raise UsageError("plan --ram tries f16, q8_0 and q4_0 KV caches itself; drop --kv-type")
+    got = choose(Store.open(settings.models_dir), budget, args.use_case, names=args.models, ctx=args.ctx,
+                 parallel=args.parallel, min_pass=args.min_pass, max_kld=args.max_kld)
+    if args.json:
+        print_json({"budget": got.budget, "use_case": got.use_case, "considered": got.considered,
+                    "fitting": got.fitting, "chosen": got.chosen.__dict__, "pareto": [c.__dict__ for c in got.pareto],
+                    "serve": got.serve_command, "modelfile": got.modelfile})
+        return 0
+    status(f"{got.considered} configurations, {got.fitting} fit in {format_bytes(got.budget)}; per model, those no "
+           "other of its own beats on memory, KLD and context at once (KLD: against the model's own reference):")
+    print_table(("model", "ctx", "slots", "KV", "memory", "mean KLD", "pass@1", "tg t/s"),
+                [_cells(c) for c in got.pareto], right=(1, 2, 4, 5, 6, 7))
+    c = got.chosen
+    status(f"\nchosen for {got.use_case} ({USE_CASES[got.use_case]}): {c.name}, {c.ctx:,} tokens × {c.slots}, "
+           f"{c.kv} KV cache, {format_bytes(c.memory)}")
+    print(f"\n{got.serve_command}\n\n# or as a Modelfile ('edgeslm create NAME -f Modelfile'):\n{got.modelfile}",
+          end="")
+    return 0
+
+
+def _cells(c: Any) -> tuple[str, ...]:
+    return (c.name, f"{c.ctx:,}", str(c.slots), c.kv, format_bytes(c.memory),
+            "not measured" if c.kld is None else f"{c.kld:.4f}",
+            "—" if c.pass_at_1 is None else f"{100 * c.pass_at_1:.1f} %",
+            "—" if c.tg_tps is None else f"{c.tg_tps:.1f}")

@@ -9,9 +9,11 @@ import json
 import logging
 import re
 from collections.abc import Iterable
+from dataclasses import replace
 from pathlib import Path
 
-from ..store import Store
+from ..errors import InvalidNameError
+from ..store import Store, parse_name
 from ..store.atomic import write_atomic
 from ..store.records import Manifest
 from .result import EvalResult
@@ -45,14 +47,20 @@ def all_results(store: Store) -> list[EvalResult]:
     return [r for r in map(_read_result, (p for p in paths if RESULT_KEY.match(p.stem))) if r is not None]
 
 
+def kv_of(result: EvalResult) -> str:
+    """The KV cache type the model ran with (``eval --kv-type``); results from before it: f16."""
+    return str(result.settings.get("kv", "f16"))
+
+
 def latest_results(store: Store, manifests: Iterable[Manifest]) -> dict[str, EvalResult]:
     """The newest kept result of each model, matched by content (a copy shares its source's
-    results), under the model's own name; models never evaluated are left out."""
+    results), under the model's own name; models never evaluated are left out. Only results with
+    llama.cpp's default f16 cache: a ``--kv-type`` run measures the cache, not the weights."""
     digests: dict[str, list[str]] = {}
     for m in manifests:
         digests.setdefault(m.digest, []).append(str(m.name))
     kept: dict[str, EvalResult] = {}
-    for r in all_results(store):
+    for r in (r for r in all_results(store) if kv_of(r) == "f16"):
         for name in digests.get(r.model_digest, ()):
             if name not in kept or r.created >= kept[name].created:
                 kept[name] = r.renamed(name)
@@ -62,3 +70,40 @@ def latest_results(store: Store, manifests: Iterable[Manifest]) -> dict[str, Eva
 def save_result(store: Store, result: EvalResult) -> None:
     data = json.dumps(result.to_dict(), indent=2).encode()
     write_atomic(results_dir(store) / f"{result.key}.json", data, store.tmp_dir)
+
+
+def measured_by_digest(store: Store) -> dict[str, EvalResult]:
+    """The newest kept result per model digest against a variant of the same model (a KLD against
+    another model, which a shared vocabulary allows, says nothing of this one's quality), with an f16
+    cache; a reference of other results counts as KLD 0."""
+    results = [r for r in all_results(store) if kv_of(r) == "f16"
+               and (r.reference is None or _family(r.reference) == _family(r.model))]
+    references = {r.reference_digest for r in results}
+    out: dict[str, EvalResult] = {}
+    for r in results:
+        if not r.has_reference:
+            if r.model_digest not in references:
+                continue
+            r = replace(r, kld_mean=0.0, same_top=1.0, reference="itself")
+        if r.model_digest not in out or r.created > out[r.model_digest].created:
+            out[r.model_digest] = r
+    return out
+
+
+def kv_costs(store: Store) -> dict[tuple[str, str], float]:
+    """(model digest, KV type) -> the mean KLD the cache type adds, from ``eval --kv-type`` runs
+    against the model itself (the newest of each)."""
+    out: dict[tuple[str, str], tuple[str, float]] = {}
+    for r in all_results(store):
+        key = (r.model_digest, kv_of(r))
+        if key[1] != "f16" and r.reference_digest == r.model_digest and r.kld_mean is not None:
+            if key not in out or r.created > out[key][0]:
+                out[key] = (r.created, r.kld_mean)
+    return {k: v for k, (_, v) in out.items()}
+
+
+def _family(name: str) -> str | None:
+    try:
+        return parse_name(name).family
+    except InvalidNameError:
+        return None

@@ -258,7 +258,9 @@ class ModelManager:
         if budget is not None and need > budget:
             raise CapacityError(
                 f"{name} needs {format_bytes(need)} with {self.params.slots} slots of {self.params.ctx_per_slot:,} "
-                f"tokens, available {format_bytes(budget)}; use fewer slots or a smaller context, or a smaller variant"
+                f"tokens, available {format_bytes(budget)}; use fewer slots, a smaller context, a quantized KV cache "
+                f"(--kv-type q8_0) or a smaller variant ('edgeslm plan {name} --ctx {self.params.ctx_per_slot} "
+                f"--parallel {self.params.slots}' shows the parts)"
             )
         while self._over(need):
             idle = [e for e in self._loaded.values()

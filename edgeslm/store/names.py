@@ -41,6 +41,12 @@ class ModelName:
     def base(self) -> str:
         return "/".join(p for p in (self.host, self.namespace, self.model) if p)
 
+    @property
+    def family(self) -> str:
+        """The model whose variants this name is one of: ``m:0.5b`` for ``m:0.5b-q4_0``, ``m`` for ``m:q8_0``."""
+        stem = tag_stem(self.tag)
+        return f"{self.base}:{stem}" if stem else self.base
+
     def with_tag(self, tag: str) -> ModelName:
         return parse_name(f"{self.base}:{tag}")
 
