@@ -13,11 +13,12 @@ import pytest
 PACKAGE = Path(__file__).resolve().parents[1] / "edgeslm"
 # Floor of each top-level part of the package; a module may import only its own floor or lower.
 # tasks (eval --task) drives the runner as the server does, so it sits on the runner's floor, and
-# optimize, which measures task accuracy through it (--min-pass), beside them.
+# optimize, which measures task accuracy through it (--min-pass), beside them; tune, which probe-loads
+# runners to fit the memory plan, too.
 FLOORS = {
     "errors": 0, "config": 0, "units": 0, "framing": 0,
     "formats": 1, "speculation": 1, "store": 2, "sources": 3, "engines": 3, "access": 3,
-    "runner": 5, "tasks": 5, "optimize": 5, "serve": 6, "deploy": 6, "cli": 6, "__main__": 7,
+    "runner": 5, "tasks": 5, "optimize": 5, "tune": 5, "serve": 6, "deploy": 6, "cli": 6, "__main__": 7,
 }
 NATIVE = ("llama_cpp", "onnxruntime", "onnxruntime_genai", "mlx", "mlx_lm")  # imported only under engines/
 VERB = 4  # every other top-level module or package: the verbs (pull, quantize, evaluate, ...)

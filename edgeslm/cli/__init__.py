@@ -35,6 +35,7 @@ MODULES: tuple[tuple[str, str, tuple[str, ...]], ...] = (
     ("optimize_cmds", "configure", ("optimize",)),
     ("recommend_cmds", "configure", ("recommend",)),
     ("plan_cmds", "configure", ("plan",)),
+    ("plan_cmds", "configure_tune", ("tune",)),
     ("bundle_cmds", "configure", ("bundle",)),
     ("sync_cmds", "configure", ("remote", "push", "sync")),
     ("deploy_cmds", "configure", ("deploy",)),

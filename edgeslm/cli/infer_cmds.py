@@ -17,6 +17,7 @@ from ..config import DEFAULT_CONTEXT, DEFAULT_MODEL, Settings
 from ..engines.base import SamplingParams
 from ..errors import InvalidNameError, ModelNotFoundError
 from ..generation import GenerationChunk, Model, embed, load, load_draft, stream_generate
+from ..plan.profile import profile_threads
 from ..pull import ensure_pulled
 from ..speculation import LookupConfig, SpecStats
 from ..store import Store
@@ -146,6 +147,7 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
     lookup = lookup_config(args, args.draft) if args.draft and is_lookup(args.draft) else None
     store = Store.open(settings.models_dir)  # opened once: the model, its draft
     found, prompt = split_model_and_prompt(args, settings, store)
+    args.threads = args.threads or profile_threads(settings.home)  # edgeslm tune's, where it measured this machine
     model = load(found, ctx=args.ctx, threads=args.threads, settings=settings, kv=args.kv_type)
     draft: LookupConfig | Model | None = lookup
     try:
@@ -221,8 +223,8 @@ def _print_timings(model: Model, last: GenerationChunk) -> None:
 
 
 def cmd_embed(args: argparse.Namespace, settings: Settings) -> int:
-    model = load(ensure_pulled(args.model, settings), ctx=args.ctx, threads=args.threads, settings=settings,
-                 kv=args.kv_type)
+    threads = args.threads or profile_threads(settings.home)
+    model = load(ensure_pulled(args.model, settings), ctx=args.ctx, threads=threads, settings=settings, kv=args.kv_type)
     try:
         vectors = embed(model, args.texts)
     finally:
@@ -240,7 +242,8 @@ def cmd_bench(args: argparse.Namespace, settings: Settings) -> int:
         draft_model = ensure_pulled(args.draft, settings, store=store)
         draft = {"model": str(draft_model.path), "name": draft_model.name}
     kv = str(args.kv_type) if args.kv_type else "f16"
-    params = BenchParams(args.n_prompt, args.n_gen, args.repetitions, args.threads, draft, kv_type=kv)
+    threads = args.threads or profile_threads(settings.home)
+    params = BenchParams(args.n_prompt, args.n_gen, args.repetitions, threads, draft, kv_type=kv)
     targets = [ensure_pulled(name, settings, store=store) for name in args.models]
     results = bench_models(targets, params)
     if args.format == "json":

@@ -45,6 +45,7 @@ def cmd_plan(args: argparse.Namespace, settings: Settings) -> int:
     from ..device import system_ram
     from ..formats.kv_cache import kv_cache_for
     from ..plan.memory import plan_model
+    from ..plan.profile import memory_constants
     from ..pull import ensure_pulled
 
     model = ensure_pulled(args.models[0], settings)
@@ -52,7 +53,8 @@ def cmd_plan(args: argparse.Namespace, settings: Settings) -> int:
     kv = args.kv_type or kv_cache_for(runtime, (model.defaults.get("parameters") or {}).get("kv_type"),
                                       settings.kv_type)
     plan = plan_model(model, runtime, ctx_per_slot=2048 if args.ctx is None else args.ctx,
-                      slots=1 if args.parallel is None else args.parallel, kv=kv)
+                      slots=1 if args.parallel is None else args.parallel, kv=kv,
+                      constants=memory_constants(settings.home))
     ram = system_ram()
     if args.json:
         print_json({**plan.to_dict(), "runtime": runtime, "machine_ram": ram})
@@ -66,6 +68,7 @@ def cmd_plan(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _choose(args: argparse.Namespace, settings: Settings) -> int:
+    from ..plan.profile import memory_constants
     from ..plan.search import USE_CASES, choose
     from ..store import Store
 
@@ -76,7 +79,8 @@ def _choose(args: argparse.Namespace, settings: Settings) -> int:
     if args.kv_type:
         raise UsageError("plan --ram tries f16, q8_0 and q4_0 KV caches itself; drop --kv-type")
     got = choose(Store.open(settings.models_dir), budget, args.use_case, names=args.models, ctx=args.ctx,
-                 parallel=args.parallel, min_pass=args.min_pass, max_kld=args.max_kld)
+                 parallel=args.parallel, min_pass=args.min_pass, max_kld=args.max_kld,
+                 constants=memory_constants(settings.home))
     if args.json:
         print_json({"budget": got.budget, "use_case": got.use_case, "considered": got.considered,
                     "fitting": got.fitting, "chosen": got.chosen.__dict__, "pareto": [c.__dict__ for c in got.pareto],
@@ -99,3 +103,52 @@ def _cells(c: Any) -> tuple[str, ...]:
             "not measured" if c.kld is None else f"{c.kld:.4f}",
             "—" if c.pass_at_1 is None else f"{100 * c.pass_at_1:.1f} %",
             "—" if c.tg_tps is None else f"{c.tg_tps:.1f}")
+
+
+def configure_tune(sub: Any) -> None:
+    p: argparse.ArgumentParser = sub.add_parser(
+        "tune", help="measure this machine (memory per model, threads) into the device profile plan, run, bench "
+                     "and serve use",
+        description="Probe-load each MODEL's runner at two contexts and fit the memory plan's constants; measure "
+                    "prompt processing and generation at 1 to all physical cores against llama.cpp's default; keep "
+                    "both in HOME/device-profile.json (EDGESLM_NO_PROFILE=1 ignores it). Three differently shaped "
+                    "models fit every constant; fewer fit the runner's base only.")
+    p.set_defaults(run=cmd_tune)
+    p.add_argument("models", nargs="+", metavar="MODEL")
+    p.add_argument("--no-speed", action="store_true", help="memory only (no thread sweep)")
+    p.add_argument("--json", action="store_true")
+
+
+def cmd_tune(args: argparse.Namespace, settings: Settings) -> int:
+    from ..plan.profile import save_profile
+    from ..pull import ensure_pulled
+    from ..tune import tune
+
+    models = [ensure_pulled(name, settings) for name in args.models]
+    for m in models:
+        if m.engine(settings.engine) != "llama.cpp":
+            raise UsageError(f"tune: {m.name} runs on {m.engine(settings.engine)}; tune measures llama.cpp models")
+    done = tune(models, str(settings.home), speed=not args.no_speed,
+                progress=None if args.json else (lambda text: status(f"  {text}")))
+    path = save_profile(settings.home, done.profile)
+    if args.json:
+        print_json({**done.profile.to_dict(), "notes": list(done.notes), "path": str(path)})
+        return 0
+    c = done.profile.constants
+    print_table(("model", "slots × ctx", "predicted", "measured", "error"),
+                [(p.model, f"{p.slots} × {p.ctx_per_slot:,}", format_mib(p.total), format_mib(peak),
+                  f"{100 * (p.total / peak - 1):+.1f} %") for p, peak in done.memory], right=(2, 3, 4))
+    if done.speed:
+        default = done.speed[-1]  # llama.cpp's default: every physical core
+        print_table(("threads", "pp128 t/s", "tg32 t/s"),
+                    [(f"{s['threads']:.0f}", f"{s['pp']:.1f}", f"{s['tg']:.1f}") for s in done.speed], right=(0, 1, 2))
+        best_pp, best_tg = max(s["pp"] for s in done.speed), max(s["tg"] for s in done.speed)
+        status(f"tuned: {done.profile.threads} threads for generation ({best_tg / default['tg']:.2f}× llama.cpp's "
+               f"default of {default['threads']:.0f}), {done.profile.threads_batch} for prompts "
+               f"({best_pp / default['pp']:.2f}×)")
+    status(f"memory: runner base {format_mib(c.base)}, {c.per_vocab:.0f} B per vocabulary entry, "
+           f"{c.per_activation:.1f} B per activation; repacked types {', '.join(sorted(c.repacked_types)) or 'none'}")
+    for note in done.notes:
+        status(f"note: {note}")
+    status(f"kept in {path}")
+    return 0

@@ -26,7 +26,7 @@ from ..store.records import Manifest
 from ..units import format_bytes
 from .memory import MemoryConstants, plan_memory
 
-CONTEXTS = (2048, 4096, 8192, 16384, 32768)
+CONTEXTS = tuple(2048 << i for i in range(5))  # 2,048 to 32,768 tokens
 KV_TYPES = ("f16", "q8_0", "q4_0")
 # what the configuration is for -> what ranks first (the rest break ties). A KL-divergence compares the
 # variants of one model (each against its own reference), never two models: across models the larger

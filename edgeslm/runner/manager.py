@@ -24,6 +24,7 @@ from ..errors import CapacityError, EdgeslmError, EngineError, InvalidNameError,
 from ..formats.kv_cache import KVCache, kv_cache_for
 from ..formats.model_info import estimate_memory
 from ..plan.memory import plan_memory
+from ..plan.profile import memory_constants
 from ..pull import ensure_pulled
 from ..speculation.config import LookupConfig
 from ..store import Store
@@ -108,6 +109,7 @@ class ModelManager:
         self.pinned = frozenset(self.resolve(name).name for name in params.pinned)  # full names; unknown: refused
         self.drafts = {name if name == "*" else self.resolve(name).name: config for name, config in params.draft}
         self.kv = {name if name == "*" else self.resolve(name).name: kv for name, kv in params.kv}
+        self.constants = memory_constants(settings.home)  # the device profile's (edgeslm tune), else the defaults
         for name in self.kv:
             if name != "*" and (runtime := self.resolve(name).engine(settings.engine)) != DEFAULT_ENGINE:
                 raise InvalidParameterError(f"--kv-type {name}=…: {name} runs on {runtime}, which keeps its KV cache "
@@ -133,7 +135,7 @@ class ModelManager:
             p = self.params
             if model.engine(self.settings.engine) == DEFAULT_ENGINE:  # the measured plan: file header only
                 plan = plan_memory(model.path, model.name, ctx_per_slot=p.ctx_per_slot, slots=p.slots,
-                                   kv=self.kv_cache(model))
+                                   kv=self.kv_cache(model), constants=self.constants)
                 memory = plan.total + model.adapter_bytes
             else:
                 memory = estimate_memory(model.info, p.slots * p.ctx_per_slot).total_bytes + RUNNER_OVERHEAD

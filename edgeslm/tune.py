@@ -1,0 +1,142 @@
+"""``edgeslm tune``: measure this machine and keep what it found in the device profile (on the
+runner's floor: it probe-loads runners as the server does).
+
+- **memory**: each model's runner (the process ``serve`` starts) at two contexts, its peak resident
+  memory after a full micro-batch of prefill; the constants of ``memory.plan_memory`` fitted by least
+  squares (all three from three or more differently shaped models, the runner's base alone from fewer);
+- **threads**: prompt processing and generation at 1 … physical cores threads (``bench``'s
+  machinery, each in its own process), against llama.cpp's default (every physical core) in the same run;
+- **busy**: the load average before and after, and each measurement's spread between repetitions:
+  a busy machine's numbers are reported as such, not trusted silently.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+
+from . import __version__
+from .bench import BenchParams, bench_models
+from .engines.base import SamplingParams, physical_cores
+from .formats.kv_cache import KVCache
+from .plan.memory import MemoryConstants, MemoryPlan, plan_memory
+from .plan.profile import DeviceProfile, fingerprint
+from .store.records import now_iso
+from .store.resolve import ResolvedModel
+
+log = logging.getLogger(__name__)
+
+PROBES = ((1, 512), (1, 2048))  # (slots, ctx per slot) per model
+BUSY_LOAD = 0.5  # load average per core above which measurements are flagged
+NOISY_SPREAD = 0.10  # repetitions further apart than this are flagged
+
+
+@dataclass(frozen=True)
+class Tuned:
+    profile: DeviceProfile
+    notes: tuple[str, ...]  # what to know about the measurements (busy machine, noisy runs, what was fitted)
+    memory: tuple[tuple[MemoryPlan, int], ...]  # each probe's plan (with the fitted constants) and measured peak
+    speed: tuple[dict[str, float], ...]  # per thread count: pp and tg tok/s
+
+
+def measured_peak(model: ResolvedModel, home: str, slots: int, ctx: int, kv: str = "f16") -> int:
+    """The runner's peak resident memory (VmHWM) after a full micro-batch of prefill and 8 tokens."""
+    from .runner.messages import Job
+    from .runner.process import Runner
+
+    runner = Runner(model, slots=slots, ctx_per_slot=ctx, home=home, kv=kv)
+    try:
+        ids = list(range(1000, 1000 + min(ctx - 16, 600)))  # token ids: a full micro-batch where the slot holds it
+
+        async def ask() -> None:
+            async for _ in runner.agenerate(Job(ids, SamplingParams(temperature=0), 8)):
+                pass
+
+        asyncio.run(ask())
+        with open(f"/proc/{runner.pid}/status") as fp:
+            return next(int(line.split()[1]) * 1024 for line in fp if line.startswith("VmHWM:"))
+    finally:
+        runner.close()
+
+
+def fit(rows: Sequence[tuple[MemoryPlan, int]], start: MemoryConstants | None = None) -> MemoryConstants:
+    """Constants from (plan made with unit constants, measured peak) pairs: all three by least squares
+    when the models' shapes tell them apart, else the base alone (``start``'s per-entry terms kept)."""
+    import numpy as np
+
+    start = start or MemoryConstants()
+    rest = [peak - p.mapped - p.repacked - p.kv_cache for p, peak in rows]
+    shapes = {(p.vocabulary, p.compute) for p, _ in rows}
+    if len({v for v, _ in shapes}) >= 3 and len({c for _, c in shapes}) >= 3:
+        a = np.array([[1.0, p.vocabulary, p.compute] for p, _ in rows])
+        (base, per_vocab, per_act), *_ = np.linalg.lstsq(a, np.array(rest, dtype=float), rcond=None)
+        return replace(start, base=int(base), per_vocab=float(per_vocab), per_activation=float(max(per_act, 0.0)))
+    own = [peak - p.mapped - p.repacked - p.kv_cache - start.per_vocab * p.vocabulary
+           - start.per_activation * p.compute for p, peak in rows]
+    return replace(start, base=int(sum(own) / len(own)))
+
+
+def unit_plan(model: ResolvedModel, slots: int, ctx: int, kv: str = "f16") -> MemoryPlan:
+    """The plan with unit constants: its vocabulary and compute parts are the fit's multipliers."""
+    unit = MemoryConstants(base=0, per_vocab=1.0, per_activation=1.0)
+    return plan_memory(model.path, model.name, ctx_per_slot=ctx, slots=slots, kv=KVCache.parse(kv), constants=unit)
+
+
+def tune(models: Sequence[ResolvedModel], home: str, *, speed: bool = True,
+         progress: Callable[[str], None] | None = None) -> Tuned:
+    say = progress or (lambda _: None)
+    notes = [busy_note("before")]
+    rows = []
+    for model in models:
+        for slots, ctx in PROBES:
+            say(f"memory: {model.name}, {slots} × {ctx:,} tokens")
+            rows.append((unit_plan(model, slots, ctx), measured_peak(model, home, slots, ctx)))
+    constants = fit(rows)
+    shapes = len({(p.vocabulary, p.compute) for p, _ in rows})
+    notes.append(f"memory constants fitted on {len(rows)} loads of {len(models)} model(s)" + (
+        "" if shapes >= 3 else ": the runner's base only (three differently shaped models fit all three)"))
+    fitted = tuple((replace(p, base=constants.base, vocabulary=round(constants.per_vocab * p.vocabulary),
+                            compute=round(constants.per_activation * p.compute)), peak) for p, peak in rows)
+    speeds: list[dict[str, float]] = []
+    threads = threads_batch = None
+    if speed:
+        speeds, noisy = _thread_sweep(models[0], say)
+        threads = int(max(speeds, key=lambda s: s["tg"])["threads"])
+        threads_batch = int(max(speeds, key=lambda s: s["pp"])["threads"])
+        notes += noisy
+    notes = [n for n in [*notes, busy_note("after")] if n]
+    measurements = tuple({"model": p.model, "slots": p.slots, "ctx": p.ctx_per_slot, "peak": peak,
+                          "predicted": p.total} for p, peak in fitted) + tuple(speeds)
+    profile = DeviceProfile(fingerprint(), __version__, now_iso(), constants, threads, threads_batch, measurements)
+    return Tuned(profile, tuple(notes), fitted, tuple(speeds))
+
+
+def _thread_sweep(model: ResolvedModel, say: Callable[[str], None]) -> tuple[list[dict[str, float]], list[str]]:
+    """pp128 and tg32 at 1 … physical cores threads, two repetitions each."""
+    out, noisy = [], []
+    for threads in range(1, physical_cores() + 1):
+        say(f"speed: {model.name}, {threads} thread(s)")
+        result = bench_models([model], BenchParams(n_prompt=128, n_gen=32, repetitions=2, threads=threads))[0]
+        by_test = {t.test[:2]: t for t in result.tests}
+        out.append({"threads": float(threads), "pp": by_test["pp"].mean, "tg": by_test["tg"].mean})
+        for t in result.tests:
+            if t.mean and t.stdev / t.mean > NOISY_SPREAD:
+                noisy.append(f"{t.test} at {threads} thread(s) varied {100 * t.stdev / t.mean:.0f} % between "
+                             "repetitions: the machine is busy or throttling")
+    return out, noisy
+
+
+def busy_note(when: str) -> str:
+    """'' on a quiet machine; else what the load average says."""
+    try:
+        load = os.getloadavg()[0]
+    except OSError:
+        return ""
+    cores = physical_cores()
+    if load / cores <= BUSY_LOAD:
+        return ""
+    return (f"{when}: load average {load:.1f} on {cores} cores: other work was running, so speeds measured now "
+            "are lower than this machine's own (memory is not affected)")
