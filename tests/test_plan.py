@@ -105,3 +105,31 @@ def test_plan_ram_chooses_by_measured_quality_under_the_budget(builtin_home: Pat
     assert nothing.code != 0 and "nothing fits in 50.0 MB; the smallest is" in nothing.err
     floors = cli("plan", name, "--ram", "4GB", "--use-case", "code", "--min-pass", "0.5")
     assert floors.code != 0 and "none measured meets the floors (HumanEval pass@1 >= 50%)" in floors.err
+
+
+@pytest.mark.real_model
+def test_a_served_model_stays_within_its_plan_under_load(builtin_home: Path, home: Path) -> None:
+    """Soak: every slot busy with prompts from a few tokens to a full slot, replies to the end of the
+    context, for many requests; the runner's peak never passes its plan (5 %: constants from another machine)."""
+    shutil.copytree(builtin_home, home)
+    model = resolve_model("smollm2-135m-instruct", resolve_settings(home=home, offline=True))
+    slots, ctx, kv = 3, 1024, "q8_0"
+    plan = plan_memory(model.path, model.name, ctx_per_slot=ctx, slots=slots, kv=KVCache.parse(kv))
+    runner = Runner(model, slots=slots, ctx_per_slot=ctx, home=str(home), kv=kv)
+    try:
+        async def one(n: int) -> int:
+            prompt = list(range(2000, 2000 + (n * 97) % (ctx - 40) + 8))
+            count = 0
+            async for _ in runner.agenerate(Job(prompt, SamplingParams(temperature=0.8, seed=n), 16 + n % 24)):
+                count += 1
+            return count
+
+        async def soak() -> list[int]:
+            return list(await asyncio.gather(*(one(n) for n in range(12))))
+
+        assert all(c > 0 for c in asyncio.run(soak()))
+        with open(f"/proc/{runner.pid}/status") as fp:
+            peak = next(int(line.split()[1]) * 1024 for line in fp if line.startswith("VmHWM:"))
+    finally:
+        runner.close()
+    assert peak <= plan.total * 1.05, (peak, plan)
