@@ -90,8 +90,11 @@ def test_cancel_and_bad_requests_leave_the_runner_serving(runner: Runner) -> Non
         if k == 3:
             break
     stream.close()  # frees the slot
-    with pytest.raises(ContextOverflowError, match="context holds 256"):
-        collect(generate(runner, "word " * 400, GREEDY, max_tokens=4))
+    with pytest.raises(ContextOverflowError, match="400 tokens but the context holds 256 per request; nothing was cut"):
+        collect(generate(runner, "word " * 399, GREEDY, max_tokens=4))
+    # half a million tokens of paste: refused from its size, before any tokenizing
+    with pytest.raises(ContextOverflowError, match=r"2,000,000 bytes are at least .* nothing was cut or tokenized"):
+        collect(generate(runner, "word " * 400_000, GREEDY, max_tokens=4))
     bad = SamplingParams(temperature=0)
     object.__setattr__(bad, "temperature", float("nan"))  # what a client could send past the HTTP checks
     with pytest.raises(InvalidParameterError, match="temperature"):

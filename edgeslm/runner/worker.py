@@ -90,6 +90,7 @@ def _handle(raw: bytes, model: Any, batch: Any, waiting: deque[_Request], runnin
         if msg["op"] == "embed":
             _embed(model, rid, msg["texts"])
             return
+        _refuse_surely_too_long(model, msg["prompt"], msg.get("system"), batch.ctx_per_slot)
         tokens = _prompt_tokens(model, msg)
         if len(tokens) >= batch.ctx_per_slot:
             raise ContextOverflowError(
@@ -116,6 +117,29 @@ def _handle(raw: bytes, model: Any, batch: Any, waiting: deque[_Request], runnin
     except Exception as exc:  # a bug must fail this request, not every request of this runner
         log.exception("request %s failed", rid)
         send({"op": "error", "id": rid, "kind": "EngineError", "message": f"the runner failed: {type(exc).__name__}"})
+
+
+_LONGEST: dict[str, int] = {}  # model name -> its vocabulary's longest piece, in bytes
+
+
+def _refuse_surely_too_long(model: Any, prompt: Any, system: str | None, ctx: int) -> None:
+    """A text prompt that cannot fit is refused before it is tokenized (a 500,000-token paste costs
+    nothing): no token spells more bytes than the vocabulary's longest piece, so a text of more than
+    ``ctx`` such pieces holds more than ``ctx`` tokens."""
+    texts = [prompt] if isinstance(prompt, str) else [str(m.get("content") or "") for m in prompt
+                                                     if isinstance(m, dict)] if isinstance(prompt, list) else []
+    size = sum(len(t.encode("utf-8", errors="replace")) for t in [*texts, system or ""])
+    if size <= ctx:
+        return
+    if model.name not in _LONGEST:
+        engine = model.engine
+        _LONGEST[model.name] = max(1, max(len(engine.token_bytes(t)) for t in range(engine.n_vocab)))
+    least = size // _LONGEST[model.name]
+    if least > ctx:
+        raise ContextOverflowError(
+            f"the prompt's {size:,} bytes are at least {least:,} tokens, more than the context holds ({ctx:,} per "
+            "request); nothing was cut or tokenized: shorten it, or restart the server with a larger context per "
+            f"slot ('edgeslm serve --ctx N')", params="num_ctx")
 
 
 def _room_for(tokens: int) -> int:
