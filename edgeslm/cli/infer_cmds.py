@@ -17,7 +17,6 @@ from ..config import DEFAULT_CONTEXT, DEFAULT_MODEL, Settings
 from ..engines.base import SamplingParams
 from ..errors import InvalidNameError, ModelNotFoundError
 from ..generation import GenerationChunk, Model, embed, load, load_draft, stream_generate
-from ..plan.profile import profile_threads
 from ..pull import ensure_pulled
 from ..speculation import LookupConfig, SpecStats
 from ..store import Store
@@ -147,7 +146,7 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
     lookup = lookup_config(args, args.draft) if args.draft and is_lookup(args.draft) else None
     store = Store.open(settings.models_dir)  # opened once: the model, its draft
     found, prompt = split_model_and_prompt(args, settings, store)
-    args.threads = args.threads or profile_threads(settings.home)  # edgeslm tune's, where it measured this machine
+    args.threads = args.threads or _profile_threads(settings)  # edgeslm tune's, where it measured this machine
     model = load(found, ctx=args.ctx, threads=args.threads, settings=settings, kv=args.kv_type)
     draft: LookupConfig | Model | None = lookup
     try:
@@ -223,7 +222,7 @@ def _print_timings(model: Model, last: GenerationChunk) -> None:
 
 
 def cmd_embed(args: argparse.Namespace, settings: Settings) -> int:
-    threads = args.threads or profile_threads(settings.home)
+    threads = args.threads or _profile_threads(settings)
     model = load(ensure_pulled(args.model, settings), ctx=args.ctx, threads=threads, settings=settings, kv=args.kv_type)
     try:
         vectors = embed(model, args.texts)
@@ -242,7 +241,7 @@ def cmd_bench(args: argparse.Namespace, settings: Settings) -> int:
         draft_model = ensure_pulled(args.draft, settings, store=store)
         draft = {"model": str(draft_model.path), "name": draft_model.name}
     kv = str(args.kv_type) if args.kv_type else "f16"
-    threads = args.threads or profile_threads(settings.home)
+    threads = args.threads or _profile_threads(settings)
     params = BenchParams(args.n_prompt, args.n_gen, args.repetitions, threads, draft, kv_type=kv)
     targets = [ensure_pulled(name, settings, store=store) for name in args.models]
     results = bench_models(targets, params)
@@ -330,3 +329,9 @@ def _bench_csv(results: list[BenchResult]) -> str:
                 ]
             )
     return out.getvalue()
+
+
+def _profile_threads(settings: Settings) -> int | None:
+    from ..plan.profile import profile_threads  # the profile's reader pulls the GGUF reader: only when running
+
+    return profile_threads(settings.home)

@@ -13,7 +13,6 @@ from typing import Any
 
 from ..config import DEFAULT_MODEL, Settings
 from ..errors import OfflineError, UsageError
-from ..plan.profile import profile_threads
 from ..runner import LOAD_TIMEOUT
 from ..serve.limits import MAX_BODY
 from ..serve.options import DEFAULT_KEEP_ALIVE, DEFAULT_PORT, ServeOptions, check_options
@@ -84,7 +83,7 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
         host=args.host, port=args.port, api_keys=args.api_keys, audit_log=args.audit_log,
         audit_prompts=args.audit_prompts, parallel=args.parallel, ctx=args.ctx, max_loaded=args.max_loaded,
         memory=args.memory, queue=args.queue, keep_alive=args.keep_alive,
-        threads=args.threads or profile_threads(settings.home),
+        threads=args.threads or _profile_threads(settings),
         cors_origins=tuple(args.cors_origin), allowed_hosts=tuple(args.allow_host), max_body=args.max_body,
         preload=args.preload or None, pin=tuple(args.pin), prompt_cache=args.prompt_cache,
         load_timeout=args.load_timeout, draft=serve_drafts(args), kv=serve_kv(args.kv_type),
@@ -149,3 +148,9 @@ def cmd_ps(args: argparse.Namespace, settings: Settings) -> int:
     if not rows:
         print("no models loaded", file=sys.stderr)
     return 0
+
+
+def _profile_threads(settings: Settings) -> int | None:
+    from ..plan.profile import profile_threads  # the profile's reader pulls the GGUF reader: not for 'ps --help'
+
+    return profile_threads(settings.home)
