@@ -5,7 +5,8 @@ Each configuration starts the real runner (``runner.Runner``: the worker ``serve
 request whose prompt fills a whole micro-batch (the most compute memory a prefill touches) and
 generates 8 tokens, then reads the worker's peak resident set (VmHWM). The prediction is
 ``plan.memory.plan_memory`` from the GGUF header alone. ``--fit`` first fits the machine's
-constants (runner base, bytes per vocabulary entry, bytes per activation) by least squares on the
+constants (runner base, bytes per vocabulary entry, bytes per activation) by least squares
+(``tune.fit``, what ``edgeslm tune`` does) on the
 configurations given with ``--fit-configs``, then predicts every configuration with them: the
 configurations not fitted on show how well the model generalises.
 
@@ -15,13 +16,10 @@ configurations not fitted on show how well the model generalises.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import sys
 import time
 from pathlib import Path
 from typing import Any
-
-import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -31,13 +29,10 @@ import tables  # noqa: E402
 from parity import BENCH_HOME  # noqa: E402
 
 from edgeslm.config import resolve_settings  # noqa: E402
-from edgeslm.engines.base import SamplingParams  # noqa: E402
-from edgeslm.formats.gguf_header import read_gguf_header  # noqa: E402
 from edgeslm.formats.kv_cache import KVCache  # noqa: E402
 from edgeslm.generation import resolve_model  # noqa: E402
 from edgeslm.plan.memory import MemoryConstants, MemoryPlan, plan_memory  # noqa: E402
-from edgeslm.runner.messages import Job  # noqa: E402
-from edgeslm.runner.process import Runner  # noqa: E402
+from edgeslm.tune import fit, measured_peak  # noqa: E402
 
 MODELS = ("smollm2-135m-instruct", "qwen2.5-coder:0.5b", "qwen2.5-coder:1.5b", "qwen2.5-coder:0.5b-q4_0")
 # (model index, slots, ctx per slot, kv): 30 configurations over 3 models and a repacked variant
@@ -55,46 +50,13 @@ HEADER = ["| model | slots × ctx | KV | predicted | measured | error | weights 
           "|---|---|---|---:|---:|---:|---:|---:|"]
 
 
-def measured_peak(home: Path, name: str, slots: int, ctx: int, kv: str) -> int:
-    """The runner worker's VmHWM after a full micro-batch of prefill and 8 generated tokens."""
-    settings = resolve_settings(home=home, offline=True)
-    model = resolve_model(name, settings)
-    runner = Runner(model, slots=slots, ctx_per_slot=ctx, home=str(home), kv=kv)
-    try:
-        ids = list(range(1000, 1000 + min(ctx - 16, 600)))  # token ids: a full micro-batch where the slot holds it
-
-        async def ask() -> None:
-            async for _ in runner.agenerate(Job(ids, SamplingParams(temperature=0), 8)):
-                pass
-
-        asyncio.run(ask())
-        with open(f"/proc/{runner.pid}/status") as fp:
-            return next(int(line.split()[1]) * 1024 for line in fp if line.startswith("VmHWM:"))
-    finally:
-        runner.close()
+def measured(home: Path, name: str, slots: int, ctx: int, kv: str) -> int:
+    return measured_peak(resolve_model(name, resolve_settings(home=home, offline=True)), str(home), slots, ctx, kv)
 
 
 def predicted(home: Path, name: str, slots: int, ctx: int, kv: str, constants: MemoryConstants) -> MemoryPlan:
     model = resolve_model(name, resolve_settings(home=home, offline=True))
-    return plan_memory(model.path, name, ctx_per_slot=ctx, slots=slots, kv=KVCache.parse(kv), constants=constants,
-                       header=read_gguf_header(model.path))
-
-
-def fit(rows: list[tuple[MemoryPlan, int]]) -> MemoryConstants:
-    """Least squares: measured - (mapped + repacked + kv) = base + per_vocab·n_vocab + per_act·activations."""
-    unit = MemoryConstants(base=1, per_vocab=1.0, per_activation=1.0)
-    a, b = [], []
-    for plan, peak in rows:
-        shape = predicted_shape(plan, unit)
-        a.append(shape)
-        b.append(peak - plan.mapped - plan.repacked - plan.kv_cache)
-    (base, per_vocab, per_act), *_ = np.linalg.lstsq(np.array(a, dtype=float), np.array(b, dtype=float), rcond=None)
-    return MemoryConstants(base=int(base), per_vocab=float(per_vocab), per_activation=float(max(per_act, 0.0)))
-
-
-def predicted_shape(plan: MemoryPlan, unit: MemoryConstants) -> list[float]:
-    """The fitted terms' multipliers of ``plan`` (made with unit constants): base, vocabulary, activations."""
-    return [1.0, plan.vocabulary / unit.per_vocab, plan.compute / unit.per_activation]
+    return plan_memory(model.path, name, ctx_per_slot=ctx, slots=slots, kv=KVCache.parse(kv), constants=constants)
 
 
 def row(plan: MemoryPlan, peak: int) -> str:
@@ -115,18 +77,18 @@ def main() -> None:
     args = parser.parse_args()
     chosen = [CONFIGS[int(i)] for i in args.configs.split(",")] if args.configs else CONFIGS
     constants = MemoryConstants()
-    measured: dict[tuple[Any, ...], int] = {}
+    peaks: dict[tuple[Any, ...], int] = {}
 
     def peak_of(cfg: tuple[int, int, int, str]) -> int:
-        if cfg not in measured:
+        if cfg not in peaks:
             start = time.perf_counter()
-            measured[cfg] = measured_peak(args.home, MODELS[cfg[0]], *cfg[1:])
-            print(f"  {MODELS[cfg[0]]} {cfg[1:]}: {measured[cfg] / 2**20:.0f} MiB "
+            peaks[cfg] = measured(args.home, MODELS[cfg[0]], *cfg[1:])
+            print(f"  {MODELS[cfg[0]]} {cfg[1:]}: {peaks[cfg] / 2**20:.0f} MiB "
                   f"({time.perf_counter() - start:.0f} s)", file=sys.stderr)
-        return measured[cfg]
+        return peaks[cfg]
 
     if args.fit:
-        unit = MemoryConstants(base=1, per_vocab=1.0, per_activation=1.0)
+        unit = MemoryConstants(base=0, per_vocab=1.0, per_activation=1.0)  # the fit's multipliers (tune.unit_plan)
         fitted = [CONFIGS[int(i)] for i in args.fit_configs.split(",")]
         constants = fit([(predicted(args.home, MODELS[c[0]], *c[1:], unit), peak_of(c)) for c in fitted])
         print(f"fitted on {len(fitted)} configurations: {constants}", file=sys.stderr)

@@ -18,6 +18,7 @@ from edgeslm.generation import resolve_model
 from edgeslm.plan.memory import MemoryConstants, plan_memory
 from edgeslm.runner.messages import Job
 from edgeslm.runner.process import Runner
+from edgeslm.tune import measured_peak
 
 from .conftest import CliResult
 
@@ -25,18 +26,7 @@ Cli = Callable[..., CliResult]
 
 
 def _peak(home: Path, name: str, slots: int, ctx: int, kv: str) -> int:
-    model = resolve_model(name, resolve_settings(home=home, offline=True))
-    runner = Runner(model, slots=slots, ctx_per_slot=ctx, home=str(home), kv=kv)
-    try:
-        async def ask() -> None:
-            async for _ in runner.agenerate(Job(list(range(1000, 1600)), SamplingParams(temperature=0), 4)):
-                pass
-
-        asyncio.run(ask())
-        with open(f"/proc/{runner.pid}/status") as fp:
-            return next(int(line.split()[1]) * 1024 for line in fp if line.startswith("VmHWM:"))
-    finally:
-        runner.close()
+    return measured_peak(resolve_model(name, resolve_settings(home=home, offline=True)), str(home), slots, ctx, kv)
 
 
 @pytest.mark.real_model
