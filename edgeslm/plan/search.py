@@ -17,7 +17,8 @@ from dataclasses import dataclass
 from ..engines.base import MAX_CONTEXT
 from ..errors import InvalidParameterError
 from ..evaluate.kept import kv_costs, measured_by_digest
-from ..evaluate.task_results import Task, latest_task_results
+from ..evaluate.result import EvalResult
+from ..evaluate.task_results import Task, TaskResult, latest_task_results
 from ..formats.gguf_header import read_gguf_header
 from ..formats.kv_cache import KVCache
 from ..formats.model_format import ModelFormat
@@ -98,7 +99,8 @@ def choose(store: Store, budget: int, use_case: str = "chat", *, names: Sequence
     if not variants:
         raise InvalidParameterError("no stored GGUF model to plan for" + (f" named {', '.join(names)}" if names
                                     else "; 'edgeslm pull qwen2.5-coder:0.5b' adds one"))
-    configs = [c for m in variants for c in _configs(store, m, ctx, parallel, constants)]
+    kept = _Kept(measured_by_digest(store), kv_costs(store), latest_task_results(store, variants))  # read once
+    configs = [c for m in variants for c in _configs(store, m, kept, ctx, parallel, constants)]
     fitting = [c for c in configs if c.memory <= budget]
     if not fitting:
         least = min(configs, key=lambda c: c.memory)
@@ -116,13 +118,21 @@ def choose(store: Store, budget: int, use_case: str = "chat", *, names: Sequence
     return Choice(budget, use_case, len(configs), len(fitting), _pareto(floored), ranked[0])
 
 
-def _configs(store: Store, m: Manifest, ctx: int | None, parallel: int | None,
+@dataclass(frozen=True)
+class _Kept:
+    """What the store measured, read once per search: KLD per digest, KV costs, task results per name."""
+
+    measured: dict[str, EvalResult]
+    costs: dict[tuple[str, str], float]
+    tasks: dict[str, dict[Task, TaskResult]]
+
+
+def _configs(store: Store, m: Manifest, kept: _Kept, ctx: int | None, parallel: int | None,
              constants: MemoryConstants | None) -> list[Config]:
     trained = m.info.context_length or CONTEXTS[0]
     header = read_gguf_header(store.model_path(m))
-    measured = measured_by_digest(store).get(m.digest)
-    costs = kv_costs(store)
-    task = latest_task_results(store, [m]).get(str(m.name), {}).get(Task.HUMANEVAL)
+    measured, costs = kept.measured.get(m.digest), kept.costs
+    task = kept.tasks.get(str(m.name), {}).get(Task.HUMANEVAL)
     out = []
     for n_ctx in [ctx] if ctx else [c for c in CONTEXTS if c <= trained]:
         for kv in KV_TYPES:
