@@ -93,7 +93,7 @@ def detect() -> Device:
     gpus = _gpus(arch, os_name)
     kind = kind_for(ram, arch, os_name)
     return Device(
-        kind, ram, physical_cores(), arch, os_name, simd, gpus, False, _available_ram(), _engine_features(), True,
+        kind, ram, physical_cores(), arch, os_name, simd, gpus, False, available_ram(), _engine_features(), True,
         tuple(notes),
     )
 
@@ -123,7 +123,8 @@ def system_ram() -> int:
     return _ram()[0]
 
 
-def _available_ram() -> int | None:
+def available_ram() -> int | None:
+    """Bytes the kernel says a new process could take now (Linux's MemAvailable); None elsewhere."""
     m = re.search(r"^MemAvailable:\s+(\d+) kB", _read("/proc/meminfo"), re.M)
     return int(m.group(1)) * 1024 if m else None
 

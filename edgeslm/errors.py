@@ -104,6 +104,10 @@ class CapacityError(EdgeslmError):
     """Not now: no memory or slot for this request (the server answers 503; try again later)."""
 
 
+class OverBudgetError(CapacityError):
+    """A model's memory plan is larger than what it may use: waiting will not help (HTTP 507)."""
+
+
 class AbortedError(EdgeslmError):
     """The user declined a confirmation prompt."""
 
@@ -146,6 +150,7 @@ EXIT_CODES: dict[type[EdgeslmError], int] = {
     ConflictError: 73,  # EX_CANTCREAT
     StoreError: 74,
     CapacityError: 75,  # EX_TEMPFAIL
+    OverBudgetError: 69,  # EX_UNAVAILABLE: not on this machine, with this configuration
     AuthenticationError: 77,  # EX_NOPERM
     PermissionDeniedError: 77,
     RequestTooLargeError: 65,
@@ -176,6 +181,7 @@ HTTP_STATUS: dict[type[EdgeslmError], int] = {
     EngineError: 500,
     RunnerTimeoutError: 503,
     CapacityError: 503,
+    OverBudgetError: 507,  # Insufficient Storage: the request cannot be served as configured
     AuthenticationError: 401,
     PermissionDeniedError: 403,
     RequestTooLargeError: 413,

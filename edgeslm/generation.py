@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from .chat import render_chat
-from .config import DEFAULT_CONTEXT, DEFAULT_MODEL, Settings, resolve_settings
+from .config import DEFAULT_CONTEXT, DEFAULT_ENGINE, DEFAULT_MODEL, Settings, resolve_settings
 from .engines.base import MAX_CONTEXT, Engine, LoadParams, SamplingParams, open_engine
 from .errors import ChatTemplateError, ContextOverflowError, InvalidParameterError, ModelNotFoundError
 from .formats.kv_cache import KVCache, kv_cache_for
@@ -170,16 +170,25 @@ def load(
     engine: str | None = None,
     settings: Settings | None = None,
     kv: KVCache | None = None,
+    check_memory: bool = True,
 ) -> Model:
     """Load a stored model (or a .gguf file), by name or as resolved already, into an engine
     (default: the configured one). The KV cache: ``kv``, else the model's ``PARAMETER kv_type``,
-    else ``EDGESLM_KV_CACHE_TYPE`` (llama.cpp models only), else F16."""
+    else ``EDGESLM_KV_CACHE_TYPE`` (llama.cpp models only), else F16. A llama.cpp model whose
+    memory plan is larger than what the machine has available is refused before it loads
+    (``check_memory``; the server's runners skip it: the server checked its own budget)."""
     settings = settings or resolve_settings()
     found = name_or_path if isinstance(name_or_path, ResolvedModel) else resolve_model(name_or_path, settings)
     stored = found.defaults.get("parameters") or {}  # a created model's PARAMETER lines
     n_ctx = ctx or stored.get("num_ctx") or min(found.info.context_length or DEFAULT_CONTEXT, DEFAULT_CONTEXT)
     runtime = engine or found.engine(settings.engine)
     kv = kv or kv_cache_for(runtime, stored.get("kv_type"), settings.kv_type)
+    if check_memory and runtime == DEFAULT_ENGINE:
+        from .device import available_ram
+        from .plan.memory import check_available
+        from .plan.profile import memory_constants
+
+        check_available(found, ctx=n_ctx, kv=kv, constants=memory_constants(settings.home), available=available_ram())
     start = time.perf_counter()
     params = LoadParams(n_ctx=n_ctx, n_threads=threads, adapters=found.adapters, kv=kv)
     loaded = open_engine(runtime, found.path, params)

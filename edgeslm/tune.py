@@ -18,7 +18,6 @@ import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 
-from . import __version__
 from .bench import BenchParams, bench_models
 from .engines.base import SamplingParams, physical_cores
 from .formats.kv_cache import KVCache
@@ -26,6 +25,7 @@ from .plan.memory import MemoryConstants, MemoryPlan, plan_memory
 from .plan.profile import DeviceProfile, fingerprint
 from .store.records import now_iso
 from .store.resolve import ResolvedModel
+from .version import __version__
 
 log = logging.getLogger(__name__)
 

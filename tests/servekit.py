@@ -107,7 +107,8 @@ def serve_process(home: Path, *args: str) -> Iterator[Served]:
             proc.stderr.close()
 
 
-def generate(runner: Any, prompt: Any, sampling: Any, *, max_tokens: int = -1, stop: Any = ()) -> Iterator[Any]:
+def generate(runner: Any, prompt: Any, sampling: Any, *, max_tokens: int = -1, stop: Any = (),
+             **job: Any) -> Iterator[Any]:
     """``runner.agenerate`` driven from synchronous test code (an event loop in a thread); closing
     the iterator early closes the async one, which cancels the request, as a client leaving does."""
     import asyncio
@@ -119,7 +120,7 @@ def generate(runner: Any, prompt: Any, sampling: Any, *, max_tokens: int = -1, s
     thread.start()
 
     async def start() -> Any:
-        return runner.agenerate(Job(prompt, sampling, max_tokens, tuple(stop)))
+        return runner.agenerate(Job(prompt, sampling, max_tokens, tuple(stop), **job))
 
     events = asyncio.run_coroutine_threadsafe(start(), loop).result()
     try:

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from edgeslm.config import resolve_settings
-from edgeslm.errors import CapacityError, EngineError, ModelNotFoundError
+from edgeslm.errors import CapacityError, EngineError, ModelNotFoundError, OverBudgetError, http_status_for
 from edgeslm.runner import LOAD_TIMEOUT
 from edgeslm.runner import manager as manager_module
 from edgeslm.runner.manager import ManagerParams, ModelManager
@@ -114,9 +114,12 @@ def test_a_pinned_model_outlives_keep_alive_and_eviction(
 def test_refused_before_loading_when_it_cannot_fit(models: ModelManager, home: Path) -> None:
     need = models.needs(models.resolve("a"))
     small = ModelManager(resolve_settings(home=home), ManagerParams(memory_budget=need - 1), FakeRunner)
-    with pytest.raises(CapacityError, match=r"a:latest needs .* available .*; use fewer slots"):
+    with pytest.raises(OverBudgetError, match=r"a:latest needs [\d,]+ MiB, more than the server's memory for models "
+                       r"\(--max-memory\) [\d,]+ MiB: weights [\d,]+ .*KV cache [\d,]+ .* = [\d,]+ MiB \(\d+ slot\(s\) "
+                       r"× [\d,]+ tokens, KV cache f16\); use fewer slots") as refused:
         with small.lease("a"):
             pass
+    assert http_status_for(refused.value) == 507  # waiting will not help: not 503
     assert FakeRunner.started == []
     room_for_one = ModelManager(resolve_settings(home=home), ManagerParams(memory_budget=need + need // 2), FakeRunner)
     with room_for_one.lease("a"):

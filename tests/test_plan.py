@@ -64,6 +64,23 @@ def test_plan_prints_the_parts_and_refuses_what_cannot_load(builtin_home: Path, 
     assert table.code == 0 and "weights, the mapped file" in table.out and "total" in table.out
 
 
+def test_run_refuses_before_loading_what_the_machine_cannot_hold(builtin_home: Path, home: Path, cli: Cli,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """run plans the load against what the machine has available (its MemAvailable, here 64 MiB)."""
+    import edgeslm.device
+    import edgeslm.generation
+
+    shutil.copytree(builtin_home, home)
+    opened: list[Any] = []
+    monkeypatch.setattr(edgeslm.device, "available_ram", lambda: 64 * 2**20)
+    monkeypatch.setattr(edgeslm.generation, "open_engine", lambda *a, **k: opened.append(a))
+    out = cli("run", "smollm2-135m-instruct", "Hi", "--ctx", "8192")
+    assert out.code == 69 and opened == [], out.err
+    assert "smollm2-135m-instruct:latest needs" in out.err
+    assert "more than this machine has available now 64 MiB" in out.err
+    assert "KV cache" in out.err and "1 slot(s) × 8,192 tokens, KV cache f16" in out.err and "--kv-type q8_0" in out.err
+
+
 @pytest.mark.real_model
 def test_plan_ram_chooses_by_measured_quality_under_the_budget(builtin_home: Path, home: Path, cli: Cli) -> None:
     shutil.copytree(builtin_home, home)

@@ -104,6 +104,40 @@ def test_cancel_and_bad_requests_leave_the_runner_serving(runner: Runner) -> Non
 
 
 @pytest.mark.real_model
+def test_truncation_only_when_asked_drops_the_oldest_turns(runner: Runner) -> None:
+    """A chat over the context: refused by default (naming how to ask for truncation); with truncate,
+    the oldest turns go, the system message and the last turn stay; a text loses its start."""
+    chat = [{"role": "system", "content": "You are SYSTEMKEPT."}]
+    for i in range(12):
+        chat += [{"role": "user", "content": f"Question {i}: " + "tell me about the sea " * 6},
+                 {"role": "assistant", "content": f"Answer {i}: the sea is large."}]
+    chat.append({"role": "user", "content": "LASTQUESTION: say hi."})
+    with pytest.raises(ContextOverflowError, match=r"nothing was cut: shorten it, ask for truncation"):
+        collect(generate(runner, chat, GREEDY, max_tokens=8))
+    text, done = collect(generate(runner, chat, GREEDY, max_tokens=8, truncate=True, return_prompt_ids=True))
+    kept = runner_text(runner, done.prompt_ids)
+    assert done.prompt_tokens <= 256 - 8 and done.completion_tokens > 0
+    assert "SYSTEMKEPT" in kept and "LASTQUESTION" in kept and "Question 0:" not in kept and "Question 11:" in kept
+    kept_turns = [m for m in chat if m["role"] == "system" or f"{m['content'][:12]}" in kept]
+    again, _ = collect(generate(runner, kept_turns, GREEDY, max_tokens=8))
+    assert again == text  # the same reply as the kept turns asked directly
+    text_prompt = "START " + "word " * 600 + "END"
+    _, cut = collect(generate(runner, text_prompt, GREEDY, max_tokens=8, truncate=True, return_prompt_ids=True))
+    words = runner_text(runner, cut.prompt_ids)
+    assert cut.prompt_tokens == 256 - 8 and words.endswith("END") and "START" not in words
+
+
+def runner_text(runner: Runner, ids: tuple[int, ...]) -> str:
+    from edgeslm.generation import load as load_model
+
+    model = load_model("smollm2-135m-instruct", ctx=256)
+    try:
+        return b"".join(model.engine.token_bytes(t, special=True) for t in ids).decode("utf-8", errors="replace")
+    finally:
+        model.close()
+
+
+@pytest.mark.real_model
 def test_a_killed_runner_fails_only_its_requests(runner: Runner) -> None:
     stream = generate(runner, "Tell me a very long story", SamplingParams(temperature=0.8, seed=1), max_tokens=400)
     next(stream)

@@ -198,6 +198,20 @@ def test_the_queue_is_bounded_and_overflow_gets_fast_503s(url: str) -> None:
     assert httpx.post(url + "/api/generate", json={"model": "tiny", "prompt": "p", "stream": False}).status_code == 200
 
 
+def test_a_model_larger_than_the_servers_memory_gets_507_with_its_plan(models: Path) -> None:
+    """--max-memory below the model's plan: refused before loading, both dialects, the server stays up."""
+    with serving(models, FakeRunner, parallel=2, ctx=256, memory=1_000_000) as base:
+        ollama = httpx.post(base + "/api/generate", json={"model": "tiny", "prompt": "p", "stream": False}, timeout=60)
+        openai = httpx.post(base + "/v1/chat/completions", timeout=60,
+                            json={"model": "tiny", "messages": [{"role": "user", "content": "p"}]})
+        assert ollama.status_code == 507 and openai.status_code == 507
+        message = ollama.json()["error"]
+        assert "tiny:latest needs" in message and "(--max-memory) 1 MiB" in message
+        assert "KV cache" in message and "2 slot(s) × 256 tokens" in message and "edgeslm plan tiny:latest" in message
+        assert openai.json()["error"]["message"] == message and FakeRunner.started == []
+        assert httpx.get(base + "/api/tags", timeout=60).status_code == 200
+
+
 def test_a_client_that_disconnects_mid_stream_frees_its_slot(url: str) -> None:
     FakeRunner.delay = 0.2
     with httpx.stream("POST", url + "/api/generate", json={"model": "tiny", "prompt": "leaving early"}) as r:

@@ -13,11 +13,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-from .. import __version__
 from ..errors import IntegrityError, OutputFileError
 from ..store import ModelName, Store
 from ..store.atomic import TempFile
 from ..store.records import now_iso
+from ..version import __version__
 from .layout import INDEX, SIGNATURE, Index, blob_member, manifest_member
 from .signing import sign
 

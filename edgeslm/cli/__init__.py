@@ -17,9 +17,9 @@ import signal
 import sys
 from collections.abc import Sequence
 
-from .. import __version__
 from ..config import resolve_settings
 from ..errors import EdgeslmError, exit_code_for
+from ..version import __version__
 
 # (module, its configure function, the commands it adds), in the order --help lists them.
 MODULES: tuple[tuple[str, str, tuple[str, ...]], ...] = (

@@ -6,9 +6,9 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from .. import __version__
 from ..config import Settings
 from ..store import Store, parse_name
+from ..version import __version__
 from .output import status
 
 

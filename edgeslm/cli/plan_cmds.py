@@ -12,10 +12,6 @@ from ..units import format_bytes, format_mib, parse_bytes
 from .kv_flags import add_kv_flag
 from .output import print_json, print_table, status
 
-PARTS = (("mapped", "weights, the mapped file"), ("repacked", "weights, llama.cpp's repacked copy"),
-         ("kv_cache", "KV cache"), ("compute", "compute buffers"), ("vocabulary", "vocabulary tables"),
-         ("base", "the runner process"))
-
 
 def configure(sub: Any) -> None:
     p: argparse.ArgumentParser = sub.add_parser(
@@ -44,7 +40,7 @@ def cmd_plan(args: argparse.Namespace, settings: Settings) -> int:
         raise UsageError("plan: name one model (or give --ram SIZE to choose among the stored ones)")
     from ..device import system_ram
     from ..formats.kv_cache import kv_cache_for
-    from ..plan.memory import plan_model
+    from ..plan.memory import PARTS, plan_model
     from ..plan.profile import memory_constants
     from ..pull import ensure_pulled
 
@@ -63,7 +59,7 @@ def cmd_plan(args: argparse.Namespace, settings: Settings) -> int:
     rows = [(label, format_mib(getattr(plan, key))) for key, label in PARTS]
     print_table(("part", "peak memory"), [*rows, ("total", format_mib(plan.total))], right=(1,))
     status(f"{100 * plan.total / ram:.0f} % of this machine's {format_mib(ram)}; 'edgeslm serve' lets loaded models "
-           "take ¾ of it by default (--memory)")
+           "take ¾ of it by default (--max-memory)")
     return 0
 
 

@@ -41,7 +41,9 @@ def configure(sub: Any) -> None:
     p.add_argument("--ctx", type=int, default=2048, help="context tokens per parallel slot (default 2048)")
     p.add_argument("--queue", type=int, default=32, help="requests that may wait per model beyond the slots")
     p.add_argument("--max-loaded", type=int, default=3, help="models loaded at once (default 3)")
-    p.add_argument("--memory", type=_size, help="memory for loaded models (default: 3/4 of the machine's)")
+    p.add_argument("--max-memory", "--memory", dest="memory", type=_size,
+                   help="memory for loaded models, by their plans (default: 3/4 of the machine's); a model whose "
+                        "plan is larger is refused (HTTP 507), idle models are unloaded to make room")
     p.add_argument("--keep-alive", type=float, default=DEFAULT_KEEP_ALIVE, help="seconds an idle model stays")
     p.add_argument("--threads", type=int, help="threads per runner (default: physical cores)")
     add_kv_flag(p, per_model=True)

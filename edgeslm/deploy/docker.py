@@ -19,12 +19,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from .. import __version__
 from ..access.keys import add_key, load_keys
 from ..bundle import create_bundle
 from ..errors import InvalidParameterError
 from ..store import ModelName, Store
 from ..store.atomic import staged_folder
+from ..version import __version__
 from .k8s import BUNDLE, HOME, PORT, UID, to_yaml
 from .wheel import build_wheel, wheel_name
 

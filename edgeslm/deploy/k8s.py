@@ -18,7 +18,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .. import __version__
 from ..access.keys import add_key, load_keys
 from ..config import DEFAULT_PORT
 from ..errors import InvalidParameterError
@@ -27,6 +26,7 @@ from ..formats.model_info import estimate_memory
 from ..store import ModelName, Store
 from ..store.atomic import staged_folder
 from ..store.records import Manifest
+from ..version import __version__
 
 log = logging.getLogger(__name__)
 APP = "edgeslm"
@@ -163,7 +163,7 @@ def _server(manifests: Sequence[Manifest], request: int, params: K8sParams) -> d
     """The container running ``edgeslm serve``: beyond loopback, so with the key file (serve refuses otherwise)."""
     serve = ["--home", HOME, "serve", "--host", "0.0.0.0", "--port", str(PORT), "--api-keys", "/etc/edgeslm/keys.toml",
              "--audit-log", f"{HOME}/audit.jsonl", "--parallel", str(params.parallel), "--ctx", str(params.ctx),
-             "--max-loaded", str(len(manifests)), "--memory", str(request - SERVER_OVERHEAD),
+             "--max-loaded", str(len(manifests)), "--max-memory", str(request - SERVER_OVERHEAD),
              "--preload", str(manifests[0].name)]
     probe = {"httpGet": {"path": "/healthz", "port": "http"}}
     return {

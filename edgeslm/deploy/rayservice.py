@@ -23,11 +23,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .. import __version__
 from ..access.keys import add_key, load_keys
 from ..errors import InvalidParameterError
 from ..store import ModelName, Store
 from ..store.atomic import staged_folder
+from ..version import __version__
 from .k8s import (
     HOME,
     KUSTOMIZATION,

@@ -15,9 +15,9 @@ import zipfile
 from importlib import metadata
 from pathlib import Path
 
-from .. import __version__
 from ..errors import OutputFileError
 from ..sources.builtin import INSTALL
+from ..version import __version__
 
 DIST = "edgeslm"
 STAMP = (1980, 1, 1, 0, 0, 0)  # zip's earliest date: the same wheel for the same files

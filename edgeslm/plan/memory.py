@@ -16,7 +16,7 @@ A runner's peak resident memory, part by part (each measured on a real load, ``b
 - **base**: the runner process before a model: Python, the libraries.
 
 The last three are constants fitted on a machine (``MemoryConstants``); the defaults were fitted on
-this project's development machine, and a device profile (not yet: ``edgeslm tune``) replaces them.
+this project's development machine, and the device profile ``edgeslm tune`` writes replaces them.
 """
 
 from __future__ import annotations
@@ -28,12 +28,16 @@ from typing import Any
 
 from ..config import DEFAULT_ENGINE
 from ..engines.base import MAX_CONTEXT
-from ..errors import InvalidParameterError
+from ..errors import InvalidParameterError, OverBudgetError
 from ..formats.gguf_header import GGUFHeader, read_gguf_header
 from ..formats.kv_cache import F16_CACHE, KVCache
 from ..formats.model_info import estimate_memory, model_info
 from ..store.resolve import ResolvedModel
 
+# a plan's parts, in the order they are shown, with what each is
+PARTS = (("mapped", "weights, the mapped file"), ("repacked", "weights, llama.cpp's repacked copy"),
+         ("kv_cache", "KV cache"), ("compute", "compute buffers"), ("vocabulary", "vocabulary tables"),
+         ("base", "the runner process"))
 DEFAULT_UBATCH = 512  # the runner's micro-batch (llama.cpp's default)
 # the ggml types llama.cpp's CPU backend repacks, by machine (ggml-cpu's repack.cpp, this version)
 REPACKED = {"x86_64": frozenset({"Q4_0", "Q4_K", "IQ4_NL"}), "aarch64": frozenset({"Q4_0", "IQ4_NL"}),
@@ -72,6 +76,22 @@ class MemoryPlan:
 
     def to_dict(self) -> dict[str, Any]:
         return {**asdict(self), "total": self.total}
+
+    def describe(self) -> str:
+        """One line: the parts that are not zero, and the total (MiB)."""
+        short = {"mapped": "weights", "repacked": "repacked weights", "kv_cache": "KV cache", "base": "runner"}
+        parts = [f"{short.get(key, key)} {getattr(self, key) / 2**20:,.0f}" for key, _ in PARTS if getattr(self, key)]
+        return (f"{' + '.join(parts)} = {self.total / 2**20:,.0f} MiB ({self.slots} slot(s) × "
+                f"{self.ctx_per_slot:,} tokens, KV cache {self.kv_type})")
+
+
+def over_budget(plan: MemoryPlan, budget: int, whose: str, advice: str) -> OverBudgetError:
+    """The error for a plan larger than ``budget`` (``whose``: what the budget is), with its parts."""
+    return OverBudgetError(
+        f"{plan.model} needs {plan.total / 2**20:,.0f} MiB, more than {whose} {budget / 2**20:,.0f} MiB: "
+        f"{plan.describe()}; {advice} ('edgeslm plan {plan.model} --ctx {plan.ctx_per_slot} --parallel "
+        f"{plan.slots} --kv-type q8_0' shows what a change saves, 'edgeslm plan --ram SIZE' chooses)"
+    )
 
 
 def plan_memory(path: str | Path, name: str, *, ctx_per_slot: int, slots: int = 1, kv: KVCache = F16_CACHE,
@@ -113,6 +133,18 @@ def _largest(value: Any) -> int:
     if items:
         return max(int(v) for v in items)
     return int(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else 0
+
+
+def check_available(model: ResolvedModel, *, ctx: int, kv: KVCache, constants: MemoryConstants | None,
+                    available: int | None) -> MemoryPlan:
+    """A llama.cpp load of ``model`` at ``ctx`` tokens, planned and refused (``OverBudgetError``, its parts
+    named) when the plan is larger than ``available`` (None: not known here, not refused)."""
+    plan = plan_memory(model.path, model.name, ctx_per_slot=ctx, slots=1, kv=kv, constants=constants)
+    if available is not None and plan.total + model.adapter_bytes > available:
+        raise over_budget(plan, available, "this machine has available now",
+                          "close other programs, or use a smaller context (--ctx), a quantized KV cache (--kv-type "
+                          "q8_0) or a smaller variant")
+    return plan
 
 
 def plan_model(model: ResolvedModel, runtime: str, *, ctx_per_slot: int, slots: int, kv: KVCache,

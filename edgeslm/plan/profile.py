@@ -16,8 +16,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .. import __version__
 from ..store.atomic import write_atomic
+from ..version import __version__
 from .memory import MemoryConstants
 
 log = logging.getLogger(__name__)

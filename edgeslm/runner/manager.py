@@ -20,10 +20,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..config import DEFAULT_ENGINE, DEFAULT_KEEP_ALIVE, Settings
-from ..errors import CapacityError, EdgeslmError, EngineError, InvalidNameError, InvalidParameterError
+from ..errors import CapacityError, EdgeslmError, EngineError, InvalidNameError, InvalidParameterError, OverBudgetError
 from ..formats.kv_cache import KVCache, kv_cache_for
 from ..formats.model_info import estimate_memory
-from ..plan.memory import plan_memory
+from ..plan.memory import MemoryPlan, over_budget, plan_memory
 from ..plan.profile import memory_constants
 from ..pull import ensure_pulled
 from ..speculation.config import LookupConfig
@@ -106,6 +106,7 @@ class ModelManager:
         self._loaded: dict[str, _Loaded] = {}
         self.store = Store.open(settings.models_dir)  # opened (and swept) once; the server's state shares it
         self._memory: dict[str, int] = {}  # blob digest -> the memory its runner takes
+        self._plans: dict[str, MemoryPlan] = {}  # blob digest -> its parts, where modelled (llama.cpp)
         self.pinned = frozenset(self.resolve(name).name for name in params.pinned)  # full names; unknown: refused
         self.drafts = {name if name == "*" else self.resolve(name).name: config for name, config in params.draft}
         self.kv = {name if name == "*" else self.resolve(name).name: kv for name, kv in params.kv}
@@ -137,6 +138,7 @@ class ModelManager:
                 plan = plan_memory(model.path, model.name, ctx_per_slot=p.ctx_per_slot, slots=p.slots,
                                    kv=self.kv_cache(model), constants=self.constants)
                 memory = plan.total + model.adapter_bytes
+                self._plans[model.key] = plan
             else:
                 memory = estimate_memory(model.info, p.slots * p.ctx_per_slot).total_bytes + RUNNER_OVERHEAD
             self._memory[model.key] = memory
@@ -174,7 +176,7 @@ class ModelManager:
                         retired.append(self._retire(entry))
                         entry = None
                     if entry is None:
-                        self._make_room(full, need, retired)
+                        self._make_room(full, need, retired, self._plans.get(model.key))
                         entry = _Loaded(full, model, need, keep, time.monotonic(), in_flight=1,
                                         pinned=full in self.pinned)
                         self._loaded[full] = entry
@@ -253,16 +255,19 @@ class ModelManager:
         self._close([retired])
         return True
 
-    def _make_room(self, name: str, need: int, retired: list[_Loaded]) -> None:
+    def _make_room(self, name: str, need: int, retired: list[_Loaded], plan: MemoryPlan | None = None) -> None:
         """Retire idle models into ``retired``, least recently used first, until ``need`` fits;
-        the caller closes them (also when this raises)."""
+        the caller closes them (also when this raises). A model larger than the whole budget is
+        refused with its plan (HTTP 507): no eviction would make it fit."""
         budget = self.params.memory_budget
         if budget is not None and need > budget:
-            raise CapacityError(
+            advice = ("use fewer slots (--parallel), a smaller context (--ctx), a quantized KV cache (--kv-type q8_0), "
+                      "a smaller variant, or a larger --max-memory")
+            if plan is not None:
+                raise over_budget(plan, budget, "the server's memory for models (--max-memory)", advice)
+            raise OverBudgetError(
                 f"{name} needs {format_bytes(need)} with {self.params.slots} slots of {self.params.ctx_per_slot:,} "
-                f"tokens, available {format_bytes(budget)}; use fewer slots, a smaller context, a quantized KV cache "
-                f"(--kv-type q8_0) or a smaller variant ('edgeslm plan {name} --ctx {self.params.ctx_per_slot} "
-                f"--parallel {self.params.slots}' shows the parts)"
+                f"tokens, more than the server's memory for models (--max-memory) {format_bytes(budget)}; {advice}"
             )
         while self._over(need):
             idle = [e for e in self._loaded.values()

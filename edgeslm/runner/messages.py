@@ -35,6 +35,7 @@ class Job:
     format: str | dict[str, Any] | None = None  # "json" or a JSON schema: constrained output
     return_prompt_ids: bool = False
     tooling: dict[str, Any] | None = None  # tools in the template's own format (``tools.native_job``)
+    truncate: bool = False  # asked: an over-long prompt loses its oldest turns (or its start); else an error
 
     def message(self, rid: str) -> Message:
         fields = asdict(self)

@@ -51,7 +51,7 @@ class _Request:
 def serve(name: str | ResolvedModel, slots: int, ctx_per_slot: int, threads: int | None, home: str | None, reuse: bool,
           draft: LookupConfig | None = None, kv: KVCache | None = None) -> None:
     settings = resolve_settings(home=home, offline=True)
-    model = load(name, ctx=min(ctx_per_slot, 512), threads=threads, settings=settings, kv=kv)
+    model = load(name, ctx=min(ctx_per_slot, 512), threads=threads, settings=settings, kv=kv, check_memory=False)
     batch = open_batch(model.engine, slots, ctx_per_slot, reuse=reuse, draft=draft)
     ready = {"op": "ready", "name": model.name, "slots": slots, "ctx_per_slot": ctx_per_slot, "pid": os.getpid()}
     send({**ready, "n_vocab": model.engine.n_vocab, "chat": model.has_chat_template})
@@ -90,12 +90,16 @@ def _handle(raw: bytes, model: Any, batch: Any, waiting: deque[_Request], runnin
         if msg["op"] == "embed":
             _embed(model, rid, msg["texts"])
             return
-        _refuse_surely_too_long(model, msg["prompt"], msg.get("system"), batch.ctx_per_slot)
+        if not msg.get("truncate"):
+            _refuse_surely_too_long(model, msg["prompt"], msg.get("system"), batch.ctx_per_slot)
         tokens = _prompt_tokens(model, msg)
+        if len(tokens) >= batch.ctx_per_slot and msg.get("truncate"):
+            tokens = truncated(model, msg, tokens, batch.ctx_per_slot)
         if len(tokens) >= batch.ctx_per_slot:
             raise ContextOverflowError(
                 f"the prompt has {len(tokens):,} tokens but the context holds {batch.ctx_per_slot:,} per request; "
-                "nothing was cut: shorten it, or restart the server with a larger context per slot "
+                "nothing was cut: shorten it, ask for truncation (Ollama: \"truncate\": true; OpenAI: "
+                "\"truncation\": \"auto\"), or restart the server with a larger context per slot "
                 f"('edgeslm serve --ctx {_room_for(len(tokens))}')", params="num_ctx"
             )
         room = batch.ctx_per_slot - len(tokens)
@@ -138,8 +142,38 @@ def _refuse_surely_too_long(model: Any, prompt: Any, system: str | None, ctx: in
     if least > ctx:
         raise ContextOverflowError(
             f"the prompt's {size:,} bytes are at least {least:,} tokens, more than the context holds ({ctx:,} per "
-            "request); nothing was cut or tokenized: shorten it, or restart the server with a larger context per "
-            f"slot ('edgeslm serve --ctx N')", params="num_ctx")
+            "request); nothing was cut or tokenized: shorten it, ask for truncation (Ollama: \"truncate\": true; "
+            "OpenAI: \"truncation\": \"auto\"), or restart the server with a larger context per slot "
+            "('edgeslm serve --ctx N')", params="num_ctx")
+
+
+def truncated(model: Any, msg: dict[str, Any], tokens: list[int], ctx: int) -> list[int]:
+    """The prompt cut to leave a reply room, as the request asked: a chat loses its oldest turns
+    after its system message(s), one at a time (a tool result never opens what is kept), the last
+    turn always kept; a plain text or token prompt loses its start. What was cut is logged."""
+    room = min(int(msg["max_tokens"]), ctx // 2) if int(msg["max_tokens"]) > 0 else ctx // 4
+    budget, before = ctx - room, len(tokens)
+    prompt = msg["prompt"]
+    if isinstance(prompt, list) and prompt and isinstance(prompt[0], dict):
+        head = [m for m in prompt if m.get("role") == "system"]
+        turns = [m for m in prompt if m.get("role") != "system"]
+        while len(tokens) > budget and len(turns) > 1:
+            turns.pop(0)
+            while len(turns) > 1 and turns[0].get("role") == "tool":
+                turns.pop(0)
+            tokens = _prompt_tokens(model, {**msg, "prompt": head + turns})
+        cut = f"{len(prompt) - len(head) - len(turns)} oldest turn(s)"
+    elif isinstance(prompt, str) and msg.get("template") and model.has_chat_template:
+        return tokens  # one turn: nothing to drop (the caller refuses it, naming both lengths)
+    else:
+        bos = model.engine.bos_text()
+        first = model.engine.token_bytes(tokens[0], special=True).decode("utf-8", errors="replace")
+        keep = tokens[:1] if bos and first == bos else []  # a text model's BOS stays first
+        tokens = keep + tokens[len(tokens) - budget + len(keep):]
+        cut = f"the first {before - len(tokens):,} token(s)"
+    log.info("request %s: the prompt had %d tokens for a context of %d; truncation asked: cut %s", msg["id"],
+             before, ctx, cut)
+    return tokens
 
 
 def _room_for(tokens: int) -> int:

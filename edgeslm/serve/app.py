@@ -37,7 +37,7 @@ from .state import ServerState
 
 log = logging.getLogger(__name__)
 EXPIRY_INTERVAL = 5.0
-MEMORY_SHARE = 0.75  # of the machine's memory, for loaded models, unless --memory says otherwise
+MEMORY_SHARE = 0.75  # of the machine's memory, for loaded models, unless --max-memory says otherwise
 
 
 def create_app(options: ServeOptions, settings: Settings, factory: RunnerFactory | None = None) -> Any:

@@ -15,7 +15,6 @@ from fastapi import APIRouter
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 
-from ... import __version__
 from ...engines.base import SamplingParams
 from ...errors import EdgeslmError, InvalidParameterError, http_status_for
 from ...runner import Chunk, Done, Job
@@ -25,6 +24,7 @@ from ...store.resolve import ResolvedModel, stored
 from ...tools import ToolReply
 from ...tools.plan import calls_from, conversation, ollama_calls
 from ...units import format_params
+from ...version import __version__
 from ..bodies import parse
 from ..http_errors import public_message
 from ..limits import MAX_TOP_LOGPROBS
@@ -181,7 +181,7 @@ async def generate(request: Request) -> Response:
     job = Job(
         prompt, sampling, max_tokens, stop, check_logprobs(body.logprobs, body.top_logprobs),
         template=not body.raw, system=None if body.raw else (body.system or model.system),
-        context=tuple(body.context or ()), format=body.format, return_prompt_ids=True,
+        context=tuple(body.context or ()), format=body.format, return_prompt_ids=True, truncate=body.truncate,
     )
     gen = await Generation.start(request, found, job, keep)
     if not body.stream:
@@ -236,7 +236,7 @@ async def chat(request: Request) -> Response:
         note(request, prompt=json.dumps(messages)[:100_000])
     logprobs = check_logprobs(body.logprobs, body.top_logprobs)
     job = Job(messages, sampling, max_tokens, stop, logprobs, system=system, format=plan.format() or body.format,
-              tooling=plan.tooling())
+              tooling=plan.tooling(), truncate=body.truncate)
     gen = await Generation.start(request, found, job, keep)
     if not body.stream:
         reply = await collect(request, gen)

@@ -53,6 +53,7 @@ class GenerateRequest(_Body):
     images: list[str] | None = None
     logprobs: bool | None = None
     top_logprobs: int | None = None
+    truncate: bool = False  # asked: an over-long prompt loses its start; else it is refused (never cut silently)
 
 
 class Message(_Body):
@@ -73,6 +74,7 @@ class ChatRequest(_Body):
     tools: list[Any] | None = None
     logprobs: bool | None = None
     top_logprobs: int | None = None
+    truncate: bool = False  # asked: an over-long chat loses its oldest turns; else it is refused
 
 
 class EmbedRequest(_Body):

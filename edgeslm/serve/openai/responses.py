@@ -100,7 +100,8 @@ async def responses(request: Request) -> Response:
     job = Job(messages, sampling, body.max_output_tokens or -1, (),
               system=system,
               format=plan.format(),
-              tooling=plan.tooling())
+              tooling=plan.tooling(),
+              truncate=body.truncation == "auto")
     gen = await Generation.start(request, found, job, None)
     head = {"id": f"resp_{uuid.uuid4().hex}", "object": "response", "created_at": int(time.time()),
             "model": gen.name, "parallel_tool_calls": plan.parallel, "tool_choice": body.tool_choice or "auto",

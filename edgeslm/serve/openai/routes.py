@@ -144,7 +144,7 @@ async def chat_completions(request: Request) -> Response:
     default_limit, stops = stored_limits(model.parameters, body.stops())
     limit = limit_of(body.max_completion_tokens, body.max_tokens, default_limit)
     job = Job(messages, sampling_of(body, model.parameters), limit, stops, logprobs, system=system, format=fmt,
-              tooling=plan.tooling())
+              tooling=plan.tooling(), truncate=body.truncation == "auto")
     gens = await start_all(request, found, jobs_of(job, n), None)
     rid, created = f"chatcmpl-{uuid.uuid4().hex[:24]}", int(time.time())
     head = {"id": rid, "created": created, "model": gens[0].name, "system_fingerprint": FINGERPRINT}

@@ -108,6 +108,7 @@ class ChatCompletionRequest(_Sampling):
     tools: list[Any] | None = None
     tool_choice: Any = None
     parallel_tool_calls: bool | None = None
+    truncation: Literal["auto", "disabled"] = "disabled"  # the Responses API's: auto drops the oldest turns
 
 
 class ResponsesRequest(_Body):
@@ -125,6 +126,7 @@ class ResponsesRequest(_Body):
     stream: bool = False
     store: bool | None = None  # accepted; nothing is kept
     previous_response_id: str | None = None
+    truncation: Literal["auto", "disabled"] = "disabled"  # auto: an over-long input loses its oldest turns
 
 
 class CompletionRequest(_Sampling):

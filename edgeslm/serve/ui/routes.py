@@ -17,10 +17,10 @@ from fastapi import APIRouter, Query
 from starlette.requests import Request
 from starlette.responses import JSONResponse, RedirectResponse, Response
 
-from ... import __version__
 from ...access.audit import report
 from ...access.compliance import report_csv, report_rows
 from ...access.keys import ROLES, Action
+from ...version import __version__
 from ..http_errors import error_response
 from ..state import state
 from .views import audit_view, models_view, server_view
