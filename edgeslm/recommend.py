@@ -26,6 +26,8 @@ from .evaluate.task_results import Task, TaskResult, latest_task_results
 from .formats.model_format import RUNTIME_OF, ModelFormat
 from .formats.model_info import estimate_memory
 from .formats.size_class import SIZE_CLASSES, SizeClass
+from .plan.memory import REPACKED, MemoryConstants, plan_memory
+from .plan.search import Choice, choose
 from .sources.catalog import CATALOG, RUNTIME_OVERHEAD, SEED_ADVICE, CatalogEntry
 from .store import Store
 from .store.records import Manifest
@@ -81,6 +83,8 @@ class Recommendation:
     advice: tuple[Advice, ...]
     catalogue: tuple[Pick, ...]
     local: tuple[Pick, ...]
+    plan: Choice | None = None  # plan --ram's choice over the stored GGUF variants, for this device's budget
+    plan_note: str = ""  # the choice as commands, or why there is none
 
 
 def recommend(
@@ -90,9 +94,13 @@ def recommend(
     quality: str | None = None,
     ctx: int = DEFAULT_CONTEXT,
     store: Store | None = None,
+    constants: MemoryConstants | None = None,
 ) -> Recommendation:
     """What to run on ``device`` for ``use_case``: advice for its memory budget at ``ctx`` tokens, the
-    catalogue's models that fit, and the store's measured variants that fit, ranked."""
+    catalogue's models that fit, the store's measured variants that fit, ranked, and ``plan --ram``'s
+    configuration for the device's budget (the front end to ``plan.search.choose``). A GGUF variant's
+    memory is its plan (``constants``: this machine's profile; a described device: the defaults with
+    the weight types its architecture repacks)."""
     if use_case not in USE_CASES:
         raise InvalidParameterError(
             f"use_case {use_case!r} is not known; valid: {', '.join(USE_CASES)}", params="use_case"
@@ -112,8 +120,26 @@ def recommend(
         _threads_advice(device),
     )
     catalogue = _catalogue_picks(device, use_case, level, budget)
-    local = _local_picks(store, device, use_case, level, ctx, budget) if store is not None else ()
-    return Recommendation(device, use_case, level, ctx, budget, advice, catalogue, local)
+    constants = constants if constants is not None and device.detected else device_constants(device)
+    local = _local_picks(store, device, use_case, level, ctx, budget, constants) if store is not None else ()
+    plan, note = _plan(store, budget, use_case, ctx, constants) if store is not None else (None, "")
+    return Recommendation(device, use_case, level, ctx, budget, advice, catalogue, local, plan, note)
+
+
+def device_constants(device: Device) -> MemoryConstants:
+    """The memory plan's constants for a device not measured here: this project's fitted ones, with
+    the weight types llama.cpp repacks on the device's architecture (not this machine's)."""
+    return MemoryConstants(repacked_types=REPACKED.get(device.arch, frozenset()))
+
+
+def _plan(store: Store, budget: int, use_case: str, ctx: int,
+          constants: MemoryConstants) -> tuple[Choice | None, str]:
+    """``plan --ram`` at the device's budget and the context asked: the configuration, as a command."""
+    try:
+        got = choose(store, budget, "code" if use_case == "code" else "chat", ctx=ctx, constants=constants)
+    except InvalidParameterError as exc:
+        return None, str(exc)
+    return got, f"{got.serve_command}  # 'edgeslm plan --ram {format_bytes(budget).replace(' ', '')}' shows the rest"
 
 
 def _budget(device: Device) -> tuple[int, str]:
@@ -231,14 +257,16 @@ def _catalogue_picks(device: Device, use_case: str, level: str, budget: int) -> 
     return tuple(picks[:MAX_PICKS])
 
 
-def _local_picks(store: Store, device: Device, use_case: str, level: str, ctx: int, budget: int) -> tuple[Pick, ...]:
+def _local_picks(store: Store, device: Device, use_case: str, level: str, ctx: int, budget: int,
+                 constants: MemoryConstants) -> tuple[Pick, ...]:
     needs_chat = USE_CASES[use_case][1]
     measured = measured_by_digest(store)
     by_base: dict[str, list[tuple[Manifest, int]]] = {}
     no_chat: dict[str, int] = {}
     for_apple: list[tuple[Manifest, int]] = []
     for m in store.manifests():
-        memory = estimate_memory(m.info, ctx).total_bytes
+        memory = (plan_memory(store.model_path(m), str(m.name), ctx_per_slot=ctx, constants=constants).total
+                  if m.format is ModelFormat.GGUF else estimate_memory(m.info, ctx).total_bytes)
         if memory > budget:
             continue
         if m.format is ModelFormat.MLX and not device.apple_silicon:

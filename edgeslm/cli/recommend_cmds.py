@@ -61,7 +61,10 @@ def _device(args: argparse.Namespace) -> Device:
 def cmd_recommend(args: argparse.Namespace, settings: Settings) -> int:
     device = _device(args)
     store = Store.open(settings.models_dir)
-    rec = recommend(device, use_case=args.use_case, quality=args.quality, ctx=args.ctx, store=store)
+    from ..plan.profile import memory_constants
+
+    rec = recommend(device, use_case=args.use_case, quality=args.quality, ctx=args.ctx, store=store,
+                    constants=memory_constants(settings.home))
     if args.json:
         print_json(asdict(rec))
         return 0
@@ -88,3 +91,10 @@ def _print(rec: Recommendation) -> None:
     if not rec.local:
         print(f"  no stored model fits {format_bytes(rec.budget)} at {rec.ctx:,} tokens for {rec.use_case}")
     print_table(("MODEL", "MEMORY", "WHY"), [(p.name, format_bytes(p.memory), p.why) for p in rec.local])
+    if rec.plan is not None:
+        c = rec.plan.chosen
+        print(f"\nPlanned for {format_bytes(rec.budget)} ({rec.plan.fitting} of {rec.plan.considered} configurations "
+              f"fit): {c.name}, {c.ctx:,} tokens × {c.slots}, {c.kv} KV cache, {format_bytes(c.memory)}\n  "
+              f"{rec.plan_note}")
+    elif rec.plan_note:
+        print(f"\nPlanned: none ({rec.plan_note})")
