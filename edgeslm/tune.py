@@ -6,6 +6,9 @@ runner's floor: it probe-loads runners as the server does).
   squares (all three from three or more differently shaped models, the runner's base alone from fewer);
 - **threads**: prompt processing and generation at 1 … physical cores threads (``bench``'s
   machinery, each in its own process), against llama.cpp's default (every physical core) in the same run;
+- **KV cache types**: prompt processing and generation with an f16, q8_0 and q4_0 cache at the
+  generation's best thread count: what a quantized cache costs or saves in speed here (its quality
+  cost is ``eval --kv-type``'s; the profile records it, the default stays f16);
 - **busy**: the load average before and after, and each measurement's spread between repetitions:
   a busy machine's numbers are reported as such, not trusted silently.
 """
@@ -40,6 +43,7 @@ class Tuned:
     notes: tuple[str, ...]  # what to know about the measurements (busy machine, noisy runs, what was fitted)
     memory: tuple[tuple[MemoryPlan, int], ...]  # each probe's plan (with the fitted constants) and measured peak
     speed: tuple[dict[str, float], ...]  # per thread count: pp and tg tok/s
+    kv_speed: tuple[dict[str, object], ...] = ()  # per KV cache type: pp and tg tok/s at the best thread count
 
 
 def measured_peak(model: ResolvedModel, home: str, slots: int, ctx: int, kv: str = "f16") -> int:
@@ -101,17 +105,20 @@ def tune(models: Sequence[ResolvedModel], home: str, *, speed: bool = True,
     fitted = tuple((replace(p, base=constants.base, vocabulary=round(constants.per_vocab * p.vocabulary),
                             compute=round(constants.per_activation * p.compute)), peak) for p, peak in rows)
     speeds: list[dict[str, float]] = []
+    kv_speed: list[dict[str, object]] = []
     threads = threads_batch = None
     if speed:
         speeds, noisy = _thread_sweep(models[0], say)
         threads = int(max(speeds, key=lambda s: s["tg"])["threads"])
         threads_batch = int(max(speeds, key=lambda s: s["pp"])["threads"])
         notes += noisy
+        kv_speed, noisy = _kv_sweep(models[0], threads, say)
+        notes += noisy
     notes = [n for n in [*notes, busy_note("after")] if n]
     measurements = tuple({"model": p.model, "slots": p.slots, "ctx": p.ctx_per_slot, "peak": peak,
-                          "predicted": p.total} for p, peak in fitted) + tuple(speeds)
+                          "predicted": p.total} for p, peak in fitted) + tuple(speeds) + tuple(kv_speed)
     profile = DeviceProfile(fingerprint(), __version__, now_iso(), constants, threads, threads_batch, measurements)
-    return Tuned(profile, tuple(notes), fitted, tuple(speeds))
+    return Tuned(profile, tuple(notes), fitted, tuple(speeds), tuple(kv_speed))
 
 
 def _thread_sweep(model: ResolvedModel, say: Callable[[str], None]) -> tuple[list[dict[str, float]], list[str]]:
@@ -126,6 +133,29 @@ def _thread_sweep(model: ResolvedModel, say: Callable[[str], None]) -> tuple[lis
             if t.mean and t.stdev / t.mean > NOISY_SPREAD:
                 noisy.append(f"{t.test} at {threads} thread(s) varied {100 * t.stdev / t.mean:.0f} % between "
                              "repetitions: the machine is busy or throttling")
+    return out, noisy
+
+
+KV_SWEEP = ("f16", "q8_0", "q4_0")
+
+
+def _kv_sweep(model: ResolvedModel, threads: int, say: Callable[[str], None]) -> tuple[list[dict[str, object]],
+                                                                                     list[str]]:
+    """pp128 and tg32 with each KV cache type of ``KV_SWEEP`` (those the model's heads can hold)."""
+    out: list[dict[str, object]] = []
+    noisy = []
+    for kv in KV_SWEEP:
+        try:
+            KVCache.parse(kv).check_head(model.info.key_length or 0, model.info.value_length or 0, model.name)
+        except Exception:  # a head size the type cannot hold: not measurable here
+            continue
+        say(f"speed: {model.name}, KV cache {kv}")
+        result = bench_models([model], BenchParams(n_prompt=128, n_gen=32, repetitions=2, threads=threads,
+                                                   kv_type=kv))[0]
+        by_test = {t.test[:2]: t for t in result.tests}
+        out.append({"kv": kv, "pp": by_test["pp"].mean, "tg": by_test["tg"].mean})
+        noisy += [f"{t.test} with a {kv} KV cache varied {100 * t.stdev / t.mean:.0f} % between repetitions: the "
+                  "machine is busy or throttling" for t in result.tests if t.mean and t.stdev / t.mean > NOISY_SPREAD]
     return out, noisy
 
 

@@ -73,6 +73,8 @@ def test_tune_measures_the_runner_and_plan_uses_what_it_kept(builtin_home: Path,
     assert len(probes) == 2 and all(abs(m["predicted"] / m["peak"] - 1) < 0.05 for m in probes)
     speeds = [m for m in kept["measurements"] if "threads" in m]
     assert speeds and all(s["pp"] > 0 and s["tg"] > 0 for s in speeds) and kept["threads"] >= 1
+    kv = {m["kv"]: m for m in kept["measurements"] if "kv" in m}  # each cache type's speed, measured
+    assert set(kv) == {"f16", "q8_0", "q4_0"} and all(m["pp"] > 0 and m["tg"] > 0 for m in kv.values())
     plan = json.loads(cli("plan", "smollm2-135m-instruct", "--json").out)
     assert plan["base"] == kept["constants"]["base"]  # the profile's fitted base, not the default
     bad = cli("tune", "no-such-model")

@@ -142,6 +142,9 @@ def cmd_tune(args: argparse.Namespace, settings: Settings) -> int:
         status(f"tuned: {done.profile.threads} threads for generation ({best_tg / default['tg']:.2f}× llama.cpp's "
                f"default of {default['threads']:.0f}), {done.profile.threads_batch} for prompts "
                f"({best_pp / default['pp']:.2f}×)")
+    if done.kv_speed:
+        print_table(("KV cache", "pp128 t/s", "tg32 t/s"), [(str(k["kv"]), f"{k['pp']:.1f}", f"{k['tg']:.1f}")
+                                                           for k in done.kv_speed], right=(1, 2))
     status(f"memory: runner base {format_mib(c.base)}, {c.per_vocab:.0f} B per vocabulary entry, "
            f"{c.per_activation:.1f} B per activation; repacked types {', '.join(sorted(c.repacked_types)) or 'none'}")
     for note in done.notes:
