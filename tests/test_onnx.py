@@ -9,6 +9,7 @@ import shutil
 from collections.abc import Callable
 from itertools import islice
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -147,6 +148,26 @@ def test_fp32_onnx_matches_the_gguf_it_was_built_from(onnx_store: Store) -> None
     steps = list(islice(onnx.generate_tokens(tokens, greedy), 12))
     expected = list(islice(gguf.generate_tokens(tokens, greedy), 12))
     assert steps == expected
+
+
+def test_a_prompt_prefilled_in_chunks_answers_as_in_one_pass(onnx_store: Store,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """Prefill in chunks (what bounds the graph's all-position logits) gives the one-pass answer."""
+    from edgeslm.engines.onnxruntime import engine as onnx_engine
+
+    _, onnx = _engines(onnx_store)
+    prompt = [(7 * i) % 200 + 5 for i in range(100)]
+    greedy = SamplingParams(temperature=0)
+    whole = list(islice(onnx.generate_tokens(prompt, greedy), 12))
+    calls: list[int] = []
+    real = onnx_engine.append_chunked
+
+    def counted(generator: Any, tokens: Any, chunk: int | None = None) -> None:
+        calls.append(len(tokens))
+        real(generator, tokens, 16)  # 7 forward passes of at most 16 tokens
+
+    monkeypatch.setattr(onnx_engine, "append_chunked", counted)
+    assert list(islice(onnx.generate_tokens(prompt, greedy), 12)) == whole and calls == [100]
 
 
 def test_sampling_is_seeded_and_respects_the_context(onnx_store: Store) -> None:

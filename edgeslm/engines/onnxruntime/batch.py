@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from ..base import SamplingParams, StepEvent, logprobs_of
 from ..slots import Slot, TurnSlots
-from .engine import OnnxRuntimeEngine
+from .engine import OnnxRuntimeEngine, append_chunked
 
 
 class SlotDecoder(TurnSlots):
@@ -32,7 +32,7 @@ class SlotDecoder(TurnSlots):
     def _advance(self, slot: Slot) -> StepEvent:
         generator = slot.work
         if slot.pending is not None:
-            generator.append_tokens(slot.pending)
+            append_chunked(generator, slot.pending)
             slot.pending = None
         row = None
         if slot.logprobs is not None:  # the logits the next token is chosen from
