@@ -47,9 +47,13 @@ class BenchParams:
     draft: dict[str, Any] | None = None  # LookupConfig.as_args(), or {"model": path, "name": name}
     adapters: tuple[tuple[str, float], ...] = ()  # a custom model's LoRA adapters (path, scale)
     kv_type: str = "f16"  # the KV cache (KVCache's spelling), as llama-bench's -ctk/-ctv
+    n_ubatch: int | None = None  # prompt tokens per forward pass (None: llama.cpp's 512), as llama-bench's -ub
+    flash_attn: bool | None = None  # None: what the KV type needs, else llama.cpp's choice; as llama-bench's -fa
 
     def __post_init__(self) -> None:
         KVCache.parse(self.kv_type)
+        if self.n_ubatch is not None and not (isinstance(self.n_ubatch, int) and 1 <= self.n_ubatch <= 8192):
+            raise InvalidParameterError(f"-ub {self.n_ubatch} is out of range; valid: 1 to 8,192")
         for name, value, low in (("-p", self.n_prompt, 0), ("-n", self.n_gen, 0), ("-r", self.repetitions, 1)):
             if not isinstance(value, int) or not low <= value <= 65_536:
                 raise InvalidParameterError(f"{name} {value} is out of range; valid: {low} to 65,536")
@@ -128,7 +132,10 @@ def measure(path: str, params: BenchParams, engine_name: str = DEFAULT_ENGINE) -
     n_ctx = max(params.n_prompt + params.n_gen + 8, 64, COPY_ROOM + params.n_gen if params.draft else 0)
     start = time.perf_counter()
     adapters = tuple((str(p), float(s)) for p, s in params.adapters)
-    load = LoadParams(n_ctx=n_ctx, n_threads=params.threads, adapters=adapters, kv=KVCache.parse(params.kv_type))
+    ubatch = params.n_ubatch or LoadParams.n_ubatch
+    load = LoadParams(n_ctx=n_ctx, n_threads=params.threads, adapters=adapters, kv=KVCache.parse(params.kv_type),
+                      n_batch=max(LoadParams.n_batch, ubatch), n_ubatch=ubatch,
+                      flash_attn=params.flash_attn if KVCache.parse(params.kv_type).flash_attention is None else None)
     engine = open_engine(engine_name, Path(path), load)
     load_seconds = time.perf_counter() - start
     if params.draft is not None and engine.name != "llama.cpp":  # before anything is timed

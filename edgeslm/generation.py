@@ -171,12 +171,16 @@ def load(
     settings: Settings | None = None,
     kv: KVCache | None = None,
     check_memory: bool = True,
+    n_ubatch: int | None = None,
+    flash_attn: bool | None = None,
 ) -> Model:
     """Load a stored model (or a .gguf file), by name or as resolved already, into an engine
     (default: the configured one). The KV cache: ``kv``, else the model's ``PARAMETER kv_type``,
     else ``EDGESLM_KV_CACHE_TYPE`` (llama.cpp models only), else F16. A llama.cpp model whose
     memory plan is larger than what the machine has available is refused before it loads
-    (``check_memory``; the server's runners skip it: the server checked its own budget)."""
+    (``check_memory``; the server's runners skip it: the server checked its own budget). ``n_ubatch``
+    and ``flash_attn`` (``edgeslm tune``'s, where it measured): llama.cpp only; a KV type that needs
+    flash attention on or off keeps it so."""
     settings = settings or resolve_settings()
     found = name_or_path if isinstance(name_or_path, ResolvedModel) else resolve_model(name_or_path, settings)
     stored = found.defaults.get("parameters") or {}  # a created model's PARAMETER lines
@@ -190,7 +194,10 @@ def load(
 
         check_available(found, ctx=n_ctx, kv=kv, constants=memory_constants(settings.home), available=available_ram())
     start = time.perf_counter()
-    params = LoadParams(n_ctx=n_ctx, n_threads=threads, adapters=found.adapters, kv=kv)
+    ubatch = n_ubatch or LoadParams.n_ubatch
+    params = LoadParams(n_ctx=n_ctx, n_threads=threads, adapters=found.adapters, kv=kv,
+                        n_batch=max(LoadParams.n_batch, ubatch), n_ubatch=ubatch,
+                        flash_attn=flash_attn if kv.flash_attention is None and runtime == DEFAULT_ENGINE else None)
     loaded = open_engine(runtime, found.path, params)
     seconds = time.perf_counter() - start
     log.info("loaded %s in %.2f s", found.name, seconds)

@@ -6,6 +6,9 @@ runner's floor: it probe-loads runners as the server does).
   squares (all three from three or more differently shaped models, the runner's base alone from fewer);
 - **threads**: prompt processing and generation at 1 … physical cores threads (``bench``'s
   machinery, each in its own process), against llama.cpp's default (every physical core) in the same run;
+- **micro-batch and flash attention**: prompt processing (pp512) and generation at the best thread count
+  with a micro-batch of 128, 256 or 512 tokens and flash attention off or on, against llama.cpp's
+  defaults (512, its own choice) in the same run; the best by pp × tg is kept and ``run``/``bench`` use it;
 - **KV cache types**: prompt processing and generation with an f16, q8_0 and q4_0 cache at the
   generation's best thread count: what a quantized cache costs or saves in speed here (its quality
   cost is ``eval --kv-type``'s; the profile records it, the default stays f16);
@@ -19,7 +22,7 @@ import asyncio
 import logging
 import os
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 
 from .bench import BenchParams, bench_models
 from .engines.base import SamplingParams, physical_cores
@@ -38,12 +41,24 @@ NOISY_SPREAD = 0.10  # repetitions further apart than this are flagged
 
 
 @dataclass(frozen=True)
+class BatchRun:
+    """Prompt processing and generation (tok/s) at one micro-batch and flash attention setting."""
+
+    ubatch: int
+    flash_attn: bool | None  # None: llama.cpp decides
+    default: bool  # llama.cpp's defaults (512, its own choice): what the gain is measured against
+    pp: float
+    tg: float
+
+
+@dataclass(frozen=True)
 class Tuned:
     profile: DeviceProfile
     notes: tuple[str, ...]  # what to know about the measurements (busy machine, noisy runs, what was fitted)
     memory: tuple[tuple[MemoryPlan, int], ...]  # each probe's plan (with the fitted constants) and measured peak
     speed: tuple[dict[str, float], ...]  # per thread count: pp and tg tok/s
     kv_speed: tuple[dict[str, object], ...] = ()  # per KV cache type: pp and tg tok/s at the best thread count
+    batch_speed: tuple[BatchRun, ...] = ()  # per micro-batch × flash attention, and llama.cpp's defaults
 
 
 def measured_peak(model: ResolvedModel, home: str, slots: int, ctx: int, kv: str = "f16") -> int:
@@ -106,7 +121,9 @@ def tune(models: Sequence[ResolvedModel], home: str, *, speed: bool = True,
                             compute=round(constants.per_activation * p.compute)), peak) for p, peak in rows)
     speeds: list[dict[str, float]] = []
     kv_speed: list[dict[str, object]] = []
-    threads = threads_batch = None
+    batch_speed: list[BatchRun] = []
+    threads = threads_batch = n_ubatch = None
+    flash_attn: bool | None = None
     if speed:
         speeds, noisy = _thread_sweep(models[0], say)
         threads = int(max(speeds, key=lambda s: s["tg"])["threads"])
@@ -114,11 +131,17 @@ def tune(models: Sequence[ResolvedModel], home: str, *, speed: bool = True,
         notes += noisy
         kv_speed, noisy = _kv_sweep(models[0], threads, say)
         notes += noisy
+        batch_speed, noisy = _batch_sweep(models[0], threads, say)
+        notes += noisy
+        best = max((b for b in batch_speed if not b.default), key=lambda b: b.pp * b.tg)
+        n_ubatch, flash_attn = best.ubatch, best.flash_attn
     notes = [n for n in [*notes, busy_note("after")] if n]
     measurements = tuple({"model": p.model, "slots": p.slots, "ctx": p.ctx_per_slot, "peak": peak,
-                          "predicted": p.total} for p, peak in fitted) + tuple(speeds) + tuple(kv_speed)
-    profile = DeviceProfile(fingerprint(), __version__, now_iso(), constants, threads, threads_batch, measurements)
-    return Tuned(profile, tuple(notes), fitted, tuple(speeds), tuple(kv_speed))
+                          "predicted": p.total} for p, peak in fitted) + tuple(speeds) + tuple(kv_speed) \
+        + tuple(asdict(b) for b in batch_speed)
+    profile = DeviceProfile(fingerprint(), __version__, now_iso(), constants, threads, threads_batch, measurements,
+                            n_ubatch, flash_attn)
+    return Tuned(profile, tuple(notes), fitted, tuple(speeds), tuple(kv_speed), tuple(batch_speed))
 
 
 def _thread_sweep(model: ResolvedModel, say: Callable[[str], None]) -> tuple[list[dict[str, float]], list[str]]:
@@ -156,6 +179,27 @@ def _kv_sweep(model: ResolvedModel, threads: int, say: Callable[[str], None]) ->
         out.append({"kv": kv, "pp": by_test["pp"].mean, "tg": by_test["tg"].mean})
         noisy += [f"{t.test} with a {kv} KV cache varied {100 * t.stdev / t.mean:.0f} % between repetitions: the "
                   "machine is busy or throttling" for t in result.tests if t.mean and t.stdev / t.mean > NOISY_SPREAD]
+    return out, noisy
+
+
+UBATCHES = (128, 256, 512)
+
+
+def _batch_sweep(model: ResolvedModel, threads: int, say: Callable[[str], None]) -> tuple[list[BatchRun], list[str]]:
+    """pp512 and tg32 at each micro-batch × flash attention off/on, and at llama.cpp's defaults."""
+    out, noisy = [], []
+    runs: list[tuple[int, bool | None, bool]] = [(512, None, True)]
+    runs += [(u, fa, False) for u in UBATCHES for fa in (False, True)]
+    for ubatch, flash, default in runs:
+        label = ("llama.cpp's defaults" if default
+                 else f"micro-batch {ubatch}, flash attention {'on' if flash else 'off'}")
+        say(f"speed: {model.name}, {label}")
+        result = bench_models([model], BenchParams(n_prompt=512, n_gen=32, repetitions=2, threads=threads,
+                                                   n_ubatch=ubatch, flash_attn=flash))[0]
+        by_test = {t.test[:2]: t for t in result.tests}
+        out.append(BatchRun(ubatch, flash, default, by_test["pp"].mean, by_test["tg"].mean))
+        noisy += [f"{t.test} with {label} varied {100 * t.stdev / t.mean:.0f} % between repetitions: the machine is "
+                  "busy or throttling" for t in result.tests if t.mean and t.stdev / t.mean > NOISY_SPREAD]
     return out, noisy
 
 

@@ -32,6 +32,9 @@ def test_one_spelling_for_both_halves_or_each() -> None:
             KVCache.parse(bad)
     with pytest.raises(InvalidParameterError, match="80 wide.*blocks of 32"):
         KVCache.parse("q4_0").check_head(80, 80, "m")
+    with pytest.raises(InvalidParameterError, match="flash_attn=False.*on with a q8_0 KV cache"):
+        LoadParams(kv=KVCache.parse("q8_0"), flash_attn=False)  # a quantized V needs it
+    assert LoadParams(kv=KVCache.parse("q8_0"), flash_attn=True).flash_attn and LoadParams(flash_attn=False)
 
 
 def test_the_default_comes_from_the_model_then_the_environment_on_llamacpp_only() -> None:

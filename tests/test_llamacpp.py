@@ -128,6 +128,9 @@ def test_bench_both_builtins(real_cli: Cli) -> None:
         assert r["peak_rss"] > r["file_size"] * 0.5 and r["load_seconds"] > 0
     assert "pp64" in real_cli("bench", MODELS[0], "-p", "64", "-n", "0", "-r", "1", "--markdown").out
     assert real_cli("bench", MODELS[0], "-p", "0", "-n", "8", "-r", "1", "--csv").out.startswith("model,")
+    tuned = real_cli("bench", MODELS[0], "-p", "64", "-n", "4", "-r", "1", "-ub", "16", "-fa", "off", "--json")
+    assert tuned.code == 0 and json.loads(tuned.out)[0]["tests"][0]["mean_tps"] > 1, tuned.err
+    assert "-ub 0 is out of range" in real_cli("bench", MODELS[0], "-ub", "0").err
 
 
 def test_a_file_llama_cpp_refuses_is_a_clear_error(tmp_path: Path, home: Path) -> None:

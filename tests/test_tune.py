@@ -74,6 +74,10 @@ def test_tune_measures_the_runner_and_plan_uses_what_it_kept(builtin_home: Path,
     speeds = [m for m in kept["measurements"] if "threads" in m]
     assert speeds and all(s["pp"] > 0 and s["tg"] > 0 for s in speeds) and kept["threads"] >= 1
     kv = {m["kv"]: m for m in kept["measurements"] if "kv" in m}  # each cache type's speed, measured
+    batches = [m for m in kept["measurements"] if "ubatch" in m]  # llama.cpp's defaults, then 3 × 2 settings
+    assert len(batches) == 7 and sum(m["default"] for m in batches) == 1 and all(m["pp"] > 0 for m in batches)
+    best = max((m for m in batches if not m["default"]), key=lambda m: m["pp"] * m["tg"])
+    assert (kept["n_ubatch"], kept["flash_attn"]) == (best["ubatch"], best["flash_attn"])
     assert set(kv) == {"f16", "q8_0", "q4_0"} and all(m["pp"] > 0 and m["tg"] > 0 for m in kv.values())
     plan = json.loads(cli("plan", "smollm2-135m-instruct", "--json").out)
     assert plan["base"] == kept["constants"]["base"]  # the profile's fitted base, not the default

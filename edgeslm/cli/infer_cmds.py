@@ -81,6 +81,11 @@ def configure(sub: Any) -> None:
     p.add_argument("-n", "--n-gen", type=int, default=128)
     p.add_argument("-r", "--repetitions", type=int, default=5)
     p.add_argument("-t", "--threads", type=int)
+    p.add_argument("-ub", "--ubatch-size", dest="n_ubatch", type=int,
+                   help="prompt tokens per forward pass (default: edgeslm tune's, else llama.cpp's 512)")
+    p.add_argument("-fa", "--flash-attn", choices=("on", "off"),
+                   help="flash attention (default: edgeslm tune's, else llama.cpp's choice; a quantized KV cache "
+                        "keeps it on)")
     add_kv_flag(p, default="f16, as llama-bench")
     add_draft_flags(p, models=True)
     fmt = p.add_mutually_exclusive_group()
@@ -147,7 +152,9 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
     store = Store.open(settings.models_dir)  # opened once: the model, its draft
     found, prompt = split_model_and_prompt(args, settings, store)
     args.threads = args.threads or _profile_threads(settings)  # edgeslm tune's, where it measured this machine
-    model = load(found, ctx=args.ctx, threads=args.threads, settings=settings, kv=args.kv_type)
+    ubatch, flash = _profile_batch(settings)  # edgeslm tune's, where it measured
+    model = load(found, ctx=args.ctx, threads=args.threads, settings=settings, kv=args.kv_type, n_ubatch=ubatch,
+                 flash_attn=flash)
     draft: LookupConfig | Model | None = lookup
     try:
         turn = _turn(args, model.defaults)
@@ -242,7 +249,10 @@ def cmd_bench(args: argparse.Namespace, settings: Settings) -> int:
         draft = {"model": str(draft_model.path), "name": draft_model.name}
     kv = str(args.kv_type) if args.kv_type else "f16"
     threads = args.threads or _profile_threads(settings)
-    params = BenchParams(args.n_prompt, args.n_gen, args.repetitions, threads, draft, kv_type=kv)
+    ubatch, flash = _profile_batch(settings)
+    flash = flash if args.flash_attn is None else args.flash_attn == "on"
+    params = BenchParams(args.n_prompt, args.n_gen, args.repetitions, threads, draft, kv_type=kv,
+                         n_ubatch=ubatch if args.n_ubatch is None else args.n_ubatch, flash_attn=flash)
     targets = [ensure_pulled(name, settings, store=store) for name in args.models]
     results = bench_models(targets, params)
     if args.format == "json":
@@ -335,3 +345,9 @@ def _profile_threads(settings: Settings) -> int | None:
     from ..plan.profile import profile_threads  # the profile's reader pulls the GGUF reader: only when running
 
     return profile_threads(settings.home)
+
+
+def _profile_batch(settings: Settings) -> tuple[int | None, bool | None]:
+    from ..plan.profile import profile_batch
+
+    return profile_batch(settings.home)

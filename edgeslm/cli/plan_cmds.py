@@ -142,6 +142,18 @@ def cmd_tune(args: argparse.Namespace, settings: Settings) -> int:
         status(f"tuned: {done.profile.threads} threads for generation ({best_tg / default['tg']:.2f}× llama.cpp's "
                f"default of {default['threads']:.0f}), {done.profile.threads_batch} for prompts "
                f"({best_pp / default['pp']:.2f}×)")
+    if done.batch_speed:
+        base = next(b for b in done.batch_speed if b.default)
+        print_table(("micro-batch", "flash attention", "pp512 t/s", "tg32 t/s"),
+                    [("512" if b.default else str(b.ubatch), "llama.cpp's choice" if b.flash_attn is None
+                      else "on" if b.flash_attn else "off", f"{b.pp:.1f}", f"{b.tg:.1f}") for b in done.batch_speed],
+                    right=(2, 3))
+        p = done.profile
+        best = next(b for b in done.batch_speed if not b.default and (b.ubatch, b.flash_attn) == (p.n_ubatch,
+                                                                                                 p.flash_attn))
+        status(f"tuned: micro-batch {p.n_ubatch}, flash attention {'on' if p.flash_attn else 'off'}: prompts "
+               f"{best.pp / base.pp:.2f}×, generation {best.tg / base.tg:.2f}× llama.cpp's defaults (run and bench "
+               "use it; serve's runners keep 512 and llama.cpp's choice: not yet)")
     if done.kv_speed:
         print_table(("KV cache", "pp128 t/s", "tg32 t/s"), [(str(k["kv"]), f"{k['pp']:.1f}", f"{k['tg']:.1f}")
                                                            for k in done.kv_speed], right=(1, 2))

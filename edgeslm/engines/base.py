@@ -142,6 +142,7 @@ class LoadParams:
     embeddings: bool = False
     kv: KVCache = F16_CACHE  # the KV cache's types (F16, llama.cpp's default; F32 for exact comparisons)
     adapters: tuple[tuple[str, float], ...] = ()  # LoRA adapters (GGUF path, scale), on every context
+    flash_attn: bool | None = None  # None: what the KV type needs, else llama.cpp's choice (edgeslm tune's)
 
     def __post_init__(self) -> None:
         _check(_int(self.n_ctx) and 16 <= self.n_ctx <= MAX_CONTEXT, "ctx", self.n_ctx, "16 to 1,048,576")
@@ -152,6 +153,9 @@ class LoadParams:
             "1 to 1024",
         )
         _check(_int(self.n_ubatch) and 1 <= self.n_ubatch <= self.n_batch, "ubatch", self.n_ubatch, "1 to n_batch")
+        needs = self.kv.flash_attention
+        _check(self.flash_attn is None or needs is None or self.flash_attn == needs, "flash_attn", self.flash_attn,
+               f"{'on' if needs else 'off'} with a {self.kv} KV cache (a quantized V needs it on, F32 keeps it off)")
 
     @property
     def threads(self) -> int:

@@ -36,6 +36,8 @@ class DeviceProfile:
     threads: int | None = None  # generation's best thread count here (None: not measured)
     threads_batch: int | None = None  # prompt processing's
     measurements: tuple[dict[str, Any], ...] = field(default=())  # what was measured, for the record
+    n_ubatch: int | None = None  # the micro-batch prompt processing measured best at (None: not measured)
+    flash_attn: bool | None = None  # flash attention on or off, as measured best (None: llama.cpp decides)
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -49,11 +51,12 @@ class DeviceProfile:
                                     frozenset(str(t) for t in c["repacked_types"]))
         return cls(str(data["machine"]), str(data["edgeslm"]), str(data["created"]), constants,
                    _count(data.get("threads")), _count(data.get("threads_batch")),
-                   tuple(dict(m) for m in data.get("measurements") or ()))
+                   tuple(dict(m) for m in data.get("measurements") or ()), _count(data.get("n_ubatch")),
+                   data["flash_attn"] if isinstance(data.get("flash_attn"), bool) else None)
 
 
 def _count(value: Any) -> int | None:
-    return value if isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= 1024 else None
+    return value if isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= 8192 else None
 
 
 def fingerprint() -> str:
@@ -115,3 +118,9 @@ def profile_threads(home: Path) -> int | None:
     """The thread count the profile measured best for generation (None: no profile, or not measured)."""
     profile = load_profile(home)
     return profile.threads if profile else None
+
+
+def profile_batch(home: Path) -> tuple[int | None, bool | None]:
+    """The micro-batch and flash attention setting the profile measured best (None each: not measured)."""
+    profile = load_profile(home)
+    return (profile.n_ubatch, profile.flash_attn) if profile else (None, None)

@@ -148,9 +148,10 @@ def clear_interrupt() -> None:
     _state["interrupt"] = False
 
 
-def apply_kv(params: Any, kv: KVCache) -> None:
-    """Set a context's KV cache types, and flash attention where they need it (``KVCache``)."""
+def apply_kv(params: Any, kv: KVCache, flash_attn: bool | None = None) -> None:
+    """Set a context's KV cache types, and flash attention: where they need it (``KVCache``), else
+    ``flash_attn`` (None: llama.cpp decides)."""
     params.type_k, params.type_v = kv.k.ggml_type, kv.v.ggml_type
-    flash = kv.flash_attention
+    flash = kv.flash_attention if kv.flash_attention is not None else flash_attn
     if flash is not None:
         params.flash_attn_type = lc.LLAMA_FLASH_ATTN_TYPE_ENABLED if flash else lc.LLAMA_FLASH_ATTN_TYPE_DISABLED

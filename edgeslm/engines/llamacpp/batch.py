@@ -79,7 +79,7 @@ class BatchDecoder:
         p.n_seq_max = slots
         p.n_threads = p.n_threads_batch = engine.params.threads
         p.kv_unified = False  # each slot its own cells: one long reply cannot crowd the others out
-        apply_kv(p, engine.params.kv)
+        apply_kv(p, engine.params.kv, engine.params.flash_attn)
         p.no_perf = True
         self._ctx = lc.llama_init_from_model(engine.model_handle, p)
         if not self._ctx:

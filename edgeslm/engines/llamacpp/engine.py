@@ -105,7 +105,7 @@ class LlamaCppEngine:
         p.n_ubatch = self.params.n_ubatch if not embeddings else self.params.n_ctx
         p.n_threads = p.n_threads_batch = self.params.threads
         p.no_perf = True
-        apply_kv(p, self.params.kv)
+        apply_kv(p, self.params.kv, self.params.flash_attn)
         if embeddings:
             p.embeddings = True
             p.pooling_type = lc.LLAMA_POOLING_TYPE_MEAN
