@@ -222,7 +222,7 @@ def test_optimize_with_an_imatrix_calibrates_apart_and_quantizes_with_it(
 
 
 def test_min_pass_picks_by_measured_task_accuracy(
-    tiny: Path, cli: Cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tiny: Path, cli: Cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, store: Store
 ) -> None:
     """The candidates meeting every other constraint are measured best first until one passes
     enough problems; the best-KLD one (the reference) fails the threshold, so a smaller one wins."""
@@ -248,6 +248,18 @@ def test_min_pass_picks_by_measured_task_accuracy(
     assert measured == [("r:f16", "humaneval", 10), ("r:q8_0", "humaneval", 10)]  # r:q4_0 never needed
     assert "not measured" in ranked["r:q4_0"]["reason"] and report["constraints"]["min_pass"] == 0.6
     assert "pass@1 70.0%" in (tmp_path / "rep" / "report.md").read_text()
+    # a result the store kept for a candidate not measured in the run is shown, nothing run for it
+    from edgeslm.evaluate.task_results import Task, save_task_result, task_key
+
+    q4 = store.get(parse_name("r:q4_0"))
+    spec = task_core.humaneval_spec(10)
+    save_task_result(store, TaskResult(task_key(q4.digest, Task.HUMANEVAL, spec.protocol, 10), "2026-01-01",
+                                       "humaneval", spec.protocol, "r:q4_0", q4.digest, 10, 9, 1.0, 4, (), ()))
+    measured.clear()
+    again = json.loads(cli("optimize", "r:f16", *args(tiny, tmp_path / "rep2", "--min-pass", "60%", "--task-limit",
+                                                      "10", "--no-mixed", "--json")).out)
+    assert {r["name"]: r for r in again["ranking"]}["r:q4_0"]["metrics"]["pass_at_1"] == 0.9
+    assert ("r:q4_0", "humaneval", 10) not in measured
 
 
 @pytest.mark.parametrize(("flag", "value"), [("--min-pass", "120%"), ("--min-tool-acc", "lots"), ("--min-pass", "-1")])

@@ -249,7 +249,7 @@ def _measure_tasks(run: _Run) -> None:
     if not constraints.tasks:
         return
     from ..evaluate.task_results import Task
-    from ..tasks.core import run_task
+    from ..tasks.core import kept_task, run_task
 
     p = run.params
     fitting = [v for v in rank(constraints.without_tasks(), [c.metrics for c in run.candidates]).verdicts if v.fits]
@@ -270,11 +270,22 @@ def _measure_tasks(run: _Run) -> None:
         run.candidates[i] = replace(candidate, metrics=metrics)
         if not constraints.check(metrics):
             break
+    for i, candidate in enumerate(run.candidates):  # the others: what the store measured before, nothing run
+        if candidate.metrics.pass_at_1 is None and candidate.metrics.tool_acc is None:
+            manifest = next((m for m in run.store.manifests() if str(m.name) == candidate.name), None)
+            if manifest is None:  # not stored: nothing kept for it
+                continue
+            model = from_manifest(run.store, manifest)
+            kept = {t: kept_task(run.store, model, Task(t), p.task_limit) for t in constraints.tasks}
+            run.candidates[i] = replace(candidate, metrics=replace(
+                candidate.metrics, pass_at_1=(r.score if (r := kept.get("humaneval")) else None),
+                tool_acc=(r.score if (r := kept.get("tools")) else None)))
     unmeasured = len(run.candidates) - sum(
         c.metrics.pass_at_1 is not None or c.metrics.tool_acc is not None for c in run.candidates)
     if unmeasured:
         run.note(f"task accuracy measured on the candidates meeting every other constraint, best first, until one met "
-                 f"the task thresholds; {unmeasured} other candidate(s) not measured on tasks")
+                 f"the task thresholds (kept results shown for the others); {unmeasured} other candidate(s) not "
+                 "measured on tasks")
 
 
 def _check_budget(run: _Run) -> int | None:

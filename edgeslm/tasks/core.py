@@ -102,6 +102,16 @@ def tools_spec(model: ResolvedModel, limit: int | None) -> Spec:
     return Spec(Task.TOOLS, tool_calls.PROTOCOL, tuple(items), 2048)
 
 
+def kept_task(store: Store, model: ResolvedModel, task: Task, limit: int | None = None,
+              spec: Any = None) -> TaskResult | None:
+    """The kept result of ``model`` on ``task`` with this protocol and problem count, if any (nothing runs)."""
+    if model.digest is None:
+        return None
+    spec = spec or (humaneval_spec(limit) if task is Task.HUMANEVAL else tools_spec(model, limit))
+    kept = load_task_result(store, task_key(model.digest, task, spec.protocol, len(spec.items)))
+    return kept.renamed(model.name) if kept is not None else None
+
+
 def run_task(
     store: Store,
     model: ResolvedModel,
@@ -125,9 +135,9 @@ def run_task(
     if not 1 <= slots <= 64:
         raise InvalidParameterError(f"slots {slots} is out of range; valid: 1 to 64", params="slots")
     spec = humaneval_spec(limit) if task is Task.HUMANEVAL else tools_spec(model, limit)
+    if not force and (kept := kept_task(store, model, task, limit, spec)) is not None:
+        return kept
     key = task_key(model.digest, task, spec.protocol, len(spec.items))
-    if not force and (kept := load_task_result(store, key)) is not None:
-        return kept.renamed(model.name)
     from ..runner.process import Runner
 
     start = time.perf_counter()
