@@ -125,6 +125,9 @@ def test_truncation_only_when_asked_drops_the_oldest_turns(runner: Runner) -> No
     _, cut = collect(generate(runner, text_prompt, GREEDY, max_tokens=8, truncate=True, return_prompt_ids=True))
     words = runner_text(runner, cut.prompt_ids)
     assert cut.prompt_tokens == 256 - 8 and words.endswith("END") and "START" not in words
+    one = [{"role": "user", "content": "word " * 400}]  # one turn: nothing to drop
+    with pytest.raises(ContextOverflowError, match="its last turn alone does not fit even truncated"):
+        collect(generate(runner, one, GREEDY, max_tokens=8, truncate=True))
 
 
 def runner_text(runner: Runner, ids: tuple[int, ...]) -> str:

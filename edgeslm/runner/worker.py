@@ -96,10 +96,12 @@ def _handle(raw: bytes, model: Any, batch: Any, waiting: deque[_Request], runnin
         if len(tokens) >= batch.ctx_per_slot and msg.get("truncate"):
             tokens = truncated(model, msg, tokens, batch.ctx_per_slot)
         if len(tokens) >= batch.ctx_per_slot:
+            ways = ("its last turn alone does not fit even truncated: shorten it" if msg.get("truncate") else
+                    "nothing was cut: shorten it, ask for truncation (Ollama: \"truncate\": true; OpenAI: "
+                    "\"truncation\": \"auto\")")
             raise ContextOverflowError(
                 f"the prompt has {len(tokens):,} tokens but the context holds {batch.ctx_per_slot:,} per request; "
-                "nothing was cut: shorten it, ask for truncation (Ollama: \"truncate\": true; OpenAI: "
-                "\"truncation\": \"auto\"), or restart the server with a larger context per slot "
+                f"{ways}, or restart the server with a larger context per slot "
                 f"('edgeslm serve --ctx {_room_for(len(tokens))}')", params="num_ctx"
             )
         room = batch.ctx_per_slot - len(tokens)
