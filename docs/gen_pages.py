@@ -40,7 +40,7 @@ NEXT_STEP: dict[type[errors.EdgeslmError], str] = {
     errors.RunnerTimeoutError: "The runner missed its deadline and was stopped; retry, or lower `--parallel`.",
     errors.CapacityError: "No memory or slot free now: retry later, unload a model, or lower `--ctx`.",
     errors.OverBudgetError: "The model's memory plan is larger than it may use: `edgeslm plan` shows the parts; "
-                            "fewer slots, a smaller `--ctx`, `--kv-type q8_0`, a smaller variant or more `--max-memory`.",
+    "fewer slots, a smaller `--ctx`, `--kv-type q8_0`, a smaller variant or more `--max-memory`.",
     errors.AbortedError: "You declined the confirmation; pass `-y` to skip it.",
     errors.AuthenticationError: "Send a key: `Authorization: Bearer KEY` (`edgeslm keys add`).",
     errors.PermissionDeniedError: "The key's role may not do this, or the Host/Origin is not allowed.",
