@@ -104,12 +104,17 @@ def native_tools(url: str, model: str, args: argparse.Namespace) -> tuple[dict[s
     return answers, time.perf_counter() - start
 
 
-def humaneval_row(model: str, mine: dict[str, Any], theirs: dict[str, Any], times: tuple[float, float]) -> str:
+def minutes(seconds: float, slots: int) -> str:
+    return f"{seconds / 60:.1f} min ({slots} slots)"
+
+
+def humaneval_row(model: str, mine: dict[str, Any], theirs: dict[str, Any], times: tuple[float, float],
+                  slots: int) -> str:
     """One model's row; ``theirs`` empty where llama-server was not asked (``--native-tasks``)."""
     n = len(mine)
     if not theirs:
         cells = [model, f"{100 * sum(a['passed'] for a in mine.values()) / n:.1f} ({n})", "not run",
-                 f"{AUTHORS.get(model, float('nan')):.1f}", "—", "—", f"{times[0] / 60:.1f} min", "—"]
+                 f"{AUTHORS.get(model, float('nan')):.1f}", "—", "—", minutes(times[0], slots), "—"]
         return "| " + " | ".join(cells) + " |"
     differ = [t for t in mine if mine[t]["passed"] != theirs[t]["passed"]]
     same_text = sum(mine[t]["reply"] == theirs[t]["reply"] for t in mine)
@@ -117,11 +122,11 @@ def humaneval_row(model: str, mine: dict[str, Any], theirs: dict[str, Any], time
     cells = [model, f"{100 * sum(a['passed'] for a in mine.values()) / n:.1f} ({n})",
              f"{100 * sum(a['passed'] for a in theirs.values()) / n:.1f}", f"{AUTHORS.get(model, float('nan')):.1f}",
              f"{len(differ)} ({flips} with different text)", f"{same_text} of {n}",
-             f"{times[0] / 60:.1f} min", f"{times[1] / 60:.1f} min"]
+             minutes(times[0], slots), minutes(times[1], slots)]
     return "| " + " | ".join(cells) + " |"
 
 
-def tools_row(model: str, server: str, answers: dict[str, Any], seconds: float) -> str:
+def tools_row(model: str, server: str, answers: dict[str, Any], seconds: float, slots: int) -> str:
     kinds = {c.id: c.kind for c in tool_calls.load_suite()}
 
     def share(ids: list[str]) -> str:
@@ -129,7 +134,7 @@ def tools_row(model: str, server: str, answers: dict[str, Any], seconds: float) 
 
     cells = [model, server, f"{share(list(answers))} ({len(answers)})"]
     cells += [share([i for i in answers if kinds[i] == kind]) for kind in tool_calls.KINDS]
-    return "| " + " | ".join([*cells, f"{seconds / 60:.1f} min"]) + " |"
+    return "| " + " | ".join([*cells, minutes(seconds, slots)]) + " |"
 
 
 def sandbox_overhead(runs: int = 50) -> str:
@@ -168,12 +173,13 @@ def main() -> None:
             if Task.HUMANEVAL in mine:
                 theirs, seconds = native_humaneval(url, model, args) if Task.HUMANEVAL in native else ({}, 0.0)
                 he_rows.append(humaneval_row(model, mine[Task.HUMANEVAL][0], theirs,
-                                             (mine[Task.HUMANEVAL][1], seconds)))
+                                             (mine[Task.HUMANEVAL][1], seconds), args.slots))
                 tables.write_all(args.write, "task_accuracy.py:humaneval", [*HEADER, *he_rows], merge=1)
             if Task.TOOLS in mine:
-                tool_rows.append(tools_row(model, "edgeslm", *mine[Task.TOOLS]))
+                tool_rows.append(tools_row(model, "edgeslm", *mine[Task.TOOLS], args.slots))
                 if Task.TOOLS in native:
-                    tool_rows.append(tools_row(model, "llama-server --jinja", *native_tools(url, model, args)))
+                    tool_rows.append(tools_row(model, "llama-server --jinja", *native_tools(url, model, args),
+                                               args.slots))
                 tables.write_all(args.write, "task_accuracy.py:tools", [*TOOLS_HEADER, *tool_rows], merge=2)
         print("\n".join([*he_rows, *tool_rows]), file=sys.stderr)
     print(f"HumanEval greedy pass@1 (%), protocol {humaneval.PROTOCOL}, {args.slots} slots, each completion run in "
