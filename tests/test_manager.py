@@ -132,6 +132,17 @@ def test_refused_before_loading_when_it_cannot_fit(models: ModelManager, home: P
             pass
 
 
+def test_the_runner_gets_the_batch_settings_and_the_plan_counts_them(home: Path, models: ModelManager) -> None:
+    default = models.needs(models.resolve("a"))
+    with models.lease("a") as held:
+        assert held.kwargs["batch"] == (None, None) and held.kwargs["kv"] == "f16"
+    small = ModelManager(resolve_settings(home=home), ManagerParams(slots=2, ctx_per_slot=256, batch=(64, True)),
+                         FakeRunner)
+    assert small.needs(small.resolve("a")) < default  # a smaller micro-batch: smaller compute buffers
+    with small.lease("a") as held:
+        assert held.kwargs["batch"] == (64, True)
+
+
 def test_a_dead_runner_is_loaded_again(models: ModelManager) -> None:
     with models.lease("a") as first:
         pass

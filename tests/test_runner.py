@@ -157,6 +157,19 @@ def test_a_killed_runner_fails_only_its_requests(runner: Runner) -> None:
         again.close()
 
 
+@pytest.mark.real_model
+def test_a_runner_decodes_prompts_in_the_micro_batch_it_was_given(builtin_home: Path, home: Path) -> None:
+    shutil.copytree(builtin_home, home, dirs_exist_ok=True)
+    small = Runner("smollm2-135m-instruct", slots=2, ctx_per_slot=256, batch=(16, True))
+    try:
+        assert small.info["n_batch"] == 16
+        text, done = collect(generate(small, "Count from one to twenty: one, two, three, four, five, six, seven",
+                                      GREEDY, max_tokens=8))
+        assert done.prompt_tokens > 16 and done.completion_tokens >= 1 and text  # a prompt over several steps
+    finally:
+        small.close()
+
+
 def test_an_unknown_model_is_refused_at_start(home: Path) -> None:
     with pytest.raises(ModelNotFoundError, match="not found"):
         Runner("no-such-model", slots=1, ctx_per_slot=64)

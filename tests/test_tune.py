@@ -83,3 +83,26 @@ def test_tune_measures_the_runner_and_plan_uses_what_it_kept(builtin_home: Path,
     assert plan["base"] == kept["constants"]["base"]  # the profile's fitted base, not the default
     bad = cli("tune", "no-such-model")
     assert bad.code != 0 and "no-such-model" in bad.err
+
+
+def test_run_bench_and_serve_take_the_profiles_batch_settings_unless_a_flag_says_otherwise(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import argparse
+
+    from edgeslm.cli.tuned import tuned_batch, tuned_threads, ubatch
+    from edgeslm.config import resolve_settings
+
+    settings = resolve_settings(home=tmp_path)
+    flags = argparse.Namespace(threads=None, n_ubatch=None, flash_attn=None)
+    assert tuned_batch(flags, settings) == (None, None) and tuned_threads(flags, settings) is None  # no profile
+    save_profile(tmp_path, DeviceProfile(fingerprint(), __version__, "now", MemoryConstants(), threads=2,
+                                         n_ubatch=128, flash_attn=True))
+    assert tuned_batch(flags, settings) == (128, True) and tuned_threads(flags, settings) == 2
+    given = argparse.Namespace(threads=1, n_ubatch=256, flash_attn="off")
+    assert tuned_batch(given, settings) == (256, False) and tuned_threads(given, settings) == 1
+    monkeypatch.setenv("EDGESLM_NO_PROFILE", "1")
+    assert tuned_batch(flags, settings) == (None, None)
+    for bad in ("0", "9000", "many"):
+        with pytest.raises(argparse.ArgumentTypeError, match="-ub"):
+            ubatch(bad)

@@ -26,6 +26,7 @@ from .chat_loop import chat_loop
 from .draft_flags import add_draft_flags, is_lookup, lookup_config
 from .kv_flags import add_kv_flag
 from .output import print_json, print_table, status
+from .tuned import add_batch_flags, tuned_batch, tuned_threads
 
 Handler = Callable[[argparse.Namespace, Settings], int]
 
@@ -56,6 +57,7 @@ def configure(sub: Any) -> None:
     p.add_argument("--verbose", dest="timings", action="store_true", help="print Ollama-style timings")
     add_draft_flags(p, models=True)
     _add_load_flags(p)
+    add_batch_flags(p)
     # Unset flags take the model's stored parameters (``create``), then llama.cpp's defaults.
     s = SamplingParams()
     p.add_argument("--temperature", type=float, help=f"0 is greedy (default {s.temperature})")
@@ -81,11 +83,7 @@ def configure(sub: Any) -> None:
     p.add_argument("-n", "--n-gen", type=int, default=128)
     p.add_argument("-r", "--repetitions", type=int, default=5)
     p.add_argument("-t", "--threads", type=int)
-    p.add_argument("-ub", "--ubatch-size", dest="n_ubatch", type=int,
-                   help="prompt tokens per forward pass (default: edgeslm tune's, else llama.cpp's 512)")
-    p.add_argument("-fa", "--flash-attn", choices=("on", "off"),
-                   help="flash attention (default: edgeslm tune's, else llama.cpp's choice; a quantized KV cache "
-                        "keeps it on)")
+    add_batch_flags(p)
     add_kv_flag(p, default="f16, as llama-bench")
     add_draft_flags(p, models=True)
     fmt = p.add_mutually_exclusive_group()
@@ -151,8 +149,8 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
     lookup = lookup_config(args, args.draft) if args.draft and is_lookup(args.draft) else None
     store = Store.open(settings.models_dir)  # opened once: the model, its draft
     found, prompt = split_model_and_prompt(args, settings, store)
-    args.threads = args.threads or _profile_threads(settings)  # edgeslm tune's, where it measured this machine
-    ubatch, flash = _profile_batch(settings)  # edgeslm tune's, where it measured
+    args.threads = tuned_threads(args, settings)  # edgeslm tune's, where it measured this machine
+    ubatch, flash = tuned_batch(args, settings)
     model = load(found, ctx=args.ctx, threads=args.threads, settings=settings, kv=args.kv_type, n_ubatch=ubatch,
                  flash_attn=flash)
     draft: LookupConfig | Model | None = lookup
@@ -229,7 +227,7 @@ def _print_timings(model: Model, last: GenerationChunk) -> None:
 
 
 def cmd_embed(args: argparse.Namespace, settings: Settings) -> int:
-    threads = args.threads or _profile_threads(settings)
+    threads = tuned_threads(args, settings)
     model = load(ensure_pulled(args.model, settings), ctx=args.ctx, threads=threads, settings=settings, kv=args.kv_type)
     try:
         vectors = embed(model, args.texts)
@@ -248,11 +246,10 @@ def cmd_bench(args: argparse.Namespace, settings: Settings) -> int:
         draft_model = ensure_pulled(args.draft, settings, store=store)
         draft = {"model": str(draft_model.path), "name": draft_model.name}
     kv = str(args.kv_type) if args.kv_type else "f16"
-    threads = args.threads or _profile_threads(settings)
-    ubatch, flash = _profile_batch(settings)
-    flash = flash if args.flash_attn is None else args.flash_attn == "on"
-    params = BenchParams(args.n_prompt, args.n_gen, args.repetitions, threads, draft, kv_type=kv,
-                         n_ubatch=ubatch if args.n_ubatch is None else args.n_ubatch, flash_attn=flash)
+    threads = tuned_threads(args, settings)
+    ubatch, flash = tuned_batch(args, settings)
+    params = BenchParams(args.n_prompt, args.n_gen, args.repetitions, threads, draft, kv_type=kv, n_ubatch=ubatch,
+                         flash_attn=flash)
     targets = [ensure_pulled(name, settings, store=store) for name in args.models]
     results = bench_models(targets, params)
     if args.format == "json":
@@ -340,14 +337,3 @@ def _bench_csv(results: list[BenchResult]) -> str:
             )
     return out.getvalue()
 
-
-def _profile_threads(settings: Settings) -> int | None:
-    from ..plan.profile import profile_threads  # the profile's reader pulls the GGUF reader: only when running
-
-    return profile_threads(settings.home)
-
-
-def _profile_batch(settings: Settings) -> tuple[int | None, bool | None]:
-    from ..plan.profile import profile_batch
-
-    return profile_batch(settings.home)

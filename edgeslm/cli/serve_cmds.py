@@ -20,6 +20,7 @@ from ..units import format_bytes, parse_bytes
 from .draft_flags import add_draft_flags, serve_drafts
 from .kv_flags import add_kv_flag, serve_kv
 from .output import print_json, print_table, status
+from .tuned import add_batch_flags, tuned_batch, tuned_threads
 
 
 def _size(text: str) -> int:
@@ -45,8 +46,9 @@ def configure(sub: Any) -> None:
                    help="memory for loaded models, by their plans (default: 3/4 of the machine's); a model whose "
                         "plan is larger is refused (HTTP 507), idle models are unloaded to make room")
     p.add_argument("--keep-alive", type=float, default=DEFAULT_KEEP_ALIVE, help="seconds an idle model stays")
-    p.add_argument("--threads", type=int, help="threads per runner (default: physical cores)")
+    p.add_argument("--threads", type=int, help="threads per runner (default: edgeslm tune's, else physical cores)")
     add_kv_flag(p, per_model=True)
+    add_batch_flags(p)
     p.add_argument("--cors-origin", action="append", default=[], help="a browser origin allowed to call (repeat)")
     p.add_argument("--allow-host", action="append", default=[], help="a Host name accepted on loopback (repeat)")
     p.add_argument("--max-body", type=_size, default=MAX_BODY, help="largest request body (default 8MiB)")
@@ -85,10 +87,11 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
         host=args.host, port=args.port, api_keys=args.api_keys, audit_log=args.audit_log,
         audit_prompts=args.audit_prompts, parallel=args.parallel, ctx=args.ctx, max_loaded=args.max_loaded,
         memory=args.memory, queue=args.queue, keep_alive=args.keep_alive,
-        threads=args.threads or _profile_threads(settings),
+        threads=tuned_threads(args, settings),
         cors_origins=tuple(args.cors_origin), allowed_hosts=tuple(args.allow_host), max_body=args.max_body,
         preload=args.preload or None, pin=tuple(args.pin), prompt_cache=args.prompt_cache,
         load_timeout=args.load_timeout, draft=serve_drafts(args), kv=serve_kv(args.kv_type),
+        batch=tuned_batch(args, settings),
     )
     check_options(options)
     if args.ray:
@@ -151,8 +154,3 @@ def cmd_ps(args: argparse.Namespace, settings: Settings) -> int:
         print("no models loaded", file=sys.stderr)
     return 0
 
-
-def _profile_threads(settings: Settings) -> int | None:
-    from ..plan.profile import profile_threads  # the profile's reader pulls the GGUF reader: not for 'ps --help'
-
-    return profile_threads(settings.home)

@@ -306,16 +306,19 @@ BATCH_DECODERS = {
 
 
 def open_batch(engine: Engine, slots: int, ctx_per_slot: int, *, reuse: bool = True,
-               draft: Any = None) -> BatchDecoderLike:
+               draft: Any = None, n_batch: int | None = None) -> BatchDecoderLike:
     """The batch decoder of ``engine``'s runtime, for ``slots`` concurrent generations; ``draft``
-    (a ``LookupConfig``): speculative decoding where the runtime has it (llama.cpp)."""
+    (a ``LookupConfig``): speculative decoding where the runtime has it (llama.cpp); ``n_batch``:
+    tokens per step (llama.cpp: its batch and micro-batch; None: 512)."""
     try:
         module, cls = BATCH_DECODERS[engine.name]
     except KeyError:
         raise EngineError(f"the {engine.name} engine cannot serve (no batch decoder)") from None
-    extra = {"draft": draft} if draft is not None and engine.name == "llama.cpp" else {}
+    extra: dict[str, Any] = {"draft": draft} if draft is not None and engine.name == "llama.cpp" else {}
     if draft is not None and not extra:
         log.info("speculative decoding is not available with %s models: %s decodes plainly", engine.name, engine.name)
+    if n_batch is not None and engine.name == "llama.cpp":
+        extra["n_batch"] = n_batch
     decoder: BatchDecoderLike = getattr(importlib.import_module(f"{__package__}.{module}"), cls)(
         engine, slots, ctx_per_slot, reuse=reuse, **extra
     )

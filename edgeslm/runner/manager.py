@@ -22,7 +22,7 @@ from typing import Any
 from ..config import DEFAULT_ENGINE, DEFAULT_KEEP_ALIVE, Settings
 from ..errors import CapacityError, EdgeslmError, EngineError, InvalidNameError, InvalidParameterError, OverBudgetError
 from ..formats.kv_cache import KVCache, kv_cache_for
-from ..formats.model_info import estimate_memory
+from ..formats.model_info import DEFAULT_UBATCH, estimate_memory
 from ..plan.memory import MemoryPlan, over_budget, plan_memory
 from ..plan.profile import memory_constants
 from ..pull import ensure_pulled
@@ -55,6 +55,7 @@ class ManagerParams:
     pinned: tuple[str, ...] = ()  # models kept loaded through keep_alive and eviction (serve --pin)
     draft: tuple[tuple[str, LookupConfig], ...] = ()  # prompt lookup per model ("*": every one; serve --draft)
     kv: tuple[tuple[str, KVCache], ...] = ()  # KV cache type per model ("*": every llama.cpp one; serve --kv-type)
+    batch: tuple[int | None, bool | None] = (None, None)  # llama.cpp's micro-batch, flash attention (tune's, -ub, -fa)
 
 
 @dataclass
@@ -136,7 +137,8 @@ class ModelManager:
             p = self.params
             if model.engine(self.settings.engine) == DEFAULT_ENGINE:  # the measured plan: file header only
                 plan = plan_memory(model.path, model.name, ctx_per_slot=p.ctx_per_slot, slots=p.slots,
-                                   kv=self.kv_cache(model), constants=self.constants)
+                                   kv=self.kv_cache(model), n_ubatch=p.batch[0] or DEFAULT_UBATCH,
+                                   constants=self.constants)
                 memory = plan.total + model.adapter_bytes
                 self._plans[model.key] = plan
             else:
@@ -210,7 +212,7 @@ class ModelManager:
             runner = self.factory(
                 entry.model, slots=p.slots, ctx_per_slot=p.ctx_per_slot, threads=p.threads,
                 home=str(self.settings.home), prompt_cache=p.prompt_cache, load_timeout=p.load_timeout,
-                **self._draft_args(entry.name), **self._kv_args(entry.model),
+                **self._draft_args(entry.name), **self._llama_args(entry.model),
             )
         except BaseException as exc:
             with self._lock:
@@ -228,9 +230,12 @@ class ModelManager:
         config = self.drafts.get(name, self.drafts.get("*"))
         return {"draft": config.as_args()} if config is not None else {}
 
-    def _kv_args(self, model: ResolvedModel) -> dict[str, Any]:
-        """The runner's KV cache, decided here once (llama.cpp only: other runtimes keep their own)."""
-        return {"kv": str(self.kv_cache(model))} if model.engine(self.settings.engine) == DEFAULT_ENGINE else {}
+    def _llama_args(self, model: ResolvedModel) -> dict[str, Any]:
+        """The runner's KV cache, micro-batch and flash attention, decided here once (llama.cpp only:
+        other runtimes keep their own)."""
+        if model.engine(self.settings.engine) != DEFAULT_ENGINE:
+            return {}
+        return {"kv": str(self.kv_cache(model)), "batch": self.params.batch}
 
     def release(self, held: Lease) -> None:
         retired: list[_Loaded] = []

@@ -146,6 +146,7 @@ class Runner:
         embed_timeout: float = EMBED_TIMEOUT,
         draft: dict[str, Any] | None = None,  # prompt-lookup speculative decoding (LookupConfig.as_args())
         kv: str | None = None,  # the KV cache type (KVCache's spelling); None: the model's own or F16
+        batch: tuple[int | None, bool | None] = (None, None),  # llama.cpp's micro-batch, flash attention
         worker: Sequence[str] = WORKER,  # the command that starts the worker (tests start fakes)
     ) -> None:
         name = model if isinstance(model, str) else model.name
@@ -153,7 +154,7 @@ class Runner:
         args = json.dumps({
             "name": name, "model": None if isinstance(model, str) else model.to_dict(), "slots": slots,
             "ctx_per_slot": ctx_per_slot, "threads": threads, "home": home, "prompt_cache": prompt_cache,
-            "draft": draft, "kv": kv,
+            "draft": draft, "kv": kv, "n_ubatch": batch[0], "flash_attn": batch[1],
         })
         self._proc = subprocess.Popen(
             [*worker, args], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,

@@ -49,11 +49,15 @@ class _Request:
 
 
 def serve(name: str | ResolvedModel, slots: int, ctx_per_slot: int, threads: int | None, home: str | None, reuse: bool,
-          draft: LookupConfig | None = None, kv: KVCache | None = None) -> None:
+          draft: LookupConfig | None = None, kv: KVCache | None = None,
+          batching: tuple[int | None, bool | None] = (None, None)) -> None:
     settings = resolve_settings(home=home, offline=True)
-    model = load(name, ctx=min(ctx_per_slot, 512), threads=threads, settings=settings, kv=kv, check_memory=False)
-    batch = open_batch(model.engine, slots, ctx_per_slot, reuse=reuse, draft=draft)
-    ready = {"op": "ready", "name": model.name, "slots": slots, "ctx_per_slot": ctx_per_slot, "pid": os.getpid()}
+    ubatch, flash = batching
+    model = load(name, ctx=min(ctx_per_slot, 512), threads=threads, settings=settings, kv=kv, check_memory=False,
+                 n_ubatch=ubatch, flash_attn=flash)
+    batch = open_batch(model.engine, slots, ctx_per_slot, reuse=reuse, draft=draft, n_batch=ubatch)
+    ready = {"op": "ready", "name": model.name, "slots": slots, "ctx_per_slot": ctx_per_slot, "pid": os.getpid(),
+             "n_batch": getattr(batch, "n_batch", None)}
     send({**ready, "n_vocab": model.engine.n_vocab, "chat": model.has_chat_template})
     lines, waiting, running = LineReader(sys.stdin.fileno()), deque[_Request](), dict[str, _Request]()
     while not lines.closed:
@@ -266,7 +270,8 @@ def main() -> None:
         model = ResolvedModel.from_dict(args["model"]) if args.get("model") else name  # resolved: no store lookup
         draft = LookupConfig(**args["draft"]) if args.get("draft") else None
         kv = KVCache.parse(args["kv"]) if args.get("kv") else None
-        serve(model, slots, ctx, threads, home, args.get("prompt_cache", True), draft, kv)
+        serve(model, slots, ctx, threads, home, args.get("prompt_cache", True), draft, kv,
+              (args.get("n_ubatch"), args.get("flash_attn")))
     except EdgeslmError as exc:
         send(error_message(exc, "failed"))
         sys.exit(1)

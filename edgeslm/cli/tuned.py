@@ -1,0 +1,50 @@
+"""What ``edgeslm tune`` measured best on this machine (the device profile), as the defaults of
+``run``, ``bench`` and ``serve``, and the flags that override it. ``EDGESLM_NO_PROFILE=1`` ignores
+the profile (llama.cpp's own defaults)."""
+
+from __future__ import annotations
+
+import argparse
+
+from ..config import Settings
+
+MAX_UBATCH = 8192
+
+
+def add_batch_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-ub", "--ubatch-size", dest="n_ubatch", type=ubatch, metavar="N",
+                   help="prompt tokens per forward pass (default: edgeslm tune's, else llama.cpp's 512)")
+    p.add_argument("-fa", "--flash-attn", choices=("on", "off"),
+                   help="flash attention (default: edgeslm tune's, else llama.cpp's choice; a quantized KV cache "
+                        "keeps it on)")
+
+
+def ubatch(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"-ub {text!r} is not a whole number") from None
+    if not 1 <= value <= MAX_UBATCH:
+        raise argparse.ArgumentTypeError(f"-ub {value} is out of range; valid: 1 to {MAX_UBATCH:,}")
+    return value
+
+
+def tuned_threads(args: argparse.Namespace, settings: Settings) -> int | None:
+    """``--threads``, else the profile's, else None (llama.cpp's choice: the physical cores)."""
+    if getattr(args, "threads", None):
+        return int(args.threads)
+    from ..plan.profile import profile_threads  # the profile's reader pulls the GGUF reader: only when running
+
+    return profile_threads(settings.home)
+
+
+def tuned_batch(args: argparse.Namespace, settings: Settings) -> tuple[int | None, bool | None]:
+    """(micro-batch, flash attention): ``-ub``/``-fa``, else the profile's, else None each."""
+    from ..plan.profile import profile_batch
+
+    ubatch, flash = profile_batch(settings.home)
+    if getattr(args, "n_ubatch", None) is not None:
+        ubatch = args.n_ubatch
+    if getattr(args, "flash_attn", None) is not None:
+        flash = args.flash_attn == "on"
+    return ubatch, flash
