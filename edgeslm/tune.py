@@ -61,8 +61,10 @@ class Tuned:
     batch_speed: tuple[BatchRun, ...] = ()  # per micro-batch × flash attention, and llama.cpp's defaults
 
 
-def measured_peak(model: ResolvedModel, home: str, slots: int, ctx: int, kv: str = "f16") -> int:
-    """The runner's peak resident memory (VmHWM) after a full micro-batch of prefill and 8 tokens."""
+def measured_peak(model: ResolvedModel, home: str, slots: int, ctx: int, kv: str | None = "f16",
+                  requests: int = 1) -> int:
+    """The runner's peak resident memory (VmHWM) after ``requests`` concurrent requests, each a full
+    micro-batch of prefill and 8 tokens (``kv``: None on a runtime that keeps its own cache type)."""
     from .runner.messages import Job
     from .runner.process import Runner
 
@@ -70,11 +72,14 @@ def measured_peak(model: ResolvedModel, home: str, slots: int, ctx: int, kv: str
     try:
         ids = list(range(1000, 1000 + min(ctx - 16, 600)))  # token ids: a full micro-batch where the slot holds it
 
-        async def ask() -> None:
-            async for _ in runner.agenerate(Job(ids, SamplingParams(temperature=0), 8)):
+        async def ask(n: int) -> None:
+            async for _ in runner.agenerate(Job([*ids[:-1], ids[-1] + n], SamplingParams(temperature=0), 8)):
                 pass
 
-        asyncio.run(ask())
+        async def all_of() -> None:
+            await asyncio.gather(*(ask(n) for n in range(requests)))
+
+        asyncio.run(all_of())
         with open(f"/proc/{runner.pid}/status") as fp:
             return next(int(line.split()[1]) * 1024 for line in fp if line.startswith("VmHWM:"))
     finally:
