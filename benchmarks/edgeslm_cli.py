@@ -14,10 +14,11 @@ BUILD_TIMEOUT_S = 3600  # building llama.cpp's tools takes about 20 minutes on 2
 NO_AMX = "-mno-amx-tile -mno-amx-int8 -mno-amx-bf16"  # as the Makefile's NO_AMX: those kernels crash on F16 here
 
 
-def edgeslm(home: Path, *args: str) -> str:
-    """stdout of ``edgeslm --home HOME ARGS…``; exits with its stderr's tail when it fails."""
+def edgeslm(home: Path, *args: str, env: dict[str, str] | None = None) -> str:
+    """stdout of ``edgeslm --home HOME ARGS…`` (``env``: added to this environment); exits with its
+    stderr's tail when it fails."""
     command = [sys.executable, "-m", "edgeslm", "--home", str(home), *args]
-    done = subprocess.run(command, capture_output=True, text=True, timeout=TIMEOUT_S)
+    done = subprocess.run(command, capture_output=True, text=True, timeout=TIMEOUT_S, env={**os.environ, **(env or {})})
     if done.returncode != 0:
         raise SystemExit(f"edgeslm {' '.join(args)} failed: {done.stderr[-2000:]}")
     return done.stdout

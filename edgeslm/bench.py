@@ -49,6 +49,7 @@ class BenchParams:
     kv_type: str = "f16"  # the KV cache (KVCache's spelling), as llama-bench's -ctk/-ctv
     n_ubatch: int | None = None  # prompt tokens per forward pass (None: llama.cpp's 512), as llama-bench's -ub
     flash_attn: bool | None = None  # None: what the KV type needs, else llama.cpp's choice; as llama-bench's -fa
+    use_mmap: bool = True  # map the file (llama.cpp's default) or read it into memory; as llama-bench's -mmp
 
     def __post_init__(self) -> None:
         KVCache.parse(self.kv_type)
@@ -135,7 +136,8 @@ def measure(path: str, params: BenchParams, engine_name: str = DEFAULT_ENGINE) -
     ubatch = params.n_ubatch or LoadParams.n_ubatch
     load = LoadParams(n_ctx=n_ctx, n_threads=params.threads, adapters=adapters, kv=KVCache.parse(params.kv_type),
                       n_batch=max(LoadParams.n_batch, ubatch), n_ubatch=ubatch,
-                      flash_attn=params.flash_attn if KVCache.parse(params.kv_type).flash_attention is None else None)
+                      flash_attn=params.flash_attn if KVCache.parse(params.kv_type).flash_attention is None else None,
+                      use_mmap=params.use_mmap)
     engine = open_engine(engine_name, Path(path), load)
     load_seconds = time.perf_counter() - start
     if params.draft is not None and engine.name != "llama.cpp":  # before anything is timed

@@ -19,7 +19,7 @@ from typing import Any
 
 from .chat import render_chat
 from .config import DEFAULT_CONTEXT, DEFAULT_ENGINE, DEFAULT_MODEL, Settings, resolve_settings
-from .engines.base import MAX_CONTEXT, Engine, LoadParams, SamplingParams, open_engine
+from .engines.base import MAX_CONTEXT, Engine, LoadParams, SamplingParams, Tuning, open_engine
 from .errors import ChatTemplateError, ContextOverflowError, InvalidParameterError, ModelNotFoundError
 from .formats.kv_cache import KVCache, kv_cache_for
 from .formats.model_info import ModelInfo
@@ -171,16 +171,15 @@ def load(
     settings: Settings | None = None,
     kv: KVCache | None = None,
     check_memory: bool = True,
-    n_ubatch: int | None = None,
-    flash_attn: bool | None = None,
+    tuning: Tuning | None = None,
 ) -> Model:
     """Load a stored model (or a .gguf file), by name or as resolved already, into an engine
     (default: the configured one). The KV cache: ``kv``, else the model's ``PARAMETER kv_type``,
     else ``EDGESLM_KV_CACHE_TYPE`` (llama.cpp models only), else F16. A llama.cpp model whose
     memory plan is larger than what the machine has available is refused before it loads
-    (``check_memory``; the server's runners skip it: the server checked its own budget). ``n_ubatch``
-    and ``flash_attn`` (``edgeslm tune``'s, where it measured): llama.cpp only; a KV type that needs
-    flash attention on or off keeps it so."""
+    (``check_memory``; the server's runners skip it: the server checked its own budget). ``tuning``
+    (``edgeslm tune``'s, where it measured; flags): llama.cpp only; a KV type that needs flash
+    attention on or off keeps it so."""
     settings = settings or resolve_settings()
     found = name_or_path if isinstance(name_or_path, ResolvedModel) else resolve_model(name_or_path, settings)
     stored = found.defaults.get("parameters") or {}  # a created model's PARAMETER lines
@@ -192,12 +191,11 @@ def load(
         from .plan.memory import check_available
         from .plan.profile import memory_constants
 
-        check_available(found, ctx=n_ctx, kv=kv, constants=memory_constants(settings.home), available=available_ram())
+        check_available(found, ctx=n_ctx, kv=kv, constants=memory_constants(settings.home), available=available_ram(),
+                        tuning=tuning)
     start = time.perf_counter()
-    ubatch = n_ubatch or LoadParams.n_ubatch
-    params = LoadParams(n_ctx=n_ctx, n_threads=threads, adapters=found.adapters, kv=kv,
-                        n_batch=max(LoadParams.n_batch, ubatch), n_ubatch=ubatch,
-                        flash_attn=flash_attn if kv.flash_attention is None and runtime == DEFAULT_ENGINE else None)
+    given: dict[str, Any] = {"n_ctx": n_ctx, "n_threads": threads, "adapters": found.adapters, "kv": kv}
+    params = (tuning or Tuning()).load_params(**given) if runtime == DEFAULT_ENGINE else LoadParams(**given)
     loaded = open_engine(runtime, found.path, params)
     seconds = time.perf_counter() - start
     log.info("loaded %s in %.2f s", found.name, seconds)

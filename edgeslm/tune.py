@@ -25,7 +25,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, replace
 
 from .bench import BenchParams, bench_models
-from .engines.base import SamplingParams, physical_cores
+from .engines.base import SamplingParams, Tuning, physical_cores
 from .formats.kv_cache import KVCache
 from .plan.memory import MemoryConstants, MemoryPlan, plan_memory
 from .plan.profile import DeviceProfile, fingerprint
@@ -52,6 +52,17 @@ class BatchRun:
 
 
 @dataclass(frozen=True)
+class MmapRun:
+    """The model mapped (llama.cpp's default) or read into memory: load time, peak memory, speed."""
+
+    mmap: bool
+    load_seconds: float
+    peak: int  # bytes: the bench process's peak resident set
+    pp: float
+    tg: float
+
+
+@dataclass(frozen=True)
 class Tuned:
     profile: DeviceProfile
     notes: tuple[str, ...]  # what to know about the measurements (busy machine, noisy runs, what was fitted)
@@ -59,16 +70,17 @@ class Tuned:
     speed: tuple[dict[str, float], ...]  # per thread count: pp and tg tok/s
     kv_speed: tuple[dict[str, object], ...] = ()  # per KV cache type: pp and tg tok/s at the best thread count
     batch_speed: tuple[BatchRun, ...] = ()  # per micro-batch × flash attention, and llama.cpp's defaults
+    mmap_runs: tuple[MmapRun, ...] = ()  # mapped, then read into memory
 
 
 def measured_peak(model: ResolvedModel, home: str, slots: int, ctx: int, kv: str | None = "f16",
-                  requests: int = 1) -> int:
+                  requests: int = 1, tuning: Tuning | None = None) -> int:
     """The runner's peak resident memory (VmHWM) after ``requests`` concurrent requests, each a full
     micro-batch of prefill and 8 tokens (``kv``: None on a runtime that keeps its own cache type)."""
     from .runner.messages import Job
     from .runner.process import Runner
 
-    runner = Runner(model, slots=slots, ctx_per_slot=ctx, home=home, kv=kv)
+    runner = Runner(model, slots=slots, ctx_per_slot=ctx, home=home, kv=kv, tuning=tuning)
     try:
         ids = list(range(1000, 1000 + min(ctx - 16, 600)))  # token ids: a full micro-batch where the slot holds it
 
@@ -129,6 +141,8 @@ def tune(models: Sequence[ResolvedModel], home: str, *, speed: bool = True,
     batch_speed: list[BatchRun] = []
     threads = threads_batch = n_ubatch = None
     flash_attn: bool | None = None
+    use_mmap: bool | None = None
+    mmap_runs: list[MmapRun] = []
     if speed:
         speeds, noisy = _thread_sweep(models[0], say)
         threads = int(max(speeds, key=lambda s: s["tg"])["threads"])
@@ -140,13 +154,16 @@ def tune(models: Sequence[ResolvedModel], home: str, *, speed: bool = True,
         notes += noisy
         best = max((b for b in batch_speed if not b.default), key=lambda b: b.pp * b.tg)
         n_ubatch, flash_attn = best.ubatch, best.flash_attn
+        mmap_runs, noisy = _mmap_sweep(models[0], threads, say)
+        notes += noisy
+        use_mmap = choose_mmap(mmap_runs)
     notes = [n for n in [*notes, busy_note("after")] if n]
     measurements = tuple({"model": p.model, "slots": p.slots, "ctx": p.ctx_per_slot, "peak": peak,
                           "predicted": p.total} for p, peak in fitted) + tuple(speeds) + tuple(kv_speed) \
-        + tuple(asdict(b) for b in batch_speed)
+        + tuple(asdict(b) for b in batch_speed) + tuple(asdict(m) for m in mmap_runs)
     profile = DeviceProfile(fingerprint(), __version__, now_iso(), constants, threads, threads_batch, measurements,
-                            n_ubatch, flash_attn)
-    return Tuned(profile, tuple(notes), fitted, tuple(speeds), tuple(kv_speed), tuple(batch_speed))
+                            n_ubatch, flash_attn, use_mmap)
+    return Tuned(profile, tuple(notes), fitted, tuple(speeds), tuple(kv_speed), tuple(batch_speed), tuple(mmap_runs))
 
 
 def _thread_sweep(model: ResolvedModel, say: Callable[[str], None]) -> tuple[list[dict[str, float]], list[str]]:
@@ -206,6 +223,33 @@ def _batch_sweep(model: ResolvedModel, threads: int, say: Callable[[str], None])
         noisy += [f"{t.test} with {label} varied {100 * t.stdev / t.mean:.0f} % between repetitions: the machine is "
                   "busy or throttling" for t in result.tests if t.mean and t.stdev / t.mean > NOISY_SPREAD]
     return out, noisy
+
+
+def _mmap_sweep(model: ResolvedModel, threads: int, say: Callable[[str], None]) -> tuple[list[MmapRun], list[str]]:
+    """pp512 and tg32, load time and peak memory with the file mapped and read into memory."""
+    out, noisy = [], []
+    for mmap in (True, False):
+        label = "the file mapped" if mmap else "the file read into memory"
+        say(f"speed and memory: {model.name}, {label}")
+        result = bench_models([model], BenchParams(n_prompt=512, n_gen=32, repetitions=2, threads=threads,
+                                                   use_mmap=mmap))[0]
+        by_test = {t.test[:2]: t for t in result.tests}
+        out.append(MmapRun(mmap, result.load_seconds, result.peak_rss, by_test["pp"].mean, by_test["tg"].mean))
+        noisy += [f"{t.test} with {label} varied {100 * t.stdev / t.mean:.0f} % between repetitions: the machine is "
+                  "busy or throttling" for t in result.tests if t.mean and t.stdev / t.mean > NOISY_SPREAD]
+    return out, noisy
+
+
+MMAP_SAVING = 0.05  # reading the file in is kept when it holds this much less memory at the peak …
+MMAP_SLOWER = 0.05  # … and is not this much slower (pp × tg)
+
+
+def choose_mmap(runs: Sequence[MmapRun]) -> bool:
+    """Read the file into memory where that holds clearly less (llama.cpp repacks weights from a
+    mapped file into a copy beside it) at no clear cost in speed; else map it, llama.cpp's default."""
+    mapped, read = (next(r for r in runs if r.mmap is m) for m in (True, False))
+    saves = read.peak < mapped.peak * (1 - MMAP_SAVING)
+    return not (saves and read.pp * read.tg >= mapped.pp * mapped.tg * (1 - MMAP_SLOWER))
 
 
 def busy_note(when: str) -> str:

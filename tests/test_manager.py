@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from edgeslm.config import resolve_settings
+from edgeslm.engines.base import Tuning
 from edgeslm.errors import CapacityError, EngineError, ModelNotFoundError, OverBudgetError, http_status_for
 from edgeslm.runner import LOAD_TIMEOUT
 from edgeslm.runner import manager as manager_module
@@ -135,12 +136,13 @@ def test_refused_before_loading_when_it_cannot_fit(models: ModelManager, home: P
 def test_the_runner_gets_the_batch_settings_and_the_plan_counts_them(home: Path, models: ModelManager) -> None:
     default = models.needs(models.resolve("a"))
     with models.lease("a") as held:
-        assert held.kwargs["batch"] == (None, None) and held.kwargs["kv"] == "f16"
-    small = ModelManager(resolve_settings(home=home), ManagerParams(slots=2, ctx_per_slot=256, batch=(64, True)),
+        assert held.kwargs["tuning"] == Tuning() and held.kwargs["kv"] == "f16"
+    given = Tuning(64, True, False)
+    small = ModelManager(resolve_settings(home=home), ManagerParams(slots=2, ctx_per_slot=256, tuning=given),
                          FakeRunner)
     assert small.needs(small.resolve("a")) < default  # a smaller micro-batch: smaller compute buffers
     with small.lease("a") as held:
-        assert held.kwargs["batch"] == (64, True)
+        assert held.kwargs["tuning"] == given
 
 
 def test_a_dead_runner_is_loaded_again(models: ModelManager) -> None:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from edgeslm.engines.base import SamplingParams
+from edgeslm.engines.base import SamplingParams, Tuning
 from edgeslm.errors import ContextOverflowError, EngineError, InvalidParameterError, ModelNotFoundError
 from edgeslm.generation import generate as generate_locally
 from edgeslm.generation import load
@@ -160,7 +160,7 @@ def test_a_killed_runner_fails_only_its_requests(runner: Runner) -> None:
 @pytest.mark.real_model
 def test_a_runner_decodes_prompts_in_the_micro_batch_it_was_given(builtin_home: Path, home: Path) -> None:
     shutil.copytree(builtin_home, home, dirs_exist_ok=True)
-    small = Runner("smollm2-135m-instruct", slots=2, ctx_per_slot=256, batch=(16, True))
+    small = Runner("smollm2-135m-instruct", slots=2, ctx_per_slot=256, tuning=Tuning(16, True, False))
     try:
         assert small.info["n_batch"] == 16
         text, done = collect(generate(small, "Count from one to twenty: one, two, three, four, five, six, seven",

@@ -15,7 +15,7 @@ import pytest
 from edgeslm import __version__
 from edgeslm.plan.memory import MemoryConstants, MemoryPlan
 from edgeslm.plan.profile import DeviceProfile, fingerprint, load_profile, memory_constants, save_profile
-from edgeslm.tune import fit
+from edgeslm.tune import MmapRun, choose_mmap, fit
 
 from .conftest import CliResult
 
@@ -69,7 +69,7 @@ def test_tune_measures_the_runner_and_plan_uses_what_it_kept(builtin_home: Path,
     assert out.code == 0, out.err
     kept = json.loads(out.out)
     assert Path(kept["path"]).is_file() and kept["machine"] == fingerprint()
-    probes = [m for m in kept["measurements"] if "peak" in m]
+    probes = [m for m in kept["measurements"] if "slots" in m]
     assert len(probes) == 2 and all(abs(m["predicted"] / m["peak"] - 1) < 0.05 for m in probes)
     speeds = [m for m in kept["measurements"] if "threads" in m]
     assert speeds and all(s["pp"] > 0 and s["tg"] > 0 for s in speeds) and kept["threads"] >= 1
@@ -79,30 +79,41 @@ def test_tune_measures_the_runner_and_plan_uses_what_it_kept(builtin_home: Path,
     best = max((m for m in batches if not m["default"]), key=lambda m: m["pp"] * m["tg"])
     assert (kept["n_ubatch"], kept["flash_attn"]) == (best["ubatch"], best["flash_attn"])
     assert set(kv) == {"f16", "q8_0", "q4_0"} and all(m["pp"] > 0 and m["tg"] > 0 for m in kv.values())
+    files = {m["mmap"]: MmapRun(**m) for m in kept["measurements"] if "mmap" in m}  # mapped and read in
+    assert set(files) == {True, False} and all(r.peak > 0 and r.pp > 0 and r.load_seconds > 0 for r in files.values())
+    assert kept["use_mmap"] is choose_mmap(list(files.values()))
     plan = json.loads(cli("plan", "smollm2-135m-instruct", "--json").out)
     assert plan["base"] == kept["constants"]["base"]  # the profile's fitted base, not the default
     bad = cli("tune", "no-such-model")
     assert bad.code != 0 and "no-such-model" in bad.err
 
 
-def test_run_bench_and_serve_take_the_profiles_batch_settings_unless_a_flag_says_otherwise(
+def test_the_file_is_read_in_only_where_that_clearly_holds_less_at_no_clear_cost() -> None:
+    mapped = MmapRun(True, 0.1, 1000, 100.0, 20.0)
+    assert choose_mmap([mapped, MmapRun(False, 0.2, 800, 99.0, 20.0)]) is False  # 20 % less, 1 % slower
+    assert choose_mmap([mapped, MmapRun(False, 0.2, 980, 100.0, 20.0)]) is True  # 2 % less: not worth it
+    assert choose_mmap([mapped, MmapRun(False, 0.2, 800, 80.0, 20.0)]) is True  # 20 % slower prompts
+
+
+def test_run_bench_and_serve_take_the_profiles_tuning_unless_a_flag_says_otherwise(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     import argparse
 
-    from edgeslm.cli.tuned import tuned_batch, tuned_threads, ubatch
+    from edgeslm.cli.tuned import tuned_threads, tuning, ubatch
     from edgeslm.config import resolve_settings
+    from edgeslm.engines.base import Tuning
 
     settings = resolve_settings(home=tmp_path)
-    flags = argparse.Namespace(threads=None, n_ubatch=None, flash_attn=None)
-    assert tuned_batch(flags, settings) == (None, None) and tuned_threads(flags, settings) is None  # no profile
+    flags = argparse.Namespace(threads=None, n_ubatch=None, flash_attn=None, mmap=None)
+    assert tuning(flags, settings) == Tuning() and tuned_threads(flags, settings) is None  # no profile
     save_profile(tmp_path, DeviceProfile(fingerprint(), __version__, "now", MemoryConstants(), threads=2,
-                                         n_ubatch=128, flash_attn=True))
-    assert tuned_batch(flags, settings) == (128, True) and tuned_threads(flags, settings) == 2
-    given = argparse.Namespace(threads=1, n_ubatch=256, flash_attn="off")
-    assert tuned_batch(given, settings) == (256, False) and tuned_threads(given, settings) == 1
+                                         n_ubatch=128, flash_attn=True, use_mmap=False))
+    assert tuning(flags, settings) == Tuning(128, True, False) and tuned_threads(flags, settings) == 2
+    given = argparse.Namespace(threads=1, n_ubatch=256, flash_attn="off", mmap="on")
+    assert tuning(given, settings) == Tuning(256, False, True) and tuned_threads(given, settings) == 1
     monkeypatch.setenv("EDGESLM_NO_PROFILE", "1")
-    assert tuned_batch(flags, settings) == (None, None)
+    assert tuning(flags, settings) == Tuning()
     for bad in ("0", "9000", "many"):
         with pytest.raises(argparse.ArgumentTypeError, match="-ub"):
             ubatch(bad)

@@ -26,7 +26,7 @@ from .chat_loop import chat_loop
 from .draft_flags import add_draft_flags, is_lookup, lookup_config
 from .kv_flags import add_kv_flag
 from .output import print_json, print_table, status
-from .tuned import add_batch_flags, tuned_batch, tuned_threads
+from .tuned import add_batch_flags, tuned_threads, tuning
 
 Handler = Callable[[argparse.Namespace, Settings], int]
 
@@ -150,9 +150,8 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
     store = Store.open(settings.models_dir)  # opened once: the model, its draft
     found, prompt = split_model_and_prompt(args, settings, store)
     args.threads = tuned_threads(args, settings)  # edgeslm tune's, where it measured this machine
-    ubatch, flash = tuned_batch(args, settings)
-    model = load(found, ctx=args.ctx, threads=args.threads, settings=settings, kv=args.kv_type, n_ubatch=ubatch,
-                 flash_attn=flash)
+    model = load(found, ctx=args.ctx, threads=args.threads, settings=settings, kv=args.kv_type,
+                 tuning=tuning(args, settings))
     draft: LookupConfig | Model | None = lookup
     try:
         turn = _turn(args, model.defaults)
@@ -247,9 +246,9 @@ def cmd_bench(args: argparse.Namespace, settings: Settings) -> int:
         draft = {"model": str(draft_model.path), "name": draft_model.name}
     kv = str(args.kv_type) if args.kv_type else "f16"
     threads = tuned_threads(args, settings)
-    ubatch, flash = tuned_batch(args, settings)
-    params = BenchParams(args.n_prompt, args.n_gen, args.repetitions, threads, draft, kv_type=kv, n_ubatch=ubatch,
-                         flash_attn=flash)
+    tuned = tuning(args, settings)
+    params = BenchParams(args.n_prompt, args.n_gen, args.repetitions, threads, draft, kv_type=kv,
+                         n_ubatch=tuned.n_ubatch, flash_attn=tuned.flash_attn, use_mmap=tuned.use_mmap is not False)
     targets = [ensure_pulled(name, settings, store=store) for name in args.models]
     results = bench_models(targets, params)
     if args.format == "json":

@@ -152,8 +152,13 @@ def cmd_tune(args: argparse.Namespace, settings: Settings) -> int:
         best = next(b for b in done.batch_speed if not b.default and (b.ubatch, b.flash_attn) == (p.n_ubatch,
                                                                                                  p.flash_attn))
         status(f"tuned: micro-batch {p.n_ubatch}, flash attention {'on' if p.flash_attn else 'off'}: prompts "
-               f"{best.pp / base.pp:.2f}×, generation {best.tg / base.tg:.2f}× llama.cpp's defaults (run and bench "
-               "use it; serve's runners keep 512 and llama.cpp's choice: not yet)")
+               f"{best.pp / base.pp:.2f}×, generation {best.tg / base.tg:.2f}× llama.cpp's defaults (run, bench and "
+               "serve use it)")
+    if done.mmap_runs:
+        print_table(("model file", "load s", "peak memory", "pp512 t/s", "tg32 t/s"),
+                    [("mapped" if m.mmap else "read in", f"{m.load_seconds:.2f}", format_mib(m.peak), f"{m.pp:.1f}",
+                      f"{m.tg:.1f}") for m in done.mmap_runs], right=(1, 2, 3, 4))
+        status(f"tuned: the model file {'mapped' if done.profile.use_mmap else 'read into memory'}")
     if done.kv_speed:
         print_table(("KV cache", "pp128 t/s", "tg32 t/s"), [(str(k["kv"]), f"{k['pp']:.1f}", f"{k['tg']:.1f}")
                                                            for k in done.kv_speed], right=(1, 2))

@@ -20,7 +20,7 @@ from ..units import format_bytes, parse_bytes
 from .draft_flags import add_draft_flags, serve_drafts
 from .kv_flags import add_kv_flag, serve_kv
 from .output import print_json, print_table, status
-from .tuned import add_batch_flags, tuned_batch, tuned_threads
+from .tuned import add_batch_flags, tuned_threads, tuning
 
 
 def _size(text: str) -> int:
@@ -91,7 +91,7 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
         cors_origins=tuple(args.cors_origin), allowed_hosts=tuple(args.allow_host), max_body=args.max_body,
         preload=args.preload or None, pin=tuple(args.pin), prompt_cache=args.prompt_cache,
         load_timeout=args.load_timeout, draft=serve_drafts(args), kv=serve_kv(args.kv_type),
-        batch=tuned_batch(args, settings),
+        tuning=tuning(args, settings),
     )
     check_options(options)
     if args.ray:

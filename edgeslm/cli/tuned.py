@@ -7,8 +7,7 @@ from __future__ import annotations
 import argparse
 
 from ..config import Settings
-
-MAX_UBATCH = 8192
+from ..engines.base import MAX_UBATCH, Tuning
 
 
 def add_batch_flags(p: argparse.ArgumentParser) -> None:
@@ -17,6 +16,9 @@ def add_batch_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("-fa", "--flash-attn", choices=("on", "off"),
                    help="flash attention (default: edgeslm tune's, else llama.cpp's choice; a quantized KV cache "
                         "keeps it on)")
+    p.add_argument("-mmp", "--mmap", choices=("on", "off"),
+                   help="map the model file (llama.cpp's default), or read it into memory: 'off' holds less "
+                        "where llama.cpp repacks weights (default: edgeslm tune's, else on)")
 
 
 def ubatch(text: str) -> int:
@@ -38,13 +40,12 @@ def tuned_threads(args: argparse.Namespace, settings: Settings) -> int | None:
     return profile_threads(settings.home)
 
 
-def tuned_batch(args: argparse.Namespace, settings: Settings) -> tuple[int | None, bool | None]:
-    """(micro-batch, flash attention): ``-ub``/``-fa``, else the profile's, else None each."""
-    from ..plan.profile import profile_batch
+def tuning(args: argparse.Namespace, settings: Settings) -> Tuning:
+    """``-ub``/``-fa``/``--mmap``, else the profile's, else llama.cpp's own (None each)."""
+    from ..plan.profile import profile_tuning
 
-    ubatch, flash = profile_batch(settings.home)
-    if getattr(args, "n_ubatch", None) is not None:
-        ubatch = args.n_ubatch
-    if getattr(args, "flash_attn", None) is not None:
-        flash = args.flash_attn == "on"
-    return ubatch, flash
+    kept = profile_tuning(settings.home)
+    ubatch_given, flash, mmap = (getattr(args, k, None) for k in ("n_ubatch", "flash_attn", "mmap"))
+    return Tuning(kept.n_ubatch if ubatch_given is None else ubatch_given,
+                  kept.flash_attn if flash is None else flash == "on",
+                  kept.use_mmap if mmap is None else mmap == "on")

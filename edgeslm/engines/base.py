@@ -23,7 +23,8 @@ if TYPE_CHECKING:
     import numpy as np
     import numpy.typing as npt
 
-__all__ = ["DEFAULT_ENGINE", "ENGINES", "Engine", "LoadParams", "SamplingParams", "open_engine", "register_engine"]
+__all__ = ["DEFAULT_ENGINE", "ENGINES", "Engine", "LoadParams", "SamplingParams", "Tuning", "open_engine",
+           "register_engine"]
 
 MAX_CONTEXT = 1 << 20
 MAX_STOP = 16  # stop strings per generation
@@ -134,6 +135,33 @@ class SamplingParams:
 
 
 @dataclass(frozen=True)
+class Tuning:
+    """How llama.cpp loads and runs a model where ``edgeslm tune`` measured better than its defaults,
+    or a flag said (``-ub``, ``-fa``, ``--mmap``); None each: llama.cpp's own (512, its choice, mapped)."""
+
+    n_ubatch: int | None = None
+    flash_attn: bool | None = None
+    use_mmap: bool | None = None
+
+    def __post_init__(self) -> None:
+        _check(self.n_ubatch is None or (_int(self.n_ubatch) and 1 <= self.n_ubatch <= MAX_UBATCH), "ubatch",
+               self.n_ubatch, f"1 to {MAX_UBATCH:,}")
+
+    def load_params(self, **given: Any) -> LoadParams:
+        """``LoadParams(**given)`` with these settings (a KV type that needs flash attention on or off
+        keeps it so)."""
+        ubatch = self.n_ubatch or LoadParams.n_ubatch
+        kv = given.get("kv", F16_CACHE)
+        flash = self.flash_attn if kv.flash_attention is None else None
+        mmap = LoadParams.use_mmap if self.use_mmap is None else self.use_mmap
+        return LoadParams(n_batch=max(LoadParams.n_batch, ubatch), n_ubatch=ubatch, flash_attn=flash, use_mmap=mmap,
+                          **given)
+
+
+MAX_UBATCH = 8192
+
+
+@dataclass(frozen=True)
 class LoadParams:
     n_ctx: int = DEFAULT_CONTEXT
     n_threads: int | None = None  # None: physical cores
@@ -143,6 +171,7 @@ class LoadParams:
     kv: KVCache = F16_CACHE  # the KV cache's types (F16, llama.cpp's default; F32 for exact comparisons)
     adapters: tuple[tuple[str, float], ...] = ()  # LoRA adapters (GGUF path, scale), on every context
     flash_attn: bool | None = None  # None: what the KV type needs, else llama.cpp's choice (edgeslm tune's)
+    use_mmap: bool = True  # llama.cpp maps the file (its default); False reads it into memory (edgeslm tune's)
 
     def __post_init__(self) -> None:
         _check(_int(self.n_ctx) and 16 <= self.n_ctx <= MAX_CONTEXT, "ctx", self.n_ctx, "16 to 1,048,576")

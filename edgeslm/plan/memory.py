@@ -4,6 +4,8 @@ A runner's peak resident memory, part by part (each measured on a real load, ``b
 
 - **weights, mapped**: the whole file. llama.cpp maps it and every page is read once (a load that
   repacks reads them, and a decode step reads every layer); they count as the process's pages.
+  Loaded without a map (``--mmap off``), the tensors it repacks are read straight into their
+  repacked copy: the file less those bytes is what the process holds beside the copy.
 - **weights, repacked**: llama.cpp's CPU backend copies the tensors of some types into an
   interleaved layout that its kernels read faster (``CPU_REPACK``: Q4_0 and Q4_K as ``*_8x8`` on
   x86-64 with AVX2; Q4_0 and IQ4_NL on ARM), every such tensor but the token embeddings (read by
@@ -27,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from ..config import DEFAULT_ENGINE
-from ..engines.base import MAX_CONTEXT
+from ..engines.base import MAX_CONTEXT, Tuning
 from ..errors import InvalidParameterError, OverBudgetError
 from ..formats.gguf_header import GGUFHeader, read_gguf_header
 from ..formats.kv_cache import F16_CACHE, KVCache
@@ -96,15 +98,17 @@ def over_budget(plan: MemoryPlan, budget: int, whose: str, advice: str) -> OverB
 
 def plan_memory(path: str | Path, name: str, *, ctx_per_slot: int, slots: int = 1, kv: KVCache = F16_CACHE,
                 n_ubatch: int = DEFAULT_UBATCH, constants: MemoryConstants | None = None,
-                header: GGUFHeader | None = None) -> MemoryPlan:
-    """The runner's peak memory for ``slots`` × ``ctx_per_slot`` tokens of ``kv`` cache, from the header."""
+                header: GGUFHeader | None = None, mmap: bool = True) -> MemoryPlan:
+    """The runner's peak memory for ``slots`` × ``ctx_per_slot`` tokens of ``kv`` cache, from the header
+    (``mmap``: the file mapped, llama.cpp's default, else read into memory)."""
     constants = constants or MemoryConstants()
     h = header or read_gguf_header(path)
     dims = _dims(h)
     info = model_info(h)
+    repacked = repacked_bytes(h, constants.repacked_types)
     return MemoryPlan(
-        model=name, ctx_per_slot=ctx_per_slot, slots=slots, kv_type=str(kv), mapped=h.file_size,
-        repacked=repacked_bytes(h, constants.repacked_types),
+        model=name, ctx_per_slot=ctx_per_slot, slots=slots, kv_type=str(kv),
+        mapped=h.file_size if mmap else h.file_size - repacked, repacked=repacked,
         kv_cache=slots * estimate_memory(info, ctx_per_slot, kv).kv_cache_bytes,  # each slot its own cells
         compute=round(constants.per_activation * min(n_ubatch, ctx_per_slot) * (dims["n_embd"] + dims["n_ff"])),
         vocabulary=round(constants.per_vocab * dims["n_vocab"]), base=constants.base,
@@ -136,10 +140,12 @@ def _largest(value: Any) -> int:
 
 
 def check_available(model: ResolvedModel, *, ctx: int, kv: KVCache, constants: MemoryConstants | None,
-                    available: int | None) -> MemoryPlan:
+                    available: int | None, tuning: Tuning | None = None) -> MemoryPlan:
     """A llama.cpp load of ``model`` at ``ctx`` tokens, planned and refused (``OverBudgetError``, its parts
     named) when the plan is larger than ``available`` (None: not known here, not refused)."""
-    plan = plan_memory(model.path, model.name, ctx_per_slot=ctx, slots=1, kv=kv, constants=constants)
+    tuning = tuning or Tuning()
+    plan = plan_memory(model.path, model.name, ctx_per_slot=ctx, slots=1, kv=kv, constants=constants,
+                       n_ubatch=tuning.n_ubatch or DEFAULT_UBATCH, mmap=tuning.use_mmap is not False)
     if available is not None and plan.total + model.adapter_bytes > available:
         raise over_budget(plan, available, "this machine has available now",
                           "close other programs, or use a smaller context (--ctx), a quantized KV cache (--kv-type "

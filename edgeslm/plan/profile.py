@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..engines.base import Tuning
 from ..store.atomic import write_atomic
 from ..version import __version__
 from .memory import MemoryConstants
@@ -38,6 +39,7 @@ class DeviceProfile:
     measurements: tuple[dict[str, Any], ...] = field(default=())  # what was measured, for the record
     n_ubatch: int | None = None  # the micro-batch prompt processing measured best at (None: not measured)
     flash_attn: bool | None = None  # flash attention on or off, as measured best (None: llama.cpp decides)
+    use_mmap: bool | None = None  # the file mapped or read into memory, as measured best (None: not measured)
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -52,7 +54,15 @@ class DeviceProfile:
         return cls(str(data["machine"]), str(data["edgeslm"]), str(data["created"]), constants,
                    _count(data.get("threads")), _count(data.get("threads_batch")),
                    tuple(dict(m) for m in data.get("measurements") or ()), _count(data.get("n_ubatch")),
-                   data["flash_attn"] if isinstance(data.get("flash_attn"), bool) else None)
+                   _flag(data.get("flash_attn")), _flag(data.get("use_mmap")))
+
+    @property
+    def tuning(self) -> Tuning:
+        return Tuning(self.n_ubatch, self.flash_attn, self.use_mmap)
+
+
+def _flag(value: Any) -> bool | None:
+    return value if isinstance(value, bool) else None
 
 
 def _count(value: Any) -> int | None:
@@ -120,7 +130,8 @@ def profile_threads(home: Path) -> int | None:
     return profile.threads if profile else None
 
 
-def profile_batch(home: Path) -> tuple[int | None, bool | None]:
-    """The micro-batch and flash attention setting the profile measured best (None each: not measured)."""
+def profile_tuning(home: Path) -> Tuning:
+    """The micro-batch, flash attention and mmap setting the profile measured best (None each: not
+    measured, or no profile)."""
     profile = load_profile(home)
-    return (profile.n_ubatch, profile.flash_attn) if profile else (None, None)
+    return profile.tuning if profile else Tuning()

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..config import DEFAULT_ENGINE, DEFAULT_KEEP_ALIVE, Settings
+from ..engines.base import Tuning
 from ..errors import CapacityError, EdgeslmError, EngineError, InvalidNameError, InvalidParameterError, OverBudgetError
 from ..formats.kv_cache import KVCache, kv_cache_for
 from ..formats.model_info import DEFAULT_UBATCH, estimate_memory
@@ -55,7 +56,7 @@ class ManagerParams:
     pinned: tuple[str, ...] = ()  # models kept loaded through keep_alive and eviction (serve --pin)
     draft: tuple[tuple[str, LookupConfig], ...] = ()  # prompt lookup per model ("*": every one; serve --draft)
     kv: tuple[tuple[str, KVCache], ...] = ()  # KV cache type per model ("*": every llama.cpp one; serve --kv-type)
-    batch: tuple[int | None, bool | None] = (None, None)  # llama.cpp's micro-batch, flash attention (tune's, -ub, -fa)
+    tuning: Tuning = Tuning()  # llama.cpp's micro-batch, flash attention, mmap (tune's, or -ub, -fa, --mmap)
 
 
 @dataclass
@@ -137,8 +138,8 @@ class ModelManager:
             p = self.params
             if model.engine(self.settings.engine) == DEFAULT_ENGINE:  # the measured plan: file header only
                 plan = plan_memory(model.path, model.name, ctx_per_slot=p.ctx_per_slot, slots=p.slots,
-                                   kv=self.kv_cache(model), n_ubatch=p.batch[0] or DEFAULT_UBATCH,
-                                   constants=self.constants)
+                                   kv=self.kv_cache(model), n_ubatch=p.tuning.n_ubatch or DEFAULT_UBATCH,
+                                   mmap=p.tuning.use_mmap is not False, constants=self.constants)
                 memory = plan.total + model.adapter_bytes
                 self._plans[model.key] = plan
             else:
@@ -231,11 +232,11 @@ class ModelManager:
         return {"draft": config.as_args()} if config is not None else {}
 
     def _llama_args(self, model: ResolvedModel) -> dict[str, Any]:
-        """The runner's KV cache, micro-batch and flash attention, decided here once (llama.cpp only:
-        other runtimes keep their own)."""
+        """The runner's KV cache and tuning, decided here once (llama.cpp only: other runtimes keep
+        their own)."""
         if model.engine(self.settings.engine) != DEFAULT_ENGINE:
             return {}
-        return {"kv": str(self.kv_cache(model)), "batch": self.params.batch}
+        return {"kv": str(self.kv_cache(model)), "tuning": self.params.tuning}
 
     def release(self, held: Lease) -> None:
         retired: list[_Loaded] = []

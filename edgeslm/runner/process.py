@@ -28,8 +28,10 @@ import sys
 import threading
 import time
 from collections.abc import AsyncGenerator, Callable, Sequence
+from dataclasses import asdict
 from typing import TYPE_CHECKING, Any, Protocol
 
+from ..engines.base import Tuning
 from ..errors import EngineError, RunnerTimeoutError
 from ..framing import Message, decode, encode, error_from
 from .messages import Chunk, Done, Embeddings, Job, embeddings_from, event_from
@@ -146,7 +148,7 @@ class Runner:
         embed_timeout: float = EMBED_TIMEOUT,
         draft: dict[str, Any] | None = None,  # prompt-lookup speculative decoding (LookupConfig.as_args())
         kv: str | None = None,  # the KV cache type (KVCache's spelling); None: the model's own or F16
-        batch: tuple[int | None, bool | None] = (None, None),  # llama.cpp's micro-batch, flash attention
+        tuning: Tuning | None = None,  # llama.cpp's micro-batch, flash attention, mmap (None: its own)
         worker: Sequence[str] = WORKER,  # the command that starts the worker (tests start fakes)
     ) -> None:
         name = model if isinstance(model, str) else model.name
@@ -154,7 +156,7 @@ class Runner:
         args = json.dumps({
             "name": name, "model": None if isinstance(model, str) else model.to_dict(), "slots": slots,
             "ctx_per_slot": ctx_per_slot, "threads": threads, "home": home, "prompt_cache": prompt_cache,
-            "draft": draft, "kv": kv, "n_ubatch": batch[0], "flash_attn": batch[1],
+            "draft": draft, "kv": kv, "tuning": asdict(tuning) if tuning else None,
         })
         self._proc = subprocess.Popen(
             [*worker, args], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,

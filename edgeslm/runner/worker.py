@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..config import resolve_settings
-from ..engines.base import SamplingParams, open_batch
+from ..engines.base import SamplingParams, Tuning, open_batch
 from ..errors import ContextOverflowError, EdgeslmError, InvalidParameterError
 from ..formats.kv_cache import KVCache
 from ..framing import LineReader, error_message, send
@@ -49,13 +49,12 @@ class _Request:
 
 
 def serve(name: str | ResolvedModel, slots: int, ctx_per_slot: int, threads: int | None, home: str | None, reuse: bool,
-          draft: LookupConfig | None = None, kv: KVCache | None = None,
-          batching: tuple[int | None, bool | None] = (None, None)) -> None:
+          draft: LookupConfig | None = None, kv: KVCache | None = None, tuning: Tuning | None = None) -> None:
     settings = resolve_settings(home=home, offline=True)
-    ubatch, flash = batching
     model = load(name, ctx=min(ctx_per_slot, 512), threads=threads, settings=settings, kv=kv, check_memory=False,
-                 n_ubatch=ubatch, flash_attn=flash)
-    batch = open_batch(model.engine, slots, ctx_per_slot, reuse=reuse, draft=draft, n_batch=ubatch)
+                 tuning=tuning)
+    batch = open_batch(model.engine, slots, ctx_per_slot, reuse=reuse, draft=draft,
+                       n_batch=tuning.n_ubatch if tuning else None)
     ready = {"op": "ready", "name": model.name, "slots": slots, "ctx_per_slot": ctx_per_slot, "pid": os.getpid(),
              "n_batch": getattr(batch, "n_batch", None)}
     send({**ready, "n_vocab": model.engine.n_vocab, "chat": model.has_chat_template})
@@ -270,8 +269,8 @@ def main() -> None:
         model = ResolvedModel.from_dict(args["model"]) if args.get("model") else name  # resolved: no store lookup
         draft = LookupConfig(**args["draft"]) if args.get("draft") else None
         kv = KVCache.parse(args["kv"]) if args.get("kv") else None
-        serve(model, slots, ctx, threads, home, args.get("prompt_cache", True), draft, kv,
-              (args.get("n_ubatch"), args.get("flash_attn")))
+        tuning = Tuning(**args["tuning"]) if args.get("tuning") else None
+        serve(model, slots, ctx, threads, home, args.get("prompt_cache", True), draft, kv, tuning)
     except EdgeslmError as exc:
         send(error_message(exc, "failed"))
         sys.exit(1)

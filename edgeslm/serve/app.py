@@ -46,7 +46,7 @@ def create_app(options: ServeOptions, settings: Settings, factory: RunnerFactory
     budget = options.memory if options.memory is not None else int(system_ram() * MEMORY_SHARE)
     params = ManagerParams(
         options.max_loaded, budget, options.parallel, options.ctx, options.threads, options.queue, options.keep_alive,
-        options.prompt_cache, options.load_timeout, options.pin, options.draft, options.kv, options.batch,
+        options.prompt_cache, options.load_timeout, options.pin, options.draft, options.kv, options.tuning,
     )
     manager = ModelManager(settings, params, factory)
     keys = load_keys(options.api_keys) if options.api_keys else None

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..config import DEFAULT_KEEP_ALIVE, DEFAULT_MODEL, DEFAULT_PORT
+from ..engines.base import Tuning
 from ..errors import UsageError
 from ..formats.kv_cache import KVCache
 from ..runner import LOAD_TIMEOUT
@@ -41,7 +42,7 @@ class ServeOptions:
     # prompt-lookup speculative decoding of greedy requests: (model name, or "*" for every model; its config)
     draft: tuple[tuple[str, LookupConfig], ...] = ()
     kv: tuple[tuple[str, KVCache], ...] = ()  # KV cache type: (model name, or "*" for every llama.cpp model; type)
-    batch: tuple[int | None, bool | None] = (None, None)  # llama.cpp's micro-batch, flash attention (None: its own)
+    tuning: Tuning = Tuning()  # llama.cpp's micro-batch, flash attention, mmap (tune's, or flags; None: its own)
 
     @property
     def loopback(self) -> bool:
@@ -70,8 +71,5 @@ def check_options(options: ServeOptions) -> None:
         raise UsageError(
             f"load_timeout {options.load_timeout:g} is out of range; valid: 1 to 86,400 seconds", params="load_timeout"
         )
-    ubatch = options.batch[0]
-    if ubatch is not None and not (isinstance(ubatch, int) and 1 <= ubatch <= 8192):
-        raise UsageError(f"micro-batch {ubatch} is out of range; valid: 1 to 8,192 tokens", params="n_ubatch")
     if options.queue < 0 or options.max_loaded < 1:
         raise UsageError("queue must be 0 or more and max_loaded 1 or more", params=("queue", "max_loaded"))

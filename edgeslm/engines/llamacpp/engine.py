@@ -59,7 +59,10 @@ class LlamaCppEngine:
         init_backend()
         clear_log()
         self.params = params
-        self._model = lc.llama_model_load_from_file(str(path).encode(), lc.llama_model_default_params())
+        model_params = lc.llama_model_default_params()
+        if not params.use_mmap:  # this llama.cpp's load_mode (AUTO, its default, maps the file on the CPU)
+            model_params.load_mode = lc.LLAMA_LOAD_MODE_NONE
+        self._model = lc.llama_model_load_from_file(str(path).encode(), model_params)
         if not self._model:
             raise EngineError(f"llama.cpp could not load {path.name}: {last_errors()}")
         self._adapters = self._load_adapters(path)
