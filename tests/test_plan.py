@@ -51,6 +51,9 @@ def test_the_plan_predicts_a_real_runner_and_counts_the_repacked_copy(builtin_ho
     assert read.total == mapped.total - mapped.repacked
     peaks = {mmap: measured_peak(model, str(home), 1, 1024, tuning=Tuning(use_mmap=mmap)) for mmap in (True, False)}
     assert peaks[True] - peaks[False] > mapped.repacked / 2 and abs(read.total / peaks[False] - 1) < 0.10, peaks
+    shown = {flag: json.loads(cli("plan", model.name, "--ctx", "1024", "--mmap", flag, "--json").out) for flag in
+             ("on", "off")}
+    assert shown["on"]["mapped"] - shown["off"]["mapped"] == shown["on"]["repacked"] > 0  # plan --mmap off says so
 
 
 def test_plan_prints_the_parts_and_refuses_what_cannot_load(builtin_home: Path, home: Path, cli: Cli) -> None:

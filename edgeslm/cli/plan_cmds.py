@@ -11,6 +11,7 @@ from ..errors import UsageError
 from ..units import format_bytes, format_mib, parse_bytes
 from .kv_flags import add_kv_flag
 from .output import print_json, print_table, status
+from .tuned import add_batch_flags, tuning
 
 
 def configure(sub: Any) -> None:
@@ -30,6 +31,7 @@ def configure(sub: Any) -> None:
                    help="what ranks first: chat (quality, then speed), code (HumanEval pass@1), rag (context)")
     p.add_argument("--min-pass", type=float, metavar="SHARE", help="least HumanEval pass@1, measured (0.5)")
     p.add_argument("--max-kld", type=float, metavar="KLD", help="largest mean KL-divergence, measured")
+    add_batch_flags(p)
     p.add_argument("--json", action="store_true")
 
 
@@ -50,7 +52,7 @@ def cmd_plan(args: argparse.Namespace, settings: Settings) -> int:
                                       settings.kv_type)
     plan = plan_model(model, runtime, ctx_per_slot=2048 if args.ctx is None else args.ctx,
                       slots=1 if args.parallel is None else args.parallel, kv=kv,
-                      constants=memory_constants(settings.home))
+                      constants=memory_constants(settings.home), tuning=tuning(args, settings))
     ram = system_ram()
     if args.json:
         print_json({**plan.to_dict(), "runtime": runtime, "machine_ram": ram})
@@ -76,7 +78,7 @@ def _choose(args: argparse.Namespace, settings: Settings) -> int:
         raise UsageError("plan --ram tries f16, q8_0 and q4_0 KV caches itself; drop --kv-type")
     got = choose(Store.open(settings.models_dir), budget, args.use_case, names=args.models, ctx=args.ctx,
                  parallel=args.parallel, min_pass=args.min_pass, max_kld=args.max_kld,
-                 constants=memory_constants(settings.home))
+                 constants=memory_constants(settings.home), tuning=tuning(args, settings))
     if args.json:
         print_json({"budget": got.budget, "use_case": got.use_case, "considered": got.considered,
                     "fitting": got.fitting, "chosen": got.chosen.__dict__, "pareto": [c.__dict__ for c in got.pareto],

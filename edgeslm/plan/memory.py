@@ -154,7 +154,7 @@ def check_available(model: ResolvedModel, *, ctx: int, kv: KVCache, constants: M
 
 
 def plan_model(model: ResolvedModel, runtime: str, *, ctx_per_slot: int, slots: int, kv: KVCache,
-               constants: MemoryConstants | None = None) -> MemoryPlan:
+               constants: MemoryConstants | None = None, tuning: Tuning | None = None) -> MemoryPlan:
     """``plan_memory`` for a resolved model, after the checks a load would make: llama.cpp (the one
     runtime modelled yet), a context within the trained length, a cache type the heads can hold."""
     if runtime != DEFAULT_ENGINE:
@@ -170,4 +170,6 @@ def plan_model(model: ResolvedModel, runtime: str, *, ctx_per_slot: int, slots: 
     info = model.info
     heads = info.embedding_length // max(info.head_count or 1, 1) if info.embedding_length else 0
     kv.check_head(info.key_length or heads, info.value_length or heads, model.name)
-    return plan_memory(model.path, model.name, ctx_per_slot=ctx_per_slot, slots=slots, kv=kv, constants=constants)
+    tuning = tuning or Tuning()
+    return plan_memory(model.path, model.name, ctx_per_slot=ctx_per_slot, slots=slots, kv=kv, constants=constants,
+                       n_ubatch=tuning.n_ubatch or DEFAULT_UBATCH, mmap=tuning.use_mmap is not False)

@@ -14,7 +14,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from ..engines.base import MAX_CONTEXT
+from ..engines.base import MAX_CONTEXT, Tuning
 from ..errors import InvalidParameterError
 from ..evaluate.kept import kv_costs, measured_by_digest
 from ..evaluate.result import EvalResult
@@ -25,7 +25,7 @@ from ..formats.model_format import ModelFormat
 from ..store import Store, parse_name
 from ..store.records import Manifest
 from ..units import format_bytes
-from .memory import MemoryConstants, plan_memory
+from .memory import DEFAULT_UBATCH, MemoryConstants, plan_memory
 
 CONTEXTS = tuple(2048 << i for i in range(5))  # 2,048 to 32,768 tokens
 KV_TYPES = ("f16", "q8_0", "q4_0")
@@ -87,7 +87,7 @@ class Choice:
 
 def choose(store: Store, budget: int, use_case: str = "chat", *, names: Sequence[str] = (), ctx: int | None = None,
            parallel: int | None = None, min_pass: float | None = None, max_kld: float | None = None,
-           constants: MemoryConstants | None = None) -> Choice:
+           constants: MemoryConstants | None = None, tuning: Tuning | None = None) -> Choice:
     if use_case not in USE_CASES:
         raise InvalidParameterError(f"use case {use_case!r} is unknown; valid: {', '.join(USE_CASES)}")
     if parallel is not None and not 1 <= parallel <= 256:
@@ -100,7 +100,7 @@ def choose(store: Store, budget: int, use_case: str = "chat", *, names: Sequence
         raise InvalidParameterError("no stored GGUF model to plan for" + (f" named {', '.join(names)}" if names
                                     else "; 'edgeslm pull qwen2.5-coder:0.5b' adds one"))
     kept = _Kept(measured_by_digest(store), kv_costs(store), latest_task_results(store, variants))  # read once
-    configs = [c for m in variants for c in _configs(store, m, kept, ctx, parallel, constants)]
+    configs = [c for m in variants for c in _configs(store, m, kept, ctx, parallel, constants, tuning or Tuning())]
     fitting = [c for c in configs if c.memory <= budget]
     if not fitting:
         least = min(configs, key=lambda c: c.memory)
@@ -128,7 +128,7 @@ class _Kept:
 
 
 def _configs(store: Store, m: Manifest, kept: _Kept, ctx: int | None, parallel: int | None,
-             constants: MemoryConstants | None) -> list[Config]:
+             constants: MemoryConstants | None, tuning: Tuning) -> list[Config]:
     trained = m.info.context_length or CONTEXTS[0]
     header = read_gguf_header(store.model_path(m))
     measured, costs = kept.measured.get(m.digest), kept.costs
@@ -142,7 +142,8 @@ def _configs(store: Store, m: Manifest, kept: _Kept, ctx: int | None, parallel: 
             except InvalidParameterError:
                 continue
             plan = plan_memory(store.model_path(m), str(m.name), ctx_per_slot=n_ctx, slots=parallel or 1, kv=cache,
-                               constants=constants, header=header)
+                               constants=constants, header=header, n_ubatch=tuning.n_ubatch or DEFAULT_UBATCH,
+                               mmap=tuning.use_mmap is not False)
             weights = measured.kld_mean if measured else None
             added = 0.0 if kv == "f16" else costs.get((m.digest, kv))
             kld = None if weights is None or added is None else weights + added
