@@ -11,6 +11,12 @@ configurations given with ``--fit-configs``, then predicts every configuration w
 configurations not fitted on show how well the model generalises.
 
     .venv/bin/python benchmarks/memory_plan.py [--fit] [--write docs/memory.md]
+    .venv/bin/python benchmarks/memory_plan.py --onnx [--fit] [--write docs/memory.md]
+
+``--onnx``: the ONNX Runtime runner instead (``plan.memory.plan_onnx``, from the folder's config),
+four ONNX models × seven shapes, every slot busy (a generator holds its cache only while it runs);
+``--fit`` fits its three constants (base, resident share of the weight files, bytes per busy slot
+per vocabulary entry) by least squares on all of them: an in-sample fit, said so in the output.
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +38,7 @@ from parity import BENCH_HOME  # noqa: E402
 from edgeslm.config import resolve_settings  # noqa: E402
 from edgeslm.formats.kv_cache import KVCache  # noqa: E402
 from edgeslm.generation import resolve_model  # noqa: E402
-from edgeslm.plan.memory import MemoryConstants, MemoryPlan, plan_memory  # noqa: E402
+from edgeslm.plan.memory import MemoryConstants, MemoryPlan, plan_memory, plan_onnx  # noqa: E402
 from edgeslm.tune import fit, measured_peak  # noqa: E402
 
 MODELS = ("smollm2-135m-instruct", "qwen2.5-coder:0.5b", "qwen2.5-coder:1.5b", "qwen2.5-coder:0.5b-q4_0")
@@ -59,6 +66,40 @@ def predicted(home: Path, name: str, slots: int, ctx: int, kv: str, constants: M
     return plan_memory(model.path, name, ctx_per_slot=ctx, slots=slots, kv=KVCache.parse(kv), constants=constants)
 
 
+ONNX_MODELS = ("smollm2-135m-instruct:onnx-int4", "qwen2.5-coder:0.5b-onnx-int4", "smollm2-135m-instruct:onnx-int8",
+               "qwen2.5-coder:0.5b-onnx-int8")
+ONNX_SHAPES = ((1, 512), (1, 2048), (1, 8192), (2, 2048), (4, 2048), (4, 4096), (2, 16384))  # slots, ctx per slot
+
+
+def onnx_rows(home: Path, fit_them: bool) -> tuple[list[str], list[float], MemoryConstants]:
+    import numpy as np
+
+    settings = resolve_settings(home=home, offline=True)
+    measured_plans = []
+    for name in ONNX_MODELS:
+        model = resolve_model(name, settings)
+        for slots, ctx in ONNX_SHAPES:
+            peak = measured_peak(model, str(home), slots, ctx, None, requests=slots)
+            print(f"  {name} {slots} × {ctx}: {peak / 2**20:.0f} MiB", file=sys.stderr)
+            measured_plans.append((model, slots, ctx, peak))
+    constants = MemoryConstants()
+    if fit_them:
+        unit = MemoryConstants(onnx_base=0, onnx_weights=1.0, onnx_per_slot_vocab=1.0)
+        plans = [(plan_onnx(m, ctx_per_slot=c, slots=s, constants=unit), peak) for m, s, c, peak in measured_plans]
+        a = np.array([[1.0, p.mapped, p.compute] for p, _ in plans])
+        b = np.array([peak - p.kv_cache for p, peak in plans], dtype=float)
+        (base, share, per_slot), *_ = np.linalg.lstsq(a, b, rcond=None)
+        constants = replace(constants, onnx_base=int(base), onnx_weights=round(float(share), 2),
+                            onnx_per_slot_vocab=round(float(per_slot), 1))
+        print(f"fitted on all {len(plans)} (in-sample): {constants}", file=sys.stderr)
+    rows, errors = [], []
+    for model, slots, ctx, peak in measured_plans:
+        plan = plan_onnx(model, ctx_per_slot=ctx, slots=slots, constants=constants)
+        rows.append(row(plan, peak))
+        errors.append(abs(plan.total / peak - 1))
+    return rows, errors, constants
+
+
 def row(plan: MemoryPlan, peak: int) -> str:
     error = plan.total / peak - 1
     cells = [plan.model, f"{plan.slots} × {plan.ctx_per_slot:,}", plan.kv_type, f"{plan.total / 2**20:.0f} MiB",
@@ -73,8 +114,16 @@ def main() -> None:
     parser.add_argument("--configs", help="indices into CONFIGS, comma-separated (default: all)")
     parser.add_argument("--fit", action="store_true", help="fit the constants on --fit-configs first")
     parser.add_argument("--fit-configs", default=FIT_ON)
+    parser.add_argument("--onnx", action="store_true", help="the ONNX Runtime runner's plan instead")
     parser.add_argument("--write", type=Path, nargs="*", default=[])
     args = parser.parse_args()
+    if args.onnx:
+        rows, errors, constants = onnx_rows(args.home, args.fit)
+        tables.write_all(args.write, "memory_plan.py:onnx", [*HEADER, *rows])
+        print(f"peak RSS of edgeslm's ONNX Runtime runner with every slot busy, predicted from the folder's config "
+              f"({constants}) and measured; |error| {summary(errors)}\n")
+        print("\n".join([*HEADER, *rows]))
+        return
     chosen = [CONFIGS[int(i)] for i in args.configs.split(",")] if args.configs else CONFIGS
     constants = MemoryConstants()
     peaks: dict[tuple[Any, ...], int] = {}
@@ -101,10 +150,13 @@ def main() -> None:
         print(rows[-1], file=sys.stderr)
     tables.write_all(args.write, "memory_plan.py:prediction", [*HEADER, *rows])
     print(f"peak RSS of edgeslm's runner, predicted from the GGUF header ({constants}) and measured (VmHWM after "
-          f"a full micro-batch of prefill and 8 tokens); |error| max {100 * max(errors):.1f} %, median "
-          f"{100 * sorted(errors)[len(errors) // 2]:.1f} %, within 5 %: {sum(e <= 0.05 for e in errors)} of "
-          f"{len(errors)}\n")
+          f"a full micro-batch of prefill and 8 tokens); |error| {summary(errors)}\n")
     print("\n".join([*HEADER, *rows]))
+
+
+def summary(errors: list[float]) -> str:
+    return (f"max {100 * max(errors):.1f} %, median {100 * sorted(errors)[len(errors) // 2]:.1f} %, within 5 %: "
+            f"{sum(e <= 0.05 for e in errors)} of {len(errors)}")
 
 
 if __name__ == "__main__":

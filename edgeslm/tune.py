@@ -82,10 +82,11 @@ def measured_peak(model: ResolvedModel, home: str, slots: int, ctx: int, kv: str
 
     runner = Runner(model, slots=slots, ctx_per_slot=ctx, home=home, kv=kv, tuning=tuning)
     try:
-        ids = list(range(1000, 1000 + min(ctx - 16, 600)))  # token ids: a full micro-batch where the slot holds it
+        vocab = model.info.vocab_size or 2000
+        ids = [(1000 + i) % vocab for i in range(min(ctx - 16, 600))]  # a full micro-batch where the slot holds it
 
         async def ask(n: int) -> None:
-            async for _ in runner.agenerate(Job([*ids[:-1], ids[-1] + n], SamplingParams(temperature=0), 8)):
+            async for _ in runner.agenerate(Job([*ids[:-1], (ids[-1] + n) % vocab], SamplingParams(temperature=0), 8)):
                 pass
 
         async def all_of() -> None:

@@ -194,6 +194,26 @@ def test_run_and_bench_through_the_cli(onnx_home: Path, cli: Callable[..., CliRe
     assert refused.code != 0 and "bench --draft: drafts are verified by llama.cpp; this model runs on" in refused.err
 
 
+def test_plan_predicts_an_onnx_runner_with_every_slot_busy(onnx_home: Path, cli: Callable[..., CliResult]) -> None:
+    """The ONNX plan: each busy slot its own F32 cache of the whole context and its buffers. Its
+    constants are fitted on real models (``benchmarks/memory_plan.py --onnx``), whose fit puts part of
+    what scales with a model into its base: for a tiny model the plan is an upper bound."""
+    from edgeslm.config import resolve_settings
+    from edgeslm.generation import resolve_model
+    from edgeslm.tune import measured_peak
+
+    shown = {slots: json.loads(cli("plan", INT4, "--ctx", "256", "--parallel", str(slots), "--json").out)
+             for slots in (1, 3)}
+    one, three = shown[1], shown[3]
+    assert one["runtime"] == "onnxruntime" and one["kv_type"] == "f32" and one["repacked"] == 0
+    assert three["kv_cache"] == 3 * one["kv_cache"] > 0 and three["compute"] == 3 * one["compute"] > 0
+    model = resolve_model(INT4, resolve_settings(home=onnx_home, offline=True))
+    peak = measured_peak(model, str(onnx_home), 3, 256, None, requests=3)
+    assert peak <= three["total"] < peak + 200 * 2**20, (three, peak)
+    refused = cli("plan", INT4, "--kv-type", "q8_0")
+    assert refused.code != 0 and "keeps its KV cache in the type its graph declares (f32)" in refused.err
+
+
 # -- evaluation across runtimes --------------------------------------------------------------------
 
 

@@ -19,6 +19,12 @@ A runner's peak resident memory, part by part (each measured on a real load, ``b
 
 The last three are constants fitted on a machine (``MemoryConstants``); the defaults were fitted on
 this project's development machine, and the device profile ``edgeslm tune`` writes replaces them.
+
+An ONNX Runtime runner (``plan_onnx``, from the folder's config: nothing loads) holds its weight
+files (a fitted share of them: onnxruntime maps external data, and a row lookup touches only the
+rows it reads), each busy slot's generator with its own KV cache of the slot's whole context in
+the graph's type (F32 on the CPU) and buffers per vocabulary entry, and a base; constants fitted on
+28 loads of four ONNX models with every slot busy (``benchmarks/memory_plan.py``).
 """
 
 from __future__ import annotations
@@ -33,11 +39,14 @@ from ..engines.base import MAX_CONTEXT, Tuning
 from ..errors import InvalidParameterError, OverBudgetError
 from ..formats.gguf_header import GGUFHeader, read_gguf_header
 from ..formats.kv_cache import F16_CACHE, KVCache
+from ..formats.model_format import Runtime
 from ..formats.model_info import estimate_memory, model_info
 from ..store.resolve import ResolvedModel
 
+ONNX_RUNTIME = Runtime.ONNXRUNTIME.value
 # a plan's parts, in the order they are shown, with what each is
-PARTS = (("mapped", "weights, the mapped file"), ("repacked", "weights, llama.cpp's repacked copy"),
+PARTS = (("mapped", "weights, the mapped file (onnxruntime: the resident share)"),
+         ("repacked", "weights, llama.cpp's repacked copy"),
          ("kv_cache", "KV cache"), ("compute", "compute buffers"), ("vocabulary", "vocabulary tables"),
          ("base", "the runner process"))
 DEFAULT_UBATCH = 512  # the runner's micro-batch (llama.cpp's default)
@@ -55,6 +64,10 @@ class MemoryConstants:
     per_vocab: float = 133.5  # bytes per vocabulary entry
     per_activation: float = 16.33  # bytes per n_ubatch × (n_embd + n_ff)
     repacked_types: frozenset[str] = REPACKED.get(platform.machine(), frozenset())
+    # ONNX Runtime (onnxruntime-genai 0.18), fitted on the same machine: 28 loads, every slot busy
+    onnx_base: int = 245_332_058  # bytes: the runner, onnxruntime and its arenas
+    onnx_weights: float = 0.80  # of the weight files' bytes, resident at the peak
+    onnx_per_slot_vocab: float = 413.9  # bytes per busy slot per vocabulary entry (a generator's buffers)
 
 
 @dataclass(frozen=True)
@@ -153,13 +166,29 @@ def check_available(model: ResolvedModel, *, ctx: int, kv: KVCache, constants: M
     return plan
 
 
+def plan_onnx(model: ResolvedModel, *, ctx_per_slot: int, slots: int = 1,
+              constants: MemoryConstants | None = None) -> MemoryPlan:
+    """An ONNX Runtime runner's peak memory with ``slots`` busy generators of ``ctx_per_slot`` tokens
+    (at most the trained context: the runner holds no more), from the folder's config."""
+    constants = constants or MemoryConstants()
+    info = model.info
+    ctx = min(ctx_per_slot, info.context_length or ctx_per_slot)
+    return MemoryPlan(
+        model=model.name, ctx_per_slot=ctx_per_slot, slots=slots, kv_type=f"f{8 * info.kv_bytes_per_element}",
+        mapped=round(constants.onnx_weights * info.file_size), repacked=0,
+        kv_cache=slots * estimate_memory(info, ctx).kv_cache_bytes,
+        compute=round(constants.onnx_per_slot_vocab * slots * (info.vocab_size or 0)), vocabulary=0,
+        base=constants.onnx_base,
+    )
+
+
 def plan_model(model: ResolvedModel, runtime: str, *, ctx_per_slot: int, slots: int, kv: KVCache,
                constants: MemoryConstants | None = None, tuning: Tuning | None = None) -> MemoryPlan:
-    """``plan_memory`` for a resolved model, after the checks a load would make: llama.cpp (the one
-    runtime modelled yet), a context within the trained length, a cache type the heads can hold."""
-    if runtime != DEFAULT_ENGINE:
+    """``plan_memory`` (llama.cpp) or ``plan_onnx`` for a resolved model, after the checks a load
+    would make: a modelled runtime, a context within the trained length, a cache type the heads can hold."""
+    if runtime not in (DEFAULT_ENGINE, ONNX_RUNTIME):
         raise InvalidParameterError(f"{model.name} runs on {runtime}: its memory plan is not modelled yet (llama.cpp "
-                                    "models only); 'edgeslm bench' measures its peak memory")
+                                    "and onnxruntime models only); 'edgeslm bench' measures its peak memory")
     if not 1 <= slots <= 256:
         raise InvalidParameterError(f"parallel {slots} is out of range; valid: 1 to 256", params="parallel")
     trained = model.info.context_length
@@ -167,6 +196,12 @@ def plan_model(model: ResolvedModel, runtime: str, *, ctx_per_slot: int, slots: 
         raise InvalidParameterError(
             f"ctx {ctx_per_slot:,} is outside what {model.name} can hold: 16 to {trained or MAX_CONTEXT:,} tokens, "
             "its trained context (edgeslm does not stretch a model's context with RoPE scaling)", params="ctx")
+    if runtime == ONNX_RUNTIME:
+        if kv != F16_CACHE:
+            raise InvalidParameterError(f"--kv-type {kv}: {model.name} runs on onnxruntime, which keeps its KV cache "
+                                        f"in the type its graph declares (f{8 * model.info.kv_bytes_per_element}); "
+                                        "name a GGUF model for a quantized cache", params="kv_type")
+        return plan_onnx(model, ctx_per_slot=ctx_per_slot, slots=slots, constants=constants)
     info = model.info
     heads = info.embedding_length // max(info.head_count or 1, 1) if info.embedding_length else 0
     kv.check_head(info.key_length or heads, info.value_length or heads, model.name)

@@ -24,7 +24,7 @@ from ..engines.base import Tuning
 from ..errors import CapacityError, EdgeslmError, EngineError, InvalidNameError, InvalidParameterError, OverBudgetError
 from ..formats.kv_cache import KVCache, kv_cache_for
 from ..formats.model_info import DEFAULT_UBATCH, estimate_memory
-from ..plan.memory import MemoryPlan, over_budget, plan_memory
+from ..plan.memory import ONNX_RUNTIME, MemoryPlan, over_budget, plan_memory, plan_onnx
 from ..plan.profile import memory_constants
 from ..pull import ensure_pulled
 from ..speculation.config import LookupConfig
@@ -136,10 +136,8 @@ class ModelManager:
         memory = self._memory.get(model.key)
         if memory is None:
             p = self.params
-            if model.engine(self.settings.engine) == DEFAULT_ENGINE:  # the measured plan: file header only
-                plan = plan_memory(model.path, model.name, ctx_per_slot=p.ctx_per_slot, slots=p.slots,
-                                   kv=self.kv_cache(model), n_ubatch=p.tuning.n_ubatch or DEFAULT_UBATCH,
-                                   mmap=p.tuning.use_mmap is not False, constants=self.constants)
+            plan = self._plan(model)
+            if plan is not None:
                 memory = plan.total + model.adapter_bytes
                 self._plans[model.key] = plan
             else:
@@ -226,6 +224,18 @@ class ModelManager:
             entry.runner, entry.keep_alive, entry.last_used = runner, keep, time.monotonic()
             entry.life.move(LoadState.READY)
         return Lease(entry.name, runner, time.perf_counter() - start)
+
+    def _plan(self, model: ResolvedModel) -> MemoryPlan | None:
+        """The measured plan of ``model``'s runner from its file header or config (None: a runtime
+        not modelled yet)."""
+        p, runtime = self.params, model.engine(self.settings.engine)
+        if runtime == ONNX_RUNTIME:
+            return plan_onnx(model, ctx_per_slot=p.ctx_per_slot, slots=p.slots, constants=self.constants)
+        if runtime != DEFAULT_ENGINE:
+            return None
+        return plan_memory(model.path, model.name, ctx_per_slot=p.ctx_per_slot, slots=p.slots, kv=self.kv_cache(model),
+                           n_ubatch=p.tuning.n_ubatch or DEFAULT_UBATCH, mmap=p.tuning.use_mmap is not False,
+                           constants=self.constants)
 
     def _draft_args(self, name: str) -> dict[str, Any]:
         config = self.drafts.get(name, self.drafts.get("*"))
