@@ -210,7 +210,7 @@ def test_plan_predicts_an_onnx_runner_with_every_slot_busy(onnx_home: Path, cli:
     model = resolve_model(INT4, resolve_settings(home=onnx_home, offline=True))
     peak = measured_peak(model, str(onnx_home), 3, 256, None, requests=3)
     assert peak <= three["total"] < peak + 200 * 2**20, (three, peak)
-    refused = cli("plan", INT4, "--kv-type", "q8_0")
+    refused = cli("plan", INT4, "--ctx", "256", "--kv-type", "q8_0")
     assert refused.code != 0 and "keeps its KV cache in the type its graph declares (f32)" in refused.err
 
 
