@@ -153,8 +153,7 @@ def tune(models: Sequence[ResolvedModel], home: str, *, speed: bool = True,
         notes += noisy
         batch_speed, noisy = _batch_sweep(models[0], threads, say)
         notes += noisy
-        best = max((b for b in batch_speed if not b.default), key=lambda b: b.pp * b.tg)
-        n_ubatch, flash_attn = best.ubatch, best.flash_attn
+        n_ubatch, flash_attn = choose_batch(batch_speed)
         mmap_runs, noisy = _mmap_sweep(models[0], threads, say)
         notes += noisy
         use_mmap = choose_mmap(mmap_runs)
@@ -206,6 +205,18 @@ def _kv_sweep(model: ResolvedModel, threads: int, say: Callable[[str], None]) ->
 
 
 UBATCHES = (128, 256, 512)
+CLEAR_GAIN = 0.05  # a setting replaces llama.cpp's defaults only when pp × tg beats them by this much
+
+
+def choose_batch(runs: Sequence[BatchRun]) -> tuple[int | None, bool | None]:
+    """The best micro-batch and flash attention by pp × tg, where they clearly beat llama.cpp's
+    defaults (two repetitions on a busy machine differ by more than a setting does); else None,
+    None: the defaults are kept."""
+    default = next(b for b in runs if b.default)
+    best = max((b for b in runs if not b.default), key=lambda b: b.pp * b.tg)
+    if best.pp * best.tg < default.pp * default.tg * (1 + CLEAR_GAIN):
+        return None, None
+    return best.ubatch, best.flash_attn
 
 
 def _batch_sweep(model: ResolvedModel, threads: int, say: Callable[[str], None]) -> tuple[list[BatchRun], list[str]]:

@@ -15,7 +15,7 @@ import pytest
 from edgeslm import __version__
 from edgeslm.plan.memory import MemoryConstants, MemoryPlan
 from edgeslm.plan.profile import DeviceProfile, fingerprint, load_profile, memory_constants, save_profile
-from edgeslm.tune import MmapRun, choose_mmap, fit
+from edgeslm.tune import BatchRun, MmapRun, choose_batch, choose_mmap, fit
 
 from .conftest import CliResult
 
@@ -76,8 +76,7 @@ def test_tune_measures_the_runner_and_plan_uses_what_it_kept(builtin_home: Path,
     kv = {m["kv"]: m for m in kept["measurements"] if "kv" in m}  # each cache type's speed, measured
     batches = [m for m in kept["measurements"] if "ubatch" in m]  # llama.cpp's defaults, then 3 × 2 settings
     assert len(batches) == 7 and sum(m["default"] for m in batches) == 1 and all(m["pp"] > 0 for m in batches)
-    best = max((m for m in batches if not m["default"]), key=lambda m: m["pp"] * m["tg"])
-    assert (kept["n_ubatch"], kept["flash_attn"]) == (best["ubatch"], best["flash_attn"])
+    assert (kept["n_ubatch"], kept["flash_attn"]) == choose_batch([BatchRun(**m) for m in batches])
     assert set(kv) == {"f16", "q8_0", "q4_0"} and all(m["pp"] > 0 and m["tg"] > 0 for m in kv.values())
     files = {m["mmap"]: MmapRun(**m) for m in kept["measurements"] if "mmap" in m}  # mapped and read in
     assert set(files) == {True, False} and all(r.peak > 0 and r.pp > 0 and r.load_seconds > 0 for r in files.values())
@@ -86,6 +85,13 @@ def test_tune_measures_the_runner_and_plan_uses_what_it_kept(builtin_home: Path,
     assert plan["base"] == kept["constants"]["base"]  # the profile's fitted base, not the default
     bad = cli("tune", "no-such-model")
     assert bad.code != 0 and "no-such-model" in bad.err
+
+
+def test_a_batch_setting_replaces_llamacpps_defaults_only_where_it_clearly_beats_them() -> None:
+    default = BatchRun(512, None, True, 100.0, 20.0)
+    assert choose_batch([default, BatchRun(128, True, False, 102.0, 20.0)]) == (None, None)  # 2 %: noise
+    assert choose_batch([default, BatchRun(128, True, False, 120.0, 20.0), BatchRun(256, False, False, 110.0,
+                                                                                     20.0)]) == (128, True)
 
 
 def test_the_file_is_read_in_only_where_that_clearly_holds_less_at_no_clear_cost() -> None:

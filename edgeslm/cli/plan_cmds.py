@@ -151,11 +151,14 @@ def cmd_tune(args: argparse.Namespace, settings: Settings) -> int:
                       else "on" if b.flash_attn else "off", f"{b.pp:.1f}", f"{b.tg:.1f}") for b in done.batch_speed],
                     right=(2, 3))
         p = done.profile
-        best = next(b for b in done.batch_speed if not b.default and (b.ubatch, b.flash_attn) == (p.n_ubatch,
-                                                                                                 p.flash_attn))
-        status(f"tuned: micro-batch {p.n_ubatch}, flash attention {'on' if p.flash_attn else 'off'}: prompts "
-               f"{best.pp / base.pp:.2f}×, generation {best.tg / base.tg:.2f}× llama.cpp's defaults (run, bench and "
-               "serve use it)")
+        best = next((b for b in done.batch_speed if not b.default and (b.ubatch, b.flash_attn) == (p.n_ubatch,
+                                                                                                  p.flash_attn)), None)
+        if best is None:
+            status("tuned: llama.cpp's defaults kept (no micro-batch and flash attention setting beat them by 5 %)")
+        else:
+            status(f"tuned: micro-batch {p.n_ubatch}, flash attention {'on' if p.flash_attn else 'off'}: prompts "
+                   f"{best.pp / base.pp:.2f}×, generation {best.tg / base.tg:.2f}× llama.cpp's defaults (run, bench "
+                   "and serve use it)")
     if done.mmap_runs:
         print_table(("model file", "load s", "peak memory", "pp512 t/s", "tg32 t/s"),
                     [("mapped" if m.mmap else "read in", f"{m.load_seconds:.2f}", format_mib(m.peak), f"{m.pp:.1f}",
