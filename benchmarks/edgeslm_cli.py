@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import os
 import platform
 import subprocess
@@ -22,6 +23,16 @@ def edgeslm(home: Path, *args: str, env: dict[str, str] | None = None) -> str:
     if done.returncode != 0:
         raise SystemExit(f"edgeslm {' '.join(args)} failed: {done.stderr[-2000:]}")
     return done.stdout
+
+
+def parse_with_native(parser: argparse.ArgumentParser, home: Path) -> tuple[argparse.Namespace, Path]:
+    """``parser``'s arguments plus the ones every native-beside-ours benchmark takes (``--home``,
+    ``--native-bin``, ``--write``), parsed; and llama.cpp's tools folder."""
+    parser.add_argument("--home", type=Path, default=home)
+    parser.add_argument("--native-bin", type=Path)
+    parser.add_argument("--write", type=Path, nargs="*", default=[])
+    args = parser.parse_args()
+    return args, native_bin(args.native_bin)
 
 
 def native_bin(given: Path | None = None) -> Path:

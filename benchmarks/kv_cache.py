@@ -24,7 +24,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import tables  # noqa: E402
-from edgeslm_cli import edgeslm, native_bin  # noqa: E402
+from edgeslm_cli import edgeslm, parse_with_native  # noqa: E402
 from parity import BENCH_HOME  # noqa: E402
 
 HEADER = ["| model | context | KV cache | mean KLD added | same top-1 | prefill t/s | llama-bench t/s | vs f16 |",
@@ -62,11 +62,7 @@ def main() -> None:
     parser.add_argument("--models", default="qwen2.5-coder:0.5b,qwen2.5-coder:1.5b")
     parser.add_argument("--contexts", default="4096,16384")
     parser.add_argument("--types", default="q8_0,q4_0")
-    parser.add_argument("--home", type=Path, default=BENCH_HOME)
-    parser.add_argument("--native-bin", type=Path)
-    parser.add_argument("--write", type=Path, nargs="*", default=[])
-    args = parser.parse_args()
-    binary = native_bin(args.native_bin)
+    args, binary = parse_with_native(parser, BENCH_HOME)
     rows: list[str] = []
     for model in args.models.split(","):
         path = path_of(args.home, model)

@@ -29,7 +29,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import tables  # noqa: E402
-from edgeslm_cli import edgeslm, native_bin  # noqa: E402
+from edgeslm_cli import edgeslm, parse_with_native  # noqa: E402
 from parity import BENCH_HOME  # noqa: E402
 
 HEADER = ["| model | tuned: threads, micro-batch, flash attention | pp512 defaults | pp512 tuned | gain "
@@ -77,11 +77,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", default="qwen2.5-coder:0.5b,qwen2.5-coder:1.5b")
     parser.add_argument("--rounds", type=int, default=2, help="alternations of defaults and tuned (median kept)")
-    parser.add_argument("--home", type=Path, default=BENCH_HOME)
-    parser.add_argument("--native-bin", type=Path)
-    parser.add_argument("--write", type=Path, nargs="*", default=[])
-    args = parser.parse_args()
-    binary = native_bin(args.native_bin)
+    args, binary = parse_with_native(parser, BENCH_HOME)
     rows: list[str] = []
     for model in args.models.split(","):
         rows.append(one_model(model, args.home / "models", binary, args.rounds))
