@@ -54,6 +54,7 @@ def test_loads_on_demand_and_evicts_the_least_recently_used(models: ModelManager
             "prompt_cache": True,
             "load_timeout": LOAD_TIMEOUT,
             "kv": "f16",
+            "tuning": Tuning(),
         }
     with models.lease("b"):
         pass
