@@ -65,9 +65,9 @@ class MemoryConstants:
     per_activation: float = 16.33  # bytes per n_ubatch × (n_embd + n_ff)
     repacked_types: frozenset[str] = REPACKED.get(platform.machine(), frozenset())
     # ONNX Runtime (onnxruntime-genai 0.18), fitted on the same machine: 28 loads, every slot busy
-    onnx_base: int = 245_332_058  # bytes: the runner, onnxruntime and its arenas
-    onnx_weights: float = 0.80  # of the weight files' bytes, resident at the peak
-    onnx_per_slot_vocab: float = 413.9  # bytes per busy slot per vocabulary entry (a generator's buffers)
+    onnx_base: int = 246_091_802  # bytes: the runner, onnxruntime and its arenas
+    onnx_weights: float = 0.79  # of the weight files' bytes, resident at the peak
+    onnx_per_slot_vocab: float = 410.1  # bytes per busy slot per vocabulary entry (a generator's buffers)
 
 
 @dataclass(frozen=True)
