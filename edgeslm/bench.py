@@ -26,7 +26,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .engines.base import DEFAULT_ENGINE, Engine, LoadParams, SamplingParams, open_engine
+from .engines.base import DEFAULT_ENGINE, Engine, LoadParams, SamplingParams, Tuning, open_engine
 from .errors import InvalidParameterError
 from .formats.kv_cache import KVCache
 from .framing import child_main, run_child
@@ -133,11 +133,9 @@ def measure(path: str, params: BenchParams, engine_name: str = DEFAULT_ENGINE) -
     n_ctx = max(params.n_prompt + params.n_gen + 8, 64, COPY_ROOM + params.n_gen if params.draft else 0)
     start = time.perf_counter()
     adapters = tuple((str(p), float(s)) for p, s in params.adapters)
-    ubatch = params.n_ubatch or LoadParams.n_ubatch
-    load = LoadParams(n_ctx=n_ctx, n_threads=params.threads, adapters=adapters, kv=KVCache.parse(params.kv_type),
-                      n_batch=max(LoadParams.n_batch, ubatch), n_ubatch=ubatch,
-                      flash_attn=params.flash_attn if KVCache.parse(params.kv_type).flash_attention is None else None,
-                      use_mmap=params.use_mmap)
+    tuning = Tuning(params.n_ubatch, params.flash_attn, params.use_mmap)
+    load = tuning.load_params(n_ctx=n_ctx, n_threads=params.threads, adapters=adapters,
+                              kv=KVCache.parse(params.kv_type))
     engine = open_engine(engine_name, Path(path), load)
     load_seconds = time.perf_counter() - start
     if params.draft is not None and engine.name != "llama.cpp":  # before anything is timed

@@ -47,7 +47,7 @@ def test_the_plan_predicts_a_real_runner_and_counts_the_repacked_copy(builtin_ho
     assert plan.repacked > 50 * 2**20 and plan.kv_cache == pytest.approx(4 * 4096 * 30 * 3 * 64 * 2 * 34 / 32, rel=0.01)
     # read into memory instead of mapped (--mmap off): the repacked layers are read straight into their copy
     mapped = plan_memory(model.path, model.name, ctx_per_slot=1024, constants=constants)
-    read = plan_memory(model.path, model.name, ctx_per_slot=1024, constants=constants, mmap=False)
+    read = plan_memory(model.path, model.name, ctx_per_slot=1024, constants=constants, tuning=Tuning(use_mmap=False))
     assert read.total == mapped.total - mapped.repacked
     peaks = {mmap: measured_peak(model, str(home), 1, 1024, tuning=Tuning(use_mmap=mmap)) for mmap in (True, False)}
     assert peaks[True] - peaks[False] > mapped.repacked / 2 and abs(read.total / peaks[False] - 1) < 0.10, peaks

@@ -110,11 +110,13 @@ def over_budget(plan: MemoryPlan, budget: int, whose: str, advice: str) -> OverB
 
 
 def plan_memory(path: str | Path, name: str, *, ctx_per_slot: int, slots: int = 1, kv: KVCache = F16_CACHE,
-                n_ubatch: int = DEFAULT_UBATCH, constants: MemoryConstants | None = None,
-                header: GGUFHeader | None = None, mmap: bool = True) -> MemoryPlan:
+                constants: MemoryConstants | None = None, header: GGUFHeader | None = None,
+                tuning: Tuning | None = None) -> MemoryPlan:
     """The runner's peak memory for ``slots`` × ``ctx_per_slot`` tokens of ``kv`` cache, from the header
-    (``mmap``: the file mapped, llama.cpp's default, else read into memory)."""
+    (``tuning``: its micro-batch, and the file mapped, llama.cpp's default, or read into memory)."""
     constants = constants or MemoryConstants()
+    tuning = tuning or Tuning()
+    n_ubatch, mmap = tuning.n_ubatch or DEFAULT_UBATCH, tuning.use_mmap is not False
     h = header or read_gguf_header(path)
     dims = _dims(h)
     info = model_info(h)
@@ -156,9 +158,7 @@ def check_available(model: ResolvedModel, *, ctx: int, kv: KVCache, constants: M
                     available: int | None, tuning: Tuning | None = None) -> MemoryPlan:
     """A llama.cpp load of ``model`` at ``ctx`` tokens, planned and refused (``OverBudgetError``, its parts
     named) when the plan is larger than ``available`` (None: not known here, not refused)."""
-    tuning = tuning or Tuning()
-    plan = plan_memory(model.path, model.name, ctx_per_slot=ctx, slots=1, kv=kv, constants=constants,
-                       n_ubatch=tuning.n_ubatch or DEFAULT_UBATCH, mmap=tuning.use_mmap is not False)
+    plan = plan_memory(model.path, model.name, ctx_per_slot=ctx, slots=1, kv=kv, constants=constants, tuning=tuning)
     if available is not None and plan.total + model.adapter_bytes > available:
         raise over_budget(plan, available, "this machine has available now",
                           "close other programs, or use a smaller context (--ctx), a quantized KV cache (--kv-type "
@@ -205,6 +205,5 @@ def plan_model(model: ResolvedModel, runtime: str, *, ctx_per_slot: int, slots: 
     info = model.info
     heads = info.embedding_length // max(info.head_count or 1, 1) if info.embedding_length else 0
     kv.check_head(info.key_length or heads, info.value_length or heads, model.name)
-    tuning = tuning or Tuning()
     return plan_memory(model.path, model.name, ctx_per_slot=ctx_per_slot, slots=slots, kv=kv, constants=constants,
-                       n_ubatch=tuning.n_ubatch or DEFAULT_UBATCH, mmap=tuning.use_mmap is not False)
+                       tuning=tuning)

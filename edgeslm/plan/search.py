@@ -25,7 +25,7 @@ from ..formats.model_format import ModelFormat
 from ..store import Store, parse_name
 from ..store.records import Manifest
 from ..units import format_bytes
-from .memory import DEFAULT_UBATCH, MemoryConstants, plan_memory
+from .memory import MemoryConstants, plan_memory
 
 CONTEXTS = tuple(2048 << i for i in range(5))  # 2,048 to 32,768 tokens
 KV_TYPES = ("f16", "q8_0", "q4_0")
@@ -142,8 +142,7 @@ def _configs(store: Store, m: Manifest, kept: _Kept, ctx: int | None, parallel: 
             except InvalidParameterError:
                 continue
             plan = plan_memory(store.model_path(m), str(m.name), ctx_per_slot=n_ctx, slots=parallel or 1, kv=cache,
-                               constants=constants, header=header, n_ubatch=tuning.n_ubatch or DEFAULT_UBATCH,
-                               mmap=tuning.use_mmap is not False)
+                               constants=constants, header=header, tuning=tuning)
             weights = measured.kld_mean if measured else None
             added = 0.0 if kv == "f16" else costs.get((m.digest, kv))
             kld = None if weights is None or added is None else weights + added

@@ -23,7 +23,7 @@ from ..config import DEFAULT_ENGINE, DEFAULT_KEEP_ALIVE, Settings
 from ..engines.base import Tuning
 from ..errors import CapacityError, EdgeslmError, EngineError, InvalidNameError, InvalidParameterError, OverBudgetError
 from ..formats.kv_cache import KVCache, kv_cache_for
-from ..formats.model_info import DEFAULT_UBATCH, estimate_memory
+from ..formats.model_info import estimate_memory
 from ..plan.memory import ONNX_RUNTIME, MemoryPlan, over_budget, plan_memory, plan_onnx
 from ..plan.profile import memory_constants
 from ..pull import ensure_pulled
@@ -234,8 +234,7 @@ class ModelManager:
         if runtime != DEFAULT_ENGINE:
             return None
         return plan_memory(model.path, model.name, ctx_per_slot=p.ctx_per_slot, slots=p.slots, kv=self.kv_cache(model),
-                           n_ubatch=p.tuning.n_ubatch or DEFAULT_UBATCH, mmap=p.tuning.use_mmap is not False,
-                           constants=self.constants)
+                           constants=self.constants, tuning=p.tuning)
 
     def _draft_args(self, name: str) -> dict[str, Any]:
         config = self.drafts.get(name, self.drafts.get("*"))
