@@ -85,7 +85,8 @@ def onnx_rows(home: Path, fit_them: bool) -> tuple[list[str], list[float], Memor
     constants = MemoryConstants()
     if fit_them:
         unit = MemoryConstants(onnx_base=0, onnx_weights=1.0, onnx_per_slot_vocab=1.0)
-        plans = [(plan_onnx(m, ctx_per_slot=c, slots=s, constants=unit), peak) for m, s, c, peak in measured_plans]
+        plans = [(plan_onnx(m.name, m.info, ctx_per_slot=c, slots=s, constants=unit), peak)
+                 for m, s, c, peak in measured_plans]
         a = np.array([[1.0, p.mapped, p.compute] for p, _ in plans])
         b = np.array([peak - p.kv_cache for p, peak in plans], dtype=float)
         (base, share, per_slot), *_ = np.linalg.lstsq(a, b, rcond=None)
@@ -94,7 +95,7 @@ def onnx_rows(home: Path, fit_them: bool) -> tuple[list[str], list[float], Memor
         print(f"fitted on all {len(plans)} (in-sample): {constants}", file=sys.stderr)
     rows, errors = [], []
     for model, slots, ctx, peak in measured_plans:
-        plan = plan_onnx(model, ctx_per_slot=ctx, slots=slots, constants=constants)
+        plan = plan_onnx(model.name, model.info, ctx_per_slot=ctx, slots=slots, constants=constants)
         rows.append(row(plan, peak))
         errors.append(abs(plan.total / peak - 1))
     return rows, errors, constants

@@ -214,6 +214,31 @@ def test_plan_predicts_an_onnx_runner_with_every_slot_busy(onnx_home: Path, cli:
     assert refused.code != 0 and "keeps its KV cache in the type its graph declares (f32)" in refused.err
 
 
+def test_plan_ram_weighs_onnx_variants_with_the_graphs_cache(onnx_home: Path, cli: Callable[..., CliResult]) -> None:
+    """plan --ram searches ONNX folders beside GGUF files: one KV choice (the graph's F32), the ONNX
+    plan's memory, the KLD eval measured, and a serve command and Modelfile without a KV type."""
+    for name in (INT4, FP32):
+        assert cli("eval", name, "--reference", GGUF_NAME, "--ctx", "64", "--chunks", "2", "--no-speed").code == 0
+
+    def plan(*args: str) -> dict[str, Any]:
+        out = cli("plan", "--json", "--ctx", "256", *args)
+        assert out.code == 0, out.err
+        found: dict[str, Any] = json.loads(out.out)
+        return found
+
+    roomy = plan(INT4, "--ram", "4GB")  # a variant's name plans over its model's variants
+    chosen = roomy["chosen"]  # chat: the lowest measured KLD, the fp32 build (the GGUF's own is not measured)
+    assert chosen["name"] == FP32 and chosen["runtime"] == "onnxruntime" and chosen["kv"] == "f32"
+    assert (FP32, "onnxruntime", "f32") in {(c["name"], c["runtime"], c["kv"]) for c in roomy["pareto"]}
+    tight = plan(INT4, "--ram", str(chosen["memory"] - 1))["chosen"]
+    assert tight["name"] == INT4 and tight["kld"] > chosen["kld"] and tight["kv"] == "f32"
+    shown = json.loads(cli("plan", INT4, "--ctx", "256", "--json").out)
+    assert tight["memory"] == shown["total"]  # the same plan as 'plan MODEL'
+    assert "--kv-type" not in roomy["serve"] and "kv_type" not in roomy["modelfile"]
+    over = cli("plan", INT4, "--ram", "4GB", "--ctx", "1000000")
+    assert over.code != 0 and "is longer than any of these models was trained for; the longest is" in over.err
+
+
 # -- evaluation across runtimes --------------------------------------------------------------------
 
 

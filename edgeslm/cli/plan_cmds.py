@@ -19,8 +19,8 @@ def configure(sub: Any) -> None:
         "plan", help="the memory a model takes at a context, slots and KV cache type, before it loads; with --ram, "
                      "the configuration to run under a budget",
         description="Peak memory of the runner that would serve MODEL, part by part, from its file's header. With "
-                    "--ram: over the stored GGUF variants (of MODEL, or all), KV cache types, contexts and slots, "
-                    "the configuration the use case wants that fits and meets the floors, by measured quality.")
+                    "--ram: over the stored GGUF and ONNX variants (of MODEL, or all), KV cache types, contexts and "
+                    "slots, the configuration the use case wants that fits and meets the floors, by measured quality.")
     p.set_defaults(run=cmd_plan)
     p.add_argument("models", nargs="*", metavar="MODEL")
     p.add_argument("--ctx", type=int, help="context tokens per slot (default 2048; with --ram: 2048 to 32768 tried)")
@@ -86,8 +86,8 @@ def _choose(args: argparse.Namespace, settings: Settings) -> int:
         return 0
     status(f"{got.considered} configurations, {got.fitting} fit in {format_bytes(got.budget)}; per model, those no "
            "other of its own beats on memory, KLD and context at once (KLD: against the model's own reference):")
-    print_table(("model", "ctx", "slots", "KV", "memory", "mean KLD", "pass@1", "tg t/s"),
-                [_cells(c) for c in got.pareto], right=(1, 2, 4, 5, 6, 7))
+    print_table(("model", "runtime", "ctx", "slots", "KV", "memory", "mean KLD", "pass@1", "tg t/s"),
+                [_cells(c) for c in got.pareto], right=(2, 3, 5, 6, 7, 8))
     c = got.chosen
     status(f"\nchosen for {got.use_case} ({USE_CASES[got.use_case]}): {c.name}, {c.ctx:,} tokens × {c.slots}, "
            f"{c.kv} KV cache, {format_bytes(c.memory)}")
@@ -97,7 +97,7 @@ def _choose(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _cells(c: Any) -> tuple[str, ...]:
-    return (c.name, f"{c.ctx:,}", str(c.slots), c.kv, format_bytes(c.memory),
+    return (c.name, c.runtime, f"{c.ctx:,}", str(c.slots), c.kv, format_bytes(c.memory),
             "not measured" if c.kld is None else f"{c.kld:.4f}",
             "—" if c.pass_at_1 is None else f"{100 * c.pass_at_1:.1f} %",
             "—" if c.tg_tps is None else f"{c.tg_tps:.1f}")

@@ -40,7 +40,7 @@ from ..errors import InvalidParameterError, OverBudgetError
 from ..formats.gguf_header import GGUFHeader, read_gguf_header
 from ..formats.kv_cache import F16_CACHE, KVCache
 from ..formats.model_format import Runtime
-from ..formats.model_info import estimate_memory, model_info
+from ..formats.model_info import ModelInfo, estimate_memory, model_info
 from ..store.resolve import ResolvedModel
 
 ONNX_RUNTIME = Runtime.ONNXRUNTIME.value
@@ -166,15 +166,14 @@ def check_available(model: ResolvedModel, *, ctx: int, kv: KVCache, constants: M
     return plan
 
 
-def plan_onnx(model: ResolvedModel, *, ctx_per_slot: int, slots: int = 1,
+def plan_onnx(name: str, info: ModelInfo, *, ctx_per_slot: int, slots: int = 1,
               constants: MemoryConstants | None = None) -> MemoryPlan:
     """An ONNX Runtime runner's peak memory with ``slots`` busy generators of ``ctx_per_slot`` tokens
-    (at most the trained context: the runner holds no more), from the folder's config."""
+    (at most the trained context: the runner holds no more), from the folder's config (``info``)."""
     constants = constants or MemoryConstants()
-    info = model.info
     ctx = min(ctx_per_slot, info.context_length or ctx_per_slot)
     return MemoryPlan(
-        model=model.name, ctx_per_slot=ctx_per_slot, slots=slots, kv_type=f"f{8 * info.kv_bytes_per_element}",
+        model=name, ctx_per_slot=ctx_per_slot, slots=slots, kv_type=f"f{8 * info.kv_bytes_per_element}",
         mapped=round(constants.onnx_weights * info.file_size), repacked=0,
         kv_cache=slots * estimate_memory(info, ctx).kv_cache_bytes,
         compute=round(constants.onnx_per_slot_vocab * slots * (info.vocab_size or 0)), vocabulary=0,
@@ -201,7 +200,7 @@ def plan_model(model: ResolvedModel, runtime: str, *, ctx_per_slot: int, slots: 
             raise InvalidParameterError(f"--kv-type {kv}: {model.name} runs on onnxruntime, which keeps its KV cache "
                                         f"in the type its graph declares (f{8 * model.info.kv_bytes_per_element}); "
                                         "name a GGUF model for a quantized cache", params="kv_type")
-        return plan_onnx(model, ctx_per_slot=ctx_per_slot, slots=slots, constants=constants)
+        return plan_onnx(model.name, model.info, ctx_per_slot=ctx_per_slot, slots=slots, constants=constants)
     info = model.info
     heads = info.embedding_length // max(info.head_count or 1, 1) if info.embedding_length else 0
     kv.check_head(info.key_length or heads, info.value_length or heads, model.name)

@@ -1,7 +1,9 @@
-"""``plan --ram``: over the stored llama.cpp variants, KV cache types, contexts and slot counts, the
-configuration a use case wants that fits a memory budget and meets its quality floors.
+"""``plan --ram``: over the stored variants of every modelled runtime (llama.cpp's GGUF files, ONNX
+Runtime's folders; MLX: not yet), KV cache types, contexts and slot counts, the configuration a use
+case wants that fits a memory budget and meets its quality floors.
 
-Memory is the plan of each configuration (``memory.plan_memory``); quality is what the store
+Memory is the plan of each configuration (``memory.plan_memory``, ``memory.plan_onnx``: an ONNX
+runner keeps its KV cache in its graph's type, so it has one KV choice); quality is what the store
 measured: the variant's mean KLD (``eval``), plus what its KV cache type adds where ``eval
 --kv-type`` measured it, and HumanEval pass@1 where ``eval --task humaneval`` did. Nothing is
 guessed: a configuration whose quality was not measured is shown as such and ranked after the
@@ -14,6 +16,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from ..config import DEFAULT_ENGINE
 from ..engines.base import MAX_CONTEXT, Tuning
 from ..errors import InvalidParameterError
 from ..evaluate.kept import kv_costs, measured_by_digest
@@ -25,9 +28,10 @@ from ..formats.model_format import ModelFormat
 from ..store import Store, parse_name
 from ..store.records import Manifest
 from ..units import format_bytes
-from .memory import MemoryConstants, plan_memory
+from .memory import ONNX_RUNTIME, MemoryConstants, MemoryPlan, plan_memory, plan_onnx
 
 CONTEXTS = tuple(2048 << i for i in range(5))  # 2,048 to 32,768 tokens
+RUNTIMES = {ModelFormat.GGUF: DEFAULT_ENGINE, ModelFormat.ONNX: ONNX_RUNTIME}  # the formats whose memory is modelled
 KV_TYPES = ("f16", "q8_0", "q4_0")
 # what the configuration is for -> what ranks first (the rest break ties). A KL-divergence compares the
 # variants of one model (each against its own reference), never two models: across models the larger
@@ -42,6 +46,7 @@ USE_CASES = {
 @dataclass(frozen=True)
 class Config:
     name: str
+    runtime: str
     base: str  # the model whose variants these are: KLDs compare within it
     n_params: int
     ctx: int
@@ -76,13 +81,14 @@ class Choice:
     @property
     def serve_command(self) -> str:
         c = self.chosen
-        kv = f" --kv-type {c.name}={c.kv}" if c.kv != "f16" else ""
+        kv = f" --kv-type {c.name}={c.kv}" if c.runtime == DEFAULT_ENGINE and c.kv != "f16" else ""
         return f"edgeslm serve --pin {c.name} --ctx {c.ctx} --parallel {c.slots}{kv}"
 
     @property
     def modelfile(self) -> str:
         c = self.chosen
-        return f"FROM {c.name}\nPARAMETER num_ctx {c.ctx}\nPARAMETER kv_type {c.kv}\n"
+        kv = f"PARAMETER kv_type {c.kv}\n" if c.runtime == DEFAULT_ENGINE else ""  # ONNX: the graph's type
+        return f"FROM {c.name}\nPARAMETER num_ctx {c.ctx}\n{kv}"
 
 
 def choose(store: Store, budget: int, use_case: str = "chat", *, names: Sequence[str] = (), ctx: int | None = None,
@@ -94,13 +100,20 @@ def choose(store: Store, budget: int, use_case: str = "chat", *, names: Sequence
         raise InvalidParameterError(f"parallel {parallel} is out of range; valid: 1 to 256", params="parallel")
     if ctx is not None and not 16 <= ctx <= MAX_CONTEXT:
         raise InvalidParameterError(f"ctx {ctx} is out of range; valid: 16 to {MAX_CONTEXT:,}", params="ctx")
-    variants = [m for m in store.manifests() if m.format is ModelFormat.GGUF
+    variants = [m for m in store.manifests() if m.format in RUNTIMES
                 and (not names or any(parse_name(n).owns(m.name) for n in names))]
     if not variants:
-        raise InvalidParameterError("no stored GGUF model to plan for" + (f" named {', '.join(names)}" if names
-                                    else "; 'edgeslm pull qwen2.5-coder:0.5b' adds one"))
+        raise InvalidParameterError("no stored GGUF or ONNX model to plan for" + (
+            f" named {', '.join(names)} (MLX models are not modelled yet)" if names
+            else "; 'edgeslm pull qwen2.5-coder:0.5b' adds one"))
     kept = _Kept(measured_by_digest(store), kv_costs(store), latest_task_results(store, variants))  # read once
     configs = [c for m in variants for c in _configs(store, m, kept, ctx, parallel, constants, tuning or Tuning())]
+    if not configs:
+        longest = max(variants, key=lambda m: m.info.context_length or 0)
+        raise InvalidParameterError(
+            f"ctx {ctx or 0:,} is longer than any of these models was trained for; the longest is {longest.name}'s "
+            f"{longest.info.context_length or 0:,} tokens (edgeslm does not stretch a context with RoPE scaling)",
+            params="ctx")
     fitting = [c for c in configs if c.memory <= budget]
     if not fitting:
         least = min(configs, key=lambda c: c.memory)
@@ -130,25 +143,34 @@ class _Kept:
 def _configs(store: Store, m: Manifest, kept: _Kept, ctx: int | None, parallel: int | None,
              constants: MemoryConstants | None, tuning: Tuning) -> list[Config]:
     trained = m.info.context_length or CONTEXTS[0]
-    header = read_gguf_header(store.model_path(m))
-    measured, costs = kept.measured.get(m.digest), kept.costs
+    if ctx and ctx > trained:
+        return []  # it cannot hold that context (no RoPE scaling)
+    contexts = [ctx] if ctx else [c for c in CONTEXTS if c <= trained] or [trained]  # a short-context model: its own
+    slots = parallel or 1
+    measured = kept.measured.get(m.digest)
     task = kept.tasks.get(str(m.name), {}).get(Task.HUMANEVAL)
+
+    def config(plan: MemoryPlan, added: float | None) -> Config:
+        weights = measured.kld_mean if measured else None
+        return Config(str(m.name), RUNTIMES[m.format], m.name.family, m.info.n_params, plan.ctx_per_slot, slots,
+                      plan.kv_type, plan.total, None if weights is None or added is None else weights + added,
+                      task.score if task else None, measured.speed.tg_tps if measured and measured.speed else None)
+
+    if m.format is ModelFormat.ONNX:  # one KV choice: the graph's type
+        return [config(plan_onnx(str(m.name), m.info, ctx_per_slot=n, slots=slots, constants=constants), 0.0)
+                for n in contexts]
+    header = read_gguf_header(store.model_path(m))
     out = []
-    for n_ctx in [ctx] if ctx else [c for c in CONTEXTS if c <= trained]:
+    for n_ctx in contexts:
         for kv in KV_TYPES:
             cache = KVCache.parse(kv)
             try:
                 cache.check_head(m.info.key_length or 0, m.info.value_length or 0, str(m.name))
             except InvalidParameterError:
                 continue
-            plan = plan_memory(store.model_path(m), str(m.name), ctx_per_slot=n_ctx, slots=parallel or 1, kv=cache,
+            plan = plan_memory(store.model_path(m), str(m.name), ctx_per_slot=n_ctx, slots=slots, kv=cache,
                                constants=constants, header=header, tuning=tuning)
-            weights = measured.kld_mean if measured else None
-            added = 0.0 if kv == "f16" else costs.get((m.digest, kv))
-            kld = None if weights is None or added is None else weights + added
-            out.append(Config(str(m.name), m.name.family, m.info.n_params, n_ctx, parallel or 1, kv, plan.total, kld,
-                              task.score if task else None, measured.speed.tg_tps if measured and measured.speed
-                              else None))
+            out.append(config(plan, 0.0 if kv == "f16" else kept.costs.get((m.digest, kv))))
     return out
 
 

@@ -230,7 +230,8 @@ class ModelManager:
         not modelled yet)."""
         p, runtime = self.params, model.engine(self.settings.engine)
         if runtime == ONNX_RUNTIME:
-            return plan_onnx(model, ctx_per_slot=p.ctx_per_slot, slots=p.slots, constants=self.constants)
+            return plan_onnx(model.name, model.info, ctx_per_slot=p.ctx_per_slot, slots=p.slots,
+                             constants=self.constants)
         if runtime != DEFAULT_ENGINE:
             return None
         return plan_memory(model.path, model.name, ctx_per_slot=p.ctx_per_slot, slots=p.slots, kv=self.kv_cache(model),
