@@ -17,6 +17,11 @@ configurations not fitted on show how well the model generalises.
 four ONNX models × seven shapes, every slot busy (a generator holds its cache only while it runs);
 ``--fit`` fits its three constants (base, resident share of the weight files, bytes per busy slot
 per vocabulary entry) by least squares on all of them: an in-sample fit, said so in the output.
+
+``--mlx``: the MLX runner (``plan.memory.plan_mlx``): SmolLM2 as mlx-lm 4- and 8-bit, one slot,
+each prompt filling its context (mlx-lm's cache grows with the tokens, and a prefill step's attention
+scores grow with the prompt: the plan is for a full context). MLX's Linux build runs on the CPU: its
+constants are this machine's, not an Apple device's.
 """
 
 from __future__ import annotations
@@ -38,7 +43,7 @@ from parity import BENCH_HOME  # noqa: E402
 from edgeslm.config import resolve_settings  # noqa: E402
 from edgeslm.formats.kv_cache import KVCache  # noqa: E402
 from edgeslm.generation import resolve_model  # noqa: E402
-from edgeslm.plan.memory import MemoryConstants, MemoryPlan, plan_memory, plan_onnx  # noqa: E402
+from edgeslm.plan.memory import MemoryConstants, MemoryPlan, plan_memory, plan_mlx, plan_onnx  # noqa: E402
 from edgeslm.tune import fit, measured_peak  # noqa: E402
 
 MODELS = ("smollm2-135m-instruct", "qwen2.5-coder:0.5b", "qwen2.5-coder:1.5b", "qwen2.5-coder:0.5b-q4_0")
@@ -101,6 +106,25 @@ def onnx_rows(home: Path, fit_them: bool) -> tuple[list[str], list[float], Memor
     return rows, errors, constants
 
 
+MLX_SHAPES = (("smollm2-135m-instruct:mlx-4bit-fp32", 512), ("smollm2-135m-instruct:mlx-4bit-fp32", 2048),
+              ("smollm2-135m-instruct:mlx-4bit-fp32", 4096), ("smollm2-135m-instruct:mlx-8bit-fp32", 512),
+              ("smollm2-135m-instruct:mlx-8bit-fp32", 2048))
+
+
+def mlx_rows(home: Path) -> tuple[list[str], list[float]]:
+    settings = resolve_settings(home=home, offline=True)
+    rows, errors = [], []
+    for name, ctx in MLX_SHAPES:
+        model = resolve_model(name, settings)
+        start = time.perf_counter()
+        peak = measured_peak(model, str(home), 1, ctx, None, prompt=ctx - 16)
+        print(f"  {name} 1 × {ctx}: {peak / 2**20:.0f} MiB ({time.perf_counter() - start:.0f} s)", file=sys.stderr)
+        plan = plan_mlx(model.name, model.info, ctx_per_slot=ctx)
+        rows.append(row(plan, peak))
+        errors.append(abs(plan.total / peak - 1))
+    return rows, errors
+
+
 def row(plan: MemoryPlan, peak: int) -> str:
     error = plan.total / peak - 1
     cells = [plan.model, f"{plan.slots} × {plan.ctx_per_slot:,}", plan.kv_type, f"{plan.total / 2**20:.0f} MiB",
@@ -116,6 +140,7 @@ def main() -> None:
     parser.add_argument("--fit", action="store_true", help="fit the constants on --fit-configs first")
     parser.add_argument("--fit-configs", default=FIT_ON)
     parser.add_argument("--onnx", action="store_true", help="the ONNX Runtime runner's plan instead")
+    parser.add_argument("--mlx", action="store_true", help="the MLX runner's plan instead")
     parser.add_argument("--write", type=Path, nargs="*", default=[])
     args = parser.parse_args()
     if args.onnx:
@@ -123,6 +148,13 @@ def main() -> None:
         tables.write_all(args.write, "memory_plan.py:onnx", [*HEADER, *rows])
         print(f"peak RSS of edgeslm's ONNX Runtime runner with every slot busy, predicted from the folder's config "
               f"({constants}) and measured; |error| {summary(errors)}\n")
+        print("\n".join([*HEADER, *rows]))
+        return
+    if args.mlx:
+        rows, errors = mlx_rows(args.home)
+        tables.write_all(args.write, "memory_plan.py:mlx", [*HEADER, *rows])
+        print(f"peak RSS of edgeslm's MLX runner, one slot, the prompt filling the context, predicted from the "
+              f"folder's config ({MemoryConstants()}) and measured; |error| {summary(errors)}\n")
         print("\n".join([*HEADER, *rows]))
         return
     chosen = [CONFIGS[int(i)] for i in args.configs.split(",")] if args.configs else CONFIGS

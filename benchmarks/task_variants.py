@@ -98,7 +98,8 @@ def mix(home: Path, model: str, args: argparse.Namespace) -> tuple[str, str]:
 
 
 def measure(home: Path, name: str, reference: str, args: argparse.Namespace) -> dict[str, Any]:
-    kld = json.loads(edgeslm(home, "eval", name, "--reference", reference, "--chunks", "4", "--json"))[0]
+    again = ["--force"] if args.force_speed else []
+    kld = json.loads(edgeslm(home, "eval", name, "--reference", reference, "--chunks", "4", *again, "--json"))[0]
     limit = ["--limit", str(args.limit)] if args.limit else []
     force = ["--force"] if args.force else []
     tasks = json.loads(edgeslm(home, "eval", name, "--task", args.tasks, "--slots", str(args.slots),
@@ -127,6 +128,8 @@ def main() -> None:
     parser.add_argument("--limit", type=int, help="only the first N problems of each task (a quick look)")
     parser.add_argument("--slots", type=int, default=4)
     parser.add_argument("--force", action="store_true", help="re-run the tasks even where results are kept")
+    parser.add_argument("--force-speed", action="store_true",
+                        help="re-run the KLD eval and its speed test (quiet machine: comparable tok/s)")
     parser.add_argument("--home", type=Path, default=BENCH_HOME)
     parser.add_argument("--write", type=Path, nargs="*", default=[])
     args = parser.parse_args()

@@ -74,16 +74,17 @@ class Tuned:
 
 
 def measured_peak(model: ResolvedModel, home: str, slots: int, ctx: int, kv: str | None = "f16",
-                  requests: int = 1, tuning: Tuning | None = None) -> int:
+                  requests: int = 1, tuning: Tuning | None = None, prompt: int | None = None) -> int:
     """The runner's peak resident memory (VmHWM) after ``requests`` concurrent requests, each a full
-    micro-batch of prefill and 8 tokens (``kv``: None on a runtime that keeps its own cache type)."""
+    micro-batch of prefill (or ``prompt`` tokens) and 8 tokens (``kv``: None on a runtime that keeps
+    its own cache type)."""
     from .runner.messages import Job
     from .runner.process import Runner
 
     runner = Runner(model, slots=slots, ctx_per_slot=ctx, home=home, kv=kv, tuning=tuning)
     try:
         vocab = model.info.vocab_size or 2000
-        ids = [(1000 + i) % vocab for i in range(min(ctx - 16, 600))]  # a full micro-batch where the slot holds it
+        ids = [(1000 + i) % vocab for i in range(prompt or min(ctx - 16, 600))]  # a full micro-batch where it fits
 
         async def ask(n: int) -> None:
             async for _ in runner.agenerate(Job([*ids[:-1], (ids[-1] + n) % vocab], SamplingParams(temperature=0), 8)):

@@ -119,6 +119,59 @@ def test_slots_step_two_generations_as_one_at_a_time(mlx_store: Store) -> None:
     assert all(got.values())
 
 
+def test_plan_predicts_an_mlx_runner_and_plan_ram_weighs_it(mlx_home: Path, cli: Callable[..., CliResult]) -> None:
+    """The MLX plan: the weights read in whole, each slot's cache of its whole context in the model's
+    type, a prefill step's attention scores; constants fitted on SmolLM2 (an upper bound for a tiny model)."""
+    from edgeslm.config import resolve_settings
+    from edgeslm.generation import resolve_model
+    from edgeslm.tune import measured_peak
+
+    shown = {slots: json.loads(cli("plan", Q4, "--ctx", "256", "--parallel", str(slots), "--json").out)
+             for slots in (1, 2)}
+    one, two = shown[1], shown[2]
+    assert one["runtime"] == "mlx" and one["kv_type"] == "f32" and one["repacked"] == 0 and one["compute"] > 0
+    assert two["kv_cache"] == 2 * one["kv_cache"] > 0 and one["mapped"] == two["mapped"] > 0
+    peak = measured_peak(resolve_model(Q4, resolve_settings(home=mlx_home, offline=True)), str(mlx_home), 2, 256,
+                         None, requests=2)
+    assert peak <= two["total"] < peak + 200 * 2**20, (two, peak)
+    refused = cli("plan", Q4, "--ctx", "256", "--kv-type", "q8_0")
+    assert refused.code != 0 and "runs on mlx, which keeps its KV cache in the model's own type (f32)" in refused.err
+    # plan --ram searches MLX folders too: the only variant with a measured KLD is the chat choice
+    assert cli("eval", Q4, "--reference", GGUF_NAME, "--ctx", "64", "--chunks", "1", "--no-speed").code == 0
+    chosen = json.loads(cli("plan", Q4, "--ram", "4GB", "--ctx", "256", "--json").out)["chosen"]
+    assert (chosen["name"], chosen["runtime"], chosen["kv"], chosen["memory"]) == (Q4, "mlx", "f32", one["total"])
+
+
+def test_a_served_mlx_model_holds_its_whole_context(tmp_path: Path) -> None:
+    """The server's runner gives an MLX model the context it was asked for (it held 512 tokens, the
+    size llama.cpp's runners load their unused model context with)."""
+    import asyncio
+
+    from edgeslm.config import resolve_settings
+    from edgeslm.convert import convert
+    from edgeslm.generation import resolve_model
+    from edgeslm.runner.messages import Done, Job
+    from edgeslm.runner.process import Runner
+    from tests.hfbuild import write_model, write_tokenizer
+
+    store = Store.open(tmp_path / "models")
+    vocab = write_tokenizer(tmp_path / "hf")
+    write_model(tmp_path / "hf", "llama", vocab, max_position_embeddings=1024)
+    convert(store, tmp_path / "hf", outtype="f32", name="long-llama:f32")
+    convert_to_mlx(store, parse_name("long-llama:f32"), MlxRecipe(dtype="float32"))
+    model = resolve_model("long-llama:mlx-fp32", resolve_settings(home=tmp_path, offline=True))
+    runner = Runner(model, slots=1, ctx_per_slot=1024, home=str(tmp_path), kv=None)
+    try:
+        async def ask() -> list[object]:
+            return [ev async for ev in runner.agenerate(Job([5 + i % 300 for i in range(700)],
+                                                            SamplingParams(temperature=0), 4))]
+
+        done = asyncio.run(ask())[-1]
+        assert isinstance(done, Done) and (done.prompt_tokens, done.completion_tokens) == (700, 4), done
+    finally:
+        runner.close()
+
+
 # -- hostile folders -------------------------------------------------------------------------------
 
 

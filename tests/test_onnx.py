@@ -211,7 +211,7 @@ def test_plan_predicts_an_onnx_runner_with_every_slot_busy(onnx_home: Path, cli:
     peak = measured_peak(model, str(onnx_home), 3, 256, None, requests=3)
     assert peak <= three["total"] < peak + 200 * 2**20, (three, peak)
     refused = cli("plan", INT4, "--ctx", "256", "--kv-type", "q8_0")
-    assert refused.code != 0 and "keeps its KV cache in the type its graph declares (f32)" in refused.err
+    assert refused.code != 0 and "keeps its KV cache in the model's own type (f32)" in refused.err
 
 
 def test_plan_ram_weighs_onnx_variants_with_the_graphs_cache(onnx_home: Path, cli: Callable[..., CliResult]) -> None:

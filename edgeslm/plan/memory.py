@@ -43,7 +43,7 @@ from ..formats.model_format import Runtime
 from ..formats.model_info import ModelInfo, estimate_memory, model_info
 from ..store.resolve import ResolvedModel
 
-ONNX_RUNTIME = Runtime.ONNXRUNTIME.value
+ONNX_RUNTIME, MLX_RUNTIME = Runtime.ONNXRUNTIME.value, Runtime.MLX.value
 # a plan's parts, in the order they are shown, with what each is
 PARTS = (("mapped", "weights, the mapped file (onnxruntime: the resident share)"),
          ("repacked", "weights, llama.cpp's repacked copy"),
@@ -68,6 +68,9 @@ class MemoryConstants:
     onnx_base: int = 246_091_802  # bytes: the runner, onnxruntime and its arenas
     onnx_weights: float = 0.79  # of the weight files' bytes, resident at the peak
     onnx_per_slot_vocab: float = 410.1  # bytes per busy slot per vocabulary entry (a generator's buffers)
+    # MLX (its Linux CPU build, mlx-lm), fitted on SmolLM2 4- and 8-bit with prompts of 16 to 3,000 tokens
+    mlx_base: int = 335_000_000  # bytes: the runner, mlx and mlx-lm
+    mlx_per_score: float = 7.0  # bytes per head × query × key of one prefill step (scores, softmax)
 
 
 @dataclass(frozen=True)
@@ -181,13 +184,29 @@ def plan_onnx(name: str, info: ModelInfo, *, ctx_per_slot: int, slots: int = 1,
     )
 
 
+MLX_PREFILL_STEP = 2048  # mlx-lm's generate_step prefills at most this many tokens at a time
+
+
+def plan_mlx(name: str, info: ModelInfo, *, ctx_per_slot: int, slots: int = 1,
+             constants: MemoryConstants | None = None) -> MemoryPlan:
+    """An MLX runner's peak memory (mlx-lm's generation, on this machine's MLX build): its weights read
+    in whole, each slot's KV cache of the whole context in the model's type (mlx-lm grows it 256
+    cells at a time), one prefill step's attention scores against the whole context, and a base."""
+    constants = constants or MemoryConstants()
+    ctx = min(ctx_per_slot, info.context_length or ctx_per_slot)
+    step = min(ctx, MLX_PREFILL_STEP)
+    return MemoryPlan(
+        model=name, ctx_per_slot=ctx_per_slot, slots=slots, kv_type=f"f{8 * info.kv_bytes_per_element}",
+        mapped=info.file_size, repacked=0, kv_cache=slots * estimate_memory(info, ctx).kv_cache_bytes,
+        compute=round(constants.mlx_per_score * (info.head_count or 1) * step * ctx), vocabulary=0,
+        base=constants.mlx_base,
+    )
+
+
 def plan_model(model: ResolvedModel, runtime: str, *, ctx_per_slot: int, slots: int, kv: KVCache,
                constants: MemoryConstants | None = None, tuning: Tuning | None = None) -> MemoryPlan:
-    """``plan_memory`` (llama.cpp) or ``plan_onnx`` for a resolved model, after the checks a load
-    would make: a modelled runtime, a context within the trained length, a cache type the heads can hold."""
-    if runtime not in (DEFAULT_ENGINE, ONNX_RUNTIME):
-        raise InvalidParameterError(f"{model.name} runs on {runtime}: its memory plan is not modelled yet (llama.cpp "
-                                    "and onnxruntime models only); 'edgeslm bench' measures its peak memory")
+    """``plan_memory`` (llama.cpp), ``plan_onnx`` or ``plan_mlx`` for a resolved model, after the checks a
+    load would make: a context within the trained length, a cache type the runtime and heads can hold."""
     if not 1 <= slots <= 256:
         raise InvalidParameterError(f"parallel {slots} is out of range; valid: 1 to 256", params="parallel")
     trained = model.info.context_length
@@ -195,14 +214,22 @@ def plan_model(model: ResolvedModel, runtime: str, *, ctx_per_slot: int, slots: 
         raise InvalidParameterError(
             f"ctx {ctx_per_slot:,} is outside what {model.name} can hold: 16 to {trained or MAX_CONTEXT:,} tokens, "
             "its trained context (edgeslm does not stretch a model's context with RoPE scaling)", params="ctx")
-    if runtime == ONNX_RUNTIME:
+    folder_plan = FOLDER_PLANS.get(runtime)
+    if folder_plan is not None:
         if kv != F16_CACHE:
-            raise InvalidParameterError(f"--kv-type {kv}: {model.name} runs on onnxruntime, which keeps its KV cache "
-                                        f"in the type its graph declares (f{8 * model.info.kv_bytes_per_element}); "
+            raise InvalidParameterError(f"--kv-type {kv}: {model.name} runs on {runtime}, which keeps its KV cache "
+                                        f"in the model's own type (f{8 * model.info.kv_bytes_per_element}); "
                                         "name a GGUF model for a quantized cache", params="kv_type")
-        return plan_onnx(model.name, model.info, ctx_per_slot=ctx_per_slot, slots=slots, constants=constants)
+        return folder_plan(model.name, model.info, ctx_per_slot=ctx_per_slot, slots=slots, constants=constants)
+    if runtime != DEFAULT_ENGINE:
+        raise InvalidParameterError(f"{model.name} runs on {runtime}: its memory plan is not modelled; "
+                                    "'edgeslm bench' measures its peak memory")
     info = model.info
     heads = info.embedding_length // max(info.head_count or 1, 1) if info.embedding_length else 0
     kv.check_head(info.key_length or heads, info.value_length or heads, model.name)
     return plan_memory(model.path, model.name, ctx_per_slot=ctx_per_slot, slots=slots, kv=kv, constants=constants,
                        tuning=tuning)
+
+
+# the runtimes of model folders, whose plans come from the folder's config
+FOLDER_PLANS = {ONNX_RUNTIME: plan_onnx, MLX_RUNTIME: plan_mlx}

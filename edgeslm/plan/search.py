@@ -1,9 +1,9 @@
-"""``plan --ram``: over the stored variants of every modelled runtime (llama.cpp's GGUF files, ONNX
-Runtime's folders; MLX: not yet), KV cache types, contexts and slot counts, the configuration a use
-case wants that fits a memory budget and meets its quality floors.
+"""``plan --ram``: over the stored variants of every runtime (llama.cpp's GGUF files, ONNX Runtime's
+and MLX's folders), KV cache types, contexts and slot counts, the configuration a use case wants
+that fits a memory budget and meets its quality floors.
 
-Memory is the plan of each configuration (``memory.plan_memory``, ``memory.plan_onnx``: an ONNX
-runner keeps its KV cache in its graph's type, so it has one KV choice); quality is what the store
+Memory is the plan of each configuration (``memory.plan_memory``; ``memory.FOLDER_PLANS``: an ONNX
+or MLX runner keeps its KV cache in the model's own type, so it has one KV choice); quality is what the store
 measured: the variant's mean KLD (``eval``), plus what its KV cache type adds where ``eval
 --kv-type`` measured it, and HumanEval pass@1 where ``eval --task humaneval`` did. Nothing is
 guessed: a configuration whose quality was not measured is shown as such and ranked after the
@@ -24,14 +24,13 @@ from ..evaluate.result import EvalResult
 from ..evaluate.task_results import Task, TaskResult, latest_task_results
 from ..formats.gguf_header import read_gguf_header
 from ..formats.kv_cache import KVCache
-from ..formats.model_format import ModelFormat
+from ..formats.model_format import RUNTIME_OF
 from ..store import Store, parse_name
 from ..store.records import Manifest
 from ..units import format_bytes
-from .memory import ONNX_RUNTIME, MemoryConstants, MemoryPlan, plan_memory, plan_onnx
+from .memory import FOLDER_PLANS, MemoryConstants, MemoryPlan, plan_memory
 
 CONTEXTS = tuple(2048 << i for i in range(5))  # 2,048 to 32,768 tokens
-RUNTIMES = {ModelFormat.GGUF: DEFAULT_ENGINE, ModelFormat.ONNX: ONNX_RUNTIME}  # the formats whose memory is modelled
 KV_TYPES = ("f16", "q8_0", "q4_0")
 # what the configuration is for -> what ranks first (the rest break ties). A KL-divergence compares the
 # variants of one model (each against its own reference), never two models: across models the larger
@@ -87,7 +86,7 @@ class Choice:
     @property
     def modelfile(self) -> str:
         c = self.chosen
-        kv = f"PARAMETER kv_type {c.kv}\n" if c.runtime == DEFAULT_ENGINE else ""  # ONNX: the graph's type
+        kv = f"PARAMETER kv_type {c.kv}\n" if c.runtime == DEFAULT_ENGINE else ""  # ONNX, MLX: the model's own
         return f"FROM {c.name}\nPARAMETER num_ctx {c.ctx}\n{kv}"
 
 
@@ -100,12 +99,10 @@ def choose(store: Store, budget: int, use_case: str = "chat", *, names: Sequence
         raise InvalidParameterError(f"parallel {parallel} is out of range; valid: 1 to 256", params="parallel")
     if ctx is not None and not 16 <= ctx <= MAX_CONTEXT:
         raise InvalidParameterError(f"ctx {ctx} is out of range; valid: 16 to {MAX_CONTEXT:,}", params="ctx")
-    variants = [m for m in store.manifests() if m.format in RUNTIMES
-                and (not names or any(parse_name(n).owns(m.name) for n in names))]
+    variants = [m for m in store.manifests() if not names or any(parse_name(n).owns(m.name) for n in names)]
     if not variants:
-        raise InvalidParameterError("no stored GGUF or ONNX model to plan for" + (
-            f" named {', '.join(names)} (MLX models are not modelled yet)" if names
-            else "; 'edgeslm pull qwen2.5-coder:0.5b' adds one"))
+        raise InvalidParameterError("no stored model to plan for" + (f" named {', '.join(names)}" if names
+                                    else "; 'edgeslm pull qwen2.5-coder:0.5b' adds one"))
     kept = _Kept(measured_by_digest(store), kv_costs(store), latest_task_results(store, variants))  # read once
     configs = [c for m in variants for c in _configs(store, m, kept, ctx, parallel, constants, tuning or Tuning())]
     if not configs:
@@ -152,12 +149,14 @@ def _configs(store: Store, m: Manifest, kept: _Kept, ctx: int | None, parallel: 
 
     def config(plan: MemoryPlan, added: float | None) -> Config:
         weights = measured.kld_mean if measured else None
-        return Config(str(m.name), RUNTIMES[m.format], m.name.family, m.info.n_params, plan.ctx_per_slot, slots,
-                      plan.kv_type, plan.total, None if weights is None or added is None else weights + added,
-                      task.score if task else None, measured.speed.tg_tps if measured and measured.speed else None)
+        kld = None if weights is None or added is None else weights + added
+        return Config(str(m.name), RUNTIME_OF[m.format].value, m.name.family, m.info.n_params, plan.ctx_per_slot,
+                      slots, plan.kv_type, plan.total, kld, task.score if task else None,
+                      measured.speed.tg_tps if measured and measured.speed else None)
 
-    if m.format is ModelFormat.ONNX:  # one KV choice: the graph's type
-        return [config(plan_onnx(str(m.name), m.info, ctx_per_slot=n, slots=slots, constants=constants), 0.0)
+    folder_plan = FOLDER_PLANS.get(RUNTIME_OF[m.format].value)
+    if folder_plan is not None:  # one KV choice: the model's own type
+        return [config(folder_plan(str(m.name), m.info, ctx_per_slot=n, slots=slots, constants=constants), 0.0)
                 for n in contexts]
     header = read_gguf_header(store.model_path(m))
     out = []

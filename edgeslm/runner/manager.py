@@ -24,7 +24,7 @@ from ..engines.base import Tuning
 from ..errors import CapacityError, EdgeslmError, EngineError, InvalidNameError, InvalidParameterError, OverBudgetError
 from ..formats.kv_cache import KVCache, kv_cache_for
 from ..formats.model_info import estimate_memory
-from ..plan.memory import ONNX_RUNTIME, MemoryPlan, over_budget, plan_memory, plan_onnx
+from ..plan.memory import FOLDER_PLANS, MemoryPlan, over_budget, plan_memory
 from ..plan.profile import memory_constants
 from ..pull import ensure_pulled
 from ..speculation.config import LookupConfig
@@ -226,12 +226,12 @@ class ModelManager:
         return Lease(entry.name, runner, time.perf_counter() - start)
 
     def _plan(self, model: ResolvedModel) -> MemoryPlan | None:
-        """The measured plan of ``model``'s runner from its file header or config (None: a runtime
-        not modelled yet)."""
+        """The measured plan of ``model``'s runner from its file header or config (None: an engine
+        with no model of its memory)."""
         p, runtime = self.params, model.engine(self.settings.engine)
-        if runtime == ONNX_RUNTIME:
-            return plan_onnx(model.name, model.info, ctx_per_slot=p.ctx_per_slot, slots=p.slots,
-                             constants=self.constants)
+        if runtime in FOLDER_PLANS:
+            return FOLDER_PLANS[runtime](model.name, model.info, ctx_per_slot=p.ctx_per_slot, slots=p.slots,
+                                         constants=self.constants)
         if runtime != DEFAULT_ENGINE:
             return None
         return plan_memory(model.path, model.name, ctx_per_slot=p.ctx_per_slot, slots=p.slots, kv=self.kv_cache(model),

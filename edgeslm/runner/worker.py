@@ -18,12 +18,12 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..config import resolve_settings
+from ..config import DEFAULT_ENGINE, resolve_settings
 from ..engines.base import SamplingParams, Tuning, open_batch
 from ..errors import ContextOverflowError, EdgeslmError, InvalidParameterError
 from ..formats.kv_cache import KVCache
 from ..framing import LineReader, error_message, send
-from ..generation import TextStream, load
+from ..generation import TextStream, load, resolve_model
 from ..speculation import LookupConfig
 from ..store.resolve import ResolvedModel
 from ..tools.grammar import format_grammar, job_grammar
@@ -51,8 +51,11 @@ class _Request:
 def serve(name: str | ResolvedModel, slots: int, ctx_per_slot: int, threads: int | None, home: str | None, reuse: bool,
           draft: LookupConfig | None = None, kv: KVCache | None = None, tuning: Tuning | None = None) -> None:
     settings = resolve_settings(home=home, offline=True)
-    model = load(name, ctx=min(ctx_per_slot, 512), threads=threads, settings=settings, kv=kv, check_memory=False,
-                 tuning=tuning)
+    found = name if isinstance(name, ResolvedModel) else resolve_model(name, settings)
+    # llama.cpp's batch opens a context of its own (the model's is unused: kept small); the other runtimes'
+    # slots generate through the engine, whose context is each slot's limit
+    ctx = min(ctx_per_slot, 512) if found.engine(settings.engine) == DEFAULT_ENGINE else ctx_per_slot
+    model = load(found, ctx=ctx, threads=threads, settings=settings, kv=kv, check_memory=False, tuning=tuning)
     batch = open_batch(model.engine, slots, ctx_per_slot, reuse=reuse, draft=draft,
                        n_batch=tuning.n_ubatch if tuning else None)
     ready = {"op": "ready", "name": model.name, "slots": slots, "ctx_per_slot": ctx_per_slot, "pid": os.getpid(),
