@@ -123,6 +123,27 @@ def test_hermes_tool_calls_through_both_clients(url: str) -> None:
         oll._client.close()
 
 
+def test_show_says_what_ollama_clients_look_for_and_num_ctx_holds(url: str) -> None:
+    """capabilities as Ollama reports them (its template writes Hermes tool calls: "tools"), the context a
+    request gets here (not the 32,768 it was trained for), and a smaller num_ctx enforced per request."""
+    import ollama
+
+    oll = ollama.Client(host=url, timeout=300)
+    try:
+        shown = oll.show(QWEN_SMALL)
+        assert shown.capabilities == ["completion", "tools"]
+        info = dict(shown.modelinfo or {})
+        assert info["qwen2.context_length"] == 2048 and info["edgeslm.trained_context_length"] == 32768
+        long = "Write it out in full. " * 40  # more than 64 tokens
+        with pytest.raises(ollama.ResponseError, match=r"context holds 64 per request.*a larger num_ctx"):
+            oll.generate(model=QWEN_SMALL, prompt=long, options={"num_ctx": 64})
+        reply = oll.generate(model=QWEN_SMALL, prompt="Count from 1 to 100.", options={"num_ctx": 64, "temperature": 0})
+        assert reply.done_reason == "length" and (reply.prompt_eval_count or 0) + (reply.eval_count or 0) == 64
+        assert next(m for m in oll.ps().models if m.model == QWEN_SMALL).context_length == 2048
+    finally:
+        oll._client.close()
+
+
 def test_its_tokenizer_exports_as_llama_cpp_splits_it(qwen: Model, tmp_path: Path) -> None:
     """export/convert/finetune write the GGUF's tokenizer as tokenizer.json (the qwen2 pre-tokenizer):
     the tokenizers library then gives llama.cpp's ids on code, digits, CRLF, CJK, Cyrillic and emoji."""

@@ -36,6 +36,7 @@ class Job:
     return_prompt_ids: bool = False
     tooling: dict[str, Any] | None = None  # tools in the template's own format (``tools.native_job``)
     truncate: bool = False  # asked: an over-long prompt loses its oldest turns (or its start); else an error
+    num_ctx: int | None = None  # the request's own context, smaller than the slot's (Ollama's num_ctx)
 
     def message(self, rid: str) -> Message:
         fields = asdict(self)

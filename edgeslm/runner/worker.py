@@ -96,21 +96,25 @@ def _handle(raw: bytes, model: Any, batch: Any, waiting: deque[_Request], runnin
         if msg["op"] == "embed":
             _embed(model, rid, msg["texts"])
             return
+        slot = batch.ctx_per_slot
+        ctx = min(slot, int(msg.get("num_ctx") or slot))  # the request's own context (Ollama's num_ctx), if smaller
+        if ctx < slot:
+            larger = f"or ask for a larger num_ctx (this server holds up to {slot:,} per request)"
+        else:
+            larger = "or restart the server with a larger context per slot ('edgeslm serve --ctx {n}')"
         if not msg.get("truncate"):
-            _refuse_surely_too_long(model, msg["prompt"], msg.get("system"), batch.ctx_per_slot)
+            _refuse_surely_too_long(model, msg["prompt"], msg.get("system"), ctx, larger)
         tokens = _prompt_tokens(model, msg)
-        if len(tokens) >= batch.ctx_per_slot and msg.get("truncate"):
-            tokens = truncated(model, msg, tokens, batch.ctx_per_slot)
-        if len(tokens) >= batch.ctx_per_slot:
+        if len(tokens) >= ctx and msg.get("truncate"):
+            tokens = truncated(model, msg, tokens, ctx)
+        if len(tokens) >= ctx:
             ways = ("its last turn alone does not fit even truncated: shorten it" if msg.get("truncate") else
                     "nothing was cut: shorten it, ask for truncation (Ollama: \"truncate\": true; OpenAI: "
                     "\"truncation\": \"auto\")")
             raise ContextOverflowError(
-                f"the prompt has {len(tokens):,} tokens but the context holds {batch.ctx_per_slot:,} per request; "
-                f"{ways}, or restart the server with a larger context per slot "
-                f"('edgeslm serve --ctx {_room_for(len(tokens))}')", params="num_ctx"
-            )
-        room = batch.ctx_per_slot - len(tokens)
+                f"the prompt has {len(tokens):,} tokens but the context holds {ctx:,} per request; {ways}, "
+                + larger.format(n=_room_for(len(tokens))), params="num_ctx")
+        room = ctx - len(tokens)
         limit = room if msg["max_tokens"] == -1 else min(int(msg["max_tokens"]), room)
         stop = list(msg.get("stop", []))
         tooling = msg.get("tooling")
@@ -134,7 +138,7 @@ def _handle(raw: bytes, model: Any, batch: Any, waiting: deque[_Request], runnin
 _LONGEST: dict[str, int] = {}  # model name -> its vocabulary's longest piece, in bytes
 
 
-def _refuse_surely_too_long(model: Any, prompt: Any, system: str | None, ctx: int) -> None:
+def _refuse_surely_too_long(model: Any, prompt: Any, system: str | None, ctx: int, larger: str) -> None:
     """A text prompt that cannot fit is refused before it is tokenized (a 500,000-token paste costs
     nothing): no token spells more bytes than the vocabulary's longest piece, so a text of more than
     ``ctx`` such pieces holds more than ``ctx`` tokens."""
@@ -151,8 +155,7 @@ def _refuse_surely_too_long(model: Any, prompt: Any, system: str | None, ctx: in
         raise ContextOverflowError(
             f"the prompt's {size:,} bytes are at least {least:,} tokens, more than the context holds ({ctx:,} per "
             "request); nothing was cut or tokenized: shorten it, ask for truncation (Ollama: \"truncate\": true; "
-            "OpenAI: \"truncation\": \"auto\"), or restart the server with a larger context per slot "
-            "('edgeslm serve --ctx N')", params="num_ctx")
+            f"OpenAI: \"truncation\": \"auto\"), {larger.format(n='N')}", params="num_ctx")
 
 
 def truncated(model: Any, msg: dict[str, Any], tokens: list[int], ctx: int) -> list[int]:

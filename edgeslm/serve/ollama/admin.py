@@ -28,7 +28,7 @@ from ...store.resolve import chat_template, from_manifest
 from ...store.uploads import Upload, find_file, parse_digest
 from ..bodies import body_chunks, parse
 from ..state import note, state
-from .routes import details, ndjson
+from .routes import capabilities, details, ndjson
 from .schemas import CopyRequest, CreateRequest, ModelRequest
 
 router = APIRouter()
@@ -49,13 +49,18 @@ async def show(request: Request) -> Response:
     info = {k: v for k, v in report.metadata.items() if not (isinstance(v, str) and v.startswith("["))}
     if not body.verbose:
         info = {k: v for k, v in info.items() if not k.startswith("tokenizer.")}
+    trained = manifest.info.context_length
+    served = min(trained or st.manager.params.ctx_per_slot, st.manager.params.ctx_per_slot)
+    # the context a request gets here, where clients look for it; the trained one beside it
+    info = {**info, f"{manifest.info.architecture}.context_length": served, "edgeslm.trained_context_length": trained}
+    can = capabilities(manifest, template)  # from the chat template the model renders with
     template = defaults.get("template_source") or template
     return JSONResponse({
         "modelfile": modelfile_of(st.store(), manifest),
         "parameters": parameters, "template": template if isinstance(template, str) else "",
         "system": defaults.get("system", ""), "license": "\n".join(defaults.get("license") or []),
         "messages": list(defaults.get("messages") or []), "details": details(manifest), "model_info": info,
-        "capabilities": ["completion"], "modified_at": manifest.created,
+        "capabilities": can, "modified_at": manifest.created,
         "adapters": [{"digest": a.digest.replace("-", ":"), "scale": a.scale, "name": a.label}
                      for a in manifest.adapters],
     })

@@ -9,6 +9,7 @@ import json
 import logging
 import time
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from typing import Any
 
 from fastapi import APIRouter
@@ -22,6 +23,8 @@ from ...store import parse_name
 from ...store.records import Manifest
 from ...store.resolve import ResolvedModel, stored
 from ...tools import ToolReply
+from ...tools.native import ToolFormat
+from ...tools.native import detect as detect_tool_format
 from ...tools.plan import calls_from, conversation, ollama_calls
 from ...units import format_params
 from ...version import __version__
@@ -60,10 +63,17 @@ def ns(seconds: float) -> int:
     return int(seconds * 1e9)
 
 
-def job_settings(
-    request: Request, options: Options | None, stored: dict[str, Any]
-) -> tuple[SamplingParams, int, tuple[str, ...]]:
-    """Sampling, token limit and stop strings: Ollama's defaults < the model's stored parameters < options."""
+@dataclass(frozen=True)
+class JobSettings:
+    sampling: SamplingParams
+    max_tokens: int
+    stop: tuple[str, ...]
+    num_ctx: int | None  # the request's own context where smaller than the slot's
+
+
+def job_settings(request: Request, options: Options | None, stored: dict[str, Any]) -> JobSettings:
+    """Sampling, token limit, stop strings and context: Ollama's defaults < the model's stored
+    parameters < options. A ``num_ctx`` below the server's context per slot holds the request to it."""
     given = options.model_dump(exclude_none=True) if options else {}
     merged = {**DEFAULTS, **stored, **given}
     ignored = sorted(k for k in given if k not in (*SAMPLING_KEYS, "num_ctx", "num_predict", "stop"))
@@ -85,7 +95,8 @@ def job_settings(
         raise InvalidParameterError(
             f"num_predict {num_predict} is out of range; valid: -1 (no limit), -2 (fill the context) or 1 to {ctx:,}"
         )
-    return sampling, (-1 if num_predict < 0 else num_predict), check_stops(merged.get("stop"))
+    return JobSettings(sampling, -1 if num_predict < 0 else num_predict, check_stops(merged.get("stop")),
+                       num_ctx if num_ctx is not None and num_ctx < ctx else None)
 
 
 def check_logprobs(wanted: bool | None, top: int | None) -> int | None:
@@ -172,16 +183,17 @@ async def generate(request: Request) -> Response:
     if not body.prompt and not body.context:
         return await _load_only(request, found, keep, response="")
     model = stored(found)
-    sampling, max_tokens, stop = job_settings(request, body.options, model.parameters)
+    settings = job_settings(request, body.options, model.parameters)
     if state(request).audit_prompts:
         note(request, prompt=body.prompt)
     prompt: Any = body.prompt
     if not body.raw and not body.context and model.examples:  # the model's example messages come first
         prompt = [*model.examples, {"role": "user", "content": body.prompt}]
     job = Job(
-        prompt, sampling, max_tokens, stop, check_logprobs(body.logprobs, body.top_logprobs),
+        prompt, settings.sampling, settings.max_tokens, settings.stop, check_logprobs(body.logprobs, body.top_logprobs),
         template=not body.raw, system=None if body.raw else (body.system or model.system),
         context=tuple(body.context or ()), format=body.format, return_prompt_ids=True, truncate=body.truncate,
+        num_ctx=settings.num_ctx,
     )
     gen = await Generation.start(request, found, job, keep)
     if not body.stream:
@@ -230,13 +242,14 @@ async def chat(request: Request) -> Response:
     if not body.messages:
         return await _load_only(request, found, keep, message={"role": "assistant", "content": ""})
     model = stored(found)
-    sampling, max_tokens, stop = job_settings(request, body.options, model.parameters)
+    settings = job_settings(request, body.options, model.parameters)
     messages, system = model.conversation(conversation(given, plan, ids_required=False))
     if state(request).audit_prompts:
         note(request, prompt=json.dumps(messages)[:100_000])
     logprobs = check_logprobs(body.logprobs, body.top_logprobs)
-    job = Job(messages, sampling, max_tokens, stop, logprobs, system=system, format=plan.format() or body.format,
-              tooling=plan.tooling(), truncate=body.truncate)
+    job = Job(messages, settings.sampling, settings.max_tokens, settings.stop, logprobs, system=system,
+              format=plan.format() or body.format, tooling=plan.tooling(), truncate=body.truncate,
+              num_ctx=settings.num_ctx)
     gen = await Generation.start(request, found, job, keep)
     if not body.stream:
         reply = await collect(request, gen)
@@ -311,6 +324,20 @@ def details(manifest: Manifest) -> dict[str, Any]:
         "parameter_size": format_params(info.n_params),
         "quantization_level": info.file_type or "unknown",
     }
+
+
+# llama.cpp's architectures that only embed (no causal head): Ollama reports them as "embedding" alone
+EMBEDDING_ONLY = frozenset({"bert", "nomic-bert", "nomic-bert-moe", "jina-bert-v2", "modern-bert", "neo-bert"})
+
+
+def capabilities(manifest: Manifest, template: object) -> list[str]:
+    """What Ollama's ``/api/show`` says a model can do: ``completion`` (or ``embedding`` for an encoder),
+    and ``tools`` where its chat template writes a tool format (as Ollama reads ``.Tools`` in its
+    templates). Not ``insert``: fill-in-the-middle is not served yet."""
+    if manifest.info.architecture in EMBEDDING_ONLY:
+        return ["embedding"]
+    native = detect_tool_format(template if isinstance(template, str) else None) is not ToolFormat.GENERIC
+    return ["completion", "tools"] if native else ["completion"]
 
 
 def model_entry(m: Manifest) -> dict[str, Any]:
