@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator, Sequence
 from typing import Any, ClassVar
 
 from edgeslm.errors import ContextOverflowError, EngineError
-from edgeslm.runner import Chunk, Done, Embeddings, Job
+from edgeslm.runner import Chunk, Done, Embeddings, Job, Tokens
 
 REPLY_WORDS = 6
 _PIDS = itertools.count(50_000)
@@ -78,6 +78,14 @@ class FakeRunner:
             raise
         vectors = [[b / 255 for b in hashlib.sha256(t.encode()).digest()[:4]] for t in texts]
         return Embeddings(vectors, sum(len(t.split()) for t in texts))
+
+    async def atokenize(self, content: str, *, add_special: bool = False, parse_special: bool = True,
+                        with_pieces: bool = False) -> Tokens:
+        words = content.split()
+        return Tokens([100 + i for i in range(len(words))], [w.encode() for w in words] if with_pieces else None)
+
+    async def adetokenize(self, ids: Sequence[int]) -> str:
+        return " ".join(f"w{i - 100}" for i in ids)
 
     def close(self) -> None:
         self.alive = False

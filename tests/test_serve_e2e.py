@@ -100,7 +100,7 @@ def test_ollama_pull_copy_create_delete(oll: ollama.Client) -> None:
     assert info.value.status_code == 404
 
 
-def test_openai_chat_completions_embeddings_models(oai: openai.OpenAI) -> None:
+def test_openai_chat_completions_embeddings_models(oai: openai.OpenAI, server: Served) -> None:
     args = {"model": MODEL, "messages": ASK, "temperature": 0, "max_tokens": 24}
     whole = oai.chat.completions.create(**args)  # type: ignore[call-overload]
     text = whole.choices[0].message.content
@@ -119,9 +119,50 @@ def test_openai_chat_completions_embeddings_models(oai: openai.OpenAI) -> None:
     assert comp.choices[0].text and comp.usage and comp.usage.completion_tokens <= 8
     emb = oai.embeddings.create(model=MODEL, input=["hello", "world"])  # base64 on the wire
     assert len(emb.data) == 2 and len(emb.data[0].embedding) == 576
+    # token ids of the model's own vocabulary (OpenAI's token arrays; LangChain sends them by default): the
+    # same vector as the text they spell
+    ids = httpx.post(server.url + "/tokenize", json={"model": MODEL, "content": "hello"}).json()["tokens"]
+    by_ids = oai.embeddings.create(model=MODEL, input=[ids, ids]).data
+    assert by_ids[0].embedding == pytest.approx(emb.data[0].embedding, abs=1e-5) and len(by_ids) == 2
+    one = oai.embeddings.create(model=MODEL, input=ids).data
+    assert len(one) == 1 and one[0].embedding == pytest.approx(emb.data[0].embedding, abs=1e-5)
+    with pytest.raises(openai.BadRequestError, match="outside this model's vocabulary"):
+        oai.embeddings.create(model=MODEL, input=[[1, 49152]])
     assert f"{MODEL}:latest" in {m.id for m in oai.models.list()}
     with pytest.raises(openai.NotFoundError):
         oai.chat.completions.create(model="no-such-model", messages=ASK)
+
+
+def test_tokenize_and_detokenize_as_llama_server_answers(server: Served, builtin_home: Path) -> None:
+    """llama-server's shapes (plus a model name): ids as llama.cpp's tokenizer gives them, special tokens
+    parsed unless asked not to, pieces, the way back, and refusals in its (OpenAI's) error shape."""
+    from edgeslm.config import resolve_settings
+    from edgeslm.generation import load
+
+    text = "<|im_start|>user\nHello, naïve world!"
+    model = load(MODEL, ctx=64, settings=resolve_settings(home=builtin_home, offline=True))
+    try:
+        expected = model.engine.tokenize(text, add_special=False)
+        plain = model.engine.tokenize(text, add_special=False, parse_special=False)
+    finally:
+        model.close()
+
+    def post(path: str, **body: object) -> httpx.Response:
+        return httpx.post(server.url + path, json={"model": MODEL, **body}, timeout=CLIENT_TIMEOUT)
+
+    ids = post("/tokenize", content=text).json()["tokens"]
+    assert ids == expected and len(plain) > len(ids)  # "<|im_start|>" is one token, unless parse_special is off
+    assert post("/tokenize", content=text, parse_special=False).json()["tokens"] == plain
+    pieces = post("/tokenize", content=text, with_pieces=True).json()["tokens"]
+    assert [p["id"] for p in pieces] == ids and "".join(p["piece"] for p in pieces if isinstance(p["piece"], str))
+    assert post("/detokenize", tokens=ids).json() == {"content": text}
+    bad = post("/detokenize", tokens=[1, 10**9])
+    assert bad.status_code == 400 and "outside this model's vocabulary" in bad.json()["error"]["message"]
+    huge = httpx.post(server.url + "/tokenize", content=b'{"model": "x", "content": "' + b"a" * (10 * 2**20) + b'"}',
+                      headers={"content-type": "application/json"}, timeout=CLIENT_TIMEOUT)
+    assert huge.status_code == 413
+    missing = post("/tokenize", content="hi", model="no-such-model")
+    assert missing.status_code == 404
 
 
 def test_json_format_constrains_the_output(oll: ollama.Client) -> None:

@@ -35,6 +35,8 @@ EVERY_ROUTE = [
     ("POST", "/api/embed", {"model": "tiny", "input": "x"}),
     ("POST", "/api/embeddings", {"model": "tiny", "prompt": "x"}),
     ("POST", "/v1/embeddings", {"model": "tiny", "input": "x"}),
+    ("POST", "/tokenize", {"model": "tiny", "content": "x"}),
+    ("POST", "/detokenize", {"model": "tiny", "tokens": [100]}),
     ("GET", "/api/tags", None),
     ("GET", "/v1/models", None),
     ("GET", "/v1/models/tiny", None),

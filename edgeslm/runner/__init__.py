@@ -13,13 +13,14 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from .messages import Chunk, Done, Embeddings, Job
+    from .messages import Chunk, Done, Embeddings, Job, Tokens
     from .process import CLOSE_TIMEOUT, LOAD_TIMEOUT, Runner, RunnerLike
     from .state import LoadState
 
-__all__ = ["CLOSE_TIMEOUT", "LOAD_TIMEOUT", "Chunk", "Done", "Embeddings", "Job", "LoadState", "Runner", "RunnerLike"]
+__all__ = ["CLOSE_TIMEOUT", "LOAD_TIMEOUT", "Chunk", "Done", "Embeddings", "Job", "LoadState", "Runner", "RunnerLike",
+           "Tokens"]
 _HOME = {
-    "Chunk": "messages", "Done": "messages", "Embeddings": "messages", "Job": "messages",
+    "Chunk": "messages", "Done": "messages", "Embeddings": "messages", "Job": "messages", "Tokens": "messages",
     "CLOSE_TIMEOUT": "process", "LOAD_TIMEOUT": "process", "Runner": "process", "RunnerLike": "process",
     "LoadState": "state",
 }

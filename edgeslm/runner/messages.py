@@ -1,11 +1,14 @@
-"""What a runner is asked (``Job``) and what it answers (``Chunk``, ``Done``, ``Embeddings``).
+"""What a runner is asked (``Job``) and what it answers (``Chunk``, ``Done``, ``Embeddings``, ``Tokens``).
 
 Messages in: ``{"op": "generate", "id", **Job fields}``, ``{"op": "embed", "id", "texts"}``,
-``{"op": "cancel", "id"}``. Out: ``{"op": "ready", "name", "slots", "ctx_per_slot", "pid",
-"n_vocab", "chat"}`` or ``{"op": "failed", "kind", "message"}`` once, then ``{"op": "chunk", "id",
-"text", "token"[, "piece", "logprob", "top"]}``, ``{"op": "done", "id", "finish", "prompt_tokens",
-"completion_tokens", "prompt_seconds", "generation_seconds"[, "prompt_ids"]}``, ``{"op":
-"embedding", "id", "vectors", "tokens"}`` and ``{"op": "error", "id", "kind", "message"}``.
+``{"op": "tokenize", "id", "content", "add_special", "parse_special", "with_pieces"}``, ``{"op":
+"detokenize", "id", "tokens"}``, ``{"op": "cancel", "id"}``. Out: ``{"op": "ready", "name",
+"slots", "ctx_per_slot", "pid", "n_vocab", "chat"}`` or ``{"op": "failed", "kind", "message"}``
+once, then ``{"op": "chunk", "id", "text", "token"[, "piece", "logprob", "top"]}``, ``{"op":
+"done", "id", "finish", "prompt_tokens", "completion_tokens", "prompt_seconds",
+"generation_seconds"[, "prompt_ids"]}``, ``{"op": "embedding", "id", "vectors", "tokens"}``,
+``{"op": "tokens", "id", "tokens", "pieces"}`` (pieces as hex, or null), ``{"op": "text", "id",
+"content"}`` and ``{"op": "error", "id", "kind", "message"}``.
 """
 
 from __future__ import annotations
@@ -71,6 +74,14 @@ class Embeddings:
     tokens: int
 
 
+@dataclass(frozen=True)
+class Tokens:
+    """A text as the model's token ids, and each token's bytes (llama-server's ``with_pieces``)."""
+
+    ids: list[int]
+    pieces: list[bytes] | None = None
+
+
 def event_from(msg: Message) -> Chunk | Done:
     """A worker's ``chunk`` or ``done`` line as its record; an ``error`` line is raised."""
     if msg["op"] == "chunk":
@@ -81,6 +92,19 @@ def event_from(msg: Message) -> Chunk | Done:
         return Done(msg["finish"], **{k: msg[k] for k in fields}, prompt_ids=tuple(msg.get("prompt_ids", ())),
                     drafted=int(msg.get("drafted", 0)), accepted=int(msg.get("accepted", 0)))
     raise error_from(msg)
+
+
+def tokens_from(msg: Message) -> Tokens:
+    if msg["op"] != "tokens":
+        raise error_from(msg)
+    pieces = msg.get("pieces")
+    return Tokens([int(t) for t in msg["tokens"]], None if pieces is None else [bytes.fromhex(p) for p in pieces])
+
+
+def text_from(msg: Message) -> str:
+    if msg["op"] != "text":
+        raise error_from(msg)
+    return str(msg["content"])
 
 
 def embeddings_from(msg: Message) -> Embeddings:

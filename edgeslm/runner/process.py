@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from ..engines.base import Tuning
 from ..errors import EngineError, RunnerTimeoutError
 from ..framing import Message, decode, encode, error_from
-from .messages import Chunk, Done, Embeddings, Job, embeddings_from, event_from
+from .messages import Chunk, Done, Embeddings, Job, Tokens, embeddings_from, event_from, text_from, tokens_from
 
 if TYPE_CHECKING:
     from ..store.resolve import ResolvedModel  # the server's import of this module stays light
@@ -62,7 +62,12 @@ class RunnerLike(Protocol):
 
     def agenerate(self, job: Job) -> AsyncGenerator[Chunk | Done, None]: ...
 
-    async def aembed(self, texts: Sequence[str]) -> Embeddings: ...
+    async def aembed(self, texts: Sequence[str | Sequence[int]]) -> Embeddings: ...
+
+    async def atokenize(self, content: str, *, add_special: bool = False, parse_special: bool = True,
+                        with_pieces: bool = False) -> Tokens: ...
+
+    async def adetokenize(self, ids: Sequence[int]) -> str: ...
 
     def close(self) -> None: ...
 
@@ -245,21 +250,37 @@ class Runner:
         finally:
             self._end(rid, finished)
 
-    async def aembed(self, texts: Sequence[str]) -> Embeddings:
-        """The texts' embeddings, within ``embed_timeout`` (``RunnerTimeoutError`` past it)."""
+    async def aembed(self, texts: Sequence[str | Sequence[int]]) -> Embeddings:
+        """The texts' (or token-id lists') embeddings, within ``embed_timeout`` (``RunnerTimeoutError`` past it)."""
+        message = {"op": "embed", "texts": [t if isinstance(t, str) else list(t) for t in texts]}
+        return embeddings_from(await self._ask(message, f"embed {len(texts)} text(s)"))
+
+    async def atokenize(self, content: str, *, add_special: bool = False, parse_special: bool = True,
+                        with_pieces: bool = False) -> Tokens:
+        """``content`` as the model's token ids (llama-server's ``/tokenize`` defaults: no BOS added,
+        special tokens' texts parsed as those tokens)."""
+        message = {"op": "tokenize", "content": content, "add_special": add_special, "parse_special": parse_special,
+                   "with_pieces": with_pieces}
+        return tokens_from(await self._ask(message, f"tokenize {len(content):,} characters"))
+
+    async def adetokenize(self, ids: Sequence[int]) -> str:
+        return text_from(await self._ask({"op": "detokenize", "tokens": list(ids)}, f"detokenize {len(ids):,} ids"))
+
+    async def _ask(self, message: dict[str, Any], what: str) -> dict[str, Any]:
+        """One reply to ``message``, within ``embed_timeout`` (``RunnerTimeoutError`` past it)."""
         rid, inbox = self._register(_AsyncInbox())
         finished = False
         try:
-            self._send({"op": "embed", "id": rid, "texts": list(texts)})
+            self._send({**message, "id": rid})
             try:
                 reply = await asyncio.wait_for(inbox.queue.get(), self.embed_timeout)
             except TimeoutError:
                 raise RunnerTimeoutError(
-                    f"the runner for {self.name} did not embed {len(texts)} text(s) within {self.embed_timeout:g} s; "
-                    "send fewer or shorter texts, or try again when the server is less busy"
+                    f"the runner for {self.name} did not {what} within {self.embed_timeout:g} s; send fewer or "
+                    "shorter inputs, or try again when the server is less busy"
                 ) from None
             finished = True
-            return embeddings_from(reply)
+            return reply
         finally:
             self._end(rid, finished)
 

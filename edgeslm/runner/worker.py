@@ -96,6 +96,9 @@ def _handle(raw: bytes, model: Any, batch: Any, waiting: deque[_Request], runnin
         if msg["op"] == "embed":
             _embed(model, rid, msg["texts"])
             return
+        if msg["op"] in ("tokenize", "detokenize"):
+            send({"id": rid, **_vocab_op(model.engine, msg)})
+            return
         slot = batch.ctx_per_slot
         ctx = min(slot, int(msg.get("num_ctx") or slot))  # the request's own context (Ollama's num_ctx), if smaller
         if ctx < slot:
@@ -220,10 +223,34 @@ def _prompt_tokens(model: Any, msg: dict[str, Any]) -> list[int]:
     return tokens
 
 
-def _embed(model: Any, rid: str, texts: list[str]) -> None:
+def _vocab_op(engine: Any, msg: dict[str, Any]) -> dict[str, Any]:
+    """llama-server's ``/tokenize`` and ``/detokenize`` on this runner's vocabulary."""
+    if msg["op"] == "tokenize":
+        ids = engine.tokenize(str(msg["content"]), add_special=bool(msg.get("add_special")),
+                              parse_special=bool(msg.get("parse_special", True)))
+        pieces = [engine.token_bytes(t, special=True).hex() for t in ids] if msg.get("with_pieces") else None
+        return {"op": "tokens", "tokens": ids, "pieces": pieces}
+    ids = msg["tokens"]
+    n_vocab = engine.n_vocab
+    bad = next((t for t in ids if not (isinstance(t, int) and 0 <= t < n_vocab)), None)
+    if bad is not None:
+        raise InvalidParameterError(f"token id {bad!r} is outside this model's vocabulary (0 to {n_vocab - 1:,})",
+                                    params="tokens")
+    text = b"".join(engine.token_bytes(t, special=True) for t in ids).decode("utf-8", "replace")
+    return {"op": "text", "content": text}
+
+
+def _embed(model: Any, rid: str, texts: list[str | list[int]]) -> None:
+    """Embed texts, or token ids of this model's vocabulary (OpenAI's token-array input)."""
+    n_vocab = model.engine.n_vocab
+    for i, given in enumerate(texts):
+        if not isinstance(given, str) and not all(isinstance(t, int) and 0 <= t < n_vocab for t in given):
+            raise InvalidParameterError(f"input[{i}] holds a token id outside this model's vocabulary "
+                                        f"(0 to {n_vocab - 1:,}); send text, or ids from its own tokenizer",
+                                        params="input")
     vectors, tokens = [], 0
     for text in texts:
-        tokens += len(model.engine.tokenize(text))
+        tokens += len(model.engine.tokenize(text)) if isinstance(text, str) else len(text)
         vectors.append(model.engine.embed(text))
     send({"op": "embedding", "id": rid, "vectors": vectors, "tokens": tokens})
 

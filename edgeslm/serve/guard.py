@@ -48,6 +48,8 @@ ROUTES: dict[str, Action | None] = {  # None: any valid key
     "/api/embed": A.EMBED,
     "/api/embeddings": A.EMBED,
     "/v1/embeddings": A.EMBED,
+    "/tokenize": A.EMBED,  # llama-server's: they run the model's runner, as an embedding does
+    "/detokenize": A.EMBED,
     "/api/tags": A.LIST,
     "/v1/models": A.LIST,
     "/api/show": A.SHOW,

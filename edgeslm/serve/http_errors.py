@@ -34,7 +34,8 @@ def public_message(message: str) -> str:
 
 
 def is_openai(path: str) -> bool:
-    return path == "/v1" or path.startswith("/v1/")
+    """OpenAI's error shape: its API's paths, and llama-server's (which answers in that shape)."""
+    return path == "/v1" or path.startswith("/v1/") or path in ("/tokenize", "/detokenize")
 
 
 def error_body(path: str, status: int, message: str, param: str | None = None) -> dict[str, Any]:

@@ -10,5 +10,6 @@ MAX_MESSAGES = 1024
 MAX_NAME = 256
 MAX_TOP_LOGPROBS = 20
 MAX_EMBED_INPUTS = 256
+MAX_EMBED_TOKENS = 1 << 20  # token ids across one embeddings request
 MAX_CONTEXT_IDS = 1 << 20  # Ollama's ``context`` list; the model's context bounds it further
 MAX_TOOL_CALLS = 128  # calls in one assistant message sent back

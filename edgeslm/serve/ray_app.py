@@ -27,7 +27,7 @@ from typing import Any
 
 from ..config import Settings, resolve_settings
 from ..errors import EdgeslmError, EngineError, MissingExtraError, ModelNotFoundError, RunnerTimeoutError, UsageError
-from ..runner import Chunk, Done, Embeddings, Job
+from ..runner import Chunk, Done, Embeddings, Job, Tokens
 from ..runner.process import EMBED_TIMEOUT
 from ..store.resolve import ResolvedModel
 from .options import ServeOptions, check_options
@@ -89,8 +89,14 @@ class ModelReplica:
         async for event in self.runner.agenerate(job):
             yield event
 
-    async def embed(self, texts: Sequence[str]) -> Embeddings:
+    async def embed(self, texts: Sequence[str | Sequence[int]]) -> Embeddings:
         return await self.runner.aembed(texts)
+
+    async def tokenize(self, content: str, options: dict[str, bool]) -> Tokens:
+        return await self.runner.atokenize(content, **options)
+
+    async def detokenize(self, ids: list[int]) -> str:
+        return await self.runner.adetokenize(ids)
 
     def pids(self) -> dict[str, int]:
         return {"replica": os.getpid(), "runner": self.runner.pid}
@@ -146,22 +152,34 @@ class RayRunner:
             if not finished:
                 events.cancel()  # the replica's generator is closed: its runner frees the slot
 
-    async def aembed(self, texts: Sequence[str]) -> Embeddings:
+    async def aembed(self, texts: Sequence[str | Sequence[int]]) -> Embeddings:
+        result: Embeddings = await self._call(self.handle.embed.remote(
+            [t if isinstance(t, str) else list(t) for t in texts]), "embed")
+        return result
+
+    async def atokenize(self, content: str, *, add_special: bool = False, parse_special: bool = True,
+                        with_pieces: bool = False) -> Tokens:
+        options = {"add_special": add_special, "parse_special": parse_special, "with_pieces": with_pieces}
+        result: Tokens = await self._call(self.handle.tokenize.remote(content, options), "tokenize")
+        return result
+
+    async def adetokenize(self, ids: Sequence[int]) -> str:
+        result: str = await self._call(self.handle.detokenize.remote(list(ids)), "detokenize")
+        return result
+
+    async def _call(self, response: Any, what: str) -> Any:
         """The replica's answer within its runner's deadline and as long again for Ray's hops; past
         that (or when the caller is cancelled: a client gone) the call is cancelled in Ray too."""
-        response = self.handle.embed.remote(list(texts))
         try:
-            result: Embeddings = await asyncio.wait_for(response, 2 * EMBED_TIMEOUT)
+            return await asyncio.wait_for(response, 2 * EMBED_TIMEOUT)
         except TimeoutError:
             response.cancel()
             raise RunnerTimeoutError(
-                f"Ray Serve did not embed for {self.name} within {2 * EMBED_TIMEOUT:g} s"
-            ) from None
+                f"Ray Serve did not {what} for {self.name} within {2 * EMBED_TIMEOUT:g} s") from None
         except EdgeslmError:
             raise
         except Exception as exc:  # noqa: BLE001
             raise _translate(exc, self.name) from None
-        return result
 
     def close(self) -> None:
         pass

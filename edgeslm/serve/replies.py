@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator, Awaitable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -173,7 +173,8 @@ async def hold(request: Request, model: ResolvedModel, keep_alive: float | None)
 
 
 async def embed(
-    request: Request, name: str, texts: list[str], keep_alive: float | None, dimensions: int | None
+    request: Request, name: str, texts: Sequence[str | Sequence[int]], keep_alive: float | None,
+    dimensions: int | None
 ) -> tuple[Lease, Embeddings]:
     """Embed ``texts`` with ``name`` (no texts: just load it), counting the tokens."""
     if dimensions is not None:

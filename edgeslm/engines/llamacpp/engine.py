@@ -314,8 +314,8 @@ class LlamaCppEngine:
 
         return speculative_tokens(self, prompt, sampling, draft, stats)
 
-    def embed(self, text: str) -> list[float]:
-        tokens = self.tokenize(text)
+    def embed(self, text: str | Sequence[int]) -> list[float]:
+        tokens = self.tokenize(text) if isinstance(text, str) else list(text)
         if len(tokens) > self.n_ctx:
             raise ContextOverflowError(f"the text has {len(tokens):,} tokens; the context holds {self.n_ctx:,}")
         if self._embed_ctx is None:

@@ -108,9 +108,9 @@ class MlxEngine(FolderVocabEngine):
             )
         return sampler, processors
 
-    def embed(self, text: str) -> list[float]:
+    def embed(self, text: str | Sequence[int]) -> list[float]:
         """Mean-pooled, L2-normalised last hidden states (as llama.cpp's mean pooling)."""
-        tokens = self.tokenize(text)
+        tokens = self.tokenize(text) if isinstance(text, str) else list(text)
         self._check_fits(tokens)
         inner = getattr(self._model, "model", None)
         if inner is None:

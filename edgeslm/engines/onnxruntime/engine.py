@@ -118,7 +118,7 @@ class OnnxRuntimeEngine(FolderVocabEngine):
             n_past += 1
             yield int(generator.get_next_tokens()[0])
 
-    def embed(self, text: str) -> list[float]:
+    def embed(self, text: str | Sequence[int]) -> list[float]:
         raise InvalidParameterError(
             "embeddings are not available from onnxruntime models (the builder's graph returns logits only); "
             "embed with a GGUF model"

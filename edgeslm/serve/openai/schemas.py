@@ -9,6 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from ...errors import InvalidParameterError
 from ..limits import (
     MAX_EMBED_INPUTS,
+    MAX_EMBED_TOKENS,
     MAX_MESSAGES,
     MAX_NAME,
     MAX_STOP,
@@ -139,15 +140,20 @@ class CompletionRequest(_Sampling):
 
 class EmbeddingRequest(_Body):
     model: str = Field(max_length=MAX_NAME)
-    input: str | list[str] = Field(min_length=1)
+    # a text, texts, one token-id array or several (as LangChain's OpenAIEmbeddings sends by default)
+    input: str | list[str] | list[int] | list[list[int]] = Field(min_length=1)
     encoding_format: Literal["float", "base64"] = "float"
     dimensions: int | None = None
     user: str | None = None
 
-    def texts(self) -> list[str]:
-        texts = [self.input] if isinstance(self.input, str) else list(self.input)
+    def texts(self) -> list[str | list[int]]:
+        given = self.input
+        texts: list[str | list[int]] = [given] if isinstance(given, str) or (given and isinstance(given[0], int)) \
+            else list(given)  # type: ignore[arg-type]
         if len(texts) > MAX_EMBED_INPUTS:
             raise InvalidParameterError(f"input has {len(texts):,} texts; at most {MAX_EMBED_INPUTS} per request")
         if not all(texts):
-            raise InvalidParameterError("input must not contain empty strings")
+            raise InvalidParameterError("input must not contain empty strings or empty token arrays")
+        if sum(len(t) for t in texts if not isinstance(t, str)) > MAX_EMBED_TOKENS:
+            raise InvalidParameterError(f"input holds more than {MAX_EMBED_TOKENS:,} token ids; send fewer")
         return texts

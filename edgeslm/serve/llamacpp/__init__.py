@@ -1,0 +1,1 @@
+"""llama-server's own endpoints, for the clients written against it (``/tokenize``, ``/detokenize``)."""
