@@ -160,6 +160,11 @@ def test_ollama_store_verbs(url: str, models: Path) -> None:
     assert httpx.request("DELETE", url + "/api/delete", json={"model": "tiny2"}).status_code == 200
     again = httpx.request("DELETE", url + "/api/delete", json={"model": "tiny2"})
     assert again.status_code == 404 and "not found" in again.json()["error"]
+    missing = httpx.post(url + "/api/show", json={"model": "no-such-model"})  # the advice keeps its route
+    assert missing.status_code == 404 and "'GET /api/tags' lists the models" in missing.json()["error"]
+    builtin = httpx.post(url + "/api/show", json={"model": "gemma3-270m"})  # describing never pulls: says how
+    assert builtin.status_code == 404 and "pulled from its installed package by the first request that runs it" \
+        in builtin.json()["error"]
     pulled = ndjson(httpx.post(url + "/api/pull", json={"model": "smollm2-135m-instruct"}))
     assert pulled[0]["status"] == "pulling manifest" and pulled[-1]["status"] == "success"
     assert any(p.get("total") == 98_362_432 for p in pulled)

@@ -13,7 +13,8 @@ from starlette.responses import JSONResponse
 
 from ..errors import EdgeslmError, http_status_for
 
-_PATH = re.compile(r"(?<![\w.:/-])/(?:[\w.@+-]+/)+[\w.@+-]*")
+# a filesystem path (two parts or more), but not this server's own routes, which messages name as advice
+_PATH = re.compile(r"(?<![\w.:/-])/(?!(?:api|v1|edgeslm/v1|ui)/)(?:[\w.@+-]+/)+[\w.@+-]*")
 MAX_MESSAGE = 2000
 _OPENAI_TYPES = {
     400: "invalid_request_error",

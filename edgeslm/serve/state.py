@@ -48,9 +48,18 @@ class ServerState:
         return self._store
 
     def manifest(self, name: str) -> Manifest:
-        manifest = self.store().find(parse_name(name))
+        """A stored model, for requests that describe one (show, a model's entry): they never pull. A
+        request that runs one (generate, chat, embed, tokenize) pulls a builtin from its installed package
+        on first use (``resolve``); the not-found message says so."""
+        wanted = parse_name(name)
+        manifest = self.store().find(wanted)
         if manifest is None:
-            raise ModelNotFoundError(f"model '{name}' not found; 'GET /api/tags' lists the models this server has")
+            from ..sources.builtin import BUILTINS
+
+            hint = ("; it is a builtin, pulled from its installed package by the first request that runs it (or "
+                    "'POST /api/pull')" if wanted.base in BUILTINS else "")
+            raise ModelNotFoundError(f"model '{name}' not found{hint}; 'GET /api/tags' lists the models this "
+                                     "server has")
         return manifest
 
     async def tool_format(self, model: ResolvedModel) -> ToolFormat:
