@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import jsonschema
+import pydantic
 import pytest
 
 from edgeslm.engines.base import LoadParams, SamplingParams, open_engine
@@ -294,6 +295,17 @@ def test_the_responses_api_answers_the_official_client(url: str) -> None:
                    {"type": "function_call_output", "call_id": call.call_id, "output": '{"celsius": 18}'}]
         final = oai.responses.create(model=MODEL, input=history, tools=[fn], temperature=0, max_output_tokens=48)  # type: ignore[arg-type]
         assert final.output_text and not [o for o in final.output if o.type == "function_call"]
+        # text.format through the client's own helper: a grammar holds the reply to the schema
+        class City(pydantic.BaseModel):
+            name: str
+            country: str
+
+        parsed = oai.responses.parse(model=MODEL, input="Name a city in France.", text_format=City, temperature=0,
+                                     max_output_tokens=64)
+        assert isinstance(parsed.output_parsed, City) and parsed.output_parsed.name
+        assert parsed.text is not None and parsed.text.format is not None and parsed.text.format.type == "json_schema"
+        cut = oai.responses.create(model=MODEL, input=question, max_output_tokens=2, temperature=0)
+        assert cut.status == "incomplete" and [o.status for o in cut.output if o.type == "message"] == ["incomplete"]
         with pytest.raises(openai.BadRequestError, match="previous_response_id is not supported"):
             oai.responses.create(model=MODEL, input="hi", previous_response_id="resp_1")
         with pytest.raises(openai.BadRequestError, match="matches no call"):

@@ -1,6 +1,7 @@
 """OpenAI's Responses API, minimal: ``POST /v1/responses`` with ``input`` (text, or messages and
 function-call items), ``instructions``, ``max_output_tokens``, ``temperature``, ``top_p``,
-function ``tools`` (the generic format, as chat completions), and streamed events. Nothing is
+function ``tools`` (the generic format, as chat completions), ``text.format`` (json_object or
+json_schema, a grammar as chat's ``response_format``), and streamed events. Nothing is
 kept: ``previous_response_id`` is refused; send the conversation in ``input``."""
 
 from __future__ import annotations
@@ -90,7 +91,9 @@ async def responses(request: Request) -> Response:
                                     "conversation in input")
     tools, choice = _chat_tools(body)
     given = input_messages(body)
-    plan, found = await plan_for(request, body.model, given, tools, choice, body.parallel_tool_calls, has_format=False)
+    fmt = body.text.format.spec()
+    plan, found = await plan_for(request, body.model, given, tools, choice, body.parallel_tool_calls,
+                                 has_format=fmt is not None)
     messages, system = stored(found).conversation(conversation(given, plan, ids_required=True))
     sampling = SamplingParams()
     if body.temperature is not None:
@@ -99,14 +102,15 @@ async def responses(request: Request) -> Response:
         sampling = replace(sampling, top_p=body.top_p)
     job = Job(messages, sampling, body.max_output_tokens or -1, (),
               system=system,
-              format=plan.format(),
+              format=plan.format() or fmt,
               tooling=plan.tooling(),
               truncate=body.truncation == "auto")
     gen = await Generation.start(request, found, job, None)
     head = {"id": f"resp_{uuid.uuid4().hex}", "object": "response", "created_at": int(time.time()),
             "model": gen.name, "parallel_tool_calls": plan.parallel, "tool_choice": body.tool_choice or "auto",
             "tools": body.tools or [], "instructions": body.instructions, "temperature": body.temperature,
-            "top_p": body.top_p, "max_output_tokens": body.max_output_tokens}
+            "top_p": body.top_p, "max_output_tokens": body.max_output_tokens,
+            "text": {"format": body.text.format.model_dump(by_alias=True, exclude_none=True)}}
     if not body.stream:
         reply = await collect(request, gen)
         return JSONResponse(_final(head, plan.read(reply.text), reply.done))
@@ -114,13 +118,13 @@ async def responses(request: Request) -> Response:
                              headers={"Cache-Control": "no-cache"})
 
 
-def _items(reply: ToolReply, text_id: str) -> list[dict[str, Any]]:
+def _items(reply: ToolReply, text_id: str, status: str) -> list[dict[str, Any]]:
     if reply.calls:
         return [{"type": "function_call", "id": f"fc_{uuid.uuid4().hex[:24]}", "call_id": c.id, "name": c.name,
                  "arguments": json.dumps(c.arguments, ensure_ascii=False), "status": "completed"}
                 for c in reply.calls]
     part = {"type": "output_text", "text": reply.content or "", "annotations": []}
-    return [{"type": "message", "id": text_id, "status": "completed", "role": "assistant", "content": [part]}]
+    return [{"type": "message", "id": text_id, "status": status, "role": "assistant", "content": [part]}]
 
 
 def _final(head: dict[str, Any], reply: ToolReply, done: Done, text_id: str | None = None) -> dict[str, Any]:
@@ -131,7 +135,7 @@ def _final(head: dict[str, Any], reply: ToolReply, done: Done, text_id: str | No
              "input_tokens_details": details_in, "output_tokens_details": details_out}
     status = "incomplete" if cut else "completed"
     details = {"reason": "max_output_tokens"} if cut else None
-    output = _items(reply, text_id or _msg_id())
+    output = _items(reply, text_id or _msg_id(), status)  # a message cut by the limit is incomplete too
     return {**head, "status": status, "output": output, "incomplete_details": details, "usage": usage, "error": None}
 
 

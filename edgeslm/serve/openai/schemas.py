@@ -63,6 +63,24 @@ class ResponseFormat(_Body):
         return schema
 
 
+class TextFormat(_Body):
+    """The Responses API's ``text.format``: the schema sits beside the type (chat nests it)."""
+
+    type: Literal["text", "json_object", "json_schema"] = "text"
+    json_schema: dict[str, Any] | None = Field(None, alias="schema")
+    name: str | None = None
+    strict: bool | None = None
+
+    def spec(self) -> str | dict[str, Any] | None:
+        if self.type == "json_schema" and not isinstance(self.json_schema, dict):
+            raise InvalidParameterError("text.format json_schema needs schema, a JSON schema object")
+        return ResponseFormat(type=self.type, json_schema={"schema": self.json_schema}).spec()
+
+
+class ResponseText(_Body):
+    format: TextFormat = Field(default_factory=lambda: TextFormat.model_validate({}))
+
+
 class _Sampling(_Body):
     model: str = Field(max_length=MAX_NAME)
     temperature: float | None = Field(None, ge=0, le=2)
@@ -128,6 +146,7 @@ class ResponsesRequest(_Body):
     store: bool | None = None  # accepted; nothing is kept
     previous_response_id: str | None = None
     truncation: Literal["auto", "disabled"] = "disabled"  # auto: an over-long input loses its oldest turns
+    text: ResponseText = Field(default_factory=ResponseText)  # text.format: json_object or json_schema
 
 
 class CompletionRequest(_Sampling):
