@@ -185,3 +185,35 @@ def test_eval_task_humaneval_scores_real_answers(qwen_home: Path, cli: Cli) -> N
     (result,) = json.loads(done.out)
     assert result["problems"] == 3 and result["passed"] >= 2 and result["protocol"] == humaneval.PROTOCOL
     assert result["model_digest"] == f"sha256-{PINNED.upstream.sha256}" and "rlimits" in result["isolation"]
+
+
+def test_a_deterministic_request_is_the_same_whatever_runs_beside_it(qwen_home: Path) -> None:
+    """Greedy on the 0.5B (Q4_K_M): beside three requests that are generating when it arrives, its
+    log-probabilities move (llama.cpp's batched kernels sum in another order: the control); asked to be
+    deterministic, they are those of the request alone, to the last bit."""
+    import asyncio
+
+    from edgeslm.runner import Chunk, Job, Runner
+
+    runner = Runner(QWEN_SMALL, slots=4, ctx_per_slot=512, home=str(qwen_home))
+    greedy, exact = SamplingParams(temperature=0), SamplingParams(temperature=0, deterministic=True)
+    ask_for = [{"role": "user", "content": "Write a Python function that checks whether a number is prime."}]
+
+    async def ask(prompt: object, sampling: SamplingParams, n: int = 24) -> list[tuple[int | None, float | None]]:
+        return [(ev.token, ev.logprob) async for ev in runner.agenerate(Job(prompt, sampling, n, logprobs=1))
+                if isinstance(ev, Chunk)]
+
+    async def beside(sampling: SamplingParams) -> list[tuple[int | None, float | None]]:
+        busy = [asyncio.create_task(ask(p, greedy, 48)) for p in ("Once upon a time", "def f(x):", "Water boils at")]
+        await asyncio.sleep(1.0)  # they are generating
+        mine = await ask(ask_for, sampling)
+        await asyncio.gather(*busy)
+        return mine
+
+    try:
+        alone = asyncio.run(ask(ask_for, greedy))
+        assert len(alone) == 24 and asyncio.run(ask(ask_for, exact)) == alone  # alone, the same sums either way
+        assert asyncio.run(beside(greedy)) != alone
+        assert asyncio.run(beside(exact)) == alone
+    finally:
+        runner.close()

@@ -57,6 +57,11 @@ def configure(sub: Any) -> None:
         help="decode every prompt in full (reproducible greedy replies; slower first tokens)",
     )
     p.add_argument(
+        "--deterministic", action="store_true",
+        help="decode every request in a batch of its own: a greedy reply is the same whatever runs beside it "
+             "(requests can ask for it alone: 'deterministic': true; costs batching)",
+    )
+    p.add_argument(
         "--load-timeout", type=float, default=LOAD_TIMEOUT, metavar="SECONDS",
         help=f"a model still loading after this long is stopped and its requests fail (default {LOAD_TIMEOUT:g})",
     )
@@ -91,7 +96,7 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
         cors_origins=tuple(args.cors_origin), allowed_hosts=tuple(args.allow_host), max_body=args.max_body,
         preload=args.preload or None, pin=tuple(args.pin), prompt_cache=args.prompt_cache,
         load_timeout=args.load_timeout, draft=serve_drafts(args), kv=serve_kv(args.kv_type),
-        tuning=tuning(args, settings),
+        tuning=tuning(args, settings), deterministic=args.deterministic,
     )
     check_options(options)
     if args.ray:

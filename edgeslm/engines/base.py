@@ -63,6 +63,7 @@ class SamplingParams:
     seed: int | None = None  # None: a fresh random seed per generation
     grammar: str | None = None  # GBNF: only text this grammar accepts (JSON mode, a JSON schema)
     grammar_triggers: tuple[str, ...] = ()  # regexes: the grammar waits for one (llama.cpp's lazy grammar)
+    deterministic: bool = False  # decoded alone: the same sums, so the same reply, whatever runs beside it
 
     def __post_init__(self) -> None:
         _check(

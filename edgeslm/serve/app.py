@@ -50,7 +50,8 @@ def create_app(options: ServeOptions, settings: Settings, factory: RunnerFactory
     )
     manager = ModelManager(settings, params, factory)
     keys = load_keys(options.api_keys) if options.api_keys else None
-    st = ServerState(settings, manager, Metrics(manager), keys, None, options.audit_prompts)
+    st = ServerState(settings, manager, Metrics(manager), keys, None, options.audit_prompts,
+                     deterministic=options.deterministic)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

@@ -43,6 +43,7 @@ class ServeOptions:
     draft: tuple[tuple[str, LookupConfig], ...] = ()
     kv: tuple[tuple[str, KVCache], ...] = ()  # KV cache type: (model name, or "*" for every llama.cpp model; type)
     tuning: Tuning = Tuning()  # llama.cpp's micro-batch, flash attention, mmap (tune's, or flags; None: its own)
+    deterministic: bool = False  # every request decoded alone (a request can ask for it: "deterministic": true)
 
     @property
     def loopback(self) -> bool:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator, Awaitable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, TypeVar
 
 from starlette.requests import Request
@@ -53,6 +53,8 @@ class Generation:
     @classmethod
     async def start(cls, request: Request, model: ResolvedModel, job: Job, keep_alive: float | None) -> Generation:
         st = state(request)
+        if st.deterministic and not job.sampling.deterministic:
+            job = replace(job, sampling=replace(job.sampling, deterministic=True))
         limit = st.manager.params.ctx_per_slot
         if job.max_tokens > limit:
             raise InvalidParameterError(

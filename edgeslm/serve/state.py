@@ -34,6 +34,7 @@ class ServerState:
     keys: KeyRing | None = None
     audit: AuditLog | None = None
     audit_prompts: bool = False
+    deterministic: bool = False  # every request decoded alone (serve --deterministic)
     started: float = field(default_factory=time.time)
     _store: Store | None = None
     _tool_formats: dict[str, ToolFormat] = field(default_factory=dict)  # by the weights and template they come from

@@ -10,8 +10,13 @@ cache cells: a new request goes to the free slot whose cached tokens share the l
 with its prompt and decodes only the rest (a conversation's next turn, a shared system prompt),
 as llama-server's prompt cache does (and with its caveat: logits of a cached prefix were
 computed in another batch, so a greedy reply can differ from a fresh one at a near-tie;
-``reuse=False`` gives up the cache for reproducible replies). This is the loop of llama-server's ``update_slots``,
-without the HTTP.
+``reuse=False`` gives up the cache for reproducible replies). A request asking to be deterministic
+is decoded in a batch of its own each step (its prompt in the same pieces, its tokens one at a time,
+no cached prefix, no drafts): llama.cpp's kernels sum a row in another order when the batch holds
+more rows (a matrix-vector product for one token, tiles of several), so a greedy reply beside other
+requests can flip a near-tie; alone, it is the same whatever runs beside it, at the cost of a
+decode call per such slot per step. This is the loop of llama-server's ``update_slots``, without
+the HTTP.
 """
 
 from __future__ import annotations
@@ -53,6 +58,7 @@ class _Slot:
     policy: Policy | None = None
     draft: list[int] = field(default_factory=list)  # this step's drafted tokens, after the sampled one
     decoded: int | None = None  # this step's sampled token (for the drafter's history)
+    alone: bool = False  # deterministic: decoded in a batch of its own
 
 
 class BatchDecoder:
@@ -116,7 +122,8 @@ class BatchDecoder:
         if not free:
             raise EngineError("no free slot")  # callers check free_slots() and queue
         slot = max(free, key=lambda s: common_prefix(s.cached, prompt))
-        keep = min(common_prefix(slot.cached, prompt), len(prompt) - 1) if self.reuse else 0  # one token left to decode
+        alone = sampling.deterministic
+        keep = min(common_prefix(slot.cached, prompt), len(prompt) - 1) if self.reuse and not alone else 0  # one left
         if keep == 0 or not lc.llama_memory_seq_rm(self._mem, slot.seq, keep, -1):
             lc.llama_memory_seq_rm(self._mem, slot.seq, -1, -1)
             keep = 0
@@ -125,9 +132,9 @@ class BatchDecoder:
         slot.request, slot.pending, slot.n_past = request, list(prompt[keep:]), keep
         slot.sampler = None if sampling.plain_greedy else self.engine.make_sampler(sampling, prompt)
         slot.max_tokens, slot.generated, slot.last, slot.index = max_tokens, 0, None, -1
-        slot.logprobs = logprobs
+        slot.logprobs, slot.alone = logprobs, alone
         slot.drafter = slot.policy = None
-        if self.draft is not None and sampling.plain_greedy and logprobs is None:
+        if self.draft is not None and sampling.plain_greedy and logprobs is None and not alone:
             from .speculative import verify_costs
 
             slot.drafter = LookupDrafter(self.draft, prompt)
@@ -154,31 +161,38 @@ class BatchDecoder:
     # -- one step -----------------------------------------------------------------------------
 
     def step(self) -> list[StepEvent]:
-        """Decode one batch; return the tokens each slot with logits sampled (and whether it ended):
-        one, or with a verified draft the accepted ones and the model's next."""
+        """Decode one batch (and one per deterministic slot); return the tokens each slot with logits
+        sampled (and whether it ended): one, or with a verified draft the accepted ones and the model's next."""
+        events = self._step([s for s in self.slots if not s.alone])
+        for slot in self.slots:
+            if slot.alone and slot.request is not None:
+                events += self._step([slot])
+        return events
+
+    def _step(self, slots: list[_Slot]) -> list[StepEvent]:
         started = time.perf_counter()
-        prefill = any(s.request is not None and s.pending for s in self.slots)  # a prompt in the batch
-        n = self._fill()
+        prefill = any(s.request is not None and s.pending for s in slots)  # a prompt in the batch
+        n = self._fill(slots)
         if not n:
             return []
         rc = lc.llama_decode(self._ctx, self._batch)
         if rc != 0:
             raise EngineError(f"llama.cpp decode failed (code {rc}): {last_errors()}")
         events: list[StepEvent] = []
-        drafted = any(s.draft for s in self.slots)
+        drafted = any(s.draft for s in slots)
         runs = self._runs  # read before the slots move on
-        for slot in self.slots:
+        for slot in slots:
             if slot.request is not None and slot.index >= 0:
                 events += self._verify(slot) if slot.draft else [self._sample(slot)]
-        policy = next((s.policy for s in self.slots if s.policy is not None), None)
+        policy = next((s.policy for s in slots if s.policy is not None), None)
         if policy is not None and not prefill:  # generation only: a step the cost model prices
             self._clock.record(time.perf_counter() - started, split_cost(policy, runs, self.n_batch), drafted)
         return events
 
-    def _fill(self) -> int:
+    def _fill(self, slots: list[_Slot]) -> int:
         b, n = self._batch, 0
-        generating = [s for s in self.slots if s.request is not None and s.last is not None]
-        for slot in self.slots:
+        generating = [s for s in slots if s.request is not None and s.last is not None]
+        for slot in slots:
             slot.index, slot.draft, slot.decoded = -1, [], None
         size, expected = len(generating), float(len(generating))  # the step's tokens, and what they yield
         runs = [(s.seq, 1) for s in generating]  # (sequence, tokens) in batch order
@@ -207,7 +221,7 @@ class BatchDecoder:
                 for row in range(first, n):
                     b.logits[row] = True
                 slot.index = first
-        for slot in self.slots:
+        for slot in slots:
             room = self.n_batch - n
             if slot.request is None or not slot.pending or room <= 0:
                 continue

@@ -51,7 +51,7 @@ NEVER = "2318-11-28T00:00:00Z"  # Ollama's "never expires"
 # Ollama's defaults (api/types.go DefaultOptions)
 DEFAULTS = {"temperature": 0.8, "top_k": 40, "top_p": 0.9, "min_p": 0.0, "repeat_penalty": 1.1, "repeat_last_n": 64}
 SAMPLING_KEYS = ("temperature", "top_k", "top_p", "min_p", "repeat_penalty", "repeat_last_n", "presence_penalty",
-                 "frequency_penalty", "seed")
+                 "frequency_penalty", "seed", "deterministic")
 
 
 def now_iso(in_seconds: float = 0.0) -> str:

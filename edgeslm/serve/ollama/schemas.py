@@ -36,6 +36,7 @@ class Options(BaseModel):
     repeat_last_n: int | None = None
     presence_penalty: float | None = None
     frequency_penalty: float | None = None
+    deterministic: bool | None = None  # edgeslm's: decoded alone, the same reply whatever runs beside it
 
 
 class GenerateRequest(_Body):

@@ -39,7 +39,7 @@ FINGERPRINT = "edgeslm"
 
 
 SAMPLING_FIELDS = ("temperature", "top_p", "top_k", "min_p", "repeat_penalty", "presence_penalty",
-                   "frequency_penalty", "seed")
+                   "frequency_penalty", "seed", "deterministic")
 
 
 def sampling_of(body: _Sampling, stored: Mapping[str, Any] | None = None) -> SamplingParams:

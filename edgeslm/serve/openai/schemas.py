@@ -96,6 +96,7 @@ class _Sampling(_Body):
     max_tokens: int | None = None
     presence_penalty: float | None = Field(None, ge=-2, le=2)
     frequency_penalty: float | None = Field(None, ge=-2, le=2)
+    deterministic: bool | None = None  # edgeslm's extension: decoded alone, the same reply whatever runs beside it
     user: str | None = None
 
     def stops(self) -> tuple[str, ...]:
