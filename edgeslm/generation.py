@@ -251,12 +251,14 @@ class _StopFilter:
         self.stops = [s for s in stops if s]
         self.hold = max((len(s) for s in self.stops), default=1) - 1
         self.pending = ""
+        self.matched: str | None = None  # the stop string that ended the text
 
     def feed(self, text: str) -> tuple[str, bool]:
         self.pending += text
-        hits = [i for s in self.stops if (i := self.pending.find(s)) >= 0]
+        hits = [(i, s) for s in self.stops if (i := self.pending.find(s)) >= 0]
         if hits:
-            out, self.pending = self.pending[: min(hits)], ""
+            at, self.matched = min(hits)
+            out, self.pending = self.pending[:at], ""
             return out, True
         if len(self.pending) <= self.hold:
             return "", False
@@ -279,6 +281,11 @@ class TextStream:
 
     def feed(self, piece: bytes) -> tuple[str, bool]:
         return self._stops.feed(self._decoder.decode(piece))
+
+    @property
+    def matched(self) -> str | None:
+        """The stop string that ended the reply (None: none did)."""
+        return self._stops.matched
 
     def finish(self) -> str:
         return self._stops.flush() + self._decoder.decode(b"", final=True)

@@ -26,6 +26,7 @@ from .test_llamacpp import reference_greedy
 from .test_tools import ARGS, TIME, WEATHER
 
 Cli = Callable[..., CliResult]
+GREEDY_BODY = {"temperature": 0}  # Anthropic's body field, which its SDK no longer names
 PINNED = pinned_models()[QWEN_SMALL]
 
 
@@ -217,3 +218,66 @@ def test_a_deterministic_request_is_the_same_whatever_runs_beside_it(qwen_home: 
         assert asyncio.run(beside(exact)) == alone
     finally:
         runner.close()
+
+
+def test_the_anthropic_sdk_talks_to_the_messages_api(url: str) -> None:
+    """Anthropic's Messages API through its own client on the 0.5B: text (the same turn as chat
+    completions), streaming events, a tool call in the model's Hermes format, the tool result back, a
+    system role inside messages (as Claude Code sends it), stop sequences, and refusals in its shape."""
+    import anthropic
+    import httpx
+    import openai
+
+    ant = anthropic.Anthropic(base_url=url, api_key="unused", max_retries=0, timeout=300)
+    # the SDK (2.x) has no sampling parameters any more: they go in the body, as Claude Code leaves them out
+    question = [{"role": "user", "content": "What is the capital of France? Answer in one sentence."}]
+    reply = ant.messages.create(model=QWEN_SMALL, max_tokens=32, extra_body=GREEDY_BODY, system="Be brief.",
+                                messages=question)  # type: ignore[arg-type]
+    text = "".join(b.text for b in reply.content if b.type == "text")
+    with openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0, timeout=300) as oai:
+        chat = oai.chat.completions.create(model=QWEN_SMALL, max_tokens=32, temperature=0, messages=[
+            {"role": "system", "content": "Be brief."}, *question])  # type: ignore[list-item]
+    assert text and text == chat.choices[0].message.content and reply.stop_reason in ("end_turn", "max_tokens")
+    assert reply.usage.input_tokens == (chat.usage.prompt_tokens if chat.usage else -1)
+    with ant.messages.stream(model=QWEN_SMALL, max_tokens=32, extra_body=GREEDY_BODY, system="Be brief.",
+                             messages=question) as stream:  # type: ignore[arg-type]
+        streamed = "".join(stream.text_stream)
+        final = stream.get_final_message()
+    assert streamed == text and final.stop_reason == reply.stop_reason
+    tool = {"name": "get_weather", "description": WEATHER["function"]["description"],  # type: ignore[index]
+            "input_schema": ARGS["get_weather"]}
+    ask = [{"role": "user", "content": "What is the weather like in Paris right now?"}]
+    called = ant.messages.create(model=QWEN_SMALL, max_tokens=96, extra_body=GREEDY_BODY, tools=[tool],  # type: ignore[list-item]
+                                 messages=ask)  # type: ignore[arg-type]
+    (use,) = [b for b in called.content if b.type == "tool_use"]
+    assert called.stop_reason == "tool_use" and use.name == "get_weather" and use.id.startswith("toolu_")
+    jsonschema.validate(use.input, ARGS["get_weather"])
+    with ant.messages.stream(model=QWEN_SMALL, max_tokens=96, extra_body=GREEDY_BODY, tools=[tool],  # type: ignore[list-item]
+                             messages=ask) as stream:  # type: ignore[arg-type]
+        again = stream.get_final_message()
+    assert [(b.name, b.input) for b in again.content if b.type == "tool_use"] == [(use.name, use.input)]
+    history = [*ask, {"role": "assistant", "content": [{"type": "tool_use", "id": use.id, "name": use.name,
+                                                         "input": use.input}]},
+               {"role": "user", "content": [{"type": "tool_result", "tool_use_id": use.id, "content": "18 C, sunny"}]}]
+    answered = ant.messages.create(model=QWEN_SMALL, max_tokens=48, extra_body=GREEDY_BODY, tools=[tool],  # type: ignore[list-item]
+                                   messages=history)  # type: ignore[arg-type]
+    assert answered.stop_reason != "tool_use" and any(b.type == "text" and b.text for b in answered.content)
+    inside = ant.messages.create(model=QWEN_SMALL, max_tokens=8, extra_body=GREEDY_BODY, messages=[  # type: ignore[arg-type]
+        {"role": "system", "content": "Be brief."}, *question])  # as Claude Code sends a system prompt
+    assert inside.content and inside.content[0].type == "text"
+    counted = ant.messages.create(model=QWEN_SMALL, max_tokens=64, extra_body=GREEDY_BODY, stop_sequences=["Paris"],
+                                  messages=question)  # type: ignore[arg-type]
+    assert (counted.stop_reason, counted.stop_sequence) == ("stop_sequence", "Paris")
+    with pytest.raises(anthropic.BadRequestError, match="images are not supported"):
+        ant.messages.create(model=QWEN_SMALL, max_tokens=8, messages=[{"role": "user", "content": [  # type: ignore[list-item]
+            {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": "AA=="}}]}])
+    with pytest.raises(anthropic.BadRequestError, match="matches no call"):
+        ant.messages.create(model=QWEN_SMALL, max_tokens=8, messages=[{"role": "user", "content": [  # type: ignore[list-item]
+            {"type": "tool_result", "tool_use_id": "toolu_never", "content": "1"}]}])
+    missing = httpx.post(f"{url}/v1/messages", json={"model": QWEN_SMALL, "messages": question}, timeout=60)
+    error = missing.json()
+    assert missing.status_code == 400 and error["type"] == "error"
+    assert error["error"]["type"] == "invalid_request_error" and "max_tokens" in error["error"]["message"]
+    gone = httpx.post(f"{url}/v1/messages", json={"model": "no-such", "max_tokens": 4, "messages": question})
+    assert gone.status_code == 404 and gone.json()["error"]["type"] == "not_found_error"
+    ant.close()

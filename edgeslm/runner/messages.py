@@ -66,6 +66,7 @@ class Done:
     prompt_ids: tuple[int, ...] = field(default=(), repr=False)
     drafted: int = 0  # speculative decoding: draft tokens verified, and accepted
     accepted: int = 0
+    stop_sequence: str | None = None  # the stop string that ended the reply
 
 
 @dataclass(frozen=True)
@@ -90,7 +91,8 @@ def event_from(msg: Message) -> Chunk | Done:
     if msg["op"] == "done":
         fields = ("prompt_tokens", "completion_tokens", "prompt_seconds", "generation_seconds")
         return Done(msg["finish"], **{k: msg[k] for k in fields}, prompt_ids=tuple(msg.get("prompt_ids", ())),
-                    drafted=int(msg.get("drafted", 0)), accepted=int(msg.get("accepted", 0)))
+                    drafted=int(msg.get("drafted", 0)), accepted=int(msg.get("accepted", 0)),
+                    stop_sequence=msg.get("stop_sequence"))
     raise error_from(msg)
 
 

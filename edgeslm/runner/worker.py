@@ -292,6 +292,8 @@ def _emit(model: Any, batch: Any, running: dict[str, _Request], ev: Any) -> None
         done["drafted"], done["accepted"] = spec
     if r.want_ids:
         done["prompt_ids"] = r.tokens
+    if r.text is not None and r.text.matched is not None:
+        done["stop_sequence"] = r.text.matched
     send(done)
 
 

@@ -90,6 +90,7 @@ def create_app(options: ServeOptions, settings: Settings, factory: RunnerFactory
 
 def _routes(app: FastAPI) -> None:
     from . import sync_routes
+    from .anthropic import routes as anthropic_api
     from .llamacpp import routes as llamacpp_api
     from .ollama import admin as ollama_admin
     from .ollama import routes as ollama_api
@@ -102,6 +103,7 @@ def _routes(app: FastAPI) -> None:
     app.include_router(openai_api.router)
     app.include_router(responses_api.router)
     app.include_router(llamacpp_api.router)
+    app.include_router(anthropic_api.router)
     app.include_router(ui.router)
     app.include_router(sync_routes.router)
 

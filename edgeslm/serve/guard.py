@@ -45,6 +45,7 @@ ROUTES: dict[str, Action | None] = {  # None: any valid key
     "/v1/chat/completions": A.GENERATE,
     "/v1/completions": A.GENERATE,
     "/v1/responses": A.GENERATE,
+    "/v1/messages": A.GENERATE,  # Anthropic's
     "/api/embed": A.EMBED,
     "/api/embeddings": A.EMBED,
     "/v1/embeddings": A.EMBED,
@@ -214,8 +215,10 @@ class Guard:
     def _key(self, headers: dict[str, str]) -> ApiKey:
         assert self.st.keys is not None
         given = headers.get("authorization")
+        if given is None and "x-api-key" in headers:  # Anthropic's clients send the key so
+            given = "Bearer " + headers["x-api-key"]
         if given is None:
-            raise AuthenticationError("an API key is required: send 'Authorization: Bearer KEY'")
+            raise AuthenticationError("an API key is required: send 'Authorization: Bearer KEY' (or 'x-api-key: KEY')")
         if not given.startswith("Bearer "):
             raise AuthenticationError("the Authorization header must be 'Bearer KEY' (with 'Bearer' capitalised)")
         key = self.st.keys.find(given[len("Bearer ") :].strip())

@@ -39,8 +39,19 @@ def is_openai(path: str) -> bool:
     return path == "/v1" or path.startswith("/v1/") or path in ("/tokenize", "/detokenize")
 
 
+_ANTHROPIC_TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
+                    404: "not_found_error", 413: "request_too_large", 429: "rate_limit_error", 503: "overloaded_error",
+                    507: "invalid_request_error"}
+
+
+def is_anthropic(path: str) -> bool:
+    return path == "/v1/messages" or path.startswith("/v1/messages/")
+
+
 def error_body(path: str, status: int, message: str, param: str | None = None) -> dict[str, Any]:
     message = public_message(message)
+    if is_anthropic(path):
+        return {"type": "error", "error": {"type": _ANTHROPIC_TYPES.get(status, "api_error"), "message": message}}
     if not is_openai(path):
         return {"error": message}
     kind = _OPENAI_TYPES.get(status, "server_error")
