@@ -32,6 +32,7 @@ EVERY_ROUTE = [
     ("POST", "/v1/chat/completions", CHAT),
     ("POST", "/v1/completions", {"model": "tiny", "prompt": "x"}),
     ("POST", "/v1/responses", {"model": "tiny", "input": "x"}),
+    ("POST", "/v1/messages", {"model": "tiny", "max_tokens": 2, "messages": [{"role": "user", "content": "x"}]}),
     ("POST", "/api/embed", {"model": "tiny", "input": "x"}),
     ("POST", "/api/embeddings", {"model": "tiny", "prompt": "x"}),
     ("POST", "/v1/embeddings", {"model": "tiny", "input": "x"}),
@@ -106,6 +107,11 @@ def test_keys_are_required_on_every_route_and_roles_are_enforced(keyed: tuple[st
         call(base, "POST", "/api/generate", {"model": "tiny", "prompt": "x", "stream": False}, keys["user"]).status_code
         == 200
     )
+    anthropic_style = {"model": "tiny", "max_tokens": 2, "messages": [{"role": "user", "content": "x"}]}
+    for key, status in ((keys["user"], 200), ("esk-wrong", 401)):  # Anthropic's clients send x-api-key
+        r = httpx.post(base + "/v1/messages", json=anthropic_style, headers={"x-api-key": key}, timeout=30)
+        assert r.status_code == status, r.text
+    assert r.json()["type"] == "error" and r.json()["error"]["type"] == "authentication_error"
 
 
 def test_the_audit_log_names_keys_never_holds_them_and_reports_refusals(
