@@ -84,6 +84,9 @@ class FakeRunner:
         words = content.split()
         return Tokens([100 + i for i in range(len(words))], [w.encode() for w in words] if with_pieces else None)
 
+    async def acount(self, job: Job) -> int:
+        return len(str(job.prompt).split())
+
     async def adetokenize(self, ids: Sequence[int]) -> str:
         return " ".join(f"w{i - 100}" for i in ids)
 

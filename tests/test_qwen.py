@@ -239,6 +239,8 @@ def test_the_anthropic_sdk_talks_to_the_messages_api(url: str) -> None:
             {"role": "system", "content": "Be brief."}, *question])  # type: ignore[list-item]
     assert text and text == chat.choices[0].message.content and reply.stop_reason in ("end_turn", "max_tokens")
     assert reply.usage.input_tokens == (chat.usage.prompt_tokens if chat.usage else -1)
+    counted = ant.messages.count_tokens(model=QWEN_SMALL, system="Be brief.", messages=question)  # type: ignore[arg-type]
+    assert counted.input_tokens == reply.usage.input_tokens  # rendered as /v1/messages renders it
     with ant.messages.stream(model=QWEN_SMALL, max_tokens=32, extra_body=GREEDY_BODY, system="Be brief.",
                              messages=question) as stream:  # type: ignore[arg-type]
         streamed = "".join(stream.text_stream)
@@ -265,9 +267,9 @@ def test_the_anthropic_sdk_talks_to_the_messages_api(url: str) -> None:
     inside = ant.messages.create(model=QWEN_SMALL, max_tokens=8, extra_body=GREEDY_BODY, messages=[  # type: ignore[arg-type]
         {"role": "system", "content": "Be brief."}, *question])  # as Claude Code sends a system prompt
     assert inside.content and inside.content[0].type == "text"
-    counted = ant.messages.create(model=QWEN_SMALL, max_tokens=64, extra_body=GREEDY_BODY, stop_sequences=["Paris"],
+    stopped = ant.messages.create(model=QWEN_SMALL, max_tokens=64, extra_body=GREEDY_BODY, stop_sequences=["Paris"],
                                   messages=question)  # type: ignore[arg-type]
-    assert (counted.stop_reason, counted.stop_sequence) == ("stop_sequence", "Paris")
+    assert (stopped.stop_reason, stopped.stop_sequence) == ("stop_sequence", "Paris")
     with pytest.raises(anthropic.BadRequestError, match="images are not supported"):
         ant.messages.create(model=QWEN_SMALL, max_tokens=8, messages=[{"role": "user", "content": [  # type: ignore[list-item]
             {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": "AA=="}}]}])

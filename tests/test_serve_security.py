@@ -33,6 +33,7 @@ EVERY_ROUTE = [
     ("POST", "/v1/completions", {"model": "tiny", "prompt": "x"}),
     ("POST", "/v1/responses", {"model": "tiny", "input": "x"}),
     ("POST", "/v1/messages", {"model": "tiny", "max_tokens": 2, "messages": [{"role": "user", "content": "x"}]}),
+    ("POST", "/v1/messages/count_tokens", {"model": "tiny", "messages": [{"role": "user", "content": "x"}]}),
     ("POST", "/api/embed", {"model": "tiny", "input": "x"}),
     ("POST", "/api/embeddings", {"model": "tiny", "prompt": "x"}),
     ("POST", "/v1/embeddings", {"model": "tiny", "input": "x"}),

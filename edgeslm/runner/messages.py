@@ -2,7 +2,8 @@
 
 Messages in: ``{"op": "generate", "id", **Job fields}``, ``{"op": "embed", "id", "texts"}``,
 ``{"op": "tokenize", "id", "content", "add_special", "parse_special", "with_pieces"}``, ``{"op":
-"detokenize", "id", "tokens"}``, ``{"op": "cancel", "id"}``. Out: ``{"op": "ready", "name",
+"detokenize", "id", "tokens"}``, ``{"op": "count", "id", **Job fields}`` (answered as tokens),
+``{"op": "cancel", "id"}``. Out: ``{"op": "ready", "name",
 "slots", "ctx_per_slot", "pid", "n_vocab", "chat"}`` or ``{"op": "failed", "kind", "message"}``
 once, then ``{"op": "chunk", "id", "text", "token"[, "piece", "logprob", "top"]}``, ``{"op":
 "done", "id", "finish", "prompt_tokens", "completion_tokens", "prompt_seconds",

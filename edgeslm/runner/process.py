@@ -69,6 +69,8 @@ class RunnerLike(Protocol):
 
     async def adetokenize(self, ids: Sequence[int]) -> str: ...
 
+    async def acount(self, job: Job) -> int: ...
+
     def close(self) -> None: ...
 
 
@@ -265,6 +267,11 @@ class Runner:
 
     async def adetokenize(self, ids: Sequence[int]) -> str:
         return text_from(await self._ask({"op": "detokenize", "tokens": list(ids)}, f"detokenize {len(ids):,} ids"))
+
+    async def acount(self, job: Job) -> int:
+        """The tokens ``job``'s prompt takes (its chat template, system and tools rendered), not decoded."""
+        message = {**job.message(""), "op": "count"}
+        return len(tokens_from(await self._ask(message, "count a prompt's tokens")).ids)
 
     async def _ask(self, message: dict[str, Any], what: str) -> dict[str, Any]:
         """One reply to ``message``, within ``embed_timeout`` (``RunnerTimeoutError`` past it)."""

@@ -99,6 +99,9 @@ def _handle(raw: bytes, model: Any, batch: Any, waiting: deque[_Request], runnin
         if msg["op"] in ("tokenize", "detokenize"):
             send({"id": rid, **_vocab_op(model.engine, msg)})
             return
+        if msg["op"] == "count":  # a generate message's prompt, rendered and tokenized, not decoded
+            send({"op": "tokens", "id": rid, "tokens": _prompt_tokens(model, msg), "pieces": None})
+            return
         slot = batch.ctx_per_slot
         ctx = min(slot, int(msg.get("num_ctx") or slot))  # the request's own context (Ollama's num_ctx), if smaller
         if ctx < slot:

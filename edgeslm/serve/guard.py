@@ -46,6 +46,7 @@ ROUTES: dict[str, Action | None] = {  # None: any valid key
     "/v1/completions": A.GENERATE,
     "/v1/responses": A.GENERATE,
     "/v1/messages": A.GENERATE,  # Anthropic's
+    "/v1/messages/count_tokens": A.GENERATE,
     "/api/embed": A.EMBED,
     "/api/embeddings": A.EMBED,
     "/v1/embeddings": A.EMBED,

@@ -98,6 +98,9 @@ class ModelReplica:
     async def detokenize(self, ids: list[int]) -> str:
         return await self.runner.adetokenize(ids)
 
+    async def count(self, job: Job) -> int:
+        return await self.runner.acount(job)
+
     def pids(self) -> dict[str, int]:
         return {"replica": os.getpid(), "runner": self.runner.pid}
 
@@ -165,6 +168,10 @@ class RayRunner:
 
     async def adetokenize(self, ids: Sequence[int]) -> str:
         result: str = await self._call(self.handle.detokenize.remote(list(ids)), "detokenize")
+        return result
+
+    async def acount(self, job: Job) -> int:
+        result: int = await self._call(self.handle.count.remote(job), "count a prompt's tokens")
         return result
 
     async def _call(self, response: Any, what: str) -> Any:

@@ -20,21 +20,21 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from ...engines.base import SamplingParams
 from ...errors import EdgeslmError, http_status_for
 from ...runner import Chunk, Done, Job
-from ...store.resolve import stored
+from ...store.resolve import ResolvedModel, stored
 from ...tools import ToolReply
-from ...tools.plan import conversation
+from ...tools.plan import ToolPlan, conversation
 from ..bodies import parse
 from ..http_errors import error_body
-from ..replies import Generation, collect
-from ..state import note, plan_for
-from .schemas import MessagesRequest
+from ..replies import Generation, collect, hold, unless_gone
+from ..state import note, plan_for, state
+from .schemas import CountRequest, MessagesRequest
 
 router = APIRouter(prefix="/v1")
 
 
-@router.post("/messages")
-async def messages(request: Request) -> Response:
-    body = await parse(request, MessagesRequest)
+async def _prepared(request: Request, body: CountRequest) -> tuple[Job, ToolPlan, ResolvedModel]:
+    """The request as the runner's job (its conversation, system and tools in the model's own format),
+    the tool plan that reads the reply, and the model, resolved once."""
     note(request, model=body.model)
     body.check()
     given = body.chat_messages()
@@ -42,10 +42,30 @@ async def messages(request: Request) -> Response:
     plan, found = await plan_for(request, body.model, given, tools, choice, parallel, has_format=False)
     model = stored(found)
     chat, system = model.conversation(conversation(given, plan, ids_required=True))
+    if not isinstance(body, MessagesRequest):
+        return Job(chat, system=system, tooling=plan.tooling()), plan, found
     sampling = SamplingParams.over(model.parameters, {"temperature": body.temperature, "top_p": body.top_p,
                                                      "top_k": body.top_k})
     job = Job(chat, sampling, body.max_tokens, tuple(body.stop_sequences or ()), system=system,
               tooling=plan.tooling())
+    return job, plan, found
+
+
+@router.post("/messages/count_tokens")
+async def count_tokens(request: Request) -> dict[str, int]:
+    """The tokens the prompt takes, rendered as ``/v1/messages`` renders it (nothing is generated)."""
+    job, _, found = await _prepared(request, await parse(request, CountRequest))
+    lease = await hold(request, found, None)
+    try:
+        return {"input_tokens": await unless_gone(request, lease.runner.acount(job))}
+    finally:
+        state(request).manager.release(lease)
+
+
+@router.post("/messages")
+async def messages(request: Request) -> Response:
+    body = await parse(request, MessagesRequest)
+    job, plan, found = await _prepared(request, body)
     gen = await Generation.start(request, found, job, None)
     head = {"id": f"msg_{uuid.uuid4().hex[:24]}", "type": "message", "role": "assistant", "model": gen.name}
     if not body.stream:

@@ -27,19 +27,14 @@ class Message(_Body):
     content: str | list[dict[str, Any]]
 
 
-class MessagesRequest(_Body):
+class CountRequest(_Body):
+    """``/v1/messages/count_tokens``'s body: what a prompt is made of."""
+
     model: str = Field(max_length=MAX_NAME)
-    max_tokens: int = Field(ge=1)
     messages: list[Message] = Field(max_length=MAX_MESSAGES)
     system: str | list[dict[str, Any]] | None = None
-    stop_sequences: list[str] | None = Field(None, max_length=MAX_STOP)
-    temperature: float | None = Field(None, ge=0, le=1)
-    top_p: float | None = Field(None, gt=0, le=1)
-    top_k: int | None = Field(None, ge=0)
-    stream: bool = False
     tools: list[dict[str, Any]] | None = None
     tool_choice: dict[str, Any] | None = None
-    metadata: dict[str, Any] | None = None  # accepted, as Anthropic keeps it for itself
     thinking: dict[str, Any] | None = None
 
     def check(self) -> None:
@@ -92,6 +87,16 @@ class MessagesRequest(_Body):
             out.extend(_blocks(m.role, m.content, where))
         return out
 
+
+
+class MessagesRequest(CountRequest):
+    max_tokens: int = Field(ge=1)
+    stop_sequences: list[str] | None = Field(None, max_length=MAX_STOP)
+    temperature: float | None = Field(None, ge=0, le=1)
+    top_p: float | None = Field(None, gt=0, le=1)
+    top_k: int | None = Field(None, ge=0)
+    stream: bool = False
+    metadata: dict[str, Any] | None = None  # accepted, as Anthropic keeps it for itself
 
 def _text(content: str | list[dict[str, Any]], where: str) -> str:
     if isinstance(content, str):
