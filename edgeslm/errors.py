@@ -52,6 +52,10 @@ class ModelNotFoundError(EdgeslmError):
     """No model of that name in the store, the builtins or the catalogue."""
 
 
+class ResponseNotFoundError(EdgeslmError):
+    """A kept response (``previous_response_id``) that is unknown, expired or another key's."""
+
+
 class StoreError(EdgeslmError):
     """The local store could not complete an operation; its previous state is kept."""
 
@@ -142,6 +146,7 @@ EXIT_CODES: dict[type[EdgeslmError], int] = {
     InputFileError: 66,  # EX_NOINPUT
     OutputFileError: 73,  # EX_CANTCREAT
     ModelNotFoundError: 67,  # "no such model", like EX_NOUSER
+    ResponseNotFoundError: 66,  # EX_NOINPUT
     MissingExtraError: 69,  # EX_UNAVAILABLE
     OfflineError: 69,  # EX_UNAVAILABLE
     SourceError: 69,
@@ -171,6 +176,7 @@ HTTP_STATUS: dict[type[EdgeslmError], int] = {
     InputFileError: 400,
     OutputFileError: 500,
     ModelNotFoundError: 404,
+    ResponseNotFoundError: 404,
     MissingExtraError: 501,
     OfflineError: 503,
     SourceError: 502,

@@ -278,3 +278,19 @@ def test_a_garbage_request_line_does_not_stop_the_server(url: str) -> None:
         s.sendall(b"\x00\x01\x02 GARBAGE\r\n\r\n")
         s.recv(1024)
     assert httpx.get(url + "/api/version").json()["version"]
+
+
+def test_a_kept_response_is_its_keys_alone(keyed: tuple[str, dict[str, str]]) -> None:
+    """Stateful Responses: one key's kept response is not found for another (not forbidden: nothing
+    about it leaks), neither to read, nor to continue, nor to delete."""
+    base, keys = keyed
+    made = call(base, "POST", "/v1/responses", {"model": "tiny", "input": "x", "max_output_tokens": 2}, keys["user"])
+    assert made.status_code == 200, made.text
+    rid = made.json()["id"]
+    assert call(base, "GET", f"/v1/responses/{rid}", None, keys["user"]).json()["id"] == rid
+    for method, path, body in (("GET", f"/v1/responses/{rid}", None), ("DELETE", f"/v1/responses/{rid}", None),
+                               ("POST", "/v1/responses", {"model": "tiny", "input": "y", "previous_response_id": rid})):
+        other = call(base, method, path, body, keys["admin"])
+        assert other.status_code == 404 and "not found" in other.json()["error"]["message"]
+    assert call(base, "DELETE", f"/v1/responses/{rid}", None, keys["user"]).json()["deleted"] is True
+    assert call(base, "GET", f"/v1/responses/{rid}", None, keys["user"]).status_code == 404

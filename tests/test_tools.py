@@ -306,7 +306,23 @@ def test_the_responses_api_answers_the_official_client(url: str) -> None:
         assert parsed.text is not None and parsed.text.format is not None and parsed.text.format.type == "json_schema"
         cut = oai.responses.create(model=MODEL, input=question, max_output_tokens=2, temperature=0)
         assert cut.status == "incomplete" and [o.status for o in cut.output if o.type == "message"] == ["incomplete"]
-        with pytest.raises(openai.BadRequestError, match="previous_response_id is not supported"):
-            oai.responses.create(model=MODEL, input="hi", previous_response_id="resp_1")
+        # kept responses: previous_response_id continues one, as the whole conversation sent again would
+        intro = "My name is Ada. Reply with OK."
+        first = oai.responses.create(model=MODEL, input=intro, max_output_tokens=8, temperature=0)
+        assert oai.responses.retrieve(first.id).output_text == first.output_text
+        (item,) = oai.responses.input_items.list(first.id).data
+        assert item.type == "message" and item.role == "user"
+        second = oai.responses.create(model=MODEL, input="What is my name?", previous_response_id=first.id,
+                                      max_output_tokens=12, temperature=0)
+        whole = oai.responses.create(model=MODEL, store=False, max_output_tokens=12, temperature=0, input=[
+            {"role": "user", "content": intro}, {"role": "assistant", "content": first.output_text},
+            {"role": "user", "content": "What is my name?"}])
+        assert second.output_text == whole.output_text and second.previous_response_id == first.id
+        with pytest.raises(openai.NotFoundError):
+            oai.responses.retrieve(whole.id)  # store=False: not kept
+        oai.responses.delete(first.id)
+        for gone in (first.id, "resp_1", "resp_" + "0" * 32):
+            with pytest.raises(openai.NotFoundError, match="not found"):
+                oai.responses.create(model=MODEL, input="hi", previous_response_id=gone)
         with pytest.raises(openai.BadRequestError, match="matches no call"):
             oai.responses.create(model=MODEL, input=[{"type": "function_call_output", "call_id": "x", "output": "1"}])  # type: ignore[list-item]

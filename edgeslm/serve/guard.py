@@ -69,7 +69,8 @@ ROUTES: dict[str, Action | None] = {  # None: any valid key
     "/edgeslm/v1/manifests": A.FETCH,  # another edgeslm pulls (sync_routes)
     "/edgeslm/v1/publish": A.CREATE,  # another edgeslm pushes
 }
-PREFIXES: dict[str, Action] = {"/v1/models/": A.LIST, "/api/blobs/": A.CREATE, "/edgeslm/v1/blobs/": A.FETCH,
+PREFIXES: dict[str, Action] = {"/v1/models/": A.LIST, "/v1/responses/": A.GENERATE,  # a kept response
+                               "/api/blobs/": A.CREATE, "/edgeslm/v1/blobs/": A.FETCH,
                                "/edgeslm/v1/uploads/": A.CREATE}
 UI = "/ui"  # the web page's files: public (they hold no data; every call they make carries a key)
 UI_LABEL = UI + "/*"

@@ -1,11 +1,13 @@
-"""OpenAI's Responses API, minimal: ``POST /v1/responses`` with ``input`` (text, or messages and
+"""OpenAI's Responses API: ``POST /v1/responses`` with ``input`` (text, or messages and
 function-call items), ``instructions``, ``max_output_tokens``, ``temperature``, ``top_p``,
 function ``tools`` (the generic format, as chat completions), ``text.format`` (json_object or
-json_schema, a grammar as chat's ``response_format``), and streamed events. Nothing is
-kept: ``previous_response_id`` is refused; send the conversation in ``input``."""
+json_schema, a grammar as chat's ``response_format``), and streamed events. With ``store`` (OpenAI's
+default) a response is kept (``kept``): ``previous_response_id`` continues its conversation, and
+``GET``/``DELETE /v1/responses/{id}`` and ``/input_items`` read and remove it, each key its own."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 import uuid
@@ -25,7 +27,8 @@ from ...tools import ToolCall, ToolReply
 from ...tools.plan import conversation
 from ..bodies import parse
 from ..replies import Generation, collect
-from ..state import note, plan_for
+from ..state import note, plan_for, state
+from .kept import KeptResponses
 from .schemas import ResponsesRequest
 
 router = APIRouter(prefix="/v1")
@@ -82,13 +85,41 @@ def _chat_tools(body: ResponsesRequest) -> tuple[Any, Any]:
     return tools, choice
 
 
+def _owner(request: Request) -> str:
+    """Whose kept responses these are: the API key's id ("local" on a server without keys)."""
+    key = request.scope.get("state", {}).get("key")
+    return f"key:{key.id}" if key is not None else "local"
+
+
+def _kept(request: Request) -> KeptResponses:
+    return KeptResponses(state(request).settings.home)
+
+
+def _as_items(given: str | list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [{"type": "message", "role": "user", "content": given}] if isinstance(given, str) else list(given)
+
+
+def _output_as_input(output: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """A kept response's output, as the input items of the next turn."""
+    items = []
+    for item in output:
+        if item["type"] == "message":
+            text = "".join(p.get("text", "") for p in item["content"])
+            items.append({"type": "message", "role": "assistant", "content": text})
+        elif item["type"] == "function_call":
+            items.append({k: item[k] for k in ("type", "call_id", "name", "arguments")})
+    return items
+
+
 @router.post("/responses")
 async def responses(request: Request) -> Response:
     body = await parse(request, ResponsesRequest)
     note(request, model=body.model)
-    if body.previous_response_id:
-        raise InvalidParameterError("previous_response_id is not supported: edgeslm keeps no responses; send the "
-                                    "conversation in input")
+    items = _as_items(body.input)
+    if body.previous_response_id:  # its conversation, then this input (its instructions are not carried over)
+        before = await asyncio.to_thread(_kept(request).load, _owner(request), body.previous_response_id)
+        items = [*before["input"], *_output_as_input(before["response"]["output"]), *items]
+        body = body.model_copy(update={"input": items})
     tools, choice = _chat_tools(body)
     given = input_messages(body)
     fmt = body.text.format.spec()
@@ -106,16 +137,47 @@ async def responses(request: Request) -> Response:
               tooling=plan.tooling(),
               truncate=body.truncation == "auto")
     gen = await Generation.start(request, found, job, None)
+    keep = None if body.store is False else (_kept(request), _owner(request), items)
     head = {"id": f"resp_{uuid.uuid4().hex}", "object": "response", "created_at": int(time.time()),
             "model": gen.name, "parallel_tool_calls": plan.parallel, "tool_choice": body.tool_choice or "auto",
             "tools": body.tools or [], "instructions": body.instructions, "temperature": body.temperature,
             "top_p": body.top_p, "max_output_tokens": body.max_output_tokens,
-            "text": {"format": body.text.format.model_dump(by_alias=True, exclude_none=True)}}
+            "text": {"format": body.text.format.model_dump(by_alias=True, exclude_none=True)},
+            "previous_response_id": body.previous_response_id, "store": keep is not None}
     if not body.stream:
         reply = await collect(request, gen)
-        return JSONResponse(_final(head, plan.read(reply.text), reply.done))
-    return StreamingResponse(_events(head, gen, plan.active, plan.read), media_type="text/event-stream",
+        final = _final(head, plan.read(reply.text), reply.done)
+        await _keep(keep, final)
+        return JSONResponse(final)
+    return StreamingResponse(_events(head, gen, plan.active, plan.read, keep), media_type="text/event-stream",
                              headers={"Cache-Control": "no-cache"})
+
+
+async def _keep(keep: tuple[KeptResponses, str, list[dict[str, Any]]] | None, final: dict[str, Any]) -> None:
+    if keep is not None:
+        kept, owner, items = keep
+        await asyncio.to_thread(kept.save, owner, {"id": final["id"], "input": items, "response": final})
+
+
+@router.get("/responses/{rid}")
+async def get_response(request: Request, rid: str) -> dict[str, Any]:
+    record = await asyncio.to_thread(_kept(request).load, _owner(request), rid)
+    found: dict[str, Any] = record["response"]
+    return found
+
+
+@router.get("/responses/{rid}/input_items")
+async def input_items(request: Request, rid: str) -> dict[str, Any]:
+    record = await asyncio.to_thread(_kept(request).load, _owner(request), rid)
+    data = [{"id": f"msg_{rid[5:21]}_{i}", **item} for i, item in enumerate(record["input"])]
+    return {"object": "list", "data": data, "first_id": data[0]["id"] if data else None,
+            "last_id": data[-1]["id"] if data else None, "has_more": False}
+
+
+@router.delete("/responses/{rid}")
+async def delete_response(request: Request, rid: str) -> dict[str, Any]:
+    await asyncio.to_thread(_kept(request).delete, _owner(request), rid)
+    return {"id": rid, "object": "response", "deleted": True}
 
 
 def _items(reply: ToolReply, text_id: str, status: str) -> list[dict[str, Any]]:
@@ -143,7 +205,8 @@ def _msg_id() -> str:
     return f"msg_{uuid.uuid4().hex[:24]}"
 
 
-async def _events(head: dict[str, Any], gen: Generation, held: bool, read: Any) -> AsyncIterator[bytes]:
+async def _events(head: dict[str, Any], gen: Generation, held: bool, read: Any,
+                  keep: tuple[KeptResponses, str, list[dict[str, Any]]] | None) -> AsyncIterator[bytes]:
     """Server-sent events as OpenAI sends them, each with its ``type`` and ``sequence_number``;
     text streams as deltas unless tools are offered (then the reply is known once complete)."""
     seq = iter(range(1 << 30))
@@ -170,6 +233,7 @@ async def _events(head: dict[str, Any], gen: Generation, held: bool, read: Any) 
                     yield event("response.output_text.delta", delta=ev.text, logprobs=[], **where)
                 continue
             final = _final(head, read("".join(parts)), ev, text_id)
+            await _keep(keep, final)
             for i, out in enumerate(final["output"]):
                 async for line in _item_events(event, i, out, announced=not held):
                     yield line

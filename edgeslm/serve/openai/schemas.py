@@ -144,7 +144,7 @@ class ResponsesRequest(_Body):
     tool_choice: Any = None
     parallel_tool_calls: bool | None = None
     stream: bool = False
-    store: bool | None = None  # accepted; nothing is kept
+    store: bool | None = None  # None: OpenAI's default, kept
     previous_response_id: str | None = None
     truncation: Literal["auto", "disabled"] = "disabled"  # auto: an over-long input loses its oldest turns
     text: ResponseText = Field(default_factory=ResponseText)  # text.format: json_object or json_schema
