@@ -29,6 +29,7 @@ NEXT_STEP: dict[type[errors.EdgeslmError], str] = {
     errors.OutputFileError: "Pick an output folder you can write to, with room on its disk.",
     errors.MissingExtraError: "Install the extra the message names, e.g. `pip install 'edgeslm[onnx]'`.",
     errors.ModelNotFoundError: "`edgeslm list` shows what is stored; `edgeslm pull NAME` fetches it.",
+    errors.ResponseNotFoundError: "Send the whole conversation in `input`, or keep responses with `store`.",
     errors.StoreError: "The store kept its previous state; `edgeslm verify` reports what is wrong.",
     errors.IntegrityError: "A blob's bytes do not match its digest: `edgeslm verify`, then pull it again.",
     errors.ConflictError: "The name stands for other content; pick another name or pass `--force`.",
