@@ -136,7 +136,8 @@ def _plan(store: Store, budget: int, use_case: str, ctx: int,
           constants: MemoryConstants) -> tuple[Choice | None, str]:
     """``plan --ram`` at the device's budget and the context asked: the configuration, as a command."""
     try:
-        got = choose(store, budget, "code" if use_case == "code" else "chat", ctx=ctx, constants=constants)
+        got = choose(store, budget, "code" if use_case == "code" else "chat", ctx=ctx, constants=constants,
+                     shorter_ok=True)
     except InvalidParameterError as exc:
         return None, str(exc)
     return got, f"{got.serve_command}  # 'edgeslm plan --ram {format_bytes(budget).replace(' ', '')}' shows the rest"
@@ -265,8 +266,9 @@ def _local_picks(store: Store, device: Device, use_case: str, level: str, ctx: i
     no_chat: dict[str, int] = {}
     for_apple: list[tuple[Manifest, int]] = []
     for m in store.manifests():
-        memory = (plan_memory(store.model_path(m), str(m.name), ctx_per_slot=ctx, constants=constants).total
-                  if m.format is ModelFormat.GGUF else estimate_memory(m.info, ctx).total_bytes)
+        held = min(ctx, m.info.context_length or ctx)  # a model trained for less: at its own length, as plan's
+        memory = (plan_memory(store.model_path(m), str(m.name), ctx_per_slot=held, constants=constants).total
+                  if m.format is ModelFormat.GGUF else estimate_memory(m.info, held).total_bytes)
         if memory > budget:
             continue
         if m.format is ModelFormat.MLX and not device.apple_silicon:

@@ -92,7 +92,10 @@ class Choice:
 
 def choose(store: Store, budget: int, use_case: str = "chat", *, names: Sequence[str] = (), ctx: int | None = None,
            parallel: int | None = None, min_pass: float | None = None, max_kld: float | None = None,
-           constants: MemoryConstants | None = None, tuning: Tuning | None = None) -> Choice:
+           constants: MemoryConstants | None = None, tuning: Tuning | None = None, shorter_ok: bool = False) -> Choice:
+    """The configuration ``use_case`` wants under ``budget``. ``ctx``: the context per slot (None: 2,048
+    to 32,768 tried); a model trained for less cannot hold it and is left out, unless ``shorter_ok`` (a
+    default context, not one asked for: such a model is planned at its own length)."""
     if use_case not in USE_CASES:
         raise InvalidParameterError(f"use case {use_case!r} is unknown; valid: {', '.join(USE_CASES)}")
     if parallel is not None and not 1 <= parallel <= 256:
@@ -104,7 +107,8 @@ def choose(store: Store, budget: int, use_case: str = "chat", *, names: Sequence
         raise InvalidParameterError("no stored model to plan for" + (f" named {', '.join(names)}" if names
                                     else "; 'edgeslm pull qwen2.5-coder:0.5b' adds one"))
     kept = _Kept(measured_by_digest(store), kv_costs(store), latest_task_results(store, variants))  # read once
-    configs = [c for m in variants for c in _configs(store, m, kept, ctx, parallel, constants, tuning or Tuning())]
+    configs = [c for m in variants for c in _configs(store, m, kept, _held(m, ctx, shorter_ok), parallel, constants,
+                                                      tuning or Tuning())]
     if not configs:
         longest = max(variants, key=lambda m: m.info.context_length or 0)
         raise InvalidParameterError(
@@ -126,6 +130,11 @@ def choose(store: Store, budget: int, use_case: str = "chat", *, names: Sequence
             "--kv-type q8_0' measure what is missing")
     ranked = sorted(floored, key=lambda c: c.key(use_case))
     return Choice(budget, use_case, len(configs), len(fitting), _pareto(floored), ranked[0])
+
+
+def _held(m: Manifest, ctx: int | None, shorter_ok: bool) -> int | None:
+    trained = m.info.context_length
+    return min(ctx, trained) if ctx and shorter_ok and trained else ctx
 
 
 @dataclass(frozen=True)
