@@ -19,8 +19,9 @@ def configure(sub: Any) -> None:
         "plan", help="the memory a model takes at a context, slots and KV cache type, before it loads; with --ram, "
                      "the configuration to run under a budget",
         description="Peak memory of the runner that would serve MODEL, part by part, from its file's header. With "
-                    "--ram: over the stored GGUF and ONNX variants (of MODEL, or all), KV cache types, contexts and "
-                    "slots, the configuration the use case wants that fits and meets the floors, by measured quality.")
+                    "--ram: over the stored GGUF, ONNX and MLX variants (of MODEL, or all), KV cache types, contexts "
+                    "and slots, the configuration the use case wants that fits and meets the floors, by measured "
+                    "quality.")
     p.set_defaults(run=cmd_plan)
     p.add_argument("models", nargs="*", metavar="MODEL")
     p.add_argument("--ctx", type=int, help="context tokens per slot (default 2048; with --ram: 2048 to 32768 tried)")
