@@ -18,7 +18,7 @@ tokens of WikiText-2: mean KLD; single-stream generation tok/s from eval's speed
 ``eval VARIANT --task humaneval,tools`` (4 slots, kept results reused unless ``--force``).
 
     .venv/bin/python benchmarks/task_variants.py [--models qwen2.5-coder:0.5b] [--limit N] \\
-        [--write docs/tasks.md README.md]
+        [--rows shipped,q3_k_m,q2_k,iq2_xs-imat,mix,onnx] [--write docs/tasks.md README.md]
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -56,26 +57,33 @@ def variant(model: str, suffix: str) -> str:
     return f"{base}:{tag}-{suffix}" if tag and tag != "latest" else f"{base}:{suffix}"
 
 
-def build(home: Path, model: str, args: argparse.Namespace) -> list[tuple[str, str]]:
-    """(label, stored name) of every variant, built where missing."""
-    out = [("Q4_K_M (as shipped)", model)]
+ROWS = ("shipped", "q3_k_m", "q2_k", "iq2_xs-imat", "mix", "onnx")
+
+
+def build(home: Path, model: str, args: argparse.Namespace) -> Iterator[tuple[str, str]]:
+    """(label, stored name) of each variant in ``--rows``, built where missing, one at a time."""
+    rows = args.rows.split(",")
+    if "shipped" in rows:
+        yield "Q4_K_M (as shipped)", model
     for qtype in ("q3_k_m", "q2_k"):
-        if not exists(home, variant(model, qtype)):
-            edgeslm(home, "quantize", model, "--type", qtype, "--allow-requantize")
-        out.append((qtype.upper(), variant(model, qtype)))
+        if qtype in rows:
+            if not exists(home, variant(model, qtype)):
+                edgeslm(home, "quantize", model, "--type", qtype, "--allow-requantize")
+            yield qtype.upper(), variant(model, qtype)
     imat = variant(model, "iq2_xs-imat")
-    if not exists(home, imat):
-        edgeslm(home, "calibrate", model)
-        edgeslm(home, "quantize", model, "--type", "iq2_xs", "--imatrix", model, "--allow-requantize",
-                "--tag", imat.split(":")[1])
-    out.append(("IQ2_XS, imatrix", imat))
-    out.append(mix(home, model, args))
-    if model in args.onnx.split(","):
+    if "iq2_xs-imat" in rows:
+        if not exists(home, imat):
+            edgeslm(home, "calibrate", model)
+            edgeslm(home, "quantize", model, "--type", "iq2_xs", "--imatrix", model, "--allow-requantize",
+                    "--tag", imat.split(":")[1])
+        yield "IQ2_XS, imatrix", imat
+    if "mix" in rows:
+        yield mix(home, model, args)
+    if "onnx" in rows and model in args.onnx.split(","):
         onnx = variant(model, "onnx-int4")
         if not exists(home, onnx):
             edgeslm(home, "convert", model, "--to", "onnx", "--precision", "int4")
-        out.append(("ONNX int4 (onnxruntime)", onnx))
-    return out
+        yield "ONNX int4 (onnxruntime)", onnx
 
 
 def mix(home: Path, model: str, args: argparse.Namespace) -> tuple[str, str]:
@@ -127,6 +135,8 @@ def main() -> None:
     parser.add_argument("--tasks", default="humaneval,tools", help="the tasks measured (default both)")
     parser.add_argument("--limit", type=int, help="only the first N problems of each task (a quick look)")
     parser.add_argument("--slots", type=int, default=4)
+    parser.add_argument("--rows", default=",".join(ROWS),
+                        help=f"the rows measured, of {','.join(ROWS)} (the table keeps the others)")
     parser.add_argument("--force", action="store_true", help="re-run the tasks even where results are kept")
     parser.add_argument("--force-speed", action="store_true",
                         help="re-run the KLD eval and its speed test (quiet machine: comparable tok/s)")
