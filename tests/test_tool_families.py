@@ -23,6 +23,7 @@ from edgeslm.engines.base import LoadParams, SamplingParams, open_engine
 from edgeslm.engines.llamacpp.json_schema import int_range, integer_bounds, schema_gbnf
 from edgeslm.errors import InvalidParameterError
 from edgeslm.tools import ToolCall, parse_tools
+from edgeslm.tools.grammar import call_grammar
 from edgeslm.tools.native import ToolFormat, detect, free_text, parse, prepare
 
 from .ggufbuild import write_runnable_model
@@ -224,12 +225,34 @@ def test_integer_bounds_take_exactly_the_integers_within(bounds: tuple[int | Non
     assert integer_bounds(schema) == (1, 7) and "[1-7]" in schema_gbnf(schema)
 
 
-def test_bounds_the_grammar_cannot_enforce_are_refused() -> None:
+def test_bounds_the_grammar_cannot_enforce_are_refused_when_strict_and_loosened_otherwise() -> None:
+    """A strict tool (OpenAI's function.strict) is refused with what its grammar could not enforce; any
+    other is taken, as Ollama and llama-server take it (Claude Code's tools bound numbers), its grammar
+    enforcing the rest: the prompt still shows the whole schema."""
     for node in ({"type": "number", "minimum": 0}, {"type": ["integer", "null"], "maximum": 3}, {"maximum": 3}):
-        tool = {"type": "function", "function": {"name": "f", "parameters": {"type": "object", "properties": {
-            "x": node}}}}
-        with pytest.raises(InvalidParameterError, match="can be enforced on an integer only"):
-            parse_tools([tool])
+        function = {"name": "f", "parameters": {"type": "object", "properties": {"x": node}, "not": {"type": "null"}}}
+        with pytest.raises(InvalidParameterError, match="can be enforced on an integer only|keyword.s. not cannot"):
+            parse_tools([{"type": "function", "function": {**function, "strict": True}}])
+        (taken,) = parse_tools([{"type": "function", "function": function}])
+        assert taken.parameters == function["parameters"] and not taken.strict
+        loose = {k: v for k, v in node.items() if k != "maximum" and k != "minimum"}
+        assert taken.enforced == {"type": "object", "properties": {"x": loose}}
+    bounded = {"type": "object", "properties": {"n": {"type": "integer", "minimum": 1, "maximum": 7},
+                                                "r": {"type": "number", "maximum": 1},
+                                                "any": {"description": "any JSON value"}}}
+    for strict in (False, True):  # a description alone is any value (llama.cpp's converter takes {} only)
+        function = {"name": "f", "parameters": bounded if not strict else {**bounded, "properties": {
+            k: v for k, v in bounded["properties"].items() if k != "r"}}, "strict": strict}
+        (kept,) = parse_tools([{"type": "function", "function": function}])
+        assert kept.enforced["properties"] == {"n": {"type": "integer", "minimum": 1, "maximum": 7}, "any": {},
+                                               **({} if strict else {"r": {"type": "number"}})}
+        assert "tool0-args" in call_grammar(ToolFormat.HERMES, [kept], None, False)
+    huge = {"type": "object", "properties": {"script": {"type": "string", "maxLength": 524288}}}  # Claude Code's
+    with pytest.raises(InvalidParameterError, match="maxLength above 4,096 cannot be enforced"):
+        parse_tools([{"type": "function", "function": {"name": "f", "parameters": huge, "strict": True}}])
+    (loose,) = parse_tools([{"type": "function", "function": {"name": "f", "parameters": huge}}])
+    assert loose.enforced["properties"]["script"] == {"type": "string"}
+    assert len(call_grammar(ToolFormat.HERMES, [loose], None, False)) < 10_000
     with pytest.raises(InvalidParameterError, match="no integer lies within its bounds"):
         parse_tools([{"type": "function", "function": {"name": "f", "parameters": {"type": "integer", "minimum": 3,
                                                                                  "exclusiveMaximum": 3}}}])

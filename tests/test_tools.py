@@ -44,6 +44,10 @@ def _fn(name: str = "f", parameters: Any = None) -> dict[str, Any]:
     return {"type": "function", "function": {"name": name, "parameters": parameters or {"type": "object"}}}
 
 
+def _strict(tool: dict[str, Any]) -> dict[str, Any]:
+    return {**tool, "function": {**tool["function"], "strict": True}}
+
+
 def _loop() -> dict[str, Any]:
     b = {"type": "object", "properties": {"x": {"$ref": "#/$defs/a"}}}
     return {"type": "object", "properties": {"a": {"$ref": "#/$defs/a"}}, "$defs": {"a": {"$ref": "#/$defs/b"}, "b": b}}
@@ -52,8 +56,9 @@ def _loop() -> dict[str, Any]:
 BAD_TOOLS = {
     "not JSON Schema": ([_fn(parameters="a string")], "not a JSON Schema (an object), but a JSON string"),
     "an unknown type": ([_fn(parameters={"type": "strange"})], "type 'strange' is not a JSON Schema type"),
-    "keywords no grammar enforces": ([_fn(parameters={"type": "object", "if": {}, "patternProperties": {}})],
-                                     "keyword(s) if, patternProperties cannot be enforced"),
+    "keywords no grammar enforces, strict": ([_strict(_fn(parameters={"type": "object", "if": {},
+                                                                     "patternProperties": {}}))],
+                                             "keyword(s) if, patternProperties cannot be enforced"),
     "a 1 MB schema": ([_fn(parameters={"type": "object", "description": "x" * 2**20})], "at most 65,536"),
     "a $ref loop": ([_fn(parameters=_loop())], "$ref loop #/$defs/a -> #/$defs/b -> #/$defs/a"),
     "a $ref to nowhere": ([_fn(parameters={"$ref": "https://example.com/s.json"})], "names no definition"),

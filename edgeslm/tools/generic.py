@@ -59,22 +59,24 @@ def reply_schema(tools: Sequence[Tool], choice: ToolChoice, parallel: bool) -> d
 
 def _hoisted(tool: Tool, defs: dict[str, Any]) -> Any:
     """The tool's parameters with its definitions moved to the reply schema's root (its ``$ref``
-    resolve from there), each renamed ``TOOL__NAME`` so two tools' definitions never meet."""
+    resolve from there), each renamed ``TOOL__NAME`` so two tools' definitions never meet (what the
+    grammar enforces of them: ``Tool.enforced``)."""
+    params = tool.enforced
     own = {f"#/{key}/{name}": f"#/$defs/{tool.name}__{name}"
-           for key in ("$defs", "definitions") for name in tool.parameters.get(key, {})}
+           for key in ("$defs", "definitions") for name in params.get(key, {})}
 
     def rewrite(node: Any) -> Any:
         if isinstance(node, dict):
             return {k: own.get(v, v) if k == "$ref" else rewrite(v) for k, v in node.items()
-                    if k not in ("$defs", "definitions") or node is not tool.parameters}
+                    if k not in ("$defs", "definitions") or node is not params}
         if isinstance(node, list):
             return [rewrite(x) for x in node]
         return node
 
     for key in ("$defs", "definitions"):
-        for name, body in tool.parameters.get(key, {}).items():
+        for name, body in params.get(key, {}).items():
             defs[f"{tool.name}__{name}"] = rewrite(body)
-    return rewrite(tool.parameters)
+    return rewrite(params)
 
 
 def system_text(tools: Sequence[Tool], choice: ToolChoice, *, example: bool = True) -> str:

@@ -44,7 +44,7 @@ def call_grammar(
     converter = schema_converter()
     arguments = []
     for i, tool in enumerate(t for t in tools if only is None or t.name == only):
-        schema = converter.resolve_refs(copy.deepcopy(tool.parameters), f"tool{i}")
+        schema = converter.resolve_refs(copy.deepcopy(tool.enforced), f"tool{i}")
         arguments.append((tool.name, converter.visit(schema, f"tool{i}-args")))
     rules = {WS: "[ \\t\\n]{0,4}"}  # bounded: a model cannot loop on blank space
     if fmt is ToolFormat.MISTRAL_ARGS:

@@ -18,6 +18,7 @@ from ..engines.llamacpp.json_schema import BOUNDS, integer_bounds
 from ..errors import InvalidParameterError
 
 MAX_TOOLS = 128
+MAX_DESCRIPTION = 65_536  # characters: Claude Code's tools have descriptions of several thousand
 MAX_SCHEMA_BYTES = 64 * 1024  # one tool's parameters, as JSON
 MAX_DEPTH = 32
 NAME = re.compile(r"[A-Za-z0-9_-]{1,64}\Z")  # OpenAI's rule for function names
@@ -29,6 +30,11 @@ SUPPORTED = frozenset({
     "maxLength", "minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum", "format",
     "description", "title", "default", "examples", "$schema", "$id", "$comment", "nullable",
 })
+# a length or count bound above this is not enforced (a grammar unrolls each repetition: Claude Code's
+# maxLength 524,288 made 4 MB of GBNF); a strict schema with one is refused
+MAX_ENFORCED_LENGTH = 4096
+LENGTHS = ("minLength", "maxLength", "minItems", "maxItems")
+ANNOTATIONS = frozenset({"description", "title", "default", "examples", "$schema", "$id", "$comment"})
 TYPES = frozenset({"object", "array", "string", "number", "integer", "boolean", "null"})
 ChoiceMode = Literal["auto", "none", "required", "function"]
 
@@ -38,6 +44,15 @@ class Tool:
     name: str
     description: str
     parameters: dict[str, Any]
+    strict: bool = False  # OpenAI's function.strict (Anthropic's tool strict): every keyword enforced or refused
+
+    @property
+    def enforced(self) -> dict[str, Any]:
+        """The schema a call's grammar holds the arguments to (``enforceable``): all of a strict tool's;
+        of another, what a grammar can enforce, the rest (keywords no grammar expresses, bounds on
+        non-integers) left to the model as the prompt shows it, as Ollama and llama-server leave all of it."""
+        enforced: dict[str, Any] = enforceable(self.parameters)
+        return enforced
 
     def as_openai(self) -> dict[str, Any]:
         function = {"name": self.name, "description": self.description, "parameters": self.parameters}
@@ -85,15 +100,19 @@ def _tool(i: int, item: Any) -> Tool:
             f"{where}: the name {shown} is not 1 to 64 letters, digits, '_' or '-' (no spaces or control characters)"
         )
     description = fn.get("description") or ""
-    if not isinstance(description, str) or len(description) > 4096:
-        raise InvalidParameterError(f"{where} ({name}): description must be text of at most 4,096 characters")
+    if not isinstance(description, str) or len(description) > MAX_DESCRIPTION:
+        raise InvalidParameterError(
+            f"{where} ({name}): description must be text of at most {MAX_DESCRIPTION:,} characters")
     parameters = fn.get("parameters", {"type": "object", "properties": {}})
-    check_schema(parameters, f"{where} ({name}) parameters")
-    return Tool(name, description, parameters)
+    strict = fn.get("strict") is True
+    check_schema(parameters, f"{where} ({name}) parameters", strict=strict)
+    return Tool(name, description, parameters, strict)
 
 
-def check_schema(schema: Any, where: str) -> None:
-    """A JSON Schema object of bounded size that llama.cpp's converter expresses, or a 400 saying why."""
+def check_schema(schema: Any, where: str, *, strict: bool = True) -> None:
+    """A JSON Schema object of bounded size that llama.cpp's converter expresses, or a 400 saying why.
+    Not ``strict``: keywords it cannot express, and bounds on non-integers, are let through
+    (``enforceable`` takes them out of the grammar)."""
     if not isinstance(schema, dict):
         raise InvalidParameterError(f"{where}: not a JSON Schema (an object), but a JSON {_json_type(schema)}")
     try:
@@ -104,14 +123,21 @@ def check_schema(schema: Any, where: str) -> None:
         raise InvalidParameterError(f"{where}: the schema is {size:,} bytes; at most {MAX_SCHEMA_BYTES:,}")
     nodes = list(_nodes(schema, where))
     unknown = sorted({k for node in nodes for k in node if k not in SUPPORTED})
-    if unknown:
+    if unknown and strict:
         raise InvalidParameterError(
             f"{where}: JSON Schema keyword(s) {', '.join(unknown)[:200]} cannot be enforced; supported: "
             f"{', '.join(sorted(SUPPORTED - {'$schema', '$id', '$comment'}))}"
         )
     for node in nodes:
+        long = [k for k, v in node.items() if _too_long(k, v)]
+        if long and strict:
+            raise InvalidParameterError(
+                f"{where}: {', '.join(long)} above {MAX_ENFORCED_LENGTH:,} cannot be enforced (a grammar unrolls "
+                "each repetition); lower it, or leave the tool not strict")
         bounds = [b for b in BOUNDS if b in node]
         if bounds and node.get("type") != "integer":
+            if not strict:
+                continue
             raise InvalidParameterError(
                 f"{where}: {', '.join(bounds)} can be enforced on an integer only (as llama.cpp's grammars do), "
                 f"not on type {node.get('type', 'any')!r}; use an integer or an enum, or drop the bound"
@@ -122,6 +148,30 @@ def check_schema(schema: Any, where: str) -> None:
         if low is not None and high is not None and low > high:
             raise InvalidParameterError(f"{where}: no integer lies within its bounds ({low} to {high})")
     _check_refs(schema, where)
+
+
+def enforceable(schema: Any) -> Any:
+    """``schema`` as a grammar holds it: without annotations (a node of a description alone is any
+    value, which llama.cpp's converter takes only as ``{}``), keywords outside SUPPORTED and bounds on
+    anything but an integer (the last two are refused in a strict schema: ``check_schema``)."""
+    if isinstance(schema, list):
+        return [enforceable(x) for x in schema]
+    if not isinstance(schema, dict):
+        return schema
+    integer = schema.get("type") == "integer"
+    kept = {k: v for k, v in schema.items()
+            if k in SUPPORTED and k not in ANNOTATIONS and (integer or k not in BOUNDS) and not _too_long(k, v)}
+    for key in ("properties", "$defs", "definitions"):
+        if isinstance(kept.get(key), dict):
+            kept[key] = {name: enforceable(child) for name, child in kept[key].items()}
+    for key in ("anyOf", "oneOf", "allOf", "prefixItems", "items", "additionalProperties"):
+        if key in kept:
+            kept[key] = enforceable(kept[key])
+    return kept
+
+
+def _too_long(key: str, value: Any) -> bool:
+    return key in LENGTHS and isinstance(value, int) and value > MAX_ENFORCED_LENGTH
 
 
 def _nodes(schema: dict[str, Any], where: str, depth: int = 0) -> Iterator[dict[str, Any]]:

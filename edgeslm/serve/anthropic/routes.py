@@ -39,15 +39,19 @@ async def _prepared(request: Request, body: CountRequest) -> tuple[Job, ToolPlan
     body.check()
     given = body.chat_messages()
     tools, choice, parallel = body.chat_tools()
-    plan, found = await plan_for(request, body.model, given, tools, choice, parallel, has_format=False)
+    schema = body.output_schema() if isinstance(body, MessagesRequest) else None
+    plan, found = await plan_for(request, body.model, given, tools, choice, parallel, has_format=schema is not None)
     model = stored(found)
     chat, system = model.conversation(conversation(given, plan, ids_required=True))
     if not isinstance(body, MessagesRequest):
         return Job(chat, system=system, tooling=plan.tooling()), plan, found
     sampling = SamplingParams.over(model.parameters, {"temperature": body.temperature, "top_p": body.top_p,
                                                      "top_k": body.top_k})
-    job = Job(chat, sampling, body.max_tokens, tuple(body.stop_sequences or ()), system=system,
-              tooling=plan.tooling())
+    # Claude Code asks for 32,000 tokens whatever the model: held to what a slot holds, the reply ends
+    # with stop_reason max_tokens when the context fills (as Ollama and llama-server end it)
+    held = min(body.max_tokens, state(request).manager.params.ctx_per_slot)
+    job = Job(chat, sampling, held, tuple(body.stop_sequences or ()), system=system, tooling=plan.tooling(),
+              format=plan.format() or schema)
     return job, plan, found
 
 

@@ -57,9 +57,9 @@ class CountRequest(_Body):
                 schema = t.get("input_schema")
                 if not isinstance(schema, dict) or schema.get("type") != "object":
                     raise InvalidParameterError(f"tools[{i}].input_schema: must be a JSON schema of type object")
-                tools.append({"type": "function", "function": {"name": t["name"], "parameters": schema,
-                                                               **({"description": t["description"]}
-                                                                  if t.get("description") else {})}})
+                tools.append({"type": "function", "function": {
+                    "name": t["name"], "parameters": schema, "strict": t.get("strict") is True,
+                    **({"description": t["description"]} if t.get("description") else {})}})
         choice: Any = None
         parallel = None
         if self.tool_choice:
@@ -89,6 +89,17 @@ class CountRequest(_Body):
 
 
 
+class OutputFormat(_Body):
+    """``output_config.format``: structured output, the reply's text held to a JSON schema."""
+
+    type: Literal["json_schema"]
+    json_schema: dict[str, Any] = Field(alias="schema")
+
+
+class OutputConfig(_Body):
+    format: OutputFormat | None = None  # ``effort`` is ignored: it has no meaning for these models
+
+
 class MessagesRequest(CountRequest):
     max_tokens: int = Field(ge=1)
     stop_sequences: list[str] | None = Field(None, max_length=MAX_STOP)
@@ -97,6 +108,12 @@ class MessagesRequest(CountRequest):
     top_k: int | None = Field(None, ge=0)
     stream: bool = False
     metadata: dict[str, Any] | None = None  # accepted, as Anthropic keeps it for itself
+    output_config: OutputConfig | None = None
+
+    def output_schema(self) -> dict[str, Any] | None:
+        """The JSON schema the reply's text must follow (``output_config.format``), if any."""
+        fmt = self.output_config.format if self.output_config else None
+        return fmt.json_schema if fmt else None
 
 def _text(content: str | list[dict[str, Any]], where: str) -> str:
     if isinstance(content, str):
