@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator, Sequence
 from typing import Any, ClassVar
 
 from edgeslm.errors import ContextOverflowError, EngineError
-from edgeslm.runner import Chunk, Done, Embeddings, Job, Tokens
+from edgeslm.runner import Chunk, Done, Embeddings, Infill, Job, Tokens
 
 REPLY_WORDS = 6
 _PIDS = itertools.count(50_000)
@@ -86,6 +86,9 @@ class FakeRunner:
 
     async def acount(self, job: Job) -> int:
         return len(str(job.prompt).split())
+
+    async def ainfill(self, fim: Infill) -> list[int]:
+        return [1, *(await self.atokenize(fim.prefix)).ids, 2, *(await self.atokenize(fim.suffix)).ids, 3]
 
     async def adetokenize(self, ids: Sequence[int]) -> str:
         return " ".join(f"w{i - 100}" for i in ids)

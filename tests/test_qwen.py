@@ -132,7 +132,7 @@ def test_show_says_what_ollama_clients_look_for_and_num_ctx_holds(url: str) -> N
     oll = ollama.Client(host=url, timeout=300)
     try:
         shown = oll.show(QWEN_SMALL)
-        assert shown.capabilities == ["completion", "tools"]
+        assert shown.capabilities == ["completion", "tools", "insert"]  # insert: its FIM tokens
         info = dict(shown.modelinfo or {})
         assert info["qwen2.context_length"] == 2048 and info["edgeslm.trained_context_length"] == 32768
         long = "Write it out in full. " * 40  # more than 64 tokens
@@ -283,3 +283,53 @@ def test_the_anthropic_sdk_talks_to_the_messages_api(url: str) -> None:
     gone = httpx.post(f"{url}/v1/messages", json={"model": "no-such", "max_tokens": 4, "messages": question})
     assert gone.status_code == 404 and gone.json()["error"]["type"] == "not_found_error"
     ant.close()
+
+
+def test_fill_in_the_middle_on_every_api(url: str) -> None:
+    """Code completion between a prefix and a suffix, on Qwen's FIM tokens: Ollama's ``suffix`` and
+    OpenAI's in the plain pattern (token for token), llama-server's ``/infill`` in its repository
+    pattern; code that spells a FIM token stays text; a model without FIM tokens is refused by name."""
+    import httpx
+    import ollama
+    import openai
+
+    def tokens(text: str, special: bool) -> list[int]:
+        got = httpx.post(f"{url}/tokenize", json={"model": QWEN_SMALL, "content": text, "parse_special": special},
+                         timeout=300)
+        return list(got.json()["tokens"])
+
+    prefix, suffix = "def add(a, b):\n    return ", "\n\n\nprint(add(3, 4))\n"
+    pre, suf, mid = (tokens(t, True)[0] for t in ("<|fim_prefix|>", "<|fim_suffix|>", "<|fim_middle|>"))
+    plain = [pre, *tokens(prefix, False), suf, *tokens(suffix, False), mid]
+    oll = ollama.Client(host=url, timeout=300)
+    try:
+        made = oll.generate(model=QWEN_SMALL, prompt=prefix, suffix=suffix, options={"temperature": 0,
+                                                                                    "num_predict": 12})
+        assert list(made.context or [])[: made.prompt_eval_count] == plain
+        assert made.response.strip().startswith("a + b"), made.response
+        sneaky = oll.generate(model=QWEN_SMALL, prompt="s = '<|fim_middle|>'\n", suffix="\n",
+                              options={"temperature": 0, "num_predict": 1})
+        assert list(sneaky.context or [])[: sneaky.prompt_eval_count].count(mid) == 1  # only the pattern's own
+        with pytest.raises(ollama.ResponseError, match="no fill-in-the-middle tokens"):
+            oll.generate(model="smollm2-135m-instruct", prompt=prefix, suffix=suffix)
+    finally:
+        oll._client.close()
+    with openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0, timeout=300) as oai:
+        done = oai.completions.create(model=QWEN_SMALL, prompt=prefix, suffix=suffix, max_tokens=12, temperature=0)
+        assert done.choices[0].text == made.response and done.usage and done.usage.prompt_tokens == len(plain)
+    # llama-server's repository pattern, of which it keeps what the slot holds beyond its 2,048-token batch
+    # (its own n_predict, -1, counts twice): 2,048 - 2,048 + 2 tokens here, the current file's name
+    repo = tokens("<|repo_name|>myproject\n<|file_sep|>filename\n", True)
+    infilled = httpx.post(f"{url}/infill", json={"model": QWEN_SMALL, "input_prefix": prefix, "input_suffix": suffix,
+                                                 "n_predict": 12, "temperature": 0}, timeout=300).json()
+    assert infilled["tokens_evaluated"] == len(repo[-2:]) + len(plain) and infilled["stop"] is True
+    assert infilled["content"].strip().startswith("a + b"), infilled
+    extra = [{"filename": "util.py", "text": "def mul(a, b):\n    return a * b\n"}]
+    more = httpx.post(f"{url}/infill", json={"model": QWEN_SMALL, "input_prefix": prefix, "input_suffix": suffix,
+                                             "input_extra": extra, "n_predict": 4, "temperature": 0, "stream": True},
+                      timeout=300)
+    lines = [json.loads(x[5:]) for x in more.text.splitlines() if x.startswith("data:")]
+    assert lines[-1]["stop"] and lines[-1]["tokens_evaluated"] == infilled["tokens_evaluated"]
+    assert "".join(x["content"] for x in lines) == infilled["content"][: len("".join(x["content"] for x in lines))]
+    bad = httpx.post(f"{url}/infill", json={"model": QWEN_SMALL, "input_prefix": prefix}, timeout=60)
+    assert bad.status_code == 400 and "input_suffix" in bad.text

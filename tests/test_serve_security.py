@@ -39,6 +39,7 @@ EVERY_ROUTE = [
     ("POST", "/v1/embeddings", {"model": "tiny", "input": "x"}),
     ("POST", "/tokenize", {"model": "tiny", "content": "x"}),
     ("POST", "/detokenize", {"model": "tiny", "tokens": [100]}),
+    ("POST", "/infill", {"model": "tiny", "input_prefix": "def f(", "input_suffix": "\n"}),
     ("GET", "/api/tags", None),
     ("GET", "/v1/models", None),
     ("GET", "/v1/models/tiny", None),

@@ -13,14 +13,15 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from .messages import Chunk, Done, Embeddings, Job, Tokens
+    from .messages import Chunk, Done, Embeddings, Infill, Job, Tokens
     from .process import CLOSE_TIMEOUT, LOAD_TIMEOUT, Runner, RunnerLike
     from .state import LoadState
 
-__all__ = ["CLOSE_TIMEOUT", "LOAD_TIMEOUT", "Chunk", "Done", "Embeddings", "Job", "LoadState", "Runner", "RunnerLike",
-           "Tokens"]
+__all__ = ["CLOSE_TIMEOUT", "LOAD_TIMEOUT", "Chunk", "Done", "Embeddings", "Infill", "Job", "LoadState", "Runner",
+           "RunnerLike", "Tokens"]
 _HOME = {
-    "Chunk": "messages", "Done": "messages", "Embeddings": "messages", "Job": "messages", "Tokens": "messages",
+    "Chunk": "messages", "Done": "messages", "Embeddings": "messages", "Infill": "messages", "Job": "messages",
+    "Tokens": "messages",
     "CLOSE_TIMEOUT": "process", "LOAD_TIMEOUT": "process", "Runner": "process", "RunnerLike": "process",
     "LoadState": "state",
 }

@@ -97,6 +97,19 @@ def event_from(msg: Message) -> Chunk | Done:
     raise error_from(msg)
 
 
+@dataclass(frozen=True)
+class Infill:
+    """A fill-in-the-middle request: the code before and after the cursor, other files' chunks
+    (filename, text), text to start the middle with, and ``repo``: llama-server's ``/infill`` pattern
+    (else the plain one of Ollama's ``suffix``)."""
+
+    prefix: str
+    suffix: str
+    extra: tuple[tuple[str, str], ...] = ()
+    prompt: str = ""
+    repo: bool = False
+
+
 def tokens_from(msg: Message) -> Tokens:
     if msg["op"] != "tokens":
         raise error_from(msg)

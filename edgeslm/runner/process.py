@@ -34,7 +34,18 @@ from typing import TYPE_CHECKING, Any, Protocol
 from ..engines.base import Tuning
 from ..errors import EngineError, RunnerTimeoutError
 from ..framing import Message, decode, encode, error_from
-from .messages import Chunk, Done, Embeddings, Job, Tokens, embeddings_from, event_from, text_from, tokens_from
+from .messages import (
+    Chunk,
+    Done,
+    Embeddings,
+    Infill,
+    Job,
+    Tokens,
+    embeddings_from,
+    event_from,
+    text_from,
+    tokens_from,
+)
 
 if TYPE_CHECKING:
     from ..store.resolve import ResolvedModel  # the server's import of this module stays light
@@ -68,6 +79,8 @@ class RunnerLike(Protocol):
                         with_pieces: bool = False) -> Tokens: ...
 
     async def adetokenize(self, ids: Sequence[int]) -> str: ...
+
+    async def ainfill(self, fim: Infill) -> list[int]: ...
 
     async def acount(self, job: Job) -> int: ...
 
@@ -267,6 +280,11 @@ class Runner:
 
     async def adetokenize(self, ids: Sequence[int]) -> str:
         return text_from(await self._ask({"op": "detokenize", "tokens": list(ids)}, f"detokenize {len(ids):,} ids"))
+
+    async def ainfill(self, fim: Infill) -> list[int]:
+        """A fill-in-the-middle prompt's token ids, built in the runner from the model's FIM tokens."""
+        message = {"op": "infill", **asdict(fim)}
+        return tokens_from(await self._ask(message, "build a fill-in-the-middle prompt")).ids
 
     async def acount(self, job: Job) -> int:
         """The tokens ``job``'s prompt takes (its chat template, system and tools rendered), not decoded."""

@@ -99,6 +99,9 @@ def _handle(raw: bytes, model: Any, batch: Any, waiting: deque[_Request], runnin
         if msg["op"] in ("tokenize", "detokenize"):
             send({"id": rid, **_vocab_op(model.engine, msg)})
             return
+        if msg["op"] == "infill":  # a fill-in-the-middle prompt's ids, built as llama.cpp builds them
+            send({"op": "tokens", "id": rid, "tokens": _infill(model, msg, batch.ctx_per_slot), "pieces": None})
+            return
         if msg["op"] == "count":  # a generate message's prompt, rendered and tokenized, not decoded
             send({"op": "tokens", "id": rid, "tokens": _prompt_tokens(model, msg), "pieces": None})
             return
@@ -224,6 +227,18 @@ def _prompt_tokens(model: Any, msg: dict[str, Any]) -> list[int]:
     if not tokens:
         raise InvalidParameterError("the prompt is empty")
     return tokens
+
+
+def _infill(model: Any, msg: dict[str, Any], n_ctx: int) -> list[int]:
+    engine = model.engine
+    if not hasattr(engine, "infill_tokens"):
+        raise InvalidParameterError(f"{model.name} runs on {engine.name}: fill-in-the-middle is served from GGUF "
+                                    "models (llama.cpp) only; use the model's GGUF variant", params="suffix")
+    extra = [(str(f), str(t)) for f, t in msg.get("extra") or ()]
+    ids: list[int] = engine.infill_tokens(model.name, str(msg["prefix"]), str(msg["suffix"]), extra=extra,
+                                          prompt=str(msg.get("prompt") or ""), repo=bool(msg.get("repo")),
+                                          n_ctx=n_ctx)
+    return ids
 
 
 def _vocab_op(engine: Any, msg: dict[str, Any]) -> dict[str, Any]:

@@ -52,6 +52,7 @@ ROUTES: dict[str, Action | None] = {  # None: any valid key
     "/v1/embeddings": A.EMBED,
     "/tokenize": A.EMBED,  # llama-server's: they run the model's runner, as an embedding does
     "/detokenize": A.EMBED,
+    "/infill": A.GENERATE,  # llama-server's code completion
     "/api/tags": A.LIST,
     "/v1/models": A.LIST,
     "/api/show": A.SHOW,

@@ -36,7 +36,7 @@ def public_message(message: str) -> str:
 
 def is_openai(path: str) -> bool:
     """OpenAI's error shape: its API's paths, and llama-server's (which answers in that shape)."""
-    return path == "/v1" or path.startswith("/v1/") or path in ("/tokenize", "/detokenize")
+    return path == "/v1" or path.startswith("/v1/") or path in ("/tokenize", "/detokenize", "/infill")
 
 
 _ANTHROPIC_TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",

@@ -27,7 +27,7 @@ from typing import Any
 
 from ..config import Settings, resolve_settings
 from ..errors import EdgeslmError, EngineError, MissingExtraError, ModelNotFoundError, RunnerTimeoutError, UsageError
-from ..runner import Chunk, Done, Embeddings, Job, Tokens
+from ..runner import Chunk, Done, Embeddings, Infill, Job, Tokens
 from ..runner.process import EMBED_TIMEOUT
 from ..store.resolve import ResolvedModel
 from .options import ServeOptions, check_options
@@ -97,6 +97,9 @@ class ModelReplica:
 
     async def detokenize(self, ids: list[int]) -> str:
         return await self.runner.adetokenize(ids)
+
+    async def infill(self, fim: Infill) -> list[int]:
+        return await self.runner.ainfill(fim)
 
     async def count(self, job: Job) -> int:
         return await self.runner.acount(job)
@@ -168,6 +171,10 @@ class RayRunner:
 
     async def adetokenize(self, ids: Sequence[int]) -> str:
         result: str = await self._call(self.handle.detokenize.remote(list(ids)), "detokenize")
+        return result
+
+    async def ainfill(self, fim: Infill) -> list[int]:
+        result: list[int] = await self._call(self.handle.infill.remote(fim), "build a fill-in-the-middle prompt")
         return result
 
     async def acount(self, job: Job) -> int:

@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 from starlette.requests import Request
 
 from ..errors import EngineError, InvalidParameterError, RunnerTimeoutError
-from ..runner import Chunk, Done, Embeddings, Job
+from ..runner import Chunk, Done, Embeddings, Infill, Job
 from ..runner.manager import Lease
 from ..store.resolve import ResolvedModel
 from .state import ServerState, note, resolve, state
@@ -221,6 +221,15 @@ async def collect(request: Request, gen: Generation) -> Reply:
         return await unless_gone(request, drain())
     finally:
         await gen.aclose()
+
+
+async def infill_ids(request: Request, model: ResolvedModel, fim: Infill, keep_alive: float | None) -> list[int]:
+    """A fill-in-the-middle prompt's token ids, built on the model's runner from its FIM tokens."""
+    lease = await hold(request, model, keep_alive)
+    try:
+        return await unless_gone(request, lease.runner.ainfill(fim))
+    finally:
+        state(request).manager.release(lease)
 
 
 async def unless_gone(request: Request, work: Awaitable[T]) -> T:

@@ -16,6 +16,9 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from ...errors import InvalidParameterError, RunnerTimeoutError
+from ...formats.fim import has_fim
+from ...formats.gguf_header import read_gguf_header
+from ...formats.model_format import ModelFormat
 from ...modelfile import CreateSpec, create_model, modelfile_of, spec_from_modelfile
 from ...modelfile import parse as parse_modelfile
 from ...modelfile.create import checked_defaults
@@ -24,6 +27,7 @@ from ...runner.tasks import QUANTIZE_TIMEOUT, quantize_in_child
 from ...show import show_model
 from ...store import Store, parse_name
 from ...store.atomic import TempDir
+from ...store.records import Manifest
 from ...store.resolve import chat_template, from_manifest
 from ...store.uploads import Upload, find_file, parse_digest
 from ..bodies import body_chunks, parse
@@ -53,7 +57,8 @@ async def show(request: Request) -> Response:
     served = min(trained or st.manager.params.ctx_per_slot, st.manager.params.ctx_per_slot)
     # the context a request gets here, where clients look for it; the trained one beside it
     info = {**info, f"{manifest.info.architecture}.context_length": served, "edgeslm.trained_context_length": trained}
-    can = capabilities(manifest, template)  # from the chat template the model renders with
+    fim = await asyncio.to_thread(_takes_fim, st.store(), manifest)
+    can = capabilities(manifest, template, fim)  # from the chat template the model renders with, its FIM tokens
     template = defaults.get("template_source") or template
     return JSONResponse({
         "modelfile": modelfile_of(st.store(), manifest),
@@ -64,6 +69,14 @@ async def show(request: Request) -> Response:
         "adapters": [{"digest": a.digest.replace("-", ":"), "scale": a.scale, "name": a.label}
                      for a in manifest.adapters],
     })
+
+
+def _takes_fim(store: Store, manifest: Manifest) -> bool:
+    """Whether llama.cpp finds fill-in-the-middle tokens in the model's GGUF (the runner builds FIM
+    prompts on llama.cpp only)."""
+    if manifest.format is not ModelFormat.GGUF:
+        return False
+    return has_fim(read_gguf_header(store.model_path(manifest)))
 
 
 async def _progress(work: Callable[[Callable[[dict[str, Any]], None]], None]) -> AsyncIterator[dict[str, Any]]:

@@ -18,7 +18,7 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response, Strea
 
 from ...engines.base import SamplingParams
 from ...errors import EdgeslmError, InvalidParameterError, http_status_for
-from ...runner import Chunk, Done, Job
+from ...runner import Chunk, Done, Infill, Job
 from ...store import parse_name
 from ...store.records import Manifest
 from ...store.resolve import ResolvedModel, stored
@@ -31,7 +31,7 @@ from ...version import __version__
 from ..bodies import parse
 from ..http_errors import public_message
 from ..limits import MAX_TOP_LOGPROBS
-from ..replies import Generation, collect, hold
+from ..replies import Generation, collect, hold, infill_ids
 from ..replies import embed as embed_texts
 from ..state import note, plan_for, resolve, state
 from .schemas import (
@@ -176,8 +176,9 @@ async def generate(request: Request) -> Response:
         )
     if body.images:
         raise InvalidParameterError("images are not supported: edgeslm serves text models")
-    if body.suffix:
-        raise InvalidParameterError("suffix (fill-in-the-middle) is not supported yet")
+    if body.suffix and body.context:
+        raise InvalidParameterError("suffix (fill-in-the-middle) takes no context; send the code before the cursor "
+                                    "as the prompt")
     keep = parse_keep_alive(body.keep_alive)
     found = await resolve(request, body.model)
     if not body.prompt and not body.context:
@@ -187,11 +188,14 @@ async def generate(request: Request) -> Response:
     if state(request).audit_prompts:
         note(request, prompt=body.prompt)
     prompt: Any = body.prompt
-    if not body.raw and not body.context and model.examples:  # the model's example messages come first
+    fim = bool(body.suffix)  # the model's FIM tokens around prompt and suffix, as Ollama's templates write them
+    if fim:
+        prompt = await infill_ids(request, found, Infill(body.prompt, body.suffix or ""), keep)
+    elif not body.raw and not body.context and model.examples:  # the model's example messages come first
         prompt = [*model.examples, {"role": "user", "content": body.prompt}]
     job = Job(
         prompt, settings.sampling, settings.max_tokens, settings.stop, check_logprobs(body.logprobs, body.top_logprobs),
-        template=not body.raw, system=None if body.raw else (body.system or model.system),
+        template=not (body.raw or fim), system=None if body.raw or fim else (body.system or model.system),
         context=tuple(body.context or ()), format=body.format, return_prompt_ids=True, truncate=body.truncate,
         num_ctx=settings.num_ctx,
     )
@@ -330,14 +334,14 @@ def details(manifest: Manifest) -> dict[str, Any]:
 EMBEDDING_ONLY = frozenset({"bert", "nomic-bert", "nomic-bert-moe", "jina-bert-v2", "modern-bert", "neo-bert"})
 
 
-def capabilities(manifest: Manifest, template: object) -> list[str]:
+def capabilities(manifest: Manifest, template: object, fim: bool) -> list[str]:
     """What Ollama's ``/api/show`` says a model can do: ``completion`` (or ``embedding`` for an encoder),
-    and ``tools`` where its chat template writes a tool format (as Ollama reads ``.Tools`` in its
-    templates). Not ``insert``: fill-in-the-middle is not served yet."""
+    ``tools`` where its chat template writes a tool format (as Ollama reads ``.Tools`` in its
+    templates), ``insert`` where llama.cpp finds its fill-in-the-middle tokens (``fim``)."""
     if manifest.info.architecture in EMBEDDING_ONLY:
         return ["embedding"]
     native = detect_tool_format(template if isinstance(template, str) else None) is not ToolFormat.GENERIC
-    return ["completion", "tools"] if native else ["completion"]
+    return ["completion", *(["tools"] if native else []), *(["insert"] if fim else [])]
 
 
 def model_entry(m: Manifest) -> dict[str, Any]:

@@ -21,14 +21,14 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from ...engines.base import SamplingParams
 from ...errors import EdgeslmError, InvalidParameterError, ModelNotFoundError, http_status_for
-from ...runner import Chunk, Done, Job
+from ...runner import Chunk, Done, Infill, Job
 from ...store.records import Manifest
 from ...store.resolve import stored
 from ...tools import ToolReply
 from ...tools.plan import calls_from, conversation, openai_calls
 from ..bodies import parse
 from ..http_errors import error_body
-from ..replies import Reply, collect, merged, start_all
+from ..replies import Reply, collect, infill_ids, merged, start_all
 from ..replies import embed as embed_texts
 from ..state import note, plan_for, resolve, state
 from .schemas import ChatCompletionRequest, CompletionRequest, EmbeddingRequest, _Sampling
@@ -200,8 +200,10 @@ async def completions(request: Request) -> Response:
     body = await parse(request, CompletionRequest)
     note(request, model=body.model)
     n = body.choices(state(request).manager.params.slots)
-    if body.echo or body.suffix:
-        raise InvalidParameterError("echo and suffix are not supported; send the prompt alone")
+    if body.echo:
+        raise InvalidParameterError("echo is not supported; send the prompt alone")
+    if body.suffix and not isinstance(body.prompt, str):
+        raise InvalidParameterError("suffix (fill-in-the-middle) needs the prompt as text: the code before the cursor")
     prompt: str | list[int]
     if isinstance(body.prompt, list) and body.prompt and all(isinstance(p, str) for p in body.prompt):
         if len(body.prompt) != 1:
@@ -214,6 +216,8 @@ async def completions(request: Request) -> Response:
     if state(request).audit_prompts:
         note(request, prompt=str(prompt)[:100_000])
     found = await resolve(request, body.model)
+    if body.suffix:  # the model's FIM tokens around prompt and suffix
+        prompt = await infill_ids(request, found, Infill(str(prompt), body.suffix), None)
     parameters = stored(found).parameters
     default_limit, stops = stored_limits(parameters, body.stops())
     job = Job(prompt, sampling_of(body, parameters), limit_of(body.max_tokens, default_limit), stops, body.logprobs)
