@@ -307,6 +307,10 @@ def test_fill_in_the_middle_on_every_api(url: str) -> None:
                                                                                     "num_predict": 12})
         assert list(made.context or [])[: made.prompt_eval_count] == plain
         assert made.response.strip().startswith("a + b"), made.response
+        # raw: the client wrote the pattern itself, its special tokens parse as such (llama.cpp's parse_special)
+        raw = oll.generate(model=QWEN_SMALL, prompt=f"<|fim_prefix|>{prefix}<|fim_suffix|>{suffix}<|fim_middle|>",
+                           raw=True, options={"temperature": 0, "num_predict": 12})
+        assert list(raw.context or [])[: raw.prompt_eval_count] == plain and raw.response == made.response
         sneaky = oll.generate(model=QWEN_SMALL, prompt="s = '<|fim_middle|>'\n", suffix="\n",
                               options={"temperature": 0, "num_predict": 1})
         assert list(sneaky.context or [])[: sneaky.prompt_eval_count].count(mid) == 1  # only the pattern's own

@@ -216,6 +216,8 @@ def _prompt_tokens(model: Any, msg: dict[str, Any]) -> list[int]:
         tokens = context + model.engine.tokenize(prompt, add_special=False, parse_special=False)
     elif context and isinstance(prompt, list) and prompt and isinstance(prompt[0], dict):
         tokens = context + model.prompt_tokens(prompt)
+    elif isinstance(prompt, str) and not msg.get("template"):  # raw (Ollama's raw, a completion): the client
+        tokens = model.engine.tokenize(prompt, add_special=True, parse_special=True)  # formatted it: specials parse
     else:
         tools = msg["tooling"]["render"] if msg.get("tooling") else None
         tokens = model.prompt_tokens(prompt, tools=tools)
