@@ -220,3 +220,27 @@ def test_anthropic_structured_output_through_messages_parse(url: str) -> None:
                                    output_config={"format": {"type": "xml", "schema": {}}})  # type: ignore[typeddict-item]
     finally:
         client.close()
+
+
+def test_openai_responses_stream_helper_and_a_tool_round_trip_with_auto(url: str) -> None:
+    """The openai SDK's ``responses.stream`` helper (it checks the event sequence), and on Qwen with
+    tool_choice auto: a function_call item, its function_call_output sent back, an answer in text."""
+    import openai
+
+    with openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0, timeout=300) as oai:
+        with oai.responses.stream(model=QWEN_SMALL, input="Say hello.", max_output_tokens=12,
+                                  temperature=0) as stream:
+            deltas = "".join(e.delta for e in stream if e.type == "response.output_text.delta")
+            final = stream.get_final_response()
+        assert deltas and deltas == final.output_text and final.status in ("completed", "incomplete")
+        tool = {"type": "function", "name": "get_weather", "description": WEATHER["function"]["description"],
+                "parameters": ARGS["get_weather"]}
+        called = oai.responses.create(model=QWEN_SMALL, input=ASK[0]["content"], tools=[tool],  # type: ignore[list-item]
+                                      temperature=0, max_output_tokens=96)
+        (call,) = [item for item in called.output if item.type == "function_call"]
+        assert call.name == "get_weather" and "paris" in json.loads(call.arguments)["city"].lower()
+        answered = oai.responses.create(model=QWEN_SMALL, previous_response_id=called.id, tools=[tool],  # type: ignore[list-item]
+                                        input=[{"type": "function_call_output", "call_id": call.call_id,
+                                                "output": get_weather("Paris")}],
+                                        temperature=0, max_output_tokens=48)
+        assert answered.output_text and not [i for i in answered.output if i.type == "function_call"]
