@@ -295,3 +295,33 @@ def test_a_kept_response_is_its_keys_alone(keyed: tuple[str, dict[str, str]]) ->
         assert other.status_code == 404 and "not found" in other.json()["error"]["message"]
     assert call(base, "DELETE", f"/v1/responses/{rid}", None, keys["user"]).json()["deleted"] is True
     assert call(base, "GET", f"/v1/responses/{rid}", None, keys["user"]).status_code == 404
+
+
+def test_kept_responses_expire_and_stay_bounded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A kept response past its 30 days is not found (and removed); an owner's oldest go past MAX_KEPT;
+    a hostile id never names a path."""
+    import os
+
+    from edgeslm.errors import ResponseNotFoundError
+    from edgeslm.serve.openai import kept
+
+    store = kept.KeptResponses(tmp_path)
+    ids = [f"resp_{i:032x}" for i in range(4)]
+    monkeypatch.setattr(kept, "MAX_KEPT", 3)
+    for n, rid in enumerate(ids):
+        store.save("key-a", {"id": rid, "n": n})
+        path = store._path("key-a", rid)
+        os.utime(path, (1_000_000 + n, 1_000_000 + n))  # written in order, a second apart
+    kept_now = [rid for rid in ids if store._path("key-a", rid).exists()]
+    assert kept_now == ids[1:]  # the oldest went past the bound
+    monkeypatch.setattr(kept, "TTL", 100 * 365 * 86400.0)  # the files' times are in 1970
+    assert store.load("key-a", ids[3])["n"] == 3
+    monkeypatch.setattr(kept, "TTL", 60.0)
+    with pytest.raises(ResponseNotFoundError, match="expired"):
+        store.load("key-a", ids[3])
+    assert not store._path("key-a", ids[3]).exists()  # an expired one is removed when asked for
+    for hostile in ("../../etc/passwd", "resp_" + "0" * 31 + "/", "resp_" + "g" * 32):
+        with pytest.raises(ResponseNotFoundError):
+            store.load("key-a", hostile)
+    with pytest.raises(ResponseNotFoundError):
+        store.load("key-b", ids[2])  # another owner's
