@@ -325,6 +325,16 @@ def test_the_responses_api_answers_the_official_client(url: str) -> None:
         assert second.output_text == whole.output_text and second.previous_response_id == first.id
         with pytest.raises(openai.NotFoundError):
             oai.responses.retrieve(whole.id)  # store=False: not kept
+        # a chain that outgrows the context: refused naming both lengths, never cut silently
+        link = oai.responses.create(model=MODEL, input="alpha " * 300 + "Reply OK.", max_output_tokens=4,
+                                    previous_response_id=first.id, temperature=0)
+        link = oai.responses.create(model=MODEL, input="beta " * 300 + "Reply OK.", max_output_tokens=4,
+                                    previous_response_id=link.id, temperature=0)
+        alone = oai.responses.create(model=MODEL, input="gamma " * 500, temperature=0, max_output_tokens=4)
+        assert alone.usage and alone.usage.input_tokens < 1024  # it fits alone; after the chain it cannot
+        with pytest.raises(openai.BadRequestError, match="context holds"):
+            oai.responses.create(model=MODEL, input="gamma " * 500, previous_response_id=link.id, temperature=0,
+                                 max_output_tokens=4)
         oai.responses.delete(first.id)
         for gone in (first.id, "resp_1", "resp_" + "0" * 32):
             with pytest.raises(openai.NotFoundError, match="not found"):

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -135,7 +135,7 @@ class ResponsesRequest(_Body):
     """The Responses API's body (the minimal part edgeslm answers)."""
 
     model: str = Field(max_length=MAX_NAME)
-    input: str | list[dict[str, Any]] = Field(max_length=MAX_MESSAGES)
+    input: str | Annotated[list[dict[str, Any]], Field(max_length=MAX_MESSAGES)]  # the bound on items, not on text
     instructions: str | None = None
     max_output_tokens: int | None = Field(None, ge=1)
     temperature: float | None = Field(None, ge=0, le=2)
