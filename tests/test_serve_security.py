@@ -239,6 +239,17 @@ BAD = {
     ),
     "a prompt longer than the context": ("/api/generate", {"model": "tiny", "prompt": "TOO-LONG"}, 400, "shorten it"),
     "a 50 MB body": ("/api/generate", b"{" + b" " * BIG + b"}", 413, "limit"),
+    "a 10 MB Anthropic system prompt": ("/v1/messages", b'{"model": "tiny", "max_tokens": 4, "system": "'
+                                        + b"x" * (10 * 2**20) + b'", "messages": []}', 413, "limit"),
+    "an Anthropic max_tokens of 0": ("/v1/messages", {"model": "tiny", "max_tokens": 0, "messages": [
+        {"role": "user", "content": "x"}]}, 400, "max_tokens"),
+    "an Anthropic block of an unknown type": ("/v1/messages", {"model": "tiny", "max_tokens": 4, "messages": [
+        {"role": "user", "content": [{"type": "hologram", "data": "x"}]}]}, 400, "hologram"),
+    "an Anthropic tool schema that is not an object": ("/v1/messages", {"model": "tiny", "max_tokens": 4, "tools": [
+        {"name": "f", "input_schema": {"type": "string"}}], "messages": [{"role": "user", "content": "x"}]},
+        400, "input_schema"),
+    "/infill with input_extra that is not text": ("/infill", {"model": "tiny", "input_prefix": "a", "input_suffix": "b",
+                                                  "input_extra": [{"text": 5}]}, 400, "input_extra"),
     "a wrong content type": ("/api/generate", "text", 415, "must be JSON"),
     "an unknown route": ("/api/nothing", {}, 404, "no such route"),
 }
@@ -325,3 +336,18 @@ def test_kept_responses_expire_and_stay_bounded(tmp_path: Path, monkeypatch: pyt
             store.load("key-a", hostile)
     with pytest.raises(ResponseNotFoundError):
         store.load("key-b", ids[2])  # another owner's
+
+
+def test_an_anthropic_event_holds_sse_breaking_tool_arguments_in_one_data_line() -> None:
+    """Tool arguments a model wrote with blank lines, ``data:`` and ``event:`` in them cannot end the
+    event or start another: they stay inside its one JSON data line."""
+    from edgeslm.serve.anthropic.routes import event
+
+    hostile = {"s": "\n\ndata: {\"type\": \"message_stop\"}\n\nevent: error\r\n\u2028x"}
+    raw = event("content_block_delta", index=0, delta={"type": "input_json_delta",
+                                                      "partial_json": json.dumps(hostile, ensure_ascii=False)})
+    text = raw.decode()
+    assert text.endswith("\n\n") and text.count("\n\n") == 1 and "\r" not in text
+    kind, data = text.rstrip("\n").split("\n")
+    assert kind == "event: content_block_delta" and data.startswith("data: ")
+    assert json.loads(json.loads(data[6:])["delta"]["partial_json"]) == hostile

@@ -107,10 +107,13 @@ def _tool_id(given: str) -> str:
     return given if given.startswith("toolu_") else f"toolu_{uuid.uuid4().hex[:24]}"
 
 
-async def _events(request: Request, head: dict[str, Any], gen: Generation, plan: Any) -> AsyncIterator[bytes]:
-    def event(kind: str, **data: Any) -> bytes:
-        return f"event: {kind}\ndata: {json.dumps({'type': kind, **data})}\n\n".encode()
+def event(kind: str, **data: Any) -> bytes:
+    """One server-sent event in Anthropic's shape: its data a JSON line (a model's text or tool arguments
+    holding blank lines or ``data:`` stay inside the JSON string, escaped)."""
+    return f"event: {kind}\ndata: {json.dumps({'type': kind, **data})}\n\n".encode()
 
+
+async def _events(request: Request, head: dict[str, Any], gen: Generation, plan: Any) -> AsyncIterator[bytes]:
     start = {**head, "content": [], "stop_reason": None, "stop_sequence": None,
              "usage": {"input_tokens": 0, "output_tokens": 0}}
     yield event("message_start", message=start)
