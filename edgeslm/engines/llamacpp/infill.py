@@ -27,7 +27,6 @@ LLAMA_SERVER_BATCH = 2048  # llama-server's default n_batch, which its /infill c
 NULL = -1  # LLAMA_TOKEN_NULL
 
 
-
 @dataclass(frozen=True)
 class FimTokens:
     pre: int
