@@ -6,6 +6,7 @@ Each client's version is pinned in the ``dev`` extra; ``tool_choice`` is left at
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import json
 import os
@@ -47,6 +48,9 @@ def _their_leaks_collected_here() -> Iterator[None]:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ResourceWarning)
         gc.collect()
+        for loop in [o for o in gc.get_objects() if issubclass(type(o), asyncio.AbstractEventLoop)]:
+            if not loop.is_running() and not loop.is_closed():  # litellm's, which it still holds
+                loop.close()
 
 
 @pytest.fixture(scope="module")
