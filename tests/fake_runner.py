@@ -70,7 +70,7 @@ class FakeRunner:
             if not finished:
                 FakeRunner.cancelled.append(text)
 
-    async def aembed(self, texts: Sequence[str]) -> Embeddings:
+    async def aembed(self, texts: Sequence[str], *, truncate: bool = False) -> Embeddings:
         try:
             await asyncio.sleep(self.embed_delay)
         except asyncio.CancelledError:

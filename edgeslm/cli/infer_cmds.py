@@ -159,6 +159,7 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
         if args.draft and lookup is None:
             draft = load_draft(ensure_pulled(args.draft, settings, store=store), model, threads=args.threads,
                                settings=settings)
+        model.info.check_generates(model.name)
         if not model.has_chat_template:
             status(f"{model.name} has no chat template: running as plain completion")
         if prompt is None and not args.interactive and not sys.stdin.isatty():

@@ -239,7 +239,8 @@ def _print_report(r: ModelReport, *, with_metadata: bool) -> None:
             ("layers", i.block_count),
             ("heads / kv heads", f"{i.head_count} / {i.head_count_kv}"),
             ("vocabulary", f"{i.vocab_size} ({i.tokenizer_model or 'no tokenizer'})"),
-            ("chat template", "yes" if i.has_chat_template else "no (plain completion)"),
+            ("chat template", "yes" if i.has_chat_template else
+             "no (an embedding model)" if i.embedding_only else "no (plain completion)"),
             ("license", i.general.get("license", "not stated")),
             ("name in file", i.general.get("name", "not stated")),
             ("digest", r.digest or "(not in the store)"),
@@ -291,7 +292,9 @@ def _print_provenance(src: dict[str, str]) -> None:
     rows = [
         ("upstream", f"{src.get('upstream')} at revision {src.get('revision')}"),
         ("file", src.get("file", "")),
-        ("sha256", f"{src.get('sha256')} (the stored bytes have it)"),
+        ("sha256", f"{src.get('sha256')} ("
+                   + ("the weights it was converted from have it)" if src.get("mirror") and src.get("folder")
+                      else "the stored bytes have it)")),
         ("licence", src.get("licence", "")),
         ("checkpoint", src.get("checkpoint", "")),
         ("fetched from", src.get("mirror", "")),

@@ -24,6 +24,7 @@ from ..sources.hub import download_checkpoint, parse_hub_ref
 from ..store import ModelName, Store, parse_name
 from ..store.atomic import sha256_file
 from ..store.records import Manifest
+from . import bert
 from .arch import Arch, Hparams, Transform, add_metadata, arch_of, extra_tensors, hparams, tensors
 from .hf import Checkpoint, open_checkpoint
 from .vocab import add_vocab
@@ -35,6 +36,7 @@ OUTTYPES: dict[str, Q | None] = {"f32": Q.F32, "f16": Q.F16, "bf16": Q.BF16, "q8
 FILE_TYPES = {Q.F32: gguf.LlamaFileType.ALL_F32, Q.F16: gguf.LlamaFileType.MOSTLY_F16,
               Q.BF16: gguf.LlamaFileType.MOSTLY_BF16, Q.Q8_0: gguf.LlamaFileType.MOSTLY_Q8_0}
 CHECKPOINT_TYPES = {"F32": Q.F32, "F16": Q.F16, "BF16": Q.BF16, "F64": Q.F32}
+KEPT_F32 = {gguf.TENSOR_NAMES[t] + ".weight" for t in (gguf.MODEL_TENSOR.POS_EMBD, gguf.MODEL_TENSOR.TOKEN_TYPES)}
 
 
 @dataclass(frozen=True)
@@ -86,7 +88,7 @@ def convert(
     ckpt = open_checkpoint(folder)
     arch = arch_of(ckpt)
     hp = hparams(ckpt)
-    check_shapes(ckpt, hp)
+    check_shapes(ckpt, hp, arch)
     target = parse_name(name or folder.resolve().name.lower())
     qtype = OUTTYPES[outtype] or CHECKPOINT_TYPES.get(ckpt.dominant_dtype(), Q.F16)
     source = {"kind": "convert", "folder": str(folder.resolve()), "architecture": ckpt.architecture,
@@ -109,8 +111,20 @@ def _lineage(ckpt: Checkpoint) -> dict[str, str]:
     return {**out, **({"revision": revision} if revision else {})}
 
 
-def check_shapes(ckpt: Checkpoint, hp: Hparams) -> None:
+def check_shapes(ckpt: Checkpoint, hp: Hparams, arch: Arch) -> None:
     """The tensors the config determines must have the shapes it implies."""
+    expected, required = bert.shapes(hp) if arch.encoder else _decoder_shapes(hp)
+    for tensor, shape in expected.items():
+        if tensor in ckpt.shards and ckpt.entry(tensor).shape != shape:
+            raise InvalidModelFileError(
+                f"tensor {tensor} has shape {list(ckpt.entry(tensor).shape)} but config.json implies {list(shape)}"
+            )
+    missing = [t for t in required if t not in ckpt.shards]
+    if missing:
+        raise InvalidModelFileError(f"tensor {missing[0]} is missing: the weights do not match config.json")
+
+
+def _decoder_shapes(hp: Hparams) -> tuple[dict[str, tuple[int, ...]], tuple[str, ...]]:
     expected = {
         "model.embed_tokens.weight": (hp.n_vocab, hp.n_embd),
         "lm_head.weight": (hp.n_vocab, hp.n_embd),
@@ -129,20 +143,12 @@ def check_shapes(ckpt: Checkpoint, hp: Hparams) -> None:
             p + "self_attn.qkv_proj.weight": ((hp.n_head + 2 * hp.n_head_kv) * hp.head_dim, hp.n_embd),  # Phi-3
             p + "mlp.gate_up_proj.weight": (2 * hp.n_ff, hp.n_embd),
         }
-    for tensor, shape in expected.items():
-        if tensor in ckpt.shards and ckpt.entry(tensor).shape != shape:
-            raise InvalidModelFileError(
-                f"tensor {tensor} has shape {list(ckpt.entry(tensor).shape)} but config.json implies {list(shape)}"
-            )
-    missing = [t for t in ("model.embed_tokens.weight", f"model.layers.{hp.n_layer - 1}.self_attn.o_proj.weight")
-               if t not in ckpt.shards]
-    if missing:
-        raise InvalidModelFileError(f"tensor {missing[0]} is missing: the weights do not match config.json")
+    return expected, ("model.embed_tokens.weight", f"model.layers.{hp.n_layer - 1}.self_attn.o_proj.weight")
 
 
-def _qtype_for(plan_qtype: Q, shape: tuple[int, ...]) -> Q:
-    if len(shape) < 2:
-        return Q.F32  # norms and biases stay F32, as llama.cpp's converter keeps them
+def _qtype_for(plan_qtype: Q, name: str, shape: tuple[int, ...]) -> Q:
+    if len(shape) < 2 or name in KEPT_F32:
+        return Q.F32  # norms, biases and position tables stay F32, as llama.cpp's converter keeps them
     if plan_qtype == Q.Q8_0 and shape[-1] % 32:
         return Q.F16  # rows Q8_0 cannot block
     return plan_qtype
@@ -182,10 +188,11 @@ def write_gguf(ckpt: Checkpoint, arch: Arch, hp: Hparams, qtype: Q, path: Path, 
     w = gguf.GGUFWriter(str(path), gguf.MODEL_ARCH_NAMES[arch.gguf])
     try:
         w.add_file_type(FILE_TYPES[qtype])
-        add_metadata(w, arch, hp)
-        pre, n_vocab = add_vocab(w, ckpt, hp.n_vocab, truncate=arch.truncate_vocab, space_prefix=arch.space_prefix)
+        add_metadata(w, arch, hp, ckpt)
+        pre, n_vocab = (bert.add_vocab(w, ckpt, hp.n_vocab) if arch.encoder else
+                        add_vocab(w, ckpt, hp.n_vocab, truncate=arch.truncate_vocab, space_prefix=arch.space_prefix))
         w.add_name(_general_name(name.model, ckpt))
-        plan = [_Planned(g, src, fn, _qtype_for(qtype, _shape(ckpt, src, g, n_vocab)), _shape(ckpt, src, g, n_vocab))
+        plan = [_Planned(g, src, fn, _qtype_for(qtype, g, _shape(ckpt, src, g, n_vocab)), _shape(ckpt, src, g, n_vocab))
                 for g, src, fn in tensors(ckpt, arch, hp, n_vocab)]
         plan += [_Planned(g, None, None, Q.F32, data.shape, data) for g, data in extra_tensors(arch, hp)]
         for p in plan:

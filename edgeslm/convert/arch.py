@@ -7,7 +7,8 @@ one (``x * (1 + w)``), so 1 is added, its padded vocabulary is cut to the tokeni
 sliding-window layers and their own rope base are written, and llama.cpp scales attention by
 1/sqrt(head_dim) whatever ``query_pre_attn_scalar`` says; Phi-3's fused QKV and gate-up
 projections stay fused, with a partial rotary dimension and LongRoPE factor tensors when the
-checkpoint has them. Tensor names go through gguf-py's ``TensorNameMap``.
+checkpoint has them. BERT (``bert``) is an encoder: its metadata, tensor names, shapes and
+WordPiece vocabulary are its own. Tensor names go through gguf-py's ``TensorNameMap``.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import numpy.typing as npt
 
 from ..config import DEFAULT_CONTEXT
 from ..errors import InvalidModelFileError
+from . import bert
 from .hf import Checkpoint
 
 F32 = npt.NDArray[np.float32]
@@ -63,10 +65,11 @@ class Arch:
     norm_shift: float = 0.0  # Gemma: norms are stored minus one
     truncate_vocab: bool = False  # Gemma: the embedding is cut to the tokenizer (others pad the vocabulary)
     space_prefix: bool | None = None  # SentencePiece: add a space before the text (None: as the tokenizer says)
-    metadata: Callable[[Any, Hparams], None] | None = None  # (GGUFWriter, Hparams)
+    metadata: Callable[[Any, Hparams, Checkpoint], None] | None = None  # (GGUFWriter, Hparams, Checkpoint)
+    encoder: bool = False  # BERT: bidirectional attention, pooled embeddings, no rope (``bert``)
 
 
-def _gemma3(w: gguf.GGUFWriter, hp: Hparams) -> None:
+def _gemma3(w: gguf.GGUFWriter, hp: Hparams, ckpt: Checkpoint) -> None:
     c = hp.config
     w.add_key_length(hp.head_dim)
     w.add_value_length(hp.head_dim)
@@ -83,7 +86,7 @@ def _gemma3(w: gguf.GGUFWriter, hp: Hparams) -> None:
             w.add_rope_freq_base_swa(hp.rope_swa_theta)
 
 
-def _phi3(w: gguf.GGUFWriter, hp: Hparams) -> None:
+def _phi3(w: gguf.GGUFWriter, hp: Hparams, ckpt: Checkpoint) -> None:
     w.add_sliding_window(int(hp.config.get("sliding_window") or 0))  # 0 tells Phi-4 from Phi-3
     original = hp.rope.get("original_max_position_embeddings") or hp.config.get("original_max_position_embeddings")
     if original:
@@ -105,6 +108,7 @@ ARCHS: dict[str, Arch] = {
             metadata=_gemma3,
         ),
         Arch("Phi3ForCausalLM", gguf.MODEL_ARCH.PHI3, metadata=_phi3),
+        Arch("BertModel", gguf.MODEL_ARCH.BERT, metadata=bert.add_metadata, encoder=True),
     )
 }
 
@@ -139,12 +143,15 @@ def hparams(ckpt: Checkpoint) -> Hparams:
         n_layer=need("num_hidden_layers"), n_embd=n_embd, n_ff=need("intermediate_size"), n_head=n_head,
         n_head_kv=c.get("num_key_value_heads") or n_head, head_dim=int(c.get("head_dim") or n_embd // n_head),
         n_ctx=int(c.get("max_position_embeddings") or DEFAULT_CONTEXT), n_vocab=need("vocab_size"),
-        eps=float(c.get("rms_norm_eps", 1e-6)), rope=rope, rope_swa_theta=float(swa) if swa else None,
-        tied=bool(c.get("tie_word_embeddings", False)), config=c,
+        eps=float(c.get("rms_norm_eps", c.get("layer_norm_eps", 1e-6))), rope=rope,
+        rope_swa_theta=float(swa) if swa else None, tied=bool(c.get("tie_word_embeddings", False)), config=c,
     )
 
 
-def add_metadata(w: gguf.GGUFWriter, arch: Arch, hp: Hparams) -> None:
+def add_metadata(w: gguf.GGUFWriter, arch: Arch, hp: Hparams, ckpt: Checkpoint) -> None:
+    if arch.encoder:
+        assert arch.metadata is not None
+        return arch.metadata(w, hp, ckpt)
     w.add_context_length(hp.n_ctx)
     w.add_embedding_length(hp.n_embd)
     w.add_block_count(hp.n_layer)
@@ -169,7 +176,7 @@ def add_metadata(w: gguf.GGUFWriter, arch: Arch, hp: Hparams) -> None:
     elif kind not in ("default", "llama3"):
         raise InvalidModelFileError(f"rope type {kind[:40]!r} is not supported yet (default, linear, llama3, longrope)")
     if arch.metadata is not None:
-        arch.metadata(w, hp)
+        arch.metadata(w, hp, ckpt)
 
 
 def tensors(ckpt: Checkpoint, arch: Arch, hp: Hparams, n_vocab: int) -> Iterator[tuple[str, str, Transform | None]]:
@@ -178,7 +185,10 @@ def tensors(ckpt: Checkpoint, arch: Arch, hp: Hparams, n_vocab: int) -> Iterator
     for name in ckpt.shards:
         if name.endswith(SKIP_SUFFIXES) or (hp.tied and name == "lm_head.weight"):
             continue
-        mapped = names.get_name(name, try_suffixes=(".weight", ".bias"))
+        known = bert.rename(name) if arch.encoder else name
+        if known is None:
+            continue  # BERT's pooler and masked-LM head: only the embeddings are served
+        mapped = names.get_name(known, try_suffixes=(".weight", ".bias"))
         if mapped is None:
             raise InvalidModelFileError(f"tensor {name[:100]} has no place in llama.cpp's {arch.gguf.name.lower()}")
         yield mapped, name, _transform(arch, hp, mapped, n_vocab)

@@ -54,6 +54,20 @@ class Checkpoint:
 
 
 def read_json(path: Path, what: str) -> dict[str, Any]:
+    data = _load_json(path, what)
+    if not isinstance(data, dict):
+        raise InvalidModelFileError(f"{path.name} is not a JSON object; it should be {what}")
+    return data
+
+
+def read_json_list(path: Path, what: str) -> list[Any]:
+    data = _load_json(path, what)
+    if not isinstance(data, list):
+        raise InvalidModelFileError(f"{path.name} is not a JSON list; it should be {what}")
+    return data
+
+
+def _load_json(path: Path, what: str) -> Any:
     try:
         if path.stat().st_size > MAX_JSON:
             raise InvalidModelFileError(f"{path.name} is larger than {MAX_JSON:,} bytes; is it {what}?")
@@ -64,8 +78,6 @@ def read_json(path: Path, what: str) -> dict[str, Any]:
         raise InvalidModelFileError(f"{path.name} is not valid JSON ({exc}); it should be {what}") from None
     except OSError as exc:
         raise InputFileError(f"cannot read {path}: {exc.strerror}") from None
-    if not isinstance(data, dict):
-        raise InvalidModelFileError(f"{path.name} is not a JSON object; it should be {what}")
     return data
 
 

@@ -76,6 +76,8 @@ def _tokens(tok: Any, n_vocab: int) -> tuple[list[str], list[int]]:
 def pre_tokenizer(tok: Any, spec: dict[str, Any]) -> str:
     """llama.cpp's name for this tokenizer's pre-tokenizer: by the hash llama.cpp's converter uses,
     else by the structure of the ``pre_tokenizer`` (what tokenizers built from these recipes use)."""
+    tok.no_truncation()  # a tokenizer.json may truncate (all-MiniLM-L6-v2's, at 128): the check text is longer
+    tok.no_padding()
     ids = tok.encode(CHECK_TEXT).ids
     digest = hashlib.sha256(str(ids).encode()).hexdigest()
     if digest in PRE_BY_HASH:
@@ -98,6 +100,8 @@ def _by_structure(pre: dict[str, Any]) -> str | None:
         return "gpt-2"
     if [k for k, _ in kinds] == ["Digits", "ByteLevel"] and kinds[0][1].get("individual_digits"):
         return "smollm"
+    if [k for k, _ in kinds] == ["BertPreTokenizer"]:
+        return "default"  # llama.cpp's WordPiece tokenizer splits words its own (BERT's) way
     return None
 
 

@@ -254,7 +254,18 @@ class Engine(Protocol):
         """The text's (or the token ids') pooled, L2-normalised embedding."""
         ...
 
+    def embed_many(self, texts: Sequence[str | Sequence[int]], *, truncate: bool = False) -> Embedded:
+        """Each text's embedding, as many at a time as the engine can; a text longer than the model
+        embeds is cut to fit when ``truncate``, else refused (``ContextOverflowError``)."""
+        ...
+
     def close(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class Embedded:
+    vectors: list[list[float]]
+    tokens: int  # the tokens embedded (after any truncation)
 
 
 @dataclass(frozen=True)

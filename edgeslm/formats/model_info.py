@@ -11,6 +11,7 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
+from ..errors import InvalidParameterError
 from .kv_cache import KVCache
 from .size_class import SizeClass, classify
 
@@ -39,6 +40,10 @@ class TypeShare:
     n_tensors: int
 
 
+# llama.cpp's architectures that only embed (an encoder, no causal head): no chat, no generation
+EMBEDDING_ONLY = frozenset({"bert", "nomic-bert", "nomic-bert-moe", "jina-bert-v2", "modern-bert", "neo-bert"})
+
+
 @dataclass(frozen=True)
 class ModelInfo:
     architecture: str
@@ -65,6 +70,18 @@ class ModelInfo:
     gguf_version: int
     n_tensors: int
     kv_bytes_per_element: int = KV_BYTES_PER_ELEMENT  # the runtime's KV cache type: F16 (llama.cpp), F32 (ORT CPU)
+
+    @property
+    def embedding_only(self) -> bool:
+        """An encoder (BERT): it embeds text and cannot generate."""
+        return self.architecture in EMBEDDING_ONLY
+
+    def check_generates(self, name: str) -> None:
+        """Refuse to chat with or generate from an embedding model, naming what it can do."""
+        if self.embedding_only:
+            raise InvalidParameterError(
+                f"{name} is an embedding model ({self.architecture}): it cannot chat or generate text; "
+                "embed with it ('edgeslm embed', /api/embed, /v1/embeddings), or name a chat model")
 
     @property
     def stored_values(self) -> int:

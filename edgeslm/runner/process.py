@@ -73,7 +73,7 @@ class RunnerLike(Protocol):
 
     def agenerate(self, job: Job) -> AsyncGenerator[Chunk | Done, None]: ...
 
-    async def aembed(self, texts: Sequence[str | Sequence[int]]) -> Embeddings: ...
+    async def aembed(self, texts: Sequence[str | Sequence[int]], *, truncate: bool = False) -> Embeddings: ...
 
     async def atokenize(self, content: str, *, add_special: bool = False, parse_special: bool = True,
                         with_pieces: bool = False) -> Tokens: ...
@@ -265,9 +265,10 @@ class Runner:
         finally:
             self._end(rid, finished)
 
-    async def aembed(self, texts: Sequence[str | Sequence[int]]) -> Embeddings:
-        """The texts' (or token-id lists') embeddings, within ``embed_timeout`` (``RunnerTimeoutError`` past it)."""
-        message = {"op": "embed", "texts": [t if isinstance(t, str) else list(t) for t in texts]}
+    async def aembed(self, texts: Sequence[str | Sequence[int]], *, truncate: bool = False) -> Embeddings:
+        """The texts' (or token-id lists') embeddings, within ``embed_timeout`` (``RunnerTimeoutError`` past it);
+        a text longer than the model embeds is cut to fit only with ``truncate``."""
+        message = {"op": "embed", "texts": [t if isinstance(t, str) else list(t) for t in texts], "truncate": truncate}
         return embeddings_from(await self._ask(message, f"embed {len(texts)} text(s)"))
 
     async def atokenize(self, content: str, *, add_special: bool = False, parse_special: bool = True,

@@ -94,7 +94,7 @@ def _handle(raw: bytes, model: Any, batch: Any, waiting: deque[_Request], runnin
         return
     try:
         if msg["op"] == "embed":
-            _embed(model, rid, msg["texts"])
+            _embed(model, rid, msg["texts"], bool(msg.get("truncate")))
             return
         if msg["op"] in ("tokenize", "detokenize"):
             send({"id": rid, **_vocab_op(model.engine, msg)})
@@ -260,19 +260,17 @@ def _vocab_op(engine: Any, msg: dict[str, Any]) -> dict[str, Any]:
     return {"op": "text", "content": text}
 
 
-def _embed(model: Any, rid: str, texts: list[str | list[int]]) -> None:
-    """Embed texts, or token ids of this model's vocabulary (OpenAI's token-array input)."""
+def _embed(model: Any, rid: str, texts: list[str | list[int]], truncate: bool) -> None:
+    """Embed texts, or token ids of this model's vocabulary (OpenAI's token-array input), many per
+    decode where the engine can; a text longer than the model embeds is cut only if ``truncate``."""
     n_vocab = model.engine.n_vocab
     for i, given in enumerate(texts):
         if not isinstance(given, str) and not all(isinstance(t, int) and 0 <= t < n_vocab for t in given):
             raise InvalidParameterError(f"input[{i}] holds a token id outside this model's vocabulary "
                                         f"(0 to {n_vocab - 1:,}); send text, or ids from its own tokenizer",
                                         params="input")
-    vectors, tokens = [], 0
-    for text in texts:
-        tokens += len(model.engine.tokenize(text)) if isinstance(text, str) else len(text)
-        vectors.append(model.engine.embed(text))
-    send({"op": "embedding", "id": rid, "vectors": vectors, "tokens": tokens})
+    done = model.engine.embed_many(texts, truncate=truncate)
+    send({"op": "embedding", "id": rid, "vectors": done.vectors, "tokens": done.tokens})
 
 
 def _emit(model: Any, batch: Any, running: dict[str, _Request], ev: Any) -> None:

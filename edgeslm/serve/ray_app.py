@@ -89,8 +89,8 @@ class ModelReplica:
         async for event in self.runner.agenerate(job):
             yield event
 
-    async def embed(self, texts: Sequence[str | Sequence[int]]) -> Embeddings:
-        return await self.runner.aembed(texts)
+    async def embed(self, texts: Sequence[str | Sequence[int]], truncate: bool = False) -> Embeddings:
+        return await self.runner.aembed(texts, truncate=truncate)
 
     async def tokenize(self, content: str, options: dict[str, bool]) -> Tokens:
         return await self.runner.atokenize(content, **options)
@@ -158,9 +158,9 @@ class RayRunner:
             if not finished:
                 events.cancel()  # the replica's generator is closed: its runner frees the slot
 
-    async def aembed(self, texts: Sequence[str | Sequence[int]]) -> Embeddings:
+    async def aembed(self, texts: Sequence[str | Sequence[int]], *, truncate: bool = False) -> Embeddings:
         result: Embeddings = await self._call(self.handle.embed.remote(
-            [t if isinstance(t, str) else list(t) for t in texts]), "embed")
+            [t if isinstance(t, str) else list(t) for t in texts], truncate), "embed")
         return result
 
     async def atokenize(self, content: str, *, add_special: bool = False, parse_special: bool = True,

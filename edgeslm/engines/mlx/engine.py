@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from ...errors import ContextOverflowError, EngineError, InvalidParameterError
 from ...formats.model_format import Runtime, require
-from ..base import LoadParams, SamplingParams, register_engine
+from ..base import Embedded, LoadParams, SamplingParams, register_engine
 from ..hf_vocab import FolderVocabEngine
 
 if TYPE_CHECKING:
@@ -107,6 +107,15 @@ class MlxEngine(FolderVocabEngine):
                 frequency_context_size=window,
             )
         return sampler, processors
+
+    def embed_many(self, texts: Sequence[str | Sequence[int]], *, truncate: bool = False) -> Embedded:
+        vectors, used = [], 0
+        for text in texts:
+            tokens = self.tokenize(text) if isinstance(text, str) else list(text)
+            tokens = tokens[: self.n_ctx] if truncate else tokens
+            vectors.append(self.embed(tokens))
+            used += len(tokens)
+        return Embedded(vectors, used)
 
     def embed(self, text: str | Sequence[int]) -> list[float]:
         """Mean-pooled, L2-normalised last hidden states (as llama.cpp's mean pooling)."""

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from ...errors import ContextOverflowError, EngineError, InvalidParameterError
 from ...formats.model_format import Runtime, require
-from ..base import LoadParams, SamplingParams, register_engine
+from ..base import Embedded, LoadParams, SamplingParams, register_engine
 from ..hf_vocab import FolderVocabEngine
 
 if TYPE_CHECKING:
@@ -119,6 +119,9 @@ class OnnxRuntimeEngine(FolderVocabEngine):
             yield int(generator.get_next_tokens()[0])
 
     def embed(self, text: str | Sequence[int]) -> list[float]:
+        return self.embed_many([text]).vectors[0]
+
+    def embed_many(self, texts: Sequence[str | Sequence[int]], *, truncate: bool = False) -> Embedded:
         raise InvalidParameterError(
             "embeddings are not available from onnxruntime models (the builder's graph returns logits only); "
             "embed with a GGUF model"

@@ -300,7 +300,7 @@ async def embed(request: Request) -> Response:
     note(request, model=body.model)
     started = request.scope["state"]["started"]
     lease, result = await embed_texts(
-        request, body.model, body.texts(), parse_keep_alive(body.keep_alive), body.dimensions
+        request, body.model, body.texts(), parse_keep_alive(body.keep_alive), body.dimensions, truncate=body.truncate
     )
     return JSONResponse({
         "model": lease.name, "embeddings": result.vectors,
@@ -314,7 +314,7 @@ async def embeddings(request: Request) -> Response:
     body = await parse(request, EmbeddingsRequest)
     note(request, model=body.model)
     texts = [body.prompt] if body.prompt else []
-    _, result = await embed_texts(request, body.model, texts, parse_keep_alive(body.keep_alive), None)
+    _, result = await embed_texts(request, body.model, texts, parse_keep_alive(body.keep_alive), None, truncate=True)
     return JSONResponse({"embedding": result.vectors[0] if result.vectors else []})
 
 
@@ -330,15 +330,11 @@ def details(manifest: Manifest) -> dict[str, Any]:
     }
 
 
-# llama.cpp's architectures that only embed (no causal head): Ollama reports them as "embedding" alone
-EMBEDDING_ONLY = frozenset({"bert", "nomic-bert", "nomic-bert-moe", "jina-bert-v2", "modern-bert", "neo-bert"})
-
-
 def capabilities(manifest: Manifest, template: object, fim: bool) -> list[str]:
     """What Ollama's ``/api/show`` says a model can do: ``completion`` (or ``embedding`` for an encoder),
     ``tools`` where its chat template writes a tool format (as Ollama reads ``.Tools`` in its
     templates), ``insert`` where llama.cpp finds its fill-in-the-middle tokens (``fim``)."""
-    if manifest.info.architecture in EMBEDDING_ONLY:
+    if manifest.info.embedding_only:
         return ["embedding"]
     native = detect_tool_format(template if isinstance(template, str) else None) is not ToolFormat.GENERIC
     return ["completion", *(["tools"] if native else []), *(["insert"] if fim else [])]

@@ -7,7 +7,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from ...errors import InvalidParameterError
+from ...errors import InvalidParameterError, RequestTooLargeError
 from ...modelfile.parser import MAX_VALUE_CHARS
 from ..limits import MAX_CONTEXT_IDS, MAX_EMBED_INPUTS, MAX_MESSAGES, MAX_NAME, MAX_STOP, MAX_STOP_CHARS, MAX_TOOL_CALLS
 
@@ -89,7 +89,8 @@ class EmbedRequest(_Body):
     def texts(self) -> list[str]:
         texts = [self.input] if isinstance(self.input, str) else list(self.input)
         if len(texts) > MAX_EMBED_INPUTS:
-            raise InvalidParameterError(f"input has {len(texts):,} texts; at most {MAX_EMBED_INPUTS} per request")
+            raise RequestTooLargeError(f"input has {len(texts):,} texts; at most {MAX_EMBED_INPUTS:,} per request: "
+                                       "send them in several requests")
         return texts
 
 

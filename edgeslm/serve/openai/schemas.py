@@ -6,7 +6,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from ...errors import InvalidParameterError
+from ...errors import InvalidParameterError, RequestTooLargeError
 from ..limits import (
     MAX_EMBED_INPUTS,
     MAX_EMBED_TOKENS,
@@ -171,7 +171,8 @@ class EmbeddingRequest(_Body):
         texts: list[str | list[int]] = [given] if isinstance(given, str) or (given and isinstance(given[0], int)) \
             else list(given)  # type: ignore[arg-type]
         if len(texts) > MAX_EMBED_INPUTS:
-            raise InvalidParameterError(f"input has {len(texts):,} texts; at most {MAX_EMBED_INPUTS} per request")
+            raise RequestTooLargeError(f"input has {len(texts):,} texts; at most {MAX_EMBED_INPUTS:,} per request: "
+                                       "send them in several requests")
         if not all(texts):
             raise InvalidParameterError("input must not contain empty strings or empty token arrays")
         if sum(len(t) for t in texts if not isinstance(t, str)) > MAX_EMBED_TOKENS:
