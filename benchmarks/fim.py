@@ -2,6 +2,10 @@
 line by line, a fill-in-the-middle request per line (``/infill``: the file above the cursor, the
 file below it), as an editor's completion plugin sends them. Reported per server: time to the first
 streamed token (p50, p90) and how often the suggestion's first line is the line the author wrote.
+Then the keystroke that cancels: a request for a long suggestion is dropped at its first token (the
+client closes the stream, as a plugin does when the user types on) and the next line's request sent
+at once; with one slot, its time to first token shows whether the dropped request freed the slot
+(p50 beside the replay's, which had the slot free).
 
 The files are edgeslm's own modules: written after the models were trained, so a suggestion cannot
 be recalled from training data. Both servers keep their prompt cache on, as an editor's server does
@@ -32,8 +36,9 @@ from parity import BENCH_HOME, pinned_file  # noqa: E402
 from serve_throughput import running  # noqa: E402
 
 FILES = ("edgeslm/formats/fim.py", "edgeslm/serve/openai/kept.py", "edgeslm/plan/search.py", "edgeslm/units.py")
-HEADER = ["| server | requests | TTFT p50 | TTFT p90 | first line exact | TTFT p50 ÷ llama-server |",
-          "|---|---:|---:|---:|---:|---:|"]
+HEADER = ["| server | requests | TTFT p50 | TTFT p90 | first line exact | TTFT p50 ÷ llama-server "
+          "| TTFT p50 after a dropped request |", "|---|---:|---:|---:|---:|---:|---:|"]
+DROPPED_TOKENS = 512  # what the dropped request asked for: minutes of decoding if it kept its slot
 
 
 def session(lines_per_file: int) -> list[tuple[str, str, str]]:
@@ -77,6 +82,19 @@ def replay(url: str, model: str, requests: list[tuple[str, str, str]], n: int) -
             "exact": exact / len(requests), "n": len(requests)}
 
 
+def after_dropped(url: str, model: str, requests: list[tuple[str, str, str]], n: int) -> float:
+    """The median time to first token of a request sent the moment the one before was dropped."""
+    ttft = []
+    for (p1, s1, _), (p2, s2, _) in zip(requests[::2], requests[1::2], strict=False):
+        body = {"model": model, "input_prefix": p1, "input_suffix": s1, "n_predict": DROPPED_TOKENS,
+                "temperature": 0, "top_k": 1, "stream": True, "cache_prompt": True}
+        with httpx.stream("POST", f"{url}/infill", json=body, timeout=600) as r:
+            r.raise_for_status()
+            next(line for line in r.iter_lines() if line.startswith("data:") and '"content":""' not in line)
+        ttft.append(ask(url, model, p2, s2, n)[0])  # the stream above is closed: the keystroke
+    return statistics.median(ttft)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="qwen2.5-coder:0.5b")
@@ -94,14 +112,16 @@ def main() -> None:
              "--parallel", "1", "--ctx", str(args.ctx)]
     with running(serve, url, "/api/version"):
         ours = replay(url, args.model, requests, args.n)
+        ours["dropped"] = after_dropped(url, args.model, requests, args.n)
     native = [str(native_bin(args.native_bin) / "llama-server"), "-m", str(path), "--port", str(args.port),
               "-c", str(args.ctx), "-np", "1", "--alias", args.model]
     with running(native, url, "/health"):
         theirs = replay(url, args.model, requests, args.n)
+        theirs["dropped"] = after_dropped(url, args.model, requests, args.n)
     rows = []
     for label, m in (("edgeslm serve", ours), ("llama-server", theirs)):
         rows.append(f"| {label} | {m['n']:.0f} | {m['p50']:.2f} s | {m['p90']:.2f} s | {100 * m['exact']:.1f} % | "
-                    f"{m['p50'] / theirs['p50']:.2f} |")
+                    f"{m['p50'] / theirs['p50']:.2f} | {m['dropped']:.2f} s |")
     print(f"{args.model}, {len(requests)} requests (one per line of {len(FILES)} of edgeslm's modules), "
           f"{args.n} tokens each, greedy, streamed, one at a time\n")
     print("\n".join([*HEADER, *rows]))

@@ -244,6 +244,7 @@ def _catalogue_picks(device: Device, use_case: str, level: str, budget: int) -> 
             for e in CATALOG
             if e.size_class == c
             and e.n_params
+            and not e.embedding_only
             and not (needs_chat and "base model" in e.note)
             and _weights(e, qtype) * RUNTIME_OVERHEAD <= budget
         ]
@@ -269,7 +270,7 @@ def _local_picks(store: Store, device: Device, use_case: str, level: str, ctx: i
         held = min(ctx, m.info.context_length or ctx)  # a model trained for less: at its own length, as plan's
         memory = (plan_memory(store.model_path(m), str(m.name), ctx_per_slot=held, constants=constants).total
                   if m.format is ModelFormat.GGUF else estimate_memory(m.info, held).total_bytes)
-        if memory > budget:
+        if memory > budget or m.info.embedding_only:
             continue
         if m.format is ModelFormat.MLX and not device.apple_silicon:
             for_apple.append((m, memory))

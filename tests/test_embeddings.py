@@ -274,3 +274,40 @@ def test_an_embedding_model_is_served_for_embeddings_only(
         done = http.post("/api/embed", json={"model": "tiny-bert", "input": [f"text {i}" for i in range(2048)]})
         assert done.status_code == 200 and len(done.json()["embeddings"]) == 2048
         assert http.post("/api/embed", json={"model": "tiny-bert", "input": ""}).status_code == 200  # [CLS] [SEP]
+
+
+@pytest.mark.real_model
+def test_all_minilm_embeds_as_transformers_and_retrieves(
+    minilm_home: Path, minilm_checkpoint: Path, tmp_path: Path
+) -> None:
+    """The pinned all-MiniLM-L6-v2, pulled and converted: the bundled sample's sentences embed within
+    cosine 0.9999 of transformers' (F32, mean pooling, normalised) with the same nearest neighbour,
+    and the retrieval task runs end to end through the runner with recall@5 a real model reaches."""
+    from transformers import AutoModel
+
+    from edgeslm.evaluate.task_results import Task
+    from edgeslm.generation import embed, load
+    from edgeslm.store.resolve import from_manifest
+    from edgeslm.tasks.core import run_task
+    from edgeslm.tasks.retrieval import load_set, mrr
+
+    passages = list(load_set().passages)
+    texts = [s.strip() + "." for p in passages[:12] for s in p.split(" . ") if len(s.split()) >= 6][:60]
+    home = tmp_path / "home"
+    shutil.copytree(minilm_home, home)
+    store = Store.open(home / "models")
+    model = from_manifest(store, store.get(parse_name("all-minilm-l6-v2")))
+    loaded = load(model, threads=2, settings=resolve_settings(home=home))
+    try:
+        ours = np.array(embed(loaded, texts))
+    finally:
+        loaded.close()
+    ref = reference(minilm_checkpoint, AutoModel.from_pretrained(minilm_checkpoint).eval(), texts, "mean")
+    assert np.sum(ours * ref, axis=1).min() >= 0.9999
+    sims = ref @ ref.T
+    np.fill_diagonal(sims, -np.inf)
+    mine, theirs = np.argmax(ours @ ours.T - 4 * np.eye(len(ours)), axis=1), np.argmax(sims, axis=1)
+    rows = np.arange(len(ours))
+    assert (sims[rows, mine] >= sims[rows, theirs] - 1e-4).all()  # the same nearest neighbour, up to near-ties
+    result = run_task(store, model, Task.RETRIEVAL, home=str(home))
+    assert result.problems == 73 and result.score >= 0.8 and 0.5 <= mrr([a.outcome for a in result.answers]) <= 1

@@ -337,3 +337,14 @@ def test_fill_in_the_middle_on_every_api(url: str) -> None:
     assert "".join(x["content"] for x in lines) == infilled["content"][: len("".join(x["content"] for x in lines))]
     bad = httpx.post(f"{url}/infill", json={"model": QWEN_SMALL, "input_prefix": prefix}, timeout=60)
     assert bad.status_code == 400 and "input_suffix" in bad.text
+    # a 100,000-character file: refused unless truncation is asked, then cut from its far end, the FIM tokens kept
+    huge = "x = 1\n" * 16_000 + prefix
+    asked = {"model": QWEN_SMALL, "prompt": huge, "suffix": suffix, "stream": False,
+             "options": {"temperature": 0, "num_predict": 8}}
+    refused = httpx.post(f"{url}/api/generate", json=asked, timeout=300)
+    assert refused.status_code == 400 and "nothing was cut" in refused.text
+    cut = httpx.post(f"{url}/api/generate", json={**asked, "truncate": True}, timeout=600).json()
+    kept = cut["context"][: cut["prompt_eval_count"]]
+    tail = plain[1 + len(tokens(prefix, False)):]  # fim_suffix, the suffix, fim_middle
+    assert kept[0] == pre and kept[-len(tail):] == tail
+    assert cut["prompt_eval_count"] == 2048 - 8 and cut["response"].strip().startswith("a + b")

@@ -28,7 +28,8 @@ def test_smollm2_is_located_without_importing_llama_cpp() -> None:
 
 
 def test_catalogue_is_consistent() -> None:
-    assert {"smollm2", "qwen2", "qwen3", "gemma3", "phi4", "llama3", "bitnet"} == {e.family for e in CATALOG}
+    assert {"smollm2", "qwen2", "qwen3", "gemma3", "phi4", "llama3", "bitnet", "bert"} == {e.family for e in CATALOG}
+    assert [e.name for e in CATALOG if e.embedding_only] == ["all-minilm-l6-v2:latest"]
     for entry in CATALOG:
         parse_name(entry.name)  # every catalogue name is a valid store name
         assert entry.hf_repo.count("/") == 1

@@ -140,7 +140,8 @@ class _Replies:
 
 
 def _model() -> ResolvedModel:
-    return cast(ResolvedModel, SimpleNamespace(name="fake:q4", digest="sha256:" + "ab" * 32))
+    info = SimpleNamespace(check_generates=lambda name: None)  # a model that generates
+    return cast(ResolvedModel, SimpleNamespace(name="fake:q4", digest="sha256:" + "ab" * 32, info=info))
 
 
 def test_pass_at_1_is_counted_and_kept_by_content(tmp_path: Path) -> None:

@@ -37,7 +37,8 @@ def configure(sub: Any) -> None:
     p.add_argument("--no-speed", action="store_true", help="skip the tok/s and memory measurement")
     p.add_argument("--force", action="store_true", help="re-run even when a result is kept")
     p.add_argument("--task", help="task accuracy instead of KLD, comma-separated: humaneval (greedy pass@1, each "
-                   "completion run sandboxed), tools (the tool-call suite through the OpenAI route's path)")
+                   "completion run sandboxed), tools (the tool-call suite through the OpenAI route's path), "
+                   "retrieval (an embedding model: recall@5 and MRR on the kept WikiText set)")
     p.add_argument("--limit", type=int, help="with --task: only the first N problems (a quick look)")
     p.add_argument("--slots", type=int, default=4, help="with --task: problems decoded side by side (default 4)")
     fmt = p.add_mutually_exclusive_group()
@@ -111,7 +112,7 @@ def cmd_eval(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-TASK_HEADERS = ("model", "task", "problems", "passed", "score", "seconds", "sandbox")
+TASK_HEADERS = ("model", "task", "problems", "passed", "score", "seconds", "sandbox / MRR")
 
 
 def _eval_tasks(args: argparse.Namespace, settings: Settings, store: Store) -> int:
@@ -136,8 +137,9 @@ def _eval_tasks(args: argparse.Namespace, settings: Settings, store: Store) -> i
         print_json([_task_summary(r) for r in results])
         return 0
     rows = [[r.model, r.task, str(r.problems), str(r.passed), f"{100 * r.score:.1f} %", f"{r.seconds:.0f}",
-             "—" if not r.isolation else "isolated" if all(p in r.isolation for p in FULL)
-             else "rlimits only: " + ",".join(r.isolation)] for r in results]
+             f"MRR {_mrr(r):.3f}" if r.task == "retrieval" else "—" if not r.isolation
+             else "isolated" if all(p in r.isolation for p in FULL) else "rlimits only: " + ",".join(r.isolation)]
+            for r in results]
     print_table(TASK_HEADERS, rows, right=(2, 3, 4, 5))
     return 0
 
@@ -156,7 +158,7 @@ def _print(results: list[EvalResult], fmt: str | None, tasks: Mapping[str, Mappi
         print_table((*HEADERS, *extra), rows, right=tuple(range(2, len(HEADERS) + len(extra))))
 
 
-TASK_COLUMNS = ("pass@1", "tools")
+TASK_COLUMNS = ("pass@1", "tools", "recall@5")
 
 
 def _task_cells(kept: Mapping[Any, Any]) -> tuple[str, ...]:
@@ -167,12 +169,19 @@ def _task_cells(kept: Mapping[Any, Any]) -> tuple[str, ...]:
         r = kept.get(task)
         return "" if r is None else f"{100 * r.score:.1f}% ({r.problems})"
 
-    return cell(Task.HUMANEVAL), cell(Task.TOOLS)
+    return cell(Task.HUMANEVAL), cell(Task.TOOLS), cell(Task.RETRIEVAL)
+
+
+def _mrr(r: Any) -> float:
+    from ..tasks.retrieval import mrr
+
+    return mrr([a.outcome for a in r.answers])
 
 
 def _task_summary(r: Any) -> dict[str, Any]:
-    """A task result without its answers (they stay in the kept file)."""
-    return {k: v for k, v in r.to_dict().items() if k != "answers"}
+    """A task result without its answers (they stay in the kept file); retrieval's MRR beside its recall@5."""
+    return {**{k: v for k, v in r.to_dict().items() if k != "answers"},
+            **({"mrr": round(_mrr(r), 4)} if r.task == "retrieval" else {})}
 
 
 def cmd_compare(args: argparse.Namespace, settings: Settings) -> int:

@@ -72,9 +72,10 @@ def configure(sub: Any) -> None:
     p.add_argument("--stop", action="append", help="stop string (repeatable)")
     p.add_argument("--max-tokens", type=int, help="-1: until the model stops or the context is full (the default)")
 
-    p = _command(sub, "embed", cmd_embed, "embedding vectors (mean-pooled, L2-normalized) as JSON")
+    p = _command(sub, "embed", cmd_embed, "embedding vectors (the model's pooling, else mean; L2-normalized) as JSON")
     p.add_argument("model")
     p.add_argument("texts", nargs="+", metavar="TEXT")
+    p.add_argument("--truncate", action="store_true", help="cut a text longer than the model embeds (else refused)")
     _add_load_flags(p)
 
     p = _command(sub, "bench", cmd_bench, "prompt processing and generation speed, like llama-bench")
@@ -230,7 +231,7 @@ def cmd_embed(args: argparse.Namespace, settings: Settings) -> int:
     threads = tuned_threads(args, settings)
     model = load(ensure_pulled(args.model, settings), ctx=args.ctx, threads=threads, settings=settings, kv=args.kv_type)
     try:
-        vectors = embed(model, args.texts)
+        vectors = embed(model, args.texts, truncate=args.truncate)
     finally:
         model.close()
     print(json.dumps(vectors[0] if len(vectors) == 1 else vectors))
@@ -251,6 +252,8 @@ def cmd_bench(args: argparse.Namespace, settings: Settings) -> int:
     params = BenchParams(args.n_prompt, args.n_gen, args.repetitions, threads, draft, kv_type=kv,
                          n_ubatch=tuned.n_ubatch, flash_attn=tuned.flash_attn, use_mmap=tuned.use_mmap is not False)
     targets = [ensure_pulled(name, settings, store=store) for name in args.models]
+    for target in targets:
+        target.info.check_has_logits(target.name)
     results = bench_models(targets, params)
     if args.format == "json":
         print_json([r.to_dict() for r in results])

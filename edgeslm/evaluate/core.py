@@ -193,6 +193,7 @@ def evaluate(
 ) -> EvalResult:
     """Evaluate ``name`` (against ``reference``), reusing a stored result unless ``force``."""
     model = store.get(name)
+    model.info.check_has_logits(str(model.name))
     ref = store.get(reference) if reference is not None else None
     for m in (model, ref):
         trained = m.info.context_length if m is not None else None

@@ -26,6 +26,7 @@ TASK_SCHEMA = 1
 class Task(str, Enum):
     HUMANEVAL = "humaneval"
     TOOLS = "tools"
+    RETRIEVAL = "retrieval"  # an embedding model: recall@5 (the score) and MRR on the kept set
 
 
 @dataclass(frozen=True)
@@ -34,7 +35,8 @@ class Answer:
 
     task_id: str
     passed: bool
-    outcome: str  # HumanEval: the sandbox's (passed, failed, killed, timeout); tools: "ok" or why not
+    # HumanEval: the sandbox's (passed, failed, killed, timeout); tools: "ok" or why not; retrieval: "rank N"
+    outcome: str
     reply: str
     completion_tokens: int
     finish: str  # stop or length

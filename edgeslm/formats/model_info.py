@@ -83,6 +83,13 @@ class ModelInfo:
                 f"{name} is an embedding model ({self.architecture}): it cannot chat or generate text; "
                 "embed with it ('edgeslm embed', /api/embed, /v1/embeddings), or name a chat model")
 
+    def check_has_logits(self, name: str) -> None:
+        """Refuse a measure of next-token distributions (KLD, perplexity, tok/s) on an embedding model."""
+        if self.embedding_only:
+            raise InvalidParameterError(
+                f"{name} is an embedding model ({self.architecture}): it has no next-token distribution to compare "
+                f"or generate from; measure it with 'edgeslm eval {name} --task retrieval' (recall@5 and MRR)")
+
     @property
     def stored_values(self) -> int:
         return max(sum(s.n_params for s in self.type_mix), 1)

@@ -210,6 +210,7 @@ def optimize(
     """Measure the candidates for ``name`` and rank them under ``params.constraints``."""
     start = time.perf_counter()
     run = _Run(store, store.get(name), text, params, progress, engine_name)
+    run.source.info.check_has_logits(str(name))  # not yet: an embedding model's variants ranked by recall
     calibration = calibration_text or text
     budget = _check_budget(run)  # refuse what cannot work before building anything
     if params.mixed and budget is None:

@@ -108,6 +108,11 @@ class Infill:
     extra: tuple[tuple[str, str], ...] = ()
     prompt: str = ""
     repo: bool = False
+    # Ollama's "truncate": a prompt longer than the request's context (``num_ctx``, else the slot's)
+    # less the reply's room loses the start of its prefix, its FIM tokens kept; else it is refused
+    truncate: bool = False
+    max_tokens: int = -1
+    num_ctx: int | None = None
 
 
 def tokens_from(msg: Message) -> Tokens:

@@ -167,12 +167,16 @@ def _refuse_surely_too_long(model: Any, prompt: Any, system: str | None, ctx: in
             f"OpenAI: \"truncation\": \"auto\"), {larger.format(n='N')}", params="num_ctx")
 
 
+def reply_room(max_tokens: int, ctx: int) -> int:
+    """What a truncated prompt leaves for the reply: its max_tokens up to half the context, else a quarter."""
+    return min(max_tokens, ctx // 2) if max_tokens > 0 else ctx // 4
+
+
 def truncated(model: Any, msg: dict[str, Any], tokens: list[int], ctx: int) -> list[int]:
     """The prompt cut to leave a reply room, as the request asked: a chat loses its oldest turns
     after its system message(s), one at a time (a tool result never opens what is kept), the last
     turn always kept; a plain text or token prompt loses its start. What was cut is logged."""
-    room = min(int(msg["max_tokens"]), ctx // 2) if int(msg["max_tokens"]) > 0 else ctx // 4
-    budget, before = ctx - room, len(tokens)
+    budget, before = ctx - reply_room(int(msg["max_tokens"]), ctx), len(tokens)
     prompt = msg["prompt"]
     if isinstance(prompt, list) and prompt and isinstance(prompt[0], dict):
         head = [m for m in prompt if m.get("role") == "system"]
@@ -237,9 +241,11 @@ def _infill(model: Any, msg: dict[str, Any], n_ctx: int) -> list[int]:
         raise InvalidParameterError(f"{model.name} runs on {engine.name}: fill-in-the-middle is served from GGUF "
                                     "models (llama.cpp) only; use the model's GGUF variant", params="suffix")
     extra = [(str(f), str(t)) for f, t in msg.get("extra") or ()]
+    ctx = min(n_ctx, int(msg.get("num_ctx") or n_ctx))
+    fit = ctx - reply_room(int(msg.get("max_tokens") or -1), ctx) if msg.get("truncate") else None
     ids: list[int] = engine.infill_tokens(model.name, str(msg["prefix"]), str(msg["suffix"]), extra=extra,
                                           prompt=str(msg.get("prompt") or ""), repo=bool(msg.get("repo")),
-                                          n_ctx=n_ctx)
+                                          n_ctx=n_ctx, fit=fit)
     return ids
 
 

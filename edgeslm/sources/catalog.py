@@ -17,6 +17,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
+from ..formats.model_info import EMBEDDING_ONLY
 from ..formats.size_class import SizeClass, classify
 from .pinned import PinnedModel, pinned_models
 
@@ -44,6 +45,11 @@ class CatalogEntry:
     builtin: str | None = None  # the builtin model of the same weights, if any
     note: str = ""
     pinned: bool = False  # its file is pinned to exact bytes (sources/pinned.py), with mirrors
+
+    @property
+    def embedding_only(self) -> bool:
+        """A sentence-embedding model (an encoder): it embeds text and cannot chat."""
+        return self.family in EMBEDDING_ONLY
 
     @property
     def size_class(self) -> SizeClass | None:

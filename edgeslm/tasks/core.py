@@ -62,8 +62,23 @@ class Item:
 class Spec:
     task: Task
     protocol: str
-    items: tuple[Item, ...]
+    items: tuple[Item, ...]  # what is generated (retrieval generates nothing: no items)
     ctx: int  # tokens per slot: the longest prompt and the reply
+    count: int | None = None  # the problems, where they are not items (retrieval's queries)
+
+    @property
+    def problems(self) -> int:
+        return len(self.items) if self.count is None else self.count
+
+
+def spec_for(task: Task, model: ResolvedModel, limit: int | None) -> Spec:
+    if task is Task.HUMANEVAL:
+        return humaneval_spec(limit)
+    if task is Task.TOOLS:
+        return tools_spec(model, limit)
+    from . import retrieval
+
+    return Spec(Task.RETRIEVAL, retrieval.PROTOCOL, (), 0, len(retrieval.load_set().queries[:limit]))
 
 
 def humaneval_spec(limit: int | None) -> Spec:
@@ -107,8 +122,8 @@ def kept_task(store: Store, model: ResolvedModel, task: Task, limit: int | None 
     """The kept result of ``model`` on ``task`` with this protocol and problem count, if any (nothing runs)."""
     if model.digest is None:
         return None
-    spec = spec or (humaneval_spec(limit) if task is Task.HUMANEVAL else tools_spec(model, limit))
-    kept = load_task_result(store, task_key(model.digest, task, spec.protocol, len(spec.items)))
+    spec = spec or spec_for(task, model, limit)
+    kept = load_task_result(store, task_key(model.digest, task, spec.protocol, spec.problems))
     return kept.renamed(model.name) if kept is not None else None
 
 
@@ -134,22 +149,26 @@ def run_task(
         raise InvalidParameterError(f"limit {limit}: give at least 1 problem", params="limit")
     if not 1 <= slots <= 64:
         raise InvalidParameterError(f"slots {slots} is out of range; valid: 1 to 64", params="slots")
-    spec = humaneval_spec(limit) if task is Task.HUMANEVAL else tools_spec(model, limit)
+    if task is not Task.RETRIEVAL:
+        model.info.check_generates(model.name)
+    spec = spec_for(task, model, limit)
     if not force and (kept := kept_task(store, model, task, limit, spec)) is not None:
         return kept
-    key = task_key(model.digest, task, spec.protocol, len(spec.items))
+    key = task_key(model.digest, task, spec.protocol, spec.problems)
     from ..runner.process import Runner
 
     start = time.perf_counter()
-    runner = (runner_factory or Runner)(model, slots=slots, ctx_per_slot=spec.ctx, threads=threads, home=home,
-                                        prompt_cache=True)
+    runner = (runner_factory or Runner)(model, slots=slots, ctx_per_slot=max(spec.ctx, 512), threads=threads,
+                                        home=home, prompt_cache=True)
     try:
-        answers = asyncio.run(_answer_all(runner, spec.items, slots, progress))
+        work = _retrieve(runner, spec.problems, progress) if task is Task.RETRIEVAL else \
+            _answer_all(runner, spec.items, slots, progress)
+        answers = asyncio.run(work)
     finally:
         runner.close()
     result = TaskResult(
         key=key, created=datetime.now(timezone.utc).isoformat(timespec="seconds"), task=task.value,
-        protocol=spec.protocol, model=model.name, model_digest=model.digest, problems=len(spec.items),
+        protocol=spec.protocol, model=model.name, model_digest=model.digest, problems=spec.problems,
         passed=sum(a.passed for a, _ in answers), seconds=round(time.perf_counter() - start, 2), slots=slots,
         isolation=answers[0][1] if answers else (), answers=tuple(a for a, _ in answers),
     )
@@ -175,6 +194,25 @@ async def _answer_all(
         return answer, checked.isolation
 
     return list(await asyncio.gather(*(one(item) for item in items)))
+
+
+async def _retrieve(runner: Any, count: int, progress: Progress | None) -> list[tuple[Answer, tuple[str, ...]]]:
+    """Embed the passages and the first ``count`` queries (as ``/v1/embeddings`` does), then rank."""
+    from . import retrieval
+
+    kept = retrieval.load_set()
+    queries = kept.queries[:count]
+    passages = (await runner.aembed(list(kept.passages), truncate=True)).vectors
+    asked = (await runner.aembed([q.text for q in queries], truncate=True)).vectors
+    out: list[tuple[Answer, tuple[str, ...]]] = []
+    passed = 0
+    for i, (q, vec) in enumerate(zip(queries, asked, strict=True), 1):
+        rank = retrieval.rank_of(vec, passages, q.relevant)
+        passed += rank <= retrieval.TOP_K
+        out.append((Answer(q.id, rank <= retrieval.TOP_K, f"rank {rank}", q.text, 0, "stop", 0.0), ()))
+        if progress:
+            progress(i, len(queries), passed)
+    return out
 
 
 async def _generate(runner: Any, job: Any) -> tuple[str, str, int]:

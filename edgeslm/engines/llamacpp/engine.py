@@ -315,13 +315,14 @@ class LlamaCppEngine:
         return speculative_tokens(self, prompt, sampling, draft, stats)
 
     def infill_tokens(self, name: str, prefix: str, suffix: str, *, extra: Sequence[tuple[str, str]] = (),
-                      prompt: str = "", repo: bool = True, n_ctx: int | None = None) -> list[int]:
+                      prompt: str = "", repo: bool = True, n_ctx: int | None = None,
+                      fit: int | None = None) -> list[int]:
         """A fill-in-the-middle prompt (``infill.infill_prompt``): llama-server's ``/infill`` prompt with
-        ``repo``, else the plain pattern of Ollama's ``suffix``."""
+        ``repo``, else the plain pattern of Ollama's ``suffix`` (``fit``: cut to so many tokens)."""
         from .infill import FimTokens, infill_prompt
 
         return infill_prompt(self, FimTokens.of(self._vocab, name), prefix, suffix, extra=extra, prompt=prompt,
-                             repo=repo, n_ctx=n_ctx or self.n_ctx)
+                             repo=repo, n_ctx=n_ctx or self.n_ctx, fit=fit)
 
     def embed(self, text: str | Sequence[int]) -> list[float]:
         return self.embed_many([text]).vectors[0]

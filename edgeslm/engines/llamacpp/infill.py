@@ -49,8 +49,11 @@ class FimTokens:
 
 
 def infill_prompt(engine: Any, fim: FimTokens, prefix: str, suffix: str, *, extra: Sequence[tuple[str, str]] = (),
-                  prompt: str = "", repo: bool = True, n_ctx: int, n_predict: int = -1) -> list[int]:
-    """The prompt's token ids (``engine.tokenize``); ``extra``: (filename, text) chunks of other files."""
+                  prompt: str = "", repo: bool = True, n_ctx: int, n_predict: int = -1,
+                  fit: int | None = None) -> list[int]:
+    """The prompt's token ids (``engine.tokenize``); ``extra``: (filename, text) chunks of other files.
+    ``fit`` (the plain pattern, truncation asked): at most so many tokens, the prefix losing its start
+    first, then the suffix its end; the FIM tokens are always kept."""
     def plain(text: str) -> list[int]:
         return list(engine.tokenize(text, add_special=False, parse_special=False))
 
@@ -58,6 +61,10 @@ def infill_prompt(engine: Any, fim: FimTokens, prefix: str, suffix: str, *, extr
     said = list(engine.tokenize(prompt, add_special=False, parse_special=True)) if prompt else []
     if not repo:
         head = [fim.bos] if fim.bos != NULL else []
+        over = len(head) + len(before) + len(said) + len(after) + 3 - fit if fit is not None else 0
+        if over > 0:
+            cut = min(over, len(before))
+            before, after = before[cut:], after[: len(after) - min(over - cut, len(after))]
         return [*head, fim.pre, *before, *said, fim.suf, *after, fim.mid]
     context: list[int] = []
     if fim.rep != NULL:

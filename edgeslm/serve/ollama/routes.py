@@ -190,7 +190,9 @@ async def generate(request: Request) -> Response:
     prompt: Any = body.prompt
     fim = bool(body.suffix)  # the model's FIM tokens around prompt and suffix, as Ollama's templates write them
     if fim:
-        prompt = await infill_ids(request, found, Infill(body.prompt, body.suffix or ""), keep)
+        fim_job = Infill(body.prompt, body.suffix or "", truncate=body.truncate, max_tokens=settings.max_tokens,
+                         num_ctx=settings.num_ctx)
+        prompt = await infill_ids(request, found, fim_job, keep)
     elif not body.raw and not body.context and model.examples:  # the model's example messages come first
         prompt = [*model.examples, {"role": "user", "content": body.prompt}]
     job = Job(
