@@ -26,6 +26,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from .device_speed import decode_bytes
 from .engines.base import DEFAULT_ENGINE, Engine, LoadParams, SamplingParams, Tuning, open_engine
 from .errors import InvalidParameterError
 from .formats.kv_cache import KVCache
@@ -92,6 +93,7 @@ class BenchResult:
     tests: tuple[TestResult, ...]
     runtime: str = DEFAULT_ENGINE
     kv_type: str = "f16"
+    decode_bytes: int = 0  # weights a decode step reads (GGUF; 0: not known)
 
     def to_dict(self) -> dict[str, object]:
         data = asdict(self)
@@ -268,9 +270,21 @@ def bench_models(models: Sequence[ResolvedModel], params: BenchParams) -> list[B
                 tests,
                 engine,
                 params.kv_type,
+                _decode_bytes(model),
             )
         )
     return results
+
+
+def _decode_bytes(model: ResolvedModel) -> int:
+    """What a decode step of ``model`` reads (``device_speed.decode_bytes``), from its GGUF header."""
+    from .formats.gguf_header import read_gguf_header
+    from .formats.model_format import ModelFormat
+
+    if model.format is not ModelFormat.GGUF:
+        return 0
+    header = read_gguf_header(model.path, label=model.name)
+    return decode_bytes([(t.name, t.n_bytes) for t in header.tensors])
 
 
 if __name__ == "__main__":

@@ -12,6 +12,8 @@ runner's floor: it probe-loads runners as the server does).
 - **KV cache types**: prompt processing and generation with an f16, q8_0 and q4_0 cache at the
   generation's best thread count: what a quantized cache costs or saves in speed here (its quality
   cost is ``eval --kv-type``'s; the profile records it, the default stays f16);
+- **ceilings**: the memory read bandwidth and the F32 matmul rate (``device_speed``), which ``bench``
+  divides decode and prefill speed by;
 - **busy**: the load average before and after, and each measurement's spread between repetitions:
   a busy machine's numbers are reported as such, not trusted silently.
 """
@@ -24,6 +26,7 @@ import os
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, replace
 
+from . import device_speed
 from .bench import BenchParams, bench_models
 from .engines.base import SamplingParams, Tuning, physical_cores
 from .formats.kv_cache import KVCache
@@ -145,6 +148,7 @@ def tune(models: Sequence[ResolvedModel], home: str, *, speed: bool = True,
     flash_attn: bool | None = None
     use_mmap: bool | None = None
     mmap_runs: list[MmapRun] = []
+    ceilings = None
     if speed:
         speeds, noisy = _thread_sweep(models[0], say)
         threads = int(max(speeds, key=lambda s: s["tg"])["threads"])
@@ -158,12 +162,16 @@ def tune(models: Sequence[ResolvedModel], home: str, *, speed: bool = True,
         mmap_runs, noisy = _mmap_sweep(models[0], threads, say)
         notes += noisy
         use_mmap = choose_mmap(mmap_runs)
+        say("ceilings: memory read bandwidth and matmul rate")
+        ceilings = device_speed.measure(threads)
     notes = [n for n in [*notes, busy_note("after")] if n]
     measurements = tuple({"model": p.model, "slots": p.slots, "ctx": p.ctx_per_slot, "peak": peak,
                           "predicted": p.total} for p, peak in fitted) + tuple(speeds) + tuple(kv_speed) \
-        + tuple(asdict(b) for b in batch_speed) + tuple(asdict(m) for m in mmap_runs)
+        + tuple(asdict(b) for b in batch_speed) + tuple(asdict(m) for m in mmap_runs) \
+        + ((asdict(ceilings),) if ceilings else ())
     profile = DeviceProfile(fingerprint(), __version__, now_iso(), constants, threads, threads_batch, measurements,
-                            n_ubatch, flash_attn, use_mmap)
+                            n_ubatch, flash_attn, use_mmap, ceilings.read_bytes_per_s if ceilings else None,
+                            ceilings.matmul_flops if ceilings else None)
     return Tuned(profile, tuple(notes), fitted, tuple(speeds), tuple(kv_speed), tuple(batch_speed), tuple(mmap_runs))
 
 

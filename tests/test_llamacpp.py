@@ -126,6 +126,12 @@ def test_bench_both_builtins(real_cli: Cli) -> None:
         assert [t["test"] for t in r["tests"]] == ["pp64", "tg16"]
         assert all(t["mean_tps"] > 1 and len(t["samples_tps"]) == 2 for t in r["tests"])
         assert r["peak_rss"] > r["file_size"] * 0.5 and r["load_seconds"] > 0
+    for r in report.values():  # each test's share of the machine's ceilings, as device_speed computes it
+        limits = r["ceilings"]
+        pp, tg = r["tests"]
+        assert r["of_limit"][0] == pytest.approx(pp["mean_tps"] * 2 * r["n_params"] / limits["matmul_flops"])
+        assert r["of_limit"][1] == pytest.approx(tg["mean_tps"] * r["decode_bytes"] / limits["read_bytes_per_s"])
+        assert r["file_size"] * 0.8 < r["decode_bytes"] <= r["file_size"]  # both builtins tie their embeddings
     assert "pp64" in real_cli("bench", MODELS[0], "-p", "64", "-n", "0", "-r", "1", "--markdown").out
     assert real_cli("bench", MODELS[0], "-p", "0", "-n", "8", "-r", "1", "--csv").out.startswith("model,")
     tuned = real_cli("bench", MODELS[0], "-p", "64", "-n", "4", "-r", "1", "-ub", "16", "-fa", "off", "--json")

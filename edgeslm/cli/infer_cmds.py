@@ -8,12 +8,13 @@ import io
 import json
 import sys
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from functools import partial
 from typing import Any
 
 from ..bench import BenchParams, BenchResult, bench_models
 from ..config import DEFAULT_CONTEXT, DEFAULT_MODEL, Settings
+from ..device_speed import Ceilings
 from ..engines.base import SamplingParams
 from ..errors import InvalidNameError, ModelNotFoundError
 from ..generation import GenerationChunk, Model, embed, load, load_draft, stream_generate
@@ -255,16 +256,43 @@ def cmd_bench(args: argparse.Namespace, settings: Settings) -> int:
     for target in targets:
         target.info.check_has_logits(target.name)
     results = bench_models(targets, params)
-    if args.format == "json":
-        print_json([r.to_dict() for r in results])
-    elif args.format == "csv":
+    if args.format == "csv":  # llama-bench's columns
         print(_bench_csv(results), end="")
+        return 0
+    ceilings = _ceilings(settings, results[0].threads if results else 1)
+    if args.format == "json":
+        print_json([{**r.to_dict(), "of_limit": [_of_limit(r, t, ceilings) for t in r.tests],
+                     "ceilings": asdict(ceilings)} for r in results])
     else:
-        _bench_table(results, markdown=args.format == "markdown")
+        _bench_table(results, ceilings, markdown=args.format == "markdown")
     return 0
 
 
-def _bench_rows(results: list[BenchResult]) -> list[tuple[Any, ...]]:
+def _ceilings(settings: Settings, threads: int) -> Ceilings:
+    """The machine's memory bandwidth and matmul rate: ``tune``'s where it measured them, else now."""
+    from ..device_speed import measure
+    from ..plan.profile import profile_ceilings
+
+    kept = profile_ceilings(settings.home)
+    if kept is not None:
+        return kept
+    status("measuring this machine's memory bandwidth and matmul rate (edgeslm tune keeps them)")
+    return measure(threads)
+
+
+def _of_limit(r: BenchResult, t: Any, ceilings: Ceilings) -> float | None:
+    """The share of the machine's ceiling a test reached: decode of the read bandwidth (the weights a
+    token reads × tok/s), prefill of the matmul rate (2 × parameters × tok/s)."""
+    from ..device_speed import decode_fraction, prefill_fraction
+
+    if t.test.startswith("tg") and r.decode_bytes:
+        return decode_fraction(t.mean, r.decode_bytes, ceilings)
+    if t.test.startswith("pp"):
+        return prefill_fraction(t.mean, r.n_params, ceilings)
+    return None
+
+
+def _bench_rows(results: list[BenchResult], ceilings: Ceilings) -> list[tuple[Any, ...]]:
     return [
         (
             r.model,
@@ -276,6 +304,7 @@ def _bench_rows(results: list[BenchResult]) -> list[tuple[Any, ...]]:
             t.test + (f" ({t.accepted}/{t.drafted} accepted)" if t.drafted else "")
             + (f" kv {r.kv_type}" if r.kv_type != "f16" else ""),
             f"{t.mean:.2f} ± {t.stdev:.2f}",
+            "" if (share := _of_limit(r, t, ceilings)) is None else f"{100 * share:.0f} %",
             f"{r.load_seconds * 1000:.0f}",
             format_mib(r.peak_rss),
         )
@@ -284,12 +313,13 @@ def _bench_rows(results: list[BenchResult]) -> list[tuple[Any, ...]]:
     ]
 
 
-_BENCH_HEADERS = ("model", "runtime", "size", "params", "bpw", "threads", "test", "t/s", "load ms", "peak RSS")
-_BENCH_RIGHT = (2, 3, 4, 5, 7, 8, 9)
+_BENCH_HEADERS = ("model", "runtime", "size", "params", "bpw", "threads", "test", "t/s", "of limit", "load ms",
+                  "peak RSS")
+_BENCH_RIGHT = (2, 3, 4, 5, 7, 8, 9, 10)
 
 
-def _bench_table(results: list[BenchResult], *, markdown: bool) -> None:
-    rows = _bench_rows(results)
+def _bench_table(results: list[BenchResult], ceilings: Ceilings, *, markdown: bool) -> None:
+    rows = _bench_rows(results, ceilings)
     if not markdown:
         print_table(_BENCH_HEADERS, rows, right=_BENCH_RIGHT)
         return

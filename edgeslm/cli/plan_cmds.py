@@ -168,6 +168,9 @@ def cmd_tune(args: argparse.Namespace, settings: Settings) -> int:
     if done.kv_speed:
         print_table(("KV cache", "pp128 t/s", "tg32 t/s"), [(str(k["kv"]), f"{k['pp']:.1f}", f"{k['tg']:.1f}")
                                                            for k in done.kv_speed], right=(1, 2))
+    if done.profile.read_bytes_per_s and done.profile.matmul_flops:
+        status(f"ceilings: memory read {done.profile.read_bytes_per_s / 1e9:.1f} GB/s, F32 matmul "
+               f"{done.profile.matmul_flops / 1e9:.0f} GFLOP/s (bench shows each test's share of them)")
     status(f"memory: runner base {format_mib(c.base)}, {c.per_vocab:.0f} B per vocabulary entry, "
            f"{c.per_activation:.1f} B per activation; repacked types {', '.join(sorted(c.repacked_types)) or 'none'}")
     for note in done.notes:

@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..device_speed import Ceilings
 from ..engines.base import Tuning
 from ..store.atomic import write_atomic
 from ..version import __version__
@@ -40,6 +41,8 @@ class DeviceProfile:
     n_ubatch: int | None = None  # the micro-batch prompt processing measured best at (None: not measured)
     flash_attn: bool | None = None  # flash attention on or off, as measured best (None: llama.cpp decides)
     use_mmap: bool | None = None  # the file mapped or read into memory, as measured best (None: not measured)
+    read_bytes_per_s: float | None = None  # memory read bandwidth (``device_speed``; None: not measured)
+    matmul_flops: float | None = None  # F32 GEMM rate
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -54,11 +57,16 @@ class DeviceProfile:
         return cls(str(data["machine"]), str(data["edgeslm"]), str(data["created"]), constants,
                    _count(data.get("threads")), _count(data.get("threads_batch")),
                    tuple(dict(m) for m in data.get("measurements") or ()), _count(data.get("n_ubatch")),
-                   _flag(data.get("flash_attn")), _flag(data.get("use_mmap")))
+                   _flag(data.get("flash_attn")), _flag(data.get("use_mmap")), _rate(data.get("read_bytes_per_s")),
+                   _rate(data.get("matmul_flops")))
 
     @property
     def tuning(self) -> Tuning:
         return Tuning(self.n_ubatch, self.flash_attn, self.use_mmap)
+
+
+def _rate(value: Any) -> float | None:
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0 else None
 
 
 def _flag(value: Any) -> bool | None:
@@ -128,6 +136,14 @@ def profile_threads(home: Path) -> int | None:
     """The thread count the profile measured best for generation (None: no profile, or not measured)."""
     profile = load_profile(home)
     return profile.threads if profile else None
+
+
+def profile_ceilings(home: Path) -> Ceilings | None:
+    """The memory bandwidth and matmul rate ``tune`` measured here (None: not measured, or no profile)."""
+    profile = load_profile(home)
+    if profile is None or profile.read_bytes_per_s is None or profile.matmul_flops is None:
+        return None
+    return Ceilings(profile.read_bytes_per_s, profile.matmul_flops, profile.threads or 0)
 
 
 def profile_tuning(home: Path) -> Tuning:
