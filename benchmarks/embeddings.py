@@ -6,9 +6,9 @@
   native ``llama-server --embedding`` on the same GGUF: cosine per sentence, and how many sentences have
   the same 10 nearest neighbours among the 200 (as a set, and in the same order: neighbours whose
   similarities differ in the sixth decimal swap places between any two runtimes).
-- **Variants**: ``quantize`` to Q8_0 and Q4_0, then per variant its size, the cosine of its embeddings
-  of the 200 sentences to the F32 file's, and ``eval --task retrieval`` (recall@5 and MRR on the kept
-  WikiText set).
+- **Variants**: the F16 file ``pull`` converts, the checkpoint converted to F32, ``quantize`` to Q8_0
+  and Q4_0; per variant its size, the cosine of its embeddings of the 200 sentences to transformers',
+  and ``eval --task retrieval`` (recall@5 and MRR on the kept WikiText set).
 - **Speed**: sentences/s embedding the same 200 sentences, batch 32: sentence-transformers (``encode``,
   torch on the CPU), edgeslm's server, llama-server; each the best of ``--rounds`` after a warm-up, the
   runtimes alternating, every one on ``--threads`` threads.
@@ -44,7 +44,7 @@ WIKITEXT = ROOT.parent / "shared" / "data" / "wikitext-2-test.txt"
 BATCH = 32
 PARITY = ["| compared with | sentences | min cosine | mean cosine | same 10 nearest (as a set) "
           "| same 10 nearest, in order |", "|---|---:|---:|---:|---:|---:|"]
-VARIANTS = ["| variant | size | cosine to F32: min / mean (200 sentences) | recall@5 | MRR |",
+VARIANTS = ["| variant | size | cosine to transformers: min / mean | recall@5 | MRR |",
             "|---|---:|---:|---:|---:|"]
 SPEED = ["| runtime | batch | sentences/s | vs sentence-transformers |", "|---|---:|---:|---:|"]
 
@@ -119,16 +119,6 @@ def parity_row(label: str, ours: np.ndarray, ref: np.ndarray) -> str:
     return f"| {label} | {n} | {cos.min():.6f} | {cos.mean():.6f} | {as_set} of {n} | {in_order} of {n} |"
 
 
-def best_rate(embed: Callable[[], object], count: int, rounds: int) -> float:
-    embed()  # warm-up: the model loaded, its first batch run
-    best = 0.0
-    for _ in range(rounds):
-        start = time.perf_counter()
-        embed()
-        best = max(best, count / (time.perf_counter() - start))
-    return best
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sentences", type=int, default=200)
@@ -141,46 +131,61 @@ def main() -> None:
     texts = sentences(args.sentences)
     gguf = pinned_file(MODEL)
     edgeslm(BENCH_HOME, "quantize", MODEL, "--type", "q8_0,q4_0")
-    url = f"http://127.0.0.1:{args.port}"
+    ours_url, native_url = f"http://127.0.0.1:{args.port}", f"http://127.0.0.1:{args.port + 1}"
+    serve = [sys.executable, "-m", "edgeslm", "--home", str(BENCH_HOME), "serve", "--port", str(args.port),
+             "--threads", str(args.threads), "--preload", MODEL]
+    native = [str(native_bin(args.native_bin) / "llama-server"), "-m", str(gguf), "--port", str(args.port + 1),
+              "--embedding", "--pooling", "mean", "-t", str(args.threads), "-c", "4096", "--alias", MODEL]
     with tempfile.TemporaryDirectory(prefix="minilm-") as tmp:
         folder = checkpoint(Path(tmp))
+        edgeslm(BENCH_HOME, "convert", str(folder), "--outtype", "f32", "--name", f"{MODEL}:f32")
         ref = transformers_vectors(folder, texts, args.threads)
         from sentence_transformers import SentenceTransformer
 
         st = SentenceTransformer(str(folder), device="cpu")
-        st_rate = best_rate(lambda: st.encode(texts, batch_size=BATCH, normalize_embeddings=True), len(texts),
-                            args.rounds)
-    serve = [sys.executable, "-m", "edgeslm", "--home", str(BENCH_HOME), "serve", "--port", str(args.port),
-             "--threads", str(args.threads), "--preload", MODEL]
-    with running(serve, url, "/api/version"):
-        ours = served(url, texts)
-        our_rate = best_rate(lambda: served(url, texts), len(texts), args.rounds)
-        variants = {tag: served(url, texts, f"{MODEL}:{tag}") for tag in ("q8_0", "q4_0")}
-    native = [str(native_bin(args.native_bin) / "llama-server"), "-m", str(gguf), "--port", str(args.port),
-              "--embedding", "--pooling", "mean", "-t", str(args.threads), "-c", "8192", "-b", "8192", "-ub", "8192",
-              "--alias", MODEL]
-    with running(native, url, "/health"):
-        theirs = served(url, texts)
-        native_rate = best_rate(lambda: served(url, texts), len(texts), args.rounds)
+        with running(serve, ours_url, "/api/version"), running(native, native_url, "/health"):
+            ours, theirs = served(ours_url, texts), served(native_url, texts)
+            variants = {tag: served(ours_url, texts, f"{MODEL}:{tag}") for tag in ("f32", "q8_0", "q4_0")}
+            served(ours_url, texts)  # the default model's runner back (the variants took turns in its place)
+            rates = alternating({
+                "st": lambda: st.encode(texts, batch_size=BATCH, normalize_embeddings=True),
+                "ours": lambda: served(ours_url, texts),
+                "native": lambda: served(native_url, texts),
+            }, len(texts), args.rounds)
     parity = [parity_row("transformers (F32, mean pooling, normalised)", ours, ref),
               parity_row("llama-server --embedding (same GGUF)", ours, theirs)]
-    st_label = f"sentence-transformers {_version('sentence_transformers')} (torch, CPU)"
-    speed = [f"| {st_label} | {BATCH} | {st_rate:.0f} | 1.00 |",
-             f"| edgeslm serve, /v1/embeddings | {BATCH} | {our_rate:.0f} | {our_rate / st_rate:.2f} |",
-             f"| llama-server --embedding | {BATCH} | {native_rate:.0f} | {native_rate / st_rate:.2f} |"]
-    rows = [variant_row("latest", ours, ours, "F32 (converted)")]
-    rows += [variant_row(tag, v, ours, tag.upper()) for tag, v in variants.items()]
-    print(f"{MODEL} (F32 GGUF from the pinned checkpoint), {len(texts)} WikiText-2 sentences, {args.threads} threads\n")
+    st_label = f"sentence-transformers {_version('sentence_transformers')} (torch, CPU, F32)"
+    speed = [f"| {st_label} | {BATCH} | {rates['st']:.0f} | 1.00 |",
+             f"| edgeslm serve, /v1/embeddings (F16 GGUF) | {BATCH} | {rates['ours']:.0f} | "
+             f"{rates['ours'] / rates['st']:.2f} |",
+             f"| llama-server --embedding (same GGUF) | {BATCH} | {rates['native']:.0f} | "
+             f"{rates['native'] / rates['st']:.2f} |"]
+    rows = [variant_row("latest", ours, ref, "F16 (as pulled)")]
+    rows += [variant_row(tag, v, ref, tag.upper()) for tag, v in variants.items()]
+    print(f"{MODEL} (F16 GGUF from the pinned checkpoint), {len(texts)} WikiText-2 sentences, {args.threads} threads\n")
     print("\n\n".join("\n".join(t) for t in ([*PARITY, *parity], [*VARIANTS, *rows], [*SPEED, *speed])))
     tables.write_all(args.write, "embeddings.py:variants", [*VARIANTS, *rows])
     tables.write_all(args.write, "embeddings.py:parity", [*PARITY, *parity])
     tables.write_all(args.write, "embeddings.py:speed", [*SPEED, *speed])
 
 
-def variant_row(tag: str, v: np.ndarray, f32: np.ndarray, label: str) -> str:
+def alternating(runs: dict[str, Callable[[], object]], count: int, rounds: int) -> dict[str, float]:
+    """Sentences/s of each run, the best of ``rounds`` after a warm-up, the runs taking turns."""
+    for run in runs.values():
+        run()
+    best = dict.fromkeys(runs, 0.0)
+    for _ in range(rounds):
+        for key, run in runs.items():
+            start = time.perf_counter()
+            run()
+            best[key] = max(best[key], count / (time.perf_counter() - start))
+    return best
+
+
+def variant_row(tag: str, v: np.ndarray, ref: np.ndarray, label: str) -> str:
     info = json.loads(edgeslm(BENCH_HOME, "show", f"{MODEL}:{tag}", "--json"))
     kept = json.loads(edgeslm(BENCH_HOME, "eval", f"{MODEL}:{tag}", "--task", "retrieval", "--json"))[0]
-    cos = np.sum(v * f32, axis=1)
+    cos = np.sum(v * ref, axis=1)
     return (f"| {label} | {info['file_size'] / 1e6:.1f} MB | {cos.min():.5f} / {cos.mean():.5f} | "
             f"{100 * kept['score']:.1f} % ({kept['passed']}/{kept['problems']}) | {kept['mrr']:.3f} |")
 

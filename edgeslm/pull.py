@@ -188,9 +188,10 @@ def _none_answered(name: ModelName, failures: list[tuple[str, EdgeslmError]]) ->
 
 def _up_to_date(store: Store, current: Manifest, pinned: PinnedModel) -> bool:
     """The store holds the pinned file, or (a checkpoint) what was converted from its pinned weights."""
-    if pinned.converted:
+    if pinned.converted:  # converted from the pinned weights, to the pinned type
         return (current.source.get("catalogue") == pinned.name
-                and current.source.get(f"sha256:{pinned.upstream.file}") == pinned.upstream.sha256)
+                and current.source.get(f"sha256:{pinned.upstream.file}") == pinned.upstream.sha256
+                and (current.info.file_type or "").upper() == pinned.quantization.upper())
     digest = f"sha256-{pinned.upstream.sha256}"
     return current.digest == digest and store.blob_path(digest).is_file()
 
@@ -218,7 +219,8 @@ def _pull_checkpoint(store: Store, pinned: PinnedModel, name: ModelName, setting
                 failures.append((where, exc))
                 continue
             lineage = pinned.provenance() | {"mirror": where, "folder": f"hf.co/{u.repo}@{u.revision}"}
-            manifest = convert(store, Path(tmp), name=str(name), lineage=lineage).manifest
+            outtype = pinned.quantization.lower()
+            manifest = convert(store, Path(tmp), outtype=outtype, name=str(name), lineage=lineage).manifest
         package_index.drop_cache(cache)
         return PullResult(manifest, "huggingface" if where.startswith("hf.co/") else "package-index", True)
     raise _none_answered(name, failures)

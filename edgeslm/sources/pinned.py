@@ -31,6 +31,7 @@ PACKAGE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}\Z")
 VERSION = re.compile(r"[0-9][A-Za-z0-9.+!-]{0,39}\Z")
 MEMBER = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,99}(/[A-Za-z0-9_][A-Za-z0-9._-]{0,99}){0,4}\Z")
 MAX_FILE = 2**40  # a pinned file larger than this is a typo
+CONVERT_TYPES = ("f32", "f16", "bf16", "q8_0")  # what a pinned checkpoint may be converted to (convert's outtypes)
 
 
 class MirrorKind(str, Enum):
@@ -190,6 +191,8 @@ def _model(raw: Any, index: int) -> PinnedModel:
         folder=tuple(_folder_file(f, f"{where}, folder file {i + 1}") for i, f in enumerate(up.get("folder") or [])),
     )
     mirrors = tuple(_mirror(m, upstream, f"{where}, mirror {i + 1}") for i, m in enumerate(raw.get("mirror") or []))
+    if upstream.folder and str(raw.get("quantization", "")).lower() not in CONVERT_TYPES:
+        raise _bad(where, f"a checkpoint converts to one of {', '.join(CONVERT_TYPES)}: 'quantization' says which")
     return PinnedModel(
         name=_field(raw, "name", str, where, re.compile(r"[a-z0-9][a-z0-9._-]*:[a-z0-9][a-z0-9._-]*\Z")),
         family=_field(raw, "family", str, where),
