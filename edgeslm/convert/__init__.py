@@ -25,8 +25,9 @@ from ..store import ModelName, Store, parse_name
 from ..store.atomic import sha256_file
 from ..store.records import Manifest
 from . import bert
-from .arch import Arch, Hparams, Transform, add_metadata, arch_of, extra_tensors, hparams, tensors
+from .arch import Arch, Transform, add_metadata, arch_of, extra_tensors, tensors
 from .hf import Checkpoint, open_checkpoint
+from .hparams import Hparams, hparams
 from .vocab import add_vocab
 
 log = logging.getLogger(__name__)

@@ -14,15 +14,13 @@ from __future__ import annotations
 import logging
 import re
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import gguf
 
 from ..errors import InvalidModelFileError
 from .hf import Checkpoint, read_json, read_json_list
-
-if TYPE_CHECKING:
-    from .arch import Hparams
+from .hparams import Hparams
 
 log = logging.getLogger(__name__)
 SKIPPED = frozenset({"embeddings.position_ids", "pooler.dense.weight", "pooler.dense.bias"})
@@ -69,11 +67,7 @@ def pooling(folder: Path) -> gguf.PoolingType | None:
 
 
 def add_metadata(w: gguf.GGUFWriter, hp: Hparams, ckpt: Checkpoint) -> None:
-    w.add_context_length(hp.n_ctx)
-    w.add_embedding_length(hp.n_embd)
-    w.add_block_count(hp.n_layer)
-    w.add_feed_forward_length(hp.n_ff)
-    w.add_head_count(hp.n_head)
+    """BERT's keys after the dimensions every architecture writes (``arch.add_metadata``)."""
     w.add_layer_norm_eps(hp.eps)
     w.add_causal_attention(False)
     kind = pooling(ckpt.folder)

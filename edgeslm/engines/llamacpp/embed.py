@@ -14,7 +14,7 @@ from __future__ import annotations
 import ctypes
 import math
 from collections.abc import Iterator, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from ...errors import ContextOverflowError, EngineError
 from ...formats.model_info import EMBEDDING_ONLY
@@ -23,7 +23,7 @@ from .backend import apply_kv, last_errors
 if TYPE_CHECKING:
     import llama_cpp as lc
 
-    from .engine import LlamaCppEngine
+    from ..base import LoadParams
 else:
     from .bindings import lc
 
@@ -36,10 +36,26 @@ def architecture(model: lc.llama_model_p) -> str:
     return buf.value.decode("utf-8", "replace") if n > 0 else ""
 
 
+class Host(Protocol):
+    """What the embedder takes from its engine (``LlamaCppEngine``)."""
+
+    params: LoadParams
+    n_embd: int
+
+    @property
+    def model_handle(self) -> lc.llama_model_p: ...
+
+    def attach_adapters(self, ctx: lc.llama_context_p) -> None: ...
+
+    def token_bytes(self, token: int, *, special: bool = False) -> bytes: ...
+
+    def decode_batch(self, ctx: lc.llama_context_p, batch: lc.llama_batch) -> None: ...
+
+
 class Embedder:
     """The embedding context of one loaded model, made on first use."""
 
-    def __init__(self, engine: LlamaCppEngine) -> None:
+    def __init__(self, engine: Host) -> None:
         self.engine = engine
         self.encoder = architecture(engine.model_handle) in EMBEDDING_ONLY
         train = lc.llama_model_n_ctx_train(engine.model_handle)
