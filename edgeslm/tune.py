@@ -168,7 +168,7 @@ def tune(models: Sequence[ResolvedModel], home: str, *, speed: bool = True,
     measurements = tuple({"model": p.model, "slots": p.slots, "ctx": p.ctx_per_slot, "peak": peak,
                           "predicted": p.total} for p, peak in fitted) + tuple(speeds) + tuple(kv_speed) \
         + tuple(asdict(b) for b in batch_speed) + tuple(asdict(m) for m in mmap_runs) \
-        + ((asdict(ceilings),) if ceilings else ())
+        + (({"ceilings": asdict(ceilings)},) if ceilings else ())
     profile = DeviceProfile(fingerprint(), __version__, now_iso(), constants, threads, threads_batch, measurements,
                             n_ubatch, flash_attn, use_mmap, ceilings.read_bytes_per_s if ceilings else None,
                             ceilings.matmul_flops if ceilings else None)

@@ -189,8 +189,10 @@ def test_close_releases_every_handle(tmp_path: Path) -> None:
 
     engine = open_engine("llama.cpp", write_runnable_model(tmp_path / "m.gguf"), LoadParams(n_ctx=64))
     engine.embed("abc")  # the embedding context too
-    handles = ("ctx", "_embed_ctx", "_model")
-    assert all(getattr(engine, h) for h in handles)
+    handles = ("ctx", "_model")
+    embedder = engine._embedder
+    assert all(getattr(engine, h) for h in handles) and embedder is not None and embedder.ctx
     engine.close()
-    assert [h for h in handles if getattr(engine, h) is not None] == []
+    assert [h for h in handles if getattr(engine, h) is not None] == [] and embedder.ctx is None
+    assert engine._embedder is None
     engine.close()  # twice is harmless

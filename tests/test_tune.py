@@ -81,6 +81,9 @@ def test_tune_measures_the_runner_and_plan_uses_what_it_kept(builtin_home: Path,
     files = {m["mmap"]: MmapRun(**m) for m in kept["measurements"] if "mmap" in m}  # mapped and read in
     assert set(files) == {True, False} and all(r.peak > 0 and r.pp > 0 and r.load_seconds > 0 for r in files.values())
     assert kept["use_mmap"] is choose_mmap(list(files.values()))
+    ceilings = [m["ceilings"] for m in kept["measurements"] if "ceilings" in m]  # the machine's, bench divides by
+    assert len(ceilings) == 1 and kept["read_bytes_per_s"] == ceilings[0]["read_bytes_per_s"] > 1e8
+    assert kept["matmul_flops"] == ceilings[0]["matmul_flops"] > 1e8
     plan = json.loads(cli("plan", "smollm2-135m-instruct", "--json").out)
     assert plan["base"] == kept["constants"]["base"]  # the profile's fitted base, not the default
     bad = cli("tune", "no-such-model")
